@@ -1,0 +1,5 @@
+//go:build !unix
+
+package tensor
+
+func mapFile(path string) ([]byte, func() error, error) { return readAll(path) }
