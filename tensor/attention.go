@@ -1,0 +1,307 @@
+package tensor
+
+import (
+	"math"
+	"runtime"
+	"sync"
+	"sync/atomic"
+)
+
+// Block sizes of the fused attention kernels: a block of attnBlockQ query
+// rows is swept over blocks of attnBlockK keys, so a block of K and V rows
+// stays in cache while the query rows stream past it. Variables so that
+// tests can shrink them below T.
+var (
+	attnBlockQ = 64
+	attnBlockK = 64
+)
+
+// attnParallelWork is the T·T·hd·nHead above which the kernels fan out
+// across goroutines.
+const attnParallelWork = 1 << 18
+
+// attnSlot is the scratch one worker needs: two score blocks (bq, bk) (S or
+// P, and dP/dS in the backward), the unnormalised output rows (bq, hd), and
+// per row the running max and sum (forward) or D_t (backward).
+func attnSlot(T, hd int) int {
+	bq, bk := min(attnBlockQ, max(T, 1)), min(attnBlockK, max(T, 1))
+	return 2*bq*bk + bq*hd + 2*bq
+}
+
+// AttentionScratch returns the number of float32s of scratch that
+// AttentionForward and AttentionBackward need to run on all cores
+// (GOMAXPROCS at the time of the call). It grows with hd and the core count,
+// never with T². A smaller scratch of at least one worker's share still
+// works, on fewer goroutines.
+func AttentionScratch(T, hd int) int {
+	return attnSlot(T, hd) * max(1, runtime.GOMAXPROCS(0))
+}
+
+// attnWorkers returns how many goroutines may run given the scratch, the
+// number of independent work items and the size of the problem.
+func attnWorkers(scratch []float32, slot, items int, work int64) int {
+	w := len(scratch) / slot
+	if w < 1 {
+		panic("tensor: attention scratch too small (use AttentionScratch)")
+	}
+	w = min(w, items, runtime.GOMAXPROCS(0))
+	if work < attnParallelWork {
+		w = 1
+	}
+	return w
+}
+
+// runItems runs fn(slot, item) for item in [0, items) on w goroutines,
+// handing out items in order through an atomic counter.
+func runItems(w, items int, fn func(slot, item int)) {
+	if w <= 1 {
+		for it := 0; it < items; it++ {
+			fn(0, it)
+		}
+		return
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for s := 0; s < w; s++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				it := int(next.Add(1) - 1)
+				if it >= items {
+					return
+				}
+				fn(s, it)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// AttentionForward computes causal grouped-query attention for one sequence
+// as a fused blockwise kernel with an online softmax (FlashAttention-style):
+// a block of query rows is swept over blocks of keys, each score block comes
+// from Gemm, and no T×T matrix is ever formed.
+//
+//	out:     (T, nHead·hd)
+//	lse:     (nHead, T) log-sum-exp of each (scaled) score row, saved for backward; may be nil
+//	q:       (T, nHead·hd)
+//	k:       (T, nKV·hd)
+//	v:       (T, nKV·hd)
+//	scratch: AttentionScratch(T, hd) floats (at least one worker's share)
+//
+// Query head h reads key/value head h / (nHead/nKV). Scores are scaled by
+// 1/sqrt(hd). Row t attends to positions 0..t. Work is spread over
+// goroutines by (head, query block) when T·T·hd·nHead is large.
+func AttentionForward(out, lse, q, k, v, scratch []float32, T, nHead, nKV, hd int) {
+	if T == 0 {
+		return
+	}
+	if nKV <= 0 || nHead%nKV != 0 {
+		panic("tensor.AttentionForward: nHead must be a multiple of nKV")
+	}
+	group := nHead / nKV
+	scale := float32(1 / math.Sqrt(float64(hd)))
+	qs, ks := nHead*hd, nKV*hd
+	bq, bk := min(attnBlockQ, T), min(attnBlockK, T)
+	slot := attnSlot(T, hd)
+	nqb := (T + bq - 1) / bq
+	items := nHead * nqb
+	w := attnWorkers(scratch, slot, items, int64(T)*int64(T)*int64(hd)*int64(nHead))
+	negInf := float32(math.Inf(-1))
+	runItems(w, items, func(sl, it int) {
+		sc := scratch[sl*slot : (sl+1)*slot]
+		s := sc[:bq*bk]                                // scores, then probabilities: (bq, bk)
+		acc := sc[2*bq*bk : 2*bq*bk+bq*hd]             // unnormalised output rows: (bq, hd)
+		m := sc[2*bq*bk+bq*hd : 2*bq*bk+bq*hd+bq]      // running max per row
+		l := sc[2*bq*bk+bq*hd+bq : 2*bq*bk+bq*hd+2*bq] // running sum per row
+		// Items run from the last (longest) query block to the first so the
+		// slowest work starts early.
+		it = items - 1 - it
+		h, i0 := it/nqb, (it%nqb)*bq
+		kvh := h / group
+		i1 := min(i0+bq, T)
+		nr := i1 - i0
+		for r := range nr {
+			m[r], l[r] = negInf, 0
+		}
+		clear(acc[:nr*hd])
+		qb := q[i0*qs+h*hd:]
+		for j0 := 0; j0 < i1; j0 += bk {
+			j1 := min(j0+bk, i1)
+			nc := j1 - j0
+			// s = scale · Q_i · K_jᵀ
+			Gemm(false, true, nr, nc, hd, scale, qb, qs, k[j0*ks+kvh*hd:], ks, 0, s, bk)
+			for r := range nr {
+				row := s[r*bk : r*bk+nc]
+				valid := min(nc, i0+r+1-j0) // causal: keys j0..i0+r
+				if valid <= 0 {
+					clear(row)
+					continue
+				}
+				mx := m[r]
+				for _, x := range row[:valid] {
+					mx = max(mx, x)
+				}
+				if mx > m[r] {
+					corr := expf32(m[r] - mx)
+					l[r] *= corr
+					a := acc[r*hd : r*hd+hd]
+					for x := range a {
+						a[x] *= corr
+					}
+					m[r] = mx
+				}
+				sum := l[r]
+				for j, x := range row[:valid] {
+					p := expf32(x - mx)
+					row[j] = p
+					sum += p
+				}
+				clear(row[valid:])
+				l[r] = sum
+			}
+			// acc += P · V_j
+			Gemm(false, false, nr, hd, nc, 1, s, bk, v[j0*ks+kvh*hd:], ks, 1, acc, hd)
+		}
+		for r := range nr {
+			t := i0 + r
+			inv := 1 / l[r]
+			o := out[t*qs+h*hd : t*qs+h*hd+hd]
+			for x, a := range acc[r*hd : r*hd+hd] {
+				o[x] = a * inv
+			}
+			if lse != nil {
+				lse[h*T+t] = m[r] + float32(math.Log(float64(l[r])))
+			}
+		}
+	})
+}
+
+// AttentionBackward accumulates the gradients of AttentionForward. It
+// recomputes the probabilities blockwise from q, k and the saved lse
+// (P = exp(S − lse)), with D_t = Σ dout_t ⊙ out_t per row, so like the
+// forward it never holds a T×T matrix; every block product is a Gemm:
+//
+//	dV_j += P_ijᵀ dO_i;  dS_ij = P_ij ⊙ (dO_i V_jᵀ − D_i)
+//	dQ_i += scale · dS_ij K_j;  dK_j += scale · dS_ijᵀ Q_i
+//
+//	dq:      (T, nHead·hd) += …, or nil
+//	dk, dv:  (T, nKV·hd) += …, or nil
+//	dout:    (T, nHead·hd)
+//	q, out:  (T, nHead·hd)
+//	k, v:    (T, nKV·hd)
+//	lse:     (nHead, T) from AttentionForward
+//	scratch: AttentionScratch(T, hd) floats
+//
+// Work is partitioned by key/value head (each goroutine owns the dk and dv
+// of its KV head and the dq of that head's query group), so there is no
+// race; parallelism is therefore at most nKV.
+func AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse, scratch []float32, T, nHead, nKV, hd int) {
+	if T == 0 || (dq == nil && dk == nil && dv == nil) {
+		return
+	}
+	if nKV <= 0 || nHead%nKV != 0 {
+		panic("tensor.AttentionBackward: nHead must be a multiple of nKV")
+	}
+	group := nHead / nKV
+	scale := float32(1 / math.Sqrt(float64(hd)))
+	qs, ks := nHead*hd, nKV*hd
+	bq, bk := min(attnBlockQ, T), min(attnBlockK, T)
+	slot := attnSlot(T, hd)
+	w := attnWorkers(scratch, slot, nKV, int64(T)*int64(T)*int64(hd)*int64(nHead))
+	runItems(w, nKV, func(sl, kvh int) {
+		sc := scratch[sl*slot : (sl+1)*slot]
+		p := sc[:bq*bk]                // probabilities: (bq, bk)
+		ds := sc[bq*bk : 2*bq*bk]      // dP, then dS: (bq, bk)
+		dd := sc[2*bq*bk : 2*bq*bk+bq] // D_t of the query block
+		for h := kvh * group; h < (kvh+1)*group; h++ {
+			for i0 := 0; i0 < T; i0 += bq {
+				i1 := min(i0+bq, T)
+				nr := i1 - i0
+				for t := i0; t < i1; t++ {
+					o := t*qs + h*hd
+					var d float32
+					for x, g := range dout[o : o+hd] {
+						d += g * out[o+x]
+					}
+					dd[t-i0] = d
+				}
+				qb, gb := q[i0*qs+h*hd:], dout[i0*qs+h*hd:]
+				for j0 := 0; j0 < i1; j0 += bk {
+					j1 := min(j0+bk, i1)
+					nc := j1 - j0
+					kb, vb := k[j0*ks+kvh*hd:], v[j0*ks+kvh*hd:]
+					// p = exp(scale · Q_i K_jᵀ − lse), causally masked
+					Gemm(false, true, nr, nc, hd, scale, qb, qs, kb, ks, 0, p, bk)
+					for r := range nr {
+						row := p[r*bk : r*bk+nc]
+						valid := max(0, min(nc, i0+r+1-j0))
+						l := lse[h*T+i0+r]
+						for j, x := range row[:valid] {
+							row[j] = expf32(x - l)
+						}
+						clear(row[valid:])
+					}
+					if dv != nil {
+						Gemm(true, false, nc, hd, nr, 1, p, bk, gb, qs, 1, dv[j0*ks+kvh*hd:], ks)
+					}
+					if dq == nil && dk == nil {
+						continue
+					}
+					// ds = p ⊙ (dO_i V_jᵀ − D)
+					Gemm(false, true, nr, nc, hd, 1, gb, qs, vb, ks, 0, ds, bk)
+					for r := range nr {
+						pr, dr := p[r*bk:r*bk+nc], ds[r*bk:r*bk+nc]
+						d := dd[r]
+						for j, x := range pr {
+							dr[j] = x * (dr[j] - d)
+						}
+					}
+					if dq != nil {
+						Gemm(false, false, nr, hd, nc, scale, ds, bk, kb, ks, 1, dq[i0*qs+h*hd:], qs)
+					}
+					if dk != nil {
+						Gemm(true, false, nc, hd, nr, scale, ds, bk, qb, qs, 1, dk[j0*ks+kvh*hd:], ks)
+					}
+				}
+			}
+		}
+	})
+}
+
+// expf32 is a float32 e^x (Cephes expf: range reduction by ln 2 and a
+// degree-6 polynomial), within about 2 ulp of the rounded exact value; it
+// is several times cheaper than math.Exp, which dominated the attention
+// kernels. Below −87.3 (including −Inf) it returns 0, above 88.7 +Inf.
+func expf32(x float32) float32 {
+	const (
+		log2e = 1.44269504088896341
+		ln2hi = 0.693359375
+		ln2lo = -2.12194440e-4
+	)
+	if x < -87.33654 || x != x {
+		if x != x {
+			return x
+		}
+		return 0
+	}
+	if x > 88.72283 {
+		return float32(math.Inf(1))
+	}
+	t := x * log2e
+	var ni int32 // round(t), half away from zero
+	if t < 0 {
+		ni = int32(t - 0.5)
+	} else {
+		ni = int32(t + 0.5)
+	}
+	n := float32(ni)
+	r := x - n*ln2hi - n*ln2lo
+	z := r * r
+	y := ((((1.9875691500e-4*r+1.3981999507e-3)*r+8.3334519073e-3)*r+4.1665795894e-2)*r+1.6666665459e-1)*r + 5.0000001201e-1
+	y = y*z + r + 1
+	// y·2ⁿ, in two steps so that n = 128 or n = −126.. stay representable.
+	h := ni / 2
+	return y * math.Float32frombits(uint32(h+127)<<23) * math.Float32frombits(uint32(ni-h+127)<<23)
+}

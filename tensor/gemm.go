@@ -1,0 +1,108 @@
+package tensor
+
+import (
+	"fmt"
+	"runtime"
+	"sync"
+)
+
+// Gemm computes C = alpha·op(A)·op(B) + beta·C, BLAS-style, row-major.
+//
+//	op(A): (m, k) — A is (m, k) with leading dimension lda, or (k, m) when transA
+//	op(B): (k, n) — B is (k, n) with leading dimension ldb, or (n, k) when transB
+//	C:     (m, n) with leading dimension ldc
+//
+// With beta == 0, C is overwritten (its old contents, even NaN, are ignored).
+// With alpha == 0 or k == 0, A and B are not read.
+//
+// The work is cache-blocked (A and B are packed into panels, transposes are
+// absorbed by the packing) and run by an assembly micro-kernel chosen for the
+// CPU at start-up: AVX-512 (12×32 tile), AVX2+FMA (6×16 tile), or a pure-Go
+// 2×4 kernel (always used on other architectures or with -tags purego).
+// Large products are split over GOMAXPROCS goroutines. Products with m ≤ 8
+// and transB (decode: a few tokens times an (n, k) weight) skip the packing
+// and run as dot products that stream B once.
+//
+// All paths accumulate in float32 with FMA (the pure-Go path rounds after
+// each multiply and add); results differ from a float64 reference by a few
+// float32 ulps times √k (see gemm_test.go for the tolerances checked).
+//
+// Gemm panics if a dimension is negative, a leading dimension is too small,
+// or a slice is too short for the shapes.
+func Gemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int,
+	b []float32, ldb int, beta float32, c []float32, ldc int) {
+	gemmImpl(transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+}
+
+// GemmBF16 computes C = A·Bᵀ for a bfloat16 weight B, overwriting C, so that
+// bf16 checkpoints need not be widened in memory.
+//
+//	A: (m, k) float32, leading dimension lda
+//	B: (n, k) bf16 bit patterns, leading dimension ldb (nn.Linear layout)
+//	C: (m, n) float32, leading dimension ldc
+//
+// Precision depends on the path (all accumulate in float32):
+//   - m ≤ 8 (decode), or a CPU without AVX512_BF16: B is widened to float32
+//     exactly and multiplied with the float32 A; the result is as accurate as
+//     Gemm on the widened B.
+//   - m > 8 on a CPU with AVX512_BF16: A is rounded to bf16 (nearest even)
+//     while it is packed and VDPBF16PS multiplies pairs exactly and adds them
+//     in float32. The error is that of rounding A to 8 significant bits:
+//     at most 2⁻⁸ relative per product, so |error| ≤ 2⁻⁸·Σ|a·b| (plus the
+//     float32 summation error), typically ~2⁻⁹·√k·rms(a·b).
+func GemmBF16(m, n, k int, a []float32, lda int, b []uint16, ldb int, c []float32, ldc int) {
+	gemmBF16Impl(m, n, k, a, lda, b, ldb, c, ldc)
+}
+
+// gemmImpl is the active kernel; tests swap it to run every implementation.
+var gemmImpl = gemmBest.gemm
+
+// gemmBF16Impl is the active bf16-weight kernel.
+var gemmBF16Impl = gemmBest.gemmBF16
+
+// checkGemm panics with a clear message when the shapes do not fit the slices.
+func checkGemm(op string, transA, transB bool, m, n, k int, la, lda, lb, ldb, lc, ldc int) {
+	if m < 0 || n < 0 || k < 0 {
+		panic(fmt.Sprintf("%s: negative dimension m=%d n=%d k=%d", op, m, n, k))
+	}
+	need := func(name string, rows, cols, l, ld int) {
+		if ld < max(1, cols) {
+			panic(fmt.Sprintf("%s: ld%s=%d < %d", op, name, ld, cols))
+		}
+		if rows > 0 && cols > 0 && l < (rows-1)*ld+cols {
+			panic(fmt.Sprintf("%s: len(%s)=%d too short for (%d, %d) with ld%s=%d", op, name, l, rows, cols, name, ld))
+		}
+	}
+	if transA {
+		need("a", k, m, la, lda)
+	} else {
+		need("a", m, k, la, lda)
+	}
+	if transB {
+		need("b", n, k, lb, ldb)
+	} else {
+		need("b", k, n, lb, ldb)
+	}
+	need("c", m, n, lc, ldc)
+}
+
+// parallelRows splits [0, m) into contiguous ranges over up to GOMAXPROCS
+// goroutines when the total work (m·perRow multiply-adds) is large enough.
+func parallelRows(m int, perRow int64, work func(i0, i1 int)) {
+	threads := runtime.GOMAXPROCS(0)
+	if threads > m {
+		threads = m
+	}
+	if threads <= 1 || int64(m)*perRow < 1<<16 {
+		work(0, m)
+		return
+	}
+	var wg sync.WaitGroup
+	step := (m + threads - 1) / threads
+	for i0 := 0; i0 < m; i0 += step {
+		i1 := min(i0+step, m)
+		wg.Add(1)
+		go func() { defer wg.Done(); work(i0, i1) }()
+	}
+	wg.Wait()
+}

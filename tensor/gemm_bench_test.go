@@ -1,0 +1,139 @@
+//go:build unix
+
+package tensor
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+
+	"gonum.org/v1/gonum/blas"
+	"gonum.org/v1/gonum/blas/blas32"
+)
+
+// go test ./tensor/ -bench MatMul -run XXX
+//
+// Every kernel this CPU can run, with 1 thread and with all of them, against
+// gonum's pure-Go blas32 Sgemm on the same shapes. GFLOP/s counts 2·m·n·k.
+
+type benchShape struct {
+	name           string
+	transA, transB bool
+	m, n, k        int
+}
+
+var gemmBenchShapes = []benchShape{
+	{"512x512x512", false, false, 512, 512, 512},
+	{"2048x2048x2048", false, false, 2048, 2048, 2048},
+	{"qwen-mlp-512x4864x896-tB", false, true, 512, 4864, 896}, // Qwen2.5-0.5B up/gate proj
+	{"decode-1x4864x896-tB", false, true, 1, 4864, 896},
+	{"dW-896x4864x512-tA", true, false, 896, 4864, 512},
+}
+
+func benchThreads() []int {
+	if runtime.NumCPU() == 1 {
+		return []int{1}
+	}
+	return []int{1, runtime.NumCPU()}
+}
+
+// reportGFLOPS reports GFLOP/s over wall time and, because the benchmark
+// machine may be shared, GFLOP per CPU-second of this process (per-core
+// efficiency, unaffected by time slicing). cpu0 is cpuTime() at the start.
+func reportGFLOPS(b *testing.B, m, n, k int, cpu0 time.Duration) {
+	flops := 2 * float64(m) * float64(n) * float64(k) * float64(b.N)
+	b.ReportMetric(flops/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+	b.ReportMetric(flops/(cpuTime()-cpu0).Seconds()/1e9, "GFLOP/cpu-s")
+}
+
+// cpuTime is the user+system CPU time of the process so far.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func withProcs(b *testing.B, threads int, f func()) {
+	old := runtime.GOMAXPROCS(threads)
+	defer runtime.GOMAXPROCS(old)
+	f()
+}
+
+func BenchmarkMatMul(b *testing.B) {
+	rng := rand.New(rand.NewPCG(7, 8))
+	for _, s := range gemmBenchShapes {
+		a := gemmRandSlice(rng, s.m*s.k)
+		bm := gemmRandSlice(rng, s.k*s.n)
+		c := make([]float32, s.m*s.n)
+		lda, ldb := s.k, s.n
+		if s.transA {
+			lda = s.m
+		}
+		if s.transB {
+			ldb = s.k
+		}
+		for _, name := range append(allGemmKernels[:3:3], "gonum") {
+			for _, th := range benchThreads() {
+				b.Run(fmt.Sprintf("%s/%s/threads=%d", s.name, name, th), func(b *testing.B) {
+					withProcs(b, th, func() {
+						cpu0 := cpuTime()
+						if name == "gonum" {
+							ta, tb := blas.NoTrans, blas.NoTrans
+							if s.transA {
+								ta = blas.Trans
+							}
+							if s.transB {
+								tb = blas.Trans
+							}
+							impl := blas32.Implementation()
+							for b.Loop() {
+								impl.Sgemm(ta, tb, s.m, s.n, s.k, 1, a, lda, bm, ldb, 0, c, s.n)
+							}
+						} else {
+							ks := gemmKernelsOrSkip(b, name)
+							for b.Loop() {
+								ks.gemm(s.transA, s.transB, s.m, s.n, s.k, 1, a, lda, bm, ldb, 0, c, s.n)
+							}
+						}
+						reportGFLOPS(b, s.m, s.n, s.k, cpu0)
+					})
+				})
+			}
+		}
+	}
+}
+
+// BenchmarkMatMulBF16 times GemmBF16 (bf16 weights (n, k)) per kernel.
+func BenchmarkMatMulBF16(b *testing.B) {
+	rng := rand.New(rand.NewPCG(9, 10))
+	for _, s := range []benchShape{
+		{"qwen-mlp-512x4864x896", false, true, 512, 4864, 896},
+		{"decode-1x4864x896", false, true, 1, 4864, 896},
+	} {
+		a := gemmRandSlice(rng, s.m*s.k)
+		bh := make([]uint16, s.n*s.k)
+		for i := range bh {
+			bh[i] = F32ToBF16(float32(rng.NormFloat64()))
+		}
+		c := make([]float32, s.m*s.n)
+		for _, name := range allGemmKernels {
+			for _, th := range benchThreads() {
+				b.Run(fmt.Sprintf("%s/%s/threads=%d", s.name, name, th), func(b *testing.B) {
+					ks := gemmKernelsOrSkip(b, name)
+					withProcs(b, th, func() {
+						cpu0 := cpuTime()
+						for b.Loop() {
+							ks.gemmBF16(s.m, s.n, s.k, a, s.k, bh, s.k, c, s.n)
+						}
+						reportGFLOPS(b, s.m, s.n, s.k, cpu0)
+					})
+				})
+			}
+		}
+	}
+}

@@ -1,0 +1,575 @@
+package tensor
+
+import (
+	"runtime"
+	"sync"
+)
+
+// The blocked GEMM (GotoBLAS/BLIS loop nest), shared by every micro-kernel:
+//
+//	for jc in steps of nc:            B block (kc, nc) packed, lives in L3
+//	  for pc in steps of kc:
+//	    pack B[pc:pc+kc, jc:jc+nc] into nr-wide micro-panels
+//	    for ic in steps of mc:        A block (mc, kc) packed, lives in L2
+//	      pack A[ic:ic+mc, pc:pc+kc] into mr-tall micro-panels
+//	      for jr in steps of nr:      B micro-panel (kc, nr) stays in L1
+//	        for ir in steps of mr:
+//	          micro-kernel: C[ir:ir+mr, jr:jr+nr] (+)= A panel · B panel
+//
+// Threads split C into a grid of rectangles (gemmGrid); each thread runs the
+// loop nest above on its rectangle with its own pooled buffers, so there is no
+// synchronisation beyond the final wait. The operand that is not split is
+// packed once per thread, which costs little next to the m·n·k multiply-adds.
+
+// tileKernel is a micro-kernel with its register tile and cache blocking.
+// T is the packed element type: float32, or uint16 for bf16 pairs.
+type tileKernel[T float32 | uint16] struct {
+	mr, nr     int // register tile of C
+	kc, mc, nc int // cache blocks (kc even for bf16)
+	kstep      int // 1, or 2 when the packed k dimension holds bf16 pairs
+	// micro computes C[0:mr, 0:nr] = alpha·Ap·Bp + beta·C (C not read when
+	// beta == 0). ku is the packed depth in units of kstep; Ap: (ku, mr, kstep),
+	// Bp: (ku, nr, kstep).
+	micro func(ku int, ap, bp []T, c []float32, ldc int, alpha, beta float32)
+	// packA packs op(A)[i0:i0+mc, p0:p0+kc] and packB op(B)[p0:p0+kc, j0:j0+nc]
+	// into micro-panels, zero-padding the last partial panel and odd k.
+	packA func(dst []T, g *gemmJob, mr, i0, mc, p0, kc int)
+	packB func(dst []T, g *gemmJob, nr, p0, kc, j0, nc int)
+}
+
+// gemmJob is one call's operands. Exactly one of b and bh is set.
+type gemmJob struct {
+	transA, transB bool
+	m, n, k        int
+	alpha, beta    float32
+	a              []float32 // op(A): (m, k)
+	lda            int
+	b              []float32 // op(B): (k, n)
+	bh             []uint16  // bf16 B: (n, k), transB implied
+	ldb            int
+	c              []float32 // (m, n)
+	ldc            int
+}
+
+// gemmBuf is one worker's scratch: packed A and B blocks and an edge tile.
+type gemmBuf[T float32 | uint16] struct {
+	a, b []T
+	tile []float32
+}
+
+var (
+	bufPoolF32  = sync.Pool{New: func() any { return new(gemmBuf[float32]) }}
+	bufPoolBF16 = sync.Pool{New: func() any { return new(gemmBuf[uint16]) }}
+)
+
+func getBuf[T float32 | uint16]() *gemmBuf[T] {
+	var z T
+	if _, ok := any(z).(float32); ok {
+		return bufPoolF32.Get().(*gemmBuf[T])
+	}
+	return bufPoolBF16.Get().(*gemmBuf[T])
+}
+
+func putBuf[T float32 | uint16](b *gemmBuf[T]) {
+	var z T
+	if _, ok := any(z).(float32); ok {
+		bufPoolF32.Put(b)
+		return
+	}
+	bufPoolBF16.Put(b)
+}
+
+func grow[T any](s []T, n int) []T {
+	if cap(s) < n {
+		return make([]T, n)
+	}
+	return s[:n]
+}
+
+func roundUp(x, to int) int { return (x + to - 1) / to * to }
+
+// runBlocked computes the whole job with kernel kn, split over threads.
+func runBlocked[T float32 | uint16](g *gemmJob, kn *tileKernel[T], threads int) {
+	tm, tn := gemmGrid(g.m, g.n, g.k, kn.mr, kn.nr, kn.nc, threads)
+	if tm*tn == 1 {
+		blockedRect(g, kn, 0, g.m, 0, g.n)
+		return
+	}
+	rows := roundUp((g.m+tm-1)/tm, kn.mr)
+	cols := roundUp((g.n+tn-1)/tn, kn.nr)
+	var wg sync.WaitGroup
+	for ti := 0; ti < tm; ti++ {
+		for tj := 0; tj < tn; tj++ {
+			i0, j0 := ti*rows, tj*cols
+			i1, j1 := min(i0+rows, g.m), min(j0+cols, g.n)
+			if i0 >= i1 || j0 >= j1 {
+				continue
+			}
+			if ti == 0 && tj == 0 {
+				continue // run by the caller below
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				blockedRect(g, kn, i0, i1, j0, j1)
+			}()
+		}
+	}
+	blockedRect(g, kn, 0, min(rows, g.m), 0, min(cols, g.n))
+	wg.Wait()
+}
+
+// gemmGrid picks a tm×tn grid of threads for C (m, n) that minimises a
+// per-thread cost model in units of k: multiply-adds (16 per cycle) plus
+// packing (one element per cycle; A is repacked for every nc columns).
+func gemmGrid(m, n, k, mr, nr, nc, threads int) (tm, tn int) {
+	const minFlopsPerThread = 1 << 22 // ≈ 40 µs: dwarfs starting a goroutine
+	work := 2 * float64(m) * float64(n) * float64(k)
+	threads = min(threads, max(1, int(work/minFlopsPerThread)))
+	tm, tn = 1, 1
+	best := -1.0
+	for t := threads; t >= 1 && t*2 > threads; t-- { // use most of the threads
+		for a := 1; a <= t; a++ {
+			if t%a != 0 {
+				continue
+			}
+			b := t / a
+			if a > (m+mr-1)/mr || b > (n+nr-1)/nr {
+				continue
+			}
+			rows := float64(roundUp((m+a-1)/a, mr))
+			cols := float64(roundUp((n+b-1)/b, nr))
+			cost := rows*cols/16 + rows*float64((int(cols)+nc-1)/nc) + cols
+			if best < 0 || cost < best {
+				best, tm, tn = cost, a, b
+			}
+		}
+	}
+	return tm, tn
+}
+
+// blockedRect runs the loop nest on C[i0:i1, j0:j1] on the calling goroutine.
+func blockedRect[T float32 | uint16](g *gemmJob, kn *tileKernel[T], i0, i1, j0, j1 int) {
+	mr, nr, ks := kn.mr, kn.nr, kn.kstep
+	kcMax := min(kn.kc, roundUp(g.k, ks))
+	ncMax := min(kn.nc, roundUp(j1-j0, nr))
+	mcMax := min(kn.mc, roundUp(i1-i0, mr))
+	buf := getBuf[T]()
+	defer putBuf(buf)
+	buf.a = grow(buf.a, mcMax*kcMax)
+	buf.b = grow(buf.b, ncMax*kcMax)
+	buf.tile = grow(buf.tile, mr*nr)
+	c, ldc := g.c, g.ldc
+	for jc := j0; jc < j1; jc += kn.nc {
+		ncur := min(kn.nc, j1-jc)
+		for pc := 0; pc < g.k; pc += kn.kc {
+			kcur := min(kn.kc, g.k-pc)
+			kpad := roundUp(kcur, ks) // packed depth in elements
+			ku := kpad / ks
+			beta := g.beta
+			if pc > 0 {
+				beta = 1
+			}
+			kn.packB(buf.b, g, nr, pc, kcur, jc, ncur)
+			for ic := i0; ic < i1; ic += kn.mc {
+				mcur := min(kn.mc, i1-ic)
+				kn.packA(buf.a, g, mr, ic, mcur, pc, kcur)
+				for jr := 0; jr < ncur; jr += nr {
+					bp := buf.b[jr*kpad : (jr+nr)*kpad]
+					nrem := min(nr, ncur-jr)
+					for ir := 0; ir < mcur; ir += mr {
+						ap := buf.a[ir*kpad : (ir+mr)*kpad]
+						mrem := min(mr, mcur-ir)
+						off := (ic+ir)*ldc + jc + jr
+						if mrem == mr && nrem == nr {
+							kn.micro(ku, ap, bp, c[off:], ldc, g.alpha, beta)
+							continue
+						}
+						kn.micro(ku, ap, bp, buf.tile, nr, 1, 0)
+						mergeTile(c[off:], ldc, buf.tile, nr, mrem, nrem, g.alpha, beta)
+					}
+				}
+			}
+		}
+	}
+}
+
+// mergeTile writes C[0:mrem, 0:nrem] = alpha·t + beta·C (C unread if beta == 0).
+func mergeTile(c []float32, ldc int, t []float32, ldt, mrem, nrem int, alpha, beta float32) {
+	for r := 0; r < mrem; r++ {
+		cr := c[r*ldc : r*ldc+nrem]
+		tr := t[r*ldt : r*ldt+nrem]
+		if beta == 0 {
+			for q, v := range tr {
+				cr[q] = alpha * v
+			}
+		} else {
+			for q, v := range tr {
+				cr[q] = alpha*v + beta*cr[q]
+			}
+		}
+	}
+}
+
+// packAF32 packs op(A)[i0:i0+mc, p0:p0+kc] as (mc/mr panels, kc, mr).
+func packAF32(dst []float32, g *gemmJob, mr, i0, mc, p0, kc int) {
+	a, lda := g.a, g.lda
+	for ir := 0; ir < mc; ir += mr {
+		d := dst[ir*kc : (ir+mr)*kc]
+		rows := min(mr, mc-ir)
+		if g.transA { // A is (k, m): each p gives mr contiguous values
+			for p := 0; p < kc; p++ {
+				src := a[(p0+p)*lda+i0+ir:]
+				dp := d[p*mr : p*mr+mr]
+				copy(dp, src[:rows])
+				clear(dp[rows:])
+			}
+			continue
+		}
+		packStrided(d, a, (i0+ir)*lda+p0, lda, rows, mr, kc)
+	}
+}
+
+// packStrided writes d[p·w+q] = src[off+q·ld+p] for q < rows, p < kc, and
+// zeros for rows ≤ q < w: the transposing copy of a row-major panel. Rows
+// are read four at a time as sequential streams; the panel being written
+// (kc·w floats) stays in L1.
+func packStrided(d, src []float32, off, ld, rows, w, kc int) {
+	d = d[:kc*w]
+	q := 0
+	for ; q+4 <= rows; q += 4 {
+		o := off + q*ld
+		r0 := src[o : o+kc]
+		r1 := src[o+ld : o+ld+len(r0)]
+		r2 := src[o+2*ld : o+2*ld+len(r0)]
+		r3 := src[o+3*ld : o+3*ld+len(r0)]
+		for p, v := range r0 {
+			dp := d[p*w+q : p*w+q+4 : p*w+q+4]
+			dp[0], dp[1], dp[2], dp[3] = v, r1[p], r2[p], r3[p]
+		}
+	}
+	for ; q < rows; q++ {
+		for p, v := range src[off+q*ld : off+q*ld+kc] {
+			d[p*w+q] = v
+		}
+	}
+	for ; q < w; q++ {
+		for p := 0; p < kc; p++ {
+			d[p*w+q] = 0
+		}
+	}
+}
+
+// packBF32 packs op(B)[p0:p0+kc, j0:j0+nc] as (nc/nr panels, kc, nr).
+func packBF32(dst []float32, g *gemmJob, nr, p0, kc, j0, nc int) {
+	b, ldb := g.b, g.ldb
+	for jr := 0; jr < nc; jr += nr {
+		d := dst[jr*kc : (jr+nr)*kc]
+		cols := min(nr, nc-jr)
+		if !g.transB { // B is (k, n): each p gives nr contiguous values
+			for p := 0; p < kc; p++ {
+				src := b[(p0+p)*ldb+j0+jr:]
+				dp := d[p*nr : p*nr+nr]
+				copy(dp, src[:cols])
+				clear(dp[cols:])
+			}
+			continue
+		}
+		packStrided(d, b, (j0+jr)*ldb+p0, ldb, cols, nr, kc)
+	}
+}
+
+// packBWiden packs a bf16 B (n, k) as float32 panels (nc/nr, kc, nr),
+// widening exactly.
+func packBWiden(dst []float32, g *gemmJob, nr, p0, kc, j0, nc int) {
+	b, ldb := g.bh, g.ldb
+	for jr := 0; jr < nc; jr += nr {
+		d := dst[jr*kc : (jr+nr)*kc]
+		cols := min(nr, nc-jr)
+		for q := 0; q < cols; q++ {
+			src := b[(j0+jr+q)*ldb+p0:]
+			src = src[:kc]
+			for p, v := range src {
+				d[p*nr+q] = BF16ToF32(v)
+			}
+		}
+		for q := cols; q < nr; q++ {
+			for p := 0; p < kc; p++ {
+				d[p*nr+q] = 0
+			}
+		}
+	}
+}
+
+// packABF16 packs A (m, k) rounded to bf16 as (mc/mr panels, kc/2, mr, 2).
+func packABF16(dst []uint16, g *gemmJob, mr, i0, mc, p0, kc int) {
+	a, lda := g.a, g.lda
+	kp := roundUp(kc, 2)
+	for ir := 0; ir < mc; ir += mr {
+		d := dst[ir*kp : (ir+mr)*kp]
+		rows := min(mr, mc-ir)
+		for r := 0; r < mr; r++ {
+			if r >= rows {
+				for p := 0; p < kp; p++ {
+					d[(p>>1)*2*mr+2*r+p&1] = 0
+				}
+				continue
+			}
+			src := a[(i0+ir+r)*lda+p0:]
+			src = src[:kc]
+			for p, v := range src {
+				d[(p>>1)*2*mr+2*r+p&1] = F32ToBF16(v)
+			}
+			if kc&1 == 1 {
+				d[(kc>>1)*2*mr+2*r+1] = 0
+			}
+		}
+	}
+}
+
+// packBBF16 packs a bf16 B (n, k) as (nc/nr panels, kc/2, nr, 2).
+func packBBF16(dst []uint16, g *gemmJob, nr, p0, kc, j0, nc int) {
+	b, ldb := g.bh, g.ldb
+	kp := roundUp(kc, 2)
+	for jr := 0; jr < nc; jr += nr {
+		d := dst[jr*kp : (jr+nr)*kp]
+		cols := min(nr, nc-jr)
+		for q := 0; q < nr; q++ {
+			if q >= cols {
+				for p := 0; p < kp; p++ {
+					d[(p>>1)*2*nr+2*q+p&1] = 0
+				}
+				continue
+			}
+			src := b[(j0+jr+q)*ldb+p0:]
+			src = src[:kc]
+			for p, v := range src {
+				d[(p>>1)*2*nr+2*q+p&1] = v
+			}
+			if kc&1 == 1 {
+				d[(kc>>1)*2*nr+2*q+1] = 0
+			}
+		}
+	}
+}
+
+// microGo2x4 is the portable micro-kernel: a 2×4 tile in 8 locals (a larger
+// tile makes the Go compiler spill accumulators, which measured slower).
+func microGo2x4(ku int, ap, bp []float32, c []float32, ldc int, alpha, beta float32) {
+	var c00, c01, c02, c03, c10, c11, c12, c13 float32
+	ap, bp = ap[:2*ku], bp[:4*ku]
+	for p := 0; p < ku; p++ {
+		a := ap[2*p : 2*p+2 : 2*p+2]
+		b := bp[4*p : 4*p+4 : 4*p+4]
+		a0, a1 := a[0], a[1]
+		b0, b1, b2, b3 := b[0], b[1], b[2], b[3]
+		c00 += a0 * b0
+		c01 += a0 * b1
+		c02 += a0 * b2
+		c03 += a0 * b3
+		c10 += a1 * b0
+		c11 += a1 * b1
+		c12 += a1 * b2
+		c13 += a1 * b3
+	}
+	t := [8]float32{c00, c01, c02, c03, c10, c11, c12, c13}
+	mergeTile(c, ldc, t[:], 4, 2, 4, alpha, beta)
+}
+
+// dot4Func computes out[q] = Σ_{p<k} a[p]·B[q·ldb+p] for q < 4; k is a
+// multiple of 8 (callers add the tail).
+type dot4Func func(k int, a []float32, b []float32, ldb int, out *[4]float32)
+
+// dot4BF16Func is dot4Func for a bf16 B.
+type dot4BF16Func func(k int, a []float32, b []uint16, ldb int, out *[4]float32)
+
+func dot4Go(k int, a []float32, b []float32, ldb int, out *[4]float32) {
+	a = a[:k]
+	b0, b1, b2, b3 := b[:k], b[ldb:ldb+k], b[2*ldb:2*ldb+k], b[3*ldb:3*ldb+k]
+	var s0, s1, s2, s3 float32
+	for p, av := range a {
+		s0 += av * b0[p]
+		s1 += av * b1[p]
+		s2 += av * b2[p]
+		s3 += av * b3[p]
+	}
+	*out = [4]float32{s0, s1, s2, s3}
+}
+
+func dot4BF16Go(k int, a []float32, b []uint16, ldb int, out *[4]float32) {
+	a = a[:k]
+	b0, b1, b2, b3 := b[:k], b[ldb:ldb+k], b[2*ldb:2*ldb+k], b[3*ldb:3*ldb+k]
+	var s0, s1, s2, s3 float32
+	for p, av := range a {
+		s0 += av * BF16ToF32(b0[p])
+		s1 += av * BF16ToF32(b1[p])
+		s2 += av * BF16ToF32(b2[p])
+		s3 += av * BF16ToF32(b3[p])
+	}
+	*out = [4]float32{s0, s1, s2, s3}
+}
+
+// smallMMax is the largest m run as dot products (transB only): below it the
+// register tile would be mostly padding and packing B would double the
+// memory traffic of a product that is bound by reading B.
+const smallMMax = 8
+
+// runSmallM computes C = alpha·op(A)·Bᵀ + beta·C for m ≤ smallMMax with B
+// (n, k) read in place. Columns of C are split over threads; within a thread
+// four rows of B at a time stay in L1 while every row of A passes over them.
+func runSmallM(g *gemmJob, dot dot4Func, dotH dot4BF16Func, threads int) {
+	m, n, k := g.m, g.n, g.k
+	buf := getBuf[float32]()
+	defer putBuf(buf)
+	// rows of op(A), contiguous: A itself, or a transposed copy.
+	arows, lda := g.a, g.lda
+	if g.transA {
+		buf.tile = grow(buf.tile, m*k)
+		for i := 0; i < m; i++ {
+			for p := 0; p < k; p++ {
+				buf.tile[i*k+p] = g.a[p*g.lda+i]
+			}
+		}
+		arows, lda = buf.tile, k
+	}
+	work := 2 * float64(m) * float64(n) * float64(k)
+	threads = min(threads, max(1, int(work/(1<<22))), (n+3)/4)
+	per := roundUp((n+threads-1)/threads, 4)
+	var wg sync.WaitGroup
+	for j0 := per; j0 < n; j0 += per {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			smallMCols(g, arows, lda, dot, dotH, j0, min(j0+per, n))
+		}()
+	}
+	smallMCols(g, arows, lda, dot, dotH, 0, min(per, n))
+	wg.Wait()
+}
+
+func smallMCols(g *gemmJob, a []float32, lda int, dot dot4Func, dotH dot4BF16Func, j0, j1 int) {
+	k, ldb, ldc := g.k, g.ldb, g.ldc
+	k8 := k &^ 7
+	var s [4]float32
+	for j := j0; j < j1; j += 4 {
+		nq := min(4, j1-j)
+		for i := 0; i < g.m; i++ {
+			ar := a[i*lda : i*lda+k]
+			if nq == 4 {
+				if g.bh != nil {
+					dotH(k8, ar, g.bh[j*ldb:], ldb, &s)
+				} else {
+					dot(k8, ar, g.b[j*ldb:], ldb, &s)
+				}
+			} else {
+				s = [4]float32{}
+			}
+			start := k8
+			if nq < 4 {
+				start = 0
+			}
+			for q := 0; q < nq; q++ {
+				sum := s[q]
+				if g.bh != nil {
+					br := g.bh[(j+q)*ldb : (j+q)*ldb+k]
+					for p := start; p < k; p++ {
+						sum += ar[p] * BF16ToF32(br[p])
+					}
+				} else {
+					br := g.b[(j+q)*ldb : (j+q)*ldb+k]
+					for p := start; p < k; p++ {
+						sum += ar[p] * br[p]
+					}
+				}
+				ci := i*ldc + j + q
+				if g.beta == 0 {
+					g.c[ci] = g.alpha * sum
+				} else {
+					g.c[ci] = g.alpha*sum + g.beta*g.c[ci]
+				}
+			}
+		}
+	}
+}
+
+// gemmKernels is one complete implementation: a float32 tile kernel, an
+// optional native bf16 kernel, and the dot kernels of the small-m path.
+type gemmKernels struct {
+	name     string
+	f32      *tileKernel[float32]
+	wide     *tileKernel[float32] // f32 kernel packing a bf16 B widened
+	bf16     *tileKernel[uint16]  // nil: GemmBF16 uses wide
+	dot4     dot4Func
+	dot4BF16 dot4BF16Func
+}
+
+func newGemmKernels(name string, f32 tileKernel[float32], bf16 *tileKernel[uint16], dot dot4Func, dotH dot4BF16Func) *gemmKernels {
+	f32.packA, f32.packB = packAF32, packBF32
+	wide := f32
+	wide.packB = packBWiden
+	if bf16 != nil {
+		bf16.packA, bf16.packB = packABF16, packBBF16
+	}
+	return &gemmKernels{name: name, f32: &f32, wide: &wide, bf16: bf16, dot4: dot, dot4BF16: dotH}
+}
+
+// scaleC sets C = beta·C (zero when beta == 0).
+func scaleC(m, n int, beta float32, c []float32, ldc int) {
+	for i := 0; i < m; i++ {
+		r := c[i*ldc : i*ldc+n]
+		if beta == 0 {
+			clear(r)
+			continue
+		}
+		for j := range r {
+			r[j] *= beta
+		}
+	}
+}
+
+func (ks *gemmKernels) gemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int,
+	b []float32, ldb int, beta float32, c []float32, ldc int) {
+	checkGemm("tensor.Gemm", transA, transB, m, n, k, len(a), lda, len(b), ldb, len(c), ldc)
+	if m == 0 || n == 0 {
+		return
+	}
+	if alpha == 0 || k == 0 {
+		scaleC(m, n, beta, c, ldc)
+		return
+	}
+	g := gemmJob{transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, beta: beta,
+		a: a, lda: lda, b: b, ldb: ldb, c: c, ldc: ldc}
+	threads := runtime.GOMAXPROCS(0)
+	if transB && m <= smallMMax {
+		runSmallM(&g, ks.dot4, ks.dot4BF16, threads)
+		return
+	}
+	runBlocked(&g, ks.f32, threads)
+}
+
+func (ks *gemmKernels) gemmBF16(m, n, k int, a []float32, lda int, b []uint16, ldb int, c []float32, ldc int) {
+	checkGemm("tensor.GemmBF16", false, true, m, n, k, len(a), lda, len(b), ldb, len(c), ldc)
+	if m == 0 || n == 0 {
+		return
+	}
+	if k == 0 {
+		scaleC(m, n, 0, c, ldc)
+		return
+	}
+	g := gemmJob{transB: true, m: m, n: n, k: k, alpha: 1, beta: 0,
+		a: a, lda: lda, bh: b, ldb: ldb, c: c, ldc: ldc}
+	threads := runtime.GOMAXPROCS(0)
+	switch {
+	case m <= smallMMax:
+		runSmallM(&g, ks.dot4, ks.dot4BF16, threads)
+	case ks.bf16 != nil:
+		runBlocked(&g, ks.bf16, threads)
+	default:
+		runBlocked(&g, ks.wide, threads)
+	}
+}
+
+// goKernels is the portable implementation, valid on every CPU.
+var goKernels = newGemmKernels("go", tileKernel[float32]{
+	mr: 2, nr: 4, kc: 256, mc: 128, nc: 2048, kstep: 1, micro: microGo2x4,
+}, nil, dot4Go, dot4BF16Go)
