@@ -1,0 +1,281 @@
+package model
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"carryon/tensor"
+)
+
+// FinalLayer asks Forward for the hidden states after the final norm: the
+// LM head's input, which the carry-on consumes.
+const FinalLayer = -1
+
+// Base is a frozen base model ready to run. Its weights are float32 slices
+// that, for F32 checkpoints, alias the memory-mapped files; Close unmaps
+// them. Forward and Logits are safe for concurrent use.
+type Base struct {
+	Config      Config
+	WeightsHash string // hex sha256 of the weight file bytes (shards in sorted name order)
+
+	embed     []float32 // (Vocab, Dim)
+	lmHead    []float32 // (Vocab, Dim); aliases embed when tied
+	finalNorm []float32 // (Dim)
+	layers    []layerWeights
+
+	ropeMu sync.Mutex
+	rope   *tensor.RoPE // grown on demand up to MaxPos
+
+	closeMu sync.RWMutex // Forward holds it for reading; Close for writing
+	closed  bool
+	closers []func() error
+}
+
+// layerWeights are one transformer block's tensors, in HF layout ((out, in)
+// matrices, rotate-half RoPE order of q/k rows).
+type layerWeights struct {
+	attnNorm []float32 // (Dim)
+	wq       matrix    // (Heads·HeadDim, Dim)
+	wk, wv   matrix    // (KVHeads·HeadDim, Dim)
+	bq       []float32 // (Heads·HeadDim) or nil
+	bk, bv   []float32 // (KVHeads·HeadDim) or nil
+	wo       matrix    // (Dim, Heads·HeadDim)
+	qNorm    []float32 // (HeadDim) or nil (qwen3 only)
+	kNorm    []float32 // (HeadDim) or nil
+	mlpNorm  []float32 // (Dim)
+	gate, up matrix    // (FFN, Dim)
+	down     matrix    // (Dim, FFN)
+}
+
+// matrix is a weight in nn.Linear layout (out, in), held either as float32
+// or, with LoadOptions.KeepBF16, as bf16 bit patterns. Exactly one is set.
+type matrix struct {
+	f []float32
+	h []uint16
+}
+
+func f32Matrix(f []float32) matrix { return matrix{f: f} }
+
+// linear computes out = inp·Wᵀ + bias.
+//
+//	out:  (n, oc)
+//	inp:  (n, ic)
+//	bias: (oc) or nil
+func (w matrix) linear(out, inp, bias []float32, n, ic, oc int) {
+	if w.h == nil {
+		tensor.LinearForward(out, inp, w.f, bias, n, ic, oc)
+		return
+	}
+	tensor.GemmBF16(n, oc, ic, inp, ic, w.h, ic, out, oc)
+	if bias != nil {
+		for i := 0; i < n; i++ {
+			tensor.AddInPlace(out[i*oc:(i+1)*oc], bias[:oc])
+		}
+	}
+}
+
+// float32 returns the weights as float32 (a widened copy for bf16).
+func (w matrix) float32() []float32 {
+	if w.h == nil {
+		return w.f
+	}
+	out := make([]float32, len(w.h))
+	for i, h := range w.h {
+		out[i] = tensor.BF16ToF32(h)
+	}
+	return out
+}
+
+// ErrClosed is returned by Forward after Close.
+var ErrClosed = errors.New("model: base is closed")
+
+// Close releases the weight mappings. It waits for running forwards.
+func (b *Base) Close() error {
+	b.closeMu.Lock()
+	defer b.closeMu.Unlock()
+	if b.closed {
+		return nil
+	}
+	b.closed = true
+	var errs []error
+	for _, c := range b.closers {
+		errs = append(errs, c())
+	}
+	b.closers = nil
+	b.embed, b.lmHead, b.finalNorm, b.layers = nil, nil, nil, nil
+	return errors.Join(errs...)
+}
+
+// LMHead returns the output projection W_pred: (Vocab, Dim). When the
+// embeddings are tied it is the embedding matrix. Callers must not modify it.
+func (b *Base) LMHead() []float32 { return b.lmHead }
+
+// Embeddings returns the token embedding matrix (Vocab, Dim). Callers must
+// not modify it.
+func (b *Base) Embeddings() []float32 { return b.embed }
+
+// Logits projects final hidden states through the LM head. It must not be
+// called after Close.
+//
+//	hidden: (T, Dim), as returned by Forward for FinalLayer
+//	result: (T, Vocab)
+func (b *Base) Logits(hidden []float32, T int) []float32 {
+	c := b.Config
+	if len(hidden) < T*c.Dim {
+		panic(fmt.Sprintf("model.Logits: hidden has %d floats, want T·Dim = %d", len(hidden), T*c.Dim))
+	}
+	out := make([]float32, T*c.Vocab)
+	tensor.LinearForward(out, hidden, b.lmHead, nil, T, c.Dim, c.Vocab)
+	return out
+}
+
+// ropeFor returns RoPE tables covering positions [0, T).
+func (b *Base) ropeFor(T int) *tensor.RoPE {
+	b.ropeMu.Lock()
+	defer b.ropeMu.Unlock()
+	if b.rope == nil || b.rope.MaxPos < T {
+		c := b.Config
+		n := min(max(T, 2*ropeLen(b.rope), 1024), c.MaxPos)
+		b.rope = tensor.NewRoPE(c.HeadDim, n, c.RopeTheta, c.RopeScaling, false)
+	}
+	return b.rope
+}
+
+func ropeLen(r *tensor.RoPE) int {
+	if r == nil {
+		return 0
+	}
+	return r.MaxPos
+}
+
+// Forward runs one sequence at positions 0..T-1 and returns, for each entry
+// of layers, the hidden states (T, Dim): FinalLayer gives the output of the
+// final norm; k in [0, Layers] gives the residual stream after k blocks
+// (0 = the token embeddings).
+func (b *Base) Forward(ids []int32, layers []int) ([][]float32, error) {
+	b.closeMu.RLock()
+	defer b.closeMu.RUnlock()
+	if b.closed {
+		return nil, fmt.Errorf("model.Forward: %w", ErrClosed)
+	}
+	if err := b.checkInput(ids, layers); err != nil {
+		return nil, err
+	}
+	return b.forward(ids, layers), nil
+}
+
+// ForwardBatch runs Forward on each sequence (they may differ in length)
+// and returns the results per sequence.
+func (b *Base) ForwardBatch(seqs [][]int32, layers []int) ([][][]float32, error) {
+	out := make([][][]float32, len(seqs))
+	for i, ids := range seqs {
+		r, err := b.Forward(ids, layers)
+		if err != nil {
+			return nil, fmt.Errorf("model.ForwardBatch: sequence %d: %w", i, err)
+		}
+		out[i] = r
+	}
+	return out, nil
+}
+
+func (b *Base) checkInput(ids []int32, layers []int) error {
+	c := b.Config
+	if len(ids) == 0 {
+		return errors.New("model.Forward: empty sequence")
+	}
+	if len(ids) > c.MaxPos {
+		return fmt.Errorf("model.Forward: %d tokens exceed max_position_embeddings %d", len(ids), c.MaxPos)
+	}
+	for i, id := range ids {
+		if id < 0 || int(id) >= c.Vocab {
+			return fmt.Errorf("model.Forward: token %d at position %d is outside the vocabulary [0, %d)", id, i, c.Vocab)
+		}
+	}
+	if len(layers) == 0 {
+		return errors.New("model.Forward: no layers requested")
+	}
+	for _, l := range layers {
+		if l != FinalLayer && (l < 0 || l > c.Layers) {
+			return fmt.Errorf("model.Forward: layer %d: want FinalLayer (-1) or 0..%d", l, c.Layers)
+		}
+	}
+	return nil
+}
+
+// mlpRows is how many positions the MLP processes at once, which bounds the
+// (rows, FFN) gate/up buffers for long sequences.
+const mlpRows = 256
+
+// forward assumes checked inputs.
+func (b *Base) forward(ids []int32, layers []int) [][]float32 {
+	c := b.Config
+	T, D, hd := len(ids), c.Dim, c.HeadDim
+	qd, kvd := c.Heads*hd, c.KVHeads*hd
+	rope := b.ropeFor(T)
+	pos := make([]int32, T)
+	for i := range pos {
+		pos[i] = int32(i)
+	}
+	// Activations, allocated once per call.
+	x := make([]float32, T*D)    // (T, D) residual stream
+	xn := make([]float32, T*D)   // (T, D) normed input of a sub-block
+	q := make([]float32, T*qd)   // (T, Heads·hd)
+	k := make([]float32, T*kvd)  // (T, KVHeads·hd)
+	v := make([]float32, T*kvd)  // (T, KVHeads·hd)
+	att := make([]float32, T*qd) // (T, Heads·hd)
+	lse := make([]float32, c.Heads*T)
+	scratch := make([]float32, tensor.AttentionScratch(T, hd))
+	rows := min(T, mlpRows)
+	gate := make([]float32, rows*c.FFN) // (rows, FFN)
+	up := make([]float32, rows*c.FFN)   // (rows, FFN)
+
+	out := make([][]float32, len(layers))
+	save := func(k int) {
+		for i, l := range layers {
+			if l == k {
+				out[i] = append([]float32(nil), x...)
+			}
+		}
+	}
+	tensor.EmbeddingForward(x, b.embed, ids, D)
+	save(0)
+	for li := range b.layers {
+		w := &b.layers[li]
+		// Attention sub-block.
+		tensor.RMSNormForward(xn, nil, x, w.attnNorm, T, D, c.NormEps)
+		w.wq.linear(q, xn, w.bq, T, D, qd)
+		w.wk.linear(k, xn, w.bk, T, D, kvd)
+		w.wv.linear(v, xn, w.bv, T, D, kvd)
+		if w.qNorm != nil {
+			tensor.RMSNormForward(q, nil, q, w.qNorm, T*c.Heads, hd, c.NormEps)
+			tensor.RMSNormForward(k, nil, k, w.kNorm, T*c.KVHeads, hd, c.NormEps)
+		}
+		rope.Forward(q, pos, T, c.Heads)
+		rope.Forward(k, pos, T, c.KVHeads)
+		tensor.AttentionForward(att, lse, q, k, v, scratch, T, c.Heads, c.KVHeads, hd)
+		w.wo.linear(xn, att, nil, T, qd, D)
+		tensor.AddInPlace(x, xn)
+		// MLP sub-block, in chunks of rows.
+		tensor.RMSNormForward(xn, nil, x, w.mlpNorm, T, D, c.NormEps)
+		for r0 := 0; r0 < T; r0 += rows {
+			n := min(rows, T-r0)
+			in := xn[r0*D : (r0+n)*D]
+			g, u := gate[:n*c.FFN], up[:n*c.FFN]
+			w.gate.linear(g, in, nil, n, D, c.FFN)
+			w.up.linear(u, in, nil, n, D, c.FFN)
+			tensor.SwiGLUForward(g, g, u)
+			// xn rows r0.. are consumed above, so they can take the output.
+			w.down.linear(in, g, nil, n, c.FFN, D)
+		}
+		tensor.AddInPlace(x, xn)
+		save(li + 1)
+	}
+	for i, l := range layers {
+		if l == FinalLayer {
+			out[i] = make([]float32, T*D)
+			tensor.RMSNormForward(out[i], nil, x, b.finalNorm, T, D, c.NormEps)
+		}
+	}
+	return out
+}

@@ -1,0 +1,586 @@
+package model
+
+// The carry-on network of DESIGN.md §2.
+//
+// Per position t of one sequence, with sources x_i (x_0 = x̂, the bridged
+// final hidden state of the base, width D):
+//
+//	u   = Σ_i P_i x_i + b_i                         trunk input, width h
+//	r   = L causal pre-norm blocks of width h       (RMSNorm, MHA with RoPE, RMSNorm, SwiGLU)
+//	h   = RMSNorm(r)
+//	Δx  = W_Δ h                                     (D), W_Δ initialised to zero
+//	g   = sigmoid(W_g h + b_g)                      (D)
+//	y   = x̂ + α · g ⊙ Δx                           (D)
+//	logits = W_pred y                               frozen LM head of the base
+//
+// All parameters live in one contiguous []float32 (llm.c's ParameterTensors):
+// zeroing grads, the AdamW step and hashing are single loops, and the named
+// fields of CarryOnWeights are windows of it.
+
+import (
+	"fmt"
+	"math"
+	"strconv"
+
+	"carryon/tensor"
+)
+
+// Bounds checked by CarryOnConfig.Validate (and so by UnmarshalAdaptor
+// before anything is allocated).
+const (
+	coMaxSources   = 64
+	coMaxNameLen   = 256
+	coMaxDim       = 1 << 17 // widest base hidden state accepted
+	coMaxWidth     = 1 << 15
+	coMaxLayers    = 256
+	coMaxHeads     = 1 << 10
+	coMaxFFN       = 1 << 17
+	coMaxVocab     = 1 << 22
+	coMaxSeq       = 1 << 20
+	coMaxParams    = 1 << 30 // 4 GiB of float32
+	coCEChunkElems = 1 << 21 // positions·vocab per LM-head chunk (8 MiB of logits)
+)
+
+// Source is one input of the carry-on: the bridged hidden states of one base
+// at one layer.
+type Source struct {
+	Name string `json:"name"` // "final", "layer:3", "base:<hash>:final"
+	Dim  int    `json:"dim"`  // hidden width of that source
+}
+
+// CarryOnConfig is the shape of a carry-on. Sources[0] is the primary input
+// x̂, whose width D is the width of the base's LM head.
+type CarryOnConfig struct {
+	Sources   []Source `json:"sources"`
+	Width     int      `json:"width"`      // h
+	Layers    int      `json:"layers"`     // L
+	Heads     int      `json:"heads"`      // attention heads; Width/Heads must be even
+	FFN       int      `json:"ffn"`        // SwiGLU hidden width
+	Vocab     int      `json:"vocab"`      // rows of the base's LM head
+	MaxSeq    int      `json:"max_seq"`    // longest sequence
+	RopeTheta float64  `json:"rope_theta"` // RoPE base
+	NormEps   float32  `json:"norm_eps"`   // RMSNorm epsilon
+	Alpha     float32  `json:"alpha"`      // default scale of the customisation
+}
+
+// DefaultCarryOnConfig is the "1 MB" carry-on of DESIGN.md §2 on one source,
+// the final hidden state of a base of width baseDim.
+func DefaultCarryOnConfig(baseDim, vocab int) CarryOnConfig {
+	return CarryOnConfig{
+		Sources:   []Source{{Name: "final", Dim: baseDim}},
+		Width:     64,
+		Layers:    2,
+		Heads:     4,
+		FFN:       172, // ≈ 8/3·64 rounded up to a multiple of 4
+		Vocab:     vocab,
+		MaxSeq:    4096,
+		RopeTheta: 1e4,
+		NormEps:   1e-6,
+		Alpha:     1,
+	}
+}
+
+// D returns the width of the primary source (the LM head's width).
+func (c CarryOnConfig) D() int {
+	if len(c.Sources) == 0 {
+		return 0
+	}
+	return c.Sources[0].Dim
+}
+
+// HeadDim returns Width/Heads.
+func (c CarryOnConfig) HeadDim() int {
+	if c.Heads == 0 {
+		return 0
+	}
+	return c.Width / c.Heads
+}
+
+func coRange(field string, v, lo, hi int) error {
+	if v < lo || v > hi {
+		return fmt.Errorf("model.CarryOnConfig: %s = %d out of range [%d, %d]", field, v, lo, hi)
+	}
+	return nil
+}
+
+// Validate checks every field against its bound; errors name the field.
+func (c CarryOnConfig) Validate() error {
+	if len(c.Sources) < 1 || len(c.Sources) > coMaxSources {
+		return fmt.Errorf("model.CarryOnConfig: %d Sources, want 1..%d", len(c.Sources), coMaxSources)
+	}
+	seen := make(map[string]bool, len(c.Sources))
+	for i, s := range c.Sources {
+		if s.Name == "" || len(s.Name) > coMaxNameLen {
+			return fmt.Errorf("model.CarryOnConfig: Sources[%d].Name has %d bytes, want 1..%d", i, len(s.Name), coMaxNameLen)
+		}
+		if seen[s.Name] {
+			return fmt.Errorf("model.CarryOnConfig: Sources[%d].Name %q repeats an earlier source", i, s.Name)
+		}
+		seen[s.Name] = true
+		if err := coRange("Sources["+strconv.Itoa(i)+"].Dim", s.Dim, 1, coMaxDim); err != nil {
+			return err
+		}
+	}
+	for _, f := range []struct {
+		name      string
+		v, lo, hi int
+	}{
+		{"Width", c.Width, 2, coMaxWidth},
+		{"Layers", c.Layers, 0, coMaxLayers},
+		{"Heads", c.Heads, 1, coMaxHeads},
+		{"FFN", c.FFN, 1, coMaxFFN},
+		{"Vocab", c.Vocab, 1, coMaxVocab},
+		{"MaxSeq", c.MaxSeq, 1, coMaxSeq},
+	} {
+		if err := coRange(f.name, f.v, f.lo, f.hi); err != nil {
+			return err
+		}
+	}
+	if c.Width%c.Heads != 0 || (c.Width/c.Heads)%2 != 0 {
+		return fmt.Errorf("model.CarryOnConfig: Width %d must be Heads %d times an even head size (RoPE)", c.Width, c.Heads)
+	}
+	if !(c.RopeTheta > 1) || math.IsInf(c.RopeTheta, 0) {
+		return fmt.Errorf("model.CarryOnConfig: RopeTheta = %v, want a finite value > 1", c.RopeTheta)
+	}
+	if !(c.NormEps > 0) || c.NormEps > 1 {
+		return fmt.Errorf("model.CarryOnConfig: NormEps = %v, want (0, 1]", c.NormEps)
+	}
+	if math.IsNaN(float64(c.Alpha)) || math.IsInf(float64(c.Alpha), 0) {
+		return fmt.Errorf("model.CarryOnConfig: Alpha = %v, want a finite value", c.Alpha)
+	}
+	if n := c.numParams64(); n > coMaxParams {
+		return fmt.Errorf("model.CarryOnConfig: %d parameters, over the cap of %d", n, coMaxParams)
+	}
+	return nil
+}
+
+// numParams64 counts parameters without overflow for fields within their
+// bounds.
+func (c CarryOnConfig) numParams64() int64 {
+	var n int64
+	for _, t := range c.layout() {
+		n += int64(t.Numel())
+	}
+	return n
+}
+
+// NumParams returns the number of float32 parameters (len(Params)).
+func (c CarryOnConfig) NumParams() int { return int(c.numParams64()) }
+
+// CarryOnTensor names one parameter tensor: the window
+// Params[Offset : Offset+Numel()] with the given row-major shape.
+type CarryOnTensor struct {
+	Name   string
+	Shape  []int
+	Offset int
+	Decay  bool // weight decay applies (matrices; not norms or biases)
+}
+
+// Numel returns the number of elements.
+func (t CarryOnTensor) Numel() int {
+	n := 1
+	for _, s := range t.Shape {
+		n *= s
+	}
+	return n
+}
+
+// layout lists the parameter tensors in their order within Params. Names
+// are those of the adaptor file.
+func (c CarryOnConfig) layout() []CarryOnTensor {
+	var ts []CarryOnTensor
+	off := 0
+	add := func(name string, decay bool, shape ...int) {
+		t := CarryOnTensor{Name: name, Shape: shape, Offset: off, Decay: decay}
+		ts = append(ts, t)
+		off += t.Numel()
+	}
+	W, F, D := c.Width, c.FFN, c.D()
+	for i, s := range c.Sources {
+		p := "src." + strconv.Itoa(i) + ".proj."
+		add(p+"weight", true, W, s.Dim)
+		add(p+"bias", false, W)
+	}
+	for l := 0; l < c.Layers; l++ {
+		p := "blocks." + strconv.Itoa(l) + "."
+		add(p+"attn_norm.weight", false, W)
+		add(p+"attn.wq.weight", true, W, W)
+		add(p+"attn.wk.weight", true, W, W)
+		add(p+"attn.wv.weight", true, W, W)
+		add(p+"attn.wo.weight", true, W, W)
+		add(p+"mlp_norm.weight", false, W)
+		add(p+"mlp.w_gate.weight", true, F, W)
+		add(p+"mlp.w_up.weight", true, F, W)
+		add(p+"mlp.w_down.weight", true, W, F)
+	}
+	add("final_norm.weight", false, W)
+	add("delta.weight", true, D, W)
+	add("gate.weight", true, D, W)
+	add("gate.bias", false, D)
+	return ts
+}
+
+// CarryOnBlock holds the parameters of one transformer block.
+type CarryOnBlock struct {
+	AttnNorm       []float32 // (W)
+	WQ, WK, WV, WO []float32 // (W, W) each, nn.Linear layout (out, in)
+	MLPNorm        []float32 // (W)
+	WGate, WUp     []float32 // (FFN, W)
+	WDown          []float32 // (W, FFN)
+}
+
+// CarryOnWeights are named windows of a buffer laid out like Params: the
+// parameters themselves, or their gradients or optimiser moments.
+type CarryOnWeights struct {
+	Proj      [][]float32 // per source i: (W, Dim_i)
+	ProjBias  [][]float32 // per source i: (W)
+	Blocks    []CarryOnBlock
+	FinalNorm []float32 // (W)
+	Delta     []float32 // (D, W) W_Δ
+	Gate      []float32 // (D, W) W_g
+	GateBias  []float32 // (D) b_g
+}
+
+// CarryOn is a carry-on network: its config and parameters.
+type CarryOn struct {
+	Config CarryOnConfig
+	Params []float32 // all parameters, one contiguous slice
+	CarryOnWeights
+	tensors []CarryOnTensor
+}
+
+// NewCarryOn makes a carry-on with deterministic initial weights drawn from
+// seed:
+//
+//   - projections P_i ~ N(0, 1/Dim_i) (so u keeps the scale of the inputs),
+//     biases 0;
+//   - block matrices ~ N(0, 0.02²), with wo and w_down scaled by 1/sqrt(2L)
+//     (GPT-2's residual scaling); norm weights 1;
+//   - W_Δ = 0, so y = x̂ and training starts exactly at the base's loss;
+//   - W_g ~ N(0, 0.02²) and b_g = 0, so the gate starts near 1/2.
+//
+// With W_Δ = 0 the gradient reaches only W_Δ on the first step; the rest of
+// the network starts learning once W_Δ has moved.
+func NewCarryOn(cfg CarryOnConfig, seed uint64) (*CarryOn, error) {
+	c, err := coAlloc(cfg)
+	if err != nil {
+		return nil, err
+	}
+	rng := coRNG{state: seed}
+	normal := func(x []float32, std float64) {
+		for i := range x {
+			x[i] = float32(rng.normal() * std)
+		}
+	}
+	fill := func(x []float32, v float32) {
+		for i := range x {
+			x[i] = v
+		}
+	}
+	for i, s := range cfg.Sources {
+		normal(c.Proj[i], 1/math.Sqrt(float64(s.Dim)))
+	}
+	resid := 0.02 / math.Sqrt(2*float64(max(cfg.Layers, 1)))
+	for _, b := range c.Blocks {
+		fill(b.AttnNorm, 1)
+		normal(b.WQ, 0.02)
+		normal(b.WK, 0.02)
+		normal(b.WV, 0.02)
+		normal(b.WO, resid)
+		fill(b.MLPNorm, 1)
+		normal(b.WGate, 0.02)
+		normal(b.WUp, 0.02)
+		normal(b.WDown, resid)
+	}
+	fill(c.FinalNorm, 1)
+	normal(c.Gate, 0.02)
+	return c, nil
+}
+
+// coAlloc validates cfg and allocates a zeroed carry-on.
+func coAlloc(cfg CarryOnConfig) (*CarryOn, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("model.NewCarryOn: %w", err)
+	}
+	cfg.Sources = append([]Source(nil), cfg.Sources...)
+	c := &CarryOn{Config: cfg, tensors: cfg.layout()}
+	c.Params = make([]float32, cfg.NumParams())
+	c.CarryOnWeights = c.Views(c.Params)
+	return c, nil
+}
+
+// Tensors lists the parameter tensors in their order within Params.
+func (c *CarryOn) Tensors() []CarryOnTensor {
+	out := make([]CarryOnTensor, len(c.tensors))
+	copy(out, c.tensors)
+	return out
+}
+
+// Views returns named windows of buf, which must have len(Params) elements
+// (a gradient buffer, an optimiser moment, or Params itself).
+func (c *CarryOn) Views(buf []float32) CarryOnWeights {
+	if len(buf) != len(c.Params) {
+		panic(fmt.Sprintf("model.CarryOn.Views: buffer has %d elements, want %d", len(buf), len(c.Params)))
+	}
+	ts := c.tensors
+	k := 0
+	next := func() []float32 {
+		t := ts[k]
+		k++
+		return buf[t.Offset : t.Offset+t.Numel() : t.Offset+t.Numel()]
+	}
+	var w CarryOnWeights
+	for range c.Config.Sources {
+		w.Proj = append(w.Proj, next())
+		w.ProjBias = append(w.ProjBias, next())
+	}
+	w.Blocks = make([]CarryOnBlock, c.Config.Layers)
+	for l := range w.Blocks {
+		b := &w.Blocks[l]
+		b.AttnNorm, b.WQ, b.WK, b.WV, b.WO = next(), next(), next(), next(), next()
+		b.MLPNorm, b.WGate, b.WUp, b.WDown = next(), next(), next(), next()
+	}
+	w.FinalNorm, w.Delta, w.Gate, w.GateBias = next(), next(), next(), next()
+	return w
+}
+
+// Clone returns a deep copy.
+func (c *CarryOn) Clone() *CarryOn {
+	d, err := coAlloc(c.Config)
+	if err != nil {
+		panic("model.CarryOn.Clone: " + err.Error()) // c was validated when made
+	}
+	copy(d.Params, c.Params)
+	return d
+}
+
+// coRNG is splitmix64 with Box–Muller normals: a fixed, documented stream so
+// an initialisation is reproducible across Go releases.
+type coRNG struct {
+	state uint64
+	spare float64
+	has   bool
+}
+
+func (r *coRNG) next() uint64 {
+	r.state += 0x9e3779b97f4a7c15
+	z := r.state
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
+	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
+	return z ^ (z >> 31)
+}
+
+// uniform returns a value in (0, 1].
+func (r *coRNG) uniform() float64 { return (float64(r.next()>>11) + 1) / (1 << 53) }
+
+func (r *coRNG) normal() float64 {
+	if r.has {
+		r.has = false
+		return r.spare
+	}
+	u1, u2 := r.uniform(), r.uniform()
+	rad := math.Sqrt(-2 * math.Log(u1))
+	s, c := math.Sincos(2 * math.Pi * u2)
+	r.spare, r.has = rad*s, true
+	return rad * c
+}
+
+// Workspace holds the activations a forward pass saves for backward and the
+// scratch of backward, sized for sequences of up to T positions and reused
+// across calls. A Workspace belongs to one goroutine at a time.
+type Workspace struct {
+	T      int
+	cfg    CarryOnConfig // of the carry-on it was made for
+	rope   *tensor.RoPE
+	pos    []int32 // (T) 0..T-1
+	layers []coLayerActs
+	res    [][]float32 // L+1 residual streams, (T, W) each; res[0] = u
+	resL   []float32   // = res[L]
+	rstdF  []float32   // (T)
+	h      []float32   // (T, W) final norm output
+	delta  []float32   // (T, D) Δx
+	gate   []float32   // (T, D) g
+	y      []float32   // (T, D)
+
+	// backward scratch
+	dy, dtmp, dDelta, dGate []float32 // (T, D)
+	dres, dh, dn            []float32 // (T, W)
+	dq, dk, dv, datt        []float32 // (T, W)
+	dga, dua, dsw           []float32 // (T, FFN)
+	attScratch              []float32
+	ceScratch               []float32
+	ceChunk                 int
+	grads                   CarryOnWeights // views of gradsOf
+	gradsOf                 []float32
+}
+
+// coLayerActs are the saved activations of one block.
+type coLayerActs struct {
+	an, q, k, v, att []float32 // (T, W); q, k after RoPE
+	rstd1, rstd2     []float32 // (T)
+	lse              []float32 // (Heads, T)
+	mid, mn          []float32 // (T, W) residual after attention, its norm
+	ga, ua, sw       []float32 // (T, FFN) gate/up pre-activations, SwiGLU output
+}
+
+// NewWorkspace allocates a workspace for sequences of up to T positions
+// (T ≤ Config.MaxSeq).
+func (c *CarryOn) NewWorkspace(T int) *Workspace {
+	cfg := c.Config
+	if T < 1 || T > cfg.MaxSeq {
+		panic(fmt.Sprintf("model.CarryOn.NewWorkspace: T = %d out of range [1, MaxSeq = %d]", T, cfg.MaxSeq))
+	}
+	W, F, D, H := cfg.Width, cfg.FFN, cfg.D(), cfg.Heads
+	f := func(n int) []float32 { return make([]float32, n) }
+	ws := &Workspace{T: T, cfg: cfg, rope: tensor.NewRoPE(cfg.HeadDim(), T, cfg.RopeTheta, nil, false)}
+	ws.pos = make([]int32, T)
+	for i := range ws.pos {
+		ws.pos[i] = int32(i)
+	}
+	ws.layers = make([]coLayerActs, cfg.Layers)
+	for l := range ws.layers {
+		a := &ws.layers[l]
+		a.an, a.q, a.k, a.v, a.att = f(T*W), f(T*W), f(T*W), f(T*W), f(T*W)
+		a.rstd1, a.rstd2, a.lse = f(T), f(T), f(H*T)
+		a.mid, a.mn = f(T*W), f(T*W)
+		a.ga, a.ua, a.sw = f(T*F), f(T*F), f(T*F)
+	}
+	ws.res = make([][]float32, cfg.Layers+1)
+	for l := range ws.res {
+		ws.res[l] = f(T * W)
+	}
+	ws.resL = ws.res[cfg.Layers]
+	ws.rstdF, ws.h = f(T), f(T*W)
+	ws.delta, ws.gate, ws.y = f(T*D), f(T*D), f(T*D)
+	ws.dy, ws.dtmp, ws.dDelta, ws.dGate = f(T*D), f(T*D), f(T*D), f(T*D)
+	ws.dres, ws.dh, ws.dn = f(T*W), f(T*W), f(T*W)
+	ws.dq, ws.dk, ws.dv, ws.datt = f(T*W), f(T*W), f(T*W), f(T*W)
+	ws.dga, ws.dua, ws.dsw = f(T*F), f(T*F), f(T*F)
+	ws.attScratch = f(tensor.AttentionScratch(T, cfg.HeadDim()))
+	ws.ceChunk = max(1, min(T, coCEChunkElems/cfg.Vocab, 64))
+	ws.ceScratch = f(ws.ceChunk * cfg.Vocab)
+	return ws
+}
+
+// coCheck panics on a programmer error in the arguments of op.
+func (c *CarryOn) coCheck(op string, ws *Workspace, sources [][]float32, T int) {
+	if ws == nil || T < 1 || T > ws.T {
+		wt := 0
+		if ws != nil {
+			wt = ws.T
+		}
+		panic(fmt.Sprintf("model.CarryOn.%s: T = %d, workspace holds 1..%d", op, T, wt))
+	}
+	if !coSameShape(ws.cfg, c.Config) {
+		panic(fmt.Sprintf("model.CarryOn.%s: workspace was made for a carry-on of another shape", op))
+	}
+	if len(sources) != len(c.Config.Sources) {
+		panic(fmt.Sprintf("model.CarryOn.%s: %d sources, config has %d", op, len(sources), len(c.Config.Sources)))
+	}
+	for i, s := range c.Config.Sources {
+		if len(sources[i]) < T*s.Dim {
+			panic(fmt.Sprintf("model.CarryOn.%s: source %d (%s) has %d values, want T·Dim = %d", op, i, s.Name, len(sources[i]), T*s.Dim))
+		}
+	}
+}
+
+// coSameShape reports whether a workspace made for a fits b.
+func coSameShape(a, b CarryOnConfig) bool {
+	if a.Width != b.Width || a.Layers != b.Layers || a.Heads != b.Heads || a.FFN != b.FFN ||
+		a.Vocab != b.Vocab || a.RopeTheta != b.RopeTheta || len(a.Sources) != len(b.Sources) {
+		return false
+	}
+	for i := range a.Sources {
+		if a.Sources[i].Dim != b.Sources[i].Dim {
+			return false
+		}
+	}
+	return true
+}
+
+// Forward computes y (T, D) for one sequence and saves the activations for
+// backward in ws. sources[i]: (T, Dim_i). alpha overrides Config.Alpha. The
+// result is a window of ws, valid until the next call with ws.
+func (c *CarryOn) Forward(ws *Workspace, sources [][]float32, T int, alpha float32) []float32 {
+	c.coCheck("Forward", ws, sources, T)
+	cfg := c.Config
+	W, F, D, H, hd := cfg.Width, cfg.FFN, cfg.D(), cfg.Heads, cfg.HeadDim()
+	TW, TF, TD := T*W, T*F, T*D
+
+	// u = Σ_i x_i P_iᵀ + b_i: (T, W)
+	u := ws.res[0][:TW]
+	for i, s := range cfg.Sources {
+		beta := float32(1)
+		if i == 0 {
+			beta = 0
+		}
+		tensor.Gemm(false, true, T, W, s.Dim, 1, sources[i], s.Dim, c.Proj[i], s.Dim, beta, u, W)
+	}
+	for t := 0; t < T; t++ {
+		row := u[t*W : (t+1)*W]
+		for i := range cfg.Sources {
+			for j, b := range c.ProjBias[i] {
+				row[j] += b
+			}
+		}
+	}
+
+	for l := range c.Blocks {
+		b, a := &c.Blocks[l], &ws.layers[l]
+		in, out := ws.res[l][:TW], ws.res[l+1][:TW]
+		// attention
+		tensor.RMSNormForward(a.an[:TW], a.rstd1[:T], in, b.AttnNorm, T, W, cfg.NormEps)
+		tensor.LinearForward(a.q[:TW], a.an[:TW], b.WQ, nil, T, W, W)
+		tensor.LinearForward(a.k[:TW], a.an[:TW], b.WK, nil, T, W, W)
+		tensor.LinearForward(a.v[:TW], a.an[:TW], b.WV, nil, T, W, W)
+		ws.rope.Forward(a.q[:TW], ws.pos[:T], T, H)
+		ws.rope.Forward(a.k[:TW], ws.pos[:T], T, H)
+		lse := a.lse[:H*T]
+		tensor.AttentionForward(a.att[:TW], lse, a.q[:TW], a.k[:TW], a.v[:TW], ws.attScratch, T, H, H, hd)
+		tensor.LinearForward(a.mid[:TW], a.att[:TW], b.WO, nil, T, W, W)
+		tensor.AddInPlace(a.mid[:TW], in)
+		// MLP
+		tensor.RMSNormForward(a.mn[:TW], a.rstd2[:T], a.mid[:TW], b.MLPNorm, T, W, cfg.NormEps)
+		tensor.LinearForward(a.ga[:TF], a.mn[:TW], b.WGate, nil, T, W, F)
+		tensor.LinearForward(a.ua[:TF], a.mn[:TW], b.WUp, nil, T, W, F)
+		tensor.SwiGLUForward(a.sw[:TF], a.ga[:TF], a.ua[:TF])
+		tensor.LinearForward(out, a.sw[:TF], b.WDown, nil, T, F, W)
+		tensor.AddInPlace(out, a.mid[:TW])
+	}
+
+	// heads
+	h := ws.h[:TW]
+	tensor.RMSNormForward(h, ws.rstdF[:T], ws.resL[:TW], c.FinalNorm, T, W, cfg.NormEps)
+	delta, gate, y := ws.delta[:TD], ws.gate[:TD], ws.y[:TD]
+	tensor.LinearForward(delta, h, c.Delta, nil, T, W, D)
+	tensor.LinearForward(gate, h, c.Gate, c.GateBias, T, W, D)
+	tensor.SigmoidForward(gate, gate)
+	x := sources[0][:TD]
+	for i := range y {
+		y[i] = x[i] + alpha*(gate[i]*delta[i])
+	}
+	return y
+}
+
+// Loss runs Forward and the chunked LM-head cross-entropy of y against
+// targets (T; -1 = ignore). wPred: (Vocab, D), the base's frozen LM head.
+func (c *CarryOn) Loss(ws *Workspace, sources [][]float32, targets []int32, T int, wPred []float32, alpha float32) (lossSum float64, count int) {
+	c.coCheckHead("Loss", targets, T, wPred)
+	y := c.Forward(ws, sources, T, alpha)
+	return tensor.CrossEntropyLMHead(nil, y, wPred, targets[:T], T, c.Config.D(), c.Config.Vocab, ws.ceChunk, 0, ws.ceScratch)
+}
+
+func (c *CarryOn) coCheckHead(op string, targets []int32, T int, wPred []float32) {
+	V := c.Config.Vocab
+	if len(wPred) != V*c.Config.D() {
+		panic(fmt.Sprintf("model.CarryOn.%s: wPred has %d values, want Vocab·D = %d·%d", op, len(wPred), V, c.Config.D()))
+	}
+	if len(targets) < T {
+		panic(fmt.Sprintf("model.CarryOn.%s: %d targets for T = %d", op, len(targets), T))
+	}
+	for t, v := range targets[:T] {
+		if v < -1 || int(v) >= V {
+			panic(fmt.Sprintf("model.CarryOn.%s: targets[%d] = %d outside [-1, %d)", op, t, v, V))
+		}
+	}
+}

@@ -1,0 +1,113 @@
+package model
+
+import (
+	"fmt"
+	"math"
+
+	"carryon/tensor"
+)
+
+// OptimConfig configures the carry-on's AdamW optimiser (DESIGN.md §2):
+// linear warm-up then cosine decay, and global-norm gradient clipping.
+type OptimConfig struct {
+	LR, MinLR   float32 // peak and final learning rate
+	Warmup      int     // steps of linear warm-up from 0 to LR
+	Total       int     // step at which the cosine reaches MinLR
+	Beta1       float32
+	Beta2       float32
+	Eps         float32
+	WeightDecay float32 // decoupled; applied to matrices only (not norms or biases)
+	ClipNorm    float64 // global L2 norm cap; 0 disables clipping
+}
+
+// DefaultOptimConfig returns the defaults for a run of total steps: LR 1e-3
+// decaying to 1e-4, 5% warm-up (at least 1 step), β = (0.9, 0.95),
+// eps 1e-8, weight decay 0.01, clipping at 1.
+func DefaultOptimConfig(total int) OptimConfig {
+	return OptimConfig{
+		LR: 1e-3, MinLR: 1e-4,
+		Warmup: max(1, total/20), Total: total,
+		Beta1: 0.9, Beta2: 0.95, Eps: 1e-8,
+		WeightDecay: 0.01, ClipNorm: 1,
+	}
+}
+
+// Validate checks every field; errors name the field and bound.
+func (o OptimConfig) Validate() error {
+	bad := func(field string, v any, want string) error {
+		return fmt.Errorf("model.OptimConfig: %s = %v, want %s", field, v, want)
+	}
+	finite := func(x float32) bool { return !math.IsNaN(float64(x)) && !math.IsInf(float64(x), 0) }
+	switch {
+	case !finite(o.LR) || o.LR <= 0:
+		return bad("LR", o.LR, "a finite value > 0")
+	case !finite(o.MinLR) || o.MinLR < 0 || o.MinLR > o.LR:
+		return bad("MinLR", o.MinLR, "within [0, LR]")
+	case o.Total < 1:
+		return bad("Total", o.Total, ">= 1")
+	case o.Warmup < 0 || o.Warmup > o.Total:
+		return bad("Warmup", o.Warmup, "within [0, Total]")
+	case !(o.Beta1 >= 0 && o.Beta1 < 1):
+		return bad("Beta1", o.Beta1, "within [0, 1)")
+	case !(o.Beta2 >= 0 && o.Beta2 < 1):
+		return bad("Beta2", o.Beta2, "within [0, 1)")
+	case !(o.Eps > 0) || !finite(o.Eps):
+		return bad("Eps", o.Eps, "a finite value > 0")
+	case !(o.WeightDecay >= 0) || !finite(o.WeightDecay) || o.WeightDecay*o.LR >= 1:
+		return bad("WeightDecay", o.WeightDecay, "within [0, 1/LR)")
+	case !(o.ClipNorm >= 0) || math.IsInf(o.ClipNorm, 0):
+		return bad("ClipNorm", o.ClipNorm, "a finite value >= 0")
+	}
+	return nil
+}
+
+// Optimizer is AdamW over a carry-on's Params. M and V are laid out like
+// Params; Steps counts the updates taken. Persist all three to resume.
+type Optimizer struct {
+	Config OptimConfig
+	M, V   []float32
+	Steps  int
+	model  *CarryOn
+}
+
+// NewOptimizer makes an optimiser for c with zero moments.
+func NewOptimizer(c *CarryOn, cfg OptimConfig) (*Optimizer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("model.NewOptimizer: %w", err)
+	}
+	return &Optimizer{Config: cfg, M: make([]float32, len(c.Params)), V: make([]float32, len(c.Params)), model: c}, nil
+}
+
+// LR returns the learning rate the next Step will use.
+func (o *Optimizer) LR() float32 {
+	cfg := o.Config
+	return tensor.CosineLR(o.Steps+1, cfg.Warmup, cfg.Total, cfg.LR, cfg.MinLR)
+}
+
+// Step clips grads (laid out like Params) in place to the global norm
+// Config.ClipNorm, applies one AdamW update to the model's Params, and
+// returns the gradient norm before clipping. The caller zeroes grads
+// before accumulating the next step.
+func (o *Optimizer) Step(grads []float32) (gradNorm float64) {
+	c := o.model
+	if len(grads) != len(c.Params) {
+		panic(fmt.Sprintf("model.Optimizer.Step: grads has %d values, want %d", len(grads), len(c.Params)))
+	}
+	cfg := o.Config
+	if cfg.ClipNorm > 0 {
+		gradNorm = tensor.ClipGradNorm(cfg.ClipNorm, grads)
+	} else {
+		gradNorm = tensor.GradNorm(grads)
+	}
+	lr := o.LR()
+	o.Steps++
+	for _, t := range c.tensors {
+		a, b := t.Offset, t.Offset+t.Numel()
+		wd := float32(0)
+		if t.Decay {
+			wd = cfg.WeightDecay
+		}
+		tensor.AdamWStep(c.Params[a:b], grads[a:b], o.M[a:b], o.V[a:b], o.Steps, lr, cfg.Beta1, cfg.Beta2, cfg.Eps, wd)
+	}
+	return gradNorm
+}

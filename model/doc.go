@@ -1,0 +1,36 @@
+// Package model holds pure functions of weights shared by the node and the
+// coordinator: the frozen base LLMs (llama, qwen2, qwen3) and their loaders,
+// the tokenizer, and the carry-on network.
+//
+// # Base models
+//
+// A Base runs the Hugging Face forward pass of the llama / qwen2 / qwen3
+// dense families on the CPU, in float32:
+//
+//	x = embed[ids]                                   // (T, Dim)
+//	for each layer:
+//	    h = RMSNorm(x)·{Wq,Wk,Wv}ᵀ (+ biases: qwen2)  // q (T, Heads·hd), k, v (T, KVHeads·hd)
+//	    q, k = RMSNorm per head (qwen3 only)
+//	    q, k = RoPE (rotate-half, optional llama3 frequency scaling)
+//	    x += causal GQA attention(q, k, v)·Woᵀ
+//	    x += down(silu(gate(RMSNorm(x))) ⊙ up(RMSNorm(x)))
+//	hidden = RMSNorm(x)                               // FinalLayer: the LM head's input
+//	logits = hidden·W_predᵀ                           // (T, Vocab)
+//
+// Forward returns the hidden states of any requested layers: FinalLayer (the
+// carry-on's input x_t), or the residual stream after k blocks (0 = the
+// token embeddings, the shallow shortcut s_t).
+//
+// LoadBase reads config.json and model.safetensors (or shards with
+// model.safetensors.index.json); F32 weights stay memory-mapped, F16/BF16
+// are widened to float32 (LoadBaseWith with KeepBF16 keeps BF16 block
+// matrices and multiplies them with tensor.GemmBF16 instead). The weights
+// are named by WeightsHash, the sha256 of the weight files' bytes, which the
+// swarm uses to tell bases apart. LoadLlama2C reads llama2.c checkpoints
+// (stories260K), permuting their interleaved RoPE layout into HF's.
+// WriteRandomBase makes deterministic random checkpoints for tests and the
+// demo (DemoConfig).
+//
+// Numerics are checked against llama.cpp (model/oracle_test.go, through
+// shared/tools/llamacpp).
+package model

@@ -1,0 +1,383 @@
+package model
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"unsafe"
+
+	"carryon/tensor"
+)
+
+// Weight files of a Hugging Face checkpoint directory.
+const (
+	configFile    = "config.json"
+	singleFile    = "model.safetensors"
+	indexFile     = "model.safetensors.index.json"
+	maxIndexBytes = 64 << 20
+	maxShards     = 1 << 12
+)
+
+// LoadOptions tune LoadBaseWith. The zero value is LoadBase's behaviour.
+type LoadOptions struct {
+	// KeepBF16 keeps the BF16 weight matrices of the transformer blocks as
+	// they are (memory-mapped: half the memory of widening them) and
+	// multiplies them with tensor.GemmBF16. On CPUs with AVX512_BF16 that
+	// rounds the activations to bf16 inside each product (relative error
+	// about 2⁻⁹ per product), so hidden states move by about 1e-2 relative
+	// from the exact float32 path; results then also differ between CPUs.
+	// Embeddings, the LM head, norms and biases stay float32.
+	KeepBF16 bool
+}
+
+// LoadBase opens a Hugging Face checkpoint directory: config.json and
+// either model.safetensors or shards listed by model.safetensors.index.json.
+// F32 weights stay memory-mapped (zero copy); F16 and BF16 are widened to
+// float32 at load. Errors name the tensor and what was expected.
+func LoadBase(dir string) (*Base, error) { return LoadBaseWith(dir, LoadOptions{}) }
+
+// LoadBaseWith is LoadBase with options.
+func LoadBaseWith(dir string, opt LoadOptions) (*Base, error) {
+	cfgData, err := readCapped(filepath.Join(dir, configFile), MaxConfigBytes)
+	if err != nil {
+		return nil, fmt.Errorf("model.LoadBase: %w", err)
+	}
+	cfg, err := ParseConfig(cfgData)
+	if err != nil {
+		return nil, fmt.Errorf("model.LoadBase: %s: %w", filepath.Join(dir, configFile), err)
+	}
+	files, index, err := weightFiles(dir)
+	if err != nil {
+		return nil, fmt.Errorf("model.LoadBase: %w", err)
+	}
+	b := &Base{Config: cfg}
+	ws := make(weightSet)
+	h := sha256.New()
+	for _, name := range files {
+		st, err := tensor.OpenSafetensors(filepath.Join(dir, name))
+		if err != nil {
+			b.Close()
+			return nil, fmt.Errorf("model.LoadBase: %w", err)
+		}
+		b.closers = append(b.closers, st.Close)
+		if err := hashFile(h, filepath.Join(dir, name)); err != nil {
+			b.Close()
+			return nil, fmt.Errorf("model.LoadBase: %w", err)
+		}
+		for _, tn := range st.Names() {
+			if want, ok := index[tn]; ok && want != name {
+				b.Close()
+				return nil, fmt.Errorf("model.LoadBase: tensor %q is in %s but the index says %s", tn, name, want)
+			}
+			if prev, dup := ws[tn]; dup {
+				b.Close()
+				return nil, fmt.Errorf("model.LoadBase: tensor %q is in both %s and %s", tn, prev.file, name)
+			}
+			v, _ := st.Get(tn)
+			ws[tn] = &weightEntry{view: v, file: name}
+		}
+	}
+	for tn, file := range index {
+		if _, ok := ws[tn]; !ok {
+			b.Close()
+			return nil, fmt.Errorf("model.LoadBase: tensor %q is listed in %s (file %s) but missing from it", tn, indexFile, file)
+		}
+	}
+	b.WeightsHash = hex.EncodeToString(h.Sum(nil))
+	if err := b.bind(ws, opt); err != nil {
+		b.Close()
+		return nil, fmt.Errorf("model.LoadBase: %s: %w", dir, err)
+	}
+	return b, nil
+}
+
+// weightFiles lists the safetensors files of dir in sorted order, with the
+// index's tensor → file map when the checkpoint is sharded.
+func weightFiles(dir string) ([]string, map[string]string, error) {
+	idxPath := filepath.Join(dir, indexFile)
+	data, err := readCapped(idxPath, maxIndexBytes)
+	if errors.Is(err, os.ErrNotExist) {
+		if _, err := os.Stat(filepath.Join(dir, singleFile)); err != nil {
+			return nil, nil, fmt.Errorf("no %s or %s in %s: %w", singleFile, indexFile, dir, err)
+		}
+		return []string{singleFile}, nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	var idx struct {
+		WeightMap map[string]string `json:"weight_map"`
+	}
+	if err := json.Unmarshal(data, &idx); err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", idxPath, err)
+	}
+	if len(idx.WeightMap) == 0 {
+		return nil, nil, fmt.Errorf("%s: empty weight_map", idxPath)
+	}
+	var files []string
+	for tn, f := range idx.WeightMap {
+		if f == "" || f != filepath.Base(f) || strings.HasPrefix(f, ".") || !strings.HasSuffix(f, ".safetensors") {
+			return nil, nil, fmt.Errorf("%s: tensor %q maps to file %q: want a .safetensors file name in the same directory", idxPath, tn, f)
+		}
+		if !slices.Contains(files, f) {
+			files = append(files, f)
+			if len(files) > maxShards {
+				return nil, nil, fmt.Errorf("%s: more than %d shards", idxPath, maxShards)
+			}
+		}
+	}
+	slices.Sort(files)
+	return files, idx.WeightMap, nil
+}
+
+func readCapped(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if int64(len(data)) > limit {
+		return nil, fmt.Errorf("%s exceeds %d bytes", path, limit)
+	}
+	return data, nil
+}
+
+func hashFile(h io.Writer, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := io.Copy(h, f); err != nil {
+		return fmt.Errorf("hash %s: %w", path, err)
+	}
+	return nil
+}
+
+type weightEntry struct {
+	view tensor.View
+	file string
+	used bool
+}
+
+// weightSet is every tensor of a checkpoint by HF name.
+type weightSet map[string]*weightEntry
+
+// take returns the named tensor as float32 after checking its shape.
+func (ws weightSet) take(name string, shape ...int) ([]float32, error) {
+	e, ok := ws[name]
+	if !ok {
+		return nil, fmt.Errorf("tensor %q is missing (want shape %v)", name, shape)
+	}
+	if !slices.Equal(e.view.Shape, shape) {
+		return nil, fmt.Errorf("tensor %q (in %s) has shape %v, want %v", name, e.file, e.view.Shape, shape)
+	}
+	if e.view.DType != tensor.F32 && e.view.DType != tensor.F16 && e.view.DType != tensor.BF16 {
+		return nil, fmt.Errorf("tensor %q (in %s) has dtype %s, want F32, F16 or BF16", name, e.file, e.view.DType)
+	}
+	e.used = true
+	return e.view.Float32()
+}
+
+// bind resolves every tensor the config asks for and rejects unknown ones.
+func (b *Base) bind(ws weightSet, opt LoadOptions) error {
+	c := b.Config
+	D, qd, kvd, hd := c.Dim, c.Heads*c.HeadDim, c.KVHeads*c.HeadDim, c.HeadDim
+	var err error
+	get := func(name string, shape ...int) []float32 {
+		if err != nil {
+			return nil
+		}
+		var w []float32
+		w, err = ws.take(name, shape...)
+		return w
+	}
+	mat := func(name string, shape ...int) matrix {
+		if err != nil {
+			return matrix{}
+		}
+		if e, ok := ws[name]; ok && opt.KeepBF16 && e.view.DType == tensor.BF16 && slices.Equal(e.view.Shape, shape) {
+			e.used = true
+			return matrix{h: bf16Bits(e.view.Data)}
+		}
+		return f32Matrix(get(name, shape...))
+	}
+	b.embed = get("model.embed_tokens.weight", c.Vocab, D)
+	b.finalNorm = get("model.norm.weight", D)
+	if c.TiedEmbeddings {
+		b.lmHead = b.embed
+		if e, ok := ws["lm_head.weight"]; ok {
+			e.used = true // a stray copy in a tied checkpoint: HF ties it, so ignore it
+		}
+	} else {
+		b.lmHead = get("lm_head.weight", c.Vocab, D)
+	}
+	b.layers = make([]layerWeights, c.Layers)
+	for i := range b.layers {
+		p := "model.layers." + strconv.Itoa(i) + "."
+		w := &b.layers[i]
+		w.attnNorm = get(p+"input_layernorm.weight", D)
+		w.wq = mat(p+"self_attn.q_proj.weight", qd, D)
+		w.wk = mat(p+"self_attn.k_proj.weight", kvd, D)
+		w.wv = mat(p+"self_attn.v_proj.weight", kvd, D)
+		if c.QKVBias {
+			w.bq = get(p+"self_attn.q_proj.bias", qd)
+			w.bk = get(p+"self_attn.k_proj.bias", kvd)
+			w.bv = get(p+"self_attn.v_proj.bias", kvd)
+		}
+		w.wo = mat(p+"self_attn.o_proj.weight", D, qd)
+		if c.QKNorm {
+			w.qNorm = get(p+"self_attn.q_norm.weight", hd)
+			w.kNorm = get(p+"self_attn.k_norm.weight", hd)
+		}
+		w.mlpNorm = get(p+"post_attention_layernorm.weight", D)
+		w.gate = mat(p+"mlp.gate_proj.weight", c.FFN, D)
+		w.up = mat(p+"mlp.up_proj.weight", c.FFN, D)
+		w.down = mat(p+"mlp.down_proj.weight", D, c.FFN)
+	}
+	if err != nil {
+		return err
+	}
+	var unknown []string
+	for name, e := range ws {
+		if !e.used && !strings.HasSuffix(name, ".rotary_emb.inv_freq") {
+			unknown = append(unknown, name)
+		}
+	}
+	if len(unknown) > 0 {
+		slices.Sort(unknown)
+		return fmt.Errorf("unexpected tensor %q (%d unexpected in all) for a %s config (QKVBias %v, QKNorm %v, tied %v)",
+			unknown[0], len(unknown), c.Arch, c.QKVBias, c.QKNorm, c.TiedEmbeddings)
+	}
+	return nil
+}
+
+// tensors lists every weight of b under its HF name, in the order
+// make-random-hf.py draws them (embedding, per-layer, final norm, head).
+func (b *Base) tensors() []namedTensor {
+	c := b.Config
+	D, qd, kvd, hd := c.Dim, c.Heads*c.HeadDim, c.KVHeads*c.HeadDim, c.HeadDim
+	ts := []namedTensor{{"model.embed_tokens.weight", b.embed, []int{c.Vocab, D}, kindMatrix}}
+	for i, w := range b.layers {
+		p := "model.layers." + strconv.Itoa(i) + "."
+		ts = append(ts,
+			namedTensor{p + "input_layernorm.weight", w.attnNorm, []int{D}, kindNorm},
+			namedTensor{p + "self_attn.q_proj.weight", w.wq.float32(), []int{qd, D}, kindMatrix},
+			namedTensor{p + "self_attn.k_proj.weight", w.wk.float32(), []int{kvd, D}, kindMatrix},
+			namedTensor{p + "self_attn.v_proj.weight", w.wv.float32(), []int{kvd, D}, kindMatrix})
+		if c.QKVBias {
+			ts = append(ts,
+				namedTensor{p + "self_attn.q_proj.bias", w.bq, []int{qd}, kindBias},
+				namedTensor{p + "self_attn.k_proj.bias", w.bk, []int{kvd}, kindBias},
+				namedTensor{p + "self_attn.v_proj.bias", w.bv, []int{kvd}, kindBias})
+		}
+		ts = append(ts, namedTensor{p + "self_attn.o_proj.weight", w.wo.float32(), []int{D, qd}, kindMatrix})
+		if c.QKNorm {
+			ts = append(ts,
+				namedTensor{p + "self_attn.q_norm.weight", w.qNorm, []int{hd}, kindNorm},
+				namedTensor{p + "self_attn.k_norm.weight", w.kNorm, []int{hd}, kindNorm})
+		}
+		ts = append(ts,
+			namedTensor{p + "post_attention_layernorm.weight", w.mlpNorm, []int{D}, kindNorm},
+			namedTensor{p + "mlp.gate_proj.weight", w.gate.float32(), []int{c.FFN, D}, kindMatrix},
+			namedTensor{p + "mlp.up_proj.weight", w.up.float32(), []int{c.FFN, D}, kindMatrix},
+			namedTensor{p + "mlp.down_proj.weight", w.down.float32(), []int{D, c.FFN}, kindMatrix})
+	}
+	ts = append(ts, namedTensor{"model.norm.weight", b.finalNorm, []int{D}, kindNorm})
+	if !c.TiedEmbeddings {
+		ts = append(ts, namedTensor{"lm_head.weight", b.lmHead, []int{c.Vocab, D}, kindMatrix})
+	}
+	return ts
+}
+
+// bf16Bits views little-endian bf16 data as bit patterns: zero-copy when
+// aligned on a little-endian machine, else a copy.
+func bf16Bits(data []byte) []uint16 {
+	n := len(data) / 2
+	if n == 0 {
+		return nil
+	}
+	if uintptr(unsafe.Pointer(&data[0]))%2 == 0 && littleEndian {
+		return unsafe.Slice((*uint16)(unsafe.Pointer(&data[0])), n)
+	}
+	out := make([]uint16, n)
+	for i := range out {
+		out[i] = binary.LittleEndian.Uint16(data[2*i:])
+	}
+	return out
+}
+
+var littleEndian = binary.NativeEndian.Uint16([]byte{1, 0}) == 1
+
+type tensorKind int
+
+const (
+	kindMatrix tensorKind = iota // N(0, 1/fan_in) at random init
+	kindNorm                     // 1 + 0.1·N(0, 1)
+	kindBias                     // 0.1·N(0, 1)
+)
+
+type namedTensor struct {
+	name  string
+	data  []float32
+	shape []int
+	kind  tensorKind
+}
+
+// SaveHF writes b as a Hugging Face checkpoint into dir (created if
+// needed): config.json and one F32 model.safetensors, readable by LoadBase
+// and by Hugging Face / llama.cpp's converters. The file is written to a
+// temporary name and renamed.
+func (b *Base) SaveHF(dir string) error {
+	b.closeMu.RLock()
+	defer b.closeMu.RUnlock()
+	if b.closed {
+		return fmt.Errorf("model.SaveHF: %w", ErrClosed)
+	}
+	ts := b.tensors()
+	views := make([]tensor.View, len(ts))
+	for i, t := range ts {
+		views[i] = tensor.F32View(t.name, t.data, t.shape...)
+	}
+	if err := writeCheckpoint(dir, b.Config, views); err != nil {
+		return fmt.Errorf("model.SaveHF: %w", err)
+	}
+	return nil
+}
+
+func writeCheckpoint(dir string, cfg Config, views []tensor.View) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, configFile), cfg.JSON(), 0o644); err != nil {
+		return err
+	}
+	path := filepath.Join(dir, singleFile)
+	f, err := os.Create(path + ".tmp")
+	if err != nil {
+		return err
+	}
+	if err := tensor.WriteSafetensors(f, views, map[string]string{"format": "pt"}); err != nil {
+		f.Close()
+		os.Remove(path + ".tmp")
+		return err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(path + ".tmp")
+		return err
+	}
+	return os.Rename(path+".tmp", path)
+}
