@@ -1,0 +1,223 @@
+package protocol
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+// AdaptorAnnounce tells the swarm about a new adaptor version, published by
+// the coordinator on AdaptorsTopic and signed with its peer key. The body is
+// fetched by CID over BlobProtocol.
+type AdaptorAnnounce struct {
+	V uint8 `msgpack:"v"` // message version, >= 1
+	// CID names the adaptor file (CIDv1 raw sha2-256, string form).
+	CID string `msgpack:"cid"`
+	// Parent is the CID of the adaptor this one was trained on top of
+	// (boosting stages), or "" for a first stage.
+	Parent string `msgpack:"parent"`
+	// BaseHash is the WeightsHash (64 hex characters) of the base the
+	// adaptor was trained for.
+	BaseHash string `msgpack:"base"`
+	// Step is the training step of this version, >= 0. Per (signer,
+	// BaseHash), gossip accepts only increasing steps.
+	Step int `msgpack:"step"`
+	// Size is the adaptor file's length in bytes, 1..MaxBlobBytes.
+	Size int64 `msgpack:"size"`
+	// Metrics are evaluation results ("val_loss": 2.31), at most 32
+	// entries, identifier keys, finite values.
+	Metrics map[string]float64 `msgpack:"metrics"`
+	// UnixMilli is when the version was announced, ms since the epoch, > 0.
+	UnixMilli int64 `msgpack:"ms"`
+	// Signer is the announcer's public key, crypto.MarshalPublicKey form,
+	// at most 1024 bytes. Its peer ID must be the gossip author.
+	Signer []byte `msgpack:"signer"`
+	// Sig is Signer's signature over AnnounceDomain followed by the frame
+	// of this message with Sig empty (see Sign), at most 1024 bytes.
+	Sig []byte `msgpack:"sig"`
+}
+
+// AnnounceDomain prefixes the bytes an AdaptorAnnounce signature covers, so
+// a signature can never be replayed as one over another kind of message.
+const AnnounceDomain = "carryon/adaptor-announce/v1\n"
+
+func (*AdaptorAnnounce) Type() MsgType    { return TypeAdaptorAnnounce }
+func (m *AdaptorAnnounce) version() uint8 { return m.V }
+
+// Validate checks the fields' bounds; an empty Signer or Sig is allowed here
+// (a draft before Sign) and rejected by Verify.
+func (m *AdaptorAnnounce) Validate() error {
+	if err := checkVersion(m.V); err != nil {
+		return err
+	}
+	if err := checkCIDField("CID", m.CID); err != nil {
+		return err
+	}
+	if m.Parent != "" {
+		if err := checkCIDField("Parent", m.Parent); err != nil {
+			return err
+		}
+	}
+	if err := checkHex("BaseHash", m.BaseHash, 64); err != nil {
+		return err
+	}
+	if err := checkRange("Step", m.Step, 0, 1<<50); err != nil {
+		return err
+	}
+	if err := checkRange("Size", m.Size, 1, MaxBlobBytes); err != nil {
+		return err
+	}
+	if len(m.Metrics) > maxMetrics {
+		return fmt.Errorf("Metrics: %d entries, max %d", len(m.Metrics), maxMetrics)
+	}
+	for _, k := range sortedKeys(m.Metrics) {
+		if err := checkIdent("Metrics key", k); err != nil {
+			return err
+		}
+		if err := checkFinite("Metrics["+k+"]", m.Metrics[k]); err != nil {
+			return err
+		}
+	}
+	if err := checkRange("UnixMilli", m.UnixMilli, 1, 1<<62); err != nil {
+		return err
+	}
+	if err := checkRange("len(Signer)", len(m.Signer), 0, maxKeyBytes); err != nil {
+		return err
+	}
+	return checkRange("len(Sig)", len(m.Sig), 0, maxSigBytes)
+}
+
+// EncodeMsgpack writes the announcement with its fields in declaration
+// order and Metrics sorted by key. msgpack/v5's SetSortMapKeys does not sort
+// a map[string]float64, and a signature needs one encoding per message.
+// Decoding uses the default struct decoder (the same "v", "cid", ... keys).
+func (m *AdaptorAnnounce) EncodeMsgpack(e *msgpack.Encoder) error {
+	if err := e.EncodeMapLen(announceFields); err != nil {
+		return err
+	}
+	kv := func(k string, v any) error {
+		if err := e.EncodeString(k); err != nil {
+			return err
+		}
+		return e.Encode(v)
+	}
+	for _, f := range []struct {
+		k string
+		v any
+	}{{"v", m.V}, {"cid", m.CID}, {"parent", m.Parent}, {"base", m.BaseHash}, {"step", m.Step}, {"size", m.Size}} {
+		if err := kv(f.k, f.v); err != nil {
+			return err
+		}
+	}
+	if err := e.EncodeString("metrics"); err != nil {
+		return err
+	}
+	if err := encodeSortedMetrics(e, m.Metrics); err != nil {
+		return err
+	}
+	if err := kv("ms", m.UnixMilli); err != nil {
+		return err
+	}
+	if err := kv("signer", m.Signer); err != nil {
+		return err
+	}
+	return kv("sig", m.Sig)
+}
+
+// announceFields is the number of fields EncodeMsgpack writes; a test
+// checks it against the struct.
+const announceFields = 10
+
+func encodeSortedMetrics(e *msgpack.Encoder, metrics map[string]float64) error {
+	if metrics == nil {
+		return e.EncodeNil()
+	}
+	if err := e.EncodeMapLen(len(metrics)); err != nil {
+		return err
+	}
+	for _, k := range sortedKeys(metrics) {
+		if err := e.EncodeString(k); err != nil {
+			return err
+		}
+		if err := e.EncodeFloat64(metrics[k]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func sortedKeys(m map[string]float64) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// signedBytes returns what the signature covers: AnnounceDomain, then the
+// frame of the message with Sig empty.
+func (m *AdaptorAnnounce) signedBytes() ([]byte, error) {
+	c := *m
+	c.Sig = nil
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	frame, err := encodeFrame(&c)
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte(AnnounceDomain), frame...), nil
+}
+
+// Sign sets Signer to k's public key and Sig to k's signature.
+func (m *AdaptorAnnounce) Sign(k crypto.PrivKey) error {
+	pub, err := crypto.MarshalPublicKey(k.GetPublic())
+	if err != nil {
+		return fmt.Errorf("protocol.AdaptorAnnounce.Sign: %w", err)
+	}
+	m.Signer = pub
+	b, err := m.signedBytes()
+	if err != nil {
+		return fmt.Errorf("protocol.AdaptorAnnounce.Sign: %w", err)
+	}
+	sig, err := k.Sign(b)
+	if err != nil {
+		return fmt.Errorf("protocol.AdaptorAnnounce.Sign: %w", err)
+	}
+	m.Sig = sig
+	return nil
+}
+
+// ErrBadSignature is wrapped by Verify's errors about a missing or wrong
+// signature.
+var ErrBadSignature = errors.New("bad signature")
+
+// Verify checks Sig against Signer and returns the signer's peer ID. The
+// caller decides whether that peer is trusted.
+func (m *AdaptorAnnounce) Verify() (peer.ID, error) {
+	if len(m.Signer) == 0 || len(m.Sig) == 0 {
+		return "", fmt.Errorf("protocol.AdaptorAnnounce.Verify: unsigned: %w", ErrBadSignature)
+	}
+	pub, err := crypto.UnmarshalPublicKey(m.Signer)
+	if err != nil {
+		return "", fmt.Errorf("protocol.AdaptorAnnounce.Verify: Signer: %w", err)
+	}
+	b, err := m.signedBytes()
+	if err != nil {
+		return "", fmt.Errorf("protocol.AdaptorAnnounce.Verify: %w", err)
+	}
+	ok, err := pub.Verify(b, m.Sig)
+	if err != nil || !ok {
+		return "", fmt.Errorf("protocol.AdaptorAnnounce.Verify: %w (%v)", ErrBadSignature, err)
+	}
+	id, err := peer.IDFromPublicKey(pub)
+	if err != nil {
+		return "", fmt.Errorf("protocol.AdaptorAnnounce.Verify: %w", err)
+	}
+	return id, nil
+}

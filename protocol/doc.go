@@ -1,0 +1,72 @@
+// Package protocol is carryon's wire vocabulary: the libp2p protocol IDs and
+// gossip topic names, the framed msgpack messages that travel on them, their
+// size caps, content identifiers (CIDs) for adaptor blobs, swarm keys, and
+// the signature over an adaptor announcement. It has no goroutines and does
+// no I/O of its own beyond the io.Reader/io.Writer it is handed; node/,
+// coordinator/ and swarm/ all speak through it and never through each other.
+//
+// # Protocol flow
+//
+// Node presence (gossipsub topic NodesTopic(swarm), "carryon/<swarm>/nodes/1"):
+//
+//	node → all          Advert{Peer, Bases[{Name, WeightsHash, Arch, Dim, Layers, Vocab}],
+//	                           Codecs, TokensPerSec, FreeSlots, Device, UnixMilli}
+//
+// Embedding job (stream protocol EmbedProtocol, "/carryon/embed/1.0.0"; the
+// coordinator opens the stream, over the connection the node dialled):
+//
+//	coordinator → node  EmbedRequest{JobID, ChunkID, BaseHash, Layers, Codec, Seqs}
+//	node → coordinator  EmbedResult{JobID, ChunkID, Seq, Layer, Codec, Rows, Dim, Data}
+//	                    ... one per (sequence, layer), streamed as each is ready
+//	node → coordinator  EmbedDone{JobID, ChunkID, Results, ComputeMillis}
+//	                    | Error{Kind, Msg} at any point instead (then the node closes)
+//	coordinator → node  Ack{JobID, ChunkID, OK, Reason}
+//	                    the job counts as delivered only once the Ack is read.
+//
+// Adaptor versions (gossipsub topic AdaptorsTopic(swarm), "carryon/<swarm>/adaptors/1"):
+//
+//	coordinator → all   AdaptorAnnounce{CID, Parent, BaseHash, Step, Size, Metrics,
+//	                                    UnixMilli, Signer, Sig}   (signed, see Sign/Verify)
+//
+// Blob transfer (stream protocol BlobProtocol, "/carryon/blob/1.0.0"; the
+// fetcher opens the stream):
+//
+//	fetcher → holder    BlobRequest{CID}
+//	holder → fetcher    BlobManifest{CID, Size, ChunkSize, Chunks[sha256...]}
+//	                    | Error{KindNotFound, Msg} (then the holder closes)
+//	holder → fetcher    BlobChunk{Index, Data} × len(Chunks), in order
+//	fetcher → holder    Ack{OK, Reason}; the holder closes after reading it.
+//	                    The fetcher re-hashes every chunk against the manifest
+//	                    and the whole blob against the CID before it acks OK.
+//
+// # Frame format
+//
+// Every message, on a stream or in a gossip payload, is one frame:
+//
+//	+--------+-----------+----------------------+----------------------+
+//	| u8     | u8        | u32 big-endian       | msgpack map          |
+//	| type   | version   | body length in bytes | body (length bytes)  |
+//	+--------+-----------+----------------------+----------------------+
+//
+// type is a MsgType, version equals the body's "v" field. The length is
+// checked against MaxFrameBytes(type) before the body is read, and the body's
+// nested lengths are checked by ValidateMsgpack before msgpack/v5 decodes it
+// (msgpack/v5 trusts length prefixes: unchecked, six bytes could make it
+// allocate hundreds of MiB). The body is a msgpack map keyed by short field
+// names; receivers ignore keys they do not know.
+//
+// # Versioning rules
+//
+//   - A breaking change gets a new protocol ID (EmbedProtocol "/1.0.0" →
+//     "/2.0.0"); a node registers both during a transition and multistream
+//     negotiation picks one. Topic names end in a major version too.
+//   - An additive change appends a field and bumps that message's version
+//     byte; old receivers ignore the new key, new receivers accept the old
+//     version with the new field at its zero value.
+//   - MsgType and ErrorKind values are on the wire: append only, never reuse.
+//   - Receivers skip frames of a type they do not know (on streams).
+//
+// Changelog:
+//
+//	v1 (all messages, EmbedProtocol/BlobProtocol 1.0.0, topics /1): initial.
+package protocol

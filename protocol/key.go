@@ -1,0 +1,50 @@
+package protocol
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+
+	"github.com/libp2p/go-libp2p/core/pnet"
+)
+
+// NewSwarmKey returns a fresh 32-byte pre-shared key in the standard
+// libp2p swarm.key file format:
+//
+//	/key/swarm/psk/1.0.0/
+//	/base16/
+//	<64 lowercase hex characters>
+func NewSwarmKey() ([]byte, error) {
+	var k [32]byte
+	if _, err := rand.Read(k[:]); err != nil {
+		return nil, fmt.Errorf("protocol.NewSwarmKey: %w", err)
+	}
+	return []byte("/key/swarm/psk/1.0.0/\n/base16/\n" + hex.EncodeToString(k[:]) + "\n"), nil
+}
+
+// ParseSwarmKey reads a swarm.key file (base16, base64 or bin encoding).
+func ParseSwarmKey(r io.Reader) (pnet.PSK, error) {
+	psk, err := pnet.DecodeV1PSK(r)
+	if err != nil {
+		return nil, fmt.Errorf("protocol.ParseSwarmKey: %w", err)
+	}
+	if len(psk) != 32 {
+		return nil, fmt.Errorf("protocol.ParseSwarmKey: key is %d bytes, want 32", len(psk))
+	}
+	return psk, nil
+}
+
+// SwarmName derives a short public name (16 hex characters) from a swarm
+// key, so each private swarm has its own gossip topics without revealing
+// its key. A nil or empty key is the "public" swarm.
+func SwarmName(psk pnet.PSK) string {
+	if len(psk) == 0 {
+		return "public"
+	}
+	h := sha256.New()
+	h.Write([]byte("carryon/swarm-name/v1\n"))
+	h.Write(psk)
+	return hex.EncodeToString(h.Sum(nil)[:8])
+}
