@@ -1,0 +1,110 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"path/filepath"
+	"time"
+
+	"carryon/coordinator"
+	"carryon/internal/demo"
+	"carryon/model"
+)
+
+func init() {
+	register("coordinator", "lease a data set's chunks to nodes, train a carry-on on the embeddings, publish it", runCoordinator)
+}
+
+func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("coordinator", "--model PATH|default --data FILE|default [flags]", stderr)
+	sf := addSwarmFlags(fs, "/ip4/0.0.0.0/tcp/4001")
+	modelFlag := fs.String("model", "default", "base model directory, or \"default\" for the embedded stand-in")
+	data := fs.String("data", "default", "data file: JSONL (text, prompt/completion or question/answer) or plain text; \"default\" for the demo's problems")
+	cacheDir := fs.String("cache", filepath.Join(demo.DefaultCacheDir(), "coordinator"), "embedding cache and adaptor store")
+	codec := fs.String("codec", "q8", "bridge setting nodes compress with")
+	seqLen := fs.Int("seq-len", 128, "tokens per sequence at most")
+	steps := fs.Int("steps", 300, "training steps")
+	batch := fs.Int("batch", 8, "sequences per training step")
+	lr := fs.Float64("lr", 3e-3, "peak learning rate")
+	width := fs.Int("width", 64, "carry-on width h")
+	layers := fs.Int("layers", 2, "carry-on blocks L")
+	alpha := fs.Float64("alpha", 1, "carry-on scale α")
+	minNodes := fs.Int("min-nodes", 1, "nodes to wait for before leasing")
+	serve := fs.Bool("serve", false, "keep serving the adaptor after publishing, until interrupted")
+	logger := logFlags(fs, stderr)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log := logger()
+	base, tok, _, err := demo.OpenModel(*modelFlag, demo.DefaultCacheDir())
+	if err != nil {
+		return err
+	}
+	defer base.Close()
+	dcfg := coordinator.DataConfig{SeqLen: *seqLen}
+	var ds *coordinator.Dataset
+	if *data == "default" {
+		ds, err = coordinator.ReadDataset(bytes.NewReader(demo.DefaultData(600)), true, tok, dcfg)
+	} else {
+		ds, err = coordinator.LoadDataset(*data, tok, dcfg)
+	}
+	if err != nil {
+		return err
+	}
+	j, err := sf.join(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer j.h.Close()
+	cfg := coordinator.Config{CacheDir: *cacheDir, Codec: *codec, MinNodes: *minNodes, Logger: log,
+		Train: coordinator.TrainConfig{Steps: *steps, BatchSeqs: *batch}}
+	cfg.Train.Optim.LR = float32(*lr)
+	cfg.Train.CarryOn = defaultShape(base.Config.Dim, base.Config.Vocab, *width, *layers, float32(*alpha))
+	c, err := coordinator.New(j.h, j.topics, base, cfg)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	fmt.Fprintf(stdout, "coordinator %s in swarm %s, base %s\n", j.h.ID(), j.name, base.WeightsHash)
+	for _, a := range j.addrs() {
+		fmt.Fprintf(stdout, "listening on %s\n", a)
+	}
+	fmt.Fprintf(stdout, "data: %d training and %d validation chunks\n", len(ds.Train), len(ds.Val))
+	hooks := coordinator.Hooks{
+		Progress: func(p coordinator.Progress) {
+			fmt.Fprintf(stdout, "embed: %d/%d chunks, %d leased, %d nodes\n", p.Done, p.Total, p.Leased, p.Nodes)
+		},
+		Step: func(s coordinator.StepInfo) {
+			if s.Step == 1 || s.Step%max(1, *steps/10) == 0 {
+				fmt.Fprintf(stdout, "train: step %d loss %.4f\n", s.Step, s.Loss)
+			}
+		},
+		Eval: func(e coordinator.EvalInfo) {
+			fmt.Fprintf(stdout, "eval: step %d val loss %.4f (base %.4f)\n", e.Step, e.Loss, e.BaseLoss)
+		},
+	}
+	_, v, err := c.Run(ctx, ds, hooks)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "adaptor %s\n", v.CID)
+	if *serve {
+		fmt.Fprintf(stdout, "serving adaptors until interrupted\n")
+		<-ctx.Done()
+	} else {
+		time.Sleep(500 * time.Millisecond) // let the announcement leave
+	}
+	return nil
+}
+
+// defaultShape is the carry-on shape from the flags (sources, vocab and
+// sequence length are filled in by the coordinator).
+func defaultShape(dim, vocab, width, layers int, alpha float32) model.CarryOnConfig {
+	c := model.DefaultCarryOnConfig(dim, vocab)
+	c.Width, c.Layers, c.Alpha = width, layers, alpha
+	c.Heads = max(1, width/16)
+	c.FFN = (width*8/3 + 3) / 4 * 4
+	return c
+}

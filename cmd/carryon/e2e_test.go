@@ -1,0 +1,149 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// buildBinary compiles carryon into dir.
+func buildBinary(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "carryon")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// proc is a carryon process whose stdout lines are watched.
+type proc struct {
+	cmd   *exec.Cmd
+	lines chan string
+	log   *strings.Builder
+}
+
+func start(t *testing.T, env []string, bin string, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: cmd, lines: make(chan string, 1024), log: &strings.Builder{}}
+	cmd.Stderr = p.log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			p.lines <- sc.Text()
+		}
+		close(p.lines)
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGINT)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+		}
+		if t.Failed() {
+			t.Logf("%s stderr:\n%s", args[0], p.log.String())
+		}
+	})
+	return p
+}
+
+// waitLine returns the rest of the first stdout line that starts with prefix.
+func (p *proc) waitLine(t *testing.T, ctx context.Context, prefix string) string {
+	t.Helper()
+	for {
+		select {
+		case l, ok := <-p.lines:
+			if !ok {
+				t.Fatalf("process ended before printing %q", prefix)
+			}
+			if strings.HasPrefix(l, prefix) {
+				return strings.TrimSpace(strings.TrimPrefix(l, prefix))
+			}
+		case <-ctx.Done():
+			t.Fatalf("timed out waiting for %q", prefix)
+		}
+	}
+}
+
+// TestProcessesEndToEnd runs the loop across separate processes on
+// loopback: a coordinator and a node started by hand, and a pull from a
+// third process, all in a private swarm.
+func TestProcessesEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	dir := t.TempDir()
+	bin := buildBinary(t, dir)
+	env := []string{"XDG_CACHE_HOME=" + filepath.Join(dir, "xdg")}
+	key := filepath.Join(dir, "swarm.key")
+	if out, err := exec.Command(bin, "keygen", "--out", key).CombinedOutput(); err != nil {
+		t.Fatalf("keygen: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+
+	coord := start(t, env, bin, "coordinator", "--key", key, "--listen", "/ip4/127.0.0.1/tcp/0",
+		"--cache", filepath.Join(dir, "coord"), "--steps", "40", "--serve")
+	addr := coord.waitLine(t, ctx, "listening on ")
+	start(t, env, bin, "node", "--key", key, "--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", addr,
+		"--advert-interval", "300ms")
+	cid := coord.waitLine(t, ctx, "adaptor ")
+
+	out := filepath.Join(dir, "pulled.safetensors")
+	res, err := exec.CommandContext(ctx, bin, "pull", cid, "--key", key, "--from", addr, "--out", out).CombinedOutput()
+	if err != nil {
+		t.Fatalf("pull: %v\n%s", err, res)
+	}
+	if !strings.Contains(string(res), "hash verified") {
+		t.Fatalf("pull output does not confirm the hash:\n%s", res)
+	}
+	if st, err := os.Stat(out); err != nil || st.Size() == 0 {
+		t.Fatalf("pulled file: %v", err)
+	}
+
+	// A peer without the swarm key cannot pull.
+	other := filepath.Join(dir, "other.key")
+	exec.Command(bin, "keygen", "--out", other).Run()
+	cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
+	defer ccancel()
+	res, err = exec.CommandContext(cctx, bin, "pull", cid, "--key", other, "--from", addr, "--timeout", "5s").CombinedOutput()
+	if err == nil {
+		t.Fatalf("pull with the wrong swarm key succeeded:\n%s", res)
+	}
+}
+
+// TestHelp checks that every subcommand answers --help with its flags.
+func TestHelp(t *testing.T) {
+	for name := range commands {
+		var out, errb strings.Builder
+		if code := run([]string{name, "--help"}, &out, &errb); code != 0 {
+			t.Errorf("%s --help: exit %d\n%s", name, code, errb.String())
+		}
+		if !strings.Contains(errb.String(), "Usage: carryon "+name) {
+			t.Errorf("%s --help does not print its usage:\n%s", name, errb.String())
+		}
+	}
+	var out, errb strings.Builder
+	if code := run([]string{"nonsense"}, &out, &errb); code != 2 {
+		t.Errorf("unknown command: exit %d, want 2", code)
+	}
+}

@@ -1,0 +1,74 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"carryon/cuda"
+	"carryon/internal/demo"
+	"carryon/node"
+)
+
+func init() {
+	register("node", "volunteer: serve a base model's forward pass to the swarm", runNode)
+}
+
+func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("node", "--model PATH|default --bootstrap ADDR [flags]", stderr)
+	sf := addSwarmFlags(fs, "/ip4/0.0.0.0/tcp/0")
+	modelFlag := fs.String("model", "default", "base model directory (config.json + safetensors), or \"default\" for the embedded stand-in")
+	device := fs.String("device", "cpu", "compute device: cpu or cuda")
+	codecs := fs.String("codecs", "q8,q4,q2,bf16", "bridge settings offered")
+	jobs := fs.Int("jobs", 1, "embedding jobs run at once")
+	advert := fs.Duration("advert-interval", 0, "how often to re-advertise (default 30s)")
+	cacheDir := fs.String("cache", demo.DefaultCacheDir(), "where the default model is kept")
+	logger := logFlags(fs, stderr)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	log := logger()
+	switch *device {
+	case "cpu":
+	case "cuda":
+		d, err := cuda.New(0)
+		if err != nil {
+			return err
+		}
+		d.Close()
+		return errors.New("the CUDA forward pass is not available yet: run with --device cpu")
+	default:
+		return fmt.Errorf("--device %q: want cpu or cuda", *device)
+	}
+	base, _, name, err := demo.OpenModel(*modelFlag, *cacheDir)
+	if err != nil {
+		return err
+	}
+	defer base.Close()
+	j, err := sf.join(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer j.h.Close()
+	cfg := node.DefaultInternetConfig()
+	if *advert > 0 {
+		cfg.AdvertInterval = *advert
+	}
+	cfg.Codecs, cfg.MaxJobs, cfg.Logger, cfg.Device = splitList(*codecs), *jobs, log, *device
+	n, err := node.New(j.h, j.topics, []node.Base{node.Serve(base, name)}, cfg)
+	if err != nil {
+		return err
+	}
+	if err := n.Start(ctx); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "node %s in swarm %s serving %s (%s)\n", j.h.ID(), j.name, name, base.WeightsHash)
+	for _, a := range j.addrs() {
+		fmt.Fprintf(stdout, "listening on %s\n", a)
+	}
+	<-ctx.Done()
+	st := n.Stats()
+	log.Info("node stopping", "jobs", st.Jobs, "tokens", st.Tokens, "rejected", st.Rejected)
+	return n.Close()
+}

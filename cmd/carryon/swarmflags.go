@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/pnet"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"carryon/protocol"
+	"carryon/swarm"
+)
+
+// swarmFlags are the flags every networked command shares.
+type swarmFlags struct {
+	key       *string
+	listen    *string
+	identity  *string
+	bootstrap *string
+	quic      *bool
+}
+
+func addSwarmFlags(fs *flag.FlagSet, defaultListen string) *swarmFlags {
+	return &swarmFlags{
+		key:       fs.String("key", "", "private swarm key file from 'carryon keygen' (empty: public swarm)"),
+		listen:    fs.String("listen", defaultListen, "comma-separated multiaddrs to listen on"),
+		identity:  fs.String("identity", "", "peer key file, created if missing, for a stable peer ID (empty: a new ID each run)"),
+		bootstrap: fs.String("bootstrap", "", "comma-separated multiaddrs (with /p2p/ID) of peers to join through"),
+		quic:      fs.Bool("quic", false, "also listen on QUIC (public swarms only: pre-shared keys need TCP)"),
+	}
+}
+
+// joined is a started host in a swarm.
+type joined struct {
+	h      host.Host
+	topics *swarm.Topics
+	psk    pnet.PSK
+	name   string
+}
+
+// join builds the host, connects to the bootstrap peers and joins the
+// swarm's topics; trusted lists the peers whose adaptor announcements count
+// (empty: any signed announcement).
+func (f *swarmFlags) join(ctx context.Context, trusted []peer.ID) (*joined, error) {
+	var psk pnet.PSK
+	if *f.key != "" {
+		kf, err := os.Open(*f.key)
+		if err != nil {
+			return nil, err
+		}
+		psk, err = protocol.ParseSwarmKey(kf)
+		kf.Close()
+		if err != nil {
+			return nil, fmt.Errorf("swarm key %s: %w", *f.key, err)
+		}
+	}
+	cfg := swarm.HostConfig{PSK: psk, QUIC: *f.quic, ListenAddrs: splitList(*f.listen)}
+	if *f.identity != "" {
+		k, err := swarm.LoadOrCreateKey(*f.identity)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Key = k
+	}
+	h, err := swarm.NewHost(cfg)
+	if err != nil {
+		return nil, err
+	}
+	j := &joined{h: h, psk: psk, name: protocol.SwarmName(psk)}
+	boot, err := parsePeers(*f.bootstrap)
+	if err != nil {
+		h.Close()
+		return nil, err
+	}
+	for _, ai := range boot {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := h.Connect(cctx, ai)
+		cancel()
+		if err != nil {
+			h.Close()
+			return nil, fmt.Errorf("connect to bootstrap peer %s: %w", ai.ID, err)
+		}
+	}
+	ps, err := swarm.NewPubSub(ctx, h)
+	if err != nil {
+		h.Close()
+		return nil, err
+	}
+	if j.topics, err = swarm.JoinTopics(ps, j.name, trusted); err != nil {
+		h.Close()
+		return nil, err
+	}
+	return j, nil
+}
+
+// addrs lists the host's full multiaddrs (with /p2p/ID).
+func (j *joined) addrs() []string {
+	var out []string
+	for _, a := range j.h.Addrs() {
+		out = append(out, a.String()+"/p2p/"+j.h.ID().String())
+	}
+	return out
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// parsePeers parses comma-separated multiaddrs that end in /p2p/ID.
+func parsePeers(s string) ([]peer.AddrInfo, error) {
+	var out []peer.AddrInfo
+	for _, a := range splitList(s) {
+		m, err := ma.NewMultiaddr(a)
+		if err != nil {
+			return nil, fmt.Errorf("peer address %q: %w", a, err)
+		}
+		ai, err := peer.AddrInfoFromP2pAddr(m)
+		if err != nil {
+			return nil, fmt.Errorf("peer address %q needs a /p2p/ID suffix: %w", a, err)
+		}
+		out = append(out, *ai)
+	}
+	return out, nil
+}

@@ -1,0 +1,198 @@
+package coordinator
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"carryon/model"
+	"carryon/tensor"
+)
+
+// Config configures a Coordinator. Zero values mean the documented default.
+type Config struct {
+	// JobID names this job on the wire: lowercase hex, at most 64
+	// characters. Default: 16 hex digits of a hash of the base, the data
+	// set, the codec and the layers.
+	JobID string
+	// Layers are the base layers each node returns: Layers[0] is the
+	// primary source (model.FinalLayer, the LM head's input); further
+	// entries are shortcut sources (0 = token embeddings). Default
+	// [model.FinalLayer].
+	Layers []int
+	// Codec is the bridge setting nodes compress with (tensor.ParseCodec).
+	// Default "q8".
+	Codec string
+	// CacheDir holds the embedding cache and the adaptor store. Required.
+	CacheDir string
+	// MinNodes is how many eligible nodes must be seen before leasing
+	// starts. Default 1.
+	MinNodes int
+	// LeasesPerNode caps the chunks in flight to one node. Default 2, so
+	// that the next chunk is on the wire while one computes.
+	LeasesPerNode int
+	// LeaseTimeout is the deadline of one chunk on one node. Default 2 min.
+	LeaseTimeout time.Duration
+	// MaxAttempts is how often a chunk may fail before the job fails.
+	// Default 8.
+	MaxAttempts int
+	// NodeTTL is how long an advert keeps a node eligible. Default 10 s.
+	NodeTTL time.Duration
+	// Train configures the carry-on and its training.
+	Train TrainConfig
+	// Logger receives lifecycle logs. Nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// TrainConfig is every training knob, on one screen.
+type TrainConfig struct {
+	// CarryOn is the network's shape; zero Width means
+	// model.DefaultCarryOnConfig for the base (Sources, Vocab and MaxSeq
+	// are always filled in from the base and Layers).
+	CarryOn model.CarryOnConfig
+	// Optim is the optimiser and schedule; zero fields take
+	// model.DefaultOptimConfig(Steps)'s values.
+	Optim model.OptimConfig
+	// Steps is the number of optimiser steps. Default 200.
+	Steps int
+	// BatchSeqs is how many sequences each step averages over (gradient
+	// accumulation over sequences). Default 8.
+	BatchSeqs int
+	// EvalEvery runs validation every so many steps (and at the end).
+	// Default Steps/4.
+	EvalEvery int
+	// Seed makes initialisation and batch order reproducible. Default 1.
+	Seed uint64
+}
+
+func (c Config) withDefaults() Config {
+	if len(c.Layers) == 0 {
+		c.Layers = []int{model.FinalLayer}
+	}
+	if c.Codec == "" {
+		c.Codec = "q8"
+	}
+	if c.MinNodes == 0 {
+		c.MinNodes = 1
+	}
+	if c.LeasesPerNode == 0 {
+		c.LeasesPerNode = 2
+	}
+	if c.LeaseTimeout == 0 {
+		c.LeaseTimeout = 2 * time.Minute
+	}
+	if c.MaxAttempts == 0 {
+		c.MaxAttempts = 8
+	}
+	if c.NodeTTL == 0 {
+		c.NodeTTL = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	c.Train = c.Train.withDefaults()
+	return c
+}
+
+func (t TrainConfig) withDefaults() TrainConfig {
+	if t.Steps == 0 {
+		t.Steps = 200
+	}
+	if t.BatchSeqs == 0 {
+		t.BatchSeqs = 8
+	}
+	if t.EvalEvery == 0 {
+		t.EvalEvery = max(1, t.Steps/4)
+	}
+	if t.Seed == 0 {
+		t.Seed = 1
+	}
+	t.Optim = t.optim()
+	return t
+}
+
+// optim fills the zero fields of Optim from model.DefaultOptimConfig(Steps);
+// a peak LR given without a final one decays to a tenth of it.
+func (t TrainConfig) optim() model.OptimConfig {
+	d, o := model.DefaultOptimConfig(t.Steps), t.Optim
+	if o.LR != 0 {
+		d.LR, d.MinLR = o.LR, o.LR/10
+	}
+	if o.MinLR != 0 {
+		d.MinLR = o.MinLR
+	}
+	if o.Warmup != 0 {
+		d.Warmup = o.Warmup
+	}
+	if o.Total != 0 {
+		d.Total = o.Total
+	}
+	if o.Beta1 != 0 {
+		d.Beta1 = o.Beta1
+	}
+	if o.Beta2 != 0 {
+		d.Beta2 = o.Beta2
+	}
+	if o.Eps != 0 {
+		d.Eps = o.Eps
+	}
+	if o.WeightDecay != 0 {
+		d.WeightDecay = o.WeightDecay
+	}
+	if o.ClipNorm != 0 {
+		d.ClipNorm = o.ClipNorm
+	}
+	return d
+}
+
+// Validate reports the first field out of bounds (after defaults).
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	if _, err := tensor.ParseCodec(c.Codec); err != nil {
+		return fmt.Errorf("coordinator.Config.Codec: %w", err)
+	}
+	if c.JobID != "" && !isHex(c.JobID) {
+		return fmt.Errorf("coordinator.Config.JobID: %q is not 1..64 lowercase hex digits", c.JobID)
+	}
+	switch {
+	case c.CacheDir == "":
+		return fmt.Errorf("coordinator.Config.CacheDir: required")
+	case len(c.Layers) > 8:
+		return fmt.Errorf("coordinator.Config.Layers: %d layers, at most 8", len(c.Layers))
+	case c.Layers[0] != model.FinalLayer:
+		return fmt.Errorf("coordinator.Config.Layers: the first layer must be the final one (%d), got %d", model.FinalLayer, c.Layers[0])
+	case c.MinNodes < 1:
+		return fmt.Errorf("coordinator.Config.MinNodes: %d is below 1", c.MinNodes)
+	case c.LeasesPerNode < 1 || c.LeasesPerNode > 64:
+		return fmt.Errorf("coordinator.Config.LeasesPerNode: %d not in [1, 64]", c.LeasesPerNode)
+	case c.LeaseTimeout < time.Second:
+		return fmt.Errorf("coordinator.Config.LeaseTimeout: %v is below 1s", c.LeaseTimeout)
+	case c.MaxAttempts < 1:
+		return fmt.Errorf("coordinator.Config.MaxAttempts: %d is below 1", c.MaxAttempts)
+	case c.Train.Steps < 1:
+		return fmt.Errorf("coordinator.Config.Train.Steps: %d is below 1", c.Train.Steps)
+	case c.Train.BatchSeqs < 1:
+		return fmt.Errorf("coordinator.Config.Train.BatchSeqs: %d is below 1", c.Train.BatchSeqs)
+	}
+	if err := c.Train.Optim.Validate(); err != nil {
+		return fmt.Errorf("coordinator.Config.Train.Optim: %w", err)
+	}
+	for _, l := range c.Layers[1:] {
+		if l < 0 {
+			return fmt.Errorf("coordinator.Config.Layers: shortcut layer %d is negative", l)
+		}
+	}
+	return nil
+}
+
+func isHex(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for _, c := range s {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}

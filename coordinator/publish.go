@@ -1,0 +1,74 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ipfs/go-cid"
+
+	"carryon/protocol"
+	"carryon/swarm"
+)
+
+// Version is a published adaptor version.
+type Version struct {
+	CID      cid.Cid
+	Size     int
+	Announce *protocol.AdaptorAnnounce
+}
+
+// Publish stores the adaptor (so the blob protocol serves it), and gossips
+// its CID, parent, step and metrics, signed with the host's key.
+func (c *Coordinator) Publish(ctx context.Context, res *TrainResult) (*Version, error) {
+	data, err := res.CarryOn.MarshalAdaptor(res.Meta)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator.Publish: %w", err)
+	}
+	id, err := c.store.Put(data)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator.Publish: store: %w", err)
+	}
+	ann := &protocol.AdaptorAnnounce{V: 1, CID: id.String(), Parent: res.Meta.Parent, BaseHash: res.Meta.BaseHash,
+		Step: res.Meta.Step, Size: int64(len(data)), Metrics: res.Meta.Metrics, UnixMilli: time.Now().UnixMilli()}
+	key := c.h.Peerstore().PrivKey(c.h.ID())
+	if key == nil {
+		return nil, errors.New("coordinator.Publish: the host has no private key to sign with")
+	}
+	if err := ann.Sign(key); err != nil {
+		return nil, fmt.Errorf("coordinator.Publish: sign: %w", err)
+	}
+	if c.topics != nil {
+		if err := swarm.Publish(ctx, c.topics.Adaptors, ann); err != nil {
+			return nil, fmt.Errorf("coordinator.Publish: gossip: %w", err)
+		}
+	}
+	c.log.Info("adaptor published", "adaptor", id.String(), "bytes", len(data), "step", res.Meta.Step)
+	return &Version{CID: id, Size: len(data), Announce: ann}, nil
+}
+
+// Run collects the embeddings of ds, trains a carry-on on them and
+// publishes it: the whole job. Hooks may be nil.
+func (c *Coordinator) Run(ctx context.Context, ds *Dataset, hooks Hooks) (*TrainResult, *Version, error) {
+	if err := c.Collect(ctx, ds, hooks.Progress); err != nil {
+		return nil, nil, err
+	}
+	res, err := c.Train(ctx, ds, hooks.Parent, hooks.Step, hooks.Eval)
+	if err != nil {
+		return nil, nil, err
+	}
+	v, err := c.Publish(ctx, res)
+	if err != nil {
+		return nil, nil, err
+	}
+	return res, v, nil
+}
+
+// Hooks observe a Run.
+type Hooks struct {
+	Progress func(Progress)
+	Step     func(StepInfo)
+	Eval     func(EvalInfo)
+	Parent   string // parent adaptor CID for a boosting stage ("" for the first)
+}

@@ -1,0 +1,254 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"strconv"
+	"time"
+
+	"carryon/model"
+)
+
+// StepInfo reports one optimiser step.
+type StepInfo struct {
+	Step         int
+	Loss         float64 // mean cross-entropy per trained token in this step's batch
+	LR           float32
+	GradNorm     float64 // before clipping
+	TokensPerSec float64 // trained positions per second, this step
+}
+
+// EvalInfo reports one validation pass.
+type EvalInfo struct {
+	Step     int
+	Loss     float64 // mean answer-token cross-entropy with the carry-on
+	BaseLoss float64 // the same for the base alone (α = 0)
+	Tokens   int
+}
+
+// TrainResult is a trained adaptor and its history.
+type TrainResult struct {
+	CarryOn *model.CarryOn
+	Steps   []StepInfo
+	Evals   []EvalInfo
+	Meta    model.AdaptorMeta
+}
+
+// seqData is one training sequence with its cached bridged sources.
+type seqData struct {
+	targets []int32
+	sources []Entry // one per layer, in Config.Layers order
+	count   int     // trained positions
+}
+
+// loadSplit reads the cached embeddings of chunks (never the network).
+func (c *Coordinator) loadSplit(chunks []*Chunk) ([]seqData, error) {
+	var out []seqData
+	for _, ch := range chunks {
+		per := make([][]Entry, len(c.cfg.Layers))
+		for i, l := range c.cfg.Layers {
+			es, err := c.cache.Get(c.key(l, ch))
+			if err != nil {
+				return nil, err
+			}
+			if len(es) != len(ch.Seqs) {
+				return nil, fmt.Errorf("coordinator: cache entry %s holds %d sequences, want %d", short(ch.ID), len(es), len(ch.Seqs))
+			}
+			per[i] = es
+		}
+		for j, ex := range ch.Seqs {
+			sd := seqData{targets: ex.Targets()}
+			for i := range c.cfg.Layers {
+				e := per[i][j]
+				if e.Rows != len(ex.Tokens) {
+					return nil, fmt.Errorf("coordinator: cache entry %s sequence %d has %d rows, want %d", short(ch.ID), j, e.Rows, len(ex.Tokens))
+				}
+				sd.sources = append(sd.sources, e)
+			}
+			for _, t := range sd.targets {
+				if t >= 0 {
+					sd.count++
+				}
+			}
+			if sd.count > 0 {
+				out = append(out, sd)
+			}
+		}
+	}
+	return out, nil
+}
+
+// carryOnConfig completes the configured shape from the base and the job.
+func (c *Coordinator) carryOnConfig(maxSeq int) model.CarryOnConfig {
+	bc := c.base.Config
+	cfg := c.cfg.Train.CarryOn
+	if cfg.Width == 0 {
+		cfg = model.DefaultCarryOnConfig(bc.Dim, bc.Vocab)
+	}
+	cfg.Vocab = bc.Vocab
+	cfg.MaxSeq = max(cfg.MaxSeq, maxSeq)
+	cfg.Sources = nil
+	for _, l := range c.cfg.Layers {
+		name := "final"
+		if l != model.FinalLayer {
+			name = "layer:" + strconv.Itoa(l)
+		}
+		cfg.Sources = append(cfg.Sources, model.Source{Name: name, Dim: bc.Dim})
+	}
+	return cfg
+}
+
+// decoder turns cached entries into float32 sources, reusing buffers.
+type decoder struct {
+	c   *Coordinator
+	buf [][]float32
+}
+
+func (d *decoder) sources(sd seqData) ([][]float32, error) {
+	if d.buf == nil {
+		d.buf = make([][]float32, len(sd.sources))
+	}
+	for i, e := range sd.sources {
+		n := e.Rows * e.Dim
+		if cap(d.buf[i]) < n {
+			d.buf[i] = make([]float32, n)
+		}
+		d.buf[i] = d.buf[i][:n]
+		if err := d.c.codec.Decode(d.buf[i], e.Data, e.Rows, e.Dim); err != nil {
+			return nil, err
+		}
+	}
+	return d.buf, nil
+}
+
+// Train trains a carry-on on the cached embeddings of ds (Collect first).
+// onStep and onEval may be nil.
+func (c *Coordinator) Train(ctx context.Context, ds *Dataset, parent string, onStep func(StepInfo), onEval func(EvalInfo)) (*TrainResult, error) {
+	tc := c.cfg.Train
+	train, err := c.loadSplit(ds.Train)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator.Train: %w", err)
+	}
+	val, err := c.loadSplit(ds.Val)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator.Train: %w", err)
+	}
+	if len(train) == 0 {
+		return nil, fmt.Errorf("coordinator.Train: no training sequence with trained tokens")
+	}
+	maxSeq := 0
+	for _, s := range append(append([]seqData(nil), train...), val...) {
+		maxSeq = max(maxSeq, len(s.targets))
+	}
+	co, err := model.NewCarryOn(c.carryOnConfig(maxSeq), tc.Seed)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator.Train: %w", err)
+	}
+	opt, err := model.NewOptimizer(co, tc.Optim)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator.Train: %w", err)
+	}
+	c.log.Info("training carry-on", "params", len(co.Params), "width", co.Config.Width, "layers", co.Config.Layers,
+		"train_seqs", len(train), "val_seqs", len(val), "steps", tc.Steps, "batch", tc.BatchSeqs)
+	t := &trainer{c: c, co: co, ws: co.NewWorkspace(maxSeq), grads: make([]float32, len(co.Params)),
+		wPred: c.base.LMHead(), dec: &decoder{c: c}, rng: rand.New(rand.NewPCG(tc.Seed, 0x636172))}
+	res := &TrainResult{CarryOn: co}
+	order := t.rng.Perm(len(train))
+	next := 0
+	for step := 1; step <= tc.Steps; step++ {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("coordinator.Train: %w", err)
+		}
+		batch := make([]seqData, 0, tc.BatchSeqs)
+		for len(batch) < tc.BatchSeqs {
+			if next == len(order) {
+				order, next = t.rng.Perm(len(train)), 0
+			}
+			batch = append(batch, train[order[next]])
+			next++
+		}
+		info, err := t.step(batch, opt)
+		if err != nil {
+			return nil, fmt.Errorf("coordinator.Train: step %d: %w", step, err)
+		}
+		info.Step = step
+		res.Steps = append(res.Steps, info)
+		if onStep != nil {
+			onStep(info)
+		}
+		if len(val) > 0 && (step%tc.EvalEvery == 0 || step == tc.Steps) {
+			ev, err := t.eval(val)
+			if err != nil {
+				return nil, fmt.Errorf("coordinator.Train: eval: %w", err)
+			}
+			ev.Step = step
+			res.Evals = append(res.Evals, ev)
+			if onEval != nil {
+				onEval(ev)
+			}
+		}
+	}
+	res.Meta = model.AdaptorMeta{BaseHash: c.base.WeightsHash, Parent: parent, Bridge: c.codec.String(),
+		DataHash: ds.Hash, Step: tc.Steps, Metrics: map[string]float64{"train_loss": res.Steps[len(res.Steps)-1].Loss}}
+	if n := len(res.Evals); n > 0 {
+		res.Meta.Metrics["val_loss"] = res.Evals[n-1].Loss
+		res.Meta.Metrics["val_base_loss"] = res.Evals[n-1].BaseLoss
+	}
+	return res, nil
+}
+
+type trainer struct {
+	c     *Coordinator
+	co    *model.CarryOn
+	ws    *model.Workspace
+	grads []float32
+	wPred []float32
+	dec   *decoder
+	rng   *rand.Rand
+}
+
+// step accumulates the gradient of the batch's mean token loss and takes
+// one optimiser step.
+func (t *trainer) step(batch []seqData, opt *model.Optimizer) (StepInfo, error) {
+	start := time.Now()
+	total := 0
+	for _, s := range batch {
+		total += s.count
+	}
+	clear(t.grads)
+	var lossSum float64
+	for _, s := range batch {
+		src, err := t.dec.sources(s)
+		if err != nil {
+			return StepInfo{}, err
+		}
+		l, _ := t.co.LossAndGrad(t.ws, src, s.targets, len(s.targets), t.wPred, 1/float32(total), t.grads)
+		lossSum += l
+	}
+	lr := opt.LR()
+	norm := opt.Step(t.grads)
+	loss := lossSum / float64(total)
+	if math.IsNaN(loss) || math.IsInf(loss, 0) {
+		return StepInfo{}, fmt.Errorf("loss is %v", loss)
+	}
+	return StepInfo{Loss: loss, LR: lr, GradNorm: norm, TokensPerSec: float64(total) / time.Since(start).Seconds()}, nil
+}
+
+// eval measures the mean trained-token loss on val with the carry-on and
+// with the base alone (α = 0 gives exactly the base's logits).
+func (t *trainer) eval(val []seqData) (EvalInfo, error) {
+	var sum, base float64
+	n := 0
+	for _, s := range val {
+		src, err := t.dec.sources(s)
+		if err != nil {
+			return EvalInfo{}, err
+		}
+		l, cnt := t.co.Loss(t.ws, src, s.targets, len(s.targets), t.wPred, t.co.Config.Alpha)
+		b, _ := t.co.Loss(t.ws, src, s.targets, len(s.targets), t.wPred, 0)
+		sum, base, n = sum+l, base+b, n+cnt
+	}
+	return EvalInfo{Loss: sum / float64(n), BaseLoss: base / float64(n), Tokens: n}, nil
+}

@@ -1,0 +1,25 @@
+package node
+
+import (
+	"carryon/model"
+	"carryon/protocol"
+)
+
+// modelBase adapts a loaded *model.Base to Base.
+type modelBase struct {
+	b    *model.Base
+	name string
+}
+
+// Serve wraps a loaded model so a Node can serve it under name.
+func Serve(b *model.Base, name string) Base { return modelBase{b: b, name: name} }
+
+func (m modelBase) Info() protocol.BaseInfo {
+	c := m.b.Config
+	return protocol.BaseInfo{Name: m.name, WeightsHash: m.b.WeightsHash, Arch: c.Arch,
+		Dim: c.Dim, Layers: c.Layers, Vocab: c.Vocab}
+}
+
+func (m modelBase) Forward(ids []int32, layers []int) ([][]float32, error) {
+	return m.b.Forward(ids, layers)
+}

@@ -1,0 +1,98 @@
+package node
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"carryon/tensor"
+)
+
+// Config configures a Node. Zero values mean the documented default.
+type Config struct {
+	// Codecs are the bridge settings this node offers (tensor.ParseCodec
+	// names). Default: q8, q4, q2, bf16.
+	Codecs []string
+	// MaxJobs is how many embedding jobs run at once; further requests get
+	// an Overloaded error. Default 1 (the forward pass already uses every
+	// core).
+	MaxJobs int
+	// MaxQueue is how many further jobs may wait for a slot (so the next
+	// chunk is already on the wire while one computes). Default 2.
+	MaxQueue int
+	// AdvertInterval is how often the node republishes its advert.
+	// Default 2 s (DefaultLocalConfig) or 30 s (DefaultInternetConfig).
+	AdvertInterval time.Duration
+	// JobTimeout bounds one embedding job, from request to acknowledgement.
+	// Default 10 minutes.
+	JobTimeout time.Duration
+	// DrainTimeout bounds how long Close waits for in-flight jobs. Default 10 s.
+	DrainTimeout time.Duration
+	// Device names the compute device in adverts ("cpu", "cuda:<name>").
+	// Default "cpu".
+	Device string
+	// Logger receives lifecycle logs (per-job logs at Debug). Nil means
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultLocalConfig suits tests and demos on one machine.
+func DefaultLocalConfig() Config {
+	return Config{AdvertInterval: 500 * time.Millisecond}.withDefaults()
+}
+
+// DefaultInternetConfig suits volunteers on the open internet.
+func DefaultInternetConfig() Config {
+	return Config{AdvertInterval: 30 * time.Second}.withDefaults()
+}
+
+func (c Config) withDefaults() Config {
+	if len(c.Codecs) == 0 {
+		c.Codecs = []string{"q8", "q4", "q2", "bf16"}
+	}
+	if c.MaxJobs == 0 {
+		c.MaxJobs = 1
+	}
+	if c.MaxQueue == 0 {
+		c.MaxQueue = 2
+	}
+	if c.AdvertInterval == 0 {
+		c.AdvertInterval = 2 * time.Second
+	}
+	if c.JobTimeout == 0 {
+		c.JobTimeout = 10 * time.Minute
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = 10 * time.Second
+	}
+	if c.Device == "" {
+		c.Device = "cpu"
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c
+}
+
+// Validate reports the first field out of bounds (after defaults).
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	for _, s := range c.Codecs {
+		if _, err := tensor.ParseCodec(s); err != nil {
+			return fmt.Errorf("node.Config.Codecs: %q: %w", s, err)
+		}
+	}
+	switch {
+	case c.MaxJobs < 1 || c.MaxJobs > 64:
+		return fmt.Errorf("node.Config.MaxJobs: %d not in [1, 64]", c.MaxJobs)
+	case c.MaxQueue < 0 || c.MaxQueue > 1024:
+		return fmt.Errorf("node.Config.MaxQueue: %d not in [0, 1024]", c.MaxQueue)
+	case c.AdvertInterval < 10*time.Millisecond:
+		return fmt.Errorf("node.Config.AdvertInterval: %v is below 10ms", c.AdvertInterval)
+	case c.JobTimeout < time.Second:
+		return fmt.Errorf("node.Config.JobTimeout: %v is below 1s", c.JobTimeout)
+	case c.DrainTimeout < 0:
+		return fmt.Errorf("node.Config.DrainTimeout: %v is negative", c.DrainTimeout)
+	}
+	return nil
+}

@@ -1,0 +1,341 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+
+	"carryon/protocol"
+	"carryon/swarm"
+	"carryon/tensor"
+)
+
+// Base is a frozen model the node serves. *model.Base satisfies it through
+// Serve; tests wrap it to inject faults.
+type Base interface {
+	// Info names the base on the wire (its weights hash is its identity).
+	Info() protocol.BaseInfo
+	// Forward returns, for each requested layer, the hidden states (T, Dim)
+	// of one sequence (see model.Base.Forward for the layer numbering).
+	Forward(ids []int32, layers []int) ([][]float32, error)
+}
+
+// Stats are a node's counters since Start.
+type Stats struct {
+	Jobs         int64   // embedding jobs completed and acknowledged
+	Rejected     int64   // requests refused (bad input, wrong base, overload) or not acknowledged
+	Tokens       int64   // tokens run through a base
+	BytesSent    int64   // payload bytes of EmbedResult frames
+	TokensPerSec float64 // measured forward throughput (moving average)
+}
+
+// Node is a volunteer peer. Create it with New, then Start it.
+type Node struct {
+	cfg    Config
+	h      host.Host
+	topics *swarm.Topics
+	bases  map[string]Base // by weights hash
+	codecs map[string]tensor.Codec
+	log    *slog.Logger
+	slots  chan struct{}
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // advert loop and in-flight jobs
+
+	mu      sync.Mutex
+	closed  bool
+	started bool
+
+	jobs, rejected, tokens, bytesSent atomic.Int64
+	waiting                           atomic.Int64  // jobs queued for a slot
+	tps                               atomic.Uint64 // float64 bits
+}
+
+// New checks the configuration and builds a node on h; topics may be nil
+// (no adverts: the coordinator must be told about the node another way).
+func New(h host.Host, topics *swarm.Topics, bases []Base, cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	if len(bases) == 0 {
+		return nil, errors.New("node.New: no base to serve")
+	}
+	n := &Node{cfg: cfg, h: h, topics: topics, bases: map[string]Base{}, codecs: map[string]tensor.Codec{},
+		slots: make(chan struct{}, cfg.MaxJobs)}
+	for _, b := range bases {
+		n.bases[b.Info().WeightsHash] = b
+	}
+	for _, s := range cfg.Codecs {
+		c, _ := tensor.ParseCodec(s)
+		n.codecs[c.String()] = c
+	}
+	n.log = cfg.Logger.With("component", "node", "peer", h.ID().String())
+	return n, nil
+}
+
+// Start registers the embedding protocol and starts advertising. It may be
+// called once.
+func (n *Node) Start(ctx context.Context) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.started || n.closed {
+		return errors.New("node.Start: already started or closed")
+	}
+	n.started = true
+	n.ctx, n.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	n.h.SetStreamHandler(protocol.EmbedProtocol, n.handleEmbed)
+	if n.topics != nil {
+		n.wg.Add(1)
+		go n.advertLoop()
+	}
+	for _, b := range n.bases {
+		i := b.Info()
+		n.log.Info("serving base", "name", i.Name, "base", i.WeightsHash[:12], "dim", i.Dim, "layers", i.Layers)
+	}
+	return nil
+}
+
+// Close stops intake, waits for in-flight jobs (up to DrainTimeout), and
+// stops advertising. A second call returns an error wrapping net.ErrClosed.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return fmt.Errorf("node.Close: %w", net.ErrClosed)
+	}
+	n.closed = true
+	started := n.started
+	n.mu.Unlock()
+	if !started {
+		return nil
+	}
+	n.h.RemoveStreamHandler(protocol.EmbedProtocol)
+	done := make(chan struct{})
+	go func() { n.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(n.cfg.DrainTimeout):
+		n.log.Warn("jobs still running at close; aborting them")
+	}
+	n.cancel()
+	<-done
+	return nil
+}
+
+// Stats returns the node's counters.
+func (n *Node) Stats() Stats {
+	return Stats{Jobs: n.jobs.Load(), Rejected: n.rejected.Load(), Tokens: n.tokens.Load(),
+		BytesSent: n.bytesSent.Load(), TokensPerSec: n.tokensPerSec()}
+}
+
+// advertLoop republishes the node's advert every AdvertInterval.
+func (n *Node) advertLoop() {
+	defer n.wg.Done()
+	t := time.NewTicker(n.cfg.AdvertInterval)
+	defer t.Stop()
+	for {
+		if err := swarm.Publish(n.ctx, n.topics.Nodes, n.advert()); err != nil && n.ctx.Err() == nil {
+			n.log.Warn("advert not published", "err", err)
+		}
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// advert describes what the node offers now.
+func (n *Node) advert() *protocol.Advert {
+	a := &protocol.Advert{V: 1, Peer: n.h.ID().String(), TokensPerSec: n.tokensPerSec(),
+		FreeSlots: cap(n.slots) + n.cfg.MaxQueue - len(n.slots) - int(n.waiting.Load()), Device: n.cfg.Device, UnixMilli: time.Now().UnixMilli()}
+	for _, b := range n.bases {
+		a.Bases = append(a.Bases, b.Info())
+	}
+	for s := range n.codecs {
+		a.Codecs = append(a.Codecs, s)
+	}
+	return a
+}
+
+func (n *Node) tokensPerSec() float64 { return math.Float64frombits(n.tps.Load()) }
+
+// observe folds one job's throughput into the moving average.
+func (n *Node) observe(tokens int, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	x := float64(tokens) / d.Seconds()
+	old := n.tokensPerSec()
+	if old != 0 {
+		x = 0.7*old + 0.3*x
+	}
+	n.tps.Store(math.Float64bits(x))
+}
+
+// acquire takes a job slot, waiting in a queue of at most MaxQueue jobs;
+// it reports false when the queue is full or ctx ends first.
+func (n *Node) acquire(ctx context.Context) bool {
+	if n.waiting.Add(1) > int64(n.cfg.MaxQueue) {
+		n.waiting.Add(-1)
+		return false
+	}
+	defer n.waiting.Add(-1)
+	select {
+	case n.slots <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (n *Node) release() { <-n.slots }
+
+// begin registers an in-flight job unless the node is closing.
+func (n *Node) begin() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return false
+	}
+	n.wg.Add(1)
+	return true
+}
+
+// handleEmbed serves one embedding job on s: request, streamed results,
+// done, acknowledgement.
+func (n *Node) handleEmbed(s network.Stream) {
+	if !n.begin() {
+		s.Reset()
+		return
+	}
+	defer n.wg.Done()
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.JobTimeout)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { s.Reset() })
+	defer stop()
+	log := n.log.With("remote", s.Conn().RemotePeer().String())
+	if err := n.serveJob(ctx, s, log); err != nil {
+		n.rejected.Add(1)
+		log.Debug("embedding job failed", "err", err)
+		var perr *protocol.Error
+		if errors.As(err, &perr) {
+			_ = protocol.WriteFrame(s, perr)
+		}
+		s.Reset()
+		return
+	}
+	s.Close()
+}
+
+// serveJob runs one job; a *protocol.Error return is sent to the peer.
+func (n *Node) serveJob(ctx context.Context, s network.Stream, log *slog.Logger) error {
+	req, err := protocol.ReadExpect[*protocol.EmbedRequest](s)
+	if err != nil {
+		return protocol.Errorf(protocol.KindInvalid, "read request: %v", err)
+	}
+	base, codec, err := n.check(req)
+	if err != nil {
+		return err
+	}
+	if !n.acquire(ctx) {
+		return protocol.Errorf(protocol.KindOverloaded, "all %d job slots busy and %d jobs queued", cap(n.slots), n.cfg.MaxQueue)
+	}
+	defer n.release()
+	log = log.With("job", req.JobID, "chunk", short(req.ChunkID))
+	start := time.Now()
+	tokens, sent, err := n.compute(s, req, base, codec)
+	if err != nil {
+		return err
+	}
+	elapsed := time.Since(start)
+	done := &protocol.EmbedDone{V: 1, JobID: req.JobID, ChunkID: req.ChunkID,
+		Results: len(req.Seqs) * len(req.Layers), ComputeMillis: elapsed.Milliseconds()}
+	if err := protocol.WriteFrame(s, done); err != nil {
+		return fmt.Errorf("write done: %w", err)
+	}
+	ack, err := protocol.ReadExpect[*protocol.Ack](s)
+	if err != nil {
+		return fmt.Errorf("read ack: %w", err)
+	}
+	if !ack.OK {
+		return fmt.Errorf("coordinator refused the result: %s", ack.Reason)
+	}
+	n.observe(tokens, elapsed)
+	n.jobs.Add(1)
+	n.tokens.Add(int64(tokens))
+	n.bytesSent.Add(sent)
+	log.Debug("embedding job done", "tokens", tokens, "bytes", sent, "ms", elapsed.Milliseconds())
+	return nil
+}
+
+// check validates a request against what this node serves.
+func (n *Node) check(req *protocol.EmbedRequest) (Base, tensor.Codec, error) {
+	base, ok := n.bases[req.BaseHash]
+	if !ok {
+		return nil, tensor.Codec{}, protocol.Errorf(protocol.KindModelMismatch, "base %s is not served here", short(req.BaseHash))
+	}
+	codec, err := tensor.ParseCodec(req.Codec)
+	if err != nil {
+		return nil, tensor.Codec{}, protocol.Errorf(protocol.KindInvalid, "codec %q: %v", req.Codec, err)
+	}
+	if _, ok := n.codecs[codec.String()]; !ok {
+		return nil, tensor.Codec{}, protocol.Errorf(protocol.KindInvalid, "codec %q is not offered here", req.Codec)
+	}
+	info := base.Info()
+	for _, l := range req.Layers {
+		if l < -1 || l > info.Layers {
+			return nil, tensor.Codec{}, protocol.Errorf(protocol.KindInvalid, "layer %d outside [-1, %d]", l, info.Layers)
+		}
+	}
+	for i, seq := range req.Seqs {
+		for _, id := range seq {
+			if id < 0 || int(id) >= info.Vocab {
+				return nil, tensor.Codec{}, protocol.Errorf(protocol.KindInvalid, "sequence %d: token %d outside the vocabulary [0, %d)", i, id, info.Vocab)
+			}
+		}
+	}
+	return base, codec, nil
+}
+
+// compute runs the forward pass per sequence and streams the bridged
+// layers as they are ready.
+func (n *Node) compute(s network.Stream, req *protocol.EmbedRequest, base Base, codec tensor.Codec) (tokens int, sent int64, err error) {
+	dim := base.Info().Dim
+	var buf []byte
+	for i, seq := range req.Seqs {
+		hs, err := base.Forward(seq, req.Layers)
+		if err != nil {
+			return 0, 0, protocol.Errorf(protocol.KindInternal, "forward of sequence %d: %v", i, err)
+		}
+		for j, layer := range req.Layers {
+			buf = codec.Encode(buf[:0], hs[j], len(seq), dim)
+			res := &protocol.EmbedResult{V: 1, JobID: req.JobID, ChunkID: req.ChunkID, Seq: i, Layer: layer,
+				Codec: req.Codec, Rows: len(seq), Dim: dim, Data: buf}
+			if err := protocol.WriteFrame(s, res); err != nil {
+				return 0, 0, fmt.Errorf("write result: %w", err)
+			}
+			sent += int64(len(buf))
+		}
+		tokens += len(seq)
+	}
+	return tokens, sent, nil
+}
+
+func short(h string) string {
+	if len(h) > 12 {
+		return h[:12]
+	}
+	return h
+}
