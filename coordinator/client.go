@@ -38,11 +38,12 @@ func embedChunk(ctx context.Context, h host.Host, p peer.ID, job embedJob, ch *C
 	}
 	stop := context.AfterFunc(ctx, func() { s.Reset() })
 	defer stop()
+	refused := false
 	defer func() {
-		if err != nil {
+		if err != nil && !refused {
 			s.Reset()
 		} else {
-			s.Close()
+			s.Close() // a reset would discard the frames still in flight
 		}
 	}()
 	req := &protocol.EmbedRequest{V: 1, JobID: job.ID, ChunkID: ch.ID, BaseHash: job.Base,
@@ -65,7 +66,8 @@ func embedChunk(ctx context.Context, h host.Host, p peer.ID, job embedJob, ch *C
 		return nil, 0, fmt.Errorf("%w: done message for job %q chunk %s with %d results does not match", errBadResult, done.JobID, short(done.ChunkID), done.Results)
 	}
 	if err := accept(entries); err != nil {
-		_ = protocol.WriteFrame(s, &protocol.Ack{V: 1, JobID: job.ID, ChunkID: ch.ID, OK: false, Reason: err.Error()})
+		refused = true
+		_ = protocol.WriteFrame(s, &protocol.Ack{V: 1, JobID: job.ID, ChunkID: ch.ID, OK: false, Reason: protocol.Errorf(protocol.KindInternal, "%v", err).Msg})
 		return nil, 0, err
 	}
 	if err := protocol.WriteFrame(s, &protocol.Ack{V: 1, JobID: job.ID, ChunkID: ch.ID, OK: true}); err != nil {

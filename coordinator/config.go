@@ -31,8 +31,25 @@ type Config struct {
 	// LeasesPerNode caps the chunks in flight to one node. Default 2, so
 	// that the next chunk is on the wire while one computes.
 	LeasesPerNode int
-	// LeaseTimeout is the deadline of one chunk on one node. Default 2 min.
+	// LeaseTimeout caps the deadline of one chunk on one node. Default 2 min.
+	// The deadline itself is sized from the node's measured throughput (see
+	// leaseDeadline) and clamped to [MinLeaseTimeout, LeaseTimeout].
 	LeaseTimeout time.Duration
+	// MinLeaseTimeout is the shortest lease deadline. Default 10 s.
+	MinLeaseTimeout time.Duration
+	// VerifyFraction is the base rate at which a finished chunk is computed
+	// again by a second node and the two results compared (DESIGN.md §5);
+	// the rate adapts per node (see samplingRate). Default 0.1; negative
+	// means never (a plain 0 takes the default).
+	VerifyFraction float64
+	// VerifyKernelRel is the relative difference two honest nodes' hidden
+	// states may show before quantization (different kernels, CPU vs GPU);
+	// the verification thresholds are derived from it and the codec's
+	// error bound (see compareEntries). Default 1e-3.
+	VerifyKernelRel float64
+	// SelfVerify makes the coordinator, which holds the base, compute the
+	// second opinion itself instead of leasing it to another node.
+	SelfVerify bool
 	// MaxAttempts is how often a chunk may fail before the job fails.
 	// Default 8.
 	MaxAttempts int
@@ -63,6 +80,10 @@ type TrainConfig struct {
 	EvalEvery int
 	// Seed makes initialisation and batch order reproducible. Default 1.
 	Seed uint64
+	// CheckpointEvery saves the training state every so many steps (and
+	// at the end), and a matching run resumes from it. Default 50;
+	// negative disables checkpoints (and resuming).
+	CheckpointEvery int
 }
 
 func (c Config) withDefaults() Config {
@@ -80,6 +101,15 @@ func (c Config) withDefaults() Config {
 	}
 	if c.LeaseTimeout == 0 {
 		c.LeaseTimeout = 2 * time.Minute
+	}
+	if c.MinLeaseTimeout == 0 {
+		c.MinLeaseTimeout = min(10*time.Second, c.LeaseTimeout)
+	}
+	if c.VerifyFraction == 0 {
+		c.VerifyFraction = 0.1
+	}
+	if c.VerifyKernelRel == 0 {
+		c.VerifyKernelRel = 1e-3
 	}
 	if c.MaxAttempts == 0 {
 		c.MaxAttempts = 8
@@ -106,6 +136,9 @@ func (t TrainConfig) withDefaults() TrainConfig {
 	}
 	if t.Seed == 0 {
 		t.Seed = 1
+	}
+	if t.CheckpointEvery == 0 {
+		t.CheckpointEvery = 50
 	}
 	t.Optim = t.optim()
 	return t
@@ -167,6 +200,12 @@ func (c Config) Validate() error {
 		return fmt.Errorf("coordinator.Config.LeasesPerNode: %d not in [1, 64]", c.LeasesPerNode)
 	case c.LeaseTimeout < time.Second:
 		return fmt.Errorf("coordinator.Config.LeaseTimeout: %v is below 1s", c.LeaseTimeout)
+	case c.MinLeaseTimeout < 10*time.Millisecond || c.MinLeaseTimeout > c.LeaseTimeout:
+		return fmt.Errorf("coordinator.Config.MinLeaseTimeout: %v not in [10ms, LeaseTimeout %v]", c.MinLeaseTimeout, c.LeaseTimeout)
+	case c.VerifyFraction > 1 || c.VerifyFraction != c.VerifyFraction:
+		return fmt.Errorf("coordinator.Config.VerifyFraction: %v is above 1", c.VerifyFraction)
+	case !(c.VerifyKernelRel > 0 && c.VerifyKernelRel < 0.1):
+		return fmt.Errorf("coordinator.Config.VerifyKernelRel: %v not in (0, 0.1)", c.VerifyKernelRel)
 	case c.MaxAttempts < 1:
 		return fmt.Errorf("coordinator.Config.MaxAttempts: %d is below 1", c.MaxAttempts)
 	case c.Train.Steps < 1:

@@ -32,6 +32,9 @@ func (c *Coordinator) Publish(ctx context.Context, res *TrainResult) (*Version, 
 	}
 	ann := &protocol.AdaptorAnnounce{V: 1, CID: id.String(), Parent: res.Meta.Parent, BaseHash: res.Meta.BaseHash,
 		Step: res.Meta.Step, Size: int64(len(data)), Metrics: res.Meta.Metrics, UnixMilli: time.Now().UnixMilli()}
+	if c.h == nil {
+		return nil, errors.New("coordinator.Publish: a coordinator without a host cannot sign or serve adaptors")
+	}
 	key := c.h.Peerstore().PrivKey(c.h.ID())
 	if key == nil {
 		return nil, errors.New("coordinator.Publish: the host has no private key to sign with")
@@ -44,17 +47,29 @@ func (c *Coordinator) Publish(ctx context.Context, res *TrainResult) (*Version, 
 			return nil, fmt.Errorf("coordinator.Publish: gossip: %w", err)
 		}
 	}
+	rec := VersionRecord{CID: id.String(), Parent: res.Meta.Parent, BaseHash: res.Meta.BaseHash, DataHash: res.Meta.DataHash,
+		Step: res.Meta.Step, Size: len(data), Metrics: res.Meta.Metrics, UnixMilli: ann.UnixMilli}
+	if err := c.recordVersion(rec); err != nil {
+		return nil, fmt.Errorf("coordinator.Publish: %w", err)
+	}
 	c.log.Info("adaptor published", "adaptor", id.String(), "bytes", len(data), "step", res.Meta.Step)
 	return &Version{CID: id, Size: len(data), Announce: ann}, nil
 }
 
 // Run collects the embeddings of ds, trains a carry-on on them and
 // publishes it: the whole job. Hooks may be nil.
+//
+// Every stage resumes from disk: cached chunks are not leased again, and
+// training continues from its newest checkpoint.
 func (c *Coordinator) Run(ctx context.Context, ds *Dataset, hooks Hooks) (*TrainResult, *Version, error) {
+	if hooks.Collecting != nil {
+		cached, total := c.CacheStatus(ds)
+		hooks.Collecting(cached, total)
+	}
 	if err := c.Collect(ctx, ds, hooks.Progress); err != nil {
 		return nil, nil, err
 	}
-	res, err := c.Train(ctx, ds, hooks.Parent, hooks.Step, hooks.Eval)
+	res, err := c.Train(ctx, ds, hooks)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -65,10 +80,13 @@ func (c *Coordinator) Run(ctx context.Context, ds *Dataset, hooks Hooks) (*Train
 	return res, v, nil
 }
 
-// Hooks observe a Run.
+// Hooks observe a Run (and a Train). Any may be nil.
 type Hooks struct {
-	Progress func(Progress)
-	Step     func(StepInfo)
-	Eval     func(EvalInfo)
-	Parent   string // parent adaptor CID for a boosting stage ("" for the first)
+	Collecting func(cached, total int) // before collection: chunks already cached, of all
+	Progress   func(Progress)
+	Resumed    func(step int) // training resumes from a checkpoint taken after step
+	Step       func(StepInfo)
+	Eval       func(EvalInfo)
+	Checkpoint func(step int) // a checkpoint after step is on disk
+	Parent     string         // parent adaptor CID for a boosting stage ("" for the first)
 }

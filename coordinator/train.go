@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"path/filepath"
 	"strconv"
 	"time"
 
@@ -31,9 +32,10 @@ type EvalInfo struct {
 // TrainResult is a trained adaptor and its history.
 type TrainResult struct {
 	CarryOn *model.CarryOn
-	Steps   []StepInfo
-	Evals   []EvalInfo
+	Steps   []StepInfo // the steps taken by this call (after Resumed)
+	Evals   []EvalInfo // every validation pass of the run, restored ones included
 	Meta    model.AdaptorMeta
+	Resumed int // the checkpoint step this call resumed from; 0 for a fresh start
 }
 
 // seqData is one training sequence with its cached bridged sources.
@@ -124,8 +126,16 @@ func (d *decoder) sources(sd seqData) ([][]float32, error) {
 }
 
 // Train trains a carry-on on the cached embeddings of ds (Collect first).
-// onStep and onEval may be nil.
-func (c *Coordinator) Train(ctx context.Context, ds *Dataset, parent string, onStep func(StepInfo), onEval func(EvalInfo)) (*TrainResult, error) {
+// hooks.Parent is recorded as the adaptor's parent; the other hooks may be
+// nil.
+//
+// Unless Config.Train.CheckpointEvery is negative, the state of the run
+// (parameters, optimiser moments, batch position, evals) is checkpointed
+// to CacheDir/checkpoints/<job>/ every CheckpointEvery steps and at the
+// end, and a run whose configuration, data and base match a checkpoint on
+// disk resumes from the newest one: the result is bit-identical to an
+// uninterrupted run.
+func (c *Coordinator) Train(ctx context.Context, ds *Dataset, hooks Hooks) (*TrainResult, error) {
 	tc := c.cfg.Train
 	train, err := c.loadSplit(ds.Train)
 	if err != nil {
@@ -150,33 +160,54 @@ func (c *Coordinator) Train(ctx context.Context, ds *Dataset, parent string, onS
 	if err != nil {
 		return nil, fmt.Errorf("coordinator.Train: %w", err)
 	}
-	c.log.Info("training carry-on", "params", len(co.Params), "width", co.Config.Width, "layers", co.Config.Layers,
-		"train_seqs", len(train), "val_seqs", len(val), "steps", tc.Steps, "batch", tc.BatchSeqs)
-	t := &trainer{c: c, co: co, ws: co.NewWorkspace(maxSeq), grads: make([]float32, len(co.Params)),
-		wPred: c.base.LMHead(), dec: &decoder{c: c}, rng: rand.New(rand.NewPCG(tc.Seed, 0x636172))}
+	key, err := c.runKey(ds, co.Config, hooks.Parent)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator.Train: %w", err)
+	}
+	ckpts := checkpoints{dir: filepath.Join(c.cfg.CacheDir, "checkpoints", c.job(ds).ID), key: key}
+	state := Checkpoint{RunKey: key}
 	res := &TrainResult{CarryOn: co}
-	order := t.rng.Perm(len(train))
-	next := 0
-	for step := 1; step <= tc.Steps; step++ {
+	if tc.CheckpointEvery > 0 {
+		ck, ok, skipped := ckpts.latest(co, opt, tc.Steps)
+		for _, e := range skipped {
+			c.log.Warn("checkpoint not used", "err", e)
+		}
+		if ok {
+			state, res.Resumed = ck, ck.Step
+			c.log.Info("resuming training from a checkpoint", "step", ck.Step, "run", key[:16])
+			if hooks.Resumed != nil {
+				hooks.Resumed(ck.Step)
+			}
+		}
+	}
+	res.Evals = state.Evals
+	c.log.Info("training carry-on", "params", len(co.Params), "width", co.Config.Width, "layers", co.Config.Layers,
+		"train_seqs", len(train), "val_seqs", len(val), "steps", tc.Steps, "batch", tc.BatchSeqs, "from_step", state.Step)
+	t := &trainer{c: c, co: co, ws: co.NewWorkspace(maxSeq), grads: make([]float32, len(co.Params)),
+		wPred: c.base.LMHead(), dec: &decoder{c: c}}
+	order := epochOrder(tc.Seed, state.Epoch, len(train))
+	for step := state.Step + 1; step <= tc.Steps; step++ {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("coordinator.Train: %w", err)
 		}
 		batch := make([]seqData, 0, tc.BatchSeqs)
 		for len(batch) < tc.BatchSeqs {
-			if next == len(order) {
-				order, next = t.rng.Perm(len(train)), 0
+			if state.Next == len(order) {
+				state.Epoch, state.Next = state.Epoch+1, 0
+				order = epochOrder(tc.Seed, state.Epoch, len(train))
 			}
-			batch = append(batch, train[order[next]])
-			next++
+			batch = append(batch, train[order[state.Next]])
+			state.Next++
 		}
 		info, err := t.step(batch, opt)
 		if err != nil {
 			return nil, fmt.Errorf("coordinator.Train: step %d: %w", step, err)
 		}
 		info.Step = step
+		state.Step, state.Loss = step, info.Loss
 		res.Steps = append(res.Steps, info)
-		if onStep != nil {
-			onStep(info)
+		if hooks.Step != nil {
+			hooks.Step(info)
 		}
 		if len(val) > 0 && (step%tc.EvalEvery == 0 || step == tc.Steps) {
 			ev, err := t.eval(val)
@@ -185,18 +216,44 @@ func (c *Coordinator) Train(ctx context.Context, ds *Dataset, parent string, onS
 			}
 			ev.Step = step
 			res.Evals = append(res.Evals, ev)
-			if onEval != nil {
-				onEval(ev)
+			state.Evals = res.Evals
+			if hooks.Eval != nil {
+				hooks.Eval(ev)
+			}
+		}
+		if tc.CheckpointEvery > 0 && (step%tc.CheckpointEvery == 0 || step == tc.Steps) {
+			if err := ckpts.save(state, co, opt); err != nil {
+				return nil, fmt.Errorf("coordinator.Train: %w", err)
+			}
+			if hooks.Checkpoint != nil {
+				hooks.Checkpoint(step)
 			}
 		}
 	}
-	res.Meta = model.AdaptorMeta{BaseHash: c.base.WeightsHash, Parent: parent, Bridge: c.codec.String(),
-		DataHash: ds.Hash, Step: tc.Steps, Metrics: map[string]float64{"train_loss": res.Steps[len(res.Steps)-1].Loss}}
+	res.Meta = model.AdaptorMeta{BaseHash: c.base.WeightsHash, Parent: hooks.Parent, Bridge: c.codec.String(),
+		DataHash: ds.Hash, Step: tc.Steps, Metrics: map[string]float64{"train_loss": state.Loss}}
 	if n := len(res.Evals); n > 0 {
 		res.Meta.Metrics["val_loss"] = res.Evals[n-1].Loss
 		res.Meta.Metrics["val_base_loss"] = res.Evals[n-1].BaseLoss
 	}
 	return res, nil
+}
+
+// epochOrder is the order in which epoch visits n training sequences: a
+// Fisher-Yates shuffle driven by a PCG seeded with (seed, epoch), so the
+// position in training is two integers, (epoch, index), and a resumed run
+// draws the same batches as an uninterrupted one.
+func epochOrder(seed uint64, epoch, n int) []int {
+	rng := rand.NewPCG(seed, 0x636172<<32|uint64(epoch))
+	p := make([]int, n)
+	for i := range p {
+		p[i] = i
+	}
+	for i := n - 1; i > 0; i-- {
+		j := int(rng.Uint64() % uint64(i+1))
+		p[i], p[j] = p[j], p[i]
+	}
+	return p
 }
 
 type trainer struct {
@@ -206,7 +263,6 @@ type trainer struct {
 	grads []float32
 	wPred []float32
 	dec   *decoder
-	rng   *rand.Rand
 }
 
 // step accumulates the gradient of the batch's mean token loss and takes

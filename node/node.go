@@ -50,7 +50,11 @@ type Node struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // advert loop and in-flight jobs
+	wg     sync.WaitGroup // in-flight jobs
+	adv    struct {       // the advert loop, stopped first by Close
+		cancel context.CancelFunc
+		done   chan struct{}
+	}
 
 	mu      sync.Mutex
 	closed  bool
@@ -96,8 +100,9 @@ func (n *Node) Start(ctx context.Context) error {
 	n.ctx, n.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	n.h.SetStreamHandler(protocol.EmbedProtocol, n.handleEmbed)
 	if n.topics != nil {
-		n.wg.Add(1)
-		go n.advertLoop()
+		actx, cancel := context.WithCancel(n.ctx)
+		n.adv.cancel, n.adv.done = cancel, make(chan struct{})
+		go n.advertLoop(actx)
 	}
 	for _, b := range n.bases {
 		i := b.Info()
@@ -122,15 +127,23 @@ func (n *Node) Close() error {
 	}
 	n.h.RemoveStreamHandler(protocol.EmbedProtocol)
 	done := make(chan struct{})
+	if n.adv.cancel != nil { // stop advertising before draining
+		n.adv.cancel()
+		<-n.adv.done
+	}
 	go func() { n.wg.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(n.cfg.DrainTimeout):
 		n.log.Warn("jobs still running at close; aborting them")
 	}
-	n.cancel()
-	<-done
-	return nil
+	n.cancel() // resets the jobs' streams
+	select {
+	case <-done:
+		return nil
+	case <-time.After(time.Second): // a forward pass cannot be interrupted
+		return errors.New("node.Close: jobs still running after the drain timeout; abandoned")
+	}
 }
 
 // Stats returns the node's counters.
@@ -140,16 +153,16 @@ func (n *Node) Stats() Stats {
 }
 
 // advertLoop republishes the node's advert every AdvertInterval.
-func (n *Node) advertLoop() {
-	defer n.wg.Done()
+func (n *Node) advertLoop(ctx context.Context) {
+	defer close(n.adv.done)
 	t := time.NewTicker(n.cfg.AdvertInterval)
 	defer t.Stop()
 	for {
-		if err := swarm.Publish(n.ctx, n.topics.Nodes, n.advert()); err != nil && n.ctx.Err() == nil {
+		if err := swarm.Publish(ctx, n.topics.Nodes, n.advert()); err != nil && ctx.Err() == nil {
 			n.log.Warn("advert not published", "err", err)
 		}
 		select {
-		case <-n.ctx.Done():
+		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
@@ -230,8 +243,9 @@ func (n *Node) handleEmbed(s network.Stream) {
 		n.rejected.Add(1)
 		log.Debug("embedding job failed", "err", err)
 		var perr *protocol.Error
-		if errors.As(err, &perr) {
-			_ = protocol.WriteFrame(s, perr)
+		if errors.As(err, &perr) && protocol.WriteFrame(s, perr) == nil {
+			s.Close() // a reset would discard the error before the peer reads it
+			return
 		}
 		s.Reset()
 		return

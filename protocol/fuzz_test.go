@@ -63,7 +63,7 @@ func FuzzValidateMsgpack(f *testing.F) {
 	f.Add(mustHex("c7ff01"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		allocs := testing.AllocsPerRun(1, func() { ValidateMsgpack(b, 16) })
-		if allocs > 8 { // an error value, nothing proportional to b
+		if allocs > 32 { // an error value (more under -race), nothing proportional to b
 			t.Fatalf("ValidateMsgpack allocated %v times", allocs)
 		}
 		if err := ValidateMsgpack(b, 16); err == nil && len(b) == 0 {

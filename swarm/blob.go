@@ -122,23 +122,74 @@ func (b *BlobServer) serve(s network.Stream) (cid.Cid, error) {
 	if err := protocol.WriteFrame(s, m); err != nil {
 		return c, fmt.Errorf("swarm.BlobServer: %w", err)
 	}
+	// The fetcher may reject the transfer early (Ack{OK: false} after a bad
+	// chunk), so its Ack is read while the chunks are written.
+	s.SetReadDeadline(time.Time{})
+	var (
+		mu    sync.Mutex
+		early bool // an answer came before the last chunk went out
+	)
+	acks := make(chan ackResult, 1)
+	go func() {
+		a, err := protocol.ReadExpect[*protocol.Ack](s)
+		mu.Lock()
+		early = true
+		s.SetWriteDeadline(time.Now()) // unblock a write the fetcher no longer reads
+		mu.Unlock()
+		acks <- ackResult{a, err}
+	}()
 	for i := range m.Chunks {
+		mu.Lock()
+		if !early {
+			s.SetWriteDeadline(time.Now().Add(b.idle()))
+		}
+		stop := early
+		mu.Unlock()
+		if stop {
+			return c, fmt.Errorf("swarm.BlobServer: %s: answer before chunk %d: %w", c, i, (<-acks).early())
+		}
 		off := i * m.ChunkSize
-		s.SetWriteDeadline(time.Now().Add(b.idle()))
 		chunk := &protocol.BlobChunk{V: protocol.Version, Index: i, Data: data[off : off+m.ChunkLen(i)]}
 		if err := protocol.WriteFrame(s, chunk); err != nil {
+			mu.Lock()
+			stop := early
+			mu.Unlock()
+			if stop { // the fetcher rejected the transfer while we wrote
+				return c, fmt.Errorf("swarm.BlobServer: %s: answer during chunk %d: %w", c, i, (<-acks).early())
+			}
 			return c, fmt.Errorf("swarm.BlobServer: chunk %d: %w", i, err)
 		}
 	}
 	s.SetReadDeadline(time.Now().Add(b.idle()))
-	ack, err := protocol.ReadExpect[*protocol.Ack](s)
-	if err != nil {
-		return c, fmt.Errorf("swarm.BlobServer: waiting for the ack: %w", err)
-	}
-	if !ack.OK {
-		return c, fmt.Errorf("swarm.BlobServer: fetcher rejected %s: %s", c, ack.Reason)
+	if err := (<-acks).verdict(); err != nil {
+		return c, fmt.Errorf("swarm.BlobServer: %s: %w", c, err)
 	}
 	return c, nil
+}
+
+type ackResult struct {
+	ack *protocol.Ack
+	err error
+}
+
+// early is the verdict of an answer that came before the last chunk: an
+// acknowledgement then is a protocol error.
+func (r ackResult) early() error {
+	if err := r.verdict(); err != nil {
+		return err
+	}
+	return errors.New("acknowledged before the last chunk")
+}
+
+// verdict is nil only for a readable Ack{OK: true}.
+func (r ackResult) verdict() error {
+	switch {
+	case r.err != nil:
+		return fmt.Errorf("waiting for the ack: %w", r.err)
+	case !r.ack.OK:
+		return &toldPeer{fmt.Errorf("fetcher rejected the transfer: %s", r.ack.Reason)}
+	}
+	return nil
 }
 
 // toldPeer marks an error the peer was told about in an Error frame: the
@@ -204,12 +255,18 @@ func FetchBlob(ctx context.Context, h host.Host, p peer.ID, c cid.Cid, maxSize i
 	}
 	defer context.AfterFunc(ctx, func() { s.Reset() })()
 	data, err := fetch(ctx, s, c, maxSize)
-	if err != nil {
-		if errors.Is(err, ErrHashMismatch) { // tell the liar why, best effort
-			setDeadline(ctx, s.SetWriteDeadline)
-			protocol.WriteFrame(s, &protocol.Ack{V: protocol.Version, Reason: truncate(err.Error(), 1000)})
-		}
+	var rej *rejection
+	switch {
+	case errors.As(err, &rej):
+		// Tell the provider why (it stops sending), then close gracefully
+		// so that the Ack arrives before the end of the stream.
+		setDeadline(ctx, s.SetWriteDeadline)
+		protocol.WriteFrame(s, &protocol.Ack{V: protocol.Version, Reason: truncate(rej.Error(), 1000)})
+		s.Close()
+	case err != nil:
 		s.Reset()
+	}
+	if err != nil {
 		if ctx.Err() != nil {
 			err = fmt.Errorf("%w (%w)", ctx.Err(), err)
 		}
@@ -226,6 +283,15 @@ func FetchBlob(ctx context.Context, h host.Host, p peer.ID, c cid.Cid, maxSize i
 	return data, nil
 }
 
+// rejection is a fetch failure caused by what the provider sent (as opposed
+// to I/O); the provider is told with Ack{OK: false}.
+type rejection struct{ err error }
+
+func (r *rejection) Error() string { return r.err.Error() }
+func (r *rejection) Unwrap() error { return r.err }
+
+func reject(format string, args ...any) error { return &rejection{fmt.Errorf(format, args...)} }
+
 // fetch reads a manifest and its chunks and verifies them.
 func fetch(ctx context.Context, s network.Stream, c cid.Cid, maxSize int64) ([]byte, error) {
 	setDeadline(ctx, s.SetDeadline)
@@ -241,10 +307,10 @@ func fetch(ctx context.Context, s network.Stream, c cid.Cid, maxSize int64) ([]b
 		return nil, fmt.Errorf("manifest: %w", err)
 	}
 	if m.CID != c.String() {
-		return nil, fmt.Errorf("manifest is for %s", m.CID)
+		return nil, reject("manifest is for %s", m.CID)
 	}
 	if m.Size > maxSize {
-		return nil, fmt.Errorf("blob is %d bytes, over the %d-byte limit", m.Size, maxSize)
+		return nil, reject("blob is %d bytes, over the %d-byte limit", m.Size, maxSize)
 	}
 	data := make([]byte, 0, m.Size) // Validate bounded Size by MaxBlobBytes
 	for i := range m.Chunks {
@@ -254,15 +320,15 @@ func fetch(ctx context.Context, s network.Stream, c cid.Cid, maxSize int64) ([]b
 			return nil, fmt.Errorf("chunk %d: %w", i, err)
 		}
 		if ch.Index != i || len(ch.Data) != m.ChunkLen(i) {
-			return nil, fmt.Errorf("got chunk %d of %d bytes, want chunk %d of %d", ch.Index, len(ch.Data), i, m.ChunkLen(i))
+			return nil, reject("got chunk %d of %d bytes, want chunk %d of %d", ch.Index, len(ch.Data), i, m.ChunkLen(i))
 		}
 		if sum := sha256.Sum256(ch.Data); !bytes.Equal(sum[:], m.Chunks[i]) {
-			return nil, fmt.Errorf("chunk %d: sha256 %x, manifest says %x: %w", i, sum, m.Chunks[i], ErrHashMismatch)
+			return nil, reject("chunk %d: sha256 %x, manifest says %x: %w", i, sum, m.Chunks[i], ErrHashMismatch)
 		}
 		data = append(data, ch.Data...)
 	}
 	if err := protocol.VerifyCID(c, data); err != nil {
-		return nil, err
+		return nil, &rejection{err}
 	}
 	return data, nil
 }

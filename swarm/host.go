@@ -55,14 +55,6 @@ type HostConfig struct {
 	NAT *NATConfig
 }
 
-// NATConfig switches on libp2p's NAT services for hosts on the Internet.
-type NATConfig struct {
-	PortMap      bool // ask the router for a port mapping (UPnP / NAT-PMP)
-	HolePunching bool // DCUtR hole punching (needs RelayClient)
-	RelayClient  bool // dial and be reached through circuit relay v2
-	AutoNATv2    bool // learn the host's reachability from peers
-}
-
 // DefaultDialTimeout is HostConfig.DialTimeout's zero-value meaning.
 const DefaultDialTimeout = 5 * time.Second
 
@@ -89,8 +81,8 @@ func (c *HostConfig) Validate() error {
 			return fmt.Errorf("swarm.HostConfig: ListenAddrs[%d] %s: not a TCP address", i, s)
 		}
 	}
-	if c.NAT != nil && c.NAT.HolePunching && !c.NAT.RelayClient {
-		return errors.New("swarm.HostConfig: NAT.HolePunching needs NAT.RelayClient")
+	if err := c.NAT.validate(); err != nil {
+		return err
 	}
 	return nil
 }
@@ -174,28 +166,6 @@ func NewHost(cfg HostConfig) (host.Host, error) {
 		return nil, fmt.Errorf("swarm.NewHost: %w", err)
 	}
 	return h, nil
-}
-
-func natOptions(n *NATConfig) []libp2p.Option {
-	if n == nil {
-		return []libp2p.Option{libp2p.DisableRelay()}
-	}
-	var opts []libp2p.Option
-	if n.PortMap {
-		opts = append(opts, libp2p.NATPortMap())
-	}
-	if n.RelayClient {
-		opts = append(opts, libp2p.EnableRelay())
-	} else {
-		opts = append(opts, libp2p.DisableRelay())
-	}
-	if n.HolePunching {
-		opts = append(opts, libp2p.EnableHolePunching())
-	}
-	if n.AutoNATv2 {
-		opts = append(opts, libp2p.EnableAutoNATv2())
-	}
-	return opts
 }
 
 // Stream limits for carryon's protocols. libp2p's defaults allow about 64

@@ -5,12 +5,14 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"path/filepath"
 	"time"
 
 	"carryon/coordinator"
 	"carryon/internal/demo"
 	"carryon/model"
+	"carryon/protocol"
 )
 
 func init() {
@@ -25,6 +27,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	cacheDir := fs.String("cache", filepath.Join(demo.DefaultCacheDir(), "coordinator"), "embedding cache and adaptor store")
 	codec := fs.String("codec", "q8", "bridge setting nodes compress with")
 	seqLen := fs.Int("seq-len", 128, "tokens per sequence at most")
+	chunkSeqs := fs.Int("chunk-seqs", 16, "sequences per chunk leased to a node")
 	steps := fs.Int("steps", 300, "training steps")
 	batch := fs.Int("batch", 8, "sequences per training step")
 	lr := fs.Float64("lr", 3e-3, "peak learning rate")
@@ -32,6 +35,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	layers := fs.Int("layers", 2, "carry-on blocks L")
 	alpha := fs.Float64("alpha", 1, "carry-on scale α")
 	minNodes := fs.Int("min-nodes", 1, "nodes to wait for before leasing")
+	ckptEvery := fs.Int("checkpoint-every", 50, "save the training state every so many steps (and at the end); a restarted run resumes from it; negative: never")
 	serve := fs.Bool("serve", false, "keep serving the adaptor after publishing, until interrupted")
 	logger := logFlags(fs, stderr)
 	if err := fs.Parse(args); err != nil {
@@ -43,7 +47,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		return err
 	}
 	defer base.Close()
-	dcfg := coordinator.DataConfig{SeqLen: *seqLen}
+	dcfg := coordinator.DataConfig{SeqLen: *seqLen, SeqsPerChunk: *chunkSeqs}
 	var ds *coordinator.Dataset
 	if *data == "default" {
 		ds, err = coordinator.ReadDataset(bytes.NewReader(demo.DefaultData(600)), true, tok, dcfg)
@@ -57,9 +61,9 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err != nil {
 		return err
 	}
-	defer j.h.Close()
+	defer j.close()
 	cfg := coordinator.Config{CacheDir: *cacheDir, Codec: *codec, MinNodes: *minNodes, Logger: log,
-		Train: coordinator.TrainConfig{Steps: *steps, BatchSeqs: *batch}}
+		Train: coordinator.TrainConfig{Steps: *steps, BatchSeqs: *batch, CheckpointEvery: *ckptEvery}}
 	cfg.Train.Optim.LR = float32(*lr)
 	cfg.Train.CarryOn = defaultShape(base.Config.Dim, base.Config.Vocab, *width, *layers, float32(*alpha))
 	c, err := coordinator.New(j.h, j.topics, base, cfg)
@@ -71,8 +75,32 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	for _, a := range j.addrs() {
 		fmt.Fprintf(stdout, "listening on %s\n", a)
 	}
+	go j.reach(ctx, stdout)
 	fmt.Fprintf(stdout, "data: %d training and %d validation chunks\n", len(ds.Train), len(ds.Val))
+	vs, stored, err := c.Versions()
+	if err != nil {
+		return err
+	}
+	if n := len(vs); n > 0 {
+		served := 0
+		for i, ok := range stored {
+			if ok {
+				served++
+				provideInBackground(ctx, j, vs[i].CID, log)
+			}
+		}
+		fmt.Fprintf(stdout, "serving %d of %d stored adaptor versions; latest %s (step %d)\n", served, n, vs[n-1].CID, vs[n-1].Step)
+	}
 	hooks := coordinator.Hooks{
+		Collecting: func(cached, total int) {
+			fmt.Fprintf(stdout, "cached %d of %d chunks\n", cached, total)
+		},
+		Resumed: func(step int) {
+			fmt.Fprintf(stdout, "resumed training at step %d\n", step)
+		},
+		Checkpoint: func(step int) {
+			fmt.Fprintf(stdout, "checkpoint: step %d\n", step)
+		},
 		Progress: func(p coordinator.Progress) {
 			fmt.Fprintf(stdout, "embed: %d/%d chunks, %d leased, %d nodes\n", p.Done, p.Total, p.Leased, p.Nodes)
 		},
@@ -90,6 +118,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		return err
 	}
 	fmt.Fprintf(stdout, "adaptor %s\n", v.CID)
+	provideInBackground(ctx, j, v.CID.String(), log)
 	if *serve {
 		fmt.Fprintf(stdout, "serving adaptors until interrupted\n")
 		<-ctx.Done()
@@ -97,6 +126,21 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		time.Sleep(500 * time.Millisecond) // let the announcement leave
 	}
 	return nil
+}
+
+// provideInBackground announces in the DHT that this host serves the
+// adaptor (a no-op without a DHT), without holding up the command.
+func provideInBackground(ctx context.Context, j *joined, cidStr string, log *slog.Logger) {
+	c, err := protocol.ParseCID(cidStr)
+	if err != nil {
+		log.Warn("stored version has a bad CID", "adaptor", cidStr, "err", err)
+		return
+	}
+	go func() {
+		if err := j.provide(ctx, c); err != nil && ctx.Err() == nil {
+			log.Warn("adaptor not announced in the DHT", "adaptor", cidStr, "err", err)
+		}
+	}()
 }
 
 // defaultShape is the carry-on shape from the flags (sources, vocab and

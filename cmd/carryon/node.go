@@ -50,7 +50,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	defer j.h.Close()
+	defer j.close()
 	cfg := node.DefaultInternetConfig()
 	if *advert > 0 {
 		cfg.AdvertInterval = *advert
@@ -67,6 +67,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	for _, a := range j.addrs() {
 		fmt.Fprintf(stdout, "listening on %s\n", a)
 	}
+	j.reach(ctx, stdout)
 	<-ctx.Done()
 	st := n.Stats()
 	log.Info("node stopping", "jobs", st.Jobs, "tokens", st.Tokens, "rejected", st.Rejected)

@@ -19,9 +19,9 @@ func init() {
 }
 
 func runPull(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("pull", "CID --from ADDR[,ADDR...] [--out FILE]", stderr)
+	fs := newFlags("pull", "CID [--from ADDR[,ADDR...] | --bootstrap ADDR] [--out FILE]", stderr)
 	sf := addSwarmFlags(fs, "/ip4/127.0.0.1/tcp/0")
-	from := fs.String("from", "", "comma-separated multiaddrs (with /p2p/ID) of peers that have the adaptor")
+	from := fs.String("from", "", "comma-separated multiaddrs (with /p2p/ID) of peers that have the adaptor (empty: find them through the DHT, via --bootstrap)")
 	out := fs.String("out", "", "where to write the adaptor (default: CID.safetensors)")
 	timeout := fs.Duration("timeout", time.Minute, "give up after this long")
 	maxSize := fs.Int64("max-size", 1<<30, "refuse adaptors larger than this many bytes")
@@ -49,7 +49,15 @@ func runPull(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	if len(providers) == 0 {
-		return fmt.Errorf("--from names no peer")
+		if *sf.bootstrap == "" {
+			return fmt.Errorf("pull needs --from (peers that have the adaptor) or --bootstrap (peers to search the DHT through)")
+		}
+		switch *sf.dht {
+		case "off":
+			return fmt.Errorf("pull without --from searches the DHT: --dht off leaves no way to find providers")
+		case "auto":
+			*sf.dht = "client" // a short-lived process answers no queries
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
@@ -57,13 +65,21 @@ func runPull(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	defer j.h.Close()
-	var ids []peer.ID
-	for _, ai := range providers {
-		j.h.Peerstore().AddAddrs(ai.ID, ai.Addrs, time.Hour)
-		ids = append(ids, ai.ID)
+	defer j.close()
+	var (
+		data []byte
+		src  peer.ID
+	)
+	if len(providers) == 0 {
+		data, src, err = j.disc.FetchByCID(ctx, c, *maxSize, 0)
+	} else {
+		var ids []peer.ID
+		for _, ai := range providers {
+			j.h.Peerstore().AddAddrs(ai.ID, ai.Addrs, time.Hour)
+			ids = append(ids, ai.ID)
+		}
+		data, src, err = swarm.FetchFromAny(ctx, j.h, ids, c, *maxSize)
 	}
-	data, src, err := swarm.FetchFromAny(ctx, j.h, ids, c, *maxSize)
 	if err != nil {
 		return err
 	}

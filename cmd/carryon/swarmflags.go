@@ -4,11 +4,14 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"time"
 
+	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/pnet"
 	ma "github.com/multiformats/go-multiaddr"
@@ -24,6 +27,12 @@ type swarmFlags struct {
 	identity  *string
 	bootstrap *string
 	quic      *bool
+	dht       *string
+	mdns      *bool
+	nat       *bool
+	upnp      *bool
+	relay     *bool
+	public    *bool
 }
 
 func addSwarmFlags(fs *flag.FlagSet, defaultListen string) *swarmFlags {
@@ -33,6 +42,12 @@ func addSwarmFlags(fs *flag.FlagSet, defaultListen string) *swarmFlags {
 		identity:  fs.String("identity", "", "peer key file, created if missing, for a stable peer ID (empty: a new ID each run)"),
 		bootstrap: fs.String("bootstrap", "", "comma-separated multiaddrs (with /p2p/ID) of peers to join through"),
 		quic:      fs.Bool("quic", false, "also listen on QUIC (public swarms only: pre-shared keys need TCP)"),
+		dht:       fs.String("dht", "auto", "Kademlia DHT: off, auto (answer queries unless AutoNAT finds this host unreachable), server or client"),
+		mdns:      fs.Bool("mdns", false, "find peers of the swarm on the local network by multicast DNS"),
+		nat:       fs.Bool("nat", false, "NAT traversal: AutoNAT v2, relayed addresses through the bootstrap peers, hole punching"),
+		upnp:      fs.Bool("upnp", false, "ask the router for a port mapping (UPnP / NAT-PMP)"),
+		relay:     fs.Bool("relay-service", false, "relay signalling for peers behind NATs and answer their AutoNAT checks (a publicly reachable coordinator)"),
+		public:    fs.Bool("public", false, "this host is publicly reachable: skip AutoNAT's verdict (starts --relay-service at once)"),
 	}
 }
 
@@ -42,6 +57,7 @@ type joined struct {
 	topics *swarm.Topics
 	psk    pnet.PSK
 	name   string
+	disc   *swarm.Discovery
 }
 
 // join builds the host, connects to the bootstrap peers and joins the
@@ -60,7 +76,25 @@ func (f *swarmFlags) join(ctx context.Context, trusted []peer.ID) (*joined, erro
 			return nil, fmt.Errorf("swarm key %s: %w", *f.key, err)
 		}
 	}
+	boot, err := parsePeers(*f.bootstrap)
+	if err != nil {
+		return nil, err
+	}
+	dhtMode, err := swarm.ParseDHTMode(*f.dht)
+	if err != nil {
+		return nil, err
+	}
 	cfg := swarm.HostConfig{PSK: psk, QUIC: *f.quic, ListenAddrs: splitList(*f.listen)}
+	if *f.nat || *f.upnp || *f.relay || *f.public {
+		cfg.NAT = &swarm.NATConfig{PortMap: *f.upnp, RelayService: *f.relay, AutoNATv2: *f.nat,
+			RelayClient: *f.nat, HolePunching: *f.nat}
+		if *f.nat {
+			cfg.NAT.Relays = boot
+		}
+		if *f.public {
+			cfg.NAT.Reachability = network.ReachabilityPublic
+		}
+	}
 	if *f.identity != "" {
 		k, err := swarm.LoadOrCreateKey(*f.identity)
 		if err != nil {
@@ -73,11 +107,6 @@ func (f *swarmFlags) join(ctx context.Context, trusted []peer.ID) (*joined, erro
 		return nil, err
 	}
 	j := &joined{h: h, psk: psk, name: protocol.SwarmName(psk)}
-	boot, err := parsePeers(*f.bootstrap)
-	if err != nil {
-		h.Close()
-		return nil, err
-	}
 	for _, ai := range boot {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := h.Connect(cctx, ai)
@@ -87,16 +116,49 @@ func (f *swarmFlags) join(ctx context.Context, trusted []peer.ID) (*joined, erro
 			return nil, fmt.Errorf("connect to bootstrap peer %s: %w", ai.ID, err)
 		}
 	}
+	if dhtMode != swarm.DHTOff || *f.mdns {
+		j.disc, err = swarm.NewDiscovery(ctx, h, swarm.DiscoveryConfig{Swarm: j.name, Private: len(psk) > 0,
+			DHT: dhtMode, Bootstrap: boot, MDNS: *f.mdns})
+		if err != nil {
+			h.Close()
+			return nil, err
+		}
+	}
 	ps, err := swarm.NewPubSub(ctx, h)
 	if err != nil {
-		h.Close()
+		j.close()
 		return nil, err
 	}
 	if j.topics, err = swarm.JoinTopics(ps, j.name, trusted); err != nil {
-		h.Close()
+		j.close()
 		return nil, err
 	}
 	return j, nil
+}
+
+// close stops discovery, then the host.
+func (j *joined) close() error {
+	if j.disc != nil {
+		j.disc.Close()
+	}
+	return j.h.Close()
+}
+
+// provide announces in the DHT that this host serves c (no-op without a
+// DHT); it waits at most 30 s for the DHT to have peers.
+func (j *joined) provide(ctx context.Context, c cid.Cid) error {
+	if j.disc == nil || j.disc.DHT() == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return j.disc.Provide(ctx, c)
+}
+
+// reach prints how the host can be reached now and whenever that changes,
+// until ctx ends.
+func (j *joined) reach(ctx context.Context, w io.Writer) {
+	swarm.WatchReach(ctx, j.h, func(r swarm.Reach) { fmt.Fprintf(w, "reachability: %s\n", r) })
 }
 
 // addrs lists the host's full multiaddrs (with /p2p/ID).

@@ -6,36 +6,37 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"carryon/model"
 )
 
-// DefaultBaseSeed fixes the stand-in base's weights, so every machine
-// derives the same weights hash.
-const DefaultBaseSeed = 20261127
+// DefaultBaseName names the default base in adverts and logs.
+const DefaultBaseName = EmbeddedBaseName
 
-// DefaultBaseName names the stand-in base in adverts and logs.
-const DefaultBaseName = "carryon-demo-qwen2-random"
-
-// EnsureDefaultBase writes the embedded default base into dir (unless it
-// is already there) and returns dir. Until a pretrained default ships, it is
-// a seeded random-weight Qwen2 model with a byte-level vocabulary: a
-// stand-in that exercises every stage, not a useful language model.
+// EnsureDefaultBase writes the embedded default base into dir (unless it is
+// already there) and returns dir. The default is a tiny Qwen2 model that
+// carryon pretrained on the Brown corpus (assets/base/README.md): real
+// weights and a real tokenizer, small enough to ship, far too small to be
+// a useful language model.
 func EnsureDefaultBase(dir string) (string, error) {
-	if _, err := os.Stat(filepath.Join(dir, "model.safetensors")); err == nil {
+	if fileExists(filepath.Join(dir, "model.safetensors")) {
 		return dir, nil
+	}
+	if err := os.MkdirAll(filepath.Dir(filepath.Clean(dir)), 0o755); err != nil {
+		return "", fmt.Errorf("demo.EnsureDefaultBase: %w", err)
 	}
 	tmp, err := os.MkdirTemp(filepath.Dir(filepath.Clean(dir)), ".base-*")
 	if err != nil {
 		return "", fmt.Errorf("demo.EnsureDefaultBase: %w", err)
 	}
-	if err := model.WriteRandomBase(tmp, model.DemoConfig(), DefaultBaseSeed); err != nil {
+	if err := WriteEmbeddedBase(tmp); err != nil {
 		os.RemoveAll(tmp)
-		return "", fmt.Errorf("demo.EnsureDefaultBase: %w", err)
+		return "", err
 	}
 	if err := os.Rename(tmp, dir); err != nil {
 		os.RemoveAll(tmp)
-		if _, serr := os.Stat(filepath.Join(dir, "model.safetensors")); serr == nil {
+		if fileExists(filepath.Join(dir, "model.safetensors")) {
 			return dir, nil // another process won the race
 		}
 		return "", fmt.Errorf("demo.EnsureDefaultBase: %w", err)
@@ -51,11 +52,12 @@ func DefaultCacheDir() string {
 	return filepath.Join(os.TempDir(), "carryon")
 }
 
-// OpenModel resolves a --model flag: "default" is the embedded stand-in
-// base (written under cacheDir on first use), anything else a directory
-// with config.json and safetensors weights. It returns the loaded base and
-// its tokenizer (the byte tokenizer for the default base, tokenizer.json
-// otherwise).
+// OpenModel resolves a --model flag: "default" is the embedded base
+// (written under cacheDir on first use), a .gguf file a llama.cpp model
+// (tokenizer from its metadata), anything else a directory with config.json
+// and safetensors weights. It returns the loaded base, its
+// tokenizer (tokenizer.json; the byte tokenizer for a byte-vocabulary model
+// without one) and a display name.
 func OpenModel(spec, cacheDir string) (*model.Base, model.Tokenizer, string, error) {
 	dir := spec
 	name := filepath.Base(filepath.Clean(spec))
@@ -64,10 +66,22 @@ func OpenModel(spec, cacheDir string) (*model.Base, model.Tokenizer, string, err
 			return nil, nil, "", fmt.Errorf("demo.OpenModel: %w", err)
 		}
 		var err error
-		if dir, err = EnsureDefaultBase(filepath.Join(cacheDir, "default-base-v1")); err != nil {
+		if dir, err = EnsureDefaultBase(filepath.Join(cacheDir, "default-base-brown-v1")); err != nil {
 			return nil, nil, "", err
 		}
 		name = DefaultBaseName
+	}
+	if strings.EqualFold(filepath.Ext(dir), ".gguf") {
+		b, err := model.LoadGGUF(dir)
+		if err != nil {
+			return nil, nil, "", err
+		}
+		t, err := model.LoadGGUFTokenizer(dir)
+		if err != nil {
+			b.Close()
+			return nil, nil, "", err
+		}
+		return b, t, strings.TrimSuffix(name, filepath.Ext(name)), nil
 	}
 	b, err := model.LoadBase(dir)
 	if err != nil {

@@ -76,7 +76,9 @@ func Run(ctx context.Context, o Options) (err error) {
 	}
 	defer base.Close()
 	bc := base.Config
-	p("base:   %s — a STAND-IN: seeded random weights, %s architecture, dim %d, %d layers, vocab %d (bytes)", name, bc.Arch, bc.Dim, bc.Layers, bc.Vocab)
+	p("base:   %s — a tiny %s model pretrained by carryon on the Brown corpus (%.1fM parameters, dim %d, %d layers, vocab %d);",
+		name, bc.Arch, float64(bc.NumParams())/1e6, bc.Dim, bc.Layers, bc.Vocab)
+	p("        a real run uses a real base such as Qwen2.5 (--model DIR)")
 	p("        weights hash %s", base.WeightsHash)
 
 	keyText, err := protocol.NewSwarmKey()

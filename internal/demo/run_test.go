@@ -22,7 +22,7 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("demo: %v\n%s", err, out.String())
 	}
 	report := out.String()
-	for _, want := range []string{"base:", "STAND-IN", "swarm:", "private swarm", "embed:", "train:", "eval:", "adaptor: ", "pull:", "match", "done in"} {
+	for _, want := range []string{"base:", "pretrained by carryon", "swarm:", "private swarm", "embed:", "train:", "eval:", "adaptor: ", "pull:", "match", "done in"} {
 		if !strings.Contains(report, want) {
 			t.Errorf("report lacks %q:\n%s", want, report)
 		}

@@ -1,0 +1,330 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+
+	"carryon/model"
+)
+
+func init() {
+	register("bench", "benchmarks: 'bench train' (carry-on training vs PyTorch), 'bench forward' (base prefill)", runBench)
+}
+
+// benchResult is one implementation's line of output.
+type benchResult struct {
+	Impl         string  `json:"impl"`
+	Width        int     `json:"width"`
+	Layers       int     `json:"layers"`
+	Heads        int     `json:"heads"`
+	FFN          int     `json:"ffn"`
+	BaseDim      int     `json:"base_dim"`
+	Vocab        int     `json:"vocab"`
+	Seq          int     `json:"seq"`
+	Batch        int     `json:"batch"`
+	Steps        int     `json:"steps"`
+	Threads      int     `json:"threads"`
+	Params       int     `json:"params"`
+	TokensPerSec float64 `json:"tokens_per_s"`
+	StepMS       float64 `json:"step_ms"`
+	PeakRSSMiB   float64 `json:"peak_rss_mib"`
+	BLAS         string  `json:"blas,omitempty"`
+	GemmGFLOPS   float64 `json:"sgemm_gflops,omitempty"`
+}
+
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) > 0 && args[0] == "forward" {
+		return benchForward(ctx, args[1:], stdout, stderr)
+	}
+	if len(args) == 0 || args[0] != "train" {
+		fmt.Fprintf(stderr, "Usage: carryon bench train|forward [flags]\n\n  train    carry-on training tokens/s and peak memory, against PyTorch\n  forward  base prefill tokens/s, peak memory and model bytes\n")
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
+			return flag.ErrHelp
+		}
+		return errors.New("unknown or missing benchmark (want: train or forward)")
+	}
+	fs := newFlags("bench", "train --width H --layers L --base-dim D --vocab V --seq S --batch B [flags]", stderr)
+	width := fs.Int("width", 64, "carry-on width h")
+	layers := fs.Int("layers", 2, "carry-on blocks L")
+	heads := fs.Int("heads", 0, "attention heads (0: width/16, at least 1)")
+	baseDim := fs.Int("base-dim", 896, "base hidden width D")
+	vocab := fs.Int("vocab", 32000, "vocabulary V (rows of the frozen LM head)")
+	seq := fs.Int("seq", 256, "tokens per sequence S")
+	batch := fs.Int("batch", 8, "sequences per step B")
+	steps := fs.Int("steps", 5, "timed steps (after one warm-up step)")
+	threads := fs.Int("threads", runtime.NumCPU(), "threads for both implementations")
+	torch := fs.Bool("torch", true, "also run the PyTorch reference")
+	python := fs.String("python", "/usr/bin/python3", "Python with PyTorch")
+	script := fs.String("torch-script", "", "the PyTorch reference (default: scripts/bench_train_torch.py above the working directory)")
+	blas := fs.String("torch-blas", "", "directory with an optimised libblas.so.3 for PyTorch (default: the first OpenBLAS found)")
+	memOnly := fs.Bool("memory-only", false, "build the trainer, run --steps steps and report how its peak memory splits")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	if *threads < 1 || *steps < 1 || *seq < 2 || *batch < 1 {
+		return errors.New("--threads, --steps, --batch must be >= 1 and --seq >= 2")
+	}
+	runtime.GOMAXPROCS(*threads)
+	cfg := defaultShape(*baseDim, *vocab, *width, *layers, 1)
+	if *heads > 0 {
+		cfg.Heads = *heads
+	}
+	cfg.MaxSeq = *seq
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if *memOnly {
+		return benchMemory(cfg, *seq, *batch, *steps, stdout)
+	}
+	res, err := benchTrainGo(cfg, *seq, *batch, *steps)
+	if err != nil {
+		return err
+	}
+	res.Threads = *threads
+	if err := json.NewEncoder(stdout).Encode(res); err != nil {
+		return err
+	}
+	if !*torch {
+		return nil
+	}
+	tr, err := benchTrainTorch(ctx, cfg, res, *python, *script, *blas, stderr)
+	if err != nil {
+		return fmt.Errorf("PyTorch reference: %w", err)
+	}
+	if err := json.NewEncoder(stdout).Encode(tr); err != nil {
+		return err
+	}
+	return json.NewEncoder(stdout).Encode(map[string]any{
+		"ratio_tokens_per_s": res.TokensPerSec / tr.TokensPerSec, "goal": 1.5,
+		"ratio_peak_rss": res.PeakRSSMiB / tr.PeakRSSMiB,
+	})
+}
+
+// benchSetup is a carry-on trainer on random data.
+type benchSetup struct {
+	co      *model.CarryOn
+	opt     *model.Optimizer
+	ws      *model.Workspace
+	grads   []float32
+	wPred   []float32
+	xs      [][]float32
+	targets [][]int32
+}
+
+func newBenchSetup(cfg model.CarryOnConfig, seq, batch int, mark func(string)) (*benchSetup, error) {
+	co, err := model.NewCarryOn(cfg, 1)
+	if err != nil {
+		return nil, err
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range co.Delta { // W_Δ ≠ 0 so that gradients reach the whole trunk
+		co.Delta[i] = float32(0.02 * rng.NormFloat64())
+	}
+	s := &benchSetup{co: co, grads: make([]float32, len(co.Params))}
+	if s.opt, err = model.NewOptimizer(co, model.DefaultOptimConfig(1000)); err != nil {
+		return nil, err
+	}
+	mark("params_grads_adam")
+	D, V := cfg.D(), cfg.Vocab
+	s.wPred = make([]float32, V*D)
+	for i := range s.wPred {
+		s.wPred[i] = float32(0.02 * rng.NormFloat64())
+	}
+	mark("lm_head")
+	for range batch {
+		x := make([]float32, seq*D)
+		for i := range x {
+			x[i] = float32(rng.NormFloat64())
+		}
+		t := make([]int32, seq)
+		for i := range t {
+			t[i] = int32(rng.IntN(V))
+		}
+		s.xs, s.targets = append(s.xs, x), append(s.targets, t)
+	}
+	mark("inputs")
+	s.ws = co.NewWorkspace(seq)
+	mark("workspace")
+	return s, nil
+}
+
+// step is one optimiser step over the batch: per-sequence LossAndGrad
+// accumulating the gradient of the mean token loss, then AdamW.
+func (s *benchSetup) step(seq int) float64 {
+	clear(s.grads)
+	var loss float64
+	n := len(s.xs) * seq
+	for b, x := range s.xs {
+		l, _ := s.co.LossAndGrad(s.ws, [][]float32{x}, s.targets[b], seq, s.wPred, 1/float32(n), s.grads)
+		loss += l
+	}
+	s.opt.Step(s.grads)
+	return loss / float64(n)
+}
+
+func benchTrainGo(cfg model.CarryOnConfig, seq, batch, steps int) (benchResult, error) {
+	s, err := newBenchSetup(cfg, seq, batch, func(string) {})
+	if err != nil {
+		return benchResult{}, err
+	}
+	s.step(seq) // warm-up: packing buffers, page faults
+	start := time.Now()
+	for range steps {
+		s.step(seq)
+	}
+	el := time.Since(start)
+	hwm, _ := procStatus("VmHWM")
+	return benchResult{Impl: "carryon-go", Width: cfg.Width, Layers: cfg.Layers, Heads: cfg.Heads, FFN: cfg.FFN,
+		BaseDim: cfg.D(), Vocab: cfg.Vocab, Seq: seq, Batch: batch, Steps: steps, Params: len(s.co.Params),
+		TokensPerSec: float64(steps*batch*seq) / el.Seconds(), StepMS: el.Seconds() * 1000 / float64(steps),
+		PeakRSSMiB: float64(hwm) / (1 << 20)}, nil
+}
+
+// benchMemory builds the trainer stage by stage, runs a few steps, and
+// reports resident memory after each stage and at the peak.
+func benchMemory(cfg model.CarryOnConfig, seq, batch, steps int, stdout io.Writer) error {
+	debug.FreeOSMemory()
+	rss0, _ := procStatus("VmRSS")
+	prev := rss0
+	split := map[string]float64{}
+	var order []string
+	mark := func(name string) {
+		rss, _ := procStatus("VmRSS")
+		split[name+"_mib"] = float64(rss-prev) / (1 << 20)
+		order = append(order, name)
+		prev = rss
+	}
+	s, err := newBenchSetup(cfg, seq, batch, mark)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	var loss float64
+	for range steps {
+		loss = s.step(seq)
+	}
+	el := time.Since(start)
+	mark("steps")
+	hwm, _ := procStatus("VmHWM")
+	P := len(s.co.Params)
+	lmHead := int64(cfg.Vocab) * int64(cfg.D()) * 4
+	out := map[string]any{
+		"impl": "carryon-go", "mode": "memory", "width": cfg.Width, "layers": cfg.Layers, "heads": cfg.Heads,
+		"ffn": cfg.FFN, "base_dim": cfg.D(), "vocab": cfg.Vocab, "seq": seq, "batch": batch, "steps": steps,
+		"params": P, "loss": loss, "step_ms": el.Seconds() * 1000 / float64(steps),
+		"start_rss_mib":                  float64(rss0) / (1 << 20),
+		"peak_rss_mib":                   float64(hwm) / (1 << 20),
+		"lm_head_mib":                    float64(lmHead) / (1 << 20),
+		"peak_rss_without_lm_head_mib":   float64(hwm-lmHead) / (1 << 20),
+		"expected_params_grads_adam_mib": float64(4*4*int64(P)) / (1 << 20),
+		"rss_growth_by_stage":            split,
+		"stages":                         order,
+	}
+	return json.NewEncoder(stdout).Encode(out)
+}
+
+// procStatus reads a "kB" field of /proc/self/status, in bytes.
+func procStatus(field string) (int64, error) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, err
+	}
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if ok && k == field {
+			f := strings.Fields(v)
+			if len(f) >= 1 {
+				n, err := strconv.ParseInt(f[0], 10, 64)
+				return n << 10, err
+			}
+		}
+	}
+	return 0, fmt.Errorf("/proc/self/status has no %s", field)
+}
+
+// findUp looks for rel in the working directory and its parents.
+func findUp(rel string) string {
+	dir, err := os.Getwd()
+	if err != nil {
+		return ""
+	}
+	for {
+		p := filepath.Join(dir, rel)
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return ""
+		}
+		dir = parent
+	}
+}
+
+// torchBLASDirs are where Debian's optimised BLAS packages put
+// libblas.so.3. Debian's PyTorch links the generic libblas.so.3, which is
+// the reference (netlib) BLAS unless an optimised one is selected: about 60×
+// slower at sgemm here, which would make the comparison meaningless.
+var torchBLASDirs = []string{
+	"/usr/lib/x86_64-linux-gnu/openblas-pthread",
+	"/usr/lib/x86_64-linux-gnu/openblas-openmp",
+	"/usr/lib/x86_64-linux-gnu/blis-pthread",
+}
+
+func benchTrainTorch(ctx context.Context, cfg model.CarryOnConfig, g benchResult, python, script, blasDir string, stderr io.Writer) (benchResult, error) {
+	if script == "" {
+		script = findUp(filepath.Join("scripts", "bench_train_torch.py"))
+		if script == "" {
+			return benchResult{}, errors.New("scripts/bench_train_torch.py not found above the working directory (use --torch-script)")
+		}
+	}
+	if blasDir == "" {
+		for _, d := range torchBLASDirs {
+			if _, err := os.Stat(filepath.Join(d, "libblas.so.3")); err == nil {
+				blasDir = d
+				break
+			}
+		}
+	}
+	th := strconv.Itoa(g.Threads)
+	cmd := exec.CommandContext(ctx, python, script,
+		"--width", strconv.Itoa(cfg.Width), "--layers", strconv.Itoa(cfg.Layers), "--heads", strconv.Itoa(cfg.Heads),
+		"--ffn", strconv.Itoa(cfg.FFN), "--base-dim", strconv.Itoa(cfg.D()), "--vocab", strconv.Itoa(cfg.Vocab),
+		"--seq", strconv.Itoa(g.Seq), "--batch", strconv.Itoa(g.Batch), "--steps", strconv.Itoa(g.Steps), "--threads", th)
+	cmd.Env = append(os.Environ(), "OMP_NUM_THREADS="+th, "OPENBLAS_NUM_THREADS="+th, "MKL_NUM_THREADS="+th)
+	if blasDir != "" {
+		cmd.Env = append(cmd.Env, "LD_LIBRARY_PATH="+blasDir+":"+os.Getenv("LD_LIBRARY_PATH"))
+	} else {
+		fmt.Fprintf(stderr, "bench: no optimised BLAS found for PyTorch (install libopenblas0-pthread): its numbers are the reference BLAS's\n")
+	}
+	cmd.Stderr = stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return benchResult{}, err
+	}
+	var r benchResult
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &r); err != nil {
+		return benchResult{}, fmt.Errorf("parse %q: %w", lines[len(lines)-1], err)
+	}
+	if blasDir != "" {
+		r.BLAS += " via " + blasDir
+	}
+	return r, nil
+}

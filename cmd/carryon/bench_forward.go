@@ -1,0 +1,153 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"carryon/model"
+)
+
+// forwardBenchResult is the one JSON line of `carryon bench forward`.
+type forwardBenchResult struct {
+	Impl         string    `json:"impl"`
+	Model        string    `json:"model"`
+	Arch         string    `json:"arch"`
+	ModelBytes   int64     `json:"model_bytes"` // weight files on disk
+	Tokens       int       `json:"tokens"`
+	Threads      int       `json:"threads"`
+	Runs         int       `json:"runs"`
+	TokensPerSec float64   `json:"tokens_per_s"`
+	MedianS      float64   `json:"median_s"`
+	TimesS       []float64 `json:"times_s"`
+	CPUS         []float64 `json:"cpu_s,omitempty"` // process CPU seconds of each run (Linux): robust to a shared machine
+	LoadS        float64   `json:"load_s"`
+	PeakRSSBytes int64     `json:"peak_rss_bytes"` // VmHWM
+}
+
+// benchForward measures prefill like llama.cpp's bench.mjs / llama-bench
+// pp: --tokens pseudo-random ids (fixed seed) through the base in one
+// forward pass, then the LM head for the last position only; one warm-up
+// run, then the median of --runs. The caller dispatches `bench forward`
+// here with the arguments after "forward".
+func benchForward(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("bench", "forward --model PATH [--tokens 512] [--threads N] [--runs 3]", stderr)
+	modelFlag := fs.String("model", "", "base model: a .gguf file or a directory with config.json + safetensors")
+	tokens := fs.Int("tokens", 512, "prompt length")
+	threads := fs.Int("threads", runtime.NumCPU(), "threads (GOMAXPROCS)")
+	runs := fs.Int("runs", 3, "timed runs after one warm-up")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *modelFlag == "" || *tokens < 1 || *threads < 1 || *runs < 1 {
+		fs.Usage()
+		return errors.New("--model is required; --tokens, --threads and --runs must be >= 1")
+	}
+	runtime.GOMAXPROCS(*threads)
+	start := time.Now()
+	base, _, _, err := openAnyModel(*modelFlag)
+	if err != nil {
+		return err
+	}
+	defer base.Close()
+	res := forwardBenchResult{Impl: "carryon", Model: filepath.Base(*modelFlag), Arch: base.Config.Arch,
+		Tokens: *tokens, Threads: *threads, Runs: *runs, LoadS: time.Since(start).Seconds()}
+	if res.ModelBytes, err = weightBytes(*modelFlag); err != nil {
+		return err
+	}
+	if *tokens > base.Config.MaxPos {
+		return fmt.Errorf("--tokens %d exceeds the model's context %d", *tokens, base.Config.MaxPos)
+	}
+	rng := rand.New(rand.NewPCG(1234, 5678))
+	ids := make([]int32, *tokens)
+	for i := range ids {
+		ids[i] = int32(rng.IntN(base.Config.Vocab))
+	}
+	for r := -1; r < *runs; r++ {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		t0, c0 := time.Now(), processCPU()
+		out, err := base.Forward(ids, []int{model.FinalLayer})
+		if err != nil {
+			return err
+		}
+		D := base.Config.Dim
+		base.Logits(out[0][(len(ids)-1)*D:], 1)
+		if r >= 0 {
+			res.TimesS = append(res.TimesS, time.Since(t0).Seconds())
+			if c0 >= 0 {
+				res.CPUS = append(res.CPUS, processCPU()-c0)
+			}
+		}
+	}
+	sorted := slices.Clone(res.TimesS)
+	slices.Sort(sorted)
+	res.MedianS = sorted[len(sorted)/2]
+	res.TokensPerSec = float64(*tokens) / res.MedianS
+	res.PeakRSSBytes, _ = procStatus("VmHWM")
+	line, err := json.Marshal(res)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(stdout, "%s\n", line)
+	return err
+}
+
+// processCPU returns the user+system CPU seconds of this process from
+// /proc/self/stat (in USER_HZ = 100 ticks), or -1 where that is missing.
+func processCPU() float64 {
+	b, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return -1
+	}
+	// Fields after the ")" that ends the command name: state is field 3,
+	// utime 14 and stime 15.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return -1
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return -1
+	}
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	s, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return -1
+	}
+	return float64(u+s) / 100
+}
+
+// weightBytes is the size of a GGUF file, or of the safetensors files of
+// a checkpoint directory.
+func weightBytes(spec string) (int64, error) {
+	st, err := os.Stat(spec)
+	if err != nil {
+		return 0, err
+	}
+	if st.Mode().IsRegular() {
+		return st.Size(), nil
+	}
+	files, err := filepath.Glob(filepath.Join(spec, "*.safetensors"))
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, f := range files {
+		if fi, err := os.Stat(f); err == nil {
+			n += fi.Size()
+		}
+	}
+	return n, nil
+}

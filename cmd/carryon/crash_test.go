@@ -1,0 +1,229 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// kill SIGKILLs p (no chance to clean up, as in a crash or an OOM kill)
+// and returns the stdout lines it printed that were not read yet.
+func (p *proc) kill(t *testing.T) []string {
+	t.Helper()
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	p.cmd.Wait()
+	var rest []string
+	for l := range p.lines {
+		rest = append(rest, l)
+	}
+	return rest
+}
+
+// stop interrupts p, waits for it, and returns its stderr.
+func (p *proc) stop(t *testing.T) string {
+	t.Helper()
+	p.cmd.Process.Signal(syscall.SIGINT)
+	done := make(chan struct{})
+	go func() { p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		p.cmd.Process.Kill()
+		<-done
+		t.Fatalf("%s did not stop on SIGINT", p.cmd.Args[1])
+	}
+	return p.log.String()
+}
+
+// nodeJobs reads the acknowledged jobs a stopped node reports.
+func nodeJobs(t *testing.T, stderr string) int {
+	t.Helper()
+	m := regexp.MustCompile(`msg="node stopping" jobs=(\d+)`).FindStringSubmatch(stderr)
+	if m == nil {
+		t.Fatalf("the node did not report its jobs:\n%s", stderr)
+	}
+	n, _ := strconv.Atoi(m[1])
+	return n
+}
+
+// countFiles counts the files under dir whose names end in suffix.
+func countFiles(dir, suffix string) int {
+	n := 0
+	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasSuffix(p, suffix) {
+			n++
+		}
+		return nil
+	})
+	return n
+}
+
+// atoi parses the leading integer of s.
+func atoi(t *testing.T, s string) int {
+	t.Helper()
+	f := strings.Fields(s)
+	if len(f) == 0 {
+		t.Fatalf("no number in %q", s)
+	}
+	n, err := strconv.Atoi(f[0])
+	if err != nil {
+		t.Fatalf("%q: %v", s, err)
+	}
+	return n
+}
+
+// TestCoordinatorCrashResume kills a real coordinator process with SIGKILL
+// twice, once while it collects embeddings and once while it trains, and
+// restarts it on the same cache directory each time. The restarts must
+// lease only the chunks that were not cached (a fresh node's acknowledged
+// jobs count them), resume training from the newest checkpoint, and
+// publish.
+func TestCoordinatorCrashResume(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	dir := t.TempDir()
+	bin := buildBinary(t, dir)
+	env := []string{"XDG_CACHE_HOME=" + filepath.Join(dir, "xdg")}
+	key := filepath.Join(dir, "swarm.key")
+	if out, err := exec.Command(bin, "keygen", "--out", key).CombinedOutput(); err != nil {
+		t.Fatalf("keygen: %v\n%s", err, out)
+	}
+	// 40 records of ~900 bytes: with 256-token windows and 4 windows per
+	// chunk, about 40 chunks, each a real forward pass of ~1000 tokens.
+	var data strings.Builder
+	words := []string{"carry", "on", "frozen", "base", "volunteer", "bridge", "chunk", "gossip", "adaptor", "swarm"}
+	for i := range 40 {
+		var p []string
+		for j := range 120 {
+			p = append(p, words[(i*7+j*j+j/3)%len(words)])
+		}
+		fmt.Fprintf(&data, `{"text": %q}`+"\n", strings.Join(p, " "))
+	}
+	dataPath := filepath.Join(dir, "data.jsonl")
+	if err := os.WriteFile(dataPath, []byte(data.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cache := filepath.Join(dir, "coord")
+	const steps, every = 60, 5
+	coordArgs := []string{"coordinator", "--key", key, "--listen", "/ip4/127.0.0.1/tcp/0", "--cache", cache,
+		"--data", dataPath, "--seq-len", "256", "--chunk-seqs", "4", "--steps", strconv.Itoa(steps),
+		"--checkpoint-every", strconv.Itoa(every), "--batch", "4", "--width", "32", "--layers", "1"}
+	nodeArgs := func(addr string) []string {
+		return []string{"node", "--key", key, "--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", addr,
+			"--advert-interval", "200ms", "--jobs", "1"}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	embDir := filepath.Join(cache, "embeddings")
+
+	// 1. Kill the coordinator once a few chunks are cached.
+	c1 := start(t, env, bin, coordArgs...)
+	addr := c1.waitLine(t, ctx, "listening on ")
+	total := atoi(t, c1.waitLine(t, ctx, "cached 0 of "))
+	n1 := start(t, env, bin, nodeArgs(addr)...)
+	for countFiles(embDir, ".emb") < 3 {
+		if ctx.Err() != nil {
+			t.Fatal("timed out waiting for cached chunks")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	c1.kill(t)
+	cached := countFiles(embDir, ".emb")
+	if cached >= total {
+		t.Fatalf("all %d chunks were cached before the kill: the test needs more data", total)
+	}
+	n1.kill(t) // it may be stuck on a job for the dead coordinator
+	t.Logf("killed while collecting: %d of %d chunks cached", cached, total)
+
+	// 2. Restart: it must find the cached chunks and lease only the rest;
+	// then kill it once a training checkpoint is on disk.
+	c2 := start(t, env, bin, coordArgs...)
+	addr = c2.waitLine(t, ctx, "listening on ")
+	if got := c2.waitLine(t, ctx, "cached "); got != fmt.Sprintf("%d of %d chunks", cached, total) {
+		t.Fatalf("restarted coordinator reports %q cached, want %d of %d", got, cached, total)
+	}
+	n2 := start(t, env, bin, nodeArgs(addr)...)
+	first := atoi(t, c2.waitLine(t, ctx, "checkpoint: step "))
+	rest := c2.kill(t)
+	lastCkpt := first
+	for _, l := range rest {
+		if s, ok := strings.CutPrefix(l, "checkpoint: step "); ok {
+			lastCkpt = atoi(t, s)
+		}
+		if strings.HasPrefix(l, "adaptor ") {
+			t.Fatalf("training finished before the kill: the test needs more steps")
+		}
+	}
+	jobs2 := nodeJobs(t, n2.stop(t))
+	if jobs2 != total-cached {
+		t.Fatalf("after the restart the node computed %d chunks, want exactly the %d uncached ones of %d", jobs2, total-cached, total)
+	}
+	t.Logf("killed while training after the checkpoint at step %d; the second node computed %d chunks", lastCkpt, jobs2)
+
+	// 3. Restart again: everything is cached (no node is running), and
+	// training resumes from the newest checkpoint and publishes.
+	c3 := start(t, env, bin, coordArgs...)
+	if got := c3.waitLine(t, ctx, "cached "); got != fmt.Sprintf("%d of %d chunks", total, total) {
+		t.Fatalf("second restart reports %q cached, want all %d", got, total)
+	}
+	resumed := atoi(t, c3.waitLine(t, ctx, "resumed training at step "))
+	if resumed < lastCkpt || resumed%every != 0 || resumed >= steps {
+		t.Fatalf("resumed at step %d; the last checkpoint printed before the kill was step %d", resumed, lastCkpt)
+	}
+	var trained []int
+	var cid string
+	for cid == "" {
+		select {
+		case l, ok := <-c3.lines:
+			if !ok {
+				t.Fatal("the coordinator ended without publishing")
+			}
+			if s, ok := strings.CutPrefix(l, "train: step "); ok {
+				trained = append(trained, atoi(t, s))
+			}
+			if s, ok := strings.CutPrefix(l, "adaptor "); ok {
+				cid = s
+			}
+		case <-ctx.Done():
+			t.Fatal("timed out waiting for the adaptor")
+		}
+	}
+	if len(trained) == 0 || trained[0] <= resumed {
+		t.Fatalf("after resuming at step %d the coordinator reported steps %v", resumed, trained)
+	}
+	log, err := os.ReadFile(filepath.Join(cache, "versions.jsonl"))
+	if err != nil || !strings.Contains(string(log), `"cid":"`+cid+`"`) {
+		t.Fatalf("versions log does not record %s: %v\n%s", cid, err, log)
+	}
+	c3.stop(t)
+
+	// 4. The same job trained without interruption on a copy of the
+	// embeddings (and no checkpoints) gives the same adaptor, bit for bit.
+	fresh := filepath.Join(dir, "fresh")
+	if err := os.MkdirAll(fresh, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("cp", "-r", embDir, filepath.Join(fresh, "embeddings")).CombinedOutput(); err != nil {
+		t.Fatalf("cp: %v\n%s", err, out)
+	}
+	args := append([]string(nil), coordArgs...)
+	args[slices.Index(args, cache)] = fresh
+	c4 := start(t, env, bin, args...)
+	straight := c4.waitLine(t, ctx, "adaptor ")
+	if straight != cid {
+		t.Fatalf("the resumed run published %s, an uninterrupted run %s", cid, straight)
+	}
+	t.Logf("resumed at step %d and published %s, the adaptor of an uninterrupted run", resumed, cid)
+}

@@ -1,0 +1,207 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"carryon/internal/demo"
+	"carryon/model"
+)
+
+func init() {
+	register("embed", "run a base model's forward pass over token ids or texts and write hidden states as JSON", runEmbed)
+}
+
+// embedOutput is the JSON that embed writes: for each sequence, one
+// (positions, Dim) array per requested layer, in the order of Layers.
+type embedOutput struct {
+	Model       string     `json:"model"`
+	WeightsHash string     `json:"weights_hash"`
+	Arch        string     `json:"arch"`
+	Dim         int        `json:"dim"`
+	Layers      []string   `json:"layers"` // "final" or the block count k
+	Sequences   []embedSeq `json:"sequences"`
+}
+
+type embedSeq struct {
+	Tokens []int32       `json:"tokens"`
+	Hidden [][][]float32 `json:"hidden"` // (len(Layers), T, Dim)
+}
+
+func runEmbed(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("embed", "--model PATH (--tokens IN.json | --text IN.json) [--layers final,K...] --out OUT.json", stderr)
+	modelFlag := fs.String("model", "", "base model: a .gguf file, a directory with config.json + safetensors, or \"default\"")
+	tokensFlag := fs.String("tokens", "", "JSON file holding a list of token-id lists, e.g. [[1,2,3],[4,5]]")
+	textFlag := fs.String("text", "", "JSON file holding a list of strings, tokenized with the model's tokenizer (no BOS added)")
+	layersFlag := fs.String("layers", "final", "comma-separated layers: final (after the final norm) or k = the residual stream after k blocks (0: embeddings)")
+	outFlag := fs.String("out", "", "where to write the JSON result (- for stdout)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *modelFlag == "" || *outFlag == "" || (*tokensFlag == "") == (*textFlag == "") {
+		fs.Usage()
+		return errors.New("--model, --out and exactly one of --tokens and --text are required")
+	}
+	layers, names, err := parseLayers(*layersFlag)
+	if err != nil {
+		return err
+	}
+	base, tok, tokErr, err := openAnyModel(*modelFlag)
+	if err != nil {
+		return err
+	}
+	defer base.Close()
+	seqs, err := readSequences(*tokensFlag, *textFlag, tok, tokErr)
+	if err != nil {
+		return err
+	}
+	res := embedOutput{Model: *modelFlag, WeightsHash: base.WeightsHash, Arch: base.Config.Arch, Dim: base.Config.Dim, Layers: names}
+	D := base.Config.Dim
+	for i, ids := range seqs {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		hs, err := base.Forward(ids, layers)
+		if err != nil {
+			return fmt.Errorf("sequence %d: %w", i, err)
+		}
+		s := embedSeq{Tokens: ids, Hidden: make([][][]float32, len(hs))}
+		for j, h := range hs {
+			for p := 0; p < len(ids); p++ {
+				s.Hidden[j] = append(s.Hidden[j], h[p*D:(p+1)*D])
+			}
+		}
+		res.Sequences = append(res.Sequences, s)
+	}
+	return writeJSON(*outFlag, stdout, res)
+}
+
+// parseLayers reads "final,0,12" into Forward's layer list and the names
+// written to the output.
+func parseLayers(s string) ([]int, []string, error) {
+	var layers []int
+	var names []string
+	for _, f := range strings.Split(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "final" {
+			layers, names = append(layers, model.FinalLayer), append(names, f)
+			continue
+		}
+		k, err := strconv.Atoi(f)
+		if err != nil || k < 0 {
+			return nil, nil, fmt.Errorf("--layers: %q is neither final nor a block count >= 0", f)
+		}
+		layers, names = append(layers, k), append(names, strconv.Itoa(k))
+	}
+	return layers, names, nil
+}
+
+// maxEmbedInput caps the JSON input file.
+const maxEmbedInput = 256 << 20
+
+func readSequences(tokensPath, textPath string, tok model.Tokenizer, tokErr error) ([][]int32, error) {
+	path := tokensPath
+	if path == "" {
+		path = textPath
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	dec := json.NewDecoder(io.LimitReader(f, maxEmbedInput))
+	if tokensPath != "" {
+		var seqs [][]int32
+		if err := dec.Decode(&seqs); err != nil {
+			return nil, fmt.Errorf("%s: want a JSON list of token-id lists: %w", path, err)
+		}
+		return seqs, nil
+	}
+	if tok == nil {
+		return nil, fmt.Errorf("--text: the model has no tokenizer that carryon can use (pass --tokens): %v", tokErr)
+	}
+	var texts []string
+	if err := dec.Decode(&texts); err != nil {
+		return nil, fmt.Errorf("%s: want a JSON list of strings: %w", path, err)
+	}
+	seqs := make([][]int32, len(texts))
+	for i, s := range texts {
+		seqs[i] = tok.Encode(s)
+	}
+	return seqs, nil
+}
+
+// openAnyModel opens a GGUF file, a checkpoint directory, or the demo's
+// "default" base. The tokenizer is the GGUF's own, the directory's
+// tokenizer.json, or the byte tokenizer for a byte-vocabulary model; where
+// none fits, the model still opens (ids work), tok is nil and tokErr says
+// why.
+func openAnyModel(spec string) (b *model.Base, tok model.Tokenizer, tokErr, err error) {
+	st, statErr := os.Stat(spec)
+	switch {
+	case spec == "default" || statErr != nil:
+		b, tok, _, err = demo.OpenModel(spec, demo.DefaultCacheDir())
+		return b, tok, nil, err
+	case st.Mode().IsRegular() && strings.EqualFold(filepath.Ext(spec), ".gguf"):
+		if b, err = model.LoadGGUF(spec); err != nil {
+			return nil, nil, nil, err
+		}
+		t, tokErr := model.LoadGGUFTokenizer(spec)
+		if tokErr != nil {
+			return b, nil, tokErr, nil
+		}
+		return b, t, nil, nil
+	}
+	if b, err = model.LoadBase(spec); err != nil {
+		return nil, nil, nil, err
+	}
+	p := filepath.Join(spec, "tokenizer.json")
+	if _, err := os.Stat(p); err == nil {
+		t, tokErr := model.LoadTokenizer(p)
+		if tokErr != nil {
+			return b, nil, tokErr, nil
+		}
+		return b, t, nil, nil
+	}
+	if b.Config.Vocab == (model.ByteTokenizer{}).VocabSize() {
+		return b, model.ByteTokenizer{}, nil, nil
+	}
+	return b, nil, fmt.Errorf("%s has no tokenizer.json", spec), nil
+}
+
+func writeJSON(path string, stdout io.Writer, v any) error {
+	var w io.Writer = stdout
+	var f *os.File
+	if path != "-" {
+		var err error
+		if f, err = os.Create(path); err != nil {
+			return err
+		}
+		w = f
+	}
+	bw := bufio.NewWriterSize(w, 1<<20)
+	if err := json.NewEncoder(bw).Encode(v); err != nil {
+		if f != nil {
+			f.Close()
+		}
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		if f != nil {
+			f.Close()
+		}
+		return err
+	}
+	if f != nil {
+		return f.Close()
+	}
+	return nil
+}

@@ -1,0 +1,225 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/host"
+
+	"carryon/model"
+	"carryon/protocol"
+	"carryon/swarm"
+)
+
+// liarStore serves other bytes under every CID it is asked for.
+type liarStore struct{ swarm.Store }
+
+func (l liarStore) Get(c cid.Cid) ([]byte, error) {
+	b, err := l.Store.Get(c)
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte("not the adaptor: "), b...), nil
+}
+
+// TestPullThroughDHT: `carryon pull CID` without --from finds the adaptor's
+// providers through the private swarm's DHT, skips a provider serving
+// other bytes and saves the verified adaptor.
+func TestPullThroughDHT(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	keyFile := filepath.Join(dir, "swarm.key")
+	k, err := protocol.NewSwarmKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, k, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	psk, err := protocol.ParseSwarmKey(bytes.NewReader(k))
+	if err != nil {
+		t.Fatal(err)
+	}
+	co, err := model.NewCarryOn(defaultShape(32, 259, 16, 1, 1), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	adaptor, err := co.MarshalAdaptor(model.AdaptorMeta{BaseHash: "sha256:test", Bridge: "8", Step: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := swarm.NewMemStore()
+	c, _ := store.Put(adaptor)
+
+	var hosts []host.Host
+	var discs []*swarm.Discovery
+	for i := range 3 { // a bootstrap peer, a liar and the honest provider
+		h, err := swarm.NewHost(swarm.HostConfig{PSK: psk, DialTimeout: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { h.Close() })
+		if i > 0 {
+			if err := h.Connect(ctx, *host.InfoFromHost(hosts[0])); err != nil {
+				t.Fatal(err)
+			}
+		}
+		d, err := swarm.NewDiscovery(ctx, h, swarm.DiscoveryConfig{Swarm: protocol.SwarmName(psk), Private: true, DHT: swarm.DHTServer})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Close() })
+		hosts, discs = append(hosts, h), append(discs, d)
+	}
+	t.Cleanup(swarm.ServeBlobs(hosts[1], liarStore{store}))
+	t.Cleanup(swarm.ServeBlobs(hosts[2], store))
+	for _, d := range discs[1:] {
+		if err := d.Provide(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	boot := hosts[0].Addrs()[0].String() + "/p2p/" + hosts[0].ID().String()
+	out := filepath.Join(dir, "pulled.safetensors")
+	var stdout, stderr strings.Builder
+	err = runPull(ctx, []string{c.String(), "--key", keyFile, "--bootstrap", boot, "--out", out, "--timeout", "20s"}, &stdout, &stderr)
+	if err != nil {
+		t.Fatalf("pull: %v\n%s", err, stderr.String())
+	}
+	if want := "from " + hosts[2].ID().String(); !strings.Contains(stdout.String(), want) {
+		t.Fatalf("pull output %q does not name the honest provider (%s)", stdout.String(), want)
+	}
+	if got, err := os.ReadFile(out); err != nil || !bytes.Equal(got, adaptor) {
+		t.Fatalf("pulled file differs from the adaptor (%v)", err)
+	}
+
+	// Without --from or --bootstrap there is nowhere to search.
+	if err := runPull(ctx, []string{c.String(), "--key", keyFile}, &stdout, &stderr); err == nil {
+		t.Fatal("pull with neither --from nor --bootstrap succeeded")
+	}
+}
+
+// netns is a network namespace made for a test and deleted after it.
+type netns string
+
+func newNetns(t *testing.T, name string) netns {
+	t.Helper()
+	ns := netns(fmt.Sprintf("co%s%d", name, os.Getpid()%100000))
+	runCmd(t, "ip", "netns", "add", string(ns))
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", string(ns)).Run() })
+	ns.ip(t, "link", "set", "lo", "up")
+	return ns
+}
+
+func (ns netns) ip(t *testing.T, args ...string) string {
+	t.Helper()
+	return runCmd(t, "ip", append([]string{"-n", string(ns)}, args...)...)
+}
+
+func (ns netns) exec(t *testing.T, args ...string) string {
+	t.Helper()
+	return runCmd(t, "ip", append([]string{"netns", "exec", string(ns)}, args...)...)
+}
+
+func runCmd(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// link joins a and b with a veth pair named ifA (in a) and ifB (in b),
+// addressed addrA and addrB (CIDR), both up.
+func link(t *testing.T, a netns, ifA, addrA string, b netns, ifB, addrB string) {
+	t.Helper()
+	a.ip(t, "link", "add", ifA, "type", "veth", "peer", "name", ifB, "netns", string(b))
+	a.ip(t, "addr", "add", addrA, "dev", ifA)
+	b.ip(t, "addr", "add", addrB, "dev", ifB)
+	a.ip(t, "link", "set", ifA, "up")
+	b.ip(t, "link", "set", ifB, "up")
+}
+
+// TestNATNamespaces runs a real coordinator and a real node on either side
+// of a masquerading "home router", each in its own network namespace:
+//
+//	public (coordinator, 10.201.0.1) ── router (10.201.0.2 | 192.168.77.1, MASQUERADE) ── home (node, 192.168.77.2)
+//
+// The public side has no route to the home network, so the coordinator
+// cannot dial the node: the node dials out, and the coordinator leases its
+// chunks back over that connection until the job completes. All traffic
+// stays inside the namespaces.
+func TestNATNamespaces(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and runs processes")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for network namespaces")
+	}
+	for _, tool := range []string{"ip", "iptables"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s (Debian packages iproute2 and iptables; CI should install them)", tool)
+		}
+	}
+	probe := fmt.Sprintf("coprobe%d", os.Getpid()%100000)
+	if out, err := exec.Command("ip", "netns", "add", probe).CombinedOutput(); err != nil {
+		t.Skipf("network namespaces not allowed here: %v: %s", err, out)
+	}
+	exec.Command("ip", "netns", "del", probe).Run()
+
+	pub, router, home := newNetns(t, "pub"), newNetns(t, "rtr"), newNetns(t, "home")
+	link(t, pub, "wan0", "10.201.0.1/24", router, "wan1", "10.201.0.2/24")
+	link(t, router, "lan0", "192.168.77.1/24", home, "lan1", "192.168.77.2/24")
+	home.ip(t, "route", "add", "default", "via", "192.168.77.1")
+	router.exec(t, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+	router.exec(t, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "wan1", "-j", "MASQUERADE")
+	if out, err := exec.Command("ip", "-n", string(pub), "route", "get", "192.168.77.2").CombinedOutput(); err == nil {
+		t.Fatalf("the public namespace has a route to the home network:\n%s", out)
+	}
+
+	dir := t.TempDir()
+	bin := buildBinary(t, dir)
+	env := []string{"XDG_CACHE_HOME=" + filepath.Join(dir, "xdg")}
+	key := filepath.Join(dir, "swarm.key")
+	if out, err := exec.Command(bin, "keygen", "--out", key).CombinedOutput(); err != nil {
+		t.Fatalf("keygen: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	coord := start(t, env, "ip", "netns", "exec", string(pub), bin, "coordinator", "--key", key,
+		"--listen", "/ip4/10.201.0.1/tcp/4001", "--cache", filepath.Join(dir, "coord"), "--steps", "20")
+	addr := coord.waitLine(t, ctx, "listening on ")
+	node := start(t, env, "ip", "netns", "exec", string(home), bin, "node", "--key", key,
+		"--listen", "/ip4/192.168.77.2/tcp/0", "--bootstrap", addr, "--advert-interval", "300ms")
+	if r := node.waitLine(t, ctx, "reachability: "); !strings.HasPrefix(r, swarm.NotReachable) {
+		t.Errorf("the node behind the NAT says %q, want %q", r, swarm.NotReachable)
+	}
+	cidStr := coord.waitLine(t, ctx, "adaptor ")
+	if _, err := protocol.ParseCID(cidStr); err != nil {
+		t.Fatalf("coordinator printed adaptor %q: %v", cidStr, err)
+	}
+
+	// The node's connection really went through the NAT.
+	nat := router.exec(t, "iptables", "-t", "nat", "-L", "POSTROUTING", "-v", "-n", "-x")
+	m := regexp.MustCompile(`(?m)^\s*(\d+)\s+\d+\s+MASQUERADE`).FindStringSubmatch(nat)
+	if m == nil {
+		t.Fatalf("no MASQUERADE rule in:\n%s", nat)
+	}
+	n, _ := strconv.Atoi(m[1])
+	if n == 0 {
+		t.Fatalf("no connection was masqueraded:\n%s", nat)
+	}
+	t.Logf("adaptor %s trained from embeddings leased through the NAT (%d connections masqueraded)", cidStr, n)
+}

@@ -1,0 +1,107 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"carryon/coordinator"
+	"carryon/internal/demo"
+)
+
+func init() {
+	register("train", "train a carry-on on one machine: base forward in-process, no network", runTrain)
+}
+
+func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("train", "--model PATH|default --data FILE|default --out ADAPTOR.safetensors [flags]", stderr)
+	modelFlag := fs.String("model", "default", "base model directory, or \"default\" for the embedded stand-in")
+	data := fs.String("data", "default", "data file: JSONL (text, prompt/completion or question/answer) or plain text; \"default\" for the demo's problems")
+	out := fs.String("out", "", "where to write the adaptor")
+	cacheDir := fs.String("cache", filepath.Join(demo.DefaultCacheDir(), "coordinator"), "embedding cache and adaptor store (shared with 'carryon coordinator')")
+	codec := fs.String("codec", "q8", "bridge setting the embeddings are cached with")
+	seqLen := fs.Int("seq-len", 128, "tokens per sequence at most")
+	steps := fs.Int("steps", 300, "training steps")
+	batch := fs.Int("batch", 8, "sequences per training step")
+	lr := fs.Float64("lr", 3e-3, "peak learning rate")
+	width := fs.Int("width", 64, "carry-on width h")
+	layers := fs.Int("layers", 2, "carry-on blocks L")
+	alpha := fs.Float64("alpha", 1, "carry-on scale α")
+	seed := fs.Uint64("seed", 1, "initialisation and batch-order seed")
+	logger := logFlags(fs, stderr)
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *out == "" {
+		fs.Usage()
+		return errors.New("--out is required")
+	}
+	base, tok, _, err := demo.OpenModel(*modelFlag, demo.DefaultCacheDir())
+	if err != nil {
+		return err
+	}
+	defer base.Close()
+	dcfg := coordinator.DataConfig{SeqLen: *seqLen}
+	var ds *coordinator.Dataset
+	if *data == "default" {
+		ds, err = coordinator.ReadDataset(bytes.NewReader(demo.DefaultData(600)), true, tok, dcfg)
+	} else {
+		ds, err = coordinator.LoadDataset(*data, tok, dcfg)
+	}
+	if err != nil {
+		return err
+	}
+	cfg := coordinator.Config{CacheDir: *cacheDir, Codec: *codec, Logger: logger(),
+		Train: coordinator.TrainConfig{Steps: *steps, BatchSeqs: *batch, Seed: *seed}}
+	cfg.Train.Optim.LR = float32(*lr)
+	cfg.Train.CarryOn = defaultShape(base.Config.Dim, base.Config.Vocab, *width, *layers, float32(*alpha))
+	c, err := coordinator.New(nil, nil, base, cfg) // no host: nothing leaves this process
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	fmt.Fprintf(stdout, "base %s, data: %d training and %d validation chunks\n", shortHash(base.WeightsHash), len(ds.Train), len(ds.Val))
+	err = c.CollectLocal(ctx, ds, nil, func(p coordinator.LocalProgress) {
+		if p.Computed == 1 || p.Done == p.Total || p.Computed%max(1, p.Total/10) == 0 {
+			fmt.Fprintf(stdout, "embed: %d/%d chunks (%d computed here, %d tokens)\n", p.Done, p.Total, p.Computed, p.Tokens)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	res, err := c.Train(ctx, ds, coordinator.Hooks{
+		Step: func(s coordinator.StepInfo) {
+			if s.Step == 1 || s.Step%max(1, *steps/10) == 0 {
+				fmt.Fprintf(stdout, "train: step %d loss %.4f lr %.2e grad-norm %.3f %.0f tok/s\n", s.Step, s.Loss, s.LR, s.GradNorm, s.TokensPerSec)
+			}
+		},
+		Eval: func(e coordinator.EvalInfo) {
+			fmt.Fprintf(stdout, "eval: step %d val loss %.4f (base %.4f) over %d tokens\n", e.Step, e.Loss, e.BaseLoss, e.Tokens)
+		},
+	})
+	if err != nil {
+		return err
+	}
+	blob, err := res.CarryOn.MarshalAdaptor(res.Meta)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(*out, blob, 0o644); err != nil {
+		return err
+	}
+	id, err := c.Store().Put(blob)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "adaptor %s (%d parameters, %d bytes) -> %s\n", id, len(res.CarryOn.Params), len(blob), *out)
+	for _, k := range []string{"train_loss", "val_loss", "val_base_loss"} {
+		if v, ok := res.Meta.Metrics[k]; ok {
+			fmt.Fprintf(stdout, "%s %.4f\n", k, v)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,340 @@
+package coordinator
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+
+	"carryon/model"
+	"carryon/tensor"
+)
+
+// Checkpoint file: a safetensors file (tensor.WriteSafetensors) holding,
+// for every carry-on tensor NAME (as in model.CarryOn.Tensors), three F32
+// tensors of its shape:
+//
+//	param/NAME   the parameters
+//	adam.m/NAME  AdamW's first moment
+//	adam.v/NAME  AdamW's second moment
+//
+// and these __metadata__ keys:
+//
+//	format   "carryon-checkpoint"
+//	version  "1"
+//	run      the run key (hex sha256 of everything that determines the
+//	         training trajectory, see Coordinator.runKey)
+//	config   the CarryOnConfig as JSON (must equal the run's)
+//	step     optimiser steps taken, decimal
+//	epoch    the pass over the training sequences the next batch is drawn from
+//	next     index of the next sequence in that epoch's order
+//	loss     the last step's training loss (Go 'g' format, exact)
+//	evals    JSON array of the validation passes so far
+//
+// v1: first version.
+const (
+	CheckpointFormat  = "carryon-checkpoint"
+	CheckpointVersion = "1"
+)
+
+// maxCheckpointEvals caps the validation history a checkpoint may hold.
+const maxCheckpointEvals = 1 << 16
+
+// keepCheckpoints is how many checkpoints of a run stay on disk: the newest
+// and one older, in case the newest cannot be read.
+const keepCheckpoints = 2
+
+// Checkpoint is the training state, besides the carry-on and its
+// optimiser, needed to resume a run exactly.
+type Checkpoint struct {
+	RunKey string     // hex sha256 naming the run's configuration
+	Step   int        // optimiser steps taken
+	Epoch  int        // pass over the training sequences the next batch draws from
+	Next   int        // index of the next sequence in that epoch's order
+	Loss   float64    // training loss of the last step
+	Evals  []EvalInfo // validation passes so far
+}
+
+// MarshalCheckpoint encodes ck with co's parameters and opt's moments.
+// Equal inputs give equal bytes.
+func MarshalCheckpoint(ck Checkpoint, co *model.CarryOn, opt *model.Optimizer) ([]byte, error) {
+	fail := func(format string, args ...any) ([]byte, error) {
+		return nil, fmt.Errorf("coordinator.MarshalCheckpoint: "+format, args...)
+	}
+	if len(opt.M) != len(co.Params) || len(opt.V) != len(co.Params) {
+		return fail("optimiser moments hold %d and %d values, the carry-on %d", len(opt.M), len(opt.V), len(co.Params))
+	}
+	if ck.Step < 0 || ck.Epoch < 0 || ck.Next < 0 {
+		return fail("negative position: step %d, epoch %d, next %d", ck.Step, ck.Epoch, ck.Next)
+	}
+	if len(ck.Evals) > maxCheckpointEvals {
+		return fail("%d evals, over the cap of %d", len(ck.Evals), maxCheckpointEvals)
+	}
+	cfg, err := json.Marshal(co.Config)
+	if err != nil {
+		return fail("config: %v", err)
+	}
+	evals := ck.Evals
+	if evals == nil {
+		evals = []EvalInfo{}
+	}
+	ev, err := json.Marshal(evals)
+	if err != nil { // a NaN or an infinity
+		return fail("evals: %v", err)
+	}
+	md := map[string]string{
+		"format":  CheckpointFormat,
+		"version": CheckpointVersion,
+		"run":     ck.RunKey,
+		"config":  string(cfg),
+		"step":    strconv.Itoa(ck.Step),
+		"epoch":   strconv.Itoa(ck.Epoch),
+		"next":    strconv.Itoa(ck.Next),
+		"loss":    strconv.FormatFloat(ck.Loss, 'g', -1, 64),
+		"evals":   string(ev),
+	}
+	var views []tensor.View
+	for _, t := range co.Tensors() {
+		a, b := t.Offset, t.Offset+t.Numel()
+		views = append(views,
+			tensor.F32View("param/"+t.Name, co.Params[a:b], t.Shape...),
+			tensor.F32View("adam.m/"+t.Name, opt.M[a:b], t.Shape...),
+			tensor.F32View("adam.v/"+t.Name, opt.V[a:b], t.Shape...))
+	}
+	var buf bytes.Buffer
+	if err := tensor.WriteSafetensors(&buf, views, md); err != nil {
+		return fail("%w", err)
+	}
+	return buf.Bytes(), nil
+}
+
+// LoadCheckpoint decodes a checkpoint into co's parameters and opt's
+// moments and step count, and returns its state. It rejects another
+// format or version, a config other than co's, and a missing, extra,
+// misshapen or non-finite tensor (naming it). co and opt are changed only
+// when the whole file is valid. Nothing is allocated from sizes read in
+// data: co fixes every size.
+func LoadCheckpoint(data []byte, co *model.CarryOn, opt *model.Optimizer) (Checkpoint, error) {
+	var ck Checkpoint
+	fail := func(format string, args ...any) (Checkpoint, error) {
+		return Checkpoint{}, fmt.Errorf("coordinator.LoadCheckpoint: "+format, args...)
+	}
+	if len(opt.M) != len(co.Params) || len(opt.V) != len(co.Params) {
+		return fail("optimiser moments hold %d and %d values, the carry-on %d", len(opt.M), len(opt.V), len(co.Params))
+	}
+	st, err := tensor.ParseSafetensors(data)
+	if err != nil {
+		return fail("%w", err)
+	}
+	md := st.Meta
+	if md["format"] != CheckpointFormat {
+		return fail("format %q, want %q", md["format"], CheckpointFormat)
+	}
+	if md["version"] != CheckpointVersion {
+		return fail("version %q, this build reads version %s", md["version"], CheckpointVersion)
+	}
+	want, err := json.Marshal(co.Config)
+	if err != nil {
+		return fail("config: %v", err)
+	}
+	if md["config"] != string(want) {
+		return fail("the checkpoint's carry-on config %.200s differs from the run's %s", md["config"], want)
+	}
+	ck.RunKey = md["run"]
+	for _, f := range []struct {
+		name string
+		v    *int
+	}{{"step", &ck.Step}, {"epoch", &ck.Epoch}, {"next", &ck.Next}} {
+		n, err := strconv.Atoi(md[f.name])
+		if err != nil || n < 0 {
+			return fail("%s %q is not a count", f.name, md[f.name])
+		}
+		*f.v = n
+	}
+	if ck.Loss, err = strconv.ParseFloat(md["loss"], 64); err != nil {
+		return fail("loss %q: %v", md["loss"], err)
+	}
+	ev := md["evals"]
+	if n := strings.Count(ev, "{"); n > maxCheckpointEvals {
+		return fail("%d evals, over the cap of %d", n, maxCheckpointEvals)
+	}
+	if err := json.Unmarshal([]byte(ev), &ck.Evals); err != nil {
+		return fail("evals: %v", err)
+	}
+	if len(ck.Evals) == 0 {
+		ck.Evals = nil
+	}
+	type window struct {
+		dst []float32
+		src []float32
+	}
+	var copies []window
+	expect := map[string]bool{}
+	for _, t := range co.Tensors() {
+		a, b := t.Offset, t.Offset+t.Numel()
+		for _, p := range []struct {
+			prefix string
+			dst    []float32
+		}{{"param/", co.Params[a:b]}, {"adam.m/", opt.M[a:b]}, {"adam.v/", opt.V[a:b]}} {
+			name := p.prefix + t.Name
+			expect[name] = true
+			v, ok := st.Get(name)
+			if !ok {
+				return fail("tensor %q is missing", name)
+			}
+			if v.DType != tensor.F32 || !slices.Equal(v.Shape, t.Shape) {
+				return fail("tensor %q is %s %v, want F32 %v", name, v.DType, v.Shape, t.Shape)
+			}
+			f, err := v.Float32()
+			if err != nil {
+				return fail("%w", err)
+			}
+			for i, x := range f {
+				if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+					return fail("tensor %q[%d] = %v", name, i, x)
+				}
+			}
+			copies = append(copies, window{p.dst, f})
+		}
+	}
+	for _, name := range st.Names() {
+		if !expect[name] {
+			return fail("unexpected tensor %q", name)
+		}
+	}
+	for _, w := range copies {
+		copy(w.dst, w.src)
+	}
+	opt.Steps = ck.Step
+	return ck, nil
+}
+
+// checkpoints keeps the checkpoints of one training run in a directory.
+type checkpoints struct {
+	dir string
+	key string // the run key; files are named by its first 16 digits
+}
+
+func (s checkpoints) path(step int) string {
+	return filepath.Join(s.dir, fmt.Sprintf("%s-%09d.ckpt", s.key[:16], step))
+}
+
+// steps lists the steps of this run's checkpoints on disk, newest first.
+func (s checkpoints) steps() ([]int, error) {
+	names, err := filepath.Glob(filepath.Join(s.dir, s.key[:16]+"-*.ckpt"))
+	if err != nil {
+		return nil, err
+	}
+	var out []int
+	for _, n := range names {
+		base := strings.TrimSuffix(filepath.Base(n), ".ckpt")
+		step, err := strconv.Atoi(base[strings.LastIndexByte(base, '-')+1:])
+		if err == nil && step >= 0 {
+			out = append(out, step)
+		}
+	}
+	sort.Sort(sort.Reverse(sort.IntSlice(out)))
+	return out, nil
+}
+
+// save writes a checkpoint atomically and removes all but the newest
+// keepCheckpoints of the run.
+func (s checkpoints) save(ck Checkpoint, co *model.CarryOn, opt *model.Optimizer) error {
+	data, err := MarshalCheckpoint(ck, co, opt)
+	if err != nil {
+		return err
+	}
+	if err := writeFileAtomic(s.path(ck.Step), data); err != nil {
+		return fmt.Errorf("coordinator: checkpoint: %w", err)
+	}
+	if err := syncDir(s.dir); err != nil {
+		return fmt.Errorf("coordinator: checkpoint: %w", err)
+	}
+	steps, err := s.steps()
+	if err != nil {
+		return fmt.Errorf("coordinator: checkpoint: %w", err)
+	}
+	for _, old := range steps {
+		if old < ck.Step && slices.Index(steps, old) >= keepCheckpoints {
+			if err := os.Remove(s.path(old)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("coordinator: checkpoint: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
+// latest loads the newest readable checkpoint of the run with at most
+// maxStep steps into co and opt. It reports false when there is none; the
+// files it could not use are described in skipped.
+func (s checkpoints) latest(co *model.CarryOn, opt *model.Optimizer, maxStep int) (ck Checkpoint, ok bool, skipped []error) {
+	steps, err := s.steps()
+	if err != nil {
+		return Checkpoint{}, false, []error{err}
+	}
+	for _, step := range steps {
+		if step > maxStep {
+			skipped = append(skipped, fmt.Errorf("%s: step %d is beyond the run's %d steps", s.path(step), step, maxStep))
+			continue
+		}
+		data, err := os.ReadFile(s.path(step))
+		if err != nil {
+			skipped = append(skipped, err)
+			continue
+		}
+		ck, err := LoadCheckpoint(data, co, opt)
+		switch {
+		case err != nil:
+			skipped = append(skipped, fmt.Errorf("%s: %w", s.path(step), err))
+		case ck.RunKey != s.key:
+			skipped = append(skipped, fmt.Errorf("%s: run key %.16s, want %.16s", s.path(step), ck.RunKey, s.key))
+		case ck.Step != step:
+			skipped = append(skipped, fmt.Errorf("%s: holds step %d", s.path(step), ck.Step))
+		default:
+			return ck, true, skipped
+		}
+	}
+	return Checkpoint{}, false, skipped
+}
+
+// runKey names everything that determines a training trajectory: two runs
+// with equal keys take bit-identical steps, so one may resume the other.
+func (c *Coordinator) runKey(ds *Dataset, co model.CarryOnConfig, parent string) (string, error) {
+	tc := c.cfg.Train
+	b, err := json.Marshal(struct {
+		Format, Version, Base, Data, Codec, Parent string
+		Layers                                     []int
+		CarryOn                                    model.CarryOnConfig
+		Optim                                      model.OptimConfig
+		Batch                                      int
+		Seed                                       uint64
+	}{CheckpointFormat, CheckpointVersion, c.base.WeightsHash, ds.Hash, c.codec.String(), parent,
+		c.cfg.Layers, co, tc.Optim, tc.BatchSeqs, tc.Seed})
+	if err != nil {
+		return "", fmt.Errorf("run key: %w", err)
+	}
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:]), nil
+}
+
+// syncDir makes a rename or a new file in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

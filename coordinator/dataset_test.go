@@ -1,0 +1,246 @@
+package coordinator
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	"carryon/model"
+)
+
+var byteTok = model.ByteTokenizer{}
+
+func readDS(t *testing.T, data string, jsonl bool, cfg DataConfig) *Dataset {
+	t.Helper()
+	ds, err := ReadDataset(strings.NewReader(data), jsonl, byteTok, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ds
+}
+
+// bytesOf is BOS + the bytes of s + EOS, as the byte tokenizer gives them.
+func bytesOf(s string) []int32 {
+	ids := []int32{model.ByteTokBOS}
+	for i := range len(s) {
+		ids = append(ids, int32(s[i]))
+	}
+	return append(ids, model.ByteTokEOS)
+}
+
+// onlyExample returns the single example of a one-record data set.
+func onlyExample(t *testing.T, ds *Dataset) Example {
+	t.Helper()
+	all := ds.All()
+	if len(all) != 1 || len(all[0].Seqs) != 1 {
+		t.Fatalf("want one chunk with one sequence, got %d chunks", len(all))
+	}
+	return all[0].Seqs[0]
+}
+
+// trainedFrom checks that ex's tokens are want and that exactly positions
+// from..end are trained.
+func trainedFrom(t *testing.T, ex Example, want []int32, from int) {
+	t.Helper()
+	if !slices.Equal(ex.Tokens, want) {
+		t.Fatalf("tokens %v, want %v", ex.Tokens, want)
+	}
+	for i, l := range ex.Loss {
+		if l != (i >= from) {
+			t.Fatalf("Loss[%d] = %v, want trained from %d on: %v", i, l, from, ex.Loss)
+		}
+	}
+	tg := ex.Targets()
+	for i := range tg {
+		w := int32(-1)
+		if i+1 < len(want) && i+1 >= from {
+			w = want[i+1]
+		}
+		if tg[i] != w {
+			t.Fatalf("Targets()[%d] = %d, want %d", i, tg[i], w)
+		}
+	}
+}
+
+func TestDatasetJSONLForms(t *testing.T) {
+	cfg := DataConfig{ValPercent: 1}
+	// "text": everything after BOS is trained, EOS included.
+	ex := onlyExample(t, readDS(t, `{"text": "hello"}`, true, cfg))
+	trainedFrom(t, ex, bytesOf("hello"), 1)
+
+	// prompt/completion: only the completion (and EOS) is trained.
+	ex = onlyExample(t, readDS(t, `{"prompt": "2+2=", "completion": "4"}`, true, cfg))
+	trainedFrom(t, ex, bytesOf("2+2=4"), 1+len("2+2="))
+
+	// question/answer: a fixed template around the question, not trained.
+	ex = onlyExample(t, readDS(t, `{"question": "2+3?", "answer": "5", "extra": 1}`+"\n\n", true, cfg))
+	prompt := "Question: 2+3?\nAnswer: "
+	trainedFrom(t, ex, bytesOf(prompt+"5"), 1+len(prompt))
+
+	// A prompt/completion pair is cut at SeqLen, keeping the front.
+	ex = onlyExample(t, readDS(t, `{"prompt": "abc", "completion": "defghij"}`, true, DataConfig{SeqLen: 6, ValPercent: 1}))
+	trainedFrom(t, ex, bytesOf("abcdefghij")[:6], 4)
+
+	for _, bad := range []struct{ data, want string }{
+		{`{"text": "a"}` + "\n" + `{"text": 5}`, "line 2: no text"},
+		{`{"text": "a"}` + "\n" + `{"text": "b"` + "\n", "line 2"},
+		{"\n\n", "no examples"},
+	} {
+		_, err := ReadDataset(strings.NewReader(bad.data), true, byteTok, cfg)
+		if err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%q: err %v, want one containing %q", bad.data, err, bad.want)
+		}
+	}
+	ds := readDS(t, strings.Repeat(`{"text": "x"}`+"\n", 10), true, DataConfig{MaxExamples: 3, ValPercent: 1})
+	if n := countSeqs(ds); n != 3 {
+		t.Errorf("MaxExamples 3: %d sequences", n)
+	}
+}
+
+func countSeqs(ds *Dataset) int {
+	n := 0
+	for _, c := range ds.All() {
+		n += len(c.Seqs)
+	}
+	return n
+}
+
+// TestDatasetTextWindows checks plain text: paragraphs are examples, and a
+// long one is cut into windows of SeqLen overlapping by one token, each
+// starting untrained, that together cover the text exactly once.
+func TestDatasetTextWindows(t *testing.T) {
+	long := strings.Repeat("abcdefghij", 5) // 50 bytes → 52 tokens
+	ds := readDS(t, "short one\r\n\r\n"+long+"\n\n\n", false, DataConfig{SeqLen: 16, SeqsPerChunk: 100, ValPercent: 1})
+	var exs []Example
+	for _, c := range ds.All() {
+		exs = append(exs, c.Seqs...)
+	}
+	var short Example
+	var windows []Example
+	for _, ex := range exs {
+		if len(ex.Tokens) == len(bytesOf("short one")) && ex.Tokens[1] == 's' {
+			short = ex
+		} else {
+			windows = append(windows, ex)
+		}
+	}
+	trainedFrom(t, short, bytesOf("short one"), 1)
+	want := bytesOf(long)
+	var joined []int32
+	for i, w := range windows {
+		if len(w.Tokens) > 16 || len(w.Tokens) < 2 {
+			t.Fatalf("window %d has %d tokens", i, len(w.Tokens))
+		}
+		if w.Loss[0] || slices.Contains(w.Loss[1:], false) {
+			t.Fatalf("window %d loss mask %v", i, w.Loss)
+		}
+		if i == 0 {
+			joined = append(joined, w.Tokens...)
+		} else {
+			if w.Tokens[0] != joined[len(joined)-1] {
+				t.Fatalf("window %d does not overlap the previous one by one token", i)
+			}
+			joined = append(joined, w.Tokens[1:]...)
+		}
+	}
+	if !slices.Equal(joined, want) {
+		t.Fatalf("windows join to %v, want %v", joined, want)
+	}
+	if len(windows) != 4 { // 52 tokens, 15 new per window after the first 16
+		t.Errorf("%d windows, want 4", len(windows))
+	}
+}
+
+// TestDatasetSplitAndChunks checks the validation split (stable: a record's
+// side depends only on its content) and the chunks (their size, IDs that
+// are the hash of their tokens, and the data set hash).
+func TestDatasetSplitAndChunks(t *testing.T) {
+	var lines []string
+	for i := range 1000 {
+		lines = append(lines, fmt.Sprintf(`{"question": "q%d", "answer": "a%d"}`, i, i))
+	}
+	cfg := DataConfig{SeqsPerChunk: 7, ValPercent: 10}
+	ds := readDS(t, strings.Join(lines, "\n"), true, cfg)
+	val := map[string]bool{}
+	nval := 0
+	for _, c := range ds.Val {
+		if !c.Val {
+			t.Fatal("a validation chunk is not marked Val")
+		}
+		for _, s := range c.Seqs {
+			val[string(byteString(s.Tokens))] = true
+			nval++
+		}
+	}
+	if nval < 50 || nval > 150 {
+		t.Errorf("%d of 1000 examples held out, want about 100", nval)
+	}
+	// Reversed order and half the records: every record stays on its side.
+	var rev []string
+	for i := len(lines) - 1; i >= 0; i -= 2 {
+		rev = append(rev, lines[i])
+	}
+	ds2 := readDS(t, strings.Join(rev, "\n"), true, cfg)
+	for _, c := range ds2.All() {
+		for _, s := range c.Seqs {
+			if c.Val != val[string(byteString(s.Tokens))] {
+				t.Fatalf("%q changed sides when the file changed", byteString(s.Tokens))
+			}
+		}
+	}
+
+	for i, c := range ds.All() {
+		if len(c.Seqs) > 7 || (len(c.Seqs) < 7 && i != len(ds.Train)-1 && i != len(ds.All())-1) {
+			t.Fatalf("chunk %d has %d sequences", i, len(c.Seqs))
+		}
+		h := sha256.New()
+		for _, s := range c.Seqs {
+			binary.Write(h, binary.LittleEndian, uint32(len(s.Tokens)))
+			binary.Write(h, binary.LittleEndian, s.Tokens)
+		}
+		if want := hex.EncodeToString(h.Sum(nil)); c.ID != want {
+			t.Fatalf("chunk %d ID %s, want %s", i, c.ID, want)
+		}
+	}
+	again := readDS(t, strings.Join(lines, "\n"), true, cfg)
+	if again.Hash != ds.Hash || len(ds.Hash) != 64 {
+		t.Errorf("the data set hash is not stable: %s vs %s", again.Hash, ds.Hash)
+	}
+	lines[3] = `{"question": "q3", "answer": "changed"}`
+	if readDS(t, strings.Join(lines, "\n"), true, cfg).Hash == ds.Hash {
+		t.Error("changing one answer kept the data set hash")
+	}
+	// The same tokens give the same chunk ID whatever the file.
+	a := readDS(t, `{"text": "same"}`, true, DataConfig{ValPercent: 1})
+	b := readDS(t, "same", false, DataConfig{ValPercent: 1})
+	if a.All()[0].ID != b.All()[0].ID {
+		t.Error("equal tokens gave different chunk IDs")
+	}
+}
+
+func byteString(ids []int32) []byte {
+	var b bytes.Buffer
+	for _, id := range ids {
+		if id < 256 {
+			b.WriteByte(byte(id))
+		}
+	}
+	return b.Bytes()
+}
+
+func TestDataConfigValidate(t *testing.T) {
+	for _, c := range []DataConfig{{SeqLen: 1}, {SeqLen: 9000}, {SeqsPerChunk: -1}, {SeqsPerChunk: 2000},
+		{ValPercent: 91}, {ValPercent: -1}, {MaxExamples: -1}} {
+		if err := c.Validate(); err == nil {
+			t.Errorf("%+v: no error", c)
+		}
+		if _, err := ReadDataset(strings.NewReader("x"), false, byteTok, c); err == nil {
+			t.Errorf("ReadDataset accepted %+v", c)
+		}
+	}
+}

@@ -1,0 +1,87 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+)
+
+// Forwarder runs a base model's forward pass: for each requested layer, the
+// hidden states (T, Dim) of one sequence, numbered as in model.Base.Forward.
+// *model.Base satisfies it.
+type Forwarder interface {
+	Forward(ids []int32, layers []int) ([][]float32, error)
+}
+
+// LocalProgress reports CollectLocal's progress.
+type LocalProgress struct {
+	Done, Computed, Total int // chunks in the cache, computed by this call, in the data set
+	Tokens                int64
+}
+
+// CollectLocal fills the embedding cache for ds by running base in this
+// process instead of leasing chunks to nodes: training without a swarm.
+// Each sequence goes through the same path a node takes (forward, then the
+// job's bridge codec Encode), and the cache Decodes it as it would a node's
+// result, so the trainer sees identical inputs either way. Chunks already
+// cached are skipped: a second call on the same data runs no forward.
+// base must compute the coordinator's base (the cache is keyed by its
+// weights hash); nil means the coordinator's own. progress may be nil.
+func (c *Coordinator) CollectLocal(ctx context.Context, ds *Dataset, base Forwarder, progress func(LocalProgress)) error {
+	if base == nil {
+		base = c.base
+	}
+	dim := c.base.Config.Dim
+	seen := map[string]bool{}
+	var p LocalProgress
+	for _, ch := range ds.All() {
+		if !seen[ch.ID] {
+			seen[ch.ID] = true
+			p.Total++
+		}
+	}
+	done := map[string]bool{}
+	var buf []byte
+	for _, ch := range ds.All() {
+		if done[ch.ID] {
+			continue
+		}
+		done[ch.ID] = true
+		if c.cached(ch) {
+			p.Done++
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("coordinator.CollectLocal: %w", err)
+		}
+		entries := make([][]Entry, len(c.cfg.Layers))
+		for j, ex := range ch.Seqs {
+			hs, err := base.Forward(ex.Tokens, c.cfg.Layers)
+			if err != nil {
+				return fmt.Errorf("coordinator.CollectLocal: chunk %s sequence %d: %w", short(ch.ID), j, err)
+			}
+			if len(hs) != len(c.cfg.Layers) {
+				return fmt.Errorf("coordinator.CollectLocal: chunk %s sequence %d: %d layers back, asked for %d", short(ch.ID), j, len(hs), len(c.cfg.Layers))
+			}
+			rows := len(ex.Tokens)
+			for i, h := range hs {
+				if len(h) != rows*dim {
+					return fmt.Errorf("coordinator.CollectLocal: chunk %s sequence %d layer %d: %d values, want %d×%d", short(ch.ID), j, c.cfg.Layers[i], len(h), rows, dim)
+				}
+				buf = c.codec.Encode(buf[:0], h, rows, dim)
+				entries[i] = append(entries[i], Entry{Rows: rows, Dim: dim, Data: append([]byte(nil), buf...)})
+			}
+			p.Tokens += int64(rows)
+		}
+		if err := c.put(ch, entries); err != nil {
+			return fmt.Errorf("coordinator.CollectLocal: %w", err)
+		}
+		p.Done++
+		p.Computed++
+		if progress != nil {
+			progress(p)
+		}
+	}
+	c.log.Info("embeddings computed locally", "chunks", p.Total, "computed", p.Computed, "tokens", p.Tokens,
+		"codec", c.codec.String())
+	return nil
+}

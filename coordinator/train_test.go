@@ -1,0 +1,279 @@
+package coordinator
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"carryon/model"
+	"carryon/swarm"
+)
+
+// testBase is a tiny random qwen2 over the byte vocabulary.
+func testBase(t testing.TB) *model.Base {
+	t.Helper()
+	cfg := model.DemoConfig()
+	cfg.Dim, cfg.Layers, cfg.Heads, cfg.KVHeads, cfg.HeadDim, cfg.FFN, cfg.MaxPos = 32, 1, 2, 1, 16, 64, 128
+	b, err := model.NewRandomBase(cfg, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.WeightsHash = "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e"
+	return b
+}
+
+// testData is question/answer JSONL of n arithmetic problems.
+func testData(n int) []byte {
+	var b bytes.Buffer
+	for i := range n {
+		x, y := i%17, (i*7)%13
+		fmt.Fprintf(&b, `{"question": "%d+%d", "answer": "%d"}`+"\n", x, y, x+y)
+	}
+	return b.Bytes()
+}
+
+func testDataset(t testing.TB) *Dataset {
+	t.Helper()
+	ds, err := ReadDataset(bytes.NewReader(testData(48)), true, model.ByteTokenizer{}, DataConfig{SeqLen: 32, SeqsPerChunk: 4, ValPercent: 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ds.Train) == 0 || len(ds.Val) == 0 {
+		t.Fatalf("test data set has %d training and %d validation chunks", len(ds.Train), len(ds.Val))
+	}
+	return ds
+}
+
+// testTrainConfig is a small carry-on trained for steps steps.
+func testTrainConfig(steps, every int) TrainConfig {
+	co := model.DefaultCarryOnConfig(32, model.ByteTokVocabSize)
+	co.Width, co.Layers, co.Heads, co.FFN = 16, 1, 2, 32
+	return TrainConfig{CarryOn: co, Steps: steps, BatchSeqs: 4, EvalEvery: 5, CheckpointEvery: every,
+		Optim: model.OptimConfig{LR: 1e-2}}
+}
+
+// newTestCoordinator opens a coordinator on dir (no swarm topics) with the
+// cache filled: every chunk of ds embedded here with the base, as a node
+// would.
+func newTestCoordinator(t testing.TB, dir string, base *model.Base, ds *Dataset, tc TrainConfig) *Coordinator {
+	t.Helper()
+	h, err := swarm.NewHost(swarm.HostConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	c, err := New(h, nil, base, Config{CacheDir: dir, Train: tc, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	for _, ch := range ds.All() {
+		if c.cached(ch) {
+			continue
+		}
+		for _, l := range c.cfg.Layers {
+			var es []Entry
+			for _, sq := range ch.Seqs {
+				hs, err := base.Forward(sq.Tokens, []int{l})
+				if err != nil {
+					t.Fatal(err)
+				}
+				es = append(es, Entry{Rows: len(sq.Tokens), Dim: base.Config.Dim,
+					Data: c.codec.Encode(nil, hs[0], len(sq.Tokens), base.Config.Dim)})
+			}
+			if err := c.cache.Put(c.key(l, ch), es); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	return c
+}
+
+func adaptorBytes(t *testing.T, res *TrainResult) []byte {
+	t.Helper()
+	b, err := res.CarryOn.MarshalAdaptor(res.Meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// sameBits reports the first index where a and b differ bitwise, or -1.
+func sameBits(a, b []float32) int {
+	if len(a) != len(b) {
+		return 0
+	}
+	for i := range a {
+		if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
+			return i
+		}
+	}
+	return -1
+}
+
+func checkpointSteps(t *testing.T, dir string) []string {
+	t.Helper()
+	names, err := filepath.Glob(filepath.Join(dir, "checkpoints", "*", "*.ckpt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, n := range names {
+		b := strings.TrimSuffix(filepath.Base(n), ".ckpt")
+		out = append(out, b[strings.LastIndexByte(b, '-')+1:])
+	}
+	return out
+}
+
+// TestTrainResumeBitIdentical trains 20 steps straight, and 10 steps that
+// are interrupted and then resumed in a fresh coordinator for the other 10:
+// parameters, losses and the adaptor's bytes must be equal.
+func TestTrainResumeBitIdentical(t *testing.T) {
+	base, ds := testBase(t), testDataset(t)
+	tc := testTrainConfig(20, 5)
+	ctx := context.Background()
+
+	dirA := t.TempDir()
+	straight, err := newTestCoordinator(t, dirA, base, ds, tc).Train(ctx, ds, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if straight.Resumed != 0 || len(straight.Steps) != 20 {
+		t.Fatalf("straight run: resumed %d, %d steps", straight.Resumed, len(straight.Steps))
+	}
+	if got := checkpointSteps(t, dirA); strings.Join(got, ",") != "000000015,000000020" {
+		t.Errorf("checkpoints kept: %v, want the last two (15, 20)", got)
+	}
+
+	dirB := t.TempDir()
+	cctx, cancel := context.WithCancel(ctx)
+	var saved []int
+	_, err = newTestCoordinator(t, dirB, base, ds, tc).Train(cctx, ds, Hooks{
+		Step: func(s StepInfo) {
+			if s.Step == 10 {
+				cancel()
+			}
+		},
+		Checkpoint: func(step int) { saved = append(saved, step) },
+	})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("interrupted run: err %v, want context.Canceled", err)
+	}
+	if fmt.Sprint(saved) != "[5 10]" {
+		t.Fatalf("checkpoints before the interruption: %v, want [5 10]", saved)
+	}
+	resumedAt := -1
+	resumed, err := newTestCoordinator(t, dirB, base, ds, tc).Train(ctx, ds, Hooks{Resumed: func(s int) { resumedAt = s }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resumed.Resumed != 10 || resumedAt != 10 || len(resumed.Steps) != 10 || resumed.Steps[0].Step != 11 {
+		t.Fatalf("resumed run: Resumed %d, hook %d, %d steps", resumed.Resumed, resumedAt, len(resumed.Steps))
+	}
+	if i := sameBits(straight.CarryOn.Params, resumed.CarryOn.Params); i >= 0 {
+		t.Fatalf("parameter %d differs: straight %v, resumed %v", i, straight.CarryOn.Params[i], resumed.CarryOn.Params[i])
+	}
+	for i, s := range resumed.Steps {
+		if w := straight.Steps[10+i]; s.Loss != w.Loss || s.GradNorm != w.GradNorm || s.LR != w.LR {
+			t.Errorf("step %d: resumed loss %v norm %v lr %v, straight %v %v %v", s.Step, s.Loss, s.GradNorm, s.LR, w.Loss, w.GradNorm, w.LR)
+		}
+	}
+	if fmt.Sprint(resumed.Evals) != fmt.Sprint(straight.Evals) {
+		t.Errorf("evals differ:\nresumed  %v\nstraight %v", resumed.Evals, straight.Evals)
+	}
+	if !bytes.Equal(adaptorBytes(t, straight), adaptorBytes(t, resumed)) {
+		t.Error("the resumed run's adaptor differs from the straight run's")
+	}
+	if straight.Steps[19].Loss >= straight.Steps[0].Loss {
+		t.Errorf("training did not lower the loss: %v → %v", straight.Steps[0].Loss, straight.Steps[19].Loss)
+	}
+
+	// A finished run restarted resumes at its end: no step, the same adaptor.
+	again, err := newTestCoordinator(t, dirA, base, ds, tc).Train(ctx, ds, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Resumed != 20 || len(again.Steps) != 0 || !bytes.Equal(adaptorBytes(t, again), adaptorBytes(t, straight)) {
+		t.Errorf("restarted finished run: resumed %d, %d steps, same adaptor %v", again.Resumed, len(again.Steps),
+			bytes.Equal(adaptorBytes(t, again), adaptorBytes(t, straight)))
+	}
+}
+
+// TestTrainResumeSkipsBadCheckpoints: an unreadable newest checkpoint falls
+// back to the older one (still bit-identical in the end), and a run with
+// another seed does not resume from this run's checkpoints.
+func TestTrainResumeSkipsBadCheckpoints(t *testing.T) {
+	base, ds := testBase(t), testDataset(t)
+	tc := testTrainConfig(12, 4)
+	ctx := context.Background()
+	dir := t.TempDir()
+	straight, err := newTestCoordinator(t, dir, base, ds, tc).Train(ctx, ds, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	names, _ := filepath.Glob(filepath.Join(dir, "checkpoints", "*", "*-000000012.ckpt"))
+	if len(names) != 1 {
+		t.Fatalf("final checkpoint: %v", names)
+	}
+	b, err := os.ReadFile(names[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(names[0], b[:len(b)/2], 0o644); err != nil { // a torn file
+		t.Fatal(err)
+	}
+	res, err := newTestCoordinator(t, dir, base, ds, tc).Train(ctx, ds, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Resumed != 8 || len(res.Steps) != 4 {
+		t.Fatalf("resumed at %d with %d steps, want 8 and 4", res.Resumed, len(res.Steps))
+	}
+	if i := sameBits(straight.CarryOn.Params, res.CarryOn.Params); i >= 0 {
+		t.Fatalf("parameter %d differs after resuming from the older checkpoint", i)
+	}
+
+	other := tc
+	other.Seed = 2
+	res, err = newTestCoordinator(t, dir, base, ds, other).Train(ctx, ds, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Resumed != 0 || len(res.Steps) != 12 {
+		t.Fatalf("a run with another seed resumed at %d", res.Resumed)
+	}
+	if sameBits(straight.CarryOn.Params, res.CarryOn.Params) < 0 {
+		t.Fatal("another seed gave the same parameters")
+	}
+}
+
+// TestEpochOrder checks that each epoch's order is a permutation that
+// depends on the seed and the epoch, and that the order is a pure function
+// of (seed, epoch, n).
+func TestEpochOrder(t *testing.T) {
+	for _, n := range []int{0, 1, 2, 7, 100} {
+		p := epochOrder(3, 1, n)
+		seen := make([]bool, n)
+		for _, i := range p {
+			if i < 0 || i >= n || seen[i] {
+				t.Fatalf("n=%d: %v is not a permutation", n, p)
+			}
+			seen[i] = true
+		}
+		if fmt.Sprint(p) != fmt.Sprint(epochOrder(3, 1, n)) {
+			t.Fatalf("n=%d: order is not reproducible", n)
+		}
+	}
+	a, b, c := epochOrder(3, 1, 100), epochOrder(3, 2, 100), epochOrder(4, 1, 100)
+	if fmt.Sprint(a) == fmt.Sprint(b) || fmt.Sprint(a) == fmt.Sprint(c) {
+		t.Error("the order does not change with the epoch or the seed")
+	}
+}

@@ -1,0 +1,777 @@
+package model
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"carryon/tensor"
+)
+
+// Full pretraining of a base model (every weight trainable), llm.c style:
+// the forward saves each layer's activations, the backward walks the layers
+// in reverse with the tensor package's backward ops, and AdamW updates the
+// weights. It exists to build the small pretrained base the demo ships.
+//
+// Data parallelism: a step's sequences are dealt round-robin to Workers
+// goroutines, each with its own gradients, which are then summed in worker
+// order. For a fixed seed, data and worker count every float operation runs
+// in a fixed order, so training is bit-reproducible; a different worker
+// count (or GOMAXPROCS, which Gemm and attention use to split their work by
+// output blocks) sums the gradients of a step in a different order and so
+// changes the last bits.
+
+// BaseTrainer trains all the weights of a float32 base model.
+type BaseTrainer struct {
+	Base *Base // the weights being trained (owned by the trainer)
+
+	params  []namedTensor // Base's weights, in tensors() order
+	workers []*trainWorker
+	m, v    [][]float32 // AdamW moments, per params entry
+	step    int         // AdamW steps taken
+}
+
+// trainWorker holds one goroutine's gradients and activations.
+type trainWorker struct {
+	grad  *Base         // gradient of every weight, laid out like the model
+	gts   []namedTensor // grad's tensors, aligned with params
+	maxT  int
+	acts  []layerActs
+	xL    []float32 // (T, D) residual stream after the last block
+	rstdF []float32 // (T)
+	xf    []float32 // (T, D) final-norm output: the LM head's input
+	// Backward scratch.
+	dx, dxn, dxf   []float32 // (T, D)
+	datt, dq       []float32 // (T, qd)
+	dk, dv         []float32 // (T, kvd)
+	dh, dgate, dup []float32 // (T, FFN)
+	logits         []float32 // (xentChunk, Vocab)
+	attScratch     []float32
+	pos            []int32 // (T) 0..T-1
+	lossSum        float64
+	count          int
+}
+
+// layerActs are the activations one block saves for its backward.
+type layerActs struct {
+	xin, xn1, xmid, xn2 []float32 // (T, D)
+	rstd1, rstd2        []float32 // (T)
+	q, att              []float32 // (T, qd); q after RoPE
+	k, v                []float32 // (T, kvd); k after RoPE
+	lse                 []float32 // (Heads, T)
+	gate, up, h         []float32 // (T, FFN); h = silu(gate)·up
+}
+
+// xentChunk is how many positions the LM head's logits cover at once.
+const xentChunk = 64
+
+// NewBaseTrainer copies b's weights into memory the trainer owns (b itself
+// may be memory-mapped and is not modified) and prepares workers goroutines
+// for sequences of up to maxT tokens. Architectures with per-head q/k norms
+// (qwen3) are not supported.
+func NewBaseTrainer(b *Base, workers, maxT int) (*BaseTrainer, error) {
+	c := b.Config
+	if c.QKNorm {
+		return nil, errors.New("model.NewBaseTrainer: qwen3 q/k norms are not supported")
+	}
+	if workers < 1 || maxT < 2 || maxT > c.MaxPos {
+		return nil, fmt.Errorf("model.NewBaseTrainer: workers %d, maxT %d: want workers >= 1 and 2 <= maxT <= %d", workers, maxT, c.MaxPos)
+	}
+	own, err := NewRandomBase(c, 0)
+	if err != nil {
+		return nil, fmt.Errorf("model.NewBaseTrainer: %w", err)
+	}
+	b.closeMu.RLock()
+	if b.closed {
+		b.closeMu.RUnlock()
+		return nil, fmt.Errorf("model.NewBaseTrainer: %w", ErrClosed)
+	}
+	src, dst := b.tensors(), own.tensors()
+	for i := range dst {
+		copy(dst[i].data, src[i].data)
+	}
+	b.closeMu.RUnlock()
+	t := &BaseTrainer{Base: own, params: dst}
+	for _, p := range dst {
+		t.m = append(t.m, make([]float32, len(p.data)))
+		t.v = append(t.v, make([]float32, len(p.data)))
+	}
+	for range workers {
+		w, err := newTrainWorker(c, maxT)
+		if err != nil {
+			return nil, fmt.Errorf("model.NewBaseTrainer: %w", err)
+		}
+		t.workers = append(t.workers, w)
+	}
+	return t, nil
+}
+
+func newTrainWorker(c Config, maxT int) (*trainWorker, error) {
+	g, err := NewRandomBase(c, 0)
+	if err != nil {
+		return nil, err
+	}
+	w := &trainWorker{grad: g, gts: g.tensors(), maxT: maxT}
+	D, qd, kvd, F := c.Dim, c.Heads*c.HeadDim, c.KVHeads*c.HeadDim, c.FFN
+	f := func(n int) []float32 { return make([]float32, n) }
+	w.acts = make([]layerActs, c.Layers)
+	for i := range w.acts {
+		w.acts[i] = layerActs{xin: f(maxT * D), xn1: f(maxT * D), xmid: f(maxT * D), xn2: f(maxT * D),
+			rstd1: f(maxT), rstd2: f(maxT), q: f(maxT * qd), att: f(maxT * qd), k: f(maxT * kvd), v: f(maxT * kvd),
+			lse: f(c.Heads * maxT), gate: f(maxT * F), up: f(maxT * F), h: f(maxT * F)}
+	}
+	w.xL, w.rstdF, w.xf = f(maxT*D), f(maxT), f(maxT*D)
+	w.dx, w.dxn, w.dxf = f(maxT*D), f(maxT*D), f(maxT*D)
+	w.datt, w.dq, w.dk, w.dv = f(maxT*qd), f(maxT*qd), f(maxT*kvd), f(maxT*kvd)
+	w.dh, w.dgate, w.dup = f(maxT*F), f(maxT*F), f(maxT*F)
+	w.logits = f(min(xentChunk, maxT) * c.Vocab)
+	w.attScratch = f(tensor.AttentionScratch(maxT, c.HeadDim))
+	w.pos = make([]int32, maxT)
+	for i := range w.pos {
+		w.pos[i] = int32(i)
+	}
+	return w, nil
+}
+
+// InitTrainWeights draws fresh weights for pretraining, GPT-2 style and
+// deterministic for seed: matrices and embeddings N(0, 0.02²), the two
+// residual projections (o_proj, down_proj) scaled by 1/√(2·Layers), norm
+// weights 1, biases 0. b must own its weights (NewRandomBase, or a
+// trainer's Base).
+func InitTrainWeights(b *Base, seed uint64) {
+	rng := rand.New(rand.NewPCG(seed, 0x70726574_7261696e)) // "pretrain"
+	resid := 0.02 / math.Sqrt(2*float64(b.Config.Layers))
+	for _, t := range b.tensors() {
+		switch t.kind {
+		case kindMatrix:
+			std := 0.02
+			if n := len(t.name); n >= 19 && (t.name[n-19:] == "o_proj.weight" || t.name[n-16:] == "down_proj.weight") {
+				std = resid
+			}
+			for i := range t.data {
+				t.data[i] = float32(rng.NormFloat64() * std)
+			}
+		case kindNorm:
+			for i := range t.data {
+				t.data[i] = 1
+			}
+		case kindBias:
+			clear(t.data)
+		}
+	}
+}
+
+// ParamNames lists the trained tensors by HF name, in the order of Grads.
+func (t *BaseTrainer) ParamNames() []string {
+	out := make([]string, len(t.params))
+	for i, p := range t.params {
+		out[i] = p.name
+	}
+	return out
+}
+
+// Params returns the weight tensors being trained, aligned with ParamNames.
+func (t *BaseTrainer) Params() [][]float32 {
+	out := make([][]float32, len(t.params))
+	for i, p := range t.params {
+		out[i] = p.data
+	}
+	return out
+}
+
+// Grads returns the gradients of the last LossAndGrad, aligned with
+// ParamNames (worker 0's buffers, which hold the sum over workers).
+func (t *BaseTrainer) Grads() [][]float32 {
+	out := make([][]float32, len(t.params))
+	for i, g := range t.workers[0].gts {
+		out[i] = g.data
+	}
+	return out
+}
+
+// StepCount is the number of optimizer steps taken.
+func (t *BaseTrainer) StepCount() int { return t.step }
+
+// checkSeqs validates sequences of input tokens (each needs at least two
+// tokens: inputs seq[:n-1], targets seq[1:]).
+func (t *BaseTrainer) checkSeqs(seqs [][]int32) (count int, err error) {
+	c := t.Base.Config
+	for i, s := range seqs {
+		if len(s) < 2 || len(s)-1 > t.workers[0].maxT {
+			return 0, fmt.Errorf("sequence %d has %d tokens: want 2..%d", i, len(s), t.workers[0].maxT+1)
+		}
+		for j, id := range s {
+			if id < 0 || int(id) >= c.Vocab {
+				return 0, fmt.Errorf("sequence %d: token %d at position %d is outside [0, %d)", i, id, j, c.Vocab)
+			}
+		}
+		count += len(s) - 1
+	}
+	if count == 0 {
+		return 0, errors.New("no sequences")
+	}
+	return count, nil
+}
+
+// LossAndGrad runs forward and backward over seqs (each predicts seq[1:]
+// from seq[:len-1]) and sets Grads to the gradient of the MEAN next-token
+// loss over all their positions. It returns the summed loss and the number
+// of positions.
+func (t *BaseTrainer) LossAndGrad(seqs [][]int32) (lossSum float64, count int, err error) {
+	return t.run(seqs, true)
+}
+
+// Loss is LossAndGrad without the backward; Grads are left alone.
+func (t *BaseTrainer) Loss(seqs [][]int32) (lossSum float64, count int, err error) {
+	return t.run(seqs, false)
+}
+
+func (t *BaseTrainer) run(seqs [][]int32, grad bool) (float64, int, error) {
+	count, err := t.checkSeqs(seqs)
+	if err != nil {
+		return 0, 0, fmt.Errorf("model.BaseTrainer: %w", err)
+	}
+	scale := float32(1 / float64(count))
+	rope := t.Base.ropeFor(t.workers[0].maxT)
+	var wg sync.WaitGroup
+	for wi, w := range t.workers {
+		w.lossSum, w.count = 0, 0
+		if grad {
+			for _, g := range w.gts {
+				clear(g.data)
+			}
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := wi; i < len(seqs); i += len(t.workers) {
+				s := seqs[i]
+				l, n := w.sequence(t.Base, rope, s[:len(s)-1], s[1:], grad, scale)
+				w.lossSum += l
+				w.count += n
+			}
+		}()
+	}
+	wg.Wait()
+	var lossSum float64
+	for wi, w := range t.workers {
+		lossSum += w.lossSum
+		if grad && wi > 0 {
+			for i, g := range w.gts {
+				tensor.AddInPlace(t.workers[0].gts[i].data, g.data)
+			}
+		}
+	}
+	return lossSum, count, nil
+}
+
+// Update clips the gradients to a global norm of maxNorm (if > 0) and takes
+// one AdamW step (betas 0.9, 0.95, eps 1e-8) with learning rate lr and
+// weight decay wd on matrices and embeddings (not on norms and biases). It
+// returns the gradient norm before clipping.
+func (t *BaseTrainer) Update(lr, wd float32, maxNorm float64) float64 {
+	grads := t.Grads()
+	var norm float64
+	if maxNorm > 0 {
+		norm = tensor.ClipGradNorm(maxNorm, grads...)
+	} else {
+		norm = tensor.GradNorm(grads...)
+	}
+	t.step++
+	for i, p := range t.params {
+		d := wd
+		if p.kind != kindMatrix {
+			d = 0
+		}
+		tensor.AdamWStep(p.data, grads[i], t.m[i], t.v[i], t.step, lr, 0.9, 0.95, 1e-8, d)
+	}
+	return norm
+}
+
+// sequence runs one sequence forward (saving activations) and, with grad,
+// backward, adding scale·d(loss sum)/dθ into w.grad. It returns the loss
+// summed over the positions and their count.
+//
+//	ids, targets: (T)
+func (w *trainWorker) sequence(b *Base, rope *tensor.RoPE, ids, targets []int32, grad bool, scale float32) (float64, int) {
+	c := b.Config
+	T, D, hd := len(ids), c.Dim, c.HeadDim
+	qd, kvd, F := c.Heads*hd, c.KVHeads*hd, c.FFN
+	pos := w.pos[:T]
+	x := w.xL[:T*D] // running residual stream; copied into each block's xin
+	tensor.EmbeddingForward(x, b.embed, ids, D)
+	for li := range b.layers {
+		lw, a := &b.layers[li], &w.acts[li]
+		xin, xn1, xmid, xn2 := a.xin[:T*D], a.xn1[:T*D], a.xmid[:T*D], a.xn2[:T*D]
+		q, att, k, v := a.q[:T*qd], a.att[:T*qd], a.k[:T*kvd], a.v[:T*kvd]
+		lse := a.lse[:c.Heads*T]
+		gate, up, h := a.gate[:T*F], a.up[:T*F], a.h[:T*F]
+		copy(xin, x)
+		tensor.RMSNormForward(xn1, a.rstd1[:T], xin, lw.attnNorm, T, D, c.NormEps)
+		tensor.LinearForward(q, xn1, lw.wq.f, lw.bq, T, D, qd)
+		tensor.LinearForward(k, xn1, lw.wk.f, lw.bk, T, D, kvd)
+		tensor.LinearForward(v, xn1, lw.wv.f, lw.bv, T, D, kvd)
+		rope.Forward(q, pos, T, c.Heads)
+		rope.Forward(k, pos, T, c.KVHeads)
+		tensor.AttentionForward(att, lse, q, k, v, w.attScratch, T, c.Heads, c.KVHeads, hd)
+		// xmid = xin + att·Woᵀ
+		tensor.LinearForward(xmid, att, lw.wo.f, nil, T, qd, D)
+		tensor.AddInPlace(xmid, xin)
+		tensor.RMSNormForward(xn2, a.rstd2[:T], xmid, lw.mlpNorm, T, D, c.NormEps)
+		tensor.LinearForward(gate, xn2, lw.gate.f, nil, T, D, F)
+		tensor.LinearForward(up, xn2, lw.up.f, nil, T, D, F)
+		tensor.SwiGLUForward(h, gate, up)
+		// x = xmid + h·Wdownᵀ
+		tensor.LinearForward(x, h, lw.down.f, nil, T, F, D)
+		tensor.AddInPlace(x, xmid)
+	}
+	xf := w.xf[:T*D]
+	tensor.RMSNormForward(xf, w.rstdF[:T], x, b.finalNorm, T, D, c.NormEps)
+
+	var dxf []float32
+	if grad {
+		dxf = w.dxf[:T*D]
+		clear(dxf)
+	}
+	var dHead []float32
+	if grad {
+		dHead = w.grad.lmHead
+	}
+	lossSum, count := w.lmHeadLoss(dxf, dHead, xf, b.lmHead, targets, T, D, c.Vocab, scale)
+	if !grad {
+		return lossSum, count
+	}
+
+	// Backward.
+	g := w.grad
+	dx := w.dx[:T*D]
+	clear(dx)
+	tensor.RMSNormBackward(dx, g.finalNorm, dxf, x, b.finalNorm, w.rstdF[:T], T, D)
+	dxn := w.dxn[:T*D]
+	datt, dq := w.datt[:T*qd], w.dq[:T*qd]
+	dk, dv := w.dk[:T*kvd], w.dv[:T*kvd]
+	dh, dgate, dup := w.dh[:T*F], w.dgate[:T*F], w.dup[:T*F]
+	for li := len(b.layers) - 1; li >= 0; li-- {
+		lw, gw, a := &b.layers[li], &g.layers[li], &w.acts[li]
+		xin, xn1, xmid, xn2 := a.xin[:T*D], a.xn1[:T*D], a.xmid[:T*D], a.xn2[:T*D]
+		q, att, k, v := a.q[:T*qd], a.att[:T*qd], a.k[:T*kvd], a.v[:T*kvd]
+		// MLP: x = xmid + down(silu(gate(xn2))·up(xn2)); dx flows to xmid unchanged.
+		clear(dh)
+		tensor.LinearBackward(dh, gw.down.f, nil, dx, a.h[:T*F], lw.down.f, T, F, D)
+		clear(dgate)
+		clear(dup)
+		tensor.SwiGLUBackward(dgate, dup, dh, a.gate[:T*F], a.up[:T*F])
+		clear(dxn)
+		tensor.LinearBackward(dxn, gw.gate.f, nil, dgate, xn2, lw.gate.f, T, D, F)
+		tensor.LinearBackward(dxn, gw.up.f, nil, dup, xn2, lw.up.f, T, D, F)
+		tensor.RMSNormBackward(dx, gw.mlpNorm, dxn, xmid, lw.mlpNorm, a.rstd2[:T], T, D)
+		// Attention: xmid = xin + o(attn(rope(q(xn1)), rope(k(xn1)), v(xn1))).
+		clear(datt)
+		tensor.LinearBackward(datt, gw.wo.f, nil, dx, att, lw.wo.f, T, qd, D)
+		clear(dq)
+		clear(dk)
+		clear(dv)
+		tensor.AttentionBackward(dq, dk, dv, datt, q, k, v, att, a.lse[:c.Heads*T], w.attScratch, T, c.Heads, c.KVHeads, hd)
+		rope.Backward(dq, pos, T, c.Heads)
+		rope.Backward(dk, pos, T, c.KVHeads)
+		clear(dxn)
+		tensor.LinearBackward(dxn, gw.wq.f, gw.bq, dq, xn1, lw.wq.f, T, D, qd)
+		tensor.LinearBackward(dxn, gw.wk.f, gw.bk, dk, xn1, lw.wk.f, T, D, kvd)
+		tensor.LinearBackward(dxn, gw.wv.f, gw.bv, dv, xn1, lw.wv.f, T, D, kvd)
+		tensor.RMSNormBackward(dx, gw.attnNorm, dxn, xin, lw.attnNorm, a.rstd1[:T], T, D)
+	}
+	tensor.EmbeddingBackward(g.embed, dx, ids, D)
+	return lossSum, count
+}
+
+// lmHeadLoss computes next-token cross-entropy through a TRAINABLE LM head
+// in chunks of xentChunk positions and, when dy is not nil, accumulates
+// scale·d(loss sum)/dy into dy and scale·d(loss sum)/dW into dw.
+//
+//	dy:      (T, D) += …, or nil
+//	dw:      (V, D) += …, or nil
+//	y:       (T, D) final-norm output
+//	wHead:   (V, D)
+//	targets: (T) in [0, V), or −1 for an ignored position
+func (w *trainWorker) lmHeadLoss(dy, dw, y, wHead []float32, targets []int32, T, D, V int, scale float32) (float64, int) {
+	var lossSum float64
+	count := 0
+	for t0 := 0; t0 < T; t0 += xentChunk {
+		nc := min(xentChunk, T-t0)
+		logits := w.logits[:nc*V]
+		// logits: (nc, V) = y[t0:t0+nc]·Wᵀ
+		tensor.Gemm(false, true, nc, V, D, 1, y[t0*D:], D, wHead, D, 0, logits, V)
+		for r := range nc {
+			row := logits[r*V : (r+1)*V]
+			tgt := int(targets[t0+r])
+			if tgt < 0 {
+				clear(row)
+				continue
+			}
+			mx := row[0]
+			for _, z := range row {
+				mx = max(mx, z)
+			}
+			var se float64
+			for _, z := range row {
+				se += math.Exp(float64(z - mx))
+			}
+			lse := float64(mx) + math.Log(se)
+			lossSum += lse - float64(row[tgt])
+			count++
+			if dy != nil {
+				for j, z := range row {
+					row[j] = scale * float32(math.Exp(float64(z)-lse))
+				}
+				row[tgt] -= scale
+			}
+		}
+		if dy != nil {
+			// dy += dlogits·W;  dW += dlogitsᵀ·y
+			tensor.Gemm(false, false, nc, D, V, 1, logits, V, wHead, D, 1, dy[t0*D:], D)
+			tensor.Gemm(true, false, V, D, nc, 1, logits, V, y[t0*D:], D, 1, dw, D)
+		}
+	}
+	return lossSum, count
+}
+
+// SaveState writes the optimizer state (AdamW moments and step count) to
+// path as safetensors, beside a checkpoint of the weights written with
+// SaveHF; LoadState restores it into a trainer built from those weights.
+func (t *BaseTrainer) SaveState(path string) error {
+	views := make([]tensor.View, 0, 2*len(t.params))
+	for i, p := range t.params {
+		views = append(views, tensor.F32View("m."+p.name, t.m[i], len(t.m[i])),
+			tensor.F32View("v."+p.name, t.v[i], len(t.v[i])))
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("model.SaveState: %w", err)
+	}
+	f, err := os.Create(path + ".tmp")
+	if err != nil {
+		return fmt.Errorf("model.SaveState: %w", err)
+	}
+	err = tensor.WriteSafetensors(f, views, map[string]string{"step": strconv.Itoa(t.step)})
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(path+".tmp", path)
+	}
+	if err != nil {
+		os.Remove(path + ".tmp")
+		return fmt.Errorf("model.SaveState: %w", err)
+	}
+	return nil
+}
+
+// LoadState reads what SaveState wrote.
+func (t *BaseTrainer) LoadState(path string) error {
+	st, err := tensor.OpenSafetensors(path)
+	if err != nil {
+		return fmt.Errorf("model.LoadState: %w", err)
+	}
+	defer st.Close()
+	step, err := strconv.Atoi(st.Meta["step"])
+	if err != nil || step < 0 {
+		return fmt.Errorf("model.LoadState: %s: bad step %q", path, st.Meta["step"])
+	}
+	for i, p := range t.params {
+		for _, mv := range []struct {
+			pre string
+			dst []float32
+		}{{"m.", t.m[i]}, {"v.", t.v[i]}} {
+			src, err := st.Float32(mv.pre+p.name, len(p.data))
+			if err != nil {
+				return fmt.Errorf("model.LoadState: %w", err)
+			}
+			copy(mv.dst, src)
+		}
+	}
+	t.step = step
+	return nil
+}
+
+// SaveHFBF16 writes b like SaveHF but with bfloat16 weights (round to
+// nearest even), halving the file; LoadBase widens them back to float32.
+func (b *Base) SaveHFBF16(dir string) error {
+	b.closeMu.RLock()
+	defer b.closeMu.RUnlock()
+	if b.closed {
+		return fmt.Errorf("model.SaveHFBF16: %w", ErrClosed)
+	}
+	ts := b.tensors()
+	views := make([]tensor.View, len(ts))
+	for i, t := range ts {
+		data := make([]byte, 2*len(t.data))
+		for j, f := range t.data {
+			h := tensor.F32ToBF16(f)
+			data[2*j], data[2*j+1] = byte(h), byte(h>>8)
+		}
+		views[i] = tensor.View{Name: t.name, DType: tensor.BF16, Shape: t.shape, Data: data}
+	}
+	if err := writeCheckpoint(dir, b.Config, views); err != nil {
+		return fmt.Errorf("model.SaveHFBF16: %w", err)
+	}
+	// Config.JSON says float32; record the stored type.
+	path := filepath.Join(dir, configFile)
+	js, err := os.ReadFile(path)
+	if err == nil {
+		js = bytes.Replace(js, []byte(`"torch_dtype": "float32"`), []byte(`"torch_dtype": "bfloat16"`), 1)
+		err = os.WriteFile(path, js, 0o644)
+	}
+	if err != nil {
+		return fmt.Errorf("model.SaveHFBF16: %w", err)
+	}
+	return nil
+}
+
+// GreedyGenerate appends n greedily chosen tokens to prompt (stopping early
+// at stop, if stop >= 0, or at the context limit) and returns only the new
+// tokens. Each step reruns the whole prefix: meant for short samples.
+func GreedyGenerate(b *Base, prompt []int32, n int, stop int32) ([]int32, error) {
+	ids := append([]int32(nil), prompt...)
+	var out []int32
+	for range n {
+		if len(ids) >= b.Config.MaxPos {
+			break
+		}
+		h, err := b.Forward(ids, []int{FinalLayer})
+		if err != nil {
+			return out, fmt.Errorf("model.GreedyGenerate: %w", err)
+		}
+		T, D := len(ids), b.Config.Dim
+		logits := b.Logits(h[0][(T-1)*D:], 1)
+		best := 0
+		for j, z := range logits {
+			if z > logits[best] {
+				best = j
+			}
+		}
+		if int32(best) == stop {
+			break
+		}
+		ids = append(ids, int32(best))
+		out = append(out, int32(best))
+	}
+	return out, nil
+}
+
+// PretrainOptions are the settings of Pretrain. Every random choice (the
+// initial weights and each step's batch) derives from Seed, so a run is
+// reproducible from its options (see the note on workers above).
+type PretrainOptions struct {
+	Config       Config  // model shape; Vocab, BOS and EOS are set by Pretrain
+	Seed         uint64  // weights and batches
+	SeqLen       int     // tokens per training window
+	Batch        int     // windows per step
+	Steps        int     // total optimizer steps (the cosine schedule's length)
+	Warmup       int     // linear warm-up steps
+	LR, MinLR    float32 // peak and final learning rate
+	WeightDecay  float32 // AdamW decoupled weight decay on matrices
+	ClipNorm     float64 // global gradient-norm clip (0: none)
+	Workers      int     // data-parallel goroutines
+	EvalEvery    int     // steps between validation losses (0: only at the end)
+	EvalWindows  int     // validation windows evaluated (at most; 0: all)
+	CheckpointTo string  // directory for weights + optimizer state ("" = none)
+	CkptEvery    int     // steps between checkpoints
+	Deadline     time.Time
+	Progress     func(PretrainProgress) // called after logged steps and evaluations; may be nil
+	LogEvery     int
+}
+
+// PretrainProgress reports one logged step or evaluation.
+type PretrainProgress struct {
+	Step      int
+	TrainLoss float64 // mean loss of the step's batch (NaN for an evaluation-only report)
+	ValLoss   float64 // NaN when not evaluated at this step
+	LR        float32
+	GradNorm  float64
+	Tokens    int64   // training tokens processed so far (this run)
+	TokPerSec float64 // over this run so far
+	Elapsed   time.Duration
+}
+
+// PretrainResult summarises a Pretrain run.
+type PretrainResult struct {
+	Steps      int     // steps completed (Steps, or fewer at the deadline)
+	TrainLoss  float64 // mean over the last 10 logged batches
+	ValLoss    float64 // final validation loss (nats/token)
+	Tokens     int64
+	TokPerSec  float64
+	Elapsed    time.Duration
+	CutShort   bool // stopped at the deadline or by ctx
+	ResumedAt  int  // step of the checkpoint resumed from (0 if none)
+	Trainer    *BaseTrainer
+	TrainCount int // training tokens in the stream
+	ValCount   int
+}
+
+// Pretrain trains a base from scratch (or from the checkpoint in
+// CheckpointTo, if one is there) on the token streams: train is sampled in
+// random windows of SeqLen+1 tokens, val is cut into consecutive windows.
+func Pretrain(ctx context.Context, o PretrainOptions, train, val []int32) (*PretrainResult, error) {
+	c := o.Config
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("model.Pretrain: %w", err)
+	}
+	if o.SeqLen < 2 || o.SeqLen > c.MaxPos || o.Batch < 1 || o.Steps < 1 || len(train) < o.SeqLen+1 || len(val) < o.SeqLen+1 {
+		return nil, fmt.Errorf("model.Pretrain: seq %d, batch %d, steps %d, %d train and %d val tokens: want 2 <= seq <= MaxPos, batch and steps >= 1, more tokens than seq", o.SeqLen, o.Batch, o.Steps, len(train), len(val))
+	}
+	o.Workers = max(1, o.Workers)
+	o.LogEvery = max(1, o.LogEvery)
+	var tr *BaseTrainer
+	res := &PretrainResult{TrainCount: len(train), ValCount: len(val)}
+	ckptState := filepath.Join(o.CheckpointTo, "optim.safetensors")
+	if o.CheckpointTo != "" {
+		if _, err := os.Stat(ckptState); err == nil {
+			b, err := LoadBase(o.CheckpointTo)
+			if err != nil {
+				return nil, fmt.Errorf("model.Pretrain: resume: %w", err)
+			}
+			if b.Config != c {
+				b.Close()
+				return nil, fmt.Errorf("model.Pretrain: resume: checkpoint %s has config %+v, want %+v", o.CheckpointTo, b.Config, c)
+			}
+			tr, err = NewBaseTrainer(b, o.Workers, o.SeqLen)
+			b.Close()
+			if err != nil {
+				return nil, fmt.Errorf("model.Pretrain: resume: %w", err)
+			}
+			if err := tr.LoadState(ckptState); err != nil {
+				return nil, fmt.Errorf("model.Pretrain: resume: %w", err)
+			}
+			res.ResumedAt = tr.StepCount()
+		}
+	}
+	if tr == nil {
+		b, err := NewRandomBase(c, o.Seed)
+		if err != nil {
+			return nil, fmt.Errorf("model.Pretrain: %w", err)
+		}
+		InitTrainWeights(b, o.Seed)
+		if tr, err = NewBaseTrainer(b, o.Workers, o.SeqLen); err != nil {
+			return nil, fmt.Errorf("model.Pretrain: %w", err)
+		}
+	}
+	res.Trainer = tr
+	var valSeqs [][]int32
+	for s := 0; s+o.SeqLen+1 <= len(val); s += o.SeqLen {
+		valSeqs = append(valSeqs, val[s:s+o.SeqLen+1])
+	}
+	if o.EvalWindows > 0 && len(valSeqs) > o.EvalWindows {
+		// Spread the evaluated windows over the whole split.
+		pick := make([][]int32, o.EvalWindows)
+		for i := range pick {
+			pick[i] = valSeqs[i*len(valSeqs)/o.EvalWindows]
+		}
+		valSeqs = pick
+	}
+	evalVal := func() (float64, error) {
+		var sum float64
+		var n int
+		for i := 0; i < len(valSeqs); i += 4 * o.Workers {
+			l, k, err := tr.Loss(valSeqs[i:min(len(valSeqs), i+4*o.Workers)])
+			if err != nil {
+				return 0, err
+			}
+			sum += l
+			n += k
+		}
+		return sum / float64(n), nil
+	}
+	start := time.Now()
+	var recent []float64
+	seqs := make([][]int32, o.Batch)
+	for tr.StepCount() < o.Steps {
+		if ctx.Err() != nil || !o.Deadline.IsZero() && time.Now().After(o.Deadline) {
+			res.CutShort = true
+			break
+		}
+		step := tr.StepCount() + 1
+		rng := rand.New(rand.NewPCG(o.Seed, uint64(step)))
+		for i := range seqs {
+			s := rng.IntN(len(train) - o.SeqLen)
+			seqs[i] = train[s : s+o.SeqLen+1]
+		}
+		l, n, err := tr.LossAndGrad(seqs)
+		if err != nil {
+			return nil, fmt.Errorf("model.Pretrain: step %d: %w", step, err)
+		}
+		loss := l / float64(n)
+		if math.IsNaN(loss) || math.IsInf(loss, 0) {
+			return nil, fmt.Errorf("model.Pretrain: step %d: loss is %v", step, loss)
+		}
+		lr := tensor.CosineLR(step, o.Warmup, o.Steps, o.LR, o.MinLR)
+		gn := tr.Update(lr, o.WeightDecay, o.ClipNorm)
+		res.Tokens += int64(n)
+		recent = append(recent, loss)
+		if len(recent) > 10 {
+			recent = recent[1:]
+		}
+		el := time.Since(start)
+		p := PretrainProgress{Step: step, TrainLoss: loss, ValLoss: math.NaN(), LR: lr, GradNorm: gn,
+			Tokens: res.Tokens, TokPerSec: float64(res.Tokens) / el.Seconds(), Elapsed: el}
+		if o.EvalEvery > 0 && step%o.EvalEvery == 0 {
+			if p.ValLoss, err = evalVal(); err != nil {
+				return nil, fmt.Errorf("model.Pretrain: %w", err)
+			}
+		}
+		if o.Progress != nil && (step%o.LogEvery == 0 || !math.IsNaN(p.ValLoss) || step == 1) {
+			o.Progress(p)
+		}
+		if o.CheckpointTo != "" && o.CkptEvery > 0 && step%o.CkptEvery == 0 {
+			if err := tr.saveCheckpoint(o.CheckpointTo); err != nil {
+				return nil, fmt.Errorf("model.Pretrain: %w", err)
+			}
+		}
+	}
+	res.Steps = tr.StepCount()
+	res.Elapsed = time.Since(start)
+	res.TokPerSec = float64(res.Tokens) / res.Elapsed.Seconds()
+	for _, l := range recent {
+		res.TrainLoss += l / float64(len(recent))
+	}
+	var err error
+	if res.ValLoss, err = evalVal(); err != nil {
+		return nil, fmt.Errorf("model.Pretrain: %w", err)
+	}
+	if o.CheckpointTo != "" {
+		if err := tr.saveCheckpoint(o.CheckpointTo); err != nil {
+			return nil, fmt.Errorf("model.Pretrain: %w", err)
+		}
+	}
+	return res, nil
+}
+
+// saveCheckpoint writes the weights (F32, SaveHF) and the optimizer state.
+func (t *BaseTrainer) saveCheckpoint(dir string) error {
+	if err := t.Base.SaveHF(dir); err != nil {
+		return err
+	}
+	return t.SaveState(filepath.Join(dir, "optim.safetensors"))
+}
+
+// UnigramLoss is the cross-entropy (nats/token) of val under the unigram
+// distribution of train with add-one smoothing over vocab ids: the loss a
+// model that ignores context would reach.
+func UnigramLoss(train, val []int32, vocab int) float64 {
+	counts := make([]float64, vocab)
+	for _, id := range train {
+		counts[id]++
+	}
+	total := float64(len(train) + vocab)
+	var sum float64
+	for _, id := range val {
+		sum -= math.Log((counts[id] + 1) / total)
+	}
+	return sum / float64(len(val))
+}

@@ -1,0 +1,143 @@
+package tensor
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+)
+
+// Block formats of ggml (ggml-common.h), as stored in GGUF files. Each
+// block covers a run of consecutive elements of a row:
+//
+//	Q8_0 (32 values, 34 bytes):  f16 d | i8 qs[32]                    x = d·q
+//	Q4_K (256 values, 144 bytes): f16 d | f16 dmin | u8 scales[12] | u8 qs[128]
+//	     8 sub-blocks of 32 with 6-bit scale sc and min m:             x = d·sc·q − dmin·m, q in 0..15
+//	Q6_K (256 values, 210 bytes): u8 ql[128] | u8 qh[64] | i8 scales[16] | f16 d
+//	     16 sub-blocks of 16 with an 8-bit signed scale:               x = d·sc·(q − 32), q in 0..63
+//
+// The decoders follow ggml's dequantize_row_* reference code operation by
+// operation, so results are bit-identical to it.
+
+// DequantizeGGML decodes len(dst) values of type t from src, which must
+// hold exactly that many (a whole number of blocks). Supported: F32, F16,
+// BF16, Q8_0, Q4_K and Q6_K.
+func DequantizeGGML(dst []float32, src []byte, t GGMLType) error {
+	need, err := t.RowBytes(len(dst))
+	if err != nil {
+		return fmt.Errorf("dequantize: %w", err)
+	}
+	if len(src) != need {
+		return fmt.Errorf("dequantize: %d values of %s take %d bytes, got %d", len(dst), t, need, len(src))
+	}
+	le := binary.LittleEndian
+	switch t {
+	case GGMLF32:
+		for i := range dst {
+			dst[i] = math.Float32frombits(le.Uint32(src[4*i:]))
+		}
+	case GGMLF16:
+		for i := range dst {
+			dst[i] = F16ToF32(le.Uint16(src[2*i:]))
+		}
+	case GGMLBF16:
+		for i := range dst {
+			dst[i] = BF16ToF32(le.Uint16(src[2*i:]))
+		}
+	case GGMLQ8_0:
+		for b := 0; b < len(dst)/32; b++ {
+			dequantQ8_0(dst[32*b:32*b+32], src[34*b:34*b+34])
+		}
+	case GGMLQ4_K:
+		for b := 0; b < len(dst)/256; b++ {
+			dequantQ4K(dst[256*b:256*b+256], src[144*b:144*b+144])
+		}
+	case GGMLQ6_K:
+		for b := 0; b < len(dst)/256; b++ {
+			dequantQ6K(dst[256*b:256*b+256], src[210*b:210*b+210])
+		}
+	default:
+		return fmt.Errorf("dequantize: ggml type %s is not supported (F32, F16, BF16, Q8_0, Q4_K, Q6_K are)", t)
+	}
+	return nil
+}
+
+// dequantQ8_0 decodes one block. y: (32); x: (34)
+func dequantQ8_0(y []float32, x []byte) {
+	d := F16ToF32(binary.LittleEndian.Uint16(x))
+	for i, q := range x[2:34] {
+		y[i] = float32(int8(q)) * d
+	}
+}
+
+// scaleMinK4 unpacks the j-th 6-bit scale and min of a Q4_K/Q5_K block
+// (ggml's get_scale_min_k4).
+func scaleMinK4(j int, q []byte) (sc, m uint8) {
+	if j < 4 {
+		return q[j] & 63, q[j+4] & 63
+	}
+	return q[j+4]&0xF | (q[j-4]>>6)<<4, q[j+4]>>4 | (q[j]>>6)<<4
+}
+
+// dequantQ4K decodes one block. y: (256); x: (144)
+func dequantQ4K(y []float32, x []byte) {
+	d := F16ToF32(binary.LittleEndian.Uint16(x))
+	dmin := F16ToF32(binary.LittleEndian.Uint16(x[2:]))
+	scales, qs := x[4:16], x[16:144]
+	for j := 0; j < 4; j++ { // 64 values per step: two sub-blocks
+		sc1, m1 := scaleMinK4(2*j, scales)
+		sc2, m2 := scaleMinK4(2*j+1, scales)
+		d1, mm1 := d*float32(sc1), dmin*float32(m1)
+		d2, mm2 := d*float32(sc2), dmin*float32(m2)
+		q := qs[32*j : 32*j+32]
+		out := y[64*j : 64*j+64]
+		for l := 0; l < 32; l++ {
+			out[l] = d1*float32(q[l]&0xF) - mm1
+			out[32+l] = d2*float32(q[l]>>4) - mm2
+		}
+	}
+}
+
+// dequantQ6K decodes one block. y: (256); x: (210)
+func dequantQ6K(y []float32, x []byte) {
+	d := F16ToF32(binary.LittleEndian.Uint16(x[208:]))
+	for n := 0; n < 2; n++ { // 128 values per half
+		ql, qh, sc := x[64*n:64*n+64], x[128+32*n:128+32*n+32], x[192+8*n:192+8*n+8]
+		out := y[128*n : 128*n+128]
+		for l := 0; l < 32; l++ {
+			is := l / 16
+			q1 := int8(ql[l]&0xF|(qh[l]>>0&3)<<4) - 32
+			q2 := int8(ql[l+32]&0xF|(qh[l]>>2&3)<<4) - 32
+			q3 := int8(ql[l]>>4|(qh[l]>>4&3)<<4) - 32
+			q4 := int8(ql[l+32]>>4|(qh[l]>>6&3)<<4) - 32
+			out[l] = d * float32(int8(sc[is])) * float32(q1)
+			out[l+32] = d * float32(int8(sc[is+2])) * float32(q2)
+			out[l+64] = d * float32(int8(sc[is+4])) * float32(q3)
+			out[l+96] = d * float32(int8(sc[is+6])) * float32(q4)
+		}
+	}
+}
+
+// QuantizeQ8_0 encodes src (a multiple of 32 values) as Q8_0 blocks into
+// dst (len(src)/32·34 bytes), as ggml's quantize_row_q8_0_ref does:
+// d = max|x|/127 stored as f16, q = round(x/d) with halves away from zero.
+func QuantizeQ8_0(dst []byte, src []float32) {
+	if len(src)%32 != 0 || len(dst) != len(src)/32*34 {
+		panic(fmt.Sprintf("tensor.QuantizeQ8_0: %d values into %d bytes: want a multiple of 32 values and 34 bytes per 32", len(src), len(dst)))
+	}
+	for b := 0; b < len(src)/32; b++ {
+		x, y := src[32*b:32*b+32], dst[34*b:34*b+34]
+		var amax float32
+		for _, v := range x {
+			amax = max(amax, float32(math.Abs(float64(v))))
+		}
+		d := amax / 127
+		var id float32
+		if d != 0 {
+			id = 1 / d
+		}
+		binary.LittleEndian.PutUint16(y, F32ToF16(d))
+		for i, v := range x {
+			y[2+i] = byte(int8(math.Round(float64(v * id))))
+		}
+	}
+}
