@@ -228,6 +228,9 @@ func (c *Coordinator) Collect(ctx context.Context, ds *Dataset, progress func(Pr
 	if c.topics == nil {
 		return errors.New("coordinator.Collect: no topics to discover nodes on")
 	}
+	if err := c.checkFits(ds); err != nil {
+		return fmt.Errorf("coordinator.Collect: %w", err)
+	}
 	job := c.job(ds)
 	l := &loop{c: c, cfg: c.cfg, job: job, nodes: map[peer.ID]*nodeState{}, progress: progress,
 		events: make(chan any, 64), disconnects: make(chan peer.ID, 256)}
@@ -1415,4 +1418,18 @@ func (l *loop) publish(force bool) {
 	}
 	sort.Slice(st.Nodes, func(i, j int) bool { return st.Nodes[i].Peer < st.Nodes[j].Peer })
 	l.c.status.Store(st)
+}
+
+// checkFits rejects a data set whose sequences exceed the base's context,
+// before any node is asked (every node would fail on them).
+func (c *Coordinator) checkFits(ds *Dataset) error {
+	limit := c.base.Config.MaxPos
+	for _, ch := range ds.All() {
+		for _, s := range ch.Seqs {
+			if len(s.Tokens) > limit {
+				return fmt.Errorf("a sequence of %d tokens exceeds the base's context of %d (use a sequence length of at most %d)", len(s.Tokens), limit, limit)
+			}
+		}
+	}
+	return nil
 }

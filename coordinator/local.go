@@ -30,6 +30,9 @@ func (c *Coordinator) CollectLocal(ctx context.Context, ds *Dataset, base Forwar
 	if base == nil {
 		base = c.base
 	}
+	if err := c.checkFits(ds); err != nil {
+		return fmt.Errorf("coordinator.CollectLocal: %w", err)
+	}
 	dim := c.base.Config.Dim
 	seen := map[string]bool{}
 	var p LocalProgress

@@ -118,7 +118,7 @@ func TestCoordinatorCrashResume(t *testing.T) {
 	cache := filepath.Join(dir, "coord")
 	const steps, every = 60, 5
 	coordArgs := []string{"coordinator", "--key", key, "--listen", "/ip4/127.0.0.1/tcp/0", "--cache", cache,
-		"--data", dataPath, "--seq-len", "256", "--chunk-seqs", "4", "--steps", strconv.Itoa(steps),
+		"--data", dataPath, "--seq-len", "128", "--chunk-seqs", "4", "--steps", strconv.Itoa(steps),
 		"--checkpoint-every", strconv.Itoa(every), "--batch", "4", "--width", "32", "--layers", "1"}
 	nodeArgs := func(addr string) []string {
 		return []string{"node", "--key", key, "--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", addr,
