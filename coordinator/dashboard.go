@@ -260,22 +260,22 @@ type CoordinatorInfo struct {
 
 // JobView is one Collect (see JobStatus).
 type JobView struct {
-	ID                   string       `json:"id"`
-	Total                int          `json:"chunks_total"`
-	Done                 int          `json:"chunks_done"`
-	Leased               int          `json:"chunks_leased"`
-	Pending              int          `json:"chunks_pending"`
-	Verifying            int          `json:"chunks_verifying"`
-	Left                 int          `json:"chunks_left"`        // total - done
-	CacheHits            int          `json:"cache_hits"`         // chunks cached when the job began
-	Tokens               int64        `json:"tokens"`             // of the chunks done in this Collect
-	ComputedTokens       int64        `json:"computed_tokens"`    // of every result received
-	BytesReceived        int64        `json:"bytes_received"`     // bridged payload bytes on the wire
-	Speculative          int          `json:"speculative_leases"` // duplicate leases for the tail
-	Reassigned           int          `json:"reassigned_leases"`
-	Finished             bool         `json:"finished"`
-	ExtraComputeFraction float64      `json:"extra_compute_fraction"`
-	Verify               VerifyView   `json:"verify"`
+	ID                   string     `json:"id"`
+	Total                int        `json:"chunks_total"`
+	Done                 int        `json:"chunks_done"`
+	Leased               int        `json:"chunks_leased"`
+	Pending              int        `json:"chunks_pending"`
+	Verifying            int        `json:"chunks_verifying"`
+	Left                 int        `json:"chunks_left"`        // total - done
+	CacheHits            int        `json:"cache_hits"`         // chunks cached when the job began
+	Tokens               int64      `json:"tokens"`             // of the chunks done in this Collect
+	ComputedTokens       int64      `json:"computed_tokens"`    // of every result received
+	BytesReceived        int64      `json:"bytes_received"`     // bridged payload bytes on the wire
+	Speculative          int        `json:"speculative_leases"` // duplicate leases for the tail
+	Reassigned           int        `json:"reassigned_leases"`
+	Finished             bool       `json:"finished"`
+	ExtraComputeFraction float64    `json:"extra_compute_fraction"`
+	Verify               VerifyView `json:"verify"`
 }
 
 // VerifyView counts the verification of volunteers' work (VerifyStatus).
@@ -297,25 +297,25 @@ type BaseView struct {
 
 // NodeView is one node: the scheduler's record merged with its advert.
 type NodeView struct {
-	Peer               string              `json:"peer"`
-	Device             string              `json:"device"`
-	Bases              []BaseView          `json:"bases,omitempty"`
-	Codecs             []string            `json:"codecs,omitempty"`
-	FreeSlots          int                 `json:"free_slots"`
-	LastAdvert         *time.Time          `json:"last_advert,omitempty"`
-	InJob              bool                `json:"in_job"` // the scheduler knows it
-	TokensPerSec       float64             `json:"tokens_per_sec"`
-	AdvertTokensPerSec float64             `json:"advert_tokens_per_sec"`
-	Leases             int                 `json:"leases"`
-	Cap                int                 `json:"lease_cap"`
-	Chunks             int                 `json:"chunks"`
-	Opinions           int                 `json:"opinions"`
-	Verified           int                 `json:"verified"`
-	Failures           int                 `json:"failures"`
-	SamplingRate       float64             `json:"sampling_rate"`
-	Eligible           bool                `json:"eligible"`
-	Banned             bool                `json:"banned"`
-	BanReason          string              `json:"ban_reason,omitempty"`
+	Peer               string     `json:"peer"`
+	Device             string     `json:"device"`
+	Bases              []BaseView `json:"bases,omitempty"`
+	Codecs             []string   `json:"codecs,omitempty"`
+	FreeSlots          int        `json:"free_slots"`
+	LastAdvert         *time.Time `json:"last_advert,omitempty"`
+	InJob              bool       `json:"in_job"` // the scheduler knows it
+	TokensPerSec       float64    `json:"tokens_per_sec"`
+	AdvertTokensPerSec float64    `json:"advert_tokens_per_sec"`
+	Leases             int        `json:"leases"`
+	Cap                int        `json:"lease_cap"`
+	Chunks             int        `json:"chunks"`
+	Opinions           int        `json:"opinions"`
+	Verified           int        `json:"verified"`
+	Failures           int        `json:"failures"`
+	SamplingRate       float64    `json:"sampling_rate"`
+	Eligible           bool       `json:"eligible"`
+	Banned             bool       `json:"banned"`
+	BanReason          string     `json:"ban_reason,omitempty"`
 }
 
 // TrainingView is the training run's latest numbers and curves.

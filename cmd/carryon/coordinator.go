@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -22,7 +23,7 @@ func init() {
 func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("coordinator", "--model PATH|default --data FILE|default [flags]", stderr)
 	sf := addSwarmFlags(fs, "/ip4/0.0.0.0/tcp/4001")
-	modelFlag := fs.String("model", "default", "base model directory, or \"default\" for the embedded stand-in")
+	modelFlag := fs.String("model", "default", "base model directory or .gguf file, or \"default\" for the embedded base")
 	data := fs.String("data", "default", "data file: JSONL (text, prompt/completion or question/answer) or plain text; \"default\" for the demo's problems")
 	cacheDir := fs.String("cache", filepath.Join(demo.DefaultCacheDir(), "coordinator"), "embedding cache and adaptor store")
 	codec := fs.String("codec", "q8", "bridge setting nodes compress with")
@@ -37,17 +38,30 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	minNodes := fs.Int("min-nodes", 1, "nodes to wait for before leasing")
 	ckptEvery := fs.Int("checkpoint-every", 50, "save the training state every so many steps (and at the end); a restarted run resumes from it; negative: never")
 	serve := fs.Bool("serve", false, "keep serving the adaptor after publishing, until interrupted")
+	httpAddr := fs.String("http", "", "serve the dashboard, its JSON API and /metrics on ADDR (e.g. 127.0.0.1:8080); empty: none")
+	config := fs.String("config", "", "a JSON job file (coordinator.JobFile); its settings replace --model, --data, --cache and the job flags")
 	logger := logFlags(fs, stderr)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	log := logger()
+	dcfg := coordinator.DataConfig{SeqLen: *seqLen, SeqsPerChunk: *chunkSeqs}
+	var jf *coordinator.JobFile
+	if *config != "" {
+		var err error
+		if jf, err = coordinator.LoadJobFile(*config); err != nil {
+			return err
+		}
+		*modelFlag, *data, dcfg = jf.Base, jf.Data, jf.DataConfig()
+		if jf.Cache != "" {
+			*cacheDir = jf.Cache
+		}
+	}
 	base, tok, _, err := demo.OpenModel(*modelFlag, demo.DefaultCacheDir())
 	if err != nil {
 		return err
 	}
 	defer base.Close()
-	dcfg := coordinator.DataConfig{SeqLen: *seqLen, SeqsPerChunk: *chunkSeqs}
 	var ds *coordinator.Dataset
 	if *data == "default" {
 		ds, err = coordinator.ReadDataset(bytes.NewReader(demo.DefaultData(600)), true, tok, dcfg)
@@ -66,11 +80,21 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		Train: coordinator.TrainConfig{Steps: *steps, BatchSeqs: *batch, CheckpointEvery: *ckptEvery}}
 	cfg.Train.Optim.LR = float32(*lr)
 	cfg.Train.CarryOn = defaultShape(base.Config.Dim, base.Config.Vocab, *width, *layers, float32(*alpha))
+	if jf != nil {
+		cfg = jf.Config()
+		cfg.CacheDir, cfg.Logger = *cacheDir, log
+		*steps = cmp.Or(cfg.Train.Steps, 200) // the progress lines' spacing; 200 is TrainConfig's default
+	}
 	c, err := coordinator.New(j.h, j.topics, base, cfg)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	dash, err := startDashboard(ctx, c, *httpAddr, stdout)
+	if err != nil {
+		return err
+	}
+	defer dash.Close()
 	fmt.Fprintf(stdout, "coordinator %s in swarm %s, base %s\n", j.h.ID(), j.name, base.WeightsHash)
 	for _, a := range j.addrs() {
 		fmt.Fprintf(stdout, "listening on %s\n", a)
@@ -113,7 +137,8 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 			fmt.Fprintf(stdout, "eval: step %d val loss %.4f (base %.4f)\n", e.Step, e.Loss, e.BaseLoss)
 		},
 	}
-	_, v, err := c.Run(ctx, ds, hooks)
+	_, v, err := c.Run(ctx, ds, dash.Hooks(hooks))
+	dash.Finish(err)
 	if err != nil {
 		return err
 	}

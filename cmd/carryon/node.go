@@ -24,6 +24,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	jobs := fs.Int("jobs", 1, "embedding jobs run at once")
 	advert := fs.Duration("advert-interval", 0, "how often to re-advertise (default 30s)")
 	cacheDir := fs.String("cache", demo.DefaultCacheDir(), "where the default model is kept")
+	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100); empty: none")
 	logger := logFlags(fs, stderr)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -61,6 +62,10 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	if err := n.Start(ctx); err != nil {
+		return err
+	}
+	if err := serveNodeMetrics(ctx, n, *metricsAddr, stdout); err != nil {
+		n.Close()
 		return err
 	}
 	fmt.Fprintf(stdout, "node %s in swarm %s serving %s (%s)\n", j.h.ID(), j.name, name, base.WeightsHash)
