@@ -1,0 +1,183 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"carryon/internal/demo"
+	"carryon/internal/serve"
+	"carryon/protocol"
+	"carryon/swarm"
+)
+
+func init() {
+	register("serve", "serve a base and its carry-on adaptors over an OpenAI-style HTTP API", runServe)
+}
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("serve", "--model PATH|default [--adaptor [NAME=]FILE|CID[,...]] [--http ADDR] [flags]", stderr)
+	modelFlag := fs.String("model", "default", "base model directory, or \"default\" for the embedded stand-in")
+	adaptors := fs.String("adaptor", "", "adaptors to load at start, comma-separated: a file or a CID (looked up in --store, then pulled from the swarm), optionally NAME=... to give it a short model id; a boosting stage's parent must come before it")
+	store := fs.String("store", defaultStoreDir(), "adaptor store: CIDs are looked up here and pulled adaptors kept here")
+	alpha := fs.String("alpha", "", "α of requests without carryon_alpha (empty: each adaptor's own, from its config)")
+	addr := fs.String("http", "127.0.0.1:8080", "HTTP listen address")
+	workers := fs.Int("workers", 1, "generations run at once (the rest wait in a queue)")
+	queue := fs.Int("queue", 64, "requests that may wait for a worker; more get 503")
+	maxTokens := fs.Int("max-tokens", 256, "max_tokens of requests without one")
+	maxContext := fs.Int("max-context", 0, "longest prompt + completion in tokens (0: the base's max_position_embeddings)")
+	bridge := fs.String("bridge", "", "round-trip base hidden states through this bridge codec first, as in training (empty: exact)")
+	onDemand := fs.Bool("on-demand", true, "load adaptors that requests name by CID (from --store, then the swarm when --from or --bootstrap is set)")
+	maxOnDemand := fs.Int("max-on-demand", 8, "on-demand adaptors kept loaded (least recently used dropped first)")
+	sf := addSwarmFlags(fs, "/ip4/127.0.0.1/tcp/0")
+	from := fs.String("from", "", "comma-separated multiaddrs (with /p2p/ID) of peers to pull adaptors from (empty: find them through the DHT, via --bootstrap)")
+	pullTimeout := fs.Duration("pull-timeout", time.Minute, "give up pulling one adaptor after this long")
+	maxSize := fs.Int64("max-size", 1<<30, "refuse adaptors larger than this many bytes")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	cfg := serve.Config{MaxTokens: *maxTokens, MaxContext: *maxContext, Workers: *workers, MaxQueue: *queue,
+		MaxOnDemand: *maxOnDemand, Bridge: *bridge}
+	if *alpha != "" {
+		a, err := strconv.ParseFloat(*alpha, 32)
+		if err != nil {
+			return fmt.Errorf("--alpha %q: %w", *alpha, err)
+		}
+		a32 := float32(a)
+		cfg.Alpha = &a32
+	}
+	base, tok, name, err := demo.OpenModel(*modelFlag, demo.DefaultCacheDir())
+	if err != nil {
+		return err
+	}
+	defer base.Close()
+	cfg.Base, cfg.Tokenizer = base, tok
+
+	disk, err := swarm.NewDiskStore(*store)
+	if err != nil {
+		return err
+	}
+	var remote serve.FetchFunc
+	if *from != "" || *sf.bootstrap != "" {
+		var closeSwarm func()
+		remote, closeSwarm, err = swarmFetcher(ctx, sf, *from, *maxSize, stdout)
+		if err != nil {
+			return err
+		}
+		defer closeSwarm()
+	}
+	if remote != nil {
+		inner := remote
+		remote = func(ctx context.Context, c cid.Cid) ([]byte, error) {
+			ctx, cancel := context.WithTimeout(ctx, *pullTimeout)
+			defer cancel()
+			data, err := inner(ctx, c)
+			if err == nil {
+				fmt.Fprintf(stdout, "pulled adaptor %s (%d bytes, hash verified)\n", c, len(data))
+			}
+			return data, err
+		}
+	}
+	fetch := serve.FromStore(disk, remote)
+	if *onDemand {
+		cfg.Fetch = fetch
+	}
+	srv, err := serve.New(cfg)
+	if err != nil {
+		return err
+	}
+	for _, spec := range splitList(*adaptors) {
+		short, ref, ok := strings.Cut(spec, "=")
+		if !ok {
+			short, ref = "", spec
+		}
+		data, err := os.ReadFile(ref)
+		if err != nil {
+			c, cerr := protocol.ParseCID(ref)
+			if cerr != nil {
+				return fmt.Errorf("adaptor %s: neither a readable file (%v) nor a CID", ref, err)
+			}
+			if data, err = fetch(ctx, c); err != nil {
+				if errors.Is(err, swarm.ErrNotFound) && remote == nil {
+					return fmt.Errorf("adaptor %s is not in the store %s: pass --from or --bootstrap to pull it from the swarm", ref, *store)
+				}
+				return fmt.Errorf("adaptor %s: %w", ref, err)
+			}
+		}
+		card, err := srv.Add(ctx, short, data)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "adaptor %s: %s (stages %d, step %d)\n", card.ID, card.CID, len(card.Stages), card.Step)
+	}
+
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
+	fmt.Fprintf(stdout, "serving %s (base %s) on http://%s/v1 (models: %d)\n", name, shortHash(base.WeightsHash), ln.Addr(), len(srv.Models()))
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		hs.Close()
+	}
+	fmt.Fprintf(stdout, "stopped after %d generated tokens\n", srv.Generated())
+	return nil
+}
+
+// swarmFetcher joins the swarm and returns a fetcher of adaptors by CID:
+// from the --from peers, else through the DHT via the bootstrap peers.
+func swarmFetcher(ctx context.Context, sf *swarmFlags, from string, maxSize int64, stdout io.Writer) (serve.FetchFunc, func(), error) {
+	providers, err := parsePeers(from)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(providers) == 0 {
+		switch *sf.dht {
+		case "off":
+			return nil, nil, errors.New("without --from, adaptors are found through the DHT: --dht off leaves no way to find them")
+		case "auto":
+			*sf.dht = "client"
+		}
+	}
+	j, err := sf.join(ctx, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	closeSwarm := func() { j.close() }
+	fmt.Fprintf(stdout, "joined swarm %s as %s\n", j.name, j.h.ID())
+	if len(providers) > 0 {
+		var ids []peer.ID
+		for _, ai := range providers {
+			j.h.Peerstore().AddAddrs(ai.ID, ai.Addrs, 24*time.Hour)
+			ids = append(ids, ai.ID)
+		}
+		return serve.FromPeers(j.h, ids, maxSize), closeSwarm, nil
+	}
+	return func(ctx context.Context, c cid.Cid) ([]byte, error) {
+		data, _, err := j.disc.FetchByCID(ctx, c, maxSize, 0)
+		return data, err
+	}, closeSwarm, nil
+}

@@ -1,0 +1,805 @@
+// Package serve is an HTTP server with OpenAI-style endpoints over one base
+// model and the carry-on adaptors made for it:
+//
+//	POST /v1/completions       {"model", "prompt", ...}   → text
+//	POST /v1/chat/completions  {"model", "messages", ...} → an assistant message
+//	GET  /v1/models            "base" and every loaded adaptor
+//	GET  /v1/models/{id}       one of them
+//
+// Models. A request's "model" is "base" (no adaptor), or a loaded adaptor's
+// short name or CID. An adaptor that is a boosting stage runs with its
+// chain: its parent's stages first, root first (DESIGN.md §2). With
+// Config.Fetch set, a request may name any adaptor CID: it is fetched,
+// hash-checked and loaded on demand (its parents too), and the least
+// recently used on-demand adaptors beyond Config.MaxOnDemand are dropped.
+// Every adaptor's metadata must name this base's weights hash; a request
+// for one trained on another base is answered 400 naming both hashes.
+//
+// α. Each request may set "carryon_alpha"; otherwise Config.Alpha applies,
+// or, when that is nil, the adaptor's own default (its config's Alpha).
+// One α scales every stage of a chain.
+//
+// Sampling. temperature (default 1, as OpenAI; 0 is greedy), top_k (an
+// extension), seed (default: random) and stop (up to 4 strings) are
+// honoured; top_p is checked and ignored (the sampler has no nucleus
+// sampling); n must be 1; logprobs are always null. Generation also ends on
+// the tokenizer's and the base's EOS and on the end of the context:
+// Config.MaxContext (default the base's MaxPos) counts prompt and new
+// tokens, and a prompt longer than it is a 400.
+//
+// Chat template. When the tokenizer has <|im_start|> and <|im_end|> tokens
+// (Qwen and other ChatML models) messages are rendered as ChatML:
+//
+//	<|im_start|>{role}\n{content}<|im_end|>\n ... <|im_start|>assistant\n
+//
+// with the content encoded as plain text (a literal "<|im_end|>" in a
+// message is not a control token), and <|im_end|> ends generation. Any
+// other tokenizer gets the plain template
+//
+//	<|{role}|>\n{content}\n ... <|assistant|>\n
+//
+// after the tokenizer's BOS, and generation also stops at "\n<|" (the model
+// opening a new turn). No system message is added. Roles are system,
+// developer, user, assistant and tool.
+//
+// Streaming. "stream": true answers with server-sent events: "data: {chunk}"
+// per piece of text, a last chunk with the finish_reason, a usage chunk when
+// stream_options.include_usage is set, then "data: [DONE]". Text that may
+// be the start of a stop sequence, or an incomplete UTF-8 character, is held
+// back until it is decided, so the concatenated chunks equal the
+// non-streamed text for the same request and seed.
+//
+// Concurrency. Each request runs one generation on its own goroutine, at
+// most Config.Workers at a time (default 1: requests serialize on a
+// semaphore, in arrival order as far as the runtime's channel queue goes);
+// up to Config.MaxQueue more wait, and further requests get 503. When the
+// client goes away (its request context ends), its generation stops at the
+// next token and frees the worker.
+//
+// Limits. Bodies over MaxBodyBytes get 413; malformed JSON, unknown or
+// unloadable models, out-of-range fields and prompts longer than the
+// context get 400. Every error body is OpenAI's {"error": {"message",
+// "type", "param", "code"}}.
+package serve
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	mrand "math/rand/v2"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"carryon/model"
+)
+
+// BaseModel is the model id of the base without adaptors.
+const BaseModel = "base"
+
+// MaxBodyBytes caps a request body.
+const MaxBodyBytes = 1 << 20
+
+// maxCarryOnContext is the carry-on session's limit on positions.
+const maxCarryOnContext = 1 << 20
+
+// Config configures New.
+type Config struct {
+	// Base is the model served; its WeightsHash must be set (adaptors are
+	// checked against it). Required.
+	Base *model.Base
+	// Tokenizer is the base's tokenizer. Required.
+	Tokenizer model.Tokenizer
+	// Alpha is the α of requests without carryon_alpha; nil means each
+	// adaptor's own default (its config's Alpha).
+	Alpha *float32
+	// MaxTokens is the max_tokens of requests without one; 0 means 256.
+	MaxTokens int
+	// MaxContext caps prompt plus new tokens (and so the key/value cache a
+	// request allocates); 0 means the base's MaxPos.
+	MaxContext int
+	// Workers is how many generations run at once; 0 means 1.
+	Workers int
+	// MaxQueue is how many requests may wait for a worker; more get 503.
+	// 0 means 64.
+	MaxQueue int
+	// Fetch, when set, loads adaptors named by CID in requests on demand.
+	Fetch FetchFunc
+	// MaxOnDemand is how many on-demand adaptors are kept; 0 means 8.
+	MaxOnDemand int
+	// Bridge, when not "", round-trips the base's hidden states through
+	// this bridge codec before the carry-on, as in training.
+	Bridge string
+}
+
+// Server is the HTTP server; it implements http.Handler.
+type Server struct {
+	cfg     Config
+	base    *model.Base
+	tok     model.Tokenizer
+	chat    chatTemplate
+	mux     *http.ServeMux
+	started time.Time
+
+	slots  chan struct{} // a token per running generation
+	queued atomic.Int64  // requests waiting for a slot
+	loadMu chan struct{} // one adaptor load at a time (ctx-aware lock)
+
+	mu     sync.Mutex
+	models map[string]*adaptor // by CID and by name
+	clock  int64               // use counter for LRU
+
+	generated atomic.Int64 // tokens sampled, all requests
+	// tokenHook, when set (tests), runs before each sampled token is
+	// handled, with the request's context and the token's number (1-based).
+	tokenHook func(ctx context.Context, n int)
+}
+
+// New makes a server with no adaptors; Add loads them.
+func New(cfg Config) (*Server, error) {
+	switch {
+	case cfg.Base == nil || cfg.Tokenizer == nil:
+		return nil, errors.New("serve.New: Base and Tokenizer are required")
+	case cfg.Base.WeightsHash == "":
+		return nil, errors.New("serve.New: the base has no weights hash to check adaptors against")
+	case cfg.Tokenizer.VocabSize() > cfg.Base.Config.Vocab:
+		return nil, fmt.Errorf("serve.New: the tokenizer has %d tokens, the base's vocabulary %d", cfg.Tokenizer.VocabSize(), cfg.Base.Config.Vocab)
+	case cfg.Alpha != nil && (math.IsNaN(float64(*cfg.Alpha)) || math.IsInf(float64(*cfg.Alpha), 0)):
+		return nil, fmt.Errorf("serve.New: Alpha %v, want a finite value", *cfg.Alpha)
+	case cfg.MaxTokens < 0 || cfg.MaxContext < 0 || cfg.Workers < 0 || cfg.MaxQueue < 0 || cfg.MaxOnDemand < 0:
+		return nil, errors.New("serve.New: negative limit")
+	}
+	if cfg.MaxTokens == 0 {
+		cfg.MaxTokens = 256
+	}
+	if cfg.MaxContext == 0 || cfg.MaxContext > cfg.Base.Config.MaxPos {
+		cfg.MaxContext = cfg.Base.Config.MaxPos
+	}
+	cfg.MaxContext = min(cfg.MaxContext, maxCarryOnContext)
+	if cfg.Workers == 0 {
+		cfg.Workers = 1
+	}
+	if cfg.MaxQueue == 0 {
+		cfg.MaxQueue = 64
+	}
+	if cfg.MaxOnDemand == 0 {
+		cfg.MaxOnDemand = 8
+	}
+	s := &Server{cfg: cfg, base: cfg.Base, tok: cfg.Tokenizer, chat: newChatTemplate(cfg.Tokenizer),
+		started: time.Now(), slots: make(chan struct{}, cfg.Workers), loadMu: make(chan struct{}, 1),
+		models: make(map[string]*adaptor)}
+	s.mux = http.NewServeMux()
+	s.mux.HandleFunc("POST /v1/completions", s.handleCompletions)
+	s.mux.HandleFunc("POST /v1/chat/completions", s.handleChat)
+	s.mux.HandleFunc("GET /v1/models", s.handleModels)
+	s.mux.HandleFunc("GET /v1/models/{id...}", s.handleModel)
+	s.mux.HandleFunc("/", s.handleOther)
+	return s, nil
+}
+
+// ServeHTTP routes a request.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// Generated returns the number of tokens sampled since New, all requests
+// together.
+func (s *Server) Generated() int64 { return s.generated.Load() }
+
+// writeJSON answers v with status.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	enc.Encode(v) // the client may be gone: nothing to do then
+}
+
+func writeError(w http.ResponseWriter, e *httpError) { writeJSON(w, e.status, e.body()) }
+
+func (s *Server) handleOther(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Path {
+	case "/v1/completions", "/v1/chat/completions", "/v1/models":
+		writeError(w, &httpError{status: http.StatusMethodNotAllowed, typ: "invalid_request_error",
+			msg: fmt.Sprintf("method %s is not allowed on %s", r.Method, r.URL.Path)})
+		return
+	}
+	writeError(w, &httpError{status: http.StatusNotFound, typ: "invalid_request_error", code: "not_found",
+		msg: fmt.Sprintf("no endpoint %s %s: see /v1/completions, /v1/chat/completions, /v1/models", r.Method, r.URL.Path)})
+}
+
+func (s *Server) handleModels(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, ModelList{Object: "list", Data: s.Models()})
+}
+
+func (s *Server) handleModel(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	for _, m := range s.Models() {
+		if m.ID == id || (m.CID != "" && m.CID == id) {
+			writeJSON(w, http.StatusOK, m)
+			return
+		}
+	}
+	writeError(w, &httpError{status: http.StatusNotFound, typ: "invalid_request_error", param: "model", code: "model_not_found",
+		msg: fmt.Sprintf("model %q is not loaded", id)})
+}
+
+// readJSON reads a capped body into v.
+func readJSON(w http.ResponseWriter, r *http.Request, v any) *httpError {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
+	if err != nil {
+		var mb *http.MaxBytesError
+		if errors.As(err, &mb) {
+			return &httpError{status: http.StatusRequestEntityTooLarge, typ: "invalid_request_error", code: "request_too_large",
+				msg: fmt.Sprintf("request body over %d bytes", MaxBodyBytes)}
+		}
+		return badRequest("", "invalid_body", "reading the body: %v", err)
+	}
+	if err := decodeJSON(body, v); err != nil {
+		return badRequest("", "invalid_json", "the body is not a valid JSON request: %v", err)
+	}
+	return nil
+}
+
+// job is a validated generation request.
+type job struct {
+	model    string
+	ad       *adaptor // nil: the base alone
+	prompt   []int32
+	max      int // new tokens at most
+	opts     options
+	stopIDs  []int32
+	stopStrs []string
+	alpha    float32
+	seed     uint64
+}
+
+// prepare resolves the model and checks the prompt against the context.
+func (s *Server) prepare(ctx context.Context, modelName, promptParam string, prompt []int32, o options) (*job, *httpError) {
+	ad, err := s.resolve(ctx, modelName)
+	if err != nil {
+		var bm *BaseMismatchError
+		switch {
+		case errors.As(err, &bm):
+			return nil, badRequest("model", "adaptor_base_mismatch", "%v", err)
+		case errors.Is(err, ErrUnknownModel):
+			return nil, badRequest("model", "model_not_found", "%v", err)
+		case errors.Is(err, ErrInvalidAdaptor):
+			return nil, badRequest("model", "invalid_adaptor", "%v", err)
+		case ctx.Err() != nil:
+			return nil, &httpError{status: 499, typ: "invalid_request_error", msg: "client went away"}
+		}
+		return nil, &httpError{status: http.StatusInternalServerError, typ: "server_error", msg: err.Error()}
+	}
+	limit := s.cfg.MaxContext
+	if len(prompt) > limit {
+		return nil, badRequest(promptParam, "context_length_exceeded",
+			"the prompt has %d tokens, over this model's context of %d", len(prompt), limit)
+	}
+	j := &job{model: modelName, ad: ad, prompt: prompt, opts: o}
+	j.max = o.maxTokens
+	if j.max == 0 {
+		j.max = s.cfg.MaxTokens
+	}
+	j.max = min(j.max, max(1, limit-len(prompt)))
+	switch {
+	case o.alpha != nil:
+		j.alpha = *o.alpha
+	case s.cfg.Alpha != nil:
+		j.alpha = *s.cfg.Alpha
+	case ad != nil:
+		j.alpha = ad.stages[len(ad.stages)-1].Config.Alpha
+	}
+	if o.seed != nil {
+		j.seed = *o.seed
+	} else {
+		j.seed = mrand.Uint64()
+	}
+	j.stopStrs = o.stop
+	return j, nil
+}
+
+func (j *job) info(baseHash string) *CarryOnInfo {
+	ci := &CarryOnInfo{BaseHash: baseHash, Stages: []string{}, Seed: j.seed}
+	if j.ad != nil {
+		ci.Stages = j.ad.chain
+		ci.Alpha = float64(j.alpha)
+	}
+	return ci
+}
+
+// errBusy is the answer when the queue is full.
+var errBusy = &httpError{status: http.StatusServiceUnavailable, typ: "server_error", code: "server_busy",
+	msg: "too many requests are waiting for a worker: try again later"}
+
+// acquire takes a worker slot, waiting in the queue unless it is full or
+// ctx ends.
+func (s *Server) acquire(ctx context.Context) (release func(), err error) {
+	release = func() { <-s.slots }
+	select {
+	case s.slots <- struct{}{}:
+		return release, nil
+	default:
+	}
+	if s.queued.Add(1) > int64(s.cfg.MaxQueue) {
+		s.queued.Add(-1)
+		return nil, errBusy
+	}
+	defer s.queued.Add(-1)
+	select {
+	case s.slots <- struct{}{}:
+		return release, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// result is a finished generation.
+type result struct {
+	text   string
+	tokens int    // tokens generated (a stop token excluded)
+	finish string // "stop" or "length"
+}
+
+// run generates for j, calling emit (when not nil) with each piece of text
+// as soon as it is decided; the pieces add up to result.text. The caller
+// holds a worker slot. It returns ctx's error when ctx ends first, and
+// emit's error when emit fails.
+func (s *Server) run(ctx context.Context, j *job, emit func(string) error) (result, error) {
+	var stages []*model.CarryOn
+	if j.ad != nil {
+		stages = j.ad.stages
+	}
+	stop := map[int32]bool{}
+	stopIDs := append([]int32(nil), j.stopIDs...)
+	if eos := s.tok.EOS(); eos >= 0 {
+		stopIDs = append(stopIDs, eos)
+	}
+	for _, id := range append(stopIDs, s.base.Config.EOS) {
+		stop[id] = true
+	}
+	var (
+		gen  []int32
+		tr   = tracker{stops: j.stopStrs}
+		werr error
+		n    int
+	)
+	onToken := func(id int32) bool {
+		n++
+		s.generated.Add(1)
+		if s.tokenHook != nil {
+			s.tokenHook(ctx, n)
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		if stop[id] {
+			return true // GenerateIDs ends on it
+		}
+		gen = append(gen, id)
+		piece, more := tr.update(s.tok.Decode(gen))
+		if piece != "" && emit != nil {
+			if werr = emit(piece); werr != nil {
+				return false
+			}
+		}
+		return more
+	}
+	_, stopped, err := model.GenerateIDs(s.base, stages, j.alpha, j.prompt, model.GenerateOptions{
+		MaxTokens: j.max, Temperature: j.opts.temperature, TopK: j.opts.topK, Seed: j.seed,
+		Stop: stopIDs, Bridge: s.cfg.Bridge, OnToken: onToken})
+	switch {
+	case ctx.Err() != nil:
+		return result{}, ctx.Err()
+	case werr != nil:
+		return result{}, werr
+	case err != nil:
+		return result{}, fmt.Errorf("serve: %w", err)
+	}
+	rest, text, hit := tr.finish()
+	res := result{text: text, tokens: len(gen), finish: "length"}
+	if hit || stopped {
+		res.finish = "stop"
+	}
+	if emit != nil && rest != "" {
+		if err := emit(rest); err != nil {
+			return result{}, err
+		}
+	}
+	return res, nil
+}
+
+// tracker follows the decoded text of a generation as it grows, finds stop
+// sequences and decides which prefix can be sent: the pieces update and
+// finish return add up to the final text.
+type tracker struct {
+	stops   []string
+	text    string // the latest decoded text
+	emitted int    // bytes of text handed out
+	cut     int    // where the stop sequence begins, when hit
+	hit     bool   // a stop sequence showed
+}
+
+// update takes the decoded text so far (which extends the previous one,
+// except perhaps in an undecided tail) and returns the newly decided piece
+// and whether generation should go on (false once a stop sequence shows).
+func (t *tracker) update(text string) (piece string, more bool) {
+	t.text = text
+	if i := firstStop(text, t.stops); i >= 0 {
+		t.cut, t.hit = max(i, t.emitted), true
+		return "", false
+	}
+	if n := decidedLen(text, t.stops); n > t.emitted {
+		piece, t.emitted = text[t.emitted:n], n
+	}
+	return piece, true
+}
+
+// finish returns the rest of the text not yet handed out, the final text
+// and whether a stop sequence ended it.
+func (t *tracker) finish() (rest, text string, hit bool) {
+	text = t.text
+	if t.hit {
+		text = text[:t.cut]
+	}
+	if len(text) > t.emitted {
+		rest = text[t.emitted:]
+	}
+	return rest, text, t.hit
+}
+
+// firstStop returns the byte offset of the earliest stop sequence in text,
+// or -1.
+func firstStop(text string, stops []string) int {
+	at := -1
+	for _, st := range stops {
+		if i := strings.Index(text, st); i >= 0 && (at < 0 || i < at) {
+			at = i
+		}
+	}
+	return at
+}
+
+// decidedLen returns how much of text is final: text without its longest
+// suffix that is a proper prefix of a stop sequence, and without a trailing
+// run of U+FFFD or of an incomplete character (a multi-byte character may
+// still be arriving token by token).
+func decidedLen(text string, stops []string) int {
+	hold := 0
+	for _, st := range stops {
+		for l := min(len(st)-1, len(text)); l > hold; l-- {
+			if strings.HasSuffix(text, st[:l]) {
+				hold = l
+				break
+			}
+		}
+	}
+	n := len(text) - hold
+	for n > 0 {
+		r, size := utf8.DecodeLastRuneInString(text[:n])
+		if r != utf8.RuneError {
+			break
+		}
+		n -= size
+	}
+	return n
+}
+
+// newID returns a response id with prefix.
+func newID(prefix string) string {
+	var b [12]byte
+	rand.Read(b[:])
+	return prefix + hex.EncodeToString(b[:])
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// sse writes server-sent events.
+type sse struct {
+	w  http.ResponseWriter
+	rc *http.ResponseController
+}
+
+func startSSE(w http.ResponseWriter) *sse {
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("Cache-Control", "no-cache")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	return &sse{w: w, rc: http.NewResponseController(w)}
+}
+
+// send writes one "data:" event (v as JSON, or a string as is) and flushes.
+func (e *sse) send(v any) error {
+	var buf bytes.Buffer
+	buf.WriteString("data: ")
+	if str, ok := v.(string); ok {
+		buf.WriteString(str)
+	} else {
+		enc := json.NewEncoder(&buf)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(v); err != nil {
+			return err
+		}
+		buf.Truncate(buf.Len() - 1) // Encode's newline
+	}
+	buf.WriteString("\n\n")
+	if _, err := e.w.Write(buf.Bytes()); err != nil {
+		return err
+	}
+	return e.rc.Flush()
+}
+
+// fail reports err on a stream that has started (no status line is left to
+// set): an error event, and no [DONE].
+func (e *sse) fail(err error) {
+	e.send((&httpError{typ: "server_error", msg: err.Error()}).body())
+}
+
+// failRun answers an error of run before anything was written.
+func failRun(w http.ResponseWriter, ctx context.Context, err error) {
+	if ctx.Err() != nil {
+		return // the client is gone
+	}
+	if he, ok := err.(*httpError); ok {
+		writeError(w, he)
+		return
+	}
+	writeError(w, &httpError{status: http.StatusInternalServerError, typ: "server_error", msg: err.Error()})
+}
+
+func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
+	var req CompletionRequest
+	if e := readJSON(w, r, &req); e != nil {
+		writeError(w, e)
+		return
+	}
+	if e := checkModel(req.Model); e != nil {
+		writeError(w, e)
+		return
+	}
+	o, e := req.Sampling.validate()
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	text, ids, err := parsePrompt(req.Prompt)
+	if err != nil {
+		writeError(w, badRequest("prompt", "invalid_prompt", "%v", err))
+		return
+	}
+	if ids == nil {
+		if bos := s.tok.BOS(); bos >= 0 {
+			ids = append(ids, bos)
+		}
+		ids = append(ids, s.tok.Encode(text)...)
+		if len(ids) == 0 {
+			writeError(w, badRequest("prompt", "invalid_prompt", "the prompt is empty (and the tokenizer has no BOS)"))
+			return
+		}
+	}
+	for i, id := range ids {
+		if id < 0 || int(id) >= s.base.Config.Vocab {
+			writeError(w, badRequest("prompt", "invalid_prompt", "token %d at position %d is outside the vocabulary [0, %d)", id, i, s.base.Config.Vocab))
+			return
+		}
+	}
+	ctx := r.Context()
+	j, e := s.prepare(ctx, req.Model, "prompt", ids, o)
+	if e != nil {
+		failRun(w, ctx, e)
+		return
+	}
+	release, err := s.acquire(ctx)
+	if err != nil {
+		failRun(w, ctx, err)
+		return
+	}
+	defer release()
+	id, created := newID("cmpl-"), time.Now().Unix()
+	chunk := func(text string, finish *string) CompletionResponse {
+		return CompletionResponse{ID: id, Object: "text_completion", Created: created, Model: j.model,
+			Choices: []CompletionChoice{{Text: text, Logprobs: json.RawMessage("null"), FinishReason: finish}}}
+	}
+	if !o.stream {
+		res, err := s.run(ctx, j, nil)
+		if err != nil {
+			failRun(w, ctx, err)
+			return
+		}
+		out := chunk(res.text, &res.finish)
+		out.Usage = usage(j, res)
+		out.CarryOn = j.info(s.base.WeightsHash)
+		writeJSON(w, http.StatusOK, out)
+		return
+	}
+	ev := startSSE(w)
+	res, err := s.run(ctx, j, func(piece string) error { return ev.send(chunk(piece, nil)) })
+	if err != nil {
+		if ctx.Err() == nil {
+			ev.fail(err)
+		}
+		return
+	}
+	last := chunk("", &res.finish)
+	last.CarryOn = j.info(s.base.WeightsHash)
+	if ev.send(last) != nil {
+		return
+	}
+	if o.usage {
+		u := chunk("", nil)
+		u.Choices, u.Usage = []CompletionChoice{}, usage(j, res)
+		if ev.send(u) != nil {
+			return
+		}
+	}
+	ev.send("[DONE]")
+}
+
+func usage(j *job, res result) *Usage {
+	return &Usage{PromptTokens: len(j.prompt), CompletionTokens: res.tokens, TotalTokens: len(j.prompt) + res.tokens}
+}
+
+func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
+	var req ChatRequest
+	if e := readJSON(w, r, &req); e != nil {
+		writeError(w, e)
+		return
+	}
+	if e := checkModel(req.Model); e != nil {
+		writeError(w, e)
+		return
+	}
+	if req.MaxCompletionTokens != nil {
+		req.MaxTokens = req.MaxCompletionTokens
+	}
+	o, e := req.Sampling.validate()
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	msgs, e := checkMessages(req.Messages)
+	if e != nil {
+		writeError(w, e)
+		return
+	}
+	ids, stopIDs, stopStrs := s.chat.render(s.tok, msgs)
+	ctx := r.Context()
+	j, e := s.prepare(ctx, req.Model, "messages", ids, o)
+	if e != nil {
+		failRun(w, ctx, e)
+		return
+	}
+	j.stopIDs = stopIDs
+	j.stopStrs = append(append([]string(nil), j.stopStrs...), stopStrs...)
+	release, err := s.acquire(ctx)
+	if err != nil {
+		failRun(w, ctx, err)
+		return
+	}
+	defer release()
+	id, created := newID("chatcmpl-"), time.Now().Unix()
+	if !o.stream {
+		res, err := s.run(ctx, j, nil)
+		if err != nil {
+			failRun(w, ctx, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, ChatResponse{ID: id, Object: "chat.completion", Created: created, Model: j.model,
+			Choices: []ChatChoice{{Message: &ChatOutput{Role: "assistant", Content: res.text},
+				Logprobs: json.RawMessage("null"), FinishReason: &res.finish}},
+			Usage: usage(j, res), CarryOn: j.info(s.base.WeightsHash)})
+		return
+	}
+	chunk := func(d ChatDelta, finish *string) ChatResponse {
+		return ChatResponse{ID: id, Object: "chat.completion.chunk", Created: created, Model: j.model,
+			Choices: []ChatChoice{{Delta: &d, Logprobs: json.RawMessage("null"), FinishReason: finish}}}
+	}
+	ev := startSSE(w)
+	if ev.send(chunk(ChatDelta{Role: "assistant", Content: ptr("")}, nil)) != nil {
+		return
+	}
+	res, err := s.run(ctx, j, func(piece string) error { return ev.send(chunk(ChatDelta{Content: &piece}, nil)) })
+	if err != nil {
+		if ctx.Err() == nil {
+			ev.fail(err)
+		}
+		return
+	}
+	last := chunk(ChatDelta{}, &res.finish)
+	last.CarryOn = j.info(s.base.WeightsHash)
+	if ev.send(last) != nil {
+		return
+	}
+	if o.usage {
+		u := chunk(ChatDelta{}, nil)
+		u.Choices, u.Usage = []ChatChoice{}, usage(j, res)
+		if ev.send(u) != nil {
+			return
+		}
+	}
+	ev.send("[DONE]")
+}
+
+// chatRoles are the roles a message may have.
+var chatRoles = map[string]bool{"system": true, "developer": true, "user": true, "assistant": true, "tool": true}
+
+// chatMsg is a checked message.
+type chatMsg struct{ role, content string }
+
+func checkMessages(in []ChatMessage) ([]chatMsg, *httpError) {
+	if len(in) == 0 {
+		return nil, badRequest("messages", "invalid_messages", "messages is empty")
+	}
+	if len(in) > maxMessages {
+		return nil, badRequest("messages", "invalid_messages", "%d messages, at most %d", len(in), maxMessages)
+	}
+	out := make([]chatMsg, len(in))
+	for i, m := range in {
+		if !chatRoles[m.Role] {
+			return nil, badRequest(fmt.Sprintf("messages[%d].role", i), "invalid_messages",
+				"role %q: want system, developer, user, assistant or tool", m.Role)
+		}
+		c, err := parseContent(m.Content)
+		if err != nil {
+			return nil, badRequest(fmt.Sprintf("messages[%d].content", i), "invalid_messages", "%v", err)
+		}
+		out[i] = chatMsg{m.Role, c}
+	}
+	return out, nil
+}
+
+// chatTemplate renders messages into a prompt (see the package comment).
+type chatTemplate struct {
+	chatml     bool
+	start, end int32 // <|im_start|>, <|im_end|>
+}
+
+func newChatTemplate(tok model.Tokenizer) chatTemplate {
+	if t, ok := tok.(interface{ ID(string) (int32, bool) }); ok {
+		s, ok1 := t.ID("<|im_start|>")
+		e, ok2 := t.ID("<|im_end|>")
+		if ok1 && ok2 {
+			return chatTemplate{chatml: true, start: s, end: e}
+		}
+	}
+	return chatTemplate{}
+}
+
+// render returns the prompt's tokens and the extra stop tokens and strings
+// of the template.
+func (t chatTemplate) render(tok model.Tokenizer, msgs []chatMsg) (ids, stopIDs []int32, stopStrs []string) {
+	plain := tok.Encode
+	if o, ok := tok.(interface{ EncodeOrdinary(string) []int32 }); ok {
+		plain = o.EncodeOrdinary
+	}
+	if bos := tok.BOS(); bos >= 0 {
+		ids = append(ids, bos)
+	}
+	if t.chatml {
+		for _, m := range msgs {
+			ids = append(ids, t.start)
+			ids = append(ids, tok.Encode(m.role+"\n")...)
+			ids = append(ids, plain(m.content)...)
+			ids = append(ids, t.end)
+			ids = append(ids, tok.Encode("\n")...)
+		}
+		ids = append(ids, t.start)
+		ids = append(ids, tok.Encode("assistant\n")...)
+		return ids, []int32{t.end}, nil
+	}
+	for _, m := range msgs {
+		ids = append(ids, tok.Encode("<|"+m.role+"|>\n")...)
+		ids = append(ids, plain(m.content)...)
+		ids = append(ids, tok.Encode("\n")...)
+	}
+	ids = append(ids, tok.Encode("<|assistant|>\n")...)
+	return ids, nil, []string{"\n<|"}
+}
