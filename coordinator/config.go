@@ -53,7 +53,9 @@ type Config struct {
 	// MaxAttempts is how often a chunk may fail before the job fails.
 	// Default 8.
 	MaxAttempts int
-	// NodeTTL is how long an advert keeps a node eligible. Default 10 s.
+	// NodeTTL is how long an advert keeps a connected node eligible.
+	// Default 1 min (three of a node's default advert intervals); a
+	// disconnect makes a node ineligible at once.
 	NodeTTL time.Duration
 	// Train configures the carry-on and its training.
 	Train TrainConfig
@@ -115,7 +117,7 @@ func (c Config) withDefaults() Config {
 		c.MaxAttempts = 8
 	}
 	if c.NodeTTL == 0 {
-		c.NodeTTL = 10 * time.Second
+		c.NodeTTL = time.Minute
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

@@ -43,7 +43,7 @@ const (
 type AdaptorMeta struct {
 	BaseHash string             // hash naming the base's weights
 	Parent   string             // CID of the parent adaptor (boosting), "" for a first stage
-	Bridge   string             // bridge setting of the training embeddings, e.g. "4" (bits)
+	Bridge   string             // bridge setting of the training embeddings, e.g. "q8" or "q4g64" (tensor.Codec names)
 	DataHash string             // hash of the training data
 	Step     int                // optimiser steps taken
 	Metrics  map[string]float64 // e.g. "val_loss"; finite values

@@ -21,7 +21,7 @@ type Config struct {
 	// chunk is already on the wire while one computes). Default 2.
 	MaxQueue int
 	// AdvertInterval is how often the node republishes its advert.
-	// Default 2 s (DefaultLocalConfig) or 30 s (DefaultInternetConfig).
+	// Default 500 ms (DefaultLocalConfig) or 20 s (DefaultInternetConfig).
 	AdvertInterval time.Duration
 	// JobTimeout bounds one embedding job, from request to acknowledgement.
 	// Default 10 minutes.
@@ -43,7 +43,7 @@ func DefaultLocalConfig() Config {
 
 // DefaultInternetConfig suits volunteers on the open internet.
 func DefaultInternetConfig() Config {
-	return Config{AdvertInterval: 30 * time.Second}.withDefaults()
+	return Config{AdvertInterval: 20 * time.Second}.withDefaults()
 }
 
 func (c Config) withDefaults() Config {

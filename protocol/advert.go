@@ -7,7 +7,7 @@ import (
 )
 
 // Advert is a node's presence message on NodesTopic, republished
-// periodically and whenever its capacity changes.
+// periodically (node.Config.AdvertInterval).
 type Advert struct {
 	V uint8 `msgpack:"v"` // message version, >= 1; this build writes Version
 	// Peer is the node's peer.ID in its string form. Gossip validators

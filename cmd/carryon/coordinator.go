@@ -115,6 +115,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		}
 		fmt.Fprintf(stdout, "serving %d of %d stored adaptor versions; latest %s (step %d)\n", served, n, vs[n-1].CID, vs[n-1].Step)
 	}
+	embedBar, trainBar := newCounter(stdout, "embed", "chunks"), newCounter(stdout, "train", "steps")
 	hooks := coordinator.Hooks{
 		Collecting: func(cached, total int) {
 			fmt.Fprintf(stdout, "cached %d of %d chunks\n", cached, total)
@@ -125,11 +126,10 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		Checkpoint: func(step int) {
 			fmt.Fprintf(stdout, "checkpoint: step %d\n", step)
 		},
-		Progress: func(p coordinator.Progress) {
-			fmt.Fprintf(stdout, "embed: %d/%d chunks, %d leased, %d nodes\n", p.Done, p.Total, p.Leased, p.Nodes)
-		},
+		Progress: func(p coordinator.Progress) { embedBar.set(p.Done, p.Total) },
 		Step: func(s coordinator.StepInfo) {
-			if s.Step == 1 || s.Step%max(1, *steps/10) == 0 {
+			trainBar.set(s.Step, *steps)
+			if s.Step == *steps {
 				fmt.Fprintf(stdout, "train: step %d loss %.4f\n", s.Step, s.Loss)
 			}
 		},

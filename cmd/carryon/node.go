@@ -22,7 +22,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	device := fs.String("device", "cpu", "compute device: cpu or cuda")
 	codecs := fs.String("codecs", "q8,q4,q2,bf16", "bridge settings offered")
 	jobs := fs.Int("jobs", 1, "embedding jobs run at once")
-	advert := fs.Duration("advert-interval", 0, "how often to re-advertise (default 30s)")
+	advert := fs.Duration("advert-interval", 0, "how often to re-advertise (default 20s)")
 	cacheDir := fs.String("cache", demo.DefaultCacheDir(), "where the default model is kept")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100); empty: none")
 	logger := logFlags(fs, stderr)

@@ -47,7 +47,7 @@ func addSwarmFlags(fs *flag.FlagSet, defaultListen string) *swarmFlags {
 		nat:       fs.Bool("nat", false, "NAT traversal: AutoNAT v2, relayed addresses through the bootstrap peers, hole punching"),
 		upnp:      fs.Bool("upnp", false, "ask the router for a port mapping (UPnP / NAT-PMP)"),
 		relay:     fs.Bool("relay-service", false, "relay signalling for peers behind NATs and answer their AutoNAT checks (a publicly reachable coordinator)"),
-		public:    fs.Bool("public", false, "this host is publicly reachable: skip AutoNAT's verdict (starts --relay-service at once)"),
+		public:    fs.Bool("public", false, "this host is publicly reachable: skip waiting for AutoNAT's verdict (with --relay-service, the relay starts at once)"),
 	}
 }
 

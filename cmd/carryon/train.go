@@ -65,17 +65,15 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer c.Close()
 	fmt.Fprintf(stdout, "base %s, data: %d training and %d validation chunks\n", shortHash(base.WeightsHash), len(ds.Train), len(ds.Val))
-	err = c.CollectLocal(ctx, ds, nil, func(p coordinator.LocalProgress) {
-		if p.Computed == 1 || p.Done == p.Total || p.Computed%max(1, p.Total/10) == 0 {
-			fmt.Fprintf(stdout, "embed: %d/%d chunks (%d computed here, %d tokens)\n", p.Done, p.Total, p.Computed, p.Tokens)
-		}
-	})
+	embedBar, trainBar := newCounter(stdout, "embed", "chunks"), newCounter(stdout, "train", "steps")
+	err = c.CollectLocal(ctx, ds, nil, func(p coordinator.LocalProgress) { embedBar.set(p.Done, p.Total) })
 	if err != nil {
 		return err
 	}
 	res, err := c.Train(ctx, ds, coordinator.Hooks{
 		Step: func(s coordinator.StepInfo) {
-			if s.Step == 1 || s.Step%max(1, *steps/10) == 0 {
+			trainBar.set(s.Step, *steps)
+			if s.Step == *steps {
 				fmt.Fprintf(stdout, "train: step %d loss %.4f lr %.2e grad-norm %.3f %.0f tok/s\n", s.Step, s.Loss, s.LR, s.GradNorm, s.TokensPerSec)
 			}
 		},
