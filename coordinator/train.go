@@ -6,10 +6,12 @@ import (
 	"math"
 	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"time"
 
 	"carryon/model"
+	"carryon/protocol"
 )
 
 // StepInfo reports one optimiser step.
@@ -102,15 +104,30 @@ func (c *Coordinator) carryOnConfig(maxSeq int) model.CarryOnConfig {
 	return cfg
 }
 
-// decoder turns cached entries into float32 sources, reusing buffers.
+// decoder turns cached entries into float32 sources, reusing buffers. For
+// a boosting stage it also runs the earlier stages (chain, root first) on
+// them: the new stage's primary source is then the chain's output y, as at
+// inference (model.ForwardStages), and its shortcut sources stay the base's.
 type decoder struct {
-	c   *Coordinator
-	buf [][]float32
+	c     *Coordinator
+	buf   [][]float32 // decoded base sources, in Config.Layers order
+	chain []*chainStage
+	x     []float32   // the chain's output
+	out   [][]float32 // what the trainer sees
+}
+
+// chainStage is one earlier carry-on stage and where its sources come from.
+type chainStage struct {
+	co  *model.CarryOn
+	ws  *model.Workspace
+	src []int // per source: index into Config.Layers (source 0 is the running y)
+	in  [][]float32
 }
 
 func (d *decoder) sources(sd seqData) ([][]float32, error) {
 	if d.buf == nil {
 		d.buf = make([][]float32, len(sd.sources))
+		d.out = make([][]float32, len(sd.sources))
 	}
 	for i, e := range sd.sources {
 		n := e.Rows * e.Dim
@@ -122,12 +139,83 @@ func (d *decoder) sources(sd seqData) ([][]float32, error) {
 			return nil, err
 		}
 	}
-	return d.buf, nil
+	copy(d.out, d.buf)
+	if len(d.chain) == 0 {
+		return d.out, nil
+	}
+	T := len(sd.targets)
+	y := d.buf[0]
+	for _, st := range d.chain {
+		for j, idx := range st.src {
+			st.in[j] = d.buf[idx]
+		}
+		st.in[0] = y
+		y = st.co.Forward(st.ws, st.in, T, st.co.Config.Alpha) // lives in st.ws until its next Forward
+	}
+	d.x = append(d.x[:0], y...)
+	d.out[0] = d.x
+	return d.out, nil
+}
+
+// maxStages bounds a boosting chain (each stage runs on every training
+// sequence of every later stage).
+const maxStages = 16
+
+// parentChain loads the adaptor parent (a CID in the store) and its own
+// parents, root first, checking that each was made for this base and reads
+// only layers this job collects.
+func (c *Coordinator) parentChain(parent string, maxSeq int) ([]*chainStage, error) {
+	var cos []*model.CarryOn
+	for p := parent; p != ""; {
+		if len(cos) == maxStages {
+			return nil, fmt.Errorf("parent chain longer than %d stages", maxStages)
+		}
+		id, err := protocol.ParseCID(p)
+		if err != nil {
+			return nil, fmt.Errorf("parent %q: %w", p, err)
+		}
+		data, err := c.store.Get(id)
+		if err != nil {
+			return nil, fmt.Errorf("parent %s: %w", p, err)
+		}
+		co, meta, err := model.UnmarshalAdaptor(data)
+		if err != nil {
+			return nil, fmt.Errorf("parent %s: %w", p, err)
+		}
+		if meta.BaseHash != c.base.WeightsHash {
+			return nil, fmt.Errorf("parent %s was trained on base %s, not %s", p, short(meta.BaseHash), short(c.base.WeightsHash))
+		}
+		if co.Config.MaxSeq < maxSeq {
+			return nil, fmt.Errorf("parent %s handles sequences of %d tokens, the data has %d", p, co.Config.MaxSeq, maxSeq)
+		}
+		cos = append([]*model.CarryOn{co}, cos...)
+		p = meta.Parent
+	}
+	layers, srcIdx, err := model.StageLayers(c.base, cos)
+	if err != nil {
+		return nil, err
+	}
+	chain := make([]*chainStage, len(cos))
+	for i, co := range cos {
+		st := &chainStage{co: co, ws: co.NewWorkspace(maxSeq), in: make([][]float32, len(co.Config.Sources))}
+		for _, li := range srcIdx[i] {
+			at := slices.Index(c.cfg.Layers, layers[li])
+			if at < 0 {
+				return nil, fmt.Errorf("parent stage %d reads base layer %d, which this job does not collect (Config.Layers %v)", i, layers[li], c.cfg.Layers)
+			}
+			st.src = append(st.src, at)
+		}
+		chain[i] = st
+	}
+	return chain, nil
 }
 
 // Train trains a carry-on on the cached embeddings of ds (Collect first).
-// hooks.Parent is recorded as the adaptor's parent; the other hooks may be
-// nil.
+// With hooks.Parent (an adaptor CID in the store) it trains a boosting
+// stage: the new carry-on starts from, and corrects, the output of the
+// parent chain (EvalInfo.BaseLoss is then the chain's loss, the new stage
+// at α = 0), and records the parent in its metadata. The other hooks may
+// be nil.
 //
 // Unless Config.Train.CheckpointEvery is negative, the state of the run
 // (parameters, optimiser moments, batch position, evals) is checkpointed
@@ -183,8 +271,12 @@ func (c *Coordinator) Train(ctx context.Context, ds *Dataset, hooks Hooks) (*Tra
 	res.Evals = state.Evals
 	c.log.Info("training carry-on", "params", len(co.Params), "width", co.Config.Width, "layers", co.Config.Layers,
 		"train_seqs", len(train), "val_seqs", len(val), "steps", tc.Steps, "batch", tc.BatchSeqs, "from_step", state.Step)
+	chain, err := c.parentChain(hooks.Parent, maxSeq)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator.Train: %w", err)
+	}
 	t := &trainer{c: c, co: co, ws: co.NewWorkspace(maxSeq), grads: make([]float32, len(co.Params)),
-		wPred: c.base.LMHead(), dec: &decoder{c: c}}
+		wPred: c.base.LMHead(), dec: &decoder{c: c, chain: chain}}
 	order := epochOrder(tc.Seed, state.Epoch, len(train))
 	for step := state.Step + 1; step <= tc.Steps; step++ {
 		if err := ctx.Err(); err != nil {
