@@ -35,6 +35,8 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	width := fs.Int("width", 64, "carry-on width h")
 	layers := fs.Int("layers", 2, "carry-on blocks L")
 	alpha := fs.Float64("alpha", 1, "carry-on scale α")
+	parent := fs.String("parent", "", "train a boosting stage on top of this adaptor (a file, or a CID in the store)")
+	boost := fs.Bool("boost", false, "train a boosting stage on top of the latest published version")
 	minNodes := fs.Int("min-nodes", 1, "nodes to wait for before leasing")
 	ckptEvery := fs.Int("checkpoint-every", 50, "save the training state every so many steps (and at the end); a restarted run resumes from it; negative: never")
 	serve := fs.Bool("serve", false, "keep serving the adaptor after publishing, until interrupted")
@@ -136,6 +138,20 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		Eval: func(e coordinator.EvalInfo) {
 			fmt.Fprintf(stdout, "eval: step %d val loss %.4f (base %.4f)\n", e.Step, e.Loss, e.BaseLoss)
 		},
+	}
+	if hooks.Parent, err = storeParent(c.Store(), *parent); err != nil {
+		return err
+	}
+	if *boost && hooks.Parent == "" {
+		latest, ok, err := c.LatestVersion()
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("--boost: no published version to build on yet")
+		}
+		hooks.Parent = latest.CID
+		fmt.Fprintf(stdout, "boosting on top of %s (step %d)\n", latest.CID, latest.Step)
 	}
 	_, v, err := c.Run(ctx, ds, dash.Hooks(hooks))
 	dash.Finish(err)

@@ -11,6 +11,8 @@ import (
 
 	"carryon/coordinator"
 	"carryon/internal/demo"
+	"carryon/protocol"
+	"carryon/swarm"
 )
 
 func init() {
@@ -31,6 +33,7 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	width := fs.Int("width", 64, "carry-on width h")
 	layers := fs.Int("layers", 2, "carry-on blocks L")
 	alpha := fs.Float64("alpha", 1, "carry-on scale α")
+	parent := fs.String("parent", "", "train a boosting stage on top of this adaptor (a file, or a CID in the store)")
 	seed := fs.Uint64("seed", 1, "initialisation and batch-order seed")
 	logger := logFlags(fs, stderr)
 	if err := fs.Parse(args); err != nil {
@@ -70,7 +73,12 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	parentCID, err := storeParent(c.Store(), *parent)
+	if err != nil {
+		return err
+	}
 	res, err := c.Train(ctx, ds, coordinator.Hooks{
+		Parent: parentCID,
 		Step: func(s coordinator.StepInfo) {
 			trainBar.set(s.Step, *steps)
 			if s.Step == *steps {
@@ -102,4 +110,27 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}
 	return nil
+}
+
+// storeParent resolves a --parent flag: a file is put into the store (and
+// its CID returned), anything else must be a CID already there.
+func storeParent(store swarm.Store, spec string) (string, error) {
+	if spec == "" {
+		return "", nil
+	}
+	if data, err := os.ReadFile(spec); err == nil {
+		id, err := store.Put(data)
+		if err != nil {
+			return "", fmt.Errorf("--parent %s: %w", spec, err)
+		}
+		return id.String(), nil
+	}
+	id, err := protocol.ParseCID(spec)
+	if err != nil {
+		return "", fmt.Errorf("--parent %q is neither a readable file nor a CID: %w", spec, err)
+	}
+	if !store.Has(id) {
+		return "", fmt.Errorf("--parent %s is not in the store", spec)
+	}
+	return id.String(), nil
 }
