@@ -30,6 +30,15 @@ type Base struct {
 	closeMu sync.RWMutex // Forward holds it for reading; Close for writing
 	closed  bool
 	closers []func() error
+
+	packOnce sync.Once     // runs packWeights on the first prefill
+	packed   []packedLayer // set by packWeights; read only after packOnce.Do
+}
+
+// packedLayer holds one block's float32 matrices packed for
+// tensor.GemmPacked (see Base.packWeights); nil where a matrix is not.
+type packedLayer struct {
+	wq, wk, wv, wo, gate, up, down *tensor.PackedB
 }
 
 // layerWeights are one transformer block's tensors, in HF layout ((out, in)
@@ -57,6 +66,24 @@ type matrix struct {
 
 func f32Matrix(f []float32) matrix { return matrix{f: f} }
 
+// packedMinRows is the fewest rows for which linearPacked uses the packing:
+// below it tensor.Gemm streams the unpacked rows as dot products, which
+// reads each weight once and is the faster path for decoding.
+const packedMinRows = 9
+
+// linearPacked is linear with W also packed as p (nil: not packed). With
+// at least packedMinRows rows it multiplies by p, which gives bitwise what
+// LinearForward gives (the same kernel adds the same products in the same
+// order) without packing W again.
+func (w matrix) linearPacked(p *tensor.PackedB, out, inp, bias []float32, n, ic, oc int) {
+	if p == nil || n < packedMinRows {
+		w.linear(out, inp, bias, n, ic, oc)
+		return
+	}
+	tensor.GemmPacked(n, 1, inp, ic, p, 0, out, oc)
+	addBias(out, bias, n, oc)
+}
+
 // linear computes out = inp·Wᵀ + bias.
 //
 //	out:  (n, oc)
@@ -68,11 +95,66 @@ func (w matrix) linear(out, inp, bias []float32, n, ic, oc int) {
 		return
 	}
 	tensor.GemmBF16(n, oc, ic, inp, ic, w.h, ic, out, oc)
+	addBias(out, bias, n, oc)
+}
+
+// addBias adds bias (oc, or nil) to every row of out (n, oc).
+func addBias(out, bias []float32, n, oc int) {
 	if bias != nil {
 		for i := 0; i < n; i++ {
 			tensor.AddInPlace(out[i*oc:(i+1)*oc], bias[:oc])
 		}
 	}
+}
+
+// maxPackedFloats caps the memory packWeights may add: the packed copies
+// are as large as the float32 block matrices (about 1.4 GiB for
+// Qwen2.5-0.5B); bigger models keep packing per call.
+const maxPackedFloats = 1 << 30 // 4 GiB
+
+// packWeights packs every float32 block matrix once for tensor.GemmPacked,
+// so that prefill skips re-packing (transposing) each weight on every call.
+// It runs on the first Forward with more than packedMinRows tokens, and only
+// for bases opened from files (LoadBase, LoadGGUF: they hold closers). Those
+// never hand out their weights for writing, so a packed copy cannot go
+// stale; a base made by NewRandomBase may be trained in place (BaseTrainer,
+// InitTrainWeights) and is never packed. Callers hold closeMu for reading;
+// it runs under packOnce, so b.packed is only read after packOnce.Do.
+func (b *Base) packWeights() {
+	if len(b.closers) == 0 {
+		return
+	}
+	total := 0
+	for li := range b.layers {
+		for _, m := range b.layers[li].matrices() {
+			total += len(m.f)
+		}
+	}
+	if total > maxPackedFloats {
+		return
+	}
+	c := b.Config
+	D, qd, kvd := c.Dim, c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
+	packed := make([]packedLayer, len(b.layers))
+	for li := range b.layers {
+		w, p := &b.layers[li], &packed[li]
+		for _, m := range []struct {
+			w      matrix
+			p      **tensor.PackedB
+			oc, ic int
+		}{{w.wq, &p.wq, qd, D}, {w.wk, &p.wk, kvd, D}, {w.wv, &p.wv, kvd, D}, {w.wo, &p.wo, D, qd},
+			{w.gate, &p.gate, c.FFN, D}, {w.up, &p.up, c.FFN, D}, {w.down, &p.down, D, c.FFN}} {
+			if m.w.f != nil {
+				*m.p = tensor.PackB(true, m.oc, m.ic, m.w.f, m.ic)
+			}
+		}
+	}
+	b.packed = packed
+}
+
+// matrices lists the block's weight matrices.
+func (w *layerWeights) matrices() []matrix {
+	return []matrix{w.wq, w.wk, w.wv, w.wo, w.gate, w.up, w.down}
 }
 
 // float32 returns the weights as float32 (a widened copy for bf16).
@@ -103,7 +185,7 @@ func (b *Base) Close() error {
 		errs = append(errs, c())
 	}
 	b.closers = nil
-	b.embed, b.lmHead, b.finalNorm, b.layers = nil, nil, nil, nil
+	b.embed, b.lmHead, b.finalNorm, b.layers, b.packed = nil, nil, nil, nil, nil
 	return errors.Join(errs...)
 }
 
@@ -162,7 +244,12 @@ func (b *Base) Forward(ids []int32, layers []int) ([][]float32, error) {
 	if err := b.checkInput(ids, layers); err != nil {
 		return nil, err
 	}
-	return b.forward(ids, layers), nil
+	var packed []packedLayer
+	if len(ids) >= packedMinRows {
+		b.packOnce.Do(b.packWeights)
+		packed = b.packed
+	}
+	return b.forward(ids, layers, packed), nil
 }
 
 // ForwardBatch runs Forward on each sequence (they may differ in length)
@@ -207,8 +294,8 @@ func (b *Base) checkInput(ids []int32, layers []int) error {
 // (rows, FFN) gate/up buffers for long sequences.
 const mlpRows = 256
 
-// forward assumes checked inputs.
-func (b *Base) forward(ids []int32, layers []int) [][]float32 {
+// forward assumes checked inputs. packed is b.packed or nil.
+func (b *Base) forward(ids []int32, layers []int, packed []packedLayer) [][]float32 {
 	c := b.Config
 	T, D, hd := len(ids), c.Dim, c.HeadDim
 	qd, kvd := c.Heads*hd, c.KVHeads*hd
@@ -242,11 +329,15 @@ func (b *Base) forward(ids []int32, layers []int) [][]float32 {
 	save(0)
 	for li := range b.layers {
 		w := &b.layers[li]
+		var p packedLayer
+		if packed != nil {
+			p = packed[li]
+		}
 		// Attention sub-block.
 		tensor.RMSNormForward(xn, nil, x, w.attnNorm, T, D, c.NormEps)
-		w.wq.linear(q, xn, w.bq, T, D, qd)
-		w.wk.linear(k, xn, w.bk, T, D, kvd)
-		w.wv.linear(v, xn, w.bv, T, D, kvd)
+		w.wq.linearPacked(p.wq, q, xn, w.bq, T, D, qd)
+		w.wk.linearPacked(p.wk, k, xn, w.bk, T, D, kvd)
+		w.wv.linearPacked(p.wv, v, xn, w.bv, T, D, kvd)
 		if w.qNorm != nil {
 			tensor.RMSNormForward(q, nil, q, w.qNorm, T*c.Heads, hd, c.NormEps)
 			tensor.RMSNormForward(k, nil, k, w.kNorm, T*c.KVHeads, hd, c.NormEps)
@@ -254,7 +345,7 @@ func (b *Base) forward(ids []int32, layers []int) [][]float32 {
 		rope.Forward(q, pos, T, c.Heads)
 		rope.Forward(k, pos, T, c.KVHeads)
 		tensor.AttentionForward(att, lse, q, k, v, scratch, T, c.Heads, c.KVHeads, hd)
-		w.wo.linear(xn, att, nil, T, qd, D)
+		w.wo.linearPacked(p.wo, xn, att, nil, T, qd, D)
 		tensor.AddInPlace(x, xn)
 		// MLP sub-block, in chunks of rows.
 		tensor.RMSNormForward(xn, nil, x, w.mlpNorm, T, D, c.NormEps)
@@ -262,11 +353,11 @@ func (b *Base) forward(ids []int32, layers []int) [][]float32 {
 			n := min(rows, T-r0)
 			in := xn[r0*D : (r0+n)*D]
 			g, u := gate[:n*c.FFN], up[:n*c.FFN]
-			w.gate.linear(g, in, nil, n, D, c.FFN)
-			w.up.linear(u, in, nil, n, D, c.FFN)
+			w.gate.linearPacked(p.gate, g, in, nil, n, D, c.FFN)
+			w.up.linearPacked(p.up, u, in, nil, n, D, c.FFN)
 			tensor.SwiGLUForward(g, g, u)
 			// xn rows r0.. are consumed above, so they can take the output.
-			w.down.linear(in, g, nil, n, c.FFN, D)
+			w.down.linearPacked(p.down, in, g, nil, n, c.FFN, D)
 		}
 		tensor.AddInPlace(x, xn)
 		save(li + 1)

@@ -38,7 +38,10 @@ const (
 	coMaxVocab     = 1 << 22
 	coMaxSeq       = 1 << 20
 	coMaxParams    = 1 << 30 // 4 GiB of float32
-	coCEChunkElems = 1 << 21 // positions·vocab per LM-head chunk (8 MiB of logits)
+	coCEChunkElems = 1 << 23 // positions·vocab per LM-head chunk (32 MiB of logits)
+	coCEChunkMax   = 256     // positions per LM-head chunk
+	coMaxHeadPack  = 1 << 28 // largest Vocab·D packed into a Workspace (1 GiB per copy)
+	coHeadSamples  = 64      // values of wPred compared to reuse its packing
 )
 
 // Source is one input of the carry-on: the bridged hidden states of one base
@@ -410,6 +413,7 @@ type Workspace struct {
 	attScratch              []float32
 	ceScratch               []float32
 	ceChunk                 int
+	head                    headPack       // wPred packed for the LM-head GEMMs
 	grads                   CarryOnWeights // views of gradsOf
 	gradsOf                 []float32
 }
@@ -457,7 +461,7 @@ func (c *CarryOn) NewWorkspace(T int) *Workspace {
 	ws.dq, ws.dk, ws.dv, ws.datt = f(T*W), f(T*W), f(T*W), f(T*W)
 	ws.dga, ws.dua, ws.dsw = f(T*F), f(T*F), f(T*F)
 	ws.attScratch = f(tensor.AttentionScratch(T, cfg.HeadDim()))
-	ws.ceChunk = max(1, min(T, coCEChunkElems/cfg.Vocab, 64))
+	ws.ceChunk = max(1, min(T, coCEChunkElems/cfg.Vocab, coCEChunkMax))
 	ws.ceScratch = f(ws.ceChunk * cfg.Vocab)
 	return ws
 }
@@ -563,11 +567,52 @@ func (c *CarryOn) Forward(ws *Workspace, sources [][]float32, T int, alpha float
 }
 
 // Loss runs Forward and the chunked LM-head cross-entropy of y against
-// targets (T; -1 = ignore). wPred: (Vocab, D), the base's frozen LM head.
+// targets (T; -1 = ignore). wPred: (Vocab, D), the base's frozen LM head;
+// ws keeps it packed across calls (see headPack).
 func (c *CarryOn) Loss(ws *Workspace, sources [][]float32, targets []int32, T int, wPred []float32, alpha float32) (lossSum float64, count int) {
 	c.coCheckHead("Loss", targets, T, wPred)
 	y := c.Forward(ws, sources, T, alpha)
+	if wt, _ := ws.head.get(wPred, c.Config.Vocab, c.Config.D(), false); wt != nil {
+		return tensor.CrossEntropyLMHeadPacked(nil, y, wPred, wt, nil, targets[:T], T, ws.ceChunk, 0, ws.ceScratch)
+	}
 	return tensor.CrossEntropyLMHead(nil, y, wPred, targets[:T], T, c.Config.D(), c.Config.Vocab, ws.ceChunk, 0, ws.ceScratch)
+}
+
+// headPack caches the frozen LM head W_pred packed for
+// tensor.CrossEntropyLMHeadPacked, so that its (Vocab, D) operand is not
+// re-packed for every chunk of every step: wt = W_predᵀ for the logits and
+// w = W_pred for dy (packed on the first LossAndGrad). The packing is
+// reused while the same wPred comes back: the same slice (address and
+// length) with the same bits at coHeadSamples evenly spaced positions (a
+// check against a buffer refilled in place). Callers must therefore not
+// change a wPred in place while a Workspace is used with it: the LM head is
+// frozen. Heads over coMaxHeadPack values are not packed.
+type headPack struct {
+	of     []float32
+	sample [coHeadSamples]uint32
+	wt, w  *tensor.PackedB
+}
+
+// get returns wPred's packings (w only when grad), packing as needed, or
+// nils when the head is too large to pack.
+func (h *headPack) get(wPred []float32, V, D int, grad bool) (wt, w *tensor.PackedB) {
+	if V*D > coMaxHeadPack {
+		return nil, nil
+	}
+	var sample [coHeadSamples]uint32
+	for i := range sample {
+		sample[i] = math.Float32bits(wPred[i*len(wPred)/coHeadSamples])
+	}
+	if len(h.of) != len(wPred) || &h.of[0] != &wPred[0] || h.sample != sample {
+		*h = headPack{of: wPred, sample: sample}
+	}
+	if h.wt == nil {
+		h.wt = tensor.PackB(true, V, D, wPred, D)
+	}
+	if grad && h.w == nil {
+		h.w = tensor.PackB(false, D, V, wPred, D)
+	}
+	return h.wt, h.w
 }
 
 func (c *CarryOn) coCheckHead(op string, targets []int32, T int, wPred []float32) {

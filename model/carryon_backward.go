@@ -10,7 +10,8 @@ import (
 // cross-entropy against targets (T; targets[t] is the token after position
 // t, -1 = ignore) and the backward pass, ACCUMULATING parameter gradients
 // scaled by gradScale into grads (len(Params), laid out like Params).
-// wPred: (Vocab, D), frozen and only read. It returns the unscaled loss sum
+// wPred: (Vocab, D), frozen and only read; ws keeps it packed across calls
+// (see headPack), so it must not change in place while ws is used with it. It returns the unscaled loss sum
 // over counted targets and their number. Beyond ws it allocates nothing
 // itself (tensor's kernels may use their own packing buffers).
 func (c *CarryOn) LossAndGrad(ws *Workspace, sources [][]float32, targets []int32, T int, wPred []float32, gradScale float32, grads []float32) (lossSum float64, count int) {
@@ -23,7 +24,11 @@ func (c *CarryOn) LossAndGrad(ws *Workspace, sources [][]float32, targets []int3
 	D := c.Config.D()
 	dy := ws.dy[:T*D]
 	clear(dy)
-	lossSum, count = tensor.CrossEntropyLMHead(dy, y, wPred, targets[:T], T, D, c.Config.Vocab, ws.ceChunk, gradScale, ws.ceScratch)
+	if wt, w := ws.head.get(wPred, c.Config.Vocab, D, true); wt != nil {
+		lossSum, count = tensor.CrossEntropyLMHeadPacked(dy, y, wPred, wt, w, targets[:T], T, ws.ceChunk, gradScale, ws.ceScratch)
+	} else {
+		lossSum, count = tensor.CrossEntropyLMHead(dy, y, wPred, targets[:T], T, D, c.Config.Vocab, ws.ceChunk, gradScale, ws.ceScratch)
+	}
 	if len(ws.gradsOf) != len(grads) || &ws.gradsOf[0] != &grads[0] {
 		ws.grads, ws.gradsOf = c.Views(grads), grads // bound once per buffer
 	}

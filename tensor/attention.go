@@ -139,10 +139,7 @@ func AttentionForward(out, lse, q, k, v, scratch []float32, T, nHead, nKV, hd in
 					clear(row)
 					continue
 				}
-				mx := m[r]
-				for _, x := range row[:valid] {
-					mx = max(mx, x)
-				}
+				mx := max(m[r], maxOf(row[:valid]))
 				if mx > m[r] {
 					corr := expf32(m[r] - mx)
 					l[r] *= corr
@@ -152,14 +149,9 @@ func AttentionForward(out, lse, q, k, v, scratch []float32, T, nHead, nKV, hd in
 					}
 					m[r] = mx
 				}
-				sum := l[r]
-				for j, x := range row[:valid] {
-					p := expf32(x - mx)
-					row[j] = p
-					sum += p
-				}
+				// row becomes e^(x − mx); its sum is added in float64
+				l[r] += float32(expSubSum(row[:valid], row[:valid], mx))
 				clear(row[valid:])
-				l[r] = sum
 			}
 			// acc += P · V_j
 			Gemm(false, false, nr, hd, nc, 1, s, bk, v[j0*ks+kvh*hd:], ks, 1, acc, hd)
@@ -194,9 +186,14 @@ func AttentionForward(out, lse, q, k, v, scratch []float32, T, nHead, nKV, hd in
 //	lse:     (nHead, T) from AttentionForward
 //	scratch: AttentionScratch(T, hd) floats
 //
-// Work is partitioned by key/value head (each goroutine owns the dk and dv
-// of its KV head and the dq of that head's query group), so there is no
-// race; parallelism is therefore at most nKV.
+// Work is partitioned by key/value head: each goroutine owns the dk and dv
+// of its KV head and the dq of that head's query group, so there is no
+// race. When that leaves cores idle (GOMAXPROCS ≥ 2·nKV, e.g. grouped
+// queries with few KV heads) the work is split into two passes instead:
+// one over (KV head, key block) items for dk and dv, one over (head, query
+// block) items for dq. They recompute P and dS (about 1.4× the products)
+// but use every core. Both schedules add every term in the same order, so
+// the results are bitwise the same.
 func AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse, scratch []float32, T, nHead, nKV, hd int) {
 	if T == 0 || (dq == nil && dk == nil && dv == nil) {
 		return
@@ -204,70 +201,132 @@ func AttentionBackward(dq, dk, dv, dout, q, k, v, out, lse, scratch []float32, T
 	if nKV <= 0 || nHead%nKV != 0 {
 		panic("tensor.AttentionBackward: nHead must be a multiple of nKV")
 	}
-	group := nHead / nKV
-	scale := float32(1 / math.Sqrt(float64(hd)))
-	qs, ks := nHead*hd, nKV*hd
-	bq, bk := min(attnBlockQ, T), min(attnBlockK, T)
+	ab := attnBack{dq: dq, dk: dk, dv: dv, dout: dout, q: q, k: k, v: v, out: out, lse: lse,
+		T: T, nHead: nHead, nKV: nKV, hd: hd, group: nHead / nKV, qs: nHead * hd, ks: nKV * hd,
+		scale: float32(1 / math.Sqrt(float64(hd)))}
+	ab.bq, ab.bk = min(attnBlockQ, T), min(attnBlockK, T)
 	slot := attnSlot(T, hd)
-	w := attnWorkers(scratch, slot, nKV, int64(T)*int64(T)*int64(hd)*int64(nHead))
+	work := int64(T) * int64(T) * int64(hd) * int64(nHead)
+	nqb, nkb := (T+ab.bq-1)/ab.bq, (T+ab.bk-1)/ab.bk
+	if split := attnWorkers(scratch, slot, nHead*nqb, work); split >= 2*nKV {
+		if dk != nil || dv != nil {
+			w := attnWorkers(scratch, slot, nKV*nkb, work)
+			runItems(w, nKV*nkb, func(sl, it int) {
+				// the last key blocks have the fewest queries: run them last
+				ab.keyBlock(scratch[sl*slot:(sl+1)*slot], it/nkb, (it%nkb)*ab.bk)
+			})
+		}
+		if dq != nil {
+			runItems(split, nHead*nqb, func(sl, it int) {
+				it = nHead*nqb - 1 - it // longest query blocks first
+				ab.queryBlock(scratch[sl*slot:(sl+1)*slot], it/nqb, (it%nqb)*ab.bq)
+			})
+		}
+		return
+	}
+	w := attnWorkers(scratch, slot, nKV, work)
 	runItems(w, nKV, func(sl, kvh int) {
 		sc := scratch[sl*slot : (sl+1)*slot]
-		p := sc[:bq*bk]                // probabilities: (bq, bk)
-		ds := sc[bq*bk : 2*bq*bk]      // dP, then dS: (bq, bk)
-		dd := sc[2*bq*bk : 2*bq*bk+bq] // D_t of the query block
-		for h := kvh * group; h < (kvh+1)*group; h++ {
-			for i0 := 0; i0 < T; i0 += bq {
-				i1 := min(i0+bq, T)
-				nr := i1 - i0
-				for t := i0; t < i1; t++ {
-					o := t*qs + h*hd
-					var d float32
-					for x, g := range dout[o : o+hd] {
-						d += g * out[o+x]
-					}
-					dd[t-i0] = d
-				}
-				qb, gb := q[i0*qs+h*hd:], dout[i0*qs+h*hd:]
-				for j0 := 0; j0 < i1; j0 += bk {
-					j1 := min(j0+bk, i1)
-					nc := j1 - j0
-					kb, vb := k[j0*ks+kvh*hd:], v[j0*ks+kvh*hd:]
-					// p = exp(scale · Q_i K_jᵀ − lse), causally masked
-					Gemm(false, true, nr, nc, hd, scale, qb, qs, kb, ks, 0, p, bk)
-					for r := range nr {
-						row := p[r*bk : r*bk+nc]
-						valid := max(0, min(nc, i0+r+1-j0))
-						l := lse[h*T+i0+r]
-						for j, x := range row[:valid] {
-							row[j] = expf32(x - l)
-						}
-						clear(row[valid:])
-					}
-					if dv != nil {
-						Gemm(true, false, nc, hd, nr, 1, p, bk, gb, qs, 1, dv[j0*ks+kvh*hd:], ks)
-					}
-					if dq == nil && dk == nil {
-						continue
-					}
-					// ds = p ⊙ (dO_i V_jᵀ − D)
-					Gemm(false, true, nr, nc, hd, 1, gb, qs, vb, ks, 0, ds, bk)
-					for r := range nr {
-						pr, dr := p[r*bk:r*bk+nc], ds[r*bk:r*bk+nc]
-						d := dd[r]
-						for j, x := range pr {
-							dr[j] = x * (dr[j] - d)
-						}
-					}
-					if dq != nil {
-						Gemm(false, false, nr, hd, nc, scale, ds, bk, kb, ks, 1, dq[i0*qs+h*hd:], qs)
-					}
-					if dk != nil {
-						Gemm(true, false, nc, hd, nr, scale, ds, bk, qb, qs, 1, dk[j0*ks+kvh*hd:], ks)
-					}
+		for h := kvh * ab.group; h < (kvh+1)*ab.group; h++ {
+			for i0 := 0; i0 < T; i0 += ab.bq {
+				nr := min(i0+ab.bq, T) - i0
+				ab.rowDots(sc, h, i0, nr)
+				for j0 := 0; j0 < i0+nr; j0 += ab.bk {
+					ab.pair(sc, h, i0, nr, j0, true, true)
 				}
 			}
 		}
 	})
+}
+
+// attnBack holds the operands of one AttentionBackward call.
+type attnBack struct {
+	dq, dk, dv, dout, q, k, v, out, lse []float32
+	T, nHead, nKV, hd, group, qs, ks    int
+	bq, bk                              int
+	scale                               float32
+}
+
+// rowDots sets D_t = Σ dout_t ⊙ out_t for the query rows i0..i0+nr of head
+// h into the slot's D area.
+func (ab *attnBack) rowDots(sc []float32, h, i0, nr int) {
+	dd := sc[2*ab.bq*ab.bk : 2*ab.bq*ab.bk+ab.bq]
+	for t := i0; t < i0+nr; t++ {
+		o := t*ab.qs + h*ab.hd
+		var d float32
+		for x, g := range ab.dout[o : o+ab.hd] {
+			d += g * ab.out[o+x]
+		}
+		dd[t-i0] = d
+	}
+}
+
+// pair processes query block (h, i0..i0+nr) against key block j0: it
+// recomputes P and dS and adds the block's terms to dv and dk (when kv)
+// and dq (when wantQ). rowDots must have filled D for the query block.
+func (ab *attnBack) pair(sc []float32, h, i0, nr, j0 int, kv, wantQ bool) {
+	bq, bk, hd, qs, ks := ab.bq, ab.bk, ab.hd, ab.qs, ab.ks
+	kvh := h / ab.group
+	p := sc[:bq*bk]                // probabilities: (bq, bk)
+	ds := sc[bq*bk : 2*bq*bk]      // dP, then dS: (bq, bk)
+	dd := sc[2*bq*bk : 2*bq*bk+bq] // D_t of the query block
+	nc := min(j0+bk, i0+nr) - j0
+	qb, gb := ab.q[i0*qs+h*hd:], ab.dout[i0*qs+h*hd:]
+	kb, vb := ab.k[j0*ks+kvh*hd:], ab.v[j0*ks+kvh*hd:]
+	// p = exp(scale · Q_i K_jᵀ − lse), causally masked
+	Gemm(false, true, nr, nc, hd, ab.scale, qb, qs, kb, ks, 0, p, bk)
+	for r := range nr {
+		row := p[r*bk : r*bk+nc]
+		valid := max(0, min(nc, i0+r+1-j0))
+		expSubSum(row[:valid], row[:valid], ab.lse[h*ab.T+i0+r])
+		clear(row[valid:])
+	}
+	if kv && ab.dv != nil {
+		Gemm(true, false, nc, hd, nr, 1, p, bk, gb, qs, 1, ab.dv[j0*ks+kvh*hd:], ks)
+	}
+	wantK := kv && ab.dk != nil
+	wantQ = wantQ && ab.dq != nil
+	if !wantQ && !wantK {
+		return
+	}
+	// ds = p ⊙ (dO_i V_jᵀ − D)
+	Gemm(false, true, nr, nc, hd, 1, gb, qs, vb, ks, 0, ds, bk)
+	for r := range nr {
+		pr, dr := p[r*bk:r*bk+nc], ds[r*bk:r*bk+nc]
+		d := dd[r]
+		for j, x := range pr {
+			dr[j] = x * (dr[j] - d)
+		}
+	}
+	if wantQ {
+		Gemm(false, false, nr, hd, nc, ab.scale, ds, bk, kb, ks, 1, ab.dq[i0*qs+h*hd:], qs)
+	}
+	if wantK {
+		Gemm(true, false, nc, hd, nr, ab.scale, ds, bk, qb, qs, 1, ab.dk[j0*ks+kvh*hd:], ks)
+	}
+}
+
+// keyBlock adds to dk and dv of KV head kvh, key rows j0..j0+bk, every
+// term, in the order of the fused schedule: heads of the group, then query
+// blocks from the first that sees the keys.
+func (ab *attnBack) keyBlock(sc []float32, kvh, j0 int) {
+	for h := kvh * ab.group; h < (kvh+1)*ab.group; h++ {
+		for i0 := j0 / ab.bq * ab.bq; i0 < ab.T; i0 += ab.bq {
+			nr := min(i0+ab.bq, ab.T) - i0 // i0+nr > j0: the block sees key j0
+			ab.rowDots(sc, h, i0, nr)
+			ab.pair(sc, h, i0, nr, j0, true, false)
+		}
+	}
+}
+
+// queryBlock adds to dq of head h, query rows i0..i0+bq, the terms of every
+// key block in order.
+func (ab *attnBack) queryBlock(sc []float32, h, i0 int) {
+	nr := min(i0+ab.bq, ab.T) - i0
+	ab.rowDots(sc, h, i0, nr)
+	for j0 := 0; j0 < i0+nr; j0 += ab.bk {
+		ab.pair(sc, h, i0, nr, j0, false, true)
+	}
 }
 
 // expf32 is a float32 e^x (Cephes expf: range reduction by ln 2 and a

@@ -49,6 +49,7 @@ type gemmJob struct {
 	ldb            int
 	c              []float32 // (m, n)
 	ldc            int
+	packed         *PackedB // op(B) prepacked (float32 kernels only); b, bh unset
 }
 
 // gemmBuf is one worker's scratch: packed A and B blocks and an edge tile.
@@ -157,7 +158,12 @@ func blockedRect[T float32 | uint16](g *gemmJob, kn *tileKernel[T], i0, i1, j0, 
 	buf := getBuf[T]()
 	defer putBuf(buf)
 	buf.a = grow(buf.a, mcMax*kcMax)
-	buf.b = grow(buf.b, ncMax*kcMax)
+	var pre []T // prepacked op(B), or nil
+	if g.packed != nil {
+		pre = any(g.packed.data).([]T)
+	} else {
+		buf.b = grow(buf.b, ncMax*kcMax)
+	}
 	buf.tile = grow(buf.tile, mr*nr)
 	c, ldc := g.c, g.ldc
 	for jc := j0; jc < j1; jc += kn.nc {
@@ -170,12 +176,17 @@ func blockedRect[T float32 | uint16](g *gemmJob, kn *tileKernel[T], i0, i1, j0, 
 			if pc > 0 {
 				beta = 1
 			}
-			kn.packB(buf.b, g, nr, pc, kcur, jc, ncur)
+			bb := buf.b
+			if pre != nil { // block pc, panels from column jc
+				bb = pre[pc*g.packed.npad+jc*kpad:]
+			} else {
+				kn.packB(bb, g, nr, pc, kcur, jc, ncur)
+			}
 			for ic := i0; ic < i1; ic += kn.mc {
 				mcur := min(kn.mc, i1-ic)
 				kn.packA(buf.a, g, mr, ic, mcur, pc, kcur)
 				for jr := 0; jr < ncur; jr += nr {
-					bp := buf.b[jr*kpad : (jr+nr)*kpad]
+					bp := bb[jr*kpad : (jr+nr)*kpad]
 					nrem := min(nr, ncur-jr)
 					for ir := 0; ir < mcur; ir += mr {
 						ap := buf.a[ir*kpad : (ir+mr)*kpad]
@@ -237,6 +248,20 @@ func packAF32(dst []float32, g *gemmJob, mr, i0, mc, p0, kc int) {
 func packStrided(d, src []float32, off, ld, rows, w, kc int) {
 	d = d[:kc*w]
 	q := 0
+	if w == 6 && rows == 6 { // the AVX2 kernel's A panel: all six rows in one sweep
+		o := off
+		r0 := src[o : o+kc]
+		r1 := src[o+ld : o+ld+len(r0)]
+		r2 := src[o+2*ld : o+2*ld+len(r0)]
+		r3 := src[o+3*ld : o+3*ld+len(r0)]
+		r4 := src[o+4*ld : o+4*ld+len(r0)]
+		r5 := src[o+5*ld : o+5*ld+len(r0)]
+		for p, v := range r0 {
+			dp := d[p*6 : p*6+6 : p*6+6]
+			dp[0], dp[1], dp[2], dp[3], dp[4], dp[5] = v, r1[p], r2[p], r3[p], r4[p], r5[p]
+		}
+		return
+	}
 	for ; q+4 <= rows; q += 4 {
 		o := off + q*ld
 		r0 := src[o : o+kc]

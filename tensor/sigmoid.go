@@ -1,21 +1,15 @@
 package tensor
 
-import "math"
-
-// sigmoid32 is σ(x) = 1/(1+e^−x), evaluated in float64 and rounded; it
-// saturates cleanly to 0 or 1 for large |x|.
-func sigmoid32(x float32) float32 {
-	return float32(1 / (1 + math.Exp(-float64(x))))
-}
+// The sigmoid family runs on the vectorised exp of exp.go: σ(x) =
+// 1/(1 + e^−x) in float32, within a few ulp of the exact value; it
+// saturates to 0 or 1 for large |x|.
 
 // SigmoidForward computes out = σ(x) elementwise (the carry-on's gate);
 // out may alias x.
 //
 //	out, x: (n)
 func SigmoidForward(out, x []float32) {
-	for i, v := range x {
-		out[i] = sigmoid32(v)
-	}
+	sigmoidInto(out, x, false)
 }
 
 // SigmoidBackward accumulates dx += dout · out · (1 − out), from the
@@ -33,9 +27,7 @@ func SigmoidBackward(dx, dout, out []float32) {
 //
 //	out, x: (n)
 func SiLUForward(out, x []float32) {
-	for i, v := range x {
-		out[i] = v * sigmoid32(v)
-	}
+	sigmoidInto(out, x, true)
 }
 
 // SiLUBackward accumulates dx += dout · σ(x)(1 + x(1 − σ(x))), from the
@@ -43,9 +35,14 @@ func SiLUForward(out, x []float32) {
 //
 //	dx, dout, x: (n)
 func SiLUBackward(dx, dout, x []float32) {
-	for i, g := range dout {
-		v := x[i]
-		s := sigmoid32(v)
-		dx[i] += g * s * (1 + v*(1-s))
+	var sb [sigmoidChunk]float32
+	for i0 := 0; i0 < len(dout); i0 += sigmoidChunk {
+		xs := x[i0:min(i0+sigmoidChunk, len(dout))]
+		sig := sb[:len(xs)]
+		sigmoidInto(sig, xs, false)
+		for j, v := range xs {
+			s := sig[j]
+			dx[i0+j] += dout[i0+j] * s * (1 + v*(1-s))
+		}
 	}
 }

@@ -1,0 +1,103 @@
+package tensor
+
+import (
+	"fmt"
+	"runtime"
+)
+
+// PackedB is a GEMM right operand op(B): (k, n) stored once in the panel
+// layout of the float32 micro-kernel that Gemm uses on this CPU, so that
+// products with a fixed operand (a frozen weight) skip the per-call packing
+// of Gemm, which transposes B and, split over threads, repeats it per thread.
+//
+// Layout: op(B) is cut into depth blocks of kc rows; block p holds the
+// roundUp(n, nr) columns as nr-wide micro-panels of (kcur, nr), columns past
+// n zero. A PackedB is immutable after PackB and safe for concurrent use;
+// it does not alias the source slice.
+type PackedB struct {
+	n, k   int
+	nr, kc int
+	npad   int          // roundUp(n, nr)
+	kern   *gemmKernels // the implementation it was packed for
+	data   []float32    // (blocks of kc) × (npad/nr panels) × (kcur, nr)
+}
+
+// N is the number of columns of op(B).
+func (pb *PackedB) N() int { return pb.n }
+
+// K is the number of rows (the reduction depth) of op(B).
+func (pb *PackedB) K() int { return pb.k }
+
+// Floats is the number of float32s the packed copy holds.
+func (pb *PackedB) Floats() int { return len(pb.data) }
+
+// PackB packs op(B) for GemmPacked: B is (k, n) with leading dimension ldb,
+// or (n, k) when transB (the nn.Linear weight layout, W (out, in) gives
+// op(B) = Wᵀ). The copy takes about k·n floats. The packing itself is split
+// over GOMAXPROCS goroutines. It panics if ldb or len(b) do not fit.
+func PackB(transB bool, n, k int, b []float32, ldb int) *PackedB {
+	return packBWith(gemmBest, transB, n, k, b, ldb)
+}
+
+func packBWith(ks *gemmKernels, transB bool, n, k int, b []float32, ldb int) *PackedB {
+	if n < 0 || k < 0 {
+		panic(fmt.Sprintf("tensor.PackB: negative dimension n=%d k=%d", n, k))
+	}
+	checkGemm("tensor.PackB", false, transB, 0, n, k, 0, max(1, k), len(b), ldb, 0, max(1, n))
+	kn := ks.f32
+	pb := &PackedB{n: n, k: k, nr: kn.nr, kc: kn.kc, npad: roundUp(n, kn.nr), kern: ks}
+	pb.data = make([]float32, pb.npad*k)
+	if n == 0 || k == 0 {
+		return pb
+	}
+	g := gemmJob{transB: transB, n: n, k: k, b: b, ldb: ldb}
+	// Items are (depth block, group of panels); packs of distinct items
+	// write disjoint ranges.
+	const panelsPerItem = 16
+	npanels := pb.npad / kn.nr
+	ngroups := (npanels + panelsPerItem - 1) / panelsPerItem
+	nblocks := (k + kn.kc - 1) / kn.kc
+	items := nblocks * ngroups
+	w := min(runtime.GOMAXPROCS(0), items)
+	if int64(n)*int64(k) < 1<<16 {
+		w = 1
+	}
+	runItems(w, items, func(_, it int) {
+		blk, grp := it/ngroups, it%ngroups
+		p0 := blk * kn.kc
+		kcur := min(kn.kc, k-p0)
+		j0 := grp * panelsPerItem * kn.nr
+		j1 := min(j0+panelsPerItem*kn.nr, n)
+		if j0 >= n {
+			return
+		}
+		base := p0*pb.npad + j0*kcur
+		packBF32(pb.data[base:base+roundUp(j1-j0, kn.nr)*kcur], &g, kn.nr, p0, kcur, j0, j1-j0)
+	})
+	return pb
+}
+
+// GemmPacked computes C = alpha·op(A)·op(B) + beta·C with op(B) prepacked
+// by PackB:
+//
+//	A:  (m, k) with leading dimension lda
+//	pb: op(B) (k, n)
+//	C:  (m, n) with leading dimension ldc
+//
+// The result is bitwise the one Gemm gives for the same operands whenever
+// Gemm takes its blocked path (m > 8 or B not transposed): the same
+// micro-kernel adds the same products in the same order. With beta == 0,
+// C is overwritten. It panics if the shapes do not fit.
+func GemmPacked(m int, alpha float32, a []float32, lda int, pb *PackedB, beta float32, c []float32, ldc int) {
+	n, k := pb.n, pb.k
+	checkGemm("tensor.GemmPacked", false, false, m, n, k, len(a), lda, k*n, max(1, n), len(c), ldc)
+	if m == 0 || n == 0 {
+		return
+	}
+	if alpha == 0 || k == 0 {
+		scaleC(m, n, beta, c, ldc)
+		return
+	}
+	g := gemmJob{m: m, n: n, k: k, alpha: alpha, beta: beta, a: a, lda: lda, c: c, ldc: ldc, packed: pb}
+	runBlocked(&g, pb.kern.f32, runtime.GOMAXPROCS(0))
+}

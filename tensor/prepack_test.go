@@ -1,0 +1,232 @@
+package tensor
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"runtime"
+	"testing"
+)
+
+// TestGemmPacked checks GemmPacked against Gemm on the same kernel: the
+// blocked path must give bitwise the same C (same products, same order),
+// over shapes that cross every block edge (kc, nc, partial panels), both
+// layouts of B, alpha/beta and thread counts. Small m (Gemm's dot-product
+// path) is checked against a float64 reference at the Gemm tolerance.
+func TestGemmPacked(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	shapes := []struct{ m, n, k int }{
+		{1, 1, 1}, {3, 17, 5}, {8, 40, 300}, {9, 33, 257}, {13, 16, 16}, {37, 70, 513},
+		{64, 3100, 40}, {100, 50, 1}, {7, 3073, 19},
+	}
+	for _, ks := range append(gemmAvailable[:len(gemmAvailable):len(gemmAvailable)], gemmEmulated) {
+		for _, s := range shapes {
+			for _, transB := range []bool{false, true} {
+				for _, th := range []int{1, 2, 3} {
+					name := fmt.Sprintf("%s/%dx%dx%d/transB=%v/threads=%d", ks.name, s.m, s.n, s.k, transB, th)
+					old := runtime.GOMAXPROCS(th)
+					lda, ldb, ldc := s.k+3, s.n+1, s.n+2
+					if transB {
+						ldb = s.k + 5
+					}
+					a := gemmRandSlice(rng, (s.m-1)*lda+s.k)
+					var b []float32
+					if transB {
+						b = gemmRandSlice(rng, (s.n-1)*ldb+s.k)
+					} else {
+						b = gemmRandSlice(rng, (s.k-1)*ldb+s.n)
+					}
+					c0 := gemmRandSlice(rng, (s.m-1)*ldc+s.n)
+					pb := packBWith(ks, transB, s.n, s.k, b, ldb)
+					if pb.N() != s.n || pb.K() != s.k || pb.Floats() < s.n*s.k {
+						t.Fatalf("%s: PackedB n=%d k=%d floats=%d", name, pb.N(), pb.K(), pb.Floats())
+					}
+					for _, ab := range [][2]float32{{1, 0}, {0.5, 1}, {-2, 0.25}} {
+						want := append([]float32(nil), c0...)
+						got := append([]float32(nil), c0...)
+						ks.gemm(false, transB, s.m, s.n, s.k, ab[0], a, lda, b, ldb, ab[1], want, ldc)
+						GemmPacked(s.m, ab[0], a, lda, pb, ab[1], got, ldc)
+						if transB && s.m <= smallMMax {
+							checkPackedRef(t, name, s.m, s.n, s.k, ab[0], a, lda, b, ldb, transB, ab[1], c0, got, ldc)
+							continue
+						}
+						for i := range got {
+							if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+								t.Fatalf("%s alpha=%v beta=%v: c[%d] = %v, Gemm gives %v", name, ab[0], ab[1], i, got[i], want[i])
+							}
+						}
+					}
+					runtime.GOMAXPROCS(old)
+				}
+			}
+		}
+	}
+}
+
+// checkPackedRef compares C with a float64 reference at the tolerance of
+// gemm_test.go: (k+2)·2⁻²⁴·Σ|terms|; the padding of C must be untouched.
+func checkPackedRef(t *testing.T, name string, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int,
+	transB bool, beta float32, c0, got []float32, ldc int) {
+	t.Helper()
+	for i := 0; i < m; i++ {
+		for j := 0; j < ldc && i*ldc+j < len(got); j++ {
+			idx := i*ldc + j
+			if j >= n {
+				if got[idx] != c0[idx] {
+					t.Fatalf("%s: padding c[%d] changed", name, idx)
+				}
+				continue
+			}
+			var s, mag float64
+			for p := 0; p < k; p++ {
+				var bv float32
+				if transB {
+					bv = b[j*ldb+p]
+				} else {
+					bv = b[p*ldb+j]
+				}
+				s += float64(a[i*lda+p]) * float64(bv)
+				mag += math.Abs(float64(a[i*lda+p]) * float64(bv))
+			}
+			want := float64(alpha)*s + float64(beta)*float64(c0[idx])
+			mag = math.Abs(float64(alpha))*mag + math.Abs(float64(beta)*float64(c0[idx]))
+			if d := math.Abs(float64(got[idx]) - want); d > float64(k+2)*gemmEps*mag {
+				t.Fatalf("%s: c[%d,%d] = %v, want %v (err %.3g, bound %.3g)", name, i, j, got[idx], want, d, float64(k+2)*gemmEps*mag)
+			}
+		}
+	}
+}
+
+// TestGemmPackedPanics checks the shape checks.
+func TestGemmPackedPanics(t *testing.T) {
+	pb := PackB(true, 4, 3, make([]float32, 12), 3)
+	for name, f := range map[string]func(){
+		"short b":  func() { PackB(true, 4, 3, make([]float32, 11), 3) },
+		"small ld": func() { PackB(false, 4, 3, make([]float32, 12), 3) },
+		"short a":  func() { GemmPacked(2, 1, make([]float32, 5), 3, pb, 0, make([]float32, 8), 4) },
+		"short c":  func() { GemmPacked(2, 1, make([]float32, 6), 3, pb, 0, make([]float32, 7), 4) },
+	} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("%s: no panic", name)
+				}
+			}()
+			f()
+		}()
+	}
+}
+
+// BenchmarkGemmPacked compares Gemm with GemmPacked on the base forward's
+// shapes (T = 512 tokens times Qwen2.5-0.5B weights (n, k), transB).
+func BenchmarkGemmPacked(b *testing.B) {
+	rng := rand.New(rand.NewPCG(7, 9))
+	for _, s := range []struct {
+		name    string
+		m, n, k int
+	}{{"qkv", 512, 1152, 896}, {"gateup", 512, 4864, 896}, {"down", 512, 896, 4864}} {
+		a := gemmRandSlice(rng, s.m*s.k)
+		w := gemmRandSlice(rng, s.n*s.k)
+		c := make([]float32, s.m*s.n)
+		pb := PackB(true, s.n, s.k, w, s.k)
+		for _, packed := range []bool{false, true} {
+			b.Run(fmt.Sprintf("%s/packed=%v", s.name, packed), func(b *testing.B) {
+				cpu0 := cpuTime()
+				for b.Loop() {
+					if packed {
+						GemmPacked(s.m, 1, a, s.k, pb, 0, c, s.n)
+					} else {
+						Gemm(false, true, s.m, s.n, s.k, 1, a, s.k, w, s.k, 0, c, s.n)
+					}
+				}
+				reportGFLOPS(b, s.m, s.n, s.k, cpu0)
+			})
+		}
+	}
+}
+
+// TestCrossEntropyLMHeadPacked checks the packed-head cross-entropy against
+// CrossEntropyLMHead: bitwise equal loss and dy for every chunk size (runs
+// of at most 8 rows go through Gemm's dot path in both), with masked runs
+// and the loss-only mode; and that mismatched packings panic.
+func TestCrossEntropyLMHeadPacked(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	T, D, V := 45, 24, 1037
+	y := randSlice(rng, T*D, 1)
+	w := randSlice(rng, V*D, 0.5)
+	wt, wn := PackB(true, V, D, w, D), PackB(false, D, V, w, D)
+	for _, masked := range []bool{false, true} {
+		targets := make([]int32, T)
+		for i := range targets {
+			targets[i] = int32(rng.IntN(V))
+			if masked && (i%7 == 3 || (i >= 30 && i < 33)) {
+				targets[i] = -1
+			}
+		}
+		for _, chunk := range []int{3, 9, 16, 64} {
+			scratch := make([]float32, chunk*V)
+			dyWant, dyGot := make([]float32, T*D), make([]float32, T*D)
+			lw, nw := CrossEntropyLMHead(dyWant, y, w, targets, T, D, V, chunk, 0.25, scratch)
+			lg, ng := CrossEntropyLMHeadPacked(dyGot, y, w, wt, wn, targets, T, chunk, 0.25, scratch)
+			lo, no := CrossEntropyLMHeadPacked(nil, y, w, wt, nil, targets, T, chunk, 0, scratch)
+			counted := 0
+			for _, tg := range targets {
+				if tg >= 0 {
+					counted++
+				}
+			}
+			if nw != ng || nw != no || nw != counted {
+				t.Fatalf("chunk %d: counts %d %d %d, want %d", chunk, nw, ng, no, counted)
+			}
+			if lw != lg || lw != lo {
+				t.Errorf("masked %v chunk %d: loss %v (packed %v, loss only %v)", masked, chunk, lw, lg, lo)
+			}
+			for i := range dyWant {
+				if math.Float32bits(dyWant[i]) != math.Float32bits(dyGot[i]) {
+					t.Fatalf("masked %v chunk %d: dy[%d] = %v, unpacked %v", masked, chunk, i, dyGot[i], dyWant[i])
+				}
+			}
+		}
+	}
+	targets := make([]int32, T)
+	defer func() {
+		if recover() == nil {
+			t.Error("dy without a packed W: no panic")
+		}
+	}()
+	CrossEntropyLMHeadPacked(make([]float32, T*D), y, w, wt, wt, targets, T, 4, 1, make([]float32, 4*V))
+}
+
+// BenchmarkCrossEntropyLMHeadPacked times the carry-on's LM-head loss and
+// gradient (T = 256, D = 896, V = 32000, as BenchmarkCrossEntropyLMHead)
+// with the head packed once, per chunk size; cpu-ms/op is the process CPU
+// time per call (robust to other load on a shared machine).
+func BenchmarkCrossEntropyLMHeadPacked(b *testing.B) {
+	T, D, V := 256, 896, 32000
+	rng := rand.New(rand.NewPCG(2, 2))
+	y := randSlice(rng, T*D, 1)
+	w := randSlice(rng, V*D, 0.05)
+	targets := make([]int32, T)
+	for i := range targets {
+		targets[i] = int32(rng.IntN(V))
+	}
+	dy := make([]float32, T*D)
+	wt, wn := PackB(true, V, D, w, D), PackB(false, D, V, w, D)
+	for _, chunk := range []int{64, 256} {
+		for _, packed := range []bool{false, true} {
+			b.Run(fmt.Sprintf("chunk=%d/packed=%v", chunk, packed), func(b *testing.B) {
+				scratch := make([]float32, chunk*V)
+				cpu0 := cpuTime()
+				for b.Loop() {
+					if packed {
+						CrossEntropyLMHeadPacked(dy, y, w, wt, wn, targets, T, chunk, 1, scratch)
+					} else {
+						CrossEntropyLMHead(dy, y, w, targets, T, D, V, chunk, 1, scratch)
+					}
+				}
+				b.ReportMetric(float64((cpuTime()-cpu0).Milliseconds())/float64(b.N), "cpu-ms/op")
+				b.ReportMetric(float64(T*b.N)/b.Elapsed().Seconds(), "tokens/s")
+			})
+		}
+	}
+}
