@@ -82,7 +82,15 @@ func TestVersionsAfterRestart(t *testing.T) {
 	if _, ok, err := c1.LatestVersion(); ok || err != nil {
 		t.Fatalf("a fresh coordinator has a latest version (%v, %v)", ok, err)
 	}
-	res, err := c1.Train(ctx, ds, Hooks{Parent: testCID("stage0")})
+	res0, err := c1.Train(ctx, ds, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v0, err := c1.Publish(ctx, res0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := c1.Train(ctx, ds, Hooks{Parent: v0.CID.String()}) // a boosting stage on top
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,12 +103,12 @@ func TestVersionsAfterRestart(t *testing.T) {
 
 	c2 := newTestCoordinator(t, dir, base, ds, tc)
 	latest, ok, err := c2.LatestVersion()
-	if err != nil || !ok || latest.CID != v.CID.String() || latest.Parent != testCID("stage0") || latest.Step != 3 ||
+	if err != nil || !ok || latest.CID != v.CID.String() || latest.Parent != v0.CID.String() || latest.Step != 3 ||
 		latest.Size != len(want) || latest.Metrics["train_loss"] != res.Meta.Metrics["train_loss"] {
 		t.Fatalf("latest after restart: %+v, %v, %v; published %s", latest, ok, err, v.CID)
 	}
 	recs, stored, err := c2.Versions()
-	if err != nil || len(recs) != 1 || !stored[0] {
+	if err != nil || len(recs) != 2 || !stored[0] || !stored[1] || recs[0].CID != v0.CID.String() {
 		t.Fatalf("versions after restart: %+v %v %v", recs, stored, err)
 	}
 	peerH, err := swarm.NewHost(swarm.HostConfig{})
