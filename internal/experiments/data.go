@@ -1,0 +1,243 @@
+package experiments
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"regexp"
+	"sort"
+	"strings"
+
+	"carryon/coordinator"
+	"carryon/model"
+)
+
+// Problem is one GSM8K question/answer pair.
+type Problem struct {
+	Question, Answer string
+	Hash             [32]byte // sha256(question "\x00" answer): orders the held-out split
+	Tokens           int      // length in the coordinator's format (see seqLen)
+	Final            string   // the number after "####", normalised (finalNumber)
+}
+
+// Split is the data every experiment draws from.
+type Split struct {
+	Read  int       // problems in the file (or the first MaxRecords)
+	Fit   int       // problems whose whole sequence fits the base's context
+	Val   []Problem // held out: the ValProblems fitting problems with the smallest Hash
+	Train []Problem // the other fitting problems
+	// Wide is a larger training set that ignores the context limit: the
+	// WideTrain non-held-out problems with the smallest Hash, any length;
+	// the coordinator cuts each to the context, so long ones keep only
+	// their question and the start of their answer.
+	Wide []Problem
+}
+
+// seqLen is the length of a problem as coordinator.ReadDataset tokenizes a
+// question/answer record: BOS (when the tokenizer has one), the prompt
+// "Question: q\nAnswer: " and the answer encoded separately, EOS (when it
+// has one).
+func seqLen(tok coordinator.Tokenizer, q, a string) int {
+	n := len(tok.Encode("Question: "+q+"\nAnswer: ")) + len(tok.Encode(a))
+	if tok.BOS() >= 0 {
+		n++
+	}
+	if tok.EOS() >= 0 {
+		n++
+	}
+	return n
+}
+
+// finalRE matches GSM8K's final answer: the number after "####".
+var finalRE = regexp.MustCompile(`####\s*\$?\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?)`)
+
+// finalNumber extracts and normalises the number after "####" (commas
+// dropped, trailing decimal zeros dropped); ok is false when there is none.
+func finalNumber(s string) (n string, ok bool) {
+	m := finalRE.FindStringSubmatch(s)
+	if m == nil {
+		return "", false
+	}
+	n = strings.ReplaceAll(m[1], ",", "")
+	if strings.Contains(n, ".") {
+		n = strings.TrimRight(strings.TrimRight(n, "0"), ".")
+	}
+	return n, true
+}
+
+// readProblems reads GSM8K-style JSONL (question and answer fields), at
+// most max records (0: all).
+func readProblems(r io.Reader, tok coordinator.Tokenizer, max int) ([]Problem, error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 1<<16), 16<<20)
+	var out []Problem
+	for line := 1; sc.Scan(); line++ {
+		b := bytes.TrimSpace(sc.Bytes())
+		if len(b) == 0 {
+			continue
+		}
+		var rec struct{ Question, Answer string }
+		if err := json.Unmarshal(b, &rec); err != nil {
+			return nil, fmt.Errorf("line %d: %w", line, err)
+		}
+		if rec.Question == "" || rec.Answer == "" {
+			return nil, fmt.Errorf("line %d: want question and answer fields", line)
+		}
+		p := Problem{Question: rec.Question, Answer: rec.Answer,
+			Hash:   sha256.Sum256([]byte(rec.Question + "\x00" + rec.Answer)),
+			Tokens: seqLen(tok, rec.Question, rec.Answer)}
+		p.Final, _ = finalNumber(rec.Answer)
+		out = append(out, p)
+		if max > 0 && len(out) >= max {
+			break
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// LoadSplit reads the data file and splits it: problems of at most
+// maxTokens tokens qualify; the val qualifying problems with the smallest
+// hash are held out, the rest of the qualifying ones train; wide lists the
+// wide non-held-out problems of any length with the smallest hash.
+func LoadSplit(path string, tok coordinator.Tokenizer, maxTokens, val, wide, maxRecords int) (*Split, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("experiments.LoadSplit: %w", err)
+	}
+	defer f.Close()
+	ps, err := readProblems(f, tok, maxRecords)
+	if err != nil {
+		return nil, fmt.Errorf("experiments.LoadSplit: %s: %w", path, err)
+	}
+	sort.SliceStable(ps, func(i, j int) bool { return bytes.Compare(ps[i].Hash[:], ps[j].Hash[:]) < 0 })
+	s := &Split{Read: len(ps)}
+	held := map[[32]byte]bool{}
+	for _, p := range ps {
+		if p.Tokens > maxTokens {
+			continue
+		}
+		s.Fit++
+		if len(s.Val) < val {
+			s.Val = append(s.Val, p)
+			held[p.Hash] = true
+		} else {
+			s.Train = append(s.Train, p)
+		}
+	}
+	for _, p := range ps {
+		if len(s.Wide) < wide && !held[p.Hash] {
+			s.Wide = append(s.Wide, p)
+		}
+	}
+	if len(s.Val) == 0 || len(s.Train) == 0 {
+		return nil, fmt.Errorf("experiments.LoadSplit: %s: %d problems fit %d tokens: too few for %d held out and some to train on", path, s.Fit, maxTokens, val)
+	}
+	return s, nil
+}
+
+// dataset tokenizes train and val problems with the coordinator's own
+// reader (so the sequences are exactly what `carryon train` would see),
+// every train problem into ds.Train and every val problem into ds.Val.
+func dataset(tok coordinator.Tokenizer, seqLen int, train, val []Problem) (*coordinator.Dataset, error) {
+	read := func(ps []Problem, isVal bool) ([]*coordinator.Chunk, error) {
+		if len(ps) == 0 {
+			return nil, nil
+		}
+		var buf bytes.Buffer
+		enc := json.NewEncoder(&buf)
+		for _, p := range ps {
+			if err := enc.Encode(map[string]string{"question": p.Question, "answer": p.Answer}); err != nil {
+				return nil, err
+			}
+		}
+		ds, err := coordinator.ReadDataset(&buf, true, tok, coordinator.DataConfig{SeqLen: seqLen})
+		if err != nil {
+			return nil, err
+		}
+		chunks := ds.All() // the reader's own 90/10 split is undone here
+		n := 0
+		for _, c := range chunks {
+			c.Val = isVal
+			n += len(c.Seqs)
+		}
+		if n != len(ps) {
+			return nil, fmt.Errorf("%d problems became %d sequences", len(ps), n)
+		}
+		return chunks, nil
+	}
+	tr, err := read(train, false)
+	if err != nil {
+		return nil, fmt.Errorf("experiments: train split: %w", err)
+	}
+	va, err := read(val, true)
+	if err != nil {
+		return nil, fmt.Errorf("experiments: val split: %w", err)
+	}
+	ds := &coordinator.Dataset{Train: tr, Val: va}
+	h := sha256.New()
+	for _, c := range ds.All() {
+		h.Write([]byte(c.ID))
+	}
+	ds.Hash = fmt.Sprintf("%x", h.Sum(nil))
+	return ds, nil
+}
+
+// sequences lists a split's examples in chunk order.
+func sequences(chunks []*coordinator.Chunk) []coordinator.Example {
+	var out []coordinator.Example
+	for _, c := range chunks {
+		out = append(out, c.Seqs...)
+	}
+	return out
+}
+
+// trainedTokens counts the positions with a loss (answer tokens and EOS).
+func trainedTokens(exs []coordinator.Example) int {
+	n := 0
+	for _, e := range exs {
+		for _, t := range e.Targets() {
+			if t >= 0 {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// memoForwarder runs the base once per distinct sequence and hands out the
+// stored hidden states afterwards: every bridge setting and carry-on shape
+// is trained from one forward pass over the data ("forward once, train
+// many"). Seconds is the time spent in the base's forward.
+type memoForwarder struct {
+	base    *model.Base
+	m       map[string][][]float32
+	Seconds float64
+	Seqs    int
+}
+
+func (f *memoForwarder) Forward(ids []int32, layers []int) ([][]float32, error) {
+	key := fmt.Sprint(layers, ids)
+	if h, ok := f.m[key]; ok {
+		return h, nil
+	}
+	var hs [][]float32
+	sec, err := timed(func() error {
+		var err error
+		hs, err = f.base.Forward(ids, layers)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	f.Seconds += sec
+	f.Seqs++
+	f.m[key] = hs
+	return hs, nil
+}

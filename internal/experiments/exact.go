@@ -1,0 +1,82 @@
+package experiments
+
+import (
+	"fmt"
+	"strings"
+
+	"carryon/model"
+)
+
+// exactExp: greedy answers to held-out problems, scored on the number after
+// "####", for the base alone and the base with each experiment-1 carry-on
+// (its hidden states through the q8 bridge, as in training).
+func (r *runner) exactExp() error {
+	type system struct {
+		name   string
+		stages []*model.CarryOn
+		bridge string
+	}
+	systems := []system{{name: "base alone"}}
+	for _, d := range []string{"fit", "wide"} {
+		t, err := r.carryOn(r.main(d))
+		if err != nil {
+			return err
+		}
+		systems = append(systems, system{name: fmt.Sprintf("base + carry-on (%s)", d), stages: []*model.CarryOn{t.co}, bridge: "q8"})
+	}
+	probs := r.split.Val[:min(len(r.split.Val), r.sz.ExactProblems)]
+	out := &ExactResult{Problems: len(probs)}
+	for _, s := range systems {
+		out.Rows = append(out.Rows, ExactRow{System: s.name})
+	}
+	c := r.base.Config
+	for pi, p := range probs {
+		if err := r.ctx.Err(); err != nil {
+			return err
+		}
+		var prompt []int32
+		if bos := r.tok.BOS(); bos >= 0 {
+			prompt = append(prompt, bos)
+		}
+		prompt = append(prompt, r.tok.Encode("Question: "+p.Question+"\nAnswer: ")...)
+		maxNew := c.MaxPos - len(prompt)
+		if r.sz.ExactMaxTokens > 0 {
+			maxNew = min(maxNew, r.sz.ExactMaxTokens)
+		}
+		var sample *Sample
+		if pi < 2 {
+			sample = &Sample{Question: p.Question, Reference: p.Answer}
+		}
+		for si, s := range systems {
+			gen, stopped, err := model.GenerateIDs(r.base, s.stages, 1, prompt, model.GenerateOptions{
+				MaxTokens: maxNew, Stop: []int32{r.tok.EOS()}, Bridge: s.bridge})
+			if err != nil {
+				return err
+			}
+			text := r.tok.Decode(gen)
+			row := &out.Rows[si]
+			row.MeanTokens += float64(len(gen)) / float64(len(probs))
+			if stopped {
+				row.Stopped++
+			}
+			if got, ok := finalNumber(text); ok {
+				row.Formatted++
+				if p.Final != "" && got == p.Final {
+					row.Correct++
+				}
+			}
+			if sample != nil {
+				sample.Answers = append(sample.Answers, strings.TrimSpace(text))
+			}
+		}
+		if sample != nil {
+			out.Samples = append(out.Samples, *sample)
+		}
+	}
+	for _, row := range out.Rows {
+		r.logf("exact: %s: %d/%d correct, %d with a '#### N' answer, %d stopped, %.1f tokens on average",
+			row.System, row.Correct, out.Problems, row.Formatted, row.Stopped, row.MeanTokens)
+	}
+	r.res.Exact = out
+	return nil
+}

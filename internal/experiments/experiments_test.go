@@ -1,0 +1,400 @@
+package experiments
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"encoding/xml"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+
+	"carryon/coordinator"
+	"carryon/internal/demo"
+	"carryon/internal/testenv"
+	"carryon/model"
+	"carryon/tensor"
+)
+
+func TestFinalNumber(t *testing.T) {
+	for _, c := range []struct {
+		in, want string
+		ok       bool
+	}{
+		{"so 3+4=7\n#### 7", "7", true},
+		{"#### 1,234", "1234", true},
+		{"####  $-12.50 dollars", "-12.5", true},
+		{"#### 3.000", "3", true},
+		{"#### 10.0", "10", true},
+		{"the answer is 7", "", false},
+		{"#### none", "", false},
+	} {
+		got, ok := finalNumber(c.in)
+		if got != c.want || ok != c.ok {
+			t.Errorf("finalNumber(%q) = %q, %v; want %q, %v", c.in, got, ok, c.want, c.ok)
+		}
+	}
+}
+
+// TestLoadSplit checks the split on synthetic problems with the byte
+// tokenizer: the length count agrees with the coordinator's reader, only
+// problems that fit qualify, the held-out ones are the fitting problems with
+// the smallest hashes, and nothing held out is trained on.
+func TestLoadSplit(t *testing.T) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	for i := range 40 {
+		q := fmt.Sprintf("Problem %d: how much is %d plus %d?", i, i, 2*i)
+		a := fmt.Sprintf("%d+%d=<<%d+%d=%d>>%d%s\n#### %d", i, 2*i, i, 2*i, 3*i, 3*i, strings.Repeat(" so", i%7*5), 3*i)
+		if err := enc.Encode(map[string]string{"question": q, "answer": a}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "p.jsonl")
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tok := model.ByteTokenizer{}
+	const maxTok = 100
+	s, err := LoadSplit(path, tok, maxTok, 5, 12, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, err := readProblems(bytes.NewReader(buf.Bytes()), tok, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fit := 0
+	var minHash [][32]byte
+	for _, p := range all {
+		// The coordinator's own tokenization of the record, uncut.
+		ds, err := coordinator.ReadDataset(strings.NewReader(fmt.Sprintf("{\"question\":%q,\"answer\":%q}\n", p.Question, p.Answer)), true, tok, coordinator.DataConfig{SeqLen: 8192})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := len(ds.All()[0].Seqs[0].Tokens); n != p.Tokens {
+			t.Fatalf("seqLen says %d tokens, the coordinator makes %d", p.Tokens, n)
+		}
+		if p.Tokens <= maxTok {
+			fit++
+			minHash = append(minHash, p.Hash)
+		}
+	}
+	if s.Read != 40 || s.Fit != fit || fit == 40 || fit < 10 {
+		t.Fatalf("read %d fit %d, want 40 and %d (a mix of lengths)", s.Read, s.Fit, fit)
+	}
+	if len(s.Val) != 5 || len(s.Train) != fit-5 || len(s.Wide) != 12 {
+		t.Fatalf("%d val, %d train, %d wide; want 5, %d, 12", len(s.Val), len(s.Train), len(s.Wide), fit-5)
+	}
+	held := map[[32]byte]bool{}
+	for _, p := range s.Val {
+		held[p.Hash] = true
+		if p.Tokens > maxTok {
+			t.Errorf("held-out problem of %d tokens", p.Tokens)
+		}
+	}
+	for _, h := range minHash {
+		// A fitting problem whose hash is below the largest held-out hash
+		// must be held out.
+		if !held[h] && bytes.Compare(h[:], s.Val[len(s.Val)-1].Hash[:]) < 0 {
+			t.Errorf("problem %x not held out though its hash is among the smallest", h[:4])
+		}
+	}
+	for _, p := range append(append([]Problem(nil), s.Train...), s.Wide...) {
+		if held[p.Hash] {
+			t.Errorf("held-out problem %x is also trained on", p.Hash[:4])
+		}
+	}
+	longWide := 0
+	for _, p := range s.Wide {
+		if p.Tokens > maxTok {
+			longWide++
+		}
+	}
+	if longWide == 0 {
+		t.Errorf("the wide set holds no long problem")
+	}
+	ds, err := dataset(tok, maxTok, s.Wide, s.Val)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range sequences(ds.Train) {
+		if len(e.Tokens) > maxTok {
+			t.Errorf("a wide sequence of %d tokens was not cut to %d", len(e.Tokens), maxTok)
+		}
+	}
+	if n := len(sequences(ds.Val)); n != 5 {
+		t.Errorf("%d validation sequences, want 5", n)
+	}
+	if _, err := LoadSplit(path, tok, 10, 5, 12, 0); err == nil {
+		t.Errorf("no problem fits 10 tokens, and LoadSplit did not fail")
+	}
+}
+
+func TestNiceTicks(t *testing.T) {
+	for _, c := range []struct{ lo, hi float64 }{{0, 1}, {3.2, 8.17}, {0.001, 0.0047}, {-5, 120}, {7, 7}} {
+		ticks, tlo, thi := niceTicks(c.lo, c.hi, 6)
+		if len(ticks) < 2 || len(ticks) > 13 {
+			t.Errorf("%v: %d ticks", c, len(ticks))
+		}
+		if tlo > c.lo || thi < c.hi || ticks[0] != tlo || math.Abs(ticks[len(ticks)-1]-thi) > 1e-9*math.Max(1, math.Abs(thi)) {
+			t.Errorf("%v: ticks %v span [%v, %v], not covering", c, ticks, tlo, thi)
+		}
+		for i := 1; i < len(ticks); i++ {
+			if d := ticks[i] - ticks[i-1]; math.Abs(d-(ticks[1]-ticks[0])) > 1e-9*math.Abs(d) {
+				t.Errorf("%v: uneven ticks %v", c, ticks)
+			}
+		}
+	}
+}
+
+// svgDoc is the part of an SVG document the tests read.
+type svgDoc struct {
+	XMLName   xml.Name `xml:"svg"`
+	Polylines []struct {
+		Points string `xml:"points,attr"`
+	} `xml:"polyline"`
+	Circles []struct {
+		CX float64 `xml:"cx,attr"`
+		CY float64 `xml:"cy,attr"`
+	} `xml:"circle"`
+	Texts []string `xml:"text"`
+}
+
+func parseSVG(t *testing.T, data []byte) svgDoc {
+	t.Helper()
+	var d svgDoc
+	if err := xml.Unmarshal(data, &d); err != nil {
+		t.Fatalf("SVG does not parse: %v\n%s", err, data)
+	}
+	return d
+}
+
+// points parses a polyline's points.
+func points(t *testing.T, s string) [][2]float64 {
+	t.Helper()
+	var out [][2]float64
+	for _, f := range strings.Fields(s) {
+		xy := strings.Split(f, ",")
+		if len(xy) != 2 {
+			t.Fatalf("bad point %q", f)
+		}
+		x, err1 := strconv.ParseFloat(xy[0], 64)
+		y, err2 := strconv.ParseFloat(xy[1], 64)
+		if err1 != nil || err2 != nil {
+			t.Fatalf("bad point %q", f)
+		}
+		out = append(out, [2]float64{x, y})
+	}
+	return out
+}
+
+func TestChartSVG(t *testing.T) {
+	ch := Chart{Title: "a <title> & more", XLabel: "x", YLabel: "y",
+		Series: []Series{
+			{Name: "up", X: []float64{0, 1, 2, 3}, Y: []float64{0, 10, 20, 30}, Markers: true, Labels: []string{"a", "b", "", "d"}},
+			{Name: "flat", X: []float64{0, 3}, Y: []float64{15, math.NaN()}, Dashed: true},
+		},
+		HLines: []HLine{{Y: 5, Name: "ref"}}}
+	d := parseSVG(t, ch.SVG())
+	if len(d.Polylines) != 2 {
+		t.Fatalf("%d polylines, want 2", len(d.Polylines))
+	}
+	up := points(t, d.Polylines[0].Points)
+	if len(up) != 4 || len(points(t, d.Polylines[1].Points)) != 1 {
+		t.Fatalf("points %v / %q: want 4 and 1 (NaN skipped)", up, d.Polylines[1].Points)
+	}
+	// The axes span [0, 3] and [0, 30]: the first point is the plot's
+	// bottom-left corner, the last its top-right, and y grows upwards.
+	want := [][2]float64{{padL, padT + plotH}, {padL + plotW, padT}}
+	for i, p := range [][2]float64{up[0], up[3]} {
+		if math.Abs(p[0]-want[i][0]) > 0.1 || math.Abs(p[1]-want[i][1]) > 0.1 {
+			t.Errorf("point %v, want %v", p, want[i])
+		}
+	}
+	for i := 1; i < len(up); i++ {
+		if !(up[i][0] > up[i-1][0] && up[i][1] < up[i-1][1]) {
+			t.Errorf("points %v do not rise left to right", up)
+		}
+	}
+	if len(d.Circles) != 4 {
+		t.Errorf("%d markers, want 4", len(d.Circles))
+	}
+	text := strings.Join(d.Texts, "|")
+	for _, s := range []string{"a <title> & more", "up", "flat", "ref", "|b|", "|d|"} {
+		if !strings.Contains("|"+text+"|", s) {
+			t.Errorf("text %q missing from %q", s, text)
+		}
+	}
+}
+
+// TestQuickRun runs every experiment at QuickSizes on GSM8K and the
+// embedded base, then --only one of them into the same directory, and
+// checks the results, the tables and the plots.
+func TestQuickRun(t *testing.T) {
+	data := filepath.Join(testenv.Shared(t), "data", "gsm8k", "train.jsonl")
+	if _, err := os.Stat(data); err != nil {
+		testenv.Missing(t, "CARRYON_REQUIRE_SHARED", "%s is missing", data)
+	}
+	base, tok, name, err := demo.OpenModel("default", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer base.Close()
+	out := t.TempDir()
+	var log []string
+	opt := Options{Data: data, Out: out, Quick: true, BaseName: name, Progress: func(s string) { log = append(log, s) }}
+	res, err := Run(context.Background(), base, tok, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sz, s := QuickSizes(), res.Setup
+	if s.Read != sz.MaxRecords || s.Val != sz.ValProblems || s.Train+s.Val != s.Fit || s.Wide != sz.WideTrain || s.Context != base.Config.MaxPos {
+		t.Fatalf("setup %+v does not match the sizes %+v", s, sz)
+	}
+	ok := func(what string, v float64) {
+		t.Helper()
+		if !(v > 0) || math.IsInf(v, 0) {
+			t.Errorf("%s = %v, want a finite positive loss", what, v)
+		}
+	}
+	ok("base loss", s.BaseLoss)
+	// The base's next-token loss on GSM8K answers is near uniform for the
+	// Brown-corpus base (ln 4096 = 8.32), but below it.
+	if s.BaseLoss > math.Log(float64(s.Vocab)) {
+		t.Errorf("base loss %v above uniform", s.BaseLoss)
+	}
+	checkRun := func(r CarryOnRun) {
+		t.Helper()
+		ok("val loss", r.ValLoss)
+		ok("train loss", r.TrainLoss)
+		c := r.Curve
+		if len(c.Step) < 2 || c.Step[0] != 0 || c.Loss[0] != r.BaseLoss || c.Step[len(c.Step)-1] != r.Steps || c.Loss[len(c.Loss)-1] != r.ValLoss {
+			t.Errorf("curve %+v: want to start at step 0 with the base's loss %v and end at step %d with %v", c, r.BaseLoss, r.Steps, r.ValLoss)
+		}
+		if r.Params != carryOnShape(s.Dim, s.Vocab, r.Width, r.Layers).NumParams() || r.AdaptorBytes < 4*r.Params {
+			t.Errorf("run %+v: params or adaptor size wrong", r)
+		}
+	}
+	if res.Loss == nil || len(res.Loss.Runs) != 3 || res.Loss.BaseLoss != s.BaseLoss {
+		t.Fatalf("loss experiment: %+v", res.Loss)
+	}
+	for _, r := range res.Loss.Runs {
+		checkRun(r)
+		// q8 barely moves the base's loss.
+		if math.Abs(r.BaseLoss-s.BaseLoss) > 0.05 {
+			t.Errorf("base through q8 %v, exact %v", r.BaseLoss, s.BaseLoss)
+		}
+	}
+	if c := res.Clock; c == nil || len(c.Methods) != 3 || c.EmbedSeconds <= 0 {
+		t.Fatalf("clock experiment: %+v", c)
+	} else {
+		for _, m := range c.Methods {
+			ok(m.Name+" loss", m.Loss)
+			if m.Steps < 1 || len(m.Curve.Step) < 2 || m.Curve.Seconds[0] != 0 {
+				t.Errorf("%s: %+v", m.Name, m)
+			}
+		}
+		if c.Methods[0].Curve.Seconds[1] < c.EmbedSeconds || c.Methods[1].Params != int(base.Config.NumParams()) {
+			t.Errorf("clock: the carry-on's clock must start after the embedding (%v), the fine-tune train all %d weights: %+v", c.EmbedSeconds, base.Config.NumParams(), c.Methods)
+		}
+	}
+	if b := res.Bridge; b == nil || len(b.Rows) != 5 {
+		t.Fatalf("bridge experiment: %+v", b)
+	} else {
+		rel := map[string]float64{}
+		for _, r := range b.Rows {
+			ok(r.Codec, r.ValLoss)
+			codec, err := tensor.ParseCodec(r.Codec)
+			if err != nil || r.BytesPerToken != codec.EncodedSize(1, s.Dim) {
+				t.Errorf("%s: %d bytes per token", r.Codec, r.BytesPerToken)
+			}
+			rel[r.Codec] = r.RelError
+		}
+		if !(rel["bf16"] < 0.01 && rel["bf16"] < rel["q8"] && rel["q8"] < rel["q4"] && rel["q4g64"] < rel["q4"] && rel["q4"] < rel["q2"]) {
+			t.Errorf("bridge errors not ordered by bits: %v", rel)
+		}
+	}
+	if sh := res.Shape; sh == nil || len(sh.Runs) != 6 {
+		t.Fatalf("shape experiment: %+v", sh)
+	} else {
+		for i, r := range sh.Runs {
+			checkRun(r)
+			if i%3 > 0 && r.Params <= sh.Runs[i-1].Params || i >= 3 && r.Params <= sh.Runs[i-3].Params {
+				t.Errorf("params do not grow with L and h: %+v", sh.Runs)
+			}
+		}
+	}
+	if e := res.Exact; e == nil || len(e.Rows) != 3 || e.Problems != sz.ExactProblems {
+		t.Fatalf("exact experiment: %+v", e)
+	} else {
+		for _, r := range e.Rows {
+			if r.Correct > r.Formatted || r.Formatted > e.Problems || r.MeanTokens > float64(sz.ExactMaxTokens) {
+				t.Errorf("exact: %+v", r)
+			}
+		}
+	}
+
+	// What was written is what was returned.
+	js, err := os.ReadFile(filepath.Join(out, "experiments.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Results
+	if err := json.Unmarshal(js, &back); err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(&back, res) {
+		t.Errorf("experiments.json does not round-trip the results")
+	}
+	md, err := os.ReadFile(filepath.Join(out, "experiments-results.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, ch := range Charts(res) {
+		if !bytes.Contains(md, []byte("![](img/"+name+")")) {
+			t.Errorf("the tables do not show %s", name)
+		}
+		svg, err := os.ReadFile(filepath.Join(out, "img", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		d := parseSVG(t, svg)
+		if len(d.Polylines) != len(ch.Series) {
+			t.Errorf("%s: %d polylines for %d series", name, len(d.Polylines), len(ch.Series))
+		}
+		for i, pl := range d.Polylines {
+			pts := points(t, pl.Points)
+			if len(pts) != len(ch.Series[i].X) {
+				t.Errorf("%s: series %q has %d points, the plot %d", name, ch.Series[i].Name, len(ch.Series[i].X), len(pts))
+			}
+			for _, p := range pts {
+				if p[0] < 0 || p[0] > svgW || p[1] < 0 || p[1] > svgH {
+					t.Errorf("%s: point %v outside the picture", name, p)
+				}
+			}
+		}
+	}
+	if len(log) == 0 {
+		t.Errorf("no progress reported")
+	}
+
+	// --only exact keeps the other experiments' results.
+	opt.Only = "exact"
+	res2, err := Run(context.Background(), base, tok, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(res2.Loss, res.Loss) || !reflect.DeepEqual(res2.Shape, res.Shape) || res2.Exact == nil {
+		t.Errorf("--only exact lost the other sections")
+	}
+	opt.Only = "nonsense"
+	if _, err := Run(context.Background(), base, tok, opt); err == nil {
+		t.Errorf("an unknown experiment name was accepted")
+	}
+}

@@ -1,0 +1,567 @@
+// Package experiments runs the GSM8K experiments of docs/experiments.md on
+// a base model (the embedded default base in practice) and writes their
+// results: experiments.json, experiments-results.md (the tables) and SVG
+// plots under img/. `carryon experiment` is its command.
+//
+// Every carry-on is trained through the coordinator's own path
+// (coordinator.ReadDataset, CollectLocal, Train), the way `carryon train`
+// trains one; the base's forward pass runs once per sequence for the whole
+// run and every bridge setting and shape is trained from it.
+package experiments
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"carryon/coordinator"
+	"carryon/model"
+	"carryon/tensor"
+)
+
+// Names are the experiments, in the order they run; Options.Only takes one.
+var Names = []string{"loss", "clock", "bridge", "shape", "exact"}
+
+// Options configure Run.
+type Options struct {
+	Data string // GSM8K-style JSONL with question and answer fields
+	Out  string // where experiments.json, experiments-results.md and img/*.svg go
+	// Only runs one experiment (one of Names); the other sections of an
+	// existing Out/experiments.json are kept. "" runs all.
+	Only string
+	// Quick shrinks every size (QuickSizes): a smoke run of the pipeline.
+	Quick bool
+	// Sizes, when set, replaces FullSizes or QuickSizes.
+	Sizes *Sizes
+	// CacheDir holds the embedding caches; "" means a temporary directory
+	// removed at the end.
+	CacheDir string
+	// BaseName names the base in the results.
+	BaseName string
+	// Progress, when set, receives one line per stage.
+	Progress func(msg string)
+}
+
+// Sizes are every size and hyper-parameter of a run (recorded in the
+// results).
+type Sizes struct {
+	MaxRecords     int     `json:"max_records"`      // problems read from the file (0: all)
+	ValProblems    int     `json:"val_problems"`     // held-out qualifying problems
+	WideTrain      int     `json:"wide_train"`       // problems in the wide (cut to context) training set
+	Steps          int     `json:"steps"`            // optimiser steps per carry-on
+	Batch          int     `json:"batch"`            // sequences per step (every method)
+	LR             float32 `json:"lr"`               // carry-on peak LR (cosine to LR/10, 5% warm-up)
+	ClockSeconds   float64 `json:"clock_seconds"`    // wall-clock budget per method in the clock experiment
+	ClockEvals     int     `json:"clock_evals"`      // validation passes per method there
+	FinetuneLR     float32 `json:"finetune_lr"`      // full fine-tune of the base
+	ScratchLR      float32 `json:"scratch_lr"`       // tiny base from scratch
+	ExactProblems  int     `json:"exact_problems"`   // held-out problems generated greedily
+	ExactMaxTokens int     `json:"exact_max_tokens"` // answer cap (0: up to the context)
+}
+
+func (s Sizes) validate() error {
+	switch {
+	case s.MaxRecords < 0 || s.ValProblems < 1 || s.WideTrain < 1 || s.Steps < 1 || s.Batch < 1:
+		return fmt.Errorf("sizes %+v: want MaxRecords >= 0 and ValProblems, WideTrain, Steps, Batch >= 1", s)
+	case !(s.LR > 0) || !(s.FinetuneLR > 0) || !(s.ScratchLR > 0) || !(s.ClockSeconds > 0) || s.ClockEvals < 1:
+		return fmt.Errorf("sizes %+v: want positive learning rates, clock budget and evaluations", s)
+	case s.ExactProblems < 0 || s.ExactMaxTokens < 0:
+		return fmt.Errorf("sizes %+v: want ExactProblems, ExactMaxTokens >= 0", s)
+	}
+	return nil
+}
+
+// FullSizes are the sizes of the published run (about 20 minutes on two
+// shared cores).
+func FullSizes() Sizes {
+	return Sizes{ValProblems: 60, WideTrain: 1000, Steps: 200, Batch: 8, LR: 3e-3,
+		ClockSeconds: 120, ClockEvals: 8, FinetuneLR: 3e-4, ScratchLR: 2e-3, ExactProblems: 60}
+}
+
+// QuickSizes exercise every code path in seconds.
+func QuickSizes() Sizes {
+	return Sizes{MaxRecords: 600, ValProblems: 4, WideTrain: 12, Steps: 4, Batch: 2, LR: 3e-3,
+		ClockSeconds: 1, ClockEvals: 2, FinetuneLR: 3e-4, ScratchLR: 2e-3, ExactProblems: 2, ExactMaxTokens: 6}
+}
+
+// Results is everything a run measured; experiments.json holds it.
+type Results struct {
+	Setup  Setup         `json:"setup"`
+	Loss   *LossResult   `json:"loss,omitempty"`
+	Clock  *ClockResult  `json:"clock,omitempty"`
+	Bridge *BridgeResult `json:"bridge,omitempty"`
+	Shape  *ShapeResult  `json:"shape,omitempty"`
+	Exact  *ExactResult  `json:"exact,omitempty"`
+}
+
+// Setup describes the base, the data and the run.
+type Setup struct {
+	Base        string  `json:"base"`
+	BaseHash    string  `json:"base_hash"`
+	BaseParams  int     `json:"base_params"`
+	Dim         int     `json:"dim"`
+	BaseLayers  int     `json:"base_layers"`
+	Vocab       int     `json:"vocab"`
+	Context     int     `json:"context"`
+	Read        int     `json:"read"`         // problems read
+	Fit         int     `json:"fit"`          // of which fit the context
+	Train       int     `json:"train"`        // fitting problems trained on
+	Val         int     `json:"val"`          // fitting problems held out
+	Wide        int     `json:"wide"`         // problems in the wide set (cut to the context)
+	TrainTokens int     `json:"train_tokens"` // answer tokens (the loss positions) in Train
+	ValTokens   int     `json:"val_tokens"`
+	WideTokens  int     `json:"wide_tokens"`
+	BaseLoss    float64 `json:"base_loss"` // base alone on Val's answer tokens, exact hidden states
+	Sizes       Sizes   `json:"sizes"`
+	GOMAXPROCS  int     `json:"gomaxprocs"`
+	// ForwardSeconds is the base's forward time over every sequence of
+	// this run, once each; TrainSeconds the carry-on training time of all
+	// the runs that reused it.
+	ForwardSeconds float64 `json:"forward_seconds"`
+	ForwardSeqs    int     `json:"forward_seqs"`
+	CarryOnRuns    int     `json:"carry_on_runs"`
+	TrainSeconds   float64 `json:"train_seconds"`
+	WallSeconds    float64 `json:"wall_seconds"`
+	Date           string  `json:"date"`
+}
+
+// Curve is validation loss over training: Seconds counts training time
+// only (validation passes excluded).
+type Curve struct {
+	Step    []int     `json:"step"`
+	Seconds []float64 `json:"seconds"`
+	Loss    []float64 `json:"loss"`
+}
+
+func (c *Curve) add(step int, sec, loss float64) {
+	c.Step, c.Seconds, c.Loss = append(c.Step, step), append(c.Seconds, sec), append(c.Loss, loss)
+}
+
+// CarryOnRun is one trained carry-on.
+type CarryOnRun struct {
+	Data         string  `json:"data"` // "fit" or "wide"
+	Codec        string  `json:"codec"`
+	Width        int     `json:"width"`
+	Layers       int     `json:"layers"`
+	Params       int     `json:"params"`
+	AdaptorBytes int     `json:"adaptor_bytes"` // the adaptor file (float32 weights and metadata)
+	Steps        int     `json:"steps"`
+	Seed         uint64  `json:"seed"` // initialisation and batch order
+	ValLoss      float64 `json:"val_loss"`
+	BaseLoss     float64 `json:"base_loss"` // base alone, through the same bridge
+	TrainLoss    float64 `json:"train_loss"`
+	BestLoss     float64 `json:"best_loss"` // lowest validation loss seen
+	BestStep     int     `json:"best_step"`
+	StepMS       float64 `json:"step_ms"`
+	Curve        Curve   `json:"curve"`
+}
+
+// LossResult is experiment 1.
+type LossResult struct {
+	BaseLoss float64      `json:"base_loss"`
+	Runs     []CarryOnRun `json:"runs"`
+}
+
+// ClockMethod is one training method of experiment 2.
+type ClockMethod struct {
+	Name    string  `json:"name"`
+	Params  int     `json:"params"` // trained parameters
+	Steps   int     `json:"steps"`
+	LR      float32 `json:"lr"`
+	StepMS  float64 `json:"step_ms"`
+	Seconds float64 `json:"seconds"` // on its clock at the end (embedding included for the carry-on)
+	Loss    float64 `json:"loss"`    // final held-out answer-token loss
+	Curve   Curve   `json:"curve"`
+}
+
+// ClockResult is experiment 2.
+type ClockResult struct {
+	BudgetSeconds float64       `json:"budget_seconds"`
+	EmbedSeconds  float64       `json:"embed_seconds"` // base forward + bridge over train and val, once
+	BaseLoss      float64       `json:"base_loss"`
+	Methods       []ClockMethod `json:"methods"`
+}
+
+// BridgeRow is one bridge setting of experiment 3.
+type BridgeRow struct {
+	Codec         string  `json:"codec"`
+	BytesPerToken int     `json:"bytes_per_token"` // on the wire, per token of the base's width
+	RelError      float64 `json:"rel_error"`       // ‖x̂−x‖/‖x‖ over the held-out hidden states
+	BaseLoss      float64 `json:"base_loss"`       // base alone through the bridge
+	ValLoss       float64 `json:"val_loss"`
+	BestLoss      float64 `json:"best_loss"`
+}
+
+// BridgeResult is experiment 3.
+type BridgeResult struct {
+	F32BytesPerToken int         `json:"f32_bytes_per_token"`
+	Rows             []BridgeRow `json:"rows"`
+}
+
+// ShapeResult is experiment 4.
+type ShapeResult struct {
+	Runs []CarryOnRun `json:"runs"`
+}
+
+// ExactRow is one system of experiment 5.
+type ExactRow struct {
+	System     string  `json:"system"`
+	Correct    int     `json:"correct"`
+	Formatted  int     `json:"formatted"` // answers that end in "#### <number>"
+	Stopped    int     `json:"stopped"`   // answers ended by EOS (not by the context)
+	MeanTokens float64 `json:"mean_tokens"`
+}
+
+// Sample is one generated answer per system, for the write-up.
+type Sample struct {
+	Question  string   `json:"question"`
+	Reference string   `json:"reference"`
+	Answers   []string `json:"answers"` // in ExactResult.Rows order
+}
+
+// ExactResult is experiment 5.
+type ExactResult struct {
+	Problems int        `json:"problems"`
+	Rows     []ExactRow `json:"rows"`
+	Samples  []Sample   `json:"samples"`
+}
+
+// runner holds what the experiments share.
+type runner struct {
+	ctx      context.Context
+	opt      Options
+	sz       Sizes
+	base     *model.Base
+	tok      model.Tokenizer
+	split    *Split
+	fit      *coordinator.Dataset // Train and Val
+	wide     *coordinator.Dataset // Wide and Val
+	memo     *memoForwarder
+	cacheDir string
+	log      *slog.Logger
+	done     map[string]*trained
+	res      *Results
+}
+
+type trained struct {
+	run CarryOnRun
+	co  *model.CarryOn
+}
+
+func (r *runner) logf(format string, args ...any) {
+	if r.opt.Progress != nil {
+		r.opt.Progress(fmt.Sprintf(format, args...))
+	}
+}
+
+func timed(f func() error) (float64, error) {
+	t := time.Now()
+	err := f()
+	return time.Since(t).Seconds(), err
+}
+
+// Run runs the experiments on base and writes their results under
+// opt.Out. tok must be base's tokenizer.
+func Run(ctx context.Context, base *model.Base, tok model.Tokenizer, opt Options) (*Results, error) {
+	start := time.Now()
+	if opt.Data == "" || opt.Out == "" {
+		return nil, errors.New("experiments.Run: Data and Out are required")
+	}
+	if opt.Only != "" {
+		ok := false
+		for _, n := range Names {
+			ok = ok || n == opt.Only
+		}
+		if !ok {
+			return nil, fmt.Errorf("experiments.Run: unknown experiment %q (want one of %v)", opt.Only, Names)
+		}
+	}
+	sz := FullSizes()
+	if opt.Quick {
+		sz = QuickSizes()
+	}
+	if opt.Sizes != nil {
+		sz = *opt.Sizes
+	}
+	if err := sz.validate(); err != nil {
+		return nil, fmt.Errorf("experiments.Run: %w", err)
+	}
+	r := &runner{ctx: ctx, opt: opt, sz: sz, base: base, tok: tok, memo: &memoForwarder{base: base, m: map[string][][]float32{}},
+		log: slog.New(slog.NewTextHandler(io.Discard, nil)), done: map[string]*trained{}, res: &Results{}}
+	if opt.Only != "" {
+		if b, err := os.ReadFile(filepath.Join(opt.Out, "experiments.json")); err == nil {
+			if err := json.Unmarshal(b, r.res); err != nil {
+				return nil, fmt.Errorf("experiments.Run: merging into %s: %w", filepath.Join(opt.Out, "experiments.json"), err)
+			}
+		}
+	}
+	r.cacheDir = opt.CacheDir
+	if r.cacheDir == "" {
+		d, err := os.MkdirTemp("", "carryon-experiments-*")
+		if err != nil {
+			return nil, fmt.Errorf("experiments.Run: %w", err)
+		}
+		defer os.RemoveAll(d)
+		r.cacheDir = d
+	}
+	if err := r.setup(); err != nil {
+		return nil, fmt.Errorf("experiments.Run: %w", err)
+	}
+	steps := map[string]func() error{"loss": r.lossExp, "clock": r.clockExp, "bridge": r.bridgeExp, "shape": r.shapeExp, "exact": r.exactExp}
+	for _, n := range Names {
+		if opt.Only != "" && opt.Only != n {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("experiments.Run: %w", err)
+		}
+		r.logf("experiment %s", n)
+		if err := steps[n](); err != nil {
+			return nil, fmt.Errorf("experiments.Run: %s: %w", n, err)
+		}
+	}
+	s := &r.res.Setup
+	s.ForwardSeconds, s.ForwardSeqs = r.memo.Seconds, r.memo.Seqs
+	s.WallSeconds = time.Since(start).Seconds()
+	if err := Write(r.res, opt.Out); err != nil {
+		return nil, err
+	}
+	return r.res, nil
+}
+
+// setup splits the data and measures the base alone.
+func (r *runner) setup() error {
+	c := r.base.Config
+	var err error
+	if r.split, err = LoadSplit(r.opt.Data, r.tok, c.MaxPos, r.sz.ValProblems, r.sz.WideTrain, r.sz.MaxRecords); err != nil {
+		return err
+	}
+	if r.fit, err = dataset(r.tok, c.MaxPos, r.split.Train, r.split.Val); err != nil {
+		return err
+	}
+	if r.wide, err = dataset(r.tok, c.MaxPos, r.split.Wide, r.split.Val); err != nil {
+		return err
+	}
+	val := sequences(r.fit.Val)
+	for _, e := range append(sequences(r.fit.Train), val...) {
+		if len(e.Tokens) > c.MaxPos {
+			return fmt.Errorf("a fitting problem tokenized to %d tokens, over %d: the length count disagrees with the coordinator's", len(e.Tokens), c.MaxPos)
+		}
+	}
+	baseLoss, err := answerLoss(r.base, val)
+	if err != nil {
+		return err
+	}
+	r.res.Setup = Setup{Base: r.opt.BaseName, BaseHash: r.base.WeightsHash, BaseParams: int(c.NumParams()), Dim: c.Dim,
+		BaseLayers: c.Layers, Vocab: c.Vocab, Context: c.MaxPos, Read: r.split.Read, Fit: r.split.Fit,
+		Train: len(r.split.Train), Val: len(r.split.Val), Wide: len(r.split.Wide),
+		TrainTokens: trainedTokens(sequences(r.fit.Train)), ValTokens: trainedTokens(val),
+		WideTokens: trainedTokens(sequences(r.wide.Train)), BaseLoss: baseLoss, Sizes: r.sz,
+		GOMAXPROCS: runtime.GOMAXPROCS(0), Date: time.Now().UTC().Format("2006-01-02")}
+	r.logf("data: %d problems read, %d fit %d tokens; %d train, %d held out, %d in the wide set; base loss %.4f",
+		r.split.Read, r.split.Fit, c.MaxPos, len(r.split.Train), len(r.split.Val), len(r.split.Wide), baseLoss)
+	return nil
+}
+
+// answerLoss is the mean answer-token cross-entropy of b (exact hidden
+// states, no bridge) over exs.
+func answerLoss(b *model.Base, exs []coordinator.Example) (float64, error) {
+	c := b.Config
+	chunk := max(1, min(64, (1<<21)/c.Vocab))
+	scratch := make([]float32, chunk*c.Vocab)
+	var sum float64
+	n := 0
+	for _, e := range exs {
+		hs, err := b.Forward(e.Tokens, []int{model.FinalLayer})
+		if err != nil {
+			return 0, err
+		}
+		// hs[0]: (T, Dim)
+		l, k := tensor.CrossEntropyLMHead(nil, hs[0], b.LMHead(), e.Targets(), len(e.Tokens), c.Dim, c.Vocab, chunk, 0, scratch)
+		sum, n = sum+l, n+k
+	}
+	if n == 0 {
+		return 0, errors.New("no answer tokens to score")
+	}
+	return sum / float64(n), nil
+}
+
+// carryOnShape is the carry-on of width h and depth L that `carryon train`
+// builds: heads of 16, SwiGLU width 8h/3 rounded up to a multiple of 4.
+func carryOnShape(dim, vocab, width, layers int) model.CarryOnConfig {
+	c := model.DefaultCarryOnConfig(dim, vocab)
+	c.Width, c.Layers = width, layers
+	c.Heads = max(1, width/16)
+	c.FFN = (width*8/3 + 3) / 4 * 4
+	return c
+}
+
+// spec names one carry-on training run.
+type spec struct {
+	data          string // "fit" or "wide"
+	codec         string
+	width, layers int
+	steps         int
+	seed          uint64
+}
+
+func (s spec) key() string {
+	return fmt.Sprintf("%s/%s/h%d/L%d/%d/seed%d", s.data, s.codec, s.width, s.layers, s.steps, s.seed)
+}
+
+// carryOn trains (or recalls) the carry-on of s through the coordinator:
+// CollectLocal fills the bridge cache from the shared forward pass, Train
+// trains on it.
+func (r *runner) carryOn(s spec) (*trained, error) {
+	if t, ok := r.done[s.key()]; ok {
+		return t, nil
+	}
+	ds := r.fit
+	if s.data == "wide" {
+		ds = r.wide
+	}
+	bc := r.base.Config
+	cfg := coordinator.Config{CacheDir: r.cacheDir, Codec: s.codec, Logger: r.log,
+		Train: coordinator.TrainConfig{Steps: s.steps, BatchSeqs: r.sz.Batch, EvalEvery: max(1, s.steps/8), Seed: s.seed, CheckpointEvery: -1}}
+	cfg.Train.Optim.LR = r.sz.LR
+	cfg.Train.CarryOn = carryOnShape(bc.Dim, bc.Vocab, s.width, s.layers)
+	c, err := coordinator.New(nil, nil, r.base, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	if err := c.CollectLocal(r.ctx, ds, r.memo, nil); err != nil {
+		return nil, err
+	}
+	run := CarryOnRun{Data: s.data, Codec: s.codec, Width: s.width, Layers: s.layers, Steps: s.steps, Seed: s.seed, BestLoss: math.Inf(1)}
+	var sec float64
+	mark := time.Now()
+	res, err := c.Train(r.ctx, ds, coordinator.Hooks{
+		Step: func(coordinator.StepInfo) {
+			sec += time.Since(mark).Seconds()
+			mark = time.Now()
+		},
+		Eval: func(e coordinator.EvalInfo) {
+			if len(run.Curve.Step) == 0 {
+				run.Curve.add(0, 0, e.BaseLoss) // W_Δ = 0: training starts at the base's loss
+			}
+			run.Curve.add(e.Step, sec, e.Loss)
+			if e.Loss < run.BestLoss {
+				run.BestLoss, run.BestStep = e.Loss, e.Step
+			}
+			run.BaseLoss = e.BaseLoss
+			mark = time.Now() // validation time is not training time
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	blob, err := res.CarryOn.MarshalAdaptor(res.Meta)
+	if err != nil {
+		return nil, err
+	}
+	run.Params, run.AdaptorBytes = len(res.CarryOn.Params), len(blob)
+	run.ValLoss, run.TrainLoss = res.Meta.Metrics["val_loss"], res.Meta.Metrics["train_loss"]
+	run.StepMS = 1000 * sec / float64(s.steps)
+	r.res.Setup.CarryOnRuns++
+	r.res.Setup.TrainSeconds += sec
+	r.logf("carry-on %s: %d params, val loss %.4f (base %.4f, best %.4f at step %d), %.0f ms/step",
+		s.key(), run.Params, run.ValLoss, run.BaseLoss, run.BestLoss, run.BestStep, run.StepMS)
+	t := &trained{run: run, co: res.CarryOn}
+	r.done[s.key()] = t
+	return t, nil
+}
+
+// main is the reference carry-on: h = 64, L = 2, q8, on the fitting
+// problems.
+func (r *runner) main(data string) spec {
+	return spec{data: data, codec: "q8", width: 64, layers: 2, steps: r.sz.Steps, seed: 1}
+}
+
+// lossExp: held-out answer-token loss, base alone vs base + carry-on,
+// trained on the fitting problems and on the wide set; a second seed of
+// the first measures the run-to-run spread.
+func (r *runner) lossExp() error {
+	out := &LossResult{BaseLoss: r.res.Setup.BaseLoss}
+	seed2 := r.main("fit")
+	seed2.seed = 2
+	for _, s := range []spec{r.main("fit"), seed2, r.main("wide")} {
+		t, err := r.carryOn(s)
+		if err != nil {
+			return err
+		}
+		out.Runs = append(out.Runs, t.run)
+	}
+	r.res.Loss = out
+	return nil
+}
+
+// bridgeExp: the main carry-on under each bridge setting.
+func (r *runner) bridgeExp() error {
+	D := r.base.Config.Dim
+	out := &BridgeResult{F32BytesPerToken: 4 * D}
+	val := sequences(r.fit.Val)
+	for _, name := range []string{"bf16", "q8", "q4g64", "q4", "q2"} {
+		s := r.main("fit")
+		s.codec = name
+		t, err := r.carryOn(s)
+		if err != nil {
+			return err
+		}
+		codec, err := tensor.ParseCodec(name)
+		if err != nil {
+			return err
+		}
+		// Relative error of the bridge on the held-out hidden states.
+		var num, den float64
+		var buf []byte
+		var dec []float32
+		for _, e := range val {
+			hs, err := r.memo.Forward(e.Tokens, []int{model.FinalLayer})
+			if err != nil {
+				return err
+			}
+			T := len(e.Tokens)
+			buf = codec.Encode(buf[:0], hs[0], T, D)
+			dec = append(dec[:0], make([]float32, T*D)...)
+			if err := codec.Decode(dec, buf, T, D); err != nil {
+				return err
+			}
+			for i, x := range hs[0] {
+				d := float64(dec[i] - x)
+				num += d * d
+				den += float64(x) * float64(x)
+			}
+		}
+		out.Rows = append(out.Rows, BridgeRow{Codec: name, BytesPerToken: codec.EncodedSize(1, D), RelError: math.Sqrt(num / den),
+			BaseLoss: t.run.BaseLoss, ValLoss: t.run.ValLoss, BestLoss: t.run.BestLoss})
+	}
+	r.res.Bridge = out
+	return nil
+}
+
+// shapeExp: width and depth.
+func (r *runner) shapeExp() error {
+	out := &ShapeResult{}
+	for _, h := range []int{64, 256} {
+		for _, l := range []int{1, 2, 3} {
+			s := r.main("fit")
+			s.width, s.layers = h, l
+			t, err := r.carryOn(s)
+			if err != nil {
+				return err
+			}
+			out.Runs = append(out.Runs, t.run)
+		}
+	}
+	r.res.Shape = out
+	return nil
+}
