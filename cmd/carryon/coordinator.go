@@ -1,18 +1,15 @@
 package main
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
-	"path/filepath"
 	"time"
 
 	"carryon/coordinator"
 	"carryon/internal/demo"
-	"carryon/model"
 	"carryon/protocol"
 )
 
@@ -23,19 +20,8 @@ func init() {
 func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("coordinator", "--model PATH|default --data FILE|default [flags]", stderr)
 	sf := addSwarmFlags(fs, "/ip4/0.0.0.0/tcp/4001")
-	modelFlag := fs.String("model", "default", "base model directory or .gguf file, or \"default\" for the embedded base")
-	data := fs.String("data", "default", "data file: JSONL (text, prompt/completion or question/answer) or plain text; \"default\" for the demo's problems")
-	cacheDir := fs.String("cache", filepath.Join(demo.DefaultCacheDir(), "coordinator"), "embedding cache and adaptor store")
-	codec := fs.String("codec", "q8", "bridge setting nodes compress with")
-	seqLen := fs.Int("seq-len", 128, "tokens per sequence at most")
+	job := addJobFlags(fs)
 	chunkSeqs := fs.Int("chunk-seqs", 16, "sequences per chunk leased to a node")
-	steps := fs.Int("steps", 300, "training steps")
-	batch := fs.Int("batch", 8, "sequences per training step")
-	lr := fs.Float64("lr", 3e-3, "peak learning rate")
-	width := fs.Int("width", 64, "carry-on width h")
-	layers := fs.Int("layers", 2, "carry-on blocks L")
-	alpha := fs.Float64("alpha", 1, "carry-on scale α")
-	parent := fs.String("parent", "", "train a boosting stage on top of this adaptor (a file, or a CID in the store)")
 	boost := fs.Bool("boost", false, "train a boosting stage on top of the latest published version")
 	minNodes := fs.Int("min-nodes", 1, "nodes to wait for before leasing")
 	ckptEvery := fs.Int("checkpoint-every", 50, "save the training state every so many steps (and at the end); a restarted run resumes from it; negative: never")
@@ -47,29 +33,24 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		return err
 	}
 	log := logger()
-	dcfg := coordinator.DataConfig{SeqLen: *seqLen, SeqsPerChunk: *chunkSeqs}
+	dcfg := coordinator.DataConfig{SeqLen: *job.seqLen, SeqsPerChunk: *chunkSeqs}
 	var jf *coordinator.JobFile
 	if *config != "" {
 		var err error
 		if jf, err = coordinator.LoadJobFile(*config); err != nil {
 			return err
 		}
-		*modelFlag, *data, dcfg = jf.Base, jf.Data, jf.DataConfig()
+		*job.model, *job.data, dcfg = jf.Base, jf.Data, jf.DataConfig()
 		if jf.Cache != "" {
-			*cacheDir = jf.Cache
+			*job.cache = jf.Cache
 		}
 	}
-	base, tok, _, err := demo.OpenModel(*modelFlag, demo.DefaultCacheDir())
+	base, tok, _, err := demo.OpenModel(*job.model, demo.DefaultCacheDir())
 	if err != nil {
 		return err
 	}
 	defer base.Close()
-	var ds *coordinator.Dataset
-	if *data == "default" {
-		ds, err = coordinator.ReadDataset(bytes.NewReader(demo.DefaultData(600)), true, tok, dcfg)
-	} else {
-		ds, err = coordinator.LoadDataset(*data, tok, dcfg)
-	}
+	ds, err := job.dataset(tok, dcfg)
 	if err != nil {
 		return err
 	}
@@ -78,14 +59,12 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		return err
 	}
 	defer j.close()
-	cfg := coordinator.Config{CacheDir: *cacheDir, Codec: *codec, MinNodes: *minNodes, Logger: log,
-		Train: coordinator.TrainConfig{Steps: *steps, BatchSeqs: *batch, CheckpointEvery: *ckptEvery}}
-	cfg.Train.Optim.LR = float32(*lr)
-	cfg.Train.CarryOn = defaultShape(base.Config.Dim, base.Config.Vocab, *width, *layers, float32(*alpha))
+	cfg := job.config(base)
+	cfg.MinNodes, cfg.Logger, cfg.Train.CheckpointEvery = *minNodes, log, *ckptEvery
 	if jf != nil {
 		cfg = jf.Config()
-		cfg.CacheDir, cfg.Logger = *cacheDir, log
-		*steps = cmp.Or(cfg.Train.Steps, 200) // the progress lines' spacing; 200 is TrainConfig's default
+		cfg.CacheDir, cfg.Logger = *job.cache, log
+		*job.steps = cmp.Or(cfg.Train.Steps, 200) // the progress lines' spacing; 200 is TrainConfig's default
 	}
 	c, err := coordinator.New(j.h, j.topics, base, cfg)
 	if err != nil {
@@ -130,8 +109,8 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		},
 		Progress: func(p coordinator.Progress) { embedBar.set(p.Done, p.Total) },
 		Step: func(s coordinator.StepInfo) {
-			trainBar.set(s.Step, *steps)
-			if s.Step == *steps {
+			trainBar.set(s.Step, *job.steps)
+			if s.Step == *job.steps {
 				fmt.Fprintf(stdout, "train: step %d loss %.4f\n", s.Step, s.Loss)
 			}
 		},
@@ -139,7 +118,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 			fmt.Fprintf(stdout, "eval: step %d val loss %.4f (base %.4f)\n", e.Step, e.Loss, e.BaseLoss)
 		},
 	}
-	if hooks.Parent, err = storeParent(c.Store(), *parent); err != nil {
+	if hooks.Parent, err = storeParent(c.Store(), *job.parent); err != nil {
 		return err
 	}
 	if *boost && hooks.Parent == "" {
@@ -182,14 +161,4 @@ func provideInBackground(ctx context.Context, j *joined, cidStr string, log *slo
 			log.Warn("adaptor not announced in the DHT", "adaptor", cidStr, "err", err)
 		}
 	}()
-}
-
-// defaultShape is the carry-on shape from the flags (sources, vocab and
-// sequence length are filled in by the coordinator).
-func defaultShape(dim, vocab, width, layers int, alpha float32) model.CarryOnConfig {
-	c := model.DefaultCarryOnConfig(dim, vocab)
-	c.Width, c.Layers, c.Alpha = width, layers, alpha
-	c.Heads = max(1, width/16)
-	c.FFN = (width*8/3 + 3) / 4 * 4
-	return c
 }

@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
 	"carryon/coordinator"
 	"carryon/internal/demo"
@@ -21,19 +19,8 @@ func init() {
 
 func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("train", "--model PATH|default --data FILE|default --out ADAPTOR.safetensors [flags]", stderr)
-	modelFlag := fs.String("model", "default", "base model directory, or \"default\" for the embedded stand-in")
-	data := fs.String("data", "default", "data file: JSONL (text, prompt/completion or question/answer) or plain text; \"default\" for the demo's problems")
+	jf := addJobFlags(fs)
 	out := fs.String("out", "", "where to write the adaptor")
-	cacheDir := fs.String("cache", filepath.Join(demo.DefaultCacheDir(), "coordinator"), "embedding cache and adaptor store (shared with 'carryon coordinator')")
-	codec := fs.String("codec", "q8", "bridge setting the embeddings are cached with")
-	seqLen := fs.Int("seq-len", 128, "tokens per sequence at most")
-	steps := fs.Int("steps", 300, "training steps")
-	batch := fs.Int("batch", 8, "sequences per training step")
-	lr := fs.Float64("lr", 3e-3, "peak learning rate")
-	width := fs.Int("width", 64, "carry-on width h")
-	layers := fs.Int("layers", 2, "carry-on blocks L")
-	alpha := fs.Float64("alpha", 1, "carry-on scale α")
-	parent := fs.String("parent", "", "train a boosting stage on top of this adaptor (a file, or a CID in the store)")
 	seed := fs.Uint64("seed", 1, "initialisation and batch-order seed")
 	logger := logFlags(fs, stderr)
 	if err := fs.Parse(args); err != nil {
@@ -43,25 +30,17 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fs.Usage()
 		return errors.New("--out is required")
 	}
-	base, tok, _, err := demo.OpenModel(*modelFlag, demo.DefaultCacheDir())
+	base, tok, _, err := demo.OpenModel(*jf.model, demo.DefaultCacheDir())
 	if err != nil {
 		return err
 	}
 	defer base.Close()
-	dcfg := coordinator.DataConfig{SeqLen: *seqLen}
-	var ds *coordinator.Dataset
-	if *data == "default" {
-		ds, err = coordinator.ReadDataset(bytes.NewReader(demo.DefaultData(600)), true, tok, dcfg)
-	} else {
-		ds, err = coordinator.LoadDataset(*data, tok, dcfg)
-	}
+	ds, err := jf.dataset(tok, coordinator.DataConfig{SeqLen: *jf.seqLen})
 	if err != nil {
 		return err
 	}
-	cfg := coordinator.Config{CacheDir: *cacheDir, Codec: *codec, Logger: logger(),
-		Train: coordinator.TrainConfig{Steps: *steps, BatchSeqs: *batch, Seed: *seed}}
-	cfg.Train.Optim.LR = float32(*lr)
-	cfg.Train.CarryOn = defaultShape(base.Config.Dim, base.Config.Vocab, *width, *layers, float32(*alpha))
+	cfg := jf.config(base)
+	cfg.Logger, cfg.Train.Seed = logger(), *seed
 	c, err := coordinator.New(nil, nil, base, cfg) // no host: nothing leaves this process
 	if err != nil {
 		return err
@@ -73,15 +52,15 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	parentCID, err := storeParent(c.Store(), *parent)
+	parentCID, err := storeParent(c.Store(), *jf.parent)
 	if err != nil {
 		return err
 	}
 	res, err := c.Train(ctx, ds, coordinator.Hooks{
 		Parent: parentCID,
 		Step: func(s coordinator.StepInfo) {
-			trainBar.set(s.Step, *steps)
-			if s.Step == *steps {
+			trainBar.set(s.Step, *jf.steps)
+			if s.Step == *jf.steps {
 				fmt.Fprintf(stdout, "train: step %d loss %.4f lr %.2e grad-norm %.3f %.0f tok/s\n", s.Step, s.Loss, s.LR, s.GradNorm, s.TokensPerSec)
 			}
 		},

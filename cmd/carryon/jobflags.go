@@ -1,0 +1,64 @@
+package main
+
+import (
+	"bytes"
+	"flag"
+	"path/filepath"
+
+	"carryon/coordinator"
+	"carryon/internal/demo"
+	"carryon/model"
+)
+
+// jobFlags are the flags of a training job, shared by `carryon coordinator`
+// (data embedded by the swarm) and `carryon train` (embedded here).
+type jobFlags struct {
+	model, data, cache, codec, parent  *string
+	seqLen, steps, batch, width, depth *int
+	lr, alpha                          *float64
+}
+
+func addJobFlags(fs *flag.FlagSet) *jobFlags {
+	return &jobFlags{
+		model:  fs.String("model", "default", "base model directory or .gguf file, or \"default\" for the embedded base"),
+		data:   fs.String("data", "default", "data file: JSONL (text, prompt/completion or question/answer) or plain text; \"default\" for the demo's problems"),
+		cache:  fs.String("cache", filepath.Join(demo.DefaultCacheDir(), "coordinator"), "embedding cache and adaptor store (shared by 'carryon coordinator' and 'carryon train')"),
+		codec:  fs.String("codec", "q8", "bridge setting the embeddings are made and cached with"),
+		parent: fs.String("parent", "", "train a boosting stage on top of this adaptor (a file, or a CID in the store)"),
+		seqLen: fs.Int("seq-len", 128, "tokens per sequence at most (at most the base's context)"),
+		steps:  fs.Int("steps", 300, "training steps"),
+		batch:  fs.Int("batch", 8, "sequences per training step"),
+		width:  fs.Int("width", 64, "carry-on width h"),
+		depth:  fs.Int("layers", 2, "carry-on blocks L"),
+		lr:     fs.Float64("lr", 3e-3, "peak learning rate"),
+		alpha:  fs.Float64("alpha", 1, "carry-on scale α"),
+	}
+}
+
+// dataset reads --data ("default": the demo's generated problems).
+func (f *jobFlags) dataset(tok model.Tokenizer, dcfg coordinator.DataConfig) (*coordinator.Dataset, error) {
+	if *f.data == "default" {
+		return coordinator.ReadDataset(bytes.NewReader(demo.DefaultData(600)), true, tok, dcfg)
+	}
+	return coordinator.LoadDataset(*f.data, tok, dcfg)
+}
+
+// config is the coordinator configuration the flags describe.
+func (f *jobFlags) config(base *model.Base) coordinator.Config {
+	cfg := coordinator.Config{CacheDir: *f.cache, Codec: *f.codec,
+		Train: coordinator.TrainConfig{Steps: *f.steps, BatchSeqs: *f.batch}}
+	cfg.Train.Optim.LR = float32(*f.lr)
+	cfg.Train.CarryOn = defaultShape(base.Config.Dim, base.Config.Vocab, *f.width, *f.depth, float32(*f.alpha))
+	return cfg
+}
+
+// defaultShape is a carry-on of the given width and depth on a base of
+// width dim (heads of 16, SwiGLU hidden ≈ 8/3·width); the coordinator fills
+// in the sources, vocabulary and sequence length.
+func defaultShape(dim, vocab, width, layers int, alpha float32) model.CarryOnConfig {
+	c := model.DefaultCarryOnConfig(dim, vocab)
+	c.Width, c.Layers, c.Alpha = width, layers, alpha
+	c.Heads = max(1, width/16)
+	c.FFN = (width*8/3 + 3) / 4 * 4
+	return c
+}
