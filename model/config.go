@@ -332,7 +332,7 @@ func finite(f float64) float64 {
 	return f
 }
 
-// DemoConfig is the demo's stand-in base: a small qwen2 over bytes, with
+// DemoConfig is a small random-weight test base: a qwen2 over bytes, with
 // token ids 0..255 for the bytes, BOS 256, EOS 257 and PAD 258.
 func DemoConfig() Config {
 	return Config{Arch: "qwen2", Dim: 128, Layers: 4, Heads: 4, KVHeads: 2, HeadDim: 32, FFN: 352,

@@ -27,7 +27,7 @@ type Tokenizer interface {
 	EOS() int32 // -1 if none
 }
 
-// ByteTokenizer is the stand-in tokenizer of the demo's random base: ids
+// ByteTokenizer is the tokenizer of byte-vocabulary test bases (model.DemoConfig): ids
 // 0..255 are the bytes, 256 is BOS, 257 EOS and 258 PAD.
 type ByteTokenizer struct{}
 

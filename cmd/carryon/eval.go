@@ -87,7 +87,7 @@ func qaTokenize(tok model.Tokenizer, question, answer string, maxLen int) qaExam
 
 func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("eval", "--model PATH|default --adaptor FILE|CID[,...] --data FILE.jsonl [flags]", stderr)
-	modelFlag := fs.String("model", "default", "base model directory, or \"default\" for the embedded stand-in")
+	modelFlag := fs.String("model", "default", "base model directory or .gguf file, or \"default\" for the embedded base")
 	adaptors := fs.String("adaptor", "", "adaptor files or CIDs, comma-separated, applied in order as boosting stages")
 	store := fs.String("store", defaultStoreDir(), "adaptor store where CIDs are looked up")
 	data := fs.String("data", "", "JSONL with question and answer fields (GSM8K: the answer ends with '#### N')")

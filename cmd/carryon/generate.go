@@ -98,7 +98,7 @@ func carryOns(stages []adaptorStage) []*model.CarryOn {
 
 func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("generate", "--model PATH|default [--adaptor FILE|CID[,...]] --prompt TEXT [flags]", stderr)
-	modelFlag := fs.String("model", "default", "base model directory, or \"default\" for the embedded stand-in")
+	modelFlag := fs.String("model", "default", "base model directory or .gguf file, or \"default\" for the embedded base")
 	adaptors := fs.String("adaptor", "", "adaptor files or CIDs, comma-separated, applied in order as boosting stages (empty: the base alone)")
 	store := fs.String("store", defaultStoreDir(), "adaptor store where CIDs are looked up")
 	alpha := fs.Float64("alpha", 1, "scale α of every stage's customisation (0: the base alone)")

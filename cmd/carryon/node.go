@@ -18,7 +18,7 @@ func init() {
 func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("node", "--model PATH|default --bootstrap ADDR [flags]", stderr)
 	sf := addSwarmFlags(fs, "/ip4/0.0.0.0/tcp/0")
-	modelFlag := fs.String("model", "default", "base model directory (config.json + safetensors), or \"default\" for the embedded stand-in")
+	modelFlag := fs.String("model", "default", "base model directory (config.json + safetensors) or .gguf file, or \"default\" for the embedded base")
 	device := fs.String("device", "cpu", "compute device: cpu or cuda")
 	codecs := fs.String("codecs", "q8,q4,q2,bf16", "bridge settings offered")
 	jobs := fs.Int("jobs", 1, "embedding jobs run at once")

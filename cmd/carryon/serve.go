@@ -27,7 +27,7 @@ func init() {
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("serve", "--model PATH|default [--adaptor [NAME=]FILE|CID[,...]] [--http ADDR] [flags]", stderr)
-	modelFlag := fs.String("model", "default", "base model directory, or \"default\" for the embedded stand-in")
+	modelFlag := fs.String("model", "default", "base model directory or .gguf file, or \"default\" for the embedded base")
 	adaptors := fs.String("adaptor", "", "adaptors to load at start, comma-separated: a file or a CID (looked up in --store, then pulled from the swarm), optionally NAME=... to give it a short model id; a boosting stage's parent must come before it")
 	store := fs.String("store", defaultStoreDir(), "adaptor store: CIDs are looked up here and pulled adaptors kept here")
 	alpha := fs.String("alpha", "", "α of requests without carryon_alpha (empty: each adaptor's own, from its config)")

@@ -1,4 +1,4 @@
-// Package demo holds the embedded defaults (a stand-in base model and a
+// Package demo holds the embedded defaults (the pretrained default base and a
 // small data set) and the in-process swarm that `carryon demo` runs.
 package demo
 
