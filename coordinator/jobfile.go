@@ -294,9 +294,7 @@ func (j *JobFile) carryOn() model.CarryOnConfig {
 	c.Sources = nil
 	s := j.CarryOn
 	if s.Width != 0 {
-		c.Width = s.Width
-		c.Heads = max(1, s.Width/16)
-		c.FFN = (s.Width*8/3 + 3) / 4 * 4
+		c = c.WithWidth(s.Width)
 	}
 	if s.Layers != 0 {
 		c.Layers = s.Layers

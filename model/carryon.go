@@ -71,16 +71,21 @@ type CarryOnConfig struct {
 func DefaultCarryOnConfig(baseDim, vocab int) CarryOnConfig {
 	return CarryOnConfig{
 		Sources:   []Source{{Name: "final", Dim: baseDim}},
-		Width:     64,
 		Layers:    2,
-		Heads:     4,
-		FFN:       172, // ≈ 8/3·64 rounded up to a multiple of 4
 		Vocab:     vocab,
 		MaxSeq:    4096,
 		RopeTheta: 1e4,
 		NormEps:   1e-6,
 		Alpha:     1,
-	}
+	}.WithWidth(64)
+}
+
+// WithWidth returns c at width h, with the default proportions: heads of 16
+// dimensions (at least one) and a SwiGLU hidden of ≈ 8/3·h, rounded up to
+// a multiple of 4.
+func (c CarryOnConfig) WithWidth(h int) CarryOnConfig {
+	c.Width, c.Heads, c.FFN = h, max(1, h/16), (h*8/3+3)/4*4
+	return c
 }
 
 // D returns the width of the primary source (the LM head's width).

@@ -53,12 +53,10 @@ func (f *jobFlags) config(base *model.Base) coordinator.Config {
 }
 
 // defaultShape is a carry-on of the given width and depth on a base of
-// width dim (heads of 16, SwiGLU hidden ≈ 8/3·width); the coordinator fills
-// in the sources, vocabulary and sequence length.
+// width dim, in the default proportions (model.CarryOnConfig.WithWidth);
+// the coordinator fills in the sources, vocabulary and sequence length.
 func defaultShape(dim, vocab, width, layers int, alpha float32) model.CarryOnConfig {
-	c := model.DefaultCarryOnConfig(dim, vocab)
-	c.Width, c.Layers, c.Alpha = width, layers, alpha
-	c.Heads = max(1, width/16)
-	c.FFN = (width*8/3 + 3) / 4 * 4
+	c := model.DefaultCarryOnConfig(dim, vocab).WithWidth(width)
+	c.Layers, c.Alpha = layers, alpha
 	return c
 }
