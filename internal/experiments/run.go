@@ -395,12 +395,10 @@ func answerLoss(b *model.Base, exs []coordinator.Example) (float64, error) {
 }
 
 // carryOnShape is the carry-on of width h and depth L that `carryon train`
-// builds: heads of 16, SwiGLU width 8h/3 rounded up to a multiple of 4.
+// builds (model.CarryOnConfig.WithWidth proportions).
 func carryOnShape(dim, vocab, width, layers int) model.CarryOnConfig {
-	c := model.DefaultCarryOnConfig(dim, vocab)
-	c.Width, c.Layers = width, layers
-	c.Heads = max(1, width/16)
-	c.FFN = (width*8/3 + 3) / 4 * 4
+	c := model.DefaultCarryOnConfig(dim, vocab).WithWidth(width)
+	c.Layers = layers
 	return c
 }
 
