@@ -2,8 +2,6 @@ package tensor
 
 import (
 	"fmt"
-	"runtime"
-	"sync"
 )
 
 // Gemm computes C = alpha·op(A)·op(B) + beta·C, BLAS-style, row-major.
@@ -84,25 +82,4 @@ func checkGemm(op string, transA, transB bool, m, n, k int, la, lda, lb, ldb, lc
 		need("b", k, n, lb, ldb)
 	}
 	need("c", m, n, lc, ldc)
-}
-
-// parallelRows splits [0, m) into contiguous ranges over up to GOMAXPROCS
-// goroutines when the total work (m·perRow multiply-adds) is large enough.
-func parallelRows(m int, perRow int64, work func(i0, i1 int)) {
-	threads := runtime.GOMAXPROCS(0)
-	if threads > m {
-		threads = m
-	}
-	if threads <= 1 || int64(m)*perRow < 1<<16 {
-		work(0, m)
-		return
-	}
-	var wg sync.WaitGroup
-	step := (m + threads - 1) / threads
-	for i0 := 0; i0 < m; i0 += step {
-		i1 := min(i0+step, m)
-		wg.Add(1)
-		go func() { defer wg.Done(); work(i0, i1) }()
-	}
-	wg.Wait()
 }
