@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -139,42 +138,12 @@ func readSequences(tokensPath, textPath string, tok model.Tokenizer, tokErr erro
 	return seqs, nil
 }
 
-// openAnyModel opens a GGUF file, a checkpoint directory, or the demo's
-// "default" base. The tokenizer is the GGUF's own, the directory's
-// tokenizer.json, or the byte tokenizer for a byte-vocabulary model; where
-// none fits, the model still opens (ids work), tok is nil and tokErr says
-// why.
+// openAnyModel opens a GGUF file, a checkpoint directory, or the
+// embedded "default" base; without a fitting tokenizer the model still opens
+// (ids work), tok is nil and tokErr says why (demo.OpenTokenized).
 func openAnyModel(spec string) (b *model.Base, tok model.Tokenizer, tokErr, err error) {
-	st, statErr := os.Stat(spec)
-	switch {
-	case spec == "default" || statErr != nil:
-		b, tok, _, err = demo.OpenModel(spec, demo.DefaultCacheDir())
-		return b, tok, nil, err
-	case st.Mode().IsRegular() && strings.EqualFold(filepath.Ext(spec), ".gguf"):
-		if b, err = model.LoadGGUF(spec); err != nil {
-			return nil, nil, nil, err
-		}
-		t, tokErr := model.LoadGGUFTokenizer(spec)
-		if tokErr != nil {
-			return b, nil, tokErr, nil
-		}
-		return b, t, nil, nil
-	}
-	if b, err = model.LoadBase(spec); err != nil {
-		return nil, nil, nil, err
-	}
-	p := filepath.Join(spec, "tokenizer.json")
-	if _, err := os.Stat(p); err == nil {
-		t, tokErr := model.LoadTokenizer(p)
-		if tokErr != nil {
-			return b, nil, tokErr, nil
-		}
-		return b, t, nil, nil
-	}
-	if b.Config.Vocab == (model.ByteTokenizer{}).VocabSize() {
-		return b, model.ByteTokenizer{}, nil, nil
-	}
-	return b, nil, fmt.Errorf("%s has no tokenizer.json", spec), nil
+	b, tok, tokErr, _, err = demo.OpenTokenized(spec, demo.DefaultCacheDir())
+	return b, tok, tokErr, err
 }
 
 func writeJSON(path string, stdout io.Writer, v any) error {

@@ -55,51 +55,60 @@ func DefaultCacheDir() string {
 // OpenModel resolves a --model flag: "default" is the embedded base
 // (written under cacheDir on first use), a .gguf file a llama.cpp model
 // (tokenizer from its metadata), anything else a directory with config.json
-// and safetensors weights. It returns the loaded base, its
-// tokenizer (tokenizer.json; the byte tokenizer for a byte-vocabulary model
-// without one) and a display name.
+// and safetensors weights. It returns the loaded base, its tokenizer (see
+// OpenTokenized) and a display name; a missing tokenizer is an error.
 func OpenModel(spec, cacheDir string) (*model.Base, model.Tokenizer, string, error) {
+	b, tok, tokErr, name, err := OpenTokenized(spec, cacheDir)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	if tokErr != nil {
+		b.Close()
+		return nil, nil, "", tokErr
+	}
+	return b, tok, name, nil
+}
+
+// OpenTokenized is OpenModel for callers that can work on token ids alone:
+// the base opens even when no tokenizer fits, and tokErr says why. The
+// tokenizer is the GGUF's own, the directory's tokenizer.json, or the byte
+// tokenizer for a byte-vocabulary model without one.
+func OpenTokenized(spec, cacheDir string) (b *model.Base, tok model.Tokenizer, tokErr error, name string, err error) {
 	dir := spec
-	name := filepath.Base(filepath.Clean(spec))
+	name = filepath.Base(filepath.Clean(spec))
 	if spec == "" || spec == "default" {
 		if err := os.MkdirAll(cacheDir, 0o755); err != nil {
-			return nil, nil, "", fmt.Errorf("demo.OpenModel: %w", err)
+			return nil, nil, nil, "", fmt.Errorf("demo.OpenModel: %w", err)
 		}
-		var err error
 		if dir, err = EnsureDefaultBase(filepath.Join(cacheDir, "default-base-brown-v1")); err != nil {
-			return nil, nil, "", err
+			return nil, nil, nil, "", err
 		}
 		name = DefaultBaseName
 	}
 	if strings.EqualFold(filepath.Ext(dir), ".gguf") {
-		b, err := model.LoadGGUF(dir)
-		if err != nil {
-			return nil, nil, "", err
+		if b, err = model.LoadGGUF(dir); err != nil {
+			return nil, nil, nil, "", err
 		}
-		t, err := model.LoadGGUFTokenizer(dir)
-		if err != nil {
-			b.Close()
-			return nil, nil, "", err
+		t, tokErr := model.LoadGGUFTokenizer(dir)
+		if tokErr != nil {
+			return b, nil, tokErr, strings.TrimSuffix(name, filepath.Ext(name)), nil
 		}
-		return b, t, strings.TrimSuffix(name, filepath.Ext(name)), nil
+		return b, t, nil, strings.TrimSuffix(name, filepath.Ext(name)), nil
 	}
-	b, err := model.LoadBase(dir)
-	if err != nil {
-		return nil, nil, "", err
+	if b, err = model.LoadBase(dir); err != nil {
+		return nil, nil, nil, "", err
 	}
-	var tok model.Tokenizer = model.ByteTokenizer{}
 	if p := filepath.Join(dir, "tokenizer.json"); fileExists(p) {
-		t, err := model.LoadTokenizer(p)
-		if err != nil {
-			b.Close()
-			return nil, nil, "", err
+		t, tokErr := model.LoadTokenizer(p)
+		if tokErr != nil {
+			return b, nil, tokErr, name, nil
 		}
-		tok = t
-	} else if b.Config.Vocab != (model.ByteTokenizer{}).VocabSize() {
-		b.Close()
-		return nil, nil, "", fmt.Errorf("demo.OpenModel: %s has no tokenizer.json and its vocabulary (%d) is not the byte tokenizer's", dir, b.Config.Vocab)
+		return b, t, nil, name, nil
 	}
-	return b, tok, name, nil
+	if b.Config.Vocab == (model.ByteTokenizer{}).VocabSize() {
+		return b, model.ByteTokenizer{}, nil, name, nil
+	}
+	return b, nil, fmt.Errorf("demo.OpenModel: %s has no tokenizer.json and its vocabulary (%d) is not the byte tokenizer's", dir, b.Config.Vocab), name, nil
 }
 
 func fileExists(p string) bool {
