@@ -236,32 +236,56 @@ func ropeLen(r *tensor.RoPE) int {
 // final norm; k in [0, Layers] gives the residual stream after k blocks
 // (0 = the token embeddings).
 func (b *Base) Forward(ids []int32, layers []int) ([][]float32, error) {
+	out, err := b.ForwardBatch([][]int32{ids}, layers)
+	if err != nil {
+		return nil, err
+	}
+	return out[0], nil
+}
+
+// MaxBatchTokens is how many tokens ForwardBatch runs in one pass; longer
+// batches are split between sequences (a single longer sequence runs alone).
+const MaxBatchTokens = 2048
+
+// ForwardBatch runs several sequences, which may differ in length, and
+// returns Forward's result per sequence. The sequences are concatenated
+// without padding (a variable-length batch): every weight product runs once
+// over all their tokens, which is what makes a batch of short sequences
+// fast, while RoPE positions restart at 0 and attention stays causal within
+// each sequence, so no token sees another sequence. Each result equals the
+// one Forward gives for the sequence alone up to the order of float32
+// additions (about 1e-7 relative).
+func (b *Base) ForwardBatch(seqs [][]int32, layers []int) ([][][]float32, error) {
 	b.closeMu.RLock()
 	defer b.closeMu.RUnlock()
 	if b.closed {
 		return nil, fmt.Errorf("model.Forward: %w", ErrClosed)
 	}
-	if err := b.checkInput(ids, layers); err != nil {
-		return nil, err
+	if len(seqs) == 0 {
+		return nil, errors.New("model.ForwardBatch: no sequences")
 	}
-	var packed []packedLayer
-	if len(ids) >= packedMinRows {
-		b.packOnce.Do(b.packWeights)
-		packed = b.packed
-	}
-	return b.forward(ids, layers, packed), nil
-}
-
-// ForwardBatch runs Forward on each sequence (they may differ in length)
-// and returns the results per sequence.
-func (b *Base) ForwardBatch(seqs [][]int32, layers []int) ([][][]float32, error) {
-	out := make([][][]float32, len(seqs))
 	for i, ids := range seqs {
-		r, err := b.Forward(ids, layers)
-		if err != nil {
-			return nil, fmt.Errorf("model.ForwardBatch: sequence %d: %w", i, err)
+		if err := b.checkInput(ids, layers); err != nil {
+			if len(seqs) > 1 {
+				return nil, fmt.Errorf("model.ForwardBatch: sequence %d: %w", i, err)
+			}
+			return nil, err
 		}
-		out[i] = r
+	}
+	out := make([][][]float32, 0, len(seqs))
+	for s0 := 0; s0 < len(seqs); {
+		s1, n := s0, 0
+		for s1 < len(seqs) && (s1 == s0 || n+len(seqs[s1]) <= MaxBatchTokens) {
+			n += len(seqs[s1])
+			s1++
+		}
+		var packed []packedLayer
+		if n >= packedMinRows {
+			b.packOnce.Do(b.packWeights)
+			packed = b.packed
+		}
+		out = append(out, b.forward(seqs[s0:s1], layers, packed)...)
+		s0 = s1
 	}
 	return out, nil
 }
@@ -294,16 +318,30 @@ func (b *Base) checkInput(ids []int32, layers []int) error {
 // (rows, FFN) gate/up buffers for long sequences.
 const mlpRows = 256
 
-// forward assumes checked inputs. packed is b.packed or nil.
-func (b *Base) forward(ids []int32, layers []int, packed []packedLayer) [][]float32 {
+// forward runs a variable-length batch; it assumes checked inputs. packed
+// is b.packed or nil.
+func (b *Base) forward(seqs [][]int32, layers []int, packed []packedLayer) [][][]float32 {
 	c := b.Config
-	T, D, hd := len(ids), c.Dim, c.HeadDim
+	D, hd := c.Dim, c.HeadDim
 	qd, kvd := c.Heads*hd, c.KVHeads*hd
-	rope := b.ropeFor(T)
-	pos := make([]int32, T)
-	for i := range pos {
-		pos[i] = int32(i)
+	// Token rows of all sequences, one after another: sequence s has rows
+	// [off[s], off[s+1]).
+	off := make([]int, len(seqs)+1)
+	maxT := 0
+	for s, ids := range seqs {
+		off[s+1] = off[s] + len(ids)
+		maxT = max(maxT, len(ids))
 	}
+	T := off[len(seqs)]
+	ids := make([]int32, 0, T)
+	pos := make([]int32, 0, T)
+	for _, sq := range seqs {
+		ids = append(ids, sq...)
+		for i := range sq {
+			pos = append(pos, int32(i))
+		}
+	}
+	rope := b.ropeFor(maxT)
 	// Activations, allocated once per call.
 	x := make([]float32, T*D)    // (T, D) residual stream
 	xn := make([]float32, T*D)   // (T, D) normed input of a sub-block
@@ -311,22 +349,27 @@ func (b *Base) forward(ids []int32, layers []int, packed []packedLayer) [][]floa
 	k := make([]float32, T*kvd)  // (T, KVHeads·hd)
 	v := make([]float32, T*kvd)  // (T, KVHeads·hd)
 	att := make([]float32, T*qd) // (T, Heads·hd)
-	lse := make([]float32, c.Heads*T)
-	scratch := make([]float32, tensor.AttentionScratch(T, hd))
+	lse := make([]float32, c.Heads*maxT)
+	scratch := make([]float32, tensor.AttentionScratch(maxT, hd))
 	rows := min(T, mlpRows)
 	gate := make([]float32, rows*c.FFN) // (rows, FFN)
 	up := make([]float32, rows*c.FFN)   // (rows, FFN)
 
-	out := make([][]float32, len(layers))
-	save := func(k int) {
+	out := make([][][]float32, len(seqs))
+	for s := range out {
+		out[s] = make([][]float32, len(layers))
+	}
+	save := func(k int, h []float32) {
 		for i, l := range layers {
 			if l == k {
-				out[i] = append([]float32(nil), x...)
+				for s := range seqs {
+					out[s][i] = append([]float32(nil), h[off[s]*D:off[s+1]*D]...)
+				}
 			}
 		}
 	}
 	tensor.EmbeddingForward(x, b.embed, ids, D)
-	save(0)
+	save(0, x)
 	for li := range b.layers {
 		w := &b.layers[li]
 		var p packedLayer
@@ -344,7 +387,11 @@ func (b *Base) forward(ids []int32, layers []int, packed []packedLayer) [][]floa
 		}
 		rope.Forward(q, pos, T, c.Heads)
 		rope.Forward(k, pos, T, c.KVHeads)
-		tensor.AttentionForward(att, lse, q, k, v, scratch, T, c.Heads, c.KVHeads, hd)
+		for s := range seqs { // causal within each sequence only
+			r0, r1 := off[s], off[s+1]
+			tensor.AttentionForward(att[r0*qd:r1*qd], lse[:c.Heads*(r1-r0)], q[r0*qd:r1*qd],
+				k[r0*kvd:r1*kvd], v[r0*kvd:r1*kvd], scratch, r1-r0, c.Heads, c.KVHeads, hd)
+		}
 		w.wo.linearPacked(p.wo, xn, att, nil, T, qd, D)
 		tensor.AddInPlace(x, xn)
 		// MLP sub-block, in chunks of rows.
@@ -360,12 +407,16 @@ func (b *Base) forward(ids []int32, layers []int, packed []packedLayer) [][]floa
 			w.down.linearPacked(p.down, in, g, nil, n, c.FFN, D)
 		}
 		tensor.AddInPlace(x, xn)
-		save(li + 1)
+		save(li+1, x)
 	}
 	for i, l := range layers {
 		if l == FinalLayer {
-			out[i] = make([]float32, T*D)
-			tensor.RMSNormForward(out[i], nil, x, b.finalNorm, T, D, c.NormEps)
+			for s := range seqs {
+				r0, r1 := off[s], off[s+1]
+				h := make([]float32, (r1-r0)*D)
+				tensor.RMSNormForward(h, nil, x[r0*D:r1*D], b.finalNorm, r1-r0, D, c.NormEps)
+				out[s][i] = h
+			}
 		}
 	}
 	return out

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"math"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -684,6 +685,71 @@ func TestForwardCausalAndBatch(t *testing.T) {
 	}
 	if !reflect.DeepEqual(res[0][0], mustForward(t, b, long, FinalLayer)) {
 		t.Errorf("results depend on which other layers were requested")
+	}
+}
+
+// TestForwardBatchVarlen checks the variable-length batch: each sequence's
+// states equal a forward of that sequence alone (bitwise where both take the
+// blocked GEMM, i.e. at least packedMinRows tokens), so no token attends
+// across sequences and RoPE positions restart; a batch longer than
+// MaxBatchTokens is split and still gives every sequence.
+func TestForwardBatchVarlen(t *testing.T) {
+	b, err := NewRandomBase(tinyConfig("qwen3"), 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(7, 7))
+	seq := func(n int) []int32 {
+		s := make([]int32, n)
+		for i := range s {
+			s[i] = int32(rng.IntN(b.Config.Vocab))
+		}
+		return s
+	}
+	seqs := [][]int32{seq(12), seq(3), seq(31), seq(1), seq(9), seq(20)}
+	layers := []int{FinalLayer, 0, 2}
+	res, err := b.ForwardBatch(seqs, layers)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != len(seqs) {
+		t.Fatalf("got %d results for %d sequences", len(res), len(seqs))
+	}
+	for s, ids := range seqs {
+		one, err := b.Forward(ids, layers)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for li := range layers {
+			if len(res[s][li]) != len(ids)*b.Config.Dim {
+				t.Fatalf("sequence %d layer %d: %d floats, want %d", s, layers[li], len(res[s][li]), len(ids)*b.Config.Dim)
+			}
+			e := maxRel(one[li], res[s][li])
+			if len(ids) >= packedMinRows && e != 0 {
+				t.Errorf("sequence %d (%d tokens) layer %d: batched differs from alone by %.2e, want bitwise", s, len(ids), layers[li], e)
+			}
+			if e > 1e-5 {
+				t.Errorf("sequence %d (%d tokens) layer %d: batched differs from alone by %.2e", s, len(ids), layers[li], e)
+			}
+		}
+	}
+	// Longer than one pass: split between sequences, same results.
+	var big [][]int32
+	for n := 0; n <= MaxBatchTokens; n += 61 {
+		big = append(big, seq(1+n%b.Config.MaxPos))
+	}
+	got, err := b.ForwardBatch(big, []int{FinalLayer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for s, ids := range big {
+		e := maxRel(mustForward(t, b, ids, FinalLayer), got[s][0])
+		if (len(ids) >= packedMinRows && e != 0) || e > 1e-5 {
+			t.Errorf("split batch, sequence %d (%d tokens): differs from alone by %.2e", s, len(ids), e)
+		}
+	}
+	if _, err := b.ForwardBatch(nil, layers); err == nil {
+		t.Errorf("ForwardBatch of no sequences succeeded")
 	}
 }
 

@@ -12,7 +12,7 @@ type modelBase struct {
 }
 
 // Serve wraps a loaded model so a Node can serve it under name.
-func Serve(b *model.Base, name string) Base { return modelBase{b: b, name: name} }
+func Serve(b *model.Base, name string) BatchBase { return modelBase{b: b, name: name} }
 
 func (m modelBase) Info() protocol.BaseInfo {
 	c := m.b.Config
@@ -22,4 +22,8 @@ func (m modelBase) Info() protocol.BaseInfo {
 
 func (m modelBase) Forward(ids []int32, layers []int) ([][]float32, error) {
 	return m.b.Forward(ids, layers)
+}
+
+func (m modelBase) ForwardBatch(seqs [][]int32, layers []int) ([][][]float32, error) {
+	return m.b.ForwardBatch(seqs, layers)
 }

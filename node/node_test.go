@@ -122,7 +122,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 // TestEmbedRoundTrip runs a job on a real (random) model: the results are
-// the codec's encoding of model.Base.Forward, and only the ack makes the
+// the codec's encoding of model.Base.ForwardBatch, and only the ack makes the
 // job count.
 func TestEmbedRoundTrip(t *testing.T) {
 	cfg := model.DemoConfig()
@@ -140,19 +140,20 @@ func TestEmbedRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	codec, _ := tensor.ParseCodec("q8")
+	// The node runs the request's sequences as one batch.
+	batch, err := mb.ForwardBatch(req.Seqs, req.Layers)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for range len(req.Seqs) * len(req.Layers) {
 		res, err := protocol.ReadExpect[*protocol.EmbedResult](s)
 		if err != nil {
 			t.Fatal(err)
 		}
 		li := map[int]int{-1: 0, 0: 1}[res.Layer]
-		hs, err := mb.Forward(req.Seqs[res.Seq], req.Layers)
-		if err != nil {
-			t.Fatal(err)
-		}
-		want := codec.Encode(nil, hs[li], len(req.Seqs[res.Seq]), cfg.Dim)
+		want := codec.Encode(nil, batch[res.Seq][li], len(req.Seqs[res.Seq]), cfg.Dim)
 		if res.JobID != req.JobID || res.ChunkID != req.ChunkID || !bytes.Equal(res.Data, want) {
-			t.Fatalf("result seq %d layer %d differs from model.Base.Forward", res.Seq, res.Layer)
+			t.Fatalf("result seq %d layer %d differs from model.Base.ForwardBatch", res.Seq, res.Layer)
 		}
 	}
 	done, err := protocol.ReadExpect[*protocol.EmbedDone](s)
