@@ -31,15 +31,15 @@ type Base struct {
 	closed  bool
 	closers []func() error
 
-	packOnce sync.Once     // runs packWeights on the first prefill
-	packed   []packedLayer // set by packWeights; read only after packOnce.Do
+	// packOnce runs packWeights before the first forward pass; everything
+	// that reads the block matrices (forward, sessions, SaveHF) goes
+	// through ready() first, so packWeights may change them.
+	packOnce sync.Once
 }
 
-// packedLayer holds one block's float32 matrices packed for
-// tensor.GemmPacked (see Base.packWeights); nil where a matrix is not.
-type packedLayer struct {
-	wq, wk, wv, wo, gate, up, down *tensor.PackedB
-}
+// ready packs the weights if that has not happened yet (see packWeights).
+// Callers hold closeMu for reading.
+func (b *Base) ready() { b.packOnce.Do(b.packWeights) }
 
 // layerWeights are one transformer block's tensors, in HF layout ((out, in)
 // matrices, rotate-half RoPE order of q/k rows).
@@ -57,40 +57,39 @@ type layerWeights struct {
 	down     matrix    // (Dim, FFN)
 }
 
-// matrix is a weight in nn.Linear layout (out, in), held either as float32
-// or, with LoadOptions.KeepBF16, as bf16 bit patterns. Exactly one is set.
+// matrix is a weight in nn.Linear layout (out, in), held as float32 (f),
+// or, with LoadOptions.KeepBF16, as bf16 bit patterns (h). A float32 matrix
+// of a base loaded from files is also packed once for tensor.GemmPacked (p,
+// see Base.packWeights); f is then either the memory-mapped original, whose
+// pages are released, or nil, and float32() unpacks p.
 type matrix struct {
 	f []float32
 	h []uint16
+	p *tensor.PackedB
 }
 
 func f32Matrix(f []float32) matrix { return matrix{f: f} }
 
-// packedMinRows is the fewest rows for which linearPacked uses the packing:
-// below it tensor.Gemm streams the unpacked rows as dot products, which
-// reads each weight once and is the faster path for decoding.
+// packedMinRows is the fewest rows for which tensor.Gemm takes the blocked
+// path, where multiplying by a packed copy gives bitwise what LinearForward
+// gives; below it Gemm streams the rows as dot products.
 const packedMinRows = 9
 
-// linearPacked is linear with W also packed as p (nil: not packed). With
-// at least packedMinRows rows it multiplies by p, which gives bitwise what
-// LinearForward gives (the same kernel adds the same products in the same
-// order) without packing W again.
-func (w matrix) linearPacked(p *tensor.PackedB, out, inp, bias []float32, n, ic, oc int) {
-	if p == nil || n < packedMinRows {
-		w.linear(out, inp, bias, n, ic, oc)
-		return
-	}
-	tensor.GemmPacked(n, 1, inp, ic, p, 0, out, oc)
-	addBias(out, bias, n, oc)
-}
-
-// linear computes out = inp·Wᵀ + bias.
+// linear computes out = inp·Wᵀ + bias. A packed W always goes through its
+// packed copy (so results do not depend on whether the original is still at
+// hand), which for at least packedMinRows rows is bitwise what LinearForward
+// gives (the same kernel adds the same products in the same order).
 //
 //	out:  (n, oc)
 //	inp:  (n, ic)
 //	bias: (oc) or nil
 func (w matrix) linear(out, inp, bias []float32, n, ic, oc int) {
-	if w.h == nil {
+	switch {
+	case w.p != nil:
+		tensor.GemmPacked(n, 1, inp, ic, w.p, 0, out, oc)
+		addBias(out, bias, n, oc)
+		return
+	case w.h == nil:
 		tensor.LinearForward(out, inp, w.f, bias, n, ic, oc)
 		return
 	}
@@ -114,12 +113,17 @@ const maxPackedFloats = 1 << 30 // 4 GiB
 
 // packWeights packs every float32 block matrix once for tensor.GemmPacked,
 // so that prefill skips re-packing (transposing) each weight on every call.
-// It runs on the first Forward with more than packedMinRows tokens, and only
-// for bases opened from files (LoadBase, LoadGGUF: they hold closers). Those
-// never hand out their weights for writing, so a packed copy cannot go
-// stale; a base made by NewRandomBase may be trained in place (BaseTrainer,
-// InitTrainWeights) and is never packed. Callers hold closeMu for reading;
-// it runs under packOnce, so b.packed is only read after packOnce.Do.
+// It runs before the first forward pass (ready), and only for bases opened
+// from files (LoadBase, LoadGGUF: they hold closers). Those never hand out
+// their weights for writing, so a packed copy cannot go stale; a base made
+// by NewRandomBase may be trained in place (BaseTrainer, InitTrainWeights)
+// and is never packed.
+//
+// The packed copy replaces the original, so that resident memory stays at
+// one copy of the weights: a memory-mapped original has its pages released
+// (tensor.ReleasePages: they are read back from the file only if something
+// reads f again, such as SaveHF); a heap copy (a converted or permuted
+// tensor) is dropped.
 func (b *Base) packWeights() {
 	if len(b.closers) == 0 {
 		return
@@ -135,21 +139,22 @@ func (b *Base) packWeights() {
 	}
 	c := b.Config
 	D, qd, kvd := c.Dim, c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
-	packed := make([]packedLayer, len(b.layers))
 	for li := range b.layers {
-		w, p := &b.layers[li], &packed[li]
+		w := &b.layers[li]
 		for _, m := range []struct {
-			w      matrix
-			p      **tensor.PackedB
+			w      *matrix
 			oc, ic int
-		}{{w.wq, &p.wq, qd, D}, {w.wk, &p.wk, kvd, D}, {w.wv, &p.wv, kvd, D}, {w.wo, &p.wo, D, qd},
-			{w.gate, &p.gate, c.FFN, D}, {w.up, &p.up, c.FFN, D}, {w.down, &p.down, D, c.FFN}} {
-			if m.w.f != nil {
-				*m.p = tensor.PackB(true, m.oc, m.ic, m.w.f, m.ic)
+		}{{&w.wq, qd, D}, {&w.wk, kvd, D}, {&w.wv, kvd, D}, {&w.wo, D, qd},
+			{&w.gate, c.FFN, D}, {&w.up, c.FFN, D}, {&w.down, D, c.FFN}} {
+			if m.w.f == nil {
+				continue
+			}
+			m.w.p = tensor.PackB(true, m.oc, m.ic, m.w.f, m.ic)
+			if !tensor.ReleasePages(tensor.Float32Bytes(m.w.f)) {
+				m.w.f = nil
 			}
 		}
 	}
-	b.packed = packed
 }
 
 // matrices lists the block's weight matrices.
@@ -157,10 +162,16 @@ func (w *layerWeights) matrices() []matrix {
 	return []matrix{w.wq, w.wk, w.wv, w.wo, w.gate, w.up, w.down}
 }
 
-// float32 returns the weights as float32 (a widened copy for bf16).
+// float32 returns the weights (out, in) as float32 (a widened or unpacked
+// copy where the matrix holds no float32 original).
 func (w matrix) float32() []float32 {
-	if w.h == nil {
+	if w.f != nil {
 		return w.f
+	}
+	if w.p != nil {
+		out := make([]float32, w.p.N()*w.p.K())
+		w.p.Unpack(true, out, w.p.K())
+		return out
 	}
 	out := make([]float32, len(w.h))
 	for i, h := range w.h {
@@ -185,7 +196,7 @@ func (b *Base) Close() error {
 		errs = append(errs, c())
 	}
 	b.closers = nil
-	b.embed, b.lmHead, b.finalNorm, b.layers, b.packed = nil, nil, nil, nil, nil
+	b.embed, b.lmHead, b.finalNorm, b.layers = nil, nil, nil, nil
 	return errors.Join(errs...)
 }
 
@@ -279,12 +290,8 @@ func (b *Base) ForwardBatch(seqs [][]int32, layers []int) ([][][]float32, error)
 			n += len(seqs[s1])
 			s1++
 		}
-		var packed []packedLayer
-		if n >= packedMinRows {
-			b.packOnce.Do(b.packWeights)
-			packed = b.packed
-		}
-		out = append(out, b.forward(seqs[s0:s1], layers, packed)...)
+		b.ready()
+		out = append(out, b.forward(seqs[s0:s1], layers)...)
 		s0 = s1
 	}
 	return out, nil
@@ -318,9 +325,9 @@ func (b *Base) checkInput(ids []int32, layers []int) error {
 // (rows, FFN) gate/up buffers for long sequences.
 const mlpRows = 256
 
-// forward runs a variable-length batch; it assumes checked inputs. packed
-// is b.packed or nil.
-func (b *Base) forward(seqs [][]int32, layers []int, packed []packedLayer) [][][]float32 {
+// forward runs a variable-length batch; it assumes checked inputs and
+// ready weights.
+func (b *Base) forward(seqs [][]int32, layers []int) [][][]float32 {
 	c := b.Config
 	D, hd := c.Dim, c.HeadDim
 	qd, kvd := c.Heads*hd, c.KVHeads*hd
@@ -372,15 +379,11 @@ func (b *Base) forward(seqs [][]int32, layers []int, packed []packedLayer) [][][
 	save(0, x)
 	for li := range b.layers {
 		w := &b.layers[li]
-		var p packedLayer
-		if packed != nil {
-			p = packed[li]
-		}
 		// Attention sub-block.
 		tensor.RMSNormForward(xn, nil, x, w.attnNorm, T, D, c.NormEps)
-		w.wq.linearPacked(p.wq, q, xn, w.bq, T, D, qd)
-		w.wk.linearPacked(p.wk, k, xn, w.bk, T, D, kvd)
-		w.wv.linearPacked(p.wv, v, xn, w.bv, T, D, kvd)
+		w.wq.linear(q, xn, w.bq, T, D, qd)
+		w.wk.linear(k, xn, w.bk, T, D, kvd)
+		w.wv.linear(v, xn, w.bv, T, D, kvd)
 		if w.qNorm != nil {
 			tensor.RMSNormForward(q, nil, q, w.qNorm, T*c.Heads, hd, c.NormEps)
 			tensor.RMSNormForward(k, nil, k, w.kNorm, T*c.KVHeads, hd, c.NormEps)
@@ -392,7 +395,7 @@ func (b *Base) forward(seqs [][]int32, layers []int, packed []packedLayer) [][][
 			tensor.AttentionForward(att[r0*qd:r1*qd], lse[:c.Heads*(r1-r0)], q[r0*qd:r1*qd],
 				k[r0*kvd:r1*kvd], v[r0*kvd:r1*kvd], scratch, r1-r0, c.Heads, c.KVHeads, hd)
 		}
-		w.wo.linearPacked(p.wo, xn, att, nil, T, qd, D)
+		w.wo.linear(xn, att, nil, T, qd, D)
 		tensor.AddInPlace(x, xn)
 		// MLP sub-block, in chunks of rows.
 		tensor.RMSNormForward(xn, nil, x, w.mlpNorm, T, D, c.NormEps)
@@ -400,11 +403,11 @@ func (b *Base) forward(seqs [][]int32, layers []int, packed []packedLayer) [][][
 			n := min(rows, T-r0)
 			in := xn[r0*D : (r0+n)*D]
 			g, u := gate[:n*c.FFN], up[:n*c.FFN]
-			w.gate.linearPacked(p.gate, g, in, nil, n, D, c.FFN)
-			w.up.linearPacked(p.up, u, in, nil, n, D, c.FFN)
+			w.gate.linear(g, in, nil, n, D, c.FFN)
+			w.up.linear(u, in, nil, n, D, c.FFN)
 			tensor.SwiGLUForward(g, g, u)
 			// xn rows r0.. are consumed above, so they can take the output.
-			w.down.linearPacked(p.down, in, g, nil, n, c.FFN, D)
+			w.down.linear(in, g, nil, n, c.FFN, D)
 		}
 		tensor.AddInPlace(x, xn)
 		save(li+1, x)

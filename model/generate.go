@@ -136,6 +136,7 @@ func (s *Session) Prefill(ids []int32) ([][]float32, error) {
 	if s.n+len(ids) > s.maxLen {
 		return nil, fmt.Errorf("model.Session.Prefill: %d + %d positions exceed the session's %d", s.n, len(ids), s.maxLen)
 	}
+	b.ready()
 	for i, id := range ids {
 		if id < 0 || int(id) >= b.Config.Vocab {
 			return nil, fmt.Errorf("model.Session.Prefill: token %d at position %d is outside the vocabulary [0, %d)", id, s.n+i, b.Config.Vocab)

@@ -347,6 +347,7 @@ func (b *Base) SaveHF(dir string) error {
 	if b.closed {
 		return fmt.Errorf("model.SaveHF: %w", ErrClosed)
 	}
+	b.ready()
 	ts := b.tensors()
 	views := make([]tensor.View, len(ts))
 	for i, t := range ts {

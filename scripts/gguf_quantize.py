@@ -1,11 +1,12 @@
 #!/usr/bin/python3
-"""Rewrite an F32/F16/BF16 GGUF with its matrices quantized to Q8_0, using llama.cpp's gguf-py.
+"""Rewrite an F32/F16/BF16 GGUF with its matrices as Q8_0 (default), BF16 or F16, using llama.cpp's gguf-py.
 
-usage: gguf_quantize.py IN.gguf OUT.gguf
+usage: gguf_quantize.py IN.gguf OUT.gguf [q8_0|bf16|f16]
 
-This follows llama-quantize's Q8_0 recipe: every 2-D tensor whose rows are a multiple of 32 becomes Q8_0
-(gguf-py's numpy quantizer is bit-exact with ggml's quantize_row_q8_0_ref); 1-D tensors (norms, biases,
-rope_freqs) are kept as they are. All metadata is copied; general.file_type becomes 7 (MOSTLY_Q8_0).
+This follows llama-quantize's recipe: every 2-D tensor whose rows are a multiple of 32 becomes the target
+type (gguf-py's numpy quantizer is bit-exact with ggml's quantize_row_q8_0_ref; bf16 rounds to nearest even);
+1-D tensors (norms, biases, rope_freqs) are kept as they are. All metadata is copied; general.file_type
+becomes the matching LlamaFileType (MOSTLY_Q8_0 = 7, MOSTLY_BF16 = 32, MOSTLY_F16 = 1).
 gguf-py is found in $CARRYON_ORACLE_DIR/gguf-py (default ~/.cache/carryon-oracle; see
 shared/tools/llamacpp/setup.sh). Needs numpy: run it as ./gguf_quantize.py (Debian's /usr/bin/python3).
 """
@@ -19,7 +20,13 @@ import gguf  # noqa: E402
 from gguf import GGMLQuantizationType as Q, GGUFValueType as T  # noqa: E402
 
 
-def main(src, dst):
+TYPES = {"q8_0": (Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0, lambda n: n // 32 * 34),
+         "bf16": (Q.BF16, gguf.LlamaFileType.MOSTLY_BF16, lambda n: 2 * n),
+         "f16": (Q.F16, gguf.LlamaFileType.MOSTLY_F16, lambda n: 2 * n)}
+
+
+def main(src, dst, kind="q8_0"):
+    target, ftype, size = TYPES[kind]
     r = gguf.GGUFReader(src)
     arch = r.fields["general.architecture"].contents()
     w = gguf.GGUFWriter(dst, arch)
@@ -28,15 +35,15 @@ def main(src, dst):
             continue  # the reader's pseudo-fields; the writer adds the architecture
         val, vt = f.contents(), f.types[0]
         if key == "general.file_type":
-            val = int(gguf.LlamaFileType.MOSTLY_Q8_0)
+            val = int(ftype)
         w.add_key_value(key, val, vt, sub_type=f.types[-1] if vt == T.ARRAY else None)
     plan = []
     for t in r.tensors:
         shape = [int(x) for x in reversed(t.shape)]  # row-major
         if len(shape) == 2 and shape[-1] % 32 == 0 and t.tensor_type in (Q.F32, Q.F16, Q.BF16):
-            nbytes = shape[0] * shape[1] // 32 * 34
-            w.add_tensor_info(t.name, shape, np.dtype(np.float32), nbytes, raw_dtype=Q.Q8_0)
-            plan.append((t, Q.Q8_0))
+            nbytes = size(shape[0] * shape[1])
+            w.add_tensor_info(t.name, shape, np.dtype(np.float32), nbytes, raw_dtype=target)
+            plan.append((t, target))
         else:
             w.add_tensor_info(t.name, shape, np.dtype(np.float32), t.n_bytes, raw_dtype=t.tensor_type)
             plan.append((t, None))
@@ -50,10 +57,10 @@ def main(src, dst):
             data = gguf.quants.quantize(np.asarray(x, dtype=np.float32), qt)
         w.write_tensor_data(np.ascontiguousarray(data))
     w.close()
-    print(f"gguf_quantize: wrote {dst} ({sum(1 for _, q in plan if q)} of {len(plan)} tensors as Q8_0)", file=sys.stderr)
+    print(f"gguf_quantize: wrote {dst} ({sum(1 for _, q in plan if q)} of {len(plan)} tensors as {kind})", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4) or (len(sys.argv) == 4 and sys.argv[3] not in TYPES):
         sys.exit(__doc__)
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

@@ -1,6 +1,9 @@
 package tensor
 
-import "math"
+import (
+	"math"
+	"unsafe"
+)
 
 // BF16ToF32 widens a bfloat16 bit pattern.
 func BF16ToF32(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
@@ -71,4 +74,12 @@ func F32ToF16(f float32) uint16 {
 		r++ // may carry into the exponent, which is the right rounding
 	}
 	return sign | uint16(r)
+}
+
+// Float32Bytes views f's memory as bytes (no copy), e.g. for ReleasePages.
+func Float32Bytes(f []float32) []byte {
+	if len(f) == 0 {
+		return nil
+	}
+	return unsafe.Slice((*byte)(unsafe.Pointer(&f[0])), 4*len(f))
 }

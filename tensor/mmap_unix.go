@@ -4,10 +4,21 @@ package tensor
 
 import (
 	"os"
+	"sync"
 	"syscall"
+	"unsafe"
 )
 
-// mapFile maps path read-only; the returned func unmaps it.
+// mappings are the live read-only file mappings made by mapFile, as
+// [start, end) addresses, so that ReleasePages can tell a mapping from heap
+// memory (dropping heap pages would zero live data).
+var mappings struct {
+	sync.Mutex
+	spans [][2]uintptr
+}
+
+// mapFile maps path read-only; the returned func unmaps it. Where mmap
+// fails it reads the file instead.
 func mapFile(path string) ([]byte, func() error, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -25,5 +36,51 @@ func mapFile(path string) ([]byte, func() error, error) {
 	if err != nil {
 		return readAll(path)
 	}
-	return data, func() error { return syscall.Munmap(data) }, nil
+	start := uintptr(unsafe.Pointer(&data[0]))
+	span := [2]uintptr{start, start + uintptr(len(data))}
+	mappings.Lock()
+	mappings.spans = append(mappings.spans, span)
+	mappings.Unlock()
+	return data, func() error {
+		mappings.Lock()
+		for i, s := range mappings.spans {
+			if s == span {
+				mappings.spans = append(mappings.spans[:i], mappings.spans[i+1:]...)
+				break
+			}
+		}
+		mappings.Unlock()
+		return syscall.Munmap(data)
+	}, nil
+}
+
+// ReleasePages tells the kernel that the pages under b are not needed for
+// now, if b lies in a file mapping of OpenSafetensors or OpenGGUF: they
+// leave the process's resident set and are read back from the file (the
+// page cache) when touched again, so b stays valid. It does nothing to any
+// other memory and reports whether it released anything. Use it after
+// copying weights into another layout (PackB) to keep resident memory at
+// one copy of the weights.
+func ReleasePages(b []byte) bool {
+	if len(b) == 0 {
+		return false
+	}
+	lo := uintptr(unsafe.Pointer(&b[0]))
+	hi := lo + uintptr(len(b))
+	mappings.Lock()
+	defer mappings.Unlock()
+	for _, s := range mappings.spans {
+		if lo < s[0] || hi > s[1] {
+			continue
+		}
+		// Whole pages that b touches, within the mapping (which starts on
+		// a page; a page shared with a neighbour is only re-read later).
+		pg := uintptr(os.Getpagesize())
+		head := lo & (pg - 1)
+		hi = min((hi+pg-1)&^(pg-1), (s[1]+pg-1)&^(pg-1))
+		start := unsafe.Add(unsafe.Pointer(&b[0]), -int(head))
+		page := unsafe.Slice((*byte)(start), hi-(lo-head))
+		return syscall.Madvise(page, syscall.MADV_DONTNEED) == nil
+	}
+	return false
 }
