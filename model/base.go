@@ -19,8 +19,13 @@ type Base struct {
 	Config      Config
 	WeightsHash string // hex sha256 of the weight file bytes (shards in sorted name order)
 
-	embed     []float32 // (Vocab, Dim)
-	lmHead    []float32 // (Vocab, Dim); aliases embed when tied
+	embed     []float32 // (Vocab, Dim); nil while embedQ holds it
+	lmHead    []float32 // (Vocab, Dim); aliases embed when tied; nil while headQ holds it
+	// embedQ and headQ hold the embeddings and the LM head in their stored
+	// format (F16, BF16, ggml blocks; see LoadOptions.Widen), or are nil.
+	// Embeddings and LMHead widen them once on first use (wideOnce).
+	embedQ, headQ *tensor.QuantMatrix
+	wideOnce      sync.Once
 	finalNorm []float32 // (Dim)
 	layers    []layerWeights
 
@@ -66,6 +71,7 @@ type matrix struct {
 	f []float32
 	h []uint16
 	p *tensor.PackedB
+	q *tensor.QuantMatrix // stored F16, BF16 or ggml blocks (tensor.GemmQuant)
 }
 
 func f32Matrix(f []float32) matrix { return matrix{f: f} }
@@ -87,6 +93,10 @@ func (w matrix) linear(out, inp, bias []float32, n, ic, oc int) {
 	switch {
 	case w.p != nil:
 		tensor.GemmPacked(n, 1, inp, ic, w.p, 0, out, oc)
+		addBias(out, bias, n, oc)
+		return
+	case w.q != nil:
+		tensor.GemmQuant(n, inp, ic, *w.q, out, oc)
 		addBias(out, bias, n, oc)
 		return
 	case w.h == nil:
@@ -173,6 +183,9 @@ func (w matrix) float32() []float32 {
 		w.p.Unpack(true, out, w.p.K())
 		return out
 	}
+	if w.q != nil {
+		return widen(w.q)
+	}
 	out := make([]float32, len(w.h))
 	for i, h := range w.h {
 		out[i] = tensor.BF16ToF32(h)
@@ -196,17 +209,83 @@ func (b *Base) Close() error {
 		errs = append(errs, c())
 	}
 	b.closers = nil
-	b.embed, b.lmHead, b.finalNorm, b.layers = nil, nil, nil, nil
+	b.embed, b.lmHead, b.finalNorm, b.layers, b.embedQ, b.headQ = nil, nil, nil, nil, nil, nil
 	return errors.Join(errs...)
 }
 
 // LMHead returns the output projection W_pred: (Vocab, Dim). When the
-// embeddings are tied it is the embedding matrix. Callers must not modify it.
-func (b *Base) LMHead() []float32 { return b.lmHead }
+// embeddings are tied it is the embedding matrix. A head stored as F16,
+// BF16 or quantized is widened to float32 on the first call (Vocab·Dim
+// floats, kept until Close). Callers must not modify it.
+func (b *Base) LMHead() []float32 {
+	b.widenOnce()
+	return b.lmHead
+}
 
-// Embeddings returns the token embedding matrix (Vocab, Dim). Callers must
-// not modify it.
-func (b *Base) Embeddings() []float32 { return b.embed }
+// Embeddings returns the token embedding matrix (Vocab, Dim), widened on
+// the first call like LMHead. Callers must not modify it.
+func (b *Base) Embeddings() []float32 {
+	b.widenOnce()
+	return b.embed
+}
+
+// widenOnce makes float32 copies of embeddings and head kept in their
+// stored format.
+func (b *Base) widenOnce() {
+	b.wideOnce.Do(func() {
+		if b.embedQ != nil && b.embed == nil {
+			b.embed = widen(b.embedQ)
+		}
+		switch {
+		case b.headQ != nil && b.headQ == b.embedQ:
+			b.lmHead = b.embed
+		case b.headQ != nil && b.lmHead == nil:
+			b.lmHead = widen(b.headQ)
+		}
+	})
+}
+
+// widen decodes a whole stored matrix to float32.
+func widen(q *tensor.QuantMatrix) []float32 {
+	out := make([]float32, q.Rows*q.Cols)
+	rb := q.Bytes() / max(1, q.Rows)
+	for r := 0; r < q.Rows; r++ {
+		if err := tensor.DequantizeGGML(out[r*q.Cols:(r+1)*q.Cols], q.Data[r*rb:(r+1)*rb], q.Type); err != nil {
+			panic("model: " + err.Error()) // NewQuantMatrix checked the sizes
+		}
+	}
+	return out
+}
+
+// lookup writes the embeddings of ids into x (len(ids), Dim).
+func (b *Base) lookup(x []float32, ids []int32) {
+	D := b.Config.Dim
+	if b.embedQ == nil { // (a widened copy, if any, is only for Embeddings' callers)
+		tensor.EmbeddingForward(x, b.embed, ids, D)
+		return
+	}
+	q := b.embedQ
+	rb := q.Bytes() / q.Rows
+	for t, id := range ids {
+		if err := tensor.DequantizeGGML(x[t*D:(t+1)*D], q.Data[int(id)*rb:(int(id)+1)*rb], q.Type); err != nil {
+			panic("model: " + err.Error())
+		}
+	}
+}
+
+// headForward computes logits = hidden·W_predᵀ with the head in whichever
+// form the base holds it.
+//
+//	out:    (T, Vocab)
+//	hidden: (T, Dim)
+func (b *Base) headForward(out, hidden []float32, T int) {
+	c := b.Config
+	if b.headQ != nil {
+		tensor.GemmQuant(T, hidden, c.Dim, *b.headQ, out, c.Vocab)
+		return
+	}
+	tensor.LinearForward(out, hidden, b.lmHead, nil, T, c.Dim, c.Vocab)
+}
 
 // Logits projects final hidden states through the LM head. It must not be
 // called after Close.
@@ -219,7 +298,7 @@ func (b *Base) Logits(hidden []float32, T int) []float32 {
 		panic(fmt.Sprintf("model.Logits: hidden has %d floats, want T·Dim = %d", len(hidden), T*c.Dim))
 	}
 	out := make([]float32, T*c.Vocab)
-	tensor.LinearForward(out, hidden, b.lmHead, nil, T, c.Dim, c.Vocab)
+	b.headForward(out, hidden, T)
 	return out
 }
 
@@ -375,7 +454,7 @@ func (b *Base) forward(seqs [][]int32, layers []int) [][][]float32 {
 			}
 		}
 	}
-	tensor.EmbeddingForward(x, b.embed, ids, D)
+	b.lookup(x, ids)
 	save(0, x)
 	for li := range b.layers {
 		w := &b.layers[li]

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -414,6 +415,28 @@ func TestShardedAndHalf(t *testing.T) {
 		if got := loadForward(t, half); maxRel(got, want) != 0 {
 			t.Errorf("%s forward differs from F32 of the rounded weights: rel %g", dt, maxRel(got, want))
 		}
+		// By default the weights stay in their stored format (half the
+		// memory), and a short (decode-sized) forward agrees too.
+		hb, err := LoadBase(half)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hb.layers[0].wq.q == nil || hb.layers[1].down.q == nil || hb.embedQ == nil || hb.embed != nil {
+			t.Errorf("%s: the weights were widened at load", dt)
+		}
+		rb, err := LoadBase(roundedDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		short := []int32{3, 1, 4}
+		if e := maxRel(mustForward(t, hb, short, FinalLayer), mustForward(t, rb, short, FinalLayer)); e > 1e-5 {
+			t.Errorf("%s: 3-token forward differs from F32 of the rounded weights: rel %g", dt, e)
+		}
+		if !slices.Equal(hb.Embeddings(), rb.Embeddings()) || !slices.Equal(hb.layers[1].up.float32(), rb.layers[1].up.float32()) {
+			t.Errorf("%s: widened weights differ from the rounded F32 ones", dt)
+		}
+		hb.Close()
+		rb.Close()
 		if dt != tensor.BF16 {
 			continue
 		}
@@ -423,14 +446,14 @@ func TestShardedAndHalf(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if kb.layers[0].wq.h == nil || kb.layers[1].down.h == nil || kb.embed == nil {
+		if kb.layers[0].wq.h == nil || kb.layers[1].down.h == nil {
 			t.Errorf("KeepBF16 did not keep the block matrices as bf16")
 		}
 		// 20 positions: GemmBF16 takes its bf16-product path above 8 rows.
 		ids := []int32{1, 5, 9, 33, 2, 49, 0, 17, 3, 3, 8, 12, 40, 41, 42, 7, 19, 23, 29, 31}
 		got := mustForward(t, kb, ids, FinalLayer)
 		kb.Close()
-		rb, err := LoadBase(roundedDir)
+		rb, err = LoadBase(roundedDir)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -450,7 +473,9 @@ func loadForward(t *testing.T, dir string) []float32 {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	out, err := b.Forward([]int32{1, 5, 9, 33, 2, 49, 0, 17}, []int{FinalLayer})
+	// 12 positions: every kind of weight (packed F32, stored F16/BF16)
+	// takes the blocked GEMM, which adds in the same order for all of them.
+	out, err := b.Forward([]int32{1, 5, 9, 33, 2, 49, 0, 17, 4, 4, 21, 6}, []int{FinalLayer})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -186,7 +186,7 @@ func (s *Session) extend(ids []int32) [][]float32 {
 			}
 		}
 	}
-	tensor.EmbeddingForward(x, b.embed, ids, D)
+	b.lookup(x, ids)
 	save(0)
 	for li := range b.layers {
 		w := &b.layers[li]
@@ -724,7 +724,7 @@ func GenerateIDs(b *Base, stages []*CarryOn, alpha float32, prompt []int32, opt 
 	}
 	var gen []int32
 	for len(gen) < opt.MaxTokens {
-		tensor.LinearForward(logits, y, b.lmHead, nil, 1, c.Dim, c.Vocab)
+		b.headForward(logits, y, 1)
 		id := sampler.Sample(logits)
 		if opt.OnToken != nil && !opt.OnToken(id) {
 			return gen, false, nil

@@ -216,23 +216,26 @@ func ggufWeights(g *tensor.GGUF, c Config, file string) (weightSet, error) {
 			v.DType = tensor.F16
 		case tensor.GGMLBF16:
 			v.DType = tensor.BF16
-		default:
-			f, err := t.Float32()
-			if err != nil {
-				return nil, err
+		default: // a ggml block type: kept raw, decoded on use
+			if _, err := t.Type.RowBytes(t.Numel()); err != nil {
+				return nil, fmt.Errorf("tensor %q: %w", t.Name, err)
 			}
-			v = f32Bytes(hf, f, v.Shape)
+			v.Data = nil
+		}
+		e := &weightEntry{view: v, file: file + ":" + t.Name}
+		if v.DType == "" {
+			e.gtype, e.raw = t.Type, t.Data
 		}
 		if c.Arch == "llama" && (strings.Contains(hf, "q_proj") || strings.Contains(hf, "k_proj")) {
 			heads := c.Heads
 			if strings.Contains(hf, "k_proj") {
 				heads = c.KVHeads
 			}
-			if v, err = unpermuteRoPE(v, heads); err != nil {
+			if err := unpermuteRoPE(e, heads); err != nil {
 				return nil, fmt.Errorf("tensor %q: %w", t.Name, err)
 			}
 		}
-		ws[hf] = &weightEntry{view: v, file: file + ":" + t.Name}
+		ws[hf] = e
 	}
 	return ws, nil
 }
@@ -268,27 +271,37 @@ func f32Bytes(name string, f []float32, shape []int) tensor.View {
 // unpermuteRoPE undoes llama.cpp's LlamaModel.permute on the rows of a q/k
 // weight (heads·hd, in) or bias (heads·hd): within each head, GGUF row 2i
 // is HF row i and row 2i+1 is HF row i+hd/2. The result is a new F32 view.
-func unpermuteRoPE(v tensor.View, heads int) (tensor.View, error) {
-	src, err := v.Float32()
-	if err != nil {
-		return v, err
+func unpermuteRoPE(e *weightEntry, heads int) error {
+	src := e.raw
+	if src == nil {
+		src = e.view.Data
 	}
-	rows := v.Shape[0]
-	if heads <= 0 || rows%heads != 0 || (rows/heads)%2 != 0 {
-		return v, fmt.Errorf("%d rows do not split into %d heads of even size", rows, heads)
+	if len(e.view.Shape) == 0 {
+		return errors.New("a scalar has no rows to reorder")
 	}
-	cols := len(src) / rows
+	rows := e.view.Shape[0]
+	if heads <= 0 || rows%heads != 0 || (rows/heads)%2 != 0 || len(src)%rows != 0 {
+		return fmt.Errorf("%d rows do not split into %d heads of even size", rows, heads)
+	}
+	// Rows are independent in every storage format (quantized blocks run
+	// along a row), so reordering whole rows of bytes is exact.
+	rb := len(src) / rows
 	hd := rows / heads
-	dst := make([]float32, len(src))
+	dst := make([]byte, len(src))
 	for h := 0; h < heads; h++ {
 		for i := 0; i < hd/2; i++ {
-			g0, g1 := (h*hd+2*i)*cols, (h*hd+2*i+1)*cols
-			r0, r1 := (h*hd+i)*cols, (h*hd+i+hd/2)*cols
-			copy(dst[r0:r0+cols], src[g0:g0+cols])
-			copy(dst[r1:r1+cols], src[g1:g1+cols])
+			g0, g1 := (h*hd+2*i)*rb, (h*hd+2*i+1)*rb
+			r0, r1 := (h*hd+i)*rb, (h*hd+i+hd/2)*rb
+			copy(dst[r0:r0+rb], src[g0:g0+rb])
+			copy(dst[r1:r1+rb], src[g1:g1+rb])
 		}
 	}
-	return f32Bytes(v.Name, dst, v.Shape), nil
+	if e.raw != nil {
+		e.raw = dst
+	} else {
+		e.view.Data = dst
+	}
+	return nil
 }
 
 // LoadGGUFTokenizer reads the byte-level BPE tokenizer ("gpt2" model) that

@@ -37,12 +37,19 @@ type LoadOptions struct {
 	// from the exact float32 path; results then also differ between CPUs.
 	// Embeddings, the LM head, norms and biases stay float32.
 	KeepBF16 bool
+	// Widen expands F16, BF16 and quantized (GGUF Q8_0, Q4_K, Q6_K)
+	// weights to float32 at load, as earlier versions did. By default the
+	// block matrices, the embeddings and an untied LM head stay in their
+	// stored format, memory-mapped, and are multiplied with
+	// tensor.GemmQuant, which widens them exactly inside the product; the
+	// results are the same up to float32 summation order.
+	Widen bool
 }
 
 // LoadBase opens a Hugging Face checkpoint directory: config.json and
 // either model.safetensors or shards listed by model.safetensors.index.json.
-// F32 weights stay memory-mapped (zero copy); F16 and BF16 are widened to
-// float32 at load. Errors name the tensor and what was expected.
+// Weights stay memory-mapped (zero copy) in their stored format (F32, F16,
+// BF16; see LoadOptions). Errors name the tensor and what was expected.
 func LoadBase(dir string) (*Base, error) { return LoadBaseWith(dir, LoadOptions{}) }
 
 // LoadBaseWith is LoadBase with options.
@@ -168,9 +175,51 @@ func hashFile(h io.Writer, path string) error {
 }
 
 type weightEntry struct {
-	view tensor.View
+	view tensor.View // F32, F16 or BF16 data; for a ggml block type only Name and Shape
 	file string
 	used bool
+	// gtype is the storage type of a tensor in a ggml block format (GGUF
+	// Q8_0, Q4_K, Q6_K), whose bytes are raw; zero (F32) otherwise.
+	gtype tensor.GGMLType
+	raw   []byte
+}
+
+// float32 decodes the tensor.
+func (e *weightEntry) float32() ([]float32, error) {
+	if e.raw == nil {
+		return e.view.Float32()
+	}
+	f := make([]float32, e.view.Numel())
+	if err := tensor.DequantizeGGML(f, e.raw, e.gtype); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// quant returns the tensor as a tensor.QuantMatrix (rows, cols) when it is
+// stored as F16, BF16 or a ggml block type; ok is false for F32 or another
+// shape.
+func (e *weightEntry) quant(rows, cols int) (q *tensor.QuantMatrix, ok bool, err error) {
+	if !slices.Equal(e.view.Shape, []int{rows, cols}) {
+		return nil, false, nil
+	}
+	t, data := e.gtype, e.raw
+	if data == nil {
+		switch e.view.DType {
+		case tensor.F16:
+			t = tensor.GGMLF16
+		case tensor.BF16:
+			t = tensor.GGMLBF16
+		default:
+			return nil, false, nil
+		}
+		data = e.view.Data
+	}
+	m, err := tensor.NewQuantMatrix(t, rows, cols, data)
+	if err != nil {
+		return nil, false, fmt.Errorf("tensor %q (in %s): %w", e.view.Name, e.file, err)
+	}
+	return &m, true, nil
 }
 
 // weightSet is every tensor of a checkpoint by HF name.
@@ -185,11 +234,11 @@ func (ws weightSet) take(name string, shape ...int) ([]float32, error) {
 	if !slices.Equal(e.view.Shape, shape) {
 		return nil, fmt.Errorf("tensor %q (in %s) has shape %v, want %v", name, e.file, e.view.Shape, shape)
 	}
-	if e.view.DType != tensor.F32 && e.view.DType != tensor.F16 && e.view.DType != tensor.BF16 {
+	if e.raw == nil && e.view.DType != tensor.F32 && e.view.DType != tensor.F16 && e.view.DType != tensor.BF16 {
 		return nil, fmt.Errorf("tensor %q (in %s) has dtype %s, want F32, F16 or BF16", name, e.file, e.view.DType)
 	}
 	e.used = true
-	return e.view.Float32()
+	return e.float32()
 }
 
 // bind resolves every tensor the config asks for and rejects unknown ones.
@@ -205,24 +254,46 @@ func (b *Base) bind(ws weightSet, opt LoadOptions) error {
 		w, err = ws.take(name, shape...)
 		return w
 	}
+	// stored returns the named (rows, cols) tensor in its stored format
+	// when that is not F32 (and Widen is off).
+	stored := func(name string, rows, cols int) *tensor.QuantMatrix {
+		e, ok := ws[name]
+		if err != nil || !ok || opt.Widen {
+			return nil
+		}
+		q, ok, qerr := e.quant(rows, cols)
+		if qerr != nil {
+			err = qerr
+		}
+		if !ok || qerr != nil {
+			return nil
+		}
+		e.used = true
+		return q
+	}
 	mat := func(name string, shape ...int) matrix {
 		if err != nil {
 			return matrix{}
 		}
-		if e, ok := ws[name]; ok && opt.KeepBF16 && e.view.DType == tensor.BF16 && slices.Equal(e.view.Shape, shape) {
+		if e, ok := ws[name]; ok && opt.KeepBF16 && e.raw == nil && e.view.DType == tensor.BF16 && slices.Equal(e.view.Shape, shape) {
 			e.used = true
 			return matrix{h: bf16Bits(e.view.Data)}
 		}
+		if q := stored(name, shape[0], shape[1]); q != nil {
+			return matrix{q: q}
+		}
 		return f32Matrix(get(name, shape...))
 	}
-	b.embed = get("model.embed_tokens.weight", c.Vocab, D)
+	if b.embedQ = stored("model.embed_tokens.weight", c.Vocab, D); b.embedQ == nil {
+		b.embed = get("model.embed_tokens.weight", c.Vocab, D)
+	}
 	b.finalNorm = get("model.norm.weight", D)
 	if c.TiedEmbeddings {
-		b.lmHead = b.embed
+		b.lmHead, b.headQ = b.embed, b.embedQ
 		if e, ok := ws["lm_head.weight"]; ok {
 			e.used = true // a stray copy in a tied checkpoint: HF ties it, so ignore it
 		}
-	} else {
+	} else if b.headQ = stored("lm_head.weight", c.Vocab, D); b.headQ == nil {
 		b.lmHead = get("lm_head.weight", c.Vocab, D)
 	}
 	b.layers = make([]layerWeights, c.Layers)
@@ -270,7 +341,7 @@ func (b *Base) bind(ws weightSet, opt LoadOptions) error {
 func (b *Base) tensors() []namedTensor {
 	c := b.Config
 	D, qd, kvd, hd := c.Dim, c.Heads*c.HeadDim, c.KVHeads*c.HeadDim, c.HeadDim
-	ts := []namedTensor{{"model.embed_tokens.weight", b.embed, []int{c.Vocab, D}, kindMatrix}}
+	ts := []namedTensor{{"model.embed_tokens.weight", b.Embeddings(), []int{c.Vocab, D}, kindMatrix}}
 	for i, w := range b.layers {
 		p := "model.layers." + strconv.Itoa(i) + "."
 		ts = append(ts,
@@ -298,7 +369,7 @@ func (b *Base) tensors() []namedTensor {
 	}
 	ts = append(ts, namedTensor{"model.norm.weight", b.finalNorm, []int{D}, kindNorm})
 	if !c.TiedEmbeddings {
-		ts = append(ts, namedTensor{"lm_head.weight", b.lmHead, []int{c.Vocab, D}, kindMatrix})
+		ts = append(ts, namedTensor{"lm_head.weight", b.LMHead(), []int{c.Vocab, D}, kindMatrix})
 	}
 	return ts
 }
