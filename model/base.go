@@ -19,15 +19,15 @@ type Base struct {
 	Config      Config
 	WeightsHash string // hex sha256 of the weight file bytes (shards in sorted name order)
 
-	embed     []float32 // (Vocab, Dim); nil while embedQ holds it
-	lmHead    []float32 // (Vocab, Dim); aliases embed when tied; nil while headQ holds it
+	embed  []float32 // (Vocab, Dim); nil while embedQ holds it
+	lmHead []float32 // (Vocab, Dim); aliases embed when tied; nil while headQ holds it
 	// embedQ and headQ hold the embeddings and the LM head in their stored
 	// format (F16, BF16, ggml blocks; see LoadOptions.Widen), or are nil.
 	// Embeddings and LMHead widen them once on first use (wideOnce).
 	embedQ, headQ *tensor.QuantMatrix
 	wideOnce      sync.Once
-	finalNorm []float32 // (Dim)
-	layers    []layerWeights
+	finalNorm     []float32 // (Dim)
+	layers        []layerWeights
 
 	ropeMu sync.Mutex
 	rope   *tensor.RoPE // grown on demand up to MaxPos
