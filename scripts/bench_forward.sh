@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # bench_forward.sh: prefill speed of carryon's base forward pass against llama.cpp on the same files.
 #
-# usage: scripts/bench_forward.sh [--tokens 512] [--threads 2] [--runs 3] [--work DIR] [--keep]
+# usage: scripts/bench_forward.sh [--tokens 512] [--threads 2] [--runs 5] [--work DIR] [--keep]
 #
 # Makes a random-weight Qwen2.5-0.5B checkpoint (shared/tools/llamacpp/make-random-hf.py, f32), converts it
-# to an F32 GGUF (hf2gguf.py) and to a Q8_0 GGUF (scripts/gguf_quantize.py, gguf-py's quantizer), then runs
+# to an F32 GGUF (hf2gguf.py) and to BF16 and Q8_0 GGUFs (scripts/gguf_quantize.py, gguf-py), then runs
 # llama.cpp (bench.mjs: one batch, F32 KV cache, LM head on the last position) and `carryon bench forward`
 # (the same work) on each file with the same threads, median of --runs after one warm-up, and prints a
 # table. The HF safetensors directory is benchmarked too (carryon only: llama.cpp reads GGUF).
 # Speed does not depend on the weight values. The files (about 3 GB) go to --work (default: a temp dir,
 # removed at exit unless --keep).
 set -euo pipefail
-TOKENS=512 THREADS=2 RUNS=3 WORK="" KEEP=0
+TOKENS=512 THREADS=2 RUNS=5 WORK="" KEEP=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --tokens) TOKENS=$2; shift 2 ;;
@@ -35,19 +35,20 @@ if [ ! -x "$CARRYON" ]; then
   (cd "$ROOT" && go build -o "$CARRYON" ./cmd/carryon)
 fi
 
-HF=$WORK/q05-hf F32=$WORK/q05-f32.gguf Q8=$WORK/q05-q8_0.gguf
+HF=$WORK/q05-hf F32=$WORK/q05-f32.gguf BF16=$WORK/q05-bf16.gguf Q8=$WORK/q05-q8_0.gguf
 [ -f "$HF/config.json" ] || "$TOOLS/make-random-hf.py" "$HF" --arch qwen2 --preset qwen2.5-0.5b --seed 1 --dtype f32 >&2
 [ -f "$F32" ] || "$TOOLS/hf2gguf.py" "$HF" "$F32" >&2
-[ -f "$Q8" ] || "$ROOT/scripts/gguf_quantize.py" "$F32" "$Q8" >&2
+[ -f "$BF16" ] || "$ROOT/scripts/gguf_quantize.py" "$F32" "$BF16" bf16 >&2
+[ -f "$Q8" ] || "$ROOT/scripts/gguf_quantize.py" "$F32" "$Q8" q8_0 >&2
 
 declare -A LL LLCPU CO
-for f in "$F32" "$Q8"; do
+for f in "$F32" "$BF16" "$Q8"; do
   echo "llama.cpp: $(basename "$f")" >&2
   LL[$f]=$(/usr/bin/time -f "%U %S" -o "$WORK/time.txt" "$TOOLS/bench.mjs" "$f" --tokens "$TOKENS" --threads "$THREADS" --runs "$RUNS" | tail -1) || { echo "bench.mjs failed on $f" >&2; exit 1; }
   LLCPU[$f]=$(awk '{printf "%.1f", $1 + $2}' "$WORK/time.txt")
   echo "  ${LL[$f]}" >&2
 done
-for f in "$F32" "$Q8" "$HF"; do
+for f in "$F32" "$BF16" "$Q8" "$HF"; do
   echo "carryon: $(basename "$f")" >&2
   CO[$f]=$("$CARRYON" bench forward --model "$f" --tokens "$TOKENS" --threads "$THREADS" --runs "$RUNS" | tail -1) || { echo "carryon bench forward failed on $f" >&2; exit 1; }
   echo "  ${CO[$f]}" >&2
@@ -57,7 +58,7 @@ field() { /usr/bin/python3 -c 'import json,sys; v=json.loads(sys.argv[1]).get(sy
 echo
 echo "Qwen2.5-0.5B shapes (random weights), prefill $TOKENS tokens, $THREADS threads, median of $RUNS runs; $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
 printf '%-18s %9s %12s %14s %8s %14s %16s %10s\n' file size_MiB llama_tok_s carryon_tok_s ratio carryon_cpu_s llama_cpu_s_all carryon_rss_MiB
-for f in "$F32" "$Q8" "$HF"; do
+for f in "$F32" "$BF16" "$Q8" "$HF"; do
   co=$(field "${CO[$f]}" tokens_per_s)
   ll="-" ratio="-" llcpu="-"
   if [ -n "${LL[$f]:-}" ]; then
@@ -72,5 +73,5 @@ for f in "$F32" "$Q8" "$HF"; do
 done
 echo "ratio = llama.cpp / carryon tokens/s (wall clock: noisy on a shared machine). carryon_cpu_s: CPU seconds of one"
 echo "forward (median); llama_cpu_s_all: CPU seconds of the whole bench.mjs process ($((RUNS + 1)) passes + load). Raw JSON:"
-for f in "$F32" "$Q8"; do echo "${LL[$f]}"; done
-for f in "$F32" "$Q8" "$HF"; do echo "${CO[$f]}"; done
+for f in "$F32" "$BF16" "$Q8"; do echo "${LL[$f]}"; done
+for f in "$F32" "$BF16" "$Q8" "$HF"; do echo "${CO[$f]}"; done
