@@ -402,7 +402,7 @@ func (b *Base) checkInput(ids []int32, layers []int) error {
 
 // mlpRows is how many positions the MLP processes at once, which bounds the
 // (rows, FFN) gate/up buffers for long sequences.
-const mlpRows = 256
+const mlpRows = 512
 
 // forward runs a variable-length batch; it assumes checked inputs and
 // ready weights.

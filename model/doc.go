@@ -22,9 +22,12 @@
 // token embeddings, the shallow shortcut s_t).
 //
 // LoadBase reads config.json and model.safetensors (or shards with
-// model.safetensors.index.json); F32 weights stay memory-mapped, F16/BF16
-// are widened to float32 (LoadBaseWith with KeepBF16 keeps BF16 block
-// matrices and multiplies them with tensor.GemmBF16 instead). The weights
+// model.safetensors.index.json) and LoadGGUF a llama.cpp GGUF file. The
+// weights stay memory-mapped in their stored format (F32, F16, BF16, Q8_0,
+// Q4_K, Q6_K): float32 block matrices are packed once for tensor.GemmPacked
+// and their mapped pages released, the others are multiplied in place by
+// tensor.GemmQuant, so resident memory stays at about one copy of the file
+// (LoadOptions.Widen and KeepBF16 change this). The weights
 // are named by WeightsHash, the sha256 of the weight files' bytes, which the
 // swarm uses to tell bases apart. LoadLlama2C reads llama2.c checkpoints
 // (stories260K), permuting their interleaved RoPE layout into HF's.

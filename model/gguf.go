@@ -52,16 +52,16 @@ var ggufLayer = map[string]string{
 const maxRopeTable = 1 << 17
 
 // LoadGGUF opens a llama.cpp GGUF file of a llama, qwen2 or qwen3 model.
-// The file is memory-mapped: F32 tensors are used in place (zero copy);
-// F16 and BF16 are widened to float32, and the quantized formats Q8_0, Q4_K
-// and Q6_K are dequantized to float32 at load (4 to 7 times the file's
-// memory for those tensors). For llama, whose q/k rows llama.cpp's converter
-// permutes into the interleaved RoPE order, the permutation is undone (a
-// copy of attn_q/attn_k). WeightsHash is the sha256 of the whole file.
+// The file is memory-mapped and every tensor is used in place in its stored
+// format (F32, F16, BF16, Q8_0, Q4_K, Q6_K; see LoadOptions): the quantized
+// matrices are decoded inside each product (tensor.GemmQuant), never into a
+// float32 copy, unless LoadOptions.Widen asks for that. For llama, whose q/k
+// rows llama.cpp's converter permutes into the interleaved RoPE order, the
+// permutation is undone (a copy of attn_q/attn_k in the same format).
+// WeightsHash is the sha256 of the whole file.
 func LoadGGUF(path string) (*Base, error) { return LoadGGUFWith(path, LoadOptions{}) }
 
-// LoadGGUFWith is LoadGGUF with options; KeepBF16 keeps BF16 block
-// matrices as they are (zero copy), as for LoadBaseWith.
+// LoadGGUFWith is LoadGGUF with options, as for LoadBaseWith.
 func LoadGGUFWith(path string, opt LoadOptions) (*Base, error) {
 	g, err := tensor.OpenGGUF(path)
 	if err != nil {
@@ -196,7 +196,7 @@ func ggufConfig(g *tensor.GGUF) (Config, error) {
 }
 
 // ggufWeights turns the GGUF tensors into a weightSet under HF names and
-// layout: shapes reversed to (out, in), quantized types dequantized, and
+// layout: shapes reversed to (out, in), ggml block types kept raw, and
 // for llama the q/k rows put back into rotate-half order.
 func ggufWeights(g *tensor.GGUF, c Config, file string) (weightSet, error) {
 	ws := make(weightSet, len(g.Tensors))
