@@ -12,6 +12,13 @@ type Forwarder interface {
 	Forward(ids []int32, layers []int) ([][]float32, error)
 }
 
+// BatchForwarder is a Forwarder that also runs several sequences in one
+// pass (model.Base.ForwardBatch); CollectLocal then runs a chunk at a time.
+type BatchForwarder interface {
+	Forwarder
+	ForwardBatch(seqs [][]int32, layers []int) ([][][]float32, error)
+}
+
 // LocalProgress reports CollectLocal's progress.
 type LocalProgress struct {
 	Done, Computed, Total int // chunks in the cache, computed by this call, in the data set
@@ -57,10 +64,28 @@ func (c *Coordinator) CollectLocal(ctx context.Context, ds *Dataset, base Forwar
 			return fmt.Errorf("coordinator.CollectLocal: %w", err)
 		}
 		entries := make([][]Entry, len(c.cfg.Layers))
+		var batch [][][]float32
+		if bf, ok := base.(BatchForwarder); ok && len(ch.Seqs) > 1 {
+			seqs := make([][]int32, len(ch.Seqs))
+			for j, ex := range ch.Seqs {
+				seqs[j] = ex.Tokens
+			}
+			var err error
+			if batch, err = bf.ForwardBatch(seqs, c.cfg.Layers); err != nil {
+				return fmt.Errorf("coordinator.CollectLocal: chunk %s: %w", short(ch.ID), err)
+			}
+			if len(batch) != len(seqs) {
+				return fmt.Errorf("coordinator.CollectLocal: chunk %s: %d results for %d sequences", short(ch.ID), len(batch), len(seqs))
+			}
+		}
 		for j, ex := range ch.Seqs {
-			hs, err := base.Forward(ex.Tokens, c.cfg.Layers)
-			if err != nil {
+			var hs [][]float32
+			if batch != nil {
+				hs = batch[j]
+			} else if h, err := base.Forward(ex.Tokens, c.cfg.Layers); err != nil {
 				return fmt.Errorf("coordinator.CollectLocal: chunk %s sequence %d: %w", short(ch.ID), j, err)
+			} else {
+				hs = h
 			}
 			if len(hs) != len(c.cfg.Layers) {
 				return fmt.Errorf("coordinator.CollectLocal: chunk %s sequence %d: %d layers back, asked for %d", short(ch.ID), j, len(hs), len(c.cfg.Layers))

@@ -164,3 +164,40 @@ func TestCollectLocalErrors(t *testing.T) {
 		t.Errorf("cancelled context: %v", err)
 	}
 }
+
+// TestCollectLocalBatched: with a base that runs batches (model.Base), each
+// chunk is one ForwardBatch, and the cache holds exactly what a node, which
+// also batches the chunk, would have sent.
+func TestCollectLocalBatched(t *testing.T) {
+	b := localBase(t)
+	ds := localData(t, 12)
+	layers := []int{model.FinalLayer, 0}
+	c := localCoordinator(t, t.TempDir(), b, "q8", layers)
+	var _ BatchForwarder = b
+	if err := c.CollectLocal(context.Background(), ds, b, nil); err != nil {
+		t.Fatal(err)
+	}
+	codec, _ := tensor.ParseCodec("q8")
+	for _, ch := range ds.All() {
+		seqs := make([][]int32, len(ch.Seqs))
+		for j, ex := range ch.Seqs {
+			seqs[j] = ex.Tokens
+		}
+		batch, err := b.ForwardBatch(seqs, layers)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, l := range layers {
+			es, err := c.cache.Get(c.key(l, ch))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for j := range seqs {
+				want := codec.Encode(nil, batch[j][i], len(seqs[j]), b.Config.Dim)
+				if !bytes.Equal(es[j].Data, want) {
+					t.Fatalf("chunk %s layer %d sequence %d: cached bytes differ from a batched forward", short(ch.ID), l, j)
+				}
+			}
+		}
+	}
+}
