@@ -75,16 +75,22 @@ var (
 var (
 	avx2Kernels = newGemmKernels("avx2", tileKernel[float32]{
 		mr: 6, nr: 16, kc: 256, mc: 144, nc: 3072, kstep: 1, micro: microAVX2,
-	}, nil, dot4AVX2Go, dot4BF16AVX2Go)
+	}, nil, dot4AVX2Go, dot4BF16AVX2Go).withGemv(gemvAVX2)
 	avx512Kernels = newGemmKernels("avx512", tileKernel[float32]{
 		mr: 12, nr: 32, kc: 128, mc: 192, nc: 3072, kstep: 1, micro: microAVX512,
-	}, nil, dot4AVX2Go, dot4BF16AVX2Go)
+	}, nil, dot4AVX2Go, dot4BF16AVX2Go).withGemv(gemvAVX2)
 	avx512BF16Kernels = newGemmKernels("avx512bf16", tileKernel[float32]{
 		mr: 12, nr: 32, kc: 128, mc: 192, nc: 3072, kstep: 1, micro: microAVX512,
 	}, &tileKernel[uint16]{
 		mr: 12, nr: 32, kc: 256, mc: 192, nc: 3072, kstep: 2, micro: microBF16,
-	}, dot4AVX2Go, dot4BF16AVX2Go)
+	}, dot4AVX2Go, dot4BF16AVX2Go).withGemv(gemvAVX2)
 )
+
+// withGemv sets the small-m kernel of GemmPacked.
+func (ks *gemmKernels) withGemv(f gemvFunc) *gemmKernels {
+	ks.gemv = f
+	return ks
+}
 
 // gemmAvailable lists the implementations this CPU can run, slowest first.
 var gemmAvailable = func() []*gemmKernels {
@@ -102,3 +108,77 @@ var gemmAvailable = func() []*gemmKernels {
 }()
 
 var gemmBest = gemmAvailable[len(gemmAvailable)-1]
+
+// Small-m and decoding kernels in gemm_amd64.s.
+//
+//go:noescape
+func gemvPanelAVX2R1(ku int, a *float32, lda int, b *float32, ldb int, out *float32, ldo int, add int)
+
+//go:noescape
+func gemvPanelAVX2R2(ku int, a *float32, lda int, b *float32, ldb int, out *float32, ldo int, add int)
+
+//go:noescape
+func gemvPanelAVX2R3(ku int, a *float32, lda int, b *float32, ldb int, out *float32, ldo int, add int)
+
+//go:noescape
+func gemvPanelAVX2R4(ku int, a *float32, lda int, b *float32, ldb int, out *float32, ldo int, add int)
+
+//go:noescape
+func dequantQ8_0AVX2(nb int, x *byte, y *float32)
+
+//go:noescape
+func widenF16AVX2(n int, x *byte, y *float32)
+
+//go:noescape
+func widenBF16AVX2(n int, x *byte, y *float32)
+
+var hasF16C = hasAVX2 && cpu.X86.HasF16C
+
+// gemvAVX2 is gemvFunc for panels a multiple of 16 wide, 16 columns per call.
+func gemvAVX2(rows, ku int, a []float32, lda int, b []float32, nr int, out []float32, add bool) {
+	_ = a[(rows-1)*lda+ku-1]
+	_ = b[(ku-1)*nr+nr-1]
+	_ = out[rows*nr-1]
+	ad := 0
+	if add {
+		ad = 1
+	}
+	for h := 0; h < nr; h += 16 {
+		switch rows {
+		case 1:
+			gemvPanelAVX2R1(ku, &a[0], lda, &b[h], nr, &out[h], nr, ad)
+		case 2:
+			gemvPanelAVX2R2(ku, &a[0], lda, &b[h], nr, &out[h], nr, ad)
+		case 3:
+			gemvPanelAVX2R3(ku, &a[0], lda, &b[h], nr, &out[h], nr, ad)
+		default:
+			gemvPanelAVX2R4(ku, &a[0], lda, &b[h], nr, &out[h], nr, ad)
+		}
+	}
+}
+
+// decodeQ8_0Blocks decodes len(y)/32 whole Q8_0 blocks of x into y.
+func decodeQ8_0Blocks(y []float32, x []byte) {
+	nb := len(y) / 32
+	if !hasF16C || nb == 0 {
+		decodeQ8_0BlocksGo(y, x)
+		return
+	}
+	_ = x[34*nb-1]
+	dequantQ8_0AVX2(nb, &x[0], &y[0])
+}
+
+// widenHalf widens len(y) 16-bit floats (bf16, or IEEE f16) of x into y.
+func widenHalf(y []float32, x []byte, bf16 bool) {
+	n := len(y) &^ 15
+	if n > 0 && (bf16 && hasAVX2 || !bf16 && hasF16C) {
+		_ = x[2*n-1]
+		if bf16 {
+			widenBF16AVX2(n, &x[0], &y[0])
+		} else {
+			widenF16AVX2(n, &x[0], &y[0])
+		}
+		y, x = y[n:], x[2*n:]
+	}
+	widenHalfGo(y, x, bf16)
+}

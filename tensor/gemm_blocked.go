@@ -37,7 +37,7 @@ type tileKernel[T float32 | uint16] struct {
 	packB func(dst []T, g *gemmJob, nr, p0, kc, j0, nc int)
 }
 
-// gemmJob is one call's operands. Exactly one of b and bh is set.
+// gemmJob is one call's operands. Exactly one of b, bh, packed and q is set.
 type gemmJob struct {
 	transA, transB bool
 	m, n, k        int
@@ -49,7 +49,8 @@ type gemmJob struct {
 	ldb            int
 	c              []float32 // (m, n)
 	ldc            int
-	packed         *PackedB // op(B) prepacked (float32 kernels only); b, bh unset
+	packed         *PackedB     // op(B) prepacked (float32 kernels only); b, bh unset
+	q              *QuantMatrix // W (n, k) in a GGML format, transB implied; b, bh unset
 }
 
 // gemmBuf is one worker's scratch: packed A and B blocks and an edge tile.
@@ -523,19 +524,45 @@ type gemmKernels struct {
 	name     string
 	f32      *tileKernel[float32]
 	wide     *tileKernel[float32] // f32 kernel packing a bf16 B widened
+	quant    *tileKernel[float32] // f32 kernel dequantizing a QuantMatrix B
 	bf16     *tileKernel[uint16]  // nil: GemmBF16 uses wide
 	dot4     dot4Func
 	dot4BF16 dot4BF16Func
+	gemv     gemvFunc // GemmPacked's small-m kernel on f32 panels
 }
 
 func newGemmKernels(name string, f32 tileKernel[float32], bf16 *tileKernel[uint16], dot dot4Func, dotH dot4BF16Func) *gemmKernels {
 	f32.packA, f32.packB = packAF32, packBF32
 	wide := f32
 	wide.packB = packBWiden
+	quant := f32
+	quant.packB = packBQuant
 	if bf16 != nil {
 		bf16.packA, bf16.packB = packABF16, packBBF16
 	}
-	return &gemmKernels{name: name, f32: &f32, wide: &wide, bf16: bf16, dot4: dot, dot4BF16: dotH}
+	return &gemmKernels{name: name, f32: &f32, wide: &wide, quant: &quant, bf16: bf16, dot4: dot, dot4BF16: dotH, gemv: gemvGo}
+}
+
+// gemvFunc computes out[i·nr+q] (+)= Σ_{p<ku} a[i·lda+p]·b[p·nr+q] for
+// i < rows (1..4), q < nr: rows of A times one packed micro-panel b (ku, nr)
+// of PackedB, added to out when add. out: (rows, nr).
+type gemvFunc func(rows, ku int, a []float32, lda int, b []float32, nr int, out []float32, add bool)
+
+// gemvGo is the portable gemvFunc.
+func gemvGo(rows, ku int, a []float32, lda int, b []float32, nr int, out []float32, add bool) {
+	b = b[:ku*nr]
+	for i := 0; i < rows; i++ {
+		ar := a[i*lda : i*lda+ku]
+		o := out[i*nr : i*nr+nr]
+		if !add {
+			clear(o)
+		}
+		for p, av := range ar {
+			for q, bv := range b[p*nr : p*nr+len(o)] {
+				o[q] += av * bv
+			}
+		}
+	}
 }
 
 // scaleC sets C = beta·C (zero when beta == 0).

@@ -31,6 +31,12 @@ func main() {
 	genBF16()
 	genDot4("dot4AVX2", false)
 	genDot4("dot4BF16AVX2", true)
+	for rows := 1; rows <= 4; rows++ {
+		genGemvPanel(rows)
+	}
+	genDequantQ8_0()
+	genWiden("widenF16AVX2", false)
+	genWiden("widenBF16AVX2", true)
 	os.Stdout.WriteString(out.String())
 }
 
@@ -269,6 +275,189 @@ func genDot4(name string, bf16 bool) {
 	p("\tVADDPS X1, X0, X0")
 	p("\tMOVQ out+32(FP), DI")
 	p("\tVMOVUPS X0, (DI)")
+	p("\tVZEROUPPER")
+	p("\tRET")
+}
+
+// genGemvPanel emits the small-m kernel of GemmPacked for rows (1..4) rows
+// of A and 16 columns of a packed B panel:
+//
+//	func gemvPanelAVX2R<rows>(ku int, a *float32, lda int, b *float32, ldb int, out *float32, ldo int, add int)
+//
+// out[i·ldo+q] (+)= Σ_{p<ku} a[i·lda+p]·b[p·ldb+q] for i < rows, q < 16
+// (added to out when add != 0). B is streamed once; the depth is split
+// over sets of accumulators (four sets for one row, two for two or three)
+// so that at least eight independent FMA chains hide the FMA latency.
+func genGemvPanel(rows int) {
+	sets := map[int]int{1: 4, 2: 2, 3: 2, 4: 1}[rows]
+	name := fmt.Sprintf("gemvPanelAVX2R%d", rows)
+	nacc := rows * 2 * sets
+	bReg, bcReg := nacc, nacc+2 // B vectors (rows > 1), then two broadcast registers
+	if rows == 1 {
+		bcReg = nacc
+	}
+	acc := func(s, i, v int) int { return (s*rows+i)*2 + v }
+	ptr := []string{"SI", "R9", "R10", "R11"}
+	p("")
+	p("// func %s(ku int, a *float32, lda int, b *float32, ldb int, out *float32, ldo int, add int)", name)
+	p("TEXT ·%s(SB), NOSPLIT, $0-64", name)
+	p("\tMOVQ ku+0(FP), CX")
+	p("\tMOVQ a+8(FP), SI")
+	p("\tMOVQ lda+16(FP), AX")
+	p("\tSHLQ $2, AX")
+	p("\tMOVQ b+24(FP), DI")
+	p("\tMOVQ ldb+32(FP), BX")
+	p("\tSHLQ $2, BX")
+	for i := 1; i < rows; i++ {
+		p("\tLEAQ (%s)(AX*1), %s", ptr[i-1], ptr[i])
+	}
+	for r := 0; r < nacc; r++ {
+		p("\tVXORPS Y%d, Y%d, Y%d", r, r, r)
+	}
+	step := func(s, off int) {
+		if rows > 1 {
+			p("\tVMOVUPS (DI), Y%d", bReg)
+			p("\tVMOVUPS 32(DI), Y%d", bReg+1)
+		}
+		for i := 0; i < rows; i++ {
+			bc := bcReg + i%2
+			p("\tVBROADCASTSS %d(%s), Y%d", off*4, ptr[i], bc)
+			for v := 0; v < 2; v++ {
+				if rows == 1 {
+					p("\tVFMADD231PS %d(DI), Y%d, Y%d", v*32, bc, acc(s, i, v))
+				} else {
+					p("\tVFMADD231PS Y%d, Y%d, Y%d", bReg+v, bc, acc(s, i, v))
+				}
+			}
+		}
+		p("\tADDQ BX, DI")
+	}
+	adv := func(n int) {
+		for i := 0; i < rows; i++ {
+			p("\tADDQ $%d, %s", 4*n, ptr[i])
+		}
+	}
+	if sets > 1 {
+		p("%s_loop%d:", name, sets)
+		p("\tCMPQ CX, $%d", sets)
+		p("\tJLT %s_loop1", name)
+		for s := 0; s < sets; s++ {
+			step(s, s)
+		}
+		adv(sets)
+		p("\tSUBQ $%d, CX", sets)
+		p("\tJMP %s_loop%d", name, sets)
+	}
+	p("%s_loop1:", name)
+	p("\tTESTQ CX, CX")
+	p("\tJEQ %s_reduce", name)
+	step(0, 0)
+	adv(1)
+	p("\tDECQ CX")
+	p("\tJMP %s_loop1", name)
+	p("%s_reduce:", name)
+	for s := 1; s < sets; s++ {
+		for i := 0; i < rows; i++ {
+			for v := 0; v < 2; v++ {
+				p("\tVADDPS Y%d, Y%d, Y%d", acc(s, i, v), acc(0, i, v), acc(0, i, v))
+			}
+		}
+	}
+	genGemvStore(name, rows, func(i, v int) int { return acc(0, i, v) })
+}
+
+// genGemvStore emits the write-back of a gemv kernel: out (+)= the rows
+// accumulators acc(i, v), rows ldo floats apart.
+func genGemvStore(name string, rows int, acc func(i, v int) int) {
+	p("\tMOVQ out+40(FP), DX")
+	p("\tMOVQ ldo+48(FP), R8")
+	p("\tSHLQ $2, R8")
+	p("\tMOVQ add+56(FP), R12")
+	p("\tTESTQ R12, R12")
+	p("\tJEQ %s_store", name)
+	p("\tMOVQ DX, R13")
+	for i := 0; i < rows; i++ {
+		for v := 0; v < 2; v++ {
+			p("\tVADDPS %d(R13), Y%d, Y%d", v*32, acc(i, v), acc(i, v))
+		}
+		p("\tADDQ R8, R13")
+	}
+	p("%s_store:", name)
+	for i := 0; i < rows; i++ {
+		for v := 0; v < 2; v++ {
+			p("\tVMOVUPS Y%d, %d(DX)", acc(i, v), v*32)
+		}
+		p("\tADDQ R8, DX")
+	}
+	p("\tVZEROUPPER")
+	p("\tRET")
+}
+
+// genDequantQ8_0 emits the Q8_0 block decoder (needs F16C):
+//
+//	func dequantQ8_0AVX2(nb int, x *byte, y *float32)
+//
+// decodes nb blocks of 34 bytes (f16 d, 32 int8 q) into 32·nb floats
+// y = float32(q)·d: the int8 → float32 conversion is exact and the product
+// is rounded once, as in the Go decoder, so the results are bitwise equal.
+func genDequantQ8_0() {
+	const name = "dequantQ8_0AVX2"
+	p("")
+	p("// func %s(nb int, x *byte, y *float32)", name)
+	p("TEXT ·%s(SB), NOSPLIT, $0-24", name)
+	p("\tMOVQ nb+0(FP), CX")
+	p("\tMOVQ x+8(FP), SI")
+	p("\tMOVQ y+16(FP), DI")
+	p("\tTESTQ CX, CX")
+	p("\tJEQ %s_done", name)
+	p("%s_loop:", name)
+	p("\tVPBROADCASTW (SI), X8")
+	p("\tVCVTPH2PS X8, Y8")
+	for v := 0; v < 4; v++ {
+		p("\tVPMOVSXBD %d(SI), Y%d", 2+8*v, v)
+		p("\tVCVTDQ2PS Y%d, Y%d", v, v)
+		p("\tVMULPS Y8, Y%d, Y%d", v, v)
+		p("\tVMOVUPS Y%d, %d(DI)", v, 32*v)
+	}
+	p("\tADDQ $34, SI")
+	p("\tADDQ $128, DI")
+	p("\tDECQ CX")
+	p("\tJNE %s_loop", name)
+	p("%s_done:", name)
+	p("\tVZEROUPPER")
+	p("\tRET")
+}
+
+// genWiden emits the exact widening of 16-bit floats (f16, needs F16C, or
+// bf16) to float32:
+//
+//	func name(n int, x *byte, y *float32)
+//
+// n is a multiple of 16; x holds n little-endian 16-bit values.
+func genWiden(name string, bf16 bool) {
+	p("")
+	p("// func %s(n int, x *byte, y *float32)", name)
+	p("TEXT ·%s(SB), NOSPLIT, $0-24", name)
+	p("\tMOVQ n+0(FP), CX")
+	p("\tMOVQ x+8(FP), SI")
+	p("\tMOVQ y+16(FP), DI")
+	p("%s_loop:", name)
+	p("\tCMPQ CX, $16")
+	p("\tJLT %s_done", name)
+	for v := 0; v < 2; v++ {
+		if bf16 {
+			p("\tVPMOVZXWD %d(SI), Y%d", 16*v, v)
+			p("\tVPSLLD $16, Y%d, Y%d", v, v)
+		} else {
+			p("\tVCVTPH2PS %d(SI), Y%d", 16*v, v)
+		}
+		p("\tVMOVUPS Y%d, %d(DI)", v, 32*v)
+	}
+	p("\tADDQ $32, SI")
+	p("\tADDQ $64, DI")
+	p("\tSUBQ $16, CX")
+	p("\tJMP %s_loop", name)
+	p("%s_done:", name)
 	p("\tVZEROUPPER")
 	p("\tRET")
 }

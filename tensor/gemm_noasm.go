@@ -6,3 +6,9 @@ package tensor
 var gemmAvailable = []*gemmKernels{goKernels}
 
 var gemmBest = goKernels
+
+// decodeQ8_0Blocks decodes len(y)/32 whole Q8_0 blocks of x into y.
+func decodeQ8_0Blocks(y []float32, x []byte) { decodeQ8_0BlocksGo(y, x) }
+
+// widenHalf widens len(y) 16-bit floats (bf16, or IEEE f16) of x into y.
+func widenHalf(y []float32, x []byte, bf16 bool) { widenHalfGo(y, x, bf16) }

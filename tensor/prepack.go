@@ -3,6 +3,7 @@ package tensor
 import (
 	"fmt"
 	"runtime"
+	"sync"
 )
 
 // PackedB is a GEMM right operand op(B): (k, n) stored once in the panel
@@ -16,6 +17,7 @@ import (
 // it does not alias the source slice.
 type PackedB struct {
 	n, k   int
+	transB bool // packed from B (n, k): GemmPacked may take its small-m path
 	nr, kc int
 	npad   int          // roundUp(n, nr)
 	kern   *gemmKernels // the implementation it was packed for
@@ -45,7 +47,7 @@ func packBWith(ks *gemmKernels, transB bool, n, k int, b []float32, ldb int) *Pa
 	}
 	checkGemm("tensor.PackB", false, transB, 0, n, k, 0, max(1, k), len(b), ldb, 0, max(1, n))
 	kn := ks.f32
-	pb := &PackedB{n: n, k: k, nr: kn.nr, kc: kn.kc, npad: roundUp(n, kn.nr), kern: ks}
+	pb := &PackedB{n: n, k: k, transB: transB, nr: kn.nr, kc: kn.kc, npad: roundUp(n, kn.nr), kern: ks}
 	pb.data = make([]float32, pb.npad*k)
 	if n == 0 || k == 0 {
 		return pb
@@ -86,8 +88,12 @@ func packBWith(ks *gemmKernels, transB bool, n, k int, b []float32, ldb int) *Pa
 //
 // The result is bitwise the one Gemm gives for the same operands whenever
 // Gemm takes its blocked path (m > 8 or B not transposed): the same
-// micro-kernel adds the same products in the same order. With beta == 0,
-// C is overwritten. It panics if the shapes do not fit.
+// micro-kernel adds the same products in the same order. For m ≤ 8 and a
+// B packed with transB (decode times an nn.Linear weight), where Gemm
+// takes its dot-product path, each micro-panel is instead streamed once
+// per four rows of A by a small-m kernel; that result has Gemm's error
+// bound but not its rounding. With beta == 0, C is overwritten. It panics
+// if the shapes do not fit.
 func GemmPacked(m int, alpha float32, a []float32, lda int, pb *PackedB, beta float32, c []float32, ldc int) {
 	n, k := pb.n, pb.k
 	checkGemm("tensor.GemmPacked", false, false, m, n, k, len(a), lda, k*n, max(1, n), len(c), ldc)
@@ -99,5 +105,70 @@ func GemmPacked(m int, alpha float32, a []float32, lda int, pb *PackedB, beta fl
 		return
 	}
 	g := gemmJob{m: m, n: n, k: k, alpha: alpha, beta: beta, a: a, lda: lda, c: c, ldc: ldc, packed: pb}
+	if m <= packedSmallMMax && pb.transB {
+		runSmallMPacked(&g, pb.kern.gemv, runtime.GOMAXPROCS(0))
+		return
+	}
 	runBlocked(&g, pb.kern.f32, runtime.GOMAXPROCS(0))
+}
+
+// packedSmallMMax is the largest m that GemmPacked (B packed with transB)
+// runs with the gemv kernels (each micro-panel of B streamed once per four rows of A) instead
+// of the blocked path.
+const packedSmallMMax = 8
+
+// runSmallMPacked computes C = alpha·A·op(B) + beta·C for m ≤
+// packedSmallMMax with op(B) prepacked: the micro-panels (columns of C) are
+// split over threads; each panel is streamed through its depth blocks once
+// per four rows of A, accumulating in a pooled (4, nr) tile.
+func runSmallMPacked(g *gemmJob, gemv gemvFunc, threads int) {
+	pb := g.packed
+	npanels := pb.npad / pb.nr
+	work := 2 * float64(g.m) * float64(g.n) * float64(g.k)
+	threads = min(threads, max(1, int(work/(1<<22))), npanels)
+	per := (npanels + threads - 1) / threads
+	var wg sync.WaitGroup
+	for q0 := per; q0 < npanels; q0 += per {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			smallMPackedPanels(g, gemv, q0, min(q0+per, npanels))
+		}()
+	}
+	smallMPackedPanels(g, gemv, 0, min(per, npanels))
+	wg.Wait()
+}
+
+// smallMPackedPanels runs micro-panels [q0, q1) of runSmallMPacked. The
+// depth blocks are the outer loop, so B is read as one sequential stream
+// per block; every (panel, four rows of A) tile of C accumulates in a
+// pooled buffer and is merged into C at the end.
+func smallMPackedPanels(g *gemmJob, gemv gemvFunc, q0, q1 int) {
+	pb := g.packed
+	nr, kc := pb.nr, pb.kc
+	ngr := (g.m + 3) / 4 // groups of four rows of A
+	tsz := 4 * nr
+	buf := getBuf[float32]()
+	defer putBuf(buf)
+	buf.tile = grow(buf.tile, (q1-q0)*ngr*tsz)
+	for pc := 0; pc < g.k; pc += kc {
+		kcur := min(kc, g.k-pc)
+		for q := q0; q < q1; q++ {
+			base := pc*pb.npad + q*nr*kcur
+			bp := pb.data[base : base+nr*kcur]
+			for gi := 0; gi < ngr; gi++ {
+				i0 := 4 * gi
+				t := buf.tile[((q-q0)*ngr+gi)*tsz : ((q-q0)*ngr+gi+1)*tsz]
+				gemv(min(4, g.m-i0), kcur, g.a[i0*g.lda+pc:], g.lda, bp, nr, t, pc > 0)
+			}
+		}
+	}
+	for q := q0; q < q1; q++ {
+		j := q * nr
+		for gi := 0; gi < ngr; gi++ {
+			i0 := 4 * gi
+			t := buf.tile[((q-q0)*ngr+gi)*tsz : ((q-q0)*ngr+gi+1)*tsz]
+			mergeTile(g.c[i0*g.ldc+j:], g.ldc, t, nr, min(4, g.m-i0), min(nr, g.n-j), g.alpha, g.beta)
+		}
+	}
 }

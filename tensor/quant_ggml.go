@@ -141,3 +141,69 @@ func QuantizeQ8_0(dst []byte, src []float32) {
 		}
 	}
 }
+
+// dequantRowSeg decodes elements [p0, p0+len(dst)) of one stored row of
+// type t (F16, BF16, Q8_0, Q4_K or Q6_K) into dst. Each value is computed
+// exactly as DequantizeGGML computes it; blocks that the segment covers only
+// in part are decoded into a scratch and the needed part copied.
+func dequantRowSeg(dst []float32, row []byte, t GGMLType, p0 int) {
+	switch t {
+	case GGMLF16, GGMLBF16:
+		widenHalf(dst, row[2*p0:2*(p0+len(dst))], t == GGMLBF16)
+		return
+	}
+	be, bb := t.BlockSize()
+	var tmp [256]float32
+	for len(dst) > 0 {
+		b := p0 / be
+		off := p0 - b*be
+		nb := min(be-off, len(dst))
+		if t == GGMLQ8_0 && off == 0 && len(dst) >= 32 { // whole blocks in bulk
+			nb = len(dst) &^ 31
+			decodeQ8_0Blocks(dst[:nb], row[34*b:34*b+34*nb/32])
+			dst = dst[nb:]
+			p0 += nb
+			continue
+		}
+		x := row[b*bb : b*bb+bb]
+		y := dst[:nb]
+		if nb != be {
+			y = tmp[:be]
+		}
+		switch t {
+		case GGMLQ8_0:
+			dequantQ8_0(y, x)
+		case GGMLQ4_K:
+			dequantQ4K(y, x)
+		case GGMLQ6_K:
+			dequantQ6K(y, x)
+		default:
+			panic(fmt.Sprintf("tensor: dequantRowSeg: ggml type %s is not supported", t))
+		}
+		if nb != be {
+			copy(dst[:nb], tmp[off:off+nb])
+		}
+		dst = dst[nb:]
+		p0 += nb
+	}
+}
+
+// decodeQ8_0BlocksGo decodes len(y)/32 whole Q8_0 blocks of x into y.
+func decodeQ8_0BlocksGo(y []float32, x []byte) {
+	for b := 0; b < len(y)/32; b++ {
+		dequantQ8_0(y[32*b:32*b+32], x[34*b:34*b+34])
+	}
+}
+
+// widenHalfGo widens len(y) 16-bit floats (bf16, or IEEE f16) of x into y.
+func widenHalfGo(y []float32, x []byte, bf16 bool) {
+	x = x[:2*len(y)]
+	for i := range y {
+		h := binary.LittleEndian.Uint16(x[2*i:])
+		if bf16 {
+			y[i] = BF16ToF32(h)
+		} else {
+			y[i] = F16ToF32(h)
+		}
+	}
+}
