@@ -364,11 +364,15 @@ func ggufOracle(t *testing.T, tools, gguf string, seqs [][]int32) []oracleSeq {
 // the dequantized weights in float32), so the two differ by that rounding.
 const oracleQ8RelL2 = 4e-2
 
+// BF16 tolerance against llama.cpp: it rounds the activations to bf16
+// (relative error 2⁻⁹ per value) before each product with bf16 weights.
+const oracleBF16RelL2 = 1.5e-2
+
 // TestOracleGGUF converts the tiny presets of make-random-hf.py with
 // hf2gguf.py and checks that LoadGGUF of the F32 file gives LoadBase's
 // hidden states on the HF directory (≈1e-6) and llama.cpp's on the same
-// file; then the same with the file's matrices quantized to Q8_0 by
-// scripts/gguf_quantize.py.
+// file; then the same with the file's matrices quantized to Q8_0 and
+// rounded to BF16 by scripts/gguf_quantize.py.
 func TestOracleGGUF(t *testing.T) {
 	tools := oracleTools(t)
 	seqs := [][]int32{{1, 17, 300, 2, 999, 42, 5, 5, 5, 123, 456, 789, 0, 998, 64, 65, 66, 67, 68, 69, 70, 500, 7, 8}, {7, 8}}
@@ -415,6 +419,20 @@ func TestOracleGGUF(t *testing.T) {
 			t.Logf("%-28s %v", tc.arch+" GGUF Q8_0", e)
 			if e.hiddenRelL2 > oracleQ8RelL2 || e.positions == 0 {
 				t.Errorf("Q8_0: hidden rel L2 %.2e, want <= %g", e.hiddenRelL2, oracleQ8RelL2)
+			}
+			// BF16 (gguf-py's rounding): llama.cpp rounds the activations to
+			// bf16 as well (ggml's vec_dot_bf16), we widen the weights exactly.
+			bf := filepath.Join(w, "bf16.gguf")
+			runTool(t, filepath.Join(testenv.RepoRoot(t), "scripts"), "gguf_quantize.py", f32, bf, "bf16")
+			bb, err := LoadGGUF(bf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer bb.Close()
+			eb := compareOracle(t, bb, ggufOracle(t, tools, bf, seqs))
+			t.Logf("%-28s %v", tc.arch+" GGUF BF16", eb)
+			if eb.hiddenRelL2 > oracleBF16RelL2 || eb.positions == 0 {
+				t.Errorf("BF16: hidden rel L2 %.2e, want <= %g", eb.hiddenRelL2, oracleBF16RelL2)
 			}
 			// Negative control: the F32 weights against llama.cpp's Q8_0 run
 			// add our missing weight rounding to its activation rounding
