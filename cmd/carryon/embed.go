@@ -64,14 +64,16 @@ func runEmbed(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	res := embedOutput{Model: *modelFlag, WeightsHash: base.WeightsHash, Arch: base.Config.Arch, Dim: base.Config.Dim, Layers: names}
 	D := base.Config.Dim
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	// One variable-length batch (split by ForwardBatch as needed).
+	all, err := base.ForwardBatch(seqs, layers)
+	if err != nil {
+		return err
+	}
 	for i, ids := range seqs {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		hs, err := base.Forward(ids, layers)
-		if err != nil {
-			return fmt.Errorf("sequence %d: %w", i, err)
-		}
+		hs := all[i]
 		s := embedSeq{Tokens: ids, Hidden: make([][][]float32, len(hs))}
 		for j, h := range hs {
 			for p := 0; p < len(ids); p++ {

@@ -41,11 +41,17 @@ func TestEmbedAndBenchForward(t *testing.T) {
 	if len(res.Sequences) != 2 || res.Dim != cfg.Dim || len(res.Layers) != 3 || res.WeightsHash != b.WeightsHash {
 		t.Fatalf("output: %d sequences, dim %d, layers %v, hash %s", len(res.Sequences), res.Dim, res.Layers, res.WeightsHash)
 	}
+	// embed runs its sequences as one batch: exactly ForwardBatch's numbers.
+	var texts [][]int32
+	for _, txt := range []string{"hi there", "x"} {
+		texts = append(texts, model.ByteTokenizer{}.Encode(txt))
+	}
+	batch, err := b.ForwardBatch(texts, []int{model.FinalLayer, 0, 2})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for i, s := range res.Sequences {
-		want, err := b.Forward(model.ByteTokenizer{}.Encode([]string{"hi there", "x"}[i]), []int{model.FinalLayer, 0, 2})
-		if err != nil {
-			t.Fatal(err)
-		}
+		want := batch[i]
 		for l := range want {
 			if len(s.Hidden[l]) != len(s.Tokens) {
 				t.Fatalf("seq %d layer %d: %d rows for %d tokens", i, l, len(s.Hidden[l]), len(s.Tokens))
