@@ -86,9 +86,11 @@ var (
 	}, dot4AVX2Go, dot4BF16AVX2Go).withGemv(gemvAVX2)
 )
 
-// withGemv sets the small-m kernel of GemmPacked.
+// withGemv sets the small-m kernels of GemmPacked.
 func (ks *gemmKernels) withGemv(f gemvFunc) *gemmKernels {
 	ks.gemv = f
+	ks.gemvN = gemvStreamsAVX2
+	ks.gemvWays = [5]int{1, 4, 2, 2, 2}
 	return ks
 }
 
@@ -124,7 +126,22 @@ func gemvPanelAVX2R3(ku int, a *float32, lda int, b *float32, ldb int, out *floa
 func gemvPanelAVX2R4(ku int, a *float32, lda int, b *float32, ldb int, out *float32, ldo int, add int)
 
 //go:noescape
+func gemvStreamsAVX2R1S4(ku int, a *float32, lda int, b *float32, ldb int, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvStreamsAVX2R1S2(ku int, a *float32, lda int, b *float32, ldb int, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvStreamsAVX2R2S2(ku int, a *float32, lda int, b *float32, ldb int, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
 func dequantQ8_0AVX2(nb int, x *byte, y *float32)
+
+//go:noescape
+func dequantQ4KAVX2(nb int, x *byte, s *float32, y *float32)
+
+//go:noescape
+func dequantQ6KAVX2(nb int, x *byte, s *float32, y *float32)
 
 //go:noescape
 func widenF16AVX2(n int, x *byte, y *float32)
@@ -157,6 +174,37 @@ func gemvAVX2(rows, ku int, a []float32, lda int, b []float32, nr int, out []flo
 	}
 }
 
+// gemvStreamsAVX2 is gemvStreamsFunc for 16-wide panels: one row of A on
+// four segments, or two segments for up to four rows (in passes of two
+// rows, the later ones finding the segments in cache); otherwise
+// gemvAVX2 per segment.
+func gemvStreamsAVX2(rows, ns, ku int, a []float32, lda int, b []float32, nr, bs int, out []float32, os int, add bool) {
+	if nr != 16 || ku == 0 || !(rows == 1 && ns == 4 || ns == 2) {
+		for s := 0; s < ns; s++ {
+			gemvAVX2(rows, ku, a, lda, b[s*bs:], nr, out[s*os:], add)
+		}
+		return
+	}
+	_ = a[(rows-1)*lda+ku-1]
+	_ = b[(ns-1)*bs+ku*nr-1]
+	_ = out[(ns-1)*os+rows*nr-1]
+	ad := 0
+	if add {
+		ad = 1
+	}
+	if ns == 4 {
+		gemvStreamsAVX2R1S4(ku, &a[0], lda, &b[0], nr, bs, &out[0], nr, os, ad)
+		return
+	}
+	for i := 0; i < rows; i += 2 {
+		if rows-i == 1 {
+			gemvStreamsAVX2R1S2(ku, &a[i*lda], lda, &b[0], nr, bs, &out[i*nr], nr, os, ad)
+		} else {
+			gemvStreamsAVX2R2S2(ku, &a[i*lda], lda, &b[0], nr, bs, &out[i*nr], nr, os, ad)
+		}
+	}
+}
+
 // decodeQ8_0Blocks decodes len(y)/32 whole Q8_0 blocks of x into y.
 func decodeQ8_0Blocks(y []float32, x []byte) {
 	nb := len(y) / 32
@@ -166,6 +214,32 @@ func decodeQ8_0Blocks(y []float32, x []byte) {
 	}
 	_ = x[34*nb-1]
 	dequantQ8_0AVX2(nb, &x[0], &y[0])
+}
+
+// decodeQ4KBlocks decodes len(y)/256 whole Q4_K blocks of x into y, bitwise
+// as dequantQ4K.
+func decodeQ4KBlocks(y []float32, x []byte) {
+	nb := len(y) / 256
+	if !hasF16C || nb == 0 {
+		decodeQ4KBlocksGo(y, x)
+		return
+	}
+	_ = x[144*nb-1]
+	var s [16]float32
+	dequantQ4KAVX2(nb, &x[0], &s[0], &y[0])
+}
+
+// decodeQ6KBlocks decodes len(y)/256 whole Q6_K blocks of x into y, bitwise
+// as dequantQ6K.
+func decodeQ6KBlocks(y []float32, x []byte) {
+	nb := len(y) / 256
+	if !hasF16C || nb == 0 {
+		decodeQ6KBlocksGo(y, x)
+		return
+	}
+	_ = x[210*nb-1]
+	var s [16]float32
+	dequantQ6KAVX2(nb, &x[0], &s[0], &y[0])
 }
 
 // widenHalf widens len(y) 16-bit floats (bf16, or IEEE f16) of x into y.

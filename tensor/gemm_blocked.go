@@ -529,6 +529,10 @@ type gemmKernels struct {
 	dot4     dot4Func
 	dot4BF16 dot4BF16Func
 	gemv     gemvFunc // GemmPacked's small-m kernel on f32 panels
+	// gemvN runs gemv over several panel segments at once; gemvWays[rows]
+	// is the number of segments it reads at once best for rows (1..4) of A.
+	gemvN    gemvStreamsFunc
+	gemvWays [5]int
 }
 
 func newGemmKernels(name string, f32 tileKernel[float32], bf16 *tileKernel[uint16], dot dot4Func, dotH dot4BF16Func) *gemmKernels {
@@ -540,13 +544,27 @@ func newGemmKernels(name string, f32 tileKernel[float32], bf16 *tileKernel[uint1
 	if bf16 != nil {
 		bf16.packA, bf16.packB = packABF16, packBBF16
 	}
-	return &gemmKernels{name: name, f32: &f32, wide: &wide, quant: &quant, bf16: bf16, dot4: dot, dot4BF16: dotH, gemv: gemvGo}
+	return &gemmKernels{name: name, f32: &f32, wide: &wide, quant: &quant, bf16: bf16, dot4: dot, dot4BF16: dotH,
+		gemv: gemvGo, gemvN: gemvStreamsGo, gemvWays: [5]int{1, 1, 1, 1, 1}}
 }
 
 // gemvFunc computes out[i·nr+q] (+)= Σ_{p<ku} a[i·lda+p]·b[p·nr+q] for
 // i < rows (1..4), q < nr: rows of A times one packed micro-panel b (ku, nr)
 // of PackedB, added to out when add. out: (rows, nr).
 type gemvFunc func(rows, ku int, a []float32, lda int, b []float32, nr int, out []float32, add bool)
+
+// gemvStreamsFunc computes ns gemvFunc products at once, on panel segments
+// b[s·bs:] into out[s·os:] for s < ns (all rows of A and the same depth):
+// a kernel that reads the ns distant segments together keeps several
+// memory streams in flight.
+type gemvStreamsFunc func(rows, ns, ku int, a []float32, lda int, b []float32, nr, bs int, out []float32, os int, add bool)
+
+// gemvStreamsGo is the portable gemvStreamsFunc: one segment after another.
+func gemvStreamsGo(rows, ns, ku int, a []float32, lda int, b []float32, nr, bs int, out []float32, os int, add bool) {
+	for s := 0; s < ns; s++ {
+		gemvGo(rows, ku, a, lda, b[s*bs:], nr, out[s*os:], add)
+	}
+}
 
 // gemvGo is the portable gemvFunc.
 func gemvGo(rows, ku int, a []float32, lda int, b []float32, nr int, out []float32, add bool) {

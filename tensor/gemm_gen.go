@@ -34,7 +34,12 @@ func main() {
 	for rows := 1; rows <= 4; rows++ {
 		genGemvPanel(rows)
 	}
+	genGemvStreams(1, 4)
+	genGemvStreams(1, 2)
+	genGemvStreams(2, 2)
 	genDequantQ8_0()
+	genDequantQ4K()
+	genDequantQ6K()
 	genWiden("widenF16AVX2", false)
 	genWiden("widenBF16AVX2", true)
 	os.Stdout.WriteString(out.String())
@@ -366,6 +371,117 @@ func genGemvPanel(rows int) {
 	genGemvStore(name, rows, func(i, v int) int { return acc(0, i, v) })
 }
 
+// genGemvStreams emits the multi-stream small-m kernel of GemmPacked: rows
+// (1 or 2) rows of A times ns (2, or 4 for one row) micro-panel segments of B at once,
+// 16 columns each, segment s starting bs floats after segment s-1:
+//
+//	func gemvStreamsAVX2R<rows>S<ns>(ku int, a *float32, lda int, b *float32, ldb int, bs int, out *float32, ldo int, os int, add int)
+//
+// out[s·os+i·ldo+q] (+)= Σ_{p<ku} a[i·lda+p]·b[s·bs+p·ldb+q] for s < ns,
+// i < rows, q < 16 (added to out when add != 0). Reading ns distant
+// segments at once keeps ns hardware prefetch streams busy where one
+// sequential stream leaves a core short of memory bandwidth; each segment
+// has its own accumulators (rows·2·ns independent FMA chains: 8, or 4 for
+// R1S2, which only serves the third row of three). The depth loop is
+// unrolled twice.
+func genGemvStreams(rows, ns int) {
+	name := fmt.Sprintf("gemvStreamsAVX2R%dS%d", rows, ns)
+	nacc := rows * 2 * ns
+	bcReg := nacc       // rows broadcast registers
+	bReg := nacc + rows // two B vectors (rows > 1)
+	acc := func(s, i, v int) int { return (s*rows+i)*2 + v }
+	aptr := []string{"SI", "R9"}
+	bop := []string{"(DI)", "(DI)(DX*1)", "(DI)(DX*2)", "(DI)(R8*1)"}
+	p("")
+	p("// func %s(ku int, a *float32, lda int, b *float32, ldb int, bs int, out *float32, ldo int, os int, add int)", name)
+	p("TEXT ·%s(SB), NOSPLIT, $0-80", name)
+	p("\tMOVQ ku+0(FP), CX")
+	p("\tMOVQ a+8(FP), SI")
+	p("\tMOVQ lda+16(FP), AX")
+	p("\tSHLQ $2, AX")
+	p("\tMOVQ b+24(FP), DI")
+	p("\tMOVQ ldb+32(FP), BX")
+	p("\tSHLQ $2, BX")
+	p("\tMOVQ bs+40(FP), DX")
+	p("\tSHLQ $2, DX")
+	p("\tLEAQ (DX)(DX*2), R8")
+	if rows > 1 {
+		p("\tLEAQ (SI)(AX*1), R9")
+	}
+	for r := 0; r < nacc; r++ {
+		p("\tVXORPS Y%d, Y%d, Y%d", r, r, r)
+	}
+	step := func(off int) {
+		for i := 0; i < rows; i++ {
+			p("\tVBROADCASTSS %d(%s), Y%d", off*4, aptr[i], bcReg+i)
+		}
+		for s := 0; s < ns; s++ {
+			if rows == 1 {
+				for v := 0; v < 2; v++ {
+					p("\tVFMADD231PS %d%s, Y%d, Y%d", v*32, bop[s], bcReg, acc(s, 0, v))
+				}
+				continue
+			}
+			for v := 0; v < 2; v++ {
+				p("\tVMOVUPS %d%s, Y%d", v*32, bop[s], bReg+v)
+			}
+			for i := 0; i < rows; i++ {
+				for v := 0; v < 2; v++ {
+					p("\tVFMADD231PS Y%d, Y%d, Y%d", bReg+v, bcReg+i, acc(s, i, v))
+				}
+			}
+		}
+		p("\tADDQ BX, DI")
+	}
+	adv := func(n int) {
+		for i := 0; i < rows; i++ {
+			p("\tADDQ $%d, %s", 4*n, aptr[i])
+		}
+	}
+	p("%s_loop2:", name)
+	p("\tCMPQ CX, $2")
+	p("\tJLT %s_loop1", name)
+	step(0)
+	step(1)
+	adv(2)
+	p("\tSUBQ $2, CX")
+	p("\tJMP %s_loop2", name)
+	p("%s_loop1:", name)
+	p("\tTESTQ CX, CX")
+	p("\tJEQ %s_reduce", name)
+	step(0)
+	adv(1)
+	p("%s_reduce:", name)
+	p("\tMOVQ out+48(FP), DX")
+	p("\tMOVQ ldo+56(FP), R8")
+	p("\tSHLQ $2, R8")
+	p("\tMOVQ os+64(FP), R10")
+	p("\tSHLQ $2, R10")
+	p("\tMOVQ add+72(FP), R12")
+	for s := 0; s < ns; s++ {
+		p("\tMOVQ DX, R13")
+		p("\tTESTQ R12, R12")
+		p("\tJEQ %s_store%d", name, s)
+		for i := 0; i < rows; i++ {
+			for v := 0; v < 2; v++ {
+				p("\tVADDPS %d(R13), Y%d, Y%d", v*32, acc(s, i, v), acc(s, i, v))
+			}
+			p("\tADDQ R8, R13")
+		}
+		p("\tMOVQ DX, R13")
+		p("%s_store%d:", name, s)
+		for i := 0; i < rows; i++ {
+			for v := 0; v < 2; v++ {
+				p("\tVMOVUPS Y%d, %d(R13)", acc(s, i, v), v*32)
+			}
+			p("\tADDQ R8, R13")
+		}
+		p("\tADDQ R10, DX")
+	}
+	p("\tVZEROUPPER")
+	p("\tRET")
+}
+
 // genGemvStore emits the write-back of a gemv kernel: out (+)= the rows
 // accumulators acc(i, v), rows ldo floats apart.
 func genGemvStore(name string, rows int, acc func(i, v int) int) {
@@ -421,6 +537,185 @@ func genDequantQ8_0() {
 	}
 	p("\tADDQ $34, SI")
 	p("\tADDQ $128, DI")
+	p("\tDECQ CX")
+	p("\tJNE %s_loop", name)
+	p("%s_done:", name)
+	p("\tVZEROUPPER")
+	p("\tRET")
+}
+
+// genConst32 broadcasts the 32-bit constant v into Y<reg> (clobbers AX).
+func genConst32(v, reg int) {
+	p("\tMOVL $%d, AX", v)
+	p("\tVMOVD AX, X%d", reg)
+	p("\tVPBROADCASTD X%d, Y%d", reg, reg)
+}
+
+// genDequantQ4K emits the Q4_K block decoder:
+//
+//	func dequantQ4KAVX2(nb int, x *byte, s *float32, y *float32)
+//
+// decodes nb blocks of 144 bytes into 256·nb floats (needs F16C). s is a
+// scratch of 16 floats that receives each block's factors d·sc of the eight
+// sub-blocks, then dmin·m (the 6-bit sc and m unpacked with 32-bit masks as
+// in ggml's AVX2 code); each value is d·sc·q − dmin·m with the product and
+// the difference rounded separately (q in 0..15 converts exactly), as in
+// dequantQ4K, so the results are bitwise equal (an f16 NaN d comes back
+// quieted by VCVTPH2PS, as the products quiet it anyway).
+func genDequantQ4K() {
+	const name = "dequantQ4KAVX2"
+	p("")
+	p("// func %s(nb int, x *byte, s *float32, y *float32)", name)
+	p("TEXT ·%s(SB), NOSPLIT, $0-32", name)
+	p("\tMOVQ nb+0(FP), CX")
+	p("\tMOVQ x+8(FP), SI")
+	p("\tMOVQ s+16(FP), R8")
+	p("\tMOVQ y+24(FP), DI")
+	p("\tTESTQ CX, CX")
+	p("\tJEQ %s_done", name)
+	genConst32(15, 15)
+	p("%s_loop:", name)
+	p("\tVPBROADCASTW (SI), X8")
+	p("\tVCVTPH2PS X8, Y8") // d
+	p("\tVPBROADCASTW 2(SI), X9")
+	p("\tVCVTPH2PS X9, Y9") // dmin
+	p("\tMOVL 4(SI), AX")   // u0: sc0..3 | hi bits of sc4..7
+	p("\tMOVL 8(SI), BX")   // u1: m0..3 | hi bits of m4..7
+	p("\tMOVL 12(SI), DX")  // u2: lo nibbles sc4..7 | m4..7
+	p("\tMOVL AX, R10")
+	p("\tANDL $0x3f3f3f3f, R10") // sc0..3
+	p("\tMOVL DX, R11")
+	p("\tANDL $0x0f0f0f0f, R11")
+	p("\tSHRL $6, AX")
+	p("\tANDL $0x03030303, AX")
+	p("\tSHLL $4, AX")
+	p("\tORL AX, R11") // sc4..7
+	p("\tMOVL BX, R12")
+	p("\tANDL $0x3f3f3f3f, R12") // m0..3
+	p("\tMOVL DX, R13")
+	p("\tSHRL $4, R13")
+	p("\tANDL $0x0f0f0f0f, R13")
+	p("\tSHRL $6, BX")
+	p("\tANDL $0x03030303, BX")
+	p("\tSHLL $4, BX")
+	p("\tORL BX, R13") // m4..7
+	p("\tSHLQ $32, R11")
+	p("\tORQ R11, R10")
+	p("\tSHLQ $32, R13")
+	p("\tORQ R13, R12")
+	p("\tVMOVQ R10, X6")
+	p("\tVPMOVZXBD X6, Y6")
+	p("\tVCVTDQ2PS Y6, Y6")
+	p("\tVMULPS Y6, Y8, Y6")
+	p("\tVMOVQ R12, X7")
+	p("\tVPMOVZXBD X7, Y7")
+	p("\tVCVTDQ2PS Y7, Y7")
+	p("\tVMULPS Y7, Y9, Y7")
+	p("\tVMOVUPS Y6, (R8)")
+	p("\tVMOVUPS Y7, 32(R8)")
+	for j := 0; j < 4; j++ { // 32 bytes of qs: sub-blocks 2j (low nibbles) and 2j+1 (high)
+		p("\tVBROADCASTSS %d(R8), Y10", 4*(2*j))
+		p("\tVBROADCASTSS %d(R8), Y11", 4*(8+2*j))
+		p("\tVBROADCASTSS %d(R8), Y12", 4*(2*j+1))
+		p("\tVBROADCASTSS %d(R8), Y13", 4*(8+2*j+1))
+		for g := 0; g < 4; g++ {
+			p("\tVPMOVZXBD %d(SI), Y0", 16+32*j+8*g)
+			p("\tVPAND Y15, Y0, Y1")
+			p("\tVPSRLD $4, Y0, Y0")
+			p("\tVCVTDQ2PS Y1, Y1")
+			p("\tVCVTDQ2PS Y0, Y0")
+			p("\tVMULPS Y10, Y1, Y1")
+			p("\tVMULPS Y12, Y0, Y0")
+			p("\tVSUBPS Y11, Y1, Y1")
+			p("\tVSUBPS Y13, Y0, Y0")
+			p("\tVMOVUPS Y1, %d(DI)", 4*(64*j+8*g))
+			p("\tVMOVUPS Y0, %d(DI)", 4*(64*j+32+8*g))
+		}
+	}
+	p("\tADDQ $144, SI")
+	p("\tADDQ $1024, DI")
+	p("\tDECQ CX")
+	p("\tJNE %s_loop", name)
+	p("%s_done:", name)
+	p("\tVZEROUPPER")
+	p("\tRET")
+}
+
+// genDequantQ6K emits the Q6_K block decoder:
+//
+//	func dequantQ6KAVX2(nb int, x *byte, s *float32, y *float32)
+//
+// decodes nb blocks of 210 bytes into 256·nb floats (needs F16C). s is a
+// scratch of 16 floats that receives each block's factors d·sc of the
+// sixteen sub-blocks, rounded once as in dequantQ6K; each value is
+// (d·sc)·(q − 32), one more rounding on an exactly converted integer, so the
+// results are bitwise equal (an f16 NaN d comes back quieted by VCVTPH2PS,
+// as the products quiet it anyway).
+func genDequantQ6K() {
+	const name = "dequantQ6KAVX2"
+	p("")
+	p("// func %s(nb int, x *byte, s *float32, y *float32)", name)
+	p("TEXT ·%s(SB), NOSPLIT, $0-32", name)
+	p("\tMOVQ nb+0(FP), CX")
+	p("\tMOVQ x+8(FP), SI")
+	p("\tMOVQ s+16(FP), R8")
+	p("\tMOVQ y+24(FP), DI")
+	p("\tTESTQ CX, CX")
+	p("\tJEQ %s_done", name)
+	genConst32(0x0f0f0f0f, 13)
+	genConst32(0x30303030, 14)
+	genConst32(0x20202020, 15)
+	p("%s_loop:", name)
+	p("\tVPBROADCASTW 208(SI), X8")
+	p("\tVCVTPH2PS X8, Y8") // d
+	p("\tVPMOVSXBD 192(SI), Y6")
+	p("\tVPMOVSXBD 200(SI), Y7")
+	p("\tVCVTDQ2PS Y6, Y6")
+	p("\tVCVTDQ2PS Y7, Y7")
+	p("\tVMULPS Y6, Y8, Y6")
+	p("\tVMULPS Y7, Y8, Y7")
+	p("\tVMOVUPS Y6, (R8)")
+	p("\tVMOVUPS Y7, 32(R8)")
+	// The 6-bit q of 32 values at a time are assembled as bytes (masking
+	// after the 16-bit shifts), less 32, then widened 8 at a time.
+	for n := 0; n < 2; n++ { // halves: ql[64n:], qh[32n:], 128 values
+		p("\tVMOVDQU %d(SI), Y0", 64*n)     // ql[l], l < 32
+		p("\tVMOVDQU %d(SI), Y1", 64*n+32)  // ql[l+32]
+		p("\tVMOVDQU %d(SI), Y2", 128+32*n) // qh[l]
+		parts := [][]string{
+			{"VPAND Y13, Y0, Y3", "VPSLLW $4, Y2, Y4", "VPAND Y14, Y4, Y4"},
+			{"VPAND Y13, Y1, Y3", "VPSLLW $2, Y2, Y4", "VPAND Y14, Y4, Y4"},
+			{"VPSRLW $4, Y0, Y3", "VPAND Y13, Y3, Y3", "VPAND Y14, Y2, Y4"},
+			{"VPSRLW $4, Y1, Y3", "VPAND Y13, Y3, Y3", "VPSRLW $2, Y2, Y4", "VPAND Y14, Y4, Y4"},
+		}
+		for q, ops := range parts {
+			for _, op := range ops {
+				p("\t%s", op)
+			}
+			p("\tVPOR Y4, Y3, Y3")
+			p("\tVPSUBB Y15, Y3, Y3")
+			is := 8*n + 2*q // values l < 16 use sc[is], the rest sc[is+1]
+			p("\tVBROADCASTSS %d(R8), Y9", 4*is)
+			p("\tVBROADCASTSS %d(R8), Y10", 4*(is+1))
+			for g := 0; g < 4; g++ {
+				switch g {
+				case 0:
+					p("\tVPMOVSXBD X3, Y5")
+				case 2:
+					p("\tVEXTRACTI128 $1, Y3, X3")
+					p("\tVPMOVSXBD X3, Y5")
+				default:
+					p("\tVPSHUFD $0xee, X3, X4")
+					p("\tVPMOVSXBD X4, Y5")
+				}
+				p("\tVCVTDQ2PS Y5, Y5")
+				p("\tVMULPS Y%d, Y5, Y5", 9+g/2)
+				p("\tVMOVUPS Y5, %d(DI)", 4*(128*n+32*q+8*g))
+			}
+		}
+	}
+	p("\tADDQ $210, SI")
+	p("\tADDQ $1024, DI")
 	p("\tDECQ CX")
 	p("\tJNE %s_loop", name)
 	p("%s_done:", name)

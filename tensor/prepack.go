@@ -91,8 +91,8 @@ func packBWith(ks *gemmKernels, transB bool, n, k int, b []float32, ldb int) *Pa
 // micro-kernel adds the same products in the same order. For m ≤ 8 and a
 // B packed with transB (decode times an nn.Linear weight), where Gemm
 // takes its dot-product path, each micro-panel is instead streamed once
-// per four rows of A by a small-m kernel; that result has Gemm's error
-// bound but not its rounding. With beta == 0, C is overwritten. It panics
+// per four rows of A by a small-m kernel, several distant panels side by
+// side; that result has Gemm's error bound but not its rounding. With beta == 0, C is overwritten. It panics
 // if the shapes do not fit.
 func GemmPacked(m int, alpha float32, a []float32, lda int, pb *PackedB, beta float32, c []float32, ldc int) {
 	n, k := pb.n, pb.k
@@ -106,7 +106,7 @@ func GemmPacked(m int, alpha float32, a []float32, lda int, pb *PackedB, beta fl
 	}
 	g := gemmJob{m: m, n: n, k: k, alpha: alpha, beta: beta, a: a, lda: lda, c: c, ldc: ldc, packed: pb}
 	if m <= packedSmallMMax && pb.transB {
-		runSmallMPacked(&g, pb.kern.gemv, runtime.GOMAXPROCS(0))
+		runSmallMPacked(&g, pb.kern, runtime.GOMAXPROCS(0))
 		return
 	}
 	runBlocked(&g, pb.kern.f32, runtime.GOMAXPROCS(0))
@@ -120,8 +120,9 @@ const packedSmallMMax = 8
 // runSmallMPacked computes C = alpha·A·op(B) + beta·C for m ≤
 // packedSmallMMax with op(B) prepacked: the micro-panels (columns of C) are
 // split over threads; each panel is streamed through its depth blocks once
-// per four rows of A, accumulating in a pooled (4, nr) tile.
-func runSmallMPacked(g *gemmJob, gemv gemvFunc, threads int) {
+// per four rows of A (from memory once: the later rows find it in cache),
+// accumulating in a pooled (4, nr) tile.
+func runSmallMPacked(g *gemmJob, ks *gemmKernels, threads int) {
 	pb := g.packed
 	npanels := pb.npad / pb.nr
 	work := 2 * float64(g.m) * float64(g.n) * float64(g.k)
@@ -132,18 +133,23 @@ func runSmallMPacked(g *gemmJob, gemv gemvFunc, threads int) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			smallMPackedPanels(g, gemv, q0, min(q0+per, npanels))
+			smallMPackedPanels(g, ks, q0, min(q0+per, npanels))
 		}()
 	}
-	smallMPackedPanels(g, gemv, 0, min(per, npanels))
+	smallMPackedPanels(g, ks, 0, min(per, npanels))
 	wg.Wait()
 }
 
 // smallMPackedPanels runs micro-panels [q0, q1) of runSmallMPacked. The
-// depth blocks are the outer loop, so B is read as one sequential stream
-// per block; every (panel, four rows of A) tile of C accumulates in a
-// pooled buffer and is merged into C at the end.
-func smallMPackedPanels(g *gemmJob, gemv gemvFunc, q0, q1 int) {
+// depth blocks are the outer loop; within a block the panels are cut into
+// ns equal runs (ns = ks.gemvWays for the rows of A) that the kernel reads
+// side by side, so that one thread keeps ns sequential memory streams
+// going: the packed weight is one long sequential run per block, and a
+// single stream leaves a core well short of the bandwidth that Gemm's
+// four distant rows of B get (about half at m = 1 on Zen 3). Every
+// (panel, four rows of A) tile of C accumulates in a pooled buffer and is
+// merged into C at the end.
+func smallMPackedPanels(g *gemmJob, ks *gemmKernels, q0, q1 int) {
 	pb := g.packed
 	nr, kc := pb.nr, pb.kc
 	ngr := (g.m + 3) / 4 // groups of four rows of A
@@ -151,16 +157,32 @@ func smallMPackedPanels(g *gemmJob, gemv gemvFunc, q0, q1 int) {
 	buf := getBuf[float32]()
 	defer putBuf(buf)
 	buf.tile = grow(buf.tile, (q1-q0)*ngr*tsz)
+	ns := ks.gemvWays[min(g.m, 4)]
+	run := (q1 - q0) / ns // panels per stream
+	if run == 0 {
+		ns, run = 1, q1-q0
+	}
 	for pc := 0; pc < g.k; pc += kc {
 		kcur := min(kc, g.k-pc)
-		for q := q0; q < q1; q++ {
-			base := pc*pb.npad + q*nr*kcur
-			bp := pb.data[base : base+nr*kcur]
+		bsz := nr * kcur // floats per panel of this block
+		blk := pb.data[pc*pb.npad : pc*pb.npad+pb.npad*kcur]
+		// panels t, t+run, …, t+(ns-1)·run side by side for t < run, then
+		// the ones past ns·run one by one.
+		for t := 0; t < q1-q0; {
+			streams, next := ns, t+1
+			if t >= run {
+				streams = 1
+			}
+			if next == run {
+				next = ns * run
+			}
+			q := q0 + t
 			for gi := 0; gi < ngr; gi++ {
 				i0 := 4 * gi
-				t := buf.tile[((q-q0)*ngr+gi)*tsz : ((q-q0)*ngr+gi+1)*tsz]
-				gemv(min(4, g.m-i0), kcur, g.a[i0*g.lda+pc:], g.lda, bp, nr, t, pc > 0)
+				ks.gemvN(min(4, g.m-i0), streams, kcur, g.a[i0*g.lda+pc:], g.lda, blk[q*bsz:], nr, run*bsz,
+					buf.tile[(t*ngr+gi)*tsz:], run*ngr*tsz, pc > 0)
 			}
+			t = next
 		}
 	}
 	for q := q0; q < q1; q++ {

@@ -13,13 +13,15 @@ import (
 // over shapes that cross every block edge (kc, nc, partial panels), both
 // layouts of B, alpha/beta and thread counts. Small m with transB (Gemm's
 // dot-product path, GemmPacked's gemv kernels for every row count 1..4 and
-// groups of four) is checked against a float64 reference at the Gemm
-// tolerance.
+// groups of four, one panel at a time and several side by side with a
+// remainder) is checked against a float64 reference at the Gemm tolerance.
 func TestGemmPacked(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	shapes := []struct{ m, n, k int }{
 		{1, 1, 1}, {3, 17, 5}, {8, 40, 300}, {9, 33, 257}, {13, 16, 16}, {37, 70, 513},
 		{64, 3100, 40}, {100, 50, 1}, {7, 3073, 19}, {2, 33, 260}, {5, 20, 40}, {6, 50, 513},
+		// enough panels per thread for the multi-stream small-m kernels, with remainders
+		{1, 300, 600}, {1, 64, 256}, {2, 130, 513}, {3, 90, 257}, {4, 100, 70},
 	}
 	for _, ks := range append(gemmAvailable[:len(gemmAvailable):len(gemmAvailable)], gemmEmulated) {
 		for _, s := range shapes {

@@ -16,7 +16,9 @@ import (
 //	     16 sub-blocks of 16 with an 8-bit signed scale:               x = d·sc·(q − 32), q in 0..63
 //
 // The decoders follow ggml's dequantize_row_* reference code operation by
-// operation, so results are bit-identical to it.
+// operation, so results are bit-identical to it; the bulk decoders
+// (decodeQ8_0Blocks, decodeQ4KBlocks, decodeQ6KBlocks: AVX2 where the CPU
+// has it) are bitwise equal to the per-block ones here.
 
 // DequantizeGGML decodes len(dst) values of type t from src, which must
 // hold exactly that many (a whole number of blocks). Supported: F32, F16,
@@ -44,17 +46,11 @@ func DequantizeGGML(dst []float32, src []byte, t GGMLType) error {
 			dst[i] = BF16ToF32(le.Uint16(src[2*i:]))
 		}
 	case GGMLQ8_0:
-		for b := 0; b < len(dst)/32; b++ {
-			dequantQ8_0(dst[32*b:32*b+32], src[34*b:34*b+34])
-		}
+		decodeQ8_0Blocks(dst, src)
 	case GGMLQ4_K:
-		for b := 0; b < len(dst)/256; b++ {
-			dequantQ4K(dst[256*b:256*b+256], src[144*b:144*b+144])
-		}
+		decodeQ4KBlocks(dst, src)
 	case GGMLQ6_K:
-		for b := 0; b < len(dst)/256; b++ {
-			dequantQ6K(dst[256*b:256*b+256], src[210*b:210*b+210])
-		}
+		decodeQ6KBlocks(dst, src)
 	default:
 		return fmt.Errorf("dequantize: ggml type %s is not supported (F32, F16, BF16, Q8_0, Q4_K, Q6_K are)", t)
 	}
@@ -78,30 +74,53 @@ func scaleMinK4(j int, q []byte) (sc, m uint8) {
 	return q[j+4]&0xF | (q[j-4]>>6)<<4, q[j+4]>>4 | (q[j]>>6)<<4
 }
 
-// dequantQ4K decodes one block. y: (256); x: (144)
-func dequantQ4K(y []float32, x []byte) {
+// q4KScales computes the sub-block factors of one Q4_K block x (144
+// bytes) as ggml's dequantize_row_q4_K does: s[j] = d·sc_j and
+// s[8+j] = dmin·m_j for the eight sub-blocks j. s: (16)
+func q4KScales(s []float32, x []byte) {
 	d := F16ToF32(binary.LittleEndian.Uint16(x))
 	dmin := F16ToF32(binary.LittleEndian.Uint16(x[2:]))
-	scales, qs := x[4:16], x[16:144]
+	s = s[:16]
+	for j := 0; j < 8; j++ {
+		sc, m := scaleMinK4(j, x[4:16])
+		s[j], s[8+j] = d*float32(sc), dmin*float32(m)
+	}
+}
+
+// dequantQ4K decodes one block. y: (256); x: (144)
+func dequantQ4K(y []float32, x []byte) {
+	var s [16]float32
+	q4KScales(s[:], x)
+	qs := x[16:144]
 	for j := 0; j < 4; j++ { // 64 values per step: two sub-blocks
-		sc1, m1 := scaleMinK4(2*j, scales)
-		sc2, m2 := scaleMinK4(2*j+1, scales)
-		d1, mm1 := d*float32(sc1), dmin*float32(m1)
-		d2, mm2 := d*float32(sc2), dmin*float32(m2)
+		d1, mm1, d2, mm2 := s[2*j], s[8+2*j], s[2*j+1], s[8+2*j+1]
 		q := qs[32*j : 32*j+32]
 		out := y[64*j : 64*j+64]
 		for l := 0; l < 32; l++ {
-			out[l] = d1*float32(q[l]&0xF) - mm1
-			out[32+l] = d2*float32(q[l]>>4) - mm2
+			// float32() rounds the product: never fused into an FMA.
+			out[l] = float32(d1*float32(q[l]&0xF)) - mm1
+			out[32+l] = float32(d2*float32(q[l]>>4)) - mm2
 		}
+	}
+}
+
+// q6KScales computes the sub-block factors of one Q6_K block x (210
+// bytes) as ggml's dequantize_row_q6_K does: s[i] = d·sc_i for the sixteen
+// sub-blocks i. s: (16)
+func q6KScales(s []float32, x []byte) {
+	d := F16ToF32(binary.LittleEndian.Uint16(x[208:]))
+	s = s[:16]
+	for i, sc := range x[192:208] {
+		s[i] = d * float32(int8(sc))
 	}
 }
 
 // dequantQ6K decodes one block. y: (256); x: (210)
 func dequantQ6K(y []float32, x []byte) {
-	d := F16ToF32(binary.LittleEndian.Uint16(x[208:]))
+	var s [16]float32
+	q6KScales(s[:], x)
 	for n := 0; n < 2; n++ { // 128 values per half
-		ql, qh, sc := x[64*n:64*n+64], x[128+32*n:128+32*n+32], x[192+8*n:192+8*n+8]
+		ql, qh, sc := x[64*n:64*n+64], x[128+32*n:128+32*n+32], s[8*n:8*n+8]
 		out := y[128*n : 128*n+128]
 		for l := 0; l < 32; l++ {
 			is := l / 16
@@ -109,10 +128,10 @@ func dequantQ6K(y []float32, x []byte) {
 			q2 := int8(ql[l+32]&0xF|(qh[l]>>2&3)<<4) - 32
 			q3 := int8(ql[l]>>4|(qh[l]>>4&3)<<4) - 32
 			q4 := int8(ql[l+32]>>4|(qh[l]>>6&3)<<4) - 32
-			out[l] = d * float32(int8(sc[is])) * float32(q1)
-			out[l+32] = d * float32(int8(sc[is+2])) * float32(q2)
-			out[l+64] = d * float32(int8(sc[is+4])) * float32(q3)
-			out[l+96] = d * float32(int8(sc[is+6])) * float32(q4)
+			out[l] = sc[is] * float32(q1)
+			out[l+32] = sc[is+2] * float32(q2)
+			out[l+64] = sc[is+4] * float32(q3)
+			out[l+96] = sc[is+6] * float32(q4)
 		}
 	}
 }
@@ -158,9 +177,19 @@ func dequantRowSeg(dst []float32, row []byte, t GGMLType, p0 int) {
 		b := p0 / be
 		off := p0 - b*be
 		nb := min(be-off, len(dst))
-		if t == GGMLQ8_0 && off == 0 && len(dst) >= 32 { // whole blocks in bulk
-			nb = len(dst) &^ 31
-			decodeQ8_0Blocks(dst[:nb], row[34*b:34*b+34*nb/32])
+		if off == 0 && len(dst) >= be { // whole blocks in bulk
+			nb = len(dst) / be * be
+			x := row[b*bb : (b+nb/be)*bb]
+			switch t {
+			case GGMLQ8_0:
+				decodeQ8_0Blocks(dst[:nb], x)
+			case GGMLQ4_K:
+				decodeQ4KBlocks(dst[:nb], x)
+			case GGMLQ6_K:
+				decodeQ6KBlocks(dst[:nb], x)
+			default:
+				panic(fmt.Sprintf("tensor: dequantRowSeg: ggml type %s is not supported", t))
+			}
 			dst = dst[nb:]
 			p0 += nb
 			continue
@@ -192,6 +221,20 @@ func dequantRowSeg(dst []float32, row []byte, t GGMLType, p0 int) {
 func decodeQ8_0BlocksGo(y []float32, x []byte) {
 	for b := 0; b < len(y)/32; b++ {
 		dequantQ8_0(y[32*b:32*b+32], x[34*b:34*b+34])
+	}
+}
+
+// decodeQ4KBlocksGo decodes len(y)/256 whole Q4_K blocks of x into y.
+func decodeQ4KBlocksGo(y []float32, x []byte) {
+	for b := 0; b < len(y)/256; b++ {
+		dequantQ4K(y[256*b:256*b+256], x[144*b:144*b+144])
+	}
+}
+
+// decodeQ6KBlocksGo decodes len(y)/256 whole Q6_K blocks of x into y.
+func decodeQ6KBlocksGo(y []float32, x []byte) {
+	for b := 0; b < len(y)/256; b++ {
+		dequantQ6K(y[256*b:256*b+256], x[210*b:210*b+210])
 	}
 }
 

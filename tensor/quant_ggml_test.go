@@ -216,3 +216,56 @@ func TestQ4KLayout(t *testing.T) {
 		}
 	}
 }
+
+// TestDecodeKBlocks checks the bulk Q4_K and Q6_K decoders (assembly where
+// the CPU has it) bit for bit against the per-block reference decoders, on
+// random blocks with realistic scales and with every kind of f16 scale
+// (random bits: subnormal, huge, Inf, NaN), over block counts that cross
+// the chunking of the bulk decoder.
+func TestDecodeKBlocks(t *testing.T) {
+	r := rand.New(rand.NewPCG(31, 32))
+	for _, qt := range []GGMLType{GGMLQ4_K, GGMLQ6_K} {
+		_, bb := qt.BlockSize()
+		for _, extreme := range []bool{false, true} {
+			for _, nb := range []int{1, 3, 16, 17, 40} {
+				src := randomBlocks(r, qt, nb)
+				if extreme {
+					for i := range src {
+						src[i] = byte(r.Uint32())
+					}
+					for b := 0; b < nb; b++ { // a few fixed extremes, then random bits
+						d := []uint16{0x7bff, 0x0001, 0x7c00, 0xfc00, 0x7e01, 0x8000, 0x7c01, 0x03ff}[b%8]
+						switch qt {
+						case GGMLQ4_K:
+							binary.LittleEndian.PutUint16(src[b*bb+2*(b%2):], d)
+						case GGMLQ6_K:
+							if b%2 == 0 {
+								binary.LittleEndian.PutUint16(src[b*bb+208:], d)
+							}
+						}
+					}
+				}
+				got := make([]float32, 256*nb)
+				want := make([]float32, 256*nb)
+				for b := 0; b < nb; b++ {
+					if qt == GGMLQ4_K {
+						dequantQ4K(want[256*b:256*b+256], src[bb*b:bb*b+bb])
+					} else {
+						dequantQ6K(want[256*b:256*b+256], src[bb*b:bb*b+bb])
+					}
+				}
+				if qt == GGMLQ4_K {
+					decodeQ4KBlocks(got, src)
+				} else {
+					decodeQ6KBlocks(got, src)
+				}
+				for i := range got {
+					if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+						t.Fatalf("%s extreme=%v nb=%d: y[%d] = %#08x, reference %#08x", qt, extreme, nb, i,
+							math.Float32bits(got[i]), math.Float32bits(want[i]))
+					}
+				}
+			}
+		}
+	}
+}
