@@ -275,8 +275,8 @@ func (c *Coordinator) Train(ctx context.Context, ds *Dataset, hooks Hooks) (*Tra
 	if err != nil {
 		return nil, fmt.Errorf("coordinator.Train: %w", err)
 	}
-	t := &trainer{c: c, co: co, ws: co.NewWorkspace(maxSeq), grads: make([]float32, len(co.Params)),
-		wPred: c.base.LMHead(), dec: &decoder{c: c, chain: chain}}
+	t := &trainer{c: c, co: co, ws: co.NewBatchWorkspace(maxSeq, batchRows(co.Config, maxSeq, tc.BatchSeqs)),
+		grads: make([]float32, len(co.Params)), wPred: c.base.LMHead(), dec: &decoder{c: c, chain: chain}}
 	order := epochOrder(tc.Seed, state.Epoch, len(train))
 	for step := state.Step + 1; step <= tc.Steps; step++ {
 		if err := ctx.Err(); err != nil {
@@ -349,16 +349,31 @@ func epochOrder(seed uint64, epoch, n int) []int {
 }
 
 type trainer struct {
-	c     *Coordinator
-	co    *model.CarryOn
-	ws    *model.Workspace
-	grads []float32
-	wPred []float32
-	dec   *decoder
+	c      *Coordinator
+	co     *model.CarryOn
+	ws     *model.Workspace // a batch workspace (see batchRows)
+	grads  []float32
+	wPred  []float32
+	dec    *decoder
+	pass   []model.CarryOnSeq // the sequences of the current pass
+	srcBuf [][][]float32      // per batch slot: its decoded sources
+}
+
+// batchActFloats bounds the activations of a training pass (1 GiB): a
+// batch that needs more runs in several passes (gradient accumulation).
+const batchActFloats = 1 << 28
+
+// batchRows is how many positions one training pass takes: the whole batch
+// of batchSeqs sequences of up to maxSeq positions if its activations fit
+// in batchActFloats, else fewer (at least one sequence).
+func batchRows(cfg model.CarryOnConfig, maxSeq, batchSeqs int) int {
+	perRow := cfg.Layers*(10*cfg.Width+3*cfg.FFN) + 8*cfg.D()
+	return max(maxSeq, min(batchSeqs*maxSeq, batchActFloats/max(1, perRow)))
 }
 
 // step accumulates the gradient of the batch's mean token loss and takes
-// one optimiser step.
+// one optimiser step. The sequences run as batched passes
+// (LossAndGradBatch) of up to t.ws.Rows positions.
 func (t *trainer) step(batch []seqData, opt *model.Optimizer) (StepInfo, error) {
 	start := time.Now()
 	total := 0
@@ -367,14 +382,36 @@ func (t *trainer) step(batch []seqData, opt *model.Optimizer) (StepInfo, error) 
 	}
 	clear(t.grads)
 	var lossSum float64
-	for _, s := range batch {
+	pass, rows := t.pass[:0], 0
+	flush := func() {
+		if len(pass) > 0 {
+			l, _ := t.co.LossAndGradBatch(t.ws, pass, t.wPred, 1/float32(total), t.grads)
+			lossSum += l
+		}
+		pass, rows = pass[:0], 0
+	}
+	for i, s := range batch {
+		T := len(s.targets)
+		if rows+T > t.ws.Rows {
+			flush()
+		}
 		src, err := t.dec.sources(s)
 		if err != nil {
 			return StepInfo{}, err
 		}
-		l, _ := t.co.LossAndGrad(t.ws, src, s.targets, len(s.targets), t.wPred, 1/float32(total), t.grads)
-		lossSum += l
+		// The decoder reuses its buffers: keep this sequence's own copy.
+		if len(t.srcBuf) <= i {
+			t.srcBuf = append(t.srcBuf, make([][]float32, len(src)))
+		}
+		own := t.srcBuf[i]
+		for j := range src {
+			own[j] = append(own[j][:0], src[j]...)
+		}
+		pass = append(pass, model.CarryOnSeq{Sources: own, Targets: s.targets, T: T})
+		rows += T
 	}
+	flush()
+	t.pass = pass
 	lr := opt.LR()
 	norm := opt.Step(t.grads)
 	loss := lossSum / float64(total)

@@ -37,6 +37,7 @@ const (
 	coMaxFFN       = 1 << 17
 	coMaxVocab     = 1 << 22
 	coMaxSeq       = 1 << 20
+	coMaxRows      = 1 << 24 // positions of a batch workspace
 	coMaxParams    = 1 << 30 // 4 GiB of float32
 	coCEChunkElems = 1 << 23 // positions·vocab per LM-head chunk (32 MiB of logits)
 	coCEChunkMax   = 256     // positions per LM-head chunk
@@ -394,27 +395,34 @@ func (r *coRNG) normal() float64 {
 }
 
 // Workspace holds the activations a forward pass saves for backward and the
-// scratch of backward, sized for sequences of up to T positions and reused
-// across calls. A Workspace belongs to one goroutine at a time.
+// scratch of backward, sized for a batch of sequences of up to T positions
+// each and Rows positions in all, and reused across calls. The sequences of
+// a batch run as one matrix of rows (every position-wise GEMM over all of
+// them at once); only attention and RoPE see the sequence boundaries. A
+// Workspace belongs to one goroutine at a time.
 type Workspace struct {
-	T      int
+	T      int           // longest sequence
+	Rows   int           // positions of all the sequences of a batch together
 	cfg    CarryOnConfig // of the carry-on it was made for
 	rope   *tensor.RoPE
-	pos    []int32 // (T) 0..T-1
+	pos    []int32 // (Rows) position of each row within its sequence
+	tg     []int32 // (Rows) targets of the batch, concatenated
+	seqs   []CarryOnSeq
+	one    [1]CarryOnSeq // the batch of the single-sequence entry points
 	layers []coLayerActs
-	res    [][]float32 // L+1 residual streams, (T, W) each; res[0] = u
+	res    [][]float32 // L+1 residual streams, (Rows, W) each; res[0] = u
 	resL   []float32   // = res[L]
-	rstdF  []float32   // (T)
-	h      []float32   // (T, W) final norm output
-	delta  []float32   // (T, D) Δx
-	gate   []float32   // (T, D) g
-	y      []float32   // (T, D)
+	rstdF  []float32   // (Rows)
+	h      []float32   // (Rows, W) final norm output
+	delta  []float32   // (Rows, D) Δx
+	gate   []float32   // (Rows, D) g
+	y      []float32   // (Rows, D)
 
 	// backward scratch
-	dy, dtmp, dDelta, dGate []float32 // (T, D)
-	dres, dh, dn            []float32 // (T, W)
-	dq, dk, dv, datt        []float32 // (T, W)
-	dga, dua, dsw           []float32 // (T, FFN)
+	dy, dtmp, dDelta, dGate []float32 // (Rows, D)
+	dres, dh, dn            []float32 // (Rows, W)
+	dq, dk, dv, datt        []float32 // (Rows, W)
+	dga, dua, dsw           []float32 // (Rows, FFN)
 	attScratch              []float32
 	ceScratch               []float32
 	ceChunk                 int
@@ -423,74 +431,113 @@ type Workspace struct {
 	gradsOf                 []float32
 }
 
-// coLayerActs are the saved activations of one block.
-type coLayerActs struct {
-	an, q, k, v, att []float32 // (T, W); q, k after RoPE
-	rstd1, rstd2     []float32 // (T)
-	lse              []float32 // (Heads, T)
-	mid, mn          []float32 // (T, W) residual after attention, its norm
-	ga, ua, sw       []float32 // (T, FFN) gate/up pre-activations, SwiGLU output
+// CarryOnSeq is one sequence of a batch (LossAndGradBatch, ForwardBatch).
+type CarryOnSeq struct {
+	Sources [][]float32 // per source i: (T, Dim_i)
+	Targets []int32     // (T) targets[t] is the token after position t, -1 = ignore; unused by ForwardBatch
+	T       int         // positions
 }
 
-// NewWorkspace allocates a workspace for sequences of up to T positions
-// (T ≤ Config.MaxSeq).
-func (c *CarryOn) NewWorkspace(T int) *Workspace {
+// coLayerActs are the saved activations of one block.
+type coLayerActs struct {
+	an, q, k, v, att []float32 // (Rows, W); q, k after RoPE
+	rstd1, rstd2     []float32 // (Rows)
+	lse              []float32 // per sequence (Heads, T_b), one after another
+	mid, mn          []float32 // (Rows, W) residual after attention, its norm
+	ga, ua, sw       []float32 // (Rows, FFN) gate/up pre-activations, SwiGLU output
+}
+
+// NewWorkspace allocates a workspace for one sequence of up to T positions
+// at a time (T ≤ Config.MaxSeq).
+func (c *CarryOn) NewWorkspace(T int) *Workspace { return c.NewBatchWorkspace(T, T) }
+
+// NewBatchWorkspace allocates a workspace for batches of sequences of up to
+// T positions each (T ≤ Config.MaxSeq) and rows positions in all
+// (rows ≥ T). Activations take about rows·(L·(10·W + 3·FFN) + 8·D)
+// floats.
+func (c *CarryOn) NewBatchWorkspace(T, rows int) *Workspace {
 	cfg := c.Config
 	if T < 1 || T > cfg.MaxSeq {
 		panic(fmt.Sprintf("model.CarryOn.NewWorkspace: T = %d out of range [1, MaxSeq = %d]", T, cfg.MaxSeq))
 	}
+	if rows < T || rows > coMaxRows {
+		panic(fmt.Sprintf("model.CarryOn.NewBatchWorkspace: rows = %d out of range [T = %d, %d]", rows, T, coMaxRows))
+	}
 	W, F, D, H := cfg.Width, cfg.FFN, cfg.D(), cfg.Heads
 	f := func(n int) []float32 { return make([]float32, n) }
-	ws := &Workspace{T: T, cfg: cfg, rope: tensor.NewRoPE(cfg.HeadDim(), T, cfg.RopeTheta, nil, false)}
-	ws.pos = make([]int32, T)
-	for i := range ws.pos {
-		ws.pos[i] = int32(i)
-	}
+	N := rows
+	ws := &Workspace{T: T, Rows: N, cfg: cfg, rope: tensor.NewRoPE(cfg.HeadDim(), T, cfg.RopeTheta, nil, false)}
+	ws.pos, ws.tg = make([]int32, N), make([]int32, N)
 	ws.layers = make([]coLayerActs, cfg.Layers)
 	for l := range ws.layers {
 		a := &ws.layers[l]
-		a.an, a.q, a.k, a.v, a.att = f(T*W), f(T*W), f(T*W), f(T*W), f(T*W)
-		a.rstd1, a.rstd2, a.lse = f(T), f(T), f(H*T)
-		a.mid, a.mn = f(T*W), f(T*W)
-		a.ga, a.ua, a.sw = f(T*F), f(T*F), f(T*F)
+		a.an, a.q, a.k, a.v, a.att = f(N*W), f(N*W), f(N*W), f(N*W), f(N*W)
+		a.rstd1, a.rstd2, a.lse = f(N), f(N), f(H*N)
+		a.mid, a.mn = f(N*W), f(N*W)
+		a.ga, a.ua, a.sw = f(N*F), f(N*F), f(N*F)
 	}
 	ws.res = make([][]float32, cfg.Layers+1)
 	for l := range ws.res {
-		ws.res[l] = f(T * W)
+		ws.res[l] = f(N * W)
 	}
 	ws.resL = ws.res[cfg.Layers]
-	ws.rstdF, ws.h = f(T), f(T*W)
-	ws.delta, ws.gate, ws.y = f(T*D), f(T*D), f(T*D)
-	ws.dy, ws.dtmp, ws.dDelta, ws.dGate = f(T*D), f(T*D), f(T*D), f(T*D)
-	ws.dres, ws.dh, ws.dn = f(T*W), f(T*W), f(T*W)
-	ws.dq, ws.dk, ws.dv, ws.datt = f(T*W), f(T*W), f(T*W), f(T*W)
-	ws.dga, ws.dua, ws.dsw = f(T*F), f(T*F), f(T*F)
+	ws.rstdF, ws.h = f(N), f(N*W)
+	ws.delta, ws.gate, ws.y = f(N*D), f(N*D), f(N*D)
+	ws.dy, ws.dtmp, ws.dDelta, ws.dGate = f(N*D), f(N*D), f(N*D), f(N*D)
+	ws.dres, ws.dh, ws.dn = f(N*W), f(N*W), f(N*W)
+	ws.dq, ws.dk, ws.dv, ws.datt = f(N*W), f(N*W), f(N*W), f(N*W)
+	ws.dga, ws.dua, ws.dsw = f(N*F), f(N*F), f(N*F)
 	ws.attScratch = f(tensor.AttentionScratch(T, cfg.HeadDim()))
-	ws.ceChunk = max(1, min(T, coCEChunkElems/cfg.Vocab, coCEChunkMax))
+	ws.ceChunk = max(1, min(N, coCEChunkElems/cfg.Vocab, coCEChunkMax))
 	ws.ceScratch = f(ws.ceChunk * cfg.Vocab)
 	return ws
 }
 
-// coCheck panics on a programmer error in the arguments of op.
-func (c *CarryOn) coCheck(op string, ws *Workspace, sources [][]float32, T int) {
-	if ws == nil || T < 1 || T > ws.T {
-		wt := 0
-		if ws != nil {
-			wt = ws.T
-		}
-		panic(fmt.Sprintf("model.CarryOn.%s: T = %d, workspace holds 1..%d", op, T, wt))
+// coBatch checks the arguments of op (panicking on a programmer error),
+// makes seqs the workspace's current batch, fills the rows' positions (and
+// targets when targets is set) and returns the number of rows.
+func (c *CarryOn) coBatch(op string, ws *Workspace, seqs []CarryOnSeq, targets bool) int {
+	if ws == nil {
+		panic(fmt.Sprintf("model.CarryOn.%s: nil workspace", op))
 	}
 	if !coSameShape(ws.cfg, c.Config) {
 		panic(fmt.Sprintf("model.CarryOn.%s: workspace was made for a carry-on of another shape", op))
 	}
-	if len(sources) != len(c.Config.Sources) {
-		panic(fmt.Sprintf("model.CarryOn.%s: %d sources, config has %d", op, len(sources), len(c.Config.Sources)))
+	if len(seqs) == 0 {
+		panic(fmt.Sprintf("model.CarryOn.%s: empty batch", op))
 	}
-	for i, s := range c.Config.Sources {
-		if len(sources[i]) < T*s.Dim {
-			panic(fmt.Sprintf("model.CarryOn.%s: source %d (%s) has %d values, want T·Dim = %d", op, i, s.Name, len(sources[i]), T*s.Dim))
+	V, N := c.Config.Vocab, 0
+	for b, sq := range seqs {
+		T := sq.T
+		if T < 1 || T > ws.T || N+T > ws.Rows {
+			panic(fmt.Sprintf("model.CarryOn.%s: sequence %d: T = %d, workspace holds 1..%d per sequence and %d in all (%d used before it)", op, b, T, ws.T, ws.Rows, N))
 		}
+		if len(sq.Sources) != len(c.Config.Sources) {
+			panic(fmt.Sprintf("model.CarryOn.%s: %d sources, config has %d", op, len(sq.Sources), len(c.Config.Sources)))
+		}
+		for i, s := range c.Config.Sources {
+			if len(sq.Sources[i]) < T*s.Dim {
+				panic(fmt.Sprintf("model.CarryOn.%s: source %d (%s) has %d values, want T·Dim = %d", op, i, s.Name, len(sq.Sources[i]), T*s.Dim))
+			}
+		}
+		if targets {
+			if len(sq.Targets) < T {
+				panic(fmt.Sprintf("model.CarryOn.%s: %d targets for T = %d", op, len(sq.Targets), T))
+			}
+			for t, v := range sq.Targets[:T] {
+				if v < -1 || int(v) >= V {
+					panic(fmt.Sprintf("model.CarryOn.%s: targets[%d] = %d outside [-1, %d)", op, t, v, V))
+				}
+			}
+			copy(ws.tg[N:N+T], sq.Targets[:T])
+		}
+		for t := range T {
+			ws.pos[N+t] = int32(t)
+		}
+		N += T
 	}
+	ws.seqs = seqs
+	return N
 }
 
 // coSameShape reports whether a workspace made for a fits b.
@@ -511,21 +558,39 @@ func coSameShape(a, b CarryOnConfig) bool {
 // backward in ws. sources[i]: (T, Dim_i). alpha overrides Config.Alpha. The
 // result is a window of ws, valid until the next call with ws.
 func (c *CarryOn) Forward(ws *Workspace, sources [][]float32, T int, alpha float32) []float32 {
-	c.coCheck("Forward", ws, sources, T)
+	ws.one[0] = CarryOnSeq{Sources: sources, T: T}
+	return c.ForwardBatch(ws, ws.one[:], alpha)
+}
+
+// ForwardBatch computes y for a batch of sequences, (ΣT_b, D) with the
+// rows of sequence b after those of the sequences before it, and saves the
+// activations for backward in ws. alpha overrides Config.Alpha. The result
+// is a window of ws, valid until the next call with ws.
+func (c *CarryOn) ForwardBatch(ws *Workspace, seqs []CarryOnSeq, alpha float32) []float32 {
+	N := c.coBatch("Forward", ws, seqs, false)
+	return c.forward(ws, N, alpha)
+}
+
+// forward runs the batch ws.seqs of N rows (positions in ws.pos).
+func (c *CarryOn) forward(ws *Workspace, N int, alpha float32) []float32 {
 	cfg := c.Config
 	W, F, D, H, hd := cfg.Width, cfg.FFN, cfg.D(), cfg.Heads, cfg.HeadDim()
-	TW, TF, TD := T*W, T*F, T*D
+	NW, NF, ND := N*W, N*F, N*D
 
-	// u = Σ_i x_i P_iᵀ + b_i: (T, W)
-	u := ws.res[0][:TW]
-	for i, s := range cfg.Sources {
-		beta := float32(1)
-		if i == 0 {
-			beta = 0
+	// u = Σ_i x_i P_iᵀ + b_i: (N, W), per sequence (the sources are theirs)
+	u := ws.res[0][:NW]
+	off := 0
+	for _, sq := range ws.seqs {
+		for i, s := range cfg.Sources {
+			beta := float32(1)
+			if i == 0 {
+				beta = 0
+			}
+			tensor.Gemm(false, true, sq.T, W, s.Dim, 1, sq.Sources[i], s.Dim, c.Proj[i], s.Dim, beta, u[off*W:], W)
 		}
-		tensor.Gemm(false, true, T, W, s.Dim, 1, sources[i], s.Dim, c.Proj[i], s.Dim, beta, u, W)
+		off += sq.T
 	}
-	for t := 0; t < T; t++ {
+	for t := 0; t < N; t++ {
 		row := u[t*W : (t+1)*W]
 		for i := range cfg.Sources {
 			for j, b := range c.ProjBias[i] {
@@ -536,37 +601,46 @@ func (c *CarryOn) Forward(ws *Workspace, sources [][]float32, T int, alpha float
 
 	for l := range c.Blocks {
 		b, a := &c.Blocks[l], &ws.layers[l]
-		in, out := ws.res[l][:TW], ws.res[l+1][:TW]
+		in, out := ws.res[l][:NW], ws.res[l+1][:NW]
 		// attention
-		tensor.RMSNormForward(a.an[:TW], a.rstd1[:T], in, b.AttnNorm, T, W, cfg.NormEps)
-		tensor.LinearForward(a.q[:TW], a.an[:TW], b.WQ, nil, T, W, W)
-		tensor.LinearForward(a.k[:TW], a.an[:TW], b.WK, nil, T, W, W)
-		tensor.LinearForward(a.v[:TW], a.an[:TW], b.WV, nil, T, W, W)
-		ws.rope.Forward(a.q[:TW], ws.pos[:T], T, H)
-		ws.rope.Forward(a.k[:TW], ws.pos[:T], T, H)
-		lse := a.lse[:H*T]
-		tensor.AttentionForward(a.att[:TW], lse, a.q[:TW], a.k[:TW], a.v[:TW], ws.attScratch, T, H, H, hd)
-		tensor.LinearForward(a.mid[:TW], a.att[:TW], b.WO, nil, T, W, W)
-		tensor.AddInPlace(a.mid[:TW], in)
+		tensor.RMSNormForward(a.an[:NW], a.rstd1[:N], in, b.AttnNorm, N, W, cfg.NormEps)
+		tensor.LinearForward(a.q[:NW], a.an[:NW], b.WQ, nil, N, W, W)
+		tensor.LinearForward(a.k[:NW], a.an[:NW], b.WK, nil, N, W, W)
+		tensor.LinearForward(a.v[:NW], a.an[:NW], b.WV, nil, N, W, W)
+		ws.rope.Forward(a.q[:NW], ws.pos[:N], N, H)
+		ws.rope.Forward(a.k[:NW], ws.pos[:N], N, H)
+		off := 0
+		for _, sq := range ws.seqs {
+			o, T := off*W, sq.T
+			tensor.AttentionForward(a.att[o:o+T*W], a.lse[H*off:H*(off+T)], a.q[o:o+T*W], a.k[o:o+T*W], a.v[o:o+T*W], ws.attScratch, T, H, H, hd)
+			off += T
+		}
+		tensor.LinearForward(a.mid[:NW], a.att[:NW], b.WO, nil, N, W, W)
+		tensor.AddInPlace(a.mid[:NW], in)
 		// MLP
-		tensor.RMSNormForward(a.mn[:TW], a.rstd2[:T], a.mid[:TW], b.MLPNorm, T, W, cfg.NormEps)
-		tensor.LinearForward(a.ga[:TF], a.mn[:TW], b.WGate, nil, T, W, F)
-		tensor.LinearForward(a.ua[:TF], a.mn[:TW], b.WUp, nil, T, W, F)
-		tensor.SwiGLUForward(a.sw[:TF], a.ga[:TF], a.ua[:TF])
-		tensor.LinearForward(out, a.sw[:TF], b.WDown, nil, T, F, W)
-		tensor.AddInPlace(out, a.mid[:TW])
+		tensor.RMSNormForward(a.mn[:NW], a.rstd2[:N], a.mid[:NW], b.MLPNorm, N, W, cfg.NormEps)
+		tensor.LinearForward(a.ga[:NF], a.mn[:NW], b.WGate, nil, N, W, F)
+		tensor.LinearForward(a.ua[:NF], a.mn[:NW], b.WUp, nil, N, W, F)
+		tensor.SwiGLUForward(a.sw[:NF], a.ga[:NF], a.ua[:NF])
+		tensor.LinearForward(out, a.sw[:NF], b.WDown, nil, N, F, W)
+		tensor.AddInPlace(out, a.mid[:NW])
 	}
 
 	// heads
-	h := ws.h[:TW]
-	tensor.RMSNormForward(h, ws.rstdF[:T], ws.resL[:TW], c.FinalNorm, T, W, cfg.NormEps)
-	delta, gate, y := ws.delta[:TD], ws.gate[:TD], ws.y[:TD]
-	tensor.LinearForward(delta, h, c.Delta, nil, T, W, D)
-	tensor.LinearForward(gate, h, c.Gate, c.GateBias, T, W, D)
+	h := ws.h[:NW]
+	tensor.RMSNormForward(h, ws.rstdF[:N], ws.resL[:NW], c.FinalNorm, N, W, cfg.NormEps)
+	delta, gate, y := ws.delta[:ND], ws.gate[:ND], ws.y[:ND]
+	tensor.LinearForward(delta, h, c.Delta, nil, N, W, D)
+	tensor.LinearForward(gate, h, c.Gate, c.GateBias, N, W, D)
 	tensor.SigmoidForward(gate, gate)
-	x := sources[0][:TD]
-	for i := range y {
-		y[i] = x[i] + alpha*(gate[i]*delta[i])
+	off = 0
+	for _, sq := range ws.seqs {
+		x := sq.Sources[0][:sq.T*D]
+		yb, gb, db := y[off*D:(off+sq.T)*D], gate[off*D:(off+sq.T)*D], delta[off*D:(off+sq.T)*D]
+		for i := range yb {
+			yb[i] = x[i] + alpha*(gb[i]*db[i])
+		}
+		off += sq.T
 	}
 	return y
 }
@@ -575,12 +649,27 @@ func (c *CarryOn) Forward(ws *Workspace, sources [][]float32, T int, alpha float
 // targets (T; -1 = ignore). wPred: (Vocab, D), the base's frozen LM head;
 // ws keeps it packed across calls (see headPack).
 func (c *CarryOn) Loss(ws *Workspace, sources [][]float32, targets []int32, T int, wPred []float32, alpha float32) (lossSum float64, count int) {
-	c.coCheckHead("Loss", targets, T, wPred)
-	y := c.Forward(ws, sources, T, alpha)
-	if wt, _ := ws.head.get(wPred, c.Config.Vocab, c.Config.D(), false); wt != nil {
-		return tensor.CrossEntropyLMHeadPacked(nil, y, wPred, wt, nil, targets[:T], T, ws.ceChunk, 0, ws.ceScratch)
+	ws.one[0] = CarryOnSeq{Sources: sources, Targets: targets, T: T}
+	return c.LossBatch(ws, ws.one[:], wPred, alpha)
+}
+
+// LossBatch is Loss over a batch of sequences: the loss summed over the
+// counted targets of all of them, and their number.
+func (c *CarryOn) LossBatch(ws *Workspace, seqs []CarryOnSeq, wPred []float32, alpha float32) (lossSum float64, count int) {
+	c.coCheckHead("Loss", wPred)
+	N := c.coBatch("Loss", ws, seqs, true)
+	y := c.forward(ws, N, alpha)
+	return c.lmHead(ws, nil, y, N, wPred, 0)
+}
+
+// lmHead runs the chunked LM-head cross-entropy of y (N, D) against the
+// batch's targets ws.tg, adding gradScale·∂loss/∂y into dy unless dy is nil.
+func (c *CarryOn) lmHead(ws *Workspace, dy, y []float32, N int, wPred []float32, gradScale float32) (lossSum float64, count int) {
+	D, V := c.Config.D(), c.Config.Vocab
+	if wt, w := ws.head.get(wPred, V, D, dy != nil); wt != nil {
+		return tensor.CrossEntropyLMHeadPacked(dy, y, wPred, wt, w, ws.tg[:N], N, ws.ceChunk, gradScale, ws.ceScratch)
 	}
-	return tensor.CrossEntropyLMHead(nil, y, wPred, targets[:T], T, c.Config.D(), c.Config.Vocab, ws.ceChunk, 0, ws.ceScratch)
+	return tensor.CrossEntropyLMHead(dy, y, wPred, ws.tg[:N], N, D, V, ws.ceChunk, gradScale, ws.ceScratch)
 }
 
 // headPack caches the frozen LM head W_pred packed for
@@ -620,17 +709,8 @@ func (h *headPack) get(wPred []float32, V, D int, grad bool) (wt, w *tensor.Pack
 	return h.wt, h.w
 }
 
-func (c *CarryOn) coCheckHead(op string, targets []int32, T int, wPred []float32) {
-	V := c.Config.Vocab
-	if len(wPred) != V*c.Config.D() {
-		panic(fmt.Sprintf("model.CarryOn.%s: wPred has %d values, want Vocab·D = %d·%d", op, len(wPred), V, c.Config.D()))
-	}
-	if len(targets) < T {
-		panic(fmt.Sprintf("model.CarryOn.%s: %d targets for T = %d", op, len(targets), T))
-	}
-	for t, v := range targets[:T] {
-		if v < -1 || int(v) >= V {
-			panic(fmt.Sprintf("model.CarryOn.%s: targets[%d] = %d outside [-1, %d)", op, t, v, V))
-		}
+func (c *CarryOn) coCheckHead(op string, wPred []float32) {
+	if len(wPred) != c.Config.Vocab*c.Config.D() {
+		panic(fmt.Sprintf("model.CarryOn.%s: wPred has %d values, want Vocab·D = %d·%d", op, len(wPred), c.Config.Vocab, c.Config.D()))
 	}
 }

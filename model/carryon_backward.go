@@ -11,97 +11,116 @@ import (
 // t, -1 = ignore) and the backward pass, ACCUMULATING parameter gradients
 // scaled by gradScale into grads (len(Params), laid out like Params).
 // wPred: (Vocab, D), frozen and only read; ws keeps it packed across calls
-// (see headPack), so it must not change in place while ws is used with it. It returns the unscaled loss sum
-// over counted targets and their number. Beyond ws it allocates nothing
-// itself (tensor's kernels may use their own packing buffers).
+// (see headPack), so it must not change in place while ws is used with it.
+// It returns the unscaled loss sum over counted targets and their number.
+// Beyond ws it allocates nothing itself (tensor's kernels may use their own
+// packing buffers).
 func (c *CarryOn) LossAndGrad(ws *Workspace, sources [][]float32, targets []int32, T int, wPred []float32, gradScale float32, grads []float32) (lossSum float64, count int) {
-	c.coCheckHead("LossAndGrad", targets, T, wPred)
+	ws.one[0] = CarryOnSeq{Sources: sources, Targets: targets, T: T}
+	return c.LossAndGradBatch(ws, ws.one[:], wPred, gradScale, grads)
+}
+
+// LossAndGradBatch is LossAndGrad over a batch of sequences in one pass
+// (ws from NewBatchWorkspace): the position-wise layers run as one matrix
+// of ΣT_b rows, so their GEMMs are as tall as the batch and spread well over
+// cores, and attention stays within each sequence. The result is that of
+// LossAndGrad called on each sequence in turn (the loss and gradient sums
+// are added in another order).
+func (c *CarryOn) LossAndGradBatch(ws *Workspace, seqs []CarryOnSeq, wPred []float32, gradScale float32, grads []float32) (lossSum float64, count int) {
+	c.coCheckHead("LossAndGrad", wPred)
 	if len(grads) != len(c.Params) {
 		panic(fmt.Sprintf("model.CarryOn.LossAndGrad: grads has %d values, want len(Params) = %d", len(grads), len(c.Params)))
 	}
+	N := c.coBatch("LossAndGrad", ws, seqs, true)
 	alpha := c.Config.Alpha
-	y := c.Forward(ws, sources, T, alpha)
-	D := c.Config.D()
-	dy := ws.dy[:T*D]
+	y := c.forward(ws, N, alpha)
+	dy := ws.dy[:N*c.Config.D()]
 	clear(dy)
-	if wt, w := ws.head.get(wPred, c.Config.Vocab, D, true); wt != nil {
-		lossSum, count = tensor.CrossEntropyLMHeadPacked(dy, y, wPred, wt, w, targets[:T], T, ws.ceChunk, gradScale, ws.ceScratch)
-	} else {
-		lossSum, count = tensor.CrossEntropyLMHead(dy, y, wPred, targets[:T], T, D, c.Config.Vocab, ws.ceChunk, gradScale, ws.ceScratch)
-	}
+	lossSum, count = c.lmHead(ws, dy, y, N, wPred, gradScale)
 	if len(ws.gradsOf) != len(grads) || &ws.gradsOf[0] != &grads[0] {
 		ws.grads, ws.gradsOf = c.Views(grads), grads // bound once per buffer
 	}
-	c.backward(ws, sources, T, alpha, dy, ws.grads)
+	c.backward(ws, N, alpha, dy, ws.grads)
 	return lossSum, count
 }
 
-// backward propagates dy (T, D) = ∂loss/∂y through the activations saved in
-// ws by the last Forward, accumulating into g. It calls the tensor
-// backwards in the reverse order of Forward.
-func (c *CarryOn) backward(ws *Workspace, sources [][]float32, T int, alpha float32, dy []float32, g CarryOnWeights) {
+// backward propagates dy (N, D) = ∂loss/∂y through the activations saved
+// in ws by the last forward (of the batch ws.seqs, N rows), accumulating
+// into g. It calls the tensor backwards in the reverse order of forward.
+func (c *CarryOn) backward(ws *Workspace, N int, alpha float32, dy []float32, g CarryOnWeights) {
 	cfg := c.Config
 	W, F, D, H, hd := cfg.Width, cfg.FFN, cfg.D(), cfg.Heads, cfg.HeadDim()
-	TW, TF, TD := T*W, T*F, T*D
+	NW, NF, ND := N*W, N*F, N*D
 
 	// y = x̂ + α·g⊙Δx: dΔx = α·dy⊙g, dg = α·dy⊙Δx (x̂ is a frozen input)
-	dA, dDelta, dGate := ws.dtmp[:TD], ws.dDelta[:TD], ws.dGate[:TD]
+	dA, dDelta, dGate := ws.dtmp[:ND], ws.dDelta[:ND], ws.dGate[:ND]
 	for i, v := range dy {
 		dA[i] = alpha * v
 	}
 	clear(dDelta)
 	clear(dGate)
-	tensor.MulBackward(dGate, dDelta, dA, ws.gate[:TD], ws.delta[:TD])
+	tensor.MulBackward(dGate, dDelta, dA, ws.gate[:ND], ws.delta[:ND])
 	// g = sigmoid(z): dz into dA (free again)
 	dz := dA
 	clear(dz)
-	tensor.SigmoidBackward(dz, dGate, ws.gate[:TD])
+	tensor.SigmoidBackward(dz, dGate, ws.gate[:ND])
 	// Δx = h W_Δᵀ, z = h W_gᵀ + b_g
-	dh := ws.dh[:TW]
+	dh := ws.dh[:NW]
 	clear(dh)
-	tensor.LinearBackward(dh, g.Delta, nil, dDelta, ws.h[:TW], c.Delta, T, W, D)
-	tensor.LinearBackward(dh, g.Gate, g.GateBias, dz, ws.h[:TW], c.Gate, T, W, D)
+	tensor.LinearBackward(dh, g.Delta, nil, dDelta, ws.h[:NW], c.Delta, N, W, D)
+	tensor.LinearBackward(dh, g.Gate, g.GateBias, dz, ws.h[:NW], c.Gate, N, W, D)
 	// h = RMSNorm(r_L)
-	dres := ws.dres[:TW]
+	dres := ws.dres[:NW]
 	clear(dres)
-	tensor.RMSNormBackward(dres, g.FinalNorm, dh, ws.resL[:TW], c.FinalNorm, ws.rstdF[:T], T, W)
+	tensor.RMSNormBackward(dres, g.FinalNorm, dh, ws.resL[:NW], c.FinalNorm, ws.rstdF[:N], N, W)
 
 	// dres holds ∂loss/∂r_{l+1}; each block adds its branches' gradients
 	// to it, turning it into ∂loss/∂r_l (the residual passes it through).
-	dn := ws.dn[:TW]
+	dn := ws.dn[:NW]
 	for l := cfg.Layers - 1; l >= 0; l-- {
 		b, a, gb := &c.Blocks[l], &ws.layers[l], &g.Blocks[l]
 		// out = mid + sw W_downᵀ
-		dsw, dga, dua := ws.dsw[:TF], ws.dga[:TF], ws.dua[:TF]
+		dsw, dga, dua := ws.dsw[:NF], ws.dga[:NF], ws.dua[:NF]
 		clear(dsw)
-		tensor.LinearBackward(dsw, gb.WDown, nil, dres, a.sw[:TF], b.WDown, T, F, W)
+		tensor.LinearBackward(dsw, gb.WDown, nil, dres, a.sw[:NF], b.WDown, N, F, W)
 		clear(dga)
 		clear(dua)
-		tensor.SwiGLUBackward(dga, dua, dsw, a.ga[:TF], a.ua[:TF])
+		tensor.SwiGLUBackward(dga, dua, dsw, a.ga[:NF], a.ua[:NF])
 		clear(dn)
-		tensor.LinearBackward(dn, gb.WGate, nil, dga, a.mn[:TW], b.WGate, T, W, F)
-		tensor.LinearBackward(dn, gb.WUp, nil, dua, a.mn[:TW], b.WUp, T, W, F)
-		tensor.RMSNormBackward(dres, gb.MLPNorm, dn, a.mid[:TW], b.MLPNorm, a.rstd2[:T], T, W)
+		tensor.LinearBackward(dn, gb.WGate, nil, dga, a.mn[:NW], b.WGate, N, W, F)
+		tensor.LinearBackward(dn, gb.WUp, nil, dua, a.mn[:NW], b.WUp, N, W, F)
+		tensor.RMSNormBackward(dres, gb.MLPNorm, dn, a.mid[:NW], b.MLPNorm, a.rstd2[:N], N, W)
 		// mid = in + att W_oᵀ
-		datt := ws.datt[:TW]
+		datt := ws.datt[:NW]
 		clear(datt)
-		tensor.LinearBackward(datt, gb.WO, nil, dres, a.att[:TW], b.WO, T, W, W)
-		dq, dk, dv := ws.dq[:TW], ws.dk[:TW], ws.dv[:TW]
+		tensor.LinearBackward(datt, gb.WO, nil, dres, a.att[:NW], b.WO, N, W, W)
+		dq, dk, dv := ws.dq[:NW], ws.dk[:NW], ws.dv[:NW]
 		clear(dq)
 		clear(dk)
 		clear(dv)
-		tensor.AttentionBackward(dq, dk, dv, datt, a.q[:TW], a.k[:TW], a.v[:TW], a.att[:TW], a.lse[:H*T], ws.attScratch, T, H, H, hd)
-		ws.rope.Backward(dq, ws.pos[:T], T, H)
-		ws.rope.Backward(dk, ws.pos[:T], T, H)
+		off := 0
+		for _, sq := range ws.seqs {
+			o, T := off*W, sq.T
+			e := o + T*W
+			tensor.AttentionBackward(dq[o:e], dk[o:e], dv[o:e], datt[o:e], a.q[o:e], a.k[o:e], a.v[o:e], a.att[o:e],
+				a.lse[H*off:H*(off+T)], ws.attScratch, T, H, H, hd)
+			off += T
+		}
+		ws.rope.Backward(dq, ws.pos[:N], N, H)
+		ws.rope.Backward(dk, ws.pos[:N], N, H)
 		clear(dn)
-		tensor.LinearBackward(dn, gb.WQ, nil, dq, a.an[:TW], b.WQ, T, W, W)
-		tensor.LinearBackward(dn, gb.WK, nil, dk, a.an[:TW], b.WK, T, W, W)
-		tensor.LinearBackward(dn, gb.WV, nil, dv, a.an[:TW], b.WV, T, W, W)
-		tensor.RMSNormBackward(dres, gb.AttnNorm, dn, ws.res[l][:TW], b.AttnNorm, a.rstd1[:T], T, W)
+		tensor.LinearBackward(dn, gb.WQ, nil, dq, a.an[:NW], b.WQ, N, W, W)
+		tensor.LinearBackward(dn, gb.WK, nil, dk, a.an[:NW], b.WK, N, W, W)
+		tensor.LinearBackward(dn, gb.WV, nil, dv, a.an[:NW], b.WV, N, W, W)
+		tensor.RMSNormBackward(dres, gb.AttnNorm, dn, ws.res[l][:NW], b.AttnNorm, a.rstd1[:N], N, W)
 	}
 
-	// u = Σ_i x_i P_iᵀ + b_i; the sources are frozen inputs.
-	for i, s := range cfg.Sources {
-		tensor.LinearBackward(nil, g.Proj[i], g.ProjBias[i], dres, sources[i][:T*s.Dim], c.Proj[i], T, s.Dim, W)
+	// u = Σ_i x_i P_iᵀ + b_i; the sources are frozen inputs (per sequence).
+	off := 0
+	for _, sq := range ws.seqs {
+		for i, s := range cfg.Sources {
+			tensor.LinearBackward(nil, g.Proj[i], g.ProjBias[i], dres[off*W:(off+sq.T)*W], sq.Sources[i][:sq.T*s.Dim], c.Proj[i], sq.T, s.Dim, W)
+		}
+		off += sq.T
 	}
 }

@@ -3,6 +3,8 @@ package model
 import (
 	"fmt"
 	"math"
+	"runtime"
+	"sync"
 
 	"carryon/tensor"
 )
@@ -101,13 +103,33 @@ func (o *Optimizer) Step(grads []float32) (gradNorm float64) {
 	}
 	lr := o.LR()
 	o.Steps++
-	for _, t := range c.tensors {
-		a, b := t.Offset, t.Offset+t.Numel()
-		wd := float32(0)
-		if t.Decay {
-			wd = cfg.WeightDecay
+	// The update is elementwise: cut Params into equal ranges, one per
+	// core (for large carry-ons), each walking the tensors it overlaps.
+	n := len(c.Params)
+	w := max(1, min(runtime.GOMAXPROCS(0), n/optimMinPerCore))
+	part := func(lo, hi int) {
+		for _, t := range c.tensors {
+			a, b := max(lo, t.Offset), min(hi, t.Offset+t.Numel())
+			if a >= b {
+				continue
+			}
+			wd := float32(0)
+			if t.Decay {
+				wd = cfg.WeightDecay
+			}
+			tensor.AdamWStep(c.Params[a:b], grads[a:b], o.M[a:b], o.V[a:b], o.Steps, lr, cfg.Beta1, cfg.Beta2, cfg.Eps, wd)
 		}
-		tensor.AdamWStep(c.Params[a:b], grads[a:b], o.M[a:b], o.V[a:b], o.Steps, lr, cfg.Beta1, cfg.Beta2, cfg.Eps, wd)
 	}
+	var wg sync.WaitGroup
+	for i := 1; i < w; i++ {
+		wg.Add(1)
+		go func() { defer wg.Done(); part(i*n/w, (i+1)*n/w) }()
+	}
+	part(0, n/w)
+	wg.Wait()
 	return gradNorm
 }
+
+// optimMinPerCore is the number of parameters below which another core
+// does not join the AdamW update.
+const optimMinPerCore = 1 << 16

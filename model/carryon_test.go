@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -273,6 +274,115 @@ func TestCarryOnAccumulates(t *testing.T) {
 	ls, _ := c.LossAndGrad(c.NewWorkspace(short), srcShort, tc.targets, short, tc.wPred, 1, gSmall)
 	if lb != ls || !slices.Equal(gBig, gSmall) {
 		t.Fatalf("reused workspace: loss %v vs fresh %v (grads equal: %v)", lb, ls, slices.Equal(gBig, gSmall))
+	}
+}
+
+// TestCarryOnBatch checks that one LossAndGradBatch over sequences of
+// different lengths (with masked targets) gives the loss, count and
+// gradient of LossAndGrad on each sequence in turn, that ForwardBatch gives
+// each sequence's Forward rows, and that LossBatch matches Loss.
+func TestCarryOnBatch(t *testing.T) {
+	const V = 13
+	lens := []int{9, 3, 17, 2}
+	base := coNewTestCase(t, 32, V, 21, 0.3)
+	c := base.c
+	var seqs []CarryOnSeq
+	rows := 0
+	for b, T := range lens {
+		tc := coNewTestCase(t, T, V, uint64(30+b), 0.3)
+		if b == 2 {
+			tc.targets[5], tc.targets[6] = -1, -1
+		}
+		seqs = append(seqs, CarryOnSeq{Sources: tc.sources, Targets: tc.targets, T: T})
+		rows += T
+	}
+	wPred := base.wPred
+	want := make([]float32, len(c.Params))
+	var wantLoss float64
+	var wantN int
+	var wantY []float32
+	for _, sq := range seqs {
+		ws := c.NewWorkspace(sq.T)
+		wantY = append(wantY, c.Forward(ws, sq.Sources, sq.T, c.Config.Alpha)...)
+		l, n := c.LossAndGrad(ws, sq.Sources, sq.Targets, sq.T, wPred, 0.5, want)
+		wantLoss += l
+		wantN += n
+	}
+	ws := c.NewBatchWorkspace(20, rows+5)
+	for rep := range 2 { // the second call reuses the workspace (and its packed head)
+		got := make([]float32, len(c.Params))
+		l, n := c.LossAndGradBatch(ws, seqs, wPred, 0.5, got)
+		if n != wantN || math.Abs(l-wantLoss) > 1e-5*math.Abs(wantLoss) {
+			t.Fatalf("rep %d: batch loss %v count %d, per sequence %v %d", rep, l, n, wantLoss, wantN)
+		}
+		var maxG float64
+		for _, g := range want {
+			maxG = max(maxG, math.Abs(float64(g)))
+		}
+		for i := range got {
+			if math.Abs(float64(got[i]-want[i])) > 1e-5*maxG {
+				t.Fatalf("rep %d: grads[%d] = %v, per sequence %v (max |g| %v)", rep, i, got[i], want[i], maxG)
+			}
+		}
+	}
+	y := c.ForwardBatch(ws, seqs, c.Config.Alpha)
+	if len(y) != len(wantY) {
+		t.Fatalf("ForwardBatch gave %d values, want %d", len(y), len(wantY))
+	}
+	for i := range y {
+		if math.Abs(float64(y[i]-wantY[i])) > 1e-5*(1+math.Abs(float64(wantY[i]))) {
+			t.Fatalf("ForwardBatch y[%d] = %v, per sequence %v", i, y[i], wantY[i])
+		}
+	}
+	lb, nb := c.LossBatch(ws, seqs, wPred, c.Config.Alpha)
+	if nb != wantN || math.Abs(lb-wantLoss) > 1e-5*math.Abs(wantLoss) {
+		t.Fatalf("LossBatch %v %d, per sequence %v %d", lb, nb, wantLoss, wantN)
+	}
+}
+
+// TestOptimizerParallel checks that the AdamW step, split over cores for
+// a carry-on this large, is bitwise the per-tensor tensor.AdamWStep.
+func TestOptimizerParallel(t *testing.T) {
+	cfg := DefaultCarryOnConfig(512, 50)
+	c, err := NewCarryOn(cfg, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Params) < 3*optimMinPerCore {
+		t.Fatalf("%d parameters: too few to split", len(c.Params))
+	}
+	rng := rand.New(rand.NewPCG(4, 5))
+	grads := make([]float32, len(c.Params))
+	for i := range grads {
+		grads[i] = float32(0.01 * rng.NormFloat64())
+	}
+	ocfg := DefaultOptimConfig(10)
+	ocfg.ClipNorm = 0
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	for _, procs := range []int{2, 3} {
+		runtime.GOMAXPROCS(procs)
+		d := c.Clone()
+		o, err := NewOptimizer(d, ocfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := slices.Clone(c.Params)
+		m, v := make([]float32, len(want)), make([]float32, len(want))
+		for step := 1; step <= 2; step++ {
+			lr := o.LR()
+			o.Step(grads)
+			for _, ten := range c.Tensors() {
+				a, b := ten.Offset, ten.Offset+ten.Numel()
+				wd := float32(0)
+				if ten.Decay {
+					wd = ocfg.WeightDecay
+				}
+				tensor.AdamWStep(want[a:b], grads[a:b], m[a:b], v[a:b], step, lr, ocfg.Beta1, ocfg.Beta2, ocfg.Eps, wd)
+			}
+		}
+		if !slices.Equal(d.Params, want) || !slices.Equal(o.M, m) || !slices.Equal(o.V, v) {
+			t.Fatalf("procs %d: parallel AdamW differs from the per-tensor step", procs)
+		}
 	}
 }
 

@@ -8,6 +8,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"os/exec"
+	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -140,6 +142,91 @@ func TestCrossEntropyLMHeadNaive(t *testing.T) {
 		}
 		if l, n := CrossEntropyLMHead(nil, make([]float32, 2*D), w, []int32{-1, -1}, 2, D, V, 4, 1, make([]float32, 4*V)); l != 0 || n != 0 {
 			t.Errorf("all ignored: loss %v count %d, want 0 0", l, n)
+		}
+	}
+}
+
+// TestCrossEntropyLMHeadPackedSlabs runs the packed-head cross-entropy on
+// chunks large enough to be cut into slabs of rows, one per core, at 1, 2
+// and 3 cores: loss and dy must be bitwise those of CrossEntropyLMHead (and
+// so the same for every core count), and match a float64 reference.
+func TestCrossEntropyLMHeadPackedSlabs(t *testing.T) {
+	rng := rand.New(rand.NewPCG(21, 22))
+	T, D, V := 70, 64, 3000
+	y := randSlice(rng, T*D, 1)
+	w := randSlice(rng, V*D, 0.3)
+	targets := make([]int32, T)
+	for i := range targets {
+		targets[i] = int32(rng.IntN(V))
+		if i >= 50 && i < 53 { // a masked run: chunks of 50 and 17 rows
+			targets[i] = -1
+		}
+	}
+	const gs = 0.125
+	// float64 reference: loss and dy = gs·(softmax − onehot)·W
+	y64, w64 := to64(y), to64(w)
+	wantLoss, wantN := refXent(y64, w64, targets, T, D, V)
+	wantDy := make([]float64, T*D)
+	for t := range T {
+		if targets[t] < 0 {
+			continue
+		}
+		z := make([]float64, V)
+		mx := math.Inf(-1)
+		for v := range V {
+			for d := range D {
+				z[v] += y64[t*D+d] * w64[v*D+d]
+			}
+			mx = max(mx, z[v])
+		}
+		var se float64
+		for v := range V {
+			z[v] = math.Exp(z[v] - mx)
+			se += z[v]
+		}
+		for v := range V {
+			p := z[v] / se
+			if v == int(targets[t]) {
+				p--
+			}
+			for d := range D {
+				wantDy[t*D+d] += gs * p * w64[v*D+d]
+			}
+		}
+	}
+	wt, wn := PackB(true, V, D, w, D), PackB(false, D, V, w, D)
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	var first []float32
+	for _, procs := range []int{1, 2, 3} {
+		runtime.GOMAXPROCS(procs)
+		for _, chunk := range []int{64, 33} {
+			scratch := make([]float32, chunk*V)
+			dyWant, dyGot := make([]float32, T*D), make([]float32, T*D)
+			lw, nw := CrossEntropyLMHead(dyWant, y, w, targets, T, D, V, chunk, gs, scratch)
+			lg, ng := CrossEntropyLMHeadPacked(dyGot, y, w, wt, wn, targets, T, chunk, gs, scratch)
+			lo, no := CrossEntropyLMHeadPacked(nil, y, w, wt, nil, targets, T, chunk, 0, scratch)
+			if nw != wantN || ng != wantN || no != wantN {
+				t.Fatalf("procs %d chunk %d: counts %d %d %d, want %d", procs, chunk, nw, ng, no, wantN)
+			}
+			if lg != lw || lo != lw {
+				t.Errorf("procs %d chunk %d: loss %v (loss only %v), unpacked %v", procs, chunk, lg, lo, lw)
+			}
+			if math.Abs(lg-wantLoss) > 1e-5*max(1, math.Abs(wantLoss)) {
+				t.Errorf("procs %d chunk %d: loss %.9g, want %.9g", procs, chunk, lg, wantLoss)
+			}
+			for i := range dyWant {
+				if math.Float32bits(dyWant[i]) != math.Float32bits(dyGot[i]) {
+					t.Fatalf("procs %d chunk %d: dy[%d] = %v, unpacked %v", procs, chunk, i, dyGot[i], dyWant[i])
+				}
+			}
+			if e := maxRelErr(dyGot, wantDy, 1e-6); e > 1e-4 {
+				t.Errorf("procs %d chunk %d: dy max rel err %.3g", procs, chunk, e)
+			}
+			if first == nil {
+				first = dyGot
+			} else if !slices.Equal(first, dyGot) {
+				t.Errorf("procs %d chunk %d: dy differs from procs 1", procs, chunk)
+			}
 		}
 	}
 }

@@ -42,7 +42,9 @@ func CrossEntropyLMHead(dy, y, wPred []float32, targets []int32, T, D, V, chunk 
 		// dy[t0:t0+nc] += dlogits · wPred
 		Gemm(false, false, nc, D, V, 1, l, V, wPred, D, 1, dy[t0*D:], D)
 	}
-	return crossEntropy("tensor.CrossEntropyLMHead", dy, y, targets, T, D, V, chunk, gradScale, scratch, logits, grad)
+	x := xentJob{op: "tensor.CrossEntropyLMHead", dy: dy, y: y, targets: targets, T: T, D: D, V: V,
+		chunk: chunk, gradScale: gradScale, scratch: scratch, logitsOf: logits, grad: grad}
+	return x.run()
 }
 
 // CrossEntropyLMHeadPacked is CrossEntropyLMHead with the head W_pred
@@ -56,7 +58,17 @@ func CrossEntropyLMHead(dy, y, wPred []float32, targets []int32, T, D, V, chunk 
 //
 // V and D are taken from wt. The result is bitwise that of
 // CrossEntropyLMHead: GemmPacked runs Gemm's blocked kernel in the same
-// order. The packings must be of wPred (not checked beyond their shapes).
+// order, and every element is computed the same way whichever rows a
+// thread owns. The packings must be of wPred (not checked beyond their
+// shapes).
+//
+// With the head packed there is nothing to pack per call but the rows of
+// the chunk, so the work is split over cores by positions instead of by
+// vocabulary columns: each goroutine takes a slab of rows of the chunk
+// (a multiple of the micro-kernel's height) and runs its logits GEMM, its
+// softmax rows and its dy GEMM alone, with no barrier between the three
+// stages. Each dlogits row is then packed once (not once per column
+// slice), and no core waits on another within a chunk.
 func CrossEntropyLMHeadPacked(dy, y, wPred []float32, wt, w *PackedB, targets []int32, T, chunk int, gradScale float32, scratch []float32) (lossSum float64, count int) {
 	V, D := wt.N(), wt.K()
 	if len(wPred) < V*D {
@@ -64,6 +76,9 @@ func CrossEntropyLMHeadPacked(dy, y, wPred []float32, wt, w *PackedB, targets []
 	}
 	if dy != nil && (w == nil || w.N() != D || w.K() != V) {
 		panic(fmt.Sprintf("tensor.CrossEntropyLMHeadPacked: w must be W_pred packed (k=%d, n=%d) when dy is set", V, D))
+	}
+	if wt.kern != w.kernOr(wt.kern) {
+		panic("tensor.CrossEntropyLMHeadPacked: wt and w were packed for different kernels")
 	}
 	logits := func(l []float32, t0, nc int) {
 		if nc <= smallMMax { // Gemm's dot-product path, as CrossEntropyLMHead takes
@@ -75,18 +90,97 @@ func CrossEntropyLMHeadPacked(dy, y, wPred []float32, wt, w *PackedB, targets []
 	grad := func(l []float32, t0, nc int) {
 		GemmPacked(nc, 1, l, V, w, 1, dy[t0*D:], D)
 	}
-	return crossEntropy("tensor.CrossEntropyLMHeadPacked", dy, y, targets, T, D, V, chunk, gradScale, scratch, logits, grad)
+	x := xentJob{op: "tensor.CrossEntropyLMHeadPacked", dy: dy, y: y, targets: targets, T: T, D: D, V: V,
+		chunk: chunk, gradScale: gradScale, scratch: scratch, logitsOf: logits, grad: grad}
+	// A slab of rows runs alone: logits, softmax and dy on one goroutine.
+	x.slab = func(l []float32, t0, nc int, loss []float64) {
+		gemmPackedThreads(1, nc, y[t0*D:], D, wt, 0, l, V)
+		x.softmaxRows(l, t0, 0, nc, loss)
+		if dy != nil {
+			gemmPackedThreads(1, nc, l, V, w, 1, dy[t0*D:], D)
+		}
+	}
+	x.slabRows = wt.kern.f32.mr
+	return x.run()
 }
 
-// crossEntropy is the chunk loop shared by both entry points: logits fills
-// (nc, V) for positions t0..t0+nc, grad accumulates dy from the gradient
-// rows of the chunk.
-func crossEntropy(op string, dy, y []float32, targets []int32, T, D, V, chunk int, gradScale float32, scratch []float32,
-	logitsOf, grad func(l []float32, t0, nc int)) (lossSum float64, count int) {
-	if chunk < 1 || len(scratch) < chunk*V {
+// kernOr returns the kernels pb was packed for, or def when pb is nil.
+func (pb *PackedB) kernOr(def *gemmKernels) *gemmKernels {
+	if pb == nil {
+		return def
+	}
+	return pb.kern
+}
+
+// gemmPackedThreads is GemmPacked (C = alpha·A·op(B) + beta·C with alpha =
+// 1, m ≥ 1) on at most threads goroutines: bitwise the same result for any
+// thread count.
+func gemmPackedThreads(threads, m int, a []float32, lda int, pb *PackedB, beta float32, c []float32, ldc int) {
+	if pb.n == 0 || pb.k == 0 {
+		GemmPacked(m, 1, a, lda, pb, beta, c, ldc)
+		return
+	}
+	checkGemm("tensor.GemmPacked", false, false, m, pb.n, pb.k, len(a), lda, pb.k*pb.n, max(1, pb.n), len(c), ldc)
+	g := gemmJob{m: m, n: pb.n, k: pb.k, alpha: 1, beta: beta, a: a, lda: lda, c: c, ldc: ldc, packed: pb}
+	runBlocked(&g, pb.kern.f32, threads)
+}
+
+// xentJob is one cross-entropy call: the operands and the chunk stages.
+type xentJob struct {
+	op        string
+	dy, y     []float32
+	targets   []int32
+	T, D, V   int
+	chunk     int
+	gradScale float32
+	scratch   []float32
+	// logitsOf fills (nc, V) for positions t0..t0+nc on all cores; grad
+	// accumulates dy from the gradient rows of the chunk on all cores.
+	logitsOf, grad func(l []float32, t0, nc int)
+	// slab, when set, runs all three stages for rows t0..t0+nc on the
+	// calling goroutine (loss: (nc) per-row losses); a chunk of more than
+	// smallMMax rows is then cut into slabs of multiples of slabRows, one
+	// per core.
+	slab     func(l []float32, t0, nc int, loss []float64)
+	slabRows int
+}
+
+// xentWorkPerCore is the multiply-adds (nc·V·D) below which a chunk is
+// not split over cores by rows.
+const xentWorkPerCore = 1 << 21
+
+// xentLossPool holds per-row loss buffers ((chunk) float64s).
+var xentLossPool = sync.Pool{New: func() any { return new([]float64) }}
+
+// softmaxRows turns rows r0..r1 of the chunk's logits l (rows of positions
+// t0..) into gradScale·(softmax − onehot) (when dy is set) and stores
+// each row's loss, lse − z_target, in loss[r].
+func (x *xentJob) softmaxRows(l []float32, t0, r0, r1 int, loss []float64) {
+	V := x.V
+	for r := r0; r < r1; r++ {
+		tgt := int(x.targets[t0+r])
+		row := l[r*V : (r+1)*V]
+		zt := row[tgt]
+		mx := maxOf(row)
+		se := expSubSum(row, row, mx) // row becomes e^(z−mx)
+		loss[r] = float64(mx) + math.Log(se) - float64(zt)
+		if x.dy != nil {
+			// row becomes gradScale·(softmax − onehot)
+			scaleBy(row, float32(float64(x.gradScale)/se))
+			row[tgt] -= x.gradScale
+		}
+	}
+}
+
+// run is the chunk loop shared by both entry points. The loss is summed
+// over the rows of a chunk in order and then over chunks, whatever the
+// split over cores, so that every schedule gives the same bits.
+func (x *xentJob) run() (lossSum float64, count int) {
+	op, T, D, V, chunk, targets := x.op, x.T, x.D, x.V, x.chunk, x.targets
+	if chunk < 1 || len(x.scratch) < chunk*V {
 		panic(op + ": scratch must hold chunk·V floats, chunk >= 1")
 	}
-	if len(y) < T*D || len(targets) < T || (dy != nil && len(dy) < T*D) {
+	if len(x.y) < T*D || len(targets) < T || (x.dy != nil && len(x.dy) < T*D) {
 		panic(op + ": y, wPred, targets or dy too short")
 	}
 	for _, tg := range targets[:T] {
@@ -94,8 +188,13 @@ func crossEntropy(op string, dy, y []float32, targets []int32, T, D, V, chunk in
 			panic(op + ": target out of range")
 		}
 	}
-	workers := max(1, runtime.GOMAXPROCS(0))
-	partial := make([]float64, workers)
+	lp := xentLossPool.Get().(*[]float64)
+	defer xentLossPool.Put(lp)
+	if cap(*lp) < chunk {
+		*lp = make([]float64, chunk)
+	}
+	loss := (*lp)[:chunk]
+	procs := max(1, runtime.GOMAXPROCS(0))
 	for t0 := 0; t0 < T; {
 		if targets[t0] < 0 {
 			t0++
@@ -106,50 +205,63 @@ func crossEntropy(op string, dy, y []float32, targets []int32, T, D, V, chunk in
 			t1++
 		}
 		nc := t1 - t0
-		logits := scratch[:nc*V]
-		logitsOf(logits, t0, nc)
-		w := min(workers, nc)
-		if int64(nc)*int64(V) < 1<<15 {
-			w = 1
-		}
-		rows := func(wi, r0, r1 int) {
-			var sum float64
-			for r := r0; r < r1; r++ {
-				tgt := int(targets[t0+r])
-				row := logits[r*V : (r+1)*V]
-				zt := row[tgt]
-				mx := maxOf(row)
-				se := expSubSum(row, row, mx) // row becomes e^(z−mx)
-				lse := float64(mx) + math.Log(se)
-				sum += lse - float64(zt)
-				if dy != nil {
-					// row becomes gradScale·(softmax − onehot)
-					scaleBy(row, float32(float64(gradScale)/se))
-					row[tgt] -= gradScale
-				}
-			}
-			partial[wi] = sum
-		}
-		if w == 1 {
-			rows(0, 0, nc)
+		logits := x.scratch[:nc*V]
+		if x.slab != nil && nc > smallMMax {
+			x.slabs(logits, t0, nc, procs, loss)
 		} else {
-			var wg sync.WaitGroup
-			step := (nc + w - 1) / w
-			for wi := 0; wi*step < nc; wi++ {
-				wg.Add(1)
-				go func() { defer wg.Done(); rows(wi, wi*step, min(nc, (wi+1)*step)) }()
-			}
-			wg.Wait()
+			x.stages(logits, t0, nc, procs, loss)
 		}
-		for wi := range w {
-			lossSum += partial[wi]
-			partial[wi] = 0
+		for _, v := range loss[:nc] {
+			lossSum += v
 		}
 		count += nc
-		if dy != nil {
-			grad(logits, t0, nc)
-		}
 		t0 = t1
 	}
 	return lossSum, count
+}
+
+// slabs runs the chunk of positions t0..t0+nc as slabs of rows, one per
+// goroutine, each through all three stages.
+func (x *xentJob) slabs(logits []float32, t0, nc, procs int, loss []float64) {
+	mr := max(1, x.slabRows)
+	w := min(procs, (nc+mr-1)/mr, max(1, int(int64(nc)*int64(x.V)*int64(x.D)/xentWorkPerCore)))
+	per := roundUp((nc+w-1)/w, mr)
+	var wg sync.WaitGroup
+	for r0 := per; r0 < nc; r0 += per {
+		r1 := min(r0+per, nc)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			x.slab(logits[r0*x.V:r1*x.V], t0+r0, r1-r0, loss[r0:r1])
+		}()
+	}
+	r1 := min(per, nc)
+	x.slab(logits[:r1*x.V], t0, r1, loss[:r1])
+	wg.Wait()
+}
+
+// stages runs the chunk of positions t0..t0+nc stage by stage: the
+// logits GEMM on all cores, the softmax rows spread over cores, the dy
+// GEMM on all cores.
+func (x *xentJob) stages(logits []float32, t0, nc, procs int, loss []float64) {
+	x.logitsOf(logits, t0, nc)
+	w := min(procs, nc)
+	if int64(nc)*int64(x.V) < 1<<15 {
+		w = 1
+	}
+	if w == 1 {
+		x.softmaxRows(logits, t0, 0, nc, loss)
+	} else {
+		var wg sync.WaitGroup
+		step := (nc + w - 1) / w
+		for r0 := step; r0 < nc; r0 += step {
+			wg.Add(1)
+			go func() { defer wg.Done(); x.softmaxRows(logits, t0, r0, min(nc, r0+step), loss) }()
+		}
+		x.softmaxRows(logits, t0, 0, min(nc, step), loss)
+		wg.Wait()
+	}
+	if x.dy != nil {
+		x.grad(logits, t0, nc)
+	}
 }

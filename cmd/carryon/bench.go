@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -43,6 +44,9 @@ type benchResult struct {
 	TokensPerSec float64 `json:"tokens_per_s"`
 	StepMS       float64 `json:"step_ms"`
 	PeakRSSMiB   float64 `json:"peak_rss_mib"`
+	PerSequence  bool    `json:"per_sequence,omitempty"` // LossAndGrad per sequence, not one batched pass
+	CPUSec       float64 `json:"cpu_s,omitempty"`        // process CPU time of the timed steps
+	CPUUtil      float64 `json:"cpu_per_wall,omitempty"` // CPU time / wall time (≈ threads when no core idles)
 	BLAS         string  `json:"blas,omitempty"`
 	GemmGFLOPS   float64 `json:"sgemm_gflops,omitempty"`
 }
@@ -73,7 +77,14 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	script := fs.String("torch-script", "", "the PyTorch reference (default: scripts/bench_train_torch.py above the working directory)")
 	blas := fs.String("torch-blas", "", "directory with an optimised libblas.so.3 for PyTorch (default: the first OpenBLAS found)")
 	memOnly := fs.Bool("memory-only", false, "build the trainer, run --steps steps and report how its peak memory splits")
-	if err := fs.Parse(args[1:]); err != nil {
+	perSeq := fs.Bool("per-sequence", false, "run LossAndGrad once per sequence instead of one LossAndGradBatch over the batch")
+	// --cpuprofile FILE (hidden: a developer's flag, not in the usage)
+	// writes a CPU profile of the timed carry-on steps.
+	rest, cpuProfile, err := cutHiddenFlag(args[1:], "cpuprofile")
+	if err != nil {
+		return err
+	}
+	if err := fs.Parse(rest); err != nil {
 		return err
 	}
 	if *threads < 1 || *steps < 1 || *seq < 2 || *batch < 1 {
@@ -89,9 +100,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	if *memOnly {
-		return benchMemory(cfg, *seq, *batch, *steps, stdout)
+		return benchMemory(cfg, *seq, *batch, *steps, *perSeq, stdout)
 	}
-	res, err := benchTrainGo(cfg, *seq, *batch, *steps)
+	res, err := benchTrainGo(cfg, *seq, *batch, *steps, *perSeq, cpuProfile)
 	if err != nil {
 		return err
 	}
@@ -115,6 +126,31 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	})
 }
 
+// cutHiddenFlag removes "-name V", "--name V", "-name=V" or "--name=V"
+// from args (before a "--") and returns the rest and the last V.
+func cutHiddenFlag(args []string, name string) (rest []string, val string, err error) {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			return append(rest, args[i:]...), val, nil
+		}
+		key, v, hasV := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !strings.HasPrefix(a, "-") || key != name {
+			rest = append(rest, a)
+			continue
+		}
+		if !hasV {
+			if i+1 >= len(args) {
+				return nil, "", fmt.Errorf("flag needs an argument: -%s", name)
+			}
+			i++
+			v = args[i]
+		}
+		val = v
+	}
+	return rest, val, nil
+}
+
 // benchSetup is a carry-on trainer on random data.
 type benchSetup struct {
 	co      *model.CarryOn
@@ -124,9 +160,11 @@ type benchSetup struct {
 	wPred   []float32
 	xs      [][]float32
 	targets [][]int32
+	seqs    []model.CarryOnSeq // the batch, for LossAndGradBatch
+	perSeq  bool
 }
 
-func newBenchSetup(cfg model.CarryOnConfig, seq, batch int, mark func(string)) (*benchSetup, error) {
+func newBenchSetup(cfg model.CarryOnConfig, seq, batch int, perSeq bool, mark func(string)) (*benchSetup, error) {
 	co, err := model.NewCarryOn(cfg, 1)
 	if err != nil {
 		return nil, err
@@ -135,7 +173,7 @@ func newBenchSetup(cfg model.CarryOnConfig, seq, batch int, mark func(string)) (
 	for i := range co.Delta { // W_Δ ≠ 0 so that gradients reach the whole trunk
 		co.Delta[i] = float32(0.02 * rng.NormFloat64())
 	}
-	s := &benchSetup{co: co, grads: make([]float32, len(co.Params))}
+	s := &benchSetup{co: co, grads: make([]float32, len(co.Params)), perSeq: perSeq}
 	if s.opt, err = model.NewOptimizer(co, model.DefaultOptimConfig(1000)); err != nil {
 		return nil, err
 	}
@@ -156,48 +194,95 @@ func newBenchSetup(cfg model.CarryOnConfig, seq, batch int, mark func(string)) (
 			t[i] = int32(rng.IntN(V))
 		}
 		s.xs, s.targets = append(s.xs, x), append(s.targets, t)
+		s.seqs = append(s.seqs, model.CarryOnSeq{Sources: [][]float32{x}, Targets: t, T: seq})
 	}
 	mark("inputs")
-	s.ws = co.NewWorkspace(seq)
+	if perSeq {
+		s.ws = co.NewWorkspace(seq)
+	} else {
+		s.ws = co.NewBatchWorkspace(seq, seq*batch)
+	}
 	mark("workspace")
 	return s, nil
 }
 
-// step is one optimiser step over the batch: per-sequence LossAndGrad
-// accumulating the gradient of the mean token loss, then AdamW.
+// step is one optimiser step over the batch: LossAndGradBatch over all
+// sequences (or per-sequence LossAndGrad) accumulating the gradient of the
+// mean token loss, then AdamW.
 func (s *benchSetup) step(seq int) float64 {
 	clear(s.grads)
 	var loss float64
 	n := len(s.xs) * seq
-	for b, x := range s.xs {
-		l, _ := s.co.LossAndGrad(s.ws, [][]float32{x}, s.targets[b], seq, s.wPred, 1/float32(n), s.grads)
-		loss += l
+	if s.perSeq {
+		for b, x := range s.xs {
+			l, _ := s.co.LossAndGrad(s.ws, [][]float32{x}, s.targets[b], seq, s.wPred, 1/float32(n), s.grads)
+			loss += l
+		}
+	} else {
+		loss, _ = s.co.LossAndGradBatch(s.ws, s.seqs, s.wPred, 1/float32(n), s.grads)
 	}
 	s.opt.Step(s.grads)
 	return loss / float64(n)
 }
 
-func benchTrainGo(cfg model.CarryOnConfig, seq, batch, steps int) (benchResult, error) {
-	s, err := newBenchSetup(cfg, seq, batch, func(string) {})
+// benchTrainGo times steps optimiser steps after one warm-up step; with
+// cpuProfile set it writes a CPU profile of the timed steps there.
+func benchTrainGo(cfg model.CarryOnConfig, seq, batch, steps int, perSeq bool, cpuProfile string) (benchResult, error) {
+	s, err := newBenchSetup(cfg, seq, batch, perSeq, func(string) {})
 	if err != nil {
 		return benchResult{}, err
 	}
 	s.step(seq) // warm-up: packing buffers, page faults
-	start := time.Now()
+	if cpuProfile != "" {
+		f, err := os.Create(cpuProfile)
+		if err != nil {
+			return benchResult{}, fmt.Errorf("bench train: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return benchResult{}, fmt.Errorf("bench train: %w", err)
+		}
+	}
+	start, cpu0 := time.Now(), procCPU()
 	for range steps {
 		s.step(seq)
 	}
-	el := time.Since(start)
+	el, cpu := time.Since(start), procCPU()-cpu0
+	if cpuProfile != "" {
+		pprof.StopCPUProfile()
+	}
 	hwm, _ := procStatus("VmHWM")
 	return benchResult{Impl: "carryon-go", Width: cfg.Width, Layers: cfg.Layers, Heads: cfg.Heads, FFN: cfg.FFN,
 		BaseDim: cfg.D(), Vocab: cfg.Vocab, Seq: seq, Batch: batch, Steps: steps, Params: len(s.co.Params),
 		TokensPerSec: float64(steps*batch*seq) / el.Seconds(), StepMS: el.Seconds() * 1000 / float64(steps),
-		PeakRSSMiB: float64(hwm) / (1 << 20)}, nil
+		PeakRSSMiB: float64(hwm) / (1 << 20), PerSequence: perSeq, CPUSec: cpu.Seconds(), CPUUtil: cpu.Seconds() / el.Seconds()}, nil
+}
+
+// procCPU is the user+system CPU time of this process so far, from
+// /proc/self/stat (in clock ticks, taken as the usual 100 Hz), or 0 without
+// /proc.
+func procCPU() time.Duration {
+	b, err := os.ReadFile("/proc/self/stat")
+	if err != nil {
+		return 0
+	}
+	// fields after the parenthesised command: state is field 3, utime 14, stime 15
+	_, rest, ok := bytes.Cut(b, []byte(") "))
+	f := strings.Fields(string(rest))
+	if !ok || len(f) < 13 {
+		return 0
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	return time.Duration(ut+st) * (time.Second / 100)
 }
 
 // benchMemory builds the trainer stage by stage, runs a few steps, and
 // reports resident memory after each stage and at the peak.
-func benchMemory(cfg model.CarryOnConfig, seq, batch, steps int, stdout io.Writer) error {
+func benchMemory(cfg model.CarryOnConfig, seq, batch, steps int, perSeq bool, stdout io.Writer) error {
 	debug.FreeOSMemory()
 	rss0, _ := procStatus("VmRSS")
 	prev := rss0
@@ -209,7 +294,7 @@ func benchMemory(cfg model.CarryOnConfig, seq, batch, steps int, stdout io.Write
 		order = append(order, name)
 		prev = rss
 	}
-	s, err := newBenchSetup(cfg, seq, batch, mark)
+	s, err := newBenchSetup(cfg, seq, batch, perSeq, mark)
 	if err != nil {
 		return err
 	}
@@ -226,7 +311,7 @@ func benchMemory(cfg model.CarryOnConfig, seq, batch, steps int, stdout io.Write
 	out := map[string]any{
 		"impl": "carryon-go", "mode": "memory", "width": cfg.Width, "layers": cfg.Layers, "heads": cfg.Heads,
 		"ffn": cfg.FFN, "base_dim": cfg.D(), "vocab": cfg.Vocab, "seq": seq, "batch": batch, "steps": steps,
-		"params": P, "loss": loss, "step_ms": el.Seconds() * 1000 / float64(steps),
+		"params": P, "loss": loss, "per_sequence": perSeq, "step_ms": el.Seconds() * 1000 / float64(steps),
 		"start_rss_mib":                  float64(rss0) / (1 << 20),
 		"peak_rss_mib":                   float64(hwm) / (1 << 20),
 		"lm_head_mib":                    float64(lmHead) / (1 << 20),
