@@ -586,6 +586,12 @@ type PretrainOptions struct {
 	Deadline     time.Time
 	Progress     func(PretrainProgress) // called after logged steps and evaluations; may be nil
 	LogEvery     int
+	// Init, if not nil, holds the weights to start from instead of fresh
+	// ones (continued pretraining; with a longer SeqLen, context
+	// extension). Its config must equal Config except for MaxPos and
+	// RopeTheta; Seed then only draws the batches. A checkpoint in
+	// CheckpointTo still takes precedence (it is the same run, resumed).
+	Init *Base
 }
 
 // PretrainProgress reports one logged step or evaluation.
@@ -615,8 +621,8 @@ type PretrainResult struct {
 	ValCount   int
 }
 
-// Pretrain trains a base from scratch (or from the checkpoint in
-// CheckpointTo, if one is there) on the token streams: train is sampled in
+// Pretrain trains a base from scratch or from Init (or from the checkpoint
+// in CheckpointTo, if one is there) on the token streams: train is sampled in
 // random windows of SeqLen+1 tokens, val is cut into consecutive windows.
 func Pretrain(ctx context.Context, o PretrainOptions, train, val []int32) (*PretrainResult, error) {
 	c := o.Config
@@ -650,6 +656,20 @@ func Pretrain(ctx context.Context, o PretrainOptions, train, val []int32) (*Pret
 				return nil, fmt.Errorf("model.Pretrain: resume: %w", err)
 			}
 			res.ResumedAt = tr.StepCount()
+		}
+	}
+	if tr == nil && o.Init != nil {
+		ic := o.Init.Config
+		ic.MaxPos, ic.RopeTheta = c.MaxPos, c.RopeTheta
+		if ic != c {
+			return nil, fmt.Errorf("model.Pretrain: init model has config %+v, want %+v (only MaxPos and RopeTheta may differ)", o.Init.Config, c)
+		}
+		b, err := o.Init.WithContext(c.MaxPos, c.RopeTheta)
+		if err != nil {
+			return nil, fmt.Errorf("model.Pretrain: %w", err)
+		}
+		if tr, err = NewBaseTrainer(b, o.Workers, o.SeqLen); err != nil {
+			return nil, fmt.Errorf("model.Pretrain: %w", err)
 		}
 	}
 	if tr == nil {
@@ -750,6 +770,32 @@ func Pretrain(ctx context.Context, o PretrainOptions, train, val []int32) (*Pret
 		}
 	}
 	return res, nil
+}
+
+// WithContext returns a float32 copy of b's weights, owned by the caller,
+// under b's config with MaxPos and RopeTheta replaced by maxPos and
+// ropeTheta. Bases of these families have no learnt position weights (RoPE
+// is computed), so the tensors are unchanged: only the longest accepted
+// sequence and the rotation frequencies differ. It is the starting point of
+// context extension; positions beyond b's MaxPos are unseen by its weights
+// until they are trained on.
+func (b *Base) WithContext(maxPos int, ropeTheta float64) (*Base, error) {
+	c := b.Config
+	c.MaxPos, c.RopeTheta = maxPos, ropeTheta
+	own, err := NewRandomBase(c, 0)
+	if err != nil {
+		return nil, fmt.Errorf("model.WithContext: %w", err)
+	}
+	b.closeMu.RLock()
+	defer b.closeMu.RUnlock()
+	if b.closed {
+		return nil, fmt.Errorf("model.WithContext: %w", ErrClosed)
+	}
+	src, dst := b.tensors(), own.tensors()
+	for i := range dst {
+		copy(dst[i].data, src[i].data)
+	}
+	return own, nil
 }
 
 // saveCheckpoint writes the weights (F32, SaveHF) and the optimizer state.

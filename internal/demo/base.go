@@ -80,7 +80,10 @@ func OpenTokenized(spec, cacheDir string) (b *model.Base, tok model.Tokenizer, t
 		if err := os.MkdirAll(cacheDir, 0o755); err != nil {
 			return nil, nil, nil, "", fmt.Errorf("demo.OpenModel: %w", err)
 		}
-		if dir, err = EnsureDefaultBase(filepath.Join(cacheDir, "default-base-brown-v1")); err != nil {
+		// The directory name is versioned: a binary with other embedded
+		// weights must not reuse a cached copy of older ones (v1 had a
+		// 128-token context, v2 is its extension to 512).
+		if dir, err = EnsureDefaultBase(filepath.Join(cacheDir, "default-base-brown-v2")); err != nil {
 			return nil, nil, nil, "", err
 		}
 		name = DefaultBaseName

@@ -29,11 +29,11 @@ type Split struct {
 	Read  int       // problems in the file (or the first MaxRecords)
 	Fit   int       // problems whose whole sequence fits the base's context
 	Val   []Problem // held out: the ValProblems fitting problems with the smallest Hash
-	Train []Problem // the other fitting problems
-	// Wide is a larger training set that ignores the context limit: the
-	// WideTrain non-held-out problems with the smallest Hash, any length;
-	// the coordinator cuts each to the context, so long ones keep only
-	// their question and the start of their answer.
+	Train []Problem // the next TrainProblems fitting problems by Hash (all the others when 0)
+	// Wide is a second training set, disjoint from Val and Train, that
+	// ignores the context limit: the next WideTrain problems by Hash of
+	// any length; the coordinator cuts each to the context, so long ones
+	// keep only their question and the start of their answer.
 	Wide []Problem
 }
 
@@ -104,9 +104,10 @@ func readProblems(r io.Reader, tok coordinator.Tokenizer, max int) ([]Problem, e
 
 // LoadSplit reads the data file and splits it: problems of at most
 // maxTokens tokens qualify; the val qualifying problems with the smallest
-// hash are held out, the rest of the qualifying ones train; wide lists the
-// wide non-held-out problems of any length with the smallest hash.
-func LoadSplit(path string, tok coordinator.Tokenizer, maxTokens, val, wide, maxRecords int) (*Split, error) {
+// hash are held out, the next train qualifying ones (all of them when train
+// is 0) are the training set; wide lists the wide problems of any length
+// with the smallest hash that are neither held out nor in the training set.
+func LoadSplit(path string, tok coordinator.Tokenizer, maxTokens, val, train, wide, maxRecords int) (*Split, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("experiments.LoadSplit: %w", err)
@@ -127,8 +128,9 @@ func LoadSplit(path string, tok coordinator.Tokenizer, maxTokens, val, wide, max
 		if len(s.Val) < val {
 			s.Val = append(s.Val, p)
 			held[p.Hash] = true
-		} else {
+		} else if train == 0 || len(s.Train) < train {
 			s.Train = append(s.Train, p)
+			held[p.Hash] = true
 		}
 	}
 	for _, p := range ps {

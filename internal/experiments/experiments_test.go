@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -61,7 +62,7 @@ func TestLoadSplit(t *testing.T) {
 	}
 	tok := model.ByteTokenizer{}
 	const maxTok = 100
-	s, err := LoadSplit(path, tok, maxTok, 5, 12, 0)
+	s, err := LoadSplit(path, tok, maxTok, 5, 0, 12, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,8 +132,29 @@ func TestLoadSplit(t *testing.T) {
 	if n := len(sequences(ds.Val)); n != 5 {
 		t.Errorf("%d validation sequences, want 5", n)
 	}
-	if _, err := LoadSplit(path, tok, 10, 5, 12, 0); err == nil {
+	if _, err := LoadSplit(path, tok, 10, 5, 0, 12, 0); err == nil {
 		t.Errorf("no problem fits 10 tokens, and LoadSplit did not fail")
+	}
+	// A cap on the training set: the next fitting problems by hash, and a
+	// wide set disjoint from it.
+	capped, err := LoadSplit(path, tok, maxTok, 5, 4, 12, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(capped.Train) != 4 || !slices.EqualFunc(capped.Train, s.Train[:4], func(a, b Problem) bool { return a.Hash == b.Hash }) {
+		t.Errorf("capped training set %d problems, want the first 4 of the uncapped one", len(capped.Train))
+	}
+	inTrain := map[[32]byte]bool{}
+	for _, p := range capped.Train {
+		inTrain[p.Hash] = true
+	}
+	for _, p := range capped.Wide {
+		if inTrain[p.Hash] || held[p.Hash] {
+			t.Errorf("wide problem %x is also held out or in the training set", p.Hash[:4])
+		}
+	}
+	if len(capped.Wide) != 12 {
+		t.Errorf("capped split: %d wide problems, want 12", len(capped.Wide))
 	}
 }
 
@@ -254,7 +276,7 @@ func TestQuickRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	sz, s := QuickSizes(), res.Setup
-	if s.Read != sz.MaxRecords || s.Val != sz.ValProblems || s.Train+s.Val != s.Fit || s.Wide != sz.WideTrain || s.Context != base.Config.MaxPos {
+	if s.Read != sz.MaxRecords || s.Val != sz.ValProblems || s.Train != sz.TrainProblems || s.Train+s.Val > s.Fit || s.Wide != sz.WideTrain || s.Context != base.Config.MaxPos {
 		t.Fatalf("setup %+v does not match the sizes %+v", s, sz)
 	}
 	ok := func(what string, v float64) {

@@ -156,7 +156,7 @@ func Tables(res *Results) []byte {
 	p("Base %s (%s…): %d parameters, width %d, %d layers, vocabulary %d, context %d tokens. ",
 		s.Base, short(s.BaseHash), s.BaseParams, s.Dim, s.BaseLayers, s.Vocab, s.Context)
 	p("Data: %d GSM8K problems read, %d fit the context; %d held out, %d trained on (%d answer tokens), "+
-		"wide set %d problems cut to the context (%d answer tokens); %d held-out answer tokens. ",
+		"wide set %d other problems of any length, cut to the context (%d answer tokens); %d held-out answer tokens. ",
 		s.Read, s.Fit, s.Val, s.Train, s.TrainTokens, s.Wide, s.WideTokens, s.ValTokens)
 	p("Base alone: %.4f nats per held-out answer token. ", s.BaseLoss)
 	p("Run of %s: %.0f s wall, GOMAXPROCS %d; base forward %.1f s over %d sequences, once, reused by %d carry-on runs (%.0f s of training).\n\n",
@@ -214,7 +214,7 @@ func Tables(res *Results) []byte {
 
 func dataName(s Setup, d string) string {
 	if d == "wide" {
-		return fmt.Sprintf("%d problems cut to %d tokens", s.Wide, s.Context)
+		return fmt.Sprintf("%d other problems, any length, cut to %d tokens", s.Wide, s.Context)
 	}
 	return fmt.Sprintf("%d fitting problems", s.Train)
 }

@@ -55,7 +55,8 @@ type Options struct {
 type Sizes struct {
 	MaxRecords     int     `json:"max_records"`      // problems read from the file (0: all)
 	ValProblems    int     `json:"val_problems"`     // held-out qualifying problems
-	WideTrain      int     `json:"wide_train"`       // problems in the wide (cut to context) training set
+	TrainProblems  int     `json:"train_problems"`   // qualifying problems trained on (0: all the others)
+	WideTrain      int     `json:"wide_train"`       // problems in the wide (any length, cut to context) training set
 	Steps          int     `json:"steps"`            // optimiser steps per carry-on
 	Batch          int     `json:"batch"`            // sequences per step (every method)
 	LR             float32 `json:"lr"`               // carry-on peak LR (cosine to LR/10, 5% warm-up)
@@ -69,8 +70,8 @@ type Sizes struct {
 
 func (s Sizes) validate() error {
 	switch {
-	case s.MaxRecords < 0 || s.ValProblems < 1 || s.WideTrain < 1 || s.Steps < 1 || s.Batch < 1:
-		return fmt.Errorf("sizes %+v: want MaxRecords >= 0 and ValProblems, WideTrain, Steps, Batch >= 1", s)
+	case s.MaxRecords < 0 || s.TrainProblems < 0 || s.ValProblems < 1 || s.WideTrain < 1 || s.Steps < 1 || s.Batch < 1:
+		return fmt.Errorf("sizes %+v: want MaxRecords, TrainProblems >= 0 and ValProblems, WideTrain, Steps, Batch >= 1", s)
 	case !(s.LR > 0) || !(s.FinetuneLR > 0) || !(s.ScratchLR > 0) || !(s.ClockSeconds > 0) || s.ClockEvals < 1:
 		return fmt.Errorf("sizes %+v: want positive learning rates, clock budget and evaluations", s)
 	case s.ExactProblems < 0 || s.ExactMaxTokens < 0:
@@ -80,15 +81,15 @@ func (s Sizes) validate() error {
 }
 
 // FullSizes are the sizes of the published run (about 20 minutes on two
-// shared cores).
+// shared cores with the 512-token default base).
 func FullSizes() Sizes {
-	return Sizes{ValProblems: 60, WideTrain: 1000, Steps: 200, Batch: 8, LR: 3e-3,
-		ClockSeconds: 120, ClockEvals: 8, FinetuneLR: 3e-4, ScratchLR: 2e-3, ExactProblems: 60}
+	return Sizes{ValProblems: 60, TrainProblems: 1000, WideTrain: 1000, Steps: 200, Batch: 8, LR: 3e-3,
+		ClockSeconds: 120, ClockEvals: 8, FinetuneLR: 3e-4, ScratchLR: 2e-3, ExactProblems: 60, ExactMaxTokens: 256}
 }
 
 // QuickSizes exercise every code path in seconds.
 func QuickSizes() Sizes {
-	return Sizes{MaxRecords: 600, ValProblems: 4, WideTrain: 12, Steps: 4, Batch: 2, LR: 3e-3,
+	return Sizes{MaxRecords: 600, ValProblems: 4, TrainProblems: 16, WideTrain: 12, Steps: 4, Batch: 2, LR: 3e-3,
 		ClockSeconds: 1, ClockEvals: 2, FinetuneLR: 3e-4, ScratchLR: 2e-3, ExactProblems: 2, ExactMaxTokens: 6}
 }
 
@@ -341,7 +342,7 @@ func Run(ctx context.Context, base *model.Base, tok model.Tokenizer, opt Options
 func (r *runner) setup() error {
 	c := r.base.Config
 	var err error
-	if r.split, err = LoadSplit(r.opt.Data, r.tok, c.MaxPos, r.sz.ValProblems, r.sz.WideTrain, r.sz.MaxRecords); err != nil {
+	if r.split, err = LoadSplit(r.opt.Data, r.tok, c.MaxPos, r.sz.ValProblems, r.sz.TrainProblems, r.sz.WideTrain, r.sz.MaxRecords); err != nil {
 		return err
 	}
 	if r.fit, err = dataset(r.tok, c.MaxPos, r.split.Train, r.split.Val); err != nil {
