@@ -63,7 +63,7 @@ for f in "$F32" "$BF16" "$Q8" "$HF"; do
   ll="-" ratio="-" llcpu="-"
   if [ -n "${LL[$f]:-}" ]; then
     ll=$(field "${LL[$f]}" pp_tok_s)
-    ratio=$(/usr/bin/python3 -c "print(f'{$ll/$co:.2f}x')")
+    ratio=$(/usr/bin/python3 -c "print(f'{$co/$ll:.2f}x')")
     llcpu=${LLCPU[$f]}
   fi
   size=$(( $(field "${CO[$f]}" model_bytes) >> 20 ))
@@ -71,7 +71,7 @@ for f in "$F32" "$BF16" "$Q8" "$HF"; do
   cpu=$(/usr/bin/python3 -c 'import json,sys,statistics as s; print("%.2f" % s.median(json.loads(sys.argv[1])["cpu_s"]))' "${CO[$f]}")
   printf '%-18s %9s %12s %14.1f %8s %14s %16s %10s\n' "$(basename "$f")" "$size" "$ll" "$co" "$ratio" "$cpu" "$llcpu" "$rss"
 done
-echo "ratio = llama.cpp / carryon tokens/s (wall clock: noisy on a shared machine). carryon_cpu_s: CPU seconds of one"
+echo "ratio = carryon / llama.cpp tokens/s (wall clock: noisy on a shared machine). carryon_cpu_s: CPU seconds of one"
 echo "forward (median); llama_cpu_s_all: CPU seconds of the whole bench.mjs process ($((RUNS + 1)) passes + load). Raw JSON:"
 for f in "$F32" "$BF16" "$Q8"; do echo "${LL[$f]}"; done
 for f in "$F32" "$BF16" "$Q8" "$HF"; do echo "${CO[$f]}"; done
