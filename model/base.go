@@ -149,20 +149,32 @@ func (b *Base) packWeights() {
 	}
 	c := b.Config
 	D, qd, kvd := c.Dim, c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
+	type job struct {
+		w      *matrix
+		oc, ic int
+	}
+	var jobs []job
+	size := 0
 	for li := range b.layers {
 		w := &b.layers[li]
-		for _, m := range []struct {
-			w      *matrix
-			oc, ic int
-		}{{&w.wq, qd, D}, {&w.wk, kvd, D}, {&w.wv, kvd, D}, {&w.wo, D, qd},
+		for _, j := range []job{{&w.wq, qd, D}, {&w.wk, kvd, D}, {&w.wv, kvd, D}, {&w.wo, D, qd},
 			{&w.gate, c.FFN, D}, {&w.up, c.FFN, D}, {&w.down, D, c.FFN}} {
-			if m.w.f == nil {
-				continue
+			if j.w.f != nil {
+				jobs = append(jobs, j)
+				size += tensor.PackedSize(j.oc, j.ic)
 			}
-			m.w.p = tensor.PackB(true, m.oc, m.ic, m.w.f, m.ic)
-			if !tensor.ReleasePages(tensor.Float32Bytes(m.w.f)) {
-				m.w.f = nil
-			}
+		}
+	}
+	// One slab outside the Go heap (freed by Close): a heap of packed
+	// weights would let as much garbage pile up between collections.
+	slab, free := tensor.AllocFloats(size)
+	b.closers = append(b.closers, free)
+	for _, j := range jobs {
+		n := tensor.PackedSize(j.oc, j.ic)
+		j.w.p = tensor.PackBInto(slab[:n], true, j.oc, j.ic, j.w.f, j.ic)
+		slab = slab[n:]
+		if !tensor.ReleasePages(tensor.Float32Bytes(j.w.f)) {
+			j.w.f = nil
 		}
 	}
 }

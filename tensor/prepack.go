@@ -41,14 +41,37 @@ func PackB(transB bool, n, k int, b []float32, ldb int) *PackedB {
 	return packBWith(gemmBest, transB, n, k, b, ldb)
 }
 
+// PackedSize is how many float32s PackB's copy of an op(B) with n columns
+// and depth k takes (what PackBInto needs).
+func PackedSize(n, k int) int { return roundUp(max(n, 0), gemmBest.f32.nr) * max(k, 0) }
+
+// PackBInto is PackB with the packed copy written into dst (at least
+// PackedSize(n, k) floats; the PackedB aliases it), so that a caller can
+// keep large packed weights in memory of its own (e.g. AllocFloats, outside
+// the garbage-collected heap).
+func PackBInto(dst []float32, transB bool, n, k int, b []float32, ldb int) *PackedB {
+	if len(dst) < PackedSize(n, k) {
+		panic(fmt.Sprintf("tensor.PackBInto: dst has %d floats, want PackedSize = %d", len(dst), PackedSize(n, k)))
+	}
+	return packBWithDst(gemmBest, dst[:PackedSize(n, k):PackedSize(n, k)], transB, n, k, b, ldb)
+}
+
 func packBWith(ks *gemmKernels, transB bool, n, k int, b []float32, ldb int) *PackedB {
+	return packBWithDst(ks, nil, transB, n, k, b, ldb)
+}
+
+// packBWithDst packs into dst, or into a new slice when dst is nil.
+func packBWithDst(ks *gemmKernels, dst []float32, transB bool, n, k int, b []float32, ldb int) *PackedB {
 	if n < 0 || k < 0 {
 		panic(fmt.Sprintf("tensor.PackB: negative dimension n=%d k=%d", n, k))
 	}
 	checkGemm("tensor.PackB", false, transB, 0, n, k, 0, max(1, k), len(b), ldb, 0, max(1, n))
 	kn := ks.f32
 	pb := &PackedB{n: n, k: k, transB: transB, nr: kn.nr, kc: kn.kc, npad: roundUp(n, kn.nr), kern: ks}
-	pb.data = make([]float32, pb.npad*k)
+	if dst == nil {
+		dst = make([]float32, pb.npad*k)
+	}
+	pb.data = dst
 	if n == 0 || k == 0 {
 		return pb
 	}

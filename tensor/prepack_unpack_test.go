@@ -95,3 +95,33 @@ func gemmKernelsOrSkipQuiet(name string) *gemmKernels {
 	}
 	return nil
 }
+
+// TestPackBInto: packing into caller memory (here off the Go heap) gives
+// the same products as PackB, and too small a destination panics.
+func TestPackBInto(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	m, n, k := 13, 37, 300
+	a, w := gemmRandSlice(rng, m*k), gemmRandSlice(rng, n*k)
+	mem, free := AllocFloats(PackedSize(n, k) + 5)
+	for _, v := range mem {
+		if v != 0 {
+			t.Fatal("AllocFloats memory is not zeroed")
+		}
+	}
+	into := PackBInto(mem, true, n, k, w, k)
+	want, got := make([]float32, m*n), make([]float32, m*n)
+	GemmPacked(m, 1, a, k, PackB(true, n, k, w, k), 0, want, n)
+	GemmPacked(m, 1, a, k, into, 0, got, n)
+	if !slices.Equal(got, want) {
+		t.Errorf("GemmPacked with PackBInto differs from PackB")
+	}
+	if err := free(); err != nil {
+		t.Errorf("release: %v", err)
+	}
+	defer func() {
+		if recover() == nil {
+			t.Errorf("PackBInto into a short slice did not panic")
+		}
+	}()
+	PackBInto(make([]float32, PackedSize(n, k)-1), true, n, k, w, k)
+}
