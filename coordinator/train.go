@@ -367,8 +367,7 @@ const batchActFloats = 1 << 28
 // of batchSeqs sequences of up to maxSeq positions if its activations fit
 // in batchActFloats, else fewer (at least one sequence).
 func batchRows(cfg model.CarryOnConfig, maxSeq, batchSeqs int) int {
-	perRow := cfg.Layers*(10*cfg.Width+3*cfg.FFN) + 8*cfg.D()
-	return max(maxSeq, min(batchSeqs*maxSeq, batchActFloats/max(1, perRow)))
+	return max(maxSeq, min(batchSeqs*maxSeq, batchActFloats/max(1, cfg.RowFloats())))
 }
 
 // step accumulates the gradient of the batch's mean token loss and takes

@@ -116,9 +116,10 @@ func addBias(out, bias []float32, n, oc int) {
 	}
 }
 
-// maxPackedFloats caps the memory packWeights may add: the packed copies
-// are as large as the float32 block matrices (about 1.4 GiB for
-// Qwen2.5-0.5B); bigger models keep packing per call.
+// maxPackedFloats caps the float32 block matrices packWeights packs: the
+// packed slab is anonymous memory of that size (about 1.4 GiB for
+// Qwen2.5-0.5B) where the originals were page cache; bigger models keep
+// packing per call.
 const maxPackedFloats = 1 << 30 // 4 GiB
 
 // packWeights packs every float32 block matrix once for tensor.GemmPacked,
@@ -136,15 +137,6 @@ const maxPackedFloats = 1 << 30 // 4 GiB
 // tensor) is dropped.
 func (b *Base) packWeights() {
 	if len(b.closers) == 0 {
-		return
-	}
-	total := 0
-	for li := range b.layers {
-		for _, m := range b.layers[li].matrices() {
-			total += len(m.f)
-		}
-	}
-	if total > maxPackedFloats {
 		return
 	}
 	c := b.Config
@@ -165,6 +157,9 @@ func (b *Base) packWeights() {
 			}
 		}
 	}
+	if size > maxPackedFloats {
+		return
+	}
 	// One slab outside the Go heap (freed by Close): a heap of packed
 	// weights would let as much garbage pile up between collections.
 	slab, free := tensor.AllocFloats(size)
@@ -177,11 +172,6 @@ func (b *Base) packWeights() {
 			j.w.f = nil
 		}
 	}
-}
-
-// matrices lists the block's weight matrices.
-func (w *layerWeights) matrices() []matrix {
-	return []matrix{w.wq, w.wk, w.wv, w.wo, w.gate, w.up, w.down}
 }
 
 // float32 returns the weights (out, in) as float32 (a widened or unpacked
@@ -260,11 +250,9 @@ func (b *Base) widenOnce() {
 // widen decodes a whole stored matrix to float32.
 func widen(q *tensor.QuantMatrix) []float32 {
 	out := make([]float32, q.Rows*q.Cols)
-	rb := q.Bytes() / max(1, q.Rows)
-	for r := 0; r < q.Rows; r++ {
-		if err := tensor.DequantizeGGML(out[r*q.Cols:(r+1)*q.Cols], q.Data[r*rb:(r+1)*rb], q.Type); err != nil {
-			panic("model: " + err.Error()) // NewQuantMatrix checked the sizes
-		}
+	// Rows are whole runs of blocks one after another: one call decodes all.
+	if err := tensor.DequantizeGGML(out, q.Data, q.Type); err != nil {
+		panic("model: " + err.Error()) // NewQuantMatrix checked the sizes
 	}
 	return out
 }

@@ -451,10 +451,19 @@ type coLayerActs struct {
 // at a time (T ≤ Config.MaxSeq).
 func (c *CarryOn) NewWorkspace(T int) *Workspace { return c.NewBatchWorkspace(T, T) }
 
+// RowFloats is how many float32s a Workspace holds per position (row) of a
+// batch: the saved activations and their gradients, as NewBatchWorkspace
+// allocates them (the scratch of the attention and the LM head comes on top
+// and does not grow with the rows).
+func (c CarryOnConfig) RowFloats() int {
+	W, F, D, H, L := c.Width, c.FFN, c.D(), c.Heads, c.Layers
+	perLayer := 7*W + 3*F + H + 2 // an q k v att mid mn, ga ua sw, lse, rstd1 rstd2
+	return L*perLayer + (L+9)*W + 7*D + 3*F + 1
+}
+
 // NewBatchWorkspace allocates a workspace for batches of sequences of up to
 // T positions each (T ≤ Config.MaxSeq) and rows positions in all
-// (rows ≥ T). Activations take about rows·(L·(10·W + 3·FFN) + 8·D)
-// floats.
+// (rows ≥ T): rows·Config.RowFloats() floats of activations.
 func (c *CarryOn) NewBatchWorkspace(T, rows int) *Workspace {
 	cfg := c.Config
 	if T < 1 || T > cfg.MaxSeq {

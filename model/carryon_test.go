@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"slices"
 	"strings"
@@ -812,4 +813,45 @@ func BenchmarkCarryOnStep(b *testing.B) {
 		c.LossAndGrad(ws, [][]float32{x}, targets, T, wPred, 1.0/T, grads)
 	}
 	b.ReportMetric(float64(T*b.N)/b.Elapsed().Seconds(), "tokens/s")
+}
+
+// TestRowFloats: Config.RowFloats is exactly what a batch workspace grows
+// by per row: every float32 slice in it, found by reflection, apart from the
+// fixed-size attention and LM-head scratch and an alias.
+func TestRowFloats(t *testing.T) {
+	cfg := DefaultCarryOnConfig(48, 97)
+	co, err := NewCarryOn(cfg, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var walk func(v reflect.Value) int
+	walk = func(v reflect.Value) int {
+		n := 0
+		switch v.Kind() {
+		case reflect.Pointer:
+			if !v.IsNil() {
+				n += walk(v.Elem())
+			}
+		case reflect.Struct:
+			for i := 0; i < v.NumField(); i++ {
+				// resL aliases res[L].
+				if name := v.Type().Field(i).Name; name != "attScratch" && name != "ceScratch" && name != "resL" {
+					n += walk(v.Field(i))
+				}
+			}
+		case reflect.Slice:
+			if v.Type().Elem().Kind() == reflect.Float32 {
+				return v.Len()
+			}
+			for i := 0; i < v.Len(); i++ {
+				n += walk(v.Index(i))
+			}
+		}
+		return n
+	}
+	a := walk(reflect.ValueOf(co.NewBatchWorkspace(8, 8)))
+	b := walk(reflect.ValueOf(co.NewBatchWorkspace(8, 40)))
+	if (b-a)%32 != 0 || (b-a)/32 != cfg.RowFloats() {
+		t.Errorf("a workspace grows by %d floats over 32 rows, RowFloats says %d per row", b-a, cfg.RowFloats())
+	}
 }

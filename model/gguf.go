@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"unsafe"
 
 	"carryon/tensor"
 )
@@ -254,18 +253,6 @@ func ggufToHF(name string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("unexpected tensor %q", name)
-}
-
-// f32Bytes views f as an F32 View without copying.
-func f32Bytes(name string, f []float32, shape []int) tensor.View {
-	var data []byte
-	if len(f) > 0 {
-		data = unsafe.Slice((*byte)(unsafe.Pointer(&f[0])), 4*len(f))
-	}
-	if !littleEndian {
-		return tensor.F32View(name, f, shape...)
-	}
-	return tensor.View{Name: name, DType: tensor.F32, Shape: shape, Data: data}
 }
 
 // unpermuteRoPE undoes llama.cpp's LlamaModel.permute on the rows of a q/k

@@ -74,6 +74,16 @@ func microGoPairs(ku int, ap, bp []uint16, c []float32, ldc int, alpha, beta flo
 }
 
 func gemmKernelsOrSkip(t testing.TB, name string) *gemmKernels {
+	ks := gemmKernelsNamed(name)
+	if ks == nil {
+		t.Skipf("this CPU/build cannot run the %s kernels", name)
+	}
+	return ks
+}
+
+// gemmKernelsNamed returns the named kernel set, or nil where this CPU or
+// build cannot run it.
+func gemmKernelsNamed(name string) *gemmKernels {
 	if name == gemmEmulated.name {
 		return gemmEmulated
 	}
@@ -82,7 +92,6 @@ func gemmKernelsOrSkip(t testing.TB, name string) *gemmKernels {
 			return ks
 		}
 	}
-	t.Skipf("this CPU/build cannot run the %s kernels", name)
 	return nil
 }
 

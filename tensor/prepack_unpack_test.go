@@ -13,7 +13,7 @@ import (
 func TestPackedBUnpack(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for _, name := range append(allGemmKernels, gemmEmulated.name) {
-		ks := gemmKernelsOrSkipQuiet(name)
+		ks := gemmKernelsNamed(name)
 		if ks == nil {
 			continue
 		}
@@ -80,20 +80,6 @@ func TestReleasePages(t *testing.T) {
 	if ReleasePages(Float32Bytes(heap)) || ReleasePages(nil) {
 		t.Errorf("ReleasePages after unmapping released something")
 	}
-}
-
-// gemmKernelsOrSkipQuiet is gemmKernelsOrSkip without the skip: nil where
-// the machine lacks the kernels.
-func gemmKernelsOrSkipQuiet(name string) *gemmKernels {
-	if name == gemmEmulated.name {
-		return gemmEmulated
-	}
-	for _, ks := range gemmAvailable {
-		if ks.name == name {
-			return ks
-		}
-	}
-	return nil
 }
 
 // TestPackBInto: packing into caller memory (here off the Go heap) gives
