@@ -42,6 +42,11 @@ func main() {
 	genDequantQ6K()
 	genWiden("widenF16AVX2", false)
 	genWiden("widenBF16AVX2", true)
+	for _, fam := range []string{"Z", "V", "B"} {
+		for rm := 1; rm <= 4; rm++ {
+			genQ8(fam, rm)
+		}
+	}
 	os.Stdout.WriteString(out.String())
 }
 
@@ -753,6 +758,228 @@ func genWiden(name string, bf16 bool) {
 	p("\tSUBQ $16, CX")
 	p("\tJMP %s_loop", name)
 	p("%s_done:", name)
+	p("\tVZEROUPPER")
+	p("\tRET")
+}
+
+// q8Tiles gives, per kernel family and row count rm (index 1..4), the
+// number rn of weight rows each int8 micro-kernel computes at once (bounded
+// by the accumulator registers and by eight weight-row pointers). It must
+// match q8TileRN in gemm_q8_amd64.go.
+var q8Tiles = map[string][5]int{
+	"Z": {0, 8, 8, 8, 6}, // AVX512_VNNI: 32 zmm, up to 26 accumulators
+	"V": {0, 8, 5, 3, 2}, // AVX-VNNI: 16 ymm, up to 11 accumulators
+	"B": {0, 8, 5, 3, 2}, // AVX2 vpmaddubsw: 16 ymm, up to 10 accumulators
+}
+
+// q8WeightRegs hold the rn weight-row pointers of the int8 kernels.
+var q8WeightRegs = []string{"AX", "BX", "DX", "DI", "R10", "R11", "R12", "R13"}
+
+// q8Row is the address of activation row i (SI = row 0, R8 = stride,
+// R9 = 3·stride) plus off bytes.
+func q8Row(i, off int) string {
+	switch i {
+	case 0:
+		return fmt.Sprintf("%d(SI)", off)
+	case 1:
+		return fmt.Sprintf("%d(SI)(R8*1)", off)
+	case 2:
+		return fmt.Sprintf("%d(SI)(R8*2)", off)
+	}
+	return fmt.Sprintf("%d(SI)(R9*1)", off)
+}
+
+// vexVPDPBUSD encodes the AVX-VNNI (VEX.256.66.0F38.W0 50 /r) register form
+// "vpdpbusd ydst, ysrc1, ysrc2" (Intel order: ydst += ysrc1 (u8) · ysrc2
+// (s8), four products per 32-bit lane). The Go assembler only knows the
+// EVEX (AVX512_VNNI) form; checked against GNU as in gemm_q8_test.go.
+func vexVPDPBUSD(dst, src1, src2 int) string {
+	inv := func(b int) byte { return byte(^b & 1) }
+	b1 := inv(dst>>3)<<7 | 1<<6 | inv(src2>>3)<<5 | 0x02
+	b2 := byte(^src1&0xF)<<3 | 1<<2 | 0x01
+	modrm := byte(0xC0) | byte(dst&7)<<3 | byte(src2&7)
+	var bs []string
+	for _, x := range []byte{0xC4, b1, b2, 0x50, modrm} {
+		bs = append(bs, fmt.Sprintf("$0x%02x", x))
+	}
+	return fmt.Sprintf("BYTE %s // VPDPBUSD (VEX) Y%d, Y%d, Y%d", strings.Join(bs, "; BYTE "), dst, src1, src2)
+}
+
+// genQ8 emits the int8 Q8_0 × Q8_0 dot-product tile kernels of one family
+// (fam: "Z" AVX512_VNNI, "V" AVX-VNNI, "B" AVX2 vpmaddubsw), one per row
+// count rm = 1..4:
+//
+//	func q8<fam>R<rm>(np, tail int, a *byte, lda int, w *uintptr, out *float32)
+//
+// a: rm activation rows in the q8Act layout, lda bytes apart: per pair of
+// 32-blocks 192 bytes = 64 int8 q, 16 float32 scales (each block's d eight
+// times), 16 int32 −128·(sum of 4 q) (the VNNI offset correction). w: rn
+// pointers to weight rows in Q8_0 (34-byte blocks: f16 d, 32 int8 q).
+// np pairs of blocks are read, then one more block if tail != 0.
+// out[i·rn+j] = Σ_blocks d_a·d_w·Σ q_a·q_w over the rows, in float32.
+//
+// The VNNI kernels feed VPDPBUSD the weights as unsigned bytes q_w+128
+// (XOR 0x80) and start each lane from −128·Σq_a, so the 32-bit sums are
+// exact Σ q_a·q_w. The AVX2 kernel uses |q_w| and q_a·sign(q_w) with
+// VPMADDUBSW (pairs ≤ 2·128·127, no saturation) and VPMADDWD by ones.
+// The int32 sum of a block is converted to float32, multiplied by d_w·d_a
+// and added to the lane's float32 accumulator; the lanes are summed at the
+// end.
+func genQ8(fam string, rm int) {
+	rn := q8Tiles[fam][rm]
+	name := fmt.Sprintf("q8%sR%d", fam, rm)
+	zmm := fam == "Z"
+	p("")
+	p("// func %s(np, tail int, a *byte, lda int, w *uintptr, out *float32)", name)
+	p("TEXT ·%s(SB), NOSPLIT, $0-48", name)
+	p("\tMOVQ np+0(FP), CX")
+	p("\tMOVQ a+16(FP), SI")
+	p("\tMOVQ lda+24(FP), R8")
+	p("\tLEAQ (R8)(R8*2), R9")
+	p("\tMOVQ w+32(FP), R14")
+	for j := 0; j < rn; j++ {
+		p("\tMOVQ %d(R14), %s", 8*j, q8WeightRegs[j])
+	}
+	nacc := rm * rn
+	// Registers.
+	var cst, cst2, wx, wa, dw, acc, t int
+	if zmm {
+		cst, cst2, wx, dw, acc, t = 31, 30, 29, 28, 27, 26 // cst: 0x80 bytes, cst2: vpermw index
+	} else if fam == "V" {
+		cst, wx, dw, acc, t = 15, 14, 13, 12, 11
+	} else {
+		cst, wx, wa, dw, acc, t = 15, 14, 13, 12, 11, 10 // cst: int16 ones
+	}
+	_ = cst2
+	for r := 0; r < nacc; r++ {
+		if zmm {
+			p("\tVPXORD Z%d, Z%d, Z%d", r, r, r)
+		} else {
+			p("\tVPXOR Y%d, Y%d, Y%d", r, r, r)
+		}
+	}
+	switch fam {
+	case "Z":
+		p("\tMOVL $0x80808080, R15")
+		p("\tVPBROADCASTD R15, Z%d", cst)
+		// vpermw index: words 0 (lanes 0–7: d of the first block) and 17
+		// (byte 34, lanes 8–15: d of the second).
+		p("\tMOVL $0x00110011, R15")
+		p("\tVPBROADCASTD R15, Z%d", cst2)
+		p("\tVPXORD X%d, X%d, X%d", t, t, t)
+		p("\tVINSERTI32X4 $0, X%d, Z%d, Z%d", t, cst2, cst2)
+	case "V":
+		p("\tMOVL $0x80808080, R15")
+		p("\tVMOVD R15, X%d", cst)
+		p("\tVPBROADCASTD X%d, Y%d", cst, cst)
+	default:
+		p("\tMOVL $0x00010001, R15")
+		p("\tVMOVD R15, X%d", cst)
+		p("\tVPBROADCASTD X%d, Y%d", cst, cst)
+	}
+	acci := func(i, j int) int { return i*rn + j }
+	// block emits one step over a pair (Z) or one block at offset blk (0 or
+	// 1) of the pair (Y kernels, and the Z kernel's tail with ymm).
+	block := func(ymm bool, blk int) {
+		V := "Z"
+		if ymm {
+			V = "Y"
+		}
+		for j := 0; j < rn; j++ {
+			w := q8WeightRegs[j]
+			wo := 34 * blk
+			switch {
+			case zmm && !ymm:
+				p("\tVMOVDQU8 2(%s), Y%d", w, wx)
+				p("\tVINSERTI64X4 $1, 36(%s), Z%d, Z%d", w, wx, wx)
+				p("\tVPXORD Z%d, Z%d, Z%d", cst, wx, wx)
+				p("\tVPERMW (%s), Z%d, Z%d", w, cst2, dw)
+				p("\tVCVTPH2PS Y%d, Z%d", dw, dw)
+			case zmm:
+				p("\tVMOVDQU8 2(%s), Y%d", w, wx)
+				p("\tVPXORD Y%d, Y%d, Y%d", cst, wx, wx)
+				p("\tVPBROADCASTW (%s), X%d", w, dw)
+				p("\tVCVTPH2PS X%d, Y%d", dw, dw)
+			case fam == "V":
+				p("\tVMOVDQU %d(%s), Y%d", wo+2, w, wx)
+				p("\tVPXOR Y%d, Y%d, Y%d", cst, wx, wx)
+				p("\tVPBROADCASTW %d(%s), X%d", wo, w, dw)
+				p("\tVCVTPH2PS X%d, Y%d", dw, dw)
+			default:
+				p("\tVMOVDQU %d(%s), Y%d", wo+2, w, wx)
+				p("\tVPABSB Y%d, Y%d", wx, wa)
+				p("\tVPBROADCASTW %d(%s), X%d", wo, w, dw)
+				p("\tVCVTPH2PS X%d, Y%d", dw, dw)
+			}
+			ao := 32 * blk
+			for i := 0; i < rm; i++ {
+				f := acci(i, j)
+				switch fam {
+				case "Z":
+					p("\tVMOVDQU32 %s, %s%d", q8Row(i, 128+ao), V, acc)
+					p("\tVPDPBUSD %s, %s%d, %s%d", q8Row(i, ao), V, wx, V, acc)
+				case "V":
+					p("\tVMOVDQU %s, Y%d", q8Row(i, 128+ao), acc)
+					p("\tVMOVDQU %s, Y%d", q8Row(i, ao), t)
+					p("\t%s", vexVPDPBUSD(acc, wx, t))
+				default:
+					p("\tVMOVDQU %s, Y%d", q8Row(i, ao), acc)
+					p("\tVPSIGNB Y%d, Y%d, Y%d", wx, acc, acc)
+					p("\tVPMADDUBSW Y%d, Y%d, Y%d", acc, wa, acc)
+					p("\tVPMADDWD Y%d, Y%d, Y%d", cst, acc, acc)
+				}
+				p("\tVCVTDQ2PS %s%d, %s%d", V, acc, V, acc)
+				p("\tVMULPS %s, %s%d, %s%d", q8Row(i, 64+ao), V, dw, V, t)
+				if zmm && ymm {
+					// A VEX/EVEX.256 write clears the upper half: add the
+					// ymm product to the zmm accumulator.
+					p("\tVMULPS Y%d, Y%d, Y%d", acc, t, t)
+					p("\tVADDPS Z%d, Z%d, Z%d", t, f, f)
+				} else {
+					p("\tVFMADD231PS %s%d, %s%d, %s%d", V, t, V, acc, V, f)
+				}
+			}
+		}
+	}
+	p("\tTESTQ CX, CX")
+	p("\tJEQ %s_tail", name)
+	p("%s_loop:", name)
+	if zmm {
+		block(false, 0)
+	} else {
+		block(true, 0)
+		block(true, 1)
+	}
+	for j := 0; j < rn; j++ {
+		p("\tADDQ $68, %s", q8WeightRegs[j])
+	}
+	p("\tADDQ $192, SI")
+	p("\tDECQ CX")
+	p("\tJNE %s_loop", name)
+	p("%s_tail:", name)
+	p("\tMOVQ tail+8(FP), CX")
+	p("\tTESTQ CX, CX")
+	p("\tJEQ %s_sum", name)
+	block(true, 0)
+	p("%s_sum:", name)
+	p("\tMOVQ out+40(FP), SI")
+	// Sum the lanes of each accumulator into out (temporaries acc, t).
+	for r := 0; r < nacc; r++ {
+		if zmm {
+			p("\tVEXTRACTF64X4 $1, Z%d, Y%d", r, t)
+			p("\tVADDPS Y%d, Y%d, Y%d", t, r, acc)
+			p("\tVEXTRACTF32X4 $1, Y%d, X%d", acc, t)
+		} else {
+			p("\tVEXTRACTF128 $1, Y%d, X%d", r, t)
+			p("\tVMOVAPS X%d, X%d", r, acc)
+		}
+		p("\tVADDPS X%d, X%d, X%d", t, acc, acc)
+		p("\tVPERMILPS $0x4e, X%d, X%d", acc, t)
+		p("\tVADDPS X%d, X%d, X%d", t, acc, acc)
+		p("\tVMOVSHDUP X%d, X%d", acc, t)
+		p("\tVADDSS X%d, X%d, X%d", t, acc, acc)
+		p("\tVMOVSS X%d, %d(SI)", acc, 4*r)
+	}
 	p("\tVZEROUPPER")
 	p("\tRET")
 }
