@@ -157,3 +157,40 @@ func short(h string) string {
 	}
 	return h
 }
+
+// cached reports whether every layer of ch is in the cache.
+func (c *Coordinator) cached(ch *Chunk) bool {
+	for _, l := range c.cfg.Layers {
+		if !c.cache.Has(c.key(l, ch)) {
+			return false
+		}
+	}
+	return true
+}
+
+func (c *Coordinator) key(layer int, ch *Chunk) Key {
+	return Key{Base: c.base.WeightsHash, Codec: c.codec.String(), Layer: layer, Chunk: ch.ID}
+}
+
+// put writes a chunk's entries, indexed [layer][seq], to the cache.
+func (c *Coordinator) put(ch *Chunk, entries [][]Entry) error {
+	for i, layer := range c.cfg.Layers {
+		if err := c.cache.Put(c.key(layer, ch), entries[i]); err != nil {
+			return err
+		}
+	}
+	if c.storeHook != nil {
+		c.storeHook(ch.ID)
+	}
+	return nil
+}
+
+// drop removes a chunk's entries from the cache.
+func (c *Coordinator) drop(ch *Chunk) error {
+	for _, layer := range c.cfg.Layers {
+		if err := c.cache.remove(c.key(layer, ch)); err != nil {
+			return err
+		}
+	}
+	return nil
+}

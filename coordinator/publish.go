@@ -79,14 +79,3 @@ func (c *Coordinator) Run(ctx context.Context, ds *Dataset, hooks Hooks) (*Train
 	}
 	return res, v, nil
 }
-
-// Hooks observe a Run (and a Train). Any may be nil.
-type Hooks struct {
-	Collecting func(cached, total int) // before collection: chunks already cached, of all
-	Progress   func(Progress)
-	Resumed    func(step int) // training resumes from a checkpoint taken after step
-	Step       func(StepInfo)
-	Eval       func(EvalInfo)
-	Checkpoint func(step int) // a checkpoint after step is on disk
-	Parent     string         // parent adaptor CID for a boosting stage ("" for the first)
-}

@@ -40,6 +40,17 @@ type TrainResult struct {
 	Resumed int // the checkpoint step this call resumed from; 0 for a fresh start
 }
 
+// Hooks observe a Run (and a Train). Any may be nil.
+type Hooks struct {
+	Collecting func(cached, total int) // before collection: chunks already cached, of all
+	Progress   func(Progress)
+	Resumed    func(step int) // training resumes from a checkpoint taken after step
+	Step       func(StepInfo)
+	Eval       func(EvalInfo)
+	Checkpoint func(step int) // a checkpoint after step is on disk
+	Parent     string         // parent adaptor CID for a boosting stage ("" for the first)
+}
+
 // seqData is one training sequence with its cached bridged sources.
 type seqData struct {
 	targets []int32

@@ -1,0 +1,153 @@
+// Status snapshots of the coordinator, for dashboards, the API and logs.
+
+package coordinator
+
+import (
+	"sort"
+	"time"
+)
+
+// Progress is a snapshot of Collect, for logs and status displays.
+type Progress struct {
+	Done, Leased, Pending, Total int
+	Nodes                        int
+	Tokens                       int64
+}
+
+// Status is a snapshot of the coordinator's view of the swarm and of the
+// current (or last) Collect, for dashboards. It is a copy: safe to keep.
+type Status struct {
+	Time  time.Time
+	Job   JobStatus
+	Nodes []NodeStatus // sorted by peer ID
+}
+
+// JobStatus describes one Collect.
+type JobStatus struct {
+	ID                     string
+	Total                  int   // distinct chunks in the data set
+	CachedAtStart          int   // chunks already in the cache when Collect began
+	Done                   int   // chunks in the cache
+	Leased                 int   // leases in flight (speculative and verification ones included)
+	Pending                int   // chunks waiting for a first lease
+	Verifying              int   // chunks holding results that await a second (or third) opinion
+	Tokens                 int64 // tokens of the chunks done in this Collect
+	BytesReceived          int64 // bridged payload bytes received, every lease included
+	Speculative            int   // duplicate leases started for the tail of the job
+	Reassigned             int   // leases that failed (error, deadline, disconnect) and were redone
+	Finished               bool
+	Verify                 VerifyStatus
+	ExtraComputeFraction   float64 // tokens computed beyond one pass over the chunks, over one pass
+	VerifyComputeFraction  float64 // tokens computed for second and third opinions, over one pass
+	BaseTokens             int64   // tokens of one pass over the chunks not cached at start
+	ComputedTokens         int64   // tokens of every result received
+	SelfVerifiedChunks     int     // second opinions the coordinator computed itself
+	VerificationSkipped    int     // sampled chunks stored unverified for want of a second node
+	UnsettledDisagreements int     // three results, no two agreeing: all dropped and redone
+}
+
+// VerifyStatus counts the verification of volunteers' work.
+type VerifyStatus struct {
+	Sampled       int // chunks picked for a second opinion
+	Verified      int // chunks stored after two results agreed
+	Disagreements int // comparisons that failed
+	Bans          int // nodes banned for wrong results
+	Dropped       int // unverified chunks of banned nodes removed from the cache and redone
+}
+
+// NodeStatus describes one node.
+type NodeStatus struct {
+	Peer               string
+	Device             string
+	TokensPerSec       float64 // measured from completed leases (0 until one completes)
+	AdvertTokensPerSec float64 // what the node's advert claims
+	Leases             int     // in flight now
+	Cap                int     // in-flight cap now
+	Chunks             int     // chunks of this node stored in the cache
+	Opinions           int     // second or third opinions it delivered
+	Verified           int     // its results that another node's agreed with
+	Failures           int     // leases that failed on it (error, deadline, disconnect)
+	SamplingRate       float64 // probability that its next chunk is verified
+	Eligible           bool
+	Banned             bool
+	BanReason          string
+}
+
+func (l *loop) snapshot() Progress {
+	n := 0
+	now := time.Now()
+	for _, s := range l.nodes {
+		if l.eligible(s, now) {
+			n++
+		}
+	}
+	return Progress{Done: l.done, Leased: l.leased(), Pending: len(l.pending), Total: l.total, Nodes: n, Tokens: l.tokens}
+}
+
+func (l *loop) leased() int {
+	n := 0
+	for _, s := range l.nodes {
+		n += len(s.leases)
+	}
+	return n
+}
+
+// extraFraction is the compute spent beyond one pass over the chunks
+// (second and third opinions, speculative duplicates, redone chunks,
+// the coordinator's own opinions), as a fraction of one pass.
+func (l *loop) extraFraction() float64 {
+	if l.baseTokens == 0 {
+		return 0
+	}
+	self := int64(0)
+	if l.cfg.SelfVerify {
+		self = l.verifyTokens
+	}
+	return float64(l.computed+self)/float64(l.baseTokens) - 1
+}
+
+// publish stores a Status snapshot (at most every 50 ms unless forced).
+func (l *loop) publish(force bool) {
+	now := time.Now()
+	if !force && now.Sub(l.lastPublish) < 50*time.Millisecond {
+		return
+	}
+	l.lastPublish = now
+	st := &Status{Time: now, Job: JobStatus{ID: l.job.ID, Total: l.total, CachedAtStart: l.cachedAtStart,
+		Done: l.done, Leased: l.leased(), Pending: len(l.pending), Tokens: l.tokens, BytesReceived: l.bytes,
+		Speculative: l.speculative, Reassigned: l.reassigned, Finished: l.finished, Verify: l.vs,
+		BaseTokens: l.baseTokens, ComputedTokens: l.computed, SelfVerifiedChunks: l.selfVerified,
+		VerificationSkipped: l.skipped, UnsettledDisagreements: l.unsettled}}
+	for _, cs := range l.chunks {
+		if cs.phase == phVerify {
+			st.Job.Verifying++
+		}
+	}
+	if l.baseTokens > 0 {
+		st.Job.ExtraComputeFraction = l.extraFraction()
+		st.Job.VerifyComputeFraction = float64(l.verifyTokens) / float64(l.baseTokens)
+	}
+	var speeds []float64
+	for _, s := range l.nodes {
+		if sp := s.speed(); sp > 0 && l.eligible(s, now) {
+			speeds = append(speeds, sp)
+		}
+	}
+	sort.Float64s(speeds)
+	median := 0.0
+	if len(speeds) > 0 {
+		median = speeds[len(speeds)/2]
+	}
+	for _, s := range l.nodes {
+		ns := NodeStatus{Peer: s.id.String(), TokensPerSec: s.tps, Leases: len(s.leases), Cap: l.capOf(s, median),
+			Chunks: s.done, Opinions: s.opinions, Verified: s.verified, Failures: s.failures,
+			SamplingRate: samplingRate(l.cfg.VerifyFraction, s.clean, s.suspect), Eligible: l.eligible(s, now),
+			Banned: s.banned, BanReason: s.banReason}
+		if s.advert != nil {
+			ns.Device, ns.AdvertTokensPerSec = s.advert.Device, s.advert.TokensPerSec
+		}
+		st.Nodes = append(st.Nodes, ns)
+	}
+	sort.Slice(st.Nodes, func(i, j int) bool { return st.Nodes[i].Peer < st.Nodes[j].Peer })
+	l.c.status.Store(st)
+}
