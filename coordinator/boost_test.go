@@ -5,13 +5,14 @@ import (
 	"math"
 	"testing"
 
+	"carryon/carryon"
 	"carryon/model"
 )
 
 // TestBoostingStage trains a carry-on, then a second stage on top of it:
 // the second stage starts exactly at the first's output (its α = 0 loss is
 // the first stage's loss), records its parent, improves on it, and the
-// trained chain computes at inference (model.ForwardStages) what it was
+// trained chain computes at inference (carryon.ForwardStages) what it was
 // trained on.
 func TestBoostingStage(t *testing.T) {
 	b := localBase(t)
@@ -28,7 +29,7 @@ func TestBoostingStage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	blob, err := first.CarryOn.MarshalAdaptor(first.Meta)
+	blob, err := first.CarryOn.Marshal(first.Meta)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +55,7 @@ func TestBoostingStage(t *testing.T) {
 	// Inference on the chain equals what training saw.
 	ch := ds.Val[0]
 	ids := ch.Seqs[0].Tokens
-	_, y, err := model.ForwardStages(b, []*model.CarryOn{first.CarryOn, second.CarryOn}, 1, ids, "q8")
+	_, y, err := carryon.ForwardStages(b, []*carryon.Model{first.CarryOn, second.CarryOn}, 1, ids, "q8")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,12 +15,12 @@ import (
 	"strconv"
 	"strings"
 
-	"carryon/model"
+	"carryon/carryon"
 	"carryon/tensor"
 )
 
 // Checkpoint file: a safetensors file (tensor.WriteSafetensors) holding,
-// for every carry-on tensor NAME (as in model.CarryOn.Tensors), three F32
+// for every carry-on tensor NAME (as in carryon.Model.Tensors), three F32
 // tensors of its shape:
 //
 //	param/NAME   the parameters
@@ -66,7 +66,7 @@ type Checkpoint struct {
 
 // MarshalCheckpoint encodes ck with co's parameters and opt's moments.
 // Equal inputs give equal bytes.
-func MarshalCheckpoint(ck Checkpoint, co *model.CarryOn, opt *model.Optimizer) ([]byte, error) {
+func MarshalCheckpoint(ck Checkpoint, co *carryon.Model, opt *carryon.Optimizer) ([]byte, error) {
 	fail := func(format string, args ...any) ([]byte, error) {
 		return nil, fmt.Errorf("coordinator.MarshalCheckpoint: "+format, args...)
 	}
@@ -123,7 +123,7 @@ func MarshalCheckpoint(ck Checkpoint, co *model.CarryOn, opt *model.Optimizer) (
 // misshapen or non-finite tensor (naming it). co and opt are changed only
 // when the whole file is valid. Nothing is allocated from sizes read in
 // data: co fixes every size.
-func LoadCheckpoint(data []byte, co *model.CarryOn, opt *model.Optimizer) (Checkpoint, error) {
+func LoadCheckpoint(data []byte, co *carryon.Model, opt *carryon.Optimizer) (Checkpoint, error) {
 	var ck Checkpoint
 	fail := func(format string, args ...any) (Checkpoint, error) {
 		return Checkpoint{}, fmt.Errorf("coordinator.LoadCheckpoint: "+format, args...)
@@ -248,7 +248,7 @@ func (s checkpoints) steps() ([]int, error) {
 
 // save writes a checkpoint atomically and removes all but the newest
 // keepCheckpoints of the run.
-func (s checkpoints) save(ck Checkpoint, co *model.CarryOn, opt *model.Optimizer) error {
+func (s checkpoints) save(ck Checkpoint, co *carryon.Model, opt *carryon.Optimizer) error {
 	data, err := MarshalCheckpoint(ck, co, opt)
 	if err != nil {
 		return err
@@ -276,7 +276,7 @@ func (s checkpoints) save(ck Checkpoint, co *model.CarryOn, opt *model.Optimizer
 // latest loads the newest readable checkpoint of the run with at most
 // maxStep steps into co and opt. It reports false when there is none; the
 // files it could not use are described in skipped.
-func (s checkpoints) latest(co *model.CarryOn, opt *model.Optimizer, maxStep int) (ck Checkpoint, ok bool, skipped []error) {
+func (s checkpoints) latest(co *carryon.Model, opt *carryon.Optimizer, maxStep int) (ck Checkpoint, ok bool, skipped []error) {
 	steps, err := s.steps()
 	if err != nil {
 		return Checkpoint{}, false, []error{err}
@@ -308,13 +308,13 @@ func (s checkpoints) latest(co *model.CarryOn, opt *model.Optimizer, maxStep int
 
 // runKey names everything that determines a training trajectory: two runs
 // with equal keys take bit-identical steps, so one may resume the other.
-func (c *Coordinator) runKey(ds *Dataset, co model.CarryOnConfig, parent string) (string, error) {
+func (c *Coordinator) runKey(ds *Dataset, co carryon.Config, parent string) (string, error) {
 	tc := c.cfg.Train
 	b, err := json.Marshal(struct {
 		Format, Version, Base, Data, Codec, Parent string
 		Layers                                     []int
-		CarryOn                                    model.CarryOnConfig
-		Optim                                      model.OptimConfig
+		CarryOn                                    carryon.Config
+		Optim                                      carryon.OptimConfig
 		Batch                                      int
 		Seed                                       uint64
 	}{CheckpointFormat, CheckpointVersion, c.base.WeightsHash, ds.Hash, c.codec.String(), parent,

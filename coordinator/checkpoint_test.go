@@ -8,21 +8,21 @@ import (
 	"strings"
 	"testing"
 
-	"carryon/model"
+	"carryon/carryon"
 	"carryon/tensor"
 )
 
 // tinyCarryOn is a small carry-on with an optimiser that has taken steps
 // (so that parameters and moments are all non-trivial).
-func tinyCarryOn(t testing.TB, seed uint64) (*model.CarryOn, *model.Optimizer) {
+func tinyCarryOn(t testing.TB, seed uint64) (*carryon.Model, *carryon.Optimizer) {
 	t.Helper()
-	cfg := model.DefaultCarryOnConfig(8, 16)
+	cfg := carryon.DefaultConfig(8, 16)
 	cfg.Width, cfg.Layers, cfg.Heads, cfg.FFN, cfg.MaxSeq = 8, 1, 2, 8, 8
-	co, err := model.NewCarryOn(cfg, seed)
+	co, err := carryon.New(cfg, seed)
 	if err != nil {
 		t.Fatal(err)
 	}
-	opt, err := model.NewOptimizer(co, model.DefaultOptimConfig(10))
+	opt, err := carryon.NewOptimizer(co, carryon.DefaultOptimConfig(10))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,12 +175,12 @@ func TestLoadCheckpointRejects(t *testing.T) {
 	}
 }
 
-func jsonString(cfg model.CarryOnConfig) (string, error) {
-	co, err := model.NewCarryOn(cfg, 1)
+func jsonString(cfg carryon.Config) (string, error) {
+	co, err := carryon.New(cfg, 1)
 	if err != nil {
 		return "", err
 	}
-	opt, _ := model.NewOptimizer(co, model.DefaultOptimConfig(1))
+	opt, _ := carryon.NewOptimizer(co, carryon.DefaultOptimConfig(1))
 	b, err := MarshalCheckpoint(Checkpoint{}, co, opt)
 	if err != nil {
 		return "", err

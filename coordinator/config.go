@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"time"
 
+	"carryon/carryon"
 	"carryon/model"
 	"carryon/tensor"
 )
@@ -66,12 +67,12 @@ type Config struct {
 // TrainConfig is every training knob, on one screen.
 type TrainConfig struct {
 	// CarryOn is the network's shape; zero Width means
-	// model.DefaultCarryOnConfig for the base (Sources, Vocab and MaxSeq
+	// carryon.DefaultConfig for the base (Sources, Vocab and MaxSeq
 	// are always filled in from the base and Layers).
-	CarryOn model.CarryOnConfig
+	CarryOn carryon.Config
 	// Optim is the optimiser and schedule; zero fields take
-	// model.DefaultOptimConfig(Steps)'s values.
-	Optim model.OptimConfig
+	// carryon.DefaultOptimConfig(Steps)'s values.
+	Optim carryon.OptimConfig
 	// Steps is the number of optimiser steps. Default 200.
 	Steps int
 	// BatchSeqs is how many sequences each step averages over (gradient
@@ -146,10 +147,10 @@ func (t TrainConfig) withDefaults() TrainConfig {
 	return t
 }
 
-// optim fills the zero fields of Optim from model.DefaultOptimConfig(Steps);
+// optim fills the zero fields of Optim from carryon.DefaultOptimConfig(Steps);
 // a peak LR given without a final one decays to a tenth of it.
-func (t TrainConfig) optim() model.OptimConfig {
-	d, o := model.DefaultOptimConfig(t.Steps), t.Optim
+func (t TrainConfig) optim() carryon.OptimConfig {
+	d, o := carryon.DefaultOptimConfig(t.Steps), t.Optim
 	if o.LR != 0 {
 		d.LR, d.MinLR = o.LR, o.LR/10
 	}

@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"carryon/carryon"
 	"carryon/internal/testenv"
-	"carryon/model"
 	"carryon/node"
 )
 
@@ -56,10 +56,10 @@ func TestDashboardInBrowser(t *testing.T) {
 	}
 	ds := swarmDataset(11, 10, 2, 24)
 	ds.Train, ds.Val = ds.Train[:8], ds.Train[8:]
-	co := model.DefaultCarryOnConfig(ts.base.Config.Dim, ts.base.Config.Vocab)
+	co := carryon.DefaultConfig(ts.base.Config.Dim, ts.base.Config.Vocab)
 	co.Width, co.Layers, co.Heads, co.FFN = 16, 1, 2, 32
 	c, _ := ts.coordinator(Config{MinNodes: 3, VerifyFraction: 0.3, Train: TrainConfig{CarryOn: co, Steps: 12, BatchSeqs: 2,
-		EvalEvery: 4, CheckpointEvery: -1, Optim: model.OptimConfig{LR: 1e-2}}})
+		EvalEvery: 4, CheckpointEvery: -1, Optim: carryon.OptimConfig{LR: 1e-2}}})
 	d, err := NewDashboard(c, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -39,7 +39,7 @@ func (c *Chunk) Tokens() int {
 	return n
 }
 
-// Tokenizer is what the dataset needs of a tokenizer (model.Tokenizer
+// Tokenizer is what the dataset needs of a tokenizer (tokenizer.Tokenizer
 // satisfies it).
 type Tokenizer interface {
 	Encode(text string) []int32

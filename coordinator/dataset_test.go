@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"bytes"
+	"carryon/tokenizer"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -9,11 +10,9 @@ import (
 	"slices"
 	"strings"
 	"testing"
-
-	"carryon/model"
 )
 
-var byteTok = model.ByteTokenizer{}
+var byteTok = tokenizer.ByteTokenizer{}
 
 func readDS(t *testing.T, data string, jsonl bool, cfg DataConfig) *Dataset {
 	t.Helper()
@@ -26,11 +25,11 @@ func readDS(t *testing.T, data string, jsonl bool, cfg DataConfig) *Dataset {
 
 // bytesOf is BOS + the bytes of s + EOS, as the byte tokenizer gives them.
 func bytesOf(s string) []int32 {
-	ids := []int32{model.ByteTokBOS}
+	ids := []int32{tokenizer.ByteTokBOS}
 	for i := range len(s) {
 		ids = append(ids, int32(s[i]))
 	}
-	return append(ids, model.ByteTokEOS)
+	return append(ids, tokenizer.ByteTokEOS)
 }
 
 // onlyExample returns the single example of a one-record data set.

@@ -10,6 +10,7 @@ import (
 	"os"
 	"time"
 
+	"carryon/carryon"
 	"carryon/model"
 	"carryon/tensor"
 )
@@ -289,8 +290,8 @@ func (j *JobFile) Validate() error {
 
 // carryOn is the carry-on shape with the defaults filled in (Sources,
 // Vocab and MaxSeq come from the base when the coordinator trains).
-func (j *JobFile) carryOn() model.CarryOnConfig {
-	c := model.DefaultCarryOnConfig(0, 0)
+func (j *JobFile) carryOn() carryon.Config {
+	c := carryon.DefaultConfig(0, 0)
 	c.Sources = nil
 	s := j.CarryOn
 	if s.Width != 0 {
@@ -320,7 +321,7 @@ func (j *JobFile) Config() Config {
 		MinLeaseTimeout: time.Duration(j.Swarm.MinLeaseTimeout), NodeTTL: time.Duration(j.Swarm.NodeTTL),
 		MaxAttempts: j.Swarm.MaxAttempts, VerifyKernelRel: j.Verify.KernelRel, SelfVerify: j.Verify.Self,
 		Train: TrainConfig{Steps: t.Steps, BatchSeqs: t.Batch, EvalEvery: t.EvalEvery, Seed: t.Seed,
-			Optim: model.OptimConfig{LR: float32(t.LR), MinLR: float32(t.MinLR), Warmup: t.Warmup,
+			Optim: carryon.OptimConfig{LR: float32(t.LR), MinLR: float32(t.MinLR), Warmup: t.Warmup,
 				WeightDecay: float32(t.WeightDecay), ClipNorm: t.ClipNorm}}}
 	if j.CarryOn != (JobCarryOn{}) {
 		cfg.Train.CarryOn = j.carryOn()

@@ -13,6 +13,7 @@ import (
 
 	"carryon/model"
 	"carryon/tensor"
+	"carryon/tokenizer"
 )
 
 // countingBase counts forward passes (one per sequence).
@@ -49,7 +50,7 @@ func localData(t *testing.T, n int) *Dataset {
 	for i := range n {
 		fmt.Fprintf(&buf, "{\"question\": \"What is %d plus %d?\", \"answer\": \"%d + %d = %d\\n#### %d\"}\n", i, 2*i, i, 2*i, 3*i, 3*i)
 	}
-	ds, err := ReadDataset(&buf, true, model.ByteTokenizer{}, DataConfig{SeqLen: 64, SeqsPerChunk: 3, ValPercent: 20})
+	ds, err := ReadDataset(&buf, true, tokenizer.ByteTokenizer{}, DataConfig{SeqLen: 64, SeqsPerChunk: 3, ValPercent: 20})
 	if err != nil {
 		t.Fatal(err)
 	}

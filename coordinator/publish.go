@@ -22,7 +22,7 @@ type Version struct {
 // Publish stores the adaptor (so the blob protocol serves it), and gossips
 // its CID, parent, step and metrics, signed with the host's key.
 func (c *Coordinator) Publish(ctx context.Context, res *TrainResult) (*Version, error) {
-	data, err := res.CarryOn.MarshalAdaptor(res.Meta)
+	data, err := res.CarryOn.Marshal(res.Meta)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator.Publish: %w", err)
 	}

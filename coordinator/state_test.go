@@ -98,7 +98,7 @@ func TestVersionsAfterRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want, _ := res.CarryOn.MarshalAdaptor(res.Meta)
+	want, _ := res.CarryOn.Marshal(res.Meta)
 	c1.Close()
 
 	c2 := newTestCoordinator(t, dir, base, ds, tc)

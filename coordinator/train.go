@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"carryon/carryon"
 	"carryon/model"
 	"carryon/protocol"
 )
@@ -33,10 +34,10 @@ type EvalInfo struct {
 
 // TrainResult is a trained adaptor and its history.
 type TrainResult struct {
-	CarryOn *model.CarryOn
+	CarryOn *carryon.Model
 	Steps   []StepInfo // the steps taken by this call (after Resumed)
 	Evals   []EvalInfo // every validation pass of the run, restored ones included
-	Meta    model.AdaptorMeta
+	Meta    carryon.Meta
 	Resumed int // the checkpoint step this call resumed from; 0 for a fresh start
 }
 
@@ -96,11 +97,11 @@ func (c *Coordinator) loadSplit(chunks []*Chunk) ([]seqData, error) {
 }
 
 // carryOnConfig completes the configured shape from the base and the job.
-func (c *Coordinator) carryOnConfig(maxSeq int) model.CarryOnConfig {
+func (c *Coordinator) carryOnConfig(maxSeq int) carryon.Config {
 	bc := c.base.Config
 	cfg := c.cfg.Train.CarryOn
 	if cfg.Width == 0 {
-		cfg = model.DefaultCarryOnConfig(bc.Dim, bc.Vocab)
+		cfg = carryon.DefaultConfig(bc.Dim, bc.Vocab)
 	}
 	cfg.Vocab = bc.Vocab
 	cfg.MaxSeq = max(cfg.MaxSeq, maxSeq)
@@ -110,7 +111,7 @@ func (c *Coordinator) carryOnConfig(maxSeq int) model.CarryOnConfig {
 		if l != model.FinalLayer {
 			name = "layer:" + strconv.Itoa(l)
 		}
-		cfg.Sources = append(cfg.Sources, model.Source{Name: name, Dim: bc.Dim})
+		cfg.Sources = append(cfg.Sources, carryon.Source{Name: name, Dim: bc.Dim})
 	}
 	return cfg
 }
@@ -118,7 +119,7 @@ func (c *Coordinator) carryOnConfig(maxSeq int) model.CarryOnConfig {
 // decoder turns cached entries into float32 sources, reusing buffers. For
 // a boosting stage it also runs the earlier stages (chain, root first) on
 // them: the new stage's primary source is then the chain's output y, as at
-// inference (model.ForwardStages), and its shortcut sources stay the base's.
+// inference (carryon.ForwardStages), and its shortcut sources stay the base's.
 type decoder struct {
 	c     *Coordinator
 	buf   [][]float32 // decoded base sources, in Config.Layers order
@@ -129,8 +130,8 @@ type decoder struct {
 
 // chainStage is one earlier carry-on stage and where its sources come from.
 type chainStage struct {
-	co  *model.CarryOn
-	ws  *model.Workspace
+	co  *carryon.Model
+	ws  *carryon.Workspace
 	src []int // per source: index into Config.Layers (source 0 is the running y)
 	in  [][]float32
 }
@@ -176,7 +177,7 @@ const maxStages = 16
 // parents, root first, checking that each was made for this base and reads
 // only layers this job collects.
 func (c *Coordinator) parentChain(parent string, maxSeq int) ([]*chainStage, error) {
-	var cos []*model.CarryOn
+	var cos []*carryon.Model
 	for p := parent; p != ""; {
 		if len(cos) == maxStages {
 			return nil, fmt.Errorf("parent chain longer than %d stages", maxStages)
@@ -189,7 +190,7 @@ func (c *Coordinator) parentChain(parent string, maxSeq int) ([]*chainStage, err
 		if err != nil {
 			return nil, fmt.Errorf("parent %s: %w", p, err)
 		}
-		co, meta, err := model.UnmarshalAdaptor(data)
+		co, meta, err := carryon.Unmarshal(data)
 		if err != nil {
 			return nil, fmt.Errorf("parent %s: %w", p, err)
 		}
@@ -199,10 +200,10 @@ func (c *Coordinator) parentChain(parent string, maxSeq int) ([]*chainStage, err
 		if co.Config.MaxSeq < maxSeq {
 			return nil, fmt.Errorf("parent %s handles sequences of %d tokens, the data has %d", p, co.Config.MaxSeq, maxSeq)
 		}
-		cos = append([]*model.CarryOn{co}, cos...)
+		cos = append([]*carryon.Model{co}, cos...)
 		p = meta.Parent
 	}
-	layers, srcIdx, err := model.StageLayers(c.base, cos)
+	layers, srcIdx, err := carryon.StageLayers(c.base, cos)
 	if err != nil {
 		return nil, err
 	}
@@ -251,11 +252,11 @@ func (c *Coordinator) Train(ctx context.Context, ds *Dataset, hooks Hooks) (*Tra
 	for _, s := range append(append([]seqData(nil), train...), val...) {
 		maxSeq = max(maxSeq, len(s.targets))
 	}
-	co, err := model.NewCarryOn(c.carryOnConfig(maxSeq), tc.Seed)
+	co, err := carryon.New(c.carryOnConfig(maxSeq), tc.Seed)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator.Train: %w", err)
 	}
-	opt, err := model.NewOptimizer(co, tc.Optim)
+	opt, err := carryon.NewOptimizer(co, tc.Optim)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator.Train: %w", err)
 	}
@@ -333,7 +334,7 @@ func (c *Coordinator) Train(ctx context.Context, ds *Dataset, hooks Hooks) (*Tra
 			}
 		}
 	}
-	res.Meta = model.AdaptorMeta{BaseHash: c.base.WeightsHash, Parent: hooks.Parent, Bridge: c.codec.String(),
+	res.Meta = carryon.Meta{BaseHash: c.base.WeightsHash, Parent: hooks.Parent, Bridge: c.codec.String(),
 		DataHash: ds.Hash, Step: tc.Steps, Metrics: map[string]float64{"train_loss": state.Loss}}
 	if n := len(res.Evals); n > 0 {
 		res.Meta.Metrics["val_loss"] = res.Evals[n-1].Loss
@@ -361,13 +362,13 @@ func epochOrder(seed uint64, epoch, n int) []int {
 
 type trainer struct {
 	c      *Coordinator
-	co     *model.CarryOn
-	ws     *model.Workspace // a batch workspace (see batchRows)
+	co     *carryon.Model
+	ws     *carryon.Workspace // a batch workspace (see batchRows)
 	grads  []float32
 	wPred  []float32
 	dec    *decoder
-	pass   []model.CarryOnSeq // the sequences of the current pass
-	srcBuf [][][]float32      // per batch slot: its decoded sources
+	pass   []carryon.Seq // the sequences of the current pass
+	srcBuf [][][]float32 // per batch slot: its decoded sources
 }
 
 // batchActFloats bounds the activations of a training pass (1 GiB): a
@@ -377,14 +378,14 @@ const batchActFloats = 1 << 28
 // batchRows is how many positions one training pass takes: the whole batch
 // of batchSeqs sequences of up to maxSeq positions if its activations fit
 // in batchActFloats, else fewer (at least one sequence).
-func batchRows(cfg model.CarryOnConfig, maxSeq, batchSeqs int) int {
+func batchRows(cfg carryon.Config, maxSeq, batchSeqs int) int {
 	return max(maxSeq, min(batchSeqs*maxSeq, batchActFloats/max(1, cfg.RowFloats())))
 }
 
 // step accumulates the gradient of the batch's mean token loss and takes
 // one optimiser step. The sequences run as batched passes
 // (LossAndGradBatch) of up to t.ws.Rows positions.
-func (t *trainer) step(batch []seqData, opt *model.Optimizer) (StepInfo, error) {
+func (t *trainer) step(batch []seqData, opt *carryon.Optimizer) (StepInfo, error) {
 	start := time.Now()
 	total := 0
 	for _, s := range batch {
@@ -417,7 +418,7 @@ func (t *trainer) step(batch []seqData, opt *model.Optimizer) (StepInfo, error) 
 		for j := range src {
 			own[j] = append(own[j][:0], src[j]...)
 		}
-		pass = append(pass, model.CarryOnSeq{Sources: own, Targets: s.targets, T: T})
+		pass = append(pass, carryon.Seq{Sources: own, Targets: s.targets, T: T})
 		rows += T
 	}
 	flush()

@@ -13,8 +13,10 @@ import (
 	"strings"
 	"testing"
 
+	"carryon/carryon"
 	"carryon/model"
 	"carryon/swarm"
+	"carryon/tokenizer"
 )
 
 // testBase is a tiny random qwen2 over the byte vocabulary.
@@ -42,7 +44,7 @@ func testData(n int) []byte {
 
 func testDataset(t testing.TB) *Dataset {
 	t.Helper()
-	ds, err := ReadDataset(bytes.NewReader(testData(48)), true, model.ByteTokenizer{}, DataConfig{SeqLen: 32, SeqsPerChunk: 4, ValPercent: 20})
+	ds, err := ReadDataset(bytes.NewReader(testData(48)), true, tokenizer.ByteTokenizer{}, DataConfig{SeqLen: 32, SeqsPerChunk: 4, ValPercent: 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,10 +56,10 @@ func testDataset(t testing.TB) *Dataset {
 
 // testTrainConfig is a small carry-on trained for steps steps.
 func testTrainConfig(steps, every int) TrainConfig {
-	co := model.DefaultCarryOnConfig(32, model.ByteTokVocabSize)
+	co := carryon.DefaultConfig(32, tokenizer.ByteTokVocabSize)
 	co.Width, co.Layers, co.Heads, co.FFN = 16, 1, 2, 32
 	return TrainConfig{CarryOn: co, Steps: steps, BatchSeqs: 4, EvalEvery: 5, CheckpointEvery: every,
-		Optim: model.OptimConfig{LR: 1e-2}}
+		Optim: carryon.OptimConfig{LR: 1e-2}}
 }
 
 // newTestCoordinator opens a coordinator on dir (no swarm topics) with the
@@ -99,7 +101,7 @@ func newTestCoordinator(t testing.TB, dir string, base *model.Base, ds *Dataset,
 
 func adaptorBytes(t *testing.T, res *TrainResult) []byte {
 	t.Helper()
-	b, err := res.CarryOn.MarshalAdaptor(res.Meta)
+	b, err := res.CarryOn.Marshal(res.Meta)
 	if err != nil {
 		t.Fatal(err)
 	}

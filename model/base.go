@@ -273,12 +273,12 @@ func (b *Base) lookup(x []float32, ids []int32) {
 	}
 }
 
-// headForward computes logits = hidden·W_predᵀ with the head in whichever
+// LogitsInto computes logits = hidden·W_predᵀ into out, with the head in whichever
 // form the base holds it.
 //
 //	out:    (T, Vocab)
 //	hidden: (T, Dim)
-func (b *Base) headForward(out, hidden []float32, T int) {
+func (b *Base) LogitsInto(out, hidden []float32, T int) {
 	c := b.Config
 	if b.headQ != nil {
 		tensor.GemmQuant(T, hidden, c.Dim, *b.headQ, out, c.Vocab)
@@ -298,7 +298,7 @@ func (b *Base) Logits(hidden []float32, T int) []float32 {
 		panic(fmt.Sprintf("model.Logits: hidden has %d floats, want T·Dim = %d", len(hidden), T*c.Dim))
 	}
 	out := make([]float32, T*c.Vocab)
-	b.headForward(out, hidden, T)
+	b.LogitsInto(out, hidden, T)
 	return out
 }
 

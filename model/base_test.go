@@ -14,25 +14,11 @@ import (
 	"strings"
 	"testing"
 
+	"carryon/internal/testenv"
 	"carryon/tensor"
 )
 
 // tinyConfig is a small model of each family for unit tests.
-func tinyConfig(arch string) Config {
-	c := Config{Arch: arch, Dim: 32, Layers: 2, Heads: 4, KVHeads: 2, HeadDim: 8, FFN: 48, Vocab: 50,
-		MaxPos: 64, RopeTheta: 1e4, NormEps: 1e-6, TiedEmbeddings: true, BOS: 1, EOS: 2}
-	switch arch {
-	case "qwen2":
-		c.QKVBias = true
-	case "qwen3":
-		c.QKNorm, c.HeadDim, c.QKVBias = true, 16, true // heads·hd != Dim, with attention_bias
-	case "llama":
-		c.TiedEmbeddings = false
-		c.RopeScaling = &tensor.RoPEScaling{Factor: 8, LowFreqFactor: 1, HighFreqFactor: 4, OriginalContext: 16}
-	}
-	return c
-}
-
 func TestParseConfigGolden(t *testing.T) {
 	scaling := &tensor.RoPEScaling{Factor: 32, LowFreqFactor: 1, HighFreqFactor: 4, OriginalContext: 8192}
 	cases := map[string]Config{
@@ -67,7 +53,7 @@ func TestParseConfigGolden(t *testing.T) {
 		}
 	}
 	for _, arch := range []string{"qwen2", "qwen3", "llama"} {
-		c := tinyConfig(arch)
+		c := TinyConfig(arch)
 		if back, err := ParseConfig(c.JSON()); err != nil || !reflect.DeepEqual(back, c) {
 			t.Errorf("%s: JSON round trip: %v\n got %+v\nwant %+v", arch, err, back, c)
 		}
@@ -75,7 +61,7 @@ func TestParseConfigGolden(t *testing.T) {
 }
 
 func TestConfigErrorsNameTheField(t *testing.T) {
-	base := string(tinyConfig("llama").JSON())
+	base := string(TinyConfig("llama").JSON())
 	edit := func(old, new string) string { return strings.Replace(base, old, new, 1) }
 	cases := []struct{ name, json, want string }{
 		{"heads", edit(`"num_attention_heads": 4`, `"num_attention_heads": 3`), "num_attention_heads"},
@@ -130,7 +116,7 @@ func FuzzParseConfig(f *testing.F) {
 func writeTiny(t *testing.T, arch string, seed uint64) (string, Config) {
 	t.Helper()
 	dir := t.TempDir()
-	cfg := tinyConfig(arch)
+	cfg := TinyConfig(arch)
 	if err := WriteRandomBase(dir, cfg, seed); err != nil {
 		t.Fatal(err)
 	}
@@ -377,8 +363,8 @@ func TestShardedAndHalf(t *testing.T) {
 		t.Errorf("sharded WeightsHash %s, want %s", b.WeightsHash, want)
 	}
 	b.Close()
-	if got := loadForward(t, sharded); maxRel(got, ref) != 0 {
-		t.Errorf("sharded forward differs: rel %g", maxRel(got, ref))
+	if got := loadForward(t, sharded); testenv.MaxRel(got, ref) != 0 {
+		t.Errorf("sharded forward differs: rel %g", testenv.MaxRel(got, ref))
 	}
 
 	for _, dt := range []tensor.DType{tensor.BF16, tensor.F16} {
@@ -412,8 +398,8 @@ func TestShardedAndHalf(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := loadForward(t, roundedDir)
-		if got := loadForward(t, half); maxRel(got, want) != 0 {
-			t.Errorf("%s forward differs from F32 of the rounded weights: rel %g", dt, maxRel(got, want))
+		if got := loadForward(t, half); testenv.MaxRel(got, want) != 0 {
+			t.Errorf("%s forward differs from F32 of the rounded weights: rel %g", dt, testenv.MaxRel(got, want))
 		}
 		// By default the weights stay in their stored format (half the
 		// memory), and a short (decode-sized) forward agrees too.
@@ -429,7 +415,7 @@ func TestShardedAndHalf(t *testing.T) {
 			t.Fatal(err)
 		}
 		short := []int32{3, 1, 4}
-		if e := maxRel(mustForward(t, hb, short, FinalLayer), mustForward(t, rb, short, FinalLayer)); e > 1e-5 {
+		if e := testenv.MaxRel(mustForward(t, hb, short, FinalLayer), mustForward(t, rb, short, FinalLayer)); e > 1e-5 {
 			t.Errorf("%s: 3-token forward differs from F32 of the rounded weights: rel %g", dt, e)
 		}
 		if !slices.Equal(hb.Embeddings(), rb.Embeddings()) || !slices.Equal(hb.layers[1].up.float32(), rb.layers[1].up.float32()) {
@@ -457,7 +443,7 @@ func TestShardedAndHalf(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		e := maxRel(got, mustForward(t, rb, ids, FinalLayer))
+		e := testenv.MaxRel(got, mustForward(t, rb, ids, FinalLayer))
 		rb.Close()
 		t.Logf("KeepBF16 forward vs float32 of the same weights: max rel %.2e", e)
 		if e > 5e-2 {
@@ -483,20 +469,11 @@ func loadForward(t *testing.T, dir string) []float32 {
 }
 
 // maxRel is max |a-b| / max |b|.
-func maxRel(a, b []float32) float64 {
-	var d, m float64
-	for i := range b {
-		d = math.Max(d, math.Abs(float64(a[i])-float64(b[i])))
-		m = math.Max(m, math.Abs(float64(b[i])))
-	}
-	return d / m
-}
-
 func TestForwardMatchesReference(t *testing.T) {
 	ids := []int32{1, 7, 3, 49, 22, 22, 0, 13, 40, 2, 8, 31, 30, 29, 28, 27, 11, 5, 6, 44}
 	for _, arch := range []string{"qwen2", "qwen3", "llama"} {
 		t.Run(arch, func(t *testing.T) {
-			b, err := NewRandomBase(tinyConfig(arch), 11)
+			b, err := NewRandomBase(TinyConfig(arch), 11)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -522,7 +499,7 @@ func TestForwardMatchesReference(t *testing.T) {
 					wantLogits[t0*c.Vocab+v] = float32(s)
 				}
 			}
-			if e := maxRel(logits, wantLogits); e > 1e-6 {
+			if e := testenv.MaxRel(logits, wantLogits); e > 1e-6 {
 				t.Errorf("logits: max rel error %.2g", e)
 			}
 		})
@@ -688,7 +665,7 @@ func maxRel64(a []float32, b []float64) float64 {
 }
 
 func TestForwardCausalAndBatch(t *testing.T) {
-	b, err := NewRandomBase(tinyConfig("qwen2"), 4)
+	b, err := NewRandomBase(TinyConfig("qwen2"), 4)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -700,7 +677,7 @@ func TestForwardCausalAndBatch(t *testing.T) {
 	}
 	D := b.Config.Dim
 	for li := range 2 {
-		if e := maxRel(res[0][li][:len(short)*D], res[1][li]); e > 1e-6 {
+		if e := testenv.MaxRel(res[0][li][:len(short)*D], res[1][li]); e > 1e-6 {
 			t.Errorf("layer entry %d: a prefix's states depend on later tokens (rel %g)", li, e)
 		}
 		one, _ := b.Forward(long, []int{[]int{FinalLayer, 1}[li]})
@@ -719,7 +696,7 @@ func TestForwardCausalAndBatch(t *testing.T) {
 // across sequences and RoPE positions restart; a batch longer than
 // MaxBatchTokens is split and still gives every sequence.
 func TestForwardBatchVarlen(t *testing.T) {
-	b, err := NewRandomBase(tinyConfig("qwen3"), 5)
+	b, err := NewRandomBase(TinyConfig("qwen3"), 5)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -749,7 +726,7 @@ func TestForwardBatchVarlen(t *testing.T) {
 			if len(res[s][li]) != len(ids)*b.Config.Dim {
 				t.Fatalf("sequence %d layer %d: %d floats, want %d", s, layers[li], len(res[s][li]), len(ids)*b.Config.Dim)
 			}
-			e := maxRel(one[li], res[s][li])
+			e := testenv.MaxRel(one[li], res[s][li])
 			if len(ids) >= packedMinRows && e != 0 {
 				t.Errorf("sequence %d (%d tokens) layer %d: batched differs from alone by %.2e, want bitwise", s, len(ids), layers[li], e)
 			}
@@ -768,7 +745,7 @@ func TestForwardBatchVarlen(t *testing.T) {
 		t.Fatal(err)
 	}
 	for s, ids := range big {
-		e := maxRel(mustForward(t, b, ids, FinalLayer), got[s][0])
+		e := testenv.MaxRel(mustForward(t, b, ids, FinalLayer), got[s][0])
 		if (len(ids) >= packedMinRows && e != 0) || e > 1e-5 {
 			t.Errorf("split batch, sequence %d (%d tokens): differs from alone by %.2e", s, len(ids), e)
 		}
@@ -788,7 +765,7 @@ func mustForward(t *testing.T, b *Base, ids []int32, layer int) []float32 {
 }
 
 func TestForwardErrors(t *testing.T) {
-	b, _ := NewRandomBase(tinyConfig("llama"), 1)
+	b, _ := NewRandomBase(TinyConfig("llama"), 1)
 	long := make([]int32, b.Config.MaxPos+1)
 	cases := []struct {
 		ids    []int32

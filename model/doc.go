@@ -1,6 +1,8 @@
-// Package model holds pure functions of weights shared by the node and the
-// coordinator: the frozen base LLMs (llama, qwen2, qwen3) and their loaders,
-// the tokenizer, and the carry-on network.
+// Package model is the frozen base LLM: the llama, qwen2 and qwen3 dense
+// families, their loaders (Hugging Face safetensors, GGUF, llama2.c), the
+// forward pass, KV-cached incremental decoding and sampling, and the base's
+// full training step (BaseTrainer, which pretrain drives). Tokenizers live in
+// tokenizer/, the carry-on in carryon/.
 //
 // # Base models
 //

@@ -180,7 +180,7 @@ func TestStories260KOracle(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer back.Close()
-	if got, want := mustForward(t, back, seqs[1], FinalLayer), mustForward(t, b, seqs[1], FinalLayer); maxRel(got, want) != 0 {
+	if got, want := mustForward(t, back, seqs[1], FinalLayer), mustForward(t, b, seqs[1], FinalLayer); testenv.MaxRel(got, want) != 0 {
 		t.Errorf("SaveHF/LoadBase round trip changed the forward pass")
 	}
 }

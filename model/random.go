@@ -1,6 +1,7 @@
 package model
 
 import (
+	"carryon/tensor"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -78,4 +79,22 @@ func WriteRandomBase(dir string, cfg Config, seed uint64) error {
 		return fmt.Errorf("model.WriteRandomBase: %w", err)
 	}
 	return nil
+}
+
+// TinyConfig is a small configuration of the given family (qwen2, qwen3 or
+// llama) for tests and examples: 2 layers, Dim 32, a 50-token vocabulary,
+// with the family's biases, q/k norms or RoPE scaling switched on.
+func TinyConfig(arch string) Config {
+	c := Config{Arch: arch, Dim: 32, Layers: 2, Heads: 4, KVHeads: 2, HeadDim: 8, FFN: 48, Vocab: 50,
+		MaxPos: 64, RopeTheta: 1e4, NormEps: 1e-6, TiedEmbeddings: true, BOS: 1, EOS: 2}
+	switch arch {
+	case "qwen2":
+		c.QKVBias = true
+	case "qwen3":
+		c.QKNorm, c.HeadDim, c.QKVBias = true, 16, true // heads·hd != Dim, with attention_bias
+	case "llama":
+		c.TiedEmbeddings = false
+		c.RopeScaling = &tensor.RoPEScaling{Factor: 8, LowFreqFactor: 1, HighFreqFactor: 4, OriginalContext: 16}
+	}
+	return c
 }

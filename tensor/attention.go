@@ -364,3 +364,58 @@ func expf32(x float32) float32 {
 	h := ni / 2
 	return y * math.Float32frombits(uint32(h+127)<<23) * math.Float32frombits(uint32(ni-h+127)<<23)
 }
+
+// CachedAttentionRows is how many query rows CachedAttention scores at once, which
+// bounds its scores buffer to CachedAttentionRows·positions floats.
+const CachedAttentionRows = 64
+
+// CachedAttention is causal attention of T new queries at positions
+// start..start+T-1 over the cached keys and values of positions
+// 0..start+T-1. scores must hold min(T, CachedAttentionRows)·(start+T) floats.
+//
+//	out: (T, nHead·hd)
+//	q:   (T, nHead·hd), after RoPE
+//	kc:  (≥ start+T, nKV·hd) keys after RoPE, row-major
+//	vc:  (≥ start+T, nKV·hd)
+func CachedAttention(out, q, kc, vc, scores []float32, start, T, nHead, nKV, hd int) {
+	group := nHead / nKV
+	qd, kvd := nHead*hd, nKV*hd
+	scale := float32(1 / math.Sqrt(float64(hd)))
+	for h := 0; h < nHead; h++ {
+		kvh := h / group
+		for r0 := 0; r0 < T; r0 += CachedAttentionRows {
+			r1 := min(r0+CachedAttentionRows, T)
+			nr, P := r1-r0, start+r1 // keys the block's last row sees
+			s := scores[:nr*P]
+			Gemm(false, true, nr, P, hd, scale, q[r0*qd+h*hd:], qd, kc[kvh*hd:], kvd, 0, s, P)
+			for r := 0; r < nr; r++ {
+				row := s[r*P : (r+1)*P]
+				valid := start + r0 + r + 1
+				mx := row[0]
+				for _, v := range row[:valid] {
+					mx = max(mx, v)
+				}
+				var sum float64
+				for j, v := range row[:valid] {
+					e := math.Exp(float64(v - mx))
+					row[j] = float32(e)
+					sum += e
+				}
+				inv := float32(1 / sum)
+				for j := range row[:valid] {
+					row[j] *= inv
+				}
+				clear(row[valid:])
+			}
+			Gemm(false, false, nr, hd, P, 1, s, P, vc[kvh*hd:], kvd, 0, out[r0*qd+h*hd:], qd)
+		}
+	}
+}
+
+// Grow returns buf resized to n, reallocating only when it is too small.
+func Grow(buf []float32, n int) []float32 {
+	if cap(buf) < n {
+		return make([]float32, n)
+	}
+	return buf[:n]
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"carryon/carryon"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,8 +20,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-
-	"carryon/model"
 )
 
 func init() {
@@ -153,19 +152,19 @@ func cutHiddenFlag(args []string, name string) (rest []string, val string, err e
 
 // benchSetup is a carry-on trainer on random data.
 type benchSetup struct {
-	co      *model.CarryOn
-	opt     *model.Optimizer
-	ws      *model.Workspace
+	co      *carryon.Model
+	opt     *carryon.Optimizer
+	ws      *carryon.Workspace
 	grads   []float32
 	wPred   []float32
 	xs      [][]float32
 	targets [][]int32
-	seqs    []model.CarryOnSeq // the batch, for LossAndGradBatch
+	seqs    []carryon.Seq // the batch, for LossAndGradBatch
 	perSeq  bool
 }
 
-func newBenchSetup(cfg model.CarryOnConfig, seq, batch int, perSeq bool, mark func(string)) (*benchSetup, error) {
-	co, err := model.NewCarryOn(cfg, 1)
+func newBenchSetup(cfg carryon.Config, seq, batch int, perSeq bool, mark func(string)) (*benchSetup, error) {
+	co, err := carryon.New(cfg, 1)
 	if err != nil {
 		return nil, err
 	}
@@ -174,7 +173,7 @@ func newBenchSetup(cfg model.CarryOnConfig, seq, batch int, perSeq bool, mark fu
 		co.Delta[i] = float32(0.02 * rng.NormFloat64())
 	}
 	s := &benchSetup{co: co, grads: make([]float32, len(co.Params)), perSeq: perSeq}
-	if s.opt, err = model.NewOptimizer(co, model.DefaultOptimConfig(1000)); err != nil {
+	if s.opt, err = carryon.NewOptimizer(co, carryon.DefaultOptimConfig(1000)); err != nil {
 		return nil, err
 	}
 	mark("params_grads_adam")
@@ -194,7 +193,7 @@ func newBenchSetup(cfg model.CarryOnConfig, seq, batch int, perSeq bool, mark fu
 			t[i] = int32(rng.IntN(V))
 		}
 		s.xs, s.targets = append(s.xs, x), append(s.targets, t)
-		s.seqs = append(s.seqs, model.CarryOnSeq{Sources: [][]float32{x}, Targets: t, T: seq})
+		s.seqs = append(s.seqs, carryon.Seq{Sources: [][]float32{x}, Targets: t, T: seq})
 	}
 	mark("inputs")
 	if perSeq {
@@ -227,7 +226,7 @@ func (s *benchSetup) step(seq int) float64 {
 
 // benchTrainGo times steps optimiser steps after one warm-up step; with
 // cpuProfile set it writes a CPU profile of the timed steps there.
-func benchTrainGo(cfg model.CarryOnConfig, seq, batch, steps int, perSeq bool, cpuProfile string) (benchResult, error) {
+func benchTrainGo(cfg carryon.Config, seq, batch, steps int, perSeq bool, cpuProfile string) (benchResult, error) {
 	s, err := newBenchSetup(cfg, seq, batch, perSeq, func(string) {})
 	if err != nil {
 		return benchResult{}, err
@@ -282,7 +281,7 @@ func procCPU() time.Duration {
 
 // benchMemory builds the trainer stage by stage, runs a few steps, and
 // reports resident memory after each stage and at the peak.
-func benchMemory(cfg model.CarryOnConfig, seq, batch, steps int, perSeq bool, stdout io.Writer) error {
+func benchMemory(cfg carryon.Config, seq, batch, steps int, perSeq bool, stdout io.Writer) error {
 	debug.FreeOSMemory()
 	rss0, _ := procStatus("VmRSS")
 	prev := rss0
@@ -372,7 +371,7 @@ var torchBLASDirs = []string{
 	"/usr/lib/x86_64-linux-gnu/blis-pthread",
 }
 
-func benchTrainTorch(ctx context.Context, cfg model.CarryOnConfig, g benchResult, python, script, blasDir string, stderr io.Writer) (benchResult, error) {
+func benchTrainTorch(ctx context.Context, cfg carryon.Config, g benchResult, python, script, blasDir string, stderr io.Writer) (benchResult, error) {
 	if script == "" {
 		script = findUp(filepath.Join("scripts", "bench_train_torch.py"))
 		if script == "" {

@@ -13,6 +13,7 @@ import (
 
 	"carryon/internal/demo"
 	"carryon/model"
+	"carryon/tokenizer"
 )
 
 func init() {
@@ -108,7 +109,7 @@ func parseLayers(s string) ([]int, []string, error) {
 // maxEmbedInput caps the JSON input file.
 const maxEmbedInput = 256 << 20
 
-func readSequences(tokensPath, textPath string, tok model.Tokenizer, tokErr error) ([][]int32, error) {
+func readSequences(tokensPath, textPath string, tok tokenizer.Tokenizer, tokErr error) ([][]int32, error) {
 	path := tokensPath
 	if path == "" {
 		path = textPath
@@ -143,7 +144,7 @@ func readSequences(tokensPath, textPath string, tok model.Tokenizer, tokErr erro
 // openAnyModel opens a GGUF file, a checkpoint directory, or the
 // embedded "default" base; without a fitting tokenizer the model still opens
 // (ids work), tok is nil and tokErr says why (demo.OpenTokenized).
-func openAnyModel(spec string) (b *model.Base, tok model.Tokenizer, tokErr, err error) {
+func openAnyModel(spec string) (b *model.Base, tok tokenizer.Tokenizer, tokErr, err error) {
 	b, tok, tokErr, _, err = demo.OpenTokenized(spec, demo.DefaultCacheDir())
 	return b, tok, tokErr, err
 }

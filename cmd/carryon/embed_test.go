@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"carryon/model"
+	"carryon/tokenizer"
 )
 
 // TestEmbedAndBenchForward runs `embed` on a small random checkpoint with
@@ -44,7 +45,7 @@ func TestEmbedAndBenchForward(t *testing.T) {
 	// embed runs its sequences as one batch: exactly ForwardBatch's numbers.
 	var texts [][]int32
 	for _, txt := range []string{"hi there", "x"} {
-		texts = append(texts, model.ByteTokenizer{}.Encode(txt))
+		texts = append(texts, tokenizer.ByteTokenizer{}.Encode(txt))
 	}
 	batch, err := b.ForwardBatch(texts, []int{model.FinalLayer, 0, 2})
 	if err != nil {

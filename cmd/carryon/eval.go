@@ -12,9 +12,10 @@ import (
 	"regexp"
 	"strings"
 
+	"carryon/carryon"
 	"carryon/internal/demo"
-	"carryon/model"
 	"carryon/tensor"
+	"carryon/tokenizer"
 )
 
 func init() {
@@ -63,7 +64,7 @@ type qaExample struct {
 	answer  string
 }
 
-func qaTokenize(tok model.Tokenizer, question, answer string, maxLen int) qaExample {
+func qaTokenize(tok tokenizer.Tokenizer, question, answer string, maxLen int) qaExample {
 	var ex qaExample
 	if bos := tok.BOS(); bos >= 0 {
 		ex.prompt = append(ex.prompt, bos)
@@ -149,7 +150,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		ex := qaTokenize(tok, rec.Question, rec.Answer, min(*seqLen, c.MaxPos))
 		T := len(ex.ids)
-		x, y, err := model.ForwardStages(base, cos, float32(*alpha), ex.ids, *bridge)
+		x, y, err := carryon.ForwardStages(base, cos, float32(*alpha), ex.ids, *bridge)
 		if err != nil {
 			return fmt.Errorf("%s line %d: %w", *data, line, err)
 		}
@@ -164,8 +165,8 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if !ok {
 			continue // no final answer to match: counts as unanswerable
 		}
-		for i, st := range [][]*model.CarryOn{nil, cos} {
-			gen, _, err := model.GenerateIDs(base, st, float32(*alpha), ex.prompt, model.GenerateOptions{
+		for i, st := range [][]*carryon.Model{nil, cos} {
+			gen, _, err := carryon.GenerateIDs(base, st, float32(*alpha), ex.prompt, carryon.GenerateOptions{
 				MaxTokens: *maxTokens, Stop: []int32{tok.EOS()}, Bridge: *bridge})
 			if err != nil {
 				return fmt.Errorf("%s line %d: %w", *data, line, err)

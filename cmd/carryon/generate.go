@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"carryon/carryon"
 	"carryon/internal/demo"
 	"carryon/model"
 	"carryon/protocol"
@@ -29,8 +30,8 @@ func defaultStoreDir() string {
 type adaptorStage struct {
 	spec string
 	cid  string
-	co   *model.CarryOn
-	meta model.AdaptorMeta
+	co   *carryon.Model
+	meta carryon.Meta
 }
 
 // loadAdaptors resolves a comma-separated list of adaptor files or CIDs
@@ -47,7 +48,7 @@ func loadAdaptors(list, storeDir string, base *model.Base) ([]adaptorStage, erro
 		if err != nil {
 			return nil, err
 		}
-		co, meta, err := model.UnmarshalAdaptor(data)
+		co, meta, err := carryon.Unmarshal(data)
 		if err != nil {
 			return nil, fmt.Errorf("adaptor %s: %w", spec, err)
 		}
@@ -88,8 +89,8 @@ func readAdaptor(spec, storeDir string) ([]byte, error) {
 	return data, err
 }
 
-func carryOns(stages []adaptorStage) []*model.CarryOn {
-	out := make([]*model.CarryOn, len(stages))
+func carryOns(stages []adaptorStage) []*carryon.Model {
+	out := make([]*carryon.Model, len(stages))
 	for i, s := range stages {
 		out[i] = s.co
 	}
@@ -124,7 +125,7 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if err != nil {
 		return err
 	}
-	g, err := model.Generate(base, tok, carryOns(stages), float32(*alpha), *prompt, model.GenerateOptions{
+	g, err := carryon.Generate(base, tok, carryOns(stages), float32(*alpha), *prompt, carryon.GenerateOptions{
 		MaxTokens: *maxTokens, Temperature: *temperature, TopK: *topK, Seed: *seed, Bridge: *bridge,
 		OnToken: func(int32) bool { return ctx.Err() == nil },
 	})

@@ -5,9 +5,11 @@ import (
 	"flag"
 	"path/filepath"
 
+	"carryon/carryon"
 	"carryon/coordinator"
 	"carryon/internal/demo"
 	"carryon/model"
+	"carryon/tokenizer"
 )
 
 // jobFlags are the flags of a training job, shared by `carryon coordinator`
@@ -36,7 +38,7 @@ func addJobFlags(fs *flag.FlagSet) *jobFlags {
 }
 
 // dataset reads --data ("default": the demo's generated problems).
-func (f *jobFlags) dataset(tok model.Tokenizer, dcfg coordinator.DataConfig) (*coordinator.Dataset, error) {
+func (f *jobFlags) dataset(tok tokenizer.Tokenizer, dcfg coordinator.DataConfig) (*coordinator.Dataset, error) {
 	if *f.data == "default" {
 		return coordinator.ReadDataset(bytes.NewReader(demo.DefaultData(600)), true, tok, dcfg)
 	}
@@ -53,10 +55,10 @@ func (f *jobFlags) config(base *model.Base) coordinator.Config {
 }
 
 // defaultShape is a carry-on of the given width and depth on a base of
-// width dim, in the default proportions (model.CarryOnConfig.WithWidth);
+// width dim, in the default proportions (carryon.Config.WithWidth);
 // the coordinator fills in the sources, vocabulary and sequence length.
-func defaultShape(dim, vocab, width, layers int, alpha float32) model.CarryOnConfig {
-	c := model.DefaultCarryOnConfig(dim, vocab).WithWidth(width)
+func defaultShape(dim, vocab, width, layers int, alpha float32) carryon.Config {
+	c := carryon.DefaultConfig(dim, vocab).WithWidth(width)
 	c.Layers, c.Alpha = layers, alpha
 	return c
 }

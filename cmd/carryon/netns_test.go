@@ -16,7 +16,7 @@ import (
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/host"
 
-	"carryon/model"
+	"carryon/carryon"
 	"carryon/protocol"
 	"carryon/swarm"
 )
@@ -51,11 +51,11 @@ func TestPullThroughDHT(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	co, err := model.NewCarryOn(defaultShape(32, 259, 16, 1, 1), 1)
+	co, err := carryon.New(defaultShape(32, 259, 16, 1, 1), 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	adaptor, err := co.MarshalAdaptor(model.AdaptorMeta{BaseHash: "sha256:test", Bridge: "8", Step: 3})
+	adaptor, err := co.Marshal(carryon.Meta{BaseHash: "sha256:test", Bridge: "8", Step: 3})
 	if err != nil {
 		t.Fatal(err)
 	}

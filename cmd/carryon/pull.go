@@ -9,7 +9,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
-	"carryon/model"
+	"carryon/carryon"
 	"carryon/protocol"
 	"carryon/swarm"
 )
@@ -83,7 +83,7 @@ func runPull(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	co, meta, err := model.UnmarshalAdaptor(data)
+	co, meta, err := carryon.Unmarshal(data)
 	if err != nil {
 		return fmt.Errorf("adaptor %s: %w", c, err)
 	}

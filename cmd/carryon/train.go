@@ -71,7 +71,7 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	blob, err := res.CarryOn.MarshalAdaptor(res.Meta)
+	blob, err := res.CarryOn.Marshal(res.Meta)
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"carryon/model"
+	"carryon/tokenizer"
 )
 
 // TestEmbeddedBase writes the shipped base out and checks that the normal
@@ -34,7 +35,7 @@ func TestEmbeddedBase(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	tok, err := model.LoadTokenizer(filepath.Join(dir, "tokenizer.json"))
+	tok, err := tokenizer.LoadTokenizer(filepath.Join(dir, "tokenizer.json"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"carryon/model"
+	"carryon/tokenizer"
 )
 
 // DefaultBaseName names the default base in adverts and logs.
@@ -57,7 +58,7 @@ func DefaultCacheDir() string {
 // (tokenizer from its metadata), anything else a directory with config.json
 // and safetensors weights. It returns the loaded base, its tokenizer (see
 // OpenTokenized) and a display name; a missing tokenizer is an error.
-func OpenModel(spec, cacheDir string) (*model.Base, model.Tokenizer, string, error) {
+func OpenModel(spec, cacheDir string) (*model.Base, tokenizer.Tokenizer, string, error) {
 	b, tok, tokErr, name, err := OpenTokenized(spec, cacheDir)
 	if err != nil {
 		return nil, nil, "", err
@@ -73,7 +74,7 @@ func OpenModel(spec, cacheDir string) (*model.Base, model.Tokenizer, string, err
 // the base opens even when no tokenizer fits, and tokErr says why. The
 // tokenizer is the GGUF's own, the directory's tokenizer.json, or the byte
 // tokenizer for a byte-vocabulary model without one.
-func OpenTokenized(spec, cacheDir string) (b *model.Base, tok model.Tokenizer, tokErr error, name string, err error) {
+func OpenTokenized(spec, cacheDir string) (b *model.Base, tok tokenizer.Tokenizer, tokErr error, name string, err error) {
 	dir := spec
 	name = filepath.Base(filepath.Clean(spec))
 	if spec == "" || spec == "default" {
@@ -92,7 +93,7 @@ func OpenTokenized(spec, cacheDir string) (b *model.Base, tok model.Tokenizer, t
 		if b, err = model.LoadGGUF(dir); err != nil {
 			return nil, nil, nil, "", err
 		}
-		t, tokErr := model.LoadGGUFTokenizer(dir)
+		t, tokErr := tokenizer.LoadGGUF(dir)
 		if tokErr != nil {
 			return b, nil, tokErr, strings.TrimSuffix(name, filepath.Ext(name)), nil
 		}
@@ -102,14 +103,14 @@ func OpenTokenized(spec, cacheDir string) (b *model.Base, tok model.Tokenizer, t
 		return nil, nil, nil, "", err
 	}
 	if p := filepath.Join(dir, "tokenizer.json"); fileExists(p) {
-		t, tokErr := model.LoadTokenizer(p)
+		t, tokErr := tokenizer.LoadTokenizer(p)
 		if tokErr != nil {
 			return b, nil, tokErr, name, nil
 		}
 		return b, t, nil, name, nil
 	}
-	if b.Config.Vocab == (model.ByteTokenizer{}).VocabSize() {
-		return b, model.ByteTokenizer{}, nil, name, nil
+	if b.Config.Vocab == (tokenizer.ByteTokenizer{}).VocabSize() {
+		return b, tokenizer.ByteTokenizer{}, nil, name, nil
 	}
 	return b, nil, fmt.Errorf("demo.OpenModel: %s has no tokenizer.json and its vocabulary (%d) is not the byte tokenizer's", dir, b.Config.Vocab), name, nil
 }

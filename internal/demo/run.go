@@ -15,8 +15,8 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"carryon/carryon"
 	"carryon/coordinator"
-	"carryon/model"
 	"carryon/node"
 	"carryon/protocol"
 	"carryon/swarm"
@@ -179,7 +179,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	if err != nil {
 		return err
 	}
-	co, meta, err := model.UnmarshalAdaptor(got)
+	co, meta, err := carryon.Unmarshal(got)
 	if err != nil {
 		return fmt.Errorf("demo: pulled adaptor does not load: %w", err)
 	}

@@ -1,10 +1,9 @@
 package experiments
 
 import (
+	"carryon/carryon"
 	"fmt"
 	"strings"
-
-	"carryon/model"
 )
 
 // exactExp: greedy answers to held-out problems, scored on the number after
@@ -13,7 +12,7 @@ import (
 func (r *runner) exactExp() error {
 	type system struct {
 		name   string
-		stages []*model.CarryOn
+		stages []*carryon.Model
 		bridge string
 	}
 	systems := []system{{name: "base alone"}}
@@ -22,7 +21,7 @@ func (r *runner) exactExp() error {
 		if err != nil {
 			return err
 		}
-		systems = append(systems, system{name: fmt.Sprintf("base + carry-on (%s)", d), stages: []*model.CarryOn{t.co}, bridge: "q8"})
+		systems = append(systems, system{name: fmt.Sprintf("base + carry-on (%s)", d), stages: []*carryon.Model{t.co}, bridge: "q8"})
 	}
 	probs := r.split.Val[:min(len(r.split.Val), r.sz.ExactProblems)]
 	out := &ExactResult{Problems: len(probs)}
@@ -48,7 +47,7 @@ func (r *runner) exactExp() error {
 			sample = &Sample{Question: p.Question, Reference: p.Answer}
 		}
 		for si, s := range systems {
-			gen, stopped, err := model.GenerateIDs(r.base, s.stages, 1, prompt, model.GenerateOptions{
+			gen, stopped, err := carryon.GenerateIDs(r.base, s.stages, 1, prompt, carryon.GenerateOptions{
 				MaxTokens: maxNew, Stop: []int32{r.tok.EOS()}, Bridge: s.bridge})
 			if err != nil {
 				return err

@@ -18,8 +18,8 @@ import (
 	"carryon/coordinator"
 	"carryon/internal/demo"
 	"carryon/internal/testenv"
-	"carryon/model"
 	"carryon/tensor"
+	"carryon/tokenizer"
 )
 
 func TestFinalNumber(t *testing.T) {
@@ -60,7 +60,7 @@ func TestLoadSplit(t *testing.T) {
 	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	tok := model.ByteTokenizer{}
+	tok := tokenizer.ByteTokenizer{}
 	const maxTok = 100
 	s, err := LoadSplit(path, tok, maxTok, 5, 0, 12, 0)
 	if err != nil {

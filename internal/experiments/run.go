@@ -22,9 +22,11 @@ import (
 	"runtime"
 	"time"
 
+	"carryon/carryon"
 	"carryon/coordinator"
 	"carryon/model"
 	"carryon/tensor"
+	"carryon/tokenizer"
 )
 
 // Names are the experiments, in the order they run; Options.Only takes one.
@@ -241,7 +243,7 @@ type runner struct {
 	opt      Options
 	sz       Sizes
 	base     *model.Base
-	tok      model.Tokenizer
+	tok      tokenizer.Tokenizer
 	split    *Split
 	fit      *coordinator.Dataset // Train and Val
 	wide     *coordinator.Dataset // Wide and Val
@@ -254,7 +256,7 @@ type runner struct {
 
 type trained struct {
 	run CarryOnRun
-	co  *model.CarryOn
+	co  *carryon.Model
 }
 
 func (r *runner) logf(format string, args ...any) {
@@ -271,7 +273,7 @@ func timed(f func() error) (float64, error) {
 
 // Run runs the experiments on base and writes their results under
 // opt.Out. tok must be base's tokenizer.
-func Run(ctx context.Context, base *model.Base, tok model.Tokenizer, opt Options) (*Results, error) {
+func Run(ctx context.Context, base *model.Base, tok tokenizer.Tokenizer, opt Options) (*Results, error) {
 	start := time.Now()
 	if opt.Data == "" || opt.Out == "" {
 		return nil, errors.New("experiments.Run: Data and Out are required")
@@ -396,9 +398,9 @@ func answerLoss(b *model.Base, exs []coordinator.Example) (float64, error) {
 }
 
 // carryOnShape is the carry-on of width h and depth L that `carryon train`
-// builds (model.CarryOnConfig.WithWidth proportions).
-func carryOnShape(dim, vocab, width, layers int) model.CarryOnConfig {
-	c := model.DefaultCarryOnConfig(dim, vocab).WithWidth(width)
+// builds (carryon.Config.WithWidth proportions).
+func carryOnShape(dim, vocab, width, layers int) carryon.Config {
+	c := carryon.DefaultConfig(dim, vocab).WithWidth(width)
 	c.Layers = layers
 	return c
 }
@@ -463,7 +465,7 @@ func (r *runner) carryOn(s spec) (*trained, error) {
 	if err != nil {
 		return nil, err
 	}
-	blob, err := res.CarryOn.MarshalAdaptor(res.Meta)
+	blob, err := res.CarryOn.Marshal(res.Meta)
 	if err != nil {
 		return nil, err
 	}

@@ -16,7 +16,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 
-	"carryon/model"
+	"carryon/carryon"
 	"carryon/protocol"
 	"carryon/swarm"
 )
@@ -86,8 +86,8 @@ var validName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$`)
 type adaptor struct {
 	name     string // short name, "" for none (then the CID names it)
 	cid      string
-	meta     model.AdaptorMeta
-	stages   []*model.CarryOn // the chain root..this adaptor, applied in order
+	meta     carryon.Meta
+	stages   []*carryon.Model // the chain root..this adaptor, applied in order
 	chain    []string         // their CIDs
 	created  time.Time
 	onDemand bool  // loaded for a request, evictable
@@ -174,7 +174,7 @@ func (s *Server) load(ctx context.Context, data []byte, depth int) (*adaptor, er
 	if depth >= maxChain {
 		return nil, fmt.Errorf("adaptor %s: %w: boosting chain longer than %d", id, ErrInvalidAdaptor, maxChain)
 	}
-	co, meta, err := model.UnmarshalAdaptor(data)
+	co, meta, err := carryon.Unmarshal(data)
 	if err != nil {
 		return nil, fmt.Errorf("adaptor %s: %w: %w", id, ErrInvalidAdaptor, err)
 	}
@@ -194,7 +194,7 @@ func (s *Server) load(ctx context.Context, data []byte, depth int) (*adaptor, er
 	}
 	a.stages = append(a.stages, co)
 	a.chain = append(a.chain, id)
-	if _, _, err := model.StageLayers(s.base, a.stages); err != nil {
+	if _, _, err := carryon.StageLayers(s.base, a.stages); err != nil {
 		return nil, fmt.Errorf("adaptor %s: %w: %w", id, ErrInvalidAdaptor, err)
 	}
 	s.mu.Lock()

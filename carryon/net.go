@@ -1,4 +1,4 @@
-package model
+package carryon
 
 // The carry-on network of DESIGN.md §2.
 //
@@ -15,7 +15,7 @@ package model
 //
 // All parameters live in one contiguous []float32 (llm.c's ParameterTensors):
 // zeroing grads, the AdamW step and hashing are single loops, and the named
-// fields of CarryOnWeights are windows of it.
+// fields of Weights are windows of it.
 
 import (
 	"fmt"
@@ -25,7 +25,7 @@ import (
 	"carryon/tensor"
 )
 
-// Bounds checked by CarryOnConfig.Validate (and so by UnmarshalAdaptor
+// Bounds checked by Config.Validate (and so by Unmarshal
 // before anything is allocated).
 const (
 	coMaxSources   = 64
@@ -52,9 +52,9 @@ type Source struct {
 	Dim  int    `json:"dim"`  // hidden width of that source
 }
 
-// CarryOnConfig is the shape of a carry-on. Sources[0] is the primary input
+// Config is the shape of a carry-on. Sources[0] is the primary input
 // x̂, whose width D is the width of the base's LM head.
-type CarryOnConfig struct {
+type Config struct {
 	Sources   []Source `json:"sources"`
 	Width     int      `json:"width"`      // h
 	Layers    int      `json:"layers"`     // L
@@ -67,10 +67,10 @@ type CarryOnConfig struct {
 	Alpha     float32  `json:"alpha"`      // default scale of the customisation
 }
 
-// DefaultCarryOnConfig is the "1 MB" carry-on of DESIGN.md §2 on one source,
+// DefaultConfig is the "1 MB" carry-on of DESIGN.md §2 on one source,
 // the final hidden state of a base of width baseDim.
-func DefaultCarryOnConfig(baseDim, vocab int) CarryOnConfig {
-	return CarryOnConfig{
+func DefaultConfig(baseDim, vocab int) Config {
+	return Config{
 		Sources:   []Source{{Name: "final", Dim: baseDim}},
 		Layers:    2,
 		Vocab:     vocab,
@@ -84,13 +84,13 @@ func DefaultCarryOnConfig(baseDim, vocab int) CarryOnConfig {
 // WithWidth returns c at width h, with the default proportions: heads of 16
 // dimensions (at least one) and a SwiGLU hidden of ≈ 8/3·h, rounded up to
 // a multiple of 4.
-func (c CarryOnConfig) WithWidth(h int) CarryOnConfig {
+func (c Config) WithWidth(h int) Config {
 	c.Width, c.Heads, c.FFN = h, max(1, h/16), (h*8/3+3)/4*4
 	return c
 }
 
 // D returns the width of the primary source (the LM head's width).
-func (c CarryOnConfig) D() int {
+func (c Config) D() int {
 	if len(c.Sources) == 0 {
 		return 0
 	}
@@ -98,7 +98,7 @@ func (c CarryOnConfig) D() int {
 }
 
 // HeadDim returns Width/Heads.
-func (c CarryOnConfig) HeadDim() int {
+func (c Config) HeadDim() int {
 	if c.Heads == 0 {
 		return 0
 	}
@@ -107,23 +107,23 @@ func (c CarryOnConfig) HeadDim() int {
 
 func coRange(field string, v, lo, hi int) error {
 	if v < lo || v > hi {
-		return fmt.Errorf("model.CarryOnConfig: %s = %d out of range [%d, %d]", field, v, lo, hi)
+		return fmt.Errorf("model.Config: %s = %d out of range [%d, %d]", field, v, lo, hi)
 	}
 	return nil
 }
 
 // Validate checks every field against its bound; errors name the field.
-func (c CarryOnConfig) Validate() error {
+func (c Config) Validate() error {
 	if len(c.Sources) < 1 || len(c.Sources) > coMaxSources {
-		return fmt.Errorf("model.CarryOnConfig: %d Sources, want 1..%d", len(c.Sources), coMaxSources)
+		return fmt.Errorf("model.Config: %d Sources, want 1..%d", len(c.Sources), coMaxSources)
 	}
 	seen := make(map[string]bool, len(c.Sources))
 	for i, s := range c.Sources {
 		if s.Name == "" || len(s.Name) > coMaxNameLen {
-			return fmt.Errorf("model.CarryOnConfig: Sources[%d].Name has %d bytes, want 1..%d", i, len(s.Name), coMaxNameLen)
+			return fmt.Errorf("model.Config: Sources[%d].Name has %d bytes, want 1..%d", i, len(s.Name), coMaxNameLen)
 		}
 		if seen[s.Name] {
-			return fmt.Errorf("model.CarryOnConfig: Sources[%d].Name %q repeats an earlier source", i, s.Name)
+			return fmt.Errorf("model.Config: Sources[%d].Name %q repeats an earlier source", i, s.Name)
 		}
 		seen[s.Name] = true
 		if err := coRange("Sources["+strconv.Itoa(i)+"].Dim", s.Dim, 1, coMaxDim); err != nil {
@@ -146,26 +146,26 @@ func (c CarryOnConfig) Validate() error {
 		}
 	}
 	if c.Width%c.Heads != 0 || (c.Width/c.Heads)%2 != 0 {
-		return fmt.Errorf("model.CarryOnConfig: Width %d must be Heads %d times an even head size (RoPE)", c.Width, c.Heads)
+		return fmt.Errorf("model.Config: Width %d must be Heads %d times an even head size (RoPE)", c.Width, c.Heads)
 	}
 	if !(c.RopeTheta > 1) || math.IsInf(c.RopeTheta, 0) {
-		return fmt.Errorf("model.CarryOnConfig: RopeTheta = %v, want a finite value > 1", c.RopeTheta)
+		return fmt.Errorf("model.Config: RopeTheta = %v, want a finite value > 1", c.RopeTheta)
 	}
 	if !(c.NormEps > 0) || c.NormEps > 1 {
-		return fmt.Errorf("model.CarryOnConfig: NormEps = %v, want (0, 1]", c.NormEps)
+		return fmt.Errorf("model.Config: NormEps = %v, want (0, 1]", c.NormEps)
 	}
 	if math.IsNaN(float64(c.Alpha)) || math.IsInf(float64(c.Alpha), 0) {
-		return fmt.Errorf("model.CarryOnConfig: Alpha = %v, want a finite value", c.Alpha)
+		return fmt.Errorf("model.Config: Alpha = %v, want a finite value", c.Alpha)
 	}
 	if n := c.numParams64(); n > coMaxParams {
-		return fmt.Errorf("model.CarryOnConfig: %d parameters, over the cap of %d", n, coMaxParams)
+		return fmt.Errorf("model.Config: %d parameters, over the cap of %d", n, coMaxParams)
 	}
 	return nil
 }
 
 // numParams64 counts parameters without overflow for fields within their
 // bounds.
-func (c CarryOnConfig) numParams64() int64 {
+func (c Config) numParams64() int64 {
 	var n int64
 	for _, t := range c.layout() {
 		n += int64(t.Numel())
@@ -174,11 +174,11 @@ func (c CarryOnConfig) numParams64() int64 {
 }
 
 // NumParams returns the number of float32 parameters (len(Params)).
-func (c CarryOnConfig) NumParams() int { return int(c.numParams64()) }
+func (c Config) NumParams() int { return int(c.numParams64()) }
 
-// CarryOnTensor names one parameter tensor: the window
+// Tensor names one parameter tensor: the window
 // Params[Offset : Offset+Numel()] with the given row-major shape.
-type CarryOnTensor struct {
+type Tensor struct {
 	Name   string
 	Shape  []int
 	Offset int
@@ -186,7 +186,7 @@ type CarryOnTensor struct {
 }
 
 // Numel returns the number of elements.
-func (t CarryOnTensor) Numel() int {
+func (t Tensor) Numel() int {
 	n := 1
 	for _, s := range t.Shape {
 		n *= s
@@ -196,11 +196,11 @@ func (t CarryOnTensor) Numel() int {
 
 // layout lists the parameter tensors in their order within Params. Names
 // are those of the adaptor file.
-func (c CarryOnConfig) layout() []CarryOnTensor {
-	var ts []CarryOnTensor
+func (c Config) layout() []Tensor {
+	var ts []Tensor
 	off := 0
 	add := func(name string, decay bool, shape ...int) {
-		t := CarryOnTensor{Name: name, Shape: shape, Offset: off, Decay: decay}
+		t := Tensor{Name: name, Shape: shape, Offset: off, Decay: decay}
 		ts = append(ts, t)
 		off += t.Numel()
 	}
@@ -229,8 +229,8 @@ func (c CarryOnConfig) layout() []CarryOnTensor {
 	return ts
 }
 
-// CarryOnBlock holds the parameters of one transformer block.
-type CarryOnBlock struct {
+// Block holds the parameters of one transformer block.
+type Block struct {
 	AttnNorm       []float32 // (W)
 	WQ, WK, WV, WO []float32 // (W, W) each, nn.Linear layout (out, in)
 	MLPNorm        []float32 // (W)
@@ -238,27 +238,27 @@ type CarryOnBlock struct {
 	WDown          []float32 // (W, FFN)
 }
 
-// CarryOnWeights are named windows of a buffer laid out like Params: the
+// Weights are named windows of a buffer laid out like Params: the
 // parameters themselves, or their gradients or optimiser moments.
-type CarryOnWeights struct {
+type Weights struct {
 	Proj      [][]float32 // per source i: (W, Dim_i)
 	ProjBias  [][]float32 // per source i: (W)
-	Blocks    []CarryOnBlock
+	Blocks    []Block
 	FinalNorm []float32 // (W)
 	Delta     []float32 // (D, W) W_Δ
 	Gate      []float32 // (D, W) W_g
 	GateBias  []float32 // (D) b_g
 }
 
-// CarryOn is a carry-on network: its config and parameters.
-type CarryOn struct {
-	Config CarryOnConfig
+// Model is a carry-on network: its config and parameters.
+type Model struct {
+	Config Config
 	Params []float32 // all parameters, one contiguous slice
-	CarryOnWeights
-	tensors []CarryOnTensor
+	Weights
+	tensors []Tensor
 }
 
-// NewCarryOn makes a carry-on with deterministic initial weights drawn from
+// New makes a carry-on with deterministic initial weights drawn from
 // seed:
 //
 //   - projections P_i ~ N(0, 1/Dim_i) (so u keeps the scale of the inputs),
@@ -270,7 +270,7 @@ type CarryOn struct {
 //
 // With W_Δ = 0 the gradient reaches only W_Δ on the first step; the rest of
 // the network starts learning once W_Δ has moved.
-func NewCarryOn(cfg CarryOnConfig, seed uint64) (*CarryOn, error) {
+func New(cfg Config, seed uint64) (*Model, error) {
 	c, err := coAlloc(cfg)
 	if err != nil {
 		return nil, err
@@ -307,29 +307,29 @@ func NewCarryOn(cfg CarryOnConfig, seed uint64) (*CarryOn, error) {
 }
 
 // coAlloc validates cfg and allocates a zeroed carry-on.
-func coAlloc(cfg CarryOnConfig) (*CarryOn, error) {
+func coAlloc(cfg Config) (*Model, error) {
 	if err := cfg.Validate(); err != nil {
-		return nil, fmt.Errorf("model.NewCarryOn: %w", err)
+		return nil, fmt.Errorf("model.New: %w", err)
 	}
 	cfg.Sources = append([]Source(nil), cfg.Sources...)
-	c := &CarryOn{Config: cfg, tensors: cfg.layout()}
+	c := &Model{Config: cfg, tensors: cfg.layout()}
 	c.Params = make([]float32, cfg.NumParams())
-	c.CarryOnWeights = c.Views(c.Params)
+	c.Weights = c.Views(c.Params)
 	return c, nil
 }
 
 // Tensors lists the parameter tensors in their order within Params.
-func (c *CarryOn) Tensors() []CarryOnTensor {
-	out := make([]CarryOnTensor, len(c.tensors))
+func (c *Model) Tensors() []Tensor {
+	out := make([]Tensor, len(c.tensors))
 	copy(out, c.tensors)
 	return out
 }
 
 // Views returns named windows of buf, which must have len(Params) elements
 // (a gradient buffer, an optimiser moment, or Params itself).
-func (c *CarryOn) Views(buf []float32) CarryOnWeights {
+func (c *Model) Views(buf []float32) Weights {
 	if len(buf) != len(c.Params) {
-		panic(fmt.Sprintf("model.CarryOn.Views: buffer has %d elements, want %d", len(buf), len(c.Params)))
+		panic(fmt.Sprintf("model.Model.Views: buffer has %d elements, want %d", len(buf), len(c.Params)))
 	}
 	ts := c.tensors
 	k := 0
@@ -338,12 +338,12 @@ func (c *CarryOn) Views(buf []float32) CarryOnWeights {
 		k++
 		return buf[t.Offset : t.Offset+t.Numel() : t.Offset+t.Numel()]
 	}
-	var w CarryOnWeights
+	var w Weights
 	for range c.Config.Sources {
 		w.Proj = append(w.Proj, next())
 		w.ProjBias = append(w.ProjBias, next())
 	}
-	w.Blocks = make([]CarryOnBlock, c.Config.Layers)
+	w.Blocks = make([]Block, c.Config.Layers)
 	for l := range w.Blocks {
 		b := &w.Blocks[l]
 		b.AttnNorm, b.WQ, b.WK, b.WV, b.WO = next(), next(), next(), next(), next()
@@ -354,10 +354,10 @@ func (c *CarryOn) Views(buf []float32) CarryOnWeights {
 }
 
 // Clone returns a deep copy.
-func (c *CarryOn) Clone() *CarryOn {
+func (c *Model) Clone() *Model {
 	d, err := coAlloc(c.Config)
 	if err != nil {
-		panic("model.CarryOn.Clone: " + err.Error()) // c was validated when made
+		panic("model.Model.Clone: " + err.Error()) // c was validated when made
 	}
 	copy(d.Params, c.Params)
 	return d
@@ -401,14 +401,14 @@ func (r *coRNG) normal() float64 {
 // them at once); only attention and RoPE see the sequence boundaries. A
 // Workspace belongs to one goroutine at a time.
 type Workspace struct {
-	T      int           // longest sequence
-	Rows   int           // positions of all the sequences of a batch together
-	cfg    CarryOnConfig // of the carry-on it was made for
+	T      int    // longest sequence
+	Rows   int    // positions of all the sequences of a batch together
+	cfg    Config // of the carry-on it was made for
 	rope   *tensor.RoPE
 	pos    []int32 // (Rows) position of each row within its sequence
 	tg     []int32 // (Rows) targets of the batch, concatenated
-	seqs   []CarryOnSeq
-	one    [1]CarryOnSeq // the batch of the single-sequence entry points
+	seqs   []Seq
+	one    [1]Seq // the batch of the single-sequence entry points
 	layers []coLayerActs
 	res    [][]float32 // L+1 residual streams, (Rows, W) each; res[0] = u
 	resL   []float32   // = res[L]
@@ -426,13 +426,13 @@ type Workspace struct {
 	attScratch              []float32
 	ceScratch               []float32
 	ceChunk                 int
-	head                    headPack       // wPred packed for the LM-head GEMMs
-	grads                   CarryOnWeights // views of gradsOf
+	head                    headPack // wPred packed for the LM-head GEMMs
+	grads                   Weights  // views of gradsOf
 	gradsOf                 []float32
 }
 
-// CarryOnSeq is one sequence of a batch (LossAndGradBatch, ForwardBatch).
-type CarryOnSeq struct {
+// Seq is one sequence of a batch (LossAndGradBatch, ForwardBatch).
+type Seq struct {
 	Sources [][]float32 // per source i: (T, Dim_i)
 	Targets []int32     // (T) targets[t] is the token after position t, -1 = ignore; unused by ForwardBatch
 	T       int         // positions
@@ -449,13 +449,13 @@ type coLayerActs struct {
 
 // NewWorkspace allocates a workspace for one sequence of up to T positions
 // at a time (T ≤ Config.MaxSeq).
-func (c *CarryOn) NewWorkspace(T int) *Workspace { return c.NewBatchWorkspace(T, T) }
+func (c *Model) NewWorkspace(T int) *Workspace { return c.NewBatchWorkspace(T, T) }
 
 // RowFloats is how many float32s a Workspace holds per position (row) of a
 // batch: the saved activations and their gradients, as NewBatchWorkspace
 // allocates them (the scratch of the attention and the LM head comes on top
 // and does not grow with the rows).
-func (c CarryOnConfig) RowFloats() int {
+func (c Config) RowFloats() int {
 	W, F, D, H, L := c.Width, c.FFN, c.D(), c.Heads, c.Layers
 	perLayer := 7*W + 3*F + H + 2 // an q k v att mid mn, ga ua sw, lse, rstd1 rstd2
 	return L*perLayer + (L+9)*W + 7*D + 3*F + 1
@@ -464,13 +464,13 @@ func (c CarryOnConfig) RowFloats() int {
 // NewBatchWorkspace allocates a workspace for batches of sequences of up to
 // T positions each (T ≤ Config.MaxSeq) and rows positions in all
 // (rows ≥ T): rows·Config.RowFloats() floats of activations.
-func (c *CarryOn) NewBatchWorkspace(T, rows int) *Workspace {
+func (c *Model) NewBatchWorkspace(T, rows int) *Workspace {
 	cfg := c.Config
 	if T < 1 || T > cfg.MaxSeq {
-		panic(fmt.Sprintf("model.CarryOn.NewWorkspace: T = %d out of range [1, MaxSeq = %d]", T, cfg.MaxSeq))
+		panic(fmt.Sprintf("model.Model.NewWorkspace: T = %d out of range [1, MaxSeq = %d]", T, cfg.MaxSeq))
 	}
 	if rows < T || rows > coMaxRows {
-		panic(fmt.Sprintf("model.CarryOn.NewBatchWorkspace: rows = %d out of range [T = %d, %d]", rows, T, coMaxRows))
+		panic(fmt.Sprintf("model.Model.NewBatchWorkspace: rows = %d out of range [T = %d, %d]", rows, T, coMaxRows))
 	}
 	W, F, D, H := cfg.Width, cfg.FFN, cfg.D(), cfg.Heads
 	f := func(n int) []float32 { return make([]float32, n) }
@@ -505,37 +505,37 @@ func (c *CarryOn) NewBatchWorkspace(T, rows int) *Workspace {
 // coBatch checks the arguments of op (panicking on a programmer error),
 // makes seqs the workspace's current batch, fills the rows' positions (and
 // targets when targets is set) and returns the number of rows.
-func (c *CarryOn) coBatch(op string, ws *Workspace, seqs []CarryOnSeq, targets bool) int {
+func (c *Model) coBatch(op string, ws *Workspace, seqs []Seq, targets bool) int {
 	if ws == nil {
-		panic(fmt.Sprintf("model.CarryOn.%s: nil workspace", op))
+		panic(fmt.Sprintf("model.Model.%s: nil workspace", op))
 	}
 	if !coSameShape(ws.cfg, c.Config) {
-		panic(fmt.Sprintf("model.CarryOn.%s: workspace was made for a carry-on of another shape", op))
+		panic(fmt.Sprintf("model.Model.%s: workspace was made for a carry-on of another shape", op))
 	}
 	if len(seqs) == 0 {
-		panic(fmt.Sprintf("model.CarryOn.%s: empty batch", op))
+		panic(fmt.Sprintf("model.Model.%s: empty batch", op))
 	}
 	V, N := c.Config.Vocab, 0
 	for b, sq := range seqs {
 		T := sq.T
 		if T < 1 || T > ws.T || N+T > ws.Rows {
-			panic(fmt.Sprintf("model.CarryOn.%s: sequence %d: T = %d, workspace holds 1..%d per sequence and %d in all (%d used before it)", op, b, T, ws.T, ws.Rows, N))
+			panic(fmt.Sprintf("model.Model.%s: sequence %d: T = %d, workspace holds 1..%d per sequence and %d in all (%d used before it)", op, b, T, ws.T, ws.Rows, N))
 		}
 		if len(sq.Sources) != len(c.Config.Sources) {
-			panic(fmt.Sprintf("model.CarryOn.%s: %d sources, config has %d", op, len(sq.Sources), len(c.Config.Sources)))
+			panic(fmt.Sprintf("model.Model.%s: %d sources, config has %d", op, len(sq.Sources), len(c.Config.Sources)))
 		}
 		for i, s := range c.Config.Sources {
 			if len(sq.Sources[i]) < T*s.Dim {
-				panic(fmt.Sprintf("model.CarryOn.%s: source %d (%s) has %d values, want T·Dim = %d", op, i, s.Name, len(sq.Sources[i]), T*s.Dim))
+				panic(fmt.Sprintf("model.Model.%s: source %d (%s) has %d values, want T·Dim = %d", op, i, s.Name, len(sq.Sources[i]), T*s.Dim))
 			}
 		}
 		if targets {
 			if len(sq.Targets) < T {
-				panic(fmt.Sprintf("model.CarryOn.%s: %d targets for T = %d", op, len(sq.Targets), T))
+				panic(fmt.Sprintf("model.Model.%s: %d targets for T = %d", op, len(sq.Targets), T))
 			}
 			for t, v := range sq.Targets[:T] {
 				if v < -1 || int(v) >= V {
-					panic(fmt.Sprintf("model.CarryOn.%s: targets[%d] = %d outside [-1, %d)", op, t, v, V))
+					panic(fmt.Sprintf("model.Model.%s: targets[%d] = %d outside [-1, %d)", op, t, v, V))
 				}
 			}
 			copy(ws.tg[N:N+T], sq.Targets[:T])
@@ -550,7 +550,7 @@ func (c *CarryOn) coBatch(op string, ws *Workspace, seqs []CarryOnSeq, targets b
 }
 
 // coSameShape reports whether a workspace made for a fits b.
-func coSameShape(a, b CarryOnConfig) bool {
+func coSameShape(a, b Config) bool {
 	if a.Width != b.Width || a.Layers != b.Layers || a.Heads != b.Heads || a.FFN != b.FFN ||
 		a.Vocab != b.Vocab || a.RopeTheta != b.RopeTheta || len(a.Sources) != len(b.Sources) {
 		return false
@@ -566,8 +566,8 @@ func coSameShape(a, b CarryOnConfig) bool {
 // Forward computes y (T, D) for one sequence and saves the activations for
 // backward in ws. sources[i]: (T, Dim_i). alpha overrides Config.Alpha. The
 // result is a window of ws, valid until the next call with ws.
-func (c *CarryOn) Forward(ws *Workspace, sources [][]float32, T int, alpha float32) []float32 {
-	ws.one[0] = CarryOnSeq{Sources: sources, T: T}
+func (c *Model) Forward(ws *Workspace, sources [][]float32, T int, alpha float32) []float32 {
+	ws.one[0] = Seq{Sources: sources, T: T}
 	return c.ForwardBatch(ws, ws.one[:], alpha)
 }
 
@@ -575,13 +575,13 @@ func (c *CarryOn) Forward(ws *Workspace, sources [][]float32, T int, alpha float
 // rows of sequence b after those of the sequences before it, and saves the
 // activations for backward in ws. alpha overrides Config.Alpha. The result
 // is a window of ws, valid until the next call with ws.
-func (c *CarryOn) ForwardBatch(ws *Workspace, seqs []CarryOnSeq, alpha float32) []float32 {
+func (c *Model) ForwardBatch(ws *Workspace, seqs []Seq, alpha float32) []float32 {
 	N := c.coBatch("Forward", ws, seqs, false)
 	return c.forward(ws, N, alpha)
 }
 
 // forward runs the batch ws.seqs of N rows (positions in ws.pos).
-func (c *CarryOn) forward(ws *Workspace, N int, alpha float32) []float32 {
+func (c *Model) forward(ws *Workspace, N int, alpha float32) []float32 {
 	cfg := c.Config
 	W, F, D, H, hd := cfg.Width, cfg.FFN, cfg.D(), cfg.Heads, cfg.HeadDim()
 	NW, NF, ND := N*W, N*F, N*D
@@ -657,14 +657,14 @@ func (c *CarryOn) forward(ws *Workspace, N int, alpha float32) []float32 {
 // Loss runs Forward and the chunked LM-head cross-entropy of y against
 // targets (T; -1 = ignore). wPred: (Vocab, D), the base's frozen LM head;
 // ws keeps it packed across calls (see headPack).
-func (c *CarryOn) Loss(ws *Workspace, sources [][]float32, targets []int32, T int, wPred []float32, alpha float32) (lossSum float64, count int) {
-	ws.one[0] = CarryOnSeq{Sources: sources, Targets: targets, T: T}
+func (c *Model) Loss(ws *Workspace, sources [][]float32, targets []int32, T int, wPred []float32, alpha float32) (lossSum float64, count int) {
+	ws.one[0] = Seq{Sources: sources, Targets: targets, T: T}
 	return c.LossBatch(ws, ws.one[:], wPred, alpha)
 }
 
 // LossBatch is Loss over a batch of sequences: the loss summed over the
 // counted targets of all of them, and their number.
-func (c *CarryOn) LossBatch(ws *Workspace, seqs []CarryOnSeq, wPred []float32, alpha float32) (lossSum float64, count int) {
+func (c *Model) LossBatch(ws *Workspace, seqs []Seq, wPred []float32, alpha float32) (lossSum float64, count int) {
 	c.coCheckHead("Loss", wPred)
 	N := c.coBatch("Loss", ws, seqs, true)
 	y := c.forward(ws, N, alpha)
@@ -673,7 +673,7 @@ func (c *CarryOn) LossBatch(ws *Workspace, seqs []CarryOnSeq, wPred []float32, a
 
 // lmHead runs the chunked LM-head cross-entropy of y (N, D) against the
 // batch's targets ws.tg, adding gradScale·∂loss/∂y into dy unless dy is nil.
-func (c *CarryOn) lmHead(ws *Workspace, dy, y []float32, N int, wPred []float32, gradScale float32) (lossSum float64, count int) {
+func (c *Model) lmHead(ws *Workspace, dy, y []float32, N int, wPred []float32, gradScale float32) (lossSum float64, count int) {
 	D, V := c.Config.D(), c.Config.Vocab
 	if wt, w := ws.head.get(wPred, V, D, dy != nil); wt != nil {
 		return tensor.CrossEntropyLMHeadPacked(dy, y, wPred, wt, w, ws.tg[:N], N, ws.ceChunk, gradScale, ws.ceScratch)
@@ -718,8 +718,8 @@ func (h *headPack) get(wPred []float32, V, D int, grad bool) (wt, w *tensor.Pack
 	return h.wt, h.w
 }
 
-func (c *CarryOn) coCheckHead(op string, wPred []float32) {
+func (c *Model) coCheckHead(op string, wPred []float32) {
 	if len(wPred) != c.Config.Vocab*c.Config.D() {
-		panic(fmt.Sprintf("model.CarryOn.%s: wPred has %d values, want Vocab·D = %d·%d", op, len(wPred), c.Config.Vocab, c.Config.D()))
+		panic(fmt.Sprintf("model.Model.%s: wPred has %d values, want Vocab·D = %d·%d", op, len(wPred), c.Config.Vocab, c.Config.D()))
 	}
 }

@@ -1,4 +1,4 @@
-package model
+package carryon
 
 import (
 	"bytes"
@@ -21,8 +21,8 @@ import (
 
 // coTinyConfig is the test carry-on: two sources of different widths, two
 // layers of two heads.
-func coTinyConfig(vocab int) CarryOnConfig {
-	return CarryOnConfig{
+func coTinyConfig(vocab int) Config {
+	return Config{
 		Sources:   []Source{{Name: "final", Dim: 12}, {Name: "layer:1", Dim: 7}},
 		Width:     16,
 		Layers:    2,
@@ -40,7 +40,7 @@ func coTinyConfig(vocab int) CarryOnConfig {
 // initialisation (W_Δ ≠ 0, norms ≠ 1, biases ≠ 0) so that gradients reach
 // every tensor, plus one sequence of inputs.
 type coTestCase struct {
-	c       *CarryOn
+	c       *Model
 	sources [][]float32
 	targets []int32
 	wPred   []float32
@@ -50,7 +50,7 @@ type coTestCase struct {
 func coNewTestCase(t testing.TB, T, V int, seed uint64, std float64) coTestCase {
 	t.Helper()
 	cfg := coTinyConfig(V)
-	c, err := NewCarryOn(cfg, seed)
+	c, err := New(cfg, seed)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,7 +149,7 @@ func TestCarryOnGradFD(t *testing.T) {
 func TestCarryOnStartsAtBase(t *testing.T) {
 	const T, V = 6, 13
 	tc := coNewTestCase(t, T, V, 2, 0.3)
-	c, err := NewCarryOn(tc.c.Config, 3)
+	c, err := New(tc.c.Config, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,14 +287,14 @@ func TestCarryOnBatch(t *testing.T) {
 	lens := []int{9, 3, 17, 2}
 	base := coNewTestCase(t, 32, V, 21, 0.3)
 	c := base.c
-	var seqs []CarryOnSeq
+	var seqs []Seq
 	rows := 0
 	for b, T := range lens {
 		tc := coNewTestCase(t, T, V, uint64(30+b), 0.3)
 		if b == 2 {
 			tc.targets[5], tc.targets[6] = -1, -1
 		}
-		seqs = append(seqs, CarryOnSeq{Sources: tc.sources, Targets: tc.targets, T: T})
+		seqs = append(seqs, Seq{Sources: tc.sources, Targets: tc.targets, T: T})
 		rows += T
 	}
 	wPred := base.wPred
@@ -344,8 +344,8 @@ func TestCarryOnBatch(t *testing.T) {
 // TestOptimizerParallel checks that the AdamW step, split over cores for
 // a carry-on this large, is bitwise the per-tensor tensor.AdamWStep.
 func TestOptimizerParallel(t *testing.T) {
-	cfg := DefaultCarryOnConfig(512, 50)
-	c, err := NewCarryOn(cfg, 3)
+	cfg := DefaultConfig(512, 50)
+	c, err := New(cfg, 3)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -388,13 +388,13 @@ func TestOptimizerParallel(t *testing.T) {
 }
 
 func TestCarryOnInit(t *testing.T) {
-	cfg := DefaultCarryOnConfig(896, 4096)
-	a, err := NewCarryOn(cfg, 42)
+	cfg := DefaultConfig(896, 4096)
+	a, err := New(cfg, 42)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, _ := NewCarryOn(cfg, 42)
-	d, _ := NewCarryOn(cfg, 43)
+	b, _ := New(cfg, 42)
+	d, _ := New(cfg, 43)
 	if !slices.Equal(a.Params, b.Params) {
 		t.Fatal("equal seeds give different weights")
 	}
@@ -436,24 +436,24 @@ func TestCarryOnConfigValidate(t *testing.T) {
 	}
 	for _, tt := range []struct {
 		field  string
-		mutate func(*CarryOnConfig)
+		mutate func(*Config)
 	}{
-		{"Sources", func(c *CarryOnConfig) { c.Sources = nil }},
-		{"Sources[1].Dim", func(c *CarryOnConfig) { c.Sources[1].Dim = 0 }},
-		{"Sources[0].Name", func(c *CarryOnConfig) { c.Sources[0].Name = "" }},
-		{"Sources[1].Name", func(c *CarryOnConfig) { c.Sources[1].Name = "final" }},
-		{"Width", func(c *CarryOnConfig) { c.Width = 1 << 20 }},
-		{"Heads", func(c *CarryOnConfig) { c.Heads = 0 }},
-		{"Width 16 must be Heads 3", func(c *CarryOnConfig) { c.Heads = 3 }},
-		{"Width 16 must be Heads 16", func(c *CarryOnConfig) { c.Heads = 16 }}, // head size 1: odd
-		{"Layers", func(c *CarryOnConfig) { c.Layers = -1 }},
-		{"FFN", func(c *CarryOnConfig) { c.FFN = 0 }},
-		{"Vocab", func(c *CarryOnConfig) { c.Vocab = 0 }},
-		{"MaxSeq", func(c *CarryOnConfig) { c.MaxSeq = 0 }},
-		{"RopeTheta", func(c *CarryOnConfig) { c.RopeTheta = math.NaN() }},
-		{"NormEps", func(c *CarryOnConfig) { c.NormEps = 0 }},
-		{"Alpha", func(c *CarryOnConfig) { c.Alpha = float32(math.Inf(1)) }},
-		{"parameters", func(c *CarryOnConfig) { c.Width, c.FFN, c.Layers = 1<<15, 1<<17, 256 }},
+		{"Sources", func(c *Config) { c.Sources = nil }},
+		{"Sources[1].Dim", func(c *Config) { c.Sources[1].Dim = 0 }},
+		{"Sources[0].Name", func(c *Config) { c.Sources[0].Name = "" }},
+		{"Sources[1].Name", func(c *Config) { c.Sources[1].Name = "final" }},
+		{"Width", func(c *Config) { c.Width = 1 << 20 }},
+		{"Heads", func(c *Config) { c.Heads = 0 }},
+		{"Width 16 must be Heads 3", func(c *Config) { c.Heads = 3 }},
+		{"Width 16 must be Heads 16", func(c *Config) { c.Heads = 16 }}, // head size 1: odd
+		{"Layers", func(c *Config) { c.Layers = -1 }},
+		{"FFN", func(c *Config) { c.FFN = 0 }},
+		{"Vocab", func(c *Config) { c.Vocab = 0 }},
+		{"MaxSeq", func(c *Config) { c.MaxSeq = 0 }},
+		{"RopeTheta", func(c *Config) { c.RopeTheta = math.NaN() }},
+		{"NormEps", func(c *Config) { c.NormEps = 0 }},
+		{"Alpha", func(c *Config) { c.Alpha = float32(math.Inf(1)) }},
+		{"parameters", func(c *Config) { c.Width, c.FFN, c.Layers = 1<<15, 1<<17, 256 }},
 	} {
 		cfg := ok
 		cfg.Sources = slices.Clone(ok.Sources)
@@ -528,7 +528,7 @@ type coRefTensor struct {
 
 type coRefHeader struct {
 	Kind      string        `json:"kind"`
-	Config    CarryOnConfig `json:"config"`
+	Config    Config        `json:"config"`
 	Optim     OptimConfig   `json:"optim"`
 	T         int           `json:"T"`
 	Alpha     float32       `json:"alpha"`
@@ -784,8 +784,8 @@ func TestCarryOnReference(t *testing.T) {
 // Qwen2.5-0.5B-sized base (D = 896) with a 4096-token vocabulary, T = 256.
 func BenchmarkCarryOnStep(b *testing.B) {
 	const T, D, V = 256, 896, 4096
-	cfg := DefaultCarryOnConfig(D, V)
-	c, err := NewCarryOn(cfg, 1)
+	cfg := DefaultConfig(D, V)
+	c, err := New(cfg, 1)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -819,8 +819,8 @@ func BenchmarkCarryOnStep(b *testing.B) {
 // by per row: every float32 slice in it, found by reflection, apart from the
 // fixed-size attention and LM-head scratch and an alias.
 func TestRowFloats(t *testing.T) {
-	cfg := DefaultCarryOnConfig(48, 97)
-	co, err := NewCarryOn(cfg, 1)
+	cfg := DefaultConfig(48, 97)
+	co, err := New(cfg, 1)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package model
+package carryon
 
 import (
 	"bytes"
@@ -14,8 +14,8 @@ import (
 	"carryon/tensor"
 )
 
-func coTestMeta() AdaptorMeta {
-	return AdaptorMeta{
+func coTestMeta() Meta {
+	return Meta{
 		BaseHash: "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
 		Parent:   "bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy",
 		Bridge:   "4",
@@ -29,11 +29,11 @@ func TestAdaptorRoundTrip(t *testing.T) {
 	tc := coNewTestCase(t, 6, 11, 21, 0.3)
 	c := tc.c
 	meta := coTestMeta()
-	b, err := c.MarshalAdaptor(meta)
+	b, err := c.Marshal(meta)
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, gotMeta, err := UnmarshalAdaptor(b)
+	d, gotMeta, err := Unmarshal(b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,54 +56,54 @@ func TestAdaptorRoundTrip(t *testing.T) {
 		t.Fatal("decoded carry-on computes a different y")
 	}
 	// Empty provenance round-trips too.
-	b, err = c.MarshalAdaptor(AdaptorMeta{})
+	b, err = c.Marshal(Meta{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, m, err := UnmarshalAdaptor(b); err != nil || !reflect.DeepEqual(m, AdaptorMeta{}) {
+	if _, m, err := Unmarshal(b); err != nil || !reflect.DeepEqual(m, Meta{}) {
 		t.Fatalf("empty meta: %+v, %v", m, err)
 	}
 }
 
 func TestAdaptorDeterministic(t *testing.T) {
-	cfg := DefaultCarryOnConfig(64, 100)
+	cfg := DefaultConfig(64, 100)
 	cfg.Sources = append(cfg.Sources, Source{Name: "layer:3", Dim: 48})
-	a, _ := NewCarryOn(cfg, 9)
-	b, _ := NewCarryOn(cfg, 9)
+	a, _ := New(cfg, 9)
+	b, _ := New(cfg, 9)
 	meta := coTestMeta()
-	ba, err := a.MarshalAdaptor(meta)
+	ba, err := a.Marshal(meta)
 	if err != nil {
 		t.Fatal(err)
 	}
-	bb, _ := b.MarshalAdaptor(coTestMeta())
+	bb, _ := b.Marshal(coTestMeta())
 	if !bytes.Equal(ba, bb) {
 		t.Fatal("equal carry-ons and metadata give different bytes")
 	}
-	ba2, _ := a.MarshalAdaptor(meta)
+	ba2, _ := a.Marshal(meta)
 	if !bytes.Equal(ba, ba2) {
 		t.Fatal("marshalling twice gives different bytes")
 	}
 	meta.Step++
-	if bs, _ := a.MarshalAdaptor(meta); bytes.Equal(ba, bs) {
+	if bs, _ := a.Marshal(meta); bytes.Equal(ba, bs) {
 		t.Fatal("a different step gives the same bytes")
 	}
 	b.Params[len(b.Params)/2] += 1e-3
-	if bb, _ := b.MarshalAdaptor(coTestMeta()); bytes.Equal(ba, bb) {
+	if bb, _ := b.Marshal(coTestMeta()); bytes.Equal(ba, bb) {
 		t.Fatal("different weights give the same bytes")
 	}
 	// Decoding and re-encoding is the identity on bytes.
-	d, m, err := UnmarshalAdaptor(ba)
+	d, m, err := Unmarshal(ba)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if again, _ := d.MarshalAdaptor(m); !bytes.Equal(again, ba) {
+	if again, _ := d.Marshal(m); !bytes.Equal(again, ba) {
 		t.Fatal("decode + encode changed the bytes")
 	}
 }
 
 // coRawAdaptor writes an adaptor file by hand from c's tensors, after edit
 // has changed the views and metadata.
-func coRawAdaptor(t *testing.T, c *CarryOn, edit func(views []tensor.View, md map[string]string) []tensor.View) []byte {
+func coRawAdaptor(t *testing.T, c *Model, edit func(views []tensor.View, md map[string]string) []tensor.View) []byte {
 	t.Helper()
 	cfg, _ := json.Marshal(c.Config)
 	md := map[string]string{
@@ -126,7 +126,7 @@ func TestAdaptorRejects(t *testing.T) {
 	tc := coNewTestCase(t, 4, 11, 22, 0.3)
 	c := tc.c
 	same := func(views []tensor.View, md map[string]string) []tensor.View { return views }
-	if _, _, err := UnmarshalAdaptor(coRawAdaptor(t, c, same)); err != nil {
+	if _, _, err := Unmarshal(coRawAdaptor(t, c, same)); err != nil {
 		t.Fatalf("hand-written adaptor rejected: %v", err)
 	}
 	find := func(views []tensor.View, name string) int {
@@ -169,38 +169,38 @@ func TestAdaptorRejects(t *testing.T) {
 			return v
 		}},
 	} {
-		_, _, err := UnmarshalAdaptor(coRawAdaptor(t, c, tt.edit))
-		if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.HasPrefix(err.Error(), "model.UnmarshalAdaptor: ") {
+		_, _, err := Unmarshal(coRawAdaptor(t, c, tt.edit))
+		if err == nil || !strings.Contains(err.Error(), tt.want) || !strings.HasPrefix(err.Error(), "model.Unmarshal: ") {
 			t.Errorf("%s: error %v, want one containing %q", tt.name, err, tt.want)
 		}
 	}
-	good, err := c.MarshalAdaptor(coTestMeta())
+	good, err := c.Marshal(coTestMeta())
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range []int{0, 7, 8, 100, len(good) / 2, len(good) - 1} {
-		if _, _, err := UnmarshalAdaptor(good[:n]); err == nil {
+		if _, _, err := Unmarshal(good[:n]); err == nil {
 			t.Errorf("truncated to %d of %d bytes: accepted", n, len(good))
 		}
 	}
 	// Marshal refuses what Unmarshal would.
 	bad := c.Clone()
 	bad.Gate[3] = float32(math.Inf(1))
-	if _, err := bad.MarshalAdaptor(AdaptorMeta{}); err == nil || !strings.Contains(err.Error(), "gate.weight") {
+	if _, err := bad.Marshal(Meta{}); err == nil || !strings.Contains(err.Error(), "gate.weight") {
 		t.Errorf("infinite weight: %v", err)
 	}
-	if _, err := c.MarshalAdaptor(AdaptorMeta{Metrics: map[string]float64{"x": math.NaN()}}); err == nil {
+	if _, err := c.Marshal(Meta{Metrics: map[string]float64{"x": math.NaN()}}); err == nil {
 		t.Error("NaN metric accepted")
 	}
 }
 
 // TestAdaptorOverlappingTensors checks that a file whose tensors of one
-// shape all share the same bytes cannot make UnmarshalAdaptor allocate more
+// shape all share the same bytes cannot make Unmarshal allocate more
 // than the file holds.
 func TestAdaptorOverlappingTensors(t *testing.T) {
 	cfg := coTinyConfig(11)
 	cfg.Layers = 256 // many same-shape tensors
-	c, err := NewCarryOn(cfg, 1)
+	c, err := New(cfg, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,7 +227,7 @@ func TestAdaptorOverlappingTensors(t *testing.T) {
 	if _, err := tensor.ParseSafetensors(file); err != nil {
 		t.Fatalf("the hostile file is not even valid safetensors: %v", err)
 	}
-	if _, _, err := UnmarshalAdaptor(file); err == nil || !strings.Contains(err.Error(), "parameters, the file holds") {
+	if _, _, err := Unmarshal(file); err == nil || !strings.Contains(err.Error(), "parameters, the file holds") {
 		t.Fatalf("overlapping tensors: %v", err)
 	}
 }
@@ -237,13 +237,13 @@ func TestAdaptorOverlappingTensors(t *testing.T) {
 // the same carry-on and encode identically.
 func FuzzUnmarshalAdaptor(f *testing.F) {
 	// A small seed keeps the fuzzer's mutations cheap.
-	cfg := CarryOnConfig{Sources: []Source{{Name: "final", Dim: 3}, {Name: "layer:0", Dim: 2}},
+	cfg := Config{Sources: []Source{{Name: "final", Dim: 3}, {Name: "layer:0", Dim: 2}},
 		Width: 4, Layers: 1, Heads: 2, FFN: 3, Vocab: 5, MaxSeq: 8, RopeTheta: 1e4, NormEps: 1e-6, Alpha: 1}
-	c, err := NewCarryOn(cfg, 1)
+	c, err := New(cfg, 1)
 	if err != nil {
 		f.Fatal(err)
 	}
-	good, err := c.MarshalAdaptor(coTestMeta())
+	good, err := c.Marshal(coTestMeta())
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -252,22 +252,22 @@ func FuzzUnmarshalAdaptor(f *testing.F) {
 	f.Add([]byte{})
 	f.Add(bytes.Replace(good, []byte(`\"width\":4`), []byte(`\"width\":8`), 1))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		d, meta, err := UnmarshalAdaptor(data)
+		d, meta, err := Unmarshal(data)
 		if err != nil {
 			return
 		}
-		b1, err := d.MarshalAdaptor(meta)
+		b1, err := d.Marshal(meta)
 		if err != nil {
 			t.Fatalf("decoded adaptor does not re-encode: %v", err)
 		}
-		d2, meta2, err := UnmarshalAdaptor(b1)
+		d2, meta2, err := Unmarshal(b1)
 		if err != nil {
 			t.Fatalf("re-encoded adaptor does not decode: %v", err)
 		}
 		if !slices.Equal(d.Params, d2.Params) || !reflect.DeepEqual(d.Config, d2.Config) || !reflect.DeepEqual(meta, meta2) {
 			t.Fatal("round trip changed the adaptor")
 		}
-		if b2, _ := d2.MarshalAdaptor(meta2); !bytes.Equal(b1, b2) {
+		if b2, _ := d2.Marshal(meta2); !bytes.Equal(b1, b2) {
 			t.Fatal("encoding is not canonical")
 		}
 	})

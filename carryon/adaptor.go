@@ -1,4 +1,4 @@
-package model
+package carryon
 
 import (
 	"bytes"
@@ -14,11 +14,11 @@ import (
 // Adaptor file: a safetensors file (tensor.WriteSafetensors, so equal
 // carry-ons and metadata give equal bytes, and the bytes' hash is the
 // adaptor's CID) with one F32 tensor per parameter, named as in
-// CarryOn.Tensors, and these __metadata__ keys:
+// Model.Tensors, and these __metadata__ keys:
 //
 //	format     "carryon-adaptor"
 //	version    "1"
-//	config     the CarryOnConfig as JSON
+//	config     the Config as JSON
 //	alpha      Config.Alpha, decimal (for people and tools; must agree)
 //	bits       the bridge setting the carry-on was trained on
 //	base_hash  hash of the base's weights
@@ -39,8 +39,8 @@ const (
 	coMaxMetrics    = 256
 )
 
-// AdaptorMeta is the provenance stored with an adaptor.
-type AdaptorMeta struct {
+// Meta is the provenance stored with an adaptor.
+type Meta struct {
 	BaseHash string             // hash naming the base's weights
 	Parent   string             // CID of the parent adaptor (boosting), "" for a first stage
 	Bridge   string             // bridge setting of the training embeddings, e.g. "q8" or "q4g64" (tensor.Codec names)
@@ -49,7 +49,7 @@ type AdaptorMeta struct {
 	Metrics  map[string]float64 // e.g. "val_loss"; finite values
 }
 
-func (m AdaptorMeta) validate() error {
+func (m Meta) validate() error {
 	for _, f := range []struct{ name, v string }{
 		{"BaseHash", m.BaseHash}, {"Parent", m.Parent}, {"Bridge", m.Bridge}, {"DataHash", m.DataHash},
 	} {
@@ -76,7 +76,7 @@ func (m AdaptorMeta) validate() error {
 
 // coCheckFinite returns an error naming the first tensor holding a NaN or
 // an infinity.
-func (c *CarryOn) coCheckFinite() error {
+func (c *Model) coCheckFinite() error {
 	for _, t := range c.tensors {
 		for i, v := range c.Params[t.Offset : t.Offset+t.Numel()] {
 			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
@@ -87,23 +87,23 @@ func (c *CarryOn) coCheckFinite() error {
 	return nil
 }
 
-// MarshalAdaptor encodes the carry-on and meta as an adaptor file. Equal
+// Marshal encodes the carry-on and meta as an adaptor file. Equal
 // inputs give equal bytes.
-func (c *CarryOn) MarshalAdaptor(meta AdaptorMeta) ([]byte, error) {
+func (c *Model) Marshal(meta Meta) ([]byte, error) {
 	if err := meta.validate(); err != nil {
-		return nil, fmt.Errorf("model.MarshalAdaptor: %w", err)
+		return nil, fmt.Errorf("model.Marshal: %w", err)
 	}
 	if err := c.coCheckFinite(); err != nil {
-		return nil, fmt.Errorf("model.MarshalAdaptor: %w", err)
+		return nil, fmt.Errorf("model.Marshal: %w", err)
 	}
 	cfg, err := json.Marshal(c.Config)
 	if err != nil {
-		return nil, fmt.Errorf("model.MarshalAdaptor: config: %w", err)
+		return nil, fmt.Errorf("model.Marshal: config: %w", err)
 	}
 	metrics := []byte("{}")
 	if len(meta.Metrics) > 0 {
 		if metrics, err = json.Marshal(meta.Metrics); err != nil { // keys sorted
-			return nil, fmt.Errorf("model.MarshalAdaptor: metrics: %w", err)
+			return nil, fmt.Errorf("model.Marshal: metrics: %w", err)
 		}
 	}
 	md := map[string]string{
@@ -124,20 +124,20 @@ func (c *CarryOn) MarshalAdaptor(meta AdaptorMeta) ([]byte, error) {
 	}
 	var buf bytes.Buffer
 	if err := tensor.WriteSafetensors(&buf, views, md); err != nil {
-		return nil, fmt.Errorf("model.MarshalAdaptor: %w", err)
+		return nil, fmt.Errorf("model.Marshal: %w", err)
 	}
 	return buf.Bytes(), nil
 }
 
-// UnmarshalAdaptor decodes an adaptor file. It rejects another format or
+// Unmarshal decodes an adaptor file. It rejects another format or
 // version, an invalid config, a missing, extra or misshapen tensor (naming
 // it), non-finite weights and malformed metadata. The config is validated
 // and every tensor's bytes checked against it before Params is allocated,
 // so memory use is bounded by len(data). The result does not alias data.
-func UnmarshalAdaptor(data []byte) (*CarryOn, AdaptorMeta, error) {
-	var meta AdaptorMeta
-	fail := func(format string, args ...any) (*CarryOn, AdaptorMeta, error) {
-		return nil, AdaptorMeta{}, fmt.Errorf("model.UnmarshalAdaptor: "+format, args...)
+func Unmarshal(data []byte) (*Model, Meta, error) {
+	var meta Meta
+	fail := func(format string, args ...any) (*Model, Meta, error) {
+		return nil, Meta{}, fmt.Errorf("model.Unmarshal: "+format, args...)
 	}
 	st, err := tensor.ParseSafetensors(data)
 	if err != nil {
@@ -150,7 +150,7 @@ func UnmarshalAdaptor(data []byte) (*CarryOn, AdaptorMeta, error) {
 	if md["version"] != AdaptorVersion {
 		return fail("version %q, this build reads version %s", md["version"], AdaptorVersion)
 	}
-	var cfg CarryOnConfig
+	var cfg Config
 	if err := json.Unmarshal([]byte(md["config"]), &cfg); err != nil {
 		return fail("config: %v", err)
 	}

@@ -1,4 +1,4 @@
-package model
+package carryon
 
 import (
 	"fmt"
@@ -69,11 +69,11 @@ type Optimizer struct {
 	Config OptimConfig
 	M, V   []float32
 	Steps  int
-	model  *CarryOn
+	model  *Model
 }
 
 // NewOptimizer makes an optimiser for c with zero moments.
-func NewOptimizer(c *CarryOn, cfg OptimConfig) (*Optimizer, error) {
+func NewOptimizer(c *Model, cfg OptimConfig) (*Optimizer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("model.NewOptimizer: %w", err)
 	}

