@@ -47,6 +47,8 @@ func main() {
 			genQ8(fam, rm)
 		}
 	}
+	genFMAPeak("fmaPeakAVX2", "Y")
+	genFMAPeak("fmaPeakAVX512", "Z")
 	os.Stdout.WriteString(out.String())
 }
 
@@ -78,6 +80,13 @@ func genF32(name, R string, mr, nv, lanes, bReg, bcReg int) {
 			p("\tVMOVUPS %d(DI), %s%d", (u*nr+v*lanes)*4, R, bReg+v)
 		}
 		for i := 0; i < mr; i++ {
+			if R == "Z" {
+				// Embedded broadcast: the load unit broadcasts, no shuffle uop.
+				for v := 0; v < nv; v++ {
+					p("\tVFMADD231PS.BCST %d(SI), Z%d, Z%d", (u*mr+i)*4, bReg+v, i*nv+v)
+				}
+				continue
+			}
 			bc := bcReg + i%2
 			p("\tVBROADCASTSS %d(SI), %s%d", (u*mr+i)*4, R, bc)
 			for v := 0; v < nv; v++ {
@@ -980,6 +989,30 @@ func genQ8(fam string, rm int) {
 		p("\tVADDSS X%d, X%d, X%d", t, acc, acc)
 		p("\tVMOVSS X%d, %d(SI)", acc, 4*r)
 	}
+	p("\tVZEROUPPER")
+	p("\tRET")
+}
+
+// genFMAPeak emits a loop of independent FMAs that measures the CPU's
+// float32 peak (BenchmarkFMAPeak), 16 chains of 8 (Y) or 16 (Z) lanes:
+//
+//	func name(n int)
+//
+// runs n iterations of 16 FMAs.
+func genFMAPeak(name, R string) {
+	p("")
+	p("// func %s(n int)", name)
+	p("TEXT ·%s(SB), NOSPLIT, $0-8", name)
+	p("\tMOVQ n+0(FP), CX")
+	for r := 0; r < 16; r++ {
+		p("\tVXORPS %s%d, %s%d, %s%d", R, r, R, r, R, r)
+	}
+	p("%s_loop:", name)
+	for r := 0; r < 12; r++ {
+		p("\tVFMADD231PS %s%d, %s%d, %s%d", R, 14, R, 15, R, r)
+	}
+	p("\tDECQ CX")
+	p("\tJNE %s_loop", name)
 	p("\tVZEROUPPER")
 	p("\tRET")
 }

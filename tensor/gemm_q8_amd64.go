@@ -91,3 +91,11 @@ var q8Available = func() []*q8Kernels {
 	}
 	return ks
 }()
+
+// FMA loops measuring the float32 peak (BenchmarkFMAPeak).
+//
+//go:noescape
+func fmaPeakAVX2(n int)
+
+//go:noescape
+func fmaPeakAVX512(n int)

@@ -36,7 +36,7 @@ var allGemmKernels = []string{"go", "avx2", "avx512", "avx512bf16"}
 // the packing and driver of those paths are checked on every CPU; only the
 // assembly itself needs the hardware.
 var gemmEmulated = newGemmKernels("emulated-12x32", tileKernel[float32]{
-	mr: 12, nr: 32, kc: 128, mc: 192, nc: 3072, kstep: 1, micro: microGoTile,
+	mr: 12, nr: 32, kc: 256, mc: 192, nc: 3072, kstep: 1, micro: microGoTile,
 }, &tileKernel[uint16]{
 	mr: 12, nr: 32, kc: 256, mc: 192, nc: 3072, kstep: 2, micro: microGoPairs,
 }, dot4Go, dot4BF16Go)

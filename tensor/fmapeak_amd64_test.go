@@ -1,0 +1,65 @@
+//go:build amd64 && !purego
+
+package tensor
+
+import (
+	"fmt"
+	"testing"
+)
+
+// BenchmarkFMAPeak measures this CPU's float32 FMA peak per core (12
+// independent chains, no memory traffic), the denominator of "share of
+// peak" for the GEMM benchmarks:
+//
+//	go test ./tensor/ -bench 'FMAPeak|MatMul/2048' -run XXX
+func BenchmarkFMAPeak(b *testing.B) {
+	for _, c := range []struct {
+		name  string
+		ok    bool
+		lanes int
+		f     func(int)
+	}{{"avx2", hasAVX2, 8, fmaPeakAVX2}, {"avx512", hasAVX512, 16, fmaPeakAVX512}} {
+		b.Run(fmt.Sprintf("%s/threads=1", c.name), func(b *testing.B) {
+			if !c.ok {
+				b.Skipf("%s: not available on this CPU", c.name)
+			}
+			const iters = 1 << 20
+			cpu0 := cpuTime()
+			for b.Loop() {
+				c.f(iters)
+			}
+			flops := float64(iters) * 12 * float64(c.lanes) * 2 * float64(b.N)
+			b.ReportMetric(flops/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+			b.ReportMetric(flops/(cpuTime()-cpu0).Seconds()/1e9, "GFLOP/cpu-s")
+		})
+	}
+}
+
+// BenchmarkMicroKernel times each float32 micro-kernel alone on panels
+// that stay in L1 (kc = 256), the ceiling of the blocked GEMM: compare its
+// GFLOP/cpu-s with BenchmarkFMAPeak.
+func BenchmarkMicroKernel(b *testing.B) {
+	const ku = 256
+	for _, c := range []struct {
+		name   string
+		ok     bool
+		mr, nr int
+		f      func(int, []float32, []float32, []float32, int, float32, float32)
+	}{{"avx2-6x16", hasAVX2, 6, 16, microAVX2}, {"avx512-12x32", hasAVX512, 12, 32, microAVX512}} {
+		b.Run(c.name, func(b *testing.B) {
+			if !c.ok {
+				b.Skipf("%s: not available on this CPU", c.name)
+			}
+			ap := make([]float32, ku*c.mr)
+			bp := make([]float32, ku*c.nr)
+			cc := make([]float32, c.mr*c.nr)
+			cpu0 := cpuTime()
+			for b.Loop() {
+				c.f(ku, ap, bp, cc, c.nr, 1, 1)
+			}
+			flops := 2 * float64(ku*c.mr*c.nr) * float64(b.N)
+			b.ReportMetric(flops/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+			b.ReportMetric(flops/(cpuTime()-cpu0).Seconds()/1e9, "GFLOP/cpu-s")
+		})
+	}
+}
