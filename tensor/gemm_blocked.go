@@ -525,6 +525,7 @@ type gemmKernels struct {
 	f32      *tileKernel[float32]
 	wide     *tileKernel[float32] // f32 kernel packing a bf16 B widened
 	quant    *tileKernel[float32] // f32 kernel dequantizing a QuantMatrix B
+	quantN   *tileKernel[float32] // the same with the QuantMatrix used untransposed (GemmQuantN)
 	bf16     *tileKernel[uint16]  // nil: GemmBF16 uses wide
 	dot4     dot4Func
 	dot4BF16 dot4BF16Func
@@ -541,10 +542,12 @@ func newGemmKernels(name string, f32 tileKernel[float32], bf16 *tileKernel[uint1
 	wide.packB = packBWiden
 	quant := f32
 	quant.packB = packBQuant
+	quantN := f32
+	quantN.packB = packBQuantN
 	if bf16 != nil {
 		bf16.packA, bf16.packB = packABF16, packBBF16
 	}
-	return &gemmKernels{name: name, f32: &f32, wide: &wide, quant: &quant, bf16: bf16, dot4: dot, dot4BF16: dotH,
+	return &gemmKernels{name: name, f32: &f32, wide: &wide, quant: &quant, quantN: &quantN, bf16: bf16, dot4: dot, dot4BF16: dotH,
 		gemv: gemvGo, gemvN: gemvStreamsGo, gemvWays: [5]int{1, 1, 1, 1, 1}}
 }
 

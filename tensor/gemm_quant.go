@@ -97,6 +97,60 @@ func gemmQuantWith(ks *gemmKernels, m int, a []float32, lda int, w *QuantMatrix,
 	runBlocked(&g, ks.quant, threads)
 }
 
+// GemmQuantN computes C = A·W for a weight W kept in its GGML format (the
+// product with W untransposed: the input gradient of y = x·Wᵀ, dX = dY·W,
+// e.g. of an LM head's logits), overwriting C:
+//
+//	A: (m, n) float32, leading dimension lda, n = W.Rows
+//	W: (n, k) QuantMatrix
+//	C: (m, k) float32, leading dimension ldc, k = W.Cols
+//
+// As in GemmQuant, W is never expanded: the blocked GEMM decodes each
+// (kc rows of W) × (nc columns) block straight into its panels, and the
+// result is bitwise Gemm(A, DequantizeGGML(W)).
+func GemmQuantN(m int, a []float32, lda int, w QuantMatrix, c []float32, ldc int) {
+	gemmQuantNWith(gemmBest, m, a, lda, &w, c, ldc)
+}
+
+func gemmQuantNWith(ks *gemmKernels, m int, a []float32, lda int, w *QuantMatrix, c []float32, ldc int) {
+	n, k := w.Rows, w.Cols // inner dimension n, output width k
+	rb, err := w.Type.RowBytes(k)
+	if err != nil || len(w.Data) != n*rb {
+		panic(fmt.Sprintf("tensor.GemmQuantN: W (%d, %d) of %s does not fit %d bytes", n, k, w.Type, len(w.Data)))
+	}
+	checkGemm("tensor.GemmQuantN", false, false, m, k, n, len(a), lda, n*k, max(1, k), len(c), ldc)
+	if m == 0 || k == 0 {
+		return
+	}
+	if n == 0 {
+		scaleC(m, k, 0, c, ldc)
+		return
+	}
+	g := gemmJob{m: m, n: k, k: n, alpha: 1, beta: 0, a: a, lda: lda, c: c, ldc: ldc, q: w}
+	runBlocked(&g, ks.quantN, runtime.GOMAXPROCS(0))
+}
+
+// packBQuantN packs W[p0:p0+kc, j0:j0+nc] of a QuantMatrix W used as the
+// (k, n) operand as (nc/nr panels, kc, nr): each row segment is decoded
+// once into a scratch and its nr-wide pieces copied into the panels.
+func packBQuantN(dst []float32, g *gemmJob, nr, p0, kc, j0, nc int) {
+	q := g.q
+	s := quantScratchPool.Get().(*quantScratch)
+	defer quantScratchPool.Put(s)
+	s.f = grow(s.f, nc)
+	rb := q.rowBytes()
+	for p := 0; p < kc; p++ {
+		r := p0 + p
+		dequantRowSeg(s.f[:nc], q.Data[r*rb:(r+1)*rb], q.Type, j0)
+		for jr := 0; jr < nc; jr += nr {
+			cols := min(nr, nc-jr)
+			d := dst[jr*kc+p*nr : jr*kc+p*nr+nr]
+			copy(d, s.f[jr:jr+cols])
+			clear(d[cols:])
+		}
+	}
+}
+
 // quantScratch is a pooled float32 scratch for dequantized rows.
 type quantScratch struct{ f []float32 }
 

@@ -127,6 +127,42 @@ func TestGemmQuant(t *testing.T) {
 	}
 }
 
+// TestGemmQuantN checks C = A·W (W untransposed, an LM head's input
+// gradient) for every type, kernel set and 1–2 threads: bitwise Gemm on
+// the dequantized W.
+func TestGemmQuantN(t *testing.T) {
+	rng := rand.New(rand.NewPCG(25, 26))
+	kernels := append(gemmAvailable[:len(gemmAvailable):len(gemmAvailable)], gemmEmulated)
+	for _, typ := range quantTestTypes {
+		for _, k := range quantTestK(typ) {
+			for _, s := range []struct{ m, n int }{{1, 5}, {3, 300}, {9, 7}, {37, 70}} {
+				w, deq := randQuantMatrix(t, rng, typ, s.n, k) // W: (n, k); C: (m, k)
+				lda, ldc := s.n+3, k+2
+				a := gemmRandSlice(rng, (s.m-1)*lda+s.n)
+				for _, ks := range kernels {
+					for _, th := range []int{1, 2} {
+						name := fmt.Sprintf("%s/%s/m=%d n=%d k=%d/threads=%d", typ, ks.name, s.m, s.n, k, th)
+						got := make([]float32, (s.m-1)*ldc+k)
+						for i := range got {
+							got[i] = float32(math.NaN())
+						}
+						want := append([]float32(nil), got...)
+						old := runtime.GOMAXPROCS(th)
+						gemmQuantNWith(ks, s.m, a, lda, &w, got, ldc)
+						ks.gemm(false, false, s.m, k, s.n, 1, a, lda, deq, k, 0, want, ldc)
+						runtime.GOMAXPROCS(old)
+						for i := range got {
+							if math.Float32bits(got[i]) != math.Float32bits(want[i]) && !(i%ldc >= k) {
+								t.Fatalf("%s: c[%d] = %v, Gemm on the dequantized W gives %v", name, i, got[i], want[i])
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
 // TestDequantRowSeg checks that any segment of a row decodes to the same
 // values as the whole row.
 func TestDequantRowSeg(t *testing.T) {
