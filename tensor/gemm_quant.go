@@ -97,9 +97,10 @@ func gemmQuantWith(ks *gemmKernels, m int, a []float32, lda int, w *QuantMatrix,
 	runBlocked(&g, ks.quant, threads)
 }
 
-// GemmQuantN computes C = A·W for a weight W kept in its GGML format (the
-// product with W untransposed: the input gradient of y = x·Wᵀ, dX = dY·W,
-// e.g. of an LM head's logits), overwriting C:
+// GemmQuantN computes C = A·W + beta·C for a weight W kept in its GGML
+// format (the product with W untransposed: the input gradient of y = x·Wᵀ,
+// dX = dY·W, e.g. of an LM head's logits; beta = 0 overwrites C, which is
+// then not read):
 //
 //	A: (m, n) float32, leading dimension lda, n = W.Rows
 //	W: (n, k) QuantMatrix
@@ -108,11 +109,11 @@ func gemmQuantWith(ks *gemmKernels, m int, a []float32, lda int, w *QuantMatrix,
 // As in GemmQuant, W is never expanded: the blocked GEMM decodes each
 // (kc rows of W) × (nc columns) block straight into its panels, and the
 // result is bitwise Gemm(A, DequantizeGGML(W)).
-func GemmQuantN(m int, a []float32, lda int, w QuantMatrix, c []float32, ldc int) {
-	gemmQuantNWith(gemmBest, m, a, lda, &w, c, ldc)
+func GemmQuantN(m int, a []float32, lda int, w QuantMatrix, beta float32, c []float32, ldc int) {
+	gemmQuantNWith(gemmBest, m, a, lda, &w, beta, c, ldc)
 }
 
-func gemmQuantNWith(ks *gemmKernels, m int, a []float32, lda int, w *QuantMatrix, c []float32, ldc int) {
+func gemmQuantNWith(ks *gemmKernels, m int, a []float32, lda int, w *QuantMatrix, beta float32, c []float32, ldc int) {
 	n, k := w.Rows, w.Cols // inner dimension n, output width k
 	rb, err := w.Type.RowBytes(k)
 	if err != nil || len(w.Data) != n*rb {
@@ -123,10 +124,10 @@ func gemmQuantNWith(ks *gemmKernels, m int, a []float32, lda int, w *QuantMatrix
 		return
 	}
 	if n == 0 {
-		scaleC(m, k, 0, c, ldc)
+		scaleC(m, k, beta, c, ldc)
 		return
 	}
-	g := gemmJob{m: m, n: k, k: n, alpha: 1, beta: 0, a: a, lda: lda, c: c, ldc: ldc, q: w}
+	g := gemmJob{m: m, n: k, k: n, alpha: 1, beta: beta, a: a, lda: lda, c: c, ldc: ldc, q: w}
 	runBlocked(&g, ks.quantN, runtime.GOMAXPROCS(0))
 }
 

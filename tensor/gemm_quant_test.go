@@ -129,7 +129,7 @@ func TestGemmQuant(t *testing.T) {
 
 // TestGemmQuantN checks C = A·W (W untransposed, an LM head's input
 // gradient) for every type, kernel set and 1–2 threads: bitwise Gemm on
-// the dequantized W.
+// the dequantized W, with beta = 0 (one thread) and 0.5 (two threads).
 func TestGemmQuantN(t *testing.T) {
 	rng := rand.New(rand.NewPCG(25, 26))
 	kernels := append(gemmAvailable[:len(gemmAvailable):len(gemmAvailable)], gemmEmulated)
@@ -146,10 +146,17 @@ func TestGemmQuantN(t *testing.T) {
 						for i := range got {
 							got[i] = float32(math.NaN())
 						}
+						beta := float32(0)
+						if th == 2 {
+							beta = 0.5 // C += …: the LM head's dy
+							for i := range got {
+								got[i] = float32(i%7) - 3
+							}
+						}
 						want := append([]float32(nil), got...)
 						old := runtime.GOMAXPROCS(th)
-						gemmQuantNWith(ks, s.m, a, lda, &w, got, ldc)
-						ks.gemm(false, false, s.m, k, s.n, 1, a, lda, deq, k, 0, want, ldc)
+						gemmQuantNWith(ks, s.m, a, lda, &w, beta, got, ldc)
+						ks.gemm(false, false, s.m, k, s.n, 1, a, lda, deq, k, beta, want, ldc)
 						runtime.GOMAXPROCS(old)
 						for i := range got {
 							if math.Float32bits(got[i]) != math.Float32bits(want[i]) && !(i%ldc >= k) {
@@ -306,6 +313,46 @@ func TestWidenHalf(t *testing.T) {
 				}
 				if math.Float32bits(v) != math.Float32bits(want) && !(v != v && want != want) {
 					t.Fatalf("bf16=%v: widen(%#04x) = %#08x, want %#08x", bf16, h, math.Float32bits(v), math.Float32bits(want))
+				}
+			}
+		}
+	}
+}
+
+// TestCrossEntropyLMHeadQuant checks the LM-head loss and input gradient
+// on a head kept in each GGML format against CrossEntropyLMHead on the
+// decoded head: bitwise for chunks of more than 8 positions (the blocked
+// GEMMs decode into the same panels), within float32 rounding for small
+// chunks (GemmQuant's dot-product path sums in another order).
+func TestCrossEntropyLMHeadQuant(t *testing.T) {
+	rng := rand.New(rand.NewPCG(27, 28))
+	T, D, V := 45, 256, 301
+	y := gemmRandSlice(rng, T*D)
+	for _, typ := range quantTestTypes {
+		w, deq := randQuantMatrix(t, rng, typ, V, D)
+		for _, chunk := range []int{3, 16, 64} {
+			targets := make([]int32, T)
+			for i := range targets {
+				targets[i] = int32(rng.IntN(V))
+				if chunk == 3 && i%5 == 2 {
+					targets[i] = -1
+				}
+			}
+			scratch := make([]float32, chunk*V)
+			dyWant, dyGot := make([]float32, T*D), make([]float32, T*D)
+			lw, nw := CrossEntropyLMHead(dyWant, y, deq, targets, T, D, V, chunk, 0.25, scratch)
+			lg, ng := CrossEntropyLMHeadQuant(dyGot, y, w, targets, T, chunk, 0.25, scratch)
+			if nw != ng {
+				t.Fatalf("%s chunk %d: count %d, want %d", typ, chunk, ng, nw)
+			}
+			exact := chunk > smallMMax
+			if exact && lw != lg || math.Abs(lw-lg) > 1e-5*math.Abs(lw) {
+				t.Fatalf("%s chunk %d: loss %v, decoded head gives %v", typ, chunk, lg, lw)
+			}
+			for i := range dyWant {
+				if exact && math.Float32bits(dyWant[i]) != math.Float32bits(dyGot[i]) ||
+					math.Abs(float64(dyWant[i]-dyGot[i])) > 1e-4*(1+math.Abs(float64(dyWant[i]))) {
+					t.Fatalf("%s chunk %d: dy[%d] = %v, decoded head gives %v", typ, chunk, i, dyGot[i], dyWant[i])
 				}
 			}
 		}

@@ -104,6 +104,26 @@ func CrossEntropyLMHeadPacked(dy, y, wPred []float32, wt, w *PackedB, targets []
 	return x.run()
 }
 
+// CrossEntropyLMHeadQuant is CrossEntropyLMHead with the head W_pred
+// (V, D) in a GGML format (F16, BF16, Q8_0, Q4_K, Q6_K), e.g. memory-mapped
+// from the base's file: it is never expanded to float32 as a whole; each
+// chunk's logits (GemmQuant) and dy (GemmQuantN) decode blocks of it into
+// the GEMM's panels. The result is that of CrossEntropyLMHead on the
+// decoded head up to the order of float32 additions of the small-m path
+// (bitwise for runs of more than 8 positions).
+func CrossEntropyLMHeadQuant(dy, y []float32, w QuantMatrix, targets []int32, T, chunk int, gradScale float32, scratch []float32) (lossSum float64, count int) {
+	V, D := w.Rows, w.Cols
+	logits := func(l []float32, t0, nc int) {
+		GemmQuant(nc, y[t0*D:], D, w, l, V)
+	}
+	grad := func(l []float32, t0, nc int) {
+		GemmQuantN(nc, l, V, w, 1, dy[t0*D:], D)
+	}
+	x := xentJob{op: "tensor.CrossEntropyLMHeadQuant", dy: dy, y: y, targets: targets, T: T, D: D, V: V,
+		chunk: chunk, gradScale: gradScale, scratch: scratch, logitsOf: logits, grad: grad}
+	return x.run()
+}
+
 // kernOr returns the kernels pb was packed for, or def when pb is nil.
 func (pb *PackedB) kernOr(def *gemmKernels) *gemmKernels {
 	if pb == nil {
