@@ -28,6 +28,22 @@ func (c *Model) LossAndGrad(ws *Workspace, sources [][]float32, targets []int32,
 // are added in another order).
 func (c *Model) LossAndGradBatch(ws *Workspace, seqs []Seq, wPred []float32, gradScale float32, grads []float32) (lossSum float64, count int) {
 	c.coCheckHead("LossAndGrad", wPred)
+	return c.lossAndGradBatch(ws, seqs, headRef{f32: wPred}, gradScale, grads)
+}
+
+// LossAndGradBatchQuant is LossAndGradBatch with the frozen LM head
+// W_pred (Vocab, D) kept in its file's GGML format (F16, BF16, Q8_0,
+// Q4_K, Q6_K; e.g. memory-mapped from the base's GGUF): it is never
+// expanded to float32; each chunk of the head's logits and input gradient
+// decodes blocks of it inside the GEMMs (tensor.CrossEntropyLMHeadQuant).
+// The result is that of LossAndGradBatch on the decoded head (bitwise
+// when the head's chunks run more than 8 positions).
+func (c *Model) LossAndGradBatchQuant(ws *Workspace, seqs []Seq, head tensor.QuantMatrix, gradScale float32, grads []float32) (lossSum float64, count int) {
+	c.coCheckQuantHead("LossAndGrad", head)
+	return c.lossAndGradBatch(ws, seqs, headRef{q: &head}, gradScale, grads)
+}
+
+func (c *Model) lossAndGradBatch(ws *Workspace, seqs []Seq, head headRef, gradScale float32, grads []float32) (lossSum float64, count int) {
 	if len(grads) != len(c.Params) {
 		panic(fmt.Sprintf("model.Model.LossAndGrad: grads has %d values, want len(Params) = %d", len(grads), len(c.Params)))
 	}
@@ -36,7 +52,7 @@ func (c *Model) LossAndGradBatch(ws *Workspace, seqs []Seq, wPred []float32, gra
 	y := c.forward(ws, N, alpha)
 	dy := ws.dy[:N*c.Config.D()]
 	clear(dy)
-	lossSum, count = c.lmHead(ws, dy, y, N, wPred, gradScale)
+	lossSum, count = c.lmHead(ws, dy, y, N, head, gradScale)
 	if len(ws.gradsOf) != len(grads) || &ws.gradsOf[0] != &grads[0] {
 		ws.grads, ws.gradsOf = c.Views(grads), grads // bound once per buffer
 	}

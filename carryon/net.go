@@ -668,13 +668,33 @@ func (c *Model) LossBatch(ws *Workspace, seqs []Seq, wPred []float32, alpha floa
 	c.coCheckHead("Loss", wPred)
 	N := c.coBatch("Loss", ws, seqs, true)
 	y := c.forward(ws, N, alpha)
-	return c.lmHead(ws, nil, y, N, wPred, 0)
+	return c.lmHead(ws, nil, y, N, headRef{f32: wPred}, 0)
+}
+
+// LossBatchQuant is LossBatch with the LM head in its file's GGML format
+// (see LossAndGradBatchQuant).
+func (c *Model) LossBatchQuant(ws *Workspace, seqs []Seq, head tensor.QuantMatrix, alpha float32) (lossSum float64, count int) {
+	c.coCheckQuantHead("Loss", head)
+	N := c.coBatch("Loss", ws, seqs, true)
+	y := c.forward(ws, N, alpha)
+	return c.lmHead(ws, nil, y, N, headRef{q: &head}, 0)
+}
+
+// headRef is the frozen LM head W_pred (Vocab, D): float32 values, or q
+// (in a GGML format) when set.
+type headRef struct {
+	f32 []float32
+	q   *tensor.QuantMatrix
 }
 
 // lmHead runs the chunked LM-head cross-entropy of y (N, D) against the
 // batch's targets ws.tg, adding gradScale·∂loss/∂y into dy unless dy is nil.
-func (c *Model) lmHead(ws *Workspace, dy, y []float32, N int, wPred []float32, gradScale float32) (lossSum float64, count int) {
+func (c *Model) lmHead(ws *Workspace, dy, y []float32, N int, head headRef, gradScale float32) (lossSum float64, count int) {
 	D, V := c.Config.D(), c.Config.Vocab
+	if head.q != nil {
+		return tensor.CrossEntropyLMHeadQuant(dy, y, *head.q, ws.tg[:N], N, ws.ceChunk, gradScale, ws.ceScratch)
+	}
+	wPred := head.f32
 	if wt, w := ws.head.get(wPred, V, D, dy != nil); wt != nil {
 		return tensor.CrossEntropyLMHeadPacked(dy, y, wPred, wt, w, ws.tg[:N], N, ws.ceChunk, gradScale, ws.ceScratch)
 	}
@@ -716,6 +736,12 @@ func (h *headPack) get(wPred []float32, V, D int, grad bool) (wt, w *tensor.Pack
 		h.w = tensor.PackB(false, D, V, wPred, D)
 	}
 	return h.wt, h.w
+}
+
+func (c *Model) coCheckQuantHead(op string, head tensor.QuantMatrix) {
+	if head.Rows != c.Config.Vocab || head.Cols != c.Config.D() {
+		panic(fmt.Sprintf("model.Model.%s: the LM head is (%d, %d), want (Vocab, D) = (%d, %d)", op, head.Rows, head.Cols, c.Config.Vocab, c.Config.D()))
+	}
 }
 
 func (c *Model) coCheckHead(op string, wPred []float32) {

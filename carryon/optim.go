@@ -20,6 +20,13 @@ type OptimConfig struct {
 	Eps         float32
 	WeightDecay float32 // decoupled; applied to matrices only (not norms or biases)
 	ClipNorm    float64 // global L2 norm cap; 0 disables clipping
+	// Moments8bit keeps AdamW's moments in bitsandbytes' 8-bit blockwise
+	// form (tensor.AdamW8Step: 2.03 bytes per parameter for both instead of
+	// 8) in Optimizer.M8; M and V stay nil. The master weights stay
+	// float32 (Params): an update of lr·m/√v ≈ 1e-4 relative to a weight is
+	// below bf16's resolution (2⁻⁸), so bf16 masters would drop most
+	// updates. Checkpoints (coordinator) need the float32 moments.
+	Moments8bit bool
 }
 
 // DefaultOptimConfig returns the defaults for a run of total steps: LR 1e-3
@@ -68,6 +75,7 @@ func (o OptimConfig) Validate() error {
 type Optimizer struct {
 	Config OptimConfig
 	M, V   []float32
+	M8     *tensor.AdamW8State // the moments when Config.Moments8bit
 	Steps  int
 	model  *Model
 }
@@ -76,6 +84,9 @@ type Optimizer struct {
 func NewOptimizer(c *Model, cfg OptimConfig) (*Optimizer, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("model.NewOptimizer: %w", err)
+	}
+	if cfg.Moments8bit {
+		return &Optimizer{Config: cfg, M8: tensor.NewAdamW8State(len(c.Params)), model: c}, nil
 	}
 	return &Optimizer{Config: cfg, M: make([]float32, len(c.Params)), V: make([]float32, len(c.Params)), model: c}, nil
 }
@@ -103,6 +114,10 @@ func (o *Optimizer) Step(grads []float32) (gradNorm float64) {
 	}
 	lr := o.LR()
 	o.Steps++
+	if o.M8 != nil {
+		o.step8(grads, lr)
+		return gradNorm
+	}
 	// The update is elementwise: cut Params into equal ranges, one per
 	// core (for large carry-ons), each walking the tensors it overlaps.
 	n := len(c.Params)
@@ -128,6 +143,39 @@ func (o *Optimizer) Step(grads []float32) (gradNorm float64) {
 	part(0, n/w)
 	wg.Wait()
 	return gradNorm
+}
+
+// step8 is the update with 8-bit moments: weight decay p·(1 − lr·wd) on
+// the decayed tensors first, then tensor.AdamW8Step (wd 0) over ranges of
+// whole 8-bit blocks, one per core.
+func (o *Optimizer) step8(grads []float32, lr float32) {
+	c, cfg := o.model, o.Config
+	n := len(c.Params)
+	nb := (n + tensor.AdamW8Block - 1) / tensor.AdamW8Block
+	w := max(1, min(runtime.GOMAXPROCS(0), n/optimMinPerCore))
+	part := func(bl, bh int) {
+		lo, hi := bl*tensor.AdamW8Block, min(n, bh*tensor.AdamW8Block)
+		if lo >= hi {
+			return
+		}
+		if cfg.WeightDecay > 0 {
+			decay := 1 - lr*cfg.WeightDecay
+			for _, t := range c.tensors {
+				a, b := max(lo, t.Offset), min(hi, t.Offset+t.Numel())
+				if t.Decay && a < b {
+					tensor.Scale(c.Params[a:b], decay)
+				}
+			}
+		}
+		tensor.AdamW8Step(c.Params[lo:hi], grads[lo:hi], o.M8, lo, o.Steps, lr, cfg.Beta1, cfg.Beta2, cfg.Eps, 0)
+	}
+	var wg sync.WaitGroup
+	for i := 1; i < w; i++ {
+		wg.Add(1)
+		go func() { defer wg.Done(); part(i*nb/w, (i+1)*nb/w) }()
+	}
+	part(0, nb/w)
+	wg.Wait()
 }
 
 // optimMinPerCore is the number of parameters below which another core
