@@ -1,6 +1,6 @@
 package carryon
 
-// The carry-on network of DESIGN.md §2.
+// The carry-on network of docs/method.md.
 //
 // Per position t of one sequence, with sources x_i (x_0 = x̂, the bridged
 // final hidden state of the base, width D):
@@ -67,7 +67,7 @@ type Config struct {
 	Alpha     float32  `json:"alpha"`      // default scale of the customisation
 }
 
-// DefaultConfig is the "1 MB" carry-on of DESIGN.md §2 on one source,
+// DefaultConfig is the "1 MB" carry-on of docs/method.md on one source,
 // the final hidden state of a base of width baseDim.
 func DefaultConfig(baseDim, vocab int) Config {
 	return Config{

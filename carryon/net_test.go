@@ -143,7 +143,7 @@ func TestCarryOnGradFD(t *testing.T) {
 	}
 }
 
-// TestCarryOnStartsAtBase checks DESIGN.md §2's promise: with W_Δ = 0 at
+// TestCarryOnStartsAtBase checks docs/method.md's promise: with W_Δ = 0 at
 // initialisation, y = x̂ bit for bit, the loss is the base's loss, and the
 // first gradient reaches W_Δ only.
 func TestCarryOnStartsAtBase(t *testing.T) {

@@ -9,7 +9,7 @@ import (
 	"carryon/tensor"
 )
 
-// OptimConfig configures the carry-on's AdamW optimiser (DESIGN.md §2):
+// OptimConfig configures the carry-on's AdamW optimiser (docs/method.md):
 // linear warm-up then cosine decay, and global-norm gradient clipping.
 type OptimConfig struct {
 	LR, MinLR   float32 // peak and final learning rate

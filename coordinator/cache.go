@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"carryon/dataset"
+	"carryon/internal/atomicfile"
 	"carryon/protocol"
 	"carryon/tensor"
 )
@@ -125,30 +127,12 @@ func parseCacheFile(b []byte, codec tensor.Codec) ([]Entry, error) {
 	return es, nil
 }
 
-// writeFileAtomic writes b to path through a synced temp file and a rename.
+// writeFileAtomic writes b to path (creating its directory) durably.
 func writeFileAtomic(path string, b []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
+	return atomicfile.Write(path, b, 0o644)
 }
 
 func short(h string) string {
@@ -159,7 +143,7 @@ func short(h string) string {
 }
 
 // cached reports whether every layer of ch is in the cache.
-func (c *Coordinator) cached(ch *Chunk) bool {
+func (c *Coordinator) cached(ch *dataset.Chunk) bool {
 	for _, l := range c.cfg.Layers {
 		if !c.cache.Has(c.key(l, ch)) {
 			return false
@@ -168,12 +152,12 @@ func (c *Coordinator) cached(ch *Chunk) bool {
 	return true
 }
 
-func (c *Coordinator) key(layer int, ch *Chunk) Key {
+func (c *Coordinator) key(layer int, ch *dataset.Chunk) Key {
 	return Key{Base: c.base.WeightsHash, Codec: c.codec.String(), Layer: layer, Chunk: ch.ID}
 }
 
 // put writes a chunk's entries, indexed [layer][seq], to the cache.
-func (c *Coordinator) put(ch *Chunk, entries [][]Entry) error {
+func (c *Coordinator) put(ch *dataset.Chunk, entries [][]Entry) error {
 	for i, layer := range c.cfg.Layers {
 		if err := c.cache.Put(c.key(layer, ch), entries[i]); err != nil {
 			return err
@@ -186,7 +170,7 @@ func (c *Coordinator) put(ch *Chunk, entries [][]Entry) error {
 }
 
 // drop removes a chunk's entries from the cache.
-func (c *Coordinator) drop(ch *Chunk) error {
+func (c *Coordinator) drop(ch *dataset.Chunk) error {
 	for _, layer := range c.cfg.Layers {
 		if err := c.cache.remove(c.key(layer, ch)); err != nil {
 			return err

@@ -16,6 +16,7 @@ import (
 	"strings"
 
 	"carryon/carryon"
+	"carryon/dataset"
 	"carryon/tensor"
 )
 
@@ -308,7 +309,7 @@ func (s checkpoints) latest(co *carryon.Model, opt *carryon.Optimizer, maxStep i
 
 // runKey names everything that determines a training trajectory: two runs
 // with equal keys take bit-identical steps, so one may resume the other.
-func (c *Coordinator) runKey(ds *Dataset, co carryon.Config, parent string) (string, error) {
+func (c *Coordinator) runKey(ds *dataset.Set, co carryon.Config, parent string) (string, error) {
 	tc := c.cfg.Train
 	b, err := json.Marshal(struct {
 		Format, Version, Base, Data, Codec, Parent string

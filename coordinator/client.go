@@ -8,6 +8,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"carryon/dataset"
 	"carryon/protocol"
 	"carryon/tensor"
 )
@@ -30,7 +31,7 @@ var errBadResult = errors.New("bad result")
 // results are checked against the request, handed to accept (which stores
 // them), and only then acknowledged: a node counts the job as done only on
 // that acknowledgement. The returned entries are indexed [layer][seq].
-func embedChunk(ctx context.Context, h host.Host, p peer.ID, job embedJob, ch *Chunk,
+func embedChunk(ctx context.Context, h host.Host, p peer.ID, job embedJob, ch *dataset.Chunk,
 	accept func([][]Entry) error) (entries [][]Entry, computeMillis int64, err error) {
 	s, err := h.NewStream(ctx, p, protocol.EmbedProtocol)
 	if err != nil {
@@ -46,7 +47,7 @@ func embedChunk(ctx context.Context, h host.Host, p peer.ID, job embedJob, ch *C
 			s.Close() // a reset would discard the frames still in flight
 		}
 	}()
-	req := &protocol.EmbedRequest{V: 1, JobID: job.ID, ChunkID: ch.ID, BaseHash: job.Base,
+	req := &protocol.EmbedRequest{V: protocol.Version, JobID: job.ID, ChunkID: ch.ID, BaseHash: job.Base,
 		Layers: job.Layers, Codec: job.Codec.String()}
 	for _, sq := range ch.Seqs {
 		req.Seqs = append(req.Seqs, sq.Tokens)
@@ -67,10 +68,10 @@ func embedChunk(ctx context.Context, h host.Host, p peer.ID, job embedJob, ch *C
 	}
 	if err := accept(entries); err != nil {
 		refused = true
-		_ = protocol.WriteFrame(s, &protocol.Ack{V: 1, JobID: job.ID, ChunkID: ch.ID, OK: false, Reason: protocol.Errorf(protocol.KindInternal, "%v", err).Msg})
+		_ = protocol.WriteFrame(s, &protocol.Ack{V: protocol.Version, JobID: job.ID, ChunkID: ch.ID, OK: false, Reason: protocol.Errorf(protocol.KindInternal, "%v", err).Msg})
 		return nil, 0, err
 	}
-	if err := protocol.WriteFrame(s, &protocol.Ack{V: 1, JobID: job.ID, ChunkID: ch.ID, OK: true}); err != nil {
+	if err := protocol.WriteFrame(s, &protocol.Ack{V: protocol.Version, JobID: job.ID, ChunkID: ch.ID, OK: true}); err != nil {
 		return nil, 0, fmt.Errorf("send ack: %w", err)
 	}
 	return entries, done.ComputeMillis, nil
@@ -80,7 +81,7 @@ func embedChunk(ctx context.Context, h host.Host, p peer.ID, job embedJob, ch *C
 // checking each against the request before keeping it.
 func readResults(s interface {
 	Read([]byte) (int, error)
-}, job embedJob, ch *Chunk) ([][]Entry, error) {
+}, job embedJob, ch *dataset.Chunk) ([][]Entry, error) {
 	entries := make([][]Entry, len(job.Layers))
 	for i := range entries {
 		entries[i] = make([]Entry, len(ch.Seqs))

@@ -39,7 +39,7 @@ type Config struct {
 	// MinLeaseTimeout is the shortest lease deadline. Default 10 s.
 	MinLeaseTimeout time.Duration
 	// VerifyFraction is the base rate at which a finished chunk is computed
-	// again by a second node and the two results compared (DESIGN.md §5);
+	// again by a second node and the two results compared (docs/method.md, Verification);
 	// the rate adapts per node (see samplingRate). Default 0.1; negative
 	// means never (a plain 0 takes the default).
 	VerifyFraction float64

@@ -17,6 +17,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"carryon/dataset"
 	"carryon/model"
 	"carryon/protocol"
 	"carryon/swarm"
@@ -93,7 +94,7 @@ func (c *Coordinator) Close() error {
 // Store is where adaptor versions are kept (and served from).
 func (c *Coordinator) Store() swarm.Store { return c.store }
 
-func (c *Coordinator) job(ds *Dataset) embedJob {
+func (c *Coordinator) job(ds *dataset.Set) embedJob {
 	id := c.cfg.JobID
 	if id == "" {
 		h := sha256.Sum256(fmt.Appendf(nil, "%s|%s|%s|%v", c.base.WeightsHash, ds.Hash, c.codec, c.cfg.Layers))
@@ -113,7 +114,7 @@ func (c *Coordinator) Status() Status {
 // cache, leasing the missing ones to eligible nodes and verifying a sample
 // (see verify.go). Cached chunks are not recomputed, so a restarted
 // coordinator resumes where it stopped.
-func (c *Coordinator) Collect(ctx context.Context, ds *Dataset, progress func(Progress)) error {
+func (c *Coordinator) Collect(ctx context.Context, ds *dataset.Set, progress func(Progress)) error {
 	if c.topics == nil {
 		return errors.New("coordinator.Collect: no topics to discover nodes on")
 	}
@@ -195,7 +196,7 @@ func readAdverts(ctx context.Context, sub *pubsub.Subscription, self peer.ID, ou
 
 // checkFits rejects a data set whose sequences exceed the base's context,
 // before any node is asked (every node would fail on them).
-func (c *Coordinator) checkFits(ds *Dataset) error {
+func (c *Coordinator) checkFits(ds *dataset.Set) error {
 	limit := c.base.Config.MaxPos
 	for _, ch := range ds.All() {
 		for _, s := range ch.Seqs {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"carryon/carryon"
+	"carryon/dataset"
 	"carryon/model"
 	"carryon/tensor"
 )
@@ -18,7 +19,7 @@ import (
 // A job file configures a whole coordinator job in JSON (`carryon
 // coordinator --config FILE`). Every field but base and data may be left
 // out (or 0) for its default; unknown fields are errors, so a typo never
-// passes silently. Example:
+// passes silently. dataset.Example:
 //
 //	{
 //	  "base": "default",
@@ -48,7 +49,7 @@ type JobFile struct {
 	Swarm   JobSwarm   `json:"swarm"`
 }
 
-// JobDataset is how the data are cut (DataConfig).
+// JobDataset is how the data are cut (dataset.Config).
 type JobDataset struct {
 	SeqLen       int `json:"seq_len,omitempty"`        // tokens per sequence at most; default 128
 	SeqsPerChunk int `json:"seqs_per_chunk,omitempty"` // sequences per leased chunk; default 16
@@ -342,7 +343,7 @@ func (j *JobFile) Config() Config {
 }
 
 // DataConfig is how the file cuts the data set.
-func (j *JobFile) DataConfig() DataConfig {
+func (j *JobFile) DataConfig() dataset.Config {
 	d := j.Dataset
-	return DataConfig{SeqLen: d.SeqLen, SeqsPerChunk: d.SeqsPerChunk, ValPercent: d.ValPercent, MaxExamples: d.MaxExamples}
+	return dataset.Config{SeqLen: d.SeqLen, SeqsPerChunk: d.SeqsPerChunk, ValPercent: d.ValPercent, MaxExamples: d.MaxExamples}
 }

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"carryon/dataset"
 	"context"
 	"fmt"
 )
@@ -33,7 +34,7 @@ type LocalProgress struct {
 // cached are skipped: a second call on the same data runs no forward.
 // base must compute the coordinator's base (the cache is keyed by its
 // weights hash); nil means the coordinator's own. progress may be nil.
-func (c *Coordinator) CollectLocal(ctx context.Context, ds *Dataset, base Forwarder, progress func(LocalProgress)) error {
+func (c *Coordinator) CollectLocal(ctx context.Context, ds *dataset.Set, base Forwarder, progress func(LocalProgress)) error {
 	if base == nil {
 		base = c.base
 	}

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"carryon/dataset"
 	"carryon/model"
 	"carryon/tensor"
 	"carryon/tokenizer"
@@ -44,13 +45,13 @@ func localBase(t *testing.T) *model.Base {
 	return b
 }
 
-func localData(t *testing.T, n int) *Dataset {
+func localData(t *testing.T, n int) *dataset.Set {
 	t.Helper()
 	var buf bytes.Buffer
 	for i := range n {
 		fmt.Fprintf(&buf, "{\"question\": \"What is %d plus %d?\", \"answer\": \"%d + %d = %d\\n#### %d\"}\n", i, 2*i, i, 2*i, 3*i, 3*i)
 	}
-	ds, err := ReadDataset(&buf, true, tokenizer.ByteTokenizer{}, DataConfig{SeqLen: 64, SeqsPerChunk: 3, ValPercent: 20})
+	ds, err := dataset.Read(&buf, true, tokenizer.ByteTokenizer{}, dataset.Config{SeqLen: 64, SeqsPerChunk: 3, ValPercent: 20})
 	if err != nil {
 		t.Fatal(err)
 	}

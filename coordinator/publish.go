@@ -8,6 +8,7 @@ import (
 
 	"github.com/ipfs/go-cid"
 
+	"carryon/dataset"
 	"carryon/protocol"
 	"carryon/swarm"
 )
@@ -30,7 +31,7 @@ func (c *Coordinator) Publish(ctx context.Context, res *TrainResult) (*Version, 
 	if err != nil {
 		return nil, fmt.Errorf("coordinator.Publish: store: %w", err)
 	}
-	ann := &protocol.AdaptorAnnounce{V: 1, CID: id.String(), Parent: res.Meta.Parent, BaseHash: res.Meta.BaseHash,
+	ann := &protocol.AdaptorAnnounce{V: protocol.Version, CID: id.String(), Parent: res.Meta.Parent, BaseHash: res.Meta.BaseHash,
 		Step: res.Meta.Step, Size: int64(len(data)), Metrics: res.Meta.Metrics, UnixMilli: time.Now().UnixMilli()}
 	if c.h == nil {
 		return nil, errors.New("coordinator.Publish: a coordinator without a host cannot sign or serve adaptors")
@@ -61,7 +62,7 @@ func (c *Coordinator) Publish(ctx context.Context, res *TrainResult) (*Version, 
 //
 // Every stage resumes from disk: cached chunks are not leased again, and
 // training continues from its newest checkpoint.
-func (c *Coordinator) Run(ctx context.Context, ds *Dataset, hooks Hooks) (*TrainResult, *Version, error) {
+func (c *Coordinator) Run(ctx context.Context, ds *dataset.Set, hooks Hooks) (*TrainResult, *Version, error) {
 	if hooks.Collecting != nil {
 		cached, total := c.CacheStatus(ds)
 		hooks.Collecting(cached, total)

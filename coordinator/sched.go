@@ -14,6 +14,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"carryon/dataset"
 	"carryon/protocol"
 	"carryon/tensor"
 )
@@ -37,7 +38,7 @@ const (
 
 // chunkState is the loop's record of one chunk.
 type chunkState struct {
-	ch       *Chunk
+	ch       *dataset.Chunk
 	phase    chunkPhase
 	leases   []*lease     // in flight for this chunk
 	held     []heldResult // results awaiting agreement (phVerify)
@@ -993,7 +994,7 @@ func (l *loop) selfVerify(cs *chunkState) {
 }
 
 // selfCompute runs the chunk through the coordinator's base and codec.
-func (c *Coordinator) selfCompute(ch *Chunk) ([][]Entry, error) {
+func (c *Coordinator) selfCompute(ch *dataset.Chunk) ([][]Entry, error) {
 	out := make([][]Entry, len(c.cfg.Layers))
 	for i := range out {
 		out[i] = make([]Entry, len(ch.Seqs))

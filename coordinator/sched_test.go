@@ -8,13 +8,14 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 
+	"carryon/dataset"
 	"carryon/model"
 	"carryon/node"
 	"carryon/protocol"
 	"carryon/swarm"
 )
 
-func collect(t *testing.T, c *Coordinator, ds *Dataset) Status {
+func collect(t *testing.T, c *Coordinator, ds *dataset.Set) Status {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -24,7 +25,7 @@ func collect(t *testing.T, c *Coordinator, ds *Dataset) Status {
 	return c.Status()
 }
 
-func exactlyOnce(t *testing.T, ds *Dataset, stores *storeCounter) {
+func exactlyOnce(t *testing.T, ds *dataset.Set, stores *storeCounter) {
 	t.Helper()
 	for _, ch := range ds.All() {
 		if n := stores.get(ch.ID); n != 1 {
@@ -135,7 +136,7 @@ func rogueNode(t *testing.T, ts *testSwarm) *testNode {
 		for i, seq := range req.Seqs {
 			for _, layer := range req.Layers {
 				x := honestHidden(seq, layer, info.Dim)
-				res := &protocol.EmbedResult{V: 1, JobID: "dead", ChunkID: req.ChunkID, Seq: i, Layer: layer,
+				res := &protocol.EmbedResult{V: protocol.Version, JobID: "dead", ChunkID: req.ChunkID, Seq: i, Layer: layer,
 					Codec: req.Codec, Rows: len(seq), Dim: info.Dim}
 				c, _ := ts.coordCodec(req.Codec)
 				res.Data = c.Encode(nil, x, len(seq), info.Dim)
@@ -144,14 +145,14 @@ func rogueNode(t *testing.T, ts *testSwarm) *testNode {
 				}
 			}
 		}
-		protocol.WriteFrame(s, &protocol.EmbedDone{V: 1, JobID: "dead", ChunkID: req.ChunkID, Results: len(req.Seqs) * len(req.Layers)})
+		protocol.WriteFrame(s, &protocol.EmbedDone{V: protocol.Version, JobID: "dead", ChunkID: req.ChunkID, Results: len(req.Seqs) * len(req.Layers)})
 		protocol.ReadExpect[*protocol.Ack](s)
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(func() { cancel(); h.Close() })
 	go func() {
 		for ctx.Err() == nil {
-			a := &protocol.Advert{V: 1, Peer: h.ID().String(), Bases: []protocol.BaseInfo{info}, Codecs: []string{"q8"},
+			a := &protocol.Advert{V: protocol.Version, Peer: h.ID().String(), Bases: []protocol.BaseInfo{info}, Codecs: []string{"q8"},
 				TokensPerSec: 1e9, FreeSlots: 4, Device: "rogue", UnixMilli: time.Now().UnixMilli()}
 			swarm.Publish(ctx, topics.Nodes, a)
 			time.Sleep(100 * time.Millisecond)

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"bufio"
 	"bytes"
+	"carryon/dataset"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -218,7 +219,7 @@ func (c *Coordinator) LatestVersion() (VersionRecord, bool, error) {
 
 // CacheStatus counts the distinct chunks of ds and how many of them are
 // already in the cache (and so will not be leased again).
-func (c *Coordinator) CacheStatus(ds *Dataset) (cached, total int) {
+func (c *Coordinator) CacheStatus(ds *dataset.Set) (cached, total int) {
 	seen := map[string]bool{}
 	for _, ch := range ds.All() {
 		if seen[ch.ID] {

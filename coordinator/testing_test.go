@@ -18,6 +18,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/pnet"
 
+	"carryon/dataset"
 	"carryon/model"
 	"carryon/node"
 	"carryon/protocol"
@@ -128,18 +129,18 @@ func honestHidden(ids []int32, layer, dim int) []float32 {
 }
 
 // testDataset makes n chunks of seqs sequences of seqLen random tokens.
-func swarmDataset(seed uint64, n, seqs, seqLen int) *Dataset {
+func swarmDataset(seed uint64, n, seqs, seqLen int) *dataset.Set {
 	rng := rand.New(rand.NewPCG(seed, 99))
-	var exs []Example
+	var exs []dataset.Example
 	for range n * seqs {
-		ex := Example{Tokens: make([]int32, seqLen), Loss: make([]bool, seqLen)}
+		ex := dataset.Example{Tokens: make([]int32, seqLen), Loss: make([]bool, seqLen)}
 		for i := range ex.Tokens {
 			ex.Tokens[i] = int32(rng.IntN(256))
 			ex.Loss[i] = i > 0
 		}
 		exs = append(exs, ex)
 	}
-	ds := &Dataset{Train: chunk(exs, seqs, false)}
+	ds := &dataset.Set{Train: dataset.Chunks(exs, seqs, false)}
 	h := sha256.New()
 	for _, c := range ds.Train {
 		h.Write([]byte(c.ID))
@@ -333,7 +334,7 @@ func (s *storeCounter) total() int {
 // checkCache asserts that every chunk of ds is cached and agrees with the
 // honest computation (bit-identical when exact, else by the verification
 // rule), and returns how many were bit-identical.
-func checkCache(t testing.TB, c *Coordinator, ds *Dataset, exact bool) int {
+func checkCache(t testing.TB, c *Coordinator, ds *dataset.Set, exact bool) int {
 	t.Helper()
 	same := 0
 	for _, ch := range ds.All() {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"carryon/carryon"
+	"carryon/dataset"
 	"carryon/model"
 	"carryon/protocol"
 )
@@ -60,7 +61,7 @@ type seqData struct {
 }
 
 // loadSplit reads the cached embeddings of chunks (never the network).
-func (c *Coordinator) loadSplit(chunks []*Chunk) ([]seqData, error) {
+func (c *Coordinator) loadSplit(chunks []*dataset.Chunk) ([]seqData, error) {
 	var out []seqData
 	for _, ch := range chunks {
 		per := make([][]Entry, len(c.cfg.Layers))
@@ -169,40 +170,26 @@ func (d *decoder) sources(sd seqData) ([][]float32, error) {
 	return d.out, nil
 }
 
-// maxStages bounds a boosting chain (each stage runs on every training
-// sequence of every later stage).
-const maxStages = 16
-
 // parentChain loads the adaptor parent (a CID in the store) and its own
-// parents, root first, checking that each was made for this base and reads
-// only layers this job collects.
+// parents, root first, checking that each was made for this base, fits the
+// data's sequences and reads only layers this job collects.
 func (c *Coordinator) parentChain(parent string, maxSeq int) ([]*chainStage, error) {
-	var cos []*carryon.Model
-	for p := parent; p != ""; {
-		if len(cos) == maxStages {
-			return nil, fmt.Errorf("parent chain longer than %d stages", maxStages)
-		}
+	stages, err := carryon.ResolveChain(parent, func(p string) ([]byte, error) {
 		id, err := protocol.ParseCID(p)
 		if err != nil {
 			return nil, fmt.Errorf("parent %q: %w", p, err)
 		}
-		data, err := c.store.Get(id)
-		if err != nil {
-			return nil, fmt.Errorf("parent %s: %w", p, err)
-		}
-		co, meta, err := carryon.Unmarshal(data)
-		if err != nil {
-			return nil, fmt.Errorf("parent %s: %w", p, err)
-		}
-		if meta.BaseHash != c.base.WeightsHash {
-			return nil, fmt.Errorf("parent %s was trained on base %s, not %s", p, short(meta.BaseHash), short(c.base.WeightsHash))
-		}
-		if co.Config.MaxSeq < maxSeq {
-			return nil, fmt.Errorf("parent %s handles sequences of %d tokens, the data has %d", p, co.Config.MaxSeq, maxSeq)
-		}
-		cos = append([]*carryon.Model{co}, cos...)
-		p = meta.Parent
+		return c.store.Get(id)
+	}, c.base)
+	if err != nil {
+		return nil, fmt.Errorf("parent: %w", err)
 	}
+	for _, st := range stages {
+		if st.Model.Config.MaxSeq < maxSeq {
+			return nil, fmt.Errorf("parent %s handles sequences of %d tokens, the data has %d", st.CID, st.Model.Config.MaxSeq, maxSeq)
+		}
+	}
+	cos := carryon.Models(stages)
 	layers, srcIdx, err := carryon.StageLayers(c.base, cos)
 	if err != nil {
 		return nil, err
@@ -235,7 +222,7 @@ func (c *Coordinator) parentChain(parent string, maxSeq int) ([]*chainStage, err
 // end, and a run whose configuration, data and base match a checkpoint on
 // disk resumes from the newest one: the result is bit-identical to an
 // uninterrupted run.
-func (c *Coordinator) Train(ctx context.Context, ds *Dataset, hooks Hooks) (*TrainResult, error) {
+func (c *Coordinator) Train(ctx context.Context, ds *dataset.Set, hooks Hooks) (*TrainResult, error) {
 	tc := c.cfg.Train
 	train, err := c.loadSplit(ds.Train)
 	if err != nil {

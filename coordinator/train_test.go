@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"carryon/carryon"
+	"carryon/dataset"
 	"carryon/model"
 	"carryon/swarm"
 	"carryon/tokenizer"
@@ -42,9 +43,9 @@ func testData(n int) []byte {
 	return b.Bytes()
 }
 
-func testDataset(t testing.TB) *Dataset {
+func testDataset(t testing.TB) *dataset.Set {
 	t.Helper()
-	ds, err := ReadDataset(bytes.NewReader(testData(48)), true, tokenizer.ByteTokenizer{}, DataConfig{SeqLen: 32, SeqsPerChunk: 4, ValPercent: 20})
+	ds, err := dataset.Read(bytes.NewReader(testData(48)), true, tokenizer.ByteTokenizer{}, dataset.Config{SeqLen: 32, SeqsPerChunk: 4, ValPercent: 20})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,7 +66,7 @@ func testTrainConfig(steps, every int) TrainConfig {
 // newTestCoordinator opens a coordinator on dir (no swarm topics) with the
 // cache filled: every chunk of ds embedded here with the base, as a node
 // would.
-func newTestCoordinator(t testing.TB, dir string, base *model.Base, ds *Dataset, tc TrainConfig) *Coordinator {
+func newTestCoordinator(t testing.TB, dir string, base *model.Base, ds *dataset.Set, tc TrainConfig) *Coordinator {
 	t.Helper()
 	h, err := swarm.NewHost(swarm.HostConfig{})
 	if err != nil {

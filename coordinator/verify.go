@@ -9,7 +9,7 @@ import (
 	"carryon/tensor"
 )
 
-// Verification of volunteers' work (DESIGN.md §5).
+// Verification of volunteers' work (docs/method.md, Verification).
 //
 // A sampled chunk is computed by two different nodes and the two bridged
 // results are compared after dequantization, token by token (one row of

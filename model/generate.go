@@ -1,7 +1,7 @@
 package model
 
 // Incremental decoding: KV-cached sessions of the base and of the carry-on,
-// sampling, and Generate (base + carry-on stages, DESIGN.md §2 and §6.6).
+// sampling, and Generate (base + carry-on stages, docs/method.md).
 
 import (
 	"container/heap"

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"unsafe"
 
+	"carryon/internal/atomicfile"
 	"carryon/tensor"
 )
 
@@ -434,22 +435,10 @@ func writeCheckpoint(dir string, cfg Config, views []tensor.View) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(dir, configFile), cfg.JSON(), 0o644); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, configFile), cfg.JSON(), 0o644); err != nil {
 		return err
 	}
-	path := filepath.Join(dir, singleFile)
-	f, err := os.Create(path + ".tmp")
-	if err != nil {
-		return err
-	}
-	if err := tensor.WriteSafetensors(f, views, map[string]string{"format": "pt"}); err != nil {
-		f.Close()
-		os.Remove(path + ".tmp")
-		return err
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(path + ".tmp")
-		return err
-	}
-	return os.Rename(path+".tmp", path)
+	return atomicfile.WriteFunc(filepath.Join(dir, singleFile), 0o644, func(w io.Writer) error {
+		return tensor.WriteSafetensors(w, views, map[string]string{"format": "pt"})
+	})
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"strconv"
 	"sync"
 
+	"carryon/internal/atomicfile"
 	"carryon/tensor"
 )
 
@@ -453,19 +455,10 @@ func (t *BaseTrainer) SaveState(path string) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("model.SaveState: %w", err)
 	}
-	f, err := os.Create(path + ".tmp")
+	err := atomicfile.WriteFunc(path, 0o644, func(w io.Writer) error {
+		return tensor.WriteSafetensors(w, views, map[string]string{"step": strconv.Itoa(t.step)})
+	})
 	if err != nil {
-		return fmt.Errorf("model.SaveState: %w", err)
-	}
-	err = tensor.WriteSafetensors(f, views, map[string]string{"step": strconv.Itoa(t.step)})
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(path+".tmp", path)
-	}
-	if err != nil {
-		os.Remove(path + ".tmp")
 		return fmt.Errorf("model.SaveState: %w", err)
 	}
 	return nil

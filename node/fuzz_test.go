@@ -26,7 +26,7 @@ func FuzzEmbedStream(f *testing.F) {
 	big := []byte{byte(protocol.TypeEmbedRequest), 1, 0, 0, 0, 0, 0xdf, 0xff, 0xff, 0xff, 0xff}
 	binary.BigEndian.PutUint32(big[2:], 5)
 	f.Add(big) // a msgpack map claiming 2^32 entries
-	f.Add(append(mustFrame(f, req), mustFrame(f, &protocol.Ack{V: 1, JobID: req.JobID, ChunkID: req.ChunkID, OK: true})...))
+	f.Add(append(mustFrame(f, req), mustFrame(f, &protocol.Ack{V: protocol.Version, JobID: req.JobID, ChunkID: req.ChunkID, OK: true})...))
 	f.Add([]byte{byte(protocol.TypeEmbedRequest), 1, 0, 0, 0, 3, 0x81, 0xa1, 'v'})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var before, after runtime.MemStats

@@ -79,7 +79,7 @@ func TestMetrics(t *testing.T) {
 	if _, err := protocol.ReadExpect[*protocol.EmbedDone](s); err != nil {
 		t.Fatal(err)
 	}
-	if err := protocol.WriteFrame(s, &protocol.Ack{V: 1, JobID: req.JobID, ChunkID: req.ChunkID, OK: true}); err != nil {
+	if err := protocol.WriteFrame(s, &protocol.Ack{V: protocol.Version, JobID: req.JobID, ChunkID: req.ChunkID, OK: true}); err != nil {
 		t.Fatal(err)
 	}
 	io.Copy(io.Discard, s)

@@ -180,7 +180,7 @@ func (n *Node) advertLoop(ctx context.Context) {
 
 // advert describes what the node offers now.
 func (n *Node) advert() *protocol.Advert {
-	a := &protocol.Advert{V: 1, Peer: n.h.ID().String(), TokensPerSec: n.tokensPerSec(),
+	a := &protocol.Advert{V: protocol.Version, Peer: n.h.ID().String(), TokensPerSec: n.tokensPerSec(),
 		FreeSlots: cap(n.slots) + n.cfg.MaxQueue - len(n.slots) - int(n.waiting.Load()), Device: n.cfg.Device, UnixMilli: time.Now().UnixMilli()}
 	for _, b := range n.bases {
 		a.Bases = append(a.Bases, b.Info())
@@ -283,7 +283,7 @@ func (n *Node) serveJob(ctx context.Context, s network.Stream, log *slog.Logger)
 		return err
 	}
 	elapsed := time.Since(start)
-	done := &protocol.EmbedDone{V: 1, JobID: req.JobID, ChunkID: req.ChunkID,
+	done := &protocol.EmbedDone{V: protocol.Version, JobID: req.JobID, ChunkID: req.ChunkID,
 		Results: len(req.Seqs) * len(req.Layers), ComputeMillis: elapsed.Milliseconds()}
 	if err := protocol.WriteFrame(s, done); err != nil {
 		return fmt.Errorf("write done: %w", err)
@@ -352,7 +352,7 @@ func (n *Node) compute(s network.Stream, req *protocol.EmbedRequest, base Base, 
 		}
 		for j, layer := range req.Layers {
 			buf = codec.Encode(buf[:0], hs[j], len(seq), dim)
-			res := &protocol.EmbedResult{V: 1, JobID: req.JobID, ChunkID: req.ChunkID, Seq: i, Layer: layer,
+			res := &protocol.EmbedResult{V: protocol.Version, JobID: req.JobID, ChunkID: req.ChunkID, Seq: i, Layer: layer,
 				Codec: req.Codec, Rows: len(seq), Dim: dim, Data: buf}
 			if err := protocol.WriteFrame(s, res); err != nil {
 				return 0, 0, fmt.Errorf("write result: %w", err)

@@ -95,7 +95,7 @@ func pair(t testing.TB, b Base, cfg Config) (host.Host, *Node) {
 
 func request(b Base) *protocol.EmbedRequest {
 	h := sha256.Sum256([]byte("chunk"))
-	return &protocol.EmbedRequest{V: 1, JobID: "abc123", ChunkID: hex.EncodeToString(h[:]), BaseHash: b.Info().WeightsHash,
+	return &protocol.EmbedRequest{V: protocol.Version, JobID: "abc123", ChunkID: hex.EncodeToString(h[:]), BaseHash: b.Info().WeightsHash,
 		Layers: []int{-1, 0}, Codec: "q8", Seqs: [][]int32{{1, 2, 3}, {4, 5, 6, 7, 8}}}
 }
 
@@ -163,7 +163,7 @@ func TestEmbedRoundTrip(t *testing.T) {
 	if n.Stats().Jobs != 0 {
 		t.Fatal("job counted before the acknowledgement")
 	}
-	if err := protocol.WriteFrame(s, &protocol.Ack{V: 1, JobID: req.JobID, ChunkID: req.ChunkID, OK: true}); err != nil {
+	if err := protocol.WriteFrame(s, &protocol.Ack{V: protocol.Version, JobID: req.JobID, ChunkID: req.ChunkID, OK: true}); err != nil {
 		t.Fatal(err)
 	}
 	io.Copy(io.Discard, s)
@@ -185,7 +185,7 @@ func TestEmbedRejects(t *testing.T) {
 		kind protocol.ErrorKind
 	}{
 		{name: "garbage bytes", raw: []byte("\x02\x01\x00\x00\x00\x05hello"), kind: protocol.KindInvalid},
-		{name: "wrong message type", raw: mustFrame(t, &protocol.Ack{V: 1, OK: true}), kind: protocol.KindInvalid},
+		{name: "wrong message type", raw: mustFrame(t, &protocol.Ack{V: protocol.Version, OK: true}), kind: protocol.KindInvalid},
 		{name: "wrong base", edit: func(r *protocol.EmbedRequest) { r.BaseHash = hex.EncodeToString(make([]byte, 32)) }, kind: protocol.KindModelMismatch},
 		{name: "unknown codec", edit: func(r *protocol.EmbedRequest) { r.Codec = "q9" }, kind: protocol.KindInvalid},
 		{name: "codec not offered", edit: func(r *protocol.EmbedRequest) { r.Codec = "q4" }, kind: protocol.KindInvalid},
@@ -278,7 +278,7 @@ func TestNoAck(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	protocol.WriteFrame(s, &protocol.Ack{V: 1, JobID: req.JobID, ChunkID: req.ChunkID, OK: false, Reason: "superseded"})
+	protocol.WriteFrame(s, &protocol.Ack{V: protocol.Version, JobID: req.JobID, ChunkID: req.ChunkID, OK: false, Reason: "superseded"})
 	waitFor(t, "the refused job to count as rejected", func() bool { return n.Stats().Rejected == 2 })
 	if n.Stats().Jobs != 0 {
 		t.Fatalf("refused job counted: %+v", n.Stats())

@@ -76,7 +76,7 @@ func FuzzValidateMsgpack(f *testing.F) {
 // Verify, and a tampered signed one never verifies.
 func FuzzVerifyAnnounce(f *testing.F) {
 	k, id := testKey(f, 3)
-	a := &AdaptorAnnounce{V: 1, CID: cidA, BaseHash: hashA, Step: 1, Size: 1, UnixMilli: 1, Metrics: map[string]float64{"a": 1}}
+	a := &AdaptorAnnounce{V: Version, CID: cidA, BaseHash: hashA, Step: 1, Size: 1, UnixMilli: 1, Metrics: map[string]float64{"a": 1}}
 	if err := a.Sign(k); err != nil {
 		f.Fatal(err)
 	}

@@ -12,7 +12,7 @@ import (
 
 func signedAnnounce(t *testing.T) (*AdaptorAnnounce, crypto.PrivKey) {
 	k, _ := testKey(t, 7)
-	a := &AdaptorAnnounce{V: 1, CID: cidA, BaseHash: hashA, Step: 3, Size: 10, UnixMilli: 5,
+	a := &AdaptorAnnounce{V: Version, CID: cidA, BaseHash: hashA, Step: 3, Size: 10, UnixMilli: 5,
 		Metrics: map[string]float64{"val_loss": 1.5, "ppl": 4.5, "acc": 0.5}}
 	if err := a.Sign(k); err != nil {
 		t.Fatal(err)

@@ -39,26 +39,26 @@ var (
 // sampleMessages returns one valid message of every type.
 func sampleMessages(t testing.TB) []Message {
 	k, id := testKey(t, 1)
-	ann := &AdaptorAnnounce{V: 1, CID: cidB, Parent: cidA, BaseHash: hashA, Step: 1200, Size: 1 << 20,
+	ann := &AdaptorAnnounce{V: Version, CID: cidB, Parent: cidA, BaseHash: hashA, Step: 1200, Size: 1 << 20,
 		Metrics: map[string]float64{"val_loss": 2.5, "acc": 0.75}, UnixMilli: 1700000000000}
 	if err := ann.Sign(k); err != nil {
 		t.Fatal(err)
 	}
 	return []Message{
-		&Advert{V: 1, Peer: id.String(), Bases: []BaseInfo{{Name: "Qwen2.5-0.5B", WeightsHash: hashA, Arch: "qwen2",
+		&Advert{V: Version, Peer: id.String(), Bases: []BaseInfo{{Name: "Qwen2.5-0.5B", WeightsHash: hashA, Arch: "qwen2",
 			Dim: 896, Layers: 24, Vocab: 151936}}, Codecs: []string{"q8", "q4"}, TokensPerSec: 1234.5,
 			FreeSlots: 3, Device: "cpu", UnixMilli: 1700000000000},
-		&EmbedRequest{V: 1, JobID: "1f", ChunkID: hashB, BaseHash: hashA, Layers: []int{-1, 0},
+		&EmbedRequest{V: Version, JobID: "1f", ChunkID: hashB, BaseHash: hashA, Layers: []int{-1, 0},
 			Codec: "q8", Seqs: [][]int32{{1, 2, 300}, {70000}}},
-		&EmbedResult{V: 1, JobID: "1f", ChunkID: hashB, Seq: 1, Layer: -1, Codec: "q8", Rows: 1, Dim: 4,
+		&EmbedResult{V: Version, JobID: "1f", ChunkID: hashB, Seq: 1, Layer: -1, Codec: "q8", Rows: 1, Dim: 4,
 			Data: []byte{0xde, 0xad, 0xbe, 0xef}},
-		&EmbedDone{V: 1, JobID: "1f", ChunkID: hashB, Results: 4, ComputeMillis: 250},
-		&Ack{V: 1, JobID: "1f", ChunkID: hashB, OK: false, Reason: "mismatch"},
+		&EmbedDone{V: Version, JobID: "1f", ChunkID: hashB, Results: 4, ComputeMillis: 250},
+		&Ack{V: Version, JobID: "1f", ChunkID: hashB, OK: false, Reason: "mismatch"},
 		Errorf(KindOverloaded, "busy: %d jobs", 7),
 		ann,
-		&BlobRequest{V: 1, CID: cidA},
-		&BlobManifest{V: 1, CID: cidA, Size: 5, ChunkSize: 4, Chunks: [][]byte{make([]byte, 32), bytes.Repeat([]byte{1}, 32)}},
-		&BlobChunk{V: 1, Index: 1, Data: []byte("x")},
+		&BlobRequest{V: Version, CID: cidA},
+		&BlobManifest{V: Version, CID: cidA, Size: 5, ChunkSize: 4, Chunks: [][]byte{make([]byte, 32), bytes.Repeat([]byte{1}, 32)}},
+		&BlobChunk{V: Version, Index: 1, Data: []byte("x")},
 	}
 }
 
@@ -168,7 +168,7 @@ func TestReadFrameSkipsUnknownTypes(t *testing.T) {
 	var s bytes.Buffer
 	s.Write(frame(200, 1, []byte("future message body, not even msgpack")))
 	s.Write(frame(11, 3, nil))
-	if err := WriteFrame(&s, &BlobRequest{V: 1, CID: cidA}); err != nil {
+	if err := WriteFrame(&s, &BlobRequest{V: Version, CID: cidA}); err != nil {
 		t.Fatal(err)
 	}
 	m, err := ReadFrame(&s)
@@ -201,9 +201,9 @@ func TestUnknownFieldsIgnored(t *testing.T) {
 
 func TestReadExpect(t *testing.T) {
 	var s bytes.Buffer
-	WriteFrame(&s, &EmbedDone{V: 1, JobID: "aa", ChunkID: hashA, Results: 1})
+	WriteFrame(&s, &EmbedDone{V: Version, JobID: "aa", ChunkID: hashA, Results: 1})
 	WriteFrame(&s, Errorf(KindModelMismatch, "no base %s", hashB[:8]))
-	WriteFrame(&s, &Ack{V: 1, OK: true})
+	WriteFrame(&s, &Ack{V: Version, OK: true})
 	if d, err := ReadExpect[*EmbedDone](&s); err != nil || d.Results != 1 {
 		t.Fatalf("ReadExpect[*EmbedDone] = %v, %v", d, err)
 	}
@@ -223,7 +223,7 @@ func TestReadExpect(t *testing.T) {
 
 func TestRejections(t *testing.T) {
 	good := func() *EmbedRequest {
-		return &EmbedRequest{V: 1, JobID: "1f", ChunkID: hashB, BaseHash: hashA, Layers: []int{-1}, Codec: "q8", Seqs: [][]int32{{1}}}
+		return &EmbedRequest{V: Version, JobID: "1f", ChunkID: hashB, BaseHash: hashA, Layers: []int{-1}, Codec: "q8", Seqs: [][]int32{{1}}}
 	}
 	tooManySeqs := good()
 	tooManySeqs.Seqs = make([][]int32, MaxSeqsPerChunk+1)
@@ -252,19 +252,19 @@ func TestRejections(t *testing.T) {
 		{"repeated layer", mod(func(r *EmbedRequest) { r.Layers = []int{3, 3} }), "Layers[1]: 3 is repeated"},
 		{"layer -2", mod(func(r *EmbedRequest) { r.Layers = []int{-2} }), "Layers[0]: -2 out of range"},
 		{"codec chars", mod(func(r *EmbedRequest) { r.Codec = "q 8" }), "Codec: byte 1"},
-		{"unknown kind", &Error{V: 1, Kind: 99, Msg: "x"}, "Kind: 99 is not a known kind"},
-		{"kind 0", &Error{V: 1, Msg: "x"}, "Kind: 0 is not a known kind"},
-		{"control char", &Error{V: 1, Kind: KindInternal, Msg: "a\nb"}, "Msg: contains control character"},
-		{"advert bad peer", &Advert{V: 1, Peer: "nope", Device: "cpu", UnixMilli: 1}, "Peer: \"nope\" is not a peer ID"},
-		{"result data over bound", &EmbedResult{V: 1, JobID: "1", ChunkID: hashA, Codec: "q8", Rows: 1, Dim: 1, Data: make([]byte, 69)}, "len(Data): 69 out of range [1, 68]"},
-		{"manifest count", &BlobManifest{V: 1, CID: cidA, Size: 9, ChunkSize: 4, Chunks: make([][]byte, 2)}, "len(Chunks): 2, want ceil(Size/ChunkSize) = 3"},
-		{"manifest hash len", &BlobManifest{V: 1, CID: cidA, Size: 1, ChunkSize: 4, Chunks: [][]byte{{1}}}, "Chunks[0]: 1 bytes"},
-		{"manifest too many chunks", &BlobManifest{V: 1, CID: cidA, Size: MaxBlobBytes, ChunkSize: 1024}, "max 4096"},
-		{"blob too big", &BlobManifest{V: 1, CID: cidA, Size: MaxBlobBytes + 1, ChunkSize: 1}, "Size: 2147483649 out of range"},
-		{"chunk too big", &BlobChunk{V: 1, Data: make([]byte, MaxBlobChunk+1)}, "len(Data): 1048577 out of range"},
-		{"cid v0", &BlobRequest{V: 1, CID: "QmdfTbBqBPQ7VNxZEYEj14VmRuZBkqFbiwReogJgS1zR1n"}, "want CIDv1 raw sha2-256"},
-		{"too many metrics", &AdaptorAnnounce{V: 1, CID: cidA, BaseHash: hashA, Size: 1, UnixMilli: 1, Metrics: manyMetrics(33)}, "Metrics: 33 entries, max 32"},
-		{"NaN metric", &AdaptorAnnounce{V: 1, CID: cidA, BaseHash: hashA, Size: 1, UnixMilli: 1, Metrics: map[string]float64{"l": nan()}}, "Metrics[l]: NaN is not finite"},
+		{"unknown kind", &Error{V: Version, Kind: 99, Msg: "x"}, "Kind: 99 is not a known kind"},
+		{"kind 0", &Error{V: Version, Msg: "x"}, "Kind: 0 is not a known kind"},
+		{"control char", &Error{V: Version, Kind: KindInternal, Msg: "a\nb"}, "Msg: contains control character"},
+		{"advert bad peer", &Advert{V: Version, Peer: "nope", Device: "cpu", UnixMilli: 1}, "Peer: \"nope\" is not a peer ID"},
+		{"result data over bound", &EmbedResult{V: Version, JobID: "1", ChunkID: hashA, Codec: "q8", Rows: 1, Dim: 1, Data: make([]byte, 69)}, "len(Data): 69 out of range [1, 68]"},
+		{"manifest count", &BlobManifest{V: Version, CID: cidA, Size: 9, ChunkSize: 4, Chunks: make([][]byte, 2)}, "len(Chunks): 2, want ceil(Size/ChunkSize) = 3"},
+		{"manifest hash len", &BlobManifest{V: Version, CID: cidA, Size: 1, ChunkSize: 4, Chunks: [][]byte{{1}}}, "Chunks[0]: 1 bytes"},
+		{"manifest too many chunks", &BlobManifest{V: Version, CID: cidA, Size: MaxBlobBytes, ChunkSize: 1024}, "max 4096"},
+		{"blob too big", &BlobManifest{V: Version, CID: cidA, Size: MaxBlobBytes + 1, ChunkSize: 1}, "Size: 2147483649 out of range"},
+		{"chunk too big", &BlobChunk{V: Version, Data: make([]byte, MaxBlobChunk+1)}, "len(Data): 1048577 out of range"},
+		{"cid v0", &BlobRequest{V: Version, CID: "QmdfTbBqBPQ7VNxZEYEj14VmRuZBkqFbiwReogJgS1zR1n"}, "want CIDv1 raw sha2-256"},
+		{"too many metrics", &AdaptorAnnounce{V: Version, CID: cidA, BaseHash: hashA, Size: 1, UnixMilli: 1, Metrics: manyMetrics(33)}, "Metrics: 33 entries, max 32"},
+		{"NaN metric", &AdaptorAnnounce{V: Version, CID: cidA, BaseHash: hashA, Size: 1, UnixMilli: 1, Metrics: map[string]float64{"l": nan()}}, "Metrics[l]: NaN is not finite"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -291,7 +291,7 @@ func nan() float64 { var z float64; return z / z }
 
 // TestReadRejections feeds malformed frames to ReadFrame and Unmarshal.
 func TestReadRejections(t *testing.T) {
-	okReq, _ := Marshal(&BlobRequest{V: 1, CID: cidA})
+	okReq, _ := Marshal(&BlobRequest{V: Version, CID: cidA})
 	tests := []struct {
 		name  string
 		frame []byte
@@ -367,7 +367,7 @@ func TestHostileLengthsDoNotAllocate(t *testing.T) {
 func TestLargeFrames(t *testing.T) {
 	for _, n := range []int{initialBody - 20, initialBody, 3*initialBody + 7, MaxBlobChunk} {
 		data := bytes.Repeat([]byte{0x5a, 0xa5, 0x01}, n/3+1)[:n]
-		m := &BlobChunk{V: 1, Index: 3, Data: data}
+		m := &BlobChunk{V: Version, Index: 3, Data: data}
 		b, err := Marshal(m)
 		if err != nil {
 			t.Fatal(err)

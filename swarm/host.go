@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"carryon/internal/atomicfile"
 	"carryon/protocol"
 
 	"github.com/libp2p/go-libp2p"
@@ -230,7 +231,7 @@ func LoadOrCreateKey(path string) (crypto.PrivKey, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("swarm.LoadOrCreateKey: %w", err)
 	}
-	if err := writeFileAtomic(path, b, 0o600); err != nil {
+	if err := atomicfile.Write(path, b, 0o600); err != nil {
 		return nil, fmt.Errorf("swarm.LoadOrCreateKey: %w", err)
 	}
 	return k, nil

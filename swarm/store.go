@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"sync"
 
+	"carryon/internal/atomicfile"
 	"carryon/protocol"
 
 	"github.com/ipfs/go-cid"
@@ -100,7 +101,7 @@ func (s *DiskStore) Put(data []byte) (cid.Cid, error) {
 	if s.Has(c) {
 		return c, nil
 	}
-	if err := writeFileAtomic(s.path(c), data, 0o644); err != nil {
+	if err := atomicfile.Write(s.path(c), data, 0o644); err != nil {
 		return cid.Undef, fmt.Errorf("swarm.DiskStore.Put: %w", err)
 	}
 	return c, nil
@@ -135,41 +136,4 @@ func (s *DiskStore) Get(c cid.Cid) ([]byte, error) {
 func (s *DiskStore) Has(c cid.Cid) bool {
 	_, err := os.Stat(s.path(c))
 	return err == nil
-}
-
-// writeFileAtomic writes data to path through a temporary file in the same
-// directory, fsyncs it, renames it into place and fsyncs the directory.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if _, err = f.Write(data); err != nil {
-		return err
-	}
-	if err = f.Chmod(perm); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Rename(f.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

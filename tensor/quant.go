@@ -10,7 +10,7 @@ import (
 	"strings"
 )
 
-// The bridge codecs (DESIGN.md §2): how a volunteer compresses each token's
+// The bridge codecs (docs/method.md): how a volunteer compresses each token's
 // hidden state before it crosses the wire, and how the coordinator restores
 // it. A Codec names one setting; its String form ("q4", "q4g64a", "bf16")
 // is what travels in protocol messages and cache keys.

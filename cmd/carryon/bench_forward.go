@@ -55,10 +55,11 @@ func benchForward(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	runtime.GOMAXPROCS(*threads)
 	start := time.Now()
-	base, _, _, err := openAnyModel(*modelFlag)
+	m, err := model.Open(*modelFlag, model.OpenOptions{WithoutTokenizer: true})
 	if err != nil {
 		return err
 	}
+	base := m.Base
 	defer base.Close()
 	res := forwardBenchResult{Impl: "carryon", Model: filepath.Base(*modelFlag), Arch: base.Config.Arch,
 		Tokens: *tokens, Threads: *threads, Runs: *runs, LoadS: time.Since(start).Seconds()}

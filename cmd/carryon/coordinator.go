@@ -9,7 +9,8 @@ import (
 	"time"
 
 	"carryon/coordinator"
-	"carryon/internal/demo"
+	"carryon/dataset"
+	"carryon/model"
 	"carryon/protocol"
 )
 
@@ -33,7 +34,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		return err
 	}
 	log := logger()
-	dcfg := coordinator.DataConfig{SeqLen: *job.seqLen, SeqsPerChunk: *chunkSeqs}
+	dcfg := dataset.Config{SeqLen: *job.seqLen, SeqsPerChunk: *chunkSeqs}
 	var jf *coordinator.JobFile
 	if *config != "" {
 		var err error
@@ -45,12 +46,13 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 			*job.cache = jf.Cache
 		}
 	}
-	base, tok, _, err := demo.OpenModel(*job.model, demo.DefaultCacheDir())
+	m, err := model.Open(*job.model, model.OpenOptions{})
 	if err != nil {
 		return err
 	}
+	base, tok := m.Base, m.Tokenizer
 	defer base.Close()
-	ds, err := job.dataset(tok, dcfg)
+	ds, err := job.readData(tok, dcfg)
 	if err != nil {
 		return err
 	}

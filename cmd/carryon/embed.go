@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 
-	"carryon/internal/demo"
 	"carryon/model"
 	"carryon/tokenizer"
 )
@@ -54,10 +53,11 @@ func runEmbed(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	base, tok, tokErr, err := openAnyModel(*modelFlag)
+	m, err := model.Open(*modelFlag, model.OpenOptions{WithoutTokenizer: true})
 	if err != nil {
 		return err
 	}
+	base, tok, tokErr := m.Base, m.Tokenizer, m.TokenizerErr
 	defer base.Close()
 	seqs, err := readSequences(*tokensFlag, *textFlag, tok, tokErr)
 	if err != nil {
@@ -139,14 +139,6 @@ func readSequences(tokensPath, textPath string, tok tokenizer.Tokenizer, tokErr 
 		seqs[i] = tok.Encode(s)
 	}
 	return seqs, nil
-}
-
-// openAnyModel opens a GGUF file, a checkpoint directory, or the
-// embedded "default" base; without a fitting tokenizer the model still opens
-// (ids work), tok is nil and tokErr says why (demo.OpenTokenized).
-func openAnyModel(spec string) (b *model.Base, tok tokenizer.Tokenizer, tokErr, err error) {
-	b, tok, tokErr, _, err = demo.OpenTokenized(spec, demo.DefaultCacheDir())
-	return b, tok, tokErr, err
 }
 
 func writeJSON(path string, stdout io.Writer, v any) error {

@@ -9,11 +9,11 @@ import (
 	"io"
 	"math"
 	"os"
-	"regexp"
 	"strings"
 
 	"carryon/carryon"
-	"carryon/internal/demo"
+	"carryon/dataset"
+	"carryon/model"
 	"carryon/tensor"
 	"carryon/tokenizer"
 )
@@ -39,51 +39,19 @@ type evalReport struct {
 	Adaptor      evalScores `json:"adaptor"`
 }
 
-// finalAnswer extracts GSM8K's final answer: the number after "####".
-var finalAnswer = regexp.MustCompile(`####\s*\$?\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?)`)
-
-func answerNumber(s string) (string, bool) {
-	m := finalAnswer.FindStringSubmatch(s)
-	if m == nil {
-		return "", false
-	}
-	n := strings.ReplaceAll(m[1], ",", "")
-	if strings.Contains(n, ".") {
-		n = strings.TrimRight(strings.TrimRight(n, "0"), ".")
-	}
-	return n, true
-}
-
-// qaExample is one question/answer pair tokenized as the coordinator's data
-// set does: BOS, "Question: q\nAnswer: " (not scored), the answer and EOS
-// (scored).
+// qaExample is one question/answer pair tokenized as training does
+// (dataset.EncodePair of dataset.Prompt), cut at maxLen.
 type qaExample struct {
 	prompt  []int32 // BOS and the prompt
 	ids     []int32 // prompt, answer, EOS
 	targets []int32 // (len(ids)): next token where scored, else -1
-	answer  string
 }
 
 func qaTokenize(tok tokenizer.Tokenizer, question, answer string, maxLen int) qaExample {
-	var ex qaExample
-	if bos := tok.BOS(); bos >= 0 {
-		ex.prompt = append(ex.prompt, bos)
-	}
-	ex.prompt = append(ex.prompt, tok.Encode("Question: "+question+"\nAnswer: ")...)
-	ex.ids = append(append([]int32(nil), ex.prompt...), tok.Encode(answer)...)
-	if eos := tok.EOS(); eos >= 0 {
-		ex.ids = append(ex.ids, eos)
-	}
-	ex.ids = ex.ids[:min(len(ex.ids), maxLen)]
-	ex.targets = make([]int32, len(ex.ids))
-	for t := range ex.targets {
-		ex.targets[t] = -1
-		if t+1 < len(ex.ids) && t+1 >= len(ex.prompt) {
-			ex.targets[t] = ex.ids[t+1]
-		}
-	}
-	ex.answer = answer
-	return ex
+	ex := dataset.EncodePair(tok, dataset.Prompt(question), answer)
+	n := min(len(ex.Tokens), maxLen)
+	ex = dataset.Example{Tokens: ex.Tokens[:n], Loss: ex.Loss[:n]}
+	return qaExample{prompt: ex.Tokens[:min(ex.PromptLen(), n)], ids: ex.Tokens, targets: ex.Targets()}
 }
 
 func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -105,16 +73,17 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fs.Usage()
 		return errors.New("--data and --adaptor are required")
 	}
-	base, tok, _, err := demo.OpenModel(*modelFlag, demo.DefaultCacheDir())
+	m, err := model.Open(*modelFlag, model.OpenOptions{})
 	if err != nil {
 		return err
 	}
+	base, tok := m.Base, m.Tokenizer
 	defer base.Close()
 	stages, err := loadAdaptors(*adaptors, *store, base)
 	if err != nil {
 		return err
 	}
-	cos := carryOns(stages)
+	cos := carryon.Models(stages)
 	f, err := os.Open(*data)
 	if err != nil {
 		return err
@@ -122,7 +91,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	defer f.Close()
 	rep := evalReport{Alpha: *alpha}
 	for _, s := range stages {
-		rep.Adaptors = append(rep.Adaptors, s.cid)
+		rep.Adaptors = append(rep.Adaptors, s.CID)
 	}
 	c := base.Config
 	chunk := max(1, min(64, (1<<21)/c.Vocab))
@@ -161,7 +130,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if *noGen {
 			continue
 		}
-		want, ok := answerNumber(rec.Answer)
+		want, ok := dataset.FinalAnswer(rec.Answer)
 		if !ok {
 			continue // no final answer to match: counts as unanswerable
 		}
@@ -171,7 +140,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			if err != nil {
 				return fmt.Errorf("%s line %d: %w", *data, line, err)
 			}
-			if got, ok := answerNumber(tok.Decode(gen)); ok && got == want {
+			if got, ok := dataset.FinalAnswer(tok.Decode(gen)); ok && got == want {
 				if i == 0 {
 					rep.Base.Correct++
 				} else {

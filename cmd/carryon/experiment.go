@@ -7,8 +7,8 @@ import (
 	"io"
 	"time"
 
-	"carryon/internal/demo"
 	"carryon/internal/experiments"
+	"carryon/model"
 )
 
 func init() {
@@ -30,10 +30,11 @@ func runExperiment(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fs.Usage()
 		return errors.New("--data and --out are required")
 	}
-	base, tok, name, err := demo.OpenModel(*modelFlag, demo.DefaultCacheDir())
+	m, err := model.Open(*modelFlag, model.OpenOptions{})
 	if err != nil {
 		return err
 	}
+	base, tok, name := m.Base, m.Tokenizer, m.Name
 	defer base.Close()
 	start := time.Now()
 	res, err := experiments.Run(ctx, base, tok, experiments.Options{Data: *data, Out: *out, Only: *only, Quick: *quick,

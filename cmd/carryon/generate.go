@@ -10,7 +10,6 @@ import (
 	"strings"
 
 	"carryon/carryon"
-	"carryon/internal/demo"
 	"carryon/model"
 	"carryon/protocol"
 	"carryon/swarm"
@@ -23,22 +22,14 @@ func init() {
 // defaultStoreDir is the coordinator cache's adaptor store, where `carryon
 // train` and `carryon coordinator` keep adaptors by CID.
 func defaultStoreDir() string {
-	return filepath.Join(demo.DefaultCacheDir(), "coordinator", "adaptors")
-}
-
-// adaptorStage is one loaded adaptor.
-type adaptorStage struct {
-	spec string
-	cid  string
-	co   *carryon.Model
-	meta carryon.Meta
+	return filepath.Join(model.DefaultCacheDir(), "coordinator", "adaptors")
 }
 
 // loadAdaptors resolves a comma-separated list of adaptor files or CIDs
 // (looked up in the store at storeDir), in stage order, and checks that
 // each was made for base and that each boosting stage follows its parent.
-func loadAdaptors(list, storeDir string, base *model.Base) ([]adaptorStage, error) {
-	var out []adaptorStage
+func loadAdaptors(list, storeDir string, base *model.Base) ([]carryon.Stage, error) {
+	var chain []carryon.Stage
 	for _, spec := range strings.Split(list, ",") {
 		spec = strings.TrimSpace(spec)
 		if spec == "" {
@@ -48,23 +39,16 @@ func loadAdaptors(list, storeDir string, base *model.Base) ([]adaptorStage, erro
 		if err != nil {
 			return nil, err
 		}
-		co, meta, err := carryon.Unmarshal(data)
+		st, err := carryon.DecodeStage(data, protocol.CIDOf(data).String(), base)
 		if err != nil {
-			return nil, fmt.Errorf("adaptor %s: %w", spec, err)
+			return nil, fmt.Errorf("%s: %w", spec, err)
 		}
-		if meta.BaseHash != "" && meta.BaseHash != base.WeightsHash {
-			return nil, fmt.Errorf("adaptor %s was trained on base %s, this base is %s", spec, shortHash(meta.BaseHash), shortHash(base.WeightsHash))
-		}
-		st := adaptorStage{spec: spec, cid: protocol.CIDOf(data).String(), co: co, meta: meta}
-		switch prev := len(out) - 1; {
-		case meta.Parent != "" && prev < 0:
-			return nil, fmt.Errorf("adaptor %s is a boosting stage on top of %s: list that adaptor before it", spec, meta.Parent)
-		case meta.Parent != "" && meta.Parent != out[prev].cid:
-			return nil, fmt.Errorf("adaptor %s is a boosting stage on top of %s, not of %s (%s)", spec, meta.Parent, out[prev].spec, out[prev].cid)
-		}
-		out = append(out, st)
+		chain = append(chain, st)
 	}
-	return out, nil
+	if err := carryon.CheckOrder(chain); err != nil {
+		return nil, err
+	}
+	return chain, nil
 }
 
 // readAdaptor reads an adaptor file, or the adaptor with that CID from the
@@ -89,14 +73,6 @@ func readAdaptor(spec, storeDir string) ([]byte, error) {
 	return data, err
 }
 
-func carryOns(stages []adaptorStage) []*carryon.Model {
-	out := make([]*carryon.Model, len(stages))
-	for i, s := range stages {
-		out[i] = s.co
-	}
-	return out
-}
-
 func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("generate", "--model PATH|default [--adaptor FILE|CID[,...]] --prompt TEXT [flags]", stderr)
 	modelFlag := fs.String("model", "default", "base model directory or .gguf file, or \"default\" for the embedded base")
@@ -116,16 +92,17 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		fs.Usage()
 		return errors.New("--prompt is required")
 	}
-	base, tok, _, err := demo.OpenModel(*modelFlag, demo.DefaultCacheDir())
+	m, err := model.Open(*modelFlag, model.OpenOptions{})
 	if err != nil {
 		return err
 	}
+	base, tok := m.Base, m.Tokenizer
 	defer base.Close()
 	stages, err := loadAdaptors(*adaptors, *store, base)
 	if err != nil {
 		return err
 	}
-	g, err := carryon.Generate(base, tok, carryOns(stages), float32(*alpha), *prompt, carryon.GenerateOptions{
+	g, err := carryon.Generate(base, tok, carryon.Models(stages), float32(*alpha), *prompt, carryon.GenerateOptions{
 		MaxTokens: *maxTokens, Temperature: *temperature, TopK: *topK, Seed: *seed, Bridge: *bridge,
 		OnToken: func(int32) bool { return ctx.Err() == nil },
 	})
@@ -137,11 +114,4 @@ func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	}
 	fmt.Fprintln(stdout, g.Text)
 	return nil
-}
-
-func shortHash(h string) string {
-	if len(h) > 16 {
-		return h[:16]
-	}
-	return h
 }

@@ -7,6 +7,7 @@ import (
 
 	"carryon/carryon"
 	"carryon/coordinator"
+	"carryon/dataset"
 	"carryon/internal/demo"
 	"carryon/model"
 	"carryon/tokenizer"
@@ -24,7 +25,7 @@ func addJobFlags(fs *flag.FlagSet) *jobFlags {
 	return &jobFlags{
 		model:  fs.String("model", "default", "base model directory or .gguf file, or \"default\" for the embedded base"),
 		data:   fs.String("data", "default", "data file: JSONL (text, prompt/completion or question/answer) or plain text; \"default\" for the demo's problems"),
-		cache:  fs.String("cache", filepath.Join(demo.DefaultCacheDir(), "coordinator"), "embedding cache and adaptor store (shared by 'carryon coordinator' and 'carryon train')"),
+		cache:  fs.String("cache", filepath.Join(model.DefaultCacheDir(), "coordinator"), "embedding cache and adaptor store (shared by 'carryon coordinator' and 'carryon train')"),
 		codec:  fs.String("codec", "q8", "bridge setting the embeddings are made and cached with"),
 		parent: fs.String("parent", "", "train a boosting stage on top of this adaptor (a file, or a CID in the store)"),
 		seqLen: fs.Int("seq-len", 128, "tokens per sequence at most (at most the base's context)"),
@@ -37,12 +38,12 @@ func addJobFlags(fs *flag.FlagSet) *jobFlags {
 	}
 }
 
-// dataset reads --data ("default": the demo's generated problems).
-func (f *jobFlags) dataset(tok tokenizer.Tokenizer, dcfg coordinator.DataConfig) (*coordinator.Dataset, error) {
+// readData reads --data ("default": the demo's generated problems).
+func (f *jobFlags) readData(tok tokenizer.Tokenizer, dcfg dataset.Config) (*dataset.Set, error) {
 	if *f.data == "default" {
-		return coordinator.ReadDataset(bytes.NewReader(demo.DefaultData(600)), true, tok, dcfg)
+		return dataset.Read(bytes.NewReader(demo.DefaultData(600)), true, tok, dcfg)
 	}
-	return coordinator.LoadDataset(*f.data, tok, dcfg)
+	return dataset.Load(*f.data, tok, dcfg)
 }
 
 // config is the coordinator configuration the flags describe.

@@ -100,3 +100,11 @@ func logFlags(fs *flag.FlagSet, stderr io.Writer) func() *slog.Logger {
 		return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	}
 }
+
+// shortHash abbreviates a weights hash for people.
+func shortHash(h string) string {
+	if len(h) > 16 {
+		return h[:16]
+	}
+	return h
+}

@@ -7,7 +7,7 @@ import (
 	"io"
 
 	"carryon/cuda"
-	"carryon/internal/demo"
+	"carryon/model"
 	"carryon/node"
 )
 
@@ -23,7 +23,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	codecs := fs.String("codecs", "q8,q4,q2,bf16", "bridge settings offered")
 	jobs := fs.Int("jobs", 1, "embedding jobs run at once")
 	advert := fs.Duration("advert-interval", 0, "how often to re-advertise (default 20s)")
-	cacheDir := fs.String("cache", demo.DefaultCacheDir(), "where the default model is kept")
+	cacheDir := fs.String("cache", model.DefaultCacheDir(), "where the default model is kept")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100); empty: none")
 	logger := logFlags(fs, stderr)
 	if err := fs.Parse(args); err != nil {
@@ -42,10 +42,11 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	default:
 		return fmt.Errorf("--device %q: want cpu or cuda", *device)
 	}
-	base, _, name, err := demo.OpenModel(*modelFlag, *cacheDir)
+	m, err := model.Open(*modelFlag, model.OpenOptions{CacheDir: *cacheDir})
 	if err != nil {
 		return err
 	}
+	base, name := m.Base, m.Name
 	defer base.Close()
 	j, err := sf.join(ctx, nil)
 	if err != nil {

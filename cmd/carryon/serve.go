@@ -15,8 +15,8 @@ import (
 	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/peer"
 
-	"carryon/internal/demo"
 	"carryon/internal/serve"
+	"carryon/model"
 	"carryon/protocol"
 	"carryon/swarm"
 )
@@ -60,10 +60,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		a32 := float32(a)
 		cfg.Alpha = &a32
 	}
-	base, tok, name, err := demo.OpenModel(*modelFlag, demo.DefaultCacheDir())
+	m, err := model.Open(*modelFlag, model.OpenOptions{})
 	if err != nil {
 		return err
 	}
+	base, tok, name := m.Base, m.Tokenizer, m.Name
 	defer base.Close()
 	cfg.Base, cfg.Tokenizer = base, tok
 

@@ -8,7 +8,8 @@ import (
 	"os"
 
 	"carryon/coordinator"
-	"carryon/internal/demo"
+	"carryon/dataset"
+	"carryon/model"
 	"carryon/protocol"
 	"carryon/swarm"
 )
@@ -30,12 +31,13 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fs.Usage()
 		return errors.New("--out is required")
 	}
-	base, tok, _, err := demo.OpenModel(*jf.model, demo.DefaultCacheDir())
+	m, err := model.Open(*jf.model, model.OpenOptions{})
 	if err != nil {
 		return err
 	}
+	base, tok := m.Base, m.Tokenizer
 	defer base.Close()
-	ds, err := jf.dataset(tok, coordinator.DataConfig{SeqLen: *jf.seqLen})
+	ds, err := jf.readData(tok, dataset.Config{SeqLen: *jf.seqLen})
 	if err != nil {
 		return err
 	}

@@ -17,6 +17,8 @@ import (
 
 	"carryon/carryon"
 	"carryon/coordinator"
+	"carryon/dataset"
+	"carryon/model"
 	"carryon/node"
 	"carryon/protocol"
 	"carryon/swarm"
@@ -70,10 +72,11 @@ func Run(ctx context.Context, o Options) (err error) {
 	p := func(format string, args ...any) { fmt.Fprintf(o.Out, format+"\n", args...) }
 	start := time.Now()
 
-	base, tok, name, err := OpenModel("default", o.Dir)
+	m, err := model.Open("default", model.OpenOptions{CacheDir: o.Dir})
 	if err != nil {
 		return err
 	}
+	base, tok, name := m.Base, m.Tokenizer, m.Name
 	defer base.Close()
 	bc := base.Config
 	p("base:   %s — a tiny %s model pretrained by carryon on the Brown corpus (%.1fM parameters, dim %d, %d layers, vocab %d);",
@@ -130,8 +133,8 @@ func Run(ctx context.Context, o Options) (err error) {
 		defer n.Close()
 	}
 
-	ds, err := coordinator.ReadDataset(bytes.NewReader(DefaultData(o.Examples)), true, tok,
-		coordinator.DataConfig{SeqLen: 128, SeqsPerChunk: 16})
+	ds, err := dataset.Read(bytes.NewReader(DefaultData(o.Examples)), true, tok,
+		dataset.Config{SeqLen: 128, SeqsPerChunk: 16})
 	if err != nil {
 		return err
 	}

@@ -8,11 +8,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"regexp"
 	"sort"
-	"strings"
 
-	"carryon/coordinator"
+	"carryon/dataset"
 	"carryon/model"
 )
 
@@ -21,7 +19,7 @@ type Problem struct {
 	Question, Answer string
 	Hash             [32]byte // sha256(question "\x00" answer): orders the held-out split
 	Tokens           int      // length in the coordinator's format (see seqLen)
-	Final            string   // the number after "####", normalised (finalNumber)
+	Final            string   // the number after "####", normalised (dataset.FinalAnswer)
 }
 
 // Split is the data every experiment draws from.
@@ -37,41 +35,9 @@ type Split struct {
 	Wide []Problem
 }
 
-// seqLen is the length of a problem as coordinator.ReadDataset tokenizes a
-// question/answer record: BOS (when the tokenizer has one), the prompt
-// "Question: q\nAnswer: " and the answer encoded separately, EOS (when it
-// has one).
-func seqLen(tok coordinator.Tokenizer, q, a string) int {
-	n := len(tok.Encode("Question: "+q+"\nAnswer: ")) + len(tok.Encode(a))
-	if tok.BOS() >= 0 {
-		n++
-	}
-	if tok.EOS() >= 0 {
-		n++
-	}
-	return n
-}
-
-// finalRE matches GSM8K's final answer: the number after "####".
-var finalRE = regexp.MustCompile(`####\s*\$?\s*(-?[0-9][0-9,]*(?:\.[0-9]+)?)`)
-
-// finalNumber extracts and normalises the number after "####" (commas
-// dropped, trailing decimal zeros dropped); ok is false when there is none.
-func finalNumber(s string) (n string, ok bool) {
-	m := finalRE.FindStringSubmatch(s)
-	if m == nil {
-		return "", false
-	}
-	n = strings.ReplaceAll(m[1], ",", "")
-	if strings.Contains(n, ".") {
-		n = strings.TrimRight(strings.TrimRight(n, "0"), ".")
-	}
-	return n, true
-}
-
 // readProblems reads GSM8K-style JSONL (question and answer fields), at
 // most max records (0: all).
-func readProblems(r io.Reader, tok coordinator.Tokenizer, max int) ([]Problem, error) {
+func readProblems(r io.Reader, tok dataset.Tokenizer, max int) ([]Problem, error) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 1<<16), 16<<20)
 	var out []Problem
@@ -89,8 +55,8 @@ func readProblems(r io.Reader, tok coordinator.Tokenizer, max int) ([]Problem, e
 		}
 		p := Problem{Question: rec.Question, Answer: rec.Answer,
 			Hash:   sha256.Sum256([]byte(rec.Question + "\x00" + rec.Answer)),
-			Tokens: seqLen(tok, rec.Question, rec.Answer)}
-		p.Final, _ = finalNumber(rec.Answer)
+			Tokens: len(dataset.EncodePair(tok, dataset.Prompt(rec.Question), rec.Answer).Tokens)}
+		p.Final, _ = dataset.FinalAnswer(rec.Answer)
 		out = append(out, p)
 		if max > 0 && len(out) >= max {
 			break
@@ -107,7 +73,7 @@ func readProblems(r io.Reader, tok coordinator.Tokenizer, max int) ([]Problem, e
 // hash are held out, the next train qualifying ones (all of them when train
 // is 0) are the training set; wide lists the wide problems of any length
 // with the smallest hash that are neither held out nor in the training set.
-func LoadSplit(path string, tok coordinator.Tokenizer, maxTokens, val, train, wide, maxRecords int) (*Split, error) {
+func LoadSplit(path string, tok dataset.Tokenizer, maxTokens, val, train, wide, maxRecords int) (*Split, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("experiments.LoadSplit: %w", err)
@@ -144,11 +110,11 @@ func LoadSplit(path string, tok coordinator.Tokenizer, maxTokens, val, train, wi
 	return s, nil
 }
 
-// dataset tokenizes train and val problems with the coordinator's own
+// toDataset tokenizes train and val problems with the coordinator's own
 // reader (so the sequences are exactly what `carryon train` would see),
 // every train problem into ds.Train and every val problem into ds.Val.
-func dataset(tok coordinator.Tokenizer, seqLen int, train, val []Problem) (*coordinator.Dataset, error) {
-	read := func(ps []Problem, isVal bool) ([]*coordinator.Chunk, error) {
+func toDataset(tok dataset.Tokenizer, seqLen int, train, val []Problem) (*dataset.Set, error) {
+	read := func(ps []Problem, isVal bool) ([]*dataset.Chunk, error) {
 		if len(ps) == 0 {
 			return nil, nil
 		}
@@ -159,7 +125,7 @@ func dataset(tok coordinator.Tokenizer, seqLen int, train, val []Problem) (*coor
 				return nil, err
 			}
 		}
-		ds, err := coordinator.ReadDataset(&buf, true, tok, coordinator.DataConfig{SeqLen: seqLen})
+		ds, err := dataset.Read(&buf, true, tok, dataset.Config{SeqLen: seqLen})
 		if err != nil {
 			return nil, err
 		}
@@ -182,7 +148,7 @@ func dataset(tok coordinator.Tokenizer, seqLen int, train, val []Problem) (*coor
 	if err != nil {
 		return nil, fmt.Errorf("experiments: val split: %w", err)
 	}
-	ds := &coordinator.Dataset{Train: tr, Val: va}
+	ds := &dataset.Set{Train: tr, Val: va}
 	h := sha256.New()
 	for _, c := range ds.All() {
 		h.Write([]byte(c.ID))
@@ -192,8 +158,8 @@ func dataset(tok coordinator.Tokenizer, seqLen int, train, val []Problem) (*coor
 }
 
 // sequences lists a split's examples in chunk order.
-func sequences(chunks []*coordinator.Chunk) []coordinator.Example {
-	var out []coordinator.Example
+func sequences(chunks []*dataset.Chunk) []dataset.Example {
+	var out []dataset.Example
 	for _, c := range chunks {
 		out = append(out, c.Seqs...)
 	}
@@ -201,7 +167,7 @@ func sequences(chunks []*coordinator.Chunk) []coordinator.Example {
 }
 
 // trainedTokens counts the positions with a loss (answer tokens and EOS).
-func trainedTokens(exs []coordinator.Example) int {
+func trainedTokens(exs []dataset.Example) int {
 	n := 0
 	for _, e := range exs {
 		for _, t := range e.Targets() {

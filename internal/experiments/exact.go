@@ -2,6 +2,7 @@ package experiments
 
 import (
 	"carryon/carryon"
+	"carryon/dataset"
 	"fmt"
 	"strings"
 )
@@ -33,11 +34,8 @@ func (r *runner) exactExp() error {
 		if err := r.ctx.Err(); err != nil {
 			return err
 		}
-		var prompt []int32
-		if bos := r.tok.BOS(); bos >= 0 {
-			prompt = append(prompt, bos)
-		}
-		prompt = append(prompt, r.tok.Encode("Question: "+p.Question+"\nAnswer: ")...)
+		qa := dataset.EncodePair(r.tok, dataset.Prompt(p.Question), "")
+		prompt := qa.Tokens[:qa.PromptLen()]
 		maxNew := c.MaxPos - len(prompt)
 		if r.sz.ExactMaxTokens > 0 {
 			maxNew = min(maxNew, r.sz.ExactMaxTokens)
@@ -58,7 +56,7 @@ func (r *runner) exactExp() error {
 			if stopped {
 				row.Stopped++
 			}
-			if got, ok := finalNumber(text); ok {
+			if got, ok := dataset.FinalAnswer(text); ok {
 				row.Formatted++
 				if p.Final != "" && got == p.Final {
 					row.Correct++

@@ -2,6 +2,7 @@ package experiments
 
 import (
 	"bytes"
+	"carryon/internal/atomicfile"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -45,11 +46,7 @@ func writeFile(path string, data []byte) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return atomicfile.Write(path, data, 0o644)
 }
 
 func curveXY(c Curve, seconds bool) (x, y []float64) {

@@ -4,7 +4,7 @@
 // plots under img/. `carryon experiment` is its command.
 //
 // Every carry-on is trained through the coordinator's own path
-// (coordinator.ReadDataset, CollectLocal, Train), the way `carryon train`
+// (dataset.Read, CollectLocal, Train), the way `carryon train`
 // trains one; the base's forward pass runs once per sequence for the whole
 // run and every bridge setting and shape is trained from it.
 package experiments
@@ -24,6 +24,7 @@ import (
 
 	"carryon/carryon"
 	"carryon/coordinator"
+	"carryon/dataset"
 	"carryon/model"
 	"carryon/tensor"
 	"carryon/tokenizer"
@@ -245,8 +246,8 @@ type runner struct {
 	base     *model.Base
 	tok      tokenizer.Tokenizer
 	split    *Split
-	fit      *coordinator.Dataset // Train and Val
-	wide     *coordinator.Dataset // Wide and Val
+	fit      *dataset.Set // Train and Val
+	wide     *dataset.Set // Wide and Val
 	memo     *memoForwarder
 	cacheDir string
 	log      *slog.Logger
@@ -347,10 +348,10 @@ func (r *runner) setup() error {
 	if r.split, err = LoadSplit(r.opt.Data, r.tok, c.MaxPos, r.sz.ValProblems, r.sz.TrainProblems, r.sz.WideTrain, r.sz.MaxRecords); err != nil {
 		return err
 	}
-	if r.fit, err = dataset(r.tok, c.MaxPos, r.split.Train, r.split.Val); err != nil {
+	if r.fit, err = toDataset(r.tok, c.MaxPos, r.split.Train, r.split.Val); err != nil {
 		return err
 	}
-	if r.wide, err = dataset(r.tok, c.MaxPos, r.split.Wide, r.split.Val); err != nil {
+	if r.wide, err = toDataset(r.tok, c.MaxPos, r.split.Wide, r.split.Val); err != nil {
 		return err
 	}
 	val := sequences(r.fit.Val)
@@ -376,7 +377,7 @@ func (r *runner) setup() error {
 
 // answerLoss is the mean answer-token cross-entropy of b (exact hidden
 // states, no bridge) over exs.
-func answerLoss(b *model.Base, exs []coordinator.Example) (float64, error) {
+func answerLoss(b *model.Base, exs []dataset.Example) (float64, error) {
 	c := b.Config
 	chunk := max(1, min(64, (1<<21)/c.Vocab))
 	scratch := make([]float32, chunk*c.Vocab)

@@ -160,7 +160,7 @@ func (c Chart) SVG() []byte {
 				continue
 			}
 			if s.Markers {
-				fmt.Fprintf(&b, `<circle cx="%.1f" cy="%.1f" r="3.5" fill="%s"/>`+"\n", px(s.X[j]), py(s.Y[j]), color)
+				fmt.Fprintf(&b, `<circle clip-path="url(#plot)" cx="%.1f" cy="%.1f" r="3.5" fill="%s"/>`+"\n", px(s.X[j]), py(s.Y[j]), color)
 			}
 			if j < len(s.Labels) && s.Labels[j] != "" {
 				dy := -6.0 // alternate above and below so that neighbours do not collide

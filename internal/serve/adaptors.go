@@ -178,7 +178,8 @@ func (s *Server) load(ctx context.Context, data []byte, depth int) (*adaptor, er
 	if err != nil {
 		return nil, fmt.Errorf("adaptor %s: %w: %w", id, ErrInvalidAdaptor, err)
 	}
-	if meta.BaseHash != s.base.WeightsHash {
+	if _, err := carryon.DecodeStage(data, id, s.base); err != nil {
+		// Decoded above: what is left is the base check.
 		return nil, &BaseMismatchError{CID: id, Adaptor: meta.BaseHash, Base: s.base.WeightsHash}
 	}
 	var parent *adaptor

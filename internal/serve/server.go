@@ -8,7 +8,7 @@
 //
 // Models. A request's "model" is "base" (no adaptor), or a loaded adaptor's
 // short name or CID. An adaptor that is a boosting stage runs with its
-// chain: its parent's stages first, root first (DESIGN.md §2). With
+// chain: its parent's stages first, root first (docs/method.md). With
 // Config.Fetch set, a request may name any adaptor CID: it is fetched,
 // hash-checked and loaded on demand (its parents too), and the least
 // recently used on-demand adaptors beyond Config.MaxOnDemand are dropped.

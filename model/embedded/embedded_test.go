@@ -1,4 +1,4 @@
-package demo
+package embedded_test
 
 import (
 	"math"
@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"carryon/model"
+	"carryon/model/embedded"
 	"carryon/tokenizer"
 )
 
@@ -16,11 +17,11 @@ import (
 // uniform ln V (an untrained model sits at about ln V).
 func TestEmbeddedBase(t *testing.T) {
 	dir := t.TempDir()
-	if err := WriteEmbeddedBase(dir); err != nil {
+	if err := embedded.Write(dir); err != nil {
 		t.Fatal(err)
 	}
 	var total int64
-	for _, name := range embeddedBaseFiles {
+	for _, name := range embedded.Files {
 		st, err := os.Stat(filepath.Join(dir, name))
 		if err != nil {
 			t.Fatal(err)

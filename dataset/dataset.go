@@ -1,4 +1,4 @@
-package coordinator
+package dataset
 
 import (
 	"bufio"
@@ -47,8 +47,8 @@ type Tokenizer interface {
 	EOS() int32
 }
 
-// DataConfig says how text becomes chunks.
-type DataConfig struct {
+// Config says how text becomes chunks.
+type Config struct {
 	// SeqLen caps a sequence's length in tokens (longer examples are cut;
 	// plain text is windowed to it). Default 128.
 	SeqLen int
@@ -61,7 +61,7 @@ type DataConfig struct {
 	MaxExamples int
 }
 
-func (c DataConfig) withDefaults() DataConfig {
+func (c Config) withDefaults() Config {
 	if c.SeqLen == 0 {
 		c.SeqLen = 128
 	}
@@ -75,23 +75,23 @@ func (c DataConfig) withDefaults() DataConfig {
 }
 
 // Validate reports the first field out of bounds.
-func (c DataConfig) Validate() error {
+func (c Config) Validate() error {
 	c = c.withDefaults()
 	switch {
 	case c.SeqLen < 2 || c.SeqLen > 8192:
-		return fmt.Errorf("DataConfig.SeqLen: %d not in [2, 8192]", c.SeqLen)
+		return fmt.Errorf("Config.SeqLen: %d not in [2, 8192]", c.SeqLen)
 	case c.SeqsPerChunk < 1 || c.SeqsPerChunk > 1024:
-		return fmt.Errorf("DataConfig.SeqsPerChunk: %d not in [1, 1024]", c.SeqsPerChunk)
+		return fmt.Errorf("Config.SeqsPerChunk: %d not in [1, 1024]", c.SeqsPerChunk)
 	case c.ValPercent < 0 || c.ValPercent > 90:
-		return fmt.Errorf("DataConfig.ValPercent: %d not in [0, 90]", c.ValPercent)
+		return fmt.Errorf("Config.ValPercent: %d not in [0, 90]", c.ValPercent)
 	case c.MaxExamples < 0:
-		return fmt.Errorf("DataConfig.MaxExamples: %d is negative", c.MaxExamples)
+		return fmt.Errorf("Config.MaxExamples: %d is negative", c.MaxExamples)
 	}
 	return nil
 }
 
-// Dataset is a tokenized, chunked data set.
-type Dataset struct {
+// Set is a tokenized, chunked data set.
+type Set struct {
 	Train, Val []*Chunk
 	Hash       string // hex sha256 over every chunk ID in order
 }
@@ -102,25 +102,25 @@ type record struct {
 	text           string // plain text, trained on whole
 }
 
-// LoadDataset reads a data file: JSONL with "text", "prompt"/"completion" or
+// Load reads a data file: JSONL with "text", "prompt"/"completion" or
 // "question"/"answer" fields (only the completion/answer tokens count in
 // the loss), or plain text (any other file; paragraphs separated by blank
 // lines are examples).
-func LoadDataset(path string, tok Tokenizer, cfg DataConfig) (*Dataset, error) {
+func Load(path string, tok Tokenizer, cfg Config) (*Set, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nil, fmt.Errorf("coordinator.LoadDataset: %w", err)
+		return nil, fmt.Errorf("dataset.Load: %w", err)
 	}
 	defer f.Close()
-	ds, err := ReadDataset(f, strings.HasSuffix(path, ".jsonl") || strings.HasSuffix(path, ".json"), tok, cfg)
+	ds, err := Read(f, strings.HasSuffix(path, ".jsonl") || strings.HasSuffix(path, ".json"), tok, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("coordinator.LoadDataset: %s: %w", path, err)
+		return nil, fmt.Errorf("dataset.Load: %s: %w", path, err)
 	}
 	return ds, nil
 }
 
-// ReadDataset is LoadDataset over a reader; jsonl selects the JSONL parser.
-func ReadDataset(r io.Reader, jsonl bool, tok Tokenizer, cfg DataConfig) (*Dataset, error) {
+// Read is Load over a reader; jsonl selects the JSONL parser.
+func Read(r io.Reader, jsonl bool, tok Tokenizer, cfg Config) (*Set, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -148,7 +148,7 @@ func ReadDataset(r io.Reader, jsonl bool, tok Tokenizer, cfg DataConfig) (*Datas
 			}
 		}
 	}
-	ds := &Dataset{Train: chunk(train, cfg.SeqsPerChunk, false), Val: chunk(val, cfg.SeqsPerChunk, true)}
+	ds := &Set{Train: Chunks(train, cfg.SeqsPerChunk, false), Val: Chunks(val, cfg.SeqsPerChunk, true)}
 	h := sha256.New()
 	for _, c := range ds.All() {
 		h.Write([]byte(c.ID))
@@ -158,7 +158,7 @@ func ReadDataset(r io.Reader, jsonl bool, tok Tokenizer, cfg DataConfig) (*Datas
 }
 
 // All lists the training then the validation chunks.
-func (d *Dataset) All() []*Chunk {
+func (d *Set) All() []*Chunk {
 	return append(append([]*Chunk(nil), d.Train...), d.Val...)
 }
 
@@ -179,7 +179,7 @@ func readJSONL(r io.Reader, max int) ([]record, error) {
 		var rec record
 		switch {
 		case str("question") != "" || str("answer") != "":
-			rec = record{prompt: "Question: " + str("question") + "\nAnswer: ", answer: str("answer")}
+			rec = record{prompt: Prompt(str("question")), answer: str("answer")}
 		case str("prompt") != "" || str("completion") != "":
 			rec = record{prompt: str("prompt"), answer: str("completion")}
 		case str("text") != "":
@@ -220,30 +220,13 @@ func readText(r io.Reader, max int) ([]record, error) {
 // (trained), then EOS (trained). Plain text longer than seqLen is windowed;
 // a prompt/answer pair is cut at seqLen.
 func tokenize(rec record, tok Tokenizer, seqLen int) []Example {
-	var ids []int32
-	var loss []bool
-	if bos := tok.BOS(); bos >= 0 {
-		ids, loss = append(ids, bos), append(loss, false)
-	}
-	add := func(s string, train bool) {
-		for _, id := range tok.Encode(s) {
-			ids, loss = append(ids, id), append(loss, train)
-		}
-	}
-	if rec.text != "" {
-		add(rec.text, true)
-	} else {
-		add(rec.prompt, false)
-		add(rec.answer, true)
-	}
-	if eos := tok.EOS(); eos >= 0 {
-		ids, loss = append(ids, eos), append(loss, true)
-	}
-	loss[0] = false
 	if rec.text == "" {
-		n := min(len(ids), seqLen)
-		return []Example{{Tokens: ids[:n:n], Loss: loss[:n:n]}}
+		ex := EncodePair(tok, rec.prompt, rec.answer)
+		n := min(len(ex.Tokens), seqLen)
+		return []Example{{Tokens: ex.Tokens[:n:n], Loss: ex.Loss[:n:n]}}
 	}
+	ex := EncodePair(tok, "", rec.text)
+	ids, loss := ex.Tokens, ex.Loss
 	var out []Example
 	for start := 0; start < len(ids)-1; start += seqLen - 1 { // windows overlap by one token
 		end := min(start+seqLen, len(ids))
@@ -263,7 +246,9 @@ func isVal(rec record, percent int) bool {
 	return int(binary.BigEndian.Uint32(h[:4])%100) < percent
 }
 
-func chunk(exs []Example, per int, val bool) []*Chunk {
+// Chunks groups examples into chunks of per sequences, each named by its
+// tokens (chunkID).
+func Chunks(exs []Example, per int, val bool) []*Chunk {
 	var out []*Chunk
 	for i := 0; i < len(exs); i += per {
 		c := &Chunk{Seqs: exs[i:min(i+per, len(exs))], Val: val}

@@ -1,4 +1,4 @@
-package coordinator
+package dataset
 
 import (
 	"bytes"
@@ -14,9 +14,9 @@ import (
 
 var byteTok = tokenizer.ByteTokenizer{}
 
-func readDS(t *testing.T, data string, jsonl bool, cfg DataConfig) *Dataset {
+func readDS(t *testing.T, data string, jsonl bool, cfg Config) *Set {
 	t.Helper()
-	ds, err := ReadDataset(strings.NewReader(data), jsonl, byteTok, cfg)
+	ds, err := Read(strings.NewReader(data), jsonl, byteTok, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +33,7 @@ func bytesOf(s string) []int32 {
 }
 
 // onlyExample returns the single example of a one-record data set.
-func onlyExample(t *testing.T, ds *Dataset) Example {
+func onlyExample(t *testing.T, ds *Set) Example {
 	t.Helper()
 	all := ds.All()
 	if len(all) != 1 || len(all[0].Seqs) != 1 {
@@ -67,7 +67,7 @@ func trainedFrom(t *testing.T, ex Example, want []int32, from int) {
 }
 
 func TestDatasetJSONLForms(t *testing.T) {
-	cfg := DataConfig{ValPercent: 1}
+	cfg := Config{ValPercent: 1}
 	// "text": everything after BOS is trained, EOS included.
 	ex := onlyExample(t, readDS(t, `{"text": "hello"}`, true, cfg))
 	trainedFrom(t, ex, bytesOf("hello"), 1)
@@ -82,7 +82,7 @@ func TestDatasetJSONLForms(t *testing.T) {
 	trainedFrom(t, ex, bytesOf(prompt+"5"), 1+len(prompt))
 
 	// A prompt/completion pair is cut at SeqLen, keeping the front.
-	ex = onlyExample(t, readDS(t, `{"prompt": "abc", "completion": "defghij"}`, true, DataConfig{SeqLen: 6, ValPercent: 1}))
+	ex = onlyExample(t, readDS(t, `{"prompt": "abc", "completion": "defghij"}`, true, Config{SeqLen: 6, ValPercent: 1}))
 	trainedFrom(t, ex, bytesOf("abcdefghij")[:6], 4)
 
 	for _, bad := range []struct{ data, want string }{
@@ -90,18 +90,18 @@ func TestDatasetJSONLForms(t *testing.T) {
 		{`{"text": "a"}` + "\n" + `{"text": "b"` + "\n", "line 2"},
 		{"\n\n", "no examples"},
 	} {
-		_, err := ReadDataset(strings.NewReader(bad.data), true, byteTok, cfg)
+		_, err := Read(strings.NewReader(bad.data), true, byteTok, cfg)
 		if err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("%q: err %v, want one containing %q", bad.data, err, bad.want)
 		}
 	}
-	ds := readDS(t, strings.Repeat(`{"text": "x"}`+"\n", 10), true, DataConfig{MaxExamples: 3, ValPercent: 1})
+	ds := readDS(t, strings.Repeat(`{"text": "x"}`+"\n", 10), true, Config{MaxExamples: 3, ValPercent: 1})
 	if n := countSeqs(ds); n != 3 {
 		t.Errorf("MaxExamples 3: %d sequences", n)
 	}
 }
 
-func countSeqs(ds *Dataset) int {
+func countSeqs(ds *Set) int {
 	n := 0
 	for _, c := range ds.All() {
 		n += len(c.Seqs)
@@ -114,7 +114,7 @@ func countSeqs(ds *Dataset) int {
 // starting untrained, that together cover the text exactly once.
 func TestDatasetTextWindows(t *testing.T) {
 	long := strings.Repeat("abcdefghij", 5) // 50 bytes → 52 tokens
-	ds := readDS(t, "short one\r\n\r\n"+long+"\n\n\n", false, DataConfig{SeqLen: 16, SeqsPerChunk: 100, ValPercent: 1})
+	ds := readDS(t, "short one\r\n\r\n"+long+"\n\n\n", false, Config{SeqLen: 16, SeqsPerChunk: 100, ValPercent: 1})
 	var exs []Example
 	for _, c := range ds.All() {
 		exs = append(exs, c.Seqs...)
@@ -163,7 +163,7 @@ func TestDatasetSplitAndChunks(t *testing.T) {
 	for i := range 1000 {
 		lines = append(lines, fmt.Sprintf(`{"question": "q%d", "answer": "a%d"}`, i, i))
 	}
-	cfg := DataConfig{SeqsPerChunk: 7, ValPercent: 10}
+	cfg := Config{SeqsPerChunk: 7, ValPercent: 10}
 	ds := readDS(t, strings.Join(lines, "\n"), true, cfg)
 	val := map[string]bool{}
 	nval := 0
@@ -215,8 +215,8 @@ func TestDatasetSplitAndChunks(t *testing.T) {
 		t.Error("changing one answer kept the data set hash")
 	}
 	// The same tokens give the same chunk ID whatever the file.
-	a := readDS(t, `{"text": "same"}`, true, DataConfig{ValPercent: 1})
-	b := readDS(t, "same", false, DataConfig{ValPercent: 1})
+	a := readDS(t, `{"text": "same"}`, true, Config{ValPercent: 1})
+	b := readDS(t, "same", false, Config{ValPercent: 1})
 	if a.All()[0].ID != b.All()[0].ID {
 		t.Error("equal tokens gave different chunk IDs")
 	}
@@ -233,13 +233,13 @@ func byteString(ids []int32) []byte {
 }
 
 func TestDataConfigValidate(t *testing.T) {
-	for _, c := range []DataConfig{{SeqLen: 1}, {SeqLen: 9000}, {SeqsPerChunk: -1}, {SeqsPerChunk: 2000},
+	for _, c := range []Config{{SeqLen: 1}, {SeqLen: 9000}, {SeqsPerChunk: -1}, {SeqsPerChunk: 2000},
 		{ValPercent: 91}, {ValPercent: -1}, {MaxExamples: -1}} {
 		if err := c.Validate(); err == nil {
 			t.Errorf("%+v: no error", c)
 		}
-		if _, err := ReadDataset(strings.NewReader("x"), false, byteTok, c); err == nil {
-			t.Errorf("ReadDataset accepted %+v", c)
+		if _, err := Read(strings.NewReader("x"), false, byteTok, c); err == nil {
+			t.Errorf("Read accepted %+v", c)
 		}
 	}
 }

@@ -1,0 +1,5 @@
+//go:build !windows
+
+package atomicfile
+
+func isUnsupportedSync(error) bool { return false }
