@@ -65,8 +65,8 @@ func (c *Model) lossAndGradBatch(ws *Workspace, seqs []Seq, head headRef, gradSc
 // into g. It calls the tensor backwards in the reverse order of forward.
 func (c *Model) backward(ws *Workspace, N int, alpha float32, dy []float32, g Weights) {
 	cfg := c.Config
-	W, F, D, H, hd := cfg.Width, cfg.FFN, cfg.D(), cfg.Heads, cfg.HeadDim()
-	NW, NF, ND := N*W, N*F, N*D
+	W, D := cfg.Width, cfg.D()
+	NW, ND := N*W, N*D
 
 	// y = x̂ + α·g⊙Δx: dΔx = α·dy⊙g, dg = α·dy⊙Δx (x̂ is a frozen input)
 	dA, dDelta, dGate := ws.dtmp[:ND], ws.dDelta[:ND], ws.dGate[:ND]
@@ -92,43 +92,9 @@ func (c *Model) backward(ws *Workspace, N int, alpha float32, dy []float32, g We
 
 	// dres holds ∂loss/∂r_{l+1}; each block adds its branches' gradients
 	// to it, turning it into ∂loss/∂r_l (the residual passes it through).
-	dn := ws.dn[:NW]
 	for l := cfg.Layers - 1; l >= 0; l-- {
-		b, a, gb := &c.Blocks[l], &ws.layers[l], &g.Blocks[l]
-		// out = mid + sw W_downᵀ
-		dsw, dga, dua := ws.dsw[:NF], ws.dga[:NF], ws.dua[:NF]
-		clear(dsw)
-		tensor.LinearBackward(dsw, gb.WDown, nil, dres, a.sw[:NF], b.WDown, N, F, W)
-		clear(dga)
-		clear(dua)
-		tensor.SwiGLUBackward(dga, dua, dsw, a.ga[:NF], a.ua[:NF])
-		clear(dn)
-		tensor.LinearBackward(dn, gb.WGate, nil, dga, a.mn[:NW], b.WGate, N, W, F)
-		tensor.LinearBackward(dn, gb.WUp, nil, dua, a.mn[:NW], b.WUp, N, W, F)
-		tensor.RMSNormBackward(dres, gb.MLPNorm, dn, a.mid[:NW], b.MLPNorm, a.rstd2[:N], N, W)
-		// mid = in + att W_oᵀ
-		datt := ws.datt[:NW]
-		clear(datt)
-		tensor.LinearBackward(datt, gb.WO, nil, dres, a.att[:NW], b.WO, N, W, W)
-		dq, dk, dv := ws.dq[:NW], ws.dk[:NW], ws.dv[:NW]
-		clear(dq)
-		clear(dk)
-		clear(dv)
-		off := 0
-		for _, sq := range ws.seqs {
-			o, T := off*W, sq.T
-			e := o + T*W
-			tensor.AttentionBackward(dq[o:e], dk[o:e], dv[o:e], datt[o:e], a.q[o:e], a.k[o:e], a.v[o:e], a.att[o:e],
-				a.lse[H*off:H*(off+T)], ws.attScratch, T, H, H, hd)
-			off += T
-		}
-		ws.rope.Backward(dq, ws.pos[:N], N, H)
-		ws.rope.Backward(dk, ws.pos[:N], N, H)
-		clear(dn)
-		tensor.LinearBackward(dn, gb.WQ, nil, dq, a.an[:NW], b.WQ, N, W, W)
-		tensor.LinearBackward(dn, gb.WK, nil, dk, a.an[:NW], b.WK, N, W, W)
-		tensor.LinearBackward(dn, gb.WV, nil, dv, a.an[:NW], b.WV, N, W, W)
-		tensor.RMSNormBackward(dres, gb.AttnNorm, dn, ws.res[l][:NW], b.AttnNorm, a.rstd1[:N], N, W)
+		blk, gb := c.Blocks[l].block(), g.Blocks[l].block()
+		blk.Backward(cfg.dims(), &ws.pass, &gb, ws.res[l][:NW], ws.layers[l], dres, ws.back)
 	}
 
 	// u = Σ_i x_i P_iᵀ + b_i; the sources are frozen inputs (per sequence).

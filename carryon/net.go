@@ -23,6 +23,7 @@ import (
 	"strconv"
 
 	"carryon/tensor"
+	"carryon/transformer"
 )
 
 // Bounds checked by Config.Validate (and so by Unmarshal
@@ -408,21 +409,21 @@ type Workspace struct {
 	pos    []int32 // (Rows) position of each row within its sequence
 	tg     []int32 // (Rows) targets of the batch, concatenated
 	seqs   []Seq
-	one    [1]Seq // the batch of the single-sequence entry points
-	layers []coLayerActs
-	res    [][]float32 // L+1 residual streams, (Rows, W) each; res[0] = u
-	resL   []float32   // = res[L]
-	rstdF  []float32   // (Rows)
-	h      []float32   // (Rows, W) final norm output
-	delta  []float32   // (Rows, D) Δx
-	gate   []float32   // (Rows, D) g
-	y      []float32   // (Rows, D)
+	one    [1]Seq              // the batch of the single-sequence entry points
+	layers []*transformer.Acts // per block
+	back   *transformer.BackScratch
+	pass   transformer.Pass // of the current batch
+	res    [][]float32      // L+1 residual streams, (Rows, W) each; res[0] = u
+	resL   []float32        // = res[L]
+	rstdF  []float32        // (Rows)
+	h      []float32        // (Rows, W) final norm output
+	delta  []float32        // (Rows, D) Δx
+	gate   []float32        // (Rows, D) g
+	y      []float32        // (Rows, D)
 
-	// backward scratch
+	// backward scratch (the blocks' own is in back)
 	dy, dtmp, dDelta, dGate []float32 // (Rows, D)
-	dres, dh, dn            []float32 // (Rows, W)
-	dq, dk, dv, datt        []float32 // (Rows, W)
-	dga, dua, dsw           []float32 // (Rows, FFN)
+	dres, dh                []float32 // (Rows, W)
 	attScratch              []float32
 	ceScratch               []float32
 	ceChunk                 int
@@ -438,15 +439,6 @@ type Seq struct {
 	T       int         // positions
 }
 
-// coLayerActs are the saved activations of one block.
-type coLayerActs struct {
-	an, q, k, v, att []float32 // (Rows, W); q, k after RoPE
-	rstd1, rstd2     []float32 // (Rows)
-	lse              []float32 // per sequence (Heads, T_b), one after another
-	mid, mn          []float32 // (Rows, W) residual after attention, its norm
-	ga, ua, sw       []float32 // (Rows, FFN) gate/up pre-activations, SwiGLU output
-}
-
 // NewWorkspace allocates a workspace for one sequence of up to T positions
 // at a time (T ≤ Config.MaxSeq).
 func (c *Model) NewWorkspace(T int) *Workspace { return c.NewBatchWorkspace(T, T) }
@@ -457,7 +449,9 @@ func (c *Model) NewWorkspace(T int) *Workspace { return c.NewBatchWorkspace(T, T
 // and does not grow with the rows).
 func (c Config) RowFloats() int {
 	W, F, D, H, L := c.Width, c.FFN, c.D(), c.Heads, c.Layers
-	perLayer := 7*W + 3*F + H + 2 // an q k v att mid mn, ga ua sw, lse, rstd1 rstd2
+	perLayer := 7*W + 3*F + H + 2 // transformer.Acts: xn1 q k v att mid xn2, gate up h, lse, rstd1 rstd2
+	// res (L+1), h, dres, dh and transformer.BackScratch's dn datt dq dk dv;
+	// rstdF; y delta gate dy dtmp dDelta dGate; BackScratch's dh dgate dup.
 	return L*perLayer + (L+9)*W + 7*D + 3*F + 1
 }
 
@@ -472,19 +466,18 @@ func (c *Model) NewBatchWorkspace(T, rows int) *Workspace {
 	if rows < T || rows > coMaxRows {
 		panic(fmt.Sprintf("model.Model.NewBatchWorkspace: rows = %d out of range [T = %d, %d]", rows, T, coMaxRows))
 	}
-	W, F, D, H := cfg.Width, cfg.FFN, cfg.D(), cfg.Heads
+	W, D := cfg.Width, cfg.D()
 	f := func(n int) []float32 { return make([]float32, n) }
 	N := rows
 	ws := &Workspace{T: T, Rows: N, cfg: cfg, rope: tensor.NewRoPE(cfg.HeadDim(), T, cfg.RopeTheta, nil, false)}
 	ws.pos, ws.tg = make([]int32, N), make([]int32, N)
-	ws.layers = make([]coLayerActs, cfg.Layers)
-	for l := range ws.layers {
-		a := &ws.layers[l]
-		a.an, a.q, a.k, a.v, a.att = f(N*W), f(N*W), f(N*W), f(N*W), f(N*W)
-		a.rstd1, a.rstd2, a.lse = f(N), f(N), f(H*N)
-		a.mid, a.mn = f(N*W), f(N*W)
-		a.ga, a.ua, a.sw = f(N*F), f(N*F), f(N*F)
+	ws.attScratch = f(tensor.AttentionScratch(T, cfg.HeadDim()))
+	for range cfg.Layers {
+		a := transformer.NewActs(cfg.dims(), N, 0)
+		a.AttScratch = ws.attScratch // scratch only: shared by the blocks
+		ws.layers = append(ws.layers, a)
 	}
+	ws.back = transformer.NewBackScratch(cfg.dims(), N)
 	ws.res = make([][]float32, cfg.Layers+1)
 	for l := range ws.res {
 		ws.res[l] = f(N * W)
@@ -493,10 +486,7 @@ func (c *Model) NewBatchWorkspace(T, rows int) *Workspace {
 	ws.rstdF, ws.h = f(N), f(N*W)
 	ws.delta, ws.gate, ws.y = f(N*D), f(N*D), f(N*D)
 	ws.dy, ws.dtmp, ws.dDelta, ws.dGate = f(N*D), f(N*D), f(N*D), f(N*D)
-	ws.dres, ws.dh, ws.dn = f(N*W), f(N*W), f(N*W)
-	ws.dq, ws.dk, ws.dv, ws.datt = f(N*W), f(N*W), f(N*W), f(N*W)
-	ws.dga, ws.dua, ws.dsw = f(N*F), f(N*F), f(N*F)
-	ws.attScratch = f(tensor.AttentionScratch(T, cfg.HeadDim()))
+	ws.dres, ws.dh = f(N*W), f(N*W)
 	ws.ceChunk = max(1, min(N, coCEChunkElems/cfg.Vocab, coCEChunkMax))
 	ws.ceScratch = f(ws.ceChunk * cfg.Vocab)
 	return ws
@@ -549,6 +539,28 @@ func (c *Model) coBatch(op string, ws *Workspace, seqs []Seq, targets bool) int 
 	return N
 }
 
+// offsets returns the row offsets of the batch's sequences
+// (transformer.Pass.Seqs).
+func (ws *Workspace) offsets() []int {
+	off := make([]int, 1, len(ws.seqs)+1)
+	for _, sq := range ws.seqs {
+		off = append(off, off[len(off)-1]+sq.T)
+	}
+	return off
+}
+
+// block is the block as a transformer.Block.
+func (b *Block) block() transformer.Block {
+	return transformer.Block{AttnNorm: b.AttnNorm, MLPNorm: b.MLPNorm,
+		WQ: transformer.F32(b.WQ), WK: transformer.F32(b.WK), WV: transformer.F32(b.WV), WO: transformer.F32(b.WO),
+		Gate: transformer.F32(b.WGate), Up: transformer.F32(b.WUp), Down: transformer.F32(b.WDown)}
+}
+
+// dims are the sizes of the trunk's blocks: width h, Heads heads (no GQA).
+func (c Config) dims() transformer.Dims {
+	return transformer.Dims{Dim: c.Width, Heads: c.Heads, KVHeads: c.Heads, HeadDim: c.HeadDim(), FFN: c.FFN, NormEps: c.NormEps}
+}
+
 // coSameShape reports whether a workspace made for a fits b.
 func coSameShape(a, b Config) bool {
 	if a.Width != b.Width || a.Layers != b.Layers || a.Heads != b.Heads || a.FFN != b.FFN ||
@@ -583,75 +595,70 @@ func (c *Model) ForwardBatch(ws *Workspace, seqs []Seq, alpha float32) []float32
 // forward runs the batch ws.seqs of N rows (positions in ws.pos).
 func (c *Model) forward(ws *Workspace, N int, alpha float32) []float32 {
 	cfg := c.Config
-	W, F, D, H, hd := cfg.Width, cfg.FFN, cfg.D(), cfg.Heads, cfg.HeadDim()
-	NW, NF, ND := N*W, N*F, N*D
+	W, D := cfg.Width, cfg.D()
+	NW, ND := N*W, N*D
 
-	// u = Σ_i x_i P_iᵀ + b_i: (N, W), per sequence (the sources are theirs)
-	u := ws.res[0][:NW]
 	off := 0
 	for _, sq := range ws.seqs {
-		for i, s := range cfg.Sources {
-			beta := float32(1)
-			if i == 0 {
-				beta = 0
-			}
-			tensor.Gemm(false, true, sq.T, W, s.Dim, 1, sq.Sources[i], s.Dim, c.Proj[i], s.Dim, beta, u[off*W:], W)
-		}
+		c.project(ws.res[0][off*W:(off+sq.T)*W], sq.Sources, sq.T)
 		off += sq.T
 	}
-	for t := 0; t < N; t++ {
+
+	ws.pass = transformer.Pass{N: N, Pos: ws.pos, Seqs: ws.offsets(), Rope: ws.rope}
+	for l := range c.Blocks {
+		blk := c.Blocks[l].block()
+		blk.Forward(cfg.dims(), &ws.pass, ws.res[l][:NW], ws.res[l+1][:NW], nil, ws.layers[l])
+	}
+
+	c.heads(ws.h[:NW], ws.delta[:ND], ws.gate[:ND], ws.resL[:NW], ws.rstdF[:N], N)
+	y := ws.y[:ND]
+	off = 0
+	for _, sq := range ws.seqs {
+		blend(y[off*D:(off+sq.T)*D], sq.Sources[0][:sq.T*D], ws.gate[off*D:(off+sq.T)*D], ws.delta[off*D:(off+sq.T)*D], alpha)
+		off += sq.T
+	}
+	return y
+}
+
+// project computes the trunk's input for one sequence of T positions:
+//
+//	u = Σ_i x_i P_iᵀ + b_i      u: (T, W), sources[i]: (T, Dim_i)
+func (c *Model) project(u []float32, sources [][]float32, T int) {
+	W := c.Config.Width
+	for i, s := range c.Config.Sources {
+		beta := float32(1)
+		if i == 0 {
+			beta = 0
+		}
+		tensor.Gemm(false, true, T, W, s.Dim, 1, sources[i], s.Dim, c.Proj[i], s.Dim, beta, u, W)
+	}
+	for t := 0; t < T; t++ {
 		row := u[t*W : (t+1)*W]
-		for i := range cfg.Sources {
+		for i := range c.Config.Sources {
 			for j, b := range c.ProjBias[i] {
 				row[j] += b
 			}
 		}
 	}
+}
 
-	for l := range c.Blocks {
-		b, a := &c.Blocks[l], &ws.layers[l]
-		in, out := ws.res[l][:NW], ws.res[l+1][:NW]
-		// attention
-		tensor.RMSNormForward(a.an[:NW], a.rstd1[:N], in, b.AttnNorm, N, W, cfg.NormEps)
-		tensor.LinearForward(a.q[:NW], a.an[:NW], b.WQ, nil, N, W, W)
-		tensor.LinearForward(a.k[:NW], a.an[:NW], b.WK, nil, N, W, W)
-		tensor.LinearForward(a.v[:NW], a.an[:NW], b.WV, nil, N, W, W)
-		ws.rope.Forward(a.q[:NW], ws.pos[:N], N, H)
-		ws.rope.Forward(a.k[:NW], ws.pos[:N], N, H)
-		off := 0
-		for _, sq := range ws.seqs {
-			o, T := off*W, sq.T
-			tensor.AttentionForward(a.att[o:o+T*W], a.lse[H*off:H*(off+T)], a.q[o:o+T*W], a.k[o:o+T*W], a.v[o:o+T*W], ws.attScratch, T, H, H, hd)
-			off += T
-		}
-		tensor.LinearForward(a.mid[:NW], a.att[:NW], b.WO, nil, N, W, W)
-		tensor.AddInPlace(a.mid[:NW], in)
-		// MLP
-		tensor.RMSNormForward(a.mn[:NW], a.rstd2[:N], a.mid[:NW], b.MLPNorm, N, W, cfg.NormEps)
-		tensor.LinearForward(a.ga[:NF], a.mn[:NW], b.WGate, nil, N, W, F)
-		tensor.LinearForward(a.ua[:NF], a.mn[:NW], b.WUp, nil, N, W, F)
-		tensor.SwiGLUForward(a.sw[:NF], a.ga[:NF], a.ua[:NF])
-		tensor.LinearForward(out, a.sw[:NF], b.WDown, nil, N, F, W)
-		tensor.AddInPlace(out, a.mid[:NW])
-	}
-
-	// heads
-	h := ws.h[:NW]
-	tensor.RMSNormForward(h, ws.rstdF[:N], ws.resL[:NW], c.FinalNorm, N, W, cfg.NormEps)
-	delta, gate, y := ws.delta[:ND], ws.gate[:ND], ws.y[:ND]
+// heads computes, from the trunk's output r (N, W), h = RMSNorm(r) (its
+// rstd saved when rstd is not nil), Δx = h W_Δᵀ and g = sigmoid(h W_gᵀ +
+// b_g), each (N, D).
+func (c *Model) heads(h, delta, gate, r, rstd []float32, N int) {
+	cfg := c.Config
+	W, D := cfg.Width, cfg.D()
+	tensor.RMSNormForward(h, rstd, r, c.FinalNorm, N, W, cfg.NormEps)
 	tensor.LinearForward(delta, h, c.Delta, nil, N, W, D)
 	tensor.LinearForward(gate, h, c.Gate, c.GateBias, N, W, D)
 	tensor.SigmoidForward(gate, gate)
-	off = 0
-	for _, sq := range ws.seqs {
-		x := sq.Sources[0][:sq.T*D]
-		yb, gb, db := y[off*D:(off+sq.T)*D], gate[off*D:(off+sq.T)*D], delta[off*D:(off+sq.T)*D]
-		for i := range yb {
-			yb[i] = x[i] + alpha*(gb[i]*db[i])
-		}
-		off += sq.T
+}
+
+// blend is the carry-on's output y = x̂ + α · g ⊙ Δx, elementwise.
+func blend(y, x, gate, delta []float32, alpha float32) {
+	for i := range y {
+		y[i] = x[i] + alpha*(gate[i]*delta[i])
 	}
-	return y
 }
 
 // Loss runs Forward and the chunked LM-head cross-entropy of y against

@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"carryon/tensor"
+	"carryon/transformer"
 )
 
 // FinalLayer asks Forward for the hidden states after the final norm: the
@@ -89,7 +90,7 @@ const packedMinRows = 9
 //	out:  (n, oc)
 //	inp:  (n, ic)
 //	bias: (oc) or nil
-func (w matrix) linear(out, inp, bias []float32, n, ic, oc int) {
+func (w matrix) Apply(out, inp, bias []float32, n, ic, oc int) {
 	switch {
 	case w.p != nil:
 		tensor.GemmPacked(n, 1, inp, ic, w.p, 0, out, oc)
@@ -105,6 +106,27 @@ func (w matrix) linear(out, inp, bias []float32, n, ic, oc int) {
 	}
 	tensor.GemmBF16(n, oc, ic, inp, ic, w.h, ic, out, oc)
 	addBias(out, bias, n, oc)
+}
+
+// block is the layer as a transformer.Block, each matrix in the form the
+// base holds it.
+func (w *layerWeights) block() transformer.Block {
+	return transformer.Block{AttnNorm: w.attnNorm, MLPNorm: w.mlpNorm, WQ: w.wq, WK: w.wk, WV: w.wv, WO: w.wo,
+		BQ: w.bq, BK: w.bk, BV: w.bv, QNorm: w.qNorm, KNorm: w.kNorm, Gate: w.gate, Up: w.up, Down: w.down}
+}
+
+// f32Block is the layer as a trainable transformer.Block: its float32
+// matrices (the weights of a base that is not packed).
+func (w *layerWeights) f32Block() transformer.Block {
+	return transformer.Block{AttnNorm: w.attnNorm, MLPNorm: w.mlpNorm,
+		WQ: transformer.F32(w.wq.f), WK: transformer.F32(w.wk.f), WV: transformer.F32(w.wv.f), WO: transformer.F32(w.wo.f),
+		BQ: w.bq, BK: w.bk, BV: w.bv, QNorm: w.qNorm, KNorm: w.kNorm,
+		Gate: transformer.F32(w.gate.f), Up: transformer.F32(w.up.f), Down: transformer.F32(w.down.f)}
+}
+
+// dims are the sizes of the base's blocks.
+func (c Config) dims() transformer.Dims {
+	return transformer.Dims{Dim: c.Dim, Heads: c.Heads, KVHeads: c.KVHeads, HeadDim: c.HeadDim, FFN: c.FFN, NormEps: c.NormEps}
 }
 
 // addBias adds bias (oc, or nil) to every row of out (n, oc).
@@ -408,8 +430,7 @@ const mlpRows = 512
 // ready weights.
 func (b *Base) forward(seqs [][]int32, layers []int) [][][]float32 {
 	c := b.Config
-	D, hd := c.Dim, c.HeadDim
-	qd, kvd := c.Heads*hd, c.KVHeads*hd
+	D := c.Dim
 	// Token rows of all sequences, one after another: sequence s has rows
 	// [off[s], off[s+1]).
 	off := make([]int, len(seqs)+1)
@@ -427,19 +448,9 @@ func (b *Base) forward(seqs [][]int32, layers []int) [][][]float32 {
 			pos = append(pos, int32(i))
 		}
 	}
-	rope := b.ropeFor(maxT)
-	// Activations, allocated once per call.
-	x := make([]float32, T*D)    // (T, D) residual stream
-	xn := make([]float32, T*D)   // (T, D) normed input of a sub-block
-	q := make([]float32, T*qd)   // (T, Heads·hd)
-	k := make([]float32, T*kvd)  // (T, KVHeads·hd)
-	v := make([]float32, T*kvd)  // (T, KVHeads·hd)
-	att := make([]float32, T*qd) // (T, Heads·hd)
-	lse := make([]float32, c.Heads*maxT)
-	scratch := make([]float32, tensor.AttentionScratch(maxT, hd))
-	rows := min(T, mlpRows)
-	gate := make([]float32, rows*c.FFN) // (rows, FFN)
-	up := make([]float32, rows*c.FFN)   // (rows, FFN)
+	x := make([]float32, T*D) // (T, D) residual stream
+	pass := &transformer.Pass{N: T, Pos: pos, Seqs: off, Rope: b.ropeFor(maxT), MLPRows: mlpRows}
+	var scratch transformer.Scratch
 
 	out := make([][][]float32, len(seqs))
 	for s := range out {
@@ -456,39 +467,10 @@ func (b *Base) forward(seqs [][]int32, layers []int) [][][]float32 {
 	}
 	b.lookup(x, ids)
 	save(0, x)
+	dims := c.dims()
 	for li := range b.layers {
-		w := &b.layers[li]
-		// Attention sub-block.
-		tensor.RMSNormForward(xn, nil, x, w.attnNorm, T, D, c.NormEps)
-		w.wq.linear(q, xn, w.bq, T, D, qd)
-		w.wk.linear(k, xn, w.bk, T, D, kvd)
-		w.wv.linear(v, xn, w.bv, T, D, kvd)
-		if w.qNorm != nil {
-			tensor.RMSNormForward(q, nil, q, w.qNorm, T*c.Heads, hd, c.NormEps)
-			tensor.RMSNormForward(k, nil, k, w.kNorm, T*c.KVHeads, hd, c.NormEps)
-		}
-		rope.Forward(q, pos, T, c.Heads)
-		rope.Forward(k, pos, T, c.KVHeads)
-		for s := range seqs { // causal within each sequence only
-			r0, r1 := off[s], off[s+1]
-			tensor.AttentionForward(att[r0*qd:r1*qd], lse[:c.Heads*(r1-r0)], q[r0*qd:r1*qd],
-				k[r0*kvd:r1*kvd], v[r0*kvd:r1*kvd], scratch, r1-r0, c.Heads, c.KVHeads, hd)
-		}
-		w.wo.linear(xn, att, nil, T, qd, D)
-		tensor.AddInPlace(x, xn)
-		// MLP sub-block, in chunks of rows.
-		tensor.RMSNormForward(xn, nil, x, w.mlpNorm, T, D, c.NormEps)
-		for r0 := 0; r0 < T; r0 += rows {
-			n := min(rows, T-r0)
-			in := xn[r0*D : (r0+n)*D]
-			g, u := gate[:n*c.FFN], up[:n*c.FFN]
-			w.gate.linear(g, in, nil, n, D, c.FFN)
-			w.up.linear(u, in, nil, n, D, c.FFN)
-			tensor.SwiGLUForward(g, g, u)
-			// xn rows r0.. are consumed above, so they can take the output.
-			w.down.linear(in, g, nil, n, c.FFN, D)
-		}
-		tensor.AddInPlace(x, xn)
+		blk := b.layers[li].block()
+		blk.Forward(dims, pass, x, x, &scratch, nil)
 		save(li+1, x)
 	}
 	for i, l := range layers {

@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 
 	"carryon/tensor"
+	"carryon/transformer"
 )
 
 // Session decodes one sequence incrementally with a key/value cache: Prefill
@@ -26,8 +27,8 @@ type Session struct {
 	rope   *tensor.RoPE
 	kc, vc [][]float32 // per block: (maxLen, KVHeads·hd)
 
-	// scratch, grown on demand
-	x, xn, q, att, gate, up, scores, attScratch []float32
+	x       []float32 // (T, Dim) residual stream, grown on demand
+	scratch transformer.Scratch
 }
 
 // NewSession makes a session for sequences of up to maxLen positions
@@ -100,27 +101,18 @@ func (s *Session) Step(id int32) ([][]float32, error) {
 	return out, nil
 }
 
-// extend runs the blocks over T new tokens (checked) at positions s.n.. and
-// fills their keys and values into the cache. It mirrors Base.forward.
+// extend runs the blocks over T new tokens (checked) at positions s.n..
+// and fills their keys and values into the cache: Base.forward with a
+// cache.
 func (s *Session) extend(ids []int32) [][]float32 {
 	b, c := s.b, s.b.Config
-	T, D, hd, start := len(ids), c.Dim, c.HeadDim, s.n
-	qd, kvd := c.Heads*hd, c.KVHeads*hd
+	T, D, start := len(ids), c.Dim, s.n
 	pos := make([]int32, T)
 	for i := range pos {
 		pos[i] = int32(start + i)
 	}
-	s.x, s.xn = tensor.Grow(s.x, T*D), tensor.Grow(s.xn, T*D)
-	s.q, s.att = tensor.Grow(s.q, T*qd), tensor.Grow(s.att, T*qd)
-	rows := min(T, mlpRows)
-	s.gate, s.up = tensor.Grow(s.gate, rows*c.FFN), tensor.Grow(s.up, rows*c.FFN)
-	x, xn, q, att := s.x, s.xn, s.q, s.att
-	if start == 0 {
-		s.attScratch = tensor.Grow(s.attScratch, tensor.AttentionScratch(T, hd))
-	} else {
-		s.scores = tensor.Grow(s.scores, min(T, tensor.CachedAttentionRows)*(start+T))
-	}
-
+	s.x = tensor.Grow(s.x, T*D)
+	x := s.x
 	out := make([][]float32, len(s.layers))
 	save := func(k int) {
 		for i, l := range s.layers {
@@ -131,38 +123,11 @@ func (s *Session) extend(ids []int32) [][]float32 {
 	}
 	b.lookup(x, ids)
 	save(0)
+	dims := c.dims()
 	for li := range b.layers {
-		w := &b.layers[li]
-		k := s.kc[li][start*kvd : (start+T)*kvd]
-		v := s.vc[li][start*kvd : (start+T)*kvd]
-		tensor.RMSNormForward(xn, nil, x, w.attnNorm, T, D, c.NormEps)
-		w.wq.linear(q, xn, w.bq, T, D, qd)
-		w.wk.linear(k, xn, w.bk, T, D, kvd)
-		w.wv.linear(v, xn, w.bv, T, D, kvd)
-		if w.qNorm != nil {
-			tensor.RMSNormForward(q, nil, q, w.qNorm, T*c.Heads, hd, c.NormEps)
-			tensor.RMSNormForward(k, nil, k, w.kNorm, T*c.KVHeads, hd, c.NormEps)
-		}
-		s.rope.Forward(q, pos, T, c.Heads)
-		s.rope.Forward(k, pos, T, c.KVHeads)
-		if start == 0 { // the whole sequence: the blockwise kernel Forward uses
-			tensor.AttentionForward(att, nil, q, k, v, s.attScratch, T, c.Heads, c.KVHeads, hd)
-		} else {
-			tensor.CachedAttention(att, q, s.kc[li], s.vc[li], s.scores, start, T, c.Heads, c.KVHeads, hd)
-		}
-		w.wo.linear(xn, att, nil, T, qd, D)
-		tensor.AddInPlace(x, xn)
-		tensor.RMSNormForward(xn, nil, x, w.mlpNorm, T, D, c.NormEps)
-		for r0 := 0; r0 < T; r0 += rows {
-			n := min(rows, T-r0)
-			in := xn[r0*D : (r0+n)*D]
-			g, u := s.gate[:n*c.FFN], s.up[:n*c.FFN]
-			w.gate.linear(g, in, nil, n, D, c.FFN)
-			w.up.linear(u, in, nil, n, D, c.FFN)
-			tensor.SwiGLUForward(g, g, u)
-			w.down.linear(in, g, nil, n, c.FFN, D)
-		}
-		tensor.AddInPlace(x, xn)
+		p := &transformer.Pass{N: T, Pos: pos, Seqs: []int{0, T}, Rope: s.rope, K: s.kc[li], V: s.vc[li], Start: start, MLPRows: mlpRows}
+		blk := b.layers[li].block()
+		blk.Forward(dims, p, x, x, &s.scratch, nil)
 		save(li + 1)
 	}
 	for i, l := range s.layers {

@@ -14,6 +14,7 @@ import (
 
 	"carryon/internal/atomicfile"
 	"carryon/tensor"
+	"carryon/transformer"
 )
 
 // Full pretraining of a base model (every weight trainable), llm.c style:
@@ -44,30 +45,18 @@ type trainWorker struct {
 	grad  *Base         // gradient of every weight, laid out like the model
 	gts   []namedTensor // grad's tensors, aligned with params
 	maxT  int
-	acts  []layerActs
+	xin   [][]float32         // per block: (T, D) its input
+	acts  []*transformer.Acts // per block: what its backward needs
+	back  *transformer.BackScratch
 	xL    []float32 // (T, D) residual stream after the last block
 	rstdF []float32 // (T)
 	xf    []float32 // (T, D) final-norm output: the LM head's input
 	// Backward scratch.
-	dx, dxn, dxf   []float32 // (T, D)
-	datt, dq       []float32 // (T, qd)
-	dk, dv         []float32 // (T, kvd)
-	dh, dgate, dup []float32 // (T, FFN)
-	logits         []float32 // (xentChunk, Vocab)
-	attScratch     []float32
-	pos            []int32 // (T) 0..T-1
-	lossSum        float64
-	count          int
-}
-
-// layerActs are the activations one block saves for its backward.
-type layerActs struct {
-	xin, xn1, xmid, xn2 []float32 // (T, D)
-	rstd1, rstd2        []float32 // (T)
-	q, att              []float32 // (T, qd); q after RoPE
-	k, v                []float32 // (T, kvd); k after RoPE
-	lse                 []float32 // (Heads, T)
-	gate, up, h         []float32 // (T, FFN); h = silu(gate)·up
+	dx, dxf []float32 // (T, D)
+	logits  []float32 // (xentChunk, Vocab)
+	pos     []int32   // (T) 0..T-1
+	lossSum float64
+	count   int
 }
 
 // xentChunk is how many positions the LM head's logits cover at once.
@@ -120,20 +109,19 @@ func newTrainWorker(c Config, maxT int) (*trainWorker, error) {
 		return nil, err
 	}
 	w := &trainWorker{grad: g, gts: g.tensors(), maxT: maxT}
-	D, qd, kvd, F := c.Dim, c.Heads*c.HeadDim, c.KVHeads*c.HeadDim, c.FFN
+	D := c.Dim
 	f := func(n int) []float32 { return make([]float32, n) }
-	w.acts = make([]layerActs, c.Layers)
-	for i := range w.acts {
-		w.acts[i] = layerActs{xin: f(maxT * D), xn1: f(maxT * D), xmid: f(maxT * D), xn2: f(maxT * D),
-			rstd1: f(maxT), rstd2: f(maxT), q: f(maxT * qd), att: f(maxT * qd), k: f(maxT * kvd), v: f(maxT * kvd),
-			lse: f(c.Heads * maxT), gate: f(maxT * F), up: f(maxT * F), h: f(maxT * F)}
+	attScratch := f(tensor.AttentionScratch(maxT, c.HeadDim)) // scratch only: shared by the blocks
+	for range c.Layers {
+		a := transformer.NewActs(c.dims(), maxT, 0)
+		a.AttScratch = attScratch
+		w.acts = append(w.acts, a)
+		w.xin = append(w.xin, f(maxT*D))
 	}
+	w.back = transformer.NewBackScratch(c.dims(), maxT)
 	w.xL, w.rstdF, w.xf = f(maxT*D), f(maxT), f(maxT*D)
-	w.dx, w.dxn, w.dxf = f(maxT*D), f(maxT*D), f(maxT*D)
-	w.datt, w.dq, w.dk, w.dv = f(maxT*qd), f(maxT*qd), f(maxT*kvd), f(maxT*kvd)
-	w.dh, w.dgate, w.dup = f(maxT*F), f(maxT*F), f(maxT*F)
+	w.dx, w.dxf = f(maxT*D), f(maxT*D)
 	w.logits = f(min(xentChunk, maxT) * c.Vocab)
-	w.attScratch = f(tensor.AttentionScratch(maxT, c.HeadDim))
 	w.pos = make([]int32, maxT)
 	for i := range w.pos {
 		w.pos[i] = int32(i)
@@ -303,35 +291,16 @@ func (t *BaseTrainer) Update(lr, wd float32, maxNorm float64) float64 {
 //	ids, targets: (T)
 func (w *trainWorker) sequence(b *Base, rope *tensor.RoPE, ids, targets []int32, grad bool, scale float32) (float64, int) {
 	c := b.Config
-	T, D, hd := len(ids), c.Dim, c.HeadDim
-	qd, kvd, F := c.Heads*hd, c.KVHeads*hd, c.FFN
-	pos := w.pos[:T]
-	x := w.xL[:T*D] // running residual stream; copied into each block's xin
+	T, D := len(ids), c.Dim
+	pass := &transformer.Pass{N: T, Pos: w.pos[:T], Seqs: []int{0, T}, Rope: rope}
+	dims := c.dims()
+	x := w.xL[:T*D] // running residual stream; copied into each block's input
 	tensor.EmbeddingForward(x, b.embed, ids, D)
 	for li := range b.layers {
-		lw, a := &b.layers[li], &w.acts[li]
-		xin, xn1, xmid, xn2 := a.xin[:T*D], a.xn1[:T*D], a.xmid[:T*D], a.xn2[:T*D]
-		q, att, k, v := a.q[:T*qd], a.att[:T*qd], a.k[:T*kvd], a.v[:T*kvd]
-		lse := a.lse[:c.Heads*T]
-		gate, up, h := a.gate[:T*F], a.up[:T*F], a.h[:T*F]
+		xin := w.xin[li][:T*D]
 		copy(xin, x)
-		tensor.RMSNormForward(xn1, a.rstd1[:T], xin, lw.attnNorm, T, D, c.NormEps)
-		tensor.LinearForward(q, xn1, lw.wq.f, lw.bq, T, D, qd)
-		tensor.LinearForward(k, xn1, lw.wk.f, lw.bk, T, D, kvd)
-		tensor.LinearForward(v, xn1, lw.wv.f, lw.bv, T, D, kvd)
-		rope.Forward(q, pos, T, c.Heads)
-		rope.Forward(k, pos, T, c.KVHeads)
-		tensor.AttentionForward(att, lse, q, k, v, w.attScratch, T, c.Heads, c.KVHeads, hd)
-		// xmid = xin + att·Woᵀ
-		tensor.LinearForward(xmid, att, lw.wo.f, nil, T, qd, D)
-		tensor.AddInPlace(xmid, xin)
-		tensor.RMSNormForward(xn2, a.rstd2[:T], xmid, lw.mlpNorm, T, D, c.NormEps)
-		tensor.LinearForward(gate, xn2, lw.gate.f, nil, T, D, F)
-		tensor.LinearForward(up, xn2, lw.up.f, nil, T, D, F)
-		tensor.SwiGLUForward(h, gate, up)
-		// x = xmid + h·Wdownᵀ
-		tensor.LinearForward(x, h, lw.down.f, nil, T, F, D)
-		tensor.AddInPlace(x, xmid)
+		blk := b.layers[li].f32Block()
+		blk.Forward(dims, pass, xin, x, nil, w.acts[li])
 	}
 	xf := w.xf[:T*D]
 	tensor.RMSNormForward(xf, w.rstdF[:T], x, b.finalNorm, T, D, c.NormEps)
@@ -355,38 +324,9 @@ func (w *trainWorker) sequence(b *Base, rope *tensor.RoPE, ids, targets []int32,
 	dx := w.dx[:T*D]
 	clear(dx)
 	tensor.RMSNormBackward(dx, g.finalNorm, dxf, x, b.finalNorm, w.rstdF[:T], T, D)
-	dxn := w.dxn[:T*D]
-	datt, dq := w.datt[:T*qd], w.dq[:T*qd]
-	dk, dv := w.dk[:T*kvd], w.dv[:T*kvd]
-	dh, dgate, dup := w.dh[:T*F], w.dgate[:T*F], w.dup[:T*F]
 	for li := len(b.layers) - 1; li >= 0; li-- {
-		lw, gw, a := &b.layers[li], &g.layers[li], &w.acts[li]
-		xin, xn1, xmid, xn2 := a.xin[:T*D], a.xn1[:T*D], a.xmid[:T*D], a.xn2[:T*D]
-		q, att, k, v := a.q[:T*qd], a.att[:T*qd], a.k[:T*kvd], a.v[:T*kvd]
-		// MLP: x = xmid + down(silu(gate(xn2))·up(xn2)); dx flows to xmid unchanged.
-		clear(dh)
-		tensor.LinearBackward(dh, gw.down.f, nil, dx, a.h[:T*F], lw.down.f, T, F, D)
-		clear(dgate)
-		clear(dup)
-		tensor.SwiGLUBackward(dgate, dup, dh, a.gate[:T*F], a.up[:T*F])
-		clear(dxn)
-		tensor.LinearBackward(dxn, gw.gate.f, nil, dgate, xn2, lw.gate.f, T, D, F)
-		tensor.LinearBackward(dxn, gw.up.f, nil, dup, xn2, lw.up.f, T, D, F)
-		tensor.RMSNormBackward(dx, gw.mlpNorm, dxn, xmid, lw.mlpNorm, a.rstd2[:T], T, D)
-		// Attention: xmid = xin + o(attn(rope(q(xn1)), rope(k(xn1)), v(xn1))).
-		clear(datt)
-		tensor.LinearBackward(datt, gw.wo.f, nil, dx, att, lw.wo.f, T, qd, D)
-		clear(dq)
-		clear(dk)
-		clear(dv)
-		tensor.AttentionBackward(dq, dk, dv, datt, q, k, v, att, a.lse[:c.Heads*T], w.attScratch, T, c.Heads, c.KVHeads, hd)
-		rope.Backward(dq, pos, T, c.Heads)
-		rope.Backward(dk, pos, T, c.KVHeads)
-		clear(dxn)
-		tensor.LinearBackward(dxn, gw.wq.f, gw.bq, dq, xn1, lw.wq.f, T, D, qd)
-		tensor.LinearBackward(dxn, gw.wk.f, gw.bk, dk, xn1, lw.wk.f, T, D, kvd)
-		tensor.LinearBackward(dxn, gw.wv.f, gw.bv, dv, xn1, lw.wv.f, T, D, kvd)
-		tensor.RMSNormBackward(dx, gw.attnNorm, dxn, xin, lw.attnNorm, a.rstd1[:T], T, D)
+		blk, gb := b.layers[li].f32Block(), g.layers[li].f32Block()
+		blk.Backward(dims, pass, &gb, w.xin[li][:T*D], w.acts[li], dx, w.back)
 	}
 	tensor.EmbeddingBackward(g.embed, dx, ids, D)
 	return lossSum, count

@@ -1,0 +1,360 @@
+package carryon
+
+import (
+	"carryon/model"
+	"carryon/tensor"
+	"carryon/tokenizer"
+	"errors"
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+)
+
+// GenerateOptions configures Generate.
+type GenerateOptions struct {
+	MaxTokens   int     // new tokens at most; 0 means 128
+	Temperature float64 // 0: greedy
+	TopK        int     // sample among the k largest logits; 0: all
+	Seed        uint64  // of the sampling stream
+	// Stop lists extra token ids that end generation (the tokenizer's and
+	// the base's EOS always do).
+	Stop []int32
+	// Bridge, when not "", round-trips every base hidden state through that
+	// codec (tensor.ParseCodec) before the carry-on, as in training.
+	Bridge string
+	// OnToken, when set, sees each generated token as it is chosen
+	// (stop tokens included); returning false stops generation.
+	OnToken func(id int32) bool
+}
+
+// Generation is the result of Generate.
+type Generation struct {
+	Prompt []int32 // the prompt's tokens (BOS included)
+	Tokens []int32 // generated tokens, without the stop token
+	Text   string  // Tokens decoded
+	Stop   bool    // ended on a stop token (else on MaxTokens or OnToken)
+}
+
+// Generate runs base + carry-on stages on prompt: BOS (when the tokenizer
+// has one) and the prompt's tokens, as the data set formats them, then up
+// to MaxTokens sampled tokens. Each stage is a boosting stage applied in
+// order (docs/method.md): stage i takes the previous stage's output as its
+// primary source x̂ (stage 0 the base's final hidden state) and its other
+// sources ("layer:k") from the base, and outputs y_i = y_{i-1} + α·g⊙Δx;
+// the logits are W_pred·y_last. alpha scales every stage; with no stages
+// (or alpha 0) this is the base alone.
+func Generate(b *model.Base, tok tokenizer.Tokenizer, stages []*Model, alpha float32, prompt string, opt GenerateOptions) (*Generation, error) {
+	var ids []int32
+	if bos := tok.BOS(); bos >= 0 {
+		ids = append(ids, bos)
+	}
+	ids = append(ids, tok.Encode(prompt)...)
+	if len(ids) == 0 {
+		return nil, errors.New("model.Generate: empty prompt")
+	}
+	opt.Stop = append(append([]int32(nil), opt.Stop...), tok.EOS())
+	out, stopped, err := GenerateIDs(b, stages, alpha, ids, opt)
+	if err != nil {
+		return nil, err
+	}
+	return &Generation{Prompt: ids, Tokens: out, Text: tok.Decode(out), Stop: stopped}, nil
+}
+
+// stageLayer maps a carry-on source name to a base layer.
+func stageLayer(name string, layers int) (int, error) {
+	if name == "final" {
+		return model.FinalLayer, nil
+	}
+	if k, ok := strings.CutPrefix(name, "layer:"); ok {
+		if n, err := strconv.Atoi(k); err == nil && n >= 0 && n <= layers {
+			return n, nil
+		}
+	}
+	return 0, fmt.Errorf("source %q is not one this base provides (final, layer:0..%d)", name, layers)
+}
+
+// StageLayers checks that carry-on stages fit the base and returns the base
+// layers they read (model.FinalLayer first, then the shortcuts) and, per stage,
+// the index into layers of each of its sources. Stage i's source 0 is the
+// final hidden state (replaced by stage i-1's output when i > 0).
+func StageLayers(b *model.Base, stages []*Model) (layers []int, srcIdx [][]int, err error) {
+	c := b.Config
+	layers = []int{model.FinalLayer}
+	srcIdx = make([][]int, len(stages))
+	for i, st := range stages {
+		sc := st.Config
+		if sc.Vocab != c.Vocab || sc.D() != c.Dim {
+			return nil, nil, fmt.Errorf("stage %d is for a base of width %d and vocabulary %d, this base has %d and %d", i, sc.D(), sc.Vocab, c.Dim, c.Vocab)
+		}
+		for j, src := range sc.Sources {
+			l, err := stageLayer(src.Name, c.Layers)
+			if err != nil {
+				return nil, nil, fmt.Errorf("stage %d: %w", i, err)
+			}
+			if (j == 0) != (l == model.FinalLayer) {
+				return nil, nil, fmt.Errorf("stage %d: source %d is %q; only the first source may be the final hidden state", i, j, src.Name)
+			}
+			if src.Dim != c.Dim {
+				return nil, nil, fmt.Errorf("stage %d: source %q has width %d, the base %d", i, src.Name, src.Dim, c.Dim)
+			}
+			at := -1
+			for k, have := range layers {
+				if have == l {
+					at = k
+				}
+			}
+			if at < 0 {
+				at = len(layers)
+				layers = append(layers, l)
+			}
+			srcIdx[i] = append(srcIdx[i], at)
+		}
+	}
+	return layers, srcIdx, nil
+}
+
+// ForwardStages runs the base and the carry-on stages (applied in order, as
+// in Generate) over one whole sequence. It returns x, the base's final
+// hidden states (T, Dim) (bridged when bridge is not ""), and y, the last
+// stage's output (T, Dim) (x itself with no stage): the logits are
+// W_pred·y, and W_pred·x those of the base alone.
+func ForwardStages(b *model.Base, stages []*Model, alpha float32, ids []int32, bridge string) (x, y []float32, err error) {
+	layers, srcIdx, err := StageLayers(b, stages)
+	if err != nil {
+		return nil, nil, fmt.Errorf("model.ForwardStages: %w", err)
+	}
+	hs, err := b.Forward(ids, layers)
+	if err != nil {
+		return nil, nil, fmt.Errorf("model.ForwardStages: %w", err)
+	}
+	T, D := len(ids), b.Config.Dim
+	if bridge != "" {
+		codec, err := tensor.ParseCodec(bridge)
+		if err != nil {
+			return nil, nil, fmt.Errorf("model.ForwardStages: bridge: %w", err)
+		}
+		var buf []byte
+		for _, h := range hs {
+			buf = codec.Encode(buf[:0], h, T, D)
+			if err := codec.Decode(h, buf, T, D); err != nil {
+				return nil, nil, fmt.Errorf("model.ForwardStages: bridge: %w", err)
+			}
+		}
+	}
+	y = hs[0]
+	for i, st := range stages {
+		s, err := st.NewSession(T)
+		if err != nil {
+			return nil, nil, fmt.Errorf("model.ForwardStages: stage %d: %w", i, err)
+		}
+		src := make([][]float32, len(st.Config.Sources))
+		src[0] = y
+		for j := 1; j < len(src); j++ {
+			src[j] = hs[srcIdx[i][j]]
+		}
+		out, err := s.Prefill(src, T, alpha)
+		if err != nil {
+			return nil, nil, fmt.Errorf("model.ForwardStages: stage %d: %w", i, err)
+		}
+		y = out // the session is dropped: out is ours
+	}
+	return hs[0], y, nil
+}
+
+// GenerateIDs is Generate on token ids. It returns the generated tokens
+// (without the stop token) and whether a stop token ended them.
+func GenerateIDs(b *model.Base, stages []*Model, alpha float32, prompt []int32, opt GenerateOptions) ([]int32, bool, error) {
+	fail := func(format string, args ...any) ([]int32, bool, error) {
+		return nil, false, fmt.Errorf("model.Generate: "+format, args...)
+	}
+	c := b.Config
+	if math.IsNaN(float64(alpha)) || math.IsInf(float64(alpha), 0) {
+		return fail("alpha %v, want a finite value", alpha)
+	}
+	if opt.MaxTokens == 0 {
+		opt.MaxTokens = 128
+	}
+	if opt.MaxTokens < 0 {
+		return fail("MaxTokens %d, want >= 0", opt.MaxTokens)
+	}
+	var codec *tensor.Codec
+	if opt.Bridge != "" {
+		cd, err := tensor.ParseCodec(opt.Bridge)
+		if err != nil {
+			return fail("bridge: %w", err)
+		}
+		codec = &cd
+	}
+	sampler, err := model.NewSampler(opt.Temperature, opt.TopK, opt.Seed)
+	if err != nil {
+		return fail("%w", err)
+	}
+	layers, srcIdx, err := StageLayers(b, stages)
+	if err != nil {
+		return fail("%w", err)
+	}
+	maxLen := min(len(prompt)+opt.MaxTokens, c.MaxPos)
+	if len(prompt) > maxLen || len(prompt) == 0 {
+		return fail("prompt of %d tokens, the base takes 1..%d", len(prompt), c.MaxPos)
+	}
+	sess, err := b.NewSession(maxLen, layers)
+	if err != nil {
+		return fail("%w", err)
+	}
+	coSess := make([]*Session, len(stages))
+	for i, st := range stages {
+		if coSess[i], err = st.NewSession(maxLen); err != nil {
+			return fail("stage %d: %w", i, err)
+		}
+	}
+	stop := map[int32]bool{}
+	for _, id := range append(opt.Stop, c.EOS) {
+		if id >= 0 {
+			stop[id] = true
+		}
+	}
+	logits := make([]float32, c.Vocab)
+	var encBuf []byte
+	// next runs T new tokens through the base and the stages and returns
+	// the final output of the last position: (Dim).
+	next := func(ids []int32) ([]float32, error) {
+		hs, err := sess.Prefill(ids)
+		if err != nil {
+			return nil, err
+		}
+		T := len(ids)
+		if codec != nil {
+			for _, h := range hs {
+				encBuf = codec.Encode(encBuf[:0], h, T, c.Dim)
+				if err := codec.Decode(h, encBuf, T, c.Dim); err != nil {
+					return nil, err
+				}
+			}
+		}
+		y := hs[0]
+		for i, st := range stages {
+			src := make([][]float32, len(st.Config.Sources))
+			src[0] = y
+			for j := 1; j < len(src); j++ {
+				src[j] = hs[srcIdx[i][j]]
+			}
+			out, err := coSess[i].Prefill(src, T, alpha)
+			if err != nil {
+				return nil, err
+			}
+			y = append([]float32(nil), out...) // the session reuses out
+		}
+		return y[(T-1)*c.Dim : T*c.Dim], nil
+	}
+	y, err := next(prompt)
+	if err != nil {
+		return fail("%w", err)
+	}
+	var gen []int32
+	for len(gen) < opt.MaxTokens {
+		b.LogitsInto(logits, y, 1)
+		id := sampler.Sample(logits)
+		if opt.OnToken != nil && !opt.OnToken(id) {
+			return gen, false, nil
+		}
+		if stop[id] {
+			return gen, true, nil
+		}
+		gen = append(gen, id)
+		if len(gen) == opt.MaxTokens || len(prompt)+len(gen) >= maxLen {
+			break
+		}
+		if y, err = next([]int32{id}); err != nil {
+			return fail("%w", err)
+		}
+	}
+	return gen, false, nil
+}
+
+// MaxStages bounds a boosting chain: each stage runs on every sequence of
+// every later stage.
+const MaxStages = 16
+
+// Stage is one adaptor of a chain, decoded and checked.
+type Stage struct {
+	CID   string // content ID of the adaptor file
+	Model *Model
+	Meta  Meta
+}
+
+// DecodeStage decodes an adaptor file and checks that it was made for base:
+// an adaptor that does not name its base is refused too.
+func DecodeStage(data []byte, cid string, base *model.Base) (Stage, error) {
+	co, meta, err := Unmarshal(data)
+	if err != nil {
+		return Stage{}, fmt.Errorf("adaptor %s: %w", cid, err)
+	}
+	switch {
+	case meta.BaseHash == "":
+		return Stage{}, fmt.Errorf("adaptor %s does not say which base it was trained on: refusing it", cid)
+	case meta.BaseHash != base.WeightsHash:
+		return Stage{}, fmt.Errorf("adaptor %s was trained on base %s, this base is %s", cid, shortHash(meta.BaseHash), shortHash(base.WeightsHash))
+	}
+	return Stage{CID: cid, Model: co, Meta: meta}, nil
+}
+
+// ResolveChain loads the adaptor id and its boosting parents through get
+// (which returns an adaptor file by CID), root first, checking each with
+// DecodeStage and the whole chain with StageLayers.
+func ResolveChain(id string, get func(cid string) ([]byte, error), base *model.Base) ([]Stage, error) {
+	var chain []Stage
+	for p := id; p != ""; {
+		if len(chain) == MaxStages {
+			return nil, fmt.Errorf("adaptor %s: boosting chain longer than %d stages", id, MaxStages)
+		}
+		data, err := get(p)
+		if err != nil {
+			if p == id {
+				return nil, err
+			}
+			return nil, fmt.Errorf("adaptor %s is a boosting stage on top of %s: %w", chain[0].CID, p, err)
+		}
+		st, err := DecodeStage(data, p, base)
+		if err != nil {
+			return nil, err
+		}
+		chain = append([]Stage{st}, chain...)
+		p = st.Meta.Parent
+	}
+	if _, _, err := StageLayers(base, Models(chain)); err != nil {
+		return nil, err
+	}
+	return chain, nil
+}
+
+// CheckOrder checks a chain given stage by stage (as on a command line):
+// each boosting stage must come right after its parent.
+func CheckOrder(chain []Stage) error {
+	for i, st := range chain {
+		switch {
+		case st.Meta.Parent != "" && i == 0:
+			return fmt.Errorf("adaptor %s is a boosting stage on top of %s: list that adaptor before it", st.CID, st.Meta.Parent)
+		case st.Meta.Parent != "" && st.Meta.Parent != chain[i-1].CID:
+			return fmt.Errorf("adaptor %s is a boosting stage on top of %s, not of %s", st.CID, st.Meta.Parent, chain[i-1].CID)
+		}
+	}
+	return nil
+}
+
+// Models lists the chain's networks in order.
+func Models(chain []Stage) []*Model {
+	out := make([]*Model, len(chain))
+	for i, s := range chain {
+		out[i] = s.Model
+	}
+	return out
+}
+
+// shortHash abbreviates a weights hash for messages.
+func shortHash(h string) string {
+	if len(h) > 12 {
+		return h[:12]
+	}
+	return h
+}
