@@ -1,0 +1,147 @@
+package coordinator
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"text/tabwriter"
+	"time"
+)
+
+// The text form of a coordinator's status, as `carryon status` prints it
+// from a dashboard's /api/status.
+
+// FetchStatus gets and decodes a dashboard's status (at most 16 MiB).
+func FetchStatus(ctx context.Context, url string) ([]byte, *DashboardStatus, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, nil, fmt.Errorf("is the coordinator running with --http? %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return nil, nil, fmt.Errorf("read %s: %w", url, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e struct{ Error string }
+		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+			return nil, nil, fmt.Errorf("%s: %s", url, e.Error)
+		}
+		return nil, nil, fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	var s DashboardStatus
+	if err := json.Unmarshal(body, &s); err != nil {
+		return nil, nil, fmt.Errorf("%s: not a carryon dashboard status: %w", url, err)
+	}
+	return body, &s, nil
+}
+
+// WriteStatusText writes the job at a glance.
+func WriteStatusText(w io.Writer, s *DashboardStatus, now time.Time) {
+	c, j, t := s.Coordinator, s.Job, s.Training
+	fmt.Fprintf(w, "coordinator %s: %s\n", orDash(c.Peer), s.Phase)
+	if s.Error != "" {
+		fmt.Fprintf(w, "error: %s\n", s.Error)
+	}
+	fmt.Fprintf(w, "base %s (%s, dim %d), codec %s, layers %v\n", shortID(c.Base), c.BaseArch, c.BaseDim, c.Codec, c.Layers)
+	if j.ID == "" {
+		fmt.Fprintf(w, "job: not started\n")
+	} else {
+		pct := 0.0
+		if j.Total > 0 {
+			pct = 100 * float64(j.Done) / float64(j.Total)
+		}
+		fmt.Fprintf(w, "job %s: %d/%d chunks done (%.0f%%), %d leased, %d verifying, %d left; %d cache hits; %s received\n",
+			j.ID, j.Done, j.Total, pct, j.Leased, j.Verifying, j.Left, j.CacheHits, humanBytes(j.BytesReceived))
+		v := j.Verify
+		fmt.Fprintf(w, "verification: %d sampled, %d verified, %d disagreements, %d bans; extra compute %.1f%%\n",
+			v.Sampled, v.Verified, v.Disagreements, v.Bans, 100*j.ExtraComputeFraction)
+	}
+	eligible, banned := 0, 0
+	for _, n := range s.Nodes {
+		if n.Eligible {
+			eligible++
+		}
+		if n.Banned {
+			banned++
+		}
+	}
+	fmt.Fprintf(w, "nodes: %d (%d eligible, %d banned), %d peers connected\n", len(s.Nodes), eligible, banned, c.ConnectedPeers)
+	if len(s.Nodes) > 0 {
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  PEER\tDEVICE\tTOK/S\tLEASES\tCHUNKS\tVERIFIED\tFAILS\tSTATE")
+		for _, n := range s.Nodes {
+			state := "seen"
+			switch {
+			case n.Banned:
+				state = "banned: " + n.BanReason
+			case n.Eligible:
+				state = "eligible"
+			case n.InJob:
+				state = "idle"
+			}
+			tps := n.TokensPerSec
+			if tps == 0 {
+				tps = n.AdvertTokensPerSec
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%.0f\t%d/%d\t%d\t%d\t%d\t%s\n", shortID(n.Peer), orDash(n.Device), tps,
+				n.Leases, n.Cap, n.Chunks, n.Verified, n.Failures, state)
+		}
+		tw.Flush()
+	}
+	if t.Loss == nil {
+		fmt.Fprintf(w, "training: not started (%d steps planned)\n", t.TotalSteps)
+	} else {
+		fmt.Fprintf(w, "training: step %d/%d, loss %.4f, lr %.3g, %.0f tokens/s", t.Step, t.TotalSteps, *t.Loss, t.LR, t.TokensPerSec)
+		if t.ValLoss != nil {
+			fmt.Fprintf(w, "; validation %.4f (base alone %.4f)", *t.ValLoss, *t.ValBaseLoss)
+		}
+		fmt.Fprintln(w)
+	}
+	if n := len(s.Versions); n == 0 {
+		fmt.Fprintf(w, "adaptor: none published\n")
+	} else {
+		v := s.Versions[n-1]
+		age := now.Sub(time.UnixMilli(v.UnixMilli)).Round(time.Second)
+		fmt.Fprintf(w, "adaptor: %s (step %d, %s, published %s ago; %d versions", v.CID, v.Step, humanBytes(int64(v.Size)), age, n)
+		if v.Parent != "" {
+			fmt.Fprintf(w, ", parent %s", v.Parent)
+		}
+		fmt.Fprintln(w, ")")
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func shortID(s string) string {
+	if len(s) > 16 {
+		return s[:8] + "…" + s[len(s)-6:]
+	}
+	return orDash(s)
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
+}
