@@ -23,7 +23,7 @@ import (
 )
 
 func init() {
-	register("bench", "benchmarks: 'bench train' (carry-on training vs PyTorch), 'bench forward' (base prefill)", runBench)
+	register("bench", "benchmarks: 'bench train' (carry-on training vs PyTorch), 'bench forward' (base prefill), 'bench serve' (the HTTP server under load)", runBench)
 }
 
 // benchResult is one implementation's line of output.
@@ -54,12 +54,15 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if len(args) > 0 && args[0] == "forward" {
 		return benchForward(ctx, args[1:], stdout, stderr)
 	}
+	if len(args) > 0 && args[0] == "serve" {
+		return benchServe(ctx, args[1:], stdout, stderr)
+	}
 	if len(args) == 0 || args[0] != "train" {
-		fmt.Fprintf(stderr, "Usage: carryon bench train|forward [flags]\n\n  train    carry-on training tokens/s and peak memory, against PyTorch\n  forward  base prefill tokens/s, peak memory and model bytes\n")
+		fmt.Fprintf(stderr, "Usage: carryon bench train|forward|serve [flags]\n\n  train    carry-on training tokens/s and peak memory, against PyTorch\n  forward  base prefill tokens/s, peak memory and model bytes\n  serve    'carryon serve' under concurrent clients: tokens/s and latency percentiles\n")
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help" || args[0] == "-help") {
 			return flag.ErrHelp
 		}
-		return errors.New("unknown or missing benchmark (want: train or forward)")
+		return errors.New("unknown or missing benchmark (want: train, forward or serve)")
 	}
 	fs := newFlags("bench", "train --width H --layers L --base-dim D --vocab V --seq S --batch B [flags]", stderr)
 	width := fs.Int("width", 64, "carry-on width h")

@@ -27,7 +27,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	minNodes := fs.Int("min-nodes", 1, "nodes to wait for before leasing")
 	ckptEvery := fs.Int("checkpoint-every", 50, "save the training state every so many steps (and at the end); a restarted run resumes from it; negative: never")
 	serve := fs.Bool("serve", false, "keep serving the adaptor after publishing, until interrupted")
-	httpAddr := fs.String("http", "", "serve the dashboard, its JSON API and /metrics on ADDR (e.g. 127.0.0.1:8080); empty: none")
+	httpAddr := fs.String("http", "", "serve the dashboard, its JSON API and /metrics on ADDR (e.g. "+defaultDashboardAddr+", which 'carryon status' reads by default); empty: none")
 	config := fs.String("config", "", "a JSON job file (coordinator.JobFile); its settings replace --model, --data, --cache and the job flags")
 	logger := logFlags(fs, stderr)
 	if err := fs.Parse(args); err != nil {

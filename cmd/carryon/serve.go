@@ -10,6 +10,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -31,7 +32,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	adaptors := fs.String("adaptor", "", "adaptors to load at start, comma-separated: a file or a CID (looked up in --store, then pulled from the swarm), optionally NAME=... to give it a short model id; a boosting stage's parent must come before it")
 	store := fs.String("store", defaultStoreDir(), "adaptor store: CIDs are looked up here and pulled adaptors kept here")
 	alpha := fs.String("alpha", "", "α of requests without carryon_alpha (empty: each adaptor's own, from its config)")
-	addr := fs.String("http", "127.0.0.1:8080", "HTTP listen address")
+	addr := fs.String("http", defaultServeAddr, "HTTP listen address (bound before the model loads; GET /health says \"loading\" until it is ready)")
 	workers := fs.Int("workers", 1, "generations run at once (the rest wait in a queue)")
 	queue := fs.Int("queue", 64, "requests that may wait for a worker; more get 503")
 	maxTokens := fs.Int("max-tokens", 256, "max_tokens of requests without one")
@@ -60,6 +61,28 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		a32 := float32(a)
 		cfg.Alpha = &a32
 	}
+	// Bind first: a port in use fails now, not after the model has loaded.
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		return fmt.Errorf("serve: --http %s: %w", *addr, err)
+	}
+	var gate serve.Gate
+	hs := &http.Server{Handler: &gate, ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	var stopOnce sync.Once
+	stopHTTP := func() {
+		stopOnce.Do(func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := hs.Shutdown(sctx); err != nil {
+				hs.Close()
+			}
+		})
+	}
+	defer stopHTTP()
+	fmt.Fprintf(stdout, "listening on http://%s (loading the model)\n", ln.Addr())
+
 	m, err := model.Open(*modelFlag, model.OpenOptions{})
 	if err != nil {
 		return err
@@ -101,6 +124,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	defer srv.Close()
 	for _, spec := range splitList(*adaptors) {
 		short, ref, ok := strings.Cut(spec, "=")
 		if !ok {
@@ -126,27 +150,25 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stdout, "adaptor %s: %s (stages %d, step %d)\n", card.ID, card.CID, len(card.Stages), card.Step)
 	}
 
-	ln, err := net.Listen("tcp", *addr)
-	if err != nil {
-		return err
-	}
-	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second}
-	fmt.Fprintf(stdout, "serving %s (base %s) on http://%s/v1 (models: %d)\n", name, shortHash(base.WeightsHash), ln.Addr(), len(srv.Models()))
-	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(ln) }()
+	gate.Open(srv)
+	fmt.Fprintf(stdout, "serving %s (base %s) on http://%s/v1 (models: %d; /health, /metrics)\n", name, shortHash(base.WeightsHash), ln.Addr(), len(srv.Models()))
 	select {
 	case err := <-errc:
 		return err
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := hs.Shutdown(sctx); err != nil {
-		hs.Close()
-	}
+	stopHTTP() // before the model closes
 	fmt.Fprintf(stdout, "stopped after %d generated tokens\n", srv.Generated())
 	return nil
 }
+
+// The default HTTP addresses: `carryon serve` and the coordinator's
+// dashboard (`carryon coordinator --http`, read by `carryon status`) differ,
+// so that both run on one machine with their defaults.
+const (
+	defaultServeAddr     = "127.0.0.1:8080"
+	defaultDashboardAddr = "127.0.0.1:8081"
+)
 
 // swarmFetcher joins the swarm and returns a fetcher of adaptors by CID:
 // from the --from peers, else through the DHT via the bootstrap peers.

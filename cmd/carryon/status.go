@@ -25,7 +25,7 @@ func init() {
 
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("status", "[--coordinator http://ADDR] [--json] [--watch DURATION]", stderr)
-	addr := fs.String("coordinator", "http://127.0.0.1:8080", "the coordinator's dashboard address (its --http flag)")
+	addr := fs.String("coordinator", "http://"+defaultDashboardAddr, "the coordinator's dashboard address (its --http flag)")
 	asJSON := fs.Bool("json", false, "print the raw /api/status JSON")
 	watch := fs.Duration("watch", 0, "print again every so often until interrupted (0: once)")
 	if err := fs.Parse(args); err != nil {

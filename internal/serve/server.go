@@ -5,6 +5,10 @@
 //	POST /v1/chat/completions  {"model", "messages", ...} → an assistant message
 //	GET  /v1/models            "base" and every loaded adaptor
 //	GET  /v1/models/{id}       one of them
+//	GET  /health               {"status": "ok", ...}
+//	GET  /metrics              Prometheus: requests, tokens, tokens/s, queue depth, latency
+//
+// docs/serve.md documents the API for its users.
 //
 // Models. A request's "model" is "base" (no adaptor), or a loaded adaptor's
 // short name or CID. An adaptor that is a boosting stage runs with its
@@ -19,11 +23,14 @@
 // or, when that is nil, the adaptor's own default (its config's Alpha).
 // One α scales every stage of a chain.
 //
-// Sampling. temperature (default 1, as OpenAI; 0 is greedy), top_k (an
-// extension), seed (default: random) and stop (up to 4 strings) are
-// honoured; top_p is checked and ignored (the sampler has no nucleus
-// sampling); n must be 1; logprobs are always null. Generation also ends on
-// the tokenizer's and the base's EOS and on the end of the context:
+// Parameters. A request field this server does not implement is refused
+// with a 400 naming it (unsupported_parameter for the fields of OpenAI's
+// API and of llama.cpp's server it knows, unknown_parameter for others),
+// never ignored; a known field with a neutral value (tools: [], n: 1) is
+// accepted. temperature (default 1, as OpenAI; 0 is greedy), top_k (an
+// extension), seed (default: random), stop (up to 4 strings) and echo
+// (completions) are honoured; n must be 1. Generation also ends on the
+// tokenizer's and the base's EOS and on the end of the context:
 // Config.MaxContext (default the base's MaxPos) counts prompt and new
 // tokens, and a prompt longer than it is a 400.
 //
@@ -50,11 +57,12 @@
 // non-streamed text for the same request and seed.
 //
 // Concurrency. Each request runs one generation on its own goroutine, at
-// most Config.Workers at a time (default 1: requests serialize on a
-// semaphore, in arrival order as far as the runtime's channel queue goes);
-// up to Config.MaxQueue more wait, and further requests get 503. When the
-// client goes away (its request context ends), its generation stops at the
-// next token and frees the worker.
+// most Config.Workers at a time (default 1); up to Config.MaxQueue more
+// wait, and further requests get 503. Waiting requests are served
+// round-robin per client (the request's "user" field, else the client's
+// address), each client's in arrival order (scheduler.go). When the client
+// goes away (its request context ends), its request leaves the queue, or
+// its generation stops at the next token and frees the worker.
 //
 // Limits. Bodies over MaxBodyBytes get 413; malformed JSON, unknown or
 // unloadable models, out-of-range fields and prompts longer than the
@@ -73,6 +81,7 @@ import (
 	"io"
 	"math"
 	mrand "math/rand/v2"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -121,6 +130,9 @@ type Config struct {
 	// Bridge, when not "", round-trips the base's hidden states through
 	// this bridge codec before the carry-on, as in training.
 	Bridge string
+
+	// schedHook, when set (tests), sees each scheduler event.
+	schedHook func(event, client string)
 }
 
 // Server is the HTTP server; it implements http.Handler.
@@ -132,9 +144,9 @@ type Server struct {
 	mux     *http.ServeMux
 	started time.Time
 
-	slots  chan struct{} // a token per running generation
-	queued atomic.Int64  // requests waiting for a slot
-	loadMu chan struct{} // one adaptor load at a time (ctx-aware lock)
+	sched   *scheduler
+	metrics *metrics
+	loadMu  chan struct{} // one adaptor load at a time (ctx-aware lock)
 
 	mu     sync.Mutex
 	models map[string]*adaptor // by CID and by name
@@ -177,19 +189,29 @@ func New(cfg Config) (*Server, error) {
 		cfg.MaxOnDemand = 8
 	}
 	s := &Server{cfg: cfg, base: cfg.Base, tok: cfg.Tokenizer, chat: newChatTemplate(cfg.Tokenizer),
-		started: time.Now(), slots: make(chan struct{}, cfg.Workers), loadMu: make(chan struct{}, 1),
-		models: make(map[string]*adaptor)}
+		started: time.Now(), loadMu: make(chan struct{}, 1), models: make(map[string]*adaptor)}
+	s.sched = newScheduler(cfg.Workers, cfg.MaxQueue, cfg.schedHook)
+	s.metrics = newMetrics(s)
 	s.mux = http.NewServeMux()
-	s.mux.HandleFunc("POST /v1/completions", s.handleCompletions)
-	s.mux.HandleFunc("POST /v1/chat/completions", s.handleChat)
-	s.mux.HandleFunc("GET /v1/models", s.handleModels)
-	s.mux.HandleFunc("GET /v1/models/{id...}", s.handleModel)
-	s.mux.HandleFunc("/", s.handleOther)
+	handle := func(pattern, endpoint string, h http.HandlerFunc) {
+		s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) { s.metrics.observe(endpoint, w, r, h) })
+	}
+	handle("POST /v1/completions", "/v1/completions", s.handleCompletions)
+	handle("POST /v1/chat/completions", "/v1/chat/completions", s.handleChat)
+	handle("GET /v1/models", "/v1/models", s.handleModels)
+	handle("GET /v1/models/{id...}", "/v1/models/{id}", s.handleModel)
+	handle("GET /health", "/health", s.handleHealth)
+	s.mux.Handle("GET /metrics", s.metrics.handler())
+	handle("/", "other", s.handleOther)
 	return s, nil
 }
 
 // ServeHTTP routes a request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+// Close stops the request queue: requests waiting for a worker, and later
+// ones, get 503. Running generations finish.
+func (s *Server) Close() { s.sched.close() }
 
 // Generated returns the number of tokens sampled since New, all requests
 // together.
@@ -233,8 +255,9 @@ func (s *Server) handleModel(w http.ResponseWriter, r *http.Request) {
 		msg: fmt.Sprintf("model %q is not loaded", id)})
 }
 
-// readJSON reads a capped body into v.
-func readJSON(w http.ResponseWriter, r *http.Request, v any) *httpError {
+// readRequest reads a capped body, refuses the fields this server does not
+// implement (checkRequestKeys) and decodes the rest into v.
+func readRequest(w http.ResponseWriter, r *http.Request, v any, chat bool) *httpError {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 	if err != nil {
 		var mb *http.MaxBytesError
@@ -243,6 +266,9 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) *httpError {
 				msg: fmt.Sprintf("request body over %d bytes", MaxBodyBytes)}
 		}
 		return badRequest("", "invalid_body", "reading the body: %v", err)
+	}
+	if e := checkRequestKeys(body, chat); e != nil {
+		return e
 	}
 	if err := decodeJSON(body, v); err != nil {
 		return badRequest("", "invalid_json", "the body is not a valid JSON request: %v", err)
@@ -261,6 +287,7 @@ type job struct {
 	stopStrs []string
 	alpha    float32
 	seed     uint64
+	arrived  time.Time // when the request came (metrics)
 }
 
 // prepare resolves the model and checks the prompt against the context.
@@ -321,26 +348,27 @@ func (j *job) info(baseHash string) *CarryOnInfo {
 var errBusy = &httpError{status: http.StatusServiceUnavailable, typ: "server_error", code: "server_busy",
 	msg: "too many requests are waiting for a worker: try again later"}
 
-// acquire takes a worker slot, waiting in the queue unless it is full or
-// ctx ends.
-func (s *Server) acquire(ctx context.Context) (release func(), err error) {
-	release = func() { <-s.slots }
-	select {
-	case s.slots <- struct{}{}:
-		return release, nil
-	default:
+// clientKey is who a request is queued for: its "user" field, else the
+// client's address without the port.
+func clientKey(r *http.Request, user string) string {
+	if user != "" {
+		return "user:" + user
 	}
-	if s.queued.Add(1) > int64(s.cfg.MaxQueue) {
-		s.queued.Add(-1)
-		return nil, errBusy
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
 	}
-	defer s.queued.Add(-1)
-	select {
-	case s.slots <- struct{}{}:
-		return release, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	return "addr:" + host
+}
+
+// acquire takes a worker slot for r, waiting in the queue in its client's
+// turn unless the queue is full or the client goes away.
+func (s *Server) acquire(r *http.Request, user string) (release func(), err error) {
+	release, err = s.sched.acquire(r.Context(), clientKey(r, user))
+	if errors.Is(err, errClosed) {
+		return nil, &httpError{status: http.StatusServiceUnavailable, typ: "server_error", code: "shutting_down", msg: err.Error()}
 	}
+	return release, err
 }
 
 // result is a finished generation.
@@ -373,9 +401,14 @@ func (s *Server) run(ctx context.Context, j *job, emit func(string) error) (resu
 		werr error
 		n    int
 	)
+	s.metrics.prompt.Add(float64(len(j.prompt)))
 	onToken := func(id int32) bool {
 		n++
 		s.generated.Add(1)
+		s.metrics.token()
+		if n == 1 && !j.arrived.IsZero() {
+			s.metrics.firstTok.Observe(time.Since(j.arrived).Seconds())
+		}
 		if s.tokenHook != nil {
 			s.tokenHook(ctx, n)
 		}
@@ -558,8 +591,9 @@ func failRun(w http.ResponseWriter, ctx context.Context, err error) {
 }
 
 func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
+	arrived := time.Now()
 	var req CompletionRequest
-	if e := readJSON(w, r, &req); e != nil {
+	if e := readRequest(w, r, &req, false); e != nil {
 		writeError(w, e)
 		return
 	}
@@ -567,7 +601,10 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e)
 		return
 	}
-	o, e := req.Sampling.validate()
+	o, e := req.options()
+	if e == nil {
+		e = notYet(o)
+	}
 	if e != nil {
 		writeError(w, e)
 		return
@@ -577,6 +614,7 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 		writeError(w, badRequest("prompt", "invalid_prompt", "%v", err))
 		return
 	}
+	echo := text
 	if ids == nil {
 		if bos := s.tok.BOS(); bos >= 0 {
 			ids = append(ids, bos)
@@ -586,6 +624,8 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 			writeError(w, badRequest("prompt", "invalid_prompt", "the prompt is empty (and the tokenizer has no BOS)"))
 			return
 		}
+	} else {
+		echo = s.tok.Decode(ids)
 	}
 	for i, id := range ids {
 		if id < 0 || int(id) >= s.base.Config.Vocab {
@@ -593,13 +633,17 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if !o.echo {
+		echo = ""
+	}
 	ctx := r.Context()
 	j, e := s.prepare(ctx, req.Model, "prompt", ids, o)
 	if e != nil {
 		failRun(w, ctx, e)
 		return
 	}
-	release, err := s.acquire(ctx)
+	j.arrived = arrived
+	release, err := s.acquire(r, req.User)
 	if err != nil {
 		failRun(w, ctx, err)
 		return
@@ -608,7 +652,7 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 	id, created := newID("cmpl-"), time.Now().Unix()
 	chunk := func(text string, finish *string) CompletionResponse {
 		return CompletionResponse{ID: id, Object: "text_completion", Created: created, Model: j.model,
-			Choices: []CompletionChoice{{Text: text, Logprobs: json.RawMessage("null"), FinishReason: finish}}}
+			Choices: []CompletionChoice{{Text: text, FinishReason: finish}}}
 	}
 	if !o.stream {
 		res, err := s.run(ctx, j, nil)
@@ -616,13 +660,16 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 			failRun(w, ctx, err)
 			return
 		}
-		out := chunk(res.text, &res.finish)
+		out := chunk(echo+res.text, &res.finish)
 		out.Usage = usage(j, res)
 		out.CarryOn = j.info(s.base.WeightsHash)
 		writeJSON(w, http.StatusOK, out)
 		return
 	}
 	ev := startSSE(w)
+	if echo != "" && ev.send(chunk(echo, nil)) != nil {
+		return
+	}
 	res, err := s.run(ctx, j, func(piece string) error { return ev.send(chunk(piece, nil)) })
 	if err != nil {
 		if ctx.Err() == nil {
@@ -645,13 +692,29 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 	ev.send("[DONE]")
 }
 
+// notYet refuses the options the sampler does not implement yet.
+func notYet(o options) *httpError {
+	switch {
+	case o.topP < 1:
+		return badRequest("top_p", "unsupported_parameter", "top_p below 1 is not implemented yet: use top_k")
+	case o.presence != 0:
+		return badRequest("presence_penalty", "unsupported_parameter", "presence_penalty is not implemented yet")
+	case o.frequency != 0:
+		return badRequest("frequency_penalty", "unsupported_parameter", "frequency_penalty is not implemented yet")
+	case o.logprobs:
+		return badRequest("logprobs", "unsupported_parameter", "logprobs are not implemented yet")
+	}
+	return nil
+}
+
 func usage(j *job, res result) *Usage {
 	return &Usage{PromptTokens: len(j.prompt), CompletionTokens: res.tokens, TotalTokens: len(j.prompt) + res.tokens}
 }
 
 func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
+	arrived := time.Now()
 	var req ChatRequest
-	if e := readJSON(w, r, &req); e != nil {
+	if e := readRequest(w, r, &req, true); e != nil {
 		writeError(w, e)
 		return
 	}
@@ -659,10 +722,10 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e)
 		return
 	}
-	if req.MaxCompletionTokens != nil {
-		req.MaxTokens = req.MaxCompletionTokens
+	o, e := req.options()
+	if e == nil {
+		e = notYet(o)
 	}
-	o, e := req.Sampling.validate()
 	if e != nil {
 		writeError(w, e)
 		return
@@ -679,9 +742,10 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		failRun(w, ctx, e)
 		return
 	}
+	j.arrived = arrived
 	j.stopIDs = stopIDs
 	j.stopStrs = append(append([]string(nil), j.stopStrs...), stopStrs...)
-	release, err := s.acquire(ctx)
+	release, err := s.acquire(r, req.User)
 	if err != nil {
 		failRun(w, ctx, err)
 		return
@@ -695,14 +759,13 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		writeJSON(w, http.StatusOK, ChatResponse{ID: id, Object: "chat.completion", Created: created, Model: j.model,
-			Choices: []ChatChoice{{Message: &ChatOutput{Role: "assistant", Content: res.text},
-				Logprobs: json.RawMessage("null"), FinishReason: &res.finish}},
-			Usage: usage(j, res), CarryOn: j.info(s.base.WeightsHash)})
+			Choices: []ChatChoice{{Message: &ChatOutput{Role: "assistant", Content: res.text}, FinishReason: &res.finish}},
+			Usage:   usage(j, res), CarryOn: j.info(s.base.WeightsHash)})
 		return
 	}
 	chunk := func(d ChatDelta, finish *string) ChatResponse {
 		return ChatResponse{ID: id, Object: "chat.completion.chunk", Created: created, Model: j.model,
-			Choices: []ChatChoice{{Delta: &d, Logprobs: json.RawMessage("null"), FinishReason: finish}}}
+			Choices: []ChatChoice{{Delta: &d, FinishReason: finish}}}
 	}
 	ev := startSSE(w)
 	if ev.send(chunk(ChatDelta{Role: "assistant", Content: ptr("")}, nil)) != nil {

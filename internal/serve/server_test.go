@@ -76,6 +76,7 @@ func newServer(t testing.TB, cfg Config) (*Server, *httptest.Server) {
 	}
 	hs := httptest.NewServer(s)
 	t.Cleanup(hs.Close)
+	t.Cleanup(s.Close)
 	return s, hs
 }
 
@@ -411,9 +412,11 @@ func TestAdaptorForAnotherBase(t *testing.T) {
 	if _, err := s.Add(context.Background(), "x", data); !errors.As(err, &bm) || bm.Adaptor != other || bm.Base != tinyHash {
 		t.Errorf("Add: %v, want a BaseMismatchError", err)
 	}
-	for _, path := range []string{"/v1/completions", "/v1/chat/completions"} {
-		code, body := post(t, hs.URL+path, map[string]any{"model": cidOf(data), "prompt": "hi",
-			"messages": []map[string]any{{"role": "user", "content": "hi"}}})
+	for path, req := range map[string]map[string]any{
+		"/v1/completions":      {"model": cidOf(data), "prompt": "hi"},
+		"/v1/chat/completions": {"model": cidOf(data), "messages": []map[string]any{{"role": "user", "content": "hi"}}},
+	} {
+		code, body := post(t, hs.URL+path, req)
 		e := apiError(t, code, body, http.StatusBadRequest)
 		if e.Code == nil || *e.Code != "adaptor_base_mismatch" || !strings.Contains(e.Message, other) || !strings.Contains(e.Message, tinyHash) {
 			t.Errorf("%s: error %+v, want adaptor_base_mismatch naming both hashes", path, e)
@@ -820,7 +823,8 @@ func TestCancelStopsGeneration(t *testing.T) {
 
 func TestQueueFull(t *testing.T) {
 	b := tinyBase(t, 64)
-	s, hs := newServer(t, Config{Base: b, Workers: 1, MaxQueue: 1})
+	events := make(chan string, 16)
+	s, hs := newServer(t, Config{Base: b, Workers: 1, MaxQueue: 1, schedHook: func(ev, _ string) { events <- ev }})
 	release := make(chan struct{})
 	started := make(chan struct{})
 	var once sync.Once
@@ -840,8 +844,10 @@ func TestQueueFull(t *testing.T) {
 			codes[i], _ = post(t, hs.URL+"/v1/completions", body)
 		}()
 	}
-	for s.queued.Load() != 1 { // the second request waits for the worker
-		time.Sleep(time.Millisecond)
+	for ev := range events { // the second request waits for the worker
+		if ev == "queued" {
+			break
+		}
 	}
 	code, resp := post(t, hs.URL+"/v1/completions", body)
 	if e := apiError(t, code, resp, http.StatusServiceUnavailable); e.Code == nil || *e.Code != "server_busy" {
