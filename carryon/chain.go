@@ -16,7 +16,11 @@ type GenerateOptions struct {
 	MaxTokens   int     // new tokens at most; 0 means 128
 	Temperature float64 // 0: greedy
 	TopK        int     // sample among the k largest logits; 0: all
-	Seed        uint64  // of the sampling stream
+	TopP        float64 // nucleus sampling (model.SampleOptions); 0 or 1: all
+	// PresencePenalty and FrequencyPenalty lower the logits of tokens
+	// generated before (model.SampleOptions).
+	PresencePenalty, FrequencyPenalty float64
+	Seed                              uint64 // of the sampling stream
 	// Stop lists extra token ids that end generation (the tokenizer's and
 	// the base's EOS always do).
 	Stop []int32
@@ -26,6 +30,20 @@ type GenerateOptions struct {
 	// OnToken, when set, sees each generated token as it is chosen
 	// (stop tokens included); returning false stops generation.
 	OnToken func(id int32) bool
+	// OnLogits, when set, sees the logits (Vocab) each token is drawn
+	// from, just before the draw (and OnToken). The slice is reused.
+	OnLogits func(logits []float32)
+	// OnPromptLogits, when set, sees for each prompt position i in
+	// 1..len(prompt)-1 the logits (Vocab) that predict prompt[i] from the
+	// tokens before it (log-probabilities of an echoed prompt). The slice
+	// is reused.
+	OnPromptLogits func(i int, logits []float32)
+}
+
+// SampleOptions returns the sampler's part of o.
+func (o GenerateOptions) SampleOptions() model.SampleOptions {
+	return model.SampleOptions{Temperature: o.Temperature, TopK: o.TopK, TopP: o.TopP,
+		PresencePenalty: o.PresencePenalty, FrequencyPenalty: o.FrequencyPenalty, Seed: o.Seed}
 }
 
 // Generation is the result of Generate.
@@ -186,7 +204,7 @@ func GenerateIDs(b *model.Base, stages []*Model, alpha float32, prompt []int32, 
 		}
 		codec = &cd
 	}
-	sampler, err := model.NewSampler(opt.Temperature, opt.TopK, opt.Seed)
+	sampler, err := model.NewSampler(opt.SampleOptions())
 	if err != nil {
 		return fail("%w", err)
 	}
@@ -217,7 +235,7 @@ func GenerateIDs(b *model.Base, stages []*Model, alpha float32, prompt []int32, 
 	logits := make([]float32, c.Vocab)
 	var encBuf []byte
 	// next runs T new tokens through the base and the stages and returns
-	// the final output of the last position: (Dim).
+	// their final outputs: (T, Dim).
 	next := func(ids []int32) ([]float32, error) {
 		hs, err := sess.Prefill(ids)
 		if err != nil {
@@ -245,15 +263,25 @@ func GenerateIDs(b *model.Base, stages []*Model, alpha float32, prompt []int32, 
 			}
 			y = append([]float32(nil), out...) // the session reuses out
 		}
-		return y[(T-1)*c.Dim : T*c.Dim], nil
+		return y, nil
 	}
-	y, err := next(prompt)
+	ys, err := next(prompt)
 	if err != nil {
 		return fail("%w", err)
 	}
+	if opt.OnPromptLogits != nil {
+		for i := 1; i < len(prompt); i++ {
+			b.LogitsInto(logits, ys[(i-1)*c.Dim:i*c.Dim], 1)
+			opt.OnPromptLogits(i, logits)
+		}
+	}
+	y := ys[(len(prompt)-1)*c.Dim:]
 	var gen []int32
 	for len(gen) < opt.MaxTokens {
 		b.LogitsInto(logits, y, 1)
+		if opt.OnLogits != nil {
+			opt.OnLogits(logits)
+		}
 		id := sampler.Sample(logits)
 		if opt.OnToken != nil && !opt.OnToken(id) {
 			return gen, false, nil
@@ -261,6 +289,7 @@ func GenerateIDs(b *model.Base, stages []*Model, alpha float32, prompt []int32, 
 		if stop[id] {
 			return gen, true, nil
 		}
+		sampler.Accept(id)
 		gen = append(gen, id)
 		if len(gen) == opt.MaxTokens || len(prompt)+len(gen) >= maxLen {
 			break

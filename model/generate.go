@@ -1,14 +1,11 @@
 package model
 
-// Incremental decoding: KV-cached sessions of the base and of the carry-on,
-// sampling, and Generate (base + carry-on stages, docs/method.md).
+// Incremental decoding: KV-cached sessions of the base (sampling is in
+// sample.go; the stage chain's Generate in package carryon).
 
 import (
-	"container/heap"
 	"errors"
 	"fmt"
-	"math"
-	"math/rand/v2"
 
 	"carryon/tensor"
 	"carryon/transformer"
@@ -137,116 +134,4 @@ func (s *Session) extend(ids []int32) [][]float32 {
 		}
 	}
 	return out
-}
-
-// Sampler picks the next token from logits: greedy (argmax) at temperature
-// 0, else a draw from softmax(logits/temperature) restricted to the TopK
-// largest logits (0 = all), from a seeded stream.
-type Sampler struct {
-	Temperature float64
-	TopK        int
-	rng         *rand.Rand
-	cand        candHeap
-	probs       []float64
-}
-
-// NewSampler makes a sampler; equal arguments give equal draws.
-func NewSampler(temperature float64, topK int, seed uint64) (*Sampler, error) {
-	if !(temperature >= 0) || math.IsInf(temperature, 0) {
-		return nil, fmt.Errorf("model.NewSampler: temperature %v, want a finite value >= 0", temperature)
-	}
-	if topK < 0 {
-		return nil, fmt.Errorf("model.NewSampler: top-k %d, want >= 0", topK)
-	}
-	return &Sampler{Temperature: temperature, TopK: topK, rng: rand.New(rand.NewPCG(seed, 0x73616d706c65))}, nil
-}
-
-// Argmax returns the index of the largest value, the first on ties; NaNs
-// never win. It returns 0 for an all-NaN input.
-func Argmax(x []float32) int32 {
-	best, bi := float32(math.Inf(-1)), -1
-	for i, v := range x {
-		if v > best || (bi < 0 && v == best) {
-			best, bi = v, i
-		}
-	}
-	return int32(max(bi, 0))
-}
-
-// cand is a candidate token.
-type cand struct {
-	id    int32
-	logit float32
-}
-
-// candHeap is a min-heap on logit (ties: the larger id is smaller, so the
-// smallest id survives), holding the top-k candidates.
-type candHeap []cand
-
-func (h candHeap) Len() int { return len(h) }
-func (h candHeap) Less(i, j int) bool {
-	if h[i].logit != h[j].logit {
-		return h[i].logit < h[j].logit
-	}
-	return h[i].id > h[j].id
-}
-func (h candHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
-func (h *candHeap) Push(x any)   { *h = append(*h, x.(cand)) }
-func (h *candHeap) Pop() any {
-	old := *h
-	x := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return x
-}
-
-// Sample returns the next token for logits (Vocab).
-func (s *Sampler) Sample(logits []float32) int32 {
-	if s.Temperature == 0 || s.TopK == 1 {
-		return Argmax(logits)
-	}
-	k := s.TopK
-	if k == 0 || k > len(logits) {
-		k = len(logits)
-	}
-	h := s.cand[:0]
-	for i, v := range logits {
-		if v != v { // NaN: never a candidate
-			continue
-		}
-		switch {
-		case len(h) < k:
-			heap.Push(&h, cand{int32(i), v})
-		case v > h[0].logit:
-			h[0] = cand{int32(i), v}
-			heap.Fix(&h, 0)
-		}
-	}
-	s.cand = h
-	if len(h) == 0 {
-		return 0
-	}
-	mx := float32(math.Inf(-1))
-	for _, c := range h {
-		mx = max(mx, c.logit)
-	}
-	if math.IsInf(float64(mx), -1) {
-		return Argmax(logits)
-	}
-	if cap(s.probs) < len(h) {
-		s.probs = make([]float64, len(h))
-	}
-	p := s.probs[:len(h)]
-	var sum float64
-	for i, c := range h {
-		p[i] = math.Exp(float64(c.logit-mx) / s.Temperature)
-		sum += p[i]
-	}
-	u := s.rng.Float64() * sum
-	for i, c := range h {
-		u -= p[i]
-		if u < 0 {
-			return c.id
-		}
-	}
-	return h[len(h)-1].id // rounding left u at >= 0
 }

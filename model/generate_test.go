@@ -118,7 +118,7 @@ func TestSamplerDistribution(t *testing.T) {
 		temp float64
 		topK int
 	}{{1, 0}, {0.5, 0}, {2, 3}} {
-		s, err := NewSampler(tc.temp, tc.topK, 77)
+		s, err := NewSampler(SampleOptions{Temperature: tc.temp, TopK: tc.topK, Seed: 77})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -147,18 +147,18 @@ func TestSamplerDistribution(t *testing.T) {
 		}
 	}
 	// Same seed, same draws; greedy is argmax.
-	a, _ := NewSampler(1, 0, 5)
-	b, _ := NewSampler(1, 0, 5)
+	a, _ := NewSampler(SampleOptions{Temperature: 1, Seed: 5})
+	b, _ := NewSampler(SampleOptions{Temperature: 1, Seed: 5})
 	for i := range 100 {
 		if x, y := a.Sample(logits), b.Sample(logits); x != y {
 			t.Fatalf("draw %d: %d vs %d with equal seeds", i, x, y)
 		}
 	}
-	g, _ := NewSampler(0, 0, 1)
+	g, _ := NewSampler(SampleOptions{Seed: 1})
 	if g.Sample(logits) != 4 {
 		t.Error("temperature 0 is not argmax")
 	}
-	if _, err := NewSampler(-1, 0, 1); err == nil {
+	if _, err := NewSampler(SampleOptions{Temperature: -1}); err == nil {
 		t.Error("negative temperature accepted")
 	}
 }

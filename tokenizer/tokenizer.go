@@ -50,14 +50,18 @@ func (ByteTokenizer) Encode(text string) []int32 {
 
 // Decode returns the bytes of the byte ids, skipping BOS, EOS, PAD and ids
 // out of range; invalid UTF-8 becomes U+FFFD.
-func (ByteTokenizer) Decode(ids []int32) string {
+func (t ByteTokenizer) Decode(ids []int32) string { return tokLossyUTF8(t.DecodeBytes(ids)) }
+
+// DecodeBytes returns the raw bytes of the byte ids, as Decode without the
+// UTF-8 repair.
+func (ByteTokenizer) DecodeBytes(ids []int32) []byte {
 	b := make([]byte, 0, len(ids))
 	for _, id := range ids {
 		if id >= 0 && id < 256 {
 			b = append(b, byte(id))
 		}
 	}
-	return tokLossyUTF8(b)
+	return b
 }
 
 func (ByteTokenizer) VocabSize() int { return ByteTokVocabSize }

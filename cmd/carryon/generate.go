@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -8,15 +9,18 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"carryon/carryon"
+	"carryon/internal/serve"
 	"carryon/model"
 	"carryon/protocol"
 	"carryon/swarm"
 )
 
 func init() {
-	register("generate", "generate text with a base model and carry-on adaptor stages", runGenerate)
+	register("generate", "generate text with a base model and carry-on adaptor stages, streamed as it comes (-i: chat)", runGenerate)
+	register("chat", "chat with a base model and its adaptors in the terminal (generate -i)", runChat)
 }
 
 // defaultStoreDir is the coordinator cache's adaptor store, where `carryon
@@ -73,45 +77,157 @@ func readAdaptor(spec, storeDir string) ([]byte, error) {
 	return data, err
 }
 
+// stdin is what interactive commands read (tests replace it).
+var stdin io.Reader = os.Stdin
+
 func runGenerate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("generate", "--model PATH|default [--adaptor FILE|CID[,...]] --prompt TEXT [flags]", stderr)
+	return generate(ctx, "generate", args, stdout, stderr)
+}
+
+// runChat is `carryon generate -i`.
+func runChat(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return generate(ctx, "chat", append([]string{"--interactive"}, args...), stdout, stderr)
+}
+
+func generate(ctx context.Context, name string, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags(name, "--model PATH|default [--adaptor FILE|CID[,...]] (--prompt TEXT | -i) [flags]", stderr)
 	modelFlag := fs.String("model", "default", "base model directory or .gguf file, or \"default\" for the embedded base")
 	adaptors := fs.String("adaptor", "", "adaptor files or CIDs, comma-separated, applied in order as boosting stages (empty: the base alone)")
 	store := fs.String("store", defaultStoreDir(), "adaptor store where CIDs are looked up")
 	alpha := fs.Float64("alpha", 1, "scale α of every stage's customisation (0: the base alone)")
 	prompt := fs.String("prompt", "", "text to continue")
-	maxTokens := fs.Int("max-tokens", 128, "new tokens at most")
+	interactive := fs.Bool("interactive", false, "chat: read messages from standard input, one per line, keeping the conversation (chat template); also -i")
+	fs.BoolVar(interactive, "i", false, "short for --interactive")
+	system := fs.String("system", "", "with -i: the system message")
+	maxTokens := fs.Int("max-tokens", 128, "new tokens at most (per answer with -i)")
 	temperature := fs.Float64("temperature", 0, "sampling temperature (0: greedy)")
 	topK := fs.Int("top-k", 0, "sample among the k most likely tokens (0: all)")
+	topP := fs.Float64("top-p", 1, "nucleus sampling: sample among the most likely tokens whose probabilities add up to this (1: all)")
+	presence := fs.Float64("presence-penalty", 0, "subtracted from the logit of each token generated before (OpenAI's presence_penalty)")
+	frequency := fs.Float64("frequency-penalty", 0, "times each token's count so far, subtracted from its logit (OpenAI's frequency_penalty)")
+	var stops []string
+	fs.Func("stop", "end the text before this string (repeat for several)", func(v string) error {
+		if v == "" {
+			return errors.New("an empty stop string")
+		}
+		stops = append(stops, v)
+		return nil
+	})
 	seed := fs.Uint64("seed", 1, "sampling seed")
+	stats := fs.Bool("stats", true, "print the token count and tokens/s to standard error at the end")
 	bridge := fs.String("bridge", "", "round-trip base hidden states through this bridge codec first, as in training (empty: exact)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *prompt == "" {
+	if (*prompt == "") == !*interactive {
 		fs.Usage()
-		return errors.New("--prompt is required")
+		return errors.New("give --prompt TEXT, or -i for a chat")
 	}
-	m, err := model.Open(*modelFlag, model.OpenOptions{})
+	opt := carryon.GenerateOptions{MaxTokens: *maxTokens, Temperature: *temperature, TopK: *topK, TopP: *topP,
+		PresencePenalty: *presence, FrequencyPenalty: *frequency, Seed: *seed, Bridge: *bridge}
+	if *maxTokens < 1 {
+		return fmt.Errorf("--max-tokens %d: want at least 1", *maxTokens)
+	}
+	if err := opt.SampleOptions().Validate(); err != nil {
+		return err
+	}
+	opened, err := model.Open(*modelFlag, model.OpenOptions{})
 	if err != nil {
 		return err
 	}
-	base, tok := m.Base, m.Tokenizer
+	base, tok, modelName := opened.Base, opened.Tokenizer, opened.Name
 	defer base.Close()
 	stages, err := loadAdaptors(*adaptors, *store, base)
 	if err != nil {
 		return err
 	}
-	g, err := carryon.Generate(base, tok, carryon.Models(stages), float32(*alpha), *prompt, carryon.GenerateOptions{
-		MaxTokens: *maxTokens, Temperature: *temperature, TopK: *topK, Seed: *seed, Bridge: *bridge,
-		OnToken: func(int32) bool { return ctx.Err() == nil },
-	})
-	if err != nil {
-		return err
+	co := carryon.Models(stages)
+	report := func(r serve.StreamResult) {
+		if *stats {
+			fmt.Fprintf(stderr, "[%d prompt tokens, %d generated (%s); first token after %s, then %.1f tokens/s]\n",
+				r.PromptTokens, r.Tokens, r.Finish, r.FirstToken.Round(time.Millisecond), r.TokensPerSec())
+		}
 	}
-	if err := ctx.Err(); err != nil {
-		return err
+	if !*interactive {
+		var ids []int32
+		if bos := tok.BOS(); bos >= 0 {
+			ids = append(ids, bos)
+		}
+		ids = append(ids, tok.Encode(*prompt)...)
+		if len(ids) == 0 {
+			return errors.New("--prompt: the prompt has no tokens")
+		}
+		res, err := serve.Stream(ctx, stdout, base, tok, co, float32(*alpha), ids, stops, opt)
+		fmt.Fprintln(stdout)
+		if err != nil {
+			return err
+		}
+		report(res)
+		return nil
 	}
-	fmt.Fprintln(stdout, g.Text)
-	return nil
+
+	// Chat: a line per message; the conversation is kept.
+	conv := serve.NewConversation(tok, *system, base.Config.MaxPos)
+	fmt.Fprintf(stderr, "chat with %s (%d adaptor stages); one message per line; /reset starts over, /bye or Ctrl-D ends\n", modelName, len(co))
+	lines := make(chan string)
+	readErr := make(chan error, 1)
+	go func() {
+		sc := bufio.NewScanner(stdin)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			select {
+			case lines <- sc.Text():
+			case <-ctx.Done():
+				return
+			}
+		}
+		readErr <- sc.Err()
+		close(lines)
+	}()
+	for turn := 1; ; turn++ {
+		fmt.Fprint(stdout, ">>> ")
+		var line string
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				fmt.Fprintln(stdout)
+				return <-readErr
+			}
+			line = strings.TrimSpace(l)
+		case <-ctx.Done():
+			fmt.Fprintln(stdout)
+			return ctx.Err()
+		}
+		switch line {
+		case "":
+			continue
+		case "/bye", "/exit":
+			return nil
+		case "/reset":
+			conv = serve.NewConversation(tok, *system, base.Config.MaxPos)
+			fmt.Fprintln(stderr, "(the conversation starts over)")
+			continue
+		}
+		dropped := conv.Dropped()
+		ids, stopIDs, stopStrs, err := conv.Ask(line, *maxTokens)
+		if errors.Is(err, serve.ErrTurnTooLong) {
+			fmt.Fprintf(stderr, "(%v: not sent)\n", err)
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n := conv.Dropped() - dropped; n > 0 {
+			fmt.Fprintf(stderr, "(dropped the %d oldest messages to fit the context of %d tokens)\n", n, base.Config.MaxPos)
+		}
+		o := opt
+		o.Stop, o.Seed = stopIDs, *seed+uint64(turn-1)
+		res, err := serve.Stream(ctx, stdout, base, tok, co, float32(*alpha), ids, append(stopStrs, stops...), o)
+		fmt.Fprintln(stdout)
+		if err != nil {
+			return err
+		}
+		conv.Answer(res.Text)
+		report(res)
+	}
 }

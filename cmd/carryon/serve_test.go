@@ -60,3 +60,37 @@ func TestDefaultPorts(t *testing.T) {
 		}
 	}
 }
+
+// TestChatCommand: `carryon chat` reads one message per line, answers each
+// (streamed) keeping the conversation, and prints tokens/s; `generate`
+// takes --top-p and --stop.
+func TestChatCommand(t *testing.T) {
+	old := stdin
+	defer func() { stdin = old }()
+	stdin = strings.NewReader("What is 2+2?\n\n/reset\nAnd 3+3?\n")
+	var out, errb bytes.Buffer
+	if err := runChat(context.Background(), []string{"--max-tokens", "6", "--store", t.TempDir()}, &out, &errb); err != nil {
+		t.Fatalf("chat: %v\n%s", err, errb.String())
+	}
+	if n := strings.Count(out.String(), ">>> "); n != 5 { // two messages, the empty line, /reset, then EOF
+		t.Errorf("%d prompts in %q, want 5", n, out.String())
+	}
+	if n := strings.Count(errb.String(), "tokens/s"); n != 2 {
+		t.Errorf("%d stats lines in %q, want 2", n, errb.String())
+	}
+	if !strings.Contains(errb.String(), "starts over") {
+		t.Errorf("/reset not acknowledged: %q", errb.String())
+	}
+	out.Reset()
+	errb.Reset()
+	if err := runGenerate(context.Background(), []string{"--prompt", "Once upon a time", "--max-tokens", "8", "--temperature", "0.8",
+		"--top-p", "0.9", "--stop", "\n", "--store", t.TempDir()}, &out, &errb); err != nil {
+		t.Fatalf("generate: %v\n%s", err, errb.String())
+	}
+	if strings.Contains(strings.TrimSuffix(out.String(), "\n"), "\n") || !strings.Contains(errb.String(), "tokens/s") {
+		t.Errorf("generate --stop '\\n': %q / %q", out.String(), errb.String())
+	}
+	if err := runGenerate(context.Background(), []string{"--prompt", "x", "--top-p", "1.5"}, &out, &errb); err == nil || !strings.Contains(err.Error(), "top-p") {
+		t.Errorf("--top-p 1.5: %v", err)
+	}
+}

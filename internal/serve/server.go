@@ -83,11 +83,9 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"carryon/carryon"
 	"carryon/model"
@@ -288,6 +286,8 @@ type job struct {
 	alpha    float32
 	seed     uint64
 	arrived  time.Time // when the request came (metrics)
+	echo     string    // completions: the prompt's text, put before the completion
+	echoFrom int       // with echo and logprobs, the first prompt token listed; -1: none
 }
 
 // prepare resolves the model and checks the prompt against the context.
@@ -312,7 +312,7 @@ func (s *Server) prepare(ctx context.Context, modelName, promptParam string, pro
 		return nil, badRequest(promptParam, "context_length_exceeded",
 			"the prompt has %d tokens, over this model's context of %d", len(prompt), limit)
 	}
-	j := &job{model: modelName, ad: ad, prompt: prompt, opts: o}
+	j := &job{model: modelName, ad: ad, prompt: prompt, opts: o, echoFrom: -1}
 	j.max = o.maxTokens
 	if j.max == 0 {
 		j.max = s.cfg.MaxTokens
@@ -376,13 +376,29 @@ type result struct {
 	text   string
 	tokens int    // tokens generated (a stop token excluded)
 	finish string // "stop" or "length"
+	// With logprobs: one entry per generated token, and (echo) per prompt
+	// token listed.
+	logprobs, promptLogprobs []tokenLogprob
 }
+
+// tokenLogprob is a token with its log-probability, the most likely
+// tokens at its position, and where its text begins in the response text.
+type tokenLogprob struct {
+	id     int32
+	lp     *float64 // nil: nothing precedes the token
+	top    []model.TokenLogprob
+	offset int
+}
+
+// emitFunc receives each decided piece of text, with the tokens generated
+// since the previous call (when logprobs are asked for).
+type emitFunc func(piece string, toks []tokenLogprob) error
 
 // run generates for j, calling emit (when not nil) with each piece of text
 // as soon as it is decided; the pieces add up to result.text. The caller
 // holds a worker slot. It returns ctx's error when ctx ends first, and
 // emit's error when emit fails.
-func (s *Server) run(ctx context.Context, j *job, emit func(string) error) (result, error) {
+func (s *Server) run(ctx context.Context, j *job, emit emitFunc) (result, error) {
 	var stages []*carryon.Model
 	if j.ad != nil {
 		stages = j.ad.stages
@@ -396,13 +412,46 @@ func (s *Server) run(ctx context.Context, j *job, emit func(string) error) (resu
 		stop[id] = true
 	}
 	var (
-		gen  []int32
-		tr   = tracker{stops: j.stopStrs}
-		werr error
-		n    int
+		ts      = model.NewTextStream(s.tok.Decode, j.stopStrs)
+		werr    error
+		echoed  bool // the echo went to emit
+		n       int
+		logits  []float32 // the latest token's, with logprobs
+		res     result
+		pending []tokenLogprob // logprobs not yet emitted
 	)
-	s.metrics.prompt.Add(float64(len(j.prompt)))
-	onToken := func(id int32) bool {
+	opt := carryon.GenerateOptions{MaxTokens: j.max, Temperature: j.opts.temperature, TopK: j.opts.topK, TopP: j.opts.topP,
+		PresencePenalty: j.opts.presence, FrequencyPenalty: j.opts.frequency, Seed: j.seed,
+		Stop: stopIDs, Bridge: s.cfg.Bridge}
+	if j.opts.logprobs {
+		opt.OnLogits = func(l []float32) { logits = l }
+		if j.echoFrom >= 0 {
+			opt.OnPromptLogits = func(i int, l []float32) {
+				if i < j.echoFrom {
+					return
+				}
+				lp, top := model.Logprobs(l, j.prompt[i], j.opts.topLogprobs)
+				res.promptLogprobs = append(res.promptLogprobs, tokenLogprob{id: j.prompt[i], lp: &lp, top: top,
+					offset: len(s.tok.Decode(j.prompt[j.echoFrom:i]))})
+			}
+			if j.echoFrom == 0 { // nothing precedes the first token
+				res.promptLogprobs = append(res.promptLogprobs, tokenLogprob{id: j.prompt[0]})
+			}
+		}
+	}
+	sendEcho := func() error {
+		echoed = true
+		if emit == nil || (j.echo == "" && len(res.promptLogprobs) == 0) {
+			return nil
+		}
+		return emit(j.echo, res.promptLogprobs)
+	}
+	opt.OnToken = func(id int32) bool {
+		if !echoed {
+			if werr = sendEcho(); werr != nil {
+				return false
+			}
+		}
 		n++
 		s.generated.Add(1)
 		s.metrics.token()
@@ -418,18 +467,23 @@ func (s *Server) run(ctx context.Context, j *job, emit func(string) error) (resu
 		if stop[id] {
 			return true // GenerateIDs ends on it
 		}
-		gen = append(gen, id)
-		piece, more := tr.update(s.tok.Decode(gen))
+		if j.opts.logprobs {
+			lp, top := model.Logprobs(logits, id, j.opts.topLogprobs)
+			tl := tokenLogprob{id: id, lp: &lp, top: top, offset: len(j.echo) + len(s.tok.Decode(ts.Tokens()))}
+			res.logprobs = append(res.logprobs, tl)
+			pending = append(pending, tl)
+		}
+		piece, more := ts.Add(id)
 		if piece != "" && emit != nil {
-			if werr = emit(piece); werr != nil {
+			if werr = emit(piece, pending); werr != nil {
 				return false
 			}
+			pending = nil
 		}
 		return more
 	}
-	_, stopped, err := carryon.GenerateIDs(s.base, stages, j.alpha, j.prompt, carryon.GenerateOptions{
-		MaxTokens: j.max, Temperature: j.opts.temperature, TopK: j.opts.topK, Seed: j.seed,
-		Stop: stopIDs, Bridge: s.cfg.Bridge, OnToken: onToken})
+	s.metrics.prompt.Add(float64(len(j.prompt)))
+	_, stopped, err := carryon.GenerateIDs(s.base, stages, j.alpha, j.prompt, opt)
 	switch {
 	case ctx.Err() != nil:
 		return result{}, ctx.Err()
@@ -438,93 +492,75 @@ func (s *Server) run(ctx context.Context, j *job, emit func(string) error) (resu
 	case err != nil:
 		return result{}, fmt.Errorf("serve: %w", err)
 	}
-	rest, text, hit := tr.finish()
-	res := result{text: text, tokens: len(gen), finish: "length"}
+	if !echoed {
+		if err := sendEcho(); err != nil {
+			return result{}, err
+		}
+	}
+	rest, text, hit := ts.Finish()
+	res.text, res.tokens, res.finish = text, len(ts.Tokens()), "length"
 	if hit || stopped {
 		res.finish = "stop"
 	}
-	if emit != nil && rest != "" {
-		if err := emit(rest); err != nil {
+	if emit != nil && (rest != "" || len(pending) > 0) {
+		if err := emit(rest, pending); err != nil {
 			return result{}, err
 		}
 	}
 	return res, nil
 }
 
-// tracker follows the decoded text of a generation as it grows, finds stop
-// sequences and decides which prefix can be sent: the pieces update and
-// finish return add up to the final text.
-type tracker struct {
-	stops   []string
-	text    string // the latest decoded text
-	emitted int    // bytes of text handed out
-	cut     int    // where the stop sequence begins, when hit
-	hit     bool   // a stop sequence showed
+// tokenBytes returns a token's raw bytes (part of a character, for some).
+func (s *Server) tokenBytes(id int32) []byte {
+	if d, ok := s.tok.(interface{ DecodeBytes([]int32) []byte }); ok {
+		return d.DecodeBytes([]int32{id})
+	}
+	return []byte(s.tok.Decode([]int32{id}))
 }
 
-// update takes the decoded text so far (which extends the previous one,
-// except perhaps in an undecided tail) and returns the newly decided piece
-// and whether generation should go on (false once a stop sequence shows).
-func (t *tracker) update(text string) (piece string, more bool) {
-	t.text = text
-	if i := firstStop(text, t.stops); i >= 0 {
-		t.cut, t.hit = max(i, t.emitted), true
-		return "", false
-	}
-	if n := decidedLen(text, t.stops); n > t.emitted {
-		piece, t.emitted = text[t.emitted:n], n
-	}
-	return piece, true
-}
+func (s *Server) tokenText(id int32) string { return s.tok.Decode([]int32{id}) }
 
-// finish returns the rest of the text not yet handed out, the final text
-// and whether a stop sequence ended it.
-func (t *tracker) finish() (rest, text string, hit bool) {
-	text = t.text
-	if t.hit {
-		text = text[:t.cut]
-	}
-	if len(text) > t.emitted {
-		rest = text[t.emitted:]
-	}
-	return rest, text, t.hit
-}
-
-// firstStop returns the byte offset of the earliest stop sequence in text,
-// or -1.
-func firstStop(text string, stops []string) int {
-	at := -1
-	for _, st := range stops {
-		if i := strings.Index(text, st); i >= 0 && (at < 0 || i < at) {
-			at = i
-		}
-	}
-	return at
-}
-
-// decidedLen returns how much of text is final: text without its longest
-// suffix that is a proper prefix of a stop sequence, and without a trailing
-// run of U+FFFD or of an incomplete character (a multi-byte character may
-// still be arriving token by token).
-func decidedLen(text string, stops []string) int {
-	hold := 0
-	for _, st := range stops {
-		for l := min(len(st)-1, len(text)); l > hold; l-- {
-			if strings.HasSuffix(text, st[:l]) {
-				hold = l
-				break
+// completionLogprobs renders logprobs in the completions format.
+func (s *Server) completionLogprobs(toks []tokenLogprob) *CompletionLogprobs {
+	out := &CompletionLogprobs{Tokens: []string{}, TokenLogprobs: []*float64{}, TopLogprobs: []map[string]float64{}, TextOffset: []int{}}
+	for _, t := range toks {
+		out.Tokens = append(out.Tokens, s.tokenText(t.id))
+		out.TokenLogprobs = append(out.TokenLogprobs, t.lp)
+		var top map[string]float64
+		if t.lp != nil {
+			top = make(map[string]float64, len(t.top))
+			for _, c := range t.top {
+				text := s.tokenText(c.ID)
+				if _, dup := top[text]; !dup { // two tokens may read the same
+					top[text] = c.Logprob
+				}
 			}
 		}
+		out.TopLogprobs = append(out.TopLogprobs, top)
+		out.TextOffset = append(out.TextOffset, t.offset)
 	}
-	n := len(text) - hold
-	for n > 0 {
-		r, size := utf8.DecodeLastRuneInString(text[:n])
-		if r != utf8.RuneError {
-			break
+	return out
+}
+
+// chatLogprobs renders logprobs in the chat format.
+func (s *Server) chatLogprobs(toks []tokenLogprob) *ChatLogprobs {
+	out := &ChatLogprobs{Content: []TokenLogprob{}}
+	for _, t := range toks {
+		tl := TokenLogprob{Token: s.tokenText(t.id), Logprob: *t.lp, Bytes: intBytes(s.tokenBytes(t.id)), TopLogprobs: []TopLogprob{}}
+		for _, c := range t.top {
+			tl.TopLogprobs = append(tl.TopLogprobs, TopLogprob{Token: s.tokenText(c.ID), Logprob: c.Logprob, Bytes: intBytes(s.tokenBytes(c.ID))})
 		}
-		n -= size
+		out.Content = append(out.Content, tl)
 	}
-	return n
+	return out
+}
+
+func intBytes(b []byte) []int {
+	out := make([]int, len(b))
+	for i, c := range b {
+		out[i] = int(c)
+	}
+	return out
 }
 
 // newID returns a response id with prefix.
@@ -602,9 +638,6 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	o, e := req.options()
-	if e == nil {
-		e = notYet(o)
-	}
 	if e != nil {
 		writeError(w, e)
 		return
@@ -614,10 +647,11 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 		writeError(w, badRequest("prompt", "invalid_prompt", "%v", err))
 		return
 	}
-	echo := text
+	echo, echoFrom := text, 0
 	if ids == nil {
 		if bos := s.tok.BOS(); bos >= 0 {
 			ids = append(ids, bos)
+			echoFrom = 1 // BOS is context, not prompt text
 		}
 		ids = append(ids, s.tok.Encode(text)...)
 		if len(ids) == 0 {
@@ -642,7 +676,10 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 		failRun(w, ctx, e)
 		return
 	}
-	j.arrived = arrived
+	j.arrived, j.echo = arrived, echo
+	if o.echo && o.logprobs {
+		j.echoFrom = echoFrom
+	}
 	release, err := s.acquire(r, req.User)
 	if err != nil {
 		failRun(w, ctx, err)
@@ -650,9 +687,12 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 	}
 	defer release()
 	id, created := newID("cmpl-"), time.Now().Unix()
-	chunk := func(text string, finish *string) CompletionResponse {
-		return CompletionResponse{ID: id, Object: "text_completion", Created: created, Model: j.model,
-			Choices: []CompletionChoice{{Text: text, FinishReason: finish}}}
+	chunk := func(text string, toks []tokenLogprob, finish *string) CompletionResponse {
+		c := CompletionChoice{Text: text, FinishReason: finish}
+		if o.logprobs && finish == nil {
+			c.Logprobs = s.completionLogprobs(toks)
+		}
+		return CompletionResponse{ID: id, Object: "text_completion", Created: created, Model: j.model, Choices: []CompletionChoice{c}}
 	}
 	if !o.stream {
 		res, err := s.run(ctx, j, nil)
@@ -660,51 +700,34 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 			failRun(w, ctx, err)
 			return
 		}
-		out := chunk(echo+res.text, &res.finish)
+		out := chunk(echo+res.text, append(res.promptLogprobs, res.logprobs...), nil)
+		out.Choices[0].FinishReason = &res.finish
 		out.Usage = usage(j, res)
 		out.CarryOn = j.info(s.base.WeightsHash)
 		writeJSON(w, http.StatusOK, out)
 		return
 	}
 	ev := startSSE(w)
-	if echo != "" && ev.send(chunk(echo, nil)) != nil {
-		return
-	}
-	res, err := s.run(ctx, j, func(piece string) error { return ev.send(chunk(piece, nil)) })
+	res, err := s.run(ctx, j, func(piece string, toks []tokenLogprob) error { return ev.send(chunk(piece, toks, nil)) })
 	if err != nil {
 		if ctx.Err() == nil {
 			ev.fail(err)
 		}
 		return
 	}
-	last := chunk("", &res.finish)
+	last := chunk("", nil, &res.finish)
 	last.CarryOn = j.info(s.base.WeightsHash)
 	if ev.send(last) != nil {
 		return
 	}
 	if o.usage {
-		u := chunk("", nil)
+		u := chunk("", nil, nil)
 		u.Choices, u.Usage = []CompletionChoice{}, usage(j, res)
 		if ev.send(u) != nil {
 			return
 		}
 	}
 	ev.send("[DONE]")
-}
-
-// notYet refuses the options the sampler does not implement yet.
-func notYet(o options) *httpError {
-	switch {
-	case o.topP < 1:
-		return badRequest("top_p", "unsupported_parameter", "top_p below 1 is not implemented yet: use top_k")
-	case o.presence != 0:
-		return badRequest("presence_penalty", "unsupported_parameter", "presence_penalty is not implemented yet")
-	case o.frequency != 0:
-		return badRequest("frequency_penalty", "unsupported_parameter", "frequency_penalty is not implemented yet")
-	case o.logprobs:
-		return badRequest("logprobs", "unsupported_parameter", "logprobs are not implemented yet")
-	}
-	return nil
 }
 
 func usage(j *job, res result) *Usage {
@@ -723,9 +746,6 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	o, e := req.options()
-	if e == nil {
-		e = notYet(o)
-	}
 	if e != nil {
 		writeError(w, e)
 		return
@@ -758,33 +778,41 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 			failRun(w, ctx, err)
 			return
 		}
+		c := ChatChoice{Message: &ChatOutput{Role: "assistant", Content: res.text}, FinishReason: &res.finish}
+		if o.logprobs {
+			c.Logprobs = s.chatLogprobs(res.logprobs)
+		}
 		writeJSON(w, http.StatusOK, ChatResponse{ID: id, Object: "chat.completion", Created: created, Model: j.model,
-			Choices: []ChatChoice{{Message: &ChatOutput{Role: "assistant", Content: res.text}, FinishReason: &res.finish}},
-			Usage:   usage(j, res), CarryOn: j.info(s.base.WeightsHash)})
+			Choices: []ChatChoice{c}, Usage: usage(j, res), CarryOn: j.info(s.base.WeightsHash)})
 		return
 	}
-	chunk := func(d ChatDelta, finish *string) ChatResponse {
-		return ChatResponse{ID: id, Object: "chat.completion.chunk", Created: created, Model: j.model,
-			Choices: []ChatChoice{{Delta: &d, FinishReason: finish}}}
+	chunk := func(d ChatDelta, toks []tokenLogprob, finish *string) ChatResponse {
+		c := ChatChoice{Delta: &d, FinishReason: finish}
+		if o.logprobs && toks != nil {
+			c.Logprobs = s.chatLogprobs(toks)
+		}
+		return ChatResponse{ID: id, Object: "chat.completion.chunk", Created: created, Model: j.model, Choices: []ChatChoice{c}}
 	}
 	ev := startSSE(w)
-	if ev.send(chunk(ChatDelta{Role: "assistant", Content: ptr("")}, nil)) != nil {
+	if ev.send(chunk(ChatDelta{Role: "assistant", Content: ptr("")}, nil, nil)) != nil {
 		return
 	}
-	res, err := s.run(ctx, j, func(piece string) error { return ev.send(chunk(ChatDelta{Content: &piece}, nil)) })
+	res, err := s.run(ctx, j, func(piece string, toks []tokenLogprob) error {
+		return ev.send(chunk(ChatDelta{Content: &piece}, toks, nil))
+	})
 	if err != nil {
 		if ctx.Err() == nil {
 			ev.fail(err)
 		}
 		return
 	}
-	last := chunk(ChatDelta{}, &res.finish)
+	last := chunk(ChatDelta{}, nil, &res.finish)
 	last.CarryOn = j.info(s.base.WeightsHash)
 	if ev.send(last) != nil {
 		return
 	}
 	if o.usage {
-		u := chunk(ChatDelta{}, nil)
+		u := chunk(ChatDelta{}, nil, nil)
 		u.Choices, u.Usage = []ChatChoice{}, usage(j, res)
 		if ev.send(u) != nil {
 			return
