@@ -28,8 +28,10 @@
 // API and of llama.cpp's server it knows, unknown_parameter for others),
 // never ignored; a known field with a neutral value (tools: [], n: 1) is
 // accepted. temperature (default 1, as OpenAI; 0 is greedy), top_k (an
-// extension), seed (default: random), stop (up to 4 strings) and echo
-// (completions) are honoured; n must be 1. Generation also ends on the
+// extension), top_p, presence_penalty, frequency_penalty, seed (default:
+// random), stop (up to 4 strings), logprobs (and chat's top_logprobs) and
+// echo (completions) are honoured, through model.Sampler, model.Logprobs
+// and model.TextStream, which `carryon generate` shares; n must be 1. Generation also ends on the
 // tokenizer's and the base's EOS and on the end of the context:
 // Config.MaxContext (default the base's MaxPos) counts prompt and new
 // tokens, and a prompt longer than it is a 400.
