@@ -10,26 +10,6 @@ import (
 	"testing"
 )
 
-// genTol bounds the per-position relative difference between incremental
-// and full forwards: both run in float32 and differ only in the order of
-// the attention sums (measured: a few 1e-7).
-const genTol = 1e-5
-
-// rowRel is maxRel of row t of two (T, d) matrices.
-func rowRel(a, b []float32, t, d int) float64 {
-	return testenv.MaxRel(a[t*d:(t+1)*d], b[t*d:(t+1)*d])
-}
-
-// splits feeds a sequence of n tokens as: a prefill from 0, a prefill of
-// more than tensor.CachedAttentionRows rows on top of it, then single steps.
-func splits(n int) [][2]int {
-	out := [][2]int{{0, 5}, {5, 5 + tensor.CachedAttentionRows + 6}}
-	for i := out[1][1]; i < n; i++ {
-		out = append(out, [2]int{i, i + 1})
-	}
-	return out
-}
-
 // randomCarryOn returns a carry-on for base width D and vocab V with every
 // parameter drawn off its initialisation (W_Δ ≠ 0), so that its output
 // depends on every part of the network.
@@ -75,7 +55,7 @@ func TestCarryOnSessionMatchesForward(t *testing.T) {
 	}
 	D := cfg.D()
 	var got []float32
-	for _, sp := range splits(n) {
+	for _, sp := range testenv.DecodeSplits(tensor.CachedAttentionRows, n) {
 		T := sp[1] - sp[0]
 		src := make([][]float32, len(sources))
 		for i, x := range sources {
@@ -95,9 +75,9 @@ func TestCarryOnSessionMatchesForward(t *testing.T) {
 	}
 	worst := 0.0
 	for p := 0; p < n; p++ {
-		r := rowRel(got, want, p, D)
+		r := testenv.RowRel(got, want, p, D)
 		worst = max(worst, r)
-		if r > genTol {
+		if r > testenv.DecodeTol {
 			t.Errorf("position %d: relative difference %.2e", p, r)
 		}
 	}
@@ -209,7 +189,7 @@ func TestGreedyGenerateMatchesFullForward(t *testing.T) {
 		t.Fatal(err)
 	}
 	for p := 0; p < T; p++ {
-		if r := rowRel(y, y2, p, cfg.Dim); r > genTol {
+		if r := testenv.RowRel(y, y2, p, cfg.Dim); r > testenv.DecodeTol {
 			t.Errorf("ForwardStages position %d: relative difference %.2e", p, r)
 		}
 	}

@@ -8,26 +8,6 @@ import (
 	"testing"
 )
 
-// genTol bounds the per-position relative difference between incremental
-// and full forwards: both run in float32 and differ only in the order of
-// the attention sums (measured: a few 1e-7).
-const genTol = 1e-5
-
-// rowRel is maxRel of row t of two (T, d) matrices.
-func rowRel(a, b []float32, t, d int) float64 {
-	return testenv.MaxRel(a[t*d:(t+1)*d], b[t*d:(t+1)*d])
-}
-
-// splits feeds a sequence of n tokens as: a prefill from 0, a prefill of
-// more than tensor.CachedAttentionRows rows on top of it, then single steps.
-func splits(n int) [][2]int {
-	out := [][2]int{{0, 5}, {5, 5 + tensor.CachedAttentionRows + 6}}
-	for i := out[1][1]; i < n; i++ {
-		out = append(out, [2]int{i, i + 1})
-	}
-	return out
-}
-
 func TestSessionMatchesForward(t *testing.T) {
 	const n = 90
 	for _, arch := range []string{"qwen2", "qwen3", "llama"} {
@@ -53,7 +33,7 @@ func TestSessionMatchesForward(t *testing.T) {
 				t.Fatal(err)
 			}
 			got := make([][]float32, len(layers))
-			for _, sp := range splits(n) {
+			for _, sp := range testenv.DecodeSplits(tensor.CachedAttentionRows, n) {
 				var hs [][]float32
 				if sp[1]-sp[0] == 1 {
 					hs, err = s.Step(ids[sp[0]])
@@ -76,9 +56,9 @@ func TestSessionMatchesForward(t *testing.T) {
 			for i, l := range layers {
 				worst := 0.0
 				for p := 0; p < n; p++ {
-					r := rowRel(got[i], want[i], p, cfg.Dim)
+					r := testenv.RowRel(got[i], want[i], p, cfg.Dim)
 					worst = max(worst, r)
-					if r > genTol {
+					if r > testenv.DecodeTol {
 						t.Errorf("layer %d position %d: relative difference %.2e", l, p, r)
 					}
 				}

@@ -356,15 +356,7 @@ func (w *trainWorker) lmHeadLoss(dy, dw, y, wHead []float32, targets []int32, T,
 				clear(row)
 				continue
 			}
-			mx := row[0]
-			for _, z := range row {
-				mx = max(mx, z)
-			}
-			var se float64
-			for _, z := range row {
-				se += math.Exp(float64(z - mx))
-			}
-			lse := float64(mx) + math.Log(se)
+			lse := tensor.LogSumExp(row)
 			lossSum += lse - float64(row[tgt])
 			count++
 			if dy != nil {

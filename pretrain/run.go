@@ -2,6 +2,7 @@ package pretrain
 
 import (
 	"carryon/model"
+	"carryon/tensor"
 	"carryon/tokenizer"
 	"context"
 	"errors"
@@ -254,15 +255,7 @@ func reportWindows(w io.Writer, label string, b *model.Base, val []int32, window
 			logits := b.Logits(h[0], win)
 			for t := range win {
 				row := logits[t*V : (t+1)*V]
-				mx := row[0]
-				for _, z := range row {
-					mx = max(mx, z)
-				}
-				var se float64
-				for _, z := range row {
-					se += math.Exp(float64(z - mx))
-				}
-				l := float64(mx) + math.Log(se) - float64(row[val[s+t+1]])
+				l := tensor.LogSumExp(row) - float64(row[val[s+t+1]])
 				if t < windows[0] {
 					sumLo, nLo = sumLo+l, nLo+1
 				} else {

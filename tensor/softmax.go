@@ -46,3 +46,18 @@ func SoftmaxBackward(dx, dout, out []float32, n, d int) {
 		}
 	}
 }
+
+// LogSumExp is log Σ_i exp(x_i), computed stably: the max m in float32, the
+// sum of exp(x_i − m) in float64. x must not be empty. Next-token loss of a
+// row of logits is LogSumExp(row) − row[target].
+func LogSumExp(x []float32) float64 {
+	mx := x[0]
+	for _, z := range x {
+		mx = max(mx, z)
+	}
+	var se float64
+	for _, z := range x {
+		se += math.Exp(float64(z - mx))
+	}
+	return float64(mx) + math.Log(se)
+}

@@ -67,3 +67,24 @@ func MaxRel(a, b []float32) float64 {
 	}
 	return d / m
 }
+
+// DecodeTol bounds the per-position relative difference between
+// incremental (KV-cached) and full forwards: both run in float32 and differ
+// only in the order of the attention sums (measured: a few 1e-7).
+const DecodeTol = 1e-5
+
+// RowRel is MaxRel of row t of two (T, d) matrices.
+func RowRel(a, b []float32, t, d int) float64 {
+	return MaxRel(a[t*d:(t+1)*d], b[t*d:(t+1)*d])
+}
+
+// DecodeSplits feeds a sequence of n tokens to a KV-cached session as: a
+// prefill from 0, a prefill of more than rows rows on top of it (rows: the
+// cached attention's block, tensor.CachedAttentionRows), then single steps.
+func DecodeSplits(rows, n int) [][2]int {
+	out := [][2]int{{0, 5}, {5, 5 + rows + 6}}
+	for i := out[1][1]; i < n; i++ {
+		out = append(out, [2]int{i, i + 1})
+	}
+	return out
+}

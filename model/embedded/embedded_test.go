@@ -8,6 +8,7 @@ import (
 
 	"carryon/model"
 	"carryon/model/embedded"
+	"carryon/tensor"
 	"carryon/tokenizer"
 )
 
@@ -57,15 +58,7 @@ func TestEmbeddedBase(t *testing.T) {
 	var loss float64
 	for i := range T {
 		row := logits[i*V : (i+1)*V]
-		mx := row[0]
-		for _, z := range row {
-			mx = max(mx, z)
-		}
-		var z float64
-		for _, l := range row {
-			z += math.Exp(float64(l - mx))
-		}
-		loss += float64(mx) + math.Log(z) - float64(row[ids[i+1]])
+		loss += tensor.LogSumExp(row) - float64(row[ids[i+1]])
 	}
 	loss /= float64(T)
 	t.Logf("loss on a held-out sentence: %.3f nats/token over %d tokens (ln V = %.3f)", loss, T, math.Log(float64(V)))
