@@ -33,7 +33,7 @@ func TestBoostingStage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, err := c.Store().Put(blob)
+	id, err := c.Store().AddBytes(ctx, blob)
 	if err != nil {
 		t.Fatal(err)
 	}

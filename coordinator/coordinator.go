@@ -33,15 +33,15 @@ import (
 // advert subscription and the network's disconnect notifications talk to
 // it over channels. Status publishes a copy of its state.
 type Coordinator struct {
-	cfg       Config
-	h         host.Host
-	topics    *swarm.Topics
-	base      *model.Base
-	cache     *Cache
-	store     swarm.Store
-	codec     tensor.Codec
-	log       *slog.Logger
-	stopBlobs func()
+	cfg      Config
+	h        host.Host
+	topics   *swarm.Topics
+	base     *model.Base
+	cache    *Cache
+	store    *swarm.Blocks
+	exchange *swarm.Exchange // nil without a host
+	codec    tensor.Codec
+	log      *slog.Logger
 
 	status atomic.Pointer[Status]
 	// trust carries each node's verification record from job to job
@@ -70,29 +70,45 @@ func New(h host.Host, topics *swarm.Topics, base *model.Base, cfg Config) (*Coor
 	if err != nil {
 		return nil, err
 	}
-	store, err := swarm.NewDiskStore(cfg.CacheDir + "/adaptors")
+	store, err := swarm.OpenBlocks(StoreDir(cfg.CacheDir))
 	if err != nil {
 		return nil, fmt.Errorf("coordinator.New: %w", err)
 	}
-	c := &Coordinator{cfg: cfg, h: h, topics: topics, base: base, cache: cache, store: store, codec: codec, stopBlobs: func() {}}
+	c := &Coordinator{cfg: cfg, h: h, topics: topics, base: base, cache: cache, store: store, codec: codec}
 	if h == nil { // local use (CollectLocal, Train): Collect and Publish need a host
 		c.log = cfg.Logger.With("component", "coordinator")
 	} else {
 		c.log = cfg.Logger.With("component", "coordinator", "peer", h.ID().String())
-		c.stopBlobs = swarm.ServeBlobs(h, store)
+		if c.exchange, err = swarm.NewExchange(h, store, swarm.ExchangeConfig{OnPenalty: func(p peer.ID, err error) {
+			c.log.Warn("peer penalised", "peer", p.String(), "err", err)
+		}}); err != nil {
+			store.Close()
+			return nil, fmt.Errorf("coordinator.New: %w", err)
+		}
 	}
 	c.status.Store(&Status{})
 	return c, nil
 }
 
-// Close stops serving adaptors.
+// StoreDir is the block store (adaptors, by CID) under a cache directory.
+func StoreDir(cacheDir string) string { return cacheDir + "/ipfs" }
+
+// Close stops serving adaptors and closes the store.
 func (c *Coordinator) Close() error {
-	c.stopBlobs()
-	return nil
+	var errs []error
+	if c.exchange != nil {
+		errs = append(errs, c.exchange.Close())
+	}
+	errs = append(errs, c.store.Close())
+	return errors.Join(errs...)
 }
 
-// Store is where adaptor versions are kept (and served from).
-func (c *Coordinator) Store() swarm.Store { return c.store }
+// Store is where adaptor versions are kept (and served from, over
+// bitswap, when the coordinator has a host).
+func (c *Coordinator) Store() *swarm.Blocks { return c.store }
+
+// Exchange is the coordinator's bitswap exchange, nil without a host.
+func (c *Coordinator) Exchange() *swarm.Exchange { return c.exchange }
 
 func (c *Coordinator) job(ds *dataset.Set) embedJob {
 	id := c.cfg.JobID

@@ -20,16 +20,20 @@ type Version struct {
 	Announce *protocol.AdaptorAnnounce
 }
 
-// Publish stores the adaptor (so the blob protocol serves it), and gossips
-// its CID, parent, step and metrics, signed with the host's key.
+// Publish adds the adaptor to the store as a UnixFS file and pins it (so
+// bitswap serves it, to carryon peers and Kubo alike), and gossips its CID,
+// parent, step and metrics, signed with the host's key.
 func (c *Coordinator) Publish(ctx context.Context, res *TrainResult) (*Version, error) {
 	data, err := res.CarryOn.Marshal(res.Meta)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator.Publish: %w", err)
 	}
-	id, err := c.store.Put(data)
+	id, err := c.store.AddBytes(ctx, data)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator.Publish: store: %w", err)
+	}
+	if err := c.store.Pin(ctx, id, fmt.Sprintf("adaptor step %d", res.Meta.Step)); err != nil {
+		return nil, fmt.Errorf("coordinator.Publish: %w", err)
 	}
 	ann := &protocol.AdaptorAnnounce{V: protocol.Version, CID: id.String(), Parent: res.Meta.Parent, BaseHash: res.Meta.BaseHash,
 		Step: res.Meta.Step, Size: int64(len(data)), Metrics: res.Meta.Metrics, UnixMilli: time.Now().UnixMilli()}

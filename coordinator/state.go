@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"carryon/dataset"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -21,8 +22,9 @@ import (
 //	embeddings/    the chunk cache (Cache): a chunk file exists only once
 //	               complete, and Collect leases only chunks without one
 //	checkpoints/   training checkpoints per job and run (checkpoint.go)
-//	adaptors/      every published adaptor, by CID (swarm.DiskStore), served
-//	               over the blob protocol from the moment the coordinator starts
+//	ipfs/          every published adaptor: a pinned UnixFS file in a block
+//	               store (swarm.Blocks, flatfs), served over bitswap from
+//	               the moment the coordinator starts
 //	versions.jsonl the published versions, one VersionRecord per line,
 //	               appended and synced (VersionLog)
 
@@ -202,7 +204,7 @@ func (c *Coordinator) Versions() ([]VersionRecord, []bool, error) {
 	stored := make([]bool, len(recs))
 	for i, r := range recs {
 		id, _ := cid.Decode(r.CID) // checked when read
-		stored[i] = c.store.Has(id)
+		stored[i] = c.store.Has(context.Background(), id)
 	}
 	return recs, stored, nil
 }

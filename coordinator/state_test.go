@@ -11,11 +11,10 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
-	"carryon/protocol"
 	"carryon/swarm"
 )
 
-func testCID(s string) string { return protocol.CIDOf([]byte(s)).String() }
+func testCID(s string) string { return swarm.CIDOf([]byte(s)).String() }
 
 func TestVersionLogSurvivesTornLine(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "v", "versions.jsonl")
@@ -119,7 +118,20 @@ func TestVersionsAfterRestart(t *testing.T) {
 	if err := peerH.Connect(ctx, peer.AddrInfo{ID: c2.h.ID(), Addrs: c2.h.Addrs()}); err != nil {
 		t.Fatal(err)
 	}
-	got, err := swarm.FetchBlob(ctx, peerH, c2.h.ID(), v.CID, 0)
+	pb, err := swarm.OpenBlocks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pb.Close()
+	px, err := swarm.NewExchange(peerH, pb, swarm.ExchangeConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer px.Close()
+	if _, err := px.Fetch(ctx, v.CID, swarm.Limits{}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := pb.Get(ctx, v.CID, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -14,6 +15,7 @@ import (
 	"carryon/dataset"
 	"carryon/model"
 	"carryon/protocol"
+	"carryon/swarm"
 )
 
 // StepInfo reports one optimiser step.
@@ -179,7 +181,14 @@ func (c *Coordinator) parentChain(parent string, maxSeq int) ([]*chainStage, err
 		if err != nil {
 			return nil, fmt.Errorf("parent %q: %w", p, err)
 		}
-		return c.store.Get(id)
+		data, err := c.store.Get(context.Background(), id, 0)
+		if err != nil {
+			if hint := protocol.OldRawCIDHint(id); errors.Is(err, swarm.ErrNotFound) && hint != "" {
+				return nil, fmt.Errorf("%w (%s)", err, hint)
+			}
+			return nil, err
+		}
+		return data, nil
 	}, c.base)
 	if err != nil {
 		return nil, fmt.Errorf("parent: %w", err)

@@ -11,11 +11,13 @@ import (
 )
 
 // AdaptorAnnounce tells the swarm about a new adaptor version, published by
-// the coordinator on AdaptorsTopic and signed with its peer key. The body is
-// fetched by CID over BlobProtocol.
+// the coordinator on AdaptorsTopic and signed with its peer key. The file
+// is fetched by CID over bitswap (package swarm), from the coordinator or
+// any peer that pulled it.
 type AdaptorAnnounce struct {
 	V uint8 `msgpack:"v"` // message version, >= 1
-	// CID names the adaptor file (CIDv1 raw sha2-256, string form).
+	// CID names the adaptor file: the CID of its UnixFS layout (see
+	// ParseCID), string form.
 	CID string `msgpack:"cid"`
 	// Parent is the CID of the adaptor this one was trained on top of
 	// (boosting stages), or "" for a first stage.
@@ -26,7 +28,7 @@ type AdaptorAnnounce struct {
 	// Step is the training step of this version, >= 0. Per (signer,
 	// BaseHash), gossip accepts only increasing steps.
 	Step int `msgpack:"step"`
-	// Size is the adaptor file's length in bytes, 1..MaxBlobBytes.
+	// Size is the adaptor file's length in bytes, 1..MaxFileBytes.
 	Size int64 `msgpack:"size"`
 	// Metrics are evaluation results ("val_loss": 2.31), at most 32
 	// entries, identifier keys, finite values.
@@ -68,7 +70,7 @@ func (m *AdaptorAnnounce) Validate() error {
 	if err := checkRange("Step", m.Step, 0, 1<<50); err != nil {
 		return err
 	}
-	if err := checkRange("Size", m.Size, 1, MaxBlobBytes); err != nil {
+	if err := checkRange("Size", m.Size, 1, MaxFileBytes); err != nil {
 		return err
 	}
 	if len(m.Metrics) > maxMetrics {

@@ -9,53 +9,68 @@ import (
 )
 
 // ErrHashMismatch is wrapped by every error about data that does not hash
-// to the value that names it (a CID, a manifest's chunk hash).
+// to the CID that names it.
 var ErrHashMismatch = errors.New("hash mismatch")
 
-// CIDOf returns the content identifier of data: CIDv1, raw codec,
-// sha2-256 multihash.
-func CIDOf(data []byte) cid.Cid {
-	h, err := mh.Sum(data, mh.SHA2_256, -1)
-	if err != nil {
-		panic("protocol.CIDOf: " + err.Error()) // sha2-256 is always registered
-	}
-	return cid.NewCidV1(cid.Raw, h)
-}
+// ErrUnsupportedCID is wrapped by ParseCID and CheckCID for a CID carryon
+// cannot fetch or verify.
+var ErrUnsupportedCID = errors.New("unsupported CID")
 
-// ParseCID parses a CID string and requires the form CIDOf produces:
-// version 1, raw codec, sha2-256 with a 32-byte digest.
+// Adaptors (and every other file carryon moves) are named by the CID of
+// their UnixFS layout: CIDv1, sha2-256, 256 KiB raw leaves under balanced
+// dag-pb nodes; the layout `ipfs add --cid-version=1 --raw-leaves` makes
+// (swarm.CIDOf computes it). A file of at most 256 KiB is one raw leaf, so
+// its CID has the raw codec; larger files have a dag-pb root.
+//
+// Older carryon named a whole adaptor file by a raw-codec CID of its
+// SHA-256. For files up to 256 KiB that is the same CID; a larger file's old
+// CID names no UnixFS file, and a fetch of it finds no provider
+// (OldRawCIDHint says so).
+
+// ParseCID parses a CID string and checks it with CheckCID.
 func ParseCID(s string) (cid.Cid, error) {
 	c, err := cid.Decode(s)
 	if err != nil {
-		return cid.Undef, fmt.Errorf("protocol.ParseCID: %w", err)
+		return cid.Undef, fmt.Errorf("protocol.ParseCID %q: %w", s, err)
 	}
-	if err := checkCID(c); err != nil {
+	if err := CheckCID(c); err != nil {
 		return cid.Undef, fmt.Errorf("protocol.ParseCID %s: %w", s, err)
 	}
 	return c, nil
 }
 
-func checkCID(c cid.Cid) error {
+// CheckCID accepts the CIDs of UnixFS files carryon can verify: version 0
+// (dag-pb, what `ipfs add` gives by default) or 1, codec dag-pb or raw,
+// sha2-256 with a 32-byte digest. Anything else wraps ErrUnsupportedCID.
+func CheckCID(c cid.Cid) error {
 	if !c.Defined() {
-		return errors.New("undefined CID")
+		return fmt.Errorf("%w: undefined CID", ErrUnsupportedCID)
 	}
 	p := c.Prefix()
-	if p.Version != 1 || p.Codec != cid.Raw || p.MhType != mh.SHA2_256 || p.MhLength != 32 {
-		return fmt.Errorf("want CIDv1 raw sha2-256, got version %d codec 0x%x hash 0x%x/%d",
-			p.Version, p.Codec, p.MhType, p.MhLength)
+	if p.Codec != cid.DagProtobuf && p.Codec != cid.Raw {
+		return fmt.Errorf("%w: codec 0x%x: carryon reads UnixFS files, dag-pb (0x70) or raw (0x55) blocks",
+			ErrUnsupportedCID, p.Codec)
+	}
+	if p.MhType != mh.SHA2_256 || p.MhLength != 32 {
+		name := mh.Codes[p.MhType]
+		if name == "" {
+			name = "unknown"
+		}
+		return fmt.Errorf("%w: hash function 0x%x (%s) with a %d-byte digest: carryon verifies sha2-256 (32 bytes)",
+			ErrUnsupportedCID, p.MhType, name, p.MhLength)
 	}
 	return nil
 }
 
-// VerifyCID checks that data hashes to c; a difference wraps ErrHashMismatch.
-func VerifyCID(c cid.Cid, data []byte) error {
-	if err := checkCID(c); err != nil {
-		return fmt.Errorf("protocol.VerifyCID: %w", err)
+// OldRawCIDHint explains, for a raw-codec CID that could not be found,
+// that it may be an older carryon name of a whole file.
+func OldRawCIDHint(c cid.Cid) string {
+	if c.Prefix().Codec != cid.Raw {
+		return ""
 	}
-	if got := CIDOf(data); !got.Equals(c) {
-		return fmt.Errorf("protocol.VerifyCID: %d bytes hash to %s, want %s: %w", len(data), got, c, ErrHashMismatch)
-	}
-	return nil
+	return "if " + c.String() + " came from carryon before adaptors were UnixFS files, it names a whole file " +
+		"over 256 KiB by its raw SHA-256, which no peer serves: get the file itself and run `carryon add FILE` " +
+		"(or `ipfs add --cid-version=1 --raw-leaves FILE`) for its CID"
 }
 
 // checkCIDField validates a CID string field.

@@ -1,6 +1,6 @@
 // Package protocol is carryon's wire vocabulary: the libp2p protocol IDs and
 // gossip topic names, the framed msgpack messages that travel on them, their
-// size caps, content identifiers (CIDs) for adaptor blobs, swarm keys, and
+// size caps, the content identifiers (CIDs) carryon accepts, swarm keys, and
 // the signature over an adaptor announcement. It has no goroutines and does
 // no I/O of its own beyond the io.Reader/io.Writer it is handed; node/,
 // coordinator/ and swarm/ all speak through it and never through each other.
@@ -28,16 +28,10 @@
 //	coordinator → all   AdaptorAnnounce{CID, Parent, BaseHash, Step, Size, Metrics,
 //	                                    UnixMilli, Signer, Sig}   (signed, see Sign/Verify)
 //
-// Blob transfer (stream protocol BlobProtocol, "/carryon/blob/1.0.0"; the
-// fetcher opens the stream):
-//
-//	fetcher → holder    BlobRequest{CID}
-//	holder → fetcher    BlobManifest{CID, Size, ChunkSize, Chunks[sha256...]}
-//	                    | Error{KindNotFound, Msg} (then the holder closes)
-//	holder → fetcher    BlobChunk{Index, Data} × len(Chunks), in order
-//	fetcher → holder    Ack{OK, Reason}; the holder closes after reading it.
-//	                    The fetcher re-hashes every chunk against the manifest
-//	                    and the whole blob against the CID before it acks OK.
+// Files (adaptors, cached embeddings) are not carryon messages: they are
+// UnixFS files named by CID (ParseCID) and move over IPFS's bitswap
+// (/ipfs/bitswap/1.2.0) on the same hosts, so Kubo nodes in the swarm can
+// fetch and serve them (package swarm).
 //
 // # Frame format
 //
@@ -69,4 +63,6 @@
 // Changelog:
 //
 //	v1 (all messages, EmbedProtocol/BlobProtocol 1.0.0, topics /1): initial.
+//	BlobProtocol and its messages (types 8-10) removed: files move over
+//	bitswap; AdaptorAnnounce.CID names a UnixFS file.
 package protocol

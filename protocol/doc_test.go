@@ -187,9 +187,7 @@ func TestDocLimits(t *testing.T) {
 		"MaxModelLayers":      MaxModelLayers,
 		"MaxVocab":            MaxVocab,
 		"MaxLayersPerRequest": MaxLayersPerRequest,
-		"MaxBlobBytes":        MaxBlobBytes,
-		"MaxBlobChunk":        MaxBlobChunk,
-		"MaxBlobChunks":       MaxBlobChunks,
+		"MaxFileBytes":        MaxFileBytes,
 		"MaxGossipBytes":      MaxGossipBytes,
 		"MaxResultData":       MaxResultData,
 		"maxBases":            maxBases,
@@ -234,7 +232,6 @@ func TestDocIdentifiers(t *testing.T) {
 	doc := strings.Join(readDoc(t), "\n")
 	for _, s := range []string{
 		"`" + EmbedProtocol + "`",
-		"`" + BlobProtocol + "`",
 		"`" + NodesTopic("<swarm>") + "`",
 		"`" + AdaptorsTopic("<swarm>") + "`",
 		"`" + SwarmName(nil) + "`",

@@ -192,12 +192,11 @@ func (m *EmbedDone) Validate() error {
 }
 
 // Ack is the receiver's explicit acknowledgement that ends a transfer: the
-// coordinator's answer to EmbedDone, the fetcher's to the last BlobChunk.
+// coordinator's answer to EmbedDone.
 // Until it is read, a transfer has not happened.
 type Ack struct {
 	V uint8 `msgpack:"v"` // message version, >= 1
-	// JobID and ChunkID repeat the job's (lowercase hex); both are empty in
-	// blob transfers.
+	// JobID and ChunkID repeat the job's (lowercase hex).
 	JobID   string `msgpack:"job"`
 	ChunkID string `msgpack:"chunk"`
 	// OK is true when the receiver accepted the transfer.

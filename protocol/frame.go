@@ -15,8 +15,6 @@ import (
 const (
 	// EmbedProtocol carries embedding jobs, coordinator → node.
 	EmbedProtocol = "/carryon/embed/1.0.0"
-	// BlobProtocol carries content-addressed blobs (adaptor files) by CID.
-	BlobProtocol = "/carryon/blob/1.0.0"
 )
 
 // NodesTopic is the gossipsub topic on which the nodes of a swarm publish
@@ -39,9 +37,9 @@ const (
 	TypeAck             MsgType = 5
 	TypeError           MsgType = 6
 	TypeAdaptorAnnounce MsgType = 7
-	TypeBlobRequest     MsgType = 8
-	TypeBlobManifest    MsgType = 9
-	TypeBlobChunk       MsgType = 10
+	// 8, 9 and 10 were BlobRequest, BlobManifest and BlobChunk of the
+	// blob protocol "/carryon/blob/1.0.0", which bitswap replaced: never
+	// reuse them.
 )
 
 var typeNames = [...]string{
@@ -52,9 +50,6 @@ var typeNames = [...]string{
 	TypeAck:             "Ack",
 	TypeError:           "Error",
 	TypeAdaptorAnnounce: "AdaptorAnnounce",
-	TypeBlobRequest:     "BlobRequest",
-	TypeBlobManifest:    "BlobManifest",
-	TypeBlobChunk:       "BlobChunk",
 }
 
 func (t MsgType) String() string {
@@ -99,12 +94,6 @@ func newMessage(t MsgType) Message {
 		return new(Error)
 	case TypeAdaptorAnnounce:
 		return new(AdaptorAnnounce)
-	case TypeBlobRequest:
-		return new(BlobRequest)
-	case TypeBlobManifest:
-		return new(BlobManifest)
-	case TypeBlobChunk:
-		return new(BlobChunk)
 	}
 	return nil
 }

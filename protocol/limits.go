@@ -19,13 +19,9 @@ const (
 	MaxVocab = 1 << 22
 	// MaxLayersPerRequest is the most layers one EmbedRequest may ask for.
 	MaxLayersPerRequest = 8
-	// MaxBlobBytes is the largest blob (adaptor file) the blob protocol moves.
-	MaxBlobBytes = 2 << 30
-	// MaxBlobChunk is the largest chunk of a blob transfer.
-	MaxBlobChunk = 1 << 20
-	// MaxBlobChunks is the most chunks in one manifest: a blob near
-	// MaxBlobBytes must use chunks of at least 512 KiB.
-	MaxBlobChunks = 4096
+	// MaxFileBytes is the largest file (adaptor) carryon fetches or
+	// announces.
+	MaxFileBytes = 2 << 30
 	// MaxGossipBytes caps a whole gossip frame. It sits well below pubsub's
 	// 1 MiB default, above which messages are dropped without an error.
 	MaxGossipBytes = 64 << 10
@@ -56,14 +52,10 @@ func MaxFrameBytes(t MsgType) int {
 		return 8 << 20 // MaxTokensPerChunk tokens at <= 5 bytes each is 640 KiB
 	case TypeEmbedResult:
 		return 64 << 20
-	case TypeEmbedDone, TypeAck, TypeError, TypeBlobRequest:
+	case TypeEmbedDone, TypeAck, TypeError:
 		return smallFrameCap
 	case TypeAdaptorAnnounce:
 		return 16 << 10
-	case TypeBlobManifest:
-		return MaxBlobChunks*(32+2) + smallFrameCap // 32-byte hashes with bin8 headers
-	case TypeBlobChunk:
-		return MaxBlobChunk + 1<<10
 	}
 	return 64 << 20
 }
@@ -79,8 +71,6 @@ func maxElems(t MsgType) int {
 		return fields + MaxLayersPerRequest + MaxSeqsPerChunk + MaxTokensPerChunk
 	case TypeAdaptorAnnounce:
 		return fields + 2*maxMetrics
-	case TypeBlobManifest:
-		return fields + MaxBlobChunks
 	}
 	return fields
 }

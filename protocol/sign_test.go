@@ -7,7 +7,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/crypto"
+	mh "github.com/multiformats/go-multihash"
 )
 
 func signedAnnounce(t *testing.T) (*AdaptorAnnounce, crypto.PrivKey) {
@@ -92,28 +94,42 @@ func TestAnnounceVerifyRejects(t *testing.T) {
 	}
 }
 
-func TestCID(t *testing.T) {
-	data := []byte("hello carryon")
-	c := CIDOf(data)
-	// Known value: sha256("hello carryon") as CIDv1 raw, base32.
-	parsed, err := ParseCID(c.String())
-	if err != nil || !parsed.Equals(c) {
-		t.Fatalf("ParseCID(%s) = %v, %v", c, parsed, err)
-	}
-	if !strings.HasPrefix(c.String(), "bafkrei") {
-		t.Errorf("CID %s is not CIDv1 raw sha2-256 in base32", c)
-	}
-	if err := VerifyCID(c, data); err != nil {
-		t.Fatal(err)
-	}
-	if err := VerifyCID(c, []byte("hello carryoN")); !errors.Is(err, ErrHashMismatch) {
-		t.Fatalf("VerifyCID of other data: %v, want ErrHashMismatch", err)
-	}
-	for _, bad := range []string{"", "bafy", "QmdfTbBqBPQ7VNxZEYEj14VmRuZBkqFbiwReogJgS1zR1n",
-		"bafyreidykglsfhoixmivffc5uwhcgshx4j465xwqntbmu43nb2dzqwfvae"} { // v0; dag-cbor codec
-		if _, err := ParseCID(bad); err == nil {
-			t.Errorf("ParseCID(%q) accepted", bad)
+// rawCID is the CIDv1 raw sha2-256 of data (a one-block UnixFS file).
+func rawCID(data []byte) cid.Cid {
+	h, _ := mh.Sum(data, mh.SHA2_256, -1)
+	return cid.NewCidV1(cid.Raw, h)
+}
+
+func TestParseCID(t *testing.T) {
+	sum := func(code uint64) mh.Multihash { h, _ := mh.Sum([]byte("x"), code, -1); return h }
+	for _, ok := range []cid.Cid{
+		rawCID([]byte("x")),                             // v1 raw: a file of at most 256 KiB
+		cid.NewCidV1(cid.DagProtobuf, sum(mh.SHA2_256)), // v1 dag-pb: a larger file
+		cid.NewCidV0(sum(mh.SHA2_256)),                  // v0 (dag-pb): `ipfs add` by default
+	} {
+		if _, err := ParseCID(ok.String()); err != nil {
+			t.Errorf("ParseCID(%s): %v", ok, err)
 		}
+	}
+	for _, tt := range []struct{ in, want string }{
+		{"", "protocol.ParseCID"},
+		{"bafy", "protocol.ParseCID"},
+		{cid.NewCidV1(cid.DagCBOR, sum(mh.SHA2_256)).String(), "codec 0x71"},
+		{cid.NewCidV1(cid.Raw, sum(mh.SHA2_512)).String(), "hash function 0x13 (sha2-512) with a 64-byte digest"},
+		{cid.NewCidV1(cid.Raw, sum(mh.IDENTITY)).String(), "hash function 0x0 (identity)"},
+	} {
+		_, err := ParseCID(tt.in)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("ParseCID(%q): %v, want an error containing %q", tt.in, err, tt.want)
+		} else if tt.in != "" && tt.in != "bafy" && !errors.Is(err, ErrUnsupportedCID) {
+			t.Errorf("ParseCID(%q): %v, want ErrUnsupportedCID", tt.in, err)
+		}
+	}
+	if h := OldRawCIDHint(rawCID([]byte("x"))); !strings.Contains(h, "carryon add") {
+		t.Errorf("no hint for a raw CID: %q", h)
+	}
+	if h := OldRawCIDHint(cid.NewCidV0(sum(mh.SHA2_256))); h != "" {
+		t.Errorf("a hint for a dag-pb CID: %q", h)
 	}
 }
 

@@ -32,8 +32,8 @@ func testKey(t testing.TB, seed byte) (crypto.PrivKey, peer.ID) {
 var (
 	hashA = strings.Repeat("ab", 32)
 	hashB = strings.Repeat("0f", 32)
-	cidA  = CIDOf([]byte("adaptor A")).String()
-	cidB  = CIDOf([]byte("adaptor B")).String()
+	cidA  = rawCID([]byte("adaptor A")).String()
+	cidB  = rawCID([]byte("adaptor B")).String()
 )
 
 // sampleMessages returns one valid message of every type.
@@ -56,9 +56,6 @@ func sampleMessages(t testing.TB) []Message {
 		&Ack{V: Version, JobID: "1f", ChunkID: hashB, OK: false, Reason: "mismatch"},
 		Errorf(KindOverloaded, "busy: %d jobs", 7),
 		ann,
-		&BlobRequest{V: Version, CID: cidA},
-		&BlobManifest{V: Version, CID: cidA, Size: 5, ChunkSize: 4, Chunks: [][]byte{make([]byte, 32), bytes.Repeat([]byte{1}, 32)}},
-		&BlobChunk{V: Version, Index: 1, Data: []byte("x")},
 	}
 }
 
@@ -96,13 +93,6 @@ func TestWireBytes(t *testing.T) {
 			"6e6572c424080112208a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5ca3736967c44070" +
 			"dd2bcb89f001f66a797d06c31b1c9c3ed31c09aa96ae81129690590810c049cf2a3f7222338b998bf4f9429915182419" +
 			"b80e84de06928fd1e9e19622fa4b07",
-		TypeBlobRequest: "08010000004582a17601a3636964d93b6261666b726569666b7761676e7077326b776e667261616e647865736c746675" +
-			"337268367934776e79347664697a6e6d6a33346534656d6e707175",
-		TypeBlobManifest: "0901000000a385a17601a3636964d93b6261666b726569666b7761676e7077326b776e667261616e647865736c746675" +
-			"337268367934776e79347664697a6e6d6a33346534656d6e707175a473697a6505aa6368756e6b5f73697a6504a66368" +
-			"756e6b7392c4200000000000000000000000000000000000000000000000000000000000000000c42001010101010101" +
-			"01010101010101010101010101010101010101010101010101",
-		TypeBlobChunk: "0a010000001383a17601a5696e64657801a464617461c40178",
 	}
 	for _, m := range sampleMessages(t) {
 		t.Run(m.Type().String(), func(t *testing.T) {
@@ -168,15 +158,16 @@ func TestReadFrameSkipsUnknownTypes(t *testing.T) {
 	var s bytes.Buffer
 	s.Write(frame(200, 1, []byte("future message body, not even msgpack")))
 	s.Write(frame(11, 3, nil))
-	if err := WriteFrame(&s, &BlobRequest{V: Version, CID: cidA}); err != nil {
+	s.Write(frame(8, 1, []byte{0x80})) // the removed BlobRequest's type is unknown now
+	if err := WriteFrame(&s, &Ack{V: Version, JobID: "1f", OK: true}); err != nil {
 		t.Fatal(err)
 	}
 	m, err := ReadFrame(&s)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r, ok := m.(*BlobRequest); !ok || r.CID != cidA {
-		t.Fatalf("got %#v, want the BlobRequest after the unknown frames", m)
+	if r, ok := m.(*Ack); !ok || r.JobID != "1f" || !r.OK {
+		t.Fatalf("got %#v, want the Ack after the unknown frames", m)
 	}
 	if _, err := Unmarshal(frame(200, 1, []byte{0x80})); !errors.Is(err, ErrUnknownType) {
 		t.Errorf("Unmarshal of an unknown type: %v, want ErrUnknownType", err)
@@ -186,15 +177,14 @@ func TestReadFrameSkipsUnknownTypes(t *testing.T) {
 // TestUnknownFieldsIgnored: a newer sender's extra map keys (and a higher
 // version) are accepted, as the versioning rules promise.
 func TestUnknownFieldsIgnored(t *testing.T) {
-	// {"v": 2, "cid": cidA, "future": [1, {"x": nil}]}
-	body := []byte{0x83, 0xa1, 'v', 0x02, 0xa3, 'c', 'i', 'd', 0xd9, byte(len(cidA))}
-	body = append(body, cidA...)
+	// {"v": 2, "job": "1f", "future": [1, {"x": nil}]}
+	body := []byte{0x83, 0xa1, 'v', 0x02, 0xa3, 'j', 'o', 'b', 0xa2, '1', 'f'}
 	body = append(body, 0xa6, 'f', 'u', 't', 'u', 'r', 'e', 0x92, 0x01, 0x81, 0xa1, 'x', 0xc0)
-	m, err := Unmarshal(frame(TypeBlobRequest, 2, body))
+	m, err := Unmarshal(frame(TypeAck, 2, body))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := m.(*BlobRequest); r.V != 2 || r.CID != cidA {
+	if r := m.(*Ack); r.V != 2 || r.JobID != "1f" {
 		t.Errorf("got %#v", r)
 	}
 }
@@ -257,12 +247,8 @@ func TestRejections(t *testing.T) {
 		{"control char", &Error{V: Version, Kind: KindInternal, Msg: "a\nb"}, "Msg: contains control character"},
 		{"advert bad peer", &Advert{V: Version, Peer: "nope", Device: "cpu", UnixMilli: 1}, "Peer: \"nope\" is not a peer ID"},
 		{"result data over bound", &EmbedResult{V: Version, JobID: "1", ChunkID: hashA, Codec: "q8", Rows: 1, Dim: 1, Data: make([]byte, 69)}, "len(Data): 69 out of range [1, 68]"},
-		{"manifest count", &BlobManifest{V: Version, CID: cidA, Size: 9, ChunkSize: 4, Chunks: make([][]byte, 2)}, "len(Chunks): 2, want ceil(Size/ChunkSize) = 3"},
-		{"manifest hash len", &BlobManifest{V: Version, CID: cidA, Size: 1, ChunkSize: 4, Chunks: [][]byte{{1}}}, "Chunks[0]: 1 bytes"},
-		{"manifest too many chunks", &BlobManifest{V: Version, CID: cidA, Size: MaxBlobBytes, ChunkSize: 1024}, "max 4096"},
-		{"blob too big", &BlobManifest{V: Version, CID: cidA, Size: MaxBlobBytes + 1, ChunkSize: 1}, "Size: 2147483649 out of range"},
-		{"chunk too big", &BlobChunk{V: Version, Data: make([]byte, MaxBlobChunk+1)}, "len(Data): 1048577 out of range"},
-		{"cid v0", &BlobRequest{V: Version, CID: "QmdfTbBqBPQ7VNxZEYEj14VmRuZBkqFbiwReogJgS1zR1n"}, "want CIDv1 raw sha2-256"},
+		{"cid dag-cbor", &AdaptorAnnounce{V: Version, CID: "bafyreidykglsfhoixmivffc5uwhcgshx4j465xwqntbmu43nb2dzqwfvae", BaseHash: hashA, Size: 1, UnixMilli: 1}, "codec 0x71"},
+		{"adaptor too big", &AdaptorAnnounce{V: Version, CID: cidA, BaseHash: hashA, Size: MaxFileBytes + 1, UnixMilli: 1}, "Size: 2147483649 out of range"},
 		{"too many metrics", &AdaptorAnnounce{V: Version, CID: cidA, BaseHash: hashA, Size: 1, UnixMilli: 1, Metrics: manyMetrics(33)}, "Metrics: 33 entries, max 32"},
 		{"NaN metric", &AdaptorAnnounce{V: Version, CID: cidA, BaseHash: hashA, Size: 1, UnixMilli: 1, Metrics: map[string]float64{"l": nan()}}, "Metrics[l]: NaN is not finite"},
 	}
@@ -291,7 +277,7 @@ func nan() float64 { var z float64; return z / z }
 
 // TestReadRejections feeds malformed frames to ReadFrame and Unmarshal.
 func TestReadRejections(t *testing.T) {
-	okReq, _ := Marshal(&BlobRequest{V: Version, CID: cidA})
+	okReq, _ := Marshal(&Ack{V: Version, JobID: "1f", OK: true})
 	tests := []struct {
 		name  string
 		frame []byte
@@ -301,8 +287,8 @@ func TestReadRejections(t *testing.T) {
 		{"huge length, no body", mustHex("0301ffffffff"), "over cap"},
 		{"truncated body", okReq[:len(okReq)-1], "unexpected EOF"},
 		{"short header", []byte{5, 1, 0}, "short header"},
-		{"version 0", frame(TypeBlobRequest, 0, okReq[HeaderLen:]), "frame version 0"},
-		{"version differs", frame(TypeBlobRequest, 2, okReq[HeaderLen:]), "body version 1 differs from frame version 2"},
+		{"version 0", frame(TypeAck, 0, okReq[HeaderLen:]), "frame version 0"},
+		{"version differs", frame(TypeAck, 2, okReq[HeaderLen:]), "body version 1 differs from frame version 2"},
 		{"not a map", frame(TypeAck, 1, []byte{0x91, 0x01}), "not a msgpack map"},
 		{"array32 claims 4G", frame(TypeEmbedRequest, 1, mustHex("81a473657173ddffffffff")), "container of 4294967295 entries"},
 		{"str32 claims 4G", frame(TypeAck, 1, mustHex("81a6726561736f6edbffffffff")), "truncated"},
@@ -365,9 +351,9 @@ func TestHostileLengthsDoNotAllocate(t *testing.T) {
 // TestLargeFrames reads frames bigger than the initial body buffer through
 // a reader that returns few bytes at a time.
 func TestLargeFrames(t *testing.T) {
-	for _, n := range []int{initialBody - 20, initialBody, 3*initialBody + 7, MaxBlobChunk} {
+	for _, n := range []int{initialBody - 20, initialBody, 3*initialBody + 7, 1 << 20} {
 		data := bytes.Repeat([]byte{0x5a, 0xa5, 0x01}, n/3+1)[:n]
-		m := &BlobChunk{V: Version, Index: 3, Data: data}
+		m := &EmbedResult{V: Version, JobID: "1f", ChunkID: hashB, Seq: 0, Layer: -1, Codec: "q8", Rows: 128, Dim: 4096, Data: data}
 		b, err := Marshal(m)
 		if err != nil {
 			t.Fatal(err)

@@ -261,37 +261,6 @@ func (d *Discovery) FindProviders(ctx context.Context, c cid.Cid, max int) (<-ch
 	return out, nil
 }
 
-// FetchByCID finds providers of c through the DHT and fetches the blob from
-// the first that serves it correctly (FetchBlob: hashes checked, transfer
-// acknowledged), trying up to max (<= 0: 20) providers. Providers that
-// fail or serve data that does not match c are skipped.
-func (d *Discovery) FetchByCID(ctx context.Context, c cid.Cid, maxSize int64, max int) ([]byte, peer.ID, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	provs, err := d.FindProviders(ctx, c, max)
-	if err != nil {
-		return nil, "", err
-	}
-	var errs []error
-	for ai := range provs {
-		data, err := FetchBlob(ctx, d.h, ai.ID, c, maxSize)
-		if err == nil {
-			return data, ai.ID, nil
-		}
-		errs = append(errs, err)
-		if ctx.Err() != nil {
-			break
-		}
-	}
-	if len(errs) == 0 {
-		if err := ctx.Err(); err != nil {
-			return nil, "", fmt.Errorf("swarm.FetchByCID %s: no provider found: %w", c, err)
-		}
-		return nil, "", fmt.Errorf("swarm.FetchByCID %s: no provider found", c)
-	}
-	return nil, "", fmt.Errorf("swarm.FetchByCID %s: all %d providers failed: %w", c, len(errs), errors.Join(errs...))
-}
-
 // Close stops mDNS, the DHT and reproviding.
 func (d *Discovery) Close() error {
 	d.cancel()

@@ -14,6 +14,7 @@ import (
 
 	"carryon/protocol"
 
+	"github.com/ipfs/boxo/blockstore"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -31,12 +32,11 @@ func newDiscovery(t *testing.T, ctx context.Context, h host.Host, cfg DiscoveryC
 }
 
 // TestDHTProviders: five hosts of a private swarm, each connected only to
-// the first. An honest host and a liar (serving other bytes under the CID)
-// provide a blob; a host that was told of neither (the DHT may have
-// connected them since) finds both through the DHT and gets the blob,
-// hash-checked, from the honest one.
+// the first. An honest host and a liar (serving other bytes under the CIDs)
+// provide a file; a host that was told of neither finds both through the
+// DHT and gets the file over bitswap, hash-checked, from the honest one.
 func TestDHTProviders(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	key := psk(t)
 	swarmName := protocol.SwarmName(key)
@@ -59,11 +59,23 @@ func TestDHTProviders(t *testing.T) {
 		t.Fatalf("DHT protocols %v: want %s and not /ipfs/kad/1.0.0", protos, want)
 	}
 
-	store := NewMemStore()
+	exchange := func(h host.Host, d *Discovery, wrap func(blockstore.Blockstore) blockstore.Blockstore) *Exchange {
+		b := openBlocks(t)
+		if wrap != nil {
+			b.bs = wrap(b.bs)
+		}
+		x, err := NewExchange(h, b, ExchangeConfig{Routing: d.DHT()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { x.Close() })
+		return x
+	}
 	data := randomBlob(1<<20+123, 7)
-	c, _ := store.Put(data)
-	t.Cleanup(ServeBlobs(honest, store))
-	t.Cleanup(ServeBlobs(liar, lyingStore{store}))
+	xh := exchange(honest, ds[1], nil)
+	xl := exchange(liar, ds[2], func(bs blockstore.Blockstore) blockstore.Blockstore { return lyingStore{bs} })
+	c, _ := xh.Blocks().AddBytes(ctx, data)
+	xl.Blocks().AddBytes(ctx, data)
 	for _, i := range []int{1, 2} {
 		if err := ds[i].Provide(ctx, c); err != nil {
 			t.Fatalf("host %d: %v", i, err)
@@ -81,20 +93,28 @@ func TestDHTProviders(t *testing.T) {
 		t.Fatalf("providers %v, want the honest host %s and the liar %s", provs, honest.ID(), liar.ID())
 	}
 
-	got, from, err := ds[4].FetchByCID(ctx, c, 0, 0)
+	// hosts[4] may be connected to neither provider (only to the
+	// bootstrap host, which lacks the file): the DHT names them.
+	x4 := exchange(hosts[4], ds[4], nil)
+	st, err := x4.Fetch(ctx, c, Limits{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if from != honest.ID() || !bytes.Equal(got, data) {
-		t.Fatalf("fetched %d bytes from %s, want the blob from the honest host %s", len(got), from, honest.ID())
+	got, _ := x4.Blocks().Get(ctx, c, 0)
+	if !bytes.Equal(got, data) || st.Peers[liar.ID()] != 0 || st.Peers[honest.ID()] == 0 {
+		t.Fatalf("fetched %d bytes, blocks per peer %v: want the file from the honest host %s", len(got), st.Peers, honest.ID())
 	}
 
 	// A CID nobody provides: the search ends without a provider.
-	missing := protocol.CIDOf([]byte("nobody has this"))
+	missing := CIDOf([]byte("nobody has this"))
 	sctx, scancel := context.WithTimeout(ctx, 5*time.Second)
 	defer scancel()
-	if _, _, err := ds[3].FetchByCID(sctx, missing, 0, 0); err == nil || !strings.Contains(err.Error(), "no provider") {
-		t.Fatalf("FetchByCID of an unprovided CID: %v, want no provider", err)
+	found, err = ds[3].FindProviders(sctx, missing, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for ai := range found {
+		t.Fatalf("a provider of an unprovided CID: %s", ai.ID)
 	}
 }
 
@@ -113,7 +133,7 @@ func TestDHTModesAndPrefixes(t *testing.T) {
 	}
 	h := newHost(t, HostConfig{})
 	d := newDiscovery(t, context.Background(), h, DiscoveryConfig{Swarm: "public"})
-	if err := d.Provide(context.Background(), protocol.CIDOf(nil)); !errors.Is(err, ErrNoDHT) {
+	if err := d.Provide(context.Background(), CIDOf(nil)); !errors.Is(err, ErrNoDHT) {
 		t.Errorf("Provide without a DHT: %v, want ErrNoDHT", err)
 	}
 }

@@ -28,7 +28,7 @@ func FuzzGossipValidators(f *testing.F) {
 	stranger, _ := peer.IDFromPrivateKey(other)
 
 	advert, _ := protocol.Marshal(&protocol.Advert{V: protocol.Version, Peer: trusted.String(), Device: "cpu", UnixMilli: 1})
-	ann := &protocol.AdaptorAnnounce{V: protocol.Version, CID: protocol.CIDOf([]byte("adaptor")).String(),
+	ann := &protocol.AdaptorAnnounce{V: protocol.Version, CID: CIDOf([]byte("adaptor")).String(),
 		BaseHash: "01d94521112183126c68afa067c02e86ef09a05e234b6f81312c3170d61ce498", Step: 3, Size: 7, UnixMilli: 1}
 	if err := ann.Sign(key); err != nil {
 		f.Fatal(err)

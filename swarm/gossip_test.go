@@ -30,7 +30,7 @@ func privKey(t testing.TB, h host.Host) crypto.PrivKey {
 
 func announce(t testing.TB, k crypto.PrivKey, step int, blob string) *protocol.AdaptorAnnounce {
 	t.Helper()
-	a := &protocol.AdaptorAnnounce{V: protocol.Version, CID: protocol.CIDOf([]byte(blob)).String(), BaseHash: baseHash, Step: step,
+	a := &protocol.AdaptorAnnounce{V: protocol.Version, CID: CIDOf([]byte(blob)).String(), BaseHash: baseHash, Step: step,
 		Size: int64(len(blob)), Metrics: map[string]float64{"val_loss": 2.5}, UnixMilli: time.Now().UnixMilli()}
 	if k != nil {
 		if err := a.Sign(k); err != nil {
@@ -143,7 +143,7 @@ func TestGossipAnnouncements(t *testing.T) {
 		"bad signature":     frameOf(t, tampered),
 		"unsigned":          frameOf(t, announce(t, nil, 14, "unsigned")),
 		"malformed":         []byte("\x07\x01\x00\x00\x00\x03abc"),
-		"wrong type":        frameOf(t, &protocol.BlobRequest{V: protocol.Version, CID: first.CID}),
+		"wrong type":        frameOf(t, &protocol.Ack{V: protocol.Version, JobID: "1f", OK: true}),
 	}
 	for name, b := range forgeries {
 		if err := rt.Publish(ctx, b); err != nil {

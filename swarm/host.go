@@ -172,7 +172,7 @@ func NewHost(cfg HostConfig) (host.Host, error) {
 // Stream limits for carryon's protocols. libp2p's defaults allow about 64
 // inbound streams per protocol per peer (and 256 per peer overall), sized
 // for chatty DHT-style protocols. A coordinator keeps many embedding jobs in
-// flight to one fast node, and a node may serve many blob fetches, so the
+// flight to one fast node, so the
 // limits for our protocols are raised to protoPeerStreams per peer, and the
 // per-peer, transient (pre-negotiation) and system stream limits are raised
 // above that so they do not bind first. Memory limits stay at libp2p's
@@ -188,7 +188,7 @@ const (
 func newResourceManager() (network.ResourceManager, error) {
 	limits := rcmgr.DefaultLimits
 	libp2p.SetDefaultServiceLimits(&limits)
-	for _, p := range []libp2pproto.ID{protocol.EmbedProtocol, protocol.BlobProtocol} {
+	for _, p := range []libp2pproto.ID{protocol.EmbedProtocol} {
 		limits.AddProtocolLimit(p,
 			rcmgr.BaseLimit{Streams: protoStreams, StreamsInbound: protoStreams, StreamsOutbound: protoStreams, Memory: 256 << 20},
 			rcmgr.BaseLimitIncrease{})

@@ -120,7 +120,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 			fmt.Fprintf(stdout, "eval: step %d val loss %.4f (base %.4f)\n", e.Step, e.Loss, e.BaseLoss)
 		},
 	}
-	if hooks.Parent, err = storeParent(c.Store(), *job.parent); err != nil {
+	if hooks.Parent, err = storeParent(ctx, c.Store(), *job.parent); err != nil {
 		return err
 	}
 	if *boost && hooks.Parent == "" {

@@ -109,7 +109,9 @@ func TestProcessesEndToEnd(t *testing.T) {
 	cid := coord.waitLine(t, ctx, "adaptor ")
 
 	out := filepath.Join(dir, "pulled.safetensors")
-	res, err := exec.CommandContext(ctx, bin, "pull", cid, "--key", key, "--from", addr, "--out", out).CombinedOutput()
+	pullCmd := exec.CommandContext(ctx, bin, "pull", cid, "--key", key, "--from", addr, "--out", out, "--store", filepath.Join(dir, "puller"))
+	pullCmd.Env = append(os.Environ(), env...)
+	res, err := pullCmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("pull: %v\n%s", err, res)
 	}
@@ -125,7 +127,10 @@ func TestProcessesEndToEnd(t *testing.T) {
 	exec.Command(bin, "keygen", "--out", other).Run()
 	cctx, ccancel := context.WithTimeout(ctx, 30*time.Second)
 	defer ccancel()
-	res, err = exec.CommandContext(cctx, bin, "pull", cid, "--key", other, "--from", addr, "--timeout", "5s").CombinedOutput()
+	pullCmd = exec.CommandContext(cctx, bin, "pull", cid, "--key", other, "--from", addr, "--timeout", "5s",
+		"--store", filepath.Join(dir, "outsider"), "--out", filepath.Join(dir, "outsider.safetensors"))
+	pullCmd.Env = append(os.Environ(), env...)
+	res, err = pullCmd.CombinedOutput()
 	if err == nil {
 		t.Fatalf("pull with the wrong swarm key succeeded:\n%s", res)
 	}

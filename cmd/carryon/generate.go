@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"carryon/carryon"
+	"carryon/coordinator"
 	"carryon/internal/serve"
 	"carryon/model"
 	"carryon/protocol"
@@ -26,7 +27,7 @@ func init() {
 // defaultStoreDir is the coordinator cache's adaptor store, where `carryon
 // train` and `carryon coordinator` keep adaptors by CID.
 func defaultStoreDir() string {
-	return filepath.Join(model.DefaultCacheDir(), "coordinator", "adaptors")
+	return coordinator.StoreDir(filepath.Join(model.DefaultCacheDir(), "coordinator"))
 }
 
 // loadAdaptors resolves a comma-separated list of adaptor files or CIDs
@@ -43,7 +44,7 @@ func loadAdaptors(list, storeDir string, base *model.Base) ([]carryon.Stage, err
 		if err != nil {
 			return nil, err
 		}
-		st, err := carryon.DecodeStage(data, protocol.CIDOf(data).String(), base)
+		st, err := carryon.DecodeStage(data, swarm.CIDOf(data).String(), base)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", spec, err)
 		}
@@ -66,12 +67,16 @@ func readAdaptor(spec, storeDir string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("adaptor %s: neither a readable file (%v) nor a CID", spec, ferr)
 	}
-	store, err := swarm.NewDiskStore(storeDir)
+	store, err := swarm.OpenBlocks(storeDir)
 	if err != nil {
 		return nil, err
 	}
-	data, err = store.Get(id)
+	defer store.Close()
+	data, err = store.Get(context.Background(), id, 0)
 	if errors.Is(err, swarm.ErrNotFound) {
+		if hint := protocol.OldRawCIDHint(id); hint != "" {
+			return nil, fmt.Errorf("adaptor %s is not in the store %s (%s)", spec, storeDir, hint)
+		}
 		return nil, fmt.Errorf("adaptor %s is not in the store %s (fetch it with 'carryon pull')", spec, storeDir)
 	}
 	return data, err

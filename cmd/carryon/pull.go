@@ -5,17 +5,20 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
+	"strings"
 	"time"
 
-	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/ipfs/go-cid"
 
 	"carryon/carryon"
+	"carryon/internal/atomicfile"
 	"carryon/protocol"
 	"carryon/swarm"
 )
 
 func init() {
-	register("pull", "fetch an adaptor by CID from peers that have it, verifying its hash", runPull)
+	register("pull", "fetch an adaptor (any UnixFS file) by CID over bitswap from peers that have it, verifying every block", runPull)
 }
 
 func runPull(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -23,8 +26,10 @@ func runPull(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	sf := addSwarmFlags(fs, "/ip4/127.0.0.1/tcp/0")
 	from := fs.String("from", "", "comma-separated multiaddrs (with /p2p/ID) of peers that have the adaptor (empty: find them through the DHT, via --bootstrap)")
 	out := fs.String("out", "", "where to write the adaptor (default: CID.safetensors)")
+	store := fs.String("store", defaultStoreDir(), "block store the adaptor is kept (pinned) in, so this peer serves it on")
 	timeout := fs.Duration("timeout", time.Minute, "give up after this long")
-	maxSize := fs.Int64("max-size", 1<<30, "refuse adaptors larger than this many bytes")
+	maxSize := fs.Int64("max-size", 1<<30, "refuse files larger than this many bytes")
+	check := fs.Bool("check", true, "decode the file as a carryon adaptor and say what it is (--check=false for any file)")
 	// Flags may come before or after the CID.
 	var cidArg string
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
@@ -44,57 +49,107 @@ func runPull(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	providers, err := parsePeers(*from)
-	if err != nil {
-		return err
-	}
-	if len(providers) == 0 {
-		if *sf.bootstrap == "" {
-			return fmt.Errorf("pull needs --from (peers that have the adaptor) or --bootstrap (peers to search the DHT through)")
-		}
-		switch *sf.dht {
-		case "off":
-			return fmt.Errorf("pull without --from searches the DHT: --dht off leaves no way to find providers")
-		case "auto":
-			*sf.dht = "client" // a short-lived process answers no queries
-		}
-	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	j, err := sf.join(ctx, nil)
+	blocks, err := swarm.OpenBlocks(*store)
 	if err != nil {
 		return err
 	}
-	defer j.close()
-	var (
-		data []byte
-		src  peer.ID
-	)
-	if len(providers) == 0 {
-		data, src, err = j.disc.FetchByCID(ctx, c, *maxSize, 0)
-	} else {
-		var ids []peer.ID
-		for _, ai := range providers {
-			j.h.Peerstore().AddAddrs(ai.ID, ai.Addrs, time.Hour)
-			ids = append(ids, ai.ID)
+	defer blocks.Close()
+	src := "the local store " + *store
+	if !blocks.Has(ctx, c) {
+		if src, err = pullInto(ctx, sf, *from, blocks, c, *maxSize); err != nil {
+			return err
 		}
-		data, src, err = swarm.FetchFromAny(ctx, j.h, ids, c, *maxSize)
 	}
-	if err != nil {
+	if err := blocks.Pin(ctx, c, "pulled"); err != nil {
 		return err
-	}
-	co, meta, err := carryon.Unmarshal(data)
-	if err != nil {
-		return fmt.Errorf("adaptor %s: %w", c, err)
 	}
 	path := *out
 	if path == "" {
 		path = c.String() + ".safetensors"
 	}
-	if err := os.WriteFile(path, data, 0o644); err != nil {
+	n, err := writeFromStore(ctx, blocks, c, path, *maxSize)
+	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "pulled %s from %s: %d bytes, hash verified, %d parameters, base %s, step %d -> %s\n",
-		c, src, len(data), len(co.Params), meta.BaseHash, meta.Step, path)
+	fmt.Fprintf(stdout, "pulled %s from %s: %d bytes, every block hash verified -> %s\n", c, src, n, path)
+	if *check {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		co, meta, err := carryon.Unmarshal(data)
+		if err != nil {
+			fmt.Fprintf(stdout, "note: %s is not a carryon adaptor: %v\n", c, err)
+			return nil
+		}
+		fmt.Fprintf(stdout, "adaptor: %d parameters, base %s, step %d\n", len(co.Params), meta.BaseHash, meta.Step)
+	}
 	return nil
+}
+
+// pullInto joins the swarm and fetches the file c into blocks over bitswap,
+// from the --from peers or the providers the DHT names; it describes the
+// peers the blocks came from.
+func pullInto(ctx context.Context, sf *swarmFlags, from string, blocks *swarm.Blocks, c cid.Cid, maxSize int64) (string, error) {
+	providers, err := parsePeers(from)
+	if err != nil {
+		return "", err
+	}
+	if len(providers) == 0 {
+		if *sf.bootstrap == "" {
+			return "", fmt.Errorf("pull needs --from (peers that have the adaptor) or --bootstrap (peers to search the DHT through)")
+		}
+		switch *sf.dht {
+		case "off":
+			return "", fmt.Errorf("pull without --from searches the DHT: --dht off leaves no way to find providers")
+		case "auto":
+			*sf.dht = "client" // a short-lived process answers no queries
+		}
+	}
+	j, err := sf.join(ctx, nil)
+	if err != nil {
+		return "", err
+	}
+	defer j.close()
+	x, err := j.exchange(blocks)
+	if err != nil {
+		return "", err
+	}
+	defer x.Close()
+	for _, ai := range providers {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := j.h.Connect(cctx, ai)
+		cancel()
+		if err != nil {
+			return "", fmt.Errorf("connect to %s: %w", ai.ID, err)
+		}
+	}
+	st, err := x.Fetch(ctx, c, swarm.Limits{MaxSize: maxSize})
+	if err != nil {
+		if hint := protocol.OldRawCIDHint(c); hint != "" {
+			return "", fmt.Errorf("%w (%s)", err, hint)
+		}
+		return "", err
+	}
+	var parts []string
+	for p, n := range st.Peers {
+		parts = append(parts, fmt.Sprintf("%s (%d blocks)", p, n))
+	}
+	sort.Strings(parts)
+	mibs := float64(st.Bytes) / (1 << 20) / st.Elapsed.Seconds()
+	return fmt.Sprintf("%s in %.2fs (%.1f MiB/s)", strings.Join(parts, ", "), st.Elapsed.Seconds(), mibs), nil
+}
+
+// writeFromStore writes the file c to path atomically (internal/atomicfile),
+// so path holds either the whole file or what it held before.
+func writeFromStore(ctx context.Context, blocks *swarm.Blocks, c cid.Cid, path string, maxSize int64) (int64, error) {
+	var n int64
+	err := atomicfile.WriteFunc(path, 0o644, func(w io.Writer) error {
+		var err error
+		n, err = blocks.WriteTo(ctx, c, w, maxSize)
+		return err
+	})
+	return n, err
 }

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/ipfs/go-cid"
-	"github.com/libp2p/go-libp2p/core/peer"
 
 	"carryon/internal/serve"
 	"carryon/model"
@@ -91,32 +90,31 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	defer base.Close()
 	cfg.Base, cfg.Tokenizer = base, tok
 
-	disk, err := swarm.NewDiskStore(*store)
+	blocks, err := swarm.OpenBlocks(*store)
 	if err != nil {
 		return err
 	}
-	var remote serve.FetchFunc
+	defer blocks.Close()
+	var x *swarm.Exchange
 	if *from != "" || *sf.bootstrap != "" {
 		var closeSwarm func()
-		remote, closeSwarm, err = swarmFetcher(ctx, sf, *from, *maxSize, stdout)
+		x, closeSwarm, err = swarmExchange(ctx, sf, *from, blocks, stdout)
 		if err != nil {
 			return err
 		}
 		defer closeSwarm()
 	}
-	if remote != nil {
-		inner := remote
-		remote = func(ctx context.Context, c cid.Cid) ([]byte, error) {
-			ctx, cancel := context.WithTimeout(ctx, *pullTimeout)
-			defer cancel()
-			data, err := inner(ctx, c)
-			if err == nil {
-				fmt.Fprintf(stdout, "pulled adaptor %s (%d bytes, hash verified)\n", c, len(data))
-			}
-			return data, err
+	inner := serve.FromStore(blocks, x, *maxSize)
+	fetch := func(ctx context.Context, c cid.Cid) ([]byte, error) {
+		ctx, cancel := context.WithTimeout(ctx, *pullTimeout)
+		defer cancel()
+		had := blocks.Has(ctx, c)
+		data, err := inner(ctx, c)
+		if err == nil && !had {
+			fmt.Fprintf(stdout, "pulled adaptor %s (%d bytes, every block hash verified)\n", c, len(data))
 		}
+		return data, err
 	}
-	fetch := serve.FromStore(disk, remote)
 	if *onDemand {
 		cfg.Fetch = fetch
 	}
@@ -137,7 +135,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 				return fmt.Errorf("adaptor %s: neither a readable file (%v) nor a CID", ref, err)
 			}
 			if data, err = fetch(ctx, c); err != nil {
-				if errors.Is(err, swarm.ErrNotFound) && remote == nil {
+				if errors.Is(err, swarm.ErrNotFound) && x == nil {
 					return fmt.Errorf("adaptor %s is not in the store %s: pass --from or --bootstrap to pull it from the swarm", ref, *store)
 				}
 				return fmt.Errorf("adaptor %s: %w", ref, err)
@@ -170,9 +168,10 @@ const (
 	defaultDashboardAddr = "127.0.0.1:8081"
 )
 
-// swarmFetcher joins the swarm and returns a fetcher of adaptors by CID:
-// from the --from peers, else through the DHT via the bootstrap peers.
-func swarmFetcher(ctx context.Context, sf *swarmFlags, from string, maxSize int64, stdout io.Writer) (serve.FetchFunc, func(), error) {
+// swarmExchange joins the swarm and starts bitswap over blocks: adaptors
+// are fetched from the --from peers (connected at once) or the providers the
+// DHT names, and every adaptor in blocks is served to the swarm.
+func swarmExchange(ctx context.Context, sf *swarmFlags, from string, blocks *swarm.Blocks, stdout io.Writer) (*swarm.Exchange, func(), error) {
 	providers, err := parsePeers(from)
 	if err != nil {
 		return nil, nil, err
@@ -189,18 +188,22 @@ func swarmFetcher(ctx context.Context, sf *swarmFlags, from string, maxSize int6
 	if err != nil {
 		return nil, nil, err
 	}
-	closeSwarm := func() { j.close() }
-	fmt.Fprintf(stdout, "joined swarm %s as %s\n", j.name, j.h.ID())
-	if len(providers) > 0 {
-		var ids []peer.ID
-		for _, ai := range providers {
-			j.h.Peerstore().AddAddrs(ai.ID, ai.Addrs, 24*time.Hour)
-			ids = append(ids, ai.ID)
-		}
-		return serve.FromPeers(j.h, ids, maxSize), closeSwarm, nil
+	x, err := j.exchange(blocks)
+	if err != nil {
+		j.close()
+		return nil, nil, err
 	}
-	return func(ctx context.Context, c cid.Cid) ([]byte, error) {
-		data, _, err := j.disc.FetchByCID(ctx, c, maxSize, 0)
-		return data, err
-	}, closeSwarm, nil
+	closeSwarm := func() { x.Close(); j.close() }
+	fmt.Fprintf(stdout, "joined swarm %s as %s\n", j.name, j.h.ID())
+	for _, ai := range providers {
+		j.h.Peerstore().AddAddrs(ai.ID, ai.Addrs, 24*time.Hour)
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := j.h.Connect(cctx, ai)
+		cancel()
+		if err != nil {
+			closeSwarm()
+			return nil, nil, fmt.Errorf("connect to %s: %w", ai.ID, err)
+		}
+	}
+	return x, closeSwarm, nil
 }

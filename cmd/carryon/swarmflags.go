@@ -155,6 +155,16 @@ func (j *joined) provide(ctx context.Context, c cid.Cid) error {
 	return j.disc.Provide(ctx, c)
 }
 
+// exchange starts bitswap on the host over blocks, finding providers
+// through the DHT when there is one.
+func (j *joined) exchange(blocks *swarm.Blocks) (*swarm.Exchange, error) {
+	cfg := swarm.ExchangeConfig{}
+	if j.disc != nil && j.disc.DHT() != nil {
+		cfg.Routing = j.disc.DHT()
+	}
+	return swarm.NewExchange(j.h, blocks, cfg)
+}
+
 // reach prints how the host can be reached now and whenever that changes,
 // until ctx ends.
 func (j *joined) reach(ctx context.Context, w io.Writer) {

@@ -54,7 +54,7 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	parentCID, err := storeParent(c.Store(), *jf.parent)
+	parentCID, err := storeParent(ctx, c.Store(), *jf.parent)
 	if err != nil {
 		return err
 	}
@@ -80,8 +80,11 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := os.WriteFile(*out, blob, 0o644); err != nil {
 		return err
 	}
-	id, err := c.Store().Put(blob)
+	id, err := c.Store().AddBytes(ctx, blob)
 	if err != nil {
+		return err
+	}
+	if err := c.Store().Pin(ctx, id, "trained adaptor"); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "adaptor %s (%d parameters, %d bytes) -> %s\n", id, len(res.CarryOn.Params), len(blob), *out)
@@ -95,12 +98,15 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 // storeParent resolves a --parent flag: a file is put into the store (and
 // its CID returned), anything else must be a CID already there.
-func storeParent(store swarm.Store, spec string) (string, error) {
+func storeParent(ctx context.Context, store *swarm.Blocks, spec string) (string, error) {
 	if spec == "" {
 		return "", nil
 	}
 	if data, err := os.ReadFile(spec); err == nil {
-		id, err := store.Put(data)
+		id, err := store.AddBytes(ctx, data)
+		if err == nil {
+			err = store.Pin(ctx, id, "parent adaptor")
+		}
 		if err != nil {
 			return "", fmt.Errorf("--parent %s: %w", spec, err)
 		}
@@ -110,8 +116,11 @@ func storeParent(store swarm.Store, spec string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("--parent %q is neither a readable file nor a CID: %w", spec, err)
 	}
-	if !store.Has(id) {
-		return "", fmt.Errorf("--parent %s is not in the store", spec)
+	if !store.Has(ctx, id) {
+		if hint := protocol.OldRawCIDHint(id); hint != "" {
+			return "", fmt.Errorf("--parent %s is not in the store %s (%s)", spec, store.Dir(), hint)
+		}
+		return "", fmt.Errorf("--parent %s is not in the store %s (fetch it with 'carryon pull')", spec, store.Dir())
 	}
 	return id.String(), nil
 }

@@ -178,7 +178,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	p("train:  loss %.4f → %.4f over %d steps", first, last, len(res.Steps))
 	p("adaptor: %s (%d bytes, signed by the coordinator, gossiped)", ver.CID, ver.Size)
 
-	got, from, err := pull(ctx, peers[3], sub, ver)
+	got, from, err := pull(ctx, peers[3], sub, ver, filepath.Join(o.Dir, "puller"))
 	if err != nil {
 		return err
 	}
@@ -199,8 +199,9 @@ func Run(ctx context.Context, o Options) (err error) {
 }
 
 // pull waits for the announcement of ver on the puller's subscription and
-// fetches the adaptor by CID from the peers that have it.
-func pull(ctx context.Context, ph *peerHost, sub *pubsub.Subscription, ver *coordinator.Version) ([]byte, peer.ID, error) {
+// fetches the adaptor by CID over bitswap from the peers that have it,
+// into a block store in dir.
+func pull(ctx context.Context, ph *peerHost, sub *pubsub.Subscription, ver *coordinator.Version, dir string) ([]byte, peer.ID, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	for {
@@ -217,7 +218,26 @@ func pull(ctx context.Context, ph *peerHost, sub *pubsub.Subscription, ver *coor
 		if err != nil {
 			return nil, "", err
 		}
-		return swarm.FetchFromAny(ctx, ph.h, []peer.ID{msg.GetFrom()}, c, ann.Size)
+		blocks, err := swarm.OpenBlocks(dir)
+		if err != nil {
+			return nil, "", err
+		}
+		defer blocks.Close()
+		x, err := swarm.NewExchange(ph.h, blocks, swarm.ExchangeConfig{})
+		if err != nil {
+			return nil, "", err
+		}
+		defer x.Close()
+		st, err := x.Fetch(ctx, c, swarm.Limits{MaxSize: ann.Size})
+		if err != nil {
+			return nil, "", err
+		}
+		data, err := blocks.Get(ctx, c, ann.Size)
+		var from peer.ID
+		for p := range st.Peers {
+			from = p
+		}
+		return data, from, err
 	}
 }
 

@@ -13,8 +13,6 @@ import (
 	"time"
 
 	"github.com/ipfs/go-cid"
-	"github.com/libp2p/go-libp2p/core/host"
-	"github.com/libp2p/go-libp2p/core/peer"
 
 	"carryon/carryon"
 	"carryon/protocol"
@@ -25,31 +23,26 @@ import (
 // against c itself.
 type FetchFunc func(ctx context.Context, c cid.Cid) ([]byte, error)
 
-// FromStore fetches from store, and blobs it lacks from remote (when not
-// nil), keeping what remote returns in store.
-func FromStore(store swarm.Store, remote FetchFunc) FetchFunc {
+// FromStore reads adaptors from store. With x non-nil (an exchange over
+// the same store), an adaptor the store lacks is first fetched over bitswap
+// from the swarm (every block hash-checked, the file within maxSize bytes;
+// <= 0: protocol.MaxFileBytes) and pinned there, so this peer serves it on.
+func FromStore(store *swarm.Blocks, x *swarm.Exchange, maxSize int64) FetchFunc {
 	return func(ctx context.Context, c cid.Cid) ([]byte, error) {
-		data, err := store.Get(c)
-		if err == nil || !errors.Is(err, swarm.ErrNotFound) || remote == nil {
+		data, err := store.Get(ctx, c, maxSize)
+		if err == nil || !errors.Is(err, swarm.ErrNotFound) || x == nil {
 			return data, err
 		}
-		if data, err = remote(ctx, c); err != nil {
+		if _, err := x.Fetch(ctx, c, swarm.Limits{MaxSize: maxSize}); err != nil {
+			if hint := protocol.OldRawCIDHint(c); hint != "" {
+				return nil, fmt.Errorf("%w (%s)", err, hint)
+			}
 			return nil, err
 		}
-		if _, err := store.Put(data); err != nil {
+		if err := store.Pin(ctx, c, "pulled adaptor"); err != nil {
 			return nil, fmt.Errorf("serve: keeping %s: %w", c, err)
 		}
-		return data, nil
-	}
-}
-
-// FromPeers fetches from the first of providers that serves the blob
-// correctly (swarm.FetchFromAny: chunks and the whole blob hash-checked),
-// refusing blobs over maxSize bytes. h must know the providers' addresses.
-func FromPeers(h host.Host, providers []peer.ID, maxSize int64) FetchFunc {
-	return func(ctx context.Context, c cid.Cid) ([]byte, error) {
-		data, _, err := swarm.FetchFromAny(ctx, h, providers, c, maxSize)
-		return data, err
+		return store.Get(ctx, c, maxSize)
 	}
 }
 
@@ -164,7 +157,7 @@ func (s *Server) unlockLoad() { <-s.loadMu }
 // name) unless its CID is loaded already; parents not loaded are fetched.
 // The caller holds the load lock.
 func (s *Server) load(ctx context.Context, data []byte, depth int) (*adaptor, error) {
-	id := protocol.CIDOf(data).String()
+	id := swarm.CIDOf(data).String()
 	s.mu.Lock()
 	a, ok := s.models[id]
 	s.mu.Unlock()
@@ -230,8 +223,8 @@ func (s *Server) loadCID(ctx context.Context, str string, depth int) (*adaptor, 
 		}
 		return nil, fmt.Errorf("%w: adaptor %s could not be fetched: %w", ErrUnknownModel, str, err)
 	}
-	if err := protocol.VerifyCID(c, data); err != nil {
-		return nil, fmt.Errorf("%w: adaptor %s: %w", ErrUnknownModel, str, err)
+	if got := swarm.CIDOf(data); !got.Equals(c) {
+		return nil, fmt.Errorf("%w: adaptor %s: the fetched bytes are the file %s: %w", ErrUnknownModel, str, got, swarm.ErrHashMismatch)
 	}
 	return s.load(ctx, data, depth)
 }

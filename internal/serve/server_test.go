@@ -21,7 +21,6 @@ import (
 
 	"carryon/carryon"
 	"carryon/model"
-	"carryon/protocol"
 	"carryon/swarm"
 	"carryon/tokenizer"
 )
@@ -63,7 +62,17 @@ func randomAdaptor(t testing.TB, b *model.Base, seed uint64, baseHash, parent st
 	return data, co
 }
 
-func cidOf(data []byte) string { return protocol.CIDOf(data).String() }
+func cidOf(data []byte) string { return swarm.CIDOf(data).String() }
+
+func openStore(t *testing.T) *swarm.Blocks {
+	t.Helper()
+	b, err := swarm.OpenBlocks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
 
 func newServer(t testing.TB, cfg Config) (*Server, *httptest.Server) {
 	t.Helper()
@@ -403,11 +412,11 @@ func TestAdaptorForAnotherBase(t *testing.T) {
 	b := tinyBase(t, 128)
 	const other = "0123456789abcdef-another-base"
 	data, _ := randomAdaptor(t, b, 5, other, "")
-	store := swarm.NewMemStore()
-	if _, err := store.Put(data); err != nil {
+	store := openStore(t)
+	if _, err := store.AddBytes(context.Background(), data); err != nil {
 		t.Fatal(err)
 	}
-	s, hs := newServer(t, Config{Base: b, Fetch: FromStore(store, nil)})
+	s, hs := newServer(t, Config{Base: b, Fetch: FromStore(store, nil, 0)})
 	var bm *BaseMismatchError
 	if _, err := s.Add(context.Background(), "x", data); !errors.As(err, &bm) || bm.Adaptor != other || bm.Base != tinyHash {
 		t.Errorf("Add: %v, want a BaseMismatchError", err)
@@ -800,21 +809,31 @@ func TestPullFromSwarm(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer provider.Close()
-	pstore := swarm.NewMemStore()
-	if _, err := pstore.Put(data); err != nil {
+	pstore := openStore(t)
+	if _, err := pstore.AddBytes(context.Background(), data); err != nil {
 		t.Fatal(err)
 	}
-	stop := swarm.ServeBlobs(provider, pstore)
-	defer stop()
+	px, err := swarm.NewExchange(provider, pstore, swarm.ExchangeConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer px.Close()
 
 	h, err := swarm.NewHost(swarm.HostConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer h.Close()
-	h.Peerstore().AddAddrs(provider.ID(), provider.Addrs(), time.Hour)
-	local := swarm.NewMemStore()
-	s, hs := newServer(t, Config{Base: b, Fetch: FromStore(local, FromPeers(h, []peer.ID{provider.ID()}, 0))})
+	if err := h.Connect(context.Background(), peer.AddrInfo{ID: provider.ID(), Addrs: provider.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	local := openStore(t)
+	x, err := swarm.NewExchange(h, local, swarm.ExchangeConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer x.Close()
+	s, hs := newServer(t, Config{Base: b, Fetch: FromStore(local, x, 0)})
 
 	req := map[string]any{"model": id, "messages": []map[string]any{{"role": "user", "content": "Hello"}},
 		"max_tokens": 25, "temperature": 0}
@@ -838,7 +857,7 @@ func TestPullFromSwarm(t *testing.T) {
 	if len(r.CarryOn.Stages) != 1 || r.CarryOn.Stages[0] != id {
 		t.Errorf("stages %v, want [%s]", r.CarryOn.Stages, id)
 	}
-	if !local.Has(protocol.CIDOf(data)) {
+	if pins, _ := local.Pins(); pins[swarm.CIDOf(data)] == "" {
 		t.Error("the fetched adaptor was not kept in the local store")
 	}
 	ms := s.Models()
@@ -856,15 +875,15 @@ func TestPullFromSwarm(t *testing.T) {
 
 func TestOnDemandEviction(t *testing.T) {
 	b := tinyBase(t, 64)
-	store := swarm.NewMemStore()
+	store := openStore(t)
 	var ids []string
 	for seed := uint64(20); seed < 23; seed++ {
 		d, _ := randomAdaptor(t, b, seed, tinyHash, "")
-		store.Put(d)
+		store.AddBytes(context.Background(), d)
 		ids = append(ids, cidOf(d))
 	}
 	pinned, _ := randomAdaptor(t, b, 30, tinyHash, "")
-	s, hs := newServer(t, Config{Base: b, Fetch: FromStore(store, nil), MaxOnDemand: 2})
+	s, hs := newServer(t, Config{Base: b, Fetch: FromStore(store, nil, 0), MaxOnDemand: 2})
 	if _, err := s.Add(context.Background(), "pinned", pinned); err != nil {
 		t.Fatal(err)
 	}
