@@ -26,7 +26,8 @@ type ExchangeConfig struct {
 	Routing routing.ContentDiscovery
 	// Penalty is how long a peer that sent a block nobody asked it for
 	// (bytes that do not hash to a wanted CID) or a DAG over the limits is
-	// ignored and disconnected; 0 means 10 minutes.
+	// ignored: it is disconnected, and if it dials back its bitswap
+	// messages are dropped and nothing is sent to it; 0 means 10 minutes.
 	Penalty time.Duration
 	// OnPenalty, when set, is called for every penalty with the peer and
 	// the reason.
