@@ -536,9 +536,19 @@ func FuzzRequest(f *testing.F) {
 	f.Add([]byte(`{"model":"base","prompt":"hi","max_tokens":5,"stop":["a"],"temperature":0.5}`))
 	f.Add([]byte(`{"model":"x","messages":[{"role":"user","content":[{"type":"text","text":"a"}]}],"n":1}`))
 	f.Add([]byte(`{"prompt":[1,2,3],"stop":"\n","seed":-4,"carryon_alpha":0}`))
+	f.Add([]byte(`{"model":"base","messages":[{"role":"user","content":"a","name":"x"}],"tools":[],"logprobs":true,"top_logprobs":2}`))
+	f.Add([]byte(`{"model":"base","prompt":"a","echo":true,"logprobs":3,"top_p":0.5,"presence_penalty":1,"stream_options":{"x":1}}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
+		for _, chat := range []bool{false, true} {
+			if e := checkRequestKeys(body, chat); e != nil && (e.param == "" || e.status != http.StatusBadRequest) {
+				t.Fatalf("refusal %+v names no parameter", e)
+			}
+		}
 		var c CompletionRequest
 		if decodeJSON(body, &c) == nil {
+			if o, e := c.options(); e == nil && (o.topP <= 0 || o.topP > 1 || o.topLogprobs < 0 || o.topLogprobs > maxLogprobs) {
+				t.Fatalf("accepted options %+v", o)
+			}
 			if o, e := c.Sampling.validate(); e == nil {
 				if o.maxTokens < 0 || len(o.stop) > maxStops || o.temperature < 0 || o.temperature > maxTemperature {
 					t.Fatalf("accepted options %+v", o)
