@@ -2,6 +2,7 @@ package carryon
 
 import (
 	"fmt"
+	"math"
 
 	"carryon/tensor"
 )
@@ -56,14 +57,119 @@ func (c *Model) lossAndGradBatch(ws *Workspace, seqs []Seq, head headRef, gradSc
 	if len(ws.gradsOf) != len(grads) || &ws.gradsOf[0] != &grads[0] {
 		ws.grads, ws.gradsOf = c.Views(grads), grads // bound once per buffer
 	}
-	c.backward(ws, N, alpha, dy, ws.grads)
+	c.backward(ws, N, alpha, dy, ws.grads, nil)
 	return lossSum, count
+}
+
+// LossAndStepQuant is one fused training step with the LM head in its
+// file's GGML format: forward, loss, and a backward pass that hands each
+// group of tensors to the optimiser as soon as its gradient is complete
+// (the head side, then each block from the last, then the input
+// projections), so that no gradient buffer of the whole model exists:
+// only one block's worth (plus the head side and projections) lives in
+// ws, reused. Gradients are of gradScale·loss; o must not clip
+// (Config.ClipNorm = 0: the global norm is known only at the end). With
+// float32 moments the parameters end bitwise as after LossAndGradBatchQuant
+// and o.Step. It returns the loss sum, the count and the gradient norm.
+func (c *Model) LossAndStepQuant(ws *Workspace, seqs []Seq, head tensor.QuantMatrix, gradScale float32, o *Optimizer) (lossSum float64, count int, gradNorm float64) {
+	c.coCheckQuantHead("LossAndStep", head)
+	if o.model != c {
+		panic("model.Model.LossAndStep: the optimiser is not this model's")
+	}
+	if o.Config.ClipNorm != 0 {
+		panic("model.Model.LossAndStep: a fused step cannot clip by the global norm: set OptimConfig.ClipNorm = 0")
+	}
+	N := c.coBatch("LossAndStep", ws, seqs, true)
+	alpha := c.Config.Alpha
+	y := c.forward(ws, N, alpha)
+	dy := ws.dy[:N*c.Config.D()]
+	clear(dy)
+	lossSum, count = c.lmHead(ws, dy, y, N, headRef{q: &head}, gradScale)
+	g, groups := c.fusedGrads(ws)
+	lr := o.LR()
+	o.Steps++
+	var ss float64
+	c.backward(ws, N, alpha, dy, g, func(stage int) {
+		for _, ti := range groups[stage] {
+			gt := ws.fusedViews[ti]
+			for _, v := range gt {
+				ss += float64(v) * float64(v)
+			}
+			o.updateTensor(ti, gt, lr)
+			clear(gt)
+		}
+	})
+	return lossSum, count, math.Sqrt(ss)
+}
+
+// fusedGrads returns the gradient views of a fused step: the head-side
+// tensors, the input projections and one block's tensors each in scratch
+// of ws (every block's views share one block's scratch), and the tensor
+// indices completed at each backward stage (stage l: block l; Layers: the
+// head side; Layers+1: the projections).
+func (c *Model) fusedGrads(ws *Workspace) (Weights, [][]int) {
+	cfg := c.Config
+	nsrc := len(cfg.Sources)
+	if ws.fusedBuf == nil {
+		ts := c.tensors
+		blockStart, blockLen := ts[2*nsrc].Offset, 0
+		if cfg.Layers > 0 {
+			blockLen = ts[2*nsrc+9].Offset - blockStart
+		}
+		headStart := ts[2*nsrc+9*cfg.Layers].Offset
+		projLen := blockStart
+		ws.fusedBuf = make([]float32, projLen+blockLen+len(c.Params)-headStart)
+		buf := ws.fusedBuf
+		ws.fusedViews = make([][]float32, len(ts))
+		for ti, t := range ts {
+			var off int
+			switch {
+			case t.Offset < blockStart:
+				off = t.Offset
+			case t.Offset < headStart:
+				off = projLen + (t.Offset-blockStart)%blockLen
+			default:
+				off = projLen + blockLen + t.Offset - headStart
+			}
+			ws.fusedViews[ti] = buf[off : off+t.Numel() : off+t.Numel()]
+		}
+		k := 0
+		next := func() []float32 { k++; return ws.fusedViews[k-1] }
+		w := &ws.fusedW
+		for range cfg.Sources {
+			w.Proj = append(w.Proj, next())
+			w.ProjBias = append(w.ProjBias, next())
+		}
+		w.Blocks = make([]Block, cfg.Layers)
+		for l := range w.Blocks {
+			b := &w.Blocks[l]
+			b.AttnNorm, b.WQ, b.WK, b.WV, b.WO = next(), next(), next(), next(), next()
+			b.MLPNorm, b.WGate, b.WUp, b.WDown = next(), next(), next(), next()
+		}
+		w.FinalNorm, w.Delta, w.Gate, w.GateBias = next(), next(), next(), next()
+		ws.fusedGroups = make([][]int, cfg.Layers+2)
+		for l := 0; l < cfg.Layers; l++ {
+			for i := 0; i < 9; i++ {
+				ws.fusedGroups[l] = append(ws.fusedGroups[l], 2*nsrc+9*l+i)
+			}
+		}
+		for ti := 2*nsrc + 9*cfg.Layers; ti < len(ts); ti++ {
+			ws.fusedGroups[cfg.Layers] = append(ws.fusedGroups[cfg.Layers], ti)
+		}
+		for ti := 0; ti < 2*nsrc; ti++ {
+			ws.fusedGroups[cfg.Layers+1] = append(ws.fusedGroups[cfg.Layers+1], ti)
+		}
+	}
+	return ws.fusedW, ws.fusedGroups
 }
 
 // backward propagates dy (N, D) = ∂loss/∂y through the activations saved
 // in ws by the last forward (of the batch ws.seqs, N rows), accumulating
 // into g. It calls the tensor backwards in the reverse order of forward.
-func (c *Model) backward(ws *Workspace, N int, alpha float32, dy []float32, g Weights) {
+// done, when set, is called once the gradients of a group of tensors are
+// complete (see fusedGrads): Layers (the head side), then each block l
+// from the last, then Layers+1 (the input projections).
+func (c *Model) backward(ws *Workspace, N int, alpha float32, dy []float32, g Weights, done func(stage int)) {
 	cfg := c.Config
 	W, D := cfg.Width, cfg.D()
 	NW, ND := N*W, N*D
@@ -89,12 +195,18 @@ func (c *Model) backward(ws *Workspace, N int, alpha float32, dy []float32, g We
 	dres := ws.dres[:NW]
 	clear(dres)
 	tensor.RMSNormBackward(dres, g.FinalNorm, dh, ws.resL[:NW], c.FinalNorm, ws.rstdF[:N], N, W)
+	if done != nil {
+		done(cfg.Layers)
+	}
 
 	// dres holds ∂loss/∂r_{l+1}; each block adds its branches' gradients
 	// to it, turning it into ∂loss/∂r_l (the residual passes it through).
 	for l := cfg.Layers - 1; l >= 0; l-- {
 		blk, gb := c.Blocks[l].block(), g.Blocks[l].block()
 		blk.Backward(cfg.dims(), &ws.pass, &gb, ws.res[l][:NW], ws.layers[l], dres, ws.back)
+		if done != nil {
+			done(l)
+		}
 	}
 
 	// u = Σ_i x_i P_iᵀ + b_i; the sources are frozen inputs (per sequence).
@@ -104,5 +216,8 @@ func (c *Model) backward(ws *Workspace, N int, alpha float32, dy []float32, g We
 			tensor.LinearBackward(nil, g.Proj[i], g.ProjBias[i], dres[off*W:(off+sq.T)*W], sq.Sources[i][:sq.T*s.Dim], c.Proj[i], sq.T, s.Dim, W)
 		}
 		off += sq.T
+	}
+	if done != nil {
+		done(cfg.Layers + 1)
 	}
 }

@@ -428,8 +428,14 @@ type Workspace struct {
 	ceScratch               []float32
 	ceChunk                 int
 	head                    headPack // wPred packed for the LM-head GEMMs
-	grads                   Weights  // views of gradsOf
-	gradsOf                 []float32
+	// Fused steps (LossAndStepQuant): gradient scratch, per-tensor views
+	// into it, as Weights, and the tensors completed per backward stage.
+	fusedBuf    []float32
+	fusedViews  [][]float32
+	fusedW      Weights
+	fusedGroups [][]int
+	grads       Weights // views of gradsOf
+	gradsOf     []float32
 }
 
 // Seq is one sequence of a batch (LossAndGradBatch, ForwardBatch).

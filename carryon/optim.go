@@ -75,7 +75,7 @@ func (o OptimConfig) Validate() error {
 type Optimizer struct {
 	Config OptimConfig
 	M, V   []float32
-	M8     *tensor.AdamW8State // the moments when Config.Moments8bit
+	M8     []*tensor.AdamW8State // the moments when Config.Moments8bit, one per tensor
 	Steps  int
 	model  *Model
 }
@@ -86,7 +86,11 @@ func NewOptimizer(c *Model, cfg OptimConfig) (*Optimizer, error) {
 		return nil, fmt.Errorf("model.NewOptimizer: %w", err)
 	}
 	if cfg.Moments8bit {
-		return &Optimizer{Config: cfg, M8: tensor.NewAdamW8State(len(c.Params)), model: c}, nil
+		o := &Optimizer{Config: cfg, model: c}
+		for _, t := range c.tensors {
+			o.M8 = append(o.M8, tensor.NewAdamW8State(t.Numel()))
+		}
+		return o, nil
 	}
 	return &Optimizer{Config: cfg, M: make([]float32, len(c.Params)), V: make([]float32, len(c.Params)), model: c}, nil
 }
@@ -145,29 +149,48 @@ func (o *Optimizer) Step(grads []float32) (gradNorm float64) {
 	return gradNorm
 }
 
-// step8 is the update with 8-bit moments: weight decay p·(1 − lr·wd) on
-// the decayed tensors first, then tensor.AdamW8Step (wd 0) over ranges of
-// whole 8-bit blocks, one per core.
+// step8 is the update with 8-bit moments: every tensor through
+// updateTensor.
 func (o *Optimizer) step8(grads []float32, lr float32) {
+	for ti, t := range o.model.tensors {
+		o.updateTensor(ti, grads[t.Offset:t.Offset+t.Numel()], lr)
+	}
+}
+
+// updateTensor applies the AdamW update of step o.Steps (already counted)
+// with learning rate lr to tensor ti of the model, whose gradient is g,
+// over all cores for a large tensor: float32 moments through
+// tensor.AdamWStep, 8-bit ones (blocks counted from the tensor's start)
+// through weight decay p·(1 − lr·wd) then tensor.AdamW8Step.
+func (o *Optimizer) updateTensor(ti int, g []float32, lr float32) {
 	c, cfg := o.model, o.Config
-	n := len(c.Params)
-	nb := (n + tensor.AdamW8Block - 1) / tensor.AdamW8Block
-	w := max(1, min(runtime.GOMAXPROCS(0), n/optimMinPerCore))
+	t := c.tensors[ti]
+	p := c.Params[t.Offset : t.Offset+t.Numel()]
+	wd := float32(0)
+	if t.Decay {
+		wd = cfg.WeightDecay
+	}
+	n := len(p)
+	const blk = tensor.AdamW8Block
+	nb := (n + blk - 1) / blk
+	w := max(1, min(runtime.GOMAXPROCS(0), n/optimMinPerCore, nb))
 	part := func(bl, bh int) {
-		lo, hi := bl*tensor.AdamW8Block, min(n, bh*tensor.AdamW8Block)
+		lo, hi := bl*blk, min(n, bh*blk)
 		if lo >= hi {
 			return
 		}
-		if cfg.WeightDecay > 0 {
-			decay := 1 - lr*cfg.WeightDecay
-			for _, t := range c.tensors {
-				a, b := max(lo, t.Offset), min(hi, t.Offset+t.Numel())
-				if t.Decay && a < b {
-					tensor.Scale(c.Params[a:b], decay)
-				}
-			}
+		if o.M8 == nil {
+			tensor.AdamWStep(p[lo:hi], g[lo:hi], o.M[t.Offset+lo:t.Offset+hi], o.V[t.Offset+lo:t.Offset+hi], o.Steps, lr, cfg.Beta1, cfg.Beta2, cfg.Eps, wd)
+			return
 		}
-		tensor.AdamW8Step(c.Params[lo:hi], grads[lo:hi], o.M8, lo, o.Steps, lr, cfg.Beta1, cfg.Beta2, cfg.Eps, 0)
+		if wd > 0 {
+			tensor.Scale(p[lo:hi], 1-lr*wd)
+		}
+		tensor.AdamW8Step(p[lo:hi], g[lo:hi], o.M8[ti], lo, o.Steps, lr, cfg.Beta1, cfg.Beta2, cfg.Eps, 0)
+	}
+	if w == 1 {
+		part(0, nb)
+		return
 	}
 	var wg sync.WaitGroup
 	for i := 1; i < w; i++ {
