@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"bytes"
 	"carryon/carryon"
+	"carryon/tensor"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -20,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 )
 
 func init() {
@@ -48,6 +51,17 @@ type benchResult struct {
 	CPUUtil      float64 `json:"cpu_per_wall,omitempty"` // CPU time / wall time (≈ threads when no core idles)
 	BLAS         string  `json:"blas,omitempty"`
 	GemmGFLOPS   float64 `json:"sgemm_gflops,omitempty"`
+	Head         string  `json:"head,omitempty"`   // LM head format (carryon-go)
+	Optim8       bool    `json:"optim8,omitempty"` // 8-bit AdamW moments (carryon-go)
+	Fused        bool    `json:"fused,omitempty"`  // fused steps, no gradient buffer (carryon-go)
+}
+
+// benchOpts are the trainer's variants.
+type benchOpts struct {
+	perSeq bool
+	optim8 bool
+	fused  bool            // LossAndStepQuant: no gradient buffer, no clipping
+	head   tensor.GGMLType // 0: float32 in memory; else a memory-mapped GGUF head of this type
 }
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -80,6 +94,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	blas := fs.String("torch-blas", "", "directory with an optimised libblas.so.3 for PyTorch (default: the first OpenBLAS found)")
 	memOnly := fs.Bool("memory-only", false, "build the trainer, run --steps steps and report how its peak memory splits")
 	perSeq := fs.Bool("per-sequence", false, "run LossAndGrad once per sequence instead of one LossAndGradBatch over the batch")
+	headType := fs.String("head", "f32", "the frozen LM head: f32 (in memory, packed), or bf16, f16, q8_0: written to a GGUF file and memory-mapped in that format")
+	optim8 := fs.Bool("optim8", false, "8-bit blockwise AdamW moments (bitsandbytes-style) instead of float32")
+	fused := fs.Bool("fused", false, "fused steps: each tensor updated as soon as its gradient is complete, no whole-model gradient buffer (needs --head other than f32; no gradient clipping)")
 	// --cpuprofile FILE (hidden: a developer's flag, not in the usage)
 	// writes a CPU profile of the timed carry-on steps.
 	rest, cpuProfile, err := cutHiddenFlag(args[1:], "cpuprofile")
@@ -101,14 +118,30 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	if *memOnly {
-		return benchMemory(cfg, *seq, *batch, *steps, *perSeq, stdout)
+	opts := benchOpts{perSeq: *perSeq, optim8: *optim8, fused: *fused}
+	switch *headType {
+	case "f32":
+	case "bf16":
+		opts.head = tensor.GGMLBF16
+	case "f16":
+		opts.head = tensor.GGMLF16
+	case "q8_0":
+		opts.head = tensor.GGMLQ8_0
+	default:
+		return fmt.Errorf("--head %q: want f32, bf16, f16 or q8_0", *headType)
 	}
-	res, err := benchTrainGo(cfg, *seq, *batch, *steps, *perSeq, cpuProfile)
+	if *fused && (opts.head == 0 || *perSeq) {
+		return errors.New("--fused needs --head bf16, f16 or q8_0 and a batched pass (not --per-sequence)")
+	}
+	if *memOnly {
+		return benchMemory(cfg, *seq, *batch, *steps, opts, stdout)
+	}
+	res, err := benchTrainGo(cfg, *seq, *batch, *steps, opts, cpuProfile)
 	if err != nil {
 		return err
 	}
 	res.Threads = *threads
+	res.Head, res.Optim8, res.Fused = *headType, *optim8, *fused
 	if err := json.NewEncoder(stdout).Encode(res); err != nil {
 		return err
 	}
@@ -164,9 +197,20 @@ type benchSetup struct {
 	targets [][]int32
 	seqs    []carryon.Seq // the batch, for LossAndGradBatch
 	perSeq  bool
+	qhead   *tensor.QuantMatrix // the head in a file format (memory-mapped), or nil
+	fused   bool
+	closers []func() error
 }
 
-func newBenchSetup(cfg carryon.Config, seq, batch int, perSeq bool, mark func(string)) (*benchSetup, error) {
+// close unmaps and removes the head file, if any.
+func (s *benchSetup) close() {
+	for _, c := range s.closers {
+		c()
+	}
+}
+
+func newBenchSetup(cfg carryon.Config, seq, batch int, o benchOpts, mark func(string)) (*benchSetup, error) {
+	perSeq := o.perSeq
 	co, err := carryon.New(cfg, 1)
 	if err != nil {
 		return nil, err
@@ -175,15 +219,31 @@ func newBenchSetup(cfg carryon.Config, seq, batch int, perSeq bool, mark func(st
 	for i := range co.Delta { // W_Δ ≠ 0 so that gradients reach the whole trunk
 		co.Delta[i] = float32(0.02 * rng.NormFloat64())
 	}
-	s := &benchSetup{co: co, grads: make([]float32, len(co.Params)), perSeq: perSeq}
-	if s.opt, err = carryon.NewOptimizer(co, carryon.DefaultOptimConfig(1000)); err != nil {
+	s := &benchSetup{co: co, perSeq: perSeq}
+	if !o.fused {
+		s.grads = make([]float32, len(co.Params))
+	}
+	ocfg := carryon.DefaultOptimConfig(1000)
+	ocfg.Moments8bit = o.optim8
+	if o.fused {
+		ocfg.ClipNorm = 0
+		s.grads = nil
+	}
+	s.fused = o.fused
+	if s.opt, err = carryon.NewOptimizer(co, ocfg); err != nil {
 		return nil, err
 	}
 	mark("params_grads_adam")
 	D, V := cfg.D(), cfg.Vocab
-	s.wPred = make([]float32, V*D)
-	for i := range s.wPred {
-		s.wPred[i] = float32(0.02 * rng.NormFloat64())
+	if o.head != 0 {
+		if err := s.mapHead(o.head, V, D, rng); err != nil {
+			return nil, err
+		}
+	} else {
+		s.wPred = make([]float32, V*D)
+		for i := range s.wPred {
+			s.wPred[i] = float32(0.02 * rng.NormFloat64())
+		}
 	}
 	mark("lm_head")
 	for range batch {
@@ -208,6 +268,69 @@ func newBenchSetup(cfg carryon.Config, seq, batch int, perSeq bool, mark func(st
 	return s, nil
 }
 
+// mapHead writes a random (V, D) LM head of type t as the tensor
+// output.weight of a GGUF file in the temporary directory, a row at a
+// time from a buffer outside the Go heap that is released afterwards, and
+// memory-maps it (tensor.OpenGGUF) as the trainer's head: its pages are
+// file-backed, not private memory.
+func (s *benchSetup) mapHead(t tensor.GGMLType, V, D int, rng *rand.Rand) error {
+	rb, err := t.RowBytes(D)
+	if err != nil {
+		return fmt.Errorf("bench train: --head %s: %w", t, err)
+	}
+	f, err := os.CreateTemp("", "carryon-bench-head-*.gguf")
+	if err != nil {
+		return fmt.Errorf("bench train: %w", err)
+	}
+	path := f.Name()
+	s.closers = append(s.closers, func() error { return os.Remove(path) })
+	fl, free := tensor.AllocFloats((V*rb + 3) / 4)
+	data := unsafe.Slice((*byte)(unsafe.Pointer(&fl[0])), V*rb)
+	row := make([]float32, D)
+	for r := 0; r < V; r++ {
+		for i := range row {
+			row[i] = float32(0.02 * rng.NormFloat64())
+		}
+		dst := data[r*rb : (r+1)*rb]
+		switch t {
+		case tensor.GGMLQ8_0:
+			tensor.QuantizeQ8_0(dst, row)
+		case tensor.GGMLBF16:
+			for i, v := range row {
+				binary.LittleEndian.PutUint16(dst[2*i:], tensor.F32ToBF16(v))
+			}
+		default:
+			for i, v := range row {
+				binary.LittleEndian.PutUint16(dst[2*i:], tensor.F32ToF16(v))
+			}
+		}
+	}
+	w := bufio.NewWriterSize(f, 1<<20)
+	err = tensor.WriteGGUF(w, nil, []tensor.GGUFTensor{{Name: "output.weight", Type: t, Dims: []int{D, V}, Data: data}})
+	if err == nil {
+		err = w.Flush()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	free()
+	if err != nil {
+		return fmt.Errorf("bench train: writing the head: %w", err)
+	}
+	g, err := tensor.OpenGGUF(path)
+	if err != nil {
+		return fmt.Errorf("bench train: %w", err)
+	}
+	s.closers = append([]func() error{g.Close}, s.closers...)
+	gt, _ := g.Tensor("output.weight")
+	q, err := tensor.NewQuantMatrix(t, V, D, gt.Data)
+	if err != nil {
+		return fmt.Errorf("bench train: %w", err)
+	}
+	s.qhead = &q
+	return nil
+}
+
 // step is one optimiser step over the batch: LossAndGradBatch over all
 // sequences (or per-sequence LossAndGrad) accumulating the gradient of the
 // mean token loss, then AdamW.
@@ -215,7 +338,13 @@ func (s *benchSetup) step(seq int) float64 {
 	clear(s.grads)
 	var loss float64
 	n := len(s.xs) * seq
-	if s.perSeq {
+	if s.fused {
+		l, _, _ := s.co.LossAndStepQuant(s.ws, s.seqs, *s.qhead, 1/float32(n), s.opt)
+		return l / float64(n)
+	}
+	if s.qhead != nil {
+		loss, _ = s.co.LossAndGradBatchQuant(s.ws, s.seqs, *s.qhead, 1/float32(n), s.grads)
+	} else if s.perSeq {
 		for b, x := range s.xs {
 			l, _ := s.co.LossAndGrad(s.ws, [][]float32{x}, s.targets[b], seq, s.wPred, 1/float32(n), s.grads)
 			loss += l
@@ -229,11 +358,13 @@ func (s *benchSetup) step(seq int) float64 {
 
 // benchTrainGo times steps optimiser steps after one warm-up step; with
 // cpuProfile set it writes a CPU profile of the timed steps there.
-func benchTrainGo(cfg carryon.Config, seq, batch, steps int, perSeq bool, cpuProfile string) (benchResult, error) {
-	s, err := newBenchSetup(cfg, seq, batch, perSeq, func(string) {})
+func benchTrainGo(cfg carryon.Config, seq, batch, steps int, o benchOpts, cpuProfile string) (benchResult, error) {
+	perSeq := o.perSeq
+	s, err := newBenchSetup(cfg, seq, batch, o, func(string) {})
 	if err != nil {
 		return benchResult{}, err
 	}
+	defer s.close()
 	s.step(seq) // warm-up: packing buffers, page faults
 	if cpuProfile != "" {
 		f, err := os.Create(cpuProfile)
@@ -284,26 +415,38 @@ func procCPU() time.Duration {
 
 // benchMemory builds the trainer stage by stage, runs a few steps, and
 // reports resident memory after each stage and at the peak.
-func benchMemory(cfg carryon.Config, seq, batch, steps int, perSeq bool, stdout io.Writer) error {
+func benchMemory(cfg carryon.Config, seq, batch, steps int, o benchOpts, stdout io.Writer) error {
+	perSeq := o.perSeq
 	debug.FreeOSMemory()
 	rss0, _ := procStatus("VmRSS")
 	prev := rss0
 	split := map[string]float64{}
 	var order []string
+	var privPeak, filePeak int64 // sampled at every stage and step
+	sample := func() {
+		if p, f, err := smapsRollup(); err == nil {
+			privPeak, filePeak = max(privPeak, p), max(filePeak, f)
+		}
+	}
 	mark := func(name string) {
 		rss, _ := procStatus("VmRSS")
 		split[name+"_mib"] = float64(rss-prev) / (1 << 20)
 		order = append(order, name)
 		prev = rss
+		sample()
 	}
-	s, err := newBenchSetup(cfg, seq, batch, perSeq, mark)
+	s, err := newBenchSetup(cfg, seq, batch, o, mark)
 	if err != nil {
 		return err
 	}
+	defer s.close()
 	start := time.Now()
 	var loss float64
+	var losses []float64
 	for range steps {
 		loss = s.step(seq)
+		losses = append(losses, loss)
+		sample()
 	}
 	el := time.Since(start)
 	mark("steps")
@@ -321,8 +464,49 @@ func benchMemory(cfg carryon.Config, seq, batch, steps int, perSeq bool, stdout 
 		"expected_params_grads_adam_mib": float64(4*4*int64(P)) / (1 << 20),
 		"rss_growth_by_stage":            split,
 		"stages":                         order,
+		"head":                           o.head.String(),
+		"optim8":                         o.optim8,
+		"fused":                          o.fused,
+		"losses":                         losses,
+		// Anonymous (private) and file-backed resident memory, the largest
+		// seen after each stage and step (/proc/self/smaps_rollup).
+		"private_mib": float64(privPeak) / (1 << 20),
+		"file_mib":    float64(filePeak) / (1 << 20),
+	}
+	if o.head == 0 {
+		out["head"] = "f32"
 	}
 	return json.NewEncoder(stdout).Encode(out)
+}
+
+// smapsRollup returns this process's resident anonymous (private) memory
+// and its resident file-backed memory (Rss − Anonymous), in bytes, from
+// /proc/self/smaps_rollup.
+func smapsRollup() (private, file int64, err error) {
+	b, err := os.ReadFile("/proc/self/smaps_rollup")
+	if err != nil {
+		return 0, 0, err
+	}
+	var rss, anon int64
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		f := strings.Fields(v)
+		if !ok || len(f) < 1 {
+			continue
+		}
+		n, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			continue
+		}
+		switch k {
+		case "Rss":
+			rss = n << 10
+		case "Anonymous":
+			anon = n << 10
+		}
+	}
+	return anon, rss - anon, nil
 }
 
 // procStatus reads a "kB" field of /proc/self/status, in bytes.
