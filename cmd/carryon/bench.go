@@ -61,6 +61,7 @@ type benchOpts struct {
 	perSeq bool
 	optim8 bool
 	fused  bool            // LossAndStepQuant: no gradient buffer, no clipping
+	clip   float64         // OptimConfig.ClipNorm (unfused)
 	head   tensor.GGMLType // 0: float32 in memory; else a memory-mapped GGUF head of this type
 }
 
@@ -96,6 +97,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	perSeq := fs.Bool("per-sequence", false, "run LossAndGrad once per sequence instead of one LossAndGradBatch over the batch")
 	headType := fs.String("head", "f32", "the frozen LM head: f32 (in memory, packed), or bf16, f16, q8_0: written to a GGUF file and memory-mapped in that format")
 	optim8 := fs.Bool("optim8", false, "8-bit blockwise AdamW moments (bitsandbytes-style) instead of float32")
+	clip := fs.Float64("clip", 1, "gradient clipping at this global norm (0: none; --fused never clips)")
 	fused := fs.Bool("fused", false, "fused steps: each tensor updated as soon as its gradient is complete, no whole-model gradient buffer (needs --head other than f32; no gradient clipping)")
 	// --cpuprofile FILE (hidden: a developer's flag, not in the usage)
 	// writes a CPU profile of the timed carry-on steps.
@@ -118,7 +120,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	opts := benchOpts{perSeq: *perSeq, optim8: *optim8, fused: *fused}
+	opts := benchOpts{perSeq: *perSeq, optim8: *optim8, fused: *fused, clip: *clip}
 	switch *headType {
 	case "f32":
 	case "bf16":
@@ -225,6 +227,7 @@ func newBenchSetup(cfg carryon.Config, seq, batch int, o benchOpts, mark func(st
 	}
 	ocfg := carryon.DefaultOptimConfig(1000)
 	ocfg.Moments8bit = o.optim8
+	ocfg.ClipNorm = o.clip
 	if o.fused {
 		ocfg.ClipNorm = 0
 		s.grads = nil
@@ -467,6 +470,7 @@ func benchMemory(cfg carryon.Config, seq, batch, steps int, o benchOpts, stdout 
 		"head":                           o.head.String(),
 		"optim8":                         o.optim8,
 		"fused":                          o.fused,
+		"clip":                           s.opt.Config.ClipNorm,
 		"losses":                         losses,
 		// Anonymous (private) and file-backed resident memory, the largest
 		// seen after each stage and step (/proc/self/smaps_rollup).
