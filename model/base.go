@@ -73,6 +73,9 @@ type matrix struct {
 	h []uint16
 	p *tensor.PackedB
 	q *tensor.QuantMatrix // stored F16, BF16 or ggml blocks (tensor.GemmQuant)
+	// int8: q is Q8_0 and is multiplied with int8 activations
+	// (tensor.GemmQ8, LoadOptions.Int8).
+	int8 bool
 }
 
 func f32Matrix(f []float32) matrix { return matrix{f: f} }
@@ -94,6 +97,10 @@ func (w matrix) Apply(out, inp, bias []float32, n, ic, oc int) {
 	switch {
 	case w.p != nil:
 		tensor.GemmPacked(n, 1, inp, ic, w.p, 0, out, oc)
+		addBias(out, bias, n, oc)
+		return
+	case w.q != nil && w.int8:
+		tensor.GemmQ8(n, inp, ic, *w.q, out, oc)
 		addBias(out, bias, n, oc)
 		return
 	case w.q != nil:

@@ -383,6 +383,18 @@ func TestOracleGGUF(t *testing.T) {
 			if e.hiddenRelL2 > oracleQ8RelL2 || e.positions == 0 {
 				t.Errorf("Q8_0: hidden rel L2 %.2e, want <= %g", e.hiddenRelL2, oracleQ8RelL2)
 			}
+			// Int8 products (LoadOptions.Int8): the activations rounded to
+			// int8 per block as llama.cpp rounds them.
+			bi, err := LoadGGUFWith(q8, LoadOptions{Int8: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer bi.Close()
+			ei := compareOracle(t, bi, ref)
+			t.Logf("%-28s %v (int8 kernel %s)", tc.arch+" GGUF Q8_0 int8", ei, tensor.Q8Path())
+			if ei.hiddenRelL2 > oracleQ8RelL2 || ei.positions == 0 {
+				t.Errorf("Q8_0 with int8 products: hidden rel L2 %.2e, want <= %g", ei.hiddenRelL2, oracleQ8RelL2)
+			}
 			// BF16 (gguf-py's rounding): llama.cpp rounds the activations to
 			// bf16 as well (ggml's vec_dot_bf16), we widen the weights exactly.
 			bf := filepath.Join(w, "bf16.gguf")
