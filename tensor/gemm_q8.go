@@ -219,3 +219,7 @@ func q8Cols(ks *q8Kernels, act *q8Act, w *QuantMatrix, rb int, c []float32, ldc 
 		}
 	}
 }
+
+// GemmPath names the float32 GEMM kernels this CPU runs (go, avx2, avx512
+// or avx512bf16), for reports.
+func GemmPath() string { return gemmBest.name }

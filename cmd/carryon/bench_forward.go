@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"carryon/model"
+	"carryon/tensor"
 )
 
 // forwardBenchResult is the one JSON line of `carryon bench forward`.
@@ -33,6 +34,13 @@ type forwardBenchResult struct {
 	CPUS         []float64 `json:"cpu_s,omitempty"` // process CPU seconds of each run (Linux): robust to a shared machine
 	LoadS        float64   `json:"load_s"`
 	PeakRSSBytes int64     `json:"peak_rss_bytes"` // VmHWM
+	// Kernel paths: the float32 GEMM, and the int8 one with --int8.
+	Kernel     string `json:"kernel"`
+	Int8Kernel string `json:"int8_kernel,omitempty"`
+	// Decode (--decode N): N single-token steps after the prefill (KV
+	// cache, LM head on each), median over the runs.
+	Decode             int     `json:"decode,omitempty"`
+	DecodeTokensPerSec float64 `json:"decode_tokens_per_s,omitempty"`
 }
 
 // benchForward measures prefill like llama.cpp's bench.mjs / llama-bench
@@ -46,27 +54,33 @@ func benchForward(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	tokens := fs.Int("tokens", 512, "prompt length")
 	threads := fs.Int("threads", runtime.NumCPU(), "threads (GOMAXPROCS)")
 	runs := fs.Int("runs", 3, "timed runs after one warm-up")
+	decode := fs.Int("decode", 0, "also time N decode steps (batch 1, KV cache) after the prefill")
+	int8 := fs.Bool("int8", false, "Q8_0 GGUF: int8 activations and int8 dot products (model.LoadOptions.Int8)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *modelFlag == "" || *tokens < 1 || *threads < 1 || *runs < 1 {
+	if *modelFlag == "" || *tokens < 1 || *threads < 1 || *runs < 1 || *decode < 0 {
 		fs.Usage()
 		return errors.New("--model is required; --tokens, --threads and --runs must be >= 1")
 	}
 	runtime.GOMAXPROCS(*threads)
 	start := time.Now()
-	m, err := model.Open(*modelFlag, model.OpenOptions{WithoutTokenizer: true})
+	m, err := model.Open(*modelFlag, model.OpenOptions{WithoutTokenizer: true, Load: model.LoadOptions{Int8: *int8}})
 	if err != nil {
 		return err
 	}
 	base := m.Base
 	defer base.Close()
 	res := forwardBenchResult{Impl: "carryon", Model: filepath.Base(*modelFlag), Arch: base.Config.Arch,
-		Tokens: *tokens, Threads: *threads, Runs: *runs, LoadS: time.Since(start).Seconds()}
+		Tokens: *tokens, Threads: *threads, Runs: *runs, LoadS: time.Since(start).Seconds(),
+		Kernel: tensor.GemmPath(), Decode: *decode}
+	if *int8 {
+		res.Int8Kernel = tensor.Q8Path()
+	}
 	if res.ModelBytes, err = weightBytes(*modelFlag); err != nil {
 		return err
 	}
-	if *tokens > base.Config.MaxPos {
+	if *tokens+*decode > base.Config.MaxPos {
 		return fmt.Errorf("--tokens %d exceeds the model's context %d", *tokens, base.Config.MaxPos)
 	}
 	rng := rand.New(rand.NewPCG(1234, 5678))
@@ -96,6 +110,13 @@ func benchForward(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	slices.Sort(sorted)
 	res.MedianS = sorted[len(sorted)/2]
 	res.TokensPerSec = float64(*tokens) / res.MedianS
+	if *decode > 0 {
+		tps, err := benchDecode(ctx, base, ids, *decode, *runs)
+		if err != nil {
+			return err
+		}
+		res.DecodeTokensPerSec = tps
+	}
 	res.PeakRSSBytes, _ = procStatus("VmHWM")
 	line, err := json.Marshal(res)
 	if err != nil {
@@ -103,6 +124,42 @@ func benchForward(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	_, err = fmt.Fprintf(stdout, "%s\n", line)
 	return err
+}
+
+// benchDecode prefills ids into a session, then times n greedy decode
+// steps (one token each: the blocks with the KV cache, then the LM head),
+// once as a warm-up and then runs times; it returns the median tokens/s.
+func benchDecode(ctx context.Context, base *model.Base, ids []int32, n, runs int) (float64, error) {
+	s, err := base.NewSession(len(ids)+n, []int{model.FinalLayer})
+	if err != nil {
+		return 0, err
+	}
+	D := base.Config.Dim
+	var rates []float64
+	for r := -1; r < runs; r++ {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		s.Reset()
+		out, err := s.Prefill(ids)
+		if err != nil {
+			return 0, err
+		}
+		next := model.Argmax(base.Logits(out[0][(len(ids)-1)*D:], 1))
+		t0 := time.Now()
+		for range n {
+			out, err := s.Step(next)
+			if err != nil {
+				return 0, err
+			}
+			next = model.Argmax(base.Logits(out[0], 1))
+		}
+		if r >= 0 {
+			rates = append(rates, float64(n)/time.Since(t0).Seconds())
+		}
+	}
+	slices.Sort(rates)
+	return rates[len(rates)/2], nil
 }
 
 // processCPU returns the user+system CPU seconds of this process from

@@ -70,14 +70,44 @@ func TestEmbedAndBenchForward(t *testing.T) {
 		t.Error("embed accepted strings as --tokens")
 	}
 	stdout.Reset()
-	if err := benchForward(context.Background(), []string{"--model", mdir, "--tokens", "32", "--threads", "1", "--runs", "1"}, &stdout, &stderr); err != nil {
+	if err := benchForward(context.Background(), []string{"--model", mdir, "--tokens", "32", "--threads", "1", "--runs", "1", "--decode", "3"}, &stdout, &stderr); err != nil {
 		t.Fatal(err)
 	}
 	var br forwardBenchResult
 	if err := json.Unmarshal(stdout.Bytes(), &br); err != nil {
 		t.Fatalf("%v: %s", err, stdout.String())
 	}
-	if br.Tokens != 32 || br.TokensPerSec <= 0 || br.PeakRSSBytes <= 0 || br.ModelBytes <= 0 || len(br.TimesS) != 1 || len(br.CPUS) != 1 {
+	if br.Tokens != 32 || br.TokensPerSec <= 0 || br.PeakRSSBytes <= 0 || br.ModelBytes <= 0 || len(br.TimesS) != 1 || len(br.CPUS) != 1 ||
+		br.Decode != 3 || br.DecodeTokensPerSec <= 0 || br.Kernel == "" {
 		t.Errorf("bench forward: %+v", br)
+	}
+}
+
+// TestBenchTrainMemoryLean runs `bench train --memory-only` on a tiny
+// shape with the head memory-mapped as Q8_0, 8-bit moments and fused
+// steps, and checks the report: private and file-backed memory, the head
+// format and one loss per step.
+func TestBenchTrainMemoryLean(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	args := []string{"bench", "train", "--memory-only", "--width", "32", "--layers", "1", "--base-dim", "64", "--vocab", "500",
+		"--seq", "16", "--batch", "2", "--steps", "3", "--threads", "1", "--head", "q8_0", "--optim8", "--fused"}
+	if code := run(args, &stdout, &stderr); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr.String())
+	}
+	var r struct {
+		Private       float64 `json:"private_mib"`
+		FileMiB       float64 `json:"file_mib"`
+		Head          string
+		Fused, Optim8 bool
+		Losses        []float64
+	}
+	if err := json.Unmarshal(stdout.Bytes(), &r); err != nil {
+		t.Fatalf("%v: %s", err, stdout.String())
+	}
+	if r.Private <= 0 || r.FileMiB <= 0 || r.Head != "Q8_0" || !r.Fused || !r.Optim8 || len(r.Losses) != 3 {
+		t.Errorf("bench train --memory-only: %s", stdout.String())
+	}
+	if code := run([]string{"bench", "train", "--memory-only", "--fused"}, &stdout, &stderr); code == 0 {
+		t.Error("--fused with the float32 head was accepted")
 	}
 }
