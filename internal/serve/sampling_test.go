@@ -205,3 +205,53 @@ func TestLogprobs(t *testing.T) {
 		t.Errorf("chat without logprobs: %d %s", code, body)
 	}
 }
+
+// TestChatSamplingStreamed: chat takes the same sampling parameters, and
+// its stream carries the same logprobs as its non-streamed answer.
+func TestChatSamplingStreamed(t *testing.T) {
+	b := tinyBase(t, 256)
+	_, hs := newServer(t, Config{Base: b})
+	msgs := []map[string]any{{"role": "user", "content": "Tell me"}}
+	chat := func(req map[string]any) ChatResponse {
+		req["model"], req["messages"], req["max_tokens"] = "base", msgs, 16
+		code, body := post(t, hs.URL+"/v1/chat/completions", req)
+		if code != 200 {
+			t.Fatalf("chat %v: %d %s", req, code, body)
+		}
+		var r ChatResponse
+		json.Unmarshal(body, &r)
+		return r
+	}
+	greedy := chat(map[string]any{"temperature": 0}).Choices[0].Message.Content
+	if got := chat(map[string]any{"temperature": 1.5, "seed": 3, "top_p": 1e-6}).Choices[0].Message.Content; got != greedy {
+		t.Errorf("chat top_p 1e-6: %q, want the greedy %q", got, greedy)
+	}
+	if got := chat(map[string]any{"temperature": 0, "frequency_penalty": 2}).Choices[0].Message.Content; got == greedy {
+		t.Errorf("chat frequency_penalty 2 gave the greedy text %q", got)
+	}
+	want := chat(map[string]any{"temperature": 0, "logprobs": true, "top_logprobs": 1}).Choices[0].Logprobs
+	js, _ := json.Marshal(map[string]any{"model": "base", "messages": msgs, "max_tokens": 16, "temperature": 0,
+		"logprobs": true, "top_logprobs": 1, "stream": true})
+	resp, err := http.Post(hs.URL+"/v1/chat/completions", "application/json", bytes.NewReader(js))
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, _ := readStream(t, resp.Body)
+	resp.Body.Close()
+	var got []TokenLogprob
+	for _, ev := range events {
+		var c ChatResponse
+		json.Unmarshal([]byte(ev), &c)
+		if len(c.Choices) == 1 && c.Choices[0].Logprobs != nil {
+			got = append(got, c.Choices[0].Logprobs.Content...)
+		}
+	}
+	if want == nil || len(got) != len(want.Content) || len(got) == 0 {
+		t.Fatalf("streamed %d logprobs, non-streamed %v", len(got), want)
+	}
+	for i := range got {
+		if got[i].Token != want.Content[i].Token || got[i].Logprob != want.Content[i].Logprob {
+			t.Errorf("token %d: streamed %+v, non-streamed %+v", i, got[i], want.Content[i])
+		}
+	}
+}
