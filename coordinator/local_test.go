@@ -51,7 +51,7 @@ func localData(t *testing.T, n int) *dataset.Set {
 	for i := range n {
 		fmt.Fprintf(&buf, "{\"question\": \"What is %d plus %d?\", \"answer\": \"%d + %d = %d\\n#### %d\"}\n", i, 2*i, i, 2*i, 3*i, 3*i)
 	}
-	ds, err := dataset.Read(&buf, true, tokenizer.ByteTokenizer{}, dataset.Config{SeqLen: 64, SeqsPerChunk: 3, ValPercent: 20})
+	ds, err := dataset.Read(context.Background(), &buf, tokenizer.ByteTokenizer{}, dataset.Config{SeqLen: 64, SeqsPerChunk: 3, ValPercent: 20})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -45,7 +45,7 @@ func testData(n int) []byte {
 
 func testDataset(t testing.TB) *dataset.Set {
 	t.Helper()
-	ds, err := dataset.Read(bytes.NewReader(testData(48)), true, tokenizer.ByteTokenizer{}, dataset.Config{SeqLen: 32, SeqsPerChunk: 4, ValPercent: 20})
+	ds, err := dataset.Read(context.Background(), bytes.NewReader(testData(48)), tokenizer.ByteTokenizer{}, dataset.Config{SeqLen: 32, SeqsPerChunk: 4, ValPercent: 20})
 	if err != nil {
 		t.Fatal(err)
 	}

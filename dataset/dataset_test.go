@@ -3,10 +3,13 @@ package dataset
 import (
 	"bytes"
 	"carryon/tokenizer"
+	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"testing"
@@ -16,7 +19,7 @@ var byteTok = tokenizer.ByteTokenizer{}
 
 func readDS(t *testing.T, data string, jsonl bool, cfg Config) *Set {
 	t.Helper()
-	ds, err := Read(strings.NewReader(data), jsonl, byteTok, cfg)
+	ds, err := Read(context.Background(), strings.NewReader(data), byteTok, cfg) // the format is recognised, jsonl documents the case
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,21 +84,29 @@ func TestDatasetJSONLForms(t *testing.T) {
 	prompt := "Question: 2+3?\nAnswer: "
 	trainedFrom(t, ex, bytesOf(prompt+"5"), 1+len(prompt))
 
-	// A prompt/completion pair is cut at SeqLen, keeping the front.
+	// A pair longer than SeqLen loses the start of its prompt, never the
+	// answer: BOS, "c", "de", EOS.
+	ds := readDS(t, `{"prompt": "abc", "completion": "de"}`, true, Config{SeqLen: 5, ValPercent: 1})
+	ex = onlyExample(t, ds)
+	trainedFrom(t, ex, append([]int32{tokenizer.ByteTokBOS}, bytesOf("cde")[1:]...), 2)
+	if r := ds.Report; r.Read != 1 || r.Used != 1 || r.Cut != 1 || r.Dropped != 0 || len(r.Why) != 1 {
+		t.Errorf("report %+v, want one record read, used and cut", r)
+	}
+	// An answer that alone does not fit keeps its start (and is reported).
 	ex = onlyExample(t, readDS(t, `{"prompt": "abc", "completion": "defghij"}`, true, Config{SeqLen: 6, ValPercent: 1}))
-	trainedFrom(t, ex, bytesOf("abcdefghij")[:6], 4)
+	trainedFrom(t, ex, append([]int32{tokenizer.ByteTokBOS}, bytesOf("defgh")[1:6]...), 1)
 
 	for _, bad := range []struct{ data, want string }{
-		{`{"text": "a"}` + "\n" + `{"text": 5}`, "line 2: no text"},
+		{`{"text": "a"}` + "\n" + `{"text": 5}`, "line 2: field \"text\" is a float64"},
 		{`{"text": "a"}` + "\n" + `{"text": "b"` + "\n", "line 2"},
-		{"\n\n", "no examples"},
+		{"\n\n", "no usable examples"},
 	} {
-		_, err := Read(strings.NewReader(bad.data), true, byteTok, cfg)
+		_, err := Read(context.Background(), strings.NewReader(bad.data), byteTok, cfg)
 		if err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("%q: err %v, want one containing %q", bad.data, err, bad.want)
 		}
 	}
-	ds := readDS(t, strings.Repeat(`{"text": "x"}`+"\n", 10), true, Config{MaxExamples: 3, ValPercent: 1})
+	ds = readDS(t, strings.Repeat(`{"text": "x"}`+"\n", 10), true, Config{MaxExamples: 3, ValPercent: 1})
 	if n := countSeqs(ds); n != 3 {
 		t.Errorf("MaxExamples 3: %d sequences", n)
 	}
@@ -238,8 +249,99 @@ func TestDataConfigValidate(t *testing.T) {
 		if err := c.Validate(); err == nil {
 			t.Errorf("%+v: no error", c)
 		}
-		if _, err := Read(strings.NewReader("x"), false, byteTok, c); err == nil {
+		if _, err := Read(context.Background(), strings.NewReader("x"), byteTok, c); err == nil {
 			t.Errorf("Read accepted %+v", c)
 		}
+	}
+}
+
+// TestDatasetReport checks that nothing is dropped or ignored silently and
+// that the format is recognised by content: JSONL however it is named,
+// binary data refused, an over-long line named.
+func TestDatasetReport(t *testing.T) {
+	cfg := Config{ValPercent: 1}
+	data := `{"question": "2+3?", "answer": "5", "source": "x"}` + "\n" +
+		`{"question": "no answer here"}` + "\n" +
+		`{"question": "1+1?", "answer": "2"}` + "\n"
+	ds := readDS(t, data, true, cfg)
+	r := ds.Report
+	if r.Format != "jsonl" || r.Read != 3 || r.Used != 2 || r.Dropped != 1 || r.Cut != 0 {
+		t.Fatalf("report %+v", r)
+	}
+	if r.Why[`field "source" ignored`] != 1 || len(r.Why) != 2 {
+		t.Errorf("reasons %v: want the ignored field and the missing answer", r.Why)
+	}
+	if !strings.Contains(r.String(), "without an answer") {
+		t.Errorf("String() = %q", r.String())
+	}
+	// Plain text that happens to hold braces later is still text.
+	if ds := readDS(t, "hello {not json}\n\nworld", false, cfg); ds.Report.Format != "text" || ds.Report.Read != 2 {
+		t.Errorf("text report %+v", ds.Report)
+	}
+	rng := rand.New(rand.NewPCG(1, 1))
+	bin := make([]byte, 200<<10)
+	for i := range bin {
+		bin[i] = byte(rng.IntN(256))
+	}
+	if _, err := Read(context.Background(), bytes.NewReader(bin), byteTok, cfg); err == nil || !strings.Contains(err.Error(), "binary data") {
+		t.Errorf("random bytes: err %v, want binary data refused", err)
+	}
+	long := `{"text": "a"}` + "\n" + `{"text": "` + strings.Repeat("x", 300<<10) + `"}` + "\n"
+	if _, err := Read(context.Background(), strings.NewReader(long), byteTok, Config{MaxRecordBytes: 200 << 10}); err == nil || !strings.Contains(err.Error(), "line 2 is longer than") {
+		t.Errorf("long line: err %v", err)
+	}
+}
+
+// pieceTok is the byte tokenizer that records the sizes of the texts it
+// is given.
+type pieceTok struct {
+	tokenizer.ByteTokenizer
+	pieces []int
+}
+
+func (p *pieceTok) Encode(s string) []int32 {
+	p.pieces = append(p.pieces, len(s))
+	return p.ByteTokenizer.Encode(s)
+}
+
+// TestDatasetLongParagraph checks that one huge paragraph is tokenised in
+// pieces of at most textSegment bytes that add up to the whole text (so
+// the work is linear and can stop between pieces), with the same tokens as
+// one call, and that a cancelled read stops.
+func TestDatasetLongParagraph(t *testing.T) {
+	para := strings.Repeat("the quick brown fox jumps over the lazy dog ", 1<<13) // 360 KB
+	cfg := Config{SeqLen: 1 << 13, ValPercent: 10}
+	tok := &pieceTok{}
+	ds, err := Read(context.Background(), strings.NewReader(para), tok, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	total := 0
+	for _, n := range tok.pieces {
+		if n > textSegment {
+			t.Errorf("a piece of %d bytes, over %d", n, textSegment)
+		}
+		total += n
+	}
+	trimmed := strings.TrimSpace(para)
+	if total != len(trimmed) || len(tok.pieces) < len(trimmed)/textSegment {
+		t.Errorf("%d pieces of %d bytes in all, want the %d bytes of the paragraph", len(tok.pieces), total, len(trimmed))
+	}
+	var got []int32
+	for i, c := range ds.All() {
+		for j, sq := range c.Seqs {
+			if i+j > 0 {
+				sq.Tokens = sq.Tokens[1:] // windows overlap by one token
+			}
+			got = append(got, sq.Tokens...)
+		}
+	}
+	if want := bytesOf(trimmed); !slices.Equal(got, want) && len(ds.Val) == 0 {
+		t.Errorf("pieces changed the tokens")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := Read(ctx, strings.NewReader(para), byteTok, cfg); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled read: err %v", err)
 	}
 }

@@ -33,6 +33,9 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if err := job.check(); err != nil {
+		return err
+	}
 	log := logger()
 	dcfg := dataset.Config{SeqLen: *job.seqLen, SeqsPerChunk: *chunkSeqs}
 	var jf *coordinator.JobFile
@@ -52,7 +55,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	base, tok := m.Base, m.Tokenizer
 	defer base.Close()
-	ds, err := job.readData(tok, dcfg)
+	ds, err := job.readData(ctx, base, tok, dcfg, stdout)
 	if err != nil {
 		return err
 	}

@@ -2,7 +2,10 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"flag"
+	"fmt"
+	"io"
 	"path/filepath"
 
 	"carryon/carryon"
@@ -28,7 +31,7 @@ func addJobFlags(fs *flag.FlagSet) *jobFlags {
 		cache:  fs.String("cache", filepath.Join(model.DefaultCacheDir(), "coordinator"), "embedding cache and adaptor store (shared by 'carryon coordinator' and 'carryon train')"),
 		codec:  fs.String("codec", "q8", "bridge setting the embeddings are made and cached with"),
 		parent: fs.String("parent", "", "train a boosting stage on top of this adaptor (a file, or a CID in the store)"),
-		seqLen: fs.Int("seq-len", 128, "tokens per sequence at most (at most the base's context)"),
+		seqLen: fs.Int("seq-len", 0, "tokens per sequence at most; longer question/answer pairs lose the start of the question (0: the base's context, at most 2048)"),
 		steps:  fs.Int("steps", 300, "training steps"),
 		batch:  fs.Int("batch", 8, "sequences per training step"),
 		width:  fs.Int("width", 64, "carry-on width h"),
@@ -38,12 +41,49 @@ func addJobFlags(fs *flag.FlagSet) *jobFlags {
 	}
 }
 
-// readData reads --data ("default": the demo's generated problems).
-func (f *jobFlags) readData(tok tokenizer.Tokenizer, dcfg dataset.Config) (*dataset.Set, error) {
-	if *f.data == "default" {
-		return dataset.Read(bytes.NewReader(demo.DefaultData(600)), true, tok, dcfg)
+// readData reads --data ("default": the demo's generated problems) for
+// base, and prints what happened to its records. A zero SeqLen becomes the
+// base's context, at most 2048 tokens.
+func (f *jobFlags) readData(ctx context.Context, base *model.Base, tok tokenizer.Tokenizer, dcfg dataset.Config, stdout io.Writer) (*dataset.Set, error) {
+	if dcfg.SeqLen == 0 {
+		dcfg.SeqLen = min(base.Config.MaxPos, 2048)
 	}
-	return dataset.Load(*f.data, tok, dcfg)
+	if dcfg.SeqLen > base.Config.MaxPos {
+		return nil, fmt.Errorf("--seq-len %d is longer than the base's context of %d tokens", dcfg.SeqLen, base.Config.MaxPos)
+	}
+	var ds *dataset.Set
+	var err error
+	if *f.data == "default" {
+		ds, err = dataset.Read(ctx, bytes.NewReader(demo.DefaultData(600)), tok, dcfg)
+	} else {
+		ds, err = dataset.Load(ctx, *f.data, tok, dcfg)
+	}
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(stdout, "data %s (sequences of at most %d tokens): %s\n", *f.data, dcfg.SeqLen, ds.Report)
+	return ds, nil
+}
+
+// check refuses values that a library default would silently replace:
+// zero means zero on the command line, so a zero that cannot work is an
+// error rather than a secret default.
+func (f *jobFlags) check() error {
+	for _, c := range []struct {
+		name string
+		v    int
+	}{{"steps", *f.steps}, {"batch", *f.batch}, {"width", *f.width}, {"layers", *f.depth}} {
+		if c.v < 1 {
+			return fmt.Errorf("--%s %d: want at least 1", c.name, c.v)
+		}
+	}
+	if !(*f.lr > 0) {
+		return fmt.Errorf("--lr %g: want a positive learning rate", *f.lr)
+	}
+	if *f.seqLen < 0 || *f.seqLen == 1 {
+		return fmt.Errorf("--seq-len %d: want 0 (the base's context) or at least 2", *f.seqLen)
+	}
+	return nil
 }
 
 // config is the coordinator configuration the flags describe.

@@ -27,6 +27,9 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
+	if err := jf.check(); err != nil {
+		return err
+	}
 	if *out == "" {
 		fs.Usage()
 		return errors.New("--out is required")
@@ -37,7 +40,7 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	base, tok := m.Base, m.Tokenizer
 	defer base.Close()
-	ds, err := jf.readData(tok, dataset.Config{SeqLen: *jf.seqLen})
+	ds, err := jf.readData(ctx, base, tok, dataset.Config{SeqLen: *jf.seqLen}, stdout)
 	if err != nil {
 		return err
 	}

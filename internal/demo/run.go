@@ -133,7 +133,7 @@ func Run(ctx context.Context, o Options) (err error) {
 		defer n.Close()
 	}
 
-	ds, err := dataset.Read(bytes.NewReader(DefaultData(o.Examples)), true, tok,
+	ds, err := dataset.Read(ctx, bytes.NewReader(DefaultData(o.Examples)), tok,
 		dataset.Config{SeqLen: 128, SeqsPerChunk: 16})
 	if err != nil {
 		return err

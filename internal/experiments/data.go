@@ -3,6 +3,7 @@ package experiments
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
@@ -125,7 +126,7 @@ func toDataset(tok dataset.Tokenizer, seqLen int, train, val []Problem) (*datase
 				return nil, err
 			}
 		}
-		ds, err := dataset.Read(&buf, true, tok, dataset.Config{SeqLen: seqLen})
+		ds, err := dataset.Read(context.Background(), &buf, tok, dataset.Config{SeqLen: seqLen})
 		if err != nil {
 			return nil, err
 		}

@@ -54,7 +54,7 @@ func TestLoadSplit(t *testing.T) {
 	var minHash [][32]byte
 	for _, p := range all {
 		// The coordinator's own tokenization of the record, uncut.
-		ds, err := dataset.Read(strings.NewReader(fmt.Sprintf("{\"question\":%q,\"answer\":%q}\n", p.Question, p.Answer)), true, tok, dataset.Config{SeqLen: 8192})
+		ds, err := dataset.Read(context.Background(), strings.NewReader(fmt.Sprintf("{\"question\":%q,\"answer\":%q}\n", p.Question, p.Answer)), tok, dataset.Config{SeqLen: 8192})
 		if err != nil {
 			t.Fatal(err)
 		}
