@@ -9,7 +9,9 @@ import (
 	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"strings"
+	"text/tabwriter"
 
 	"carryon/carryon"
 	"carryon/dataset"
@@ -24,14 +26,15 @@ func init() {
 
 // evalScores are one system's results.
 type evalScores struct {
-	Loss       float64 `json:"loss"`        // mean answer-token cross-entropy (nats)
-	Perplexity float64 `json:"perplexity"`  // exp(loss)
-	ExactMatch float64 `json:"exact_match"` // fraction of greedy answers whose final number is right
-	Correct    int     `json:"correct"`
+	Loss       float64  `json:"loss"`                  // mean answer-token cross-entropy (nats)
+	Perplexity float64  `json:"perplexity"`            // exp(loss)
+	ExactMatch *float64 `json:"exact_match,omitempty"` // fraction of greedy answers whose final number is right; absent with --no-generate
+	Correct    *int     `json:"correct,omitempty"`
 }
 
 type evalReport struct {
 	Examples     int        `json:"examples"`
+	Skipped      int        `json:"skipped"` // records without a question and an answer
 	AnswerTokens int        `json:"answer_tokens"`
 	Alpha        float64    `json:"alpha"`
 	Adaptors     []string   `json:"adaptors"`
@@ -58,7 +61,9 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs := newFlags("eval", "--model PATH|default --adaptor FILE|CID[,...] --data FILE.jsonl [flags]", stderr)
 	modelFlag := fs.String("model", "default", "base model directory or .gguf file, or \"default\" for the embedded base")
 	adaptors := fs.String("adaptor", "", "adaptor files or CIDs, comma-separated, applied in order as boosting stages")
-	store := fs.String("store", defaultStoreDir(), "adaptor store where CIDs are looked up")
+	cache := fs.String("cache", filepath.Join(model.DefaultCacheDir(), "coordinator"), "cache directory, as for 'carryon train': the default base is written here and CIDs are looked up in its adaptor store")
+	store := fs.String("store", "", "adaptor store where CIDs are looked up (default: the --cache directory's)")
+	asJSON := fs.Bool("json", false, "print one JSON object instead of a table")
 	data := fs.String("data", "", "JSONL with question and answer fields (GSM8K: the answer ends with '#### N')")
 	limit := fs.Int("limit", 0, "score only the first N examples (0: all)")
 	alpha := fs.Float64("alpha", 1, "scale α of the customisation")
@@ -73,7 +78,10 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fs.Usage()
 		return errors.New("--data and --adaptor are required")
 	}
-	m, err := model.Open(*modelFlag, model.OpenOptions{})
+	if *store == "" {
+		*store = filepath.Join(*cache, "adaptors")
+	}
+	m, err := model.Open(*modelFlag, model.OpenOptions{CacheDir: *cache})
 	if err != nil {
 		return err
 	}
@@ -90,6 +98,9 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	defer f.Close()
 	rep := evalReport{Alpha: *alpha}
+	if !*noGen {
+		rep.Base.Correct, rep.Adaptor.Correct = new(int), new(int)
+	}
 	for _, s := range stages {
 		rep.Adaptors = append(rep.Adaptors, s.CID)
 	}
@@ -115,7 +126,8 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return fmt.Errorf("%s line %d: %w", *data, line, err)
 		}
 		if rec.Question == "" || rec.Answer == "" {
-			return fmt.Errorf("%s line %d: want question and answer fields", *data, line)
+			rep.Skipped++ // counted and shown, not scored
+			continue
 		}
 		ex := qaTokenize(tok, rec.Question, rec.Answer, min(*seqLen, c.MaxPos))
 		T := len(ex.ids)
@@ -142,9 +154,9 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			}
 			if got, ok := dataset.FinalAnswer(tok.Decode(gen)); ok && got == want {
 				if i == 0 {
-					rep.Base.Correct++
+					*rep.Base.Correct++
 				} else {
-					rep.Adaptor.Correct++
+					*rep.Adaptor.Correct++
 				}
 			}
 		}
@@ -162,13 +174,37 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		s.out.Loss = s.sum / float64(rep.AnswerTokens)
 		s.out.Perplexity = math.Exp(s.out.Loss)
 		if !*noGen {
-			s.out.ExactMatch = float64(s.out.Correct) / float64(rep.Examples)
+			em := float64(*s.out.Correct) / float64(rep.Examples)
+			s.out.ExactMatch = &em
 		}
 	}
-	js, err := json.Marshal(rep)
-	if err != nil {
-		return err
+	if *asJSON {
+		js, err := json.Marshal(rep)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stdout, string(js))
+		return nil
 	}
-	fmt.Fprintln(stdout, string(js))
+	writeEvalTable(stdout, rep)
 	return nil
+}
+
+// writeEvalTable prints the report for people.
+func writeEvalTable(w io.Writer, rep evalReport) {
+	fmt.Fprintf(w, "%d examples (%d records skipped: no question or no answer), %d answer tokens, alpha %g, adaptors %s\n\n",
+		rep.Examples, rep.Skipped, rep.AnswerTokens, rep.Alpha, strings.Join(rep.Adaptors, ", "))
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "system\tanswer loss (nats)\tperplexity\texact match\t")
+	for _, s := range []struct {
+		name string
+		sc   evalScores
+	}{{"base alone", rep.Base}, {"base + adaptor", rep.Adaptor}} {
+		em := "not run"
+		if s.sc.ExactMatch != nil {
+			em = fmt.Sprintf("%d/%d (%.1f%%)", *s.sc.Correct, rep.Examples, 100**s.sc.ExactMatch)
+		}
+		fmt.Fprintf(tw, "%s\t%.4f\t%.2f\t%s\t\n", s.name, s.sc.Loss, s.sc.Perplexity, em)
+	}
+	tw.Flush()
 }

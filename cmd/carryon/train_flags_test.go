@@ -43,4 +43,20 @@ func TestTrainZeroIsNotADefault(t *testing.T) {
 			t.Errorf("train output lacks %q:\n%s", want, out.String())
 		}
 	}
+	// eval on the same data: a table by default, JSON with --json, and
+	// no exact match when generation is skipped (not a measured zero).
+	adaptor := filepath.Join(dir, "a.safetensors")
+	out.Reset()
+	errb.Reset()
+	args := []string{"eval", "--data", data, "--adaptor", adaptor, "--cache", filepath.Join(dir, "cache"), "--no-generate"}
+	if code := run(args, &out, &errb); code != 0 {
+		t.Fatalf("eval: exit %d\n%s", code, errb.String())
+	}
+	if !strings.Contains(out.String(), "not run") || !strings.Contains(out.String(), "base + adaptor") {
+		t.Errorf("eval table:\n%s", out.String())
+	}
+	out.Reset()
+	if code := run(append(args, "--json"), &out, &errb); code != 0 || strings.Contains(out.String(), "exact_match") || !strings.Contains(out.String(), `"loss"`) {
+		t.Errorf("eval --json --no-generate: exit %d, %s", code, out.String())
+	}
 }
