@@ -457,3 +457,25 @@ func TestFetchSurvivesAKilledProvider(t *testing.T) {
 	}
 	t.Logf("blocks per provider: %v (victim %s)", st.Peers, victim.h.ID())
 }
+
+// TestKeep: a kept file is fetched, pinned (GC leaves it) and served after
+// its publisher is gone.
+func TestKeep(t *testing.T) {
+	ctx := testCtx(t)
+	origin, keeper, late := newPeerNode(t, HostConfig{}, nil), newPeerNode(t, HostConfig{}, nil), newPeerNode(t, HostConfig{}, nil)
+	data := randomBlob(2*ChunkSize+5, 12)
+	c, _ := origin.b.AddBytes(ctx, data)
+	mustConnect(t, keeper.h, origin.h)
+	if err := keeper.x.Keep(ctx, c, Limits{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := keeper.b.GC(ctx, nil); err != nil || res.Removed != 0 || !keeper.b.Has(ctx, c) {
+		t.Fatalf("GC after Keep: %+v, %v", res, err)
+	}
+	origin.x.Close()
+	origin.h.Close()
+	mustConnect(t, late.h, keeper.h)
+	if _, err := late.x.Fetch(ctx, c, Limits{}); err != nil {
+		t.Fatalf("from the keeper: %v", err)
+	}
+}

@@ -344,3 +344,24 @@ func (x *Exchange) fetchLevel(ctx context.Context, sess interface {
 	}
 	return next, nil
 }
+
+// Keep makes this peer hold and serve the file c for good: it is fetched
+// if the store lacks it, pinned (garbage collection keeps it) and, when
+// disc runs a DHT, provided there (and re-provided until disc closes), so
+// the file outlives the peer that published it.
+func (x *Exchange) Keep(ctx context.Context, c cid.Cid, lim Limits, disc *Discovery) error {
+	if !x.blocks.Has(ctx, c) {
+		if _, err := x.Fetch(ctx, c, lim); err != nil {
+			return fmt.Errorf("swarm.Exchange.Keep: %w", err)
+		}
+	}
+	if err := x.blocks.Pin(ctx, c, "kept"); err != nil {
+		return fmt.Errorf("swarm.Exchange.Keep: %w", err)
+	}
+	if disc != nil && disc.DHT() != nil {
+		if err := disc.Provide(ctx, c); err != nil {
+			return fmt.Errorf("swarm.Exchange.Keep: %w", err)
+		}
+	}
+	return nil
+}

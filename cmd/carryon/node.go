@@ -5,10 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"strings"
+
+	"github.com/ipfs/go-cid"
 
 	"carryon/cuda"
 	"carryon/model"
 	"carryon/node"
+	"carryon/protocol"
+	"carryon/swarm"
 )
 
 func init() {
@@ -25,11 +31,18 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	advert := fs.Duration("advert-interval", 0, "how often to re-advertise (default 20s)")
 	cacheDir := fs.String("cache", model.DefaultCacheDir(), "where the default model is kept")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100); empty: none")
+	store := fs.String("store", defaultStoreDir(), "block store of adaptors this node serves to the swarm (and to Kubo) over bitswap")
+	pin := fs.String("pin", "", "comma-separated adaptor CIDs to fetch (if missing), keep and provide in the DHT, so they outlive the coordinator")
+	pinFile := fs.String("pin-file", "", "a file of adaptor CIDs to keep like --pin, one per line (# starts a comment)")
 	logger := logFlags(fs, stderr)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	log := logger()
+	pins, err := pinList(*pin, *pinFile)
+	if err != nil {
+		return err
+	}
 	switch *device {
 	case "cpu":
 	case "cuda":
@@ -53,6 +66,25 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer j.close()
+	blocks, err := swarm.OpenBlocks(*store)
+	if err != nil {
+		return err
+	}
+	defer blocks.Close()
+	x, err := j.exchange(blocks)
+	if err != nil {
+		return err
+	}
+	defer x.Close()
+	for _, c := range pins {
+		go func() {
+			if err := x.Keep(ctx, c, swarm.Limits{}, j.disc); err != nil && ctx.Err() == nil {
+				log.Warn("adaptor not kept", "adaptor", c.String(), "err", err)
+				return
+			}
+			log.Info("adaptor kept and provided", "adaptor", c.String())
+		}()
+	}
 	cfg := node.DefaultInternetConfig()
 	if *advert > 0 {
 		cfg.AdvertInterval = *advert
@@ -78,4 +110,30 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	st := n.Stats()
 	log.Info("node stopping", "jobs", st.Jobs, "tokens", st.Tokens, "rejected", st.Rejected)
 	return n.Close()
+}
+
+// pinList parses --pin and --pin-file into CIDs.
+func pinList(list, file string) ([]cid.Cid, error) {
+	specs := splitList(list)
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("--pin-file: %w", err)
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			l, _, _ = strings.Cut(l, "#")
+			if l = strings.TrimSpace(l); l != "" {
+				specs = append(specs, l)
+			}
+		}
+	}
+	var out []cid.Cid
+	for _, s := range specs {
+		c, err := protocol.ParseCID(s)
+		if err != nil {
+			return nil, fmt.Errorf("pin %q: %w", s, err)
+		}
+		out = append(out, c)
+	}
+	return out, nil
 }
