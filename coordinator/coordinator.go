@@ -162,7 +162,8 @@ func (c *Coordinator) Collect(ctx context.Context, ds *dataset.Set, progress fun
 	l.done = l.cachedAtStart
 	c.log.Info("collecting embeddings", "job", job.ID, "chunks", l.total, "cached", l.cachedAtStart,
 		"codec", job.Codec.String(), "layers", job.Layers, "verify_fraction", l.cfg.VerifyFraction)
-	if l.done == l.total {
+	if l.done == l.total { // everything cached: the collection is over
+		l.finished = true
 		l.publish(true)
 		return nil
 	}

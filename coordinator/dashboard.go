@@ -407,7 +407,7 @@ func (d *Dashboard) Snapshot() DashboardStatus {
 			v.Device = a.a.Device
 		}
 	}
-	tv := TrainingView{Step: d.last.Step, TotalSteps: d.maxSteps, ResumedFrom: d.resumed, LR: d.last.LR,
+	tv := TrainingView{Step: max(d.last.Step, d.resumed), TotalSteps: d.maxSteps, ResumedFrom: d.resumed, LR: d.last.LR,
 		GradNorm: d.last.GradNorm, TokensPerSec: d.last.TokensPerSec, Stride: d.stride,
 		Steps: append(append([]TrainPoint{}, d.steps...), d.pendingPoint()...), Evals: append([]EvalPoint{}, d.evals...)}
 	if d.last.Step > 0 {

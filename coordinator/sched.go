@@ -183,7 +183,8 @@ type loop struct {
 	total, done, cachedAtStart int
 	tokens, bytes              int64
 	baseTokens, computed       int64
-	verifyTokens               int64
+	verifyTokens               int64 // second and third opinions, the coordinator's included
+	selfTokens                 int64 // the coordinator's own opinions
 	speculative, reassigned    int
 	selfVerified, skipped      int
 	unsettled                  int
@@ -1029,6 +1030,7 @@ func (l *loop) selfDone(ev selfEv) error {
 	}
 	l.selfVerified++
 	l.verifyTokens += int64(cs.ch.Tokens())
+	l.selfTokens += int64(cs.ch.Tokens())
 	var good *heldResult
 	for _, cmp := range ev.cmps {
 		if !cmp.agree() {

@@ -37,8 +37,8 @@ type JobStatus struct {
 	Reassigned             int   // leases that failed (error, deadline, disconnect) and were redone
 	Finished               bool
 	Verify                 VerifyStatus
-	ExtraComputeFraction   float64 // tokens computed beyond one pass over the chunks, over one pass
-	VerifyComputeFraction  float64 // tokens computed for second and third opinions, over one pass
+	ExtraComputeFraction   float64 // extra forward work over useful work; see extraFraction
+	VerifyComputeFraction  float64 // tokens computed for second and third opinions, over useful work
 	BaseTokens             int64   // tokens of one pass over the chunks not cached at start
 	ComputedTokens         int64   // tokens of every result received
 	SelfVerifiedChunks     int     // second opinions the coordinator computed itself
@@ -92,18 +92,22 @@ func (l *loop) leased() int {
 	return n
 }
 
-// extraFraction is the compute spent beyond one pass over the chunks
-// (second and third opinions, speculative duplicates, redone chunks,
-// the coordinator's own opinions), as a fraction of one pass.
+// extraFraction is the forward work spent beyond the useful work, divided
+// by the useful work. Useful work is the tokens of the chunks stored by
+// this Collect (Tokens); the forward work is every result received from a
+// node plus the coordinator's own opinions. The difference is second and
+// third opinions, speculative duplicates, results that lost a race and
+// chunks redone after a ban. 0 before any chunk is stored; never negative
+// (every stored chunk was computed at least once).
 func (l *loop) extraFraction() float64 {
-	if l.baseTokens == 0 {
+	return extraFraction(l.tokens, l.computed+l.selfTokens)
+}
+
+func extraFraction(useful, work int64) float64 {
+	if useful <= 0 {
 		return 0
 	}
-	self := int64(0)
-	if l.cfg.SelfVerify {
-		self = l.verifyTokens
-	}
-	return float64(l.computed+self)/float64(l.baseTokens) - 1
+	return float64(work-useful) / float64(useful)
 }
 
 // publish stores a Status snapshot (at most every 50 ms unless forced).
@@ -123,9 +127,9 @@ func (l *loop) publish(force bool) {
 			st.Job.Verifying++
 		}
 	}
-	if l.baseTokens > 0 {
+	if l.tokens > 0 {
 		st.Job.ExtraComputeFraction = l.extraFraction()
-		st.Job.VerifyComputeFraction = float64(l.verifyTokens) / float64(l.baseTokens)
+		st.Job.VerifyComputeFraction = float64(l.verifyTokens) / float64(l.tokens)
 	}
 	var speeds []float64
 	for _, s := range l.nodes {
