@@ -102,11 +102,12 @@ func (c *Model) LossAndStepQuant(ws *Workspace, seqs []Seq, head tensor.QuantMat
 	return lossSum, count, math.Sqrt(ss)
 }
 
-// fusedGrads returns the gradient views of a fused step: the head-side
-// tensors, the input projections and one block's tensors each in scratch
-// of ws (every block's views share one block's scratch), and the tensor
+// fusedGrads returns the gradient views of a fused step: the input
+// projections, one block's tensors and the head side each in scratch of
+// ws (every block's views share one block's scratch; W_Δ shares W_g's,
+// being updated before W_g's gradient is computed), and the tensor
 // indices completed at each backward stage (stage l: block l; Layers: the
-// head side; Layers+1: the projections).
+// head side but W_Δ; Layers+1: the projections; Layers+2: W_Δ).
 func (c *Model) fusedGrads(ws *Workspace) (Weights, [][]int) {
 	cfg := c.Config
 	nsrc := len(cfg.Sources)
@@ -116,20 +117,27 @@ func (c *Model) fusedGrads(ws *Workspace) (Weights, [][]int) {
 		if cfg.Layers > 0 {
 			blockLen = ts[2*nsrc+9].Offset - blockStart
 		}
-		headStart := ts[2*nsrc+9*cfg.Layers].Offset
+		hi := 2*nsrc + 9*cfg.Layers // FinalNorm, Delta, Gate, GateBias
+		fn, delta, gate, gb := ts[hi], ts[hi+1], ts[hi+2], ts[hi+3]
 		projLen := blockStart
-		ws.fusedBuf = make([]float32, projLen+blockLen+len(c.Params)-headStart)
+		headLen := fn.Numel() + max(delta.Numel(), gate.Numel()+gb.Numel())
+		ws.fusedBuf = make([]float32, projLen+blockLen+headLen)
 		buf := ws.fusedBuf
+		hs := projLen + blockLen
 		ws.fusedViews = make([][]float32, len(ts))
 		for ti, t := range ts {
 			var off int
 			switch {
-			case t.Offset < blockStart:
+			case ti < 2*nsrc:
 				off = t.Offset
-			case t.Offset < headStart:
+			case ti < hi:
 				off = projLen + (t.Offset-blockStart)%blockLen
-			default:
-				off = projLen + blockLen + t.Offset - headStart
+			case ti == hi: // FinalNorm
+				off = hs
+			case ti == hi+1, ti == hi+2: // Delta, then Gate in the same place
+				off = hs + fn.Numel()
+			default: // GateBias
+				off = hs + fn.Numel() + gate.Numel()
 			}
 			ws.fusedViews[ti] = buf[off : off+t.Numel() : off+t.Numel()]
 		}
@@ -147,18 +155,17 @@ func (c *Model) fusedGrads(ws *Workspace) (Weights, [][]int) {
 			b.MLPNorm, b.WGate, b.WUp, b.WDown = next(), next(), next(), next()
 		}
 		w.FinalNorm, w.Delta, w.Gate, w.GateBias = next(), next(), next(), next()
-		ws.fusedGroups = make([][]int, cfg.Layers+2)
+		ws.fusedGroups = make([][]int, cfg.Layers+3)
 		for l := 0; l < cfg.Layers; l++ {
 			for i := 0; i < 9; i++ {
 				ws.fusedGroups[l] = append(ws.fusedGroups[l], 2*nsrc+9*l+i)
 			}
 		}
-		for ti := 2*nsrc + 9*cfg.Layers; ti < len(ts); ti++ {
-			ws.fusedGroups[cfg.Layers] = append(ws.fusedGroups[cfg.Layers], ti)
-		}
+		ws.fusedGroups[cfg.Layers] = []int{hi, hi + 2, hi + 3}
 		for ti := 0; ti < 2*nsrc; ti++ {
 			ws.fusedGroups[cfg.Layers+1] = append(ws.fusedGroups[cfg.Layers+1], ti)
 		}
+		ws.fusedGroups[cfg.Layers+2] = []int{hi + 1}
 	}
 	return ws.fusedW, ws.fusedGroups
 }
@@ -167,8 +174,9 @@ func (c *Model) fusedGrads(ws *Workspace) (Weights, [][]int) {
 // in ws by the last forward (of the batch ws.seqs, N rows), accumulating
 // into g. It calls the tensor backwards in the reverse order of forward.
 // done, when set, is called once the gradients of a group of tensors are
-// complete (see fusedGrads): Layers (the head side), then each block l
-// from the last, then Layers+1 (the input projections).
+// complete (see fusedGrads): Layers+2 (W_Δ), Layers (the rest of the head
+// side), then each block l from the last, then Layers+1 (the input
+// projections).
 func (c *Model) backward(ws *Workspace, N int, alpha float32, dy []float32, g Weights, done func(stage int)) {
 	cfg := c.Config
 	W, D := cfg.Width, cfg.D()
@@ -190,6 +198,9 @@ func (c *Model) backward(ws *Workspace, N int, alpha float32, dy []float32, g We
 	dh := ws.dh[:NW]
 	clear(dh)
 	tensor.LinearBackward(dh, g.Delta, nil, dDelta, ws.h[:NW], c.Delta, N, W, D)
+	if done != nil {
+		done(cfg.Layers + 2) // W_Δ: its scratch is then W_g's
+	}
 	tensor.LinearBackward(dh, g.Gate, g.GateBias, dz, ws.h[:NW], c.Gate, N, W, D)
 	// h = RMSNorm(r_L)
 	dres := ws.dres[:NW]
