@@ -522,3 +522,17 @@ func (b *Backend) Encode(c tensor.Codec, dst []byte, x tensor.Buf, rows, d int) 
 }
 
 var _ tensor.Backend = (*Backend)(nil)
+
+// OpenBackend opens GPU ordinal and its Backend; closing releases both.
+func OpenBackend(ordinal int) (tensor.Backend, func() error, error) {
+	d, err := New(ordinal)
+	if err != nil {
+		return nil, nil, err
+	}
+	b, err := NewBackend(d)
+	if err != nil {
+		d.Close()
+		return nil, nil, err
+	}
+	return b, func() error { b.Close(); return d.Close() }, nil
+}

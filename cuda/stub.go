@@ -2,6 +2,8 @@
 
 package cuda
 
+import "carryon/tensor"
+
 // Available reports whether this binary was built with CUDA support.
 const Available = false
 
@@ -16,3 +18,7 @@ func (d *Device) Info() Info { return Info{} }
 
 // Close releases the device.
 func (d *Device) Close() error { return nil }
+
+// OpenBackend opens GPU ordinal as a tensor.Backend; without the cuda tag
+// it always fails with ErrNotBuilt.
+func OpenBackend(ordinal int) (tensor.Backend, func() error, error) { return nil, nil, ErrNotBuilt }

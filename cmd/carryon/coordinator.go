@@ -36,6 +36,9 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err := job.check(); err != nil {
 		return err
 	}
+	if err := job.checkDevice(); err != nil {
+		return err
+	}
 	log := logger()
 	dcfg := dataset.Config{SeqLen: *job.seqLen, SeqsPerChunk: *chunkSeqs}
 	var jf *coordinator.JobFile

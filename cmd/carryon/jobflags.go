@@ -10,6 +10,7 @@ import (
 
 	"carryon/carryon"
 	"carryon/coordinator"
+	"carryon/cuda"
 	"carryon/dataset"
 	"carryon/internal/demo"
 	"carryon/model"
@@ -20,6 +21,7 @@ import (
 // (data embedded by the swarm) and `carryon train` (embedded here).
 type jobFlags struct {
 	model, data, cache, codec, parent  *string
+	device                             *string
 	seqLen, steps, batch, width, depth *int
 	lr, alpha                          *float64
 }
@@ -38,7 +40,28 @@ func addJobFlags(fs *flag.FlagSet) *jobFlags {
 		depth:  fs.Int("layers", 2, "carry-on blocks L"),
 		lr:     fs.Float64("lr", 3e-3, "peak learning rate"),
 		alpha:  fs.Float64("alpha", 1, "carry-on scale α"),
+		device: fs.String("device", "cpu", "training device: cpu, or cuda (GPU 0; needs a binary built with -tags cuda)"),
 	}
+}
+
+// checkDevice reports whether training can run on --device. A plain build
+// says it was built without CUDA; a cuda build opens GPU 0 to say which
+// one, but the carry-on's training step does not run on a tensor.Backend
+// yet (docs/gpu.md), so it refuses rather than train on the CPU silently.
+func (f *jobFlags) checkDevice() error {
+	switch *f.device {
+	case "cpu":
+		return nil
+	case "cuda":
+		be, closeBe, err := cuda.OpenBackend(0)
+		if err != nil {
+			return fmt.Errorf("--device cuda: %w", err)
+		}
+		name := be.Name()
+		closeBe()
+		return fmt.Errorf("--device cuda: found %s, but the carry-on's training step does not run on the GPU yet (docs/gpu.md): use --device cpu", name)
+	}
+	return fmt.Errorf("--device %q: want cpu or cuda", *f.device)
 }
 
 // readData reads --data ("default": the demo's generated problems) for

@@ -2,15 +2,16 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/ipfs/go-cid"
 
 	"carryon/cuda"
+	"carryon/devmodel"
 	"carryon/model"
 	"carryon/node"
 	"carryon/protocol"
@@ -25,7 +26,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs := newFlags("node", "--model PATH|default --bootstrap ADDR [flags]", stderr)
 	sf := addSwarmFlags(fs, "/ip4/0.0.0.0/tcp/0")
 	modelFlag := fs.String("model", "default", "base model directory (config.json + safetensors) or .gguf file, or \"default\" for the embedded base")
-	device := fs.String("device", "cpu", "compute device: cpu or cuda")
+	device := fs.String("device", "cpu", "compute device: cpu, or cuda (GPU 0; needs a binary built with -tags cuda and --model DIR, a Hugging Face checkpoint)")
 	codecs := fs.String("codecs", "q8,q4,q2,bf16", "bridge settings offered")
 	jobs := fs.Int("jobs", 1, "embedding jobs run at once")
 	advert := fs.Duration("advert-interval", 0, "how often to re-advertise (default 20s)")
@@ -43,24 +44,11 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	switch *device {
-	case "cpu":
-	case "cuda":
-		d, err := cuda.New(0)
-		if err != nil {
-			return err
-		}
-		d.Close()
-		return errors.New("the CUDA forward pass is not available yet: run with --device cpu")
-	default:
-		return fmt.Errorf("--device %q: want cpu or cuda", *device)
-	}
-	m, err := model.Open(*modelFlag, model.OpenOptions{CacheDir: *cacheDir})
+	base, closeBase, devName, err := openNodeBase(*device, *modelFlag, *cacheDir)
 	if err != nil {
 		return err
 	}
-	base, name := m.Base, m.Name
-	defer base.Close()
+	defer closeBase()
 	j, err := sf.join(ctx, nil)
 	if err != nil {
 		return err
@@ -89,8 +77,8 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *advert > 0 {
 		cfg.AdvertInterval = *advert
 	}
-	cfg.Codecs, cfg.MaxJobs, cfg.Logger, cfg.Device = splitList(*codecs), *jobs, log, *device
-	n, err := node.New(j.h, j.topics, []node.Base{node.Serve(base, name)}, cfg)
+	cfg.Codecs, cfg.MaxJobs, cfg.Logger, cfg.Device = splitList(*codecs), *jobs, log, devName
+	n, err := node.New(j.h, j.topics, []node.Base{base}, cfg)
 	if err != nil {
 		return err
 	}
@@ -101,7 +89,8 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		n.Close()
 		return err
 	}
-	fmt.Fprintf(stdout, "node %s in swarm %s serving %s (%s)\n", j.h.ID(), j.name, name, base.WeightsHash)
+	info := base.Info()
+	fmt.Fprintf(stdout, "node %s in swarm %s serving %s (%s) on %s\n", j.h.ID(), j.name, info.Name, info.WeightsHash, devName)
 	for _, a := range j.addrs() {
 		fmt.Fprintf(stdout, "listening on %s\n", a)
 	}
@@ -136,4 +125,34 @@ func pinList(list, file string) ([]cid.Cid, error) {
 		out = append(out, c)
 	}
 	return out, nil
+}
+
+// openNodeBase opens the base a node serves on device ("cpu" or "cuda") and
+// returns it with its closer and the device name for adverts ("cpu",
+// "cuda:NVIDIA H200").
+func openNodeBase(device, spec, cacheDir string) (node.BatchBase, func() error, string, error) {
+	switch device {
+	case "cpu":
+		m, err := model.Open(spec, model.OpenOptions{CacheDir: cacheDir})
+		if err != nil {
+			return nil, nil, "", err
+		}
+		return node.Serve(m.Base, m.Name), m.Base.Close, "cpu", nil
+	case "cuda":
+		if spec == "" || spec == "default" || strings.EqualFold(filepath.Ext(spec), ".gguf") {
+			return nil, nil, "", fmt.Errorf("--device cuda: --model %q: give a Hugging Face checkpoint directory (config.json + safetensors); GGUF files and the tiny default base run on the CPU", spec)
+		}
+		be, closeBe, err := cuda.OpenBackend(0)
+		if err != nil {
+			return nil, nil, "", fmt.Errorf("--device cuda: %w", err)
+		}
+		b, err := devmodel.Load(be, spec, devmodel.Options{})
+		if err != nil {
+			closeBe()
+			return nil, nil, "", err
+		}
+		closeAll := func() error { b.Close(); return closeBe() }
+		return node.ServeDevice(b, filepath.Base(filepath.Clean(spec))), closeAll, be.Name(), nil
+	}
+	return nil, nil, "", fmt.Errorf("--device %q: want cpu or cuda", device)
 }

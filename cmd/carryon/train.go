@@ -30,6 +30,9 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := jf.check(); err != nil {
 		return err
 	}
+	if err := jf.checkDevice(); err != nil {
+		return err
+	}
 	if *out == "" {
 		fs.Usage()
 		return errors.New("--out is required")
