@@ -15,9 +15,9 @@ const MaxBatchTokens = 8192
 // workspace holds the activations of one pass for up to rows tokens and
 // sequences of up to maxT tokens.
 type workspace struct {
-	rows, maxT                    int
-	x, xn, q, k, v, att, lse      tensor.Buf
-	gate, up, h, ids, pos         tensor.Buf
+	rows, maxT               int
+	x, xn, q, k, v, att, lse tensor.Buf
+	gate, up, h, ids, pos    tensor.Buf
 }
 
 func (w *workspace) free(be tensor.Backend) {

@@ -45,7 +45,9 @@ func (m devBase) Info() protocol.BaseInfo {
 		Dim: c.Dim, Layers: c.Layers, Vocab: c.Vocab}
 }
 
-func (m devBase) Forward(ids []int32, layers []int) ([][]float32, error) { return m.b.Forward(ids, layers) }
+func (m devBase) Forward(ids []int32, layers []int) ([][]float32, error) {
+	return m.b.Forward(ids, layers)
+}
 
 func (m devBase) ForwardBatch(seqs [][]int32, layers []int) ([][][]float32, error) {
 	return m.b.ForwardBatch(seqs, layers)
