@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# The GPU check of issue 17, in one call of the device tool (at most 8
+# minutes on the lent H200; docs/gpu.md). Prepare here first:
+#
+#   scripts/device-prepare.sh            # builds .device/ (Go toolchain + vendor)
+#   device tool: run(command="bash scripts/device-check.sh", carry=[".device"], timeout_s=540)
+#
+# On the device machine it: unpacks the Go toolchain; finds cuda.h, libcuda
+# and libcublas; compiles cuda/kernels/*.cu with that machine's nvcc and
+# ptxas for sm_90 (a check: the tests use the committed PTX, which is what
+# volunteers run); builds with -tags cuda against the carried vendor folder;
+# runs the shared tensor.Backend suite on the GPU (CARRYON_REQUIRE_GPU=1);
+# benchmarks the prefill of 8 × 512 tokens at Qwen2.5-0.5B's shape against
+# PyTorch on the same weights and ids (and compares their hidden states);
+# runs PyTorch's carry-on training step and a 116M carry-on at the 32B shape
+# for memory. Everything goes to $OUT: report.md (the summary), log.txt and
+# one JSON file per measurement. Each step has its own time limit, and a
+# failed step does not stop the later ones.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/carryon-device-out}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/log.txt") 2>&1
+start=$(date +%s)
+status=()
+step() { echo; echo "== $1 (t+$(($(date +%s) - start))s)"; }
+record() { status+=("$1: $2"); echo "-- $1: $2"; }
+
+step "machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+nvcc --version | tail -2 || true
+
+step "Go toolchain"
+tar -C /tmp -xJf .device/go.tar.xz && export PATH=/tmp/go/bin:$PATH
+export GOTOOLCHAIN=local GOFLAGS=-mod=vendor GOPROXY=off GOCACHE=/tmp/gocache GOPATH=/tmp/gopath
+unset GOROOT
+[ -e vendor ] || ln -s .device/vendor vendor
+go version && record toolchain ok || record toolchain FAILED
+
+step "CUDA paths"
+py_nv=$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]) + "/nvidia")' 2>/dev/null || true)
+inc=""
+for d in /usr/local/cuda/include /usr/local/cuda/targets/x86_64-linux/include "$py_nv/cuda_runtime/include"; do
+  [ -f "$d/cuda.h" ] && [ -z "$inc" ] && inc=$d
+done
+blasinc=""
+for d in "$inc" /usr/local/cuda/include "$py_nv/cublas/include"; do
+  [ -n "$d" ] && [ -f "$d/cublas_v2.h" ] && [ -z "$blasinc" ] && blasinc=$d
+done
+find_lib() { # name: first match of lib$1.so* in the usual places
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/nvidia/lib64 /usr/local/nvidia/lib \
+    /usr/lib/x86_64-linux-gnu "$py_nv/cublas/lib" /usr/local/cuda/lib64/stubs; do
+    for f in "$d/lib$1.so" "$d"/lib"$1".so.[0-9]*; do [ -f "$f" ] && { echo "$f"; return; }; done
+  done
+}
+mkdir -p /tmp/cudalink
+libcuda=$(find_lib cuda); libcublas=$(find_lib cublas); libcublaslt=$(find_lib cublasLt)
+echo "cuda.h in $inc, cublas_v2.h in $blasinc; libcuda $libcuda; libcublas $libcublas; libcublasLt $libcublaslt"
+ln -sf "$libcuda" /tmp/cudalink/libcuda.so
+ln -sf "$libcublas" /tmp/cudalink/libcublas.so
+export CGO_CFLAGS="-I$inc -I$blasinc"
+export CGO_LDFLAGS="-L/tmp/cudalink"
+export LD_LIBRARY_PATH="$(dirname "$libcuda"):$(dirname "$libcublas"):$(dirname "${libcublaslt:-$libcublas}"):${LD_LIBRARY_PATH:-}"
+[ -n "$inc" ] && [ -n "$libcuda" ] && [ -n "$libcublas" ] && record cuda-paths ok || record cuda-paths FAILED
+
+step "kernels with this machine's nvcc (check only; tests use the committed PTX)"
+rm -rf /tmp/kern && cp -r cuda/kernels /tmp/kern
+if timeout 120 env NVCC=nvcc /tmp/kern/build.sh --check > "$OUT/kernels.txt" 2>&1; then
+  record nvcc-ptxas-sm90 ok
+else
+  record nvcc-ptxas-sm90 FAILED
+fi
+cat "$OUT/kernels.txt"
+
+step "build -tags cuda"
+if timeout 240 sh -c 'go vet -tags cuda ./cuda ./devmodel && go test -c -tags cuda -o /tmp/cuda.test ./cuda && go build -tags cuda -o /tmp/devbench ./cuda/devbench'; then
+  record build ok
+else
+  record build FAILED
+fi
+
+step "shared backend suite on the GPU"
+if (cd cuda && CARRYON_REQUIRE_GPU=1 timeout 120 /tmp/cuda.test -test.v -test.count=1) > "$OUT/suite.txt" 2>&1; then
+  record suite ok
+else
+  record suite FAILED
+fi
+grep -E "^(=== RUN|--- |    --- |ok|FAIL|PASS|panic)|suite.go|backend_test" "$OUT/suite.txt" | grep -v "=== RUN" | head -80
+
+step "prefill 8 x 512, Qwen2.5-0.5B shape, random BF16 weights"
+timeout 150 /tmp/devbench -dir /tmp/cdb -batch 8 -seq 512 -runs 5 > "$OUT/prefill_carryon.json" && record prefill-carryon ok || record prefill-carryon FAILED
+cat "$OUT/prefill_carryon.json"
+PYTHONUNBUFFERED=1 timeout 120 python3 scripts/device_torch.py prefill --dir /tmp/cdb --runs 5 > "$OUT/prefill_torch.json" && record prefill-torch ok || record prefill-torch FAILED
+cat "$OUT/prefill_torch.json"
+
+step "carry-on training (h 64, L 2, D 896, V 151936), PyTorch on this GPU"
+timeout 90 python3 scripts/device_torch.py train --steps 20 > "$OUT/train_torch.json" && record train-torch ok || record train-torch FAILED
+cat "$OUT/train_torch.json"
+record train-carryon "not run: the carry-on's training step does not run on a tensor.Backend yet (docs/gpu.md)"
+
+step "memory: 116M carry-on at the 32B shape (D 5120, V 152064), PyTorch"
+timeout 90 python3 scripts/device_torch.py memory --width 1024 --layers 8 --heads 16 --ffn 2752 --base-dim 5120 \
+  --vocab 152064 --batch 4 --seq 512 > "$OUT/memory_torch.json" && record memory-torch ok || record memory-torch FAILED
+cat "$OUT/memory_torch.json"
+
+step "report"
+python3 - "$OUT" "${status[@]}" <<'PY' > "$OUT/report.md"
+import json, os, sys
+out, status = sys.argv[1], sys.argv[2:]
+def load(n):
+    try:
+        return json.load(open(os.path.join(out, n)))
+    except Exception as e:
+        return {"error": str(e)}
+c, t = load("prefill_carryon.json"), load("prefill_torch.json")
+print("# carryon device check\n")
+print("## steps\n")
+for s in status:
+    print("- " + s)
+print("\n## prefill 8 x 512 tokens, Qwen2.5-0.5B shape, BF16\n")
+print("| impl | tokens/s | median s |\n| --- | --- | --- |")
+for r in (c, t):
+    print(f"| {r.get('impl')} | {r.get('tokens_per_s', float('nan')):.0f} | {r.get('prefill_s_median', float('nan')):.4f} |")
+if "tokens_per_s" in c and "tokens_per_s" in t:
+    print(f"\nratio carryon / PyTorch: {c['tokens_per_s'] / t['tokens_per_s']:.2f}x")
+print(f"\nhidden states of sequence 0, relative L2 carryon vs PyTorch: {t.get('hidden_rel_l2_vs_carryon')}")
+print(f"\ncarryon device memory: weights {c.get('weights_mib')} MiB, workspace {c.get('workspace_mib')} MiB")
+print("\n## carry-on training, PyTorch on this GPU\n")
+print("```\n" + json.dumps(load("train_torch.json")) + "\n```")
+print("\n## 116M carry-on at the 32B shape, PyTorch, one training step\n")
+print("```\n" + json.dumps(load("memory_torch.json")) + "\n```")
+PY
+cat "$OUT/report.md"
+echo "device-check: done in $(($(date +%s) - start)) s"
