@@ -124,7 +124,7 @@ func (b *Backend) MemInfo() (free, total int64, err error) {
 // do runs f on the device goroutine unless an error is pending, and keeps
 // f's error as the sticky error that Sync reports.
 func (b *Backend) do(op string, f func() error) {
-	b.d.Do(func(cu.CUContext) error {
+	err := b.d.Do(func(cu.CUContext) error {
 		if b.err != nil {
 			return nil
 		}
@@ -133,18 +133,28 @@ func (b *Backend) do(op string, f func() error) {
 		}
 		return nil
 	})
+	if err != nil { // f panicked (Do recovered it), or the device is closed
+		b.d.Do(func(cu.CUContext) error {
+			if b.err == nil {
+				b.err = fmt.Errorf("cuda.%s: %w", op, err)
+			}
+			return nil
+		})
+	}
 }
 
 // Sync waits for the queued work and returns and clears the first error.
 func (b *Backend) Sync() error {
 	var err error
-	b.d.Do(func(cu.CUContext) error {
+	if e := b.d.Do(func(cu.CUContext) error {
 		err = cu.Synchronize()
 		if b.err != nil {
 			err, b.err = b.err, nil
 		}
 		return nil
-	})
+	}); e != nil {
+		return fmt.Errorf("cuda.Sync: %w", e)
+	}
 	return err
 }
 
