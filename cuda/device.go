@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"sync"
 
 	"gorgonia.org/cu"
 )
@@ -16,14 +17,16 @@ const Available = true
 // Device owns one CUDA context on one locked OS thread (see the package
 // comment for the thread rule).
 type Device struct {
-	info Info
-	work chan func(cu.CUContext)
-	done chan struct{}
+	info      Info
+	work      chan func(cu.CUContext)
+	quit      chan struct{} // closed by Close
+	done      chan struct{} // closed when the owner goroutine has returned
+	closeOnce sync.Once
 }
 
 // New opens GPU ordinal and starts its owner goroutine.
 func New(ordinal int) (*Device, error) {
-	d := &Device{work: make(chan func(cu.CUContext)), done: make(chan struct{})}
+	d := &Device{work: make(chan func(cu.CUContext)), quit: make(chan struct{}), done: make(chan struct{})}
 	ready := make(chan error, 1)
 	go d.run(ordinal, ready)
 	if err := <-ready; err != nil {
@@ -42,8 +45,13 @@ func (d *Device) run(ordinal int, ready chan<- error) {
 		return
 	}
 	defer ctx.Destroy()
-	for f := range d.work {
-		f(ctx)
+	for {
+		select {
+		case f := <-d.work:
+			f(ctx)
+		case <-d.quit:
+			return
+		}
 	}
 }
 
@@ -101,9 +109,10 @@ func (d *Device) Do(f func(cu.CUContext) error) (err error) {
 // Info describes the device.
 func (d *Device) Info() Info { return d.info }
 
-// Close stops the owner goroutine and destroys the context.
+// Close stops the owner goroutine and destroys the context; later calls
+// of Do return an error. Close is idempotent.
 func (d *Device) Close() error {
-	close(d.work)
+	d.closeOnce.Do(func() { close(d.quit) })
 	<-d.done
 	return nil
 }
