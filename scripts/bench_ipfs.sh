@@ -34,7 +34,7 @@ pull() { # name, --from list
 }
 pull "carryon pull, 1 provider " "${addrs[0]}"
 pull "carryon pull, 3 providers" "$(IFS=,; echo "${addrs[*]}")"
-stop() { for p in $(jobs -p); do pkill -INT -P "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; } # /usr/bin/time ignores SIGINT: signal its child
+stop() { for p in $(jobs -p); do pkill -INT -P "$p" 2>/dev/null || true; kill -INT "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; } # /usr/bin/time ignores SIGINT: signal its child too
 stop
 for i in 1 2 3; do echo "carryon node $i (server) peak RSS $(peak "$w/node$i.time") MiB"; done
 
