@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 
@@ -24,14 +25,23 @@ func NewSwarmKey() ([]byte, error) {
 	return []byte("/key/swarm/psk/1.0.0/\n/base16/\n" + hex.EncodeToString(k[:]) + "\n"), nil
 }
 
+// ErrNotSwarmKey is what ParseSwarmKey's errors wrap: the bytes are not a
+// libp2p swarm key of 32 bytes.
+var ErrNotSwarmKey = errors.New("not a swarm key (want the output of carryon keygen)")
+
 // ParseSwarmKey reads a swarm.key file (base16, base64 or bin encoding).
+// Its errors wrap ErrNotSwarmKey and speak of the file's content (the
+// caller names the file), not of the decoder.
 func ParseSwarmKey(r io.Reader) (pnet.PSK, error) {
 	psk, err := pnet.DecodeV1PSK(r)
 	if err != nil {
-		return nil, fmt.Errorf("protocol.ParseSwarmKey: %w", err)
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, ErrNotSwarmKey // empty or cut short: the decoder's "EOF" says nothing more
+		}
+		return nil, fmt.Errorf("%w: %v", ErrNotSwarmKey, err)
 	}
 	if len(psk) != 32 {
-		return nil, fmt.Errorf("protocol.ParseSwarmKey: key is %d bytes, want 32", len(psk))
+		return nil, fmt.Errorf("%w: the key is %d bytes, want 32", ErrNotSwarmKey, len(psk))
 	}
 	return psk, nil
 }

@@ -158,8 +158,12 @@ func TestSwarmKey(t *testing.T) {
 	if NodesTopic(n1) != "carryon/"+n1+"/nodes/1" || AdaptorsTopic("public") != "carryon/public/adaptors/1" {
 		t.Errorf("topics: %q %q", NodesTopic(n1), AdaptorsTopic("public"))
 	}
-	if _, err := ParseSwarmKey(strings.NewReader("/key/swarm/psk/1.0.0/\n/base16/\nabcd\n")); err == nil {
-		t.Error("short key accepted")
+	for _, bad := range []string{"/key/swarm/psk/1.0.0/\n/base16/\nabcd\n", "", "garbage", "\x00\x01\x02"} {
+		_, err := ParseSwarmKey(strings.NewReader(bad))
+		if !errors.Is(err, ErrNotSwarmKey) || !strings.HasPrefix(err.Error(), "not a swarm key (want the output of carryon keygen)") ||
+			strings.Contains(err.Error(), "ParseSwarmKey") || strings.HasSuffix(err.Error(), "EOF") {
+			t.Errorf("ParseSwarmKey(%q) = %v, want a user's error wrapping ErrNotSwarmKey", bad, err)
+		}
 	}
 }
 

@@ -158,7 +158,7 @@ type mdnsNotifee struct {
 
 func (n *mdnsNotifee) HandlePeerFound(ai peer.AddrInfo) {
 	ctx, cancel := context.WithTimeout(n.ctx, 10*time.Second)
-	err := n.h.Connect(ctx, ai)
+	err := Connect(ctx, n.h, ai)
 	cancel()
 	if n.found != nil {
 		n.found(ai, err)

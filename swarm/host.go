@@ -1,11 +1,13 @@
 package swarm
 
 import (
+	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"carryon/internal/atomicfile"
@@ -43,7 +45,8 @@ type HostConfig struct {
 	// rather than silently dropped.
 	QUIC bool
 	// DialTimeout bounds each dial, handshake included; 0 means 5s. A peer
-	// with the wrong swarm key makes the handshake hang until this expires.
+	// with another swarm key (or none) fails the handshake at once or, as
+	// the garbled bytes happen to fall, when this expires.
 	DialTimeout time.Duration
 	// Allow, when non-empty, admits only these peers (a connection gater
 	// refuses every other peer on dial and on accept).
@@ -236,3 +239,40 @@ func LoadOrCreateKey(path string) (crypto.PrivKey, error) {
 	}
 	return k, nil
 }
+
+// ErrNotInSwarm is what Connect's error wraps when the security handshake
+// failed, which between carryon hosts means the two do not share a swarm
+// key: another key, or a key on one side only.
+var ErrNotInSwarm = errors.New("the peer is not in this swarm (different or missing key)")
+
+// Connect dials ai like h.Connect, and says so in the user's terms when the
+// peer is not in h's swarm (ErrNotInSwarm) instead of the garbled-handshake
+// messages libp2p reports ("incoming message was too large", "message did
+// not have trailing newline", "could not read full nonce"); libp2p's error
+// stays reachable through errors.Unwrap.
+func Connect(ctx context.Context, h host.Host, ai peer.AddrInfo) error {
+	err := h.Connect(ctx, ai)
+	if err == nil {
+		return nil
+	}
+	if notInSwarm(err) {
+		return &notInSwarmError{cause: err}
+	}
+	return err
+}
+
+// notInSwarm: a security handshake that failed for a reason other than a
+// peer ID mismatch (the peer answered, with garbage or not at all).
+func notInSwarm(err error) bool {
+	msg := err.Error()
+	return strings.Contains(msg, "failed to negotiate security protocol") && !strings.Contains(msg, "peer id mismatch")
+}
+
+type notInSwarmError struct{ cause error }
+
+func (e *notInSwarmError) Error() string {
+	return ErrNotInSwarm.Error()
+}
+
+func (e *notInSwarmError) Is(target error) bool { return target == ErrNotInSwarm }
+func (e *notInSwarmError) Unwrap() error        { return e.cause }

@@ -120,7 +120,7 @@ func pullInto(ctx context.Context, sf *swarmFlags, from string, blocks *swarm.Bl
 	defer x.Close()
 	for _, ai := range providers {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := j.h.Connect(cctx, ai)
+		err := swarm.Connect(cctx, j.h, ai)
 		cancel()
 		if err != nil {
 			return "", fmt.Errorf("connect to %s: %w", ai.ID, err)

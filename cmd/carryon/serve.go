@@ -198,7 +198,7 @@ func swarmExchange(ctx context.Context, sf *swarmFlags, from string, blocks *swa
 	for _, ai := range providers {
 		j.h.Peerstore().AddAddrs(ai.ID, ai.Addrs, 24*time.Hour)
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := j.h.Connect(cctx, ai)
+		err := swarm.Connect(cctx, j.h, ai)
 		cancel()
 		if err != nil {
 			closeSwarm()

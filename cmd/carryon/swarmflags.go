@@ -73,7 +73,7 @@ func (f *swarmFlags) join(ctx context.Context, trusted []peer.ID) (*joined, erro
 		psk, err = protocol.ParseSwarmKey(kf)
 		kf.Close()
 		if err != nil {
-			return nil, fmt.Errorf("swarm key %s: %w", *f.key, err)
+			return nil, fmt.Errorf("swarm key file %s: %w", *f.key, err)
 		}
 	}
 	boot, err := parsePeers(*f.bootstrap)
@@ -109,7 +109,7 @@ func (f *swarmFlags) join(ctx context.Context, trusted []peer.ID) (*joined, erro
 	j := &joined{h: h, psk: psk, name: protocol.SwarmName(psk)}
 	for _, ai := range boot {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := h.Connect(cctx, ai)
+		err := swarm.Connect(cctx, h, ai)
 		cancel()
 		if err != nil {
 			h.Close()
