@@ -123,7 +123,7 @@ func BenchmarkEmbedStream(b *testing.B) {
 			var bytes int64
 			b.ResetTimer()
 			for b.Loop() {
-				entries, _, err := embedChunk(ctx, ts.coordH, tn.h.ID(), job, ch, func([][]Entry) error { return nil })
+				entries, _, err := embedChunk(ctx, ts.coordH, tn.h.ID(), job, ch, func([][]Entry) (bool, error) { return false, nil })
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -7,11 +7,14 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"time"
 
 	"carryon/dataset"
 	"carryon/internal/atomicfile"
 	"carryon/protocol"
 	"carryon/tensor"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // Cache stores bridged embeddings on disk, one file per (base weights hash,
@@ -62,8 +65,12 @@ type Entry struct {
 	Data      []byte
 }
 
-// Put writes the entries of k atomically.
-func (c *Cache) Put(k Key, entries []Entry) error {
+// Put writes the entries of k atomically and durably (fsync).
+func (c *Cache) Put(k Key, entries []Entry) error { return c.write(k, entries, true) }
+
+// write writes the entries of k through a temp file and a rename; fsync
+// only when durable (else the owner syncs the file system later).
+func (c *Cache) write(k Key, entries []Entry, durable bool) error {
 	b := append([]byte(nil), cacheMagic...)
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(entries)))
 	for _, e := range entries {
@@ -73,7 +80,7 @@ func (c *Cache) Put(k Key, entries []Entry) error {
 		b = append(b, e.Data...)
 	}
 	p := c.path(k)
-	if err := writeFileAtomic(p, b); err != nil {
+	if err := writeFileAtomic(p, b, durable); err != nil {
 		return fmt.Errorf("coordinator.Cache.Put: %w", err)
 	}
 	return nil
@@ -127,12 +134,34 @@ func parseCacheFile(b []byte, codec tensor.Codec) ([]Entry, error) {
 	return es, nil
 }
 
-// writeFileAtomic writes b to path (creating its directory) durably.
-func writeFileAtomic(path string, b []byte) error {
+// writeFileAtomic writes b to path (creating its directory) through a temp
+// file and a rename. With durable, atomicfile's rule (fsync file, rename,
+// fsync directory); without, the file is complete once visible but may be
+// lost in a power cut until the file system is synced (the group commit's
+// syncfs does that before the chunk is indexed).
+func writeFileAtomic(path string, b []byte, durable bool) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	return atomicfile.Write(path, b, 0o644)
+	if durable {
+		return atomicfile.Write(path, b, 0o644)
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err = f.Write(b)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+	}
+	return err
 }
 
 func short(h string) string {
@@ -142,26 +171,48 @@ func short(h string) string {
 	return h
 }
 
-// cached reports whether every layer of ch is in the cache.
-func (c *Coordinator) cached(ch *dataset.Chunk) bool {
-	for _, l := range c.cfg.Layers {
-		if !c.cache.Has(c.key(l, ch)) {
-			return false
-		}
+// cacheKeys lists ch's keys, one per configured layer.
+func (c *Coordinator) cacheKeys(ch *dataset.Chunk) []Key {
+	keys := make([]Key, len(c.cfg.Layers))
+	for i, l := range c.cfg.Layers {
+		keys[i] = c.key(l, ch)
 	}
-	return true
+	return keys
 }
+
+// cached reports whether every layer of ch is indexed as complete in the
+// state store (a payload file without its index entry does not count: it
+// may be torn, or not yet durable).
+func (c *Coordinator) cached(ch *dataset.Chunk) bool { return c.state.hasChunks(c.cacheKeys(ch)) }
 
 func (c *Coordinator) key(layer int, ch *dataset.Chunk) Key {
 	return Key{Base: c.base.WeightsHash, Codec: c.codec.String(), Layer: layer, Chunk: ch.ID}
 }
 
-// put writes a chunk's entries, indexed [layer][seq], to the cache.
-func (c *Coordinator) put(ch *dataset.Chunk, entries [][]Entry) error {
-	for i, layer := range c.cfg.Layers {
-		if err := c.cache.Put(c.key(layer, ch), entries[i]); err != nil {
-			return err
+// put writes a chunk's entries, indexed [layer][seq], to the cache and
+// returns once they are durable and indexed (in a group commit with other
+// chunks: see store.go). by is the node whose result it is ("" for the
+// coordinator's own).
+func (c *Coordinator) put(ch *dataset.Chunk, entries [][]Entry, by string, verified bool) error {
+	keys := c.cacheKeys(ch)
+	for i, k := range keys {
+		if err := c.cache.write(k, entries[i], payloadsFsynced); err != nil {
+			return fmt.Errorf("coordinator: store chunk %s: %w", short(ch.ID), err)
 		}
+	}
+	rec := chunkRecord{Node: by, Verified: verified, UnixMilli: time.Now().UnixMilli()}
+	lk := []byte(ch.ID)
+	err := c.state.groupWrite(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bChunks)
+		for _, k := range keys {
+			if err := putJSON(b, keyBytes(k), rec); err != nil {
+				return err
+			}
+		}
+		return tx.Bucket(bLeases).Delete(lk)
+	}, !payloadsFsynced)
+	if err != nil {
+		return fmt.Errorf("coordinator: store chunk %s: %w", short(ch.ID), err)
 	}
 	if c.storeHook != nil {
 		c.storeHook(ch.ID)
@@ -169,10 +220,22 @@ func (c *Coordinator) put(ch *dataset.Chunk, entries [][]Entry) error {
 	return nil
 }
 
-// drop removes a chunk's entries from the cache.
+// drop removes a chunk from the index, then its payloads.
 func (c *Coordinator) drop(ch *dataset.Chunk) error {
-	for _, layer := range c.cfg.Layers {
-		if err := c.cache.remove(c.key(layer, ch)); err != nil {
+	keys := c.cacheKeys(ch)
+	err := c.state.write(func(tx *bolt.Tx) error {
+		for _, k := range keys {
+			if err := tx.Bucket(bChunks).Delete(keyBytes(k)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("coordinator: drop chunk %s: %w", short(ch.ID), err)
+	}
+	for _, k := range keys {
+		if err := c.cache.remove(k); err != nil {
 			return err
 		}
 	}

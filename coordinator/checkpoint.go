@@ -18,6 +18,8 @@ import (
 	"carryon/carryon"
 	"carryon/dataset"
 	"carryon/tensor"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // Checkpoint file: a safetensors file (tensor.WriteSafetensors) holding,
@@ -219,56 +221,77 @@ func LoadCheckpoint(data []byte, co *carryon.Model, opt *carryon.Optimizer) (Che
 	return ck, nil
 }
 
-// checkpoints keeps the checkpoints of one training run in a directory.
+// checkpoints keeps the checkpoints of one training run: payload files in
+// a directory, indexed in the state store (a file without its index entry
+// is not a checkpoint).
 type checkpoints struct {
-	dir string
-	key string // the run key; files are named by its first 16 digits
+	dir   string
+	key   string // the run key; files are named by its first 16 digits
+	state *stateStore
 }
 
 func (s checkpoints) path(step int) string {
 	return filepath.Join(s.dir, fmt.Sprintf("%s-%09d.ckpt", s.key[:16], step))
 }
 
-// steps lists the steps of this run's checkpoints on disk, newest first.
+// steps lists the steps of this run's indexed checkpoints, newest first.
 func (s checkpoints) steps() ([]int, error) {
-	names, err := filepath.Glob(filepath.Join(s.dir, s.key[:16]+"-*.ckpt"))
-	if err != nil {
-		return nil, err
-	}
 	var out []int
-	for _, n := range names {
-		base := strings.TrimSuffix(filepath.Base(n), ".ckpt")
-		step, err := strconv.Atoi(base[strings.LastIndexByte(base, '-')+1:])
-		if err == nil && step >= 0 {
-			out = append(out, step)
+	prefix := []byte(s.key[:16] + "/")
+	err := s.state.view(func(tx *bolt.Tx) error {
+		cur := tx.Bucket(bCkpts).Cursor()
+		for k, _ := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = cur.Next() {
+			if step, err := strconv.Atoi(string(k[len(prefix):])); err == nil {
+				out = append(out, step)
+			}
 		}
-	}
+		return nil
+	})
 	sort.Sort(sort.Reverse(sort.IntSlice(out)))
-	return out, nil
+	return out, err
 }
 
-// save writes a checkpoint atomically and removes all but the newest
-// keepCheckpoints of the run.
+// save writes a checkpoint durably, indexes it, and removes all but the
+// newest keepCheckpoints of the run.
 func (s checkpoints) save(ck Checkpoint, co *carryon.Model, opt *carryon.Optimizer) error {
 	data, err := MarshalCheckpoint(ck, co, opt)
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(s.path(ck.Step), data); err != nil {
-		return fmt.Errorf("coordinator: checkpoint: %w", err)
-	}
-	if err := syncDir(s.dir); err != nil {
+	if err := writeFileAtomic(s.path(ck.Step), data, true); err != nil {
 		return fmt.Errorf("coordinator: checkpoint: %w", err)
 	}
 	steps, err := s.steps()
 	if err != nil {
 		return fmt.Errorf("coordinator: checkpoint: %w", err)
 	}
-	for _, old := range steps {
-		if old < ck.Step && slices.Index(steps, old) >= keepCheckpoints {
-			if err := os.Remove(s.path(old)); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return fmt.Errorf("coordinator: checkpoint: %w", err)
+	steps = append([]int{ck.Step}, steps...)
+	sort.Sort(sort.Reverse(sort.IntSlice(steps)))
+	steps = slices.Compact(steps)
+	var old []int
+	for i, st := range steps {
+		if i >= keepCheckpoints && st < ck.Step {
+			old = append(old, st)
+		}
+	}
+	err = s.state.write(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bCkpts)
+		if err := b.Put([]byte(ckptKey(s.key[:16], ck.Step)), []byte(s.path(ck.Step))); err != nil {
+			return err
+		}
+		for _, st := range old {
+			if err := b.Delete([]byte(ckptKey(s.key[:16], st))); err != nil {
+				return err
 			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("coordinator: checkpoint: %w", err)
+	}
+	for _, st := range old {
+		if err := os.Remove(s.path(st)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("coordinator: checkpoint: %w", err)
 		}
 	}
 	return nil

@@ -28,11 +28,12 @@ type embedJob struct {
 var errBadResult = errors.New("bad result")
 
 // embedChunk asks peer p for the bridged embeddings of chunk ch. The
-// results are checked against the request, handed to accept (which stores
-// them), and only then acknowledged: a node counts the job as done only on
-// that acknowledgement. The returned entries are indexed [layer][seq].
+// results are checked against the request, handed to accept (which makes
+// them durable, or holds them in memory and reports held), and only then
+// acknowledged: a node forgets a result only on an Ack without Held. The
+// returned entries are indexed [layer][seq].
 func embedChunk(ctx context.Context, h host.Host, p peer.ID, job embedJob, ch *dataset.Chunk,
-	accept func([][]Entry) error) (entries [][]Entry, computeMillis int64, err error) {
+	accept func([][]Entry) (held bool, err error)) (entries [][]Entry, computeMillis int64, err error) {
 	s, err := h.NewStream(ctx, p, protocol.EmbedProtocol)
 	if err != nil {
 		return nil, 0, fmt.Errorf("open stream: %w", err)
@@ -66,12 +67,13 @@ func embedChunk(ctx context.Context, h host.Host, p peer.ID, job embedJob, ch *d
 	if done.JobID != job.ID || done.ChunkID != ch.ID || done.Results != len(ch.Seqs)*len(job.Layers) {
 		return nil, 0, fmt.Errorf("%w: done message for job %q chunk %s with %d results does not match", errBadResult, done.JobID, short(done.ChunkID), done.Results)
 	}
-	if err := accept(entries); err != nil {
+	held, err := accept(entries)
+	if err != nil {
 		refused = true
-		_ = protocol.WriteFrame(s, &protocol.Ack{V: protocol.Version, JobID: job.ID, ChunkID: ch.ID, OK: false, Reason: protocol.Errorf(protocol.KindInternal, "%v", err).Msg})
+		_ = protocol.WriteFrame(s, &protocol.Ack{V: protocol.AckVersion, JobID: job.ID, ChunkID: ch.ID, OK: false, Reason: protocol.Errorf(protocol.KindInternal, "%v", err).Msg})
 		return nil, 0, err
 	}
-	if err := protocol.WriteFrame(s, &protocol.Ack{V: protocol.Version, JobID: job.ID, ChunkID: ch.ID, OK: true}); err != nil {
+	if err := protocol.WriteFrame(s, &protocol.Ack{V: protocol.AckVersion, JobID: job.ID, ChunkID: ch.ID, OK: true, Held: held}); err != nil {
 		return nil, 0, fmt.Errorf("send ack: %w", err)
 	}
 	return entries, done.ComputeMillis, nil

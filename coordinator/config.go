@@ -58,6 +58,14 @@ type Config struct {
 	// Default 1 min (three of a node's default advert intervals); a
 	// disconnect makes a node ineligible at once.
 	NodeTTL time.Duration
+	// CommitBatch is the most finished chunks made durable in one group
+	// commit of the state store (store.go). Default 256.
+	CommitBatch int
+	// CommitDelay is the longest a finished chunk waits for its group
+	// commit (and the node for its acknowledgement). Default 5 ms; a
+	// commit costs one syncfs and one bbolt transaction, so a busy
+	// coordinator fills groups before the delay runs out.
+	CommitDelay time.Duration
 	// Train configures the carry-on and its training.
 	Train TrainConfig
 	// Logger receives lifecycle logs. Nil means slog.Default().
@@ -119,6 +127,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.NodeTTL == 0 {
 		c.NodeTTL = time.Minute
+	}
+	if c.CommitBatch == 0 {
+		c.CommitBatch = 256
+	}
+	if c.CommitDelay == 0 {
+		c.CommitDelay = 5 * time.Millisecond
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -211,6 +225,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("coordinator.Config.VerifyKernelRel: %v not in (0, 0.1)", c.VerifyKernelRel)
 	case c.MaxAttempts < 1:
 		return fmt.Errorf("coordinator.Config.MaxAttempts: %d is below 1", c.MaxAttempts)
+	case c.CommitBatch < 1 || c.CommitBatch > 1<<16:
+		return fmt.Errorf("coordinator.Config.CommitBatch: %d not in [1, 65536]", c.CommitBatch)
+	case c.CommitDelay < 0 || c.CommitDelay > time.Second:
+		return fmt.Errorf("coordinator.Config.CommitDelay: %v not in [0, 1s]", c.CommitDelay)
 	case c.Train.Steps < 1:
 		return fmt.Errorf("coordinator.Config.Train.Steps: %d is below 1", c.Train.Steps)
 	case c.Train.BatchSeqs < 1:

@@ -9,13 +9,16 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	bolt "go.etcd.io/bbolt"
 
 	"carryon/dataset"
 	"carryon/model"
@@ -44,10 +47,15 @@ type Coordinator struct {
 	log      *slog.Logger
 
 	status atomic.Pointer[Status]
-	// trust carries each node's verification record from job to job
-	// (bans do not carry over; a ban marks the node suspect).
-	trustMu sync.Mutex
-	trust   map[peer.ID]trustRecord
+	// state is the durable store (store.go): the cache's index, node
+	// records (trust carries from job to job and across restarts),
+	// versions, checkpoints.
+	state *stateStore
+	// offerCh carries result offers to the running Collect (nil when none
+	// runs; offers are then only answered).
+	offerMu  sync.Mutex
+	offerCh  chan offerEv
+	offerJob string
 	// storeHook, when set (tests), is called after each cache write of a
 	// chunk's layers, from the goroutine that wrote them.
 	storeHook func(chunkID string)
@@ -74,7 +82,12 @@ func New(h host.Host, topics *swarm.Topics, base *model.Base, cfg Config) (*Coor
 	if err != nil {
 		return nil, fmt.Errorf("coordinator.New: %w", err)
 	}
-	c := &Coordinator{cfg: cfg, h: h, topics: topics, base: base, cache: cache, store: store, codec: codec}
+	state, fresh, err := openState(filepath.Join(cfg.CacheDir, "state.db"), cfg.CacheDir, cfg.CommitBatch, cfg.CommitDelay)
+	if err != nil {
+		store.Close()
+		return nil, fmt.Errorf("coordinator.New: %w", err)
+	}
+	c := &Coordinator{cfg: cfg, h: h, topics: topics, base: base, cache: cache, store: store, codec: codec, state: state}
 	if h == nil { // local use (CollectLocal, Train): Collect and Publish need a host
 		c.log = cfg.Logger.With("component", "coordinator")
 	} else {
@@ -83,6 +96,14 @@ func New(h host.Host, topics *swarm.Topics, base *model.Base, cfg Config) (*Coor
 			c.log.Warn("peer penalised", "peer", p.String(), "err", err)
 		}}); err != nil {
 			store.Close()
+			state.close()
+			return nil, fmt.Errorf("coordinator.New: %w", err)
+		}
+		h.SetStreamHandler(protocol.OfferProtocol, c.handleOffer)
+	}
+	if fresh {
+		if err := c.migrate(); err != nil {
+			c.Close()
 			return nil, fmt.Errorf("coordinator.New: %w", err)
 		}
 	}
@@ -93,13 +114,17 @@ func New(h host.Host, topics *swarm.Topics, base *model.Base, cfg Config) (*Coor
 // StoreDir is the block store (adaptors, by CID) under a cache directory.
 func StoreDir(cacheDir string) string { return cacheDir + "/ipfs" }
 
-// Close stops serving adaptors and closes the store.
+// Close stops serving adaptors and closes the block store and the state
+// store (after its pending writes).
 func (c *Coordinator) Close() error {
 	var errs []error
+	if c.h != nil {
+		c.h.RemoveStreamHandler(protocol.OfferProtocol)
+	}
 	if c.exchange != nil {
 		errs = append(errs, c.exchange.Close())
 	}
-	errs = append(errs, c.store.Close())
+	errs = append(errs, c.store.Close(), c.state.close())
 	return errors.Join(errs...)
 }
 
@@ -139,18 +164,27 @@ func (c *Coordinator) Collect(ctx context.Context, ds *dataset.Set, progress fun
 	}
 	job := c.job(ds)
 	l := &loop{c: c, cfg: c.cfg, job: job, nodes: map[peer.ID]*nodeState{}, progress: progress,
-		events: make(chan any, 64), disconnects: make(chan peer.ID, 256)}
+		events: make(chan any, 64), disconnects: make(chan peer.ID, 256), byID: map[string]*chunkState{},
+		offers: make(chan offerEv, 64)}
 	seed := sha256.Sum256([]byte(job.ID))
 	l.rng = rand.New(rand.NewPCG(binary.LittleEndian.Uint64(seed[:]), l.cfg.Train.Seed))
-	seen := map[string]bool{}
+	var distinct []*dataset.Chunk
 	for _, ch := range ds.All() {
-		if seen[ch.ID] {
+		if l.byID[ch.ID] != nil {
 			continue
 		}
-		seen[ch.ID] = true
 		cs := &chunkState{ch: ch}
+		l.byID[ch.ID] = cs
 		l.chunks = append(l.chunks, cs)
-		if c.cached(ch) {
+		distinct = append(distinct, ch)
+	}
+	cached, err := c.cachedAll(distinct)
+	if err != nil {
+		return fmt.Errorf("coordinator.Collect: %w", err)
+	}
+	for i, cs := range l.chunks {
+		ch := cs.ch
+		if cached[i] {
 			cs.phase = phDone
 			l.cachedAtStart++
 			continue
@@ -160,6 +194,21 @@ func (c *Coordinator) Collect(ctx context.Context, ds *dataset.Set, progress fun
 	}
 	l.total = len(l.chunks)
 	l.done = l.cachedAtStart
+	if err := c.state.write(func(tx *bolt.Tx) error {
+		return putJSON(tx.Bucket(bJobs), []byte(job.ID), JobRecord{ID: job.ID, Base: job.Base, Data: ds.Hash,
+			Codec: job.Codec.String(), Layers: job.Layers, Total: l.total, UnixMilli: time.Now().UnixMilli()})
+	}); err != nil {
+		return fmt.Errorf("coordinator.Collect: %w", err)
+	}
+	// Leases in flight when the last run stopped: their nodes may hold
+	// the results, so those chunks go back to them first.
+	hints, err := c.takeLeases()
+	if err != nil {
+		return fmt.Errorf("coordinator.Collect: %w", err)
+	}
+	for id, chunks := range hints {
+		l.offered(id, chunks)
+	}
 	c.log.Info("collecting embeddings", "job", job.ID, "chunks", l.total, "cached", l.cachedAtStart,
 		"codec", job.Codec.String(), "layers", job.Layers, "verify_fraction", l.cfg.VerifyFraction)
 	if l.done == l.total { // everything cached: the collection is over
@@ -184,6 +233,14 @@ func (c *Coordinator) Collect(ctx context.Context, ds *dataset.Set, progress fun
 	}}
 	c.h.Network().Notify(nb)
 	defer c.h.Network().StopNotify(nb)
+	c.offerMu.Lock()
+	c.offerCh, c.offerJob = l.offers, job.ID
+	c.offerMu.Unlock()
+	defer func() {
+		c.offerMu.Lock()
+		c.offerCh = nil
+		c.offerMu.Unlock()
+	}()
 	return l.run(ctx, adverts)
 }
 

@@ -101,7 +101,7 @@ func (c *Coordinator) CollectLocal(ctx context.Context, ds *dataset.Set, base Fo
 			}
 			p.Tokens += int64(rows)
 		}
-		if err := c.put(ch, entries); err != nil {
+		if err := c.put(ch, entries, "", true); err != nil {
 			return fmt.Errorf("coordinator.CollectLocal: %w", err)
 		}
 		p.Done++

@@ -13,17 +13,12 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
+	bolt "go.etcd.io/bbolt"
 
 	"carryon/dataset"
 	"carryon/protocol"
 	"carryon/tensor"
 )
-
-// trustRecord is a node's verification record across jobs.
-type trustRecord struct {
-	clean   int
-	suspect bool
-}
 
 // chunkPhase is where a chunk stands in one Collect.
 type chunkPhase uint8
@@ -91,6 +86,9 @@ type nodeState struct {
 	banReason  string
 	backoff    time.Time // no new lease before this
 	unverified []*chunkState
+	offers     []*chunkState // chunks it holds results for: leased to it first
+	prior      NodeRecord    // the store's record when the loop met it
+	saved      NodeRecord    // the last record queued for the store
 }
 
 // speed is the node's measured throughput, else its advertised one, in
@@ -192,6 +190,9 @@ type loop struct {
 	typical                    time.Duration // EWMA of completed lease durations
 	lastPublish                time.Time
 	started                    bool // leasing began (MinNodes was reached)
+	byID                       map[string]*chunkState
+	offers                     chan offerEv
+	lastSave                   time.Time
 	finished                   bool
 }
 
@@ -212,6 +213,8 @@ func (l *loop) run(ctx context.Context, adverts <-chan *protocol.Advert) error {
 				l.disconnected(p)
 			case ev := <-l.events:
 				fatal = l.handle(ev)
+			case o := <-l.offers:
+				l.offered(o.peer, o.chunks)
 			case <-tick.C:
 				l.checkConnections()
 			}
@@ -220,6 +223,7 @@ func (l *loop) run(ctx context.Context, adverts <-chan *protocol.Advert) error {
 				l.progress(l.snapshot())
 			}
 			l.publish(false)
+			l.saveNodes(false)
 		}
 		// Cancel what is still in flight (speculative losers, or
 		// everything on failure) and wait for every goroutine's last
@@ -241,17 +245,7 @@ func (l *loop) run(ctx context.Context, adverts <-chan *protocol.Advert) error {
 	}
 	l.finished = true
 	l.publish(true)
-	l.c.trustMu.Lock()
-	if l.c.trust == nil {
-		l.c.trust = map[peer.ID]trustRecord{}
-	}
-	for id, s := range l.nodes {
-		if s.banned {
-			s.clean, s.suspect = 0, true
-		}
-		l.c.trust[id] = trustRecord{clean: s.clean, suspect: s.suspect}
-	}
-	l.c.trustMu.Unlock()
+	l.saveNodes(true)
 	if fatal == nil {
 		l.c.log.Info("embeddings collected", "job", l.job.ID, "chunks", l.total, "verified", l.vs.Verified,
 			"disagreements", l.vs.Disagreements, "bans", l.vs.Bans, "extra_compute", l.extraFraction())
@@ -279,21 +273,80 @@ func (l *loop) handle(ev any) error {
 	return nil
 }
 
+// node returns the loop's record of id, creating it from the store's
+// record: trust (BOINC's adaptive replication) and a ban from this job
+// survive restarts.
+func (l *loop) node(id peer.ID) *nodeState {
+	if s := l.nodes[id]; s != nil {
+		return s
+	}
+	s := &nodeState{id: id, aimd: l.cfg.LeasesPerNode}
+	if rec, ok := l.c.state.nodeRecord(id.String()); ok {
+		s.prior, s.saved = rec, rec
+		s.clean, s.suspect, s.tps = rec.Clean, rec.Suspect, rec.TokensPerSec
+		if rec.BannedJob == l.job.ID {
+			s.banned, s.banReason = true, rec.BanReason
+		}
+	}
+	l.nodes[id] = s
+	return s
+}
+
+// record is what the store should hold for s now.
+func (l *loop) record(s *nodeState) NodeRecord {
+	r := NodeRecord{Clean: s.clean, Suspect: s.suspect, Verified: s.prior.Verified + s.verified,
+		Chunks: s.prior.Chunks + s.done, Failures: s.prior.Failures + s.failures, TokensPerSec: s.tps,
+		BannedJob: s.prior.BannedJob, BanReason: s.prior.BanReason, UnixMilli: s.saved.UnixMilli}
+	if s.banned {
+		r.Clean, r.Suspect, r.BannedJob, r.BanReason = 0, true, l.job.ID, s.banReason
+	}
+	return r
+}
+
+// saveNodes queues the records that changed for the next group commit
+// (every second, and at the end with all set).
+func (l *loop) saveNodes(all bool) {
+	now := time.Now()
+	if !all && now.Sub(l.lastSave) < time.Second {
+		return
+	}
+	l.lastSave = now
+	for id, s := range l.nodes {
+		r := l.record(s)
+		if r == s.saved {
+			continue
+		}
+		r.UnixMilli = now.UnixMilli()
+		s.saved = r
+		key := []byte(id.String())
+		l.c.state.later(func(tx *bolt.Tx) error { return putJSON(tx.Bucket(bNodes), key, r) })
+	}
+}
+
+// offered queues chunks whose results n holds (offered after a restart,
+// or leased to it when the coordinator stopped) to be leased back to it
+// first.
+func (l *loop) offered(id peer.ID, chunks []string) {
+	s := l.node(id)
+	n := 0
+	for _, c := range chunks {
+		if cs := l.byID[c]; cs != nil && cs.phase == phPending {
+			s.offers = append(s.offers, cs)
+			n++
+		}
+	}
+	if n > 0 {
+		l.c.log.Info("node holds finished chunks; leasing them back", "node", id.String(), "chunks", n)
+	}
+}
+
 // observe records an advert.
 func (l *loop) observe(a *protocol.Advert) {
 	id, err := peer.Decode(a.Peer)
 	if err != nil {
 		return
 	}
-	s := l.nodes[id]
-	if s == nil {
-		s = &nodeState{id: id, aimd: l.cfg.LeasesPerNode}
-		l.c.trustMu.Lock()
-		tr := l.c.trust[id]
-		l.c.trustMu.Unlock()
-		s.clean, s.suspect = tr.clean, tr.suspect
-		l.nodes[id] = s
-	}
+	s := l.node(id)
 	first := s.advert == nil
 	s.advert, s.seen = a, time.Now()
 	if first && l.serves(a) {
@@ -413,6 +466,17 @@ func (l *loop) assign(ctx context.Context) {
 	})
 	spare := func(s *nodeState) bool { return len(s.leases) < l.capOf(s, median) }
 
+	// Chunks a node already holds results for go back to it.
+	for _, s := range ready {
+		for len(s.offers) > 0 && spare(s) {
+			cs := s.offers[0]
+			s.offers = s.offers[1:]
+			if cs.phase == phPending {
+				l.startLease(ctx, s, cs, false, false)
+			}
+		}
+	}
+
 	// Second opinions.
 	kept := l.verifyQ[:0]
 	for _, cs := range l.verifyQ {
@@ -448,7 +512,9 @@ func (l *loop) assign(ctx context.Context) {
 		for len(l.pending) > 0 && spare(s) {
 			cs := l.pending[0]
 			l.pending = l.pending[1:]
-			l.startLease(ctx, s, cs, false, false)
+			if cs.phase == phPending { // else leased back to a node that offered it
+				l.startLease(ctx, s, cs, false, false)
+			}
 		}
 	}
 	if len(l.pending) > 0 || len(l.verifyQ) > 0 {
@@ -542,6 +608,8 @@ func (l *loop) startLease(ctx context.Context, s *nodeState, cs *chunkState, opi
 	}
 	l.started = true
 	l.running++
+	key, rec := []byte(cs.ch.ID), leaseRecord{Node: s.id.String(), UnixMilli: ls.start.UnixMilli()}
+	l.c.state.later(func(tx *bolt.Tx) error { return putJSON(tx.Bucket(bLeases), key, rec) })
 	go l.runLease(lctx, ls)
 }
 
@@ -549,27 +617,28 @@ func (l *loop) startLease(ctx context.Context, s *nodeState, cs *chunkState, opi
 // what the verdict asks (store it, or compare it with the held results).
 func (l *loop) runLease(ctx context.Context, ls *lease) {
 	ev := finishEv{l: ls}
-	_, _, ev.err = embedChunk(ctx, l.c.h, ls.node.id, l.job, ls.cs.ch, func(entries [][]Entry) error {
+	_, _, ev.err = embedChunk(ctx, l.c.h, ls.node.id, l.job, ls.cs.ch, func(entries [][]Entry) (bool, error) {
 		ev.bytes = payloadBytes(entries)
 		reply := make(chan claimReply, 1)
 		l.events <- claimEv{l: ls, entries: entries, reply: reply}
 		v := <-reply
 		switch v.kind {
 		case vStore:
-			if err := l.c.put(ls.cs.ch, entries); err != nil {
-				return err
+			if err := l.c.put(ls.cs.ch, entries, ls.node.id.String(), false); err != nil {
+				return false, err
 			}
 			ev.stored = true
-		case vHold:
+			return false, nil
+		case vHold: // in memory only: the node keeps its copy (Ack.Held)
 			ev.entries = entries
 			for _, h := range v.others {
 				st, err := compareEntries(l.job.Codec, l.cfg.VerifyKernelRel, h.entries, entries)
 				ev.cmps = append(ev.cmps, comparison{node: h.node, stats: st, err: err})
 			}
+			return true, nil
 		default:
-			return errSuperseded
+			return false, errSuperseded
 		}
-		return nil
 	})
 	if ev.err != nil && ctx.Err() != nil {
 		ev.err = fmt.Errorf("%w: %w", ctx.Err(), ev.err)
@@ -883,7 +952,7 @@ func (l *loop) storeAsync(cs *chunkState, by *nodeState, entries [][]Entry, veri
 	cs.held = nil
 	l.running++
 	go func() {
-		err := l.c.put(cs.ch, entries)
+		err := l.c.put(cs.ch, entries, by.id.String(), verified)
 		l.events <- storedEv{cs: cs, node: by, err: err}
 	}()
 }
@@ -1058,7 +1127,7 @@ func (l *loop) selfDone(ev selfEv) error {
 	cs.verified, cs.held = true, nil
 	l.running++
 	go func() {
-		err := l.c.put(cs.ch, ev.entries)
+		err := l.c.put(cs.ch, ev.entries, "", true)
 		l.events <- storedEv{cs: cs, err: err}
 	}()
 	return nil

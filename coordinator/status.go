@@ -68,6 +68,8 @@ type NodeStatus struct {
 	Verified           int     // its results that another node's agreed with
 	Failures           int     // leases that failed on it (error, deadline, disconnect)
 	SamplingRate       float64 // probability that its next chunk is verified
+	Clean              int     // verified results in a row: its trust, kept across jobs and restarts
+	Suspect            bool    // lost or could not settle a comparison (sampled at 4× the base rate)
 	Eligible           bool
 	Banned             bool
 	BanReason          string
@@ -145,8 +147,9 @@ func (l *loop) publish(force bool) {
 	for _, s := range l.nodes {
 		ns := NodeStatus{Peer: s.id.String(), TokensPerSec: s.tps, Leases: len(s.leases), Cap: l.capOf(s, median),
 			Chunks: s.done, Opinions: s.opinions, Verified: s.verified, Failures: s.failures,
-			SamplingRate: samplingRate(l.cfg.VerifyFraction, s.clean, s.suspect), Eligible: l.eligible(s, now),
-			Banned: s.banned, BanReason: s.banReason}
+			SamplingRate: samplingRate(l.cfg.VerifyFraction, s.clean, s.suspect), Clean: s.clean, Suspect: s.suspect,
+			Eligible: l.eligible(s, now),
+			Banned:   s.banned, BanReason: s.banReason}
 		if s.advert != nil {
 			ns.Device, ns.AdvertTokensPerSec = s.advert.Device, s.advert.TokensPerSec
 		}

@@ -260,7 +260,7 @@ func (c *Coordinator) Train(ctx context.Context, ds *dataset.Set, hooks Hooks) (
 	if err != nil {
 		return nil, fmt.Errorf("coordinator.Train: %w", err)
 	}
-	ckpts := checkpoints{dir: filepath.Join(c.cfg.CacheDir, "checkpoints", c.job(ds).ID), key: key}
+	ckpts := checkpoints{dir: filepath.Join(c.cfg.CacheDir, "checkpoints", c.job(ds).ID), key: key, state: c.state}
 	state := Checkpoint{RunKey: key}
 	res := &TrainResult{CarryOn: co}
 	if tc.CheckpointEvery > 0 {

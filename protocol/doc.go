@@ -20,8 +20,21 @@
 //	                    ... one per (sequence, layer), streamed as each is ready
 //	node → coordinator  EmbedDone{JobID, ChunkID, Results, ComputeMillis}
 //	                    | Error{Kind, Msg} at any point instead (then the node closes)
-//	coordinator → node  Ack{JobID, ChunkID, OK, Reason}
-//	                    the job counts as delivered only once the Ack is read.
+//	coordinator → node  Ack{JobID, ChunkID, OK, Reason, Held}
+//	                    sent only once the result is durable (or, with Held,
+//	                    accepted but held in memory for verification); the
+//	                    job counts as delivered only once the Ack is read. A
+//	                    node keeps every result without such an Ack (or with
+//	                    Held) and offers it again:
+//
+// Result offers (stream protocol OfferProtocol, "/carryon/offer/1.0.0"; the
+// node opens the stream when it (re)connects to a coordinator it holds
+// results for):
+//
+//	node → coordinator  ResultOffer{JobID, Chunks}
+//	coordinator → node  OfferReply{JobID, Stored}
+//	                    Stored ones the node forgets; the others are leased
+//	                    back to it and answered without computing.
 //
 // Adaptor versions (gossipsub topic AdaptorsTopic(swarm), "carryon/<swarm>/adaptors/1"):
 //
@@ -65,4 +78,6 @@
 //	v1 (all messages, EmbedProtocol/BlobProtocol 1.0.0, topics /1): initial.
 //	BlobProtocol and its messages (types 8-10) removed: files move over
 //	bitswap; AdaptorAnnounce.CID names a UnixFS file.
+//	Ack v2: Held. ResultOffer/OfferReply v1 (types 11, 12), OfferProtocol
+//	1.0.0: result offers after a coordinator restart.
 package protocol

@@ -97,7 +97,10 @@ func TestDocMessages(t *testing.T) {
 		}
 	}
 	n := 0
-	for typ := MsgType(1); typ.Known(); typ++ {
+	for typ := MsgType(1); typ < 255; typ++ { // types are never reused, so some are gone
+		if !typ.Known() {
+			continue
+		}
 		n++
 		m := newMessage(typ)
 		check(fmt.Sprintf("### %v (type %d)", typ, typ), reflect.TypeOf(m).Elem())
@@ -149,8 +152,10 @@ var docNumRow = regexp.MustCompile("^\\| `?(\\w+)`? \\| (\\d+) \\|(?: (\\d+) \\|
 func TestDocFrameCaps(t *testing.T) {
 	section := docSection(t, readDoc(t), "### Frame caps")
 	want := map[string]MsgType{"unknown": 255}
-	for typ := MsgType(1); typ.Known(); typ++ {
-		want[typ.String()] = typ
+	for typ := MsgType(1); typ < 255; typ++ {
+		if typ.Known() {
+			want[typ.String()] = typ
+		}
 	}
 	rows := 0
 	for _, l := range section {
@@ -190,6 +195,7 @@ func TestDocLimits(t *testing.T) {
 		"MaxFileBytes":        MaxFileBytes,
 		"MaxGossipBytes":      MaxGossipBytes,
 		"MaxResultData":       MaxResultData,
+		"MaxOfferChunks":      MaxOfferChunks,
 		"maxBases":            maxBases,
 		"maxCodecs":           maxCodecs,
 		"maxMetrics":          maxMetrics,

@@ -203,6 +203,11 @@ type Ack struct {
 	OK bool `msgpack:"ok"`
 	// Reason says why not when OK is false; free text, at most 1024 bytes.
 	Reason string `msgpack:"reason"`
+	// Held (v2) is true when the coordinator accepted an embedding result
+	// but holds it only in memory, awaiting a second opinion: the node
+	// keeps the result and offers it again (OfferProtocol) after a
+	// reconnect. OK without Held means the result is durable.
+	Held bool `msgpack:"held,omitempty"`
 }
 
 func (*Ack) Type() MsgType    { return TypeAck }

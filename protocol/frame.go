@@ -40,6 +40,8 @@ const (
 	// 8, 9 and 10 were BlobRequest, BlobManifest and BlobChunk of the
 	// blob protocol "/carryon/blob/1.0.0", which bitswap replaced: never
 	// reuse them.
+	TypeResultOffer MsgType = 11
+	TypeOfferReply  MsgType = 12
 )
 
 var typeNames = [...]string{
@@ -50,6 +52,8 @@ var typeNames = [...]string{
 	TypeAck:             "Ack",
 	TypeError:           "Error",
 	TypeAdaptorAnnounce: "AdaptorAnnounce",
+	TypeResultOffer:     "ResultOffer",
+	TypeOfferReply:      "OfferReply",
 }
 
 func (t MsgType) String() string {
@@ -94,6 +98,10 @@ func newMessage(t MsgType) Message {
 		return new(Error)
 	case TypeAdaptorAnnounce:
 		return new(AdaptorAnnounce)
+	case TypeResultOffer:
+		return new(ResultOffer)
+	case TypeOfferReply:
+		return new(OfferReply)
 	}
 	return nil
 }

@@ -56,6 +56,8 @@ func MaxFrameBytes(t MsgType) int {
 		return smallFrameCap
 	case TypeAdaptorAnnounce:
 		return 16 << 10
+	case TypeResultOffer, TypeOfferReply:
+		return MaxOfferChunks*(64+2) + smallFrameCap // 64-hex IDs with str8 headers
 	}
 	return 64 << 20
 }
@@ -71,6 +73,8 @@ func maxElems(t MsgType) int {
 		return fields + MaxLayersPerRequest + MaxSeqsPerChunk + MaxTokensPerChunk
 	case TypeAdaptorAnnounce:
 		return fields + 2*maxMetrics
+	case TypeResultOffer, TypeOfferReply:
+		return fields + MaxOfferChunks
 	}
 	return fields
 }

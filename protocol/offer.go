@@ -1,0 +1,86 @@
+package protocol
+
+import "fmt"
+
+// OfferProtocol carries result offers, node → coordinator: after a
+// reconnect (or while it holds results the coordinator has not made
+// durable), a node lists the finished chunks it still holds, so that a
+// restarted coordinator leases them back to it and recomputes nothing.
+// v1: initial.
+const OfferProtocol = "/carryon/offer/1.0.0"
+
+// AckVersion is the version of Ack this build writes: v2 adds Held.
+const AckVersion uint8 = 2
+
+// MaxOfferChunks is the most chunk IDs in one ResultOffer or OfferReply.
+const MaxOfferChunks = 1024
+
+// ResultOffer lists the chunks of one job whose complete results a node
+// holds without a durable acknowledgement (no Ack came, or Ack.Held).
+//
+//	node → coordinator  ResultOffer{JobID, Chunks}
+//	coordinator → node  OfferReply{JobID, Stored}; then the coordinator
+//	                    leases the other offered chunks back to the node
+//	                    first, and the node answers those EmbedRequests from
+//	                    what it holds, without computing.
+type ResultOffer struct {
+	V     uint8  `msgpack:"v"`   // message version, >= 1
+	JobID string `msgpack:"job"` // the EmbedRequests' JobID
+	// Chunks are 1..MaxOfferChunks distinct ChunkIDs (64 lowercase hex).
+	Chunks []string `msgpack:"chunks"`
+}
+
+func (*ResultOffer) Type() MsgType    { return TypeResultOffer }
+func (m *ResultOffer) version() uint8 { return m.V }
+
+func (m *ResultOffer) Validate() error {
+	if err := checkVersion(m.V); err != nil {
+		return err
+	}
+	if err := checkHex("JobID", m.JobID, 0); err != nil {
+		return err
+	}
+	if err := checkRange("len(Chunks)", len(m.Chunks), 1, MaxOfferChunks); err != nil {
+		return err
+	}
+	return checkChunkList(m.Chunks)
+}
+
+func checkChunkList(ids []string) error {
+	seen := make(map[string]bool, len(ids))
+	for i, id := range ids {
+		if err := checkHex(fmt.Sprintf("Chunks[%d]", i), id, 64); err != nil {
+			return err
+		}
+		if seen[id] {
+			return fmt.Errorf("Chunks[%d]: %s is repeated", i, id)
+		}
+		seen[id] = true
+	}
+	return nil
+}
+
+// OfferReply answers a ResultOffer.
+type OfferReply struct {
+	V     uint8  `msgpack:"v"`   // message version, >= 1
+	JobID string `msgpack:"job"` // the offer's JobID
+	// Stored are the offered chunks the coordinator already holds durably,
+	// 0..MaxOfferChunks distinct ChunkIDs: the node may forget them.
+	Stored []string `msgpack:"stored"`
+}
+
+func (*OfferReply) Type() MsgType    { return TypeOfferReply }
+func (m *OfferReply) version() uint8 { return m.V }
+
+func (m *OfferReply) Validate() error {
+	if err := checkVersion(m.V); err != nil {
+		return err
+	}
+	if err := checkHex("JobID", m.JobID, 0); err != nil {
+		return err
+	}
+	if err := checkRange("len(Stored)", len(m.Stored), 0, MaxOfferChunks); err != nil {
+		return err
+	}
+	return checkChunkList(m.Stored)
+}
