@@ -313,6 +313,8 @@ type NodeView struct {
 	Verified           int        `json:"verified"`
 	Failures           int        `json:"failures"`
 	SamplingRate       float64    `json:"sampling_rate"`
+	Clean              int        `json:"clean"`   // verified results in a row (trust, kept across restarts)
+	Suspect            bool       `json:"suspect"` // lost or could not settle a comparison
 	Eligible           bool       `json:"eligible"`
 	Banned             bool       `json:"banned"`
 	BanReason          string     `json:"ban_reason,omitempty"`
@@ -384,7 +386,7 @@ func (d *Dashboard) Snapshot() DashboardStatus {
 		v := &NodeView{Peer: n.Peer, Device: n.Device, InJob: true, TokensPerSec: n.TokensPerSec,
 			AdvertTokensPerSec: n.AdvertTokensPerSec, Leases: n.Leases, Cap: n.Cap, Chunks: n.Chunks,
 			Opinions: n.Opinions, Verified: n.Verified, Failures: n.Failures, SamplingRate: n.SamplingRate,
-			Eligible: n.Eligible, Banned: n.Banned, BanReason: n.BanReason}
+			Clean: n.Clean, Suspect: n.Suspect, Eligible: n.Eligible, Banned: n.Banned, BanReason: n.BanReason}
 		byPeer[n.Peer] = v
 	}
 	ttl := max(cfg.NodeTTL, 3*time.Second)

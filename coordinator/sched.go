@@ -43,6 +43,11 @@ type chunkState struct {
 	queuedAt time.Time // when it entered the verification queue
 	storedBy *nodeState
 	verified bool
+	// reserved: a node that may hold this chunk's result (it offered it, or
+	// held its lease when the coordinator stopped) gets it first, until
+	// reservedUntil.
+	reserved      *nodeState
+	reservedUntil time.Time
 }
 
 // heldResult is one node's result for a chunk under verification.
@@ -332,6 +337,7 @@ func (l *loop) offered(id peer.ID, chunks []string) {
 	for _, c := range chunks {
 		if cs := l.byID[c]; cs != nil && cs.phase == phPending {
 			s.offers = append(s.offers, cs)
+			cs.reserved, cs.reservedUntil = s, time.Now().Add(l.cfg.MinLeaseTimeout)
 			n++
 		}
 	}
@@ -509,12 +515,17 @@ func (l *loop) assign(ctx context.Context) {
 
 	// Fresh chunks.
 	for _, s := range ready {
-		for len(l.pending) > 0 && spare(s) {
+		for tries := len(l.pending); tries > 0 && len(l.pending) > 0 && spare(s); tries-- {
 			cs := l.pending[0]
 			l.pending = l.pending[1:]
-			if cs.phase == phPending { // else leased back to a node that offered it
-				l.startLease(ctx, s, cs, false, false)
+			if cs.phase != phPending { // leased back to a node that offered it
+				continue
 			}
+			if cs.reserved != nil && cs.reserved != s && now.Before(cs.reservedUntil) {
+				l.pending = append(l.pending, cs) // its node may hold the result
+				continue
+			}
+			l.startLease(ctx, s, cs, false, false)
 		}
 	}
 	if len(l.pending) > 0 || len(l.verifyQ) > 0 {
@@ -608,8 +619,6 @@ func (l *loop) startLease(ctx context.Context, s *nodeState, cs *chunkState, opi
 	}
 	l.started = true
 	l.running++
-	key, rec := []byte(cs.ch.ID), leaseRecord{Node: s.id.String(), UnixMilli: ls.start.UnixMilli()}
-	l.c.state.later(func(tx *bolt.Tx) error { return putJSON(tx.Bucket(bLeases), key, rec) })
 	go l.runLease(lctx, ls)
 }
 
@@ -617,6 +626,15 @@ func (l *loop) startLease(ctx context.Context, s *nodeState, cs *chunkState, opi
 // what the verdict asks (store it, or compare it with the held results).
 func (l *loop) runLease(ctx context.Context, ls *lease) {
 	ev := finishEv{l: ls}
+	// The lease is durable before the node hears of it: after a crash the
+	// chunk goes back to this node, which may hold its result.
+	key, rec := []byte(ls.cs.ch.ID), leaseRecord{Node: ls.node.id.String(), UnixMilli: ls.start.UnixMilli()}
+	if err := l.c.state.groupWrite(func(tx *bolt.Tx) error { return putJSON(tx.Bucket(bLeases), key, rec) }, false); err != nil {
+		ev.err, ev.end = err, time.Now()
+		ls.cancel()
+		l.events <- ev
+		return
+	}
 	_, _, ev.err = embedChunk(ctx, l.c.h, ls.node.id, l.job, ls.cs.ch, func(entries [][]Entry) (bool, error) {
 		ev.bytes = payloadBytes(entries)
 		reply := make(chan claimReply, 1)

@@ -77,7 +77,7 @@ func WriteStatusText(w io.Writer, s *DashboardStatus, now time.Time) {
 	fmt.Fprintf(w, "nodes: %d (%d eligible, %d banned), %d peers connected\n", len(s.Nodes), eligible, banned, c.ConnectedPeers)
 	if len(s.Nodes) > 0 {
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "  PEER\tDEVICE\tTOK/S\tLEASES\tCHUNKS\tVERIFIED\tFAILS\tSTATE")
+		fmt.Fprintln(tw, "  PEER\tDEVICE\tTOK/S\tLEASES\tCHUNKS\tVERIFIED\tFAILS\tTRUST\tSTATE")
 		for _, n := range s.Nodes {
 			state := "seen"
 			switch {
@@ -92,8 +92,14 @@ func WriteStatusText(w io.Writer, s *DashboardStatus, now time.Time) {
 			if tps == 0 {
 				tps = n.AdvertTokensPerSec
 			}
-			fmt.Fprintf(tw, "  %s\t%s\t%.0f\t%d/%d\t%d\t%d\t%d\t%s\n", shortID(n.Peer), orDash(n.Device), tps,
-				n.Leases, n.Cap, n.Chunks, n.Verified, n.Failures, state)
+			// Trust: the run of verified results (kept across restarts) and
+			// the sampling rate it earns (BOINC's adaptive replication).
+			trust := fmt.Sprintf("%d clean, sampled %.0f%%", n.Clean, 100*n.SamplingRate)
+			if n.Suspect {
+				trust += ", suspect"
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%.0f\t%d/%d\t%d\t%d\t%d\t%s\t%s\n", shortID(n.Peer), orDash(n.Device), tps,
+				n.Leases, n.Cap, n.Chunks, n.Verified, n.Failures, trust, state)
 		}
 		tw.Flush()
 	}

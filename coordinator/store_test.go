@@ -4,17 +4,20 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/peer"
 	bolt "go.etcd.io/bbolt"
 
+	"carryon/node"
 	"carryon/swarm"
 )
 
@@ -250,4 +253,96 @@ func TestMigratesOldCacheDir(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "versions.jsonl.imported")); err != nil {
 		t.Fatalf("versions.jsonl was not renamed: %v", err)
 	}
+}
+
+// TestTrustSurvivesRestart: the nodes' clean verification records are in
+// the store; a new coordinator on the same directory starts from them, so
+// a node with a long clean record is sampled less (BOINC's adaptive
+// replication) from the first chunk after a restart.
+func TestTrustSurvivesRestart(t *testing.T) {
+	ts := newTestSwarm(t)
+	for i := range 2 {
+		ts.addNode(newFakeBase(ts.base, 0, honest, uint64(i)), node.Config{})
+	}
+	dir := t.TempDir()
+	c1, _ := ts.coordinator(Config{MinNodes: 2, VerifyFraction: 1, CacheDir: dir})
+	if err := c1.Collect(ts.ctx, swarmDataset(501, 12, 1, 8), nil); err != nil {
+		t.Fatal(err)
+	}
+	before := map[string]int{}
+	for _, n := range c1.Status().Nodes {
+		before[n.Peer] = n.Clean
+	}
+	c1.Close()
+	c2, _ := ts.coordinator(Config{MinNodes: 2, VerifyFraction: 1, CacheDir: dir})
+	recs, err := c2.NodeRecords()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for p, clean := range before {
+		if clean == 0 || recs[p].Clean != clean {
+			t.Fatalf("node %s: %d clean in the job, %d in the store after a restart", p, clean, recs[p].Clean)
+		}
+	}
+	if err := c2.Collect(ts.ctx, swarmDataset(502, 2, 1, 8), nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range c2.Status().Nodes {
+		if n.Clean < before[n.Peer] {
+			t.Fatalf("node %s: %d clean after the restart's job, had %d", n.Peer, n.Clean, before[n.Peer])
+		}
+		if want := samplingRate(1, n.Clean, false); n.SamplingRate != want || n.SamplingRate >= samplingRate(1, 0, false) {
+			t.Fatalf("node %s: sampled at %v with %d clean", n.Peer, n.SamplingRate, n.Clean)
+		}
+	}
+}
+
+// TestResultResentAfterCrash stops a coordinator while its node computes
+// (the stream dies before the result is acknowledged), then starts a new
+// coordinator with the same identity on the same directory: the node's
+// finished result comes back from its memory, so each chunk is computed
+// exactly once.
+func TestResultResentAfterCrash(t *testing.T) {
+	ts := newTestSwarm(t)
+	ctx, cancel := context.WithCancel(ts.ctx)
+	// The coordinator "crashes" once the node has finished its third
+	// chunk, before that result reaches it.
+	crash := &crashBase{Base: newFakeBase(ts.base, time.Millisecond, honest, 1), at: 3, crash: cancel}
+	tn := ts.addNode(crash, node.Config{OfferInterval: 50 * time.Millisecond})
+	dir := t.TempDir()
+	ds := swarmDataset(601, 8, 1, 16)
+	c1, _ := ts.coordinator(Config{VerifyFraction: -1, CacheDir: dir})
+	if err := c1.Collect(ctx, ds, nil); !errors.Is(err, context.Canceled) {
+		t.Fatalf("interrupted Collect: %v", err)
+	}
+	c1.Close()
+	c2, _ := ts.coordinator(Config{VerifyFraction: -1, CacheDir: dir})
+	cached, total := c2.CacheStatus(ds)
+	if cached == 0 || cached == total {
+		t.Fatalf("%d of %d chunks cached after the crash; the test needs some but not all", cached, total)
+	}
+	if err := c2.Collect(ts.ctx, ds, nil); err != nil {
+		t.Fatal(err)
+	}
+	st := tn.n.Stats()
+	if st.Computed != int64(total) || st.Resent < 1 {
+		t.Fatalf("node computed %d chunks for %d (resent %d): want each computed once and at least one resent", st.Computed, total, st.Resent)
+	}
+	t.Logf("%d of %d chunks cached at the crash; the node computed %d, resent %d from memory", cached, total, st.Computed, st.Resent)
+}
+
+// crashBase calls crash after its at-th forward pass.
+type crashBase struct {
+	node.Base
+	at    int64
+	calls atomic.Int64
+	crash func()
+}
+
+func (b *crashBase) Forward(ids []int32, layers []int) ([][]float32, error) {
+	out, err := b.Base.Forward(ids, layers)
+	if b.calls.Add(1) == b.at {
+		b.crash()
+	}
+	return out, err
 }

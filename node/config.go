@@ -28,6 +28,16 @@ type Config struct {
 	JobTimeout time.Duration
 	// DrainTimeout bounds how long Close waits for in-flight jobs. Default 10 s.
 	DrainTimeout time.Duration
+	// KeepResults is how many finished results the node keeps while the
+	// coordinator has not acknowledged them as durable (no Ack came, or
+	// Ack.Held), to offer them again after a reconnect (keep.go); the
+	// oldest beyond it are forgotten. Default 64.
+	KeepResults int
+	// KeepFor is how long a kept result is offered. Default 30 min.
+	KeepFor time.Duration
+	// OfferInterval is how often the node offers kept results to a
+	// connected coordinator (besides at once on reconnecting). Default 2 s.
+	OfferInterval time.Duration
 	// Device names the compute device in adverts ("cpu", "cuda:<name>").
 	// Default "cpu".
 	Device string
@@ -65,6 +75,15 @@ func (c Config) withDefaults() Config {
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = 10 * time.Second
 	}
+	if c.KeepResults == 0 {
+		c.KeepResults = 64
+	}
+	if c.KeepFor == 0 {
+		c.KeepFor = 30 * time.Minute
+	}
+	if c.OfferInterval == 0 {
+		c.OfferInterval = 2 * time.Second
+	}
 	if c.Device == "" {
 		c.Device = "cpu"
 	}
@@ -93,6 +112,12 @@ func (c Config) Validate() error {
 		return fmt.Errorf("node.Config.JobTimeout: %v is below 1s", c.JobTimeout)
 	case c.DrainTimeout < 0:
 		return fmt.Errorf("node.Config.DrainTimeout: %v is negative", c.DrainTimeout)
+	case c.KeepResults < 0 || c.KeepResults > 4096:
+		return fmt.Errorf("node.Config.KeepResults: %d not in [0, 4096]", c.KeepResults)
+	case c.KeepFor < time.Second:
+		return fmt.Errorf("node.Config.KeepFor: %v is below 1s", c.KeepFor)
+	case c.OfferInterval < 10*time.Millisecond:
+		return fmt.Errorf("node.Config.OfferInterval: %v is below 10ms", c.OfferInterval)
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"carryon/protocol"
 	"carryon/swarm"
@@ -41,6 +42,8 @@ type BatchBase interface {
 // Stats are a node's counters since Start.
 type Stats struct {
 	Jobs         int64   // embedding jobs completed and acknowledged
+	Computed     int64   // chunks run through a base (kept results answered again are not)
+	Resent       int64   // jobs answered from a kept result, without computing
 	Rejected     int64   // requests refused (bad input, wrong base, overload) or not acknowledged
 	Tokens       int64   // tokens run through a base
 	BytesSent    int64   // payload bytes of EmbedResult frames
@@ -64,12 +67,18 @@ type Node struct {
 		cancel context.CancelFunc
 		done   chan struct{}
 	}
+	offer struct { // the offer loop (keep.go)
+		cancel context.CancelFunc
+		done   chan struct{}
+	}
+	keep *keeper
 
 	mu      sync.Mutex
 	closed  bool
 	started bool
 
 	jobs, rejected, tokens, bytesSent atomic.Int64
+	computed, resent                  atomic.Int64
 	waiting                           atomic.Int64  // jobs queued for a slot
 	tps                               atomic.Uint64 // float64 bits
 }
@@ -85,7 +94,7 @@ func New(h host.Host, topics *swarm.Topics, bases []Base, cfg Config) (*Node, er
 		return nil, errors.New("node.New: no base to serve")
 	}
 	n := &Node{cfg: cfg, h: h, topics: topics, bases: map[string]Base{}, codecs: map[string]tensor.Codec{},
-		slots: make(chan struct{}, cfg.MaxJobs)}
+		slots: make(chan struct{}, cfg.MaxJobs), keep: newKeeper(cfg.KeepResults, cfg.KeepFor)}
 	for _, b := range bases {
 		n.bases[b.Info().WeightsHash] = b
 	}
@@ -108,6 +117,9 @@ func (n *Node) Start(ctx context.Context) error {
 	n.started = true
 	n.ctx, n.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	n.h.SetStreamHandler(protocol.EmbedProtocol, n.handleEmbed)
+	octx, ocancel := context.WithCancel(n.ctx)
+	n.offer.cancel, n.offer.done = ocancel, make(chan struct{})
+	go n.offerLoop(octx)
 	if n.topics != nil {
 		actx, cancel := context.WithCancel(n.ctx)
 		n.adv.cancel, n.adv.done = cancel, make(chan struct{})
@@ -140,6 +152,8 @@ func (n *Node) Close() error {
 		n.adv.cancel()
 		<-n.adv.done
 	}
+	n.offer.cancel()
+	<-n.offer.done
 	go func() { n.wg.Wait(); close(done) }()
 	select {
 	case <-done:
@@ -157,7 +171,7 @@ func (n *Node) Close() error {
 
 // Stats returns the node's counters.
 func (n *Node) Stats() Stats {
-	return Stats{Jobs: n.jobs.Load(), Rejected: n.rejected.Load(), Tokens: n.tokens.Load(),
+	return Stats{Jobs: n.jobs.Load(), Computed: n.computed.Load(), Resent: n.resent.Load(), Rejected: n.rejected.Load(), Tokens: n.tokens.Load(),
 		BytesSent: n.bytesSent.Load(), TokensPerSec: n.tokensPerSec()}
 }
 
@@ -272,19 +286,38 @@ func (n *Node) serveJob(ctx context.Context, s network.Stream, log *slog.Logger)
 	if err != nil {
 		return err
 	}
-	if !n.acquire(ctx) {
-		return protocol.Errorf(protocol.KindOverloaded, "all %d job slots busy and %d jobs queued", cap(n.slots), n.cfg.MaxQueue)
-	}
-	defer n.release()
+	coord := s.Conn().RemotePeer()
 	log = log.With("job", req.JobID, "chunk", short(req.ChunkID))
-	start := time.Now()
-	tokens, sent, err := n.compute(s, req, base, codec)
-	if err != nil {
-		return err
+	r := n.keep.get(coord, req)
+	if r == nil {
+		if !n.acquire(ctx) {
+			return protocol.Errorf(protocol.KindOverloaded, "all %d job slots busy and %d jobs queued", cap(n.slots), n.cfg.MaxQueue)
+		}
+		// The same chunk may have finished while this request waited (a
+		// restarted coordinator leasing it back while it computed).
+		if r = n.keep.get(coord, req); r == nil {
+			var err error
+			r, err = n.computeKept(coord, req, base, codec)
+			if err != nil {
+				n.release()
+				return err
+			}
+		}
+		n.release()
 	}
-	elapsed := time.Since(start)
+	if n.keep.sent(r) {
+		n.resent.Add(1)
+		log.Info("answering from a kept result, not computing")
+	}
+	var sent int64
+	for _, res := range r.results {
+		if err := protocol.WriteFrame(s, res); err != nil {
+			return fmt.Errorf("write result: %w", err)
+		}
+		sent += int64(len(res.Data))
+	}
 	done := &protocol.EmbedDone{V: protocol.Version, JobID: req.JobID, ChunkID: req.ChunkID,
-		Results: len(req.Seqs) * len(req.Layers), ComputeMillis: elapsed.Milliseconds()}
+		Results: len(r.results), ComputeMillis: r.millis}
 	if err := protocol.WriteFrame(s, done); err != nil {
 		return fmt.Errorf("write done: %w", err)
 	}
@@ -292,15 +325,40 @@ func (n *Node) serveJob(ctx context.Context, s network.Stream, log *slog.Logger)
 	if err != nil {
 		return fmt.Errorf("read ack: %w", err)
 	}
-	if !ack.OK {
+	switch {
+	case !ack.OK:
+		n.keep.forget(coord, req.JobID, req.ChunkID)
 		return fmt.Errorf("coordinator refused the result: %s", ack.Reason)
+	case ack.Held:
+		log.Debug("result held by the coordinator for verification; kept")
+	default:
+		n.keep.forget(coord, req.JobID, req.ChunkID)
 	}
-	n.observe(tokens, elapsed)
 	n.jobs.Add(1)
-	n.tokens.Add(int64(tokens))
+	n.tokens.Add(int64(req.Tokens()))
 	n.bytesSent.Add(sent)
-	log.Debug("embedding job done", "tokens", tokens, "bytes", sent, "ms", elapsed.Milliseconds())
+	log.Debug("embedding job done", "tokens", req.Tokens(), "bytes", sent, "ms", r.millis)
 	return nil
+}
+
+// computeKept computes req and keeps the result until the coordinator
+// says it is durable.
+func (n *Node) computeKept(coord peer.ID, req *protocol.EmbedRequest, base Base, codec tensor.Codec) (*kept, error) {
+	start := time.Now()
+	results, err := n.compute(req, base, codec)
+	if err != nil {
+		return nil, err
+	}
+	elapsed := time.Since(start)
+	r := &kept{coord: coord, job: req.JobID, chunk: req.ChunkID, base: req.BaseHash, codec: req.Codec,
+		layers: req.Layers, results: results, millis: elapsed.Milliseconds(), at: time.Now()}
+	for _, sq := range req.Seqs {
+		r.rows = append(r.rows, len(sq))
+	}
+	n.computed.Add(1)
+	n.observe(req.Tokens(), elapsed)
+	n.keep.put(r)
+	return r, nil
 }
 
 // check validates a request against what this node serves.
@@ -333,35 +391,31 @@ func (n *Node) check(req *protocol.EmbedRequest) (Base, tensor.Codec, error) {
 }
 
 // compute runs the forward pass (the whole chunk as one batch when the base
-// can, else per sequence) and streams the bridged layers.
-func (n *Node) compute(s network.Stream, req *protocol.EmbedRequest, base Base, codec tensor.Codec) (tokens int, sent int64, err error) {
+// can, else per sequence) and encodes the bridged layers: one EmbedResult
+// per (sequence, layer), in order.
+func (n *Node) compute(req *protocol.EmbedRequest, base Base, codec tensor.Codec) ([]*protocol.EmbedResult, error) {
 	dim := base.Info().Dim
 	var batch [][][]float32
+	var err error
 	if bb, ok := base.(BatchBase); ok && len(req.Seqs) > 1 {
 		if batch, err = bb.ForwardBatch(req.Seqs, req.Layers); err != nil {
-			return 0, 0, protocol.Errorf(protocol.KindInternal, "forward: %v", err)
+			return nil, protocol.Errorf(protocol.KindInternal, "forward: %v", err)
 		}
 	}
-	var buf []byte
+	var out []*protocol.EmbedResult
 	for i, seq := range req.Seqs {
 		var hs [][]float32
 		if batch != nil {
-			hs, batch[i] = batch[i], nil // let the sent sequence go
+			hs, batch[i] = batch[i], nil // let the encoded sequence go
 		} else if hs, err = base.Forward(seq, req.Layers); err != nil {
-			return 0, 0, protocol.Errorf(protocol.KindInternal, "forward of sequence %d: %v", i, err)
+			return nil, protocol.Errorf(protocol.KindInternal, "forward of sequence %d: %v", i, err)
 		}
 		for j, layer := range req.Layers {
-			buf = codec.Encode(buf[:0], hs[j], len(seq), dim)
-			res := &protocol.EmbedResult{V: protocol.Version, JobID: req.JobID, ChunkID: req.ChunkID, Seq: i, Layer: layer,
-				Codec: req.Codec, Rows: len(seq), Dim: dim, Data: buf}
-			if err := protocol.WriteFrame(s, res); err != nil {
-				return 0, 0, fmt.Errorf("write result: %w", err)
-			}
-			sent += int64(len(buf))
+			out = append(out, &protocol.EmbedResult{V: protocol.Version, JobID: req.JobID, ChunkID: req.ChunkID, Seq: i,
+				Layer: layer, Codec: req.Codec, Rows: len(seq), Dim: dim, Data: codec.Encode(nil, hs[j], len(seq), dim)})
 		}
-		tokens += len(seq)
 	}
-	return tokens, sent, nil
+	return out, nil
 }
 
 func short(h string) string {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -203,11 +205,13 @@ func TestCoordinatorCrashResume(t *testing.T) {
 	if len(trained) == 0 || trained[0] <= resumed {
 		t.Fatalf("after resuming at step %d the coordinator reported steps %v", resumed, trained)
 	}
-	log, err := os.ReadFile(filepath.Join(cache, "versions.jsonl"))
-	if err != nil || !strings.Contains(string(log), `"cid":"`+cid+`"`) {
-		t.Fatalf("versions log does not record %s: %v\n%s", cid, err, log)
-	}
 	c3.stop(t)
+	// The store lists the version: a restart says it serves it.
+	c3b := start(t, env, bin, coordArgs...)
+	if got := c3b.waitLine(t, ctx, "serving "); !strings.Contains(got, "latest "+cid) {
+		t.Fatalf("restarted coordinator: serving %s; want latest %s", got, cid)
+	}
+	c3b.stop(t)
 
 	// 4. The same job trained without interruption on a copy of the
 	// embeddings (and no checkpoints) gives the same adaptor, bit for bit.
@@ -215,7 +219,9 @@ func TestCoordinatorCrashResume(t *testing.T) {
 	if err := os.MkdirAll(fresh, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := exec.Command("cp", "-r", embDir, filepath.Join(fresh, "embeddings")).CombinedOutput(); err != nil {
+	// The embeddings and their index (the store also indexes checkpoints,
+	// but their files stay behind, so training starts afresh).
+	if out, err := exec.Command("cp", "-r", embDir, filepath.Join(cache, "state.db"), fresh).CombinedOutput(); err != nil {
 		t.Fatalf("cp: %v\n%s", err, out)
 	}
 	args := append([]string(nil), coordArgs...)
@@ -226,4 +232,144 @@ func TestCoordinatorCrashResume(t *testing.T) {
 		t.Fatalf("the resumed run published %s, an uninterrupted run %s", cid, straight)
 	}
 	t.Logf("resumed at step %d and published %s, the adaptor of an uninterrupted run", resumed, cid)
+}
+
+// TestCoordinatorKillAnywhere kills a real coordinator process (SIGKILL)
+// at random moments, over 20 seeds: while it leases, commits, trains or
+// publishes. The node keeps running across the kills and the restarted
+// coordinator dials it. Every time the job must finish, each chunk must be
+// computed exactly once (the node's computed count equals the chunk count:
+// nothing finished is recomputed; results the coordinator had not made
+// durable come back from the node's memory), and training must resume
+// from a checkpoint no older than the last one printed before a kill.
+func TestCoordinatorKillAnywhere(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary many times")
+	}
+	dir := t.TempDir()
+	bin := buildBinary(t, dir)
+	env := []string{"XDG_CACHE_HOME=" + filepath.Join(dir, "xdg")}
+	key := filepath.Join(dir, "swarm.key")
+	if out, err := exec.Command(bin, "keygen", "--out", key).CombinedOutput(); err != nil {
+		t.Fatalf("keygen: %v\n%s", err, out)
+	}
+	var data strings.Builder
+	words := []string{"carry", "on", "frozen", "base", "volunteer", "bridge", "chunk", "gossip", "adaptor", "swarm"}
+	for i := range 12 {
+		var p []string
+		for j := range 40 {
+			p = append(p, words[(i*7+j*j+j/3)%len(words)])
+		}
+		fmt.Fprintf(&data, `{"text": %q}`+"\n", strings.Join(p, " "))
+	}
+	dataPath := filepath.Join(dir, "data.jsonl")
+	if err := os.WriteFile(dataPath, []byte(data.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const seeds, steps, every = 20, 12, 3
+	var mu sync.Mutex
+	var kills, midCollect, midTrain, afterPublish, resentAll int
+	t.Run("seeds", func(t *testing.T) {
+		for seed := range seeds {
+			t.Run(fmt.Sprint(seed), func(t *testing.T) {
+				t.Parallel()
+				rng := rand.New(rand.NewPCG(uint64(seed), 7))
+				cache := filepath.Join(dir, fmt.Sprint("seed", seed))
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+				n := start(t, env, bin, "node", "--key", key, "--listen", "/ip4/127.0.0.1/tcp/0", "--dht", "off",
+					"--advert-interval", "100ms", "--jobs", "1")
+				nodeAddr := n.waitLine(t, ctx, "listening on ")
+				args := []string{"coordinator", "--key", key, "--listen", "/ip4/127.0.0.1/tcp/0", "--dht", "off",
+					"--bootstrap", nodeAddr, "--identity", filepath.Join(cache, "identity.key"), "--cache", cache, "--data", dataPath, "--seq-len", "32", "--chunk-seqs", "1",
+					"--steps", fmt.Sprint(steps), "--checkpoint-every", fmt.Sprint(every), "--batch", "2", "--width", "16", "--layers", "1"}
+				total, lastCkpt, resumed := 0, 0, -1
+				var cid string
+				for run := 0; cid == ""; run++ {
+					c := start(t, env, bin, args...)
+					// Kill at a random moment in the first two runs; let the
+					// third finish.
+					var deadline <-chan time.Time
+					if run < 2 {
+						deadline = time.After(time.Duration(rng.IntN(2500)) * time.Millisecond)
+					}
+					phase, published := "starting", ""
+				watch:
+					for {
+						select {
+						case l, ok := <-c.lines:
+							if !ok && published != "" {
+								cid = published // it exits after publishing
+								break watch
+							}
+							if !ok {
+								t.Fatalf("seed %d run %d: the coordinator ended:\n%s", seed, run, c.log.String())
+							}
+							switch {
+							case strings.HasPrefix(l, "cached "):
+								phase = "collecting"
+								if _, err := fmt.Sscanf(l, "cached %d of %d chunks", new(int), &total); err != nil {
+									t.Fatal(err)
+								}
+							case strings.HasPrefix(l, "resumed training at step "):
+								phase = "training"
+								resumed = atoi(t, strings.TrimPrefix(l, "resumed training at step "))
+								if resumed < lastCkpt {
+									t.Fatalf("seed %d: resumed at step %d, but step %d was checkpointed before the kill", seed, resumed, lastCkpt)
+								}
+							case strings.HasPrefix(l, "checkpoint: step "):
+								phase = "training"
+								lastCkpt = atoi(t, strings.TrimPrefix(l, "checkpoint: step "))
+							case strings.HasPrefix(l, "train: step "):
+								phase = "training"
+							case strings.HasPrefix(l, "adaptor "):
+								phase = "published"
+								published = strings.TrimPrefix(l, "adaptor ")
+								if deadline == nil {
+									cid = published
+									break watch
+								}
+							}
+						case <-deadline:
+							c.kill(t)
+							mu.Lock()
+							kills++
+							switch phase {
+							case "collecting", "starting":
+								midCollect++
+							case "training":
+								midTrain++
+							case "published":
+								afterPublish++
+							}
+							mu.Unlock()
+							break watch
+						case <-ctx.Done():
+							t.Fatalf("seed %d run %d: timed out in phase %s:\n%s", seed, run, phase, c.log.String())
+						}
+					}
+					if cid != "" {
+						c.cmd.Process.Kill() // it may serve adaptors until interrupted
+						c.cmd.Wait()
+					}
+				}
+				stderr := n.stop(t)
+				m := regexp.MustCompile(`msg="node stopping" jobs=\d+ computed=(\d+) resent=(\d+)`).FindStringSubmatch(stderr)
+				if m == nil {
+					t.Fatalf("seed %d: the node did not report its counts:\n%s", seed, stderr)
+				}
+				computed, _ := strconv.Atoi(m[1])
+				resent, _ := strconv.Atoi(m[2])
+				mu.Lock()
+				resentAll += resent
+				mu.Unlock()
+				if computed != total {
+					t.Fatalf("seed %d: the node computed %d chunks for a job of %d (resent %s): some were recomputed", seed, computed, total, m[2])
+				}
+				t.Logf("seed %d: %d chunks computed once each, %s resent from the node's memory, resumed at %d, adaptor %.16s", seed, computed, m[2], resumed, cid)
+				cancel()
+			})
+		}
+	})
+	t.Logf("%d kills: %d while starting or collecting, %d while training, %d after publishing; %d results resent from a node's memory instead of recomputed",
+		kills, midCollect, midTrain, afterPublish, resentAll)
 }

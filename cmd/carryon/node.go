@@ -97,7 +97,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	j.reach(ctx, stdout)
 	<-ctx.Done()
 	st := n.Stats()
-	log.Info("node stopping", "jobs", st.Jobs, "tokens", st.Tokens, "rejected", st.Rejected)
+	log.Info("node stopping", "jobs", st.Jobs, "computed", st.Computed, "resent", st.Resent, "tokens", st.Tokens, "rejected", st.Rejected)
 	return n.Close()
 }
 

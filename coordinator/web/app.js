@@ -187,7 +187,7 @@ function render(s) {
     cell(tr, fmtInt(n.chunks), "num");
     cell(tr, fmtInt(n.verified), "num");
     cell(tr, fmtInt(n.failures), "num");
-    cell(tr, (100 * n.sampling_rate).toFixed(0) + "%", "num");
+    cell(tr, (100 * n.sampling_rate).toFixed(0) + "% (" + fmtInt(n.clean || 0) + " clean" + (n.suspect ? ", suspect" : "") + ")", "num");
     const state = n.banned ? "banned: " + (n.ban_reason || "") : n.eligible ? "eligible" : n.in_job ? "idle" : "seen";
     cell(tr, state);
     nb.appendChild(tr);
