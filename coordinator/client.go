@@ -68,6 +68,9 @@ func embedChunk(ctx context.Context, h host.Host, p peer.ID, job embedJob, ch *d
 		return nil, 0, fmt.Errorf("%w: done message for job %q chunk %s with %d results does not match", errBadResult, done.JobID, short(done.ChunkID), done.Results)
 	}
 	held, err := accept(entries)
+	if errors.Is(err, errNotTaken) {
+		return nil, 0, err // reset, no Ack: the node keeps the result
+	}
 	if err != nil {
 		refused = true
 		_ = protocol.WriteFrame(s, &protocol.Ack{V: protocol.AckVersion, JobID: job.ID, ChunkID: ch.ID, OK: false, Reason: protocol.Errorf(protocol.KindInternal, "%v", err).Msg})

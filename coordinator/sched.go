@@ -128,6 +128,7 @@ type (
 	}
 	claimReply struct {
 		kind   verdictKind
+		keep   bool         // vReject: leave the result with the node (no Ack)
 		others []heldResult // vHold: the results to compare against
 	}
 	// finishEv: a lease ended.
@@ -166,6 +167,11 @@ func (c comparison) agree() bool { return c.err == nil && c.stats.agree() }
 
 // errSuperseded rejects a result the loop no longer wants.
 var errSuperseded = errors.New("result superseded: another lease delivered this chunk")
+
+// errNotTaken drops a result unacknowledged (the stream is reset, no
+// Ack): its lease was cancelled, and the node keeps the result to offer
+// it again.
+var errNotTaken = errors.New("result not taken now: its lease was cancelled")
 
 // loop is the state of one Collect, owned by its run goroutine.
 type loop struct {
@@ -655,6 +661,9 @@ func (l *loop) runLease(ctx context.Context, ls *lease) {
 			}
 			return true, nil
 		default:
+			if v.keep {
+				return false, errNotTaken
+			}
 			return false, errSuperseded
 		}
 	})
@@ -680,7 +689,10 @@ func payloadBytes(entries [][]Entry) int64 {
 func (l *loop) claim(ls *lease, entries [][]Entry) claimReply {
 	cs := ls.cs
 	if ls.canceled != "" || ls.node.banned || cs.phase == phDone || cs.phase == phStoring {
-		return claimReply{kind: vReject}
+		// The node keeps a result nobody else delivered (the lease was
+		// cancelled: job over, disconnect, deadline) to offer it again.
+		keep := !ls.node.banned && cs.phase != phDone && cs.phase != phStoring && ls.canceled != "superseded"
+		return claimReply{kind: vReject, keep: keep}
 	}
 	for _, o := range cs.leases { // first result wins
 		if o != ls {
