@@ -297,8 +297,8 @@ func TestLoadErrorsNameTheTensor(t *testing.T) {
 					t.Errorf("error %q does not mention %q", err, w)
 				}
 			}
-			if !strings.HasPrefix(err.Error(), "model.LoadBase") {
-				t.Errorf("error %q does not name the operation", err)
+			if !strings.HasPrefix(err.Error(), "open model ") || strings.Contains(err.Error(), "model.LoadBase") {
+				t.Errorf("error %q does not name the operation in the user's words", err)
 			}
 		})
 	}
@@ -313,6 +313,26 @@ func TestLoadErrorsNameTheTensor(t *testing.T) {
 		// The last tensor in the file (names are sorted) is the one cut short.
 		if err == nil || !strings.Contains(err.Error(), "model.norm.weight") || !strings.Contains(err.Error(), "truncated") {
 			t.Errorf("err = %v, want it to name model.norm.weight and say truncated", err)
+		}
+	})
+	t.Run("cut in half", func(t *testing.T) {
+		// Many tensors are cut: the error names the first one in the file,
+		// the same every time (the header is a JSON object: map order).
+		dir, _ := writeTiny(t, "qwen2", 3)
+		path := filepath.Join(dir, singleFile)
+		data, _ := os.ReadFile(path)
+		if err := os.WriteFile(path, data[:len(data)/2], 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, first := LoadBase(dir)
+		if first == nil || !strings.HasPrefix(first.Error(), "open model "+dir+": ") || !strings.Contains(first.Error(), "is truncated") ||
+			strings.Contains(first.Error(), "model.LoadBase") {
+			t.Fatalf("err = %v, want open model DIR: … tensor … is truncated", first)
+		}
+		for range 20 {
+			if _, err := LoadBase(dir); err == nil || err.Error() != first.Error() {
+				t.Fatalf("errors differ between loads:\n%v\n%v", first, err)
+			}
 		}
 	})
 	t.Run("no weights", func(t *testing.T) {

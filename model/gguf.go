@@ -64,12 +64,12 @@ func LoadGGUF(path string) (*Base, error) { return LoadGGUFWith(path, LoadOption
 func LoadGGUFWith(path string, opt LoadOptions) (*Base, error) {
 	g, err := tensor.OpenGGUF(path)
 	if err != nil {
-		return nil, fmt.Errorf("model.LoadGGUF: %w", err)
+		return nil, fmt.Errorf("open model %s: %w", path, err)
 	}
 	b, err := loadGGUF(g, path, opt)
 	if err != nil {
 		g.Close()
-		return nil, fmt.Errorf("model.LoadGGUF: %s: %w", path, err)
+		return nil, fmt.Errorf("open model %s: %w", path, err)
 	}
 	return b, nil
 }

@@ -293,7 +293,7 @@ func TestLoadGGUFRejects(t *testing.T) {
 		if err == nil {
 			b.Close()
 		}
-		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.HasPrefix(err.Error(), "model.LoadGGUF: ") {
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.HasPrefix(err.Error(), "open model ") {
 			t.Errorf("%s: err = %v, want one containing %q", filepath.Base(c.path), err, c.want)
 		}
 	}

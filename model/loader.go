@@ -65,15 +65,15 @@ func LoadBase(dir string) (*Base, error) { return LoadBaseWith(dir, LoadOptions{
 func LoadBaseWith(dir string, opt LoadOptions) (*Base, error) {
 	cfgData, err := readCapped(filepath.Join(dir, configFile), MaxConfigBytes)
 	if err != nil {
-		return nil, fmt.Errorf("model.LoadBase: %w", err)
+		return nil, fmt.Errorf("open model %s: %w", dir, err)
 	}
 	cfg, err := ParseConfig(cfgData)
 	if err != nil {
-		return nil, fmt.Errorf("model.LoadBase: %s: %w", filepath.Join(dir, configFile), err)
+		return nil, fmt.Errorf("open model %s: %s: %w", dir, configFile, err)
 	}
 	files, index, err := weightFiles(dir)
 	if err != nil {
-		return nil, fmt.Errorf("model.LoadBase: %w", err)
+		return nil, fmt.Errorf("open model %s: %w", dir, err)
 	}
 	b := &Base{Config: cfg}
 	ws := make(weightSet)
@@ -82,21 +82,21 @@ func LoadBaseWith(dir string, opt LoadOptions) (*Base, error) {
 		st, err := tensor.OpenSafetensors(filepath.Join(dir, name))
 		if err != nil {
 			b.Close()
-			return nil, fmt.Errorf("model.LoadBase: %w", err)
+			return nil, fmt.Errorf("open model %s: %w", dir, err)
 		}
 		b.closers = append(b.closers, st.Close)
 		if err := hashFile(h, filepath.Join(dir, name)); err != nil {
 			b.Close()
-			return nil, fmt.Errorf("model.LoadBase: %w", err)
+			return nil, fmt.Errorf("open model %s: %w", dir, err)
 		}
 		for _, tn := range st.Names() {
 			if want, ok := index[tn]; ok && want != name {
 				b.Close()
-				return nil, fmt.Errorf("model.LoadBase: tensor %q is in %s but the index says %s", tn, name, want)
+				return nil, fmt.Errorf("open model %s: tensor %q is in %s but the index says %s", dir, tn, name, want)
 			}
 			if prev, dup := ws[tn]; dup {
 				b.Close()
-				return nil, fmt.Errorf("model.LoadBase: tensor %q is in both %s and %s", tn, prev.file, name)
+				return nil, fmt.Errorf("open model %s: tensor %q is in both %s and %s", dir, tn, prev.file, name)
 			}
 			v, _ := st.Get(tn)
 			ws[tn] = &weightEntry{view: v, file: name}
@@ -105,13 +105,13 @@ func LoadBaseWith(dir string, opt LoadOptions) (*Base, error) {
 	for tn, file := range index {
 		if _, ok := ws[tn]; !ok {
 			b.Close()
-			return nil, fmt.Errorf("model.LoadBase: tensor %q is listed in %s (file %s) but missing from it", tn, indexFile, file)
+			return nil, fmt.Errorf("open model %s: tensor %q is listed in %s (file %s) but missing from it", dir, tn, indexFile, file)
 		}
 	}
 	b.WeightsHash = hex.EncodeToString(h.Sum(nil))
 	if err := b.bind(ws, opt); err != nil {
 		b.Close()
-		return nil, fmt.Errorf("model.LoadBase: %s: %w", dir, err)
+		return nil, fmt.Errorf("open model %s: %w", dir, err)
 	}
 	return b, nil
 }

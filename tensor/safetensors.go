@@ -10,6 +10,7 @@ import (
 	"math"
 	"os"
 	"slices"
+	"strings"
 	"unsafe"
 )
 
@@ -125,6 +126,14 @@ func ParseSafetensors(data []byte) (*Safetensors, error) {
 	}
 	body := data[8+hlen:]
 	st := &Safetensors{tensors: make(map[string]View, len(raw))}
+	// Entries are checked in file order (by data offset, then name), so
+	// that a file cut short names its first cut tensor, the same one every
+	// time, not whichever one the map happens to yield first.
+	type entry struct {
+		name string
+		e    stHeaderEntry
+	}
+	entries := make([]entry, 0, len(raw))
 	for name, msg := range raw {
 		if name == "__metadata__" {
 			if err := json.Unmarshal(msg, &st.Meta); err != nil {
@@ -136,12 +145,21 @@ func ParseSafetensors(data []byte) (*Safetensors, error) {
 		if err := json.Unmarshal(msg, &e); err != nil {
 			return nil, fmt.Errorf("safetensors: tensor %q: %w", name, err)
 		}
-		v, err := e.view(name, body)
+		entries = append(entries, entry{name, e})
+	}
+	slices.SortFunc(entries, func(a, b entry) int {
+		if c := cmpInt(int(a.e.DataOffsets[0]), int(b.e.DataOffsets[0])); c != 0 {
+			return c
+		}
+		return strings.Compare(a.name, b.name)
+	})
+	for _, en := range entries {
+		v, err := en.e.view(en.name, body)
 		if err != nil {
 			return nil, err
 		}
-		st.tensors[name] = v
-		st.names = append(st.names, name)
+		st.tensors[en.name] = v
+		st.names = append(st.names, en.name)
 	}
 	slices.SortFunc(st.names, func(a, b string) int {
 		return cmpInt(offsetOf(st.tensors[a].Data, body), offsetOf(st.tensors[b].Data, body))
@@ -163,7 +181,10 @@ func (e stHeaderEntry) view(name string, body []byte) (View, error) {
 	}
 	b, end := e.DataOffsets[0], e.DataOffsets[1]
 	if b < 0 || end < b || end > int64(len(body)) {
-		return View{}, fmt.Errorf("safetensors: tensor %q: offsets [%d, %d) outside the %d-byte data section (truncated file?)", name, b, end, len(body))
+		if b >= 0 && end >= b && end > int64(len(body)) {
+			return View{}, fmt.Errorf("safetensors: tensor %q is truncated: its data [%d, %d) runs past the end of the %d-byte data section", name, b, end, len(body))
+		}
+		return View{}, fmt.Errorf("safetensors: tensor %q: offsets [%d, %d) outside the %d-byte data section", name, b, end, len(body))
 	}
 	if end-b != n*size {
 		return View{}, fmt.Errorf("safetensors: tensor %q: shape %v of %s needs %d bytes, offsets give %d", name, e.Shape, e.DType, n*size, end-b)
