@@ -29,7 +29,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	device := fs.String("device", "cpu", "compute device: cpu, or cuda (GPU 0; needs a binary built with -tags cuda and --model DIR, a Hugging Face checkpoint)")
 	codecs := fs.String("codecs", "q8,q4,q2,bf16", "bridge settings offered")
 	jobs := fs.Int("jobs", 1, "embedding jobs run at once")
-	advert := fs.Duration("advert-interval", 0, "how often to re-advertise (default 20s)")
+	advert := fs.Duration("advert-interval", node.DefaultInternetConfig().AdvertInterval, "how often to re-advertise")
 	cacheDir := fs.String("cache", model.DefaultCacheDir(), "where the default model is kept")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100); empty: none")
 	store := fs.String("store", defaultStoreDir(), "block store of adaptors this node serves to the swarm (and to Kubo) over bitswap")
@@ -74,9 +74,10 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}()
 	}
 	cfg := node.DefaultInternetConfig()
-	if *advert > 0 {
-		cfg.AdvertInterval = *advert
+	if *advert <= 0 {
+		return fmt.Errorf("--advert-interval %v: want a positive duration", *advert)
 	}
+	cfg.AdvertInterval = *advert
 	cfg.Codecs, cfg.MaxJobs, cfg.Logger, cfg.Device = splitList(*codecs), *jobs, log, devName
 	n, err := node.New(j.h, j.topics, []node.Base{base}, cfg)
 	if err != nil {
