@@ -95,6 +95,18 @@ type TrainConfig struct {
 	// at the end), and a matching run resumes from it. Default 50;
 	// negative disables checkpoints (and resuming).
 	CheckpointEvery int
+	// KeepBest makes the result the carry-on of the validation pass with
+	// the lowest loss instead of the last step's (best-by-validation: a
+	// cheap carry-on can exhaust a small task and overfit). Only passes
+	// made by this call count: a resumed run does not have the weights of
+	// passes before its checkpoint. Needs a validation split.
+	KeepBest bool
+	// AlphaGrid, when not empty, picks α after training (and after
+	// KeepBest): the validation loss is measured at each value and the
+	// carry-on keeps the lowest (its Config.Alpha, and so the adaptor's).
+	// A blend can be worse than either side alone; include the training α
+	// to allow "no change". Needs a validation split.
+	AlphaGrid []float32
 }
 
 func (c Config) withDefaults() Config {

@@ -42,6 +42,7 @@ type TrainResult struct {
 	Evals   []EvalInfo // every validation pass of the run, restored ones included
 	Meta    carryon.Meta
 	Resumed int // the checkpoint step this call resumed from; 0 for a fresh start
+	Best    int // the step whose weights CarryOn holds (the last step unless TrainConfig.KeepBest chose an earlier one)
 }
 
 // Hooks observe a Run (and a Train). Any may be nil.
@@ -286,6 +287,8 @@ func (c *Coordinator) Train(ctx context.Context, ds *dataset.Set, hooks Hooks) (
 	t := &trainer{c: c, co: co, ws: co.NewBatchWorkspace(maxSeq, batchRows(co.Config, maxSeq, tc.BatchSeqs)),
 		grads: make([]float32, len(co.Params)), wPred: c.base.LMHead(), dec: &decoder{c: c, chain: chain}}
 	order := epochOrder(tc.Seed, state.Epoch, len(train))
+	var best []float32 // the parameters of the best validation pass (KeepBest)
+	bestLoss, bestStep := math.Inf(1), 0
 	for step := state.Step + 1; step <= tc.Steps; step++ {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("coordinator.Train: %w", err)
@@ -315,6 +318,10 @@ func (c *Coordinator) Train(ctx context.Context, ds *dataset.Set, hooks Hooks) (
 				return nil, fmt.Errorf("coordinator.Train: eval: %w", err)
 			}
 			ev.Step = step
+			if tc.KeepBest && ev.Loss < bestLoss {
+				best = append(best[:0], co.Params...)
+				bestLoss, bestStep = ev.Loss, step
+			}
 			res.Evals = append(res.Evals, ev)
 			state.Evals = res.Evals
 			if hooks.Eval != nil {
@@ -336,7 +343,70 @@ func (c *Coordinator) Train(ctx context.Context, ds *dataset.Set, hooks Hooks) (
 		res.Meta.Metrics["val_loss"] = res.Evals[n-1].Loss
 		res.Meta.Metrics["val_base_loss"] = res.Evals[n-1].BaseLoss
 	}
+	if tc.KeepBest && best != nil && bestStep != tc.Steps {
+		copy(co.Params, best)
+		res.Meta.Step = bestStep
+		res.Meta.Metrics["val_loss"] = bestLoss
+	}
+	if len(tc.AlphaGrid) > 0 && len(val) > 0 {
+		a, l, err := t.chooseAlpha(val, tc.AlphaGrid)
+		if err != nil {
+			return nil, fmt.Errorf("coordinator.Train: choosing alpha: %w", err)
+		}
+		co.Config.Alpha = a
+		res.Meta.Metrics["val_loss"] = l
+	}
+	res.Best = res.Meta.Step
 	return res, nil
+}
+
+// chooseAlpha measures the validation loss at each α of grid and returns
+// the lowest (the first of equals).
+func (t *trainer) chooseAlpha(val []seqData, grid []float32) (float32, float64, error) {
+	keep := t.co.Config.Alpha
+	defer func() { t.co.Config.Alpha = keep }()
+	bestA, bestL := keep, math.Inf(1)
+	for _, a := range grid {
+		if math.IsNaN(float64(a)) || math.IsInf(float64(a), 0) {
+			return 0, 0, fmt.Errorf("alpha %v is not finite", a)
+		}
+		t.co.Config.Alpha = a
+		ev, err := t.eval(val)
+		if err != nil {
+			return 0, 0, err
+		}
+		if ev.Loss < bestL {
+			bestA, bestL = a, ev.Loss
+		}
+	}
+	return bestA, bestL, nil
+}
+
+// Evaluate measures co (with its own α) and the base alone on ds.Val's
+// cached embeddings, as training's validation passes do: a held-out test
+// split scored without the network. co is a single stage (no parent chain). The chunks must be in the cache
+// (CollectLocal or a finished collection).
+func (c *Coordinator) Evaluate(ds *Dataset, co *model.CarryOn) (EvalInfo, error) {
+	val, err := c.loadSplit(ds.Val)
+	if err != nil {
+		return EvalInfo{}, fmt.Errorf("coordinator.Evaluate: %w", err)
+	}
+	if len(val) == 0 {
+		return EvalInfo{}, errors.New("coordinator.Evaluate: no validation sequence with trained tokens")
+	}
+	maxSeq := 0
+	for _, s := range val {
+		maxSeq = max(maxSeq, len(s.targets))
+	}
+	if maxSeq > co.Config.MaxSeq {
+		return EvalInfo{}, fmt.Errorf("coordinator.Evaluate: a sequence of %d tokens is longer than the carry-on's %d", maxSeq, co.Config.MaxSeq)
+	}
+	t := &trainer{c: c, co: co, ws: co.NewWorkspace(maxSeq), wPred: c.base.LMHead(), dec: &decoder{c: c}}
+	ev, err := t.eval(val)
+	if err != nil {
+		return EvalInfo{}, fmt.Errorf("coordinator.Evaluate: %w", err)
+	}
+	return ev, nil
 }
 
 // epochOrder is the order in which epoch visits n training sequences: a

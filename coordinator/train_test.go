@@ -280,3 +280,69 @@ func TestEpochOrder(t *testing.T) {
 		t.Error("the order does not change with the epoch or the seed")
 	}
 }
+
+// TestTrainKeepBestAndAlpha: with KeepBest the result holds the weights of
+// the validation pass with the lowest loss (Evaluate on the same split
+// reproduces that loss exactly), and AlphaGrid leaves the carry-on at the
+// α with the lowest validation loss.
+func TestTrainKeepBestAndAlpha(t *testing.T) {
+	base, ds := testBase(t), testDataset(t)
+	tc := testTrainConfig(150, -1)
+	tc.CarryOn.Width, tc.CarryOn.FFN = 32, 96
+	tc.Optim.LR = 3e-2 // 150 steps on 38 problems: the carry-on overfits, so the best pass is not the last
+	tc.KeepBest = true
+	ctx := context.Background()
+	c := newTestCoordinator(t, t.TempDir(), base, ds, tc)
+	res, err := c.Train(ctx, ds, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	best := res.Evals[0]
+	for _, e := range res.Evals {
+		if e.Loss < best.Loss {
+			best = e
+		}
+	}
+	last := res.Evals[len(res.Evals)-1]
+	if best.Step == last.Step {
+		t.Fatalf("the last pass (%v) is the best of %v: the test needs a run whose loss rises again", last, res.Evals)
+	}
+	got, err := c.Evaluate(ds, res.CarryOn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Best != best.Step || res.Meta.Step != best.Step || got.Loss != best.Loss || res.Meta.Metrics["val_loss"] != best.Loss {
+		t.Fatalf("kept step %d (meta %d), evaluated loss %v, meta val_loss %v; want step %d, loss %v",
+			res.Best, res.Meta.Step, got.Loss, res.Meta.Metrics["val_loss"], best.Step, best.Loss)
+	}
+
+	// α on validation: the chosen α scores the lowest of the grid.
+	tc.KeepBest, tc.AlphaGrid = false, []float32{0, 0.5, 1, 1.5}
+	c2 := newTestCoordinator(t, t.TempDir(), base, ds, tc)
+	res2, err := c2.Train(ctx, ds, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res2.Best != tc.Steps {
+		t.Errorf("without KeepBest the result is step %d, want the last, %d", res2.Best, tc.Steps)
+	}
+	chosen := res2.CarryOn.Config.Alpha
+	min := math.Inf(1)
+	var argmin float32
+	for _, a := range tc.AlphaGrid {
+		res2.CarryOn.Config.Alpha = a
+		ev, err := c2.Evaluate(ds, res2.CarryOn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a == 0 && ev.Loss != ev.BaseLoss {
+			t.Errorf("α = 0: loss %v, base loss %v: want equal", ev.Loss, ev.BaseLoss)
+		}
+		if ev.Loss < min {
+			min, argmin = ev.Loss, a
+		}
+	}
+	if chosen != argmin || res2.Meta.Metrics["val_loss"] != min {
+		t.Errorf("chose α %v (val_loss %v), want %v (%v)", chosen, res2.Meta.Metrics["val_loss"], argmin, min)
+	}
+}

@@ -33,6 +33,10 @@ type RunOptions struct {
 	ArchFlags                     map[string]int
 	Seq                           int     // training window (max_position_embeddings)
 	Init                          string  // continue from this HF directory written by pretrain
+	// Tokenizer, when set, is a tokenizer.json used instead of training a
+	// BPE on the corpus (bases that share a tokenizer can be mixed as
+	// carry-on sources). Not with Init, whose tokenizer is used.
+	Tokenizer string
 	RopeTheta                     float64 // 0: 1e4 or Init's
 	Batch, Steps, Warmup          int
 	LR, MinLR, WD, Clip           float64
@@ -107,9 +111,14 @@ func Run(ctx context.Context, o RunOptions, stdout io.Writer) error {
 	tokPath := filepath.Join(o.Out, "tokenizer.json")
 	t0 := time.Now()
 	var tokJSON []byte
-	if initBase != nil {
+	switch {
+	case initBase != nil && o.Tokenizer != "":
+		return errors.New("--tokenizer and --init: the --init model's tokenizer is used; give one of them")
+	case initBase != nil:
 		tokJSON, err = os.ReadFile(filepath.Join(o.Init, "tokenizer.json"))
-	} else {
+	case o.Tokenizer != "":
+		tokJSON, err = os.ReadFile(o.Tokenizer)
+	default:
 		var bpe *tokenizer.BPEVocab
 		bpe, err = tokenizer.TrainBPE(trainDocs, o.Vocab, []string{EOT})
 		if bpe != nil {

@@ -25,6 +25,7 @@ func runPretrain(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	kvHeads := fs.Int("kv-heads", 2, "key/value heads")
 	ffn := fs.Int("ffn", 0, "MLP width (0: 8/3·dim rounded up to a multiple of 32)")
 	seq := fs.Int("seq", 256, "training window (also max_position_embeddings; with --init, a longer window extends the context)")
+	tokFile := fs.String("tokenizer", "", "use this tokenizer.json (one written by pretrain) instead of training a BPE on the corpus; bases that share a tokenizer can be mixed as carry-on sources")
 	initDir := fs.String("init", "", "continue from this base (HF dir written by pretrain: config.json, model.safetensors, tokenizer.json): its weights and tokenizer replace random weights and a new BPE; architecture flags must match it")
 	ropeTheta := fs.Float64("rope-theta", 0, "RoPE base (0: 1e4, or the --init model's)")
 	batch := fs.Int("batch", 16, "windows per step")
@@ -55,7 +56,7 @@ func runPretrain(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		}
 	})
 	return pretrain.Run(ctx, pretrain.RunOptions{Corpus: *corpus, Out: *out, Vocab: *vocab, Dim: *dim, Layers: *layers,
-		Heads: *heads, KVHeads: *kvHeads, FFN: *ffn, ArchFlags: arch, Seq: *seq, Init: *initDir, RopeTheta: *ropeTheta,
+		Heads: *heads, KVHeads: *kvHeads, FFN: *ffn, ArchFlags: arch, Seq: *seq, Init: *initDir, Tokenizer: *tokFile, RopeTheta: *ropeTheta,
 		Batch: *batch, Steps: *steps, Warmup: *warmup, LR: *lr, MinLR: *minLR, WD: *wd, Clip: *clip, Seed: *seed,
 		Workers: *workers, EvalEvery: *valEvery, CkptEvery: *ckptEvery, Minutes: *minutes, BF16: *bf16, ValEveryDoc: *valFrac}, stdout)
 }
