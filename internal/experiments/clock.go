@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"carryon/coordinator"
+	"carryon/internal/lora"
 	"carryon/model"
 	"carryon/tensor"
 )
@@ -52,8 +53,8 @@ func (r *runner) clockExp() error {
 		return err
 	}
 	co := ClockMethod{Name: fmt.Sprintf("carry-on h=64 L=2 (%d params)", t.run.Params), Params: t.run.Params, Steps: s.steps,
-		LR: r.sz.LR, StepMS: t.run.StepMS, Loss: t.run.ValLoss}
-	co.Curve.add(0, 0, out.BaseLoss)
+		LR: r.sz.LR, StepMS: t.run.StepMS, Loss: t.run.ValLoss, BestStep: t.run.BestStep}
+	co.Curve.add(0, 0, r.res.Setup.BaseSelectLoss)
 	for i := range t.run.Curve.Step {
 		co.Curve.add(t.run.Curve.Step[i], out.EmbedSeconds+t.run.Curve.Seconds[i], t.run.Curve.Loss[i])
 	}
@@ -61,25 +62,46 @@ func (r *runner) clockExp() error {
 	out.Methods = append(out.Methods, co)
 	r.logf("clock: carry-on %d steps, embedding %.1f s, %.1f s in all, loss %.4f", s.steps, out.EmbedSeconds, co.Seconds, co.Loss)
 
+	// LoRA on every attention and MLP projection of the base.
+	var lo *lora.Adapter
+	lm, err := r.trainBase(fmt.Sprintf("LoRA r=%d on the base", r.sz.LoRARank), func() (trainable, error) {
+		tr, err := model.NewBaseTrainer(r.base, 2, bc.MaxPos)
+		if err != nil {
+			return nil, err
+		}
+		lo, err = lora.New(tr, lora.Config{Rank: r.sz.LoRARank, Seed: 1})
+		return loraTrainable{lo}, err
+	}, r.sz.LoRALR, 0)
+	if err != nil {
+		return err
+	}
+	out.Methods = append(out.Methods, lm)
+	r.tuned = append(r.tuned, tunedBase{name: lm.Name, base: lo.Base()})
+
 	// Full fine-tune of the base.
-	ft, err := r.trainBase("full fine-tune of the base", func() (*model.BaseTrainer, error) {
-		return model.NewBaseTrainer(r.base, 2, bc.MaxPos)
+	var ftr *model.BaseTrainer
+	ft, err := r.trainBase("full fine-tune of the base", func() (trainable, error) {
+		var err error
+		ftr, err = model.NewBaseTrainer(r.base, 2, bc.MaxPos)
+		return fullTrainable{ftr}, err
 	}, r.sz.FinetuneLR, 0.01)
 	if err != nil {
 		return err
 	}
 	out.Methods = append(out.Methods, ft)
+	r.tuned = append(r.tuned, tunedBase{name: ft.Name, base: ftr.Base})
 
 	// The carry-on's size, from scratch.
 	tiny := bc
 	tiny.Dim, tiny.Layers, tiny.Heads, tiny.KVHeads, tiny.HeadDim, tiny.FFN = 64, 2, 4, 4, 16, 172
-	sc, err := r.trainBase("h=64 L=2 from scratch", func() (*model.BaseTrainer, error) {
+	sc, err := r.trainBase("h=64 L=2 from scratch", func() (trainable, error) {
 		b, err := model.NewRandomBase(tiny, 1)
 		if err != nil {
 			return nil, err
 		}
 		model.InitTrainWeights(b, 1)
-		return model.NewBaseTrainer(b, 2, bc.MaxPos)
+		tr, err := model.NewBaseTrainer(b, 2, bc.MaxPos)
+		return fullTrainable{tr}, err
 	}, r.sz.ScratchLR, 0.1)
 	if err != nil {
 		return err
@@ -89,15 +111,58 @@ func (r *runner) clockExp() error {
 	return nil
 }
 
-// trainBase trains every weight of the model that newTrainer makes on the
-// fitting problems' whole sequences (BaseTrainer has no loss mask, so the
-// question tokens are trained too), AdamW with warm-up and cosine decay,
-// for the clock budget, and scores the held-out answer tokens along
-// the way. Training stops at the budget.
-func (r *runner) trainBase(name string, newTrainer func() (*model.BaseTrainer, error), lr, wd float32) (ClockMethod, error) {
+// trainable is a way of training a base: every weight (fullTrainable) or
+// LoRA adapters (loraTrainable).
+type trainable interface {
+	LossAndGrad(seqs [][]int32) (float64, int, error)
+	Update(lr, wd float32, maxNorm float64) float64
+	NumParams() int
+	Params() [][]float32 // what is trained
+	Model() *model.Base  // the current model (merged weights for LoRA)
+}
+
+// snapshot copies ps into dst (reusing its buffers).
+func snapshot(dst, ps [][]float32) [][]float32 {
+	if len(dst) != len(ps) {
+		dst = make([][]float32, len(ps))
+	}
+	for i, p := range ps {
+		dst[i] = append(dst[i][:0], p...)
+	}
+	return dst
+}
+
+type fullTrainable struct{ *model.BaseTrainer }
+
+func (f fullTrainable) NumParams() int {
+	n := 0
+	for _, p := range f.Params() {
+		n += len(p)
+	}
+	return n
+}
+
+func (f fullTrainable) Model() *model.Base { return f.Base }
+
+type loraTrainable struct{ *lora.Adapter }
+
+func (l loraTrainable) Model() *model.Base {
+	l.Merge()
+	return l.Base()
+}
+
+// trainBase trains what newTrainer makes on the fitting problems' whole
+// sequences (BaseTrainer has no loss mask, so the question tokens are
+// trained too), AdamW with warm-up and cosine decay, for the clock budget,
+// and scores the validation split's answer tokens along the way; the
+// weights of the best validation pass are scored on the held-out test
+// problems (best-by-validation, as the carry-on). Training stops at the
+// budget.
+func (r *runner) trainBase(name string, newTrainer func() (trainable, error), lr, wd float32) (ClockMethod, error) {
 	m := ClockMethod{Name: name, LR: lr}
 	train := sequences(r.fit.Train)
 	val := sequences(r.fit.Val)
+	test := sequences(r.test.Val)
 	// Batches walk a fresh shuffle of the problems each epoch.
 	batch := func(step int) [][]int32 {
 		seqs := make([][]int32, r.sz.Batch)
@@ -112,14 +177,17 @@ func (r *runner) trainBase(name string, newTrainer func() (*model.BaseTrainer, e
 	if err != nil {
 		return m, err
 	}
-	for _, p := range tr.Params() {
-		m.Params += len(p)
-	}
-	l0, err := answerLoss(tr.Base, val)
+	m.Params = tr.NumParams()
+	l0, err := answerLoss(tr.Model(), val)
 	if err != nil {
 		return m, err
 	}
 	m.Curve.add(0, 0, l0)
+	best := l0
+	if m.Loss, err = answerLoss(tr.Model(), test); err != nil {
+		return m, err
+	}
+	kept := snapshot(nil, tr.Params())
 	// The schedule runs on the clock: warm-up over the first 5% of the
 	// budget, then cosine decay to lr/10 at the budget, where training
 	// stops; a validation pass every budget/ClockEvals seconds.
@@ -143,16 +211,26 @@ func (r *runner) trainBase(name string, newTrainer func() (*model.BaseTrainer, e
 		clock += time.Since(t).Seconds()
 		m.Steps = step
 		if clock >= nextEval || clock >= budget {
-			vl, err := answerLoss(tr.Base, val)
+			vl, err := answerLoss(tr.Model(), val)
 			if err != nil {
 				return m, err
 			}
 			m.Curve.add(step, clock, vl)
+			if vl < best {
+				best, m.BestStep = vl, step
+				kept = snapshot(kept, tr.Params())
+				if m.Loss, err = answerLoss(tr.Model(), test); err != nil {
+					return m, err
+				}
+			}
 			nextEval += budget / float64(r.sz.ClockEvals)
 		}
 	}
 	m.Seconds, m.StepMS = clock, 1000*clock/float64(m.Steps)
-	m.Loss = m.Curve.Loss[len(m.Curve.Loss)-1]
+	// Keep the best pass's weights (for the exact-match experiment).
+	for i, p := range tr.Params() {
+		copy(p, kept[i])
+	}
 	r.logf("clock: %s: %d params, %d steps, %.1f s, loss %.4f", name, m.Params, m.Steps, m.Seconds, m.Loss)
 	return m, nil
 }

@@ -29,6 +29,9 @@ type Split struct {
 	Fit   int       // problems whose whole sequence fits the base's context
 	Val   []Problem // held out: the ValProblems fitting problems with the smallest Hash
 	Train []Problem // the next TrainProblems fitting problems by Hash (all the others when 0)
+	// Select is the validation split that chooses checkpoints and α, cut
+	// by Run from the front of Train (empty from LoadSplit).
+	Select []Problem
 	// Wide is a second training set, disjoint from Val and Train, that
 	// ignores the context limit: the next WideTrain problems by Hash of
 	// any length; the coordinator cuts each to the context, so long ones

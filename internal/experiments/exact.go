@@ -13,16 +13,23 @@ import (
 func (r *runner) exactExp() error {
 	type system struct {
 		name   string
+		base   *model.Base
 		stages []*carryon.Model
+		alpha  float32
 		bridge string
 	}
-	systems := []system{{name: "base alone"}}
+	systems := []system{{name: "base alone", base: r.base}}
 	for _, d := range []string{"fit", "wide"} {
 		t, err := r.carryOn(r.main(d))
 		if err != nil {
 			return err
 		}
-		systems = append(systems, system{name: fmt.Sprintf("base + carry-on (%s)", d), stages: []*carryon.Model{t.co}, bridge: "q8"})
+		systems = append(systems, system{name: fmt.Sprintf("base + carry-on (%s, α %.2f)", d, t.co.Config.Alpha), base: r.base,
+			stages: []*carryon.Model{t.co}, alpha: t.co.Config.Alpha, bridge: "q8"})
+	}
+	// The clock experiment's tuned bases (when it ran in this invocation).
+	for _, tb := range r.tuned {
+		systems = append(systems, system{name: shortName(tb.name) + " (clock budget)", base: tb.base})
 	}
 	probs := r.split.Val[:min(len(r.split.Val), r.sz.ExactProblems)]
 	out := &ExactResult{Problems: len(probs)}
@@ -45,7 +52,7 @@ func (r *runner) exactExp() error {
 			sample = &Sample{Question: p.Question, Reference: p.Answer}
 		}
 		for si, s := range systems {
-			gen, stopped, err := carryon.GenerateIDs(r.base, s.stages, 1, prompt, carryon.GenerateOptions{
+			gen, stopped, err := carryon.GenerateIDs(s.base, s.stages, s.alpha, prompt, carryon.GenerateOptions{
 				MaxTokens: maxNew, Stop: []int32{r.tok.EOS()}, Bridge: s.bridge})
 			if err != nil {
 				return err

@@ -257,7 +257,7 @@ func TestQuickRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	sz, s := QuickSizes(), res.Setup
-	if s.Read != sz.MaxRecords || s.Val != sz.ValProblems || s.Train != sz.TrainProblems || s.Train+s.Val > s.Fit || s.Wide != sz.WideTrain || s.Context != base.Config.MaxPos {
+	if s.Read != sz.MaxRecords || s.Val != sz.ValProblems || s.Select != sz.SelectProblems || s.Train != sz.TrainProblems || s.Train+s.Val+s.Select > s.Fit || s.Wide != sz.WideTrain || s.Context != base.Config.MaxPos {
 		t.Fatalf("setup %+v does not match the sizes %+v", s, sz)
 	}
 	ok := func(what string, v float64) {
@@ -277,8 +277,20 @@ func TestQuickRun(t *testing.T) {
 		ok("val loss", r.ValLoss)
 		ok("train loss", r.TrainLoss)
 		c := r.Curve
-		if len(c.Step) < 2 || c.Step[0] != 0 || c.Loss[0] != r.BaseLoss || c.Step[len(c.Step)-1] != r.Steps || c.Loss[len(c.Loss)-1] != r.ValLoss {
-			t.Errorf("curve %+v: want to start at step 0 with the base's loss %v and end at step %d with %v", c, r.BaseLoss, r.Steps, r.ValLoss)
+		if len(c.Step) < 2 || c.Step[0] != 0 || c.Step[len(c.Step)-1] != r.Steps {
+			t.Errorf("curve %+v: want to run from step 0 to step %d", c, r.Steps)
+		}
+		// Best-by-validation with α chosen on the validation split (α = 0,
+		// the base, is in the grid): nothing on the curve beats the kept one.
+		if r.SelectLoss > minOf(c.Loss) || r.BestLoss != minOf(c.Loss[1:]) {
+			t.Errorf("run %+v: kept validation loss %v, best seen %v; curve minimum %v", r, r.SelectLoss, r.BestLoss, minOf(c.Loss))
+		}
+		found := false
+		for i, st := range c.Step {
+			found = found || st == r.BestStep && c.Loss[i] == r.BestLoss
+		}
+		if !found && r.BestStep != r.Steps {
+			t.Errorf("kept step %d is not the curve's best pass: %+v", r.BestStep, c)
 		}
 		if r.Params != carryOnShape(s.Dim, s.Vocab, r.Width, r.Layers).NumParams() || r.AdaptorBytes < 4*r.Params {
 			t.Errorf("run %+v: params or adaptor size wrong", r)
@@ -294,7 +306,7 @@ func TestQuickRun(t *testing.T) {
 			t.Errorf("base through q8 %v, exact %v", r.BaseLoss, s.BaseLoss)
 		}
 	}
-	if c := res.Clock; c == nil || len(c.Methods) != 3 || c.EmbedSeconds <= 0 {
+	if c := res.Clock; c == nil || len(c.Methods) != 4 || c.EmbedSeconds <= 0 {
 		t.Fatalf("clock experiment: %+v", c)
 	} else {
 		for _, m := range c.Methods {
@@ -303,8 +315,15 @@ func TestQuickRun(t *testing.T) {
 				t.Errorf("%s: %+v", m.Name, m)
 			}
 		}
-		if c.Methods[0].Curve.Seconds[1] < c.EmbedSeconds || c.Methods[1].Params != int(base.Config.NumParams()) {
+		if c.Methods[0].Curve.Seconds[1] < c.EmbedSeconds || c.Methods[2].Params != int(base.Config.NumParams()) {
 			t.Errorf("clock: the carry-on's clock must start after the embedding (%v), the fine-tune train all %d weights: %+v", c.EmbedSeconds, base.Config.NumParams(), c.Methods)
+		}
+		// LoRA: rank r on 7 projections per block, r·(in+out) each.
+		bc := base.Config
+		qd, kvd := bc.Heads*bc.HeadDim, bc.KVHeads*bc.HeadDim
+		perBlock := sz.LoRARank * ((bc.Dim + qd) + 2*(bc.Dim+kvd) + (qd + bc.Dim) + 2*(bc.Dim+bc.FFN) + (bc.FFN + bc.Dim))
+		if c.Methods[1].Params != bc.Layers*perBlock {
+			t.Errorf("LoRA trains %d parameters, want %d", c.Methods[1].Params, bc.Layers*perBlock)
 		}
 	}
 	if b := res.Bridge; b == nil || len(b.Rows) != 5 {
@@ -333,7 +352,36 @@ func TestQuickRun(t *testing.T) {
 			}
 		}
 	}
-	if e := res.Exact; e == nil || len(e.Rows) != 3 || e.Problems != sz.ExactProblems {
+	if se := res.Search; se == nil || len(se.Trials) != len(SearchGrid()) || len(SearchGrid()) < 24 || se.EmbedSeconds <= 0 || se.ThreeTrains <= 0 {
+		t.Fatalf("search: %+v", se)
+	} else {
+		pareto := 0
+		for _, tr := range se.Trials {
+			ok("search trial", tr.Run.ValLoss)
+			extra := 0 // a second source's projection and bias
+			if len(tr.Sources) > 1 {
+				extra = (len(tr.Sources) - 1) * (s.Dim + 1) * tr.Width
+			}
+			if tr.Run.Steps != sz.SearchSteps || tr.Run.Params != carryOnShape(s.Dim, s.Vocab, tr.Width, tr.Layers).NumParams()+extra {
+				t.Errorf("search trial %+v", tr)
+			}
+			if tr.Pareto {
+				pareto++
+			}
+		}
+		if pareto == 0 {
+			t.Error("no trial on the Pareto front")
+		}
+	}
+	if mx := res.Mix; mx == nil || len(mx.Runs) != 4 {
+		t.Fatalf("mix: %+v", mx)
+	} else {
+		for _, r := range mx.Runs {
+			checkRun(r)
+		}
+	}
+	// base alone, two carry-ons, and the clock's LoRA and full fine-tune.
+	if e := res.Exact; e == nil || len(e.Rows) != 5 || e.Problems != sz.ExactProblems {
 		t.Fatalf("exact experiment: %+v", e)
 	} else {
 		for _, r := range e.Rows {
@@ -368,13 +416,19 @@ func TestQuickRun(t *testing.T) {
 			t.Fatal(err)
 		}
 		d := parseSVG(t, svg)
-		if len(d.Polylines) != len(ch.Series) {
-			t.Errorf("%s: %d polylines for %d series", name, len(d.Polylines), len(ch.Series))
+		var lines []Series
+		for _, sr := range ch.Series {
+			if !sr.NoLine {
+				lines = append(lines, sr)
+			}
+		}
+		if len(d.Polylines) != len(lines) {
+			t.Errorf("%s: %d polylines for %d line series", name, len(d.Polylines), len(lines))
 		}
 		for i, pl := range d.Polylines {
 			pts := points(t, pl.Points)
-			if len(pts) != len(ch.Series[i].X) {
-				t.Errorf("%s: series %q has %d points, the plot %d", name, ch.Series[i].Name, len(ch.Series[i].X), len(pts))
+			if len(pts) != len(lines[i].X) {
+				t.Errorf("%s: series %q has %d points, the plot %d", name, lines[i].Name, len(lines[i].X), len(pts))
 			}
 			for _, p := range pts {
 				// A chart with a cropped y axis (YMin/YMax) clips its lines

@@ -31,7 +31,7 @@ import (
 )
 
 // Names are the experiments, in the order they run; Options.Only takes one.
-var Names = []string{"loss", "clock", "bridge", "shape", "exact"}
+var Names = []string{"loss", "clock", "bridge", "shape", "search", "mix", "exact"}
 
 // Options configure Run.
 type Options struct {
@@ -57,7 +57,8 @@ type Options struct {
 // results).
 type Sizes struct {
 	MaxRecords     int     `json:"max_records"`      // problems read from the file (0: all)
-	ValProblems    int     `json:"val_problems"`     // held-out qualifying problems
+	ValProblems    int     `json:"val_problems"`     // held-out qualifying problems (the test split: never used to choose anything)
+	SelectProblems int     `json:"select_problems"`  // qualifying problems of the validation split that chooses checkpoints and α
 	TrainProblems  int     `json:"train_problems"`   // qualifying problems trained on (0: all the others)
 	WideTrain      int     `json:"wide_train"`       // problems in the wide (any length, cut to context) training set
 	Steps          int     `json:"steps"`            // optimiser steps per carry-on
@@ -69,7 +70,15 @@ type Sizes struct {
 	ScratchLR      float32 `json:"scratch_lr"`       // tiny base from scratch
 	ExactProblems  int     `json:"exact_problems"`   // held-out problems generated greedily
 	ExactMaxTokens int     `json:"exact_max_tokens"` // answer cap (0: up to the context)
+	LoRARank       int     `json:"lora_rank"`        // LoRA baseline's rank in the clock experiment
+	LoRALR         float32 `json:"lora_lr"`
+	SearchSteps    int     `json:"search_steps"`    // steps per search trial
+	SearchParallel int     `json:"search_parallel"` // trials trained at once (0: GOMAXPROCS)
 }
+
+// alphaGrid are the α values tried on the validation split after training
+// (0 is the base alone, so a blend worse than the base is never chosen).
+var alphaGrid = []float32{0, 0.5, 0.75, 1, 1.25, 1.5}
 
 func (s Sizes) validate() error {
 	switch {
@@ -79,6 +88,8 @@ func (s Sizes) validate() error {
 		return fmt.Errorf("sizes %+v: want positive learning rates, clock budget and evaluations", s)
 	case s.ExactProblems < 0 || s.ExactMaxTokens < 0:
 		return fmt.Errorf("sizes %+v: want ExactProblems, ExactMaxTokens >= 0", s)
+	case s.SelectProblems < 1 || s.LoRARank < 1 || !(s.LoRALR > 0) || s.SearchSteps < 1 || s.SearchParallel < 0:
+		return fmt.Errorf("sizes %+v: want SelectProblems, LoRARank, SearchSteps >= 1, LoRALR > 0, SearchParallel >= 0", s)
 	}
 	return nil
 }
@@ -86,14 +97,16 @@ func (s Sizes) validate() error {
 // FullSizes are the sizes of the published run (about 20 minutes on two
 // shared cores with the 512-token default base).
 func FullSizes() Sizes {
-	return Sizes{ValProblems: 60, TrainProblems: 1000, WideTrain: 1000, Steps: 200, Batch: 8, LR: 3e-3,
-		ClockSeconds: 120, ClockEvals: 8, FinetuneLR: 3e-4, ScratchLR: 2e-3, ExactProblems: 60, ExactMaxTokens: 256}
+	return Sizes{ValProblems: 60, SelectProblems: 60, TrainProblems: 1000, WideTrain: 1000, Steps: 200, Batch: 8, LR: 3e-3,
+		ClockSeconds: 120, ClockEvals: 8, FinetuneLR: 3e-4, ScratchLR: 2e-3, ExactProblems: 60, ExactMaxTokens: 256,
+		LoRARank: 8, LoRALR: 2e-3, SearchSteps: 100}
 }
 
 // QuickSizes exercise every code path in seconds.
 func QuickSizes() Sizes {
-	return Sizes{MaxRecords: 600, ValProblems: 4, TrainProblems: 16, WideTrain: 12, Steps: 4, Batch: 2, LR: 3e-3,
-		ClockSeconds: 1, ClockEvals: 2, FinetuneLR: 3e-4, ScratchLR: 2e-3, ExactProblems: 2, ExactMaxTokens: 6}
+	return Sizes{MaxRecords: 600, ValProblems: 4, SelectProblems: 3, TrainProblems: 16, WideTrain: 12, Steps: 4, Batch: 2, LR: 3e-3,
+		ClockSeconds: 1, ClockEvals: 2, FinetuneLR: 3e-4, ScratchLR: 2e-3, ExactProblems: 2, ExactMaxTokens: 6,
+		LoRARank: 2, LoRALR: 2e-3, SearchSteps: 2, SearchParallel: 2}
 }
 
 // Results is everything a run measured; experiments.json holds it.
@@ -104,6 +117,8 @@ type Results struct {
 	Bridge *BridgeResult `json:"bridge,omitempty"`
 	Shape  *ShapeResult  `json:"shape,omitempty"`
 	Exact  *ExactResult  `json:"exact,omitempty"`
+	Search *SearchResult `json:"search,omitempty"`
+	Mix    *MixResult    `json:"mix,omitempty"`
 }
 
 // Setup describes the base, the data and the run.
@@ -118,12 +133,15 @@ type Setup struct {
 	Read        int     `json:"read"`         // problems read
 	Fit         int     `json:"fit"`          // of which fit the context
 	Train       int     `json:"train"`        // fitting problems trained on
-	Val         int     `json:"val"`          // fitting problems held out
+	Val         int     `json:"val"`          // fitting problems held out (test)
+	Select      int     `json:"select"`       // fitting problems of the validation split (chooses checkpoints and α)
 	Wide        int     `json:"wide"`         // problems in the wide set (cut to the context)
 	TrainTokens int     `json:"train_tokens"` // answer tokens (the loss positions) in Train
 	ValTokens   int     `json:"val_tokens"`
 	WideTokens  int     `json:"wide_tokens"`
 	BaseLoss    float64 `json:"base_loss"` // base alone on Val's answer tokens, exact hidden states
+	// BaseSelectLoss is the same on the validation split.
+	BaseSelectLoss float64 `json:"base_select_loss"`
 	Sizes       Sizes   `json:"sizes"`
 	GOMAXPROCS  int     `json:"gomaxprocs"`
 	// ForwardSeconds is the base's forward time over every sequence of
@@ -159,11 +177,14 @@ type CarryOnRun struct {
 	AdaptorBytes int     `json:"adaptor_bytes"` // the adaptor file (float32 weights and metadata)
 	Steps        int     `json:"steps"`
 	Seed         uint64  `json:"seed"` // initialisation and batch order
-	ValLoss      float64 `json:"val_loss"`
-	BaseLoss     float64 `json:"base_loss"` // base alone, through the same bridge
+	Sources      []int   `json:"sources,omitempty"` // base layers read (model.FinalLayer = -1 first); nil: final only
+	ValLoss      float64 `json:"val_loss"`          // held-out (test) loss of the kept carry-on
+	BaseLoss     float64 `json:"base_loss"`         // base alone on the test split, through the same bridge
 	TrainLoss    float64 `json:"train_loss"`
-	BestLoss     float64 `json:"best_loss"` // lowest validation loss seen
-	BestStep     int     `json:"best_step"`
+	SelectLoss   float64 `json:"select_loss"` // validation-split loss of the kept carry-on (what chose it)
+	BestLoss     float64 `json:"best_loss"`   // lowest validation-split loss seen while training (α = 1)
+	BestStep     int     `json:"best_step"`   // the step kept (best-by-validation)
+	Alpha        float32 `json:"alpha"`       // α chosen on the validation split
 	StepMS       float64 `json:"step_ms"`
 	Curve        Curve   `json:"curve"`
 }
@@ -182,8 +203,11 @@ type ClockMethod struct {
 	LR      float32 `json:"lr"`
 	StepMS  float64 `json:"step_ms"`
 	Seconds float64 `json:"seconds"` // on its clock at the end (embedding included for the carry-on)
-	Loss    float64 `json:"loss"`    // final held-out answer-token loss
-	Curve   Curve   `json:"curve"`
+	Loss    float64 `json:"loss"`    // held-out (test) answer-token loss of the kept weights
+	// BestStep is the step whose weights were kept: the best pass on the
+	// validation split (0: none beat the start).
+	BestStep int   `json:"best_step"`
+	Curve    Curve `json:"curve"` // validation-split loss over training
 }
 
 // ClockResult is experiment 2.
@@ -246,13 +270,23 @@ type runner struct {
 	base     *model.Base
 	tok      tokenizer.Tokenizer
 	split    *Split
-	fit      *dataset.Set // Train and Val
-	wide     *dataset.Set // Wide and Val
+	fit      *coordinator.Dataset // Train, and Select as its validation split
+	wide     *coordinator.Dataset // Wide, and Select as its validation split
+	test     *coordinator.Dataset // Val (the held-out test problems) as its validation split, no training part
 	memo     *memoForwarder
 	cacheDir string
 	log      *slog.Logger
 	done     map[string]*trained
 	res      *Results
+	// tuned are the base-trainer models of the clock experiment (LoRA,
+	// full fine-tune), kept for the exact-match experiment.
+	tuned []tunedBase
+}
+
+// tunedBase is a base trained by the clock experiment.
+type tunedBase struct {
+	name string
+	base *model.Base
 }
 
 type trained struct {
@@ -319,7 +353,8 @@ func Run(ctx context.Context, base *model.Base, tok tokenizer.Tokenizer, opt Opt
 	if err := r.setup(); err != nil {
 		return nil, fmt.Errorf("experiments.Run: %w", err)
 	}
-	steps := map[string]func() error{"loss": r.lossExp, "clock": r.clockExp, "bridge": r.bridgeExp, "shape": r.shapeExp, "exact": r.exactExp}
+	steps := map[string]func() error{"loss": r.lossExp, "clock": r.clockExp, "bridge": r.bridgeExp, "shape": r.shapeExp,
+		"search": r.searchExp, "mix": r.mixExp, "exact": r.exactExp}
 	for _, n := range Names {
 		if opt.Only != "" && opt.Only != n {
 			continue
@@ -345,16 +380,29 @@ func Run(ctx context.Context, base *model.Base, tok tokenizer.Tokenizer, opt Opt
 func (r *runner) setup() error {
 	c := r.base.Config
 	var err error
-	if r.split, err = LoadSplit(r.opt.Data, r.tok, c.MaxPos, r.sz.ValProblems, r.sz.TrainProblems, r.sz.WideTrain, r.sz.MaxRecords); err != nil {
+	train := r.sz.TrainProblems
+	if train > 0 {
+		train += r.sz.SelectProblems
+	}
+	if r.split, err = LoadSplit(r.opt.Data, r.tok, c.MaxPos, r.sz.ValProblems, train, r.sz.WideTrain, r.sz.MaxRecords); err != nil {
 		return err
 	}
-	if r.fit, err = toDataset(r.tok, c.MaxPos, r.split.Train, r.split.Val); err != nil {
+	// The validation split is carved from the front of the training part:
+	// the next SelectProblems fitting problems after the held-out ones.
+	if len(r.split.Train) <= r.sz.SelectProblems {
+		return fmt.Errorf("%d fitting problems after the held-out ones: too few for %d validation problems and some to train on", len(r.split.Train), r.sz.SelectProblems)
+	}
+	r.split.Select, r.split.Train = r.split.Train[:r.sz.SelectProblems], r.split.Train[r.sz.SelectProblems:]
+	if r.fit, err = dataset(r.tok, c.MaxPos, r.split.Train, r.split.Select); err != nil {
 		return err
 	}
-	if r.wide, err = toDataset(r.tok, c.MaxPos, r.split.Wide, r.split.Val); err != nil {
+	if r.wide, err = dataset(r.tok, c.MaxPos, r.split.Wide, r.split.Select); err != nil {
 		return err
 	}
-	val := sequences(r.fit.Val)
+	if r.test, err = dataset(r.tok, c.MaxPos, nil, r.split.Val); err != nil {
+		return err
+	}
+	val := sequences(r.test.Val)
 	for _, e := range append(sequences(r.fit.Train), val...) {
 		if len(e.Tokens) > c.MaxPos {
 			return fmt.Errorf("a fitting problem tokenized to %d tokens, over %d: the length count disagrees with the coordinator's", len(e.Tokens), c.MaxPos)
@@ -364,14 +412,18 @@ func (r *runner) setup() error {
 	if err != nil {
 		return err
 	}
+	baseSel, err := answerLoss(r.base, sequences(r.fit.Val))
+	if err != nil {
+		return err
+	}
 	r.res.Setup = Setup{Base: r.opt.BaseName, BaseHash: r.base.WeightsHash, BaseParams: int(c.NumParams()), Dim: c.Dim,
 		BaseLayers: c.Layers, Vocab: c.Vocab, Context: c.MaxPos, Read: r.split.Read, Fit: r.split.Fit,
-		Train: len(r.split.Train), Val: len(r.split.Val), Wide: len(r.split.Wide),
+		Train: len(r.split.Train), Val: len(r.split.Val), Select: len(r.split.Select), Wide: len(r.split.Wide), BaseSelectLoss: baseSel,
 		TrainTokens: trainedTokens(sequences(r.fit.Train)), ValTokens: trainedTokens(val),
 		WideTokens: trainedTokens(sequences(r.wide.Train)), BaseLoss: baseLoss, Sizes: r.sz,
 		GOMAXPROCS: runtime.GOMAXPROCS(0), Date: time.Now().UTC().Format("2006-01-02")}
-	r.logf("data: %d problems read, %d fit %d tokens; %d train, %d held out, %d in the wide set; base loss %.4f",
-		r.split.Read, r.split.Fit, c.MaxPos, len(r.split.Train), len(r.split.Val), len(r.split.Wide), baseLoss)
+	r.logf("data: %d problems read, %d fit %d tokens; %d train, %d validation, %d held out, %d in the wide set; base loss %.4f (validation %.4f)",
+		r.split.Read, r.split.Fit, c.MaxPos, len(r.split.Train), len(r.split.Select), len(r.split.Val), len(r.split.Wide), baseLoss, baseSel)
 	return nil
 }
 
@@ -413,10 +465,15 @@ type spec struct {
 	width, layers int
 	steps         int
 	seed          uint64
+	lr            float32 // 0: Sizes.LR
+	sources       []int   // base layers (model.FinalLayer first); nil: final only
+	// trainAlpha is α during training (0: 1); α is then chosen on the
+	// validation split.
+	trainAlpha float32
 }
 
 func (s spec) key() string {
-	return fmt.Sprintf("%s/%s/h%d/L%d/%d/seed%d", s.data, s.codec, s.width, s.layers, s.steps, s.seed)
+	return fmt.Sprintf("%s/%s/h%d/L%d/%d/seed%d/lr%g/src%v/a%g", s.data, s.codec, s.width, s.layers, s.steps, s.seed, s.lr, s.sources, s.trainAlpha)
 }
 
 // carryOn trains (or recalls) the carry-on of s through the coordinator:
@@ -430,23 +487,52 @@ func (r *runner) carryOn(s spec) (*trained, error) {
 	if s.data == "wide" {
 		ds = r.wide
 	}
-	bc := r.base.Config
-	cfg := coordinator.Config{CacheDir: r.cacheDir, Codec: s.codec, Logger: r.log,
-		Train: coordinator.TrainConfig{Steps: s.steps, BatchSeqs: r.sz.Batch, EvalEvery: max(1, s.steps/8), Seed: s.seed, CheckpointEvery: -1}}
-	cfg.Train.Optim.LR = r.sz.LR
+	t, err := trainCarryOn(r.ctx, r.base, r.memo, r.cacheDir, r.log, ds, r.test, s, r.sz)
+	if err != nil {
+		return nil, err
+	}
+	r.res.Setup.CarryOnRuns++
+	r.res.Setup.TrainSeconds += t.run.StepMS * float64(s.steps) / 1000
+	r.logf("carry-on %s: %d params, test loss %.4f (base %.4f), kept step %d (validation %.4f, α %.2f), %.0f ms/step",
+		s.key(), t.run.Params, t.run.ValLoss, t.run.BaseLoss, t.run.BestStep, t.run.SelectLoss, t.run.Alpha, t.run.StepMS)
+	r.done[s.key()] = t
+	return t, nil
+}
+
+// trainCarryOn trains the carry-on of s on ds through the coordinator
+// (CollectLocal fills the bridge cache from fw, Train trains on it) with
+// best-by-validation and α chosen on ds.Val, then scores it on test.Val.
+// It touches no runner state, so several can run at once (the search).
+func trainCarryOn(ctx context.Context, base *model.Base, fw coordinator.Forwarder, cacheDir string, log *slog.Logger,
+	ds, test *coordinator.Dataset, s spec, sz Sizes) (*trained, error) {
+	bc := base.Config
+	lr := s.lr
+	if lr == 0 {
+		lr = sz.LR
+	}
+	cfg := coordinator.Config{CacheDir: cacheDir, Codec: s.codec, Logger: log, Layers: s.sources,
+		Train: coordinator.TrainConfig{Steps: s.steps, BatchSeqs: sz.Batch, EvalEvery: max(1, s.steps/8), Seed: s.seed, CheckpointEvery: -1,
+			KeepBest: true, AlphaGrid: alphaGrid}}
+	cfg.Train.Optim.LR = lr
 	cfg.Train.CarryOn = carryOnShape(bc.Dim, bc.Vocab, s.width, s.layers)
-	c, err := coordinator.New(nil, nil, r.base, cfg)
+	if s.trainAlpha != 0 {
+		cfg.Train.CarryOn.Alpha = s.trainAlpha
+	}
+	c, err := coordinator.New(nil, nil, base, cfg)
 	if err != nil {
 		return nil, err
 	}
 	defer c.Close()
-	if err := c.CollectLocal(r.ctx, ds, r.memo, nil); err != nil {
+	if err := c.CollectLocal(ctx, ds, fw, nil); err != nil {
 		return nil, err
 	}
-	run := CarryOnRun{Data: s.data, Codec: s.codec, Width: s.width, Layers: s.layers, Steps: s.steps, Seed: s.seed, BestLoss: math.Inf(1)}
+	if err := c.CollectLocal(ctx, test, fw, nil); err != nil {
+		return nil, err
+	}
+	run := CarryOnRun{Data: s.data, Codec: s.codec, Width: s.width, Layers: s.layers, Steps: s.steps, Seed: s.seed, Sources: s.sources, BestLoss: math.Inf(1)}
 	var sec float64
 	mark := time.Now()
-	res, err := c.Train(r.ctx, ds, coordinator.Hooks{
+	res, err := c.Train(ctx, ds, coordinator.Hooks{
 		Step: func(coordinator.StepInfo) {
 			sec += time.Since(mark).Seconds()
 			mark = time.Now()
@@ -459,7 +545,6 @@ func (r *runner) carryOn(s spec) (*trained, error) {
 			if e.Loss < run.BestLoss {
 				run.BestLoss, run.BestStep = e.Loss, e.Step
 			}
-			run.BaseLoss = e.BaseLoss
 			mark = time.Now() // validation time is not training time
 		},
 	})
@@ -471,15 +556,15 @@ func (r *runner) carryOn(s spec) (*trained, error) {
 		return nil, err
 	}
 	run.Params, run.AdaptorBytes = len(res.CarryOn.Params), len(blob)
-	run.ValLoss, run.TrainLoss = res.Meta.Metrics["val_loss"], res.Meta.Metrics["train_loss"]
+	run.SelectLoss, run.TrainLoss = res.Meta.Metrics["val_loss"], res.Meta.Metrics["train_loss"]
+	run.BestStep, run.Alpha = res.Best, res.CarryOn.Config.Alpha
+	ev, err := c.Evaluate(test, res.CarryOn)
+	if err != nil {
+		return nil, err
+	}
+	run.ValLoss, run.BaseLoss = ev.Loss, ev.BaseLoss
 	run.StepMS = 1000 * sec / float64(s.steps)
-	r.res.Setup.CarryOnRuns++
-	r.res.Setup.TrainSeconds += sec
-	r.logf("carry-on %s: %d params, val loss %.4f (base %.4f, best %.4f at step %d), %.0f ms/step",
-		s.key(), run.Params, run.ValLoss, run.BaseLoss, run.BestLoss, run.BestStep, run.StepMS)
-	t := &trained{run: run, co: res.CarryOn}
-	r.done[s.key()] = t
-	return t, nil
+	return &trained{run: run, co: res.CarryOn}, nil
 }
 
 // main is the reference carry-on: h = 64, L = 2, q8, on the fitting
@@ -510,7 +595,7 @@ func (r *runner) lossExp() error {
 func (r *runner) bridgeExp() error {
 	D := r.base.Config.Dim
 	out := &BridgeResult{F32BytesPerToken: 4 * D}
-	val := sequences(r.fit.Val)
+	val := sequences(r.test.Val)
 	for _, name := range []string{"bf16", "q8", "q4g64", "q4", "q2"} {
 		s := r.main("fit")
 		s.codec = name

@@ -18,6 +18,7 @@ type Series struct {
 	Labels  []string  // optional text beside each point
 	Dashed  bool
 	Markers bool
+	NoLine  bool // points only (a scatter)
 }
 
 // Chart is a line chart.
@@ -154,7 +155,9 @@ func (c Chart) SVG() []byte {
 		if s.Dashed {
 			dash = ` stroke-dasharray="6 4"`
 		}
-		fmt.Fprintf(&b, `<polyline clip-path="url(#plot)" fill="none" stroke="%s" stroke-width="2"%s points="%s"/>`+"\n", color, dash, bytes.TrimSpace(pts.Bytes()))
+		if !s.NoLine {
+			fmt.Fprintf(&b, `<polyline clip-path="url(#plot)" fill="none" stroke="%s" stroke-width="2"%s points="%s"/>`+"\n", color, dash, bytes.TrimSpace(pts.Bytes()))
+		}
 		for j := range s.X {
 			if !finite(s.X[j]) || !finite(s.Y[j]) || s.Y[j] < y0 || s.Y[j] > y1 {
 				continue

@@ -127,6 +127,15 @@ func (ad *Adapter) NumParams() int {
 	return n
 }
 
+// Params returns the trained tensors: each adapted weight's A then B.
+func (ad *Adapter) Params() [][]float32 {
+	var out [][]float32
+	for _, m := range ad.mats {
+		out = append(out, m.a, m.b)
+	}
+	return out
+}
+
 // Base is the merged model (valid after Merge, LossAndGrad or Loss).
 func (ad *Adapter) Base() *model.Base { return ad.tr.Base }
 
