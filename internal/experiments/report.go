@@ -70,7 +70,7 @@ func Charts(res *Results) map[string]Chart {
 	if l := res.Loss; l != nil {
 		ch := Chart{Title: "Exp. 1: validation-split answer-token loss while training (h=64, L=2, q8)",
 			XLabel: "optimiser step (batch of " + fmt.Sprint(res.Setup.Sizes.Batch) + " problems)", YLabel: "loss (nats/token)",
-			HLines: []HLine{{Y: l.BaseLoss, Name: "base alone"}}}
+			HLines: []HLine{{Y: res.Setup.BaseSelectLoss, Name: "base alone"}}}
 		for _, r := range l.Runs {
 			x, y := curveXY(r.Curve, false)
 			ch.Series = append(ch.Series, Series{Name: fmt.Sprintf("carry-on, %s set, seed %d", r.Data, r.Seed), X: x, Y: y, Markers: true, Dashed: r.Seed != 1})
@@ -80,16 +80,11 @@ func Charts(res *Results) map[string]Chart {
 	if c := res.Clock; c != nil {
 		ch := Chart{Title: "Exp. 2: validation-split loss vs wall-clock training seconds",
 			XLabel: "seconds (carry-on: base forward pass included)", YLabel: "loss (nats/token)",
-			HLines: []HLine{{Y: c.BaseLoss, Name: "base alone"}}}
-		lo, hi := c.BaseLoss, c.BaseLoss
+			HLines: []HLine{{Y: res.Setup.BaseSelectLoss, Name: "base alone"}}}
 		for _, m := range c.Methods {
 			x, y := curveXY(m.Curve, true)
 			ch.Series = append(ch.Series, Series{Name: shortName(m.Name), X: x, Y: y, Markers: true})
-			lo = math.Min(lo, minOf(y))
 		}
-		// The scratch model starts near ln(vocab): keep the axis on the
-		// region where the methods compete.
-		ch.YMin, ch.YMax = lo-0.1*(hi-lo+0.5), hi+0.6*(hi-lo+0.5)
 		out[PlotClock] = ch
 	}
 	if b := res.Bridge; b != nil {

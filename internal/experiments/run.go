@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"time"
 
 	"carryon/carryon"
@@ -37,8 +38,9 @@ var Names = []string{"loss", "clock", "bridge", "shape", "search", "mix", "exact
 type Options struct {
 	Data string // GSM8K-style JSONL with question and answer fields
 	Out  string // where experiments.json, experiments-results.md and img/*.svg go
-	// Only runs one experiment (one of Names); the other sections of an
-	// existing Out/experiments.json are kept. "" runs all.
+	// Only runs some experiments (comma-separated names of Names); the
+	// other sections of an existing Out/experiments.json are kept. "" runs
+	// all.
 	Only string
 	// Quick shrinks every size (QuickSizes): a smoke run of the pipeline.
 	Quick bool
@@ -106,7 +108,7 @@ func FullSizes() Sizes {
 func QuickSizes() Sizes {
 	return Sizes{MaxRecords: 600, ValProblems: 4, SelectProblems: 3, TrainProblems: 16, WideTrain: 12, Steps: 4, Batch: 2, LR: 3e-3,
 		ClockSeconds: 1, ClockEvals: 2, FinetuneLR: 3e-4, ScratchLR: 2e-3, ExactProblems: 2, ExactMaxTokens: 6,
-		LoRARank: 2, LoRALR: 2e-3, SearchSteps: 2, SearchParallel: 2}
+		LoRARank: 2, LoRALR: 2e-3, SearchSteps: 1, SearchParallel: 2}
 }
 
 // Results is everything a run measured; experiments.json holds it.
@@ -313,13 +315,17 @@ func Run(ctx context.Context, base *model.Base, tok tokenizer.Tokenizer, opt Opt
 	if opt.Data == "" || opt.Out == "" {
 		return nil, errors.New("experiments.Run: Data and Out are required")
 	}
+	only := map[string]bool{}
 	if opt.Only != "" {
-		ok := false
-		for _, n := range Names {
-			ok = ok || n == opt.Only
-		}
-		if !ok {
-			return nil, fmt.Errorf("experiments.Run: unknown experiment %q (want one of %v)", opt.Only, Names)
+		for _, o := range strings.Split(opt.Only, ",") {
+			ok := false
+			for _, n := range Names {
+				ok = ok || n == o
+			}
+			if !ok {
+				return nil, fmt.Errorf("experiments.Run: unknown experiment %q (want one of %v)", o, Names)
+			}
+			only[o] = true
 		}
 	}
 	sz := FullSizes()
@@ -356,7 +362,7 @@ func Run(ctx context.Context, base *model.Base, tok tokenizer.Tokenizer, opt Opt
 	steps := map[string]func() error{"loss": r.lossExp, "clock": r.clockExp, "bridge": r.bridgeExp, "shape": r.shapeExp,
 		"search": r.searchExp, "mix": r.mixExp, "exact": r.exactExp}
 	for _, n := range Names {
-		if opt.Only != "" && opt.Only != n {
+		if opt.Only != "" && !only[n] {
 			continue
 		}
 		if err := ctx.Err(); err != nil {
