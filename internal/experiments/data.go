@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 
 	"carryon/dataset"
@@ -189,27 +190,51 @@ func trainedTokens(exs []dataset.Example) int {
 // many"). Seconds is the time spent in the base's forward.
 type memoForwarder struct {
 	base    *model.Base
-	m       map[string][][]float32
+	m       map[string]map[int][]float32 // token ids → layer → hidden states
+	all     []int                        // the layers computed for every new sequence
 	Seconds float64
 	Seqs    int
 }
 
 func (f *memoForwarder) Forward(ids []int32, layers []int) ([][]float32, error) {
-	key := fmt.Sprint(layers, ids)
-	if h, ok := f.m[key]; ok {
-		return h, nil
+	// Every call computes the union of the layers asked for so far, so a
+	// sequence runs through the base once for all the source sets of a run
+	// (one forward per sequence unless a later call asks for a new layer).
+	for _, l := range layers {
+		if !slices.Contains(f.all, l) {
+			f.all = append(f.all, l)
+		}
 	}
-	var hs [][]float32
-	sec, err := timed(func() error {
-		var err error
-		hs, err = f.base.Forward(ids, layers)
-		return err
-	})
-	if err != nil {
-		return nil, err
+	key := fmt.Sprint(ids)
+	hs, ok := f.m[key]
+	if ok {
+		for _, l := range layers {
+			if _, ok = hs[l]; !ok {
+				break
+			}
+		}
 	}
-	f.Seconds += sec
-	f.Seqs++
-	f.m[key] = hs
-	return hs, nil
+	if !ok {
+		var out [][]float32
+		sec, err := timed(func() error {
+			var err error
+			out, err = f.base.Forward(ids, f.all)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		f.Seconds += sec
+		f.Seqs++
+		hs = map[int][]float32{}
+		for i, l := range f.all {
+			hs[l] = out[i]
+		}
+		f.m[key] = hs
+	}
+	res := make([][]float32, len(layers))
+	for i, l := range layers {
+		res[i] = hs[l]
+	}
+	return res, nil
 }

@@ -338,8 +338,11 @@ func Run(ctx context.Context, base *model.Base, tok tokenizer.Tokenizer, opt Opt
 	if err := sz.validate(); err != nil {
 		return nil, fmt.Errorf("experiments.Run: %w", err)
 	}
-	r := &runner{ctx: ctx, opt: opt, sz: sz, base: base, tok: tok, memo: &memoForwarder{base: base, m: map[string][][]float32{}},
+	r := &runner{ctx: ctx, opt: opt, sz: sz, base: base, tok: tok, memo: &memoForwarder{base: base, m: map[string]map[int][]float32{}},
 		log: slog.New(slog.NewTextHandler(io.Discard, nil)), done: map[string]*trained{}, res: &Results{}}
+	// One forward pass per sequence serves every source set the
+	// experiments read: final, the embeddings and the middle layer.
+	r.memo.all = []int{model.FinalLayer, 0, max(1, base.Config.Layers/2)}
 	if opt.Only != "" {
 		if b, err := os.ReadFile(filepath.Join(opt.Out, "experiments.json")); err == nil {
 			if err := json.Unmarshal(b, r.res); err != nil {

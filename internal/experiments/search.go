@@ -238,7 +238,7 @@ func Search(ctx context.Context, base *model.Base, tok model.Tokenizer, opt Sear
 		return nil, fmt.Errorf("experiments.Search: %w", err)
 	}
 	r := &runner{ctx: ctx, opt: Options{Data: opt.Data, Progress: opt.Progress}, sz: opt.Sizes, base: base, tok: tok,
-		memo: &memoForwarder{base: base, m: map[string][][]float32{}}, log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		memo: &memoForwarder{base: base, m: map[string]map[int][]float32{}}, log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		done: map[string]*trained{}, res: &Results{}, cacheDir: opt.CacheDir}
 	if r.cacheDir == "" {
 		return nil, fmt.Errorf("experiments.Search: a cache directory is required")
