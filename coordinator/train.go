@@ -386,7 +386,7 @@ func (t *trainer) chooseAlpha(val []seqData, grid []float32) (float32, float64, 
 // cached embeddings, as training's validation passes do: a held-out test
 // split scored without the network. co is a single stage (no parent chain). The chunks must be in the cache
 // (CollectLocal or a finished collection).
-func (c *Coordinator) Evaluate(ds *Dataset, co *model.CarryOn) (EvalInfo, error) {
+func (c *Coordinator) Evaluate(ds *dataset.Set, co *carryon.Model) (EvalInfo, error) {
 	val, err := c.loadSplit(ds.Val)
 	if err != nil {
 		return EvalInfo{}, fmt.Errorf("coordinator.Evaluate: %w", err)

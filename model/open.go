@@ -45,7 +45,7 @@ type Opened struct {
 // not their name:
 //
 //   - "default" (or ""): the base embedded in the binary, written under
-//     CacheDir on first use;
+//     CacheDir on first use; "tiny": the small embedded base, likewise;
 //   - a GGUF file (any name: ollama stores blobs as sha256-…): llama.cpp's
 //     format, with the tokenizer from its metadata;
 //   - a directory: Hugging Face layout (config.json, model.safetensors or
@@ -62,6 +62,12 @@ func Open(spec string, o OpenOptions) (*Opened, error) {
 			return nil, fmt.Errorf("open the default model: %w", err)
 		}
 		name = embedded.Name
+	} else if spec == "tiny" {
+		var err error
+		if path, err = embedded.EnsureTiny(o.CacheDir); err != nil {
+			return nil, fmt.Errorf("open the tiny model: %w", err)
+		}
+		name = embedded.TinyName
 	}
 	st, err := os.Stat(path)
 	if err != nil {

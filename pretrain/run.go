@@ -30,13 +30,13 @@ type RunOptions struct {
 	// ArchFlags holds the architecture settings given explicitly (by flag
 	// name: vocab, dim, layers, heads, kv-heads, ffn); with Init they must
 	// agree with the model.
-	ArchFlags                     map[string]int
-	Seq                           int     // training window (max_position_embeddings)
-	Init                          string  // continue from this HF directory written by pretrain
+	ArchFlags map[string]int
+	Seq       int    // training window (max_position_embeddings)
+	Init      string // continue from this HF directory written by pretrain
 	// Tokenizer, when set, is a tokenizer.json used instead of training a
 	// BPE on the corpus (bases that share a tokenizer can be mixed as
 	// carry-on sources). Not with Init, whose tokenizer is used.
-	Tokenizer string
+	Tokenizer                     string
 	RopeTheta                     float64 // 0: 1e4 or Init's
 	Batch, Steps, Warmup          int
 	LR, MinLR, WD, Clip           float64

@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"carryon/internal/experiments"
@@ -19,16 +21,30 @@ func runExperiment(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs := newFlags("experiment", "--data GSM8K.jsonl --out DIR [--only NAME] [--quick]", stderr)
 	data := fs.String("data", "", "GSM8K-style JSONL with question and answer fields")
 	out := fs.String("out", "", "directory for experiments.json, experiments-results.md and img/*.svg (e.g. docs/)")
-	only := fs.String("only", "", fmt.Sprintf("run one experiment of %v, keeping the others' results in OUT/experiments.json", experiments.Names))
+	only := fs.String("only", "", fmt.Sprintf("run some experiments (comma-separated) of %v, keeping the others' results in OUT/experiments.json", experiments.Names))
 	quick := fs.Bool("quick", false, "tiny sizes: check the pipeline in seconds (numbers mean nothing)")
-	modelFlag := fs.String("model", "default", "base model directory, or \"default\" for the embedded base")
+	modelFlag := fs.String("model", "default", "base model directory, \"default\" (the embedded base) or \"tiny\" (the small embedded base)")
 	cache := fs.String("cache", "", "embedding cache directory (default: a temporary one, removed at the end)")
+	sizes := fs.String("sizes", "", `JSON object overriding some of the run's sizes, e.g. '{"clock_seconds": 90, "search_steps": 60}' (field names as in experiments.json's setup.sizes)`)
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *data == "" || *out == "" {
 		fs.Usage()
 		return errors.New("--data and --out are required")
+	}
+	var sz *experiments.Sizes
+	if *sizes != "" {
+		s := experiments.FullSizes()
+		if *quick {
+			s = experiments.QuickSizes()
+		}
+		dec := json.NewDecoder(strings.NewReader(*sizes))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&s); err != nil {
+			return fmt.Errorf("--sizes: %w", err)
+		}
+		sz = &s
 	}
 	m, err := model.Open(*modelFlag, model.OpenOptions{})
 	if err != nil {
@@ -38,7 +54,7 @@ func runExperiment(ctx context.Context, args []string, stdout, stderr io.Writer)
 	defer base.Close()
 	start := time.Now()
 	res, err := experiments.Run(ctx, base, tok, experiments.Options{Data: *data, Out: *out, Only: *only, Quick: *quick,
-		CacheDir: *cache, BaseName: name, Progress: func(msg string) {
+		CacheDir: *cache, BaseName: name, Sizes: sz, Progress: func(msg string) {
 			fmt.Fprintf(stdout, "[%6.1fs] %s\n", time.Since(start).Seconds(), msg)
 		}})
 	if err != nil {

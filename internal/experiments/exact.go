@@ -1,10 +1,12 @@
 package experiments
 
 import (
-	"carryon/carryon"
-	"carryon/dataset"
 	"fmt"
 	"strings"
+
+	"carryon/carryon"
+	"carryon/dataset"
+	"carryon/model"
 )
 
 // exactExp: greedy answers to held-out problems, scored on the number after

@@ -144,8 +144,8 @@ type Setup struct {
 	BaseLoss    float64 `json:"base_loss"` // base alone on Val's answer tokens, exact hidden states
 	// BaseSelectLoss is the same on the validation split.
 	BaseSelectLoss float64 `json:"base_select_loss"`
-	Sizes       Sizes   `json:"sizes"`
-	GOMAXPROCS  int     `json:"gomaxprocs"`
+	Sizes          Sizes   `json:"sizes"`
+	GOMAXPROCS     int     `json:"gomaxprocs"`
 	// ForwardSeconds is the base's forward time over every sequence of
 	// this run, once each; TrainSeconds the carry-on training time of all
 	// the runs that reused it.
@@ -178,7 +178,7 @@ type CarryOnRun struct {
 	Params       int     `json:"params"`
 	AdaptorBytes int     `json:"adaptor_bytes"` // the adaptor file (float32 weights and metadata)
 	Steps        int     `json:"steps"`
-	Seed         uint64  `json:"seed"` // initialisation and batch order
+	Seed         uint64  `json:"seed"`              // initialisation and batch order
 	Sources      []int   `json:"sources,omitempty"` // base layers read (model.FinalLayer = -1 first); nil: final only
 	ValLoss      float64 `json:"val_loss"`          // held-out (test) loss of the kept carry-on
 	BaseLoss     float64 `json:"base_loss"`         // base alone on the test split, through the same bridge
@@ -272,9 +272,9 @@ type runner struct {
 	base     *model.Base
 	tok      tokenizer.Tokenizer
 	split    *Split
-	fit      *coordinator.Dataset // Train, and Select as its validation split
-	wide     *coordinator.Dataset // Wide, and Select as its validation split
-	test     *coordinator.Dataset // Val (the held-out test problems) as its validation split, no training part
+	fit      *dataset.Set // Train, and Select as its validation split
+	wide     *dataset.Set // Wide, and Select as its validation split
+	test     *dataset.Set // Val (the held-out test problems) as its validation split, no training part
 	memo     *memoForwarder
 	cacheDir string
 	log      *slog.Logger
@@ -402,13 +402,13 @@ func (r *runner) setup() error {
 		return fmt.Errorf("%d fitting problems after the held-out ones: too few for %d validation problems and some to train on", len(r.split.Train), r.sz.SelectProblems)
 	}
 	r.split.Select, r.split.Train = r.split.Train[:r.sz.SelectProblems], r.split.Train[r.sz.SelectProblems:]
-	if r.fit, err = dataset(r.tok, c.MaxPos, r.split.Train, r.split.Select); err != nil {
+	if r.fit, err = toDataset(r.tok, c.MaxPos, r.split.Train, r.split.Select); err != nil {
 		return err
 	}
-	if r.wide, err = dataset(r.tok, c.MaxPos, r.split.Wide, r.split.Select); err != nil {
+	if r.wide, err = toDataset(r.tok, c.MaxPos, r.split.Wide, r.split.Select); err != nil {
 		return err
 	}
-	if r.test, err = dataset(r.tok, c.MaxPos, nil, r.split.Val); err != nil {
+	if r.test, err = toDataset(r.tok, c.MaxPos, nil, r.split.Val); err != nil {
 		return err
 	}
 	val := sequences(r.test.Val)
@@ -513,7 +513,7 @@ func (r *runner) carryOn(s spec) (*trained, error) {
 // best-by-validation and α chosen on ds.Val, then scores it on test.Val.
 // It touches no runner state, so several can run at once (the search).
 func trainCarryOn(ctx context.Context, base *model.Base, fw coordinator.Forwarder, cacheDir string, log *slog.Logger,
-	ds, test *coordinator.Dataset, s spec, sz Sizes) (*trained, error) {
+	ds, test *dataset.Set, s spec, sz Sizes) (*trained, error) {
 	bc := base.Config
 	lr := s.lr
 	if lr == 0 {

@@ -13,15 +13,17 @@ import (
 	"time"
 
 	"carryon/coordinator"
+	"carryon/dataset"
 	"carryon/model"
+	"carryon/tokenizer"
 )
 
 // SearchTrial is one configuration of a search and what it measured.
 type SearchTrial struct {
-	Width   int     `json:"width"`
-	Layers  int     `json:"layers"`
-	LR      float32 `json:"lr"`
-	Sources []int   `json:"sources"` // base layers read (model.FinalLayer = -1 first)
+	Width   int        `json:"width"`
+	Layers  int        `json:"layers"`
+	LR      float32    `json:"lr"`
+	Sources []int      `json:"sources"` // base layers read (model.FinalLayer = -1 first)
 	Run     CarryOnRun `json:"run"`
 	// Seconds is the trial's wall time (training, validation, α choice and
 	// test scoring) while other trials ran beside it.
@@ -70,7 +72,7 @@ func SearchGrid() []spec {
 // collect fills first with every layer the specs read. Each trial's
 // carry-on trains on the cache only.
 func searchTrials(ctx context.Context, base *model.Base, fw coordinator.Forwarder, cacheDir string, log *slog.Logger,
-	ds, test *coordinator.Dataset, specs []spec, steps, parallel int, sz Sizes, progress func(string)) ([]SearchTrial, float64, error) {
+	ds, test *dataset.Set, specs []spec, steps, parallel int, sz Sizes, progress func(string)) ([]SearchTrial, float64, error) {
 	layers := []int{model.FinalLayer}
 	seen := map[int]bool{model.FinalLayer: true}
 	for _, s := range specs {
@@ -86,7 +88,7 @@ func searchTrials(ctx context.Context, base *model.Base, fw coordinator.Forwarde
 	if err != nil {
 		return nil, 0, err
 	}
-	for _, d := range []*coordinator.Dataset{ds, test} {
+	for _, d := range []*dataset.Set{ds, test} {
 		if err := c.CollectLocal(ctx, d, fw, nil); err != nil {
 			c.Close()
 			return nil, 0, err
@@ -233,7 +235,7 @@ type SearchOptions struct {
 
 // Search runs the default grid (SearchGrid) on base over the data of opt
 // and returns the trials, sorted by test loss.
-func Search(ctx context.Context, base *model.Base, tok model.Tokenizer, opt SearchOptions) (*SearchResult, error) {
+func Search(ctx context.Context, base *model.Base, tok tokenizer.Tokenizer, opt SearchOptions) (*SearchResult, error) {
 	if err := opt.Sizes.validate(); err != nil {
 		return nil, fmt.Errorf("experiments.Search: %w", err)
 	}
@@ -254,7 +256,7 @@ func Search(ctx context.Context, base *model.Base, tok model.Tokenizer, opt Sear
 	if err != nil {
 		return nil, fmt.Errorf("experiments.Search: %w", err)
 	}
-	for _, d := range []*coordinator.Dataset{r.fit, r.test} {
+	for _, d := range []*dataset.Set{r.fit, r.test} {
 		if err := c.CollectLocal(ctx, d, nil, nil); err != nil {
 			c.Close()
 			return nil, fmt.Errorf("experiments.Search: %w", err)

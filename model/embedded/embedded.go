@@ -1,11 +1,14 @@
-// Package embedded ships the default base inside the binary: a small
-// Qwen2-architecture model with its own byte-level BPE tokenizer, pretrained
-// by `carryon pretrain` on the Brown corpus (base/README.md has its
-// provenance and losses; scripts/make-default-base.sh remakes it). It has
-// real weights and a real tokenizer, so every stage of carryon runs as it
-// would on a real model, but it is far too small to be a useful language
-// model. model.Open("default") writes it out once and loads it like any
-// Hugging Face directory.
+// Package embedded ships two bases inside the binary. The default,
+// carryon-mix-qwen2 (base/README.md, scripts/make-default-base.sh), is a
+// 5.5M-parameter Qwen2-architecture model pretrained by `carryon pretrain`
+// on English text and program-generated arithmetic; the tiny base,
+// carryon-brown-qwen2 (tiny/README.md, scripts/make-tiny-base.sh), is the
+// earlier 2.4M-parameter Brown-corpus model, kept for fast tests. Both use
+// the tiny base's byte-level BPE tokenizer. They have real weights and a
+// real tokenizer, so every stage of carryon runs as it would on a real
+// model, but they are far too small to be useful language models.
+// model.Open("default") and model.Open("tiny") write one out once and load
+// it like any Hugging Face directory.
 package embedded
 
 import (
@@ -18,15 +21,23 @@ import (
 	"carryon/internal/atomicfile"
 )
 
-// Name names the embedded base in adverts, logs and the cache directory.
-const Name = "carryon-brown-qwen2"
+// Name names the default base in adverts, logs and the cache directory;
+// TinyName the tiny one.
+const (
+	Name     = "carryon-mix-qwen2"
+	TinyName = "carryon-brown-qwen2"
+)
 
-// Version changes whenever the embedded weights do, so that a binary never
-// reuses a cached copy of other weights (v1 had a 128-token context, v2 is
-// its extension to 512).
-const Version = 2
+// Version and TinyVersion change whenever the embedded weights do, so that
+// a binary never reuses a cached copy of other weights (the tiny base's v1
+// had a 128-token context, v2 is its extension to 512).
+const (
+	Version     = 1
+	TinyVersion = 2
+)
 
 //go:embed base/config.json base/model.safetensors base/tokenizer.json base/README.md
+//go:embed tiny/config.json tiny/model.safetensors tiny/tokenizer.json tiny/README.md
 var files embed.FS
 
 // Files are the files Write writes.
@@ -35,12 +46,17 @@ var Files = []string{"config.json", "model.safetensors", "tokenizer.json", "READ
 // Write writes the embedded base (config.json, model.safetensors,
 // tokenizer.json and its README.md) into dir, creating it; each file is
 // replaced atomically.
-func Write(dir string) error {
+func Write(dir string) error { return write("base", dir) }
+
+// WriteTiny is Write for the tiny base.
+func WriteTiny(dir string) error { return write("tiny", dir) }
+
+func write(which, dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("write the embedded base: %w", err)
 	}
 	for _, name := range Files {
-		data, err := fs.ReadFile(files, "base/"+name)
+		data, err := fs.ReadFile(files, which+"/"+name)
 		if err == nil {
 			err = atomicfile.Write(filepath.Join(dir, name), data, 0o644)
 		}
@@ -56,7 +72,15 @@ func Write(dir string) error {
 // processes) are safe: the base is written to a temporary directory and
 // renamed into place.
 func Ensure(cacheDir string) (string, error) {
-	dir := filepath.Join(cacheDir, fmt.Sprintf("%s-v%d", Name, Version))
+	return ensure(filepath.Join(cacheDir, fmt.Sprintf("%s-v%d", Name, Version)), cacheDir, Write)
+}
+
+// EnsureTiny is Ensure for the tiny base.
+func EnsureTiny(cacheDir string) (string, error) {
+	return ensure(filepath.Join(cacheDir, fmt.Sprintf("%s-v%d", TinyName, TinyVersion)), cacheDir, WriteTiny)
+}
+
+func ensure(dir, cacheDir string, write func(string) error) (string, error) {
 	if _, err := os.Stat(filepath.Join(dir, "model.safetensors")); err == nil {
 		return dir, nil
 	}
@@ -67,7 +91,7 @@ func Ensure(cacheDir string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("write the embedded base: %w", err)
 	}
-	if err := Write(tmp); err != nil {
+	if err := write(tmp); err != nil {
 		os.RemoveAll(tmp)
 		return "", err
 	}

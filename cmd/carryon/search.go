@@ -1,0 +1,82 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"carryon/internal/experiments"
+	"carryon/model"
+)
+
+func init() {
+	register("search", "train many small carry-ons (width, depth, LR, sources; α chosen on validation) over one embedding cache, several at once: table and Pareto plots", runSearch)
+}
+
+func runSearch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlags("search", "--data FILE.jsonl [--out DIR] [flags]", stderr)
+	data := fs.String("data", "", "GSM8K-style JSONL with question and answer fields")
+	out := fs.String("out", "", "directory for search.md and the Pareto plots (search-params.svg, search-step.svg); empty: table on stdout only")
+	modelFlag := fs.String("model", "default", "base model directory, \"default\" (embedded base) or \"tiny\" (the small embedded base)")
+	cache := fs.String("cache", "", "embedding cache directory (default: a temporary one, removed at the end)")
+	steps := fs.Int("steps", 100, "optimiser steps per trial")
+	parallel := fs.Int("parallel", 0, "trials trained at once (0: GOMAXPROCS)")
+	train := fs.Int("train", 1000, "problems trained on")
+	val := fs.Int("val", 60, "validation problems (choose each trial's checkpoint and α)")
+	test := fs.Int("test", 60, "held-out problems (score the trials)")
+	batch := fs.Int("batch", 8, "sequences per step")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *data == "" {
+		fs.Usage()
+		return errors.New("--data is required")
+	}
+	m, err := model.Open(*modelFlag, model.OpenOptions{})
+	if err != nil {
+		return err
+	}
+	base, tok, name := m.Base, m.Tokenizer, m.Name
+	defer base.Close()
+	if tok == nil {
+		return fmt.Errorf("search: %s: %w", name, m.TokenizerErr)
+	}
+	dir := *cache
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "carryon-search-*"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+	}
+	sz := experiments.FullSizes()
+	sz.TrainProblems, sz.SelectProblems, sz.ValProblems, sz.Batch, sz.SearchSteps, sz.SearchParallel = *train, *val, *test, *batch, *steps, *parallel
+	start := time.Now()
+	fmt.Fprintf(stdout, "base %s; %d configurations, %d steps each\n", name, len(experiments.SearchGrid()), *steps)
+	res, err := experiments.Search(ctx, base, tok, experiments.SearchOptions{Data: *data, CacheDir: dir, Sizes: sz,
+		Progress: func(msg string) { fmt.Fprintf(stdout, "[%6.1fs] %s\n", time.Since(start).Seconds(), msg) }})
+	if err != nil {
+		return err
+	}
+	table := experiments.SearchTable(res)
+	fmt.Fprintf(stdout, "\n%s\n", table)
+	fmt.Fprintf(stdout, "base alone: %.4f; embedding %.1f s once; %d trials in %.1f s wall (%.1f s per trial, %d at once); total %.1f s\n",
+		res.BaseLoss, res.EmbedSeconds, len(res.Trials), res.TrialsSeconds, res.TrialsSeconds/float64(max(1, len(res.Trials))), res.Parallel, time.Since(start).Seconds())
+	if *out == "" {
+		return nil
+	}
+	if err := os.MkdirAll(*out, 0o755); err != nil {
+		return err
+	}
+	byParams, byStep := experiments.SearchCharts(res)
+	for name, b := range map[string][]byte{"search.md": table, "search-params.svg": byParams.SVG(), "search-step.svg": byStep.SVG()} {
+		if err := os.WriteFile(filepath.Join(*out, name), b, 0o644); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(stdout, "wrote %s/search.md, search-params.svg, search-step.svg\n", *out)
+	return nil
+}
