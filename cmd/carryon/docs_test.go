@@ -2,11 +2,13 @@ package main
 
 import (
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 
 	"carryon/node"
+	"carryon/swarm"
 )
 
 // TestAdvertIntervalDocs: --help, docs/operating.md's flag table and
@@ -34,5 +36,24 @@ func TestAdvertIntervalDocs(t *testing.T) {
 	secs := strings.TrimSuffix(want.String(), "s") + " s by default"
 	if !strings.Contains(strings.Join(strings.Fields(string(proto)), " "), "`--advert-interval`, "+secs) {
 		t.Errorf("docs/protocol.md does not say %q of --advert-interval", secs)
+	}
+}
+
+// TestPullRefusesToOverwrite: pull --out FILE leaves an existing FILE
+// alone unless --force, and says so before it joins any swarm.
+func TestPullRefusesToOverwrite(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "mine.safetensors")
+	if err := os.WriteFile(out, []byte("precious"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := swarm.CIDOf([]byte("some adaptor")).String()
+	var stdout, stderr strings.Builder
+	code := run([]string{"pull", c, "--out", out, "--store", filepath.Join(dir, "store"), "--timeout", "2s"}, &stdout, &stderr)
+	if code == 0 || !strings.Contains(stderr.String(), out+" exists (use --force to overwrite)") {
+		t.Errorf("pull over an existing file: exit %d\n%s", code, stderr.String())
+	}
+	if b, _ := os.ReadFile(out); string(b) != "precious" {
+		t.Errorf("the existing file was changed to %q", b)
 	}
 }

@@ -22,13 +22,14 @@ func init() {
 }
 
 func runPull(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("pull", "CID [--from ADDR[,ADDR...] | --bootstrap ADDR] [--out FILE]", stderr)
+	fs := newFlags("pull", "CID [--from ADDR[,ADDR...] | --bootstrap ADDR] [--out FILE [--force]]", stderr)
 	sf := addSwarmFlags(fs, "/ip4/127.0.0.1/tcp/0")
 	from := fs.String("from", "", "comma-separated multiaddrs (with /p2p/ID) of peers that have the adaptor (empty: find them through the DHT, via --bootstrap)")
 	out := fs.String("out", "", "where to write the adaptor (default: CID.safetensors)")
 	store := fs.String("store", defaultStoreDir(), "block store the adaptor is kept (pinned) in, so this peer serves it on")
 	timeout := fs.Duration("timeout", time.Minute, "give up after this long")
 	maxSize := fs.Int64("max-size", 1<<30, "refuse files larger than this many bytes")
+	force := fs.Bool("force", false, "overwrite an existing --out file")
 	check := fs.Bool("check", true, "decode the file as a carryon adaptor and say what it is (--check=false for any file)")
 	// Flags may come before or after the CID.
 	var cidArg string
@@ -49,6 +50,13 @@ func runPull(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
+	path := *out
+	if path == "" {
+		path = c.String() + ".safetensors"
+	}
+	if _, err := os.Stat(path); err == nil && !*force {
+		return fmt.Errorf("%s exists (use --force to overwrite)", path)
+	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 	blocks, err := swarm.OpenBlocks(*store)
@@ -64,10 +72,6 @@ func runPull(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	if err := blocks.Pin(ctx, c, "pulled"); err != nil {
 		return err
-	}
-	path := *out
-	if path == "" {
-		path = c.String() + ".safetensors"
 	}
 	n, err := writeFromStore(ctx, blocks, c, path, *maxSize)
 	if err != nil {
