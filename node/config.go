@@ -5,6 +5,9 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"carryon/swarm"
 	"carryon/tensor"
 )
 
@@ -41,8 +44,17 @@ type Config struct {
 	// Device names the compute device in adverts ("cpu", "cuda:<name>").
 	// Default "cpu".
 	Device string
-	// Logger receives lifecycle logs (per-job logs at Debug). Nil means
-	// slog.Default().
+	// Bootstrap are the peers the node stays connected to, usually the
+	// coordinator: dialled at Start and redialled with backoff (Redial) as
+	// soon as the last connection to one of them drops. Empty: none (the
+	// caller connects the host itself).
+	Bootstrap []peer.AddrInfo
+	// Redial is the backoff of those dials (swarm.RedialConfig's defaults:
+	// 250 ms doubling to 10 s, jittered). Its OnEvent is set by the node.
+	Redial swarm.RedialConfig
+	// Logger receives what a volunteer wants to see at Info: connections
+	// to the coordinator made, lost and back, each chunk leased and
+	// finished (with tokens/s). Nil means slog.Default().
 	Logger *slog.Logger
 }
 
@@ -118,6 +130,14 @@ func (c Config) Validate() error {
 		return fmt.Errorf("node.Config.KeepFor: %v is below 1s", c.KeepFor)
 	case c.OfferInterval < 10*time.Millisecond:
 		return fmt.Errorf("node.Config.OfferInterval: %v is below 10ms", c.OfferInterval)
+	}
+	for i, ai := range c.Bootstrap {
+		if err := ai.ID.Validate(); err != nil || len(ai.Addrs) == 0 {
+			return fmt.Errorf("node.Config.Bootstrap[%d]: needs a peer ID and an address", i)
+		}
+	}
+	if err := c.Redial.Validate(); err != nil {
+		return fmt.Errorf("node.Config.Redial: %w", err)
 	}
 	return nil
 }

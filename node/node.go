@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -66,12 +67,17 @@ type Node struct {
 	adv    struct {       // the advert loop, stopped first by Close
 		cancel context.CancelFunc
 		done   chan struct{}
+		kick   chan struct{} // advertise now (a coordinator joined the nodes topic)
+		last   int64         // UnixMilli of the last advert (advert loop only)
 	}
 	offer struct { // the offer loop (keep.go)
 		cancel context.CancelFunc
 		done   chan struct{}
 	}
 	keep *keeper
+	keeper *swarm.Keeper // redials Config.Bootstrap
+
+	coords sync.Map // peer.ID → struct{}: peers seen listening on the nodes topic or sending jobs
 
 	mu      sync.Mutex
 	closed  bool
@@ -122,14 +128,92 @@ func (n *Node) Start(ctx context.Context) error {
 	go n.offerLoop(octx)
 	if n.topics != nil {
 		actx, cancel := context.WithCancel(n.ctx)
-		n.adv.cancel, n.adv.done = cancel, make(chan struct{})
+		n.adv.cancel, n.adv.done, n.adv.kick = cancel, make(chan struct{}), make(chan struct{}, 1)
+		joins, err := n.topics.Nodes.EventHandler()
+		if err != nil {
+			cancel()
+			n.h.RemoveStreamHandler(protocol.EmbedProtocol)
+			return fmt.Errorf("node.Start: watch the nodes topic: %w", err)
+		}
+		go n.watchJoins(actx, joins)
 		go n.advertLoop(actx)
 	}
 	for _, b := range n.bases {
 		i := b.Info()
 		n.log.Info("serving base", "name", i.Name, "base", i.WeightsHash[:12], "dim", i.Dim, "layers", i.Layers)
 	}
+	if len(n.cfg.Bootstrap) > 0 {
+		rc := n.cfg.Redial
+		rc.OnEvent = n.connEvent
+		k, err := swarm.KeepConnected(n.ctx, n.h, n.cfg.Bootstrap, rc)
+		if err != nil {
+			return fmt.Errorf("node.Start: %w", err)
+		}
+		n.keeper = k
+	}
 	return nil
+}
+
+// role names p in logs: "coordinator" once p has listened on the nodes
+// topic or sent a job, else "bootstrap peer".
+func (n *Node) role(p peer.ID) string {
+	if _, ok := n.coords.Load(p); ok {
+		return "coordinator"
+	}
+	return "bootstrap peer"
+}
+
+// connEvent logs a change in the connection to a bootstrap peer.
+func (n *Node) connEvent(e swarm.RedialEvent) {
+	role := n.role(e.Peer)
+	switch e.Kind {
+	case swarm.Connected:
+		if e.First {
+			n.log.Info("connected to "+role, "peer", e.Peer.String(), "addr", e.Addr)
+		} else {
+			n.log.Info(role+" back", "peer", e.Peer.String(), "addr", e.Addr, "down", e.Down.Round(time.Millisecond), "dials", e.Attempts)
+		}
+	case swarm.Lost:
+		n.log.Warn("lost the connection to "+role+"; redialling", "peer", e.Peer.String())
+	case swarm.DialFailed:
+		// The first failure, then every doubling of the count: a volunteer
+		// sees that the node keeps trying without a line every few seconds.
+		lvl := slog.LevelDebug
+		if e.Attempts&(e.Attempts-1) == 0 {
+			lvl = slog.LevelInfo
+			if e.Attempts == 1 {
+				lvl = slog.LevelWarn
+			}
+		}
+		n.log.Log(n.ctx, lvl, "cannot reach "+role+"; retrying", "peer", e.Peer.String(), "dials", e.Attempts,
+			"down", e.Down.Round(time.Second), "next_in", e.Wait.Round(time.Millisecond), "err", e.Err)
+	}
+}
+
+// watchJoins advertises at once whenever a peer starts listening on the
+// nodes topic (a coordinator starting a job, or one restarted), so that
+// it need not wait an advert interval to see this node; an advert
+// published before any coordinator listens reaches nobody.
+func (n *Node) watchJoins(ctx context.Context, h *pubsub.TopicEventHandler) {
+	defer h.Cancel()
+	for {
+		ev, err := h.NextPeerEvent(ctx)
+		if err != nil {
+			return
+		}
+		if ev.Type != pubsub.PeerJoin {
+			continue
+		}
+		if _, seen := n.coords.LoadOrStore(ev.Peer, struct{}{}); !seen {
+			n.log.Info("coordinator listening for nodes; advertising", "peer", ev.Peer.String())
+		} else {
+			n.log.Debug("coordinator listening for nodes again; advertising", "peer", ev.Peer.String())
+		}
+		select {
+		case n.adv.kick <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // Close stops intake, waits for in-flight jobs (up to DrainTimeout), and
@@ -147,6 +231,9 @@ func (n *Node) Close() error {
 		return nil
 	}
 	n.h.RemoveStreamHandler(protocol.EmbedProtocol)
+	if n.keeper != nil {
+		n.keeper.Close()
+	}
 	done := make(chan struct{})
 	if n.adv.cancel != nil { // stop advertising before draining
 		n.adv.cancel()
@@ -188,14 +275,20 @@ func (n *Node) advertLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-n.adv.kick:
+			t.Reset(n.cfg.AdvertInterval)
 		}
 	}
 }
 
-// advert describes what the node offers now.
+// advert describes what the node offers now. UnixMilli strictly increases
+// from one advert to the next (the gossip validators ignore an advert no
+// newer than the last), even for two adverts within a millisecond.
 func (n *Node) advert() *protocol.Advert {
+	ms := max(time.Now().UnixMilli(), n.adv.last+1)
+	n.adv.last = ms
 	a := &protocol.Advert{V: protocol.Version, Peer: n.h.ID().String(), TokensPerSec: n.tokensPerSec(),
-		FreeSlots: cap(n.slots) + n.cfg.MaxQueue - len(n.slots) - int(n.waiting.Load()), Device: n.cfg.Device, UnixMilli: time.Now().UnixMilli()}
+		FreeSlots: cap(n.slots) + n.cfg.MaxQueue - len(n.slots) - int(n.waiting.Load()), Device: n.cfg.Device, UnixMilli: ms}
 	for _, b := range n.bases {
 		a.Bases = append(a.Bases, b.Info())
 	}
@@ -261,11 +354,17 @@ func (n *Node) handleEmbed(s network.Stream) {
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() { s.Reset() })
 	defer stop()
-	log := n.log.With("remote", s.Conn().RemotePeer().String())
+	remote := s.Conn().RemotePeer()
+	n.coords.LoadOrStore(remote, struct{}{})
+	log := n.log.With("remote", remote.String())
 	if err := n.serveJob(ctx, s, log); err != nil {
 		n.rejected.Add(1)
-		log.Debug("embedding job failed", "err", err)
 		var perr *protocol.Error
+		if errors.As(err, &perr) && perr.Kind == protocol.KindOverloaded {
+			log.Debug("chunk refused", "err", err) // the coordinator offers it again elsewhere
+		} else {
+			log.Info("chunk not delivered", "err", err)
+		}
 		if errors.As(err, &perr) && protocol.WriteFrame(s, perr) == nil {
 			s.Close() // a reset would discard the error before the peer reads it
 			return
@@ -288,6 +387,7 @@ func (n *Node) serveJob(ctx context.Context, s network.Stream, log *slog.Logger)
 	}
 	coord := s.Conn().RemotePeer()
 	log = log.With("job", req.JobID, "chunk", short(req.ChunkID))
+	log.Info("chunk leased", "seqs", len(req.Seqs), "tokens", req.Tokens())
 	r := n.keep.get(coord, req)
 	if r == nil {
 		if !n.acquire(ctx) {
@@ -337,7 +437,9 @@ func (n *Node) serveJob(ctx context.Context, s network.Stream, log *slog.Logger)
 	n.jobs.Add(1)
 	n.tokens.Add(int64(req.Tokens()))
 	n.bytesSent.Add(sent)
-	log.Debug("embedding job done", "tokens", req.Tokens(), "bytes", sent, "ms", r.millis)
+	secs := max(float64(r.millis)/1000, 1e-3)
+	log.Info("chunk finished", "tokens", req.Tokens(), "tokens_per_s", math.Round(float64(req.Tokens())/secs),
+		"sent_KiB", sent>>10, "ms", r.millis, "chunks_so_far", n.jobs.Load())
 	return nil
 }
 

@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"path/filepath"
 	"time"
 
 	"carryon/coordinator"
 	"carryon/dataset"
 	"carryon/model"
 	"carryon/protocol"
+	"carryon/swarm"
 )
 
 func init() {
@@ -62,6 +64,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err != nil {
 		return err
 	}
+	sf.defaultIdentity = filepath.Join(*job.cache, swarm.IdentityFile)
 	j, err := sf.join(ctx, nil)
 	if err != nil {
 		return err
@@ -85,6 +88,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	defer dash.Close()
 	fmt.Fprintf(stdout, "coordinator %s in swarm %s, base %s\n", j.h.ID(), j.name, base.WeightsHash)
+	j.printIdentity(stdout)
 	for _, a := range j.addrs() {
 		fmt.Fprintf(stdout, "listening on %s\n", a)
 	}

@@ -31,6 +31,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	jobs := fs.Int("jobs", 1, "embedding jobs run at once")
 	advert := fs.Duration("advert-interval", node.DefaultInternetConfig().AdvertInterval, "how often to re-advertise")
 	cacheDir := fs.String("cache", model.DefaultCacheDir(), "where the default model is kept")
+	state := fs.String("state", filepath.Join(model.DefaultCacheDir(), "node"), "the node's state directory: its peer identity (identity.key), so the node keeps its peer ID across restarts; one running node per directory")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100); empty: none")
 	store := fs.String("store", defaultStoreDir(), "block store of adaptors this node serves to the swarm (and to Kubo) over bitswap")
 	pin := fs.String("pin", "", "comma-separated adaptor CIDs to fetch (if missing), keep and provide in the DHT, so they outlive the coordinator")
@@ -49,6 +50,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer closeBase()
+	sf.defaultIdentity, sf.keepBootstrap = filepath.Join(*state, swarm.IdentityFile), true
 	j, err := sf.join(ctx, nil)
 	if err != nil {
 		return err
@@ -79,6 +81,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	cfg.AdvertInterval = *advert
 	cfg.Codecs, cfg.MaxJobs, cfg.Logger, cfg.Device = splitList(*codecs), *jobs, log, devName
+	cfg.Bootstrap = j.boot
 	n, err := node.New(j.h, j.topics, []node.Base{base}, cfg)
 	if err != nil {
 		return err
@@ -92,6 +95,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	info := base.Info()
 	fmt.Fprintf(stdout, "node %s in swarm %s serving %s (%s) on %s\n", j.h.ID(), j.name, info.Name, info.WeightsHash, devName)
+	j.printIdentity(stdout)
 	for _, a := range j.addrs() {
 		fmt.Fprintf(stdout, "listening on %s\n", a)
 	}

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"cmp"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -33,14 +36,22 @@ type swarmFlags struct {
 	upnp      *bool
 	relay     *bool
 	public    *bool
+
+	// defaultIdentity is the key file used when --identity is empty (a
+	// node's or coordinator's state directory); "" means a new peer ID
+	// each run (pull, serve).
+	defaultIdentity string
+	// keepBootstrap hands the bootstrap peers to a redialler (the node's)
+	// instead of requiring them at start.
+	keepBootstrap bool
 }
 
 func addSwarmFlags(fs *flag.FlagSet, defaultListen string) *swarmFlags {
 	return &swarmFlags{
 		key:       fs.String("key", "", "private swarm key file from 'carryon keygen' (empty: public swarm)"),
 		listen:    fs.String("listen", defaultListen, "comma-separated multiaddrs to listen on"),
-		identity:  fs.String("identity", "", "peer key file, created if missing, for a stable peer ID (empty: a new ID each run)"),
-		bootstrap: fs.String("bootstrap", "", "comma-separated multiaddrs (with /p2p/ID) of peers to join through"),
+		identity:  fs.String("identity", "", "peer key file, created if missing, for a stable peer ID (node and coordinator: default identity.key in their state directory; \"new\": a new ID each run)"),
+		bootstrap: fs.String("bootstrap", "", "comma-separated multiaddrs (with /p2p/ID; /dns4/NAME and /dns6/NAME too) of peers to join through"),
 		quic:      fs.Bool("quic", false, "also listen on QUIC (public swarms only: pre-shared keys need TCP)"),
 		dht:       fs.String("dht", "auto", "Kademlia DHT: off, auto (answer queries unless AutoNAT finds this host unreachable), server or client"),
 		mdns:      fs.Bool("mdns", false, "find peers of the swarm on the local network by multicast DNS"),
@@ -58,6 +69,8 @@ type joined struct {
 	psk    pnet.PSK
 	name   string
 	disc   *swarm.Discovery
+	boot   []peer.AddrInfo
+	id     *swarm.Identity // nil: a new peer ID this run
 }
 
 // join builds the host, connects to the bootstrap peers and joins the
@@ -95,25 +108,23 @@ func (f *swarmFlags) join(ctx context.Context, trusted []peer.ID) (*joined, erro
 			cfg.NAT.Reachability = network.ReachabilityPublic
 		}
 	}
-	if *f.identity != "" {
-		k, err := swarm.LoadOrCreateKey(*f.identity)
-		if err != nil {
+	var id *swarm.Identity
+	if path := cmp.Or(*f.identity, f.defaultIdentity); path != "" && path != "new" {
+		if id, err = swarm.OpenIdentity(path); err != nil {
 			return nil, err
 		}
-		cfg.Key = k
+		cfg.Key = id.Key
 	}
 	h, err := swarm.NewHost(cfg)
 	if err != nil {
+		id.Close()
 		return nil, err
 	}
-	j := &joined{h: h, psk: psk, name: protocol.SwarmName(psk)}
-	for _, ai := range boot {
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := swarm.Connect(cctx, h, ai)
-		cancel()
-		if err != nil {
-			h.Close()
-			return nil, fmt.Errorf("connect to bootstrap peer %s: %w", ai.ID, err)
+	j := &joined{h: h, psk: psk, name: protocol.SwarmName(psk), boot: boot, id: id}
+	if !f.keepBootstrap {
+		if err := connectAny(ctx, h, boot); err != nil {
+			j.close()
+			return nil, err
 		}
 	}
 	if dhtMode != swarm.DHTOff || *f.mdns {
@@ -136,12 +147,44 @@ func (f *swarmFlags) join(ctx context.Context, trusted []peer.ID) (*joined, erro
 	return j, nil
 }
 
-// close stops discovery, then the host.
+// connectAny connects to the bootstrap peers at once (10 s each, in
+// parallel) and fails only if none answers.
+func connectAny(ctx context.Context, h host.Host, boot []peer.AddrInfo) error {
+	if len(boot) == 0 {
+		return nil
+	}
+	errs := make([]error, len(boot))
+	var wg sync.WaitGroup
+	for i, ai := range boot {
+		wg.Go(func() {
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			if err := swarm.Connect(cctx, h, ai); err != nil {
+				errs[i] = fmt.Errorf("bootstrap peer %s: %w", ai.ID, err)
+			}
+		})
+	}
+	wg.Wait()
+	var failed []error
+	for _, err := range errs {
+		if err != nil {
+			failed = append(failed, err)
+		}
+	}
+	if len(failed) == len(boot) {
+		return fmt.Errorf("no bootstrap peer reachable: %w", errors.Join(failed...))
+	}
+	return nil
+}
+
+// close stops discovery, then the host, then releases the identity.
 func (j *joined) close() error {
 	if j.disc != nil {
 		j.disc.Close()
 	}
-	return j.h.Close()
+	err := j.h.Close()
+	j.id.Close()
+	return err
 }
 
 // provide announces in the DHT that this host serves c (no-op without a
@@ -171,6 +214,19 @@ func (j *joined) reach(ctx context.Context, w io.Writer) {
 	swarm.WatchReach(ctx, j.h, func(r swarm.Reach) { fmt.Fprintf(w, "reachability: %s\n", r) })
 }
 
+// printIdentity says where the peer key is kept, or that the peer ID is
+// new each run.
+func (j *joined) printIdentity(w io.Writer) {
+	switch {
+	case j.id == nil:
+		fmt.Fprintf(w, "identity: a new peer ID for this run only\n")
+	case j.id.Created:
+		fmt.Fprintf(w, "identity: new peer key %s (kept: the peer ID stays across restarts)\n", j.id.Path)
+	default:
+		fmt.Fprintf(w, "identity: peer key %s\n", j.id.Path)
+	}
+}
+
 // addrs lists the host's full multiaddrs (with /p2p/ID).
 func (j *joined) addrs() []string {
 	var out []string
@@ -190,19 +246,23 @@ func splitList(s string) []string {
 	return out
 }
 
-// parsePeers parses comma-separated multiaddrs that end in /p2p/ID.
+// parsePeers parses comma-separated multiaddrs that end in /p2p/ID
+// (/dns4/NAME/tcp/PORT/p2p/ID included: names are resolved at each dial);
+// several addresses of one peer become one entry.
 func parsePeers(s string) ([]peer.AddrInfo, error) {
-	var out []peer.AddrInfo
+	var addrs []ma.Multiaddr
 	for _, a := range splitList(s) {
 		m, err := ma.NewMultiaddr(a)
 		if err != nil {
 			return nil, fmt.Errorf("peer address %q: %w", a, err)
 		}
-		ai, err := peer.AddrInfoFromP2pAddr(m)
-		if err != nil {
+		if _, err := peer.AddrInfoFromP2pAddr(m); err != nil {
 			return nil, fmt.Errorf("peer address %q needs a /p2p/ID suffix: %w", a, err)
 		}
-		out = append(out, *ai)
+		addrs = append(addrs, m)
 	}
-	return out, nil
+	if len(addrs) == 0 {
+		return nil, nil
+	}
+	return peer.AddrInfosFromP2pAddrs(addrs...)
 }

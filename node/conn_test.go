@@ -1,0 +1,138 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"carryon/protocol"
+	"carryon/swarm"
+)
+
+// syncBuf is a log sink safe for concurrent writers.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuf) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// waitLog waits until the log contains want.
+func waitLog(t *testing.T, log *syncBuf, want string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(log.String(), want); {
+		if time.Now().After(deadline) {
+			t.Fatalf("the log never said %q:\n%s", want, log.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// gossipHost is a host in the test swarm with its topics joined.
+func gossipHost(t *testing.T, key crypto.PrivKey, listen string) (host.Host, *swarm.Topics) {
+	t.Helper()
+	cfg := swarm.HostConfig{Key: key}
+	if listen != "" {
+		cfg.ListenAddrs = []string{listen}
+	}
+	h, err := swarm.NewHost(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() { cancel(); h.Close() })
+	ps, err := swarm.NewPubSub(ctx, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	topics, err := swarm.JoinTopics(ps, "nodetest", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, topics
+}
+
+// TestAnnounceOnJoinAndRedial: a node whose advert interval is an hour
+// is seen by a coordinator as soon as the coordinator listens on the
+// nodes topic (no interval to wait); when the coordinator is killed and a
+// new one starts with the same identity and address, the node redials it
+// by itself, says so at Info, and the new coordinator has its advert at
+// once.
+func TestAnnounceOnJoinAndRedial(t *testing.T) {
+	key, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	coord, ctopics := gossipHost(t, key, "")
+	addr := coord.Addrs()[0]
+	port, _ := addr.ValueForProtocol(ma.P_TCP)
+
+	nh, ntopics := gossipHost(t, nil, "")
+	var log syncBuf
+	cfg := DefaultLocalConfig()
+	cfg.AdvertInterval = time.Hour
+	cfg.Logger = slog.New(slog.NewTextHandler(&log, nil))
+	cfg.Bootstrap = []peer.AddrInfo{{ID: coord.ID(), Addrs: []ma.Multiaddr{addr}}}
+	cfg.Redial = swarm.RedialConfig{Min: 20 * time.Millisecond, Max: 100 * time.Millisecond}
+	n, err := New(nh, ntopics, []Base{newTestBase()}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	waitLog(t, &log, `msg="connected to bootstrap peer"`)
+
+	// The node's first advert went out before anyone listened. Subscribing
+	// now must bring one within far less than the hour.
+	seeAdvert := func(topics *swarm.Topics) {
+		t.Helper()
+		sub, err := topics.Nodes.Subscribe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer sub.Cancel()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for {
+			m, err := sub.Next(ctx)
+			if err != nil {
+				t.Fatalf("no advert from the node: %v\n%s", err, log.String())
+			}
+			a, err := protocol.Unmarshal(m.Data)
+			if err == nil && a.(*protocol.Advert).Peer == nh.ID().String() {
+				return
+			}
+		}
+	}
+	seeAdvert(ctopics)
+	waitLog(t, &log, `msg="coordinator listening for nodes; advertising"`)
+
+	coord.Close() // as kill -9 would: the connection drops
+	waitLog(t, &log, `msg="lost the connection to coordinator; redialling"`)
+	coord2, ctopics2 := gossipHost(t, key, "/ip4/127.0.0.1/tcp/"+port)
+	_ = coord2
+	seeAdvert(ctopics2)
+	waitLog(t, &log, `msg="coordinator back"`)
+}
