@@ -91,7 +91,7 @@ func TestAnnounceOnJoinAndRedial(t *testing.T) {
 	var log syncBuf
 	cfg := DefaultLocalConfig()
 	cfg.AdvertInterval = time.Hour
-	cfg.Logger = slog.New(slog.NewTextHandler(&log, nil))
+	cfg.Logger = slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cfg.Bootstrap = []peer.AddrInfo{{ID: coord.ID(), Addrs: []ma.Multiaddr{addr}}}
 	cfg.Redial = swarm.RedialConfig{Min: 20 * time.Millisecond, Max: 100 * time.Millisecond}
 	n, err := New(nh, ntopics, []Base{newTestBase()}, cfg)

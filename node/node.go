@@ -169,12 +169,12 @@ func (n *Node) connEvent(e swarm.RedialEvent) {
 	switch e.Kind {
 	case swarm.Connected:
 		if e.First {
-			n.log.Info("connected to "+role, "peer", e.Peer.String(), "addr", e.Addr)
+			n.log.Info("connected to "+role, "remote", e.Peer.String(), "addr", e.Addr)
 		} else {
-			n.log.Info(role+" back", "peer", e.Peer.String(), "addr", e.Addr, "down", e.Down.Round(time.Millisecond), "dials", e.Attempts)
+			n.log.Info(role+" back", "remote", e.Peer.String(), "addr", e.Addr, "down", e.Down.Round(time.Millisecond), "dials", e.Attempts)
 		}
 	case swarm.Lost:
-		n.log.Warn("lost the connection to "+role+"; redialling", "peer", e.Peer.String())
+		n.log.Warn("lost the connection to "+role+"; redialling", "remote", e.Peer.String())
 	case swarm.DialFailed:
 		// The first failure, then every doubling of the count: a volunteer
 		// sees that the node keeps trying without a line every few seconds.
@@ -185,7 +185,7 @@ func (n *Node) connEvent(e swarm.RedialEvent) {
 				lvl = slog.LevelWarn
 			}
 		}
-		n.log.Log(n.ctx, lvl, "cannot reach "+role+"; retrying", "peer", e.Peer.String(), "dials", e.Attempts,
+		n.log.Log(n.ctx, lvl, "cannot reach "+role+"; retrying", "remote", e.Peer.String(), "dials", e.Attempts,
 			"down", e.Down.Round(time.Second), "next_in", e.Wait.Round(time.Millisecond), "err", e.Err)
 	}
 }
@@ -205,9 +205,9 @@ func (n *Node) watchJoins(ctx context.Context, h *pubsub.TopicEventHandler) {
 			continue
 		}
 		if _, seen := n.coords.LoadOrStore(ev.Peer, struct{}{}); !seen {
-			n.log.Info("coordinator listening for nodes; advertising", "peer", ev.Peer.String())
+			n.log.Info("coordinator listening for nodes; advertising", "remote", ev.Peer.String())
 		} else {
-			n.log.Debug("coordinator listening for nodes again; advertising", "peer", ev.Peer.String())
+			n.log.Debug("coordinator listening for nodes again; advertising", "remote", ev.Peer.String())
 		}
 		select {
 		case n.adv.kick <- struct{}{}:
@@ -267,6 +267,15 @@ func (n *Node) advertLoop(ctx context.Context) {
 	defer close(n.adv.done)
 	t := time.NewTicker(n.cfg.AdvertInterval)
 	defer t.Stop()
+	// After a kick the advert is repeated at these delays (when shorter
+	// than the interval): a peer that has just reconnected under the same
+	// peer ID may drop the first one while its old gossip stream is torn
+	// down and a new one opened.
+	followUps := []time.Duration{500 * time.Millisecond, 2 * time.Second}
+	burst := time.NewTimer(time.Hour)
+	burst.Stop()
+	defer burst.Stop()
+	next := len(followUps)
 	for {
 		if err := swarm.Publish(ctx, n.topics.Nodes, n.advert()); err != nil && ctx.Err() == nil {
 			n.log.Warn("advert not published", "err", err)
@@ -277,6 +286,12 @@ func (n *Node) advertLoop(ctx context.Context) {
 		case <-t.C:
 		case <-n.adv.kick:
 			t.Reset(n.cfg.AdvertInterval)
+			next = 0
+		case <-burst.C:
+		}
+		if next < len(followUps) && followUps[next] < n.cfg.AdvertInterval {
+			burst.Reset(followUps[next])
+			next++
 		}
 	}
 }
