@@ -196,6 +196,8 @@ func TestDocLimits(t *testing.T) {
 		"MaxGossipBytes":      MaxGossipBytes,
 		"MaxResultData":       MaxResultData,
 		"MaxOfferChunks":      MaxOfferChunks,
+		"MaxRosterMembers":    MaxRosterMembers,
+		"maxPeerIDBytes":      maxPeerIDBytes,
 		"maxBases":            maxBases,
 		"maxCodecs":           maxCodecs,
 		"maxMetrics":          maxMetrics,
@@ -238,6 +240,9 @@ func TestDocIdentifiers(t *testing.T) {
 	doc := strings.Join(readDoc(t), "\n")
 	for _, s := range []string{
 		"`" + EmbedProtocol + "`",
+		"`" + RosterProtocol + "`",
+		"`" + ControlTopic("<swarm>") + "`",
+		"`" + strings.ReplaceAll(RosterDomain, "\n", `\n`) + "`",
 		"`" + NodesTopic("<swarm>") + "`",
 		"`" + AdaptorsTopic("<swarm>") + "`",
 		"`" + SwarmName(nil) + "`",

@@ -15,6 +15,9 @@ import (
 const (
 	// EmbedProtocol carries embedding jobs, coordinator → node.
 	EmbedProtocol = "/carryon/embed/1.0.0"
+	// RosterProtocol hands a connecting member the signer's current Roster
+	// (the signer opens no stream; the member does, reads one frame).
+	RosterProtocol = "/carryon/roster/1.0.0"
 )
 
 // NodesTopic is the gossipsub topic on which the nodes of a swarm publish
@@ -24,6 +27,10 @@ func NodesTopic(swarm string) string { return "carryon/" + swarm + "/nodes/1" }
 // AdaptorsTopic is the gossipsub topic on which a swarm's coordinator
 // publishes signed AdaptorAnnounce messages.
 func AdaptorsTopic(swarm string) string { return "carryon/" + swarm + "/adaptors/1" }
+
+// ControlTopic is the gossipsub topic on which a swarm's coordinator
+// publishes its Roster and JobAnnounce messages.
+func ControlTopic(swarm string) string { return "carryon/" + swarm + "/control/1" }
 
 // MsgType is the first byte of a frame. APPEND ONLY: the values are the
 // protocol; never renumber or reuse one.
@@ -42,6 +49,8 @@ const (
 	// reuse them.
 	TypeResultOffer MsgType = 11
 	TypeOfferReply  MsgType = 12
+	TypeRoster      MsgType = 13
+	TypeJobAnnounce MsgType = 14
 )
 
 var typeNames = [...]string{
@@ -54,6 +63,8 @@ var typeNames = [...]string{
 	TypeAdaptorAnnounce: "AdaptorAnnounce",
 	TypeResultOffer:     "ResultOffer",
 	TypeOfferReply:      "OfferReply",
+	TypeRoster:          "Roster",
+	TypeJobAnnounce:     "JobAnnounce",
 }
 
 func (t MsgType) String() string {
@@ -102,6 +113,10 @@ func newMessage(t MsgType) Message {
 		return new(ResultOffer)
 	case TypeOfferReply:
 		return new(OfferReply)
+	case TypeRoster:
+		return new(Roster)
+	case TypeJobAnnounce:
+		return new(JobAnnounce)
 	}
 	return nil
 }

@@ -28,18 +28,23 @@ const (
 	// MaxResultData caps EmbedResult.Data: the frame cap less room for the
 	// other fields.
 	MaxResultData = 64<<20 - 4<<10
+	// MaxRosterMembers is the most peers one Roster lists (a roster is one
+	// gossip message: MaxRosterMembers IDs of up to maxPeerIDBytes fit in
+	// MaxGossipBytes).
+	MaxRosterMembers = 1024
 
 	// Smaller bounds on individual fields.
-	maxBases      = 16   // Advert.Bases
-	maxCodecs     = 32   // Advert.Codecs
-	maxMetrics    = 32   // AdaptorAnnounce.Metrics entries
-	maxNameLen    = 128  // names: BaseInfo.Name, Device
-	maxTokenLen   = 64   // short identifiers: codec, arch, metric names, JobID
-	maxTextLen    = 1024 // free text: Ack.Reason, Error.Msg
-	maxKeyBytes   = 1024 // AdaptorAnnounce.Signer (a marshalled public key)
-	maxSigBytes   = 1024 // AdaptorAnnounce.Sig
-	maxFreeSlots  = 1 << 16
-	smallFrameCap = 4 << 10
+	maxBases       = 16   // Advert.Bases
+	maxCodecs      = 32   // Advert.Codecs
+	maxMetrics     = 32   // AdaptorAnnounce.Metrics entries
+	maxNameLen     = 128  // names: BaseInfo.Name, Device
+	maxTokenLen    = 64   // short identifiers: codec, arch, metric names, JobID
+	maxTextLen     = 1024 // free text: Ack.Reason, Error.Msg
+	maxKeyBytes    = 1024 // AdaptorAnnounce.Signer (a marshalled public key)
+	maxSigBytes    = 1024 // AdaptorAnnounce.Sig
+	maxFreeSlots   = 1 << 16
+	maxPeerIDBytes = 48 // a Roster member (Ed25519 IDs are 38 bytes, hashed keys 34)
+	smallFrameCap  = 4 << 10
 )
 
 // MaxFrameBytes is the cap on the body length of a frame of type t. Types
@@ -58,6 +63,10 @@ func MaxFrameBytes(t MsgType) int {
 		return 16 << 10
 	case TypeResultOffer, TypeOfferReply:
 		return MaxOfferChunks*(64+2) + smallFrameCap // 64-hex IDs with str8 headers
+	case TypeRoster:
+		return MaxGossipBytes
+	case TypeJobAnnounce:
+		return smallFrameCap
 	}
 	return 64 << 20
 }
@@ -75,6 +84,10 @@ func maxElems(t MsgType) int {
 		return fields + 2*maxMetrics
 	case TypeResultOffer, TypeOfferReply:
 		return fields + MaxOfferChunks
+	case TypeRoster:
+		return fields + MaxRosterMembers
+	case TypeJobAnnounce:
+		return 2 * fields // the nested BaseInfo
 	}
 	return fields
 }

@@ -44,6 +44,12 @@ func sampleMessages(t testing.TB) []Message {
 	if err := ann.Sign(k); err != nil {
 		t.Fatal(err)
 	}
+	_, m2 := testKey(t, 2)
+	_, m3 := testKey(t, 3)
+	roster := NewRoster(7, 1700000000000, []peer.ID{m3, m2, m3})
+	if err := roster.Sign(k); err != nil {
+		t.Fatal(err)
+	}
 	return []Message{
 		&Advert{V: Version, Peer: id.String(), Bases: []BaseInfo{{Name: "Qwen2.5-0.5B", WeightsHash: hashA, Arch: "qwen2",
 			Dim: 896, Layers: 24, Vocab: 151936}}, Codecs: []string{"q8", "q4"}, TokensPerSec: 1234.5,
@@ -58,6 +64,9 @@ func sampleMessages(t testing.TB) []Message {
 		ann,
 		&ResultOffer{V: Version, JobID: "1f", Chunks: []string{hashA, hashB}},
 		&OfferReply{V: Version, JobID: "1f", Stored: []string{hashB}},
+		roster,
+		&JobAnnounce{V: Version, Job: "0123456789abcdef", Base: BaseInfo{Name: "Qwen2.5-0.5B", WeightsHash: hashA, Arch: "qwen2",
+			Dim: 896, Layers: 24, Vocab: 151936}, Codec: "q8", Joined: 2, MinNodes: 3, Pending: 1000, UnixMilli: 1700000000000},
 	}
 }
 
@@ -101,6 +110,16 @@ func TestWireBytes(t *testing.T) {
 			"66306630663066306630663066",
 		TypeOfferReply: "0c010000005583a17601a36a6f62a23166a673746f72656491d940306630663066306630663066306630663066306630" +
 			"66306630663066306630663066306630663066306630663066306630663066306630663066306630663066",
+		TypeRoster: "0d01000000e186a17601a373657107a76d656d6265727392c4260024080112208139770ea87d175f56a35466c34c7ecc" +
+			"cb8d8a91b4ee37a25df60f5b8fc9b394c426002408011220ed4928c628d1c2c6eae90338905995612959273a5c63f936" +
+			"36c14614ac8737d1a26d73cf0000018bcfe56800a67369676e6572c424080112208a88e3dd7409f195fd52db2d3cba5d" +
+			"72ca6709bf1d94121bf3748801b40f6f5ca3736967c440cd8749f4b8f7b3cfcad9236be8dc5920ded8af3432f69ba2bd" +
+			"b7a0ccf990de090829aedfdbbccf789f232311106baed984070e7c0287e3ea6976c7d6509eed06",
+		TypeJobAnnounce: "0e01000000d088a17601a36a6f62b030313233343536373839616263646566a46261736586a46e616d65ac5177656e32" +
+			"2e352d302e3542a468617368d94061626162616261626162616261626162616261626162616261626162616261626162" +
+			"616261626162616261626162616261626162616261626162616261626162a461726368a57177656e32a364696dcd0380" +
+			"a66c617965727318a5766f636162ce00025180a5636f646563a27138a66a6f696e656402a96d696e5f6e6f64657303a7" +
+			"70656e64696e67cd03e8a26d73cf0000018bcfe56800",
 	}
 	for _, m := range sampleMessages(t) {
 		t.Run(m.Type().String(), func(t *testing.T) {

@@ -41,10 +41,11 @@ func newPubSub(ctx context.Context, h host.Host, extra ...pubsub.Option) (*pubsu
 	return ps, nil
 }
 
-// Topics are a swarm's two gossip topics, joined with their validators.
+// Topics are a swarm's gossip topics, joined with their validators.
 type Topics struct {
 	Nodes    *pubsub.Topic // protocol.Advert from nodes
 	Adaptors *pubsub.Topic // signed protocol.AdaptorAnnounce from the coordinator
+	Control  *pubsub.Topic // signed protocol.Roster and protocol.JobAnnounce from the coordinator
 
 	ps *pubsub.PubSub
 }
@@ -61,9 +62,15 @@ type Topics struct {
 //     trustedSigners is non-empty, one of them; else Reject. An announcement
 //     whose Step is not above the last accepted Step from that signer for
 //     that BaseHash, or whose CID was already accepted, is Ignored.
+//   - Control: the payload must be a valid *protocol.Roster whose signature
+//     verifies and whose signer is the message's author, or a valid
+//     *protocol.JobAnnounce; else Reject. A roster whose Seq is not above
+//     the last accepted one from that signer, or a job announcement no
+//     newer than the last from its author, is Ignored. Whether a roster's
+//     signer is trusted is for its receiver (RosterGate) to decide.
 func JoinTopics(ps *pubsub.PubSub, swarm string, trustedSigners []peer.ID) (*Topics, error) {
 	t := &Topics{ps: ps}
-	nodes, adaptors := protocol.NodesTopic(swarm), protocol.AdaptorsTopic(swarm)
+	nodes, adaptors, control := protocol.NodesTopic(swarm), protocol.AdaptorsTopic(swarm), protocol.ControlTopic(swarm)
 	if err := ps.RegisterTopicValidator(nodes, newAdvertValidator().validate); err != nil {
 		return nil, fmt.Errorf("swarm.JoinTopics: %w", err)
 	}
@@ -71,9 +78,16 @@ func JoinTopics(ps *pubsub.PubSub, swarm string, trustedSigners []peer.ID) (*Top
 		ps.UnregisterTopicValidator(nodes)
 		return nil, fmt.Errorf("swarm.JoinTopics: %w", err)
 	}
+	if err := ps.RegisterTopicValidator(control, newControlValidator().validate); err != nil {
+		ps.UnregisterTopicValidator(nodes)
+		ps.UnregisterTopicValidator(adaptors)
+		return nil, fmt.Errorf("swarm.JoinTopics: %w", err)
+	}
 	var err error
 	if t.Nodes, err = ps.Join(nodes); err == nil {
-		t.Adaptors, err = ps.Join(adaptors)
+		if t.Adaptors, err = ps.Join(adaptors); err == nil {
+			t.Control, err = ps.Join(control)
+		}
 	}
 	if err != nil {
 		t.Close()
@@ -86,7 +100,7 @@ func JoinTopics(ps *pubsub.PubSub, swarm string, trustedSigners []peer.ID) (*Top
 // be cancelled first (pubsub refuses to close a topic that has them).
 func (t *Topics) Close() error {
 	var first error
-	for _, tp := range []*pubsub.Topic{t.Nodes, t.Adaptors} {
+	for _, tp := range []*pubsub.Topic{t.Nodes, t.Adaptors, t.Control} {
 		if tp == nil {
 			continue
 		}
@@ -100,6 +114,9 @@ func (t *Topics) Close() error {
 	}
 	if t.Adaptors != nil {
 		t.ps.UnregisterTopicValidator(t.Adaptors.String())
+	}
+	if t.Control != nil {
+		t.ps.UnregisterTopicValidator(t.Control.String())
 	}
 	return first
 }
@@ -210,5 +227,53 @@ func (v *announceValidator) validate(_ context.Context, _ peer.ID, msg *pubsub.M
 	}
 	v.step[k] = a.Step
 	v.cids[a.CID] = true
+	return pubsub.ValidationAccept
+}
+
+type controlValidator struct {
+	mu     sync.Mutex
+	roster map[peer.ID]uint64 // last accepted Roster.Seq per signer
+	jobs   map[peer.ID]int64  // last accepted JobAnnounce.UnixMilli per author
+}
+
+func newControlValidator() *controlValidator {
+	return &controlValidator{roster: make(map[peer.ID]uint64), jobs: make(map[peer.ID]int64)}
+}
+
+func (v *controlValidator) validate(_ context.Context, _ peer.ID, msg *pubsub.Message) pubsub.ValidationResult {
+	if len(msg.Data) > protocol.MaxGossipBytes {
+		return pubsub.ValidationReject
+	}
+	m, err := protocol.Unmarshal(msg.Data)
+	if err != nil {
+		return pubsub.ValidationReject
+	}
+	from := msg.GetFrom()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	switch m := m.(type) {
+	case *protocol.Roster:
+		signer, err := m.Verify()
+		if err != nil || signer != from {
+			return pubsub.ValidationReject
+		}
+		if last, seen := v.roster[from]; seen && m.Seq <= last {
+			return pubsub.ValidationIgnore
+		}
+		if len(v.roster) >= maxTracked {
+			clear(v.roster)
+		}
+		v.roster[from] = m.Seq
+	case *protocol.JobAnnounce:
+		if last, seen := v.jobs[from]; seen && m.UnixMilli <= last {
+			return pubsub.ValidationIgnore
+		}
+		if len(v.jobs) >= maxTracked {
+			clear(v.jobs)
+		}
+		v.jobs[from] = m.UnixMilli
+	default:
+		return pubsub.ValidationReject
+	}
 	return pubsub.ValidationAccept
 }

@@ -54,6 +54,9 @@ type HostConfig struct {
 	// Gate, when non-nil, is used instead of Allow, so members can be
 	// admitted and revoked while the host runs.
 	Gate *AllowList
+	// Roster, when non-nil, is used instead of Gate and Allow: the signed
+	// roster of a closed swarm (see RosterGate, FollowRoster).
+	Roster *RosterGate
 	// NAT enables NAT traversal services; nil (the loopback default)
 	// enables none of them.
 	NAT *NATConfig
@@ -160,7 +163,10 @@ func NewHost(cfg HostConfig) (host.Host, error) {
 	if gate == nil && len(cfg.Allow) > 0 {
 		gate = NewAllowList(cfg.Allow...)
 	}
-	if gate != nil {
+	switch {
+	case cfg.Roster != nil:
+		opts = append(opts, libp2p.ConnectionGater(cfg.Roster))
+	case gate != nil:
 		opts = append(opts, libp2p.ConnectionGater(gate))
 	}
 	opts = append(opts, natOptions(cfg.NAT)...)

@@ -1,0 +1,160 @@
+package protocol
+
+import (
+	"bytes"
+	"fmt"
+	"slices"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
+
+// Roster is a closed swarm's list of members, signed by the coordinator's
+// peer key and published on ControlTopic (and served on RosterProtocol to
+// a member that connects). Every member's connection gater admits only the
+// peers listed and the signer; a member drops its connections to a peer
+// once a roster without it arrives.
+type Roster struct {
+	V uint8 `msgpack:"v"` // message version, >= 1
+	// Seq numbers the signer's rosters, >= 1: a member keeps the roster
+	// with the highest Seq it has verified and ignores lower or equal ones.
+	Seq uint64 `msgpack:"seq"`
+	// Members are the admitted peers' IDs in binary form (peer.ID bytes,
+	// each 1..maxPeerIDBytes), strictly ascending (sorted, no duplicates),
+	// at most MaxRosterMembers. The signer is admitted without being listed.
+	Members [][]byte `msgpack:"members"`
+	// UnixMilli is when the roster was signed, ms since the epoch, > 0.
+	UnixMilli int64 `msgpack:"ms"`
+	// Signer is the signer's public key, crypto.MarshalPublicKey form, at
+	// most maxKeyBytes. On gossip its peer ID must be the message's author.
+	Signer []byte `msgpack:"signer"`
+	// Sig is Signer's signature over RosterDomain followed by the frame of
+	// this message with Sig empty, at most maxSigBytes.
+	Sig []byte `msgpack:"sig"`
+}
+
+// RosterDomain prefixes the bytes a Roster signature covers.
+const RosterDomain = "carryon/roster/v1\n"
+
+func (*Roster) Type() MsgType    { return TypeRoster }
+func (m *Roster) version() uint8 { return m.V }
+
+// Validate checks the fields' bounds; an empty Signer or Sig is allowed
+// (a draft before Sign) and rejected by Verify.
+func (m *Roster) Validate() error {
+	if err := checkVersion(m.V); err != nil {
+		return err
+	}
+	if m.Seq < 1 || m.Seq > 1<<62 {
+		return fmt.Errorf("Seq: %d not in [1, 2^62]", m.Seq)
+	}
+	if len(m.Members) > MaxRosterMembers {
+		return fmt.Errorf("Members: %d entries, max %d", len(m.Members), MaxRosterMembers)
+	}
+	for i, b := range m.Members {
+		if len(b) == 0 || len(b) > maxPeerIDBytes {
+			return fmt.Errorf("Members[%d]: %d bytes, want 1..%d", i, len(b), maxPeerIDBytes)
+		}
+		if _, err := peer.IDFromBytes(b); err != nil {
+			return fmt.Errorf("Members[%d]: not a peer ID: %w", i, err)
+		}
+		if i > 0 && bytes.Compare(m.Members[i-1], b) >= 0 {
+			return fmt.Errorf("Members[%d]: not above Members[%d] (sorted, no duplicates)", i, i-1)
+		}
+	}
+	if err := checkRange("UnixMilli", m.UnixMilli, 1, 1<<62); err != nil {
+		return err
+	}
+	if err := checkRange("len(Signer)", len(m.Signer), 0, maxKeyBytes); err != nil {
+		return err
+	}
+	return checkRange("len(Sig)", len(m.Sig), 0, maxSigBytes)
+}
+
+// NewRoster returns an unsigned roster of members (sorted, duplicates
+// dropped).
+func NewRoster(seq uint64, unixMilli int64, members []peer.ID) *Roster {
+	r := &Roster{V: Version, Seq: seq, UnixMilli: unixMilli}
+	for _, id := range members {
+		r.Members = append(r.Members, []byte(id))
+	}
+	slices.SortFunc(r.Members, bytes.Compare)
+	r.Members = slices.CompactFunc(r.Members, bytes.Equal)
+	return r
+}
+
+// IDs returns the members as peer IDs (Validate has checked each).
+func (m *Roster) IDs() []peer.ID {
+	out := make([]peer.ID, len(m.Members))
+	for i, b := range m.Members {
+		out[i] = peer.ID(b)
+	}
+	return out
+}
+
+// Has reports whether id is listed.
+func (m *Roster) Has(id peer.ID) bool {
+	_, ok := slices.BinarySearchFunc(m.Members, []byte(id), bytes.Compare)
+	return ok
+}
+
+func (m *Roster) signedBytes() ([]byte, error) {
+	c := *m
+	c.Sig = nil
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	frame, err := encodeFrame(&c)
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte(RosterDomain), frame...), nil
+}
+
+// Sign sets Signer to k's public key and Sig to k's signature.
+func (m *Roster) Sign(k crypto.PrivKey) error {
+	pub, err := crypto.MarshalPublicKey(k.GetPublic())
+	if err != nil {
+		return fmt.Errorf("protocol.Roster.Sign: %w", err)
+	}
+	m.Signer = pub
+	b, err := m.signedBytes()
+	if err != nil {
+		return fmt.Errorf("protocol.Roster.Sign: %w", err)
+	}
+	if m.Sig, err = k.Sign(b); err != nil {
+		return fmt.Errorf("protocol.Roster.Sign: %w", err)
+	}
+	return nil
+}
+
+// Verify checks Sig against Signer and returns the signer's peer ID; the
+// caller decides whether it trusts that signer.
+func (m *Roster) Verify() (peer.ID, error) {
+	return verifySigned("protocol.Roster.Verify", m.Signer, m.Sig, m.signedBytes)
+}
+
+// verifySigned checks sig by the public key signer over what signed
+// returns, and returns the signer's peer ID.
+func verifySigned(op string, signer, sig []byte, signed func() ([]byte, error)) (peer.ID, error) {
+	if len(signer) == 0 || len(sig) == 0 {
+		return "", fmt.Errorf("%s: unsigned: %w", op, ErrBadSignature)
+	}
+	pub, err := crypto.UnmarshalPublicKey(signer)
+	if err != nil {
+		return "", fmt.Errorf("%s: Signer: %w", op, err)
+	}
+	b, err := signed()
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", op, err)
+	}
+	ok, err := pub.Verify(b, sig)
+	if err != nil || !ok {
+		return "", fmt.Errorf("%s: %w (%v)", op, ErrBadSignature, err)
+	}
+	id, err := peer.IDFromPublicKey(pub)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", op, err)
+	}
+	return id, nil
+}
