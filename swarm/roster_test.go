@@ -113,7 +113,6 @@ func TestRosterEnforced(t *testing.T) {
 	}
 }
 
-
 // refused checks that a cannot keep a connection to b: the dial fails, or
 // b's gater closes it right after the handshake (the dialler may see the
 // handshake complete first).
