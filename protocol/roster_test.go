@@ -52,12 +52,12 @@ func TestRosterValidate(t *testing.T) {
 		r    Roster
 		want string
 	}{
-		"seq 0":     {Roster{V: 1, Seq: 0, UnixMilli: 1}, "Seq"},
-		"unsorted":  {Roster{V: 1, Seq: 1, UnixMilli: 1, Members: [][]byte{sorted[1], sorted[0]}}, "sorted"},
-		"duplicate": {Roster{V: 1, Seq: 1, UnixMilli: 1, Members: [][]byte{sorted[0], sorted[0]}}, "sorted"},
-		"not an ID": {Roster{V: 1, Seq: 1, UnixMilli: 1, Members: [][]byte{{1, 2, 3}}}, "not a peer ID"},
-		"empty ID":  {Roster{V: 1, Seq: 1, UnixMilli: 1, Members: [][]byte{{}}}, "bytes"},
-		"too many":  {Roster{V: 1, Seq: 1, UnixMilli: 1, Members: make([][]byte, MaxRosterMembers+1)}, "max"},
+		"seq 0":     {Roster{V: Version, Seq: 0, UnixMilli: 1}, "Seq"},
+		"unsorted":  {Roster{V: Version, Seq: 1, UnixMilli: 1, Members: [][]byte{sorted[1], sorted[0]}}, "sorted"},
+		"duplicate": {Roster{V: Version, Seq: 1, UnixMilli: 1, Members: [][]byte{sorted[0], sorted[0]}}, "sorted"},
+		"not an ID": {Roster{V: Version, Seq: 1, UnixMilli: 1, Members: [][]byte{{1, 2, 3}}}, "not a peer ID"},
+		"empty ID":  {Roster{V: Version, Seq: 1, UnixMilli: 1, Members: [][]byte{{}}}, "bytes"},
+		"too many":  {Roster{V: Version, Seq: 1, UnixMilli: 1, Members: make([][]byte, MaxRosterMembers+1)}, "max"},
 	} {
 		if err := c.r.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want an error about %q", name, err, c.want)
@@ -69,7 +69,7 @@ func TestRosterValidate(t *testing.T) {
 // accepts is one frame within MaxGossipBytes.
 func TestRosterFitsGossip(t *testing.T) {
 	k, _ := testKey(t, 1)
-	r := &Roster{V: 1, Seq: 1 << 62, UnixMilli: 1 << 62}
+	r := &Roster{V: Version, Seq: 1 << 62, UnixMilli: 1 << 62}
 	for i := range MaxRosterMembers {
 		// An identity multihash (code 0, length 46) of distinct bytes: a
 		// valid peer ID of maxPeerIDBytes.
