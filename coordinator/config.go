@@ -68,6 +68,9 @@ type Config struct {
 	CommitDelay time.Duration
 	// Train configures the carry-on and its training.
 	Train TrainConfig
+	// BaseName names the base in the job's announcements to nodes
+	// (protocol.JobAnnounce); empty means its architecture.
+	BaseName string
 	// Logger receives lifecycle logs. Nil means slog.Default().
 	Logger *slog.Logger
 }

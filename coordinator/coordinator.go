@@ -148,6 +148,14 @@ func (c *Coordinator) job(ds *dataset.Set) embedJob {
 func (c *Coordinator) Status() Status {
 	s := *c.status.Load()
 	s.Nodes = append([]NodeStatus(nil), s.Nodes...)
+	// The snapshot is taken by the collecting loop; after it (while
+	// training) a node that went away must not still count as eligible.
+	for i := range s.Nodes {
+		if id, err := peer.Decode(s.Nodes[i].Peer); err == nil && s.Nodes[i].Eligible && c.h != nil &&
+			c.h.Network().Connectedness(id) != network.Connected {
+			s.Nodes[i].Eligible = false
+		}
+	}
 	return s
 }
 
@@ -225,6 +233,10 @@ func (c *Coordinator) Collect(ctx context.Context, ds *dataset.Set, progress fun
 	defer cancel()
 	adverts := make(chan *protocol.Advert, 64)
 	go readAdverts(ctx, sub, c.h.ID(), adverts)
+	l.ann.joins = make(chan struct{}, 1)
+	if c.topics.Control != nil {
+		go watchControlJoins(ctx, c.topics.Control, l.ann.joins)
+	}
 	nb := &network.NotifyBundle{DisconnectedF: func(_ network.Network, conn network.Conn) {
 		select {
 		case l.disconnects <- conn.RemotePeer():

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/network"
@@ -205,6 +206,7 @@ type loop struct {
 	offers                     chan offerEv
 	lastSave                   time.Time
 	finished                   bool
+	ann                        announcer
 }
 
 func (l *loop) run(ctx context.Context, adverts <-chan *protocol.Advert) error {
@@ -228,7 +230,10 @@ func (l *loop) run(ctx context.Context, adverts <-chan *protocol.Advert) error {
 				l.offered(o.peer, o.chunks)
 			case <-tick.C:
 				l.checkConnections()
+			case <-l.ann.joins:
+				l.ann.due = true
 			}
+			l.announce(ctx)
 			if l.progress != nil && (time.Since(lastReport) > time.Second || l.done == l.total) {
 				lastReport = time.Now()
 				l.progress(l.snapshot())
@@ -361,8 +366,17 @@ func (l *loop) observe(a *protocol.Advert) {
 	s := l.node(id)
 	first := s.advert == nil
 	s.advert, s.seen = a, time.Now()
-	if first && l.serves(a) {
+	switch {
+	case first && l.serves(a):
 		l.c.log.Info("node joined", "node", id.String(), "device", a.Device, "tokens_per_s", a.TokensPerSec)
+	case first:
+		var has []string
+		for _, b := range a.Bases {
+			has = append(has, b.Name+" ("+short(b.WeightsHash)+")")
+		}
+		l.c.log.Info("node serves another base or codec: no work for it in this job", "node", id.String(),
+			"node_bases", strings.Join(has, ", "), "node_codecs", strings.Join(a.Codecs, ","),
+			"job_base", short(l.job.Base), "job_codec", l.job.Codec.String())
 	}
 }
 

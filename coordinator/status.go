@@ -10,8 +10,11 @@ import (
 // Progress is a snapshot of Collect, for logs and status displays.
 type Progress struct {
 	Done, Leased, Pending, Total int
-	Nodes                        int
+	Nodes                        int // eligible nodes now
 	Tokens                       int64
+	// Waiting is true while leasing has not begun: fewer than
+	// Config.MinNodes eligible nodes have joined.
+	Waiting bool
 }
 
 // Status is a snapshot of the coordinator's view of the swarm and of the
@@ -83,7 +86,7 @@ func (l *loop) snapshot() Progress {
 			n++
 		}
 	}
-	return Progress{Done: l.done, Leased: l.leased(), Pending: len(l.pending), Total: l.total, Nodes: n, Tokens: l.tokens}
+	return Progress{Done: l.done, Leased: l.leased(), Pending: len(l.pending), Total: l.total, Nodes: n, Tokens: l.tokens, Waiting: !l.started}
 }
 
 func (l *loop) leased() int {

@@ -136,3 +136,39 @@ func TestAnnounceOnJoinAndRedial(t *testing.T) {
 	seeAdvert(ctopics2)
 	waitLog(t, &log, `msg="coordinator back"`)
 }
+
+// TestNoWorkForBase: a coordinator announces a job on another base; the
+// node says at Warn that it has no work for its base.
+func TestNoWorkForBase(t *testing.T) {
+	coord, ctopics := gossipHost(t, nil, "")
+	nh, ntopics := gossipHost(t, nil, "")
+	var log syncBuf
+	cfg := DefaultLocalConfig()
+	cfg.Logger = slog.New(slog.NewTextHandler(&log, nil))
+	n, err := New(nh, ntopics, []Base{newTestBase()}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if err := nh.Connect(context.Background(), peer.AddrInfo{ID: coord.ID(), Addrs: coord.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	other := newTestBase().info
+	other.Name, other.WeightsHash = "other", strings.Repeat("ab", 32)
+	for i := 1; !strings.Contains(log.String(), "no work for this node's base"); i++ {
+		if i > 500 {
+			t.Fatalf("the node never said it has no work:\n%s", log.String())
+		}
+		ja := &protocol.JobAnnounce{V: protocol.Version, Job: "abc", Base: other, Codec: "q8", UnixMilli: int64(i)}
+		if err := swarm.Publish(context.Background(), ctopics.Control, ja); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(20 * time.Millisecond) // until the node's subscription is known to the publisher
+	}
+	if !strings.Contains(log.String(), "other (abababababab)") {
+		t.Errorf("the log does not name the job's base:\n%s", log.String())
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"strings"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -137,6 +138,15 @@ func (n *Node) Start(ctx context.Context) error {
 		}
 		go n.watchJoins(actx, joins)
 		go n.advertLoop(actx)
+		if n.topics.Control != nil {
+			sub, err := n.topics.Control.Subscribe()
+			if err != nil {
+				cancel()
+				n.h.RemoveStreamHandler(protocol.EmbedProtocol)
+				return fmt.Errorf("node.Start: subscribe to the control topic: %w", err)
+			}
+			go n.watchJobs(actx, sub)
+		}
 	}
 	for _, b := range n.bases {
 		i := b.Info()
@@ -260,6 +270,48 @@ func (n *Node) Close() error {
 func (n *Node) Stats() Stats {
 	return Stats{Jobs: n.jobs.Load(), Computed: n.computed.Load(), Resent: n.resent.Load(), Rejected: n.rejected.Load(), Tokens: n.tokens.Load(),
 		BytesSent: n.bytesSent.Load(), TokensPerSec: n.tokensPerSec()}
+}
+
+// watchJobs reads the coordinators' job announcements and says, once per
+// coordinator and job, whether this node has work in it: a node serving
+// another base than the job's would otherwise wait in silence.
+func (n *Node) watchJobs(ctx context.Context, sub *pubsub.Subscription) {
+	defer sub.Cancel()
+	said := map[string]bool{}
+	for {
+		msg, err := sub.Next(ctx)
+		if err != nil {
+			return
+		}
+		m, err := protocol.Unmarshal(msg.Data)
+		ja, ok := m.(*protocol.JobAnnounce)
+		if err != nil || !ok {
+			continue
+		}
+		from := msg.GetFrom()
+		if key := from.String() + "/" + ja.Job; !said[key] {
+			if len(said) > 1024 {
+				clear(said)
+			}
+			said[key] = true
+			n.coords.LoadOrStore(from, struct{}{})
+			log := n.log.With("remote", from.String(), "job", ja.Job, "job_base", ja.Base.Name+" ("+short(ja.Base.WeightsHash)+")", "codec", ja.Codec)
+			_, serves := n.bases[ja.Base.WeightsHash]
+			_, codec := n.codecs[ja.Codec]
+			switch {
+			case serves && codec:
+				log.Info("coordinator's job runs on a base this node serves", "nodes_joined", ja.Joined, "chunks_pending", ja.Pending)
+			case serves:
+				log.Warn("coordinator's job needs a codec this node does not offer: no work for this node", "node_codecs", n.cfg.Codecs)
+			default:
+				var has []string
+				for _, b := range n.bases {
+					has = append(has, b.Info().Name+" ("+short(b.Info().WeightsHash)+")")
+				}
+				log.Warn("coordinator's job needs another base: no work for this node's base", "node_bases", strings.Join(has, ", "))
+			}
+		}
+	}
 }
 
 // advertLoop republishes the node's advert every AdvertInterval.

@@ -84,6 +84,24 @@ func (r Reach) String() string {
 	return b.String()
 }
 
+// CoordinatorNotReachable is how Reach.Coordinator describes a coordinator
+// nobody outside its network can dial.
+const CoordinatorNotReachable = "not reachable from outside this network: only nodes that can dial its local addresses can join (give it a public address, forward its port, or run it where volunteers can reach it)"
+
+// Coordinator describes r for a coordinator, whom nodes must dial: as
+// String, except that a host nobody outside can dial gets
+// CoordinatorNotReachable rather than the volunteer's sentence.
+func (r Reach) Coordinator() string {
+	if r.Reachable() {
+		return r.String()
+	}
+	s := CoordinatorNotReachable
+	if len(r.Local) > 0 {
+		s += " (local addresses " + join(r.Local) + ")"
+	}
+	return s
+}
+
 func join(as []ma.Multiaddr) string {
 	s := make([]string, len(as))
 	for i, a := range as {

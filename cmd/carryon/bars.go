@@ -1,9 +1,12 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"sync"
+	"time"
 
+	"carryon/coordinator"
 	"carryon/internal/progress"
 )
 
@@ -28,5 +31,33 @@ func (c *counter) set(n, total int) {
 	c.bar.Set(int64(n))
 	if n >= total {
 		c.bar.Done()
+	}
+}
+
+// waitLine prints "waiting for nodes: N joined (need M)" while a
+// coordinator waits for its first nodes: at once, whenever N changes, and
+// every 30 s otherwise.
+type waitLine struct {
+	w        io.Writer
+	need     int
+	last     int
+	printed  time.Time
+	finished bool
+}
+
+func (l *waitLine) update(p coordinator.Progress) {
+	if l.finished {
+		return
+	}
+	if !p.Waiting {
+		l.finished = true
+		if !l.printed.IsZero() {
+			fmt.Fprintf(l.w, "leasing: %d nodes joined\n", p.Nodes)
+		}
+		return
+	}
+	if l.printed.IsZero() || p.Nodes != l.last || time.Since(l.printed) >= 30*time.Second {
+		fmt.Fprintf(l.w, "waiting for nodes: %d joined (need %d)\n", p.Nodes, l.need)
+		l.last, l.printed = p.Nodes, time.Now()
 	}
 }

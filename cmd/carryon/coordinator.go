@@ -77,6 +77,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		cfg.CacheDir, cfg.Logger = *job.cache, log
 		*job.steps = cmp.Or(cfg.Train.Steps, 200) // the progress lines' spacing; 200 is TrainConfig's default
 	}
+	cfg.BaseName = m.Name
 	c, err := coordinator.New(j.h, j.topics, base, cfg)
 	if err != nil {
 		return err
@@ -92,7 +93,8 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	for _, a := range j.addrs() {
 		fmt.Fprintf(stdout, "listening on %s\n", a)
 	}
-	go j.reach(ctx, stdout)
+	go j.reach(ctx, stdout, swarm.Reach.Coordinator)
+	fmt.Fprintf(stdout, "nodes must serve base %s (%s) and offer codec %s\n", m.Name, base.WeightsHash, cfg.Codec)
 	fmt.Fprintf(stdout, "data: %d training and %d validation chunks\n", len(ds.Train), len(ds.Val))
 	vs, stored, err := c.Versions()
 	if err != nil {
@@ -109,6 +111,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		fmt.Fprintf(stdout, "serving %d of %d stored adaptor versions; latest %s (step %d)\n", served, n, vs[n-1].CID, vs[n-1].Step)
 	}
 	embedBar, trainBar := newCounter(stdout, "embed", "chunks"), newCounter(stdout, "train", "steps")
+	waiting := &waitLine{w: stdout, need: cfg.MinNodes}
 	hooks := coordinator.Hooks{
 		Collecting: func(cached, total int) {
 			fmt.Fprintf(stdout, "cached %d of %d chunks\n", cached, total)
@@ -119,7 +122,10 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		Checkpoint: func(step int) {
 			fmt.Fprintf(stdout, "checkpoint: step %d\n", step)
 		},
-		Progress: func(p coordinator.Progress) { embedBar.set(p.Done, p.Total) },
+		Progress: func(p coordinator.Progress) {
+			waiting.update(p)
+			embedBar.set(p.Done, p.Total)
+		},
 		Step: func(s coordinator.StepInfo) {
 			trainBar.set(s.Step, *job.steps)
 			if s.Step == *job.steps {

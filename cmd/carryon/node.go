@@ -99,7 +99,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	for _, a := range j.addrs() {
 		fmt.Fprintf(stdout, "listening on %s\n", a)
 	}
-	j.reach(ctx, stdout)
+	j.reach(ctx, stdout, swarm.Reach.String)
 	<-ctx.Done()
 	st := n.Stats()
 	log.Info("node stopping", "jobs", st.Jobs, "computed", st.Computed, "resent", st.Resent, "tokens", st.Tokens, "rejected", st.Rejected)

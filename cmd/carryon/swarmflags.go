@@ -210,8 +210,8 @@ func (j *joined) exchange(blocks *swarm.Blocks) (*swarm.Exchange, error) {
 
 // reach prints how the host can be reached now and whenever that changes,
 // until ctx ends.
-func (j *joined) reach(ctx context.Context, w io.Writer) {
-	swarm.WatchReach(ctx, j.h, func(r swarm.Reach) { fmt.Fprintf(w, "reachability: %s\n", r) })
+func (j *joined) reach(ctx context.Context, w io.Writer, describe func(swarm.Reach) string) {
+	swarm.WatchReach(ctx, j.h, func(r swarm.Reach) { fmt.Fprintf(w, "reachability: %s\n", describe(r)) })
 }
 
 // printIdentity says where the peer key is kept, or that the peer ID is
