@@ -60,7 +60,7 @@ func (l *loop) jobAnnounce() *protocol.JobAnnounce {
 		}
 	}
 	return &protocol.JobAnnounce{V: protocol.Version, Job: strings.ToLower(l.job.ID),
-		Base: protocol.BaseInfo{Name: name, WeightsHash: l.job.Base, Arch: cfg.Arch, Dim: cfg.Dim, Layers: cfg.Layers, Vocab: cfg.Vocab},
+		Base:  protocol.BaseInfo{Name: name, WeightsHash: l.job.Base, Arch: cfg.Arch, Dim: cfg.Dim, Layers: cfg.Layers, Vocab: cfg.Vocab},
 		Codec: l.job.Codec.String(), Joined: n, MinNodes: l.cfg.MinNodes, Pending: len(l.pending), UnixMilli: now.UnixMilli()}
 }
 

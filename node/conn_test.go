@@ -131,6 +131,15 @@ func TestAnnounceOnJoinAndRedial(t *testing.T) {
 
 	coord.Close() // as kill -9 would: the connection drops
 	waitLog(t, &log, `msg="lost the connection to coordinator; redialling"`)
+	// A real restart takes seconds, by which time gossip has dropped the
+	// old peer. Restarting within milliseconds can race it: pubsub may
+	// process the old connection's death after the new one's subscription
+	// and forget that subscription (go-libp2p-pubsub keys peers by ID).
+	for deadline := time.Now().Add(10 * time.Second); len(ntopics.Nodes.ListPeers()) > 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("gossip still lists the closed coordinator")
+		}
+	}
 	coord2, ctopics2 := gossipHost(t, key, "/ip4/127.0.0.1/tcp/"+port)
 	_ = coord2
 	seeAdvert(ctopics2)

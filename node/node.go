@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"strings"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -323,7 +323,7 @@ func (n *Node) advertLoop(ctx context.Context) {
 	// than the interval): a peer that has just reconnected under the same
 	// peer ID may drop the first one while its old gossip stream is torn
 	// down and a new one opened.
-	followUps := []time.Duration{500 * time.Millisecond, 2 * time.Second}
+	followUps := []time.Duration{500 * time.Millisecond, 2 * time.Second, 5 * time.Second}
 	burst := time.NewTimer(time.Hour)
 	burst.Stop()
 	defer burst.Stop()
