@@ -73,3 +73,17 @@ func (id *Identity) Close() error {
 	id.lock = nil
 	return err
 }
+
+// ReadKey reads the peer key at path without creating or locking it (for
+// tools that sign on behalf of a running process, like `carryon roster`).
+func ReadKey(path string) (crypto.PrivKey, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("peer identity %s: %w", path, err)
+	}
+	k, err := crypto.UnmarshalPrivateKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("peer identity %s: %w", path, err)
+	}
+	return k, nil
+}

@@ -65,11 +65,15 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		return err
 	}
 	sf.defaultIdentity = filepath.Join(*job.cache, swarm.IdentityFile)
+	sf.rosterFile = filepath.Join(*job.cache, rosterFileName)
 	j, err := sf.join(ctx, nil)
 	if err != nil {
 		return err
 	}
 	defer j.close()
+	if err := j.followRoster(ctx, stdout, sf.rosterFile, log); err != nil {
+		return err
+	}
 	cfg := job.config(base)
 	cfg.MinNodes, cfg.Logger, cfg.Train.CheckpointEvery = *minNodes, log, *ckptEvery
 	if jf != nil {

@@ -56,6 +56,9 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	defer j.close()
+	if err := j.followRoster(ctx, stdout, "", log); err != nil {
+		return err
+	}
 	blocks, err := swarm.OpenBlocks(*store)
 	if err != nil {
 		return err

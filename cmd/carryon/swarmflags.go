@@ -7,12 +7,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/ipfs/go-cid"
+	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -36,6 +38,7 @@ type swarmFlags struct {
 	upnp      *bool
 	relay     *bool
 	public    *bool
+	rosterBy  *string
 
 	// defaultIdentity is the key file used when --identity is empty (a
 	// node's or coordinator's state directory); "" means a new peer ID
@@ -44,6 +47,9 @@ type swarmFlags struct {
 	// keepBootstrap hands the bootstrap peers to a redialler (the node's)
 	// instead of requiring them at start.
 	keepBootstrap bool
+	// rosterFile, when set (the coordinator), is the roster this host
+	// signs with `carryon roster` and serves; it trusts only itself.
+	rosterFile string
 }
 
 func addSwarmFlags(fs *flag.FlagSet, defaultListen string) *swarmFlags {
@@ -59,6 +65,7 @@ func addSwarmFlags(fs *flag.FlagSet, defaultListen string) *swarmFlags {
 		upnp:      fs.Bool("upnp", false, "ask the router for a port mapping (UPnP / NAT-PMP)"),
 		relay:     fs.Bool("relay-service", false, "relay signalling for peers behind NATs and answer their AutoNAT checks (a publicly reachable coordinator)"),
 		public:    fs.Bool("public", false, "this host is publicly reachable: skip waiting for AutoNAT's verdict (with --relay-service, the relay starts at once)"),
+		rosterBy:  fs.String("roster-signer", "bootstrap", "peers whose signed roster (carryon roster) this host enforces: comma-separated peer IDs, \"bootstrap\" for the --bootstrap peers, or \"none\"; a coordinator enforces its own"),
 	}
 }
 
@@ -66,6 +73,7 @@ func addSwarmFlags(fs *flag.FlagSet, defaultListen string) *swarmFlags {
 type joined struct {
 	h      host.Host
 	topics *swarm.Topics
+	roster *swarm.RosterGate // nil: no roster enforced
 	psk    pnet.PSK
 	name   string
 	disc   *swarm.Discovery
@@ -115,12 +123,22 @@ func (f *swarmFlags) join(ctx context.Context, trusted []peer.ID) (*joined, erro
 		}
 		cfg.Key = id.Key
 	}
+	signers, err := f.rosterSigners(boot, cfg.Key)
+	if err != nil {
+		id.Close()
+		return nil, err
+	}
+	var gate *swarm.RosterGate
+	if len(signers) > 0 {
+		gate = swarm.NewRosterGate(signers...)
+		cfg.Roster = gate
+	}
 	h, err := swarm.NewHost(cfg)
 	if err != nil {
 		id.Close()
 		return nil, err
 	}
-	j := &joined{h: h, psk: psk, name: protocol.SwarmName(psk), boot: boot, id: id}
+	j := &joined{h: h, psk: psk, name: protocol.SwarmName(psk), boot: boot, id: id, roster: gate}
 	if !f.keepBootstrap {
 		if err := connectAny(ctx, h, boot); err != nil {
 			j.close()
@@ -145,6 +163,55 @@ func (f *swarmFlags) join(ctx context.Context, trusted []peer.ID) (*joined, erro
 		return nil, err
 	}
 	return j, nil
+}
+
+// rosterSigners is who this host takes a roster from: itself when it
+// signs one (the coordinator), else --roster-signer.
+func (f *swarmFlags) rosterSigners(boot []peer.AddrInfo, key crypto.PrivKey) ([]peer.ID, error) {
+	if f.rosterFile != "" {
+		if key == nil {
+			return nil, nil // a new identity each run signs no roster
+		}
+		self, err := peer.IDFromPrivateKey(key)
+		return []peer.ID{self}, err
+	}
+	switch *f.rosterBy {
+	case "none", "":
+		return nil, nil
+	case "bootstrap":
+		var ids []peer.ID
+		for _, ai := range boot {
+			ids = append(ids, ai.ID)
+		}
+		return ids, nil
+	}
+	var ids []peer.ID
+	for _, s := range splitList(*f.rosterBy) {
+		id, err := peer.Decode(s)
+		if err != nil {
+			return nil, fmt.Errorf("--roster-signer %q: %w", s, err)
+		}
+		ids = append(ids, id)
+	}
+	return ids, nil
+}
+
+// followRoster enforces the roster: the coordinator serves and publishes
+// the one in its state directory, every other host applies those of its
+// roster signers. Each roster put in force is printed.
+func (j *joined) followRoster(ctx context.Context, w io.Writer, rosterFile string, log *slog.Logger) error {
+	if j.roster == nil {
+		return nil
+	}
+	say := func(c swarm.RosterChange) {
+		fmt.Fprintf(w, "roster: seq %d, %d members, signed by %s; %d peers cut\n", c.Roster.Seq, len(c.Roster.Members), c.From, len(c.Cut))
+	}
+	if rosterFile != "" {
+		swarm.ServeRosterFile(ctx, j.h, j.topics, j.roster, rosterFile, time.Second, say,
+			func(err error) { log.Warn("roster not applied", "err", err) })
+		return nil
+	}
+	return swarm.FollowRoster(ctx, j.h, j.topics, j.roster, say)
 }
 
 // connectAny connects to the bootstrap peers at once (10 s each, in
