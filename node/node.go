@@ -75,7 +75,7 @@ type Node struct {
 		cancel context.CancelFunc
 		done   chan struct{}
 	}
-	keep *keeper
+	keep   *keeper
 	keeper *swarm.Keeper // redials Config.Bootstrap
 
 	coords sync.Map // peer.ID → struct{}: peers seen listening on the nodes topic or sending jobs
