@@ -176,12 +176,17 @@ func (d *Discovery) waitRouting(ctx context.Context) error {
 	for d.dht.RoutingTable().Size() == 0 {
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("no DHT peers yet: %w", ctx.Err())
+			return fmt.Errorf("%w: %w", ErrNoDHTPeers, ctx.Err())
 		case <-t.C:
 		}
 	}
 	return nil
 }
+
+// ErrNoDHTPeers is what Provide's error wraps when the DHT had no peer to
+// announce to before ctx ended: a swarm of hosts that do not run the DHT
+// in server mode (a small private LAN swarm) has none, by design.
+var ErrNoDHTPeers = errors.New("no DHT peers")
 
 // Provide announces in the DHT that this host serves c, and again every
 // ReprovideInterval until Close. It waits (within ctx) for the routing

@@ -302,3 +302,17 @@ func floodPublishLost(t *testing.T, extra []pubsub.Option) string {
 	}
 	return ""
 }
+
+// TestProvideWithoutDHTPeers: a host alone in its swarm (a private LAN
+// swarm whose hosts do not run a DHT server) cannot announce: the error
+// says so in a way callers can recognise and tell the user once.
+func TestProvideWithoutDHTPeers(t *testing.T) {
+	h := newHost(t, HostConfig{PSK: psk(t)})
+	d := newDiscovery(t, context.Background(), h, DiscoveryConfig{Swarm: "alone", Private: true, DHT: DHTServer})
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	err := d.Provide(ctx, CIDOf([]byte("an adaptor")))
+	if !errors.Is(err, ErrNoDHTPeers) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Provide with no DHT peers = %v, want ErrNoDHTPeers", err)
+	}
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -171,15 +172,35 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 }
 
 // provideInBackground announces in the DHT that this host serves the
-// adaptor (a no-op without a DHT), without holding up the command.
+// adaptor (a no-op without a DHT), without holding up the command. Each CID
+// is announced once per process (the DHT re-announces it); a swarm without
+// DHT peers (a private LAN swarm) is said once, as information: peers there
+// fetch adaptors from the hosts they know.
 func provideInBackground(ctx context.Context, j *joined, cidStr string, log *slog.Logger) {
 	c, err := protocol.ParseCID(cidStr)
 	if err != nil {
 		log.Warn("stored version has a bad CID", "adaptor", cidStr, "err", err)
 		return
 	}
+	j.provMu.Lock()
+	if j.provided == nil {
+		j.provided = map[string]bool{}
+	}
+	again := j.provided[c.String()]
+	j.provided[c.String()] = true
+	j.provMu.Unlock()
+	if again {
+		return
+	}
 	go func() {
-		if err := j.provide(ctx, c); err != nil && ctx.Err() == nil {
+		err := j.provide(ctx, c)
+		switch {
+		case err == nil || ctx.Err() != nil:
+		case errors.Is(err, swarm.ErrNoDHTPeers):
+			j.noDHTNote.Do(func() {
+				log.Info("no DHT peers: adaptors are not announced in the DHT; peers fetch them from this host by its address")
+			})
+		default:
 			log.Warn("adaptor not announced in the DHT", "adaptor", cidStr, "err", err)
 		}
 	}()

@@ -79,6 +79,10 @@ type joined struct {
 	disc   *swarm.Discovery
 	boot   []peer.AddrInfo
 	id     *swarm.Identity // nil: a new peer ID this run
+
+	provMu    sync.Mutex
+	provided  map[string]bool // CIDs provideInBackground has announced (or is announcing)
+	noDHTNote sync.Once       // "no DHT peers" is said once per process
 }
 
 // join builds the host, connects to the bootstrap peers and joins the
