@@ -283,8 +283,10 @@ func TestCoordinatorKillAnywhere(t *testing.T) {
 				rng := rand.New(rand.NewPCG(uint64(seed), 7))
 				cache := filepath.Join(dir, fmt.Sprint("seed", seed))
 				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+				// Seeds run in parallel: each node has its own state directory
+				// (one process per peer identity).
 				n := start(t, env, bin, "node", "--key", key, "--listen", "/ip4/127.0.0.1/tcp/0", "--dht", "off",
-					"--advert-interval", "100ms", "--jobs", "1")
+					"--state", filepath.Join(cache, "node"), "--advert-interval", "100ms", "--jobs", "1")
 				nodeAddr := n.waitLine(t, ctx, "listening on ")
 				args := []string{"coordinator", "--key", key, "--listen", "/ip4/127.0.0.1/tcp/0", "--dht", "off",
 					"--bootstrap", nodeAddr, "--identity", filepath.Join(cache, "identity.key"), "--cache", cache, "--data", dataPath, "--seq-len", "32", "--chunk-seqs", "1",
