@@ -83,7 +83,7 @@ func quantTestK(typ GGMLType) []int {
 // between the rows of C must survive.
 func TestGemmQuant(t *testing.T) {
 	rng := rand.New(rand.NewPCG(21, 22))
-	kernels := append(gemmAvailable[:len(gemmAvailable):len(gemmAvailable)], gemmEmulated)
+	kernels := gemmTestSets()
 	for _, typ := range quantTestTypes {
 		for _, k := range quantTestK(typ) {
 			for _, s := range []struct{ m, n int }{{1, 5}, {3, 17}, {8, 33}, {9, 7}, {37, 70}, {13, 3073}} {

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -29,30 +30,56 @@ import (
 const gemmEps = 1.0 / (1 << 24)
 
 // allGemmKernels names every implementation; the ones this CPU lacks skip.
-var allGemmKernels = []string{"go", "avx2", "avx512", "avx512bf16"}
+var allGemmKernels = []string{"go", "avx2", "avx512", "avx512bf16", "neon"}
 
 // gemmEmulated has the tile sizes and blocking of the AVX-512 kernels and
 // the bf16 pair packing of the VDPBF16PS kernel, with Go micro-kernels, so
 // the packing and driver of those paths are checked on every CPU; only the
 // assembly itself needs the hardware.
 var gemmEmulated = newGemmKernels("emulated-12x32", tileKernel[float32]{
-	mr: 12, nr: 32, kc: 256, mc: 192, nc: 3072, kstep: 1, micro: microGoTile,
+	mr: 12, nr: 32, kc: 256, mc: 192, nc: 3072, kstep: 1, micro: microGoTile(12, 32),
 }, &tileKernel[uint16]{
 	mr: 12, nr: 32, kc: 256, mc: 192, nc: 3072, kstep: 2, micro: microGoPairs,
 }, dot4Go, dot4BF16Go)
 
-// microGoTile is a plain 12×32 float32 micro-kernel.
-func microGoTile(ku int, ap, bp []float32, c []float32, ldc int, alpha, beta float32) {
-	const mr, nr = 12, 32
-	var t [mr * nr]float32
-	for p := 0; p < ku; p++ {
-		for i := 0; i < mr; i++ {
-			for j := 0; j < nr; j++ {
-				t[i*nr+j] += ap[p*mr+i] * bp[p*nr+j]
+// gemmEmulatedNEON has the tile and blocking of the arm64 NEON kernel
+// (gemm_arm64.go) with a Go micro-kernel, for the same reason; the NEON
+// assembly itself runs under qemu-aarch64 (TestGemmNEONUnderQEMU).
+var gemmEmulatedNEON = newGemmKernels("emulated-8x12", tileKernel[float32]{
+	mr: 8, nr: 12, kc: 256, mc: 128, nc: 3072, kstep: 1, micro: microGoTile(8, 12),
+}, nil, dot4Go, dot4BF16Go)
+
+// gemmEmulatedAll are the emulated kernel sets, run on every CPU.
+var gemmEmulatedAll = []*gemmKernels{gemmEmulated, gemmEmulatedNEON}
+
+// gemmTestNames names every kernel set a test runs: the real ones (those
+// this CPU lacks skip) and the emulated ones.
+func gemmTestNames() []string {
+	names := slices.Clone(allGemmKernels)
+	for _, ks := range gemmEmulatedAll {
+		names = append(names, ks.name)
+	}
+	return names
+}
+
+// gemmTestSets is every kernel set this CPU can run plus the emulated ones.
+func gemmTestSets() []*gemmKernels {
+	return append(slices.Clone(gemmAvailable), gemmEmulatedAll...)
+}
+
+// microGoTile returns a plain mr×nr float32 micro-kernel.
+func microGoTile(mr, nr int) func(ku int, ap, bp []float32, c []float32, ldc int, alpha, beta float32) {
+	return func(ku int, ap, bp []float32, c []float32, ldc int, alpha, beta float32) {
+		t := make([]float32, mr*nr)
+		for p := 0; p < ku; p++ {
+			for i := 0; i < mr; i++ {
+				for j := 0; j < nr; j++ {
+					t[i*nr+j] += ap[p*mr+i] * bp[p*nr+j]
+				}
 			}
 		}
+		mergeTile(c, ldc, t, nr, mr, nr, alpha, beta)
 	}
-	mergeTile(c, ldc, t[:], nr, mr, nr, alpha, beta)
 }
 
 // microGoPairs does what VDPBF16PS does on (ku, 12, 2) and (ku, 32, 2) bf16
@@ -84,8 +111,10 @@ func gemmKernelsOrSkip(t testing.TB, name string) *gemmKernels {
 // gemmKernelsNamed returns the named kernel set, or nil where this CPU or
 // build cannot run it.
 func gemmKernelsNamed(name string) *gemmKernels {
-	if name == gemmEmulated.name {
-		return gemmEmulated
+	for _, ks := range gemmEmulatedAll {
+		if ks.name == name {
+			return ks
+		}
 	}
 	for _, ks := range gemmAvailable {
 		if ks.name == name {
@@ -239,7 +268,7 @@ func runGemmCase(t *testing.T, ks *gemmKernels, tc gemmCase, rng *rand.Rand) flo
 }
 
 func TestGemmKernels(t *testing.T) {
-	for _, name := range append(allGemmKernels, gemmEmulated.name) {
+	for _, name := range gemmTestNames() {
 		t.Run(name, func(t *testing.T) {
 			ks := gemmKernelsOrSkip(t, name)
 			rng := rand.New(rand.NewPCG(1, 2))
@@ -315,7 +344,7 @@ func TestGemmPanicsOnShortSlices(t *testing.T) {
 }
 
 func TestGemmBF16Kernels(t *testing.T) {
-	for _, name := range append(allGemmKernels, gemmEmulated.name) {
+	for _, name := range gemmTestNames() {
 		t.Run(name, func(t *testing.T) {
 			ks := gemmKernelsOrSkip(t, name)
 			rng := rand.New(rand.NewPCG(5, 6))

@@ -1,11 +1,11 @@
-//go:build !unix
+//go:build !unix && !windows
 
 package tensor
 
 func mapFile(path string) ([]byte, func() error, error) { return readAll(path) }
 
-// ReleasePages does nothing where files are read rather than mapped.
-func ReleasePages(b []byte) bool { return false }
+// releaseMapped is never reached: nothing is mapped here.
+func releaseMapped(page []byte) bool { return false }
 
 // AllocFloats returns n zeroed float32s and a release func (here plain heap
 // memory: the release does nothing).

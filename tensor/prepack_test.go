@@ -23,7 +23,7 @@ func TestGemmPacked(t *testing.T) {
 		// enough panels per thread for the multi-stream small-m kernels, with remainders
 		{1, 300, 600}, {1, 64, 256}, {2, 130, 513}, {3, 90, 257}, {4, 100, 70},
 	}
-	for _, ks := range append(gemmAvailable[:len(gemmAvailable):len(gemmAvailable)], gemmEmulated) {
+	for _, ks := range gemmTestSets() {
 		for _, s := range shapes {
 			for _, transB := range []bool{false, true} {
 				for _, th := range []int{1, 2, 3} {

@@ -12,7 +12,7 @@ import (
 // in both layouts, for sizes off the kernel's blocking.
 func TestPackedBUnpack(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	for _, name := range append(allGemmKernels, gemmEmulated.name) {
+	for _, name := range gemmTestNames() {
 		ks := gemmKernelsNamed(name)
 		if ks == nil {
 			continue

@@ -1,0 +1,72 @@
+package tensor
+
+import (
+	"os"
+	"sync"
+	"unsafe"
+)
+
+// The memory-mapping code has one file per OS family: mmap_unix.go
+// (x/sys/unix: mmap, madvise), mmap_windows.go (x/sys/windows: file
+// mappings, VirtualAlloc) and mmap_other.go (reads files, heap memory).
+// This file holds what they share: the registry of live file mappings.
+
+// mappings are the live read-only file mappings made by mapFile, as
+// [start, end) addresses, so that ReleasePages can tell a mapping from heap
+// memory (dropping heap pages would zero live data).
+var mappings struct {
+	sync.Mutex
+	spans [][2]uintptr
+}
+
+// addMapping records data as a live mapping and returns the func that
+// forgets it and then calls unmap.
+func addMapping(data []byte, unmap func() error) func() error {
+	start := uintptr(unsafe.Pointer(&data[0]))
+	span := [2]uintptr{start, start + uintptr(len(data))}
+	mappings.Lock()
+	mappings.spans = append(mappings.spans, span)
+	mappings.Unlock()
+	return func() error {
+		mappings.Lock()
+		for i, s := range mappings.spans {
+			if s == span {
+				mappings.spans = append(mappings.spans[:i], mappings.spans[i+1:]...)
+				break
+			}
+		}
+		mappings.Unlock()
+		return unmap()
+	}
+}
+
+// ReleasePages tells the kernel that the pages under b are not needed for
+// now, if b lies in a file mapping of OpenSafetensors or OpenGGUF: they
+// leave the process's resident set and are read back from the file (the
+// page cache) when touched again, so b stays valid. It does nothing to any
+// other memory and reports whether it released anything. Use it after
+// copying weights into another layout (PackB) to keep resident memory at
+// one copy of the weights. Where files are read rather than mapped it
+// releases nothing.
+func ReleasePages(b []byte) bool {
+	if len(b) == 0 {
+		return false
+	}
+	lo := uintptr(unsafe.Pointer(&b[0]))
+	hi := lo + uintptr(len(b))
+	mappings.Lock()
+	defer mappings.Unlock()
+	for _, s := range mappings.spans {
+		if lo < s[0] || hi > s[1] {
+			continue
+		}
+		// Whole pages that b touches, within the mapping (which starts on
+		// a page; a page shared with a neighbour is only re-read later).
+		pg := uintptr(os.Getpagesize())
+		head := lo & (pg - 1)
+		hi = min((hi+pg-1)&^(pg-1), (s[1]+pg-1)&^(pg-1))
+		start := unsafe.Add(unsafe.Pointer(&b[0]), -int(head))
+		return releaseMapped(unsafe.Slice((*byte)(start), hi-(lo-head)))
+	}
+	return false
+}
