@@ -83,3 +83,8 @@ func checkGemm(op string, transA, transB bool, m, n, k int, la, lda, lb, ldb, lc
 	}
 	need("c", m, n, lc, ldc)
 }
+
+// GemmKernel names the GEMM implementation this process uses, picked at
+// start-up from what the CPU offers: "go" (portable), "avx2", "avx512",
+// "avx512bf16" (amd64) or "neon" (arm64).
+func GemmKernel() string { return gemmBest.name }
