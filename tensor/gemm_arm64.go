@@ -51,3 +51,7 @@ func decodeQ6KBlocks(y []float32, x []byte) { decodeQ6KBlocksGo(y, x) }
 
 // widenHalf widens len(y) 16-bit floats (bf16, or IEEE f16) of x into y.
 func widenHalf(y []float32, x []byte, bf16 bool) { widenHalfGo(y, x, bf16) }
+
+// q8Available lists the int8 implementations this build runs: the Go
+// kernel (NEON SDOT is not written yet).
+var q8Available = []*q8Kernels{q8Go}

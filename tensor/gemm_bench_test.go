@@ -1,12 +1,9 @@
-//go:build unix
-
 package tensor
 
 import (
 	"fmt"
 	"math/rand/v2"
 	"runtime"
-	"syscall"
 	"testing"
 	"time"
 
@@ -47,15 +44,6 @@ func reportGFLOPS(b *testing.B, m, n, k int, cpu0 time.Duration) {
 	flops := 2 * float64(m) * float64(n) * float64(k) * float64(b.N)
 	b.ReportMetric(flops/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 	b.ReportMetric(flops/(cpuTime()-cpu0).Seconds()/1e9, "GFLOP/cpu-s")
-}
-
-// cpuTime is the user+system CPU time of the process so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func withProcs(b *testing.B, threads int, f func()) {
