@@ -195,7 +195,7 @@ func openStateFile(path, syncDir string, batch int, delay time.Duration) (*state
 			return nil, false, err
 		}
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+	db, err := openBolt(path)
 	if err != nil {
 		if errors.Is(err, bolt.ErrTimeout) {
 			return nil, false, fmt.Errorf("open coordinator state %s: in use by another coordinator process", path)
@@ -648,3 +648,14 @@ func (c *Coordinator) migrate() error {
 }
 
 func ckptKey(run16 string, step int) string { return fmt.Sprintf("%s/%09d", run16, step) }
+
+// openBolt is bolt.Open with its panics on damaged pages turned into
+// errors: a damaged file must give a clear message, never a crash.
+func openBolt(path string) (db *bolt.DB, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			db, err = nil, fmt.Errorf("damaged pages: %v", r)
+		}
+	}()
+	return bolt.Open(path, 0o600, &bolt.Options{Timeout: 2 * time.Second})
+}
