@@ -12,6 +12,7 @@
 package synth
 
 import (
+	"carryon/dataset"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -206,8 +207,8 @@ func Generate(f Family, n int, seed uint64) ([]Problem, error) {
 	return out, nil
 }
 
-// Text writes problems as the coordinator's prompt template does
-// ("Question: q\nAnswer: a"), separated by blank lines: the form in which
+// Text writes problems in the prompt template training uses
+// (dataset.Prompt, then the answer), separated by blank lines: the form in which
 // the pretraining corpus holds them.
 func Text(ps []Problem) string {
 	var b strings.Builder
@@ -215,9 +216,7 @@ func Text(ps []Problem) string {
 		if i > 0 {
 			b.WriteString("\n\n")
 		}
-		b.WriteString("Question: ")
-		b.WriteString(p.Question)
-		b.WriteString("\nAnswer: ")
+		b.WriteString(dataset.Prompt(p.Question))
 		b.WriteString(p.Answer)
 	}
 	return b.String()
