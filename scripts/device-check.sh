@@ -55,6 +55,8 @@ find_lib() { # name: first match of lib$1.so* in the usual places
 }
 mkdir -p /tmp/cudalink
 libcuda=$(find_lib cuda); libcublas=$(find_lib cublas); libcublaslt=$(find_lib cublasLt)
+# The carried CUDA 11.8 headers come first (device-prepare.sh says why).
+[ -f .device/cuda-include/cuda.h ] && inc=$PWD/.device/cuda-include blasinc=$PWD/.device/cuda-include
 echo "cuda.h in $inc, cublas_v2.h in $blasinc; libcuda $libcuda; libcublas $libcublas; libcublasLt $libcublaslt"
 ln -sf "$libcuda" /tmp/cudalink/libcuda.so
 ln -sf "$libcublas" /tmp/cudalink/libcublas.so

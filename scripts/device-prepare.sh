@@ -13,6 +13,14 @@
 #                       cuda-tagged build and tests of cuda/, devmodel/ and
 #                       tensor/ import, with vendor/modules.txt whole (so
 #                       -mod=vendor accepts it)
+#   .device/cuda-include/  the CUDA 11.8 headers that the cgo code includes
+#                       (cuda.h, cublas_v2.h and what they include, 1.7 MB),
+#                       from $CUDA_ROOT (scripts/cuda-compile-check.sh's
+#                       folder): the device machine's own CUDA 13 headers
+#                       no longer declare the texture-reference calls and the
+#                       3-argument cuCtxCreate that gorgonia.org/cu wraps; its
+#                       driver still exports them, so we compile against
+#                       11.8's declarations and link against that driver
 #   .device/MANIFEST    versions, sizes and the package list
 #
 # .device/ is in .gitignore. Usage: scripts/device-prepare.sh [--test]
@@ -57,6 +65,17 @@ for m in $(awk '/^# /{print $2}' "$tmp/vendor/modules.txt"); do
   find "$tmp/vendor/$m" -maxdepth 1 -type f -iname 'LICENSE*' -exec cp {} "$out/vendor/$m/" \;
 done
 
+echo "prepare: CUDA headers"
+hroot=${CUDA_ROOT:-$HOME/.cache/carryon-cuda-11.8}/usr/include
+[ -f "$hroot/cuda.h" ] || { echo "prepare: no cuda.h under $hroot: run scripts/cuda-compile-check.sh first or set CUDA_ROOT" >&2; exit 1; }
+printf '#include <cuda.h>\n#include <cublas_v2.h>\n#include <library_types.h>\n' > "$tmp/h.c"
+mkdir -p "$out/cuda-include"
+for f in $(gcc -M -I "$hroot" "$tmp/h.c" | tr ' \\' '\n\n' | grep "^$hroot/"); do
+  rel=${f#"$hroot"/}
+  mkdir -p "$out/cuda-include/$(dirname "$rel")"
+  cp "$f" "$out/cuda-include/$rel"
+done
+
 tree=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
 dev=$(du -sb "$out" | cut -f1)
 {
@@ -78,7 +97,8 @@ fi
 fi
 
 if [ "${1:-}" = "--test" ] || [ "${1:-}" = "--test-only" ]; then
-  root=${CUDA_ROOT:?set CUDA_ROOT to a tree with usr/include/cuda.h and usr/lib/x86_64-linux-gnu/stubs}
+  root=${CUDA_ROOT:-$HOME/.cache/carryon-cuda-11.8}
+  hdr=$PWD/$out/cuda-include
   w="$tmp/work"
   mkdir -p "$w"
   git ls-files -z | xargs -0 cp --parents -t "$w"
@@ -87,7 +107,7 @@ if [ "${1:-}" = "--test" ] || [ "${1:-}" = "--test-only" ]; then
   ln -s "$PWD/$out/vendor" "$w/vendor"
   (cd "$w" && env -u GOROOT PATH="$tmp/go/bin:$PATH" GOTOOLCHAIN=local GOFLAGS=-mod=vendor GOPROXY=off \
     GOCACHE="$tmp/gocache" GOPATH="$tmp/gopath" \
-    CGO_CFLAGS="-I$root/usr/include" CGO_LDFLAGS="-L$root/usr/lib/x86_64-linux-gnu/stubs -L$root/usr/lib/x86_64-linux-gnu" \
+    CGO_CFLAGS="-I$hdr" CGO_LDFLAGS="-L$root/usr/lib/x86_64-linux-gnu/stubs -L$root/usr/lib/x86_64-linux-gnu" \
     sh -c 'go version && go vet -tags cuda ./cuda ./devmodel && go test -c -tags cuda -o /dev/null ./cuda && go build -tags cuda -o /dev/null ./cuda/devbench')
   echo "prepare: offline cuda-tagged build with the packed toolchain and vendor: ok"
 fi
