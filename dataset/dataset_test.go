@@ -304,6 +304,37 @@ func (p *pieceTok) Encode(s string) []int32 {
 	return p.ByteTokenizer.Encode(s)
 }
 
+// contTok is pieceTok that also has EncodeContinuation (as SentencePiece
+// tokenizers do, to leave out their dummy prefix) and records which
+// pieces went through it.
+type contTok struct {
+	pieceTok
+	cont []bool
+}
+
+func (c *contTok) Encode(s string) []int32 {
+	c.cont = append(c.cont, false)
+	return c.pieceTok.Encode(s)
+}
+
+func (c *contTok) EncodeContinuation(s string) []int32 {
+	c.cont = append(c.cont, true)
+	return c.pieceTok.Encode(s)
+}
+
+// TestDatasetContinuation checks that the pieces of a long text after the
+// first are encoded as continuations, and each record starts afresh.
+func TestDatasetContinuation(t *testing.T) {
+	long := strings.Repeat("word ", 3*textSegment/5)
+	tok := &contTok{}
+	if _, err := Read(context.Background(), strings.NewReader(long+"\n\nshort text\n"), tok, Config{SeqLen: 64}); err != nil {
+		t.Fatal(err)
+	}
+	if want := []bool{false, true, true, false}; !slices.Equal(tok.cont, want) {
+		t.Errorf("continuation per piece %v, want %v", tok.cont, want)
+	}
+}
+
 // TestDatasetLongParagraph checks that one huge paragraph is tokenised in
 // pieces of at most textSegment bytes that add up to the whole text (so
 // the work is linear and can stop between pieces), with the same tokens as

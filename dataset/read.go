@@ -380,7 +380,11 @@ func tokenize(ctx context.Context, rec record, tok Tokenizer, seqLen int) (exs [
 			}
 			piece = piece[:i]
 		}
-		for _, id := range tok.Encode(piece) {
+		encode := tok.Encode
+		if c, ok := tok.(interface{ EncodeContinuation(string) []int32 }); ok && len(text) < len(rec.text) {
+			encode = c.EncodeContinuation // no SentencePiece dummy prefix inside the text
+		}
+		for _, id := range encode(piece) {
 			ids, loss = append(ids, id), append(loss, true)
 		}
 		text = text[len(piece):]

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 
 	"carryon/internal/testenv"
 	"carryon/tensor"
+	"carryon/tokenizer"
 )
 
 // hfToGGUF is the inverse of ggufToHF.
@@ -71,8 +73,8 @@ func llama3Divisors(c Config) []float32 {
 
 // writeGGUFBase writes b as a llama.cpp-style GGUF: matrices as qt, 1-D
 // tensors as F32, llama q/k permuted (unless noPermute), llama3 scaling as
-// rope_freqs.
-func writeGGUFBase(t *testing.T, b *Base, path string, qt tensor.GGMLType, noPermute bool) {
+// rope_freqs; extra metadata (a tokenizer) is appended.
+func writeGGUFBase(t *testing.T, b *Base, path string, qt tensor.GGMLType, noPermute bool, extra ...tensor.GGUFKV) {
 	t.Helper()
 	c := b.Config
 	a := c.Arch + "."
@@ -91,6 +93,7 @@ func writeGGUFBase(t *testing.T, b *Base, path string, qt tensor.GGMLType, noPer
 		{Key: "tokenizer.ggml.bos_token_id", Value: uint32(c.BOS)},
 		{Key: "tokenizer.ggml.eos_token_id", Value: uint32(c.EOS)},
 	}
+	kv = append(kv, extra...)
 	var ts []tensor.GGUFTensor
 	for _, nt := range b.tensors() {
 		data, rows := nt.data, nt.shape[0]
@@ -232,6 +235,40 @@ func TestLoadGGUFSynthetic(t *testing.T) {
 			}
 			b.Close()
 		}
+	}
+}
+
+// TestOpenGGUFSentencePiece opens a llama GGUF whose tokenizer is
+// SentencePiece (tokenizer.ggml.model = "llama", as Llama 2, TinyLlama and
+// Mistral files are), stored without the .gguf extension as ollama stores
+// its blobs: Open must recognise it and bring that tokenizer.
+func TestOpenGGUFSentencePiece(t *testing.T) {
+	base, err := NewRandomBase(ggufTestConfig("llama"), 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := base.Config.Vocab
+	toks := []string{"<unk>", "<s>", "</s>", "▁", "▁a", "a", "b"}
+	types := []int32{tokenizer.SPMTypeUnknown, tokenizer.SPMTypeControl, tokenizer.SPMTypeControl, 1, 1, 1, 1}
+	for i := len(toks); i < v; i++ {
+		toks, types = append(toks, fmt.Sprintf("<extra_%d>", i)), append(types, tokenizer.SPMTypeUnused)
+	}
+	path := filepath.Join(t.TempDir(), "sha256-0123abcd")
+	writeGGUFBase(t, base, path, tensor.GGMLF32, false,
+		tensor.GGUFKV{Key: "tokenizer.ggml.model", Value: "llama"},
+		tensor.GGUFKV{Key: "tokenizer.ggml.tokens", Value: toks},
+		tensor.GGUFKV{Key: "tokenizer.ggml.token_type", Value: types})
+	m, err := Open(path, OpenOptions{CacheDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Base.Close()
+	tk, ok := m.Tokenizer.(*tokenizer.SPMTokenizer)
+	if !ok {
+		t.Fatalf("Open gave a %T tokenizer, want SentencePiece", m.Tokenizer)
+	}
+	if got := tk.Encode("ab a"); !slices.Equal(got, []int32{4, 6, 4}) || tk.Decode(got) != "ab a" || tk.BOS() != int32(base.Config.BOS) {
+		t.Errorf("Encode(ab a) = %v (%q), BOS %d", got, tk.Decode(got), tk.BOS())
 	}
 }
 

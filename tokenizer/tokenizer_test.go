@@ -473,35 +473,20 @@ func TestGGUFVocabGolden(t *testing.T) {
 	for _, name := range []string{"qwen2", "llama-bpe", "gpt-2"} {
 		t.Run(name, func(t *testing.T) {
 			base := filepath.Join(vdir, "ggml-vocab-"+name+".gguf")
-			tk, err := LoadGGUF(base)
+			tok, err := LoadGGUF(base)
 			if err != nil {
 				t.Fatal(err)
+			}
+			tk, ok := tok.(*BPETokenizer)
+			if !ok {
+				t.Fatalf("LoadGGUF gave a %T, want byte-level BPE", tok)
 			}
 			if tk.PreTokenizer() != name {
 				t.Fatalf("pre-tokenizer %q, want %q", tk.PreTokenizer(), name)
 			}
-			inp, err := os.ReadFile(base + ".inp")
-			if err != nil {
-				t.Fatal(err)
-			}
-			out, err := os.ReadFile(base + ".out")
-			if err != nil {
-				t.Fatal(err)
-			}
-			texts := strings.Split(strings.TrimSuffix(string(inp), "\n__ggml_vocab_test__\n"), "\n__ggml_vocab_test__\n")
-			lines := strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
-			if len(texts) != len(lines) || len(texts) < 40 {
-				t.Fatalf("%d inputs, %d outputs", len(texts), len(lines))
-			}
+			texts, wants := goldenCases(t, base)
 			for i, text := range texts {
-				var want []int32
-				for _, f := range strings.Fields(lines[i]) {
-					v, err := strconv.Atoi(f)
-					if err != nil {
-						t.Fatal(err)
-					}
-					want = append(want, int32(v))
-				}
+				want := wants[i]
 				got := tk.Encode(text)
 				if !slices.Equal(got, want) {
 					t.Errorf("case %d %q:\n got %v\nwant %v", i, text, got, want)
@@ -512,6 +497,38 @@ func TestGGUFVocabGolden(t *testing.T) {
 			}
 		})
 	}
+}
+
+// goldenCases reads llama.cpp's test vectors beside a vocab GGUF: the
+// inputs (.inp, separated by __ggml_vocab_test__ lines) and the expected
+// ids (.out, one line of ids per input).
+func goldenCases(t *testing.T, base string) (texts []string, wants [][]int32) {
+	t.Helper()
+	inp, err := os.ReadFile(base + ".inp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := os.ReadFile(base + ".out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	texts = strings.Split(strings.TrimSuffix(string(inp), "\n__ggml_vocab_test__\n"), "\n__ggml_vocab_test__\n")
+	lines := strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
+	if len(texts) != len(lines) || len(texts) < 40 {
+		t.Fatalf("%s: %d inputs, %d outputs", base, len(texts), len(lines))
+	}
+	for _, line := range lines {
+		var want []int32
+		for _, f := range strings.Fields(line) {
+			v, err := strconv.Atoi(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want = append(want, int32(v))
+		}
+		wants = append(wants, want)
+	}
+	return texts, wants
 }
 
 // qwen3TokenizerJSON returns the real Qwen3 tokenizer.json of
