@@ -1,51 +1,28 @@
 package node
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"carryon/internal/testenv"
 	"carryon/protocol"
 	"carryon/swarm"
 )
 
-// syncBuf is a log sink safe for concurrent writers.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // waitLog waits until the log contains want.
-func waitLog(t *testing.T, log *syncBuf, want string) {
+func waitLog(t *testing.T, log *testenv.Log, want string) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(log.String(), want); {
-		if time.Now().After(deadline) {
-			t.Fatalf("the log never said %q:\n%s", want, log.String())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	log.Wait(t, want, 1, 10*time.Second)
 }
 
 // gossipHost is a host in the test swarm with its topics joined.
@@ -88,7 +65,7 @@ func TestAnnounceOnJoinAndRedial(t *testing.T) {
 	port, _ := addr.ValueForProtocol(ma.P_TCP)
 
 	nh, ntopics := gossipHost(t, nil, "")
-	var log syncBuf
+	var log testenv.Log
 	cfg := DefaultLocalConfig()
 	cfg.AdvertInterval = time.Hour
 	cfg.Logger = slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -135,11 +112,7 @@ func TestAnnounceOnJoinAndRedial(t *testing.T) {
 	// old peer. Restarting within milliseconds can race it: pubsub may
 	// process the old connection's death after the new one's subscription
 	// and forget that subscription (go-libp2p-pubsub keys peers by ID).
-	for deadline := time.Now().Add(10 * time.Second); len(ntopics.Nodes.ListPeers()) > 0; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("gossip still lists the closed coordinator")
-		}
-	}
+	waitTopicPeers(t, ntopics.Nodes, func(peers []peer.ID) bool { return len(peers) == 0 })
 	coord2, ctopics2 := gossipHost(t, key, "/ip4/127.0.0.1/tcp/"+port)
 	_ = coord2
 	seeAdvert(ctopics2)
@@ -151,7 +124,7 @@ func TestAnnounceOnJoinAndRedial(t *testing.T) {
 func TestNoWorkForBase(t *testing.T) {
 	coord, ctopics := gossipHost(t, nil, "")
 	nh, ntopics := gossipHost(t, nil, "")
-	var log syncBuf
+	var log testenv.Log
 	cfg := DefaultLocalConfig()
 	cfg.Logger = slog.New(slog.NewTextHandler(&log, nil))
 	n, err := New(nh, ntopics, []Base{newTestBase()}, cfg)
@@ -167,17 +140,40 @@ func TestNoWorkForBase(t *testing.T) {
 	}
 	other := newTestBase().info
 	other.Name, other.WeightsHash = "other", strings.Repeat("ab", 32)
-	for i := 1; !strings.Contains(log.String(), "no work for this node's base"); i++ {
-		if i > 500 {
+	// A coordinator announces its job again and again; a gossip message
+	// sent before pubsub has its stream to the node is dropped (pubsub
+	// tells nobody when that stream opens), so announce as a coordinator
+	// does, every 50 ms, until the node says it.
+	for i := 1; !log.Within("no work for this node's base", 1, 50*time.Millisecond); i++ {
+		if i > 200 {
 			t.Fatalf("the node never said it has no work:\n%s", log.String())
 		}
 		ja := &protocol.JobAnnounce{V: protocol.Version, Job: "abc", Base: other, Codec: "q8", UnixMilli: int64(i)}
 		if err := swarm.Publish(context.Background(), ctopics.Control, ja); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(20 * time.Millisecond) // until the node's subscription is known to the publisher
 	}
 	if !strings.Contains(log.String(), "other (abababababab)") {
 		t.Errorf("the log does not name the job's base:\n%s", log.String())
+	}
+}
+
+// waitTopicPeers waits until cond holds for the topic's gossip peers,
+// woken by the topic's join and leave events (no polling). A leave is
+// reported after pubsub drops the peer, so waiting for a peer to go is
+// exact; a join may be reported before pubsub's stream to the peer opens.
+func waitTopicPeers(t *testing.T, topic *pubsub.Topic, cond func([]peer.ID) bool) {
+	t.Helper()
+	ev, err := topic.EventHandler()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ev.Cancel()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for !cond(topic.ListPeers()) {
+		if _, err := ev.NextPeerEvent(ctx); err != nil {
+			t.Fatalf("topic %s: peers %v never met the condition: %v", topic.String(), topic.ListPeers(), err)
+		}
 	}
 }

@@ -83,7 +83,7 @@ func TestMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	io.Copy(io.Discard, s)
-	waitFor(t, "the job to count", func() bool { return n.Stats().Jobs == 1 })
+	waitLogged(t, n, "chunk finished", 1)
 
 	bad := open(t, c, n) // a request for a base the node does not serve
 	r := request(b)
@@ -92,7 +92,7 @@ func TestMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	io.Copy(io.Discard, bad)
-	waitFor(t, "the rejection to count", func() bool { return n.Stats().Rejected == 1 })
+	waitLogged(t, n, "chunk not delivered", 1)
 
 	codec, _ := tensor.ParseCodec("q8")
 	st := n.Stats()

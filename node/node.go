@@ -382,12 +382,18 @@ func (n *Node) observe(tokens int, d time.Duration) {
 
 // acquire takes a job slot, waiting in a queue of at most MaxQueue jobs;
 // it reports false when the queue is full or ctx ends first.
-func (n *Node) acquire(ctx context.Context) bool {
+func (n *Node) acquire(ctx context.Context, log *slog.Logger) bool {
 	if n.waiting.Add(1) > int64(n.cfg.MaxQueue) {
 		n.waiting.Add(-1)
 		return false
 	}
 	defer n.waiting.Add(-1)
+	select {
+	case n.slots <- struct{}{}:
+		return true
+	default:
+	}
+	log.Debug("chunk queued: every slot is busy", "queued", n.waiting.Load())
 	select {
 	case n.slots <- struct{}{}:
 		return true
@@ -457,7 +463,7 @@ func (n *Node) serveJob(ctx context.Context, s network.Stream, log *slog.Logger)
 	log.Info("chunk leased", "seqs", len(req.Seqs), "tokens", req.Tokens())
 	r := n.keep.get(coord, req)
 	if r == nil {
-		if !n.acquire(ctx) {
+		if !n.acquire(ctx, log) {
 			return protocol.Errorf(protocol.KindOverloaded, "all %d job slots busy and %d jobs queued", cap(n.slots), n.cfg.MaxQueue)
 		}
 		// The same chunk may have finished while this request waited (a

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"carryon/internal/testenv"
 	"carryon/model"
 	"carryon/protocol"
 	"carryon/swarm"
@@ -58,6 +60,20 @@ func (b *testBase) Forward(ids []int32, layers []int) ([][]float32, error) {
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
+// logs holds the Debug log of each node that pair started, so that tests
+// wait for what the node says right after its counters move (no polling).
+var logs sync.Map // *Node → *testenv.Log
+
+// waitLogged waits until n's log says msg at least count times.
+func waitLogged(t testing.TB, n *Node, msg string, count int) {
+	t.Helper()
+	l, ok := logs.Load(n)
+	if !ok {
+		t.Fatal("waitLogged: the node was not started by pair")
+	}
+	l.(*testenv.Log).Wait(t, `msg="`+msg+`"`, count, 10*time.Second)
+}
+
 // pair makes a client host and a started node (no gossip) on loopback in
 // a private swarm.
 func pair(t testing.TB, b Base, cfg Config) (host.Host, *Node) {
@@ -78,7 +94,8 @@ func pair(t testing.TB, b Base, cfg Config) (host.Host, *Node) {
 	if err := hs[0].Connect(context.Background(), peer.AddrInfo{ID: hs[1].ID(), Addrs: hs[1].Addrs()}); err != nil {
 		t.Fatal(err)
 	}
-	cfg.Logger = quiet
+	log := new(testenv.Log)
+	cfg.Logger = slog.New(slog.NewTextHandler(log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	if len(cfg.Codecs) == 0 {
 		cfg.Codecs = []string{"q8"}
 	}
@@ -89,7 +106,8 @@ func pair(t testing.TB, b Base, cfg Config) (host.Host, *Node) {
 	if err := n.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { n.Close() })
+	logs.Store(n, log)
+	t.Cleanup(func() { n.Close(); logs.Delete(n) })
 	return hs[0], n
 }
 
@@ -109,16 +127,6 @@ func open(t testing.TB, c host.Host, n *Node) network.Stream {
 	}
 	s.SetDeadline(time.Now().Add(10 * time.Second))
 	return s
-}
-
-// waitFor polls cond (the node's counters move after the stream ends).
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for start := time.Now(); !cond(); time.Sleep(5 * time.Millisecond) {
-		if time.Since(start) > 10*time.Second {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-	}
 }
 
 // TestEmbedRoundTrip runs a job on a real (random) model: the results are
@@ -167,7 +175,7 @@ func TestEmbedRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	io.Copy(io.Discard, s)
-	waitFor(t, "the job to count", func() bool { return n.Stats().Jobs == 1 })
+	waitLogged(t, n, "chunk finished", 1)
 	if st := n.Stats(); st.Tokens != 8 || st.BytesSent != int64(codec.EncodedSize(8, cfg.Dim)*2) || st.Rejected != 0 {
 		t.Fatalf("stats %+v", st)
 	}
@@ -208,7 +216,10 @@ func TestEmbedRejects(t *testing.T) {
 			t.Errorf("%s: got %v (kind %v), want kind %v", tc.name, err, k, tc.kind)
 		}
 		s.Reset()
-		waitFor(t, tc.name+" counted", func() bool { return n.Stats().Rejected == int64(i+1) })
+		waitLogged(t, n, "chunk not delivered", i+1)
+		if got := n.Stats().Rejected; got != int64(i+1) {
+			t.Errorf("%s: %d rejections counted, want %d", tc.name, got, i+1)
+		}
 	}
 	if n.Stats().Jobs != 0 {
 		t.Fatalf("stats %+v", n.Stats())
@@ -234,7 +245,7 @@ func TestOverloaded(t *testing.T) {
 	<-b.entered // the slot is taken
 	queued := open(t, c, n)
 	protocol.WriteFrame(queued, request(b))
-	waitFor(t, "a queued job", func() bool { return n.waiting.Load() == 1 })
+	waitLogged(t, n, "chunk queued: every slot is busy", 1)
 	third := open(t, c, n)
 	protocol.WriteFrame(third, request(b))
 	_, err := protocol.ReadExpect[*protocol.EmbedResult](third)
@@ -265,7 +276,7 @@ func TestNoAck(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.Close() // no ack
-	waitFor(t, "the unacknowledged job to count as rejected", func() bool { return n.Stats().Rejected == 1 })
+	waitLogged(t, n, "chunk not delivered", 1)
 	if st := n.Stats(); st.Jobs != 0 || st.Tokens != 0 {
 		t.Fatalf("unacknowledged job counted: %+v", st)
 	}
@@ -279,7 +290,7 @@ func TestNoAck(t *testing.T) {
 		}
 	}
 	protocol.WriteFrame(s, &protocol.Ack{V: protocol.Version, JobID: req.JobID, ChunkID: req.ChunkID, OK: false, Reason: "superseded"})
-	waitFor(t, "the refused job to count as rejected", func() bool { return n.Stats().Rejected == 2 })
+	waitLogged(t, n, "chunk not delivered", 2)
 	if n.Stats().Jobs != 0 {
 		t.Fatalf("refused job counted: %+v", n.Stats())
 	}

@@ -281,7 +281,7 @@ func floodPublishLost(t *testing.T, extra []pubsub.Option) string {
 	}
 	defer psub.Cancel()
 	mustConnect(t, pub, member)
-	waitFor(t, func() bool { return slices.Contains(pt.ListPeers(), member.ID()) })
+	waitGossipPeers(t, func() bool { return slices.Contains(pt.ListPeers(), member.ID()) })
 	if err := pt.Publish(ctx, []byte("first")); err != nil {
 		t.Fatal(err)
 	}

@@ -110,7 +110,7 @@ func TestGossipAnnouncements(t *testing.T) {
 	for _, pair := range [][2]host.Host{{hc, h1}, {hc, h2}, {h1, h2}, {hr, h1}, {hr, h2}} {
 		mustConnect(t, pair[0], pair[1])
 	}
-	waitFor(t, func() bool { return len(coord.topics.Adaptors.ListPeers()) == 2 })
+	waitGossipPeers(t, func() bool { return len(coord.topics.Adaptors.ListPeers()) == 2 })
 
 	first := announce(t, privKey(t, hc), 10, "adaptor v10")
 	if err := Publish(ctx, coord.topics.Adaptors, first); err != nil {
@@ -133,7 +133,7 @@ func TestGossipAnnouncements(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer rt.Close()
-	waitFor(t, func() bool { return len(rt.ListPeers()) == 2 })
+	waitGossipPeers(t, func() bool { return len(rt.ListPeers()) == 2 })
 	signedByCoord := announce(t, privKey(t, hc), 11, "coordinator's, republished by the rogue")
 	tampered := announce(t, privKey(t, hc), 12, "tampered")
 	tampered.Step = 99

@@ -11,6 +11,7 @@ import (
 
 	"carryon/protocol"
 
+	"github.com/libp2p/go-libp2p/core/event"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/pnet"
@@ -132,7 +133,7 @@ func TestAllowList(t *testing.T) {
 	defer cancel()
 	if err := connect(ctx, stranger, g); err == nil {
 		// The gater closes the connection right after the handshake.
-		waitFor(t, func() bool { return len(g.Network().ConnsToPeer(stranger.ID())) == 0 })
+		waitConns(t, g, func() bool { return len(g.Network().ConnsToPeer(stranger.ID())) == 0 })
 	}
 	if err := connect(ctx, g, b); err == nil {
 		t.Error("gated host dialled a peer not on its list")
@@ -184,13 +185,36 @@ func TestLoadOrCreateKey(t *testing.T) {
 	}
 }
 
-// waitFor polls cond until it holds or the test's deadline nears.
-func waitFor(t testing.TB, cond func() bool) {
+// waitGossipPeers polls cond until it holds or the test's deadline nears. Only
+// for pubsub's peer lists: pubsub counts a peer once its own outbound
+// stream is open and tells nobody when that happens (a topic's join event
+// can come first). Connection state has events: use waitConns.
+func waitGossipPeers(t testing.TB, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); !cond(); {
 		if time.Now().After(deadline) {
 			t.Fatal("condition not reached")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitConns waits until cond holds for h's connections, woken by h's
+// connectedness events (no polling).
+func waitConns(t testing.TB, h host.Host, cond func() bool) {
+	t.Helper()
+	sub, err := h.EventBus().Subscribe(new(event.EvtPeerConnectednessChanged))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	timer := time.NewTimer(10 * time.Second)
+	defer timer.Stop()
+	for !cond() {
+		select {
+		case <-sub.Out():
+		case <-timer.C:
+			t.Fatal("connections never reached the condition")
+		}
 	}
 }

@@ -3,13 +3,17 @@ package swarm
 import (
 	"context"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/event"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
+	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/proto"
 	ma "github.com/multiformats/go-multiaddr"
 )
 
@@ -70,14 +74,8 @@ func TestRelayCarriesOnlySignalling(t *testing.T) {
 	behind := newHost(t, HostConfig{NAT: &NATConfig{RelayClient: true}})
 	other := newHost(t, HostConfig{NAT: &NATConfig{RelayClient: true}})
 	mustConnect(t, behind, relay)
-	var err error
-	for range 50 { // the relay service starts once the relay's host sees itself as public
-		if _, err = client.Reserve(ctx, behind, relayInfo); err == nil {
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if err != nil {
+	waitRelayService(t, relay)
+	if _, err := client.Reserve(ctx, behind, relayInfo); err != nil {
 		t.Fatalf("reserve a relay slot: %v", err)
 	}
 
@@ -120,12 +118,33 @@ func TestRelayCarriesOnlySignalling(t *testing.T) {
 	} else {
 		t.Logf("1 MiB through the relay: %v", err)
 	}
-	waitFor(t, func() bool { return len(other.Network().ConnsToPeer(behind.ID())) == 0 })
+	waitConns(t, other, func() bool { return len(other.Network().ConnsToPeer(behind.ID())) == 0 })
 	select {
 	case n := <-received:
 		if n > 128<<10 {
 			t.Fatalf("the relay carried %d bytes on one connection, want at most 128 KiB", n)
 		}
 	default:
+	}
+}
+
+// waitRelayService waits until h serves circuit relay v2's hop protocol:
+// the relay service starts once h sees itself as publicly reachable, and
+// the host announces the new protocol on its event bus (no polling).
+func waitRelayService(t *testing.T, h host.Host) {
+	t.Helper()
+	sub, err := h.EventBus().Subscribe(new(event.EvtLocalProtocolsUpdated))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	timer := time.NewTimer(10 * time.Second)
+	defer timer.Stop()
+	for !slices.Contains(h.Mux().Protocols(), proto.ProtoIDv2Hop) {
+		select {
+		case <-sub.Out():
+		case <-timer.C:
+			t.Fatal("the relay service never started")
+		}
 	}
 }

@@ -92,7 +92,7 @@ func TestRosterEnforced(t *testing.T) {
 	if c := <-m1.got; c.Roster.Seq != 2 {
 		t.Fatalf("m1 got seq %d", c.Roster.Seq)
 	}
-	waitFor(t, func() bool {
+	waitConns(t, m2.h, func() bool {
 		return m2.h.Network().Connectedness(coord.h.ID()) != network.Connected &&
 			m2.h.Network().Connectedness(m1.h.ID()) != network.Connected
 	})
@@ -121,6 +121,6 @@ func refused(t *testing.T, a, b host.Host) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := connect(ctx, a, b); err == nil {
-		waitFor(t, func() bool { return len(a.Network().ConnsToPeer(b.ID())) == 0 })
+		waitConns(t, a, func() bool { return len(a.Network().ConnsToPeer(b.ID())) == 0 })
 	}
 }

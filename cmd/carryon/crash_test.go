@@ -135,12 +135,9 @@ func TestCoordinatorCrashResume(t *testing.T) {
 	addr := c1.waitLine(t, ctx, "listening on ")
 	total := atoi(t, c1.waitLine(t, ctx, "cached 0 of "))
 	n1 := start(t, env, bin, nodeArgs(addr)...)
-	for countFiles(embDir, ".emb") < 3 {
-		if ctx.Err() != nil {
-			t.Fatal("timed out waiting for cached chunks")
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	// A node says "chunk finished" once the coordinator acknowledged the
+	// chunk, which it does once the chunk is durable in its cache.
+	n1.log.Wait(t, `msg="chunk finished"`, 3, time.Minute)
 	c1.kill(t)
 	files := countFiles(embDir, ".emb")
 	if files >= total {

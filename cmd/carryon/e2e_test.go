@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"carryon/internal/testenv"
 	"context"
 	"os"
 	"os/exec"
@@ -27,7 +28,7 @@ func buildBinary(t *testing.T, dir string) string {
 type proc struct {
 	cmd   *exec.Cmd
 	lines chan string
-	log   *strings.Builder
+	log   *testenv.Log // stderr, safe to read while the process writes
 }
 
 func start(t *testing.T, env []string, bin string, args ...string) *proc {
@@ -38,7 +39,7 @@ func start(t *testing.T, env []string, bin string, args ...string) *proc {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &proc{cmd: cmd, lines: make(chan string, 1024), log: &strings.Builder{}}
+	p := &proc{cmd: cmd, lines: make(chan string, 1024), log: new(testenv.Log)}
 	cmd.Stderr = p.log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
