@@ -1,7 +1,6 @@
 package protocol
 
 import (
-	"errors"
 	"fmt"
 	"sort"
 
@@ -84,13 +83,11 @@ func (m *AdaptorAnnounce) Validate() error {
 			return err
 		}
 	}
-	if err := checkRange("UnixMilli", m.UnixMilli, 1, 1<<62); err != nil {
-		return err
-	}
-	if err := checkRange("len(Signer)", len(m.Signer), 0, maxKeyBytes); err != nil {
-		return err
-	}
-	return checkRange("len(Sig)", len(m.Sig), 0, maxSigBytes)
+	return firstErr(
+		checkRange("UnixMilli", m.UnixMilli, 1, 1<<62),
+		checkRange("len(Signer)", len(m.Signer), 0, maxKeyBytes),
+		checkRange("len(Sig)", len(m.Sig), 0, maxSigBytes),
+	)
 }
 
 // EncodeMsgpack writes the announcement with its fields in declaration
@@ -166,60 +163,16 @@ func sortedKeys(m map[string]float64) []string {
 func (m *AdaptorAnnounce) signedBytes() ([]byte, error) {
 	c := *m
 	c.Sig = nil
-	if err := c.Validate(); err != nil {
-		return nil, err
-	}
-	frame, err := encodeFrame(&c)
-	if err != nil {
-		return nil, err
-	}
-	return append([]byte(AnnounceDomain), frame...), nil
+	return signedFrame(AnnounceDomain, &c)
 }
 
 // Sign sets Signer to k's public key and Sig to k's signature.
 func (m *AdaptorAnnounce) Sign(k crypto.PrivKey) error {
-	pub, err := crypto.MarshalPublicKey(k.GetPublic())
-	if err != nil {
-		return fmt.Errorf("protocol.AdaptorAnnounce.Sign: %w", err)
-	}
-	m.Signer = pub
-	b, err := m.signedBytes()
-	if err != nil {
-		return fmt.Errorf("protocol.AdaptorAnnounce.Sign: %w", err)
-	}
-	sig, err := k.Sign(b)
-	if err != nil {
-		return fmt.Errorf("protocol.AdaptorAnnounce.Sign: %w", err)
-	}
-	m.Sig = sig
-	return nil
+	return sign("protocol.AdaptorAnnounce.Sign", k, &m.Signer, &m.Sig, m.signedBytes)
 }
-
-// ErrBadSignature is wrapped by Verify's errors about a missing or wrong
-// signature.
-var ErrBadSignature = errors.New("bad signature")
 
 // Verify checks Sig against Signer and returns the signer's peer ID. The
 // caller decides whether that peer is trusted.
 func (m *AdaptorAnnounce) Verify() (peer.ID, error) {
-	if len(m.Signer) == 0 || len(m.Sig) == 0 {
-		return "", fmt.Errorf("protocol.AdaptorAnnounce.Verify: unsigned: %w", ErrBadSignature)
-	}
-	pub, err := crypto.UnmarshalPublicKey(m.Signer)
-	if err != nil {
-		return "", fmt.Errorf("protocol.AdaptorAnnounce.Verify: Signer: %w", err)
-	}
-	b, err := m.signedBytes()
-	if err != nil {
-		return "", fmt.Errorf("protocol.AdaptorAnnounce.Verify: %w", err)
-	}
-	ok, err := pub.Verify(b, m.Sig)
-	if err != nil || !ok {
-		return "", fmt.Errorf("protocol.AdaptorAnnounce.Verify: %w (%v)", ErrBadSignature, err)
-	}
-	id, err := peer.IDFromPublicKey(pub)
-	if err != nil {
-		return "", fmt.Errorf("protocol.AdaptorAnnounce.Verify: %w", err)
-	}
-	return id, nil
+	return verifySigned("protocol.AdaptorAnnounce.Verify", m.Signer, m.Sig, m.signedBytes)
 }

@@ -82,32 +82,22 @@ func (m *Advert) Validate() error {
 	if m.TokensPerSec < 0 {
 		return fmt.Errorf("TokensPerSec: %v is negative", m.TokensPerSec)
 	}
-	if err := checkRange("FreeSlots", m.FreeSlots, 0, maxFreeSlots); err != nil {
-		return err
-	}
-	if err := checkText("Device", m.Device, maxNameLen, true); err != nil {
-		return err
-	}
-	return checkRange("UnixMilli", m.UnixMilli, 1, 1<<62)
+	return firstErr(
+		checkRange("FreeSlots", m.FreeSlots, 0, maxFreeSlots),
+		checkText("Device", m.Device, maxNameLen, true),
+		checkRange("UnixMilli", m.UnixMilli, 1, 1<<62),
+	)
 }
 
 func (b *BaseInfo) validate() error {
-	if err := checkText("Name", b.Name, maxNameLen, true); err != nil {
-		return err
-	}
-	if err := checkHex("WeightsHash", b.WeightsHash, 64); err != nil {
-		return err
-	}
-	if err := checkIdent("Arch", b.Arch); err != nil {
-		return err
-	}
-	if err := checkRange("Dim", b.Dim, 1, MaxHiddenDim); err != nil {
-		return err
-	}
-	if err := checkRange("Layers", b.Layers, 1, MaxModelLayers); err != nil {
-		return err
-	}
-	return checkRange("Vocab", b.Vocab, 1, MaxVocab)
+	return firstErr(
+		checkText("Name", b.Name, maxNameLen, true),
+		checkHex("WeightsHash", b.WeightsHash, 64),
+		checkIdent("Arch", b.Arch),
+		checkRange("Dim", b.Dim, 1, MaxHiddenDim),
+		checkRange("Layers", b.Layers, 1, MaxModelLayers),
+		checkRange("Vocab", b.Vocab, 1, MaxVocab),
+	)
 }
 
 // Serves reports whether the advert lists a base with the given weights hash.

@@ -176,19 +176,13 @@ func (*EmbedDone) Type() MsgType    { return TypeEmbedDone }
 func (m *EmbedDone) version() uint8 { return m.V }
 
 func (m *EmbedDone) Validate() error {
-	if err := checkVersion(m.V); err != nil {
-		return err
-	}
-	if err := checkHex("JobID", m.JobID, 0); err != nil {
-		return err
-	}
-	if err := checkHex("ChunkID", m.ChunkID, 64); err != nil {
-		return err
-	}
-	if err := checkRange("Results", m.Results, 0, MaxSeqsPerChunk*MaxLayersPerRequest); err != nil {
-		return err
-	}
-	return checkRange("ComputeMillis", m.ComputeMillis, 0, 1<<50)
+	return firstErr(
+		checkVersion(m.V),
+		checkHex("JobID", m.JobID, 0),
+		checkHex("ChunkID", m.ChunkID, 64),
+		checkRange("Results", m.Results, 0, MaxSeqsPerChunk*MaxLayersPerRequest),
+		checkRange("ComputeMillis", m.ComputeMillis, 0, 1<<50),
+	)
 }
 
 // Ack is the receiver's explicit acknowledgement that ends a transfer: the
@@ -214,14 +208,10 @@ func (*Ack) Type() MsgType    { return TypeAck }
 func (m *Ack) version() uint8 { return m.V }
 
 func (m *Ack) Validate() error {
-	if err := checkVersion(m.V); err != nil {
-		return err
-	}
-	if err := checkOptHex("JobID", m.JobID, 0); err != nil {
-		return err
-	}
-	if err := checkOptHex("ChunkID", m.ChunkID, 64); err != nil {
-		return err
-	}
-	return checkText("Reason", m.Reason, maxTextLen, false)
+	return firstErr(
+		checkVersion(m.V),
+		checkOptHex("JobID", m.JobID, 0),
+		checkOptHex("ChunkID", m.ChunkID, 64),
+		checkText("Reason", m.Reason, maxTextLen, false),
+	)
 }

@@ -304,3 +304,14 @@ func ReadExpect[T Message](r io.Reader) (T, error) {
 	}
 	return zero, fmt.Errorf("protocol.ReadExpect: got %v, want %v", m.Type(), zero.Type())
 }
+
+// firstErr returns the first non-nil error of a validator's checks, in
+// the order given (each check is cheap and pure, so all are evaluated).
+func firstErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -39,17 +39,11 @@ func (m *JobAnnounce) Validate() error {
 	if err := m.Base.validate(); err != nil {
 		return fmt.Errorf("Base.%w", err)
 	}
-	if err := checkIdent("Codec", m.Codec); err != nil {
-		return err
-	}
-	if err := checkRange("Joined", m.Joined, 0, 1<<31); err != nil {
-		return err
-	}
-	if err := checkRange("MinNodes", m.MinNodes, 0, 1<<31); err != nil {
-		return err
-	}
-	if err := checkRange("Pending", m.Pending, 0, 1<<40); err != nil {
-		return err
-	}
-	return checkRange("UnixMilli", m.UnixMilli, 1, 1<<62)
+	return firstErr(
+		checkIdent("Codec", m.Codec),
+		checkRange("Joined", m.Joined, 0, 1<<31),
+		checkRange("MinNodes", m.MinNodes, 0, 1<<31),
+		checkRange("Pending", m.Pending, 0, 1<<40),
+		checkRange("UnixMilli", m.UnixMilli, 1, 1<<62),
+	)
 }

@@ -62,13 +62,11 @@ func (m *Roster) Validate() error {
 			return fmt.Errorf("Members[%d]: not above Members[%d] (sorted, no duplicates)", i, i-1)
 		}
 	}
-	if err := checkRange("UnixMilli", m.UnixMilli, 1, 1<<62); err != nil {
-		return err
-	}
-	if err := checkRange("len(Signer)", len(m.Signer), 0, maxKeyBytes); err != nil {
-		return err
-	}
-	return checkRange("len(Sig)", len(m.Sig), 0, maxSigBytes)
+	return firstErr(
+		checkRange("UnixMilli", m.UnixMilli, 1, 1<<62),
+		checkRange("len(Signer)", len(m.Signer), 0, maxKeyBytes),
+		checkRange("len(Sig)", len(m.Sig), 0, maxSigBytes),
+	)
 }
 
 // NewRoster returns an unsigned roster of members (sorted, duplicates
@@ -98,63 +96,21 @@ func (m *Roster) Has(id peer.ID) bool {
 	return ok
 }
 
+// signedBytes returns what the signature covers: RosterDomain, then the
+// frame of the roster with Sig empty.
 func (m *Roster) signedBytes() ([]byte, error) {
 	c := *m
 	c.Sig = nil
-	if err := c.Validate(); err != nil {
-		return nil, err
-	}
-	frame, err := encodeFrame(&c)
-	if err != nil {
-		return nil, err
-	}
-	return append([]byte(RosterDomain), frame...), nil
+	return signedFrame(RosterDomain, &c)
 }
 
 // Sign sets Signer to k's public key and Sig to k's signature.
 func (m *Roster) Sign(k crypto.PrivKey) error {
-	pub, err := crypto.MarshalPublicKey(k.GetPublic())
-	if err != nil {
-		return fmt.Errorf("protocol.Roster.Sign: %w", err)
-	}
-	m.Signer = pub
-	b, err := m.signedBytes()
-	if err != nil {
-		return fmt.Errorf("protocol.Roster.Sign: %w", err)
-	}
-	if m.Sig, err = k.Sign(b); err != nil {
-		return fmt.Errorf("protocol.Roster.Sign: %w", err)
-	}
-	return nil
+	return sign("protocol.Roster.Sign", k, &m.Signer, &m.Sig, m.signedBytes)
 }
 
 // Verify checks Sig against Signer and returns the signer's peer ID; the
 // caller decides whether it trusts that signer.
 func (m *Roster) Verify() (peer.ID, error) {
 	return verifySigned("protocol.Roster.Verify", m.Signer, m.Sig, m.signedBytes)
-}
-
-// verifySigned checks sig by the public key signer over what signed
-// returns, and returns the signer's peer ID.
-func verifySigned(op string, signer, sig []byte, signed func() ([]byte, error)) (peer.ID, error) {
-	if len(signer) == 0 || len(sig) == 0 {
-		return "", fmt.Errorf("%s: unsigned: %w", op, ErrBadSignature)
-	}
-	pub, err := crypto.UnmarshalPublicKey(signer)
-	if err != nil {
-		return "", fmt.Errorf("%s: Signer: %w", op, err)
-	}
-	b, err := signed()
-	if err != nil {
-		return "", fmt.Errorf("%s: %w", op, err)
-	}
-	ok, err := pub.Verify(b, sig)
-	if err != nil || !ok {
-		return "", fmt.Errorf("%s: %w (%v)", op, ErrBadSignature, err)
-	}
-	id, err := peer.IDFromPublicKey(pub)
-	if err != nil {
-		return "", fmt.Errorf("%s: %w", op, err)
-	}
-	return id, nil
 }

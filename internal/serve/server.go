@@ -257,6 +257,27 @@ func (s *Server) handleModel(w http.ResponseWriter, r *http.Request) {
 
 // readRequest reads a capped body, refuses the fields this server does not
 // implement (checkRequestKeys) and decodes the rest into v.
+// readChecked reads a generation request into req and checks what every
+// such request shares: the JSON body, the model (read through model once
+// decoded) and the sampling options. On a bad request it writes the error
+// and reports false.
+func readChecked(w http.ResponseWriter, r *http.Request, req interface{ options() (options, *httpError) }, model *string, chat bool) (options, bool) {
+	if e := readRequest(w, r, req, chat); e != nil {
+		writeError(w, e)
+		return options{}, false
+	}
+	if e := checkModel(*model); e != nil {
+		writeError(w, e)
+		return options{}, false
+	}
+	o, e := req.options()
+	if e != nil {
+		writeError(w, e)
+		return options{}, false
+	}
+	return o, true
+}
+
 func readRequest(w http.ResponseWriter, r *http.Request, v any, chat bool) *httpError {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBodyBytes))
 	if err != nil {
@@ -631,17 +652,8 @@ func failRun(w http.ResponseWriter, ctx context.Context, err error) {
 func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 	arrived := time.Now()
 	var req CompletionRequest
-	if e := readRequest(w, r, &req, false); e != nil {
-		writeError(w, e)
-		return
-	}
-	if e := checkModel(req.Model); e != nil {
-		writeError(w, e)
-		return
-	}
-	o, e := req.options()
-	if e != nil {
-		writeError(w, e)
+	o, ok := readChecked(w, r, &req, &req.Model, false)
+	if !ok {
 		return
 	}
 	text, ids, err := parsePrompt(req.Prompt)
@@ -739,17 +751,8 @@ func usage(j *job, res result) *Usage {
 func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	arrived := time.Now()
 	var req ChatRequest
-	if e := readRequest(w, r, &req, true); e != nil {
-		writeError(w, e)
-		return
-	}
-	if e := checkModel(req.Model); e != nil {
-		writeError(w, e)
-		return
-	}
-	o, e := req.options()
-	if e != nil {
-		writeError(w, e)
+	o, ok := readChecked(w, r, &req, &req.Model, true)
+	if !ok {
 		return
 	}
 	msgs, e := checkMessages(req.Messages)
