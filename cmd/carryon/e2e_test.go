@@ -35,6 +35,14 @@ func start(t *testing.T, env []string, bin string, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(), env...)
+	return startCmd(t, cmd)
+}
+
+// startCmd starts a prepared carryon command (its Dir and Env set) and
+// watches its stdout lines; cleanup interrupts it.
+func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
+	t.Helper()
+	args := cmd.Args[1:]
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
