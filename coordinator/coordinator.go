@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"path/filepath"
 	"sync"
@@ -47,6 +48,7 @@ type Coordinator struct {
 	log      *slog.Logger
 
 	status atomic.Pointer[Status]
+	data   atomic.Pointer[dataset.Report] // of the data set of the latest Collect
 	// state is the durable store (store.go): the cache's index, node
 	// records (trust carries from job to job and across restarts),
 	// versions, checkpoints.
@@ -148,6 +150,9 @@ func (c *Coordinator) job(ds *dataset.Set) embedJob {
 func (c *Coordinator) Status() Status {
 	s := *c.status.Load()
 	s.Nodes = append([]NodeStatus(nil), s.Nodes...)
+	if r := c.data.Load(); r != nil {
+		s.Job.Data = *r
+	}
 	// The snapshot is taken by the collecting loop; after it (while
 	// training) a node that went away must not still count as eligible.
 	for i := range s.Nodes {
@@ -170,6 +175,9 @@ func (c *Coordinator) Collect(ctx context.Context, ds *dataset.Set, progress fun
 	if err := c.checkFits(ds); err != nil {
 		return fmt.Errorf("coordinator.Collect: %w", err)
 	}
+	rep := ds.Report
+	rep.Why = maps.Clone(rep.Why)
+	c.data.Store(&rep)
 	job := c.job(ds)
 	l := &loop{c: c, cfg: c.cfg, job: job, nodes: map[peer.ID]*nodeState{}, progress: progress,
 		events: make(chan any, 64), disconnects: make(chan peer.ID, 256), byID: map[string]*chunkState{},

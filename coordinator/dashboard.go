@@ -276,6 +276,18 @@ type JobView struct {
 	Finished             bool       `json:"finished"`
 	ExtraComputeFraction float64    `json:"extra_compute_fraction"`
 	Verify               VerifyView `json:"verify"`
+	Data                 DataView   `json:"data"`
+}
+
+// DataView says what reading the job's data file did to its records
+// (dataset.Report): nothing is dropped or cut without being counted here.
+type DataView struct {
+	Format  string         `json:"format,omitempty"` // "jsonl" or "text"; empty before a job
+	Read    int            `json:"records_read"`
+	Used    int            `json:"records_used"`    // gave at least one trained token
+	Cut     int            `json:"records_cut"`     // shortened to the sequence length (counted in used too)
+	Dropped int            `json:"records_dropped"` // nothing left to train on (malformed, empty, no answer)
+	Why     map[string]int `json:"reasons,omitempty"`
 }
 
 // VerifyView counts the verification of volunteers' work (VerifyStatus).
@@ -377,7 +389,9 @@ func (d *Dashboard) Snapshot() DashboardStatus {
 	s.Job = JobView{ID: j.ID, Total: j.Total, Done: j.Done, Leased: j.Leased, Pending: j.Pending, Verifying: j.Verifying,
 		Left: j.Total - j.Done, CacheHits: j.CachedAtStart, Tokens: j.Tokens, ComputedTokens: j.ComputedTokens,
 		BytesReceived: j.BytesReceived, Speculative: j.Speculative, Reassigned: j.Reassigned, Finished: j.Finished,
-		ExtraComputeFraction: j.ExtraComputeFraction, Verify: VerifyView(j.Verify)}
+		ExtraComputeFraction: j.ExtraComputeFraction, Verify: VerifyView(j.Verify),
+		Data: DataView{Format: j.Data.Format, Read: j.Data.Read, Used: j.Data.Used, Cut: j.Data.Cut, Dropped: j.Data.Dropped,
+			Why: j.Data.Why}}
 
 	d.mu.Lock()
 	s.Phase, s.Error = d.phase, d.err

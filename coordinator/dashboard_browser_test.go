@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"carryon/carryon"
+	"carryon/dataset"
 	"carryon/internal/testenv"
 	"carryon/node"
 )
@@ -56,6 +57,7 @@ func TestDashboardInBrowser(t *testing.T) {
 	}
 	ds := swarmDataset(11, 10, 2, 24)
 	ds.Train, ds.Val = ds.Train[:8], ds.Train[8:]
+	ds.Report = dataset.Report{Format: "jsonl", Read: 25, Used: 22, Cut: 5, Dropped: 3}
 	co := carryon.DefaultConfig(ts.base.Config.Dim, ts.base.Config.Vocab)
 	co.Width, co.Layers, co.Heads, co.FFN = 16, 1, 2, 32
 	c, _ := ts.coordinator(Config{MinNodes: 3, VerifyFraction: 0.3, Train: TrainConfig{CarryOn: co, Steps: 12, BatchSeqs: 2,
@@ -123,6 +125,9 @@ func TestDashboardInBrowser(t *testing.T) {
 		{"version-count", "1"},
 		{"phase", "done"},
 		{"job-id", st.Job.ID},
+		{"data-read", "25"},
+		{"data-cut", "5"},
+		{"data-dropped", "3"},
 	} {
 		if got := text(c.id); got != c.want {
 			t.Errorf("page shows #%s = %q, the coordinator has %q", c.id, got, c.want)

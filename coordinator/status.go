@@ -5,6 +5,8 @@ package coordinator
 import (
 	"sort"
 	"time"
+
+	"carryon/dataset"
 )
 
 // Progress is a snapshot of Collect, for logs and status displays.
@@ -47,6 +49,9 @@ type JobStatus struct {
 	SelfVerifiedChunks     int     // second opinions the coordinator computed itself
 	VerificationSkipped    int     // sampled chunks stored unverified for want of a second node
 	UnsettledDisagreements int     // three results, no two agreeing: all dropped and redone
+	// Data says what reading the data file did to its records: how many
+	// were read, used, cut to the sequence length and dropped, and why.
+	Data dataset.Report
 }
 
 // VerifyStatus counts the verification of volunteers' work.

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"carryon/dataset"
 	"carryon/node"
 )
 
@@ -83,5 +84,45 @@ func TestStatusAfterResumeAtLastStep(t *testing.T) {
 	WriteStatusText(&b, &s, time.Now())
 	if strings.Contains(b.String(), "not started") || !strings.Contains(b.String(), "training: complete") {
 		t.Errorf("status text after a resume at the last step:\n%s", b.String())
+	}
+}
+
+// TestStatusCarriesDataReport: what reading the data file did to its
+// records (read, used, cut, dropped, and why) reaches Status, the
+// dashboard's /api/status and `carryon status`'s text.
+func TestStatusCarriesDataReport(t *testing.T) {
+	ts := newTestSwarm(t)
+	ts.addNode(newFakeBase(ts.base, 100*time.Microsecond, honest, 0), node.Config{})
+	c, _ := ts.coordinator(Config{MinNodes: 1})
+	ds := swarmDataset(7, 4, 2, 8)
+	ds.Report = dataset.Report{Format: "jsonl", Read: 30, Used: 27, Cut: 4, Dropped: 3, Why: map[string]int{
+		"answer longer than --seq-len 8: the prompt and the answer's end were cut": 4,
+		"a prompt or question without an answer: nothing to train on":              3}}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := c.Collect(ctx, ds, nil); err != nil {
+		t.Fatal(err)
+	}
+	ds.Report.Why["changed after Collect"] = 1 // the status keeps its own copy
+	got := c.Status().Job.Data
+	if got.Format != "jsonl" || got.Read != 30 || got.Used != 27 || got.Cut != 4 || got.Dropped != 3 || len(got.Why) != 2 {
+		t.Fatalf("Status().Job.Data = %+v", got)
+	}
+	d, err := NewDashboard(c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	s := d.Snapshot()
+	if v := s.Job.Data; v.Read != 30 || v.Used != 27 || v.Cut != 4 || v.Dropped != 3 || v.Why["a prompt or question without an answer: nothing to train on"] != 3 {
+		t.Errorf("dashboard data view %+v", v)
+	}
+	var b bytes.Buffer
+	WriteStatusText(&b, &s, time.Now())
+	for _, want := range []string{"data (jsonl): 30 records read, 27 used, 4 cut to the sequence length, 3 dropped",
+		"  3 × a prompt or question without an answer", "  4 × answer longer than --seq-len 8"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("status text lacks %q:\n%s", want, b.String())
+		}
 	}
 }

@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
 	"text/tabwriter"
 	"time"
 )
@@ -61,6 +63,13 @@ func WriteStatusText(w io.Writer, s *DashboardStatus, now time.Time) {
 		}
 		fmt.Fprintf(w, "job %s: %d/%d chunks done (%.0f%%), %d leased, %d verifying, %d left; %d cache hits; %s received\n",
 			j.ID, j.Done, j.Total, pct, j.Leased, j.Verifying, j.Left, j.CacheHits, humanBytes(j.BytesReceived))
+		if d := j.Data; d.Format != "" {
+			fmt.Fprintf(w, "data (%s): %d records read, %d used, %d cut to the sequence length, %d dropped\n",
+				d.Format, d.Read, d.Used, d.Cut, d.Dropped)
+			for _, why := range slices.Sorted(maps.Keys(d.Why)) {
+				fmt.Fprintf(w, "  %d × %s\n", d.Why[why], why)
+			}
+		}
 		v := j.Verify
 		fmt.Fprintf(w, "verification: %d sampled, %d verified, %d disagreements, %d bans; extra compute %.1f%%\n",
 			v.Sampled, v.Verified, v.Disagreements, v.Bans, 100*j.ExtraComputeFraction)

@@ -167,6 +167,11 @@ function render(s) {
   setText("v-bans", fmtInt(v.bans));
   setText("v-dropped", fmtInt(v.dropped));
   setText("v-extra", (100 * j.extra_compute_fraction).toFixed(1) + "%");
+  const dv = j.data || {};
+  setText("data-read", dv.format ? fmtInt(dv.records_read) : "–");
+  setText("data-used", dv.format ? fmtInt(dv.records_used) : "–");
+  setText("data-cut", dv.format ? fmtInt(dv.records_cut) : "–");
+  setText("data-dropped", dv.format ? fmtInt(dv.records_dropped) : "–");
 
   const nodes = s.nodes || [];
   setText("node-count", String(nodes.length));
