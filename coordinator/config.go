@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"cmp"
 	"fmt"
 	"log/slog"
 	"time"
@@ -116,62 +117,30 @@ func (c Config) withDefaults() Config {
 	if len(c.Layers) == 0 {
 		c.Layers = []int{model.FinalLayer}
 	}
-	if c.Codec == "" {
-		c.Codec = "q8"
-	}
-	if c.MinNodes == 0 {
-		c.MinNodes = 1
-	}
-	if c.LeasesPerNode == 0 {
-		c.LeasesPerNode = 2
-	}
-	if c.LeaseTimeout == 0 {
-		c.LeaseTimeout = 2 * time.Minute
-	}
-	if c.MinLeaseTimeout == 0 {
-		c.MinLeaseTimeout = min(10*time.Second, c.LeaseTimeout)
-	}
-	if c.VerifyFraction == 0 {
-		c.VerifyFraction = 0.1
-	}
-	if c.VerifyKernelRel == 0 {
-		c.VerifyKernelRel = 1e-3
-	}
-	if c.MaxAttempts == 0 {
-		c.MaxAttempts = 8
-	}
-	if c.NodeTTL == 0 {
-		c.NodeTTL = time.Minute
-	}
-	if c.CommitBatch == 0 {
-		c.CommitBatch = 256
-	}
-	if c.CommitDelay == 0 {
-		c.CommitDelay = 5 * time.Millisecond
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+	c.Codec = cmp.Or(c.Codec, "q8")
+	c.MinNodes = cmp.Or(c.MinNodes, 1)
+	c.LeasesPerNode = cmp.Or(c.LeasesPerNode, 2)
+	c.LeaseTimeout = cmp.Or(c.LeaseTimeout, 2*time.Minute)
+	c.MinLeaseTimeout = cmp.Or(c.MinLeaseTimeout, min(10*time.Second, c.LeaseTimeout))
+	c.VerifyFraction = cmp.Or(c.VerifyFraction, 0.1)
+	c.VerifyKernelRel = cmp.Or(c.VerifyKernelRel, 1e-3)
+	c.MaxAttempts = cmp.Or(c.MaxAttempts, 8)
+	c.NodeTTL = cmp.Or(c.NodeTTL, time.Minute)
+	c.CommitBatch = cmp.Or(c.CommitBatch, 256)
+	c.CommitDelay = cmp.Or(c.CommitDelay, 5*time.Millisecond)
+	c.Logger = cmp.Or(c.Logger, slog.Default())
 	c.Train = c.Train.withDefaults()
 	return c
 }
 
 func (t TrainConfig) withDefaults() TrainConfig {
-	if t.Steps == 0 {
-		t.Steps = 200
-	}
-	if t.BatchSeqs == 0 {
-		t.BatchSeqs = 8
-	}
+	t.Steps = cmp.Or(t.Steps, 200)
+	t.BatchSeqs = cmp.Or(t.BatchSeqs, 8)
 	if t.EvalEvery == 0 {
 		t.EvalEvery = max(1, t.Steps/4)
 	}
-	if t.Seed == 0 {
-		t.Seed = 1
-	}
-	if t.CheckpointEvery == 0 {
-		t.CheckpointEvery = 50
-	}
+	t.Seed = cmp.Or(t.Seed, 1)
+	t.CheckpointEvery = cmp.Or(t.CheckpointEvery, 50)
 	t.Optim = t.optim()
 	return t
 }

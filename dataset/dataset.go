@@ -1,6 +1,7 @@
 package dataset
 
 import (
+	"cmp"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -59,18 +60,10 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
-	if c.SeqLen == 0 {
-		c.SeqLen = 128
-	}
-	if c.SeqsPerChunk == 0 {
-		c.SeqsPerChunk = 16
-	}
-	if c.ValPercent == 0 {
-		c.ValPercent = 10
-	}
-	if c.MaxRecordBytes == 0 {
-		c.MaxRecordBytes = MaxRecordBytes
-	}
+	c.SeqLen = cmp.Or(c.SeqLen, 128)
+	c.SeqsPerChunk = cmp.Or(c.SeqsPerChunk, 16)
+	c.ValPercent = cmp.Or(c.ValPercent, 10)
+	c.MaxRecordBytes = cmp.Or(c.MaxRecordBytes, MaxRecordBytes)
 	return c
 }
 

@@ -6,49 +6,31 @@ import (
 	"carryon/protocol"
 )
 
-// modelBase adapts a loaded *model.Base to Base.
-type modelBase struct {
-	b    *model.Base
-	name string
+// forwarder is a loaded base's forward pass: *model.Base on the CPU, or
+// *devmodel.Base on a tensor.Backend (a GPU).
+type forwarder interface {
+	Forward(ids []int32, layers []int) ([][]float32, error)
+	ForwardBatch(seqs [][]int32, layers []int) ([][][]float32, error)
+}
+
+// served adapts a loaded base to BatchBase under a name.
+type served struct {
+	forwarder
+	info protocol.BaseInfo
+}
+
+func (s served) Info() protocol.BaseInfo { return s.info }
+
+func serve(f forwarder, name, weightsHash string, c model.Config) BatchBase {
+	return served{forwarder: f, info: protocol.BaseInfo{Name: name, WeightsHash: weightsHash, Arch: c.Arch,
+		Dim: c.Dim, Layers: c.Layers, Vocab: c.Vocab}}
 }
 
 // Serve wraps a loaded model so a Node can serve it under name.
-func Serve(b *model.Base, name string) BatchBase { return modelBase{b: b, name: name} }
-
-func (m modelBase) Info() protocol.BaseInfo {
-	c := m.b.Config
-	return protocol.BaseInfo{Name: m.name, WeightsHash: m.b.WeightsHash, Arch: c.Arch,
-		Dim: c.Dim, Layers: c.Layers, Vocab: c.Vocab}
-}
-
-func (m modelBase) Forward(ids []int32, layers []int) ([][]float32, error) {
-	return m.b.Forward(ids, layers)
-}
-
-func (m modelBase) ForwardBatch(seqs [][]int32, layers []int) ([][][]float32, error) {
-	return m.b.ForwardBatch(seqs, layers)
-}
-
-// devBase adapts a base running on a tensor.Backend (a GPU) to Base.
-type devBase struct {
-	b    *devmodel.Base
-	name string
-}
+func Serve(b *model.Base, name string) BatchBase { return serve(b, name, b.WeightsHash, b.Config) }
 
 // ServeDevice wraps a base loaded on a backend (devmodel.Load) so a Node
 // can serve it under name.
-func ServeDevice(b *devmodel.Base, name string) BatchBase { return devBase{b: b, name: name} }
-
-func (m devBase) Info() protocol.BaseInfo {
-	c := m.b.Config
-	return protocol.BaseInfo{Name: m.name, WeightsHash: m.b.WeightsHash, Arch: c.Arch,
-		Dim: c.Dim, Layers: c.Layers, Vocab: c.Vocab}
-}
-
-func (m devBase) Forward(ids []int32, layers []int) ([][]float32, error) {
-	return m.b.Forward(ids, layers)
-}
-
-func (m devBase) ForwardBatch(seqs [][]int32, layers []int) ([][][]float32, error) {
-	return m.b.ForwardBatch(seqs, layers)
+func ServeDevice(b *devmodel.Base, name string) BatchBase {
+	return serve(b, name, b.WeightsHash, b.Config)
 }

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"fmt"
 	"log/slog"
 	"time"
@@ -72,36 +73,16 @@ func (c Config) withDefaults() Config {
 	if len(c.Codecs) == 0 {
 		c.Codecs = []string{"q8", "q4", "q2", "bf16"}
 	}
-	if c.MaxJobs == 0 {
-		c.MaxJobs = 1
-	}
-	if c.MaxQueue == 0 {
-		c.MaxQueue = 2
-	}
-	if c.AdvertInterval == 0 {
-		c.AdvertInterval = 2 * time.Second
-	}
-	if c.JobTimeout == 0 {
-		c.JobTimeout = 10 * time.Minute
-	}
-	if c.DrainTimeout == 0 {
-		c.DrainTimeout = 10 * time.Second
-	}
-	if c.KeepResults == 0 {
-		c.KeepResults = 64
-	}
-	if c.KeepFor == 0 {
-		c.KeepFor = 30 * time.Minute
-	}
-	if c.OfferInterval == 0 {
-		c.OfferInterval = 2 * time.Second
-	}
-	if c.Device == "" {
-		c.Device = "cpu"
-	}
-	if c.Logger == nil {
-		c.Logger = slog.Default()
-	}
+	c.MaxJobs = cmp.Or(c.MaxJobs, 1)
+	c.MaxQueue = cmp.Or(c.MaxQueue, 2)
+	c.AdvertInterval = cmp.Or(c.AdvertInterval, 2*time.Second)
+	c.JobTimeout = cmp.Or(c.JobTimeout, 10*time.Minute)
+	c.DrainTimeout = cmp.Or(c.DrainTimeout, 10*time.Second)
+	c.KeepResults = cmp.Or(c.KeepResults, 64)
+	c.KeepFor = cmp.Or(c.KeepFor, 30*time.Minute)
+	c.OfferInterval = cmp.Or(c.OfferInterval, 2*time.Second)
+	c.Device = cmp.Or(c.Device, "cpu")
+	c.Logger = cmp.Or(c.Logger, slog.Default())
 	return c
 }
 

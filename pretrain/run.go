@@ -4,6 +4,7 @@ import (
 	"carryon/model"
 	"carryon/tensor"
 	"carryon/tokenizer"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -80,13 +81,9 @@ func Run(ctx context.Context, o RunOptions, stdout io.Writer) error {
 		if o.Seq < ic.MaxPos {
 			return fmt.Errorf("--init: --seq %d is shorter than the model's context %d: the context would shrink", o.Seq, ic.MaxPos)
 		}
-		if o.RopeTheta == 0 {
-			o.RopeTheta = ic.RopeTheta
-		}
+		o.RopeTheta = cmp.Or(o.RopeTheta, ic.RopeTheta)
 	}
-	if o.RopeTheta == 0 {
-		o.RopeTheta = 1e4
-	}
+	o.RopeTheta = cmp.Or(o.RopeTheta, 1e4)
 	if o.ValEveryDoc < 2 {
 		return errors.New("--val-every-doc must be >= 2")
 	}

@@ -2,6 +2,7 @@ package tensor
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -148,7 +149,7 @@ func ParseSafetensors(data []byte) (*Safetensors, error) {
 		entries = append(entries, entry{name, e})
 	}
 	slices.SortFunc(entries, func(a, b entry) int {
-		if c := cmpInt(int(a.e.DataOffsets[0]), int(b.e.DataOffsets[0])); c != 0 {
+		if c := cmp.Compare(int(a.e.DataOffsets[0]), int(b.e.DataOffsets[0])); c != 0 {
 			return c
 		}
 		return strings.Compare(a.name, b.name)
@@ -162,7 +163,7 @@ func ParseSafetensors(data []byte) (*Safetensors, error) {
 		st.names = append(st.names, en.name)
 	}
 	slices.SortFunc(st.names, func(a, b string) int {
-		return cmpInt(offsetOf(st.tensors[a].Data, body), offsetOf(st.tensors[b].Data, body))
+		return cmp.Compare(offsetOf(st.tensors[a].Data, body), offsetOf(st.tensors[b].Data, body))
 	})
 	return st, nil
 }
@@ -197,16 +198,6 @@ func offsetOf(sub, body []byte) int {
 		return 0
 	}
 	return int(uintptr(unsafe.Pointer(&sub[0])) - uintptr(unsafe.Pointer(&body[0])))
-}
-
-func cmpInt(a, b int) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // OpenSafetensors memory-maps path (read-only) and parses it. Close unmaps.
@@ -269,7 +260,7 @@ func F32View(name string, data []float32, shape ...int) View {
 // equal bytes) and metadata. The header is space-padded to 8-byte alignment.
 func WriteSafetensors(w io.Writer, views []View, meta map[string]string) error {
 	views = slices.Clone(views)
-	slices.SortFunc(views, func(a, b View) int { return cmpString(a.Name, b.Name) })
+	slices.SortFunc(views, func(a, b View) int { return cmp.Compare(a.Name, b.Name) })
 	var hdr bytes.Buffer
 	hdr.WriteByte('{')
 	if len(meta) > 0 {
@@ -317,16 +308,6 @@ func WriteSafetensors(w io.Writer, views []View, meta map[string]string) error {
 		}
 	}
 	return nil
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // readAll is used by mapFile fallbacks.

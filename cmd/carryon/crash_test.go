@@ -95,28 +95,10 @@ func TestCoordinatorCrashResume(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
-	dir := t.TempDir()
-	bin := buildBinary(t, dir)
-	env := []string{"XDG_CACHE_HOME=" + filepath.Join(dir, "xdg")}
-	key := filepath.Join(dir, "swarm.key")
-	if out, err := exec.Command(bin, "keygen", "--out", key).CombinedOutput(); err != nil {
-		t.Fatalf("keygen: %v\n%s", err, out)
-	}
+	dir, bin, key, env := swarmSetup(t)
 	// 40 records of ~900 bytes: with 256-token windows and 4 windows per
 	// chunk, about 40 chunks, each a real forward pass of ~1000 tokens.
-	var data strings.Builder
-	words := []string{"carry", "on", "frozen", "base", "volunteer", "bridge", "chunk", "gossip", "adaptor", "swarm"}
-	for i := range 40 {
-		var p []string
-		for j := range 120 {
-			p = append(p, words[(i*7+j*j+j/3)%len(words)])
-		}
-		fmt.Fprintf(&data, `{"text": %q}`+"\n", strings.Join(p, " "))
-	}
-	dataPath := filepath.Join(dir, "data.jsonl")
-	if err := os.WriteFile(dataPath, []byte(data.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	dataPath := wordsData(t, dir, 40, 120)
 	cache := filepath.Join(dir, "coord")
 	const steps, every = 60, 5
 	coordArgs := []string{"coordinator", "--key", key, "--listen", "/ip4/127.0.0.1/tcp/0", "--cache", cache,
@@ -250,26 +232,8 @@ func TestCoordinatorKillAnywhere(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary many times")
 	}
-	dir := t.TempDir()
-	bin := buildBinary(t, dir)
-	env := []string{"XDG_CACHE_HOME=" + filepath.Join(dir, "xdg")}
-	key := filepath.Join(dir, "swarm.key")
-	if out, err := exec.Command(bin, "keygen", "--out", key).CombinedOutput(); err != nil {
-		t.Fatalf("keygen: %v\n%s", err, out)
-	}
-	var data strings.Builder
-	words := []string{"carry", "on", "frozen", "base", "volunteer", "bridge", "chunk", "gossip", "adaptor", "swarm"}
-	for i := range 12 {
-		var p []string
-		for j := range 40 {
-			p = append(p, words[(i*7+j*j+j/3)%len(words)])
-		}
-		fmt.Fprintf(&data, `{"text": %q}`+"\n", strings.Join(p, " "))
-	}
-	dataPath := filepath.Join(dir, "data.jsonl")
-	if err := os.WriteFile(dataPath, []byte(data.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	dir, bin, key, env := swarmSetup(t)
+	dataPath := wordsData(t, dir, 12, 40)
 	const seeds, steps, every = 20, 12, 3
 	var mu sync.Mutex
 	var kills, midCollect, midTrain, afterPublish, resentAll int
@@ -378,4 +342,24 @@ func TestCoordinatorKillAnywhere(t *testing.T) {
 	})
 	t.Logf("%d kills: %d while starting or collecting, %d while training, %d after publishing; %d results resent from a node's memory instead of recomputed",
 		kills, midCollect, midTrain, afterPublish, resentAll)
+}
+
+// wordsData writes records JSONL records of words words each (a fixed
+// pattern over ten words) to dir/data.jsonl and returns its path.
+func wordsData(t *testing.T, dir string, records, words int) string {
+	t.Helper()
+	var data strings.Builder
+	vocab := []string{"carry", "on", "frozen", "base", "volunteer", "bridge", "chunk", "gossip", "adaptor", "swarm"}
+	for i := range records {
+		var p []string
+		for j := range words {
+			p = append(p, vocab[(i*7+j*j+j/3)%len(vocab)])
+		}
+		fmt.Fprintf(&data, `{"text": %q}`+"\n", strings.Join(p, " "))
+	}
+	path := filepath.Join(dir, "data.jsonl")
+	if err := os.WriteFile(path, []byte(data.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }

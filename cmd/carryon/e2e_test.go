@@ -100,13 +100,7 @@ func TestProcessesEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
-	dir := t.TempDir()
-	bin := buildBinary(t, dir)
-	env := []string{"XDG_CACHE_HOME=" + filepath.Join(dir, "xdg")}
-	key := filepath.Join(dir, "swarm.key")
-	if out, err := exec.Command(bin, "keygen", "--out", key).CombinedOutput(); err != nil {
-		t.Fatalf("keygen: %v\n%s", err, out)
-	}
+	dir, bin, key, env := swarmSetup(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 
@@ -160,4 +154,19 @@ func TestHelp(t *testing.T) {
 	if code := run([]string{"nonsense"}, &out, &errb); code != 2 {
 		t.Errorf("unknown command: exit %d, want 2", code)
 	}
+}
+
+// swarmSetup is what every multi-process test starts with: a temporary
+// directory, the binary built into it, a private swarm key made by
+// `carryon keygen`, and an environment whose cache lives in the directory.
+func swarmSetup(t *testing.T) (dir, bin, key string, env []string) {
+	t.Helper()
+	dir = t.TempDir()
+	bin = buildBinary(t, dir)
+	env = []string{"XDG_CACHE_HOME=" + filepath.Join(dir, "xdg")}
+	key = filepath.Join(dir, "swarm.key")
+	if out, err := exec.Command(bin, "keygen", "--out", key).CombinedOutput(); err != nil {
+		t.Fatalf("keygen: %v\n%s", err, out)
+	}
+	return dir, bin, key, env
 }

@@ -194,13 +194,7 @@ func TestNATNamespaces(t *testing.T) {
 		t.Fatalf("the public namespace has a route to the home network:\n%s", out)
 	}
 
-	dir := t.TempDir()
-	bin := buildBinary(t, dir)
-	env := []string{"XDG_CACHE_HOME=" + filepath.Join(dir, "xdg")}
-	key := filepath.Join(dir, "swarm.key")
-	if out, err := exec.Command(bin, "keygen", "--out", key).CombinedOutput(); err != nil {
-		t.Fatalf("keygen: %v\n%s", err, out)
-	}
+	dir, bin, key, env := swarmSetup(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	coord := start(t, env, "ip", "netns", "exec", string(pub), bin, "coordinator", "--key", key,

@@ -105,13 +105,7 @@ func TestReconnectAfterCoordinatorKill(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
-	dir := t.TempDir()
-	bin := buildBinary(t, dir)
-	env := []string{"XDG_CACHE_HOME=" + filepath.Join(dir, "xdg")}
-	key := filepath.Join(dir, "swarm.key")
-	if out, err := exec.Command(bin, "keygen", "--out", key).CombinedOutput(); err != nil {
-		t.Fatalf("keygen: %v\n%s", err, out)
-	}
+	dir, bin, key, env := swarmSetup(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	listen := fmt.Sprintf("/ip4/127.0.0.1/tcp/%d", freePort(t))

@@ -2,6 +2,7 @@ package demo
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -49,18 +50,10 @@ type peerHost struct {
 // on loopback in a fresh private swarm, runs the whole loop on the embedded
 // defaults, and pulls the published adaptor back by CID from a third host.
 func Run(ctx context.Context, o Options) (err error) {
-	if o.Out == nil {
-		o.Out = os.Stdout
-	}
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
-	}
-	if o.Examples == 0 {
-		o.Examples = 600
-	}
-	if o.Steps == 0 {
-		o.Steps = 300
-	}
+	o.Out = cmp.Or[io.Writer](o.Out, os.Stdout)
+	o.Logger = cmp.Or(o.Logger, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	o.Examples = cmp.Or(o.Examples, 600)
+	o.Steps = cmp.Or(o.Steps, 300)
 	if o.Dir == "" {
 		if o.Dir, err = os.MkdirTemp("", "carryon-demo-*"); err != nil {
 			return fmt.Errorf("demo: %w", err)

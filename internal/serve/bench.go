@@ -6,6 +6,7 @@ package serve
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -64,9 +65,7 @@ func Load(ctx context.Context, cfg LoadConfig) (LoadResult, error) {
 	if cfg.URL == "" || len(cfg.Prompts) == 0 {
 		return LoadResult{}, errors.New("serve.Load: URL and Prompts are required")
 	}
-	if cfg.Model == "" {
-		cfg.Model = BaseModel
-	}
+	cfg.Model = cmp.Or(cfg.Model, BaseModel)
 	if cfg.Clients <= 0 {
 		cfg.Clients = 8
 	}
@@ -76,9 +75,7 @@ func Load(ctx context.Context, cfg LoadConfig) (LoadResult, error) {
 	if cfg.MaxTokens <= 0 {
 		cfg.MaxTokens = 32
 	}
-	if cfg.Client == nil {
-		cfg.Client = http.DefaultClient
-	}
+	cfg.Client = cmp.Or(cfg.Client, http.DefaultClient)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
@@ -139,9 +136,7 @@ func Load(ctx context.Context, cfg LoadConfig) (LoadResult, error) {
 				}
 				if err := one(i); err != nil {
 					mu.Lock()
-					if firstErr == nil {
-						firstErr = err
-					}
+					firstErr = cmp.Or(firstErr, err)
 					mu.Unlock()
 					cancel()
 					return

@@ -74,6 +74,7 @@ package serve
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -172,22 +173,14 @@ func New(cfg Config) (*Server, error) {
 	case cfg.MaxTokens < 0 || cfg.MaxContext < 0 || cfg.Workers < 0 || cfg.MaxQueue < 0 || cfg.MaxOnDemand < 0:
 		return nil, errors.New("serve.New: negative limit")
 	}
-	if cfg.MaxTokens == 0 {
-		cfg.MaxTokens = 256
-	}
+	cfg.MaxTokens = cmp.Or(cfg.MaxTokens, 256)
 	if cfg.MaxContext == 0 || cfg.MaxContext > cfg.Base.Config.MaxPos {
 		cfg.MaxContext = cfg.Base.Config.MaxPos
 	}
 	cfg.MaxContext = min(cfg.MaxContext, maxCarryOnContext)
-	if cfg.Workers == 0 {
-		cfg.Workers = 1
-	}
-	if cfg.MaxQueue == 0 {
-		cfg.MaxQueue = 64
-	}
-	if cfg.MaxOnDemand == 0 {
-		cfg.MaxOnDemand = 8
-	}
+	cfg.Workers = cmp.Or(cfg.Workers, 1)
+	cfg.MaxQueue = cmp.Or(cfg.MaxQueue, 64)
+	cfg.MaxOnDemand = cmp.Or(cfg.MaxOnDemand, 8)
 	s := &Server{cfg: cfg, base: cfg.Base, tok: cfg.Tokenizer, chat: newChatTemplate(cfg.Tokenizer),
 		started: time.Now(), loadMu: make(chan struct{}, 1), models: make(map[string]*adaptor)}
 	s.sched = newScheduler(cfg.Workers, cfg.MaxQueue, cfg.schedHook)
@@ -337,9 +330,7 @@ func (s *Server) prepare(ctx context.Context, modelName, promptParam string, pro
 	}
 	j := &job{model: modelName, ad: ad, prompt: prompt, opts: o, echoFrom: -1}
 	j.max = o.maxTokens
-	if j.max == 0 {
-		j.max = s.cfg.MaxTokens
-	}
+	j.max = cmp.Or(j.max, s.cfg.MaxTokens)
 	j.max = min(j.max, max(1, limit-len(prompt)))
 	switch {
 	case o.alpha != nil:
