@@ -114,19 +114,19 @@ func WriteStatusText(w io.Writer, s *DashboardStatus, now time.Time) {
 	}
 	switch {
 	case t.Loss == nil && t.ResumedFrom > 0 && t.ResumedFrom >= t.TotalSteps:
-		fmt.Fprintf(w, "training: complete: resumed from the checkpoint at step %d/%d, no step left to take\n",
+		fmt.Fprintf(w, "training: complete: resumed from the checkpoint at step %d/%d, no step left to take",
 			t.ResumedFrom, t.TotalSteps)
 	case t.Loss == nil && t.ResumedFrom > 0:
-		fmt.Fprintf(w, "training: resumed from the checkpoint at step %d/%d, no step taken yet\n", t.ResumedFrom, t.TotalSteps)
+		fmt.Fprintf(w, "training: resumed from the checkpoint at step %d/%d, no step taken yet", t.ResumedFrom, t.TotalSteps)
 	case t.Loss == nil:
-		fmt.Fprintf(w, "training: not started (%d steps planned)\n", t.TotalSteps)
+		fmt.Fprintf(w, "training: not started (%d steps planned)", t.TotalSteps)
 	default:
 		fmt.Fprintf(w, "training: step %d/%d, loss %.4f, lr %.3g, %.0f tokens/s", t.Step, t.TotalSteps, *t.Loss, t.LR, t.TokensPerSec)
-		if t.ValLoss != nil {
-			fmt.Fprintf(w, "; validation %.4f (base alone %.4f)", *t.ValLoss, *t.ValBaseLoss)
-		}
-		fmt.Fprintln(w)
 	}
+	if t.ValLoss != nil {
+		fmt.Fprintf(w, "; validation %.4f (base alone %.4f)", *t.ValLoss, *t.ValBaseLoss)
+	}
+	fmt.Fprintln(w)
 	if n := len(s.Versions); n == 0 {
 		fmt.Fprintf(w, "adaptor: none published\n")
 	} else {

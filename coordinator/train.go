@@ -33,6 +33,10 @@ type EvalInfo struct {
 	Loss     float64 // mean answer-token cross-entropy with the carry-on
 	BaseLoss float64 // the same for the base alone (α = 0)
 	Tokens   int
+	// Restored marks a pass of an earlier process, read back from the
+	// checkpoint this run resumed from (Train hands those to Hooks.Eval
+	// first, so that a resumed run still shows its validation loss).
+	Restored bool `json:"-"`
 }
 
 // TrainResult is a trained adaptor and its history.
@@ -278,6 +282,12 @@ func (c *Coordinator) Train(ctx context.Context, ds *dataset.Set, hooks Hooks) (
 		}
 	}
 	res.Evals = state.Evals
+	if hooks.Eval != nil {
+		for _, ev := range state.Evals {
+			ev.Restored = true
+			hooks.Eval(ev)
+		}
+	}
 	c.log.Info("training carry-on", "params", len(co.Params), "width", co.Config.Width, "layers", co.Config.Layers,
 		"train_seqs", len(train), "val_seqs", len(val), "steps", tc.Steps, "batch", tc.BatchSeqs, "from_step", state.Step)
 	chain, err := c.parentChain(hooks.Parent, maxSeq)
@@ -335,6 +345,20 @@ func (c *Coordinator) Train(ctx context.Context, ds *dataset.Set, hooks Hooks) (
 			if hooks.Checkpoint != nil {
 				hooks.Checkpoint(step)
 			}
+		}
+	}
+	// A run resumed at its last step from a checkpoint without the final
+	// validation pass (an older checkpoint) takes no step: evaluate the
+	// parameters it has, so that the adaptor still reports val_loss.
+	if len(val) > 0 && (len(res.Evals) == 0 || res.Evals[len(res.Evals)-1].Step != state.Step) {
+		ev, err := t.eval(val)
+		if err != nil {
+			return nil, fmt.Errorf("coordinator.Train: eval: %w", err)
+		}
+		ev.Step = state.Step
+		res.Evals = append(res.Evals, ev)
+		if hooks.Eval != nil {
+			hooks.Eval(ev)
 		}
 	}
 	res.Meta = carryon.Meta{BaseHash: c.base.WeightsHash, Parent: hooks.Parent, Bridge: c.codec.String(),

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"carryon/carryon"
 	"carryon/dataset"
@@ -207,6 +208,97 @@ func TestTrainResumeBitIdentical(t *testing.T) {
 	if again.Resumed != 20 || len(again.Steps) != 0 || !bytes.Equal(adaptorBytes(t, again), adaptorBytes(t, straight)) {
 		t.Errorf("restarted finished run: resumed %d, %d steps, same adaptor %v", again.Resumed, len(again.Steps),
 			bytes.Equal(adaptorBytes(t, again), adaptorBytes(t, straight)))
+	}
+}
+
+// TestTrainResumeAtEndReportsValLoss: a finished run restarted takes no
+// step but still reports its validation loss: the checkpoint's passes go
+// to Hooks.Eval (marked Restored), so the dashboard and `carryon status`
+// show val_loss, and the adaptor's metrics keep it. A checkpoint without
+// the final pass (as an older carryon wrote) gets it computed afresh,
+// equal to the original.
+func TestTrainResumeAtEndReportsValLoss(t *testing.T) {
+	base, ds := testBase(t), testDataset(t)
+	tc := testTrainConfig(10, 5)
+	ctx := context.Background()
+	dir := t.TempDir()
+	straight, err := newTestCoordinator(t, dir, base, ds, tc).Train(ctx, ds, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	final := straight.Evals[len(straight.Evals)-1]
+	if final.Step != 10 || !(final.Loss > 0) || straight.Meta.Metrics["val_loss"] != final.Loss {
+		t.Fatalf("straight run: final eval %+v, val_loss %v", final, straight.Meta.Metrics["val_loss"])
+	}
+
+	c := newTestCoordinator(t, dir, base, ds, tc)
+	d, err := NewDashboard(c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	var got []EvalInfo
+	again, err := c.Train(ctx, ds, d.Hooks(Hooks{Eval: func(e EvalInfo) { got = append(got, e) }}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Finish(nil)
+	if again.Resumed != 10 || len(again.Steps) != 0 {
+		t.Fatalf("restart: resumed %d, %d steps", again.Resumed, len(again.Steps))
+	}
+	if len(got) != len(straight.Evals) || !got[len(got)-1].Restored || got[len(got)-1].Loss != final.Loss {
+		t.Errorf("Eval hook after the restart: %+v, want the %d passes of the checkpoint, restored", got, len(straight.Evals))
+	}
+	if again.Meta.Metrics["val_loss"] != final.Loss || again.Meta.Metrics["val_base_loss"] != final.BaseLoss {
+		t.Errorf("restart's metrics %v, want val_loss %v", again.Meta.Metrics, final.Loss)
+	}
+	s := d.Snapshot()
+	if s.Training.ValLoss == nil || *s.Training.ValLoss != final.Loss {
+		t.Errorf("dashboard's val_loss after the restart: %v, want %v", s.Training.ValLoss, final.Loss)
+	}
+	var b bytes.Buffer
+	WriteStatusText(&b, &s, time.Now())
+	if want := fmt.Sprintf("no step left to take; validation %.4f", final.Loss); !strings.Contains(b.String(), want) {
+		t.Errorf("status text lacks %q:\n%s", want, b.String())
+	}
+
+	// The final checkpoint rewritten without its validation passes.
+	names, _ := filepath.Glob(filepath.Join(dir, "checkpoints", "*", "*-000000010.ckpt"))
+	if len(names) != 1 {
+		t.Fatalf("final checkpoint: %v", names)
+	}
+	raw, err := os.ReadFile(names[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	co, err := carryon.New(straight.CarryOn.Config, tc.Seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt, err := carryon.NewOptimizer(co, c.cfg.Train.Optim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ck, err := LoadCheckpoint(raw, co, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ck.Evals = nil
+	if raw, err = MarshalCheckpoint(ck, co, opt); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(names[0], raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got = nil
+	old, err := newTestCoordinator(t, dir, base, ds, tc).Train(ctx, ds, Hooks{Eval: func(e EvalInfo) { got = append(got, e) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if old.Resumed != 10 || len(got) != 1 || got[0].Restored || got[0].Step != 10 || got[0].Loss != final.Loss ||
+		old.Meta.Metrics["val_loss"] != final.Loss {
+		t.Errorf("resume from a checkpoint without evals: resumed %d, evals %+v, val_loss %v; want one fresh pass at step 10 of loss %v",
+			old.Resumed, got, old.Meta.Metrics["val_loss"], final.Loss)
 	}
 }
 

@@ -138,7 +138,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 			}
 		},
 		Eval: func(e coordinator.EvalInfo) {
-			fmt.Fprintf(stdout, "eval: step %d val loss %.4f (base %.4f)\n", e.Step, e.Loss, e.BaseLoss)
+			fmt.Fprintf(stdout, "eval: step %d val loss %.4f (base %.4f)%s\n", e.Step, e.Loss, e.BaseLoss, restoredNote(e))
 		},
 	}
 	if hooks.Parent, err = storeParent(ctx, c.Store(), *job.parent); err != nil {

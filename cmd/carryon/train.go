@@ -72,8 +72,11 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 				fmt.Fprintf(stdout, "train: step %d loss %.4f lr %.2e grad-norm %.3f %.0f tok/s\n", s.Step, s.Loss, s.LR, s.GradNorm, s.TokensPerSec)
 			}
 		},
+		Resumed: func(step int) {
+			fmt.Fprintf(stdout, "resumed training at step %d (the checkpoint in --cache)\n", step)
+		},
 		Eval: func(e coordinator.EvalInfo) {
-			fmt.Fprintf(stdout, "eval: step %d val loss %.4f (base %.4f) over %d tokens\n", e.Step, e.Loss, e.BaseLoss, e.Tokens)
+			fmt.Fprintf(stdout, "eval: step %d val loss %.4f (base %.4f) over %d tokens%s\n", e.Step, e.Loss, e.BaseLoss, e.Tokens, restoredNote(e))
 		},
 	})
 	if err != nil {
@@ -100,6 +103,14 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}
 	return nil
+}
+
+// restoredNote marks a validation pass read back from a checkpoint.
+func restoredNote(e coordinator.EvalInfo) string {
+	if e.Restored {
+		return ", from the checkpoint"
+	}
+	return ""
 }
 
 // storeParent resolves a --parent flag: a file is put into the store (and
