@@ -402,8 +402,19 @@ func (r *coRNG) normal() float64 {
 // them at once); only attention and RoPE see the sequence boundaries. A
 // Workspace belongs to one goroutine at a time.
 type Workspace struct {
-	T      int    // longest sequence
-	Rows   int    // positions of all the sequences of a batch together
+	T    int // longest sequence
+	Rows int // positions of all the sequences of a batch together
+	// HeadBF16, set before the first call, packs a float32 LM head (the
+	// wPred of Loss and LossAndGrad) in bf16 for the native bf16 GEMM
+	// kernel where the CPU has one (AVX512_BF16, tensor.NativeBF16): half
+	// the memory of the float32 packing and about twice the multiply rate
+	// for the head products, which dominate a small carry-on's step. The
+	// head, y and the softmax gradient are then rounded to bf16 in the
+	// products (loss and ∂loss/∂y within the tolerance of
+	// tensor.CrossEntropyLMHeadPacked's bf16 mode). Without the kernel the
+	// head stays in float32 (exact). Default false: exact float32.
+	HeadBF16 bool
+
 	cfg    Config // of the carry-on it was made for
 	rope   *tensor.RoPE
 	pos    []int32 // (Rows) position of each row within its sequence
@@ -493,7 +504,7 @@ func (c *Model) NewBatchWorkspace(T, rows int) *Workspace {
 	ws.delta, ws.gate, ws.y = f(N*D), f(N*D), f(N*D)
 	ws.dy, ws.dtmp, ws.dDelta, ws.dGate = f(N*D), f(N*D), f(N*D), f(N*D)
 	ws.dres, ws.dh = f(N*W), f(N*W)
-	ws.ceChunk = max(1, min(N, coCEChunkElems/cfg.Vocab, coCEChunkMax))
+	ws.ceChunk = tensor.LMHeadChunk(max(1, min(N, coCEChunkElems/cfg.Vocab, coCEChunkMax)))
 	ws.ceScratch = f(ws.ceChunk * cfg.Vocab)
 	return ws
 }
@@ -708,7 +719,7 @@ func (c *Model) lmHead(ws *Workspace, dy, y []float32, N int, head headRef, grad
 		return tensor.CrossEntropyLMHeadQuant(dy, y, *head.q, ws.tg[:N], N, ws.ceChunk, gradScale, ws.ceScratch)
 	}
 	wPred := head.f32
-	if wt, w := ws.head.get(wPred, V, D, dy != nil); wt != nil {
+	if wt, w := ws.head.get(wPred, V, D, dy != nil, ws.HeadBF16); wt != nil {
 		return tensor.CrossEntropyLMHeadPacked(dy, y, wPred, wt, w, ws.tg[:N], N, ws.ceChunk, gradScale, ws.ceScratch)
 	}
 	return tensor.CrossEntropyLMHead(dy, y, wPred, ws.tg[:N], N, D, V, ws.ceChunk, gradScale, ws.ceScratch)
@@ -722,16 +733,19 @@ func (c *Model) lmHead(ws *Workspace, dy, y []float32, N int, head headRef, grad
 // length) with the same bits at coHeadSamples evenly spaced positions (a
 // check against a buffer refilled in place). Callers must therefore not
 // change a wPred in place while a Workspace is used with it: the LM head is
-// frozen. Heads over coMaxHeadPack values are not packed.
+// frozen. Heads over coMaxHeadPack values are not packed. With bf16 (and
+// a CPU with the native bf16 kernel) both are packed in bf16.
 type headPack struct {
 	of     []float32
 	sample [coHeadSamples]uint32
+	bf16   bool
 	wt, w  *tensor.PackedB
 }
 
-// get returns wPred's packings (w only when grad), packing as needed, or
-// nils when the head is too large to pack.
-func (h *headPack) get(wPred []float32, V, D int, grad bool) (wt, w *tensor.PackedB) {
+// get returns wPred's packings (w only when grad), packing as needed (in
+// bf16 when bf16 and tensor.NativeBF16()), or nils when the head is too
+// large to pack.
+func (h *headPack) get(wPred []float32, V, D int, grad, bf16 bool) (wt, w *tensor.PackedB) {
 	if V*D > coMaxHeadPack {
 		return nil, nil
 	}
@@ -739,14 +753,19 @@ func (h *headPack) get(wPred []float32, V, D int, grad bool) (wt, w *tensor.Pack
 	for i := range sample {
 		sample[i] = math.Float32bits(wPred[i*len(wPred)/coHeadSamples])
 	}
-	if len(h.of) != len(wPred) || &h.of[0] != &wPred[0] || h.sample != sample {
-		*h = headPack{of: wPred, sample: sample}
+	bf16 = bf16 && tensor.NativeBF16()
+	if len(h.of) != len(wPred) || &h.of[0] != &wPred[0] || h.sample != sample || h.bf16 != bf16 {
+		*h = headPack{of: wPred, sample: sample, bf16: bf16}
+	}
+	pack := tensor.PackB
+	if bf16 {
+		pack = tensor.PackBBF16
 	}
 	if h.wt == nil {
-		h.wt = tensor.PackB(true, V, D, wPred, D)
+		h.wt = pack(true, V, D, wPred, D)
 	}
 	if grad && h.w == nil {
-		h.w = tensor.PackB(false, D, V, wPred, D)
+		h.w = pack(false, D, V, wPred, D)
 	}
 	return h.wt, h.w
 }

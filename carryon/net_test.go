@@ -1057,3 +1057,47 @@ func TestLossAndStepQuant(t *testing.T) {
 	}()
 	c.LossAndStepQuant(c.NewBatchWorkspace(T, 2*T), seqs, head, 1, o)
 }
+
+// TestCarryOnHeadBF16 checks Workspace.HeadBF16: where the CPU has the
+// native bf16 kernel the loss and gradients of a batch stay within the
+// bf16 head's tolerance of the exact float32 head (loss 1e-3 relative,
+// gradient 2e-2 relative L2) and the head is packed in bf16; elsewhere they
+// are bitwise the exact ones.
+func TestCarryOnHeadBF16(t *testing.T) {
+	const V = 300
+	base := coNewTestCase(t, 30, V, 41, 0.3)
+	c := base.c
+	var seqs []Seq
+	for b, T := range []int{30, 19} {
+		tc := coNewTestCase(t, T, V, uint64(50+b), 0.3)
+		seqs = append(seqs, Seq{Sources: tc.sources, Targets: tc.targets, T: T})
+	}
+	run := func(bf16 bool) (float64, []float32, *Workspace) {
+		ws := c.NewBatchWorkspace(30, 49)
+		ws.HeadBF16 = bf16
+		g := make([]float32, len(c.Params))
+		l, _ := c.LossAndGradBatch(ws, seqs, base.wPred, 0.5, g)
+		return l, g, ws
+	}
+	lw, gw, _ := run(false)
+	lg, gg, ws := run(true)
+	var num, den float64
+	for i := range gw {
+		d := float64(gg[i]) - float64(gw[i])
+		num, den = num+d*d, den+float64(gw[i])*float64(gw[i])
+	}
+	rel := math.Sqrt(num / den)
+	t.Logf("native bf16 %v: loss %.6f vs exact %.6f, gradient rel L2 %.2g", tensor.NativeBF16(), lg, lw, rel)
+	if !tensor.NativeBF16() {
+		if lg != lw || rel != 0 {
+			t.Fatalf("no native bf16 kernel, yet HeadBF16 changed the result: loss %v vs %v, gradient rel L2 %v", lg, lw, rel)
+		}
+		return
+	}
+	if !ws.head.wt.BF16() || !ws.head.w.BF16() {
+		t.Fatal("HeadBF16 with a native bf16 kernel: the head is not packed in bf16")
+	}
+	if math.Abs(lg-lw) > 1e-3*math.Abs(lw) || !(rel <= 2e-2) {
+		t.Fatalf("bf16 head: loss %v vs exact %v, gradient rel L2 %.3g (bound 2e-2)", lg, lw, rel)
+	}
+}

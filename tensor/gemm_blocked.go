@@ -49,7 +49,7 @@ type gemmJob struct {
 	ldb            int
 	c              []float32 // (m, n)
 	ldc            int
-	packed         *PackedB     // op(B) prepacked (float32 kernels only); b, bh unset
+	packed         *PackedB     // op(B) prepacked (f32, or bf16 pairs for the bf16 kernel); b, bh unset
 	q              *QuantMatrix // W (n, k) in a GGML format, transB implied; b, bh unset
 }
 
@@ -161,7 +161,12 @@ func blockedRect[T float32 | uint16](g *gemmJob, kn *tileKernel[T], i0, i1, j0, 
 	buf.a = grow(buf.a, mcMax*kcMax)
 	var pre []T // prepacked op(B), or nil
 	if g.packed != nil {
-		pre = any(g.packed.data).([]T)
+		switch p := any(&pre).(type) {
+		case *[]float32:
+			*p = g.packed.data
+		case *[]uint16:
+			*p = g.packed.half
+		}
 	} else {
 		buf.b = grow(buf.b, ncMax*kcMax)
 	}

@@ -22,6 +22,10 @@ type PackedB struct {
 	npad   int          // roundUp(n, nr)
 	kern   *gemmKernels // the implementation it was packed for
 	data   []float32    // (blocks of kc) × (npad/nr panels) × (kcur, nr)
+	// half, set instead of data by PackBBF16: bf16 pairs along k for the
+	// native bf16 kernel, (blocks of kc) × (npad/nr panels) × (kpad/2, nr, 2)
+	// with kpad = kcur rounded up to even (the odd last element zero).
+	half []uint16
 }
 
 // N is the number of columns of op(B).
@@ -30,8 +34,15 @@ func (pb *PackedB) N() int { return pb.n }
 // K is the number of rows (the reduction depth) of op(B).
 func (pb *PackedB) K() int { return pb.k }
 
-// Floats is the number of float32s the packed copy holds.
+// Floats is the number of float32s the packed copy holds (0 for a bf16
+// packing: see Bytes).
 func (pb *PackedB) Floats() int { return len(pb.data) }
+
+// Bytes is the size of the packed copy in bytes.
+func (pb *PackedB) Bytes() int { return 4*len(pb.data) + 2*len(pb.half) }
+
+// BF16 reports whether pb was packed by PackBBF16 (bf16 values).
+func (pb *PackedB) BF16() bool { return pb.half != nil }
 
 // PackB packs op(B) for GemmPacked: B is (k, n) with leading dimension ldb,
 // or (n, k) when transB (the nn.Linear weight layout, W (out, in) gives
@@ -102,8 +113,119 @@ func packBWithDst(ks *gemmKernels, dst []float32, transB bool, n, k int, b []flo
 	return pb
 }
 
+// NativeBF16 reports whether this CPU has a native bf16 GEMM kernel
+// (AVX512_BF16's VDPBF16PS), the one PackBBF16 packs for.
+func NativeBF16() bool { return gemmBest.bf16 != nil }
+
+// PackBBF16 is PackB for the native bf16 micro-kernel: op(B) is rounded to
+// bf16 (nearest even) and stored as pairs along k, in half the bytes of
+// PackB's copy. GemmPacked with it rounds each row of A to bf16 as it packs
+// it and adds the exact products of each pair in float32 (VDPBF16PS), for
+// any m: the precision of GemmBF16's native path with, in addition, B
+// rounded (relative error per product ≤ 2⁻⁸ + 2⁻⁸; the sum's error is
+// typically ~2⁻⁸·√k·rms(a·b), see TestPackedBF16Tolerance). A B that holds
+// bf16 values already (a bf16 checkpoint's weight) is stored exactly.
+//
+// It returns nil when the CPU has no native bf16 kernel (NativeBF16 is
+// false): callers then use PackB, the exact float32 path.
+func PackBBF16(transB bool, n, k int, b []float32, ldb int) *PackedB {
+	return packBBF16With(gemmBest, transB, n, k, b, ldb)
+}
+
+func packBBF16With(ks *gemmKernels, transB bool, n, k int, b []float32, ldb int) *PackedB {
+	if ks.bf16 == nil {
+		return nil
+	}
+	if n < 0 || k < 0 {
+		panic(fmt.Sprintf("tensor.PackBBF16: negative dimension n=%d k=%d", n, k))
+	}
+	checkGemm("tensor.PackBBF16", false, transB, 0, n, k, 0, max(1, k), len(b), ldb, 0, max(1, n))
+	kn := ks.bf16
+	pb := &PackedB{n: n, k: k, transB: transB, nr: kn.nr, kc: kn.kc, npad: roundUp(n, kn.nr), kern: ks}
+	pb.half = make([]uint16, pb.npad*roundUp(k, 2))
+	if n == 0 || k == 0 {
+		return pb
+	}
+	g := gemmJob{transB: transB, n: n, k: k, b: b, ldb: ldb}
+	const panelsPerItem = 16
+	npanels := pb.npad / kn.nr
+	ngroups := (npanels + panelsPerItem - 1) / panelsPerItem
+	nblocks := (k + kn.kc - 1) / kn.kc
+	items := nblocks * ngroups
+	w := min(runtime.GOMAXPROCS(0), items)
+	if int64(n)*int64(k) < 1<<16 {
+		w = 1
+	}
+	runItems(w, items, func(_, it int) {
+		blk, grp := it/ngroups, it%ngroups
+		p0 := blk * kn.kc
+		kcur := min(kn.kc, k-p0)
+		kpad := roundUp(kcur, 2)
+		j0 := grp * panelsPerItem * kn.nr
+		j1 := min(j0+panelsPerItem*kn.nr, n)
+		if j0 >= n {
+			return
+		}
+		base := p0*pb.npad + j0*kpad
+		packBRoundBF16(pb.half[base:base+roundUp(j1-j0, kn.nr)*kpad], &g, kn.nr, p0, kcur, j0, j1-j0)
+	})
+	return pb
+}
+
+// packBRoundBF16 packs a float32 op(B)[p0:p0+kc, j0:j0+nc] rounded to
+// bf16 as (nc/nr panels, kc/2, nr, 2), zero-padding columns past nc and an
+// odd last k: B is (k, n), or (n, k) when g.transB.
+func packBRoundBF16(dst []uint16, g *gemmJob, nr, p0, kc, j0, nc int) {
+	b, ldb := g.b, g.ldb
+	kp := roundUp(kc, 2)
+	for jr := 0; jr < nc; jr += nr {
+		d := dst[jr*kp : (jr+nr)*kp]
+		cols := min(nr, nc-jr)
+		if g.transB { // column q of op(B) is row j0+jr+q of B
+			for q := 0; q < nr; q++ {
+				if q >= cols {
+					for p := 0; p < kp; p++ {
+						d[(p>>1)*2*nr+2*q+p&1] = 0
+					}
+					continue
+				}
+				src := b[(j0+jr+q)*ldb+p0:]
+				src = src[:kc]
+				for p, v := range src {
+					d[(p>>1)*2*nr+2*q+p&1] = F32ToBF16(v)
+				}
+				if kc&1 == 1 {
+					d[(kc>>1)*2*nr+2*q+1] = 0
+				}
+			}
+			continue
+		}
+		// B (k, n): rows p and p+1 give the pairs of nr columns
+		for p := 0; p < kp; p += 2 {
+			dp := d[(p>>1)*2*nr : (p>>1)*2*nr+2*nr]
+			r0 := b[(p0+p)*ldb+j0+jr:]
+			r0 = r0[:cols]
+			var r1 []float32
+			if p+1 < kc {
+				r1 = b[(p0+p+1)*ldb+j0+jr:]
+				r1 = r1[:cols]
+			}
+			for q, v := range r0 {
+				dp[2*q] = F32ToBF16(v)
+				if r1 != nil {
+					dp[2*q+1] = F32ToBF16(r1[q])
+				} else {
+					dp[2*q+1] = 0
+				}
+			}
+			clear(dp[2*cols:])
+		}
+	}
+}
+
 // GemmPacked computes C = alpha·op(A)·op(B) + beta·C with op(B) prepacked
-// by PackB:
+// by PackB (or PackBBF16: then always the native bf16 blocked kernel, see
+// there):
 //
 //	A:  (m, k) with leading dimension lda
 //	pb: op(B) (k, n)
@@ -128,6 +250,10 @@ func GemmPacked(m int, alpha float32, a []float32, lda int, pb *PackedB, beta fl
 		return
 	}
 	g := gemmJob{m: m, n: n, k: k, alpha: alpha, beta: beta, a: a, lda: lda, c: c, ldc: ldc, packed: pb}
+	if pb.half != nil {
+		runBlocked(&g, pb.kern.bf16, runtime.GOMAXPROCS(0))
+		return
+	}
 	if m <= packedSmallMMax && pb.transB {
 		runSmallMPacked(&g, pb.kern, runtime.GOMAXPROCS(0))
 		return

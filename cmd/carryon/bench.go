@@ -54,6 +54,10 @@ type benchResult struct {
 	Head         string  `json:"head,omitempty"`   // LM head format (carryon-go)
 	Optim8       bool    `json:"optim8,omitempty"` // 8-bit AdamW moments (carryon-go)
 	Fused        bool    `json:"fused,omitempty"`  // fused steps, no gradient buffer (carryon-go)
+	// HeadKernel is the kernel of the LM-head products (carryon-go): "bf16"
+	// (the in-memory head packed in bf16 for AVX512_BF16), "f32" (packed
+	// float32), or the file format's decoding path ("bf16-file", ...).
+	HeadKernel string `json:"head_kernel,omitempty"`
 }
 
 // benchOpts are the trainer's variants.
@@ -63,6 +67,7 @@ type benchOpts struct {
 	fused  bool            // LossAndStepQuant: no gradient buffer, no clipping
 	clip   float64         // OptimConfig.ClipNorm (unfused)
 	head   tensor.GGMLType // 0: float32 in memory; else a memory-mapped GGUF head of this type
+	exact  bool            // keep the in-memory head in float32 (no bf16 packing)
 }
 
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -98,6 +103,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	headType := fs.String("head", "f32", "the frozen LM head: f32 (in memory, packed), or bf16, f16, q8_0: written to a GGUF file and memory-mapped in that format")
 	optim8 := fs.Bool("optim8", false, "8-bit blockwise AdamW moments (bitsandbytes-style) instead of float32")
 	clip := fs.Float64("clip", 1, "gradient clipping at this global norm (0: none; --fused never clips)")
+	exactHead := fs.Bool("exact-head", false, "keep the in-memory (--head f32) LM head packed in float32 even where the CPU has the native bf16 kernel (AVX512_BF16), which otherwise multiplies it in bf16")
 	fused := fs.Bool("fused", false, "fused steps: each tensor updated as soon as its gradient is complete, no whole-model gradient buffer (needs --head other than f32; no gradient clipping)")
 	// --cpuprofile FILE (hidden: a developer's flag, not in the usage)
 	// writes a CPU profile of the timed carry-on steps.
@@ -120,7 +126,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	opts := benchOpts{perSeq: *perSeq, optim8: *optim8, fused: *fused, clip: *clip}
+	opts := benchOpts{perSeq: *perSeq, optim8: *optim8, fused: *fused, clip: *clip, exact: *exactHead}
 	switch *headType {
 	case "f32":
 	case "bf16":
@@ -144,6 +150,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	res.Threads = *threads
 	res.Head, res.Optim8, res.Fused = *headType, *optim8, *fused
+	res.HeadKernel = headKernel(opts)
 	if err := json.NewEncoder(stdout).Encode(res); err != nil {
 		return err
 	}
@@ -161,6 +168,17 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		"ratio_tokens_per_s": res.TokensPerSec / tr.TokensPerSec, "goal": 1.5,
 		"ratio_peak_rss": res.PeakRSSMiB / tr.PeakRSSMiB,
 	})
+}
+
+// headKernel names the kernel the trainer's LM-head products run on.
+func headKernel(o benchOpts) string {
+	switch {
+	case o.head != 0:
+		return strings.ToLower(o.head.String()) + "-file"
+	case !o.exact && tensor.NativeBF16():
+		return "bf16"
+	}
+	return "f32"
 }
 
 // cutHiddenFlag removes "-name V", "--name V", "-name=V" or "--name=V"
@@ -267,6 +285,7 @@ func newBenchSetup(cfg carryon.Config, seq, batch int, o benchOpts, mark func(st
 	} else {
 		s.ws = co.NewBatchWorkspace(seq, seq*batch)
 	}
+	s.ws.HeadBF16 = !o.exact
 	mark("workspace")
 	return s, nil
 }
@@ -470,6 +489,7 @@ func benchMemory(cfg carryon.Config, seq, batch, steps int, o benchOpts, stdout 
 		"head":                           o.head.String(),
 		"optim8":                         o.optim8,
 		"fused":                          o.fused,
+		"head_kernel":                    headKernel(o),
 		"clip":                           s.opt.Config.ClipNorm,
 		"losses":                         losses,
 		// Anonymous (private) and file-backed resident memory, the largest

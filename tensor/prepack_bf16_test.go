@@ -1,0 +1,182 @@
+package tensor
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"runtime"
+	"testing"
+)
+
+// roundBF16 returns x rounded to bf16 (nearest even), as float32s.
+func roundBF16(x []float32) []float32 {
+	r := make([]float32, len(x))
+	for i, v := range x {
+		r[i] = BF16ToF32(F32ToBF16(v))
+	}
+	return r
+}
+
+// TestGemmPackedBF16 checks GemmPacked on a PackBBF16 packing, for every
+// kernel set with a native bf16 kernel (the VDPBF16PS one where the CPU has
+// AVX512_BF16; the emulated 12×32 pair kernel everywhere): A and B rounded
+// to bf16 and multiplied must match a float64 product of the rounded
+// operands within the float32 summation bound (the products of bf16 pairs
+// are exact), over shapes that cross every block edge (odd k, k past kc,
+// partial panels, m from 1), both layouts of B, alpha/beta and thread
+// counts. Unpack must give the rounded B back. Kernel sets without a bf16
+// kernel must return nil (the caller's signal to use PackB).
+func TestGemmPackedBF16(t *testing.T) {
+	shapes := []struct{ m, n, k int }{
+		{1, 1, 1}, {3, 17, 5}, {8, 40, 300}, {9, 33, 257}, {13, 16, 16}, {37, 70, 513},
+		{64, 3100, 40}, {100, 50, 1}, {2, 33, 260}, {25, 64, 767},
+	}
+	for _, name := range gemmTestNames() {
+		t.Run(name, func(t *testing.T) {
+			ks := gemmKernelsOrSkip(t, name)
+			rng := rand.New(rand.NewPCG(21, 22))
+			if ks.bf16 == nil {
+				if pb := packBBF16With(ks, true, 3, 4, make([]float32, 12), 4); pb != nil {
+					t.Fatalf("%s has no bf16 kernel but packBBF16With returned a packing", name)
+				}
+				return
+			}
+			for _, s := range shapes {
+				for _, transB := range []bool{false, true} {
+					for _, th := range []int{1, 2, 3} {
+						sub := fmt.Sprintf("%dx%dx%d/transB=%v/threads=%d", s.m, s.n, s.k, transB, th)
+						old := runtime.GOMAXPROCS(th)
+						lda, ldb, ldc := s.k+3, s.n+1, s.n+2
+						if transB {
+							ldb = s.k + 5
+						}
+						a := gemmRandSlice(rng, (s.m-1)*lda+s.k)
+						var b []float32
+						if transB {
+							b = gemmRandSlice(rng, (s.n-1)*ldb+s.k)
+						} else {
+							b = gemmRandSlice(rng, (s.k-1)*ldb+s.n)
+						}
+						ar, br := roundBF16(a), roundBF16(b)
+						c0 := gemmRandSlice(rng, (s.m-1)*ldc+s.n)
+						pb := packBBF16With(ks, transB, s.n, s.k, b, ldb)
+						if !pb.BF16() || pb.N() != s.n || pb.K() != s.k || pb.Bytes() < 2*s.n*s.k {
+							t.Fatalf("%s: PackedB bf16=%v n=%d k=%d bytes=%d", sub, pb.BF16(), pb.N(), pb.K(), pb.Bytes())
+						}
+						for _, ab := range [][2]float32{{1, 0}, {0.5, 1}, {-2, 0.25}} {
+							got := append([]float32(nil), c0...)
+							GemmPacked(s.m, ab[0], a, lda, pb, ab[1], got, ldc)
+							checkPackedRef(t, sub, s.m, s.n, s.k, ab[0], ar, lda, br, ldb, transB, ab[1], c0, got, ldc)
+							// gemmPackedThreads (the cross-entropy's slabs) on one goroutine: the same bits.
+							if ab[0] == 1 {
+								one := append([]float32(nil), c0...)
+								gemmPackedThreads(1, s.m, a, lda, pb, ab[1], one, ldc)
+								for i := range one {
+									if math.Float32bits(one[i]) != math.Float32bits(got[i]) {
+										t.Fatalf("%s: one thread gives c[%d] = %v, GemmPacked %v", sub, i, one[i], got[i])
+									}
+								}
+							}
+						}
+						back := make([]float32, len(b))
+						pb.Unpack(transB, back, ldb)
+						for j := 0; j < s.n; j++ {
+							for p := 0; p < s.k; p++ {
+								idx := p*ldb + j
+								if transB {
+									idx = j*ldb + p
+								}
+								if back[idx] != br[idx] {
+									t.Fatalf("%s: Unpack gives B[%d] = %v, want the rounded %v", sub, idx, back[idx], br[idx])
+								}
+							}
+						}
+						runtime.GOMAXPROCS(old)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestCrossEntropyLMHeadPackedBF16 checks the LM-head loss and gradient
+// with the head packed by PackBBF16 against the exact float32
+// CrossEntropyLMHead, at a carry-on's scale (D = 896, head std 0.02,
+// unit-scale y) and with masked runs, for every kernel set with a bf16
+// kernel. The stated tolerance: head, y and the softmax gradient rows are
+// rounded to bf16 (8 significant bits), so each logit is off by about
+// 2⁻⁹·√D·rms(y·w) and the mean loss by much less; the bounds below are
+// loss relative error ≤ 1e-3 and dy relative L2 error ≤ 1e-2 (measured
+// here: see the test log).
+func TestCrossEntropyLMHeadPackedBF16(t *testing.T) {
+	T, D, V := 40, 384, 2003
+	if testing.Short() {
+		T, D, V = 29, 256, 1031
+	}
+	for _, name := range gemmTestNames() {
+		t.Run(name, func(t *testing.T) {
+			ks := gemmKernelsOrSkip(t, name)
+			if ks.bf16 == nil {
+				t.Skipf("%s has no bf16 kernel (PackBBF16 returns nil: the caller packs float32)", name)
+			}
+			rng := rand.New(rand.NewPCG(31, 32))
+			y := randSlice(rng, T*D, 1)
+			w := randSlice(rng, V*D, 0.02)
+			wt, wn := packBBF16With(ks, true, V, D, w, D), packBBF16With(ks, false, D, V, w, D)
+			targets := make([]int32, T)
+			for i := range targets {
+				targets[i] = int32(rng.IntN(V))
+				if i%11 == 5 {
+					targets[i] = -1
+				}
+			}
+			for _, chunk := range []int{5, 24, 64} {
+				scratch := make([]float32, chunk*V)
+				dyWant, dyGot := make([]float32, T*D), make([]float32, T*D)
+				lw, nw := CrossEntropyLMHead(dyWant, y, w, targets, T, D, V, chunk, 0.5, scratch)
+				lg, ng := CrossEntropyLMHeadPacked(dyGot, y, w, wt, wn, targets, T, chunk, 0.5, scratch)
+				lo, _ := CrossEntropyLMHeadPacked(nil, y, w, wt, nil, targets, T, chunk, 0, scratch)
+				if nw != ng {
+					t.Fatalf("chunk %d: count %d, want %d", chunk, ng, nw)
+				}
+				if lo != lg {
+					t.Errorf("chunk %d: loss-only %v, with gradient %v", chunk, lo, lg)
+				}
+				lossErr := math.Abs(lg-lw) / math.Abs(lw)
+				var num, den float64
+				for i := range dyWant {
+					d := float64(dyGot[i]) - float64(dyWant[i])
+					num += d * d
+					den += float64(dyWant[i]) * float64(dyWant[i])
+				}
+				dyErr := math.Sqrt(num / den)
+				t.Logf("%s chunk %d: loss %.6f vs f32 %.6f (rel %.2g), dy rel L2 %.2g", name, chunk, lg, lw, lossErr, dyErr)
+				if !(lossErr <= 1e-3) || !(dyErr <= 1e-2) {
+					t.Fatalf("chunk %d: loss rel error %.3g (bound 1e-3), dy rel L2 %.3g (bound 1e-2)", chunk, lossErr, dyErr)
+				}
+			}
+			defer func() {
+				if recover() == nil {
+					t.Error("a bf16 wt with a float32 w: no panic")
+				}
+			}()
+			CrossEntropyLMHeadPacked(make([]float32, T*D), y, w, wt, packBWith(ks, false, D, V, w, D), targets, T, 4, 1, make([]float32, 4*V))
+		})
+	}
+}
+
+// TestLMHeadChunk checks that the chunk is a whole number of tile rows per
+// core when it can be, and at most the rows asked for.
+func TestLMHeadChunk(t *testing.T) {
+	for _, th := range []int{1, 2, 3} {
+		old := runtime.GOMAXPROCS(th)
+		unit := gemmBest.f32.mr * th
+		for _, maxRows := range []int{1, 5, unit - 1, unit, unit + 1, 55, 256} {
+			got := LMHeadChunk(maxRows)
+			if got < 1 || got > maxRows || (maxRows >= unit && got%unit != 0) || (maxRows >= unit && got+unit <= maxRows) || (maxRows < unit && got != maxRows) {
+				t.Errorf("threads %d: LMHeadChunk(%d) = %d (unit %d)", th, maxRows, got, unit)
+			}
+		}
+		runtime.GOMAXPROCS(old)
+	}
+}
