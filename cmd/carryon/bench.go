@@ -100,7 +100,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	python := fs.String("python", "/usr/bin/python3", "Python with PyTorch")
 	script := fs.String("torch-script", "", "the PyTorch reference (default: scripts/bench_train_torch.py above the working directory)")
 	blas := fs.String("torch-blas", "", "directory with an optimised libblas.so.3 for PyTorch (default: the first OpenBLAS found)")
-	coretype := fs.String("torch-openblas-coretype", "auto", "OPENBLAS_CORETYPE for the PyTorch run only: auto (SkylakeX on a CPU with AVX-512, Haswell with AVX2: OpenBLAS may not know a newer CPU and fall back to slower kernels), none (OpenBLAS detects), or a name")
+	coretype := fs.String("torch-openblas-coretype", "auto", "OPENBLAS_CORETYPE for the PyTorch run only: auto (Cooperlake with AVX512_BF16, SkylakeX with AVX-512, Haswell with AVX2: OpenBLAS may not know a newer CPU and fall back to slower kernels), none (OpenBLAS detects), or a name")
 	memOnly := fs.Bool("memory-only", false, "build the trainer, run --steps steps and report how its peak memory splits")
 	perSeq := fs.Bool("per-sequence", false, "run LossAndGrad once per sequence instead of one LossAndGradBatch over the batch")
 	headType := fs.String("head", "f32", "the frozen LM head: f32 (in memory, packed), or bf16, f16, q8_0: written to a GGUF file and memory-mapped in that format")
@@ -603,6 +603,8 @@ func openBLASCoretype(flag string) string {
 	case "auto":
 		f := buildinfo.Get().Features
 		switch {
+		case slices.Contains(f, "avx512bf16"):
+			return "Cooperlake" // what OpenBLAS 0.3.21 itself detects on Zen 5
 		case slices.Contains(f, "avx512f"):
 			return "SkylakeX"
 		case slices.Contains(f, "avx2"):
