@@ -7,6 +7,7 @@ import (
 	"os"
 	"testing"
 
+	"carryon/carryon/carryontest"
 	"carryon/tensor/tensortest"
 )
 
@@ -37,4 +38,11 @@ func TestBackend(t *testing.T) {
 	b := openBackend(t)
 	t.Logf("backend %s", b.Name())
 	tensortest.RunBackend(t, b, tensortest.Tolerances{})
+}
+
+// TestCarryOnTrainStep runs the carry-on's training step on the GPU
+// (carryon.DeviceTrainer) and checks it against carryon.Model's CPU step,
+// as carryon's tests do for every CPU kernel set.
+func TestCarryOnTrainStep(t *testing.T) {
+	carryontest.RunTrainStep(t, openBackend(t), carryontest.Tolerances{})
 }
