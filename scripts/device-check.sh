@@ -12,8 +12,9 @@
 # runs the shared tensor.Backend suite on the GPU (CARRYON_REQUIRE_GPU=1);
 # benchmarks the prefill of 8 × 512 tokens at Qwen2.5-0.5B's shape against
 # PyTorch on the same weights and ids (and compares their hidden states);
-# runs PyTorch's carry-on training step and a 116M carry-on at the 32B shape
-# for memory. Everything goes to $OUT: report.md (the summary), log.txt and
+# times the carry-on's training step (carryon's DeviceTrainer through
+# cuda/devbench -mode train, and PyTorch's) and measures one step of a 116M
+# carry-on at the 32B shape for memory (both). Everything goes to $OUT: report.md (the summary), log.txt and
 # one JSON file per measurement. Each step has its own time limit, and a
 # failed step does not stop the later ones.
 set -uo pipefail
@@ -97,15 +98,19 @@ cat "$OUT/prefill_carryon.json"
 PYTHONUNBUFFERED=1 timeout 120 python3 scripts/device_torch.py prefill --dir /tmp/cdb --runs 5 > "$OUT/prefill_torch.json" && record prefill-torch ok || record prefill-torch FAILED
 cat "$OUT/prefill_torch.json"
 
-step "carry-on training (h 64, L 2, D 896, V 151936), PyTorch on this GPU"
+step "carry-on training (h 64, L 2, D 896, V 151936, 8 x 512), PyTorch and carryon on this GPU"
 timeout 90 python3 scripts/device_torch.py train --steps 20 > "$OUT/train_torch.json" && record train-torch ok || record train-torch FAILED
 cat "$OUT/train_torch.json"
-record train-carryon "not run: the carry-on's training step does not run on a tensor.Backend yet (docs/gpu.md)"
+timeout 60 /tmp/devbench -mode train -steps 20 > "$OUT/train_carryon.json" && record train-carryon ok || record train-carryon FAILED
+cat "$OUT/train_carryon.json"
 
-step "memory: 116M carry-on at the 32B shape (D 5120, V 152064), PyTorch"
+step "memory: 116M carry-on at the 32B shape (D 5120, V 152064), PyTorch and carryon"
 timeout 90 python3 scripts/device_torch.py memory --width 1024 --layers 8 --heads 16 --ffn 2752 --base-dim 5120 \
   --vocab 152064 --batch 4 --seq 512 > "$OUT/memory_torch.json" && record memory-torch ok || record memory-torch FAILED
 cat "$OUT/memory_torch.json"
+timeout 60 /tmp/devbench -mode memory -width 1024 -layers 8 -heads 16 -ffn 2752 -base-dim 5120 \
+  -vocab 152064 -batch 4 -seq 512 > "$OUT/memory_carryon.json" && record memory-carryon ok || record memory-carryon FAILED
+cat "$OUT/memory_carryon.json"
 
 step "report"
 python3 - "$OUT" "${status[@]}" <<'PY' > "$OUT/report.md"
@@ -129,10 +134,18 @@ if "tokens_per_s" in c and "tokens_per_s" in t:
     print(f"\nratio carryon / PyTorch: {c['tokens_per_s'] / t['tokens_per_s']:.2f}x")
 print(f"\nhidden states of sequence 0, relative L2 carryon vs PyTorch: {t.get('hidden_rel_l2_vs_carryon')}")
 print(f"\ncarryon device memory: weights {c.get('weights_mib')} MiB, workspace {c.get('workspace_mib')} MiB")
-print("\n## carry-on training, PyTorch on this GPU\n")
-print("```\n" + json.dumps(load("train_torch.json")) + "\n```")
-print("\n## 116M carry-on at the 32B shape, PyTorch, one training step\n")
-print("```\n" + json.dumps(load("memory_torch.json")) + "\n```")
+print("\n## carry-on training (h 64, L 2, D 896, V 151936, 8 x 512), float32, on this GPU\n")
+tt, tc = load("train_torch.json"), load("train_carryon.json")
+print("| impl | tokens/s | ms/step |\n| --- | --- | --- |")
+for r in (tc, tt):
+    print(f"| {r.get('impl')} | {r.get('tokens_per_s', float('nan')):.0f} | {r.get('step_ms', float('nan')):.1f} |")
+if "tokens_per_s" in tc and "tokens_per_s" in tt:
+    print(f"\nratio carryon / PyTorch: {tc['tokens_per_s'] / tt['tokens_per_s']:.2f}x")
+print("\n```\n" + json.dumps(tc) + "\n" + json.dumps(tt) + "\n```")
+print("\n## 116M carry-on at the 32B shape (batch 4 x 512), one training step\n")
+mt, mc = load("memory_torch.json"), load("memory_carryon.json")
+print(f"PyTorch peak (max_memory_allocated): {mt.get('peak_mib')} MiB; carryon device memory (cuMemGetInfo, cuBLAS workspace included): {mc.get('device_mib')} MiB, of which the float32 LM head {mc.get('head_mib')} MiB and parameters+gradients+moments {mc.get('params_grads_moments_mib')} MiB")
+print("\n```\n" + json.dumps(mc) + "\n" + json.dumps(mt) + "\n```")
 PY
 cat "$OUT/report.md"
 echo "device-check: done in $(($(date +%s) - start)) s"

@@ -1,12 +1,18 @@
 //go:build cuda
 
-// Command devbench measures the GPU forward pass for scripts/device-check.sh
-// (never a timed test): it writes a random BF16 checkpoint of a given base
-// shape (default Qwen2.5-0.5B) with model.NewRandomBase, loads it on GPU 0
-// through devmodel, times a prefill of -batch sequences of -seq tokens, and
-// writes the token ids and the final hidden states of the first sequence so
-// that scripts/device_torch.py can run PyTorch on the same weights and
-// compare. It prints one JSON line.
+// Command devbench measures the GPU for scripts/device-check.sh (never a
+// timed test). It prints one JSON line per run.
+//
+// -mode prefill (the default) writes a random BF16 checkpoint of a given
+// base shape (default Qwen2.5-0.5B) with model.NewRandomBase, loads it on
+// GPU 0 through devmodel, times a prefill of -batch sequences of -seq
+// tokens, and writes the token ids and the final hidden states of the
+// first sequence so that scripts/device_torch.py can run PyTorch on the
+// same weights and compare.
+//
+// -mode train and -mode memory run the carry-on's training step on GPU 0
+// (carryon.DeviceTrainer), mirroring device_torch.py's modes of the same
+// names (train.go).
 package main
 
 import (
@@ -31,8 +37,19 @@ func main() {
 	batch := flag.Int("batch", 8, "sequences per prefill")
 	seq := flag.Int("seq", 512, "tokens per sequence")
 	runs := flag.Int("runs", 5, "timed prefills (after one warm-up)")
+	mode := flag.String("mode", "prefill", "prefill, train (carry-on training steps/s) or memory (device memory of one carry-on training step)")
+	tf := trainFlags()
 	flag.Parse()
-	if err := run(*dir, *batch, *seq, *runs); err != nil {
+	var err error
+	switch *mode {
+	case "prefill":
+		err = run(*dir, *batch, *seq, *runs)
+	case "train", "memory":
+		err = runTrain(*mode, tf, *batch, *seq)
+	default:
+		err = fmt.Errorf("-mode %q: want prefill, train or memory", *mode)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "devbench:", err)
 		os.Exit(1)
 	}
