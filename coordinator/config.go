@@ -111,6 +111,14 @@ type TrainConfig struct {
 	// A blend can be worse than either side alone; include the training α
 	// to allow "no change". Needs a validation split.
 	AlphaGrid []float32
+	// Device, when set, runs the training steps on that backend (a GPU:
+	// cuda.OpenBackend) through carryon.DeviceTrainer: parameters,
+	// gradients, AdamW's moments and the frozen LM head live there, and
+	// the parameters and moments are downloaded after every step for
+	// validation, checkpoints and the result (which stay on the CPU). The
+	// optimiser must keep float32 moments. nil: the CPU. The caller owns
+	// (and closes) the backend.
+	Device tensor.Backend `json:"-"`
 }
 
 func (c Config) withDefaults() Config {

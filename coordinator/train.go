@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -295,7 +296,18 @@ func (c *Coordinator) Train(ctx context.Context, ds *dataset.Set, hooks Hooks) (
 		return nil, fmt.Errorf("coordinator.Train: %w", err)
 	}
 	t := &trainer{c: c, co: co, ws: co.NewBatchWorkspace(maxSeq, batchRows(co.Config, maxSeq, tc.BatchSeqs)),
-		grads: make([]float32, len(co.Params)), wPred: c.base.LMHead(), dec: &decoder{c: c, chain: chain}}
+		wPred: c.base.LMHead(), dec: &decoder{c: c, chain: chain}}
+	if tc.Device != nil {
+		dev, err := carryon.NewDeviceTrainer(tc.Device, co, opt, t.wPred, maxSeq, t.ws.Rows)
+		if err != nil {
+			return nil, fmt.Errorf("coordinator.Train: %w", err)
+		}
+		defer dev.Close()
+		t.dev = dev
+		c.log.Info("training on a device", "device", tc.Device.Name())
+	} else {
+		t.grads = make([]float32, len(co.Params))
+	}
 	order := epochOrder(tc.Seed, state.Epoch, len(train))
 	var best []float32 // the parameters of the best validation pass (KeepBest)
 	bestLoss, bestStep := math.Inf(1), 0
@@ -453,8 +465,9 @@ func epochOrder(seed uint64, epoch, n int) []int {
 type trainer struct {
 	c      *Coordinator
 	co     *carryon.Model
-	ws     *carryon.Workspace // a batch workspace (see batchRows)
-	grads  []float32
+	ws     *carryon.Workspace     // a batch workspace (see batchRows)
+	grads  []float32              // CPU steps
+	dev    *carryon.DeviceTrainer // device steps (TrainConfig.Device), or nil
 	wPred  []float32
 	dec    *decoder
 	pass   []carryon.Seq // the sequences of the current pass
@@ -483,9 +496,16 @@ func (t *trainer) step(batch []seqData, opt *carryon.Optimizer) (StepInfo, error
 	}
 	clear(t.grads)
 	var lossSum float64
+	var devErr error
 	pass, rows := t.pass[:0], 0
 	flush := func() {
-		if len(pass) > 0 {
+		switch {
+		case len(pass) == 0:
+		case t.dev != nil:
+			l, _, err := t.dev.Accumulate(pass, 1/float32(total))
+			lossSum += l
+			devErr = cmp.Or(devErr, err)
+		default:
 			l, _ := t.co.LossAndGradBatch(t.ws, pass, t.wPred, 1/float32(total), t.grads)
 			lossSum += l
 		}
@@ -514,7 +534,21 @@ func (t *trainer) step(batch []seqData, opt *carryon.Optimizer) (StepInfo, error
 	flush()
 	t.pass = pass
 	lr := opt.LR()
-	norm := opt.Step(t.grads)
+	var norm float64
+	if t.dev != nil {
+		if devErr != nil {
+			return StepInfo{}, devErr
+		}
+		var err error
+		if norm, err = t.dev.Update(); err != nil {
+			return StepInfo{}, err
+		}
+		if err := t.dev.Download(); err != nil {
+			return StepInfo{}, err
+		}
+	} else {
+		norm = opt.Step(t.grads)
+	}
 	loss := lossSum / float64(total)
 	if math.IsNaN(loss) || math.IsInf(loss, 0) {
 		return StepInfo{}, fmt.Errorf("loss is %v", loss)

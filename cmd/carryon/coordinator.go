@@ -39,9 +39,11 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err := job.check(); err != nil {
 		return err
 	}
-	if err := job.checkDevice(); err != nil {
+	device, closeDevice, err := job.openDevice()
+	if err != nil {
 		return err
 	}
+	defer closeDevice()
 	log := logger()
 	dcfg := dataset.Config{SeqLen: *job.seqLen, SeqsPerChunk: *chunkSeqs}
 	var jf *coordinator.JobFile
@@ -82,7 +84,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		cfg.CacheDir, cfg.Logger = *job.cache, log
 		*job.steps = cmp.Or(cfg.Train.Steps, 200) // the progress lines' spacing; 200 is TrainConfig's default
 	}
-	cfg.BaseName = m.Name
+	cfg.BaseName, cfg.Train.Device = m.Name, device
 	c, err := coordinator.New(j.h, j.topics, base, cfg)
 	if err != nil {
 		return err

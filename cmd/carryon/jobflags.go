@@ -14,6 +14,7 @@ import (
 	"carryon/dataset"
 	"carryon/internal/demo"
 	"carryon/model"
+	"carryon/tensor"
 	"carryon/tokenizer"
 )
 
@@ -44,24 +45,21 @@ func addJobFlags(fs *flag.FlagSet) *jobFlags {
 	}
 }
 
-// checkDevice reports whether training can run on --device. A plain build
-// says it was built without CUDA; a cuda build opens GPU 0 to say which
-// one, but the carry-on's training step does not run on a tensor.Backend
-// yet (docs/gpu.md), so it refuses rather than train on the CPU silently.
-func (f *jobFlags) checkDevice() error {
+// openDevice opens the training device of --device: nil for the CPU, or
+// GPU 0's backend for cuda (its closer must be called when training ends).
+// A plain build says it was built without CUDA.
+func (f *jobFlags) openDevice() (tensor.Backend, func() error, error) {
 	switch *f.device {
 	case "cpu":
-		return nil
+		return nil, func() error { return nil }, nil
 	case "cuda":
 		be, closeBe, err := cuda.OpenBackend(0)
 		if err != nil {
-			return fmt.Errorf("--device cuda: %w", err)
+			return nil, nil, fmt.Errorf("--device cuda: %w", err)
 		}
-		name := be.Name()
-		closeBe()
-		return fmt.Errorf("--device cuda: found %s, but the carry-on's training step does not run on the GPU yet (docs/gpu.md): use --device cpu", name)
+		return be, closeBe, nil
 	}
-	return fmt.Errorf("--device %q: want cpu or cuda", *f.device)
+	return nil, nil, fmt.Errorf("--device %q: want cpu or cuda", *f.device)
 }
 
 // readData reads --data ("default": the demo's generated problems) for

@@ -30,9 +30,11 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := jf.check(); err != nil {
 		return err
 	}
-	if err := jf.checkDevice(); err != nil {
+	device, closeDevice, err := jf.openDevice()
+	if err != nil {
 		return err
 	}
+	defer closeDevice()
 	if *out == "" {
 		fs.Usage()
 		return errors.New("--out is required")
@@ -48,7 +50,7 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	cfg := jf.config(base)
-	cfg.Logger, cfg.Train.Seed = logger(), *seed
+	cfg.Logger, cfg.Train.Seed, cfg.Train.Device = logger(), *seed, device
 	c, err := coordinator.New(nil, nil, base, cfg) // no host: nothing leaves this process
 	if err != nil {
 		return err
