@@ -324,6 +324,35 @@ func readText(br *bufio.Reader, max int, add func(record) error) error {
 	}
 }
 
+// FitPair cuts an EncodePair example to at most seqLen tokens as training
+// does, keeping what is trained on: BOS (hasBOS), the end of the prompt
+// and the whole answer (and EOS); if the answer alone does not fit, its
+// end is cut. why says how it was cut, "" when it fits as it is.
+func FitPair(ex Example, seqLen int, hasBOS bool) (Example, string) {
+	if len(ex.Tokens) <= seqLen {
+		return ex, ""
+	}
+	p := ex.PromptLen()
+	bos := 0
+	if hasBOS && p > 0 {
+		bos = 1
+	}
+	answer := len(ex.Tokens) - p
+	if bos+answer <= seqLen { // drop the start of the prompt, after BOS
+		keep := seqLen - bos - answer
+		from := len(ex.Tokens) - answer - keep
+		toks := append(append([]int32(nil), ex.Tokens[:bos]...), ex.Tokens[from:]...)
+		loss := append(append([]bool(nil), ex.Loss[:bos]...), ex.Loss[from:]...)
+		loss[0] = false
+		return Example{Tokens: toks, Loss: loss}, fmt.Sprintf("prompt longer than --seq-len %d: its start was cut, the answer kept", seqLen)
+	}
+	// The answer alone is too long: keep BOS and the answer's start.
+	toks := append(append([]int32(nil), ex.Tokens[:bos]...), ex.Tokens[p:p+seqLen-bos]...)
+	loss := append(append([]bool(nil), ex.Loss[:bos]...), ex.Loss[p:p+seqLen-bos]...)
+	loss[0] = false
+	return Example{Tokens: toks, Loss: loss}, fmt.Sprintf("answer longer than --seq-len %d: the prompt and the answer's end were cut", seqLen)
+}
+
 // tokenize turns a record into sequences of at most seqLen tokens. Plain
 // text is tokenised in pieces (so that a huge paragraph can be stopped and
 // shows no quadratic cost) and windowed; a prompt/answer pair that is too
@@ -335,29 +364,8 @@ func tokenize(ctx context.Context, rec record, tok Tokenizer, seqLen int) (exs [
 		if strings.TrimSpace(rec.answer) == "" {
 			return nil, false, "a prompt or question without an answer: nothing to train on"
 		}
-		ex := EncodePair(tok, rec.prompt, rec.answer)
-		if len(ex.Tokens) <= seqLen {
-			return []Example{ex}, false, ""
-		}
-		p := ex.PromptLen()
-		bos := 0
-		if tok.BOS() >= 0 && p > 0 {
-			bos = 1
-		}
-		answer := len(ex.Tokens) - p
-		if bos+answer <= seqLen { // drop the start of the prompt, after BOS
-			keep := seqLen - bos - answer
-			from := len(ex.Tokens) - answer - keep
-			toks := append(append([]int32(nil), ex.Tokens[:bos]...), ex.Tokens[from:]...)
-			loss := append(append([]bool(nil), ex.Loss[:bos]...), ex.Loss[from:]...)
-			loss[0] = false
-			return []Example{{Tokens: toks, Loss: loss}}, true, fmt.Sprintf("prompt longer than --seq-len %d: its start was cut, the answer kept", seqLen)
-		}
-		// The answer alone is too long: keep BOS and the answer's start.
-		toks := append(append([]int32(nil), ex.Tokens[:bos]...), ex.Tokens[p:p+seqLen-bos]...)
-		loss := append(append([]bool(nil), ex.Loss[:bos]...), ex.Loss[p:p+seqLen-bos]...)
-		loss[0] = false
-		return []Example{{Tokens: toks, Loss: loss}}, true, fmt.Sprintf("answer longer than --seq-len %d: the prompt and the answer's end were cut", seqLen)
+		ex, why := FitPair(EncodePair(tok, rec.prompt, rec.answer), seqLen, tok.BOS() >= 0)
+		return []Example{ex}, why != "", why
 	}
 	var ids []int32
 	var loss []bool

@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -35,6 +37,7 @@ type evalScores struct {
 type evalReport struct {
 	Examples     int        `json:"examples"`
 	Skipped      int        `json:"skipped"` // records without a question and an answer
+	Cut          int        `json:"cut"`     // examples cut to --seq-len as training cuts them (the answer kept)
 	AnswerTokens int        `json:"answer_tokens"`
 	Alpha        float64    `json:"alpha"`
 	Adaptors     []string   `json:"adaptors"`
@@ -43,18 +46,61 @@ type evalReport struct {
 }
 
 // qaExample is one question/answer pair tokenized as training does
-// (dataset.EncodePair of dataset.Prompt), cut at maxLen.
+// (dataset.EncodePair of dataset.Prompt), cut to maxLen as training cuts
+// (dataset.FitPair: the start of the question goes first).
 type qaExample struct {
 	prompt  []int32 // BOS and the prompt
 	ids     []int32 // prompt, answer, EOS
 	targets []int32 // (len(ids)): next token where scored, else -1
+	cut     string  // how it was cut, "" if not
 }
 
 func qaTokenize(tok tokenizer.Tokenizer, question, answer string, maxLen int) qaExample {
-	ex := dataset.EncodePair(tok, dataset.Prompt(question), answer)
-	n := min(len(ex.Tokens), maxLen)
-	ex = dataset.Example{Tokens: ex.Tokens[:n], Loss: ex.Loss[:n]}
-	return qaExample{prompt: ex.Tokens[:min(ex.PromptLen(), n)], ids: ex.Tokens, targets: ex.Targets()}
+	ex, cut := dataset.FitPair(dataset.EncodePair(tok, dataset.Prompt(question), answer), maxLen, tok.BOS() >= 0)
+	return qaExample{prompt: ex.Tokens[:ex.PromptLen()], ids: ex.Tokens, targets: ex.Targets(), cut: cut}
+}
+
+// qaRecord is a question/answer line of an eval file.
+type qaRecord struct {
+	line             int
+	question, answer string
+}
+
+// readQA reads the question/answer records of a JSONL file (at most limit
+// when limit > 0), counting those without both in skipped.
+func readQA(path string, limit int) (recs []qaRecord, skipped int, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<16), 16<<20)
+	for line := 1; sc.Scan(); line++ {
+		if limit > 0 && len(recs) >= limit {
+			break
+		}
+		b := strings.TrimSpace(sc.Text())
+		if b == "" {
+			continue
+		}
+		var rec struct{ Question, Answer string }
+		if err := json.Unmarshal([]byte(b), &rec); err != nil {
+			return nil, 0, fmt.Errorf("%s line %d: %w", path, line, err)
+		}
+		if rec.Question == "" || rec.Answer == "" {
+			skipped++ // counted and shown, not scored
+			continue
+		}
+		recs = append(recs, qaRecord{line: line, question: rec.Question, answer: rec.Answer})
+	}
+	if err := sc.Err(); err != nil {
+		if errors.Is(err, bufio.ErrTooLong) {
+			return nil, 0, fmt.Errorf("%s: a line is longer than 16 MiB", path)
+		}
+		return nil, 0, fmt.Errorf("%s: %w", path, err)
+	}
+	return recs, skipped, nil
 }
 
 func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -92,12 +138,11 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	cos := carryon.Models(stages)
-	f, err := os.Open(*data)
+	recs, skipped, err := readQA(*data, *limit)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	rep := evalReport{Alpha: *alpha}
+	rep := evalReport{Alpha: *alpha, Skipped: skipped}
 	if !*noGen {
 		rep.Base.Correct, rep.Adaptor.Correct = new(int), new(int)
 	}
@@ -108,28 +153,19 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	chunk := max(1, min(64, (1<<21)/c.Vocab))
 	scratch := make([]float32, chunk*c.Vocab)
 	var baseSum, adSum float64
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<16), 16<<20)
-	for line := 1; sc.Scan(); line++ {
-		if *limit > 0 && rep.Examples >= *limit {
-			break
-		}
+	bar := newCounter(stderr, "eval", "examples") // stderr: --json output stays one object
+	cutWhy := map[string]int{}
+	for i, r := range recs {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		b := strings.TrimSpace(sc.Text())
-		if b == "" {
-			continue
+		bar.set(i, len(recs))
+		line := r.line
+		ex := qaTokenize(tok, r.question, r.answer, min(*seqLen, c.MaxPos))
+		if ex.cut != "" {
+			rep.Cut++
+			cutWhy[ex.cut]++
 		}
-		var rec struct{ Question, Answer string }
-		if err := json.Unmarshal([]byte(b), &rec); err != nil {
-			return fmt.Errorf("%s line %d: %w", *data, line, err)
-		}
-		if rec.Question == "" || rec.Answer == "" {
-			rep.Skipped++ // counted and shown, not scored
-			continue
-		}
-		ex := qaTokenize(tok, rec.Question, rec.Answer, min(*seqLen, c.MaxPos))
 		T := len(ex.ids)
 		x, y, err := carryon.ForwardStages(base, cos, float32(*alpha), ex.ids, *bridge)
 		if err != nil {
@@ -142,7 +178,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if *noGen {
 			continue
 		}
-		want, ok := dataset.FinalAnswer(rec.Answer)
+		want, ok := dataset.FinalAnswer(r.answer)
 		if !ok {
 			continue // no final answer to match: counts as unanswerable
 		}
@@ -161,8 +197,9 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			}
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return fmt.Errorf("%s: %w", *data, err)
+	bar.set(len(recs), len(recs))
+	for _, why := range slices.Sorted(maps.Keys(cutWhy)) {
+		fmt.Fprintf(stderr, "eval: %d × %s\n", cutWhy[why], why)
 	}
 	if rep.AnswerTokens == 0 {
 		return fmt.Errorf("%s: no answer tokens to score", *data)
@@ -192,8 +229,8 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 // writeEvalTable prints the report for people.
 func writeEvalTable(w io.Writer, rep evalReport) {
-	fmt.Fprintf(w, "%d examples (%d records skipped: no question or no answer), %d answer tokens, alpha %g, adaptors %s\n\n",
-		rep.Examples, rep.Skipped, rep.AnswerTokens, rep.Alpha, strings.Join(rep.Adaptors, ", "))
+	fmt.Fprintf(w, "%d examples (%d records skipped: no question or no answer; %d cut to --seq-len, the answer kept), %d answer tokens, alpha %g, adaptors %s\n\n",
+		rep.Examples, rep.Skipped, rep.Cut, rep.AnswerTokens, rep.Alpha, strings.Join(rep.Adaptors, ", "))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "system\tanswer loss (nats)\tperplexity\texact match\t")
 	for _, s := range []struct {

@@ -48,12 +48,17 @@ func TestTrainZeroIsNotADefault(t *testing.T) {
 	adaptor := filepath.Join(dir, "a.safetensors")
 	out.Reset()
 	errb.Reset()
-	args := []string{"eval", "--data", data, "--adaptor", adaptor, "--cache", filepath.Join(dir, "cache"), "--no-generate"}
+	args := []string{"eval", "--data", data, "--adaptor", adaptor, "--cache", filepath.Join(dir, "cache"), "--no-generate", "--seq-len", "64"}
 	if code := run(args, &out, &errb); code != 0 {
 		t.Fatalf("eval: exit %d\n%s", code, errb.String())
 	}
-	if !strings.Contains(out.String(), "not run") || !strings.Contains(out.String(), "base + adaptor") {
+	if !strings.Contains(out.String(), "not run") || !strings.Contains(out.String(), "base + adaptor") ||
+		!strings.Contains(out.String(), "2 examples (1 records skipped: no question or no answer; 1 cut to --seq-len, the answer kept)") {
 		t.Errorf("eval table:\n%s", out.String())
+	}
+	if !strings.Contains(errb.String(), "eval: 1 × prompt longer than --seq-len 64: its start was cut, the answer kept") ||
+		!strings.Contains(errb.String(), "eval 100%") {
+		t.Errorf("eval's stderr lacks the cut's reason or the progress:\n%s", errb.String())
 	}
 	out.Reset()
 	if code := run(append(args, "--json"), &out, &errb); code != 0 || strings.Contains(out.String(), "exact_match") || !strings.Contains(out.String(), `"loss"`) {
