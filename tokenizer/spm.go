@@ -80,13 +80,13 @@ func NewSPMTokenizer(c SPMConfig) (*SPMTokenizer, error) {
 	n := len(c.Tokens)
 	switch {
 	case n == 0:
-		return nil, errors.New("tokenizer.NewSPMTokenizer: empty vocabulary")
+		return nil, errors.New("SentencePiece vocabulary: empty vocabulary")
 	case n > TokMaxVocab:
-		return nil, fmt.Errorf("tokenizer.NewSPMTokenizer: %d tokens exceeds the cap of %d", n, TokMaxVocab)
+		return nil, fmt.Errorf("SentencePiece vocabulary: %d tokens exceeds the cap of %d", n, TokMaxVocab)
 	case c.Scores != nil && len(c.Scores) < n:
-		return nil, fmt.Errorf("tokenizer.NewSPMTokenizer: %d scores for %d tokens", len(c.Scores), n)
+		return nil, fmt.Errorf("SentencePiece vocabulary: %d scores for %d tokens", len(c.Scores), n)
 	case c.Types != nil && len(c.Types) < n:
-		return nil, fmt.Errorf("tokenizer.NewSPMTokenizer: %d token types for %d tokens", len(c.Types), n)
+		return nil, fmt.Errorf("SentencePiece vocabulary: %d token types for %d tokens", len(c.Types), n)
 	}
 	t := &SPMTokenizer{
 		tokens:      c.Tokens,
@@ -110,10 +110,10 @@ func NewSPMTokenizer(c SPMConfig) (*SPMTokenizer, error) {
 	}
 	for id, tok := range c.Tokens {
 		if tok == "" {
-			return nil, fmt.Errorf("tokenizer.NewSPMTokenizer: token %d is empty", id)
+			return nil, fmt.Errorf("SentencePiece vocabulary: token %d is empty", id)
 		}
 		if prev, dup := t.vocab[tok]; dup {
-			return nil, fmt.Errorf("tokenizer.NewSPMTokenizer: token %q appears twice (ids %d and %d)", tok, prev, id)
+			return nil, fmt.Errorf("SentencePiece vocabulary: token %q appears twice (ids %d and %d)", tok, prev, id)
 		}
 		t.vocab[tok] = int32(id)
 	}
@@ -123,7 +123,7 @@ func NewSPMTokenizer(c SPMConfig) (*SPMTokenizer, error) {
 		name string
 	}{{&t.bos, c.BOS, "BOS"}, {&t.eos, c.EOS, "EOS"}, {&t.unk, c.UNK, "unknown-token"}} {
 		if x.id >= int32(n) {
-			return nil, fmt.Errorf("tokenizer.NewSPMTokenizer: the %s id %d is outside the vocabulary of %d", x.name, x.id, n)
+			return nil, fmt.Errorf("SentencePiece vocabulary: the %s id %d is outside the vocabulary of %d", x.name, x.id, n)
 		}
 		*x.dst = max(x.id, -1)
 	}
