@@ -2,13 +2,18 @@ package coordinator
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"carryon/swarm"
 	"carryon/tensor"
+
+	"github.com/ipfs/go-cid"
+	bolt "go.etcd.io/bbolt"
 )
 
 // testEntries encodes n sequences of (rows_i, dim) values with codec.
@@ -25,12 +30,38 @@ func testEntries(t testing.TB, codec tensor.Codec, dim int, rows ...int) []Entry
 	return es
 }
 
-func TestCacheRoundTrip(t *testing.T) {
-	dir := t.TempDir()
-	c, err := OpenCache(dir)
+// newTestCache opens a cache (block store and state store) in dir.
+func newTestCache(t testing.TB, dir string) *Cache {
+	t.Helper()
+	store, err := swarm.OpenBlocks(StoreDir(dir))
 	if err != nil {
 		t.Fatal(err)
 	}
+	state, _, err := openState(filepath.Join(dir, "state.db"), dir, 16, time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { state.close(); store.Close() })
+	return &Cache{blocks: store, state: state}
+}
+
+// frameOf returns the stored frame of k.
+func frameOf(t testing.TB, c *Cache, k Key) []byte {
+	t.Helper()
+	id, err := c.CID(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := c.blocks.Get(context.Background(), id, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestCacheRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	c := newTestCache(t, dir)
 	for _, name := range []string{"q8", "q4g64", "bf16"} {
 		codec, err := tensor.ParseCodec(name)
 		if err != nil {
@@ -64,28 +95,28 @@ func TestCacheRoundTrip(t *testing.T) {
 				t.Fatalf("%s: entry %d differs", name, i)
 			}
 		}
-	}
-	// Only complete files remain: no temporary file is left behind.
-	filepath.WalkDir(dir, func(p string, d os.DirEntry, err error) error {
-		if err == nil && strings.HasPrefix(d.Name(), ".tmp") {
-			t.Errorf("temporary file left: %s", p)
+		// The frame is content: its CID is what `ipfs add --cid-version=1
+		// --raw-leaves` gives the same bytes, and the index names it.
+		frame := encodeFrame(want)
+		id, err := c.CID(k)
+		if err != nil || id != swarm.CIDOf(frame) {
+			t.Fatalf("%s: index names %v (%v), want the frame's CID %s", name, id, err, swarm.CIDOf(frame))
 		}
-		return nil
-	})
+		if len(frame) <= swarm.ChunkSize == (id.Prefix().Codec != cid.Raw) {
+			t.Fatalf("%s: a %d-byte frame has codec %x", name, len(frame), id.Prefix().Codec)
+		}
+	}
 }
 
 func TestCacheRejectsDamage(t *testing.T) {
 	dir := t.TempDir()
-	c, _ := OpenCache(dir)
+	c := newTestCache(t, dir)
 	codec, _ := tensor.ParseCodec("q8")
 	k := Key{Base: "ab", Codec: codec.String(), Layer: -1, Chunk: "cd"}
 	if err := c.Put(k, testEntries(t, codec, 32, 4, 5)); err != nil {
 		t.Fatal(err)
 	}
-	good, err := os.ReadFile(c.path(k))
-	if err != nil {
-		t.Fatal(err)
-	}
+	good := frameOf(t, c, k)
 	// Every truncation is rejected (a torn write that reached the disk).
 	for n := range len(good) {
 		if _, err := parseCacheFile(good[:n], codec); err == nil {
@@ -110,14 +141,20 @@ func TestCacheRejectsDamage(t *testing.T) {
 		{"nbytes", set32(hdr+8, 1), "inconsistent"},
 		{"trailing", append(bytes.Clone(good), 0), "1 trailing bytes"},
 	} {
-		os.WriteFile(c.path(k), tc.data, 0o644)
-		_, err := c.Get(k)
+		// A damaged frame is a different file: index it as k's.
+		id, err := c.blocks.AddBytes(context.Background(), tc.data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.state.write(func(tx *bolt.Tx) error {
+			return putJSON(tx.Bucket(bChunks), keyBytes(k), chunkRecord{CID: id.String(), UnixMilli: 1})
+		})
+		_, err = c.Get(k)
 		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "coordinator.Cache.Get") {
 			t.Errorf("%s: err %v, want one from coordinator.Cache.Get containing %q", tc.name, err, tc.want)
 		}
 	}
 	// A file of another codec is rejected by its sizes.
-	os.WriteFile(c.path(k), good, 0o644)
 	bf, _ := tensor.ParseCodec("bf16")
 	if _, err := parseCacheFile(good, bf); err == nil {
 		t.Error("a q8 file parsed as bf16")
@@ -126,13 +163,7 @@ func TestCacheRejectsDamage(t *testing.T) {
 
 func FuzzParseCacheFile(f *testing.F) {
 	codec, _ := tensor.ParseCodec("q8")
-	dir := f.TempDir()
-	c, _ := OpenCache(dir)
-	k := Key{Base: "ab", Codec: "q8", Layer: 0, Chunk: "cd"}
-	if err := c.Put(k, testEntries(f, codec, 8, 2, 3)); err != nil {
-		f.Fatal(err)
-	}
-	good, _ := os.ReadFile(c.path(k))
+	good := encodeFrame(testEntries(f, codec, 8, 2, 3))
 	f.Add(good)
 	f.Add(good[:len(good)-1])
 	f.Add([]byte("COEMB\x01\xff\xff\xff\xff"))

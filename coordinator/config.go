@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/ipfs/go-cid"
+
 	"carryon/carryon"
 	"carryon/model"
 	"carryon/tensor"
@@ -74,6 +76,12 @@ type Config struct {
 	BaseName string
 	// Logger receives lifecycle logs. Nil means slog.Default().
 	Logger *slog.Logger
+	// OnCached, when set, is called with the CID of every cache frame
+	// the coordinator indexes (one per chunk and layer), from the
+	// goroutine that stored it: the command announces them in the DHT so
+	// that peers and Kubo find this host as their provider. It must not
+	// block.
+	OnCached func(cid.Cid)
 }
 
 // TrainConfig is every training knob, on one screen.

@@ -76,10 +76,6 @@ func New(h host.Host, topics *swarm.Topics, base *model.Base, cfg Config) (*Coor
 		}
 	}
 	codec, _ := tensor.ParseCodec(cfg.Codec)
-	cache, err := OpenCache(cfg.CacheDir + "/embeddings")
-	if err != nil {
-		return nil, err
-	}
 	store, err := swarm.OpenBlocks(StoreDir(cfg.CacheDir))
 	if err != nil {
 		return nil, fmt.Errorf("coordinator.New: %w", err)
@@ -89,7 +85,7 @@ func New(h host.Host, topics *swarm.Topics, base *model.Base, cfg Config) (*Coor
 		store.Close()
 		return nil, fmt.Errorf("coordinator.New: %w", err)
 	}
-	c := &Coordinator{cfg: cfg, h: h, topics: topics, base: base, cache: cache, store: store, codec: codec, state: state}
+	c := &Coordinator{cfg: cfg, h: h, topics: topics, base: base, cache: &Cache{blocks: store, state: state}, store: store, codec: codec, state: state}
 	if h == nil { // local use (CollectLocal, Train): Collect and Publish need a host
 		c.log = cfg.Logger.With("component", "coordinator")
 	} else {
@@ -102,6 +98,7 @@ func New(h host.Host, topics *swarm.Topics, base *model.Base, cfg Config) (*Coor
 			return nil, fmt.Errorf("coordinator.New: %w", err)
 		}
 		h.SetStreamHandler(protocol.OfferProtocol, c.handleOffer)
+		h.SetStreamHandler(protocol.CacheProtocol, c.handleCacheQuery)
 	}
 	if fresh {
 		if err := c.migrate(); err != nil {
@@ -109,11 +106,16 @@ func New(h host.Host, topics *swarm.Topics, base *model.Base, cfg Config) (*Coor
 			return nil, fmt.Errorf("coordinator.New: %w", err)
 		}
 	}
+	if err := c.importLegacy(); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("coordinator.New: %w", err)
+	}
 	c.status.Store(&Status{})
 	return c, nil
 }
 
-// StoreDir is the block store (adaptors, by CID) under a cache directory.
+// StoreDir is the block store (adaptors and cached embeddings, by CID)
+// under a cache directory.
 func StoreDir(cacheDir string) string { return cacheDir + "/ipfs" }
 
 // Close stops serving adaptors and closes the block store and the state
@@ -122,6 +124,7 @@ func (c *Coordinator) Close() error {
 	var errs []error
 	if c.h != nil {
 		c.h.RemoveStreamHandler(protocol.OfferProtocol)
+		c.h.RemoveStreamHandler(protocol.CacheProtocol)
 	}
 	if c.exchange != nil {
 		errs = append(errs, c.exchange.Close())

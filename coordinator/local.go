@@ -41,7 +41,6 @@ func (c *Coordinator) CollectLocal(ctx context.Context, ds *dataset.Set, base Fo
 	if err := c.checkFits(ds); err != nil {
 		return fmt.Errorf("coordinator.CollectLocal: %w", err)
 	}
-	dim := c.base.Config.Dim
 	seen := map[string]bool{}
 	var p LocalProgress
 	for _, ch := range ds.All() {
@@ -51,7 +50,6 @@ func (c *Coordinator) CollectLocal(ctx context.Context, ds *dataset.Set, base Fo
 		}
 	}
 	done := map[string]bool{}
-	var buf []byte
 	for _, ch := range ds.All() {
 		if done[ch.ID] {
 			continue
@@ -64,43 +62,11 @@ func (c *Coordinator) CollectLocal(ctx context.Context, ds *dataset.Set, base Fo
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("coordinator.CollectLocal: %w", err)
 		}
-		entries := make([][]Entry, len(c.cfg.Layers))
-		var batch [][][]float32
-		if bf, ok := base.(BatchForwarder); ok && len(ch.Seqs) > 1 {
-			seqs := make([][]int32, len(ch.Seqs))
-			for j, ex := range ch.Seqs {
-				seqs[j] = ex.Tokens
-			}
-			var err error
-			if batch, err = bf.ForwardBatch(seqs, c.cfg.Layers); err != nil {
-				return fmt.Errorf("coordinator.CollectLocal: chunk %s: %w", short(ch.ID), err)
-			}
-			if len(batch) != len(seqs) {
-				return fmt.Errorf("coordinator.CollectLocal: chunk %s: %d results for %d sequences", short(ch.ID), len(batch), len(seqs))
-			}
+		entries, tokens, err := c.computeChunk(base, ch)
+		if err != nil {
+			return fmt.Errorf("coordinator.CollectLocal: %w", err)
 		}
-		for j, ex := range ch.Seqs {
-			var hs [][]float32
-			if batch != nil {
-				hs = batch[j]
-			} else if h, err := base.Forward(ex.Tokens, c.cfg.Layers); err != nil {
-				return fmt.Errorf("coordinator.CollectLocal: chunk %s sequence %d: %w", short(ch.ID), j, err)
-			} else {
-				hs = h
-			}
-			if len(hs) != len(c.cfg.Layers) {
-				return fmt.Errorf("coordinator.CollectLocal: chunk %s sequence %d: %d layers back, asked for %d", short(ch.ID), j, len(hs), len(c.cfg.Layers))
-			}
-			rows := len(ex.Tokens)
-			for i, h := range hs {
-				if len(h) != rows*dim {
-					return fmt.Errorf("coordinator.CollectLocal: chunk %s sequence %d layer %d: %d values, want %d×%d", short(ch.ID), j, c.cfg.Layers[i], len(h), rows, dim)
-				}
-				buf = c.codec.Encode(buf[:0], h, rows, dim)
-				entries[i] = append(entries[i], Entry{Rows: rows, Dim: dim, Data: append([]byte(nil), buf...)})
-			}
-			p.Tokens += int64(rows)
-		}
+		p.Tokens += tokens
 		if err := c.put(ch, entries, "", true); err != nil {
 			return fmt.Errorf("coordinator.CollectLocal: %w", err)
 		}
@@ -113,4 +79,50 @@ func (c *Coordinator) CollectLocal(ctx context.Context, ds *dataset.Set, base Fo
 	c.log.Info("embeddings computed locally", "chunks", p.Total, "computed", p.Computed, "tokens", p.Tokens,
 		"codec", c.codec.String())
 	return nil
+}
+
+// computeChunk runs base over ch's sequences and encodes every requested
+// layer with the job's codec, as a node does: entries are indexed
+// [layer][seq].
+func (c *Coordinator) computeChunk(base Forwarder, ch *dataset.Chunk) (entries [][]Entry, tokens int64, err error) {
+	dim := c.base.Config.Dim
+	var buf []byte
+	entries = make([][]Entry, len(c.cfg.Layers))
+	var batch [][][]float32
+	if bf, ok := base.(BatchForwarder); ok && len(ch.Seqs) > 1 {
+		seqs := make([][]int32, len(ch.Seqs))
+		for j, ex := range ch.Seqs {
+			seqs[j] = ex.Tokens
+		}
+		var err error
+		if batch, err = bf.ForwardBatch(seqs, c.cfg.Layers); err != nil {
+			return nil, 0, fmt.Errorf("chunk %s: %w", short(ch.ID), err)
+		}
+		if len(batch) != len(seqs) {
+			return nil, 0, fmt.Errorf("chunk %s: %d results for %d sequences", short(ch.ID), len(batch), len(seqs))
+		}
+	}
+	for j, ex := range ch.Seqs {
+		var hs [][]float32
+		if batch != nil {
+			hs = batch[j]
+		} else if h, err := base.Forward(ex.Tokens, c.cfg.Layers); err != nil {
+			return nil, 0, fmt.Errorf("chunk %s sequence %d: %w", short(ch.ID), j, err)
+		} else {
+			hs = h
+		}
+		if len(hs) != len(c.cfg.Layers) {
+			return nil, 0, fmt.Errorf("chunk %s sequence %d: %d layers back, asked for %d", short(ch.ID), j, len(hs), len(c.cfg.Layers))
+		}
+		rows := len(ex.Tokens)
+		for i, h := range hs {
+			if len(h) != rows*dim {
+				return nil, 0, fmt.Errorf("chunk %s sequence %d layer %d: %d values, want %d×%d", short(ch.ID), j, c.cfg.Layers[i], len(h), rows, dim)
+			}
+			buf = c.codec.Encode(buf[:0], h, rows, dim)
+			entries[i] = append(entries[i], Entry{Rows: rows, Dim: dim, Data: append([]byte(nil), buf...)})
+		}
+		tokens += int64(rows)
+	}
+	return entries, tokens, nil
 }

@@ -9,11 +9,12 @@ package coordinator
 //	               embedding cache, per-node records (throughput, trust,
 //	               bans), published adaptor versions and the checkpoints'
 //	               index
-//	embeddings/    chunk payloads (Cache), one file per chunk and layer; a
-//	               payload counts only once the store indexes it
 //	checkpoints/   training checkpoint payloads, indexed in the store
-//	ipfs/          every published adaptor: a pinned UnixFS file in a block
-//	               store (swarm.Blocks), served over bitswap
+//	ipfs/          a block store (swarm.Blocks), served over bitswap: every
+//	               published adaptor (a pinned UnixFS file) and every
+//	               cached chunk's embeddings (one UnixFS file per chunk and
+//	               layer, Cache), which count only once this store indexes
+//	               their CID
 //
 // Why bbolt (go.etcd.io/bbolt) and not pebble: the state is small (a record
 // per chunk, node and version), written by one owner and read rarely; bbolt
@@ -105,9 +106,12 @@ type NodeRecord struct {
 	UnixMilli    int64   `json:"unix_ms"`
 }
 
-// chunkRecord marks one cached payload as complete and durable.
+// chunkRecord marks one cached payload as complete and durable: the
+// key → CID index of the embedding cache (Cache).
 type chunkRecord struct {
-	Node      string `json:"node,omitempty"` // whose result ("" = the coordinator's)
+	CID       string `json:"cid,omitempty"`   // the frame's UnixFS file in the block store ("" before carryon kept frames as content)
+	Bytes     int64  `json:"bytes,omitempty"` // the frame's length
+	Node      string `json:"node,omitempty"`  // whose result ("" = the coordinator's)
 	Verified  bool   `json:"verified,omitempty"`
 	UnixMilli int64  `json:"unix_ms"`
 }
@@ -412,6 +416,19 @@ func keyBytes(k Key) []byte {
 	return []byte(k.Base + "/" + k.Codec + "/" + strconv.Itoa(k.Layer) + "/" + k.Chunk)
 }
 
+// parseKey inverts keyBytes.
+func parseKey(b []byte) (Key, error) {
+	parts := strings.Split(string(b), "/")
+	if len(parts) != 4 {
+		return Key{}, fmt.Errorf("cache key %q: want base/codec/layer/chunk", b)
+	}
+	layer, err := strconv.Atoi(parts[2])
+	if err != nil {
+		return Key{}, fmt.Errorf("cache key %q: layer: %w", b, err)
+	}
+	return Key{Base: parts[0], Codec: parts[1], Layer: layer, Chunk: parts[3]}, nil
+}
+
 // hasChunks reports whether every key is indexed as complete.
 func (s *stateStore) hasChunks(keys []Key) bool {
 	ok := true
@@ -550,7 +567,7 @@ func (c *Coordinator) CacheStatus(ds *dataset.Set) (cached, total int) {
 // files that parse, checkpoints, and versions.jsonl (renamed afterwards).
 func (c *Coordinator) migrate() error {
 	var keys [][]byte
-	root := c.cache.dir
+	root := legacyDir(c.cfg.CacheDir)
 	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".emb") {
 			return nil

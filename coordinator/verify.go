@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"os"
 
 	"carryon/tensor"
 )
@@ -186,13 +185,4 @@ func samplingRate(f float64, clean int, suspect bool) float64 {
 		p = max(p, 4*f)
 	}
 	return min(1, max(p, f/4))
-}
-
-// remove deletes k from the cache (a banned node's unverified chunk); a
-// missing file is not an error.
-func (c *Cache) remove(k Key) error {
-	if err := os.Remove(c.path(k)); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("coordinator.Cache.remove: %w", err)
-	}
-	return nil
 }

@@ -41,6 +41,14 @@
 //	coordinator → all   AdaptorAnnounce{CID, Parent, BaseHash, Step, Size, Metrics,
 //	                                    UnixMilli, Signer, Sig}   (signed, see Sign/Verify)
 //
+// Cached embeddings (stream protocol CacheProtocol, "/carryon/cache/1.0.0";
+// a trainer opens the stream to a coordinator that holds the job's cache):
+//
+//	trainer → coordinator  CacheQuery{Base, Codec, Layer, Chunks}
+//	coordinator → trainer  CacheIndex{CIDs}   one per chunk, "" = not held
+//	                       then the trainer fetches the frames by CID over
+//	                       bitswap.
+//
 // Files (adaptors, cached embeddings) are not carryon messages: they are
 // UnixFS files named by CID (ParseCID) and move over IPFS's bitswap
 // (/ipfs/bitswap/1.2.0) on the same hosts, so Kubo nodes in the swarm can
@@ -80,4 +88,6 @@
 //	bitswap; AdaptorAnnounce.CID names a UnixFS file.
 //	Ack v2: Held. ResultOffer/OfferReply v1 (types 11, 12), OfferProtocol
 //	1.0.0: result offers after a coordinator restart.
+//	CacheQuery/CacheIndex v1 (types 15, 16), CacheProtocol 1.0.0: the
+//	embedding cache's key → CID index, for trainers fetching by CID.
 package protocol

@@ -197,6 +197,8 @@ func TestDocLimits(t *testing.T) {
 		"MaxResultData":       MaxResultData,
 		"MaxOfferChunks":      MaxOfferChunks,
 		"MaxRosterMembers":    MaxRosterMembers,
+		"MaxCacheQueryChunks": MaxCacheQueryChunks,
+		"maxCIDLen":           maxCIDLen,
 		"maxPeerIDBytes":      maxPeerIDBytes,
 		"maxBases":            maxBases,
 		"maxCodecs":           maxCodecs,
@@ -241,6 +243,7 @@ func TestDocIdentifiers(t *testing.T) {
 	for _, s := range []string{
 		"`" + EmbedProtocol + "`",
 		"`" + RosterProtocol + "`",
+		"`" + CacheProtocol + "`",
 		"`" + ControlTopic("<swarm>") + "`",
 		"`" + strings.ReplaceAll(RosterDomain, "\n", `\n`) + "`",
 		"`" + NodesTopic("<swarm>") + "`",

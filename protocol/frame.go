@@ -51,6 +51,8 @@ const (
 	TypeOfferReply  MsgType = 12
 	TypeRoster      MsgType = 13
 	TypeJobAnnounce MsgType = 14
+	TypeCacheQuery  MsgType = 15
+	TypeCacheIndex  MsgType = 16
 )
 
 var typeNames = [...]string{
@@ -65,6 +67,8 @@ var typeNames = [...]string{
 	TypeOfferReply:      "OfferReply",
 	TypeRoster:          "Roster",
 	TypeJobAnnounce:     "JobAnnounce",
+	TypeCacheQuery:      "CacheQuery",
+	TypeCacheIndex:      "CacheIndex",
 }
 
 func (t MsgType) String() string {
@@ -117,6 +121,10 @@ func newMessage(t MsgType) Message {
 		return new(Roster)
 	case TypeJobAnnounce:
 		return new(JobAnnounce)
+	case TypeCacheQuery:
+		return new(CacheQuery)
+	case TypeCacheIndex:
+		return new(CacheIndex)
 	}
 	return nil
 }

@@ -67,6 +67,10 @@ func MaxFrameBytes(t MsgType) int {
 		return MaxGossipBytes
 	case TypeJobAnnounce:
 		return smallFrameCap
+	case TypeCacheQuery:
+		return MaxCacheQueryChunks*(64+2) + smallFrameCap
+	case TypeCacheIndex:
+		return MaxCacheQueryChunks*(maxCIDLen+2) + smallFrameCap
 	}
 	return 64 << 20
 }
@@ -88,6 +92,12 @@ func maxElems(t MsgType) int {
 		return fields + MaxRosterMembers
 	case TypeJobAnnounce:
 		return 2 * fields // the nested BaseInfo
+	case TypeCacheQuery, TypeCacheIndex:
+		return fields + MaxCacheQueryChunks
 	}
 	return fields
 }
+
+// maxCIDLen is the longest CID string in a message: a CIDv1 with a
+// sha2-256 digest is 59 characters in base32, a CIDv0 46.
+const maxCIDLen = 100

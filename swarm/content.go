@@ -404,6 +404,9 @@ func (b *Blocks) List(ctx context.Context) ([]BlockInfo, error) {
 type GCResult struct {
 	Kept, Removed           int
 	KeptBytes, RemovedBytes int64
+	// RemovedBlocks are the removed blocks, named by raw-codec CIDv1s of
+	// their hashes (a block store keys blocks by multihash only).
+	RemovedBlocks []cid.Cid
 }
 
 // GC removes every block not reachable from a pinned root or from keep.
@@ -439,9 +442,11 @@ func (b *Blocks) GC(ctx context.Context, keep []cid.Cid) (GCResult, error) {
 			res.KeptBytes += int64(bi.Size)
 			continue
 		}
-		if err := b.bs.DeleteBlock(ctx, cid.NewCidV1(cid.Raw, bi.Hash)); err != nil {
+		c := cid.NewCidV1(cid.Raw, bi.Hash)
+		if err := b.bs.DeleteBlock(ctx, c); err != nil {
 			return res, fmt.Errorf("swarm.Blocks.GC: %w", err)
 		}
+		res.RemovedBlocks = append(res.RemovedBlocks, c)
 		res.Removed++
 		res.RemovedBytes += int64(bi.Size)
 	}
