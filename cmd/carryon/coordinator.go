@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"carryon/coordinator"
@@ -15,6 +16,8 @@ import (
 	"carryon/model"
 	"carryon/protocol"
 	"carryon/swarm"
+
+	"github.com/ipfs/go-cid"
 )
 
 func init() {
@@ -85,6 +88,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		*job.steps = cmp.Or(cfg.Train.Steps, 200) // the progress lines' spacing; 200 is TrainConfig's default
 	}
 	cfg.BaseName, cfg.Train.Device = m.Name, device
+	cfg.OnCached = provideQueue(ctx, j, log)
 	c, err := coordinator.New(j.h, j.topics, base, cfg)
 	if err != nil {
 		return err
@@ -206,4 +210,46 @@ func provideInBackground(ctx context.Context, j *joined, cidStr string, log *slo
 			log.Warn("adaptor not announced in the DHT", "adaptor", cidStr, "err", err)
 		}
 	}()
+}
+
+// provideQueue returns a function that queues a cached embedding frame's
+// CID for announcement in the DHT (nil without a DHT): one goroutine
+// announces them one at a time, so that a fast collection does not start
+// thousands of DHT walks at once. When the queue is full the CID is not
+// announced (said once): bitswap still serves it to every connected peer,
+// and `carryon train --from-swarm` names this host.
+func provideQueue(ctx context.Context, j *joined, log *slog.Logger) func(cid.Cid) {
+	if j.disc == nil || j.disc.DHT() == nil {
+		return nil
+	}
+	q := make(chan cid.Cid, 4096)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case c := <-q:
+				err := j.provide(ctx, c)
+				switch {
+				case err == nil || ctx.Err() != nil:
+				case errors.Is(err, swarm.ErrNoDHTPeers):
+					j.noDHTNote.Do(func() {
+						log.Info("no DHT peers: adaptors and cached embeddings are not announced in the DHT; peers fetch them from this host by its address")
+					})
+				default:
+					log.Debug("cached embeddings not announced in the DHT", "cid", c.String(), "err", err)
+				}
+			}
+		}
+	}()
+	var full sync.Once
+	return func(c cid.Cid) {
+		select {
+		case q <- c:
+		default:
+			full.Do(func() {
+				log.Info("DHT announcements of cached embeddings fall behind; the rest are served to connected peers only")
+			})
+		}
+	}
 }

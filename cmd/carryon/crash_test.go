@@ -110,7 +110,9 @@ func TestCoordinatorCrashResume(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	embDir := filepath.Join(cache, "embeddings")
+	// Cached frames are UnixFS files in the coordinator's block store
+	// (flatfs: one .data file per block), indexed in its state store.
+	blockDir := filepath.Join(cache, "ipfs", "blocks")
 
 	// 1. Kill the coordinator once a few chunks are cached.
 	c1 := start(t, env, bin, coordArgs...)
@@ -121,26 +123,36 @@ func TestCoordinatorCrashResume(t *testing.T) {
 	// chunk, which it does once the chunk is durable in its cache.
 	n1.log.Wait(t, `msg="chunk finished"`, 3, time.Minute)
 	c1.kill(t)
-	files := countFiles(embDir, ".emb")
+	n1.kill(t) // it may be stuck on a job for the dead coordinator
+	// What the killed coordinator had made durable: `carryon cache ls`
+	// reads its index (a frame counts only once indexed).
+	out, err := exec.Command(bin, "cache", "ls", "--cache", cache).CombinedOutput()
+	if err != nil {
+		t.Fatalf("cache ls: %v\n%s", err, out)
+	}
+	files := 0
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.Contains(l, " cached frames, ") {
+			fmt.Sscanf(l, "%d cached frames", &files)
+		}
+	}
 	if files >= total {
 		t.Fatalf("all %d chunks were cached before the kill: the test needs more data", total)
 	}
-	n1.kill(t) // it may be stuck on a job for the dead coordinator
-	t.Logf("killed while collecting: %d of %d chunk files written", files, total)
+	t.Logf("killed while collecting: %d of %d chunks indexed (%d blocks on disk)", files, total, countFiles(blockDir, ".data"))
 
 	// 2. Restart: it must find the cached chunks and lease only the rest;
 	// then kill it once a training checkpoint is on disk.
 	c2 := start(t, env, bin, coordArgs...)
 	addr = c2.waitLine(t, ctx, "listening on ")
-	// A payload file counts only once the store indexes it (group commit):
-	// the files of at most LeasesPerNode (2) chunks may be written but not
-	// yet indexed when the kill lands.
+	// Exactly what the index held counts (blocks written but not yet
+	// indexed when the kill landed do not).
 	cached := 0
 	if _, err := fmt.Sscanf(c2.waitLine(t, ctx, "cached "), "%d of", &cached); err != nil {
 		t.Fatal(err)
 	}
-	if cached > files || cached < files-2 || cached == 0 {
-		t.Fatalf("restarted coordinator reports %d of %d chunks cached; %d payload files were on disk", cached, total, files)
+	if cached != files || cached == 0 {
+		t.Fatalf("restarted coordinator reports %d of %d chunks cached; 'carryon cache ls' listed %d", cached, total, files)
 	}
 	n2 := start(t, env, bin, nodeArgs(addr)...)
 	first := atoi(t, c2.waitLine(t, ctx, "checkpoint: step "))
@@ -205,9 +217,10 @@ func TestCoordinatorCrashResume(t *testing.T) {
 	if err := os.MkdirAll(fresh, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	// The embeddings and their index (the store also indexes checkpoints,
-	// but their files stay behind, so training starts afresh).
-	if out, err := exec.Command("cp", "-r", embDir, filepath.Join(cache, "state.db"), fresh).CombinedOutput(); err != nil {
+	// The embeddings (the block store, which also holds the published
+	// adaptor) and their index (the store also indexes checkpoints, but
+	// their files stay behind, so training starts afresh).
+	if out, err := exec.Command("cp", "-r", filepath.Join(cache, "ipfs"), filepath.Join(cache, "state.db"), fresh).CombinedOutput(); err != nil {
 		t.Fatalf("cp: %v\n%s", err, out)
 	}
 	args := append([]string(nil), coordArgs...)

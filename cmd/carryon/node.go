@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/ipfs/go-cid"
 
@@ -70,13 +73,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	defer x.Close()
 	for _, c := range pins {
-		go func() {
-			if err := x.Keep(ctx, c, swarm.Limits{}, j.disc); err != nil && ctx.Err() == nil {
-				log.Warn("adaptor not kept", "adaptor", c.String(), "err", err)
-				return
-			}
-			log.Info("adaptor kept and provided", "adaptor", c.String())
-		}()
+		go keepPinned(ctx, x, c, j.disc, log)
 	}
 	cfg := node.DefaultInternetConfig()
 	if *advert <= 0 {
@@ -163,4 +160,36 @@ func openNodeBase(device, spec, cacheDir string) (node.BatchBase, func() error, 
 		return node.ServeDevice(b, filepath.Base(filepath.Clean(spec))), closeAll, be.Name(), nil
 	}
 	return nil, nil, "", fmt.Errorf("--device %q: want cpu or cuda", device)
+}
+
+// keepPinned makes the node keep and provide the pinned file c
+// (swarm.Exchange.Keep), trying again with backoff (1 s doubling to a
+// minute) until it succeeds or ctx ends: at start the node may not be
+// connected to any peer that has c yet (the bootstrap peers are dialled in
+// the background), and a provider may come later.
+func keepPinned(ctx context.Context, x *swarm.Exchange, c cid.Cid, disc *swarm.Discovery, log *slog.Logger) {
+	wait := time.Second
+	for attempt := 1; ; attempt++ {
+		err := x.Keep(ctx, c, swarm.Limits{}, disc)
+		switch {
+		case err == nil:
+			log.Info("adaptor kept and provided", "adaptor", c.String())
+			return
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, swarm.ErrNoDHTPeers):
+			log.Info("adaptor kept (pinned); no DHT peers to announce it to: peers fetch it from this node by its address", "adaptor", c.String())
+			return
+		case attempt == 3:
+			log.Warn("adaptor not kept yet; still trying", "adaptor", c.String(), "err", err)
+		default:
+			log.Debug("adaptor not kept yet", "adaptor", c.String(), "attempt", attempt, "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Minute)
+	}
 }

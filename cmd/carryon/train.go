@@ -1,11 +1,15 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
 
 	"carryon/coordinator"
 	"carryon/dataset"
@@ -15,7 +19,7 @@ import (
 )
 
 func init() {
-	register("train", "train a carry-on on one machine: base forward in-process, no network", runTrain)
+	register("train", "train a carry-on on one machine: base forward in-process (or the embeddings fetched by CID from a peer's cache with --from-swarm)", runTrain)
 }
 
 func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -23,6 +27,9 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	jf := addJobFlags(fs)
 	out := fs.String("out", "", "where to write the adaptor")
 	seed := fs.Uint64("seed", 1, "initialisation and batch-order seed")
+	fromSwarm := fs.String("from-swarm", "", "comma-separated multiaddrs (with /p2p/ID) of coordinators whose embedding cache holds this job (same base, data, codec, layers): fetch the cached embeddings by CID over bitswap instead of computing them; what they lack is computed here")
+	verify := fs.Int("verify", 1, "with --from-swarm: fetched chunks to compute again here and compare (0: none)")
+	sf := addSwarmFlags(fs, "/ip4/0.0.0.0/tcp/0")
 	logger := logFlags(fs, stderr)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -51,16 +58,57 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	cfg := jf.config(base)
 	cfg.Logger, cfg.Train.Seed, cfg.Train.Device = logger(), *seed, device
-	c, err := coordinator.New(nil, nil, base, cfg) // no host: nothing leaves this process
+	peers, err := parsePeers(*fromSwarm)
+	if err != nil {
+		return fmt.Errorf("--from-swarm: %w", err)
+	}
+	var h host.Host // nil: nothing leaves this process
+	if len(peers) > 0 {
+		if *sf.dht == "auto" {
+			*sf.dht = "off" // the peers are named: nothing to look up
+		}
+		j, err := sf.join(ctx, nil)
+		if err != nil {
+			return err
+		}
+		defer j.close()
+		for _, ai := range peers {
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := swarm.Connect(cctx, j.h, ai)
+			cancel()
+			if err != nil {
+				return fmt.Errorf("--from-swarm: connect to %s: %w", ai.ID, err)
+			}
+		}
+		h = j.h
+	}
+	c, err := coordinator.New(h, nil, base, cfg)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	fmt.Fprintf(stdout, "base %s, data: %d training and %d validation chunks\n", shortHash(base.WeightsHash), len(ds.Train), len(ds.Val))
+	for _, ai := range peers {
+		fetchBar := newCounter(stdout, "fetch", "chunks")
+		rep, err := c.FetchCached(ctx, ds, coordinator.FetchConfig{From: ai.ID, Verify: cmp.Or(*verify, -1)}, func(r coordinator.FetchReport) {
+			fetchBar.set(r.Fetched, r.Chunks-r.Cached-r.Missing)
+		})
+		if err != nil {
+			return fmt.Errorf("--from-swarm %s: %w", ai.ID, err)
+		}
+		fmt.Fprintf(stdout, "fetched %d chunks (%d tokens, %s) by CID from %s in %.2fs: %.0f tokens/s; %d computed again here and matched; %d not held there, %d already cached\n",
+			rep.Fetched, rep.Tokens, mib(rep.Bytes), ai.ID, rep.Elapsed.Seconds(), rep.TokensPerSec(), rep.Verified, rep.Missing, rep.Cached)
+	}
 	embedBar, trainBar := newCounter(stdout, "embed", "chunks"), newCounter(stdout, "train", "steps")
-	err = c.CollectLocal(ctx, ds, nil, func(p coordinator.LocalProgress) { embedBar.set(p.Done, p.Total) })
+	var computed coordinator.LocalProgress
+	start := time.Now()
+	err = c.CollectLocal(ctx, ds, nil, func(p coordinator.LocalProgress) { embedBar.set(p.Done, p.Total); computed = p })
 	if err != nil {
 		return err
+	}
+	if computed.Computed > 0 {
+		secs := time.Since(start).Seconds()
+		fmt.Fprintf(stdout, "computed %d chunks (%d tokens) here in %.2fs: %.0f tokens/s\n", computed.Computed, computed.Tokens, secs, float64(computed.Tokens)/secs)
 	}
 	parentCID, err := storeParent(ctx, c.Store(), *jf.parent)
 	if err != nil {
