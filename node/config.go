@@ -42,6 +42,10 @@ type Config struct {
 	// OfferInterval is how often the node offers kept results to a
 	// connected coordinator (besides at once on reconnecting). Default 2 s.
 	OfferInterval time.Duration
+	// MaxMemory bounds the memory the node plans to use, in bytes: New
+	// refuses a base whose weights do not fit, and jobs wait for their
+	// share of the rest (see limits.go). 0: no limit.
+	MaxMemory int64
 	// Device names the compute device in adverts ("cpu", "cuda:<name>").
 	// Default "cpu".
 	Device string
@@ -103,6 +107,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("node.Config.AdvertInterval: %v is below 10ms", c.AdvertInterval)
 	case c.JobTimeout < time.Second:
 		return fmt.Errorf("node.Config.JobTimeout: %v is below 1s", c.JobTimeout)
+	case c.MaxMemory < 0:
+		return fmt.Errorf("node.Config.MaxMemory: %d is negative", c.MaxMemory)
 	case c.DrainTimeout < 0:
 		return fmt.Errorf("node.Config.DrainTimeout: %v is negative", c.DrainTimeout)
 	case c.KeepResults < 0 || c.KeepResults > 4096:

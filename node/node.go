@@ -84,6 +84,8 @@ type Node struct {
 	closed  bool
 	started bool
 
+	ctl control // pause state, memory budget, current jobs (pause.go)
+
 	jobs, rejected, tokens, bytesSent atomic.Int64
 	computed, resent                  atomic.Int64
 	waiting                           atomic.Int64  // jobs queued for a slot
@@ -110,6 +112,10 @@ func New(h host.Host, topics *swarm.Topics, bases []Base, cfg Config) (*Node, er
 		n.codecs[c.String()] = c
 	}
 	n.log = cfg.Logger.With("component", "node", "peer", h.ID().String())
+	n.ctl.init()
+	if err := n.initMemory(bases); err != nil {
+		return nil, err
+	}
 	return n, nil
 }
 
@@ -340,6 +346,7 @@ func (n *Node) advertLoop(ctx context.Context) {
 			t.Reset(n.cfg.AdvertInterval)
 			next = 0
 		case <-burst.C:
+		case <-n.ctl.changed: // paused or resumed: say so at once
 		}
 		if next < len(followUps) && followUps[next] < n.cfg.AdvertInterval {
 			burst.Reset(followUps[next])
@@ -354,8 +361,12 @@ func (n *Node) advertLoop(ctx context.Context) {
 func (n *Node) advert() *protocol.Advert {
 	ms := max(time.Now().UnixMilli(), n.adv.last+1)
 	n.adv.last = ms
+	free := cap(n.slots) + n.cfg.MaxQueue - len(n.slots) - int(n.waiting.Load())
+	if reason, _ := n.pauseState(); reason != "" {
+		free = 0 // paused or out of its schedule: lease nothing (pause.go)
+	}
 	a := &protocol.Advert{V: protocol.Version, Peer: n.h.ID().String(), TokensPerSec: n.tokensPerSec(),
-		FreeSlots: cap(n.slots) + n.cfg.MaxQueue - len(n.slots) - int(n.waiting.Load()), Device: n.cfg.Device, UnixMilli: ms}
+		FreeSlots: free, Device: n.cfg.Device, UnixMilli: ms}
 	for _, b := range n.bases {
 		a.Bases = append(a.Bases, b.Info())
 	}
@@ -378,28 +389,6 @@ func (n *Node) observe(tokens int, d time.Duration) {
 		x = 0.7*old + 0.3*x
 	}
 	n.tps.Store(math.Float64bits(x))
-}
-
-// acquire takes a job slot, waiting in a queue of at most MaxQueue jobs;
-// it reports false when the queue is full or ctx ends first.
-func (n *Node) acquire(ctx context.Context, log *slog.Logger) bool {
-	if n.waiting.Add(1) > int64(n.cfg.MaxQueue) {
-		n.waiting.Add(-1)
-		return false
-	}
-	defer n.waiting.Add(-1)
-	select {
-	case n.slots <- struct{}{}:
-		return true
-	default:
-	}
-	log.Debug("chunk queued: every slot is busy", "queued", n.waiting.Load())
-	select {
-	case n.slots <- struct{}{}:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
 
 func (n *Node) release() { <-n.slots }
@@ -463,8 +452,8 @@ func (n *Node) serveJob(ctx context.Context, s network.Stream, log *slog.Logger)
 	log.Info("chunk leased", "seqs", len(req.Seqs), "tokens", req.Tokens())
 	r := n.keep.get(coord, req)
 	if r == nil {
-		if !n.acquire(ctx, log) {
-			return protocol.Errorf(protocol.KindOverloaded, "all %d job slots busy and %d jobs queued", cap(n.slots), n.cfg.MaxQueue)
+		if err := n.admit(ctx, req, base, log); err != nil { // pause.go: slot, memory, or handed back
+			return err
 		}
 		// The same chunk may have finished while this request waited (a
 		// restarted coordinator leasing it back while it computed).
@@ -472,11 +461,11 @@ func (n *Node) serveJob(ctx context.Context, s network.Stream, log *slog.Logger)
 			var err error
 			r, err = n.computeKept(coord, req, base, codec)
 			if err != nil {
-				n.release()
+				n.leave(base, req)
 				return err
 			}
 		}
-		n.release()
+		n.leave(base, req)
 	}
 	if n.keep.sent(r) {
 		n.resent.Add(1)

@@ -22,7 +22,8 @@ type Advert struct {
 	// per second, finite and >= 0 (0 = not measured yet).
 	TokensPerSec float64 `msgpack:"tps"`
 	// FreeSlots is how many more embedding jobs the node accepts right now,
-	// 0..65536.
+	// 0..65536; 0 also while the node is paused (by its owner, outside its
+	// schedule, on battery, user active): it hands back whatever it is sent.
 	FreeSlots int `msgpack:"free"`
 	// Device says what runs the forward pass: "cpu", "cuda:NVIDIA H100".
 	// Free text, 1..128 bytes.

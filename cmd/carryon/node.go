@@ -26,7 +26,10 @@ func init() {
 }
 
 func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("node", "--model PATH|default --bootstrap ADDR [flags]", stderr)
+	if len(args) > 0 && (args[0] == "status" || args[0] == "pause" || args[0] == "resume") {
+		return runNodeCtl(ctx, args[0], args[1:], stdout, stderr)
+	}
+	fs := newFlags("node", "--model PATH|default --bootstrap ADDR [flags]  |  node status|pause|resume [--addr]", stderr)
 	sf := addSwarmFlags(fs, "/ip4/0.0.0.0/tcp/0")
 	modelFlag := fs.String("model", "default", "base model directory (config.json + safetensors) or .gguf file, or \"default\" for the embedded base")
 	device := fs.String("device", "cpu", "compute device: cpu, or cuda (GPU 0; needs a binary built with -tags cuda and --model DIR, a Hugging Face checkpoint)")
@@ -39,9 +42,13 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	store := fs.String("store", defaultStoreDir(), "block store of adaptors this node serves to the swarm (and to Kubo) over bitswap")
 	pin := fs.String("pin", "", "comma-separated adaptor CIDs to fetch (if missing), keep and provide in the DHT, so they outlive the coordinator")
 	pinFile := fs.String("pin-file", "", "a file of adaptor CIDs to keep like --pin, one per line (# starts a comment)")
+	limits := addNodeLimitFlags(fs)
 	logger := logFlags(fs, stderr)
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *limits.printService != "" {
+		return printServiceFile(*limits.printService, args, stdout)
 	}
 	log := logger()
 	pins, err := pinList(*pin, *pinFile)
@@ -82,6 +89,10 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	cfg.AdvertInterval = *advert
 	cfg.Codecs, cfg.MaxJobs, cfg.Logger, cfg.Device = splitList(*codecs), *jobs, log, devName
 	cfg.Bootstrap = j.boot
+	conds, err := limits.apply(&cfg)
+	if err != nil {
+		return err
+	}
 	n, err := node.New(j.h, j.topics, []node.Base{base}, cfg)
 	if err != nil {
 		return err
@@ -93,6 +104,11 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		n.Close()
 		return err
 	}
+	if err := governNode(ctx, n, conds); err != nil {
+		n.Close()
+		return err
+	}
+	serveNodeStatus(ctx, n, *limits.statusAddr, stdout)
 	info := base.Info()
 	fmt.Fprintf(stdout, "node %s in swarm %s serving %s (%s) on %s\n", j.h.ID(), j.name, info.Name, info.WeightsHash, devName)
 	j.printIdentity(stdout)

@@ -1,0 +1,136 @@
+// Package service writes the files that run a carryon node in the
+// background: a systemd user unit (Linux), a launchd agent plist (macOS),
+// and the commands that register a Windows service or logon task.
+package service
+
+import (
+	"fmt"
+	"html"
+	"strings"
+)
+
+// Kinds are the supported service managers.
+var Kinds = []string{"systemd", "launchd", "windows"}
+
+// File returns the service definition of kind for running exe with args.
+func File(kind, exe string, args []string) (string, error) {
+	switch kind {
+	case "systemd":
+		return systemd(exe, args), nil
+	case "launchd":
+		return launchd(exe, args), nil
+	case "windows":
+		return windows(exe, args), nil
+	}
+	return "", fmt.Errorf("service kind %q: want one of %s", kind, strings.Join(Kinds, ", "))
+}
+
+// shellQuote quotes one argument for systemd's ExecStart (and sh).
+func shellQuote(s string) string {
+	if s != "" && !strings.ContainsAny(s, " \t\n\"'\\$`;&|<>()*?[]#~%") {
+		return s
+	}
+	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`, `$`, `$$`, `%`, `%%`).Replace(s) + `"`
+}
+
+func systemd(exe string, args []string) string {
+	cmd := []string{shellQuote(exe)}
+	for _, a := range args {
+		cmd = append(cmd, shellQuote(a))
+	}
+	return fmt.Sprintf(`# carryon volunteer node: a systemd user unit.
+# Save as ~/.config/systemd/user/carryon-node.service, then:
+#   systemctl --user daemon-reload
+#   systemctl --user enable --now carryon-node
+#   loginctl enable-linger "$USER"     # keep it running while logged out
+#   journalctl --user -u carryon-node -f
+[Unit]
+Description=carryon volunteer node
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+ExecStart=%s
+Restart=on-failure
+RestartSec=30
+# Lowest CPU and I/O priority: the machine's owner comes first.
+Nice=19
+CPUSchedulingPolicy=idle
+IOSchedulingClass=idle
+
+[Install]
+WantedBy=default.target
+`, strings.Join(cmd, " "))
+}
+
+func launchd(exe string, args []string) string {
+	var b strings.Builder
+	for _, a := range append([]string{exe}, args...) {
+		fmt.Fprintf(&b, "\t\t<string>%s</string>\n", html.EscapeString(a))
+	}
+	return fmt.Sprintf(`<?xml version="1.0" encoding="UTF-8"?>
+<!-- carryon volunteer node: a launchd agent.
+     Save as ~/Library/LaunchAgents/org.carryon.node.plist, then:
+       launchctl bootstrap gui/$(id -u) ~/Library/LaunchAgents/org.carryon.node.plist
+       launchctl kickstart -k gui/$(id -u)/org.carryon.node
+     Stop: launchctl bootout gui/$(id -u)/org.carryon.node -->
+<!DOCTYPE plist PUBLIC "-//Apple//DTD PLIST 1.0//EN" "http://www.apple.com/DTDs/PropertyList-1.0.dtd">
+<plist version="1.0">
+<dict>
+	<key>Label</key>
+	<string>org.carryon.node</string>
+	<key>ProgramArguments</key>
+	<array>
+%s	</array>
+	<key>RunAtLoad</key>
+	<true/>
+	<key>KeepAlive</key>
+	<dict>
+		<key>SuccessfulExit</key>
+		<false/>
+	</dict>
+	<key>ProcessType</key>
+	<string>Background</string>
+	<key>LowPriorityIO</key>
+	<true/>
+	<key>Nice</key>
+	<integer>19</integer>
+	<key>StandardOutPath</key>
+	<string>/tmp/carryon-node.log</string>
+	<key>StandardErrorPath</key>
+	<string>/tmp/carryon-node.log</string>
+</dict>
+</plist>
+`, b.String())
+}
+
+// winQuote quotes one argument for a Windows command line.
+func winQuote(s string) string {
+	if s != "" && !strings.ContainsAny(s, " \t\"") {
+		return s
+	}
+	return `"` + strings.ReplaceAll(s, `"`, `\"`) + `"`
+}
+
+func windows(exe string, args []string) string {
+	cmd := []string{winQuote(exe)}
+	for _, a := range args {
+		cmd = append(cmd, winQuote(a))
+	}
+	line := strings.Join(cmd, " ")
+	return fmt.Sprintf(`REM carryon volunteer node on Windows. Two ways to run it in the background:
+REM
+REM 1. A task at logon (recommended: it runs in your session, so --idle can
+REM    see your keyboard and mouse). In a Command Prompt:
+schtasks /Create /TN "carryon node" /SC ONLOGON /RL LIMITED /TR "%s"
+REM    Start now: schtasks /Run /TN "carryon node"; remove: schtasks /Delete /TN "carryon node" /F
+REM
+REM 2. A service (runs without anyone logged in; in session 0 it cannot see
+REM    user input, so do not combine it with --idle). carryon.exe does not
+REM    speak the service control protocol itself, so wrap it with a service
+REM    host such as WinSW or NSSM, e.g. in an elevated Command Prompt:
+REM      nssm install carryon-node %s
+REM      nssm set carryon-node AppPriority BELOW_NORMAL_PRIORITY_CLASS
+REM      nssm start carryon-node
+`, strings.ReplaceAll(line, `"`, `\"`), line)
+}

@@ -1,0 +1,154 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Conditions say when a volunteer's machine may work; Govern pauses and
+// resumes the node as they change. The zero value always allows work.
+type Conditions struct {
+	// Schedule lists local-time windows in which the node works; empty:
+	// any time.
+	Schedule []Window
+	// IdleFor: work only after no user input for this long (0: regardless
+	// of the user). Needs an OS that tells (Probe.IdleTime); Govern fails
+	// where none does.
+	IdleFor time.Duration
+	// AllowBattery lets the node work on battery power; by default it
+	// pauses while the OS says the machine runs on battery.
+	AllowBattery bool
+	// Poll is how often the conditions are checked. Default 15 s.
+	Poll time.Duration
+}
+
+// Validate reports a field out of bounds.
+func (c Conditions) Validate() error {
+	switch {
+	case c.IdleFor < 0:
+		return fmt.Errorf("node.Conditions.IdleFor: %v is negative", c.IdleFor)
+	case c.Poll < 0:
+		return fmt.Errorf("node.Conditions.Poll: %v is negative", c.Poll)
+	}
+	return nil
+}
+
+// Window is a daily span of local time [From, To), in minutes after
+// midnight; To < From wraps past midnight (22:00-07:00).
+type Window struct{ From, To int }
+
+// ParseSchedule reads "HH:MM-HH:MM[,HH:MM-HH:MM...]".
+func ParseSchedule(s string) ([]Window, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var ws []Window
+	for _, part := range strings.Split(s, ",") {
+		a, b, ok := strings.Cut(strings.TrimSpace(part), "-")
+		if !ok {
+			return nil, fmt.Errorf("schedule %q: want HH:MM-HH:MM windows separated by commas", s)
+		}
+		from, err1 := parseClock(a)
+		to, err2 := parseClock(b)
+		if err := errors.Join(err1, err2); err != nil {
+			return nil, fmt.Errorf("schedule %q: %w", s, err)
+		}
+		if from == to {
+			return nil, fmt.Errorf("schedule %q: window %s is empty", s, part)
+		}
+		ws = append(ws, Window{from, to})
+	}
+	return ws, nil
+}
+
+func parseClock(s string) (int, error) {
+	t, err := time.Parse("15:04", strings.TrimSpace(s))
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a time of day HH:MM", s)
+	}
+	return t.Hour()*60 + t.Minute(), nil
+}
+
+func (w Window) String() string {
+	return fmt.Sprintf("%02d:%02d-%02d:%02d", w.From/60, w.From%60, w.To/60, w.To%60)
+}
+
+// contains reports whether local time t falls in w.
+func (w Window) contains(t time.Time) bool {
+	m := t.Hour()*60 + t.Minute()
+	if w.From < w.To {
+		return m >= w.From && m < w.To
+	}
+	return m >= w.From || m < w.To
+}
+
+// Probe asks the OS about the user and the power supply (SystemProbe for
+// the real one).
+type Probe interface {
+	// IdleTime is how long since the last user input; an error where the OS
+	// cannot tell.
+	IdleTime() (time.Duration, error)
+	// OnBattery reports whether the machine runs on battery; false with an
+	// error where the OS cannot tell.
+	OnBattery() (bool, error)
+}
+
+// Why returns the reason conditions c forbid work at time now, or "".
+func (c Conditions) Why(now time.Time, p Probe) string {
+	if len(c.Schedule) > 0 {
+		in := false
+		var names []string
+		for _, w := range c.Schedule {
+			in = in || w.contains(now)
+			names = append(names, w.String())
+		}
+		if !in {
+			return "outside the schedule " + strings.Join(names, ",")
+		}
+	}
+	if !c.AllowBattery {
+		if on, err := p.OnBattery(); err == nil && on {
+			return "on battery power"
+		}
+	}
+	if c.IdleFor > 0 {
+		idle, err := p.IdleTime()
+		if err != nil {
+			return "cannot tell whether the user is idle: " + err.Error()
+		}
+		if idle < c.IdleFor {
+			return fmt.Sprintf("user active (idle %v of %v)", idle.Round(time.Second), c.IdleFor)
+		}
+	}
+	return ""
+}
+
+// Govern checks c every Poll until ctx ends, pausing the node while a
+// condition forbids work and resuming it after (a Pause by the user
+// stays). It fails at once if c.IdleFor is set and p cannot tell idle time.
+func (n *Node) Govern(ctx context.Context, c Conditions, p Probe) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	if c.Poll == 0 {
+		c.Poll = 15 * time.Second
+	}
+	if c.IdleFor > 0 {
+		if _, err := p.IdleTime(); err != nil {
+			return fmt.Errorf("node.Govern: --idle needs the OS to report user idle time: %w", err)
+		}
+	}
+	t := time.NewTicker(c.Poll)
+	defer t.Stop()
+	for {
+		n.setPause(&n.ctl.auto, c.Why(time.Now(), p))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
