@@ -3,9 +3,12 @@ package node
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -215,4 +218,39 @@ func pairHostless(t testing.TB) host.Host {
 	}
 	t.Cleanup(func() { h.Close() })
 	return h
+}
+
+// TestStatusHandler drives the local page over real HTTP: pause and resume
+// change the node's state, and the text form names the totals.
+func TestStatusHandler(t *testing.T) {
+	_, n := pair(t, newTestBase(), Config{})
+	srv := httptest.NewServer(StatusHandler(n))
+	defer srv.Close()
+	call := func(method, path string) Status {
+		req, _ := http.NewRequest(method, srv.URL+path, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var st Status
+		if err := json.NewDecoder(resp.Body).Decode(&st); err != nil || resp.StatusCode != 200 {
+			t.Fatalf("%s %s: %d %v", method, path, resp.StatusCode, err)
+		}
+		return st
+	}
+	if st := call("GET", "/status"); st.State != "running" || st.Peer != n.h.ID().String() || len(st.Bases) != 1 {
+		t.Fatalf("GET /status: %+v", st)
+	}
+	if st := call("POST", "/pause"); st.State != "paused" || st.PausedReason != "paused by the user" {
+		t.Fatalf("POST /pause: %+v", st)
+	}
+	st := call("POST", "/resume")
+	if st.State != "running" {
+		t.Fatalf("POST /resume: %+v", st)
+	}
+	var b strings.Builder
+	if err := WriteStatusText(&b, st); err != nil || !strings.Contains(b.String(), "contributed: 0 chunks, 0 tokens") || !strings.Contains(b.String(), "current job: none") {
+		t.Fatalf("WriteStatusText: %v\n%s", err, b.String())
+	}
 }
