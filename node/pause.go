@@ -80,6 +80,7 @@ func (n *Node) setPause(which *string, reason string) {
 	before := c.reasonLocked()
 	*which = reason
 	after := c.reasonLocked()
+	pausedFor := time.Since(c.since)
 	switch {
 	case before == "" && after != "":
 		c.since = time.Now()
@@ -98,7 +99,7 @@ func (n *Node) setPause(which *string, reason string) {
 	case before == "" && after != "":
 		n.log.Info("node paused; running chunks finish, queued and new ones are handed back", "reason", after)
 	case before != "" && after == "":
-		n.log.Info("node resumed", "paused_for", time.Since(c.since).Round(time.Second))
+		n.log.Info("node resumed", "paused_for", pausedFor.Round(time.Second))
 	case before != after:
 		n.log.Info("node still paused", "reason", after)
 	}
