@@ -1,7 +1,6 @@
 package node
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -9,7 +8,8 @@ import (
 )
 
 // Conditions say when a volunteer's machine may work; Govern pauses and
-// resumes the node as they change. The zero value always allows work.
+// resumes the node as they change. The zero value allows work at any time
+// except on battery power (where the OS tells).
 type Conditions struct {
 	// Schedule lists local-time windows in which the node works; empty:
 	// any time.
@@ -34,6 +34,33 @@ func (c Conditions) Validate() error {
 		return fmt.Errorf("node.Conditions.Poll: %v is negative", c.Poll)
 	}
 	return nil
+}
+
+// Active reports whether c can ever forbid work (the zero value allows
+// work except on battery; AllowBattery with no schedule and no idle rule
+// never pauses).
+func (c Conditions) Active() bool {
+	return len(c.Schedule) > 0 || c.IdleFor > 0 || !c.AllowBattery
+}
+
+// String describes c for a volunteer: "schedule 22:00-07:00, only after
+// 5m idle, pauses on battery".
+func (c Conditions) String() string {
+	var parts []string
+	if len(c.Schedule) > 0 {
+		var ws []string
+		for _, w := range c.Schedule {
+			ws = append(ws, w.String())
+		}
+		parts = append(parts, "schedule "+strings.Join(ws, ","))
+	}
+	if c.IdleFor > 0 {
+		parts = append(parts, fmt.Sprintf("only after %v idle", c.IdleFor))
+	}
+	if !c.AllowBattery {
+		parts = append(parts, "pauses on battery")
+	}
+	return strings.Join(parts, ", ")
 }
 
 // Window is a daily span of local time [From, To), in minutes after
@@ -126,10 +153,12 @@ func (c Conditions) Why(now time.Time, p Probe) string {
 	return ""
 }
 
-// Govern checks c every Poll until ctx ends, pausing the node while a
-// condition forbids work and resuming it after (a Pause by the user
-// stays). It fails at once if c.IdleFor is set and p cannot tell idle time.
-func (n *Node) Govern(ctx context.Context, c Conditions, p Probe) error {
+// Govern applies c now and then every c.Poll until the node closes,
+// pausing the node while a condition forbids work and resuming it after (a
+// Pause by the user stays); the node's adverts say FreeSlots 0 while it is
+// paused. Call it after Start, once. It fails at once when c is out of
+// bounds or c.IdleFor is set and p cannot tell idle time.
+func (n *Node) Govern(c Conditions, p Probe) error {
 	if err := c.Validate(); err != nil {
 		return err
 	}
@@ -138,17 +167,34 @@ func (n *Node) Govern(ctx context.Context, c Conditions, p Probe) error {
 	}
 	if c.IdleFor > 0 {
 		if _, err := p.IdleTime(); err != nil {
-			return fmt.Errorf("node.Govern: --idle needs the OS to report user idle time: %w", err)
+			return fmt.Errorf("node.Govern: working only when the user is idle needs the OS to report idle time: %w", err)
 		}
 	}
-	t := time.NewTicker(c.Poll)
-	defer t.Stop()
-	for {
-		n.setPause(&n.ctl.auto, c.Why(time.Now(), p))
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
+	n.mu.Lock()
+	ok := n.started && !n.closed && n.gov.done == nil
+	if ok {
+		n.gov.done = make(chan struct{})
 	}
+	n.mu.Unlock()
+	if !ok {
+		return errors.New("node.Govern: call once, after Start and before Close")
+	}
+	n.ctl.mu.Lock()
+	n.ctl.conditions = c.String()
+	n.ctl.mu.Unlock()
+	n.setPause(&n.ctl.auto, c.Why(time.Now(), p))
+	go func() {
+		defer close(n.gov.done)
+		t := time.NewTicker(c.Poll)
+		defer t.Stop()
+		for {
+			select {
+			case <-n.ctx.Done():
+				return
+			case <-t.C:
+				n.setPause(&n.ctl.auto, c.Why(time.Now(), p))
+			}
+		}
+	}()
+	return nil
 }

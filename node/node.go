@@ -84,7 +84,10 @@ type Node struct {
 	closed  bool
 	started bool
 
-	ctl control // pause state, memory budget, current jobs (pause.go)
+	ctl control  // pause state, memory budget, current jobs (pause.go)
+	gov struct { // the conditions loop (Govern, conditions.go)
+		done chan struct{} // closed when it ends; nil until Govern
+	}
 
 	jobs, rejected, tokens, bytesSent atomic.Int64
 	computed, resent                  atomic.Int64
@@ -263,7 +266,10 @@ func (n *Node) Close() error {
 	case <-time.After(n.cfg.DrainTimeout):
 		n.log.Warn("jobs still running at close; aborting them")
 	}
-	n.cancel() // resets the jobs' streams
+	n.cancel() // resets the jobs' streams; ends Govern's loop
+	if n.gov.done != nil {
+		<-n.gov.done
+	}
 	select {
 	case <-done:
 		return nil

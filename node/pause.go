@@ -30,11 +30,14 @@ import (
 // control is the node's pause state, memory budget and job accounting.
 type control struct {
 	mu      sync.Mutex
-	manual  string    // reason of a Pause call ("" = none)
-	auto    string    // reason from the conditions (Govern; "" = none)
-	since   time.Time // when the current pause began
-	wake    chan struct{}
+	manual  string        // reason of a Pause call ("" = none)
+	auto    string        // reason from the conditions (Govern; "" = none)
+	since   time.Time     // when the current pause began
+	wake    chan struct{} // closed when the node pauses (queued jobs hand back)
 	changed chan struct{} // signalled on pause and resume (advert loop)
+	queued  chan struct{} // tests only: signalled as a job starts waiting for a slot
+
+	conditions string // Conditions.String() of Govern ("" = none)
 
 	mem       *semaphore.Weighted // nil without Config.MaxMemory
 	memBudget int64               // bytes jobs may use (MaxMemory minus the weights)
@@ -138,6 +141,9 @@ func (n *Node) admit(ctx context.Context, req *protocol.EmbedRequest, b Base, lo
 		return protocol.Errorf(protocol.KindOverloaded, "all %d job slots busy and %d jobs queued", cap(n.slots), n.cfg.MaxQueue)
 	}
 	defer n.waiting.Add(-1)
+	if n.ctl.queued != nil {
+		n.ctl.queued <- struct{}{}
+	}
 	select {
 	case n.slots <- struct{}{}:
 	default:

@@ -1,9 +1,9 @@
 package node
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
 
 	"carryon/protocol"
 	"carryon/swarm"
@@ -42,7 +43,7 @@ func lease(s io.ReadWriteCloser, req *protocol.EmbedRequest) error {
 	if _, err := protocol.ReadExpect[*protocol.EmbedDone](s); err != nil {
 		return err
 	}
-	if err := protocol.WriteFrame(s, &protocol.Ack{V: 1, JobID: req.JobID, ChunkID: req.ChunkID, OK: true}); err != nil {
+	if err := protocol.WriteFrame(s, &protocol.Ack{V: protocol.Version, JobID: req.JobID, ChunkID: req.ChunkID, OK: true}); err != nil {
 		return err
 	}
 	io.Copy(io.Discard, s)
@@ -58,7 +59,8 @@ func lease(s io.ReadWriteCloser, req *protocol.EmbedRequest) error {
 func TestPauseUnderLoad(t *testing.T) {
 	b := newTestBase()
 	b.entered, b.gate = make(chan struct{}, 8), make(chan struct{})
-	c, n := pair(t, b, Config{MaxJobs: 1, MaxQueue: 4})
+	queued := make(chan struct{}, 8)
+	c, n := pairHook(t, b, Config{MaxJobs: 1, MaxQueue: 4}, func(n *Node) { n.ctl.queued = queued })
 	type outcome struct {
 		chunk int
 		err   error
@@ -70,10 +72,12 @@ func TestPauseUnderLoad(t *testing.T) {
 	}
 	finished := map[int]int{}
 	start(0)
+	<-queued
 	<-b.entered // chunk 0 computes
 	start(1)
 	start(2)
-	waitFor(t, "two chunks queued", func() bool { return n.waiting.Load() == 2 })
+	<-queued
+	<-queued // chunks 1 and 2 wait for the slot
 	if st := n.Status(); st.State != "running" || len(st.Current) != 1 || st.Current[0].Tokens != 8 {
 		t.Fatalf("status before the pause: %+v", st)
 	}
@@ -117,7 +121,7 @@ func TestPauseUnderLoad(t *testing.T) {
 			t.Errorf("chunk %d finished %d times, want exactly once", i, finished[i])
 		}
 	}
-	waitFor(t, "four acknowledged chunks", func() bool { return n.Stats().Jobs == 4 })
+	// lease returns once the node closed the stream, after counting the job.
 	st := n.Status()
 	if st.State != "running" || st.Chunks != 4 || st.Tokens != 32 || st.HandedBack != 3 || len(st.Current) != 0 || st.ComputeSecs <= 0 {
 		t.Fatalf("final status: %+v", st)
@@ -220,37 +224,120 @@ func pairHostless(t testing.TB) host.Host {
 	return h
 }
 
-// TestStatusHandler drives the local page over real HTTP: pause and resume
-// change the node's state, and the text form names the totals.
+// TestStatusHandler drives the local page over real HTTP with the client
+// that `carryon node status|pause|resume` uses: pause and resume change
+// the node's state, a POST without the control header (what another web
+// site could send) is refused, the browser page and the text form name the
+// totals and limits.
 func TestStatusHandler(t *testing.T) {
-	_, n := pair(t, newTestBase(), Config{})
+	_, n := pair(t, newTestBase(), Config{MaxJobs: 2, MaxMemory: 1 << 30})
 	srv := httptest.NewServer(StatusHandler(n))
 	defer srv.Close()
-	call := func(method, path string) Status {
-		req, _ := http.NewRequest(method, srv.URL+path, nil)
-		resp, err := http.DefaultClient.Do(req)
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	ctx := context.Background()
+	call := func(verb string) Status {
+		t.Helper()
+		st, err := Control(ctx, addr, verb)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer resp.Body.Close()
-		var st Status
-		if err := json.NewDecoder(resp.Body).Decode(&st); err != nil || resp.StatusCode != 200 {
-			t.Fatalf("%s %s: %d %v", method, path, resp.StatusCode, err)
-		}
 		return st
 	}
-	if st := call("GET", "/status"); st.State != "running" || st.Peer != n.h.ID().String() || len(st.Bases) != 1 {
-		t.Fatalf("GET /status: %+v", st)
+	if st := call("status"); st.State != "running" || st.Peer != n.h.ID().String() || len(st.Bases) != 1 ||
+		!strings.Contains(st.Limits, "2 job slots; memory 1024 MiB") {
+		t.Fatalf("status: %+v", st)
 	}
-	if st := call("POST", "/pause"); st.State != "paused" || st.PausedReason != "paused by the user" {
-		t.Fatalf("POST /pause: %+v", st)
+	resp, err := http.Post(srv.URL+"/pause", "text/plain", nil) // a cross-site form post has no such header
+	if err != nil {
+		t.Fatal(err)
 	}
-	st := call("POST", "/resume")
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden || n.Status().State != "running" {
+		t.Fatalf("POST /pause without %s: %s, node %s", ControlHeader, resp.Status, n.Status().State)
+	}
+	if st := call("pause"); st.State != "paused" || st.PausedReason != "paused by the user" || st.PausedSince == nil {
+		t.Fatalf("pause: %+v", st)
+	}
+	page, err := http.Get(srv.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(page.Body)
+	page.Body.Close()
+	if !strings.Contains(string(body), "paused (paused by the user)") || !strings.Contains(string(body), "contributed: 0 chunks") {
+		t.Fatalf("GET /:\n%s", body)
+	}
+	st := call("resume")
 	if st.State != "running" {
-		t.Fatalf("POST /resume: %+v", st)
+		t.Fatalf("resume: %+v", st)
 	}
 	var b strings.Builder
-	if err := WriteStatusText(&b, st); err != nil || !strings.Contains(b.String(), "contributed: 0 chunks, 0 tokens") || !strings.Contains(b.String(), "current job: none") {
+	if err := WriteStatusText(&b, st); err != nil || !strings.Contains(b.String(), "contributed: 0 chunks, 0 tokens") ||
+		!strings.Contains(b.String(), "current job: none") || !strings.Contains(b.String(), "limits: ") {
 		t.Fatalf("WriteStatusText: %v\n%s", err, b.String())
+	}
+	if _, err := Control(ctx, addr, "stop"); err == nil {
+		t.Error("Control accepted the verb stop")
+	}
+}
+
+// TestPausedAdvert: a paused node keeps advertising, with FreeSlots 0, at
+// once (not an advert interval later); resumed, it advertises free slots
+// again. The same holds for a pause by Govern's conditions (on battery).
+// Real gossip between two hosts; the coordinator's side is a subscriber.
+func TestPausedAdvert(t *testing.T) {
+	coord, ctopics := gossipHost(t, nil, "")
+	sub, err := ctopics.Nodes.Subscribe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Cancel()
+	nh, ntopics := gossipHost(t, nil, "")
+	cfg := DefaultLocalConfig()
+	cfg.Logger, cfg.AdvertInterval, cfg.MaxJobs, cfg.MaxQueue = quiet, time.Hour, 2, 1
+	n, err := New(nh, ntopics, []Base{newTestBase()}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if err := nh.Connect(context.Background(), peer.AddrInfo{ID: coord.ID(), Addrs: coord.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	// next returns the node's next advert whose FreeSlots satisfy want.
+	// The interval is an hour, so each comes from a join or a pause change
+	// (or their few follow-ups, which say the same).
+	next := func(what string, want func(int) bool) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for {
+			m, err := sub.Next(ctx)
+			if err != nil {
+				t.Fatalf("no advert %s: %v", what, err)
+			}
+			if a, err := protocol.Unmarshal(m.Data); err == nil && a.(*protocol.Advert).Peer == nh.ID().String() && want(a.(*protocol.Advert).FreeSlots) {
+				return
+			}
+		}
+	}
+	next("with 3 free slots", func(f int) bool { return f == 3 })
+	n.Pause("test")
+	next("with 0 free slots while paused", func(f int) bool { return f == 0 })
+	n.Resume()
+	next("with free slots after resume", func(f int) bool { return f == 3 })
+
+	p := &fakeProbe{battery: true}
+	if err := n.Govern(Conditions{Poll: time.Hour}, p); err != nil {
+		t.Fatal(err)
+	}
+	if st := n.Status(); st.State != "paused" || st.PausedReason != "on battery power" || !strings.Contains(st.Limits, "pauses on battery") {
+		t.Fatalf("status on battery: %+v", st)
+	}
+	next("with 0 free slots on battery", func(f int) bool { return f == 0 })
+	if err := n.Govern(Conditions{}, p); err == nil {
+		t.Error("a second Govern was accepted")
 	}
 }

@@ -1,7 +1,10 @@
 package node
 
 import (
+	"fmt"
+	"runtime"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -14,6 +17,7 @@ type Status struct {
 	PausedSince  *time.Time   `json:"paused_since,omitempty"`
 	Started      time.Time    `json:"started"`
 	Bases        []string     `json:"bases"`           // name (weights hash prefix)
+	Limits       string       `json:"limits"`          // threads, job slots, memory, conditions
 	Chunks       int64        `json:"chunks"`          // embedding jobs finished and acknowledged
 	Tokens       int64        `json:"tokens"`          // tokens in those jobs
 	ComputeSecs  float64      `json:"compute_seconds"` // time spent computing jobs (all slots summed)
@@ -37,7 +41,7 @@ func (n *Node) Status() Status {
 	st := n.Stats()
 	s := Status{Peer: n.h.ID().String(), State: "running", Started: n.ctl.started, Chunks: st.Jobs, Tokens: st.Tokens,
 		ComputeSecs: time.Duration(n.ctl.computeNanos.Load()).Seconds(), HandedBack: n.ctl.handedBack.Load(),
-		Rejected: st.Rejected, TokensPerSec: st.TokensPerSec, Current: []CurrentJob{}}
+		Rejected: st.Rejected, TokensPerSec: st.TokensPerSec, Current: []CurrentJob{}, Limits: n.limitsText()}
 	for _, b := range n.bases {
 		i := b.Info()
 		s.Bases = append(s.Bases, i.Name+" ("+short(i.WeightsHash)+")")
@@ -54,4 +58,18 @@ func (n *Node) Status() Status {
 	n.ctl.mu.Unlock()
 	sort.Slice(s.Current, func(i, j int) bool { return s.Current[i].Started.Before(s.Current[j].Started) })
 	return s
+}
+
+// limitsText says what the node may use and when it works.
+func (n *Node) limitsText() string {
+	parts := []string{fmt.Sprintf("%d threads", runtime.GOMAXPROCS(0)), fmt.Sprintf("%d job slots", cap(n.slots))}
+	if n.cfg.MaxMemory > 0 {
+		parts = append(parts, fmt.Sprintf("memory %d MiB", n.cfg.MaxMemory>>20))
+	}
+	n.ctl.mu.Lock()
+	if n.ctl.conditions != "" {
+		parts = append(parts, n.ctl.conditions)
+	}
+	n.ctl.mu.Unlock()
+	return strings.Join(parts, "; ")
 }

@@ -104,9 +104,11 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		n.Close()
 		return err
 	}
-	if err := governNode(ctx, n, conds); err != nil {
-		n.Close()
-		return err
+	if conds.Active() {
+		if err := n.Govern(conds, node.SystemProbe()); err != nil {
+			n.Close()
+			return fmt.Errorf("--schedule/--idle/--allow-battery: %w", err)
+		}
 	}
 	serveNodeStatus(ctx, n, *limits.statusAddr, stdout)
 	info := base.Info()

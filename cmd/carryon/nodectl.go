@@ -3,11 +3,9 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"runtime"
 	"runtime/debug"
@@ -132,69 +130,30 @@ func runNodeCtl(ctx context.Context, verb string, args []string, stdout, stderr 
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	method, path := http.MethodPost, "/"+verb
-	if verb == "status" {
-		method = http.MethodGet
-	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+*addr+path, nil)
+	st, err := node.Control(ctx, *addr, verb)
 	if err != nil {
 		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return fmt.Errorf("node %s: no node answers at %s (is it running, with --status-addr %s?): %w", verb, *addr, *addr, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return fmt.Errorf("node %s: %w", verb, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("node %s: %s: %s", verb, resp.Status, strings.TrimSpace(string(body)))
 	}
 	if *asJSON {
-		_, err = stdout.Write(body)
+		b, _ := json.MarshalIndent(st, "", "  ")
+		_, err = fmt.Fprintf(stdout, "%s\n", b)
 		return err
-	}
-	var st node.Status
-	if err := json.Unmarshal(body, &st); err != nil {
-		return fmt.Errorf("node %s: reply from %s is not a node status: %w", verb, *addr, err)
 	}
 	return node.WriteStatusText(stdout, st)
 }
 
 // serveNodeStatus serves node.StatusHandler on addr (loopback expected).
-func serveNodeStatus(ctx context.Context, n *node.Node, addr string, stdout io.Writer) error {
+// A port already taken is not fatal: the node works without its page.
+func serveNodeStatus(ctx context.Context, n *node.Node, addr string, stdout io.Writer) {
 	if addr == "" {
-		return nil
+		return
 	}
 	bound, _, err := serveHTTP(ctx, addr, node.StatusHandler(n))
-	if err != nil { // not fatal: the node works without its page
+	if err != nil {
 		fmt.Fprintf(stdout, "no status page: --status-addr %s: %v (another node running? pick another port)\n", addr, err)
-		return nil
+		return
 	}
-	fmt.Fprintf(stdout, "status page on http://%s/status (carryon node status --addr %s)\n", bound, bound)
-	return nil
-}
-
-// governNode runs node.Govern in the background; a failure (--idle where
-// the OS cannot tell) is returned at once.
-func governNode(ctx context.Context, n *node.Node, c node.Conditions) error {
-	if len(c.Schedule) == 0 && c.IdleFor == 0 && c.AllowBattery {
-		return nil
-	}
-	p := node.SystemProbe()
-	if c.IdleFor > 0 {
-		if _, err := p.IdleTime(); err != nil {
-			return fmt.Errorf("--idle: this system does not report user idle time (%w); use --schedule instead", err)
-		}
-	}
-	go func() {
-		if err := n.Govern(ctx, c, p); err != nil && !errors.Is(err, context.Canceled) {
-			fmt.Fprintln(os.Stderr, "carryon node:", err)
-		}
-	}()
-	return nil
+	fmt.Fprintf(stdout, "status page on http://%s/ (carryon node status --addr %s)\n", bound, bound)
 }
