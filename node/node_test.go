@@ -78,12 +78,6 @@ func waitLogged(t testing.TB, n *Node, msg string, count int) {
 // a private swarm.
 func pair(t testing.TB, b Base, cfg Config) (host.Host, *Node) {
 	t.Helper()
-	return pairHook(t, b, cfg, nil)
-}
-
-// pairHook is pair with before (when not nil) run on the node before Start.
-func pairHook(t testing.TB, b Base, cfg Config, before func(*Node)) (host.Host, *Node) {
-	t.Helper()
 	psk := make([]byte, 32)
 	for i := range psk {
 		psk[i] = byte(i * 7)
@@ -108,9 +102,6 @@ func pairHook(t testing.TB, b Base, cfg Config, before func(*Node)) (host.Host, 
 	n, err := New(hs[1], nil, []Base{b}, cfg)
 	if err != nil {
 		t.Fatal(err)
-	}
-	if before != nil {
-		before(n)
 	}
 	if err := n.Start(context.Background()); err != nil {
 		t.Fatal(err)

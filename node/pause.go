@@ -35,7 +35,6 @@ type control struct {
 	since   time.Time     // when the current pause began
 	wake    chan struct{} // closed when the node pauses (queued jobs hand back)
 	changed chan struct{} // signalled on pause and resume (advert loop)
-	queued  chan struct{} // tests only: signalled as a job starts waiting for a slot
 
 	conditions string // Conditions.String() of Govern ("" = none)
 
@@ -141,9 +140,6 @@ func (n *Node) admit(ctx context.Context, req *protocol.EmbedRequest, b Base, lo
 		return protocol.Errorf(protocol.KindOverloaded, "all %d job slots busy and %d jobs queued", cap(n.slots), n.cfg.MaxQueue)
 	}
 	defer n.waiting.Add(-1)
-	if n.ctl.queued != nil {
-		n.ctl.queued <- struct{}{}
-	}
 	select {
 	case n.slots <- struct{}{}:
 	default:

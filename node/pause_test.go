@@ -59,8 +59,7 @@ func lease(s io.ReadWriteCloser, req *protocol.EmbedRequest) error {
 func TestPauseUnderLoad(t *testing.T) {
 	b := newTestBase()
 	b.entered, b.gate = make(chan struct{}, 8), make(chan struct{})
-	queued := make(chan struct{}, 8)
-	c, n := pairHook(t, b, Config{MaxJobs: 1, MaxQueue: 4}, func(n *Node) { n.ctl.queued = queued })
+	c, n := pair(t, b, Config{MaxJobs: 1, MaxQueue: 4})
 	type outcome struct {
 		chunk int
 		err   error
@@ -72,12 +71,10 @@ func TestPauseUnderLoad(t *testing.T) {
 	}
 	finished := map[int]int{}
 	start(0)
-	<-queued
 	<-b.entered // chunk 0 computes
 	start(1)
 	start(2)
-	<-queued
-	<-queued // chunks 1 and 2 wait for the slot
+	waitLogged(t, n, "chunk queued: every slot is busy", 2) // chunks 1 and 2 wait for the slot
 	if st := n.Status(); st.State != "running" || len(st.Current) != 1 || st.Current[0].Tokens != 8 {
 		t.Fatalf("status before the pause: %+v", st)
 	}
