@@ -17,13 +17,14 @@ type forwarder interface {
 type served struct {
 	forwarder
 	info protocol.BaseInfo
+	cfg  model.Config // sizes for the memory limit (limits.go)
 }
 
 func (s served) Info() protocol.BaseInfo { return s.info }
 
 func serve(f forwarder, name, weightsHash string, c model.Config) BatchBase {
 	return served{forwarder: f, info: protocol.BaseInfo{Name: name, WeightsHash: weightsHash, Arch: c.Arch,
-		Dim: c.Dim, Layers: c.Layers, Vocab: c.Vocab}}
+		Dim: c.Dim, Layers: c.Layers, Vocab: c.Vocab}, cfg: c}
 }
 
 // Serve wraps a loaded model so a Node can serve it under name.

@@ -60,9 +60,9 @@ func (n *Node) initMemory(bases []Base) error {
 	return nil
 }
 
-func (m modelBase) WeightBytes() int64 { return 4 * m.b.Config.NumParams() }
+func (s served) WeightBytes() int64 { return 4 * s.cfg.NumParams() }
 
-func (m modelBase) TokenBytes(layers int) int64 {
-	c := m.b.Config
+func (s served) TokenBytes(layers int) int64 {
+	c := s.cfg
 	return 4 * int64(8*c.Dim+3*c.FFN+layers*c.Dim)
 }
