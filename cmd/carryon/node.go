@@ -110,13 +110,13 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return fmt.Errorf("--schedule/--idle/--allow-battery: %w", err)
 		}
 	}
-	serveNodeStatus(ctx, n, *limits.statusAddr, stdout)
 	info := base.Info()
 	fmt.Fprintf(stdout, "node %s in swarm %s serving %s (%s) on %s\n", j.h.ID(), j.name, info.Name, info.WeightsHash, devName)
 	j.printIdentity(stdout)
 	for _, a := range j.addrs() {
 		fmt.Fprintf(stdout, "listening on %s\n", a)
 	}
+	serveNodeStatus(ctx, n, *limits.statusAddr, stdout) // after the "node ID" line that scripts read
 	j.reach(ctx, stdout, swarm.Reach.String)
 	<-ctx.Done()
 	st := n.Stats()

@@ -152,7 +152,7 @@ func serveNodeStatus(ctx context.Context, n *node.Node, addr string, stdout io.W
 	}
 	bound, _, err := serveHTTP(ctx, addr, node.StatusHandler(n))
 	if err != nil {
-		fmt.Fprintf(stdout, "no status page: --status-addr %s: %v (another node running? pick another port)\n", addr, err)
+		fmt.Fprintf(stdout, "no status page: --status-addr %s: %v (is another carryon running there? pick another port)\n", addr, err)
 		return
 	}
 	fmt.Fprintf(stdout, "status page on http://%s/ (carryon node status --addr %s)\n", bound, bound)

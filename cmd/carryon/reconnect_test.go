@@ -100,7 +100,8 @@ func freePort(t *testing.T) int {
 // peer ID (kept in its --cache), the node says it lost the coordinator and
 // that it is back, by itself, within seconds, and the coordinator has the
 // node again. A restarted node keeps its peer ID, and a second node on the
-// same state directory is refused while the first runs.
+// same state directory is refused while the first runs; carryon node
+// pause/resume drive the restarted node through its status page.
 func TestReconnectAfterCoordinatorKill(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
@@ -160,9 +161,29 @@ func TestReconnectAfterCoordinatorKill(t *testing.T) {
 	}
 	n1.cmd.Process.Signal(os.Interrupt)
 	n1.cmd.Wait()
+	statusAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	n2 := startLogged(t, env, bin, "node", "--key", key, "--listen", "/ip4/127.0.0.1/tcp/0", "--bootstrap", addr,
-		"--dht", "off", "--state", state)
+		"--dht", "off", "--state", state, "--status-addr", statusAddr)
 	if got := strings.Fields(waitOutput(t, ctx, n2.stdout, "node", "node "))[0]; got != nid {
 		t.Fatalf("restarted node has peer ID %s, was %s", got, nid)
 	}
+
+	// carryon node pause|status|resume against the running process.
+	waitOutput(t, ctx, n2.stdout, "node", "status page on http://"+statusAddr)
+	ctl := func(verb string) string {
+		t.Helper()
+		out, err := exec.CommandContext(ctx, bin, "node", verb, "--addr", statusAddr).CombinedOutput()
+		if err != nil {
+			t.Fatalf("node %s: %v\n%s", verb, err, out)
+		}
+		return string(out)
+	}
+	if out := ctl("pause"); !strings.Contains(out, "node "+nid+": paused (paused by the user)") {
+		t.Fatalf("node pause printed:\n%s", out)
+	}
+	waitOutput(t, ctx, n2.stderr, "node", `msg="node paused; running chunks finish, queued and new ones are handed back"`)
+	if out := ctl("resume"); !strings.Contains(out, ": running, up ") || !strings.Contains(out, "contributed: ") {
+		t.Fatalf("node resume printed:\n%s", out)
+	}
+	waitOutput(t, ctx, n2.stderr, "node", `msg="node resumed"`)
 }
