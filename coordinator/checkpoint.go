@@ -341,8 +341,9 @@ func (c *Coordinator) runKey(ds *dataset.Set, co carryon.Config, parent string) 
 		Optim                                      carryon.OptimConfig
 		Batch                                      int
 		Seed                                       uint64
+		GateBias                                   float32 `json:",omitempty"`
 	}{CheckpointFormat, CheckpointVersion, c.base.WeightsHash, ds.Hash, c.codec.String(), parent,
-		c.cfg.Layers, co, tc.Optim, tc.BatchSeqs, tc.Seed})
+		c.cfg.Layers, co, tc.Optim, tc.BatchSeqs, tc.Seed, tc.GateBias})
 	if err != nil {
 		return "", fmt.Errorf("run key: %w", err)
 	}

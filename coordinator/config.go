@@ -127,6 +127,12 @@ type TrainConfig struct {
 	// optimiser must keep float32 moments. nil: the CPU. The caller owns
 	// (and closes) the backend.
 	Device tensor.Backend `json:"-"`
+	// GateBias is the initial value of every element of the gate's bias
+	// b_g: the gate starts at g = sigmoid(GateBias) (0: one half; −2:
+	// 0.12, the carry-on starts timid; 2: 0.88). W_Δ starts at zero, so
+	// the initial output is the base's whatever the value; it sets how
+	// fast Δx reaches the output early on. A search hyper-parameter.
+	GateBias float32
 }
 
 func (c Config) withDefaults() Config {
@@ -233,6 +239,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("coordinator.Config.Train.Steps: %d is below 1", c.Train.Steps)
 	case c.Train.BatchSeqs < 1:
 		return fmt.Errorf("coordinator.Config.Train.BatchSeqs: %d is below 1", c.Train.BatchSeqs)
+	case !(c.Train.GateBias >= -20 && c.Train.GateBias <= 20):
+		return fmt.Errorf("coordinator.Config.Train.GateBias: %v not in [-20, 20]", c.Train.GateBias)
 	}
 	if err := c.Train.Optim.Validate(); err != nil {
 		return fmt.Errorf("coordinator.Config.Train.Optim: %w", err)

@@ -48,6 +48,9 @@ type TrainResult struct {
 	Meta    carryon.Meta
 	Resumed int // the checkpoint step this call resumed from; 0 for a fresh start
 	Best    int // the step whose weights CarryOn holds (the last step unless TrainConfig.KeepBest chose an earlier one)
+	// Stopped is the step at which Hooks.Stop ended training (0: it ran
+	// all TrainConfig.Steps).
+	Stopped int
 }
 
 // Hooks observe a Run (and a Train). Any may be nil.
@@ -59,6 +62,10 @@ type Hooks struct {
 	Eval       func(EvalInfo)
 	Checkpoint func(step int) // a checkpoint after step is on disk
 	Parent     string         // parent adaptor CID for a boosting stage ("" for the first)
+	// Stop, when set, is asked after each validation pass (after Eval);
+	// true ends training at that step, as if it were the last
+	// (TrainResult.Stopped): a search drops a trial that is falling behind.
+	Stop func(EvalInfo) bool
 }
 
 // seqData is one training sequence with its cached bridged sources.
@@ -258,6 +265,9 @@ func (c *Coordinator) Train(ctx context.Context, ds *dataset.Set, hooks Hooks) (
 	if err != nil {
 		return nil, fmt.Errorf("coordinator.Train: %w", err)
 	}
+	for i := range co.Weights.GateBias {
+		co.Weights.GateBias[i] = tc.GateBias // g = sigmoid(b_g) at the start
+	}
 	opt, err := carryon.NewOptimizer(co, tc.Optim)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator.Train: %w", err)
@@ -295,10 +305,11 @@ func (c *Coordinator) Train(ctx context.Context, ds *dataset.Set, hooks Hooks) (
 	if err != nil {
 		return nil, fmt.Errorf("coordinator.Train: %w", err)
 	}
-	t := &trainer{c: c, co: co, ws: co.NewBatchWorkspace(maxSeq, batchRows(co.Config, maxSeq, tc.BatchSeqs)),
+	trainRows := batchRows(co.Config, maxSeq, tc.BatchSeqs)
+	t := &trainer{c: c, co: co, ws: co.NewBatchWorkspace(maxSeq, max(trainRows, evalRows(co.Config, val))), trainRows: trainRows,
 		wPred: c.base.LMHead(), dec: &decoder{c: c, chain: chain}}
 	if tc.Device != nil {
-		dev, err := carryon.NewDeviceTrainer(tc.Device, co, opt, t.wPred, maxSeq, t.ws.Rows)
+		dev, err := carryon.NewDeviceTrainer(tc.Device, co, opt, t.wPred, maxSeq, trainRows)
 		if err != nil {
 			return nil, fmt.Errorf("coordinator.Train: %w", err)
 		}
@@ -311,6 +322,8 @@ func (c *Coordinator) Train(ctx context.Context, ds *dataset.Set, hooks Hooks) (
 	order := epochOrder(tc.Seed, state.Epoch, len(train))
 	var best []float32 // the parameters of the best validation pass (KeepBest)
 	bestLoss, bestStep := math.Inf(1), 0
+	lastLoss := math.NaN() // of the last validation pass (at the last step taken)
+	last := tc.Steps       // the last step taken
 	for step := state.Step + 1; step <= tc.Steps; step++ {
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("coordinator.Train: %w", err)
@@ -346,8 +359,13 @@ func (c *Coordinator) Train(ctx context.Context, ds *dataset.Set, hooks Hooks) (
 			}
 			res.Evals = append(res.Evals, ev)
 			state.Evals = res.Evals
+			lastLoss = ev.Loss
 			if hooks.Eval != nil {
 				hooks.Eval(ev)
+			}
+			if step < tc.Steps && hooks.Stop != nil && hooks.Stop(ev) {
+				last, res.Stopped = step, step
+				break
 			}
 		}
 		if tc.CheckpointEvery > 0 && (step%tc.CheckpointEvery == 0 || step == tc.Steps) {
@@ -374,18 +392,29 @@ func (c *Coordinator) Train(ctx context.Context, ds *dataset.Set, hooks Hooks) (
 		}
 	}
 	res.Meta = carryon.Meta{BaseHash: c.base.WeightsHash, Parent: hooks.Parent, Bridge: c.codec.String(),
-		DataHash: ds.Hash, Step: tc.Steps, Metrics: map[string]float64{"train_loss": state.Loss}}
+		DataHash: ds.Hash, Step: last, Metrics: map[string]float64{"train_loss": state.Loss}}
 	if n := len(res.Evals); n > 0 {
 		res.Meta.Metrics["val_loss"] = res.Evals[n-1].Loss
 		res.Meta.Metrics["val_base_loss"] = res.Evals[n-1].BaseLoss
 	}
-	if tc.KeepBest && best != nil && bestStep != tc.Steps {
+	keptLoss := lastLoss
+	if tc.KeepBest && best != nil && bestStep != last {
 		copy(co.Params, best)
 		res.Meta.Step = bestStep
 		res.Meta.Metrics["val_loss"] = bestLoss
+		keptLoss = bestLoss
 	}
 	if len(tc.AlphaGrid) > 0 && len(val) > 0 {
-		a, l, err := t.chooseAlpha(val, tc.AlphaGrid)
+		// Two points of the grid are known: α = 0 is the base alone, and
+		// the training α is the kept pass's loss (unless resumed past it).
+		known := map[float32]float64{}
+		if b, err := t.baseLoss(val); err == nil {
+			known[0] = b
+		}
+		if !math.IsNaN(keptLoss) && len(res.Evals) > 0 && res.Evals[len(res.Evals)-1].Step == last {
+			known[co.Config.Alpha] = keptLoss
+		}
+		a, l, err := t.chooseAlpha(val, tc.AlphaGrid, known)
 		if err != nil {
 			return nil, fmt.Errorf("coordinator.Train: choosing alpha: %w", err)
 		}
@@ -396,23 +425,25 @@ func (c *Coordinator) Train(ctx context.Context, ds *dataset.Set, hooks Hooks) (
 	return res, nil
 }
 
-// chooseAlpha measures the validation loss at each α of grid and returns
-// the lowest (the first of equals).
-func (t *trainer) chooseAlpha(val []seqData, grid []float32) (float32, float64, error) {
-	keep := t.co.Config.Alpha
-	defer func() { t.co.Config.Alpha = keep }()
-	bestA, bestL := keep, math.Inf(1)
+// chooseAlpha measures the validation loss at each α of grid (known holds
+// losses already measured, by α) and returns the lowest (the first of
+// equals).
+func (t *trainer) chooseAlpha(val []seqData, grid []float32, known map[float32]float64) (float32, float64, error) {
+	bestA, bestL := t.co.Config.Alpha, math.Inf(1)
 	for _, a := range grid {
 		if math.IsNaN(float64(a)) || math.IsInf(float64(a), 0) {
 			return 0, 0, fmt.Errorf("alpha %v is not finite", a)
 		}
-		t.co.Config.Alpha = a
-		ev, err := t.eval(val)
-		if err != nil {
-			return 0, 0, err
+		l, ok := known[a]
+		if !ok {
+			sum, n, err := t.valLoss(val, a)
+			if err != nil {
+				return 0, 0, err
+			}
+			l = sum / float64(n)
 		}
-		if ev.Loss < bestL {
-			bestA, bestL = a, ev.Loss
+		if l < bestL {
+			bestA, bestL = a, l
 		}
 	}
 	return bestA, bestL, nil
@@ -437,7 +468,7 @@ func (c *Coordinator) Evaluate(ds *dataset.Set, co *carryon.Model) (EvalInfo, er
 	if maxSeq > co.Config.MaxSeq {
 		return EvalInfo{}, fmt.Errorf("coordinator.Evaluate: a sequence of %d tokens is longer than the carry-on's %d", maxSeq, co.Config.MaxSeq)
 	}
-	t := &trainer{c: c, co: co, ws: co.NewWorkspace(maxSeq), wPred: c.base.LMHead(), dec: &decoder{c: c}}
+	t := &trainer{c: c, co: co, ws: co.NewBatchWorkspace(maxSeq, evalRows(co.Config, val)), wPred: c.base.LMHead(), dec: &decoder{c: c}}
 	ev, err := t.eval(val)
 	if err != nil {
 		return EvalInfo{}, fmt.Errorf("coordinator.Evaluate: %w", err)
@@ -463,15 +494,24 @@ func epochOrder(seed uint64, epoch, n int) []int {
 }
 
 type trainer struct {
-	c      *Coordinator
-	co     *carryon.Model
-	ws     *carryon.Workspace     // a batch workspace (see batchRows)
-	grads  []float32              // CPU steps
-	dev    *carryon.DeviceTrainer // device steps (TrainConfig.Device), or nil
-	wPred  []float32
-	dec    *decoder
-	pass   []carryon.Seq // the sequences of the current pass
-	srcBuf [][][]float32 // per batch slot: its decoded sources
+	c  *Coordinator
+	co *carryon.Model
+	ws *carryon.Workspace // a batch workspace of at least trainRows and evalRows(validation) positions
+	// trainRows are the positions of one training pass (batchRows).
+	trainRows int
+	grads     []float32              // CPU steps
+	dev       *carryon.DeviceTrainer // device steps (TrainConfig.Device), or nil
+	wPred     []float32
+	dec       *decoder
+	pass      []carryon.Seq // the sequences of the current pass
+	srcBuf    [][][]float32 // per batch slot: its decoded sources
+	// base is the base-alone loss of the validation set of is of (its
+	// first sequence and length), measured once (baseLoss).
+	base struct {
+		of   *seqData
+		n    int
+		loss float64
+	}
 }
 
 // batchActFloats bounds the activations of a training pass (1 GiB): a
@@ -485,9 +525,24 @@ func batchRows(cfg carryon.Config, maxSeq, batchSeqs int) int {
 	return max(maxSeq, min(batchSeqs*maxSeq, batchActFloats/max(1, cfg.RowFloats())))
 }
 
+// evalPassRows is the most positions of one validation pass (evalRows).
+const evalPassRows = 2048
+
+// evalRows is how many positions one validation pass over val takes: up
+// to evalPassRows (fewer if their activations would pass batchActFloats),
+// and at least the longest sequence. It depends only on the carry-on's
+// shape and val, so every validation of val groups its sequences alike.
+func evalRows(cfg carryon.Config, val []seqData) int {
+	longest := 1
+	for _, s := range val {
+		longest = max(longest, len(s.targets))
+	}
+	return max(longest, min(evalPassRows, batchActFloats/max(1, cfg.RowFloats())))
+}
+
 // step accumulates the gradient of the batch's mean token loss and takes
 // one optimiser step. The sequences run as batched passes
-// (LossAndGradBatch) of up to t.ws.Rows positions.
+// (LossAndGradBatch) of up to t.trainRows positions.
 func (t *trainer) step(batch []seqData, opt *carryon.Optimizer) (StepInfo, error) {
 	start := time.Now()
 	total := 0
@@ -513,7 +568,7 @@ func (t *trainer) step(batch []seqData, opt *carryon.Optimizer) (StepInfo, error
 	}
 	for i, s := range batch {
 		T := len(s.targets)
-		if rows+T > t.ws.Rows {
+		if rows+T > t.trainRows {
 			flush()
 		}
 		src, err := t.dec.sources(s)
@@ -559,16 +614,74 @@ func (t *trainer) step(batch []seqData, opt *carryon.Optimizer) (StepInfo, error
 // eval measures the mean trained-token loss on val with the carry-on and
 // with the base alone (α = 0 gives exactly the base's logits).
 func (t *trainer) eval(val []seqData) (EvalInfo, error) {
-	var sum, base float64
+	sum, n, err := t.valLoss(val, t.co.Config.Alpha)
+	if err != nil {
+		return EvalInfo{}, err
+	}
+	base, err := t.baseLoss(val)
+	if err != nil {
+		return EvalInfo{}, err
+	}
+	return EvalInfo{Loss: sum / float64(n), BaseLoss: base, Tokens: n}, nil
+}
+
+// baseLoss is the mean loss of the base alone (α = 0) on val. It does not
+// change during training (the sources are fixed), so it is measured once
+// per validation set and remembered.
+func (t *trainer) baseLoss(val []seqData) (float64, error) {
+	if len(val) > 0 && t.base.of == &val[0] && t.base.n == len(val) {
+		return t.base.loss, nil
+	}
+	sum, n, err := t.valLoss(val, 0)
+	if err != nil {
+		return 0, err
+	}
+	t.base.of, t.base.n, t.base.loss = &val[0], len(val), sum/float64(n)
+	return t.base.loss, nil
+}
+
+// valLoss is the loss sum over val's trained tokens, and their number, at
+// scale alpha. The sequences run as batched passes of up to
+// evalRows(val) positions, so that Train's validation passes and Evaluate
+// group them alike and agree to the bit.
+func (t *trainer) valLoss(val []seqData, alpha float32) (float64, int, error) {
+	var sum float64
 	n := 0
+	pass, rows := t.pass[:0], 0
+	flush := func() {
+		if len(pass) > 0 {
+			l, k := t.co.LossBatch(t.ws, pass, t.wPred, alpha)
+			sum, n = sum+l, n+k
+		}
+		pass, rows = pass[:0], 0
+	}
+	slot, limit := 0, evalRows(t.co.Config, val)
 	for _, s := range val {
+		T := len(s.targets)
+		if rows+T > limit {
+			flush()
+			slot = 0
+		}
 		src, err := t.dec.sources(s)
 		if err != nil {
-			return EvalInfo{}, err
+			return 0, 0, err
 		}
-		l, cnt := t.co.Loss(t.ws, src, s.targets, len(s.targets), t.wPred, t.co.Config.Alpha)
-		b, _ := t.co.Loss(t.ws, src, s.targets, len(s.targets), t.wPred, 0)
-		sum, base, n = sum+l, base+b, n+cnt
+		// The decoder reuses its buffers: keep this sequence's own copy.
+		if len(t.srcBuf) <= slot {
+			t.srcBuf = append(t.srcBuf, make([][]float32, len(src)))
+		}
+		own := t.srcBuf[slot]
+		for j := range src {
+			own[j] = append(own[j][:0], src[j]...)
+		}
+		slot++
+		pass = append(pass, carryon.Seq{Sources: own, Targets: s.targets, T: T})
+		rows += T
 	}
-	return EvalInfo{Loss: sum / float64(n), BaseLoss: base / float64(n), Tokens: n}, nil
+	flush()
+	t.pass = pass
+	if n == 0 {
+		return 0, 0, errors.New("no validation token to score")
+	}
+	return sum, n, nil
 }

@@ -438,3 +438,65 @@ func TestTrainKeepBestAndAlpha(t *testing.T) {
 		t.Errorf("chose α %v (val_loss %v), want %v (%v)", chosen, res2.Meta.Metrics["val_loss"], argmin, min)
 	}
 }
+
+// TestTrainStopAndGateBias: Hooks.Stop ends training after the validation
+// pass it answers true to, with the weights of that step; GateBias sets
+// the gate's initial bias (and so the run key); Validate bounds it.
+func TestTrainStopAndGateBias(t *testing.T) {
+	base, ds := testBase(t), testDataset(t)
+	tc := testTrainConfig(30, -1)
+	ctx := context.Background()
+	c := newTestCoordinator(t, t.TempDir(), base, ds, tc)
+	passes := 0
+	res, err := c.Train(ctx, ds, Hooks{Stop: func(e EvalInfo) bool { passes++; return passes == 2 }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Stopped != 2*tc.EvalEvery || len(res.Steps) != res.Stopped || res.Meta.Step != res.Stopped || res.Best != res.Stopped {
+		t.Fatalf("stopped at %d after %d steps (meta step %d, best %d); want step %d", res.Stopped, len(res.Steps), res.Meta.Step, res.Best, 2*tc.EvalEvery)
+	}
+	ev, err := c.Evaluate(ds, res.CarryOn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last := res.Evals[len(res.Evals)-1]; last.Step != res.Stopped || ev.Loss != last.Loss {
+		t.Fatalf("the stopped carry-on scores %v, its last pass (step %d) %v", ev.Loss, last.Step, last.Loss)
+	}
+	full, err := c.Train(ctx, ds, Hooks{Stop: func(EvalInfo) bool { return false }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if full.Stopped != 0 || len(full.Steps) != tc.Steps {
+		t.Fatalf("a Stop that never says stop ended at %d after %d steps", full.Stopped, len(full.Steps))
+	}
+
+	tc.Steps, tc.Optim.LR = 1, 1e-6
+	for _, bias := range []float32{0, -3, 2} {
+		tc.GateBias = bias
+		c := newTestCoordinator(t, t.TempDir(), base, ds, tc)
+		res, err := c.Train(ctx, ds, Hooks{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range res.CarryOn.Weights.GateBias {
+			if math.Abs(float64(b-bias)) > 1e-3 {
+				t.Fatalf("GateBias %v: b_g holds %v after one step at LR 1e-6", bias, b)
+			}
+		}
+	}
+	k0, err := c.runKey(ds, res.CarryOn.Config, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.cfg.Train.GateBias = 1
+	k1, _ := c.runKey(ds, res.CarryOn.Config, "")
+	if k0 == k1 {
+		t.Error("the run key does not change with GateBias: a run could resume another's checkpoint")
+	}
+	for _, bad := range []float32{21, -21, float32(math.NaN())} {
+		cfg := Config{CacheDir: t.TempDir(), Train: TrainConfig{GateBias: bad}}
+		if err := cfg.Validate(); err == nil {
+			t.Errorf("GateBias %v: Validate accepted it", bad)
+		}
+	}
+}
