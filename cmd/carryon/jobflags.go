@@ -6,7 +6,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"path/filepath"
+	"strconv"
+	"strings"
 
 	"carryon/carryon"
 	"carryon/coordinator"
@@ -24,24 +27,29 @@ type jobFlags struct {
 	model, data, cache, codec, parent  *string
 	device                             *string
 	seqLen, steps, batch, width, depth *int
-	lr, alpha                          *float64
+	lr, alpha, gateBias                *float64
+	keepBest                           *bool
+	alphaGrid                          *string
 }
 
 func addJobFlags(fs *flag.FlagSet) *jobFlags {
 	return &jobFlags{
-		model:  fs.String("model", "default", "base model directory or .gguf file, or \"default\" for the embedded base"),
-		data:   fs.String("data", "default", "data file: JSONL (text, prompt/completion or question/answer) or plain text; \"default\" for the demo's problems"),
-		cache:  fs.String("cache", filepath.Join(model.DefaultCacheDir(), "coordinator"), "embedding cache and adaptor store (shared by 'carryon coordinator' and 'carryon train')"),
-		codec:  fs.String("codec", "q8", "bridge setting the embeddings are made and cached with"),
-		parent: fs.String("parent", "", "train a boosting stage on top of this adaptor (a file, or a CID in the store)"),
-		seqLen: fs.Int("seq-len", 0, "tokens per sequence at most; longer question/answer pairs lose the start of the question (0: the base's context, at most 2048)"),
-		steps:  fs.Int("steps", 300, "training steps"),
-		batch:  fs.Int("batch", 8, "sequences per training step"),
-		width:  fs.Int("width", 64, "carry-on width h"),
-		depth:  fs.Int("layers", 2, "carry-on blocks L"),
-		lr:     fs.Float64("lr", 3e-3, "peak learning rate"),
-		alpha:  fs.Float64("alpha", 1, "carry-on scale α"),
-		device: fs.String("device", "cpu", "training device: cpu, or cuda (GPU 0; needs a binary built with -tags cuda)"),
+		model:     fs.String("model", "default", "base model directory or .gguf file, or \"default\" for the embedded base"),
+		data:      fs.String("data", "default", "data file: JSONL (text, prompt/completion or question/answer) or plain text; \"default\" for the demo's problems"),
+		cache:     fs.String("cache", filepath.Join(model.DefaultCacheDir(), "coordinator"), "embedding cache and adaptor store (shared by 'carryon coordinator' and 'carryon train')"),
+		codec:     fs.String("codec", "q8", "bridge setting the embeddings are made and cached with"),
+		parent:    fs.String("parent", "", "train a boosting stage on top of this adaptor (a file, or a CID in the store)"),
+		seqLen:    fs.Int("seq-len", 0, "tokens per sequence at most; longer question/answer pairs lose the start of the question (0: the base's context, at most 2048)"),
+		steps:     fs.Int("steps", 300, "training steps"),
+		batch:     fs.Int("batch", 8, "sequences per training step"),
+		width:     fs.Int("width", 64, "carry-on width h"),
+		depth:     fs.Int("layers", 2, "carry-on blocks L"),
+		lr:        fs.Float64("lr", 3e-3, "peak learning rate"),
+		alpha:     fs.Float64("alpha", 1, "carry-on scale α"),
+		gateBias:  fs.Float64("gate-bias", 0, "initial gate bias b_g: the gate starts at sigmoid(b_g) (0: one half)"),
+		keepBest:  fs.Bool("keep-best", true, "keep the weights of the validation pass with the lowest loss, not the last step's (--keep-best=false: the last)"),
+		alphaGrid: fs.String("alpha-grid", "", `after training, choose α on the validation split among these values, e.g. "0,0.5,1,1.5" (0 is the base alone); empty: keep --alpha`),
+		device:    fs.String("device", "cpu", "training device: cpu, or cuda (GPU 0; needs a binary built with -tags cuda)"),
 	}
 }
 
@@ -101,16 +109,39 @@ func (f *jobFlags) check() error {
 	if !(*f.lr > 0) {
 		return fmt.Errorf("--lr %g: want a positive learning rate", *f.lr)
 	}
+	if !(*f.gateBias >= -20 && *f.gateBias <= 20) {
+		return fmt.Errorf("--gate-bias %g: want a value in [-20, 20]", *f.gateBias)
+	}
+	if _, err := f.alphas(); err != nil {
+		return err
+	}
 	if *f.seqLen < 0 || *f.seqLen == 1 {
 		return fmt.Errorf("--seq-len %d: want 0 (the base's context) or at least 2", *f.seqLen)
 	}
 	return nil
 }
 
+// alphas parses --alpha-grid: comma-separated finite values.
+func (f *jobFlags) alphas() ([]float32, error) {
+	if strings.TrimSpace(*f.alphaGrid) == "" {
+		return nil, nil
+	}
+	var out []float32
+	for _, p := range strings.Split(*f.alphaGrid, ",") {
+		v, err := strconv.ParseFloat(strings.TrimSpace(p), 32)
+		if err != nil || math.IsNaN(v) || math.IsInf(v, 0) {
+			return nil, fmt.Errorf("--alpha-grid %q: %q is not a finite number", *f.alphaGrid, p)
+		}
+		out = append(out, float32(v))
+	}
+	return out, nil
+}
+
 // config is the coordinator configuration the flags describe.
 func (f *jobFlags) config(base *model.Base) coordinator.Config {
+	alphas, _ := f.alphas() // checked by check
 	cfg := coordinator.Config{CacheDir: *f.cache, Codec: *f.codec,
-		Train: coordinator.TrainConfig{Steps: *f.steps, BatchSeqs: *f.batch}}
+		Train: coordinator.TrainConfig{Steps: *f.steps, BatchSeqs: *f.batch, KeepBest: *f.keepBest, AlphaGrid: alphas, GateBias: float32(*f.gateBias)}}
 	cfg.Train.Optim.LR = float32(*f.lr)
 	cfg.Train.CarryOn = defaultShape(base.Config.Dim, base.Config.Vocab, *f.width, *f.depth, float32(*f.alpha))
 	return cfg

@@ -147,6 +147,15 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	fmt.Fprintf(stdout, "adaptor %s (%d parameters, %d bytes) -> %s\n", id, len(res.CarryOn.Params), len(blob), *out)
+	switch {
+	case len(ds.Val) == 0:
+		fmt.Fprintf(stdout, "kept the last step: the data has no validation split to choose a checkpoint or alpha on\n")
+	case cfg.Train.KeepBest:
+		fmt.Fprintf(stdout, "kept step %d of %d (the lowest validation loss; --keep-best=false keeps the last)\n", res.Best, *jf.steps)
+	}
+	if len(cfg.Train.AlphaGrid) > 0 && len(ds.Val) > 0 {
+		fmt.Fprintf(stdout, "alpha %g (chosen on validation from %v)\n", res.CarryOn.Config.Alpha, cfg.Train.AlphaGrid)
+	}
 	for _, k := range []string{"train_loss", "val_loss", "val_base_loss"} {
 		if v, ok := res.Meta.Metrics[k]; ok {
 			fmt.Fprintf(stdout, "%s %.4f\n", k, v)

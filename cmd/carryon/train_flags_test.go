@@ -17,6 +17,8 @@ func TestTrainZeroIsNotADefault(t *testing.T) {
 		{"--steps=0", "--steps 0: want at least 1"},
 		{"--lr=0", "--lr 0: want a positive learning rate"},
 		{"--batch=0", "--batch 0"},
+		{"--gate-bias=30", "--gate-bias 30: want a value in [-20, 20]"},
+		{"--alpha-grid=1,x", `"x" is not a finite number`},
 	} {
 		var out, errb bytes.Buffer
 		if code := run([]string{"train", c.flag, "--out", filepath.Join(t.TempDir(), "a")}, &out, &errb); code == 0 || !strings.Contains(errb.String(), c.want) {
@@ -33,12 +35,13 @@ func TestTrainZeroIsNotADefault(t *testing.T) {
 		t.Fatal(err)
 	}
 	var out, errb bytes.Buffer
-	code := run([]string{"train", "--data", data, "--seq-len", "64", "--steps", "1", "--batch", "1",
+	code := run([]string{"train", "--data", data, "--seq-len", "64", "--steps", "1", "--batch", "1", "--alpha-grid", "0,1",
 		"--cache", filepath.Join(dir, "cache"), "--out", filepath.Join(dir, "a.safetensors")}, &out, &errb)
 	if code != 0 {
 		t.Fatalf("train: exit %d\n%s\n%s", code, out.String(), errb.String())
 	}
-	for _, want := range []string{"jsonl: 3 records read, 2 used, 1 cut, 1 dropped", "without an answer", `field "id" ignored`, "its start was cut"} {
+	for _, want := range []string{"jsonl: 3 records read, 2 used, 1 cut, 1 dropped", "without an answer", `field "id" ignored`, "its start was cut",
+		"kept the last step: the data has no validation split"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("train output lacks %q:\n%s", want, out.String())
 		}
