@@ -29,6 +29,8 @@ func runSearch(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	val := fs.Int("val", 60, "validation problems (choose each trial's checkpoint and α)")
 	test := fs.Int("test", 60, "held-out problems (score the trials)")
 	batch := fs.Int("batch", 8, "sequences per step")
+	noStop := fs.Bool("no-stop", false, "train every trial to the end (default: a trial behind the median of the earlier ones at a validation pass stops there)")
+	compare := fs.Int("compare-trains", 0, "after the search, time three separate 'carryon train' runs of the reference carry-on (h=64, L=2) of this many steps, each embedding the data again (0: no)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -54,17 +56,28 @@ func runSearch(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	sz := experiments.FullSizes()
 	sz.TrainProblems, sz.SelectProblems, sz.ValProblems, sz.Batch, sz.SearchSteps, sz.SearchParallel = *train, *val, *test, *batch, *steps, *parallel
+	sz.SearchNoStop = *noStop
+	if *compare < 0 {
+		return fmt.Errorf("--compare-trains %d: want 0 (no) or a number of steps", *compare)
+	}
+	if *compare > 0 {
+		sz.Steps = *compare
+	}
 	start := time.Now()
 	fmt.Fprintf(stdout, "base %s; %d configurations, %d steps each\n", name, len(experiments.SearchGrid()), *steps)
-	res, err := experiments.Search(ctx, base, tok, experiments.SearchOptions{Data: *data, CacheDir: dir, Sizes: sz,
+	res, err := experiments.Search(ctx, base, tok, experiments.SearchOptions{Data: *data, CacheDir: dir, Sizes: sz, CompareTrains: *compare > 0,
 		Progress: func(msg string) { fmt.Fprintf(stdout, "[%6.1fs] %s\n", time.Since(start).Seconds(), msg) }})
 	if err != nil {
 		return err
 	}
 	table := experiments.SearchTable(res)
 	fmt.Fprintf(stdout, "\n%s\n", table)
-	fmt.Fprintf(stdout, "base alone: %.4f; embedding %.1f s once; %d trials in %.1f s wall (%.1f s per trial, %d at once); total %.1f s\n",
-		res.BaseLoss, res.EmbedSeconds, len(res.Trials), res.TrialsSeconds, res.TrialsSeconds/float64(max(1, len(res.Trials))), res.Parallel, time.Since(start).Seconds())
+	fmt.Fprintf(stdout, "base alone: %.4f; embedding %.1f s once; %d trials (%d stopped early) in %.1f s wall (%.1f s per trial, %d at once); total %.1f s\n",
+		res.BaseLoss, res.EmbedSeconds, len(res.Trials), res.Stopped, res.TrialsSeconds, res.TrialsSeconds/float64(max(1, len(res.Trials))), res.Parallel, time.Since(start).Seconds())
+	if res.ThreeTrains > 0 {
+		fmt.Fprintf(stdout, "search with its embedding: %.1f s; three separate trains of %d steps, each embedding: %.1f s (%v)\n",
+			res.EmbedSeconds+res.TrialsSeconds, res.TrainSteps, res.ThreeTrains, res.TrainSeconds)
+	}
 	if *out == "" {
 		return nil
 	}

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"testing"
 
+	"carryon/coordinator"
 	"carryon/dataset"
 	"carryon/internal/testenv"
 	"carryon/model"
@@ -359,9 +360,15 @@ func TestQuickRun(t *testing.T) {
 	if se := res.Search; se == nil || len(se.Trials) != len(SearchGrid()) || len(SearchGrid()) < 24 || se.EmbedSeconds <= 0 || se.ThreeTrains <= 0 {
 		t.Fatalf("search: %+v", se)
 	} else {
-		pareto := 0
+		pareto, stopped := 0, 0
 		for _, tr := range se.Trials {
 			ok("search trial", tr.Run.ValLoss)
+			if tr.Run.Stopped > 0 {
+				stopped++
+				if tr.Run.Stopped >= tr.Run.Steps || tr.Run.Curve.Step[len(tr.Run.Curve.Step)-1] != tr.Run.Stopped {
+					t.Errorf("search trial stopped at %d of %d steps, curve %v", tr.Run.Stopped, tr.Run.Steps, tr.Run.Curve.Step)
+				}
+			}
 			extra := 0 // a second source's projection and bias
 			if len(tr.Sources) > 1 {
 				extra = (len(tr.Sources) - 1) * (s.Dim + 1) * tr.Width
@@ -375,6 +382,9 @@ func TestQuickRun(t *testing.T) {
 		}
 		if pareto == 0 {
 			t.Error("no trial on the Pareto front")
+		}
+		if stopped != se.Stopped || !se.EarlyStop || len(se.TrainSeconds) != 3 || se.TrainSteps != sz.Steps {
+			t.Errorf("search: %d trials stopped, result says %d (early stop %v); separate trains %v of %d steps", stopped, se.Stopped, se.EarlyStop, se.TrainSeconds, se.TrainSteps)
 		}
 	}
 	if mx := res.Mix; mx == nil || len(mx.Runs) != 4 {
@@ -460,5 +470,30 @@ func TestQuickRun(t *testing.T) {
 	opt.Only = "nonsense"
 	if _, err := Run(context.Background(), base, tok, opt); err == nil {
 		t.Errorf("an unknown experiment name was accepted")
+	}
+}
+
+// TestRungsStop: a trial stops at a pass when at least rungMin trials
+// passed that step before it and its loss is above their median; the
+// first trials at a step never stop, nor does one at or below the median.
+func TestRungsStop(t *testing.T) {
+	r := &rungs{at: map[int][]float64{}}
+	for i, l := range []float64{5, 4, 3, 2} {
+		if r.stop(coordinator.EvalInfo{Step: 10, Loss: l}) {
+			t.Fatalf("trial %d stopped with only %d before it", i, i)
+		}
+	}
+	// median of {5, 4, 3, 2} is 3.5
+	for _, c := range []struct {
+		loss float64
+		want bool
+	}{{3.6, true}, {3.5, false}, {1, false}} {
+		r2 := &rungs{at: map[int][]float64{10: {5, 4, 3, 2}}}
+		if got := r2.stop(coordinator.EvalInfo{Step: 10, Loss: c.loss}); got != c.want {
+			t.Errorf("loss %v against {5,4,3,2}: stop %v, want %v", c.loss, got, c.want)
+		}
+	}
+	if r.stop(coordinator.EvalInfo{Step: 20, Loss: 100}) {
+		t.Error("the first trial at another step stopped")
 	}
 }

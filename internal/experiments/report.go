@@ -197,7 +197,15 @@ func Tables(res *Results) []byte {
 		p("## 5. Search over one embedding cache\n\n%d configurations, %d steps each, %d at once; α chosen on the validation split for each. ", len(se.Trials), se.Steps, se.Parallel)
 		p("The embedding (base forward, %.1f s cold) is paid once; the %d trials took %.0f s of wall-clock in all (%.1f s per trial on average). ",
 			se.EmbedSeconds, len(se.Trials), se.TrialsSeconds, se.TrialsSeconds/float64(max(1, len(se.Trials))))
-		p("Three separate `carryon train` runs of the default carry-on (each paying the embedding, 200 steps at %.0f ms/step trained alone) would take about %.0f s.\n\n", se.RefStepMS, se.ThreeTrains)
+		if se.EarlyStop {
+			p("Validation %d times per trial; %d trials stopped early (behind the median of the trials before them at a pass). ", se.Evals, se.Stopped)
+		}
+		if se.ThreeTrains > 0 {
+			p("Measured in the same run, three separate `carryon train` runs of the reference carry-on (h=64, L=2, %d steps, each in a fresh cache and so paying the embedding) took %.0f s (%s); the search, embedding included, %.0f s.\n\n",
+				se.TrainSteps, se.ThreeTrains, secondsList(se.TrainSeconds), se.EmbedSeconds+se.TrialsSeconds)
+		} else {
+			p("\n\n")
+		}
 		b.Write(SearchTable(se))
 		p("\n![](img/%s)\n![](img/%s)\n\n", PlotSearchParams, PlotSearchStep)
 	}
@@ -231,6 +239,17 @@ func dataName(s Setup, d string) string {
 		return fmt.Sprintf("%d other problems, any length, cut to %d tokens", s.Wide, s.Context)
 	}
 	return fmt.Sprintf("%d fitting problems", s.Train)
+}
+
+func secondsList(xs []float64) string {
+	out := ""
+	for i, x := range xs {
+		if i > 0 {
+			out += " + "
+		}
+		out += fmt.Sprintf("%.0f", x)
+	}
+	return out
 }
 
 func short(h string) string {

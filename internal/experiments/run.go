@@ -10,6 +10,7 @@
 package experiments
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -74,8 +75,9 @@ type Sizes struct {
 	ExactMaxTokens int     `json:"exact_max_tokens"` // answer cap (0: up to the context)
 	LoRARank       int     `json:"lora_rank"`        // LoRA baseline's rank in the clock experiment
 	LoRALR         float32 `json:"lora_lr"`
-	SearchSteps    int     `json:"search_steps"`    // steps per search trial
-	SearchParallel int     `json:"search_parallel"` // trials trained at once (0: GOMAXPROCS)
+	SearchSteps    int     `json:"search_steps"`             // steps per search trial
+	SearchParallel int     `json:"search_parallel"`          // trials trained at once (0: GOMAXPROCS)
+	SearchNoStop   bool    `json:"search_no_stop,omitempty"` // no early stop of trials behind the median
 }
 
 // alphaGrid are the α values tried on the validation split after training
@@ -108,7 +110,7 @@ func FullSizes() Sizes {
 func QuickSizes() Sizes {
 	return Sizes{MaxRecords: 600, ValProblems: 4, SelectProblems: 3, TrainProblems: 16, WideTrain: 12, Steps: 4, Batch: 2, LR: 3e-3,
 		ClockSeconds: 1, ClockEvals: 2, FinetuneLR: 3e-4, ScratchLR: 2e-3, ExactProblems: 2, ExactMaxTokens: 6,
-		LoRARank: 2, LoRALR: 2e-3, SearchSteps: 1, SearchParallel: 2}
+		LoRARank: 2, LoRALR: 2e-3, SearchSteps: 4, SearchParallel: 2}
 }
 
 // Results is everything a run measured; experiments.json holds it.
@@ -183,10 +185,12 @@ type CarryOnRun struct {
 	ValLoss      float64 `json:"val_loss"`          // held-out (test) loss of the kept carry-on
 	BaseLoss     float64 `json:"base_loss"`         // base alone on the test split, through the same bridge
 	TrainLoss    float64 `json:"train_loss"`
-	SelectLoss   float64 `json:"select_loss"` // validation-split loss of the kept carry-on (what chose it)
-	BestLoss     float64 `json:"best_loss"`   // lowest validation-split loss seen while training (α = 1)
-	BestStep     int     `json:"best_step"`   // the step kept (best-by-validation)
-	Alpha        float32 `json:"alpha"`       // α chosen on the validation split
+	SelectLoss   float64 `json:"select_loss"`         // validation-split loss of the kept carry-on (what chose it)
+	BestLoss     float64 `json:"best_loss"`           // lowest validation-split loss seen while training (α = 1)
+	BestStep     int     `json:"best_step"`           // the step kept (best-by-validation)
+	Alpha        float32 `json:"alpha"`               // α chosen on the validation split
+	GateBias     float32 `json:"gate_bias,omitempty"` // initial b_g
+	Stopped      int     `json:"stopped,omitempty"`   // the step an early stop ended the run at (0: it ran all Steps)
 	StepMS       float64 `json:"step_ms"`
 	Curve        Curve   `json:"curve"`
 }
@@ -479,10 +483,17 @@ type spec struct {
 	// trainAlpha is α during training (0: 1); α is then chosen on the
 	// validation split.
 	trainAlpha float32
+	gateBias   float32 // initial b_g (coordinator.TrainConfig.GateBias)
+	// evals is the number of validation passes over the run (0: 8); they
+	// come every steps/evals steps.
+	evals int
+	// stop, when set, may end the run after a validation pass (the
+	// search's early stop); not part of the key.
+	stop func(coordinator.EvalInfo) bool
 }
 
 func (s spec) key() string {
-	return fmt.Sprintf("%s/%s/h%d/L%d/%d/seed%d/lr%g/src%v/a%g", s.data, s.codec, s.width, s.layers, s.steps, s.seed, s.lr, s.sources, s.trainAlpha)
+	return fmt.Sprintf("%s/%s/h%d/L%d/%d/seed%d/lr%g/src%v/a%g/b%g/e%d", s.data, s.codec, s.width, s.layers, s.steps, s.seed, s.lr, s.sources, s.trainAlpha, s.gateBias, s.evals)
 }
 
 // carryOn trains (or recalls) the carry-on of s through the coordinator:
@@ -520,8 +531,8 @@ func trainCarryOn(ctx context.Context, base *model.Base, fw coordinator.Forwarde
 		lr = sz.LR
 	}
 	cfg := coordinator.Config{CacheDir: cacheDir, Codec: s.codec, Logger: log, Layers: s.sources,
-		Train: coordinator.TrainConfig{Steps: s.steps, BatchSeqs: sz.Batch, EvalEvery: max(1, s.steps/8), Seed: s.seed, CheckpointEvery: -1,
-			KeepBest: true, AlphaGrid: alphaGrid}}
+		Train: coordinator.TrainConfig{Steps: s.steps, BatchSeqs: sz.Batch, EvalEvery: max(1, s.steps/cmp.Or(s.evals, 8)), Seed: s.seed, CheckpointEvery: -1,
+			KeepBest: true, AlphaGrid: alphaGrid, GateBias: s.gateBias}}
 	cfg.Train.Optim.LR = lr
 	cfg.Train.CarryOn = carryOnShape(bc.Dim, bc.Vocab, s.width, s.layers)
 	if s.trainAlpha != 0 {
@@ -538,7 +549,7 @@ func trainCarryOn(ctx context.Context, base *model.Base, fw coordinator.Forwarde
 	if err := c.CollectLocal(ctx, test, fw, nil); err != nil {
 		return nil, err
 	}
-	run := CarryOnRun{Data: s.data, Codec: s.codec, Width: s.width, Layers: s.layers, Steps: s.steps, Seed: s.seed, Sources: s.sources, BestLoss: math.Inf(1)}
+	run := CarryOnRun{Data: s.data, Codec: s.codec, Width: s.width, Layers: s.layers, Steps: s.steps, Seed: s.seed, Sources: s.sources, GateBias: s.gateBias, BestLoss: math.Inf(1)}
 	var sec float64
 	mark := time.Now()
 	res, err := c.Train(ctx, ds, coordinator.Hooks{
@@ -556,6 +567,7 @@ func trainCarryOn(ctx context.Context, base *model.Base, fw coordinator.Forwarde
 			}
 			mark = time.Now() // validation time is not training time
 		},
+		Stop: s.stop,
 	})
 	if err != nil {
 		return nil, err
@@ -572,7 +584,8 @@ func trainCarryOn(ctx context.Context, base *model.Base, fw coordinator.Forwarde
 		return nil, err
 	}
 	run.ValLoss, run.BaseLoss = ev.Loss, ev.BaseLoss
-	run.StepMS = 1000 * sec / float64(s.steps)
+	run.Stopped = res.Stopped
+	run.StepMS = 1000 * sec / float64(len(res.Steps))
 	return &trained{run: run, co: res.CarryOn}, nil
 }
 

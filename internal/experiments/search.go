@@ -8,6 +8,7 @@ import (
 	"math"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -20,11 +21,12 @@ import (
 
 // SearchTrial is one configuration of a search and what it measured.
 type SearchTrial struct {
-	Width   int        `json:"width"`
-	Layers  int        `json:"layers"`
-	LR      float32    `json:"lr"`
-	Sources []int      `json:"sources"` // base layers read (model.FinalLayer = -1 first)
-	Run     CarryOnRun `json:"run"`
+	Width    int        `json:"width"`
+	Layers   int        `json:"layers"`
+	LR       float32    `json:"lr"`
+	Sources  []int      `json:"sources"`             // base layers read (model.FinalLayer = -1 first)
+	GateBias float32    `json:"gate_bias,omitempty"` // initial b_g
+	Run      CarryOnRun `json:"run"`                 // Run.Stopped: the step an early stop ended it at
 	// Seconds is the trial's wall time (training, validation, α choice and
 	// test scoring) while other trials ran beside it.
 	Seconds float64 `json:"seconds"`
@@ -43,23 +45,36 @@ type SearchResult struct {
 	// TrialsSeconds is the wall time of all the trials; each trial's cost
 	// is only the carry-on's.
 	TrialsSeconds float64 `json:"trials_seconds"`
-	// ThreeTrains estimates three separate `carryon train` runs of the
-	// default carry-on (h=64, L=2, 200 steps), each paying the embedding:
-	// 3 · (EmbedSeconds + 200 · RefStepMS).
-	ThreeTrains float64 `json:"three_trains_seconds"`
-	RefStepMS   float64 `json:"ref_step_ms"` // the default carry-on's step, trained alone
-	BaseLoss    float64 `json:"base_loss"`   // base alone on the test split
+	// Evals are the validation passes per trial (every Steps/Evals
+	// steps); EarlyStop says whether a trial worse than the median of the
+	// earlier trials at a pass was stopped there (Stopped counts them).
+	Evals     int  `json:"evals"`
+	EarlyStop bool `json:"early_stop"`
+	Stopped   int  `json:"stopped"`
+	// ThreeTrains is the measured wall time, in the same run, of three
+	// separate `carryon train` runs (TrainSeconds each) of the reference
+	// carry-on (h=64, L=2, TrainSteps steps, the command's defaults:
+	// validation every steps/4, best kept), each in a fresh cache, so
+	// each pays the base's forward pass; 0 when not measured.
+	ThreeTrains  float64   `json:"three_trains_seconds"`
+	TrainSeconds []float64 `json:"train_seconds,omitempty"`
+	TrainSteps   int       `json:"train_steps,omitempty"`
+	BaseLoss     float64   `json:"base_loss"` // base alone on the test split
 }
 
 // SearchGrid is the default search: widths × depths × learning rates ×
-// sources, α chosen on the validation split for every trial.
+// (sources, initial gate bias), α chosen on the validation split for
+// every trial: 36 configurations.
 func SearchGrid() []spec {
 	var out []spec
-	for _, src := range [][]int{nil, {model.FinalLayer, 0}} {
+	for _, v := range []struct {
+		src  []int
+		bias float32
+	}{{nil, 0}, {[]int{model.FinalLayer, 0}, 0}, {nil, -2}} {
 		for _, lr := range []float32{3e-3, 1e-2} {
 			for _, h := range []int{32, 64, 128} {
 				for _, l := range []int{1, 2} {
-					out = append(out, spec{data: "fit", codec: "q8", width: h, layers: l, seed: 1, lr: lr, sources: src})
+					out = append(out, spec{data: "fit", codec: "q8", width: h, layers: l, seed: 1, lr: lr, sources: v.src, gateBias: v.bias})
 				}
 			}
 		}
@@ -67,12 +82,43 @@ func SearchGrid() []spec {
 	return out
 }
 
+// searchEvals are the validation passes of a search trial: at a quarter,
+// half, three quarters and the end of it, so validation costs the same
+// share of a trial whatever its length.
+const searchEvals = 4
+
+// rungs is the search's early stop (asynchronous successive halving): at
+// each validation pass before the last, a trial whose loss is above the
+// median of the trials that reached that step before it (at least
+// rungMin of them) stops there.
+type rungs struct {
+	mu sync.Mutex
+	at map[int][]float64 // step → validation losses of the trials that passed it
+}
+
+const rungMin = 4
+
+func (r *rungs) stop(e coordinator.EvalInfo) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	prior := r.at[e.Step]
+	r.at[e.Step] = append(prior, e.Loss)
+	if len(prior) < rungMin {
+		return false
+	}
+	sorted := slices.Clone(prior)
+	slices.Sort(sorted)
+	n := len(sorted)
+	median := (sorted[(n-1)/2] + sorted[n/2]) / 2
+	return e.Loss > median
+}
+
 // searchTrials trains every spec for steps steps on ds (validation: ds.Val;
 // test: test.Val), parallel at once, over one cache in cacheDir that
 // collect fills first with every layer the specs read. Each trial's
 // carry-on trains on the cache only.
 func searchTrials(ctx context.Context, base *model.Base, fw coordinator.Forwarder, cacheDir string, log *slog.Logger,
-	ds, test *dataset.Set, specs []spec, steps, parallel int, sz Sizes, progress func(string)) ([]SearchTrial, float64, error) {
+	ds, test *dataset.Set, specs []spec, steps, parallel int, earlyStop bool, sz Sizes, progress func(string)) ([]SearchTrial, float64, error) {
 	layers := []int{model.FinalLayer}
 	seen := map[int]bool{model.FinalLayer: true}
 	for _, s := range specs {
@@ -103,9 +149,13 @@ func searchTrials(ctx context.Context, base *model.Base, fw coordinator.Forwarde
 	sem := make(chan struct{}, parallel)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
+	rs := &rungs{at: map[int][]float64{}}
 	start := time.Now()
 	for i, s := range specs {
-		s.steps = steps
+		s.steps, s.evals = steps, searchEvals
+		if earlyStop {
+			s.stop = rs.stop
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -122,11 +172,15 @@ func searchTrials(ctx context.Context, base *model.Base, fw coordinator.Forwarde
 				errs[i] = fmt.Errorf("trial h=%d L=%d lr=%g sources %v: %w", s.width, s.layers, s.lr, s.sources, err)
 				return
 			}
-			trials[i] = SearchTrial{Width: s.width, Layers: s.layers, LR: s.lr, Sources: s.sources, Run: t.run, Seconds: time.Since(t0).Seconds()}
+			trials[i] = SearchTrial{Width: s.width, Layers: s.layers, LR: s.lr, Sources: s.sources, GateBias: s.gateBias, Run: t.run, Seconds: time.Since(t0).Seconds()}
 			if progress != nil {
+				stopped := ""
+				if t.run.Stopped > 0 {
+					stopped = fmt.Sprintf(", stopped at step %d", t.run.Stopped)
+				}
 				mu.Lock()
-				progress(fmt.Sprintf("search: trial %d/%d h=%d L=%d lr=%g sources %s: test loss %.4f (α %.2f, step %d), %d params, %.0f ms/step, %.1f s",
-					i+1, len(specs), s.width, s.layers, s.lr, sourceNames(s.sources), t.run.ValLoss, t.run.Alpha, t.run.BestStep, t.run.Params, t.run.StepMS, trials[i].Seconds))
+				progress(fmt.Sprintf("search: trial %d/%d h=%d L=%d lr=%g sources %s gate bias %g: test loss %.4f (α %.2f, step %d%s), %d params, %.0f ms/step, %.1f s",
+					i+1, len(specs), s.width, s.layers, s.lr, sourceNames(s.sources), s.gateBias, t.run.ValLoss, t.run.Alpha, t.run.BestStep, stopped, t.run.Params, t.run.StepMS, trials[i].Seconds))
 				mu.Unlock()
 			}
 		}()
@@ -175,62 +229,103 @@ func sourceNames(src []int) string {
 	return out
 }
 
-// searchExp: the default grid over one cache, several trials at once.
+// searchExp: the default grid over one cache, several trials at once,
+// then three separate trains of the reference carry-on, timed in the same
+// run.
 func (r *runner) searchExp() error {
-	out := &SearchResult{Steps: r.sz.SearchSteps, Parallel: r.sz.SearchParallel, BaseLoss: r.res.Setup.BaseLoss}
+	out := &SearchResult{Steps: r.sz.SearchSteps, Parallel: r.sz.SearchParallel, BaseLoss: r.res.Setup.BaseLoss, Evals: searchEvals, EarlyStop: !r.sz.SearchNoStop}
 	if out.Parallel == 0 {
 		out.Parallel = runtime.GOMAXPROCS(0)
 	}
-	// The embedding, cold, with the real base: what each separate
-	// `carryon train` run would pay.
+	// The embedding, cold, with the real base, into the search's own cache.
+	dir := filepath.Join(r.cacheDir, "search")
 	var err error
-	out.EmbedSeconds, err = r.coldEmbed("search-cold")
+	out.EmbedSeconds, err = timed(func() error { return fillCache(r.ctx, r.base, dir, r.log, r.fit, r.test) })
 	if err != nil {
 		return err
 	}
-	ref, err := r.carryOn(r.main("fit"))
-	if err != nil {
-		return err
-	}
-	out.RefStepMS = ref.run.StepMS
-	out.ThreeTrains = 3 * (out.EmbedSeconds + 200*ref.run.StepMS/1000)
-	out.Trials, out.TrialsSeconds, err = searchTrials(r.ctx, r.base, r.memo, filepath.Join(r.cacheDir, "search"), r.log,
-		r.fit, r.test, SearchGrid(), r.sz.SearchSteps, out.Parallel, r.sz, r.opt.Progress)
+	out.Trials, out.TrialsSeconds, err = searchTrials(r.ctx, r.base, nil, dir, r.log,
+		r.fit, r.test, SearchGrid(), r.sz.SearchSteps, out.Parallel, out.EarlyStop, r.sz, r.opt.Progress)
 	if err != nil {
 		return err
 	}
 	for _, t := range out.Trials {
 		r.res.Setup.CarryOnRuns++
 		r.res.Setup.TrainSeconds += t.Run.StepMS * float64(t.Run.Steps) / 1000
+		if t.Run.Stopped > 0 {
+			out.Stopped++
+		}
 	}
-	r.logf("search: %d trials in %.0f s (+%.1f s embedding once); three separate trains ≈ %.0f s", len(out.Trials), out.TrialsSeconds, out.EmbedSeconds, out.ThreeTrains)
+	if err := timeTrains(r.ctx, r.base, r.cacheDir, r.log, r.fit, r.sz, out, r.opt.Progress); err != nil {
+		return err
+	}
+	r.logf("search: %d trials (%d stopped early) in %.0f s + %.1f s embedding once = %.0f s; three separate trains %.0f s",
+		len(out.Trials), out.Stopped, out.TrialsSeconds, out.EmbedSeconds, out.EmbedSeconds+out.TrialsSeconds, out.ThreeTrains)
 	r.res.Search = out
 	return nil
 }
 
-// coldEmbed times the base's forward pass and bridge over the fitting
-// data set and the test problems into a fresh cache (name under the
-// run's cache directory), with the real base.
-func (r *runner) coldEmbed(name string) (float64, error) {
-	c, err := coordinator.New(nil, nil, r.base, coordinator.Config{CacheDir: filepath.Join(r.cacheDir, name), Codec: "q8", Logger: r.log})
+// fillCache runs base over every sequence of sets into the cache in dir,
+// with every layer the search's trials read (final and the embeddings).
+func fillCache(ctx context.Context, base *model.Base, dir string, log *slog.Logger, sets ...*dataset.Set) error {
+	c, err := coordinator.New(nil, nil, base, coordinator.Config{CacheDir: dir, Codec: "q8", Logger: log, Layers: []int{model.FinalLayer, 0}})
 	if err != nil {
-		return 0, err
+		return err
 	}
 	defer c.Close()
-	return timed(func() error {
-		if err := c.CollectLocal(r.ctx, r.fit, nil, nil); err != nil {
+	for _, d := range sets {
+		if err := c.CollectLocal(ctx, d, nil, nil); err != nil {
 			return err
 		}
-		return c.CollectLocal(r.ctx, r.test, nil, nil)
-	})
+	}
+	return nil
+}
+
+// timeTrains times three separate runs of what `carryon train` does with
+// its defaults and the reference shape (h = 64, L = 2, Sizes.Steps steps,
+// validation every steps/4, the best pass kept): each in a fresh cache
+// under dir, so each pays the base's forward pass over ds, then trains.
+func timeTrains(ctx context.Context, base *model.Base, dir string, log *slog.Logger, ds *dataset.Set, sz Sizes, out *SearchResult, progress func(string)) error {
+	bc := base.Config
+	out.TrainSteps, out.TrainSeconds, out.ThreeTrains = sz.Steps, nil, 0
+	for i := range 3 {
+		cfg := coordinator.Config{CacheDir: filepath.Join(dir, fmt.Sprintf("train-%d", i)), Codec: "q8", Logger: log,
+			Train: coordinator.TrainConfig{Steps: sz.Steps, BatchSeqs: sz.Batch, KeepBest: true, Seed: uint64(i + 1), CarryOn: carryOnShape(bc.Dim, bc.Vocab, 64, 2)}}
+		cfg.Train.Optim.LR = sz.LR
+		sec, err := timed(func() error {
+			c, err := coordinator.New(nil, nil, base, cfg)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if err := c.CollectLocal(ctx, ds, nil, nil); err != nil {
+				return err
+			}
+			_, err = c.Train(ctx, ds, coordinator.Hooks{})
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("separate train %d: %w", i+1, err)
+		}
+		out.TrainSeconds = append(out.TrainSeconds, sec)
+		out.ThreeTrains += sec
+		if progress != nil {
+			progress(fmt.Sprintf("separate train %d/3 (cold cache, %d steps): %.1f s", i+1, sz.Steps, sec))
+		}
+	}
+	return nil
 }
 
 // SearchOptions configure Search (`carryon search`).
 type SearchOptions struct {
 	Data     string // GSM8K-style JSONL
 	CacheDir string // embedding cache ("" : a temporary directory)
-	Sizes    Sizes  // ValProblems, SelectProblems, TrainProblems, MaxRecords, Batch, SearchSteps, SearchParallel are used
-	Progress func(string)
+	Sizes    Sizes  // ValProblems, SelectProblems, TrainProblems, MaxRecords, Batch, LR, Steps, SearchSteps, SearchParallel, SearchNoStop are used
+	// CompareTrains also times three separate `carryon train` runs of the
+	// reference carry-on (Sizes.Steps steps each) after the search, in
+	// fresh caches under CacheDir (SearchResult.ThreeTrains).
+	CompareTrains bool
+	Progress      func(string)
 }
 
 // Search runs the default grid (SearchGrid) on base over the data of opt
@@ -248,33 +343,33 @@ func Search(ctx context.Context, base *model.Base, tok tokenizer.Tokenizer, opt 
 	if err := r.setup(); err != nil {
 		return nil, fmt.Errorf("experiments.Search: %w", err)
 	}
-	out := &SearchResult{Steps: r.sz.SearchSteps, Parallel: r.sz.SearchParallel, BaseLoss: r.res.Setup.BaseLoss}
-	t0 := time.Now()
+	out := &SearchResult{Steps: r.sz.SearchSteps, Parallel: r.sz.SearchParallel, BaseLoss: r.res.Setup.BaseLoss, Evals: searchEvals, EarlyStop: !r.sz.SearchNoStop}
+	if out.Parallel == 0 {
+		out.Parallel = runtime.GOMAXPROCS(0)
+	}
 	// The embedding: the base's forward pass over the data, once.
-	c, err := coordinator.New(nil, nil, base, coordinator.Config{CacheDir: r.cacheDir, Codec: "q8", Logger: r.log,
-		Layers: []int{model.FinalLayer, 0}})
-	if err != nil {
+	dir := filepath.Join(r.cacheDir, "search")
+	var err error
+	if out.EmbedSeconds, err = timed(func() error { return fillCache(ctx, base, dir, r.log, r.fit, r.test) }); err != nil {
 		return nil, fmt.Errorf("experiments.Search: %w", err)
 	}
-	for _, d := range []*dataset.Set{r.fit, r.test} {
-		if err := c.CollectLocal(ctx, d, nil, nil); err != nil {
-			c.Close()
-			return nil, fmt.Errorf("experiments.Search: %w", err)
-		}
-	}
-	c.Close()
-	out.EmbedSeconds = time.Since(t0).Seconds()
 	if opt.Progress != nil {
 		opt.Progress(fmt.Sprintf("embedding: %.1f s (base alone: %.4f on the test split)", out.EmbedSeconds, out.BaseLoss))
 	}
-	out.Trials, out.TrialsSeconds, err = searchTrials(ctx, base, nil, r.cacheDir, r.log, r.fit, r.test, SearchGrid(),
-		r.sz.SearchSteps, r.sz.SearchParallel, r.sz, opt.Progress)
+	out.Trials, out.TrialsSeconds, err = searchTrials(ctx, base, nil, dir, r.log, r.fit, r.test, SearchGrid(),
+		r.sz.SearchSteps, out.Parallel, out.EarlyStop, r.sz, opt.Progress)
 	if err != nil {
 		return nil, fmt.Errorf("experiments.Search: %w", err)
 	}
-	out.Parallel = r.sz.SearchParallel
-	if out.Parallel == 0 {
-		out.Parallel = runtime.GOMAXPROCS(0)
+	for _, t := range out.Trials {
+		if t.Run.Stopped > 0 {
+			out.Stopped++
+		}
+	}
+	if opt.CompareTrains {
+		if err := timeTrains(ctx, base, r.cacheDir, r.log, r.fit, r.sz, out, opt.Progress); err != nil {
+			return nil, fmt.Errorf("experiments.Search: %w", err)
+		}
 	}
 	sort.SliceStable(out.Trials, func(i, j int) bool { return out.Trials[i].Run.ValLoss < out.Trials[j].Run.ValLoss })
 	return out, nil
@@ -286,14 +381,18 @@ func SearchTable(s *SearchResult) []byte {
 	p := func(format string, args ...any) { b = fmt.Appendf(b, format, args...) }
 	ts := append([]SearchTrial(nil), s.Trials...)
 	sort.SliceStable(ts, func(i, j int) bool { return ts[i].Run.ValLoss < ts[j].Run.ValLoss })
-	p("| h | L | LR | sources | params | ms/step | trial s | kept step | α | validation | test loss | Pareto |\n|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|:-:|\n")
+	p("| h | L | LR | sources | gate bias | params | ms/step | trial s | kept step | stopped | α | validation | test loss | Pareto |\n|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|:-:|\n")
 	for _, t := range ts {
 		par := ""
 		if t.Pareto {
 			par = "•"
 		}
-		p("| %d | %d | %g | %s | %d | %.0f | %.1f | %d | %.2f | %.4f | %.4f | %s |\n", t.Width, t.Layers, t.LR, sourceNames(t.Sources),
-			t.Run.Params, t.Run.StepMS, t.Seconds, t.Run.BestStep, t.Run.Alpha, t.Run.SelectLoss, t.Run.ValLoss, par)
+		stopped := "–"
+		if t.Run.Stopped > 0 {
+			stopped = fmt.Sprint(t.Run.Stopped)
+		}
+		p("| %d | %d | %g | %s | %g | %d | %.0f | %.1f | %d | %s | %.2f | %.4f | %.4f | %s |\n", t.Width, t.Layers, t.LR, sourceNames(t.Sources), t.GateBias,
+			t.Run.Params, t.Run.StepMS, t.Seconds, t.Run.BestStep, stopped, t.Run.Alpha, t.Run.SelectLoss, t.Run.ValLoss, par)
 	}
 	return b
 }
@@ -315,6 +414,9 @@ func SearchCharts(s *SearchResult) (byParams, byStep Chart) {
 		bestSoFar := math.Inf(1)
 		for _, t := range ts {
 			k := fmt.Sprintf("%s, lr %g", sourceNames(t.Sources), t.LR)
+			if t.GateBias != 0 {
+				k += fmt.Sprintf(", b_g %g", t.GateBias)
+			}
 			g, ok := groups[k]
 			if !ok {
 				g = &Series{Name: k, Markers: true, NoLine: true}
