@@ -117,7 +117,8 @@ type TrainConfig struct {
 	// KeepBest): the validation loss is measured at each value and the
 	// carry-on keeps the lowest (its Config.Alpha, and so the adaptor's).
 	// A blend can be worse than either side alone; include the training α
-	// to allow "no change". Needs a validation split.
+	// to allow "no change". Needs a validation split. Not applied to a run
+	// that Hooks.Stop ended.
 	AlphaGrid []float32
 	// Device, when set, runs the training steps on that backend (a GPU:
 	// cuda.OpenBackend) through carryon.DeviceTrainer: parameters,

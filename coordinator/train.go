@@ -64,7 +64,8 @@ type Hooks struct {
 	Parent     string         // parent adaptor CID for a boosting stage ("" for the first)
 	// Stop, when set, is asked after each validation pass (after Eval);
 	// true ends training at that step, as if it were the last
-	// (TrainResult.Stopped): a search drops a trial that is falling behind.
+	// (TrainResult.Stopped): a search drops a trial that is falling
+	// behind. A stopped run keeps its training α (no AlphaGrid).
 	Stop func(EvalInfo) bool
 }
 
@@ -404,7 +405,7 @@ func (c *Coordinator) Train(ctx context.Context, ds *dataset.Set, hooks Hooks) (
 		res.Meta.Metrics["val_loss"] = bestLoss
 		keptLoss = bestLoss
 	}
-	if len(tc.AlphaGrid) > 0 && len(val) > 0 {
+	if len(tc.AlphaGrid) > 0 && len(val) > 0 && res.Stopped == 0 {
 		// Two points of the grid are known: α = 0 is the base alone, and
 		// the training α is the kept pass's loss (unless resumed past it).
 		known := map[float32]float64{}
