@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"time"
 
 	"carryon/carryon"
@@ -538,11 +539,20 @@ func trainCarryOn(ctx context.Context, base *model.Base, fw coordinator.Forwarde
 	if s.trainAlpha != 0 {
 		cfg.Train.CarryOn.Alpha = s.trainAlpha
 	}
+	// The search's trials open coordinators on one cache directory at
+	// once: opening (the block store creates its directories) and
+	// closing take turns.
+	openMu.Lock()
 	c, err := coordinator.New(nil, nil, base, cfg)
+	openMu.Unlock()
 	if err != nil {
 		return nil, err
 	}
-	defer c.Close()
+	defer func() {
+		openMu.Lock()
+		c.Close()
+		openMu.Unlock()
+	}()
 	if err := c.CollectLocal(ctx, ds, fw, nil); err != nil {
 		return nil, err
 	}
@@ -588,6 +598,9 @@ func trainCarryOn(ctx context.Context, base *model.Base, fw coordinator.Forwarde
 	run.StepMS = 1000 * sec / float64(len(res.Steps))
 	return &trained{run: run, co: res.CarryOn}, nil
 }
+
+// openMu serialises opening and closing coordinators (trainCarryOn).
+var openMu sync.Mutex
 
 // main is the reference carry-on: h = 64, L = 2, q8, on the fitting
 // problems.
