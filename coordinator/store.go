@@ -28,12 +28,13 @@ package coordinator
 // Writes go through one goroutine (stateStore.run); reads use bbolt's
 // read-only transactions, which see the last commit and never block the
 // writer. Finished chunks are committed in groups (group commit): every
-// lease goroutine that stored a payload asks the writer to index it and
-// waits; the writer gathers requests for at most Config.CommitDelay or
-// Config.CommitBatch of them, makes the payload files durable with one
-// syncfs(2) (Linux; elsewhere each file is fsynced when written), and
-// indexes them all in one transaction (one fsync). Only then are the
-// nodes' results acknowledged.
+// lease goroutine that stored a chunk's frames in the block store (flatfs
+// syncs them as it commits them) asks the writer to index them and waits;
+// the writer gathers requests for at most Config.CommitDelay or
+// Config.CommitBatch of them and indexes them all in one transaction (one
+// fsync). Only then are the nodes' results acknowledged. (A request may
+// still ask for a syncfs(2) of payload files written without fsync before
+// its commit; the embedding cache no longer needs it.)
 //
 // An old cache directory (versions.jsonl, embeddings and checkpoints
 // without a store) is migrated once, the first time a store is created in
