@@ -61,7 +61,7 @@ func (l *loop) jobAnnounce() *protocol.JobAnnounce {
 	}
 	return &protocol.JobAnnounce{V: protocol.Version, Job: strings.ToLower(l.job.ID),
 		Base:  protocol.BaseInfo{Name: name, WeightsHash: l.job.Base, Arch: cfg.Arch, Dim: cfg.Dim, Layers: cfg.Layers, Vocab: cfg.Vocab},
-		Codec: l.job.Codec.String(), Joined: n, MinNodes: l.cfg.MinNodes, Pending: len(l.pending), UnixMilli: now.UnixMilli()}
+		Codec: l.job.Codec.String(), Joined: n, MinNodes: l.cfg.MinNodes, Pending: l.pendingLen(), UnixMilli: now.UnixMilli()}
 }
 
 // announce publishes the job's JobAnnounce when one is due: every

@@ -182,9 +182,10 @@ func (c *Coordinator) Collect(ctx context.Context, ds *dataset.Set, progress fun
 	rep.Why = maps.Clone(rep.Why)
 	c.data.Store(&rep)
 	job := c.job(ds)
-	l := &loop{c: c, cfg: c.cfg, job: job, nodes: map[peer.ID]*nodeState{}, progress: progress,
+	l := &loop{c: c, job: job, progress: progress,
 		events: make(chan any, 64), disconnects: make(chan peer.ID, 256), byID: map[string]*chunkState{},
 		offers: make(chan offerEv, 64)}
+	l.sched = newSched(c.cfg, func(p peer.ID) bool { return c.h.Network().Connectedness(p) == network.Connected })
 	seed := sha256.Sum256([]byte(job.ID))
 	l.rng = rand.New(rand.NewPCG(binary.LittleEndian.Uint64(seed[:]), l.cfg.Train.Seed))
 	var distinct []*dataset.Chunk
@@ -209,7 +210,10 @@ func (c *Coordinator) Collect(ctx context.Context, ds *dataset.Set, progress fun
 			continue
 		}
 		l.baseTokens += int64(ch.Tokens())
-		l.pending = append(l.pending, cs)
+		l.pending.pushBack(cs)
+	}
+	if n := l.pending.len(); n > 0 {
+		l.unit = float64(l.baseTokens) / float64(n)
 	}
 	l.total = len(l.chunks)
 	l.done = l.cachedAtStart

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"sort"
 	"strings"
 	"time"
 
@@ -49,6 +48,7 @@ type chunkState struct {
 	// reservedUntil.
 	reserved      *nodeState
 	reservedUntil time.Time
+	inVerifyQ     bool // in sched.verifyQ
 }
 
 // heldResult is one node's result for a chunk under verification.
@@ -66,7 +66,14 @@ type lease struct {
 	tokens   int
 	start    time.Time
 	expect   time.Duration // expected time to the result
-	cancel   context.CancelFunc
+	timeout  time.Duration // its deadline, from start
+	// overdueAt is when it becomes a candidate for a speculative
+	// duplicate (twice its expected time); latePos is its place in
+	// sched.late.
+	overdueAt time.Time
+	latePos   int
+	ended     bool               // taken off its node and chunk
+	cancel    context.CancelFunc // nil until launched
 	verdict  verdictKind // what the loop answered its claim
 	canceled string      // why the loop cancelled it ("" if it did not)
 }
@@ -95,6 +102,11 @@ type nodeState struct {
 	offers     []*chunkState // chunks it holds results for: leased to it first
 	prior      NodeRecord    // the store's record when the loop met it
 	saved      NodeRecord    // the last record queued for the store
+	fit        bool          // its advert serves the job's base and codec
+	slots      int           // most leases its advert leaves room for
+	unit       float64       // sched.unit (the ready heap's key)
+	// places in sched's heaps (-1: not in)
+	readyPos, idlePos, backPos int
 }
 
 // speed is the node's measured throughput, else its advertised one, in
@@ -176,14 +188,11 @@ var errNotTaken = errors.New("result not taken now: its lease was cancelled")
 
 // loop is the state of one Collect, owned by its run goroutine.
 type loop struct {
+	sched
 	c           *Coordinator
-	cfg         Config
 	job         embedJob
 	rng         *rand.Rand
 	chunks      []*chunkState
-	pending     []*chunkState // front is leased first
-	verifyQ     []*chunkState
-	nodes       map[peer.ID]*nodeState
 	events      chan any
 	disconnects chan peer.ID
 	progress    func(Progress)
@@ -195,13 +204,12 @@ type loop struct {
 	baseTokens, computed       int64
 	verifyTokens               int64 // second and third opinions, the coordinator's included
 	selfTokens                 int64 // the coordinator's own opinions
-	speculative, reassigned    int
+	reassigned                 int
 	selfVerified, skipped      int
 	unsettled                  int
 	vs                         VerifyStatus
-	typical                    time.Duration // EWMA of completed lease durations
 	lastPublish                time.Time
-	started                    bool // leasing began (MinNodes was reached)
+	publishEvery               time.Duration // grows with the cost of a publish
 	byID                       map[string]*chunkState
 	offers                     chan offerEv
 	lastSave                   time.Time
@@ -216,7 +224,7 @@ func (l *loop) run(ctx context.Context, adverts <-chan *protocol.Advert) error {
 	var fatal error
 	for {
 		for l.done < l.total && fatal == nil {
-			l.assign(ctx)
+			l.assign(time.Now(), func(ls *lease) { l.launch(ctx, ls) }, l.selfHook())
 			select {
 			case <-ctx.Done():
 				fatal = fmt.Errorf("coordinator.Collect: %w", ctx.Err())
@@ -230,6 +238,7 @@ func (l *loop) run(ctx context.Context, adverts <-chan *protocol.Advert) error {
 				l.offered(o.peer, o.chunks)
 			case <-tick.C:
 				l.checkConnections()
+				l.giveUpVerification(time.Now())
 			case <-l.ann.joins:
 				l.ann.due = true
 			}
@@ -277,7 +286,9 @@ func (l *loop) handle(ev any) error {
 		ev.reply <- l.claim(ev.l, ev.entries)
 	case finishEv:
 		l.running--
-		return l.finish(ev)
+		err := l.finish(ev)
+		l.touch(ev.l.node, time.Now())
+		return err
 	case storedEv:
 		l.running--
 		return l.stored(ev)
@@ -297,6 +308,7 @@ func (l *loop) node(id peer.ID) *nodeState {
 		return s
 	}
 	s := &nodeState{id: id, aimd: l.cfg.LeasesPerNode}
+	l.add(s)
 	if rec, ok := l.c.state.nodeRecord(id.String()); ok {
 		s.prior, s.saved = rec, rec
 		s.clean, s.suspect, s.tps = rec.Clean, rec.Suspect, rec.TokensPerSec
@@ -304,7 +316,6 @@ func (l *loop) node(id peer.ID) *nodeState {
 			s.banned, s.banReason = true, rec.BanReason
 		}
 	}
-	l.nodes[id] = s
 	return s
 }
 
@@ -348,6 +359,7 @@ func (l *loop) offered(id peer.ID, chunks []string) {
 	for _, c := range chunks {
 		if cs := l.byID[c]; cs != nil && cs.phase == phPending {
 			s.offers = append(s.offers, cs)
+			l.offering[s] = true
 			cs.reserved, cs.reservedUntil = s, time.Now().Add(l.cfg.MinLeaseTimeout)
 			n++
 		}
@@ -365,7 +377,7 @@ func (l *loop) observe(a *protocol.Advert) {
 	}
 	s := l.node(id)
 	first := s.advert == nil
-	s.advert, s.seen = a, time.Now()
+	l.sched.observe(s, a, l.serves(a), time.Now())
 	switch {
 	case first && l.serves(a):
 		l.c.log.Info("node joined", "node", id.String(), "device", a.Device, "tokens_per_s", a.TokensPerSec)
@@ -395,11 +407,6 @@ func (l *loop) serves(a *protocol.Advert) bool {
 	return base && codec
 }
 
-func (l *loop) eligible(s *nodeState, now time.Time) bool {
-	return !s.banned && s.advert != nil && now.Sub(s.seen) < l.cfg.NodeTTL && l.serves(s.advert) &&
-		l.c.h.Network().Connectedness(s.id) == network.Connected
-}
-
 // disconnected fails the leases of a peer whose last connection dropped:
 // at once, not at their deadlines.
 func (l *loop) disconnected(p peer.ID) {
@@ -411,6 +418,7 @@ func (l *loop) disconnected(p peer.ID) {
 	for _, ls := range append([]*lease(nil), s.leases...) {
 		l.cancelLease(ls, "disconnected")
 	}
+	l.touch(s, time.Now())
 }
 
 // checkConnections catches drops whose notification was lost.
@@ -426,193 +434,27 @@ func (l *loop) cancelLease(ls *lease, why string) {
 	if ls.canceled == "" {
 		ls.canceled = why
 	}
-	ls.cancel()
-}
-
-// caps returns each ready node's in-flight cap: LeasesPerNode scaled by
-// its speed relative to the median ready node (so faster nodes hold more
-// chunks), within [1, 4·LeasesPerNode], and no more than its overload
-// feedback (aimd) allows.
-func (l *loop) capOf(s *nodeState, median float64) int {
-	c := l.cfg.LeasesPerNode
-	if sp := s.speed(); sp > 0 && median > 0 {
-		c = int(float64(l.cfg.LeasesPerNode)*sp/median + 0.5)
-	}
-	return max(1, min(c, 4*l.cfg.LeasesPerNode, s.aimd))
-}
-
-// deadline sizes a lease: the node's queued tokens plus this chunk's at
-// its speed (measured, else advertised, else the swarm's typical lease
-// time), times 4, plus half of MinLeaseTimeout, clamped to
-// [MinLeaseTimeout, LeaseTimeout].
-func (l *loop) deadline(s *nodeState, tokens int) (expect, timeout time.Duration) {
-	if sp := s.speed(); sp > 0 {
-		expect = time.Duration(float64(s.queued+tokens) / sp * float64(time.Second))
-	} else {
-		expect = l.typical
-	}
-	if expect <= 0 {
-		return 0, l.cfg.LeaseTimeout
-	}
-	timeout = 4*expect + l.cfg.MinLeaseTimeout/2
-	return expect, min(max(timeout, l.cfg.MinLeaseTimeout), l.cfg.LeaseTimeout)
-}
-
-// assign leases work to ready nodes: second opinions first (they hold
-// results in memory), then pending chunks, fastest nodes first and each
-// up to its cap; with nothing left to hand out, it duplicates the slowest
-// overdue lease onto an idle node (the tail of the job).
-func (l *loop) assign(ctx context.Context) {
-	now := time.Now()
-	var ready []*nodeState
-	var speeds []float64
-	for _, s := range l.nodes {
-		if l.eligible(s, now) {
-			if sp := s.speed(); sp > 0 {
-				speeds = append(speeds, sp)
-			}
-			if now.After(s.backoff) {
-				ready = append(ready, s)
-			}
-		}
-	}
-	if !l.started && len(ready) < l.cfg.MinNodes {
-		return
-	}
-	sort.Float64s(speeds)
-	median := 0.0
-	if len(speeds) > 0 {
-		median = speeds[len(speeds)/2]
-	}
-	sort.Slice(ready, func(i, j int) bool {
-		if a, b := ready[i].speed(), ready[j].speed(); a != b {
-			return a > b
-		}
-		return ready[i].id < ready[j].id
-	})
-	spare := func(s *nodeState) bool { return len(s.leases) < l.capOf(s, median) }
-
-	// Chunks a node already holds results for go back to it.
-	for _, s := range ready {
-		for len(s.offers) > 0 && spare(s) {
-			cs := s.offers[0]
-			s.offers = s.offers[1:]
-			if cs.phase == phPending {
-				l.startLease(ctx, s, cs, false, false)
-			}
-		}
-	}
-
-	// Second opinions.
-	kept := l.verifyQ[:0]
-	for _, cs := range l.verifyQ {
-		if len(cs.leases) > 0 {
-			continue // an opinion is on its way; finish re-queues on failure
-		}
-		if l.cfg.SelfVerify && l.c.base != nil {
-			if l.selfBusy {
-				kept = append(kept, cs)
-				continue
-			}
-			l.selfVerify(cs)
-			continue
-		}
-		var pick *nodeState
-		for _, s := range ready {
-			if !cs.voters[s.id] && spare(s) {
-				pick = s
-				break
-			}
-		}
-		if pick == nil {
-			kept = append(kept, cs)
-			continue
-		}
-		l.startLease(ctx, pick, cs, true, false)
-	}
-	l.verifyQ = kept
-	l.giveUpVerification(now, ready)
-
-	// Fresh chunks.
-	for _, s := range ready {
-		for tries := len(l.pending); tries > 0 && len(l.pending) > 0 && spare(s); tries-- {
-			cs := l.pending[0]
-			l.pending = l.pending[1:]
-			if cs.phase != phPending { // leased back to a node that offered it
-				continue
-			}
-			if cs.reserved != nil && cs.reserved != s && now.Before(cs.reservedUntil) {
-				l.pending = append(l.pending, cs) // its node may hold the result
-				continue
-			}
-			l.startLease(ctx, s, cs, false, false)
-		}
-	}
-	if len(l.pending) > 0 || len(l.verifyQ) > 0 {
-		return
-	}
-	// The tail: duplicate leases that run well past their expected time
-	// onto idle nodes, slowest first; the first result wins.
-	var idle []*nodeState
-	for _, s := range ready {
-		if len(s.leases) == 0 {
-			idle = append(idle, s)
-		}
-	}
-	if len(idle) == 0 {
-		return
-	}
-	type late struct {
-		ls      *lease
-		overdue float64
-	}
-	var lates []late
-	for _, s := range l.nodes {
-		for _, ls := range s.leases {
-			exp := ls.expect
-			if exp <= 0 {
-				exp = l.typical
-			}
-			age := now.Sub(ls.start)
-			if exp > 0 && len(ls.cs.leases) == 1 && ls.verdict == vNone && age > 2*exp {
-				lates = append(lates, late{ls, float64(age) / float64(exp)})
-			}
-		}
-	}
-	sort.Slice(lates, func(i, j int) bool { return lates[i].overdue > lates[j].overdue })
-	for _, lt := range lates {
-		cs := lt.ls.cs
-		for i, s := range idle {
-			if s != lt.ls.node && !cs.voters[s.id] && (s.speed() >= lt.ls.node.speed() || s.speed() == 0) {
-				l.speculative++
-				l.startLease(ctx, s, cs, lt.ls.opinion, true)
-				idle = append(idle[:i], idle[i+1:]...)
-				break
-			}
-		}
-		if len(idle) == 0 {
-			return
-		}
+	if ls.cancel != nil {
+		ls.cancel()
 	}
 }
 
 // giveUpVerification settles queued chunks that no node can give a
 // further opinion on for NodeTTL: a lone result is stored unverified; two
 // disagreeing ones are dropped and the chunk redone.
-func (l *loop) giveUpVerification(now time.Time, ready []*nodeState) {
+// It runs on the loop's tick; the node scan stops at the first candidate
+// and only chunks queued for NodeTTL reach it.
+func (l *loop) giveUpVerification(now time.Time) {
 	if l.cfg.SelfVerify {
 		return
 	}
 	kept := l.verifyQ[:0]
 	for _, cs := range l.verifyQ {
-		candidate := false
-		for _, s := range l.nodes {
-			candidate = candidate || (l.eligible(s, now) && !cs.voters[s.id])
-		}
-		if candidate || len(cs.leases) > 0 || now.Sub(cs.queuedAt) < l.cfg.NodeTTL {
+		if len(cs.leases) > 0 || now.Sub(cs.queuedAt) < l.cfg.NodeTTL || l.hasCandidate(cs, now) {
 			kept = append(kept, cs)
 			continue
 		}
+		cs.inVerifyQ = false
 		if len(cs.held) == 1 {
 			l.skipped++
 			l.c.log.Warn("no second node to verify a chunk; stored unverified", "chunk", short(cs.ch.ID))
@@ -621,25 +463,41 @@ func (l *loop) giveUpVerification(now time.Time, ready []*nodeState) {
 		}
 		l.unsettle(cs, "no third node to settle a disagreement")
 	}
+	clear(l.verifyQ[len(kept):])
 	l.verifyQ = kept
 }
 
-// startLease starts one lease goroutine.
-func (l *loop) startLease(ctx context.Context, s *nodeState, cs *chunkState, opinion, spec bool) {
-	tokens := cs.ch.Tokens()
-	expect, timeout := l.deadline(s, tokens)
-	lctx, cancel := context.WithTimeout(ctx, timeout)
-	ls := &lease{node: s, cs: cs, opinion: opinion, spec: spec, tokens: tokens, start: time.Now(),
-		expect: expect, cancel: cancel}
-	s.leases = append(s.leases, ls)
-	s.queued += tokens
-	cs.leases = append(cs.leases, ls)
-	if cs.phase == phPending {
-		cs.phase = phLeased
+// hasCandidate reports whether an eligible node has not voted on cs.
+func (l *loop) hasCandidate(cs *chunkState, now time.Time) bool {
+	for _, s := range l.nodes {
+		if l.eligible(s, now) && !cs.voters[s.id] {
+			return true
+		}
 	}
-	l.started = true
+	return false
+}
+
+// launch starts a lease's goroutine: the RPC under the lease's deadline.
+func (l *loop) launch(ctx context.Context, ls *lease) {
+	lctx, cancel := context.WithTimeout(ctx, ls.timeout)
+	ls.cancel = cancel
 	l.running++
 	go l.runLease(lctx, ls)
+}
+
+// selfHook is assign's taker of second opinions when the coordinator
+// computes them itself (nil: nodes give them).
+func (l *loop) selfHook() func(*chunkState) bool {
+	if !l.cfg.SelfVerify || l.c.base == nil {
+		return nil
+	}
+	return func(cs *chunkState) bool {
+		if l.selfBusy {
+			return false
+		}
+		l.selfVerify(cs)
+		return true
+	}
 }
 
 // runLease runs one lease: the RPC, the loop's verdict on the result, and
@@ -736,7 +594,7 @@ func (l *loop) canVerify(s *nodeState) bool {
 		return true
 	}
 	now := time.Now()
-	for _, o := range l.nodes {
+	for _, o := range l.nodes { // stops at the first: O(1) while most nodes are eligible
 		if o != s && l.eligible(o, now) {
 			return true
 		}
@@ -747,9 +605,7 @@ func (l *loop) canVerify(s *nodeState) bool {
 // finish applies one lease's outcome.
 func (l *loop) finish(ev finishEv) error {
 	ls, s, cs := ev.l, ev.l.node, ev.l.cs
-	s.leases = removeLease(s.leases, ls)
-	cs.leases = removeLease(cs.leases, ls)
-	s.queued -= ls.tokens
+	l.end(ls, ev.end)
 	l.bytes += ev.bytes
 	got := ls.verdict == vHold && ev.entries != nil || ev.stored
 	if got {
@@ -757,11 +613,7 @@ func (l *loop) finish(ev finishEv) error {
 		if ls.opinion {
 			l.verifyTokens += int64(ls.tokens)
 		}
-		s.observe(ls, ev.end)
-		l.typical = ewma(l.typical, ev.end.Sub(ls.start))
-		if s.grow++; s.grow >= s.aimd && s.aimd < 4*l.cfg.LeasesPerNode {
-			s.aimd, s.grow = s.aimd+1, 0 // additive increase: one slot per cap successes
-		}
+		l.delivered(ls, ev.end)
 	}
 	switch {
 	case ev.stored && s.banned:
@@ -771,7 +623,7 @@ func (l *loop) finish(ev finishEv) error {
 		}
 		l.vs.Dropped++
 		cs.phase, cs.force = phPending, true
-		l.pending = append(l.pending, cs)
+		l.pending.pushBack(cs)
 		return nil
 	case ev.stored:
 		l.chunkDone(cs, s, false)
@@ -779,7 +631,7 @@ func (l *loop) finish(ev finishEv) error {
 	case ls.verdict == vStore: // our cache write failed, not the node
 		cs.phase = phPending
 		cs.attempts++
-		l.pending = append([]*chunkState{cs}, l.pending...)
+		l.pending.pushFront(cs)
 		l.c.log.Warn("cache write failed", "chunk", short(cs.ch.ID), "err", ev.err)
 		if cs.attempts >= l.cfg.MaxAttempts {
 			return fmt.Errorf("coordinator.Collect: chunk %s: %w", short(cs.ch.ID), ev.err)
@@ -863,8 +715,7 @@ func (l *loop) failed(ls *lease, err error) error {
 	case errors.As(err, &perr) && perr.Kind == protocol.KindModelMismatch:
 		l.ban(s, "does not serve the base it advertised")
 	case errors.Is(err, context.DeadlineExceeded):
-		s.tps /= 2
-		s.backoff = time.Now().Add(l.cfg.MinLeaseTimeout / 4)
+		l.expired(ls, time.Now())
 		log.Warn("lease deadline passed; reassigned", "after", time.Since(ls.start).Round(time.Millisecond),
 			"expected", ls.expect.Round(time.Millisecond))
 	case ls.canceled != "":
@@ -884,34 +735,8 @@ func (l *loop) failed(ls *lease, err error) error {
 	return nil
 }
 
-// requeue puts a chunk whose lease failed back in line, unless another
-// lease of it is still running.
-func (l *loop) requeue(cs *chunkState, opinion bool) {
-	if len(cs.leases) > 0 || cs.phase == phDone || cs.phase == phStoring {
-		return
-	}
-	if cs.phase == phVerify || opinion {
-		if len(cs.held) > 0 {
-			l.queueVerify(cs)
-			return
-		}
-	}
-	cs.phase = phPending
-	l.pending = append([]*chunkState{cs}, l.pending...)
-}
-
-func (l *loop) queueVerify(cs *chunkState) {
-	cs.phase = phVerify
-	for _, o := range l.verifyQ {
-		if o == cs {
-			return
-		}
-	}
-	if cs.queuedAt.IsZero() || len(cs.held) <= 1 {
-		cs.queuedAt = time.Now()
-	}
-	l.verifyQ = append(l.verifyQ, cs)
-}
+// requeue puts a chunk whose lease failed back in line (sched.requeue).
+func (l *loop) requeue(cs *chunkState, opinion bool) { l.sched.requeue(cs, opinion, time.Now()) }
 
 // settle adds a new result to a chunk under verification. It agrees with
 // a held result: the chunk is stored, and any held result that disagrees
@@ -967,7 +792,7 @@ func (l *loop) settle(cs *chunkState, r heldResult, cmps []comparison) error {
 	if len(cs.held) >= 3 {
 		return l.unsettle(cs, "three results, no two agree")
 	}
-	l.queueVerify(cs)
+	l.queueVerify(cs, time.Now())
 	return nil
 }
 
@@ -981,7 +806,7 @@ func (l *loop) unsettle(cs *chunkState, why string) error {
 	cs.held, cs.voters, cs.force = nil, nil, true
 	cs.attempts++
 	cs.phase = phPending
-	l.pending = append(l.pending, cs)
+	l.pending.pushBack(cs)
 	if cs.attempts >= l.cfg.MaxAttempts {
 		return fmt.Errorf("coordinator.Collect: chunk %s: %s, %d times", short(cs.ch.ID), why, cs.attempts)
 	}
@@ -1005,7 +830,7 @@ func (l *loop) stored(ev storedEv) error {
 	if ev.err != nil {
 		ev.cs.attempts++
 		ev.cs.phase, ev.cs.voters = phPending, nil
-		l.pending = append([]*chunkState{ev.cs}, l.pending...)
+		l.pending.pushFront(ev.cs)
 		l.c.log.Warn("cache write failed", "chunk", short(ev.cs.ch.ID), "err", ev.err)
 		if ev.cs.attempts >= l.cfg.MaxAttempts {
 			return fmt.Errorf("coordinator.Collect: chunk %s: %w", short(ev.cs.ch.ID), ev.err)
@@ -1055,7 +880,7 @@ func (l *loop) ban(s *nodeState, reason string) {
 		l.done--
 		l.tokens -= int64(cs.ch.Tokens())
 		s.done--
-		l.pending = append(l.pending, cs)
+		l.pending.pushBack(cs)
 		dropped++
 	}
 	s.unverified = nil
@@ -1074,19 +899,11 @@ func (l *loop) ban(s *nodeState, reason string) {
 		if len(cs.held) == 0 && len(cs.leases) == 0 {
 			l.removeFromVerifyQ(cs)
 			cs.phase, cs.voters = phPending, nil
-			l.pending = append(l.pending, cs)
+			l.pending.pushBack(cs)
 		}
 	}
+	l.touch(s, time.Now())
 	l.c.log.Warn("node banned for this job", "node", s.id.String(), "reason", reason, "chunks_dropped", dropped)
-}
-
-func (l *loop) removeFromVerifyQ(cs *chunkState) {
-	for i, o := range l.verifyQ {
-		if o == cs {
-			l.verifyQ = append(l.verifyQ[:i], l.verifyQ[i+1:]...)
-			return
-		}
-	}
 }
 
 // selfVerify computes a second opinion on the coordinator's own base.

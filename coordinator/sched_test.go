@@ -37,7 +37,7 @@ func exactlyOnce(t *testing.T, ds *dataset.Set, stores *storeCounter) {
 // TestLeaseDeadline checks the deadline arithmetic: queued tokens plus
 // the chunk's at the node's speed, ×4, plus MinLeaseTimeout/2, clamped.
 func TestLeaseDeadline(t *testing.T) {
-	l := &loop{cfg: Config{MinLeaseTimeout: time.Second, LeaseTimeout: time.Minute}}
+	l := &sched{cfg: Config{MinLeaseTimeout: time.Second, LeaseTimeout: time.Minute}}
 	for _, tc := range []struct {
 		tps            float64
 		queued, tokens int

@@ -91,16 +91,10 @@ func (l *loop) snapshot() Progress {
 			n++
 		}
 	}
-	return Progress{Done: l.done, Leased: l.leased(), Pending: len(l.pending), Total: l.total, Nodes: n, Tokens: l.tokens, Waiting: !l.started}
+	return Progress{Done: l.done, Leased: l.leased(), Pending: l.pendingLen(), Total: l.total, Nodes: n, Tokens: l.tokens, Waiting: !l.started}
 }
 
-func (l *loop) leased() int {
-	n := 0
-	for _, s := range l.nodes {
-		n += len(s.leases)
-	}
-	return n
-}
+func (l *loop) leased() int { return l.leasedN }
 
 // extraFraction is the forward work spent beyond the useful work, divided
 // by the useful work. Useful work is the tokens of the chunks stored by
@@ -120,15 +114,20 @@ func extraFraction(useful, work int64) float64 {
 	return float64(work-useful) / float64(useful)
 }
 
-// publish stores a Status snapshot (at most every 50 ms unless forced).
+// publish stores a Status snapshot: at most every 50 ms unless forced,
+// and no more often than keeps its own cost (it walks every node and
+// chunk) under 2% of the loop's time: with 10,000 nodes and a million
+// chunks a publish costs milliseconds, so it then runs every few tenths
+// of a second.
 func (l *loop) publish(force bool) {
 	now := time.Now()
-	if !force && now.Sub(l.lastPublish) < 50*time.Millisecond {
+	if !force && now.Sub(l.lastPublish) < max(50*time.Millisecond, l.publishEvery) {
 		return
 	}
 	l.lastPublish = now
+	defer func() { l.publishEvery = 50 * time.Since(now) }()
 	st := &Status{Time: now, Job: JobStatus{ID: l.job.ID, Total: l.total, CachedAtStart: l.cachedAtStart,
-		Done: l.done, Leased: l.leased(), Pending: len(l.pending), Tokens: l.tokens, BytesReceived: l.bytes,
+		Done: l.done, Leased: l.leased(), Pending: l.pendingLen(), Tokens: l.tokens, BytesReceived: l.bytes,
 		Speculative: l.speculative, Reassigned: l.reassigned, Finished: l.finished, Verify: l.vs,
 		BaseTokens: l.baseTokens, ComputedTokens: l.computed, SelfVerifiedChunks: l.selfVerified,
 		VerificationSkipped: l.skipped, UnsettledDisagreements: l.unsettled}}
@@ -141,19 +140,8 @@ func (l *loop) publish(force bool) {
 		st.Job.ExtraComputeFraction = l.extraFraction()
 		st.Job.VerifyComputeFraction = float64(l.verifyTokens) / float64(l.tokens)
 	}
-	var speeds []float64
 	for _, s := range l.nodes {
-		if sp := s.speed(); sp > 0 && l.eligible(s, now) {
-			speeds = append(speeds, sp)
-		}
-	}
-	sort.Float64s(speeds)
-	median := 0.0
-	if len(speeds) > 0 {
-		median = speeds[len(speeds)/2]
-	}
-	for _, s := range l.nodes {
-		ns := NodeStatus{Peer: s.id.String(), TokensPerSec: s.tps, Leases: len(s.leases), Cap: l.capOf(s, median),
+		ns := NodeStatus{Peer: s.id.String(), TokensPerSec: s.tps, Leases: len(s.leases), Cap: l.capacity(s),
 			Chunks: s.done, Opinions: s.opinions, Verified: s.verified, Failures: s.failures,
 			SamplingRate: samplingRate(l.cfg.VerifyFraction, s.clean, s.suspect), Clean: s.clean, Suspect: s.suspect,
 			Eligible: l.eligible(s, now),
