@@ -59,14 +59,14 @@ type heldResult struct {
 
 // lease is one chunk on one node.
 type lease struct {
-	node     *nodeState
-	cs       *chunkState
-	opinion  bool // a second or third opinion (the chunk was in phVerify)
-	spec     bool // a speculative duplicate of a slow lease
-	tokens   int
-	start    time.Time
-	expect   time.Duration // expected time to the result
-	timeout  time.Duration // its deadline, from start
+	node    *nodeState
+	cs      *chunkState
+	opinion bool // a second or third opinion (the chunk was in phVerify)
+	spec    bool // a speculative duplicate of a slow lease
+	tokens  int
+	start   time.Time
+	expect  time.Duration // expected time to the result
+	timeout time.Duration // its deadline, from start
 	// overdueAt is when it becomes a candidate for a speculative
 	// duplicate (twice its expected time); latePos is its place in
 	// sched.late.
@@ -74,8 +74,8 @@ type lease struct {
 	latePos   int
 	ended     bool               // taken off its node and chunk
 	cancel    context.CancelFunc // nil until launched
-	verdict  verdictKind // what the loop answered its claim
-	canceled string      // why the loop cancelled it ("" if it did not)
+	verdict   verdictKind        // what the loop answered its claim
+	canceled  string             // why the loop cancelled it ("" if it did not)
 }
 
 // nodeState is the scheduler's view of one volunteer.
