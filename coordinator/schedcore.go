@@ -116,12 +116,15 @@ func (q *sched) add(s *nodeState) {
 }
 
 // observe files a node's advert. fit: it serves the job's base and codec.
-// FreeSlots is read as the room beyond our leases in flight: the node gets
-// at most those plus FreeSlots, so FreeSlots 0 on a node without our
-// leases means no work for it until an advert says otherwise.
+// FreeSlots 0 (a paused or full node) means no new lease until an advert
+// says otherwise; otherwise it is read as the room beyond our leases in
+// flight: the node gets at most those plus FreeSlots.
 func (q *sched) observe(s *nodeState, a *protocol.Advert, fit bool, now time.Time) {
 	s.advert, s.seen, s.fit = a, now, fit
-	s.slots = len(s.leases) + a.FreeSlots
+	s.slots = 0
+	if a.FreeSlots > 0 {
+		s.slots = len(s.leases) + a.FreeSlots
+	}
 	q.touch(s, now)
 }
 
