@@ -104,6 +104,7 @@ type nodeState struct {
 	saved      NodeRecord    // the last record queued for the store
 	fit        bool          // its advert serves the job's base and codec
 	slots      int           // most leases its advert leaves room for
+	full       bool          // its advert said FreeSlots 0
 	unit       float64       // sched.unit (the ready heap's key)
 	// places in sched's heaps (-1: not in)
 	readyPos, idlePos, backPos int
@@ -691,6 +692,7 @@ func (n *nodeState) observe(ls *lease, end time.Time) {
 // failed handles a lease that delivered nothing.
 func (l *loop) failed(ls *lease, err error) error {
 	s, cs := ls.node, ls.cs
+	l.shrink(s, time.Now())
 	log := l.c.log.With("node", s.id.String(), "chunk", short(cs.ch.ID))
 	if ls.canceled == "banned" {
 		l.requeue(cs, ls.opinion)

@@ -116,16 +116,25 @@ func (q *sched) add(s *nodeState) {
 }
 
 // observe files a node's advert. fit: it serves the job's base and codec.
-// FreeSlots 0 (a paused or full node) means no new lease until an advert
-// says otherwise; otherwise it is read as the room beyond our leases in
-// flight: the node gets at most those plus FreeSlots.
+// FreeSlots is read as the room beyond our leases in flight: the node gets
+// at most those plus FreeSlots. So FreeSlots 0 on a node without our
+// leases (paused, or busy with other work) means no lease until an advert
+// says otherwise; on a node full of our leases it keeps that many, and
+// each of them that fails (a paused node hands queued ones back) lowers
+// the limit (shrink).
 func (q *sched) observe(s *nodeState, a *protocol.Advert, fit bool, now time.Time) {
 	s.advert, s.seen, s.fit = a, now, fit
-	s.slots = 0
-	if a.FreeSlots > 0 {
-		s.slots = len(s.leases) + a.FreeSlots
-	}
+	s.slots, s.full = len(s.leases)+a.FreeSlots, a.FreeSlots == 0
 	q.touch(s, now)
+}
+
+// shrink: a lease of s ended without a result. If its last advert said
+// FreeSlots 0, the slot it held is not given again.
+func (q *sched) shrink(s *nodeState, now time.Time) {
+	if s.full {
+		s.slots = min(s.slots, len(s.leases))
+		q.touch(s, now)
+	}
 }
 
 func (q *sched) eligible(s *nodeState, now time.Time) bool {
@@ -476,6 +485,7 @@ func (q *sched) delivered(ls *lease, end time.Time) {
 // and it waits a quarter of MinLeaseTimeout before its next lease.
 func (q *sched) expired(ls *lease, now time.Time) {
 	s := ls.node
+	q.shrink(s, now)
 	s.tps /= 2
 	s.backoff = now.Add(q.cfg.MinLeaseTimeout / 4)
 	q.touch(s, now)
