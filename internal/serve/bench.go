@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"carryon/carryon"
+	"carryon/dataset"
 	"carryon/model"
 	"carryon/tokenizer"
 )
@@ -192,14 +193,15 @@ func Direct(ctx context.Context, b *model.Base, tok tokenizer.Tokenizer, prompts
 }
 
 // BenchPrompts are the prompts of `carryon bench serve`: short questions
-// of the kind the demo trains on.
+// of the kind the demo trains on, in the training template
+// (dataset.Prompt), and a few plain continuations.
 var BenchPrompts = []string{
-	"Question: Tom has 3 apples and buys 5 more. How many apples does he have?\nAnswer:",
-	"Question: A train travels 60 km in one hour. How far does it go in 4 hours?\nAnswer:",
-	"Question: What is 12 times 7?\nAnswer:",
-	"Question: Anna reads 15 pages a day. How many pages does she read in a week?\nAnswer:",
+	dataset.Prompt("Tom has 3 apples and buys 5 more. How many apples does he have?"),
+	dataset.Prompt("A train travels 60 km in one hour. How far does it go in 4 hours?"),
+	dataset.Prompt("What is 12 times 7?"),
+	dataset.Prompt("Anna reads 15 pages a day. How many pages does she read in a week?"),
 	"Once upon a time, in a small village by the sea,",
 	"The three most important ideas in computer science are",
-	"Question: If a shirt costs $20 and is 25% off, what does it cost?\nAnswer:",
+	dataset.Prompt("If a shirt costs $20 and is 25% off, what does it cost?"),
 	"Write a short poem about the moon.\n",
 }
