@@ -112,8 +112,11 @@ func (d *CacheDir) StoreUsage(ctx context.Context) (blocks int, bytes int64, err
 // labels.
 func (d *CacheDir) Pins() (map[cid.Cid]string, error) { return d.store.Pins() }
 
-// GCReport says what a garbage collection removed.
+// GCReport says what a garbage collection removed, or (dry run) would
+// remove.
 type GCReport struct {
+	// DryRun: nothing was removed; the report lists what would be.
+	DryRun bool
 	// Expired are the index entries removed for their age.
 	Expired []CacheItem
 	// Broken are the index entries removed because blocks of their frame
@@ -124,21 +127,32 @@ type GCReport struct {
 	Blocks swarm.GCResult
 }
 
-// GC removes the index entries older than olderThan (none when it is 0)
-// and those whose blocks are gone, then every block of the store that no
-// remaining index entry and no pinned root (adaptor) reaches: blocks of
+// GCOptions configures CacheDir.GC.
+type GCOptions struct {
+	// OlderThan also removes the index entries indexed longer ago than
+	// this, with their blocks; 0 keeps every entry whose blocks are
+	// stored.
+	OlderThan time.Duration
+	// DryRun removes nothing and reports what would be removed.
+	DryRun bool
+}
+
+// GC removes the index entries older than opt.OlderThan (none when it is
+// 0) and those whose blocks are gone, then every block of the store that
+// no remaining index entry and no pinned root (adaptor) reaches: blocks of
 // dropped chunks, of fetches or imports cut short, of expired entries.
-// Nothing an index entry or a pin refers to is removed.
-func (d *CacheDir) GC(ctx context.Context, olderThan time.Duration) (GCReport, error) {
-	var rep GCReport
-	if olderThan < 0 {
-		return rep, fmt.Errorf("cache gc: --older-than %v is negative", olderThan)
+// Nothing an index entry or a pin refers to is removed. With opt.DryRun it
+// removes nothing and reports the same lists.
+func (d *CacheDir) GC(ctx context.Context, opt GCOptions) (GCReport, error) {
+	rep := GCReport{DryRun: opt.DryRun}
+	if opt.OlderThan < 0 {
+		return rep, fmt.Errorf("cache gc: --older-than %v is negative", opt.OlderThan)
 	}
 	items, err := d.List(ctx)
 	if err != nil {
 		return rep, err
 	}
-	cutoff := time.Now().Add(-olderThan)
+	cutoff := time.Now().Add(-opt.OlderThan)
 	var keep []cid.Cid
 	var drop []CacheItem
 	for _, it := range items {
@@ -146,7 +160,7 @@ func (d *CacheDir) GC(ctx context.Context, olderThan time.Duration) (GCReport, e
 		case it.CID == "":
 			// An older carryon's file payload: the next coordinator
 			// start imports it into the block store.
-		case olderThan > 0 && it.Time.Before(cutoff):
+		case opt.OlderThan > 0 && it.Time.Before(cutoff):
 			rep.Expired = append(rep.Expired, it)
 			drop = append(drop, it)
 		case !it.Stored:
@@ -156,6 +170,12 @@ func (d *CacheDir) GC(ctx context.Context, olderThan time.Duration) (GCReport, e
 			id, _ := cid.Decode(it.CID) // Stored implies a valid CID
 			keep = append(keep, id)
 		}
+	}
+	if opt.DryRun {
+		if rep.Blocks, err = d.store.Garbage(ctx, keep); err != nil {
+			return rep, fmt.Errorf("cache gc --dry-run %s: %w", d.dir, err)
+		}
+		return rep, nil
 	}
 	if len(drop) > 0 {
 		err := d.state.write(func(tx *bolt.Tx) error {

@@ -7,10 +7,12 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/ipfs/go-cid"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/pnet"
@@ -142,6 +144,42 @@ func TestFetchCached(t *testing.T) {
 	}
 	if !bytes.Equal(adaptorBytes(t, ra), adaptorBytes(t, rb)) {
 		t.Fatal("the adaptor trained on fetched embeddings differs from the one trained on computed embeddings")
+	}
+
+	// HeldFrames names each frame bc can serve once: every fetched or
+	// computed one, and not one whose block is gone.
+	want := map[cid.Cid]bool{}
+	for _, ch := range all {
+		for _, l := range layers {
+			id, err := bc.cache.CID(bc.key(l, ch))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want[id] = true
+		}
+	}
+	var gone cid.Cid
+	for id := range want {
+		gone = id
+		break
+	}
+	if err := bc.store.Blockstore().DeleteBlock(context.Background(), gone); err != nil {
+		t.Fatal(err)
+	}
+	delete(want, gone)
+	got, err := bc.HeldFrames(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[cid.Cid]bool{}
+	for _, id := range got {
+		if !want[id] || seen[id] {
+			t.Fatalf("HeldFrames names %s: not held, or twice (%d names, want the %d held)", id, len(got), len(want))
+		}
+		seen[id] = true
+	}
+	if len(got) != len(want) {
+		t.Fatalf("HeldFrames names %d frames, want the %d held", len(got), len(want))
 	}
 }
 
@@ -306,16 +344,37 @@ func TestCacheDirLsGC(t *testing.T) {
 			t.Fatalf("entry %+v", it)
 		}
 	}
-	rep, err := d.GC(ctx, 24*time.Hour)
+	// A dry run lists what gc removes, sizes included, and removes nothing.
+	dry, err := d.GC(ctx, GCOptions{OlderThan: 24 * time.Hour, DryRun: true})
 	if err != nil {
 		t.Fatal(err)
+	}
+	blocksBefore, bytesBefore, _ := d.StoreUsage(ctx)
+	if again, _ := d.List(ctx); len(again) != len(items) || !dry.DryRun {
+		t.Fatalf("the dry run changed the index: %d entries, had %d", len(again), len(items))
+	}
+	for _, g := range dry.Blocks.RemovedBlocks {
+		if !d.store.Has(ctx, g.CID) || g.Size <= 0 {
+			t.Fatalf("the dry run removed block %s (%d bytes)", g.CID, g.Size)
+		}
+	}
+	rep, err := d.GC(ctx, GCOptions{OlderThan: 24 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.DryRun || !reflect.DeepEqual(dry.Blocks, rep.Blocks) || !reflect.DeepEqual(dry.Expired, rep.Expired) || !reflect.DeepEqual(dry.Broken, rep.Broken) {
+		t.Fatalf("gc removed %+v; its dry run said %+v", rep, dry)
+	}
+	if blocksAfter, bytesAfter, _ := d.StoreUsage(ctx); blocksBefore-blocksAfter != rep.Blocks.Removed || bytesBefore-bytesAfter != rep.Blocks.RemovedBytes {
+		t.Fatalf("the store went from %d blocks (%d bytes) to %d (%d); gc says it removed %d (%d)", blocksBefore, bytesBefore,
+			blocksAfter, bytesAfter, rep.Blocks.Removed, rep.Blocks.RemovedBytes)
 	}
 	if len(rep.Expired) != 1 || rep.Expired[0].Key != oldKey || len(rep.Broken) != 0 {
 		t.Fatalf("expired %v, broken %v; want only %v", rep.Expired, rep.Broken, oldKey)
 	}
 	removed := map[string]bool{}
-	for _, id := range rep.Blocks.RemovedBlocks {
-		removed[string(id.Hash())] = true
+	for _, g := range rep.Blocks.RemovedBlocks {
+		removed[string(g.CID.Hash())] = true
 	}
 	for name, id := range map[string]string{"orphan": string(orphan.Hash()), "dropped": string(droppedCID.Hash()), "expired": string(oldCID.Hash())} {
 		if !removed[id] {
@@ -338,7 +397,7 @@ func TestCacheDirLsGC(t *testing.T) {
 		t.Errorf("%d entries after gc, want %d", len(items), total-2)
 	}
 	// A second gc finds nothing.
-	if rep, err := d.GC(ctx, 0); err != nil || rep.Blocks.Removed != 0 || len(rep.Expired)+len(rep.Broken) != 0 {
+	if rep, err := d.GC(ctx, GCOptions{}); err != nil || rep.Blocks.Removed != 0 || len(rep.Expired)+len(rep.Broken) != 0 {
 		t.Fatalf("second gc: %+v, %v", rep, err)
 	}
 	if _, err := OpenCacheDir(filepath.Join(dir, "nothing")); err == nil || !strings.Contains(err.Error(), "no coordinator state") {

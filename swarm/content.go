@@ -400,19 +400,28 @@ func (b *Blocks) List(ctx context.Context) ([]BlockInfo, error) {
 	return out, nil
 }
 
-// GCResult reports a garbage collection.
+// GCResult reports a garbage collection, or (from Garbage) what one would
+// remove.
 type GCResult struct {
 	Kept, Removed           int
 	KeptBytes, RemovedBytes int64
-	// RemovedBlocks are the removed blocks, named by raw-codec CIDv1s of
-	// their hashes (a block store keys blocks by multihash only).
-	RemovedBlocks []cid.Cid
+	// RemovedBlocks are the removed blocks with their sizes, sorted by
+	// hash.
+	RemovedBlocks []GCBlock
 }
 
-// GC removes every block not reachable from a pinned root or from keep.
-// Blocks of a root that is itself incomplete are kept as far as they are
-// reachable.
-func (b *Blocks) GC(ctx context.Context, keep []cid.Cid) (GCResult, error) {
+// GCBlock is one block a garbage collection removes, named by the
+// raw-codec CIDv1 of its hash (a block store keys blocks by multihash
+// only).
+type GCBlock struct {
+	CID  cid.Cid
+	Size int
+}
+
+// Garbage returns what GC(ctx, keep) would remove, removing nothing: every
+// block not reachable from a pinned root or from keep. Blocks of a root
+// that is itself incomplete count as live as far as they are reachable.
+func (b *Blocks) Garbage(ctx context.Context, keep []cid.Cid) (GCResult, error) {
 	pins, err := b.Pins()
 	if err != nil {
 		return GCResult{}, err
@@ -428,7 +437,7 @@ func (b *Blocks) GC(ctx context.Context, keep []cid.Cid) (GCResult, error) {
 			return nil
 		})
 		if err != nil && !ipld.IsNotFound(err) {
-			return GCResult{}, fmt.Errorf("swarm.Blocks.GC: root %s: %w", r, err)
+			return GCResult{}, fmt.Errorf("swarm.Blocks.Garbage: root %s: %w", r, err)
 		}
 	}
 	all, err := b.List(ctx)
@@ -442,13 +451,29 @@ func (b *Blocks) GC(ctx context.Context, keep []cid.Cid) (GCResult, error) {
 			res.KeptBytes += int64(bi.Size)
 			continue
 		}
-		c := cid.NewCidV1(cid.Raw, bi.Hash)
-		if err := b.bs.DeleteBlock(ctx, c); err != nil {
-			return res, fmt.Errorf("swarm.Blocks.GC: %w", err)
-		}
-		res.RemovedBlocks = append(res.RemovedBlocks, c)
+		res.RemovedBlocks = append(res.RemovedBlocks, GCBlock{CID: cid.NewCidV1(cid.Raw, bi.Hash), Size: bi.Size})
 		res.Removed++
 		res.RemovedBytes += int64(bi.Size)
+	}
+	return res, nil
+}
+
+// GC removes every block not reachable from a pinned root or from keep
+// (Garbage's list). On an error the result counts what was removed by
+// then.
+func (b *Blocks) GC(ctx context.Context, keep []cid.Cid) (GCResult, error) {
+	plan, err := b.Garbage(ctx, keep)
+	if err != nil {
+		return GCResult{}, fmt.Errorf("swarm.Blocks.GC: %w", err)
+	}
+	res := GCResult{Kept: plan.Kept, KeptBytes: plan.KeptBytes}
+	for _, g := range plan.RemovedBlocks {
+		if err := b.bs.DeleteBlock(ctx, g.CID); err != nil {
+			return res, fmt.Errorf("swarm.Blocks.GC: %w", err)
+		}
+		res.RemovedBlocks = append(res.RemovedBlocks, g)
+		res.Removed++
+		res.RemovedBytes += int64(g.Size)
 	}
 	return res, nil
 }

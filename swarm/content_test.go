@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -163,12 +164,26 @@ func TestBlocksStore(t *testing.T) {
 	if err := b.Pin(ctx, c, "adaptor"); err != nil {
 		t.Fatal(err)
 	}
+	plan, err := b.Garbage(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plan.Removed != 3 || plan.Kept != 5 || !b.Has(ctx, other) {
+		t.Fatalf("Garbage %+v: want the other file's 3 blocks listed, and still stored", plan)
+	}
 	res, err := b.GC(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if res.Removed != 3 || res.Kept != 5 || !b.Has(ctx, c) || b.Has(ctx, other) {
 		t.Fatalf("GC %+v: want the pinned file's 5 blocks kept and the other's 3 removed", res)
+	}
+	var sum int64
+	for _, g := range res.RemovedBlocks {
+		sum += int64(g.Size)
+	}
+	if !reflect.DeepEqual(res, plan) || sum != res.RemovedBytes || sum <= ChunkSize+1 {
+		t.Fatalf("GC removed %+v (%d bytes in its list), Garbage listed %+v; want the same, over the file's %d bytes", res, sum, plan, ChunkSize+1)
 	}
 	pins, _ := b.Pins()
 	if pins[c] != "adaptor" || len(pins) != 1 {

@@ -19,12 +19,14 @@ func init() {
 }
 
 func runCache(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlags("cache", "ls|gc [--cache DIR] [--older-than DURATION]\n\n"+
+	fs := newFlags("cache", "ls|gc [--cache DIR] [--older-than DURATION] [--dry-run]\n\n"+
 		"  ls  every cached embedding frame: its key (base, codec, layer, chunk), CID, bytes, age, whose result\n"+
 		"  gc  remove blocks that no index entry and no pinned adaptor refers to (and, with --older-than,\n"+
-		"      the entries indexed longer ago, with their blocks); it says what it removed", stderr)
+		"      the entries indexed longer ago, with their blocks); it says what it removed, with sizes;\n"+
+		"      with --dry-run it says the same and removes nothing", stderr)
 	cache := fs.String("cache", filepath.Join(model.DefaultCacheDir(), "coordinator"), "the coordinator's cache directory (its --cache); no coordinator may be running on it")
 	olderThan := fs.Duration("older-than", 0, "gc: also remove index entries indexed longer ago than this (e.g. 720h), and their blocks; 0: keep every entry")
+	dryRun := fs.Bool("dry-run", false, "gc: list what would be removed (entries, blocks, sizes) and remove nothing")
 	if len(args) == 0 {
 		fs.Usage()
 		return errors.New("cache: want ls or gc")
@@ -47,6 +49,9 @@ func runCache(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if verb == "ls" && *olderThan != 0 {
 		return errors.New("--older-than is a flag of 'cache gc'")
 	}
+	if verb == "ls" && *dryRun {
+		return errors.New("--dry-run is a flag of 'cache gc'")
+	}
 	d, err := coordinator.OpenCacheDir(*cache)
 	if err != nil {
 		return err
@@ -55,7 +60,7 @@ func runCache(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if verb == "ls" {
 		return cacheLs(ctx, d, *cache, stdout)
 	}
-	return cacheGC(ctx, d, *olderThan, stdout)
+	return cacheGC(ctx, d, coordinator.GCOptions{OlderThan: *olderThan, DryRun: *dryRun}, stdout)
 }
 
 func cacheLs(ctx context.Context, d *coordinator.CacheDir, dir string, stdout io.Writer) error {
@@ -105,25 +110,32 @@ func cacheLs(ctx context.Context, d *coordinator.CacheDir, dir string, stdout io
 	return nil
 }
 
-func cacheGC(ctx context.Context, d *coordinator.CacheDir, olderThan time.Duration, stdout io.Writer) error {
-	rep, err := d.GC(ctx, olderThan)
+func cacheGC(ctx context.Context, d *coordinator.CacheDir, opt coordinator.GCOptions, stdout io.Writer) error {
+	rep, err := d.GC(ctx, opt)
 	if err != nil {
 		return err
 	}
+	removed := "removed"
+	if rep.DryRun {
+		removed = "would remove"
+	}
 	now := time.Now()
 	for _, it := range rep.Expired {
-		fmt.Fprintf(stdout, "removed entry %s %s %s %s -> %s (%d bytes, %s old, over --older-than %v)\n", shortHash(it.Key.Base),
-			it.Key.Codec, layerName(it.Key.Layer), shortHash(it.Key.Chunk), it.CID, it.Bytes, age(now.Sub(it.Time)), olderThan)
+		fmt.Fprintf(stdout, "%s entry %s %s %s %s -> %s (%d bytes, %s old, over --older-than %v)\n", removed, shortHash(it.Key.Base),
+			it.Key.Codec, layerName(it.Key.Layer), shortHash(it.Key.Chunk), it.CID, it.Bytes, age(now.Sub(it.Time)), opt.OlderThan)
 	}
 	for _, it := range rep.Broken {
-		fmt.Fprintf(stdout, "removed entry %s %s %s %s -> %s: blocks missing from the store (the chunk is computed again)\n",
+		fmt.Fprintf(stdout, "%s entry %s %s %s %s -> %s: blocks missing from the store (the chunk is computed again)\n", removed,
 			shortHash(it.Key.Base), it.Key.Codec, layerName(it.Key.Layer), shortHash(it.Key.Chunk), it.CID)
 	}
-	for _, c := range rep.Blocks.RemovedBlocks {
-		fmt.Fprintf(stdout, "removed block %s\n", c)
+	for _, g := range rep.Blocks.RemovedBlocks {
+		fmt.Fprintf(stdout, "%s block %s (%d bytes)\n", removed, g.CID, g.Size)
 	}
-	fmt.Fprintf(stdout, "removed %d index entries and %d blocks (%s) that nothing refers to; kept %d blocks (%s): every indexed frame and pinned adaptor\n",
-		len(rep.Expired)+len(rep.Broken), rep.Blocks.Removed, mib(rep.Blocks.RemovedBytes), rep.Blocks.Kept, mib(rep.Blocks.KeptBytes))
+	fmt.Fprintf(stdout, "%s %d index entries and %d blocks (%s) that nothing refers to; kept %d blocks (%s): every indexed frame and pinned adaptor\n",
+		removed, len(rep.Expired)+len(rep.Broken), rep.Blocks.Removed, mib(rep.Blocks.RemovedBytes), rep.Blocks.Kept, mib(rep.Blocks.KeptBytes))
+	if rep.DryRun {
+		fmt.Fprintf(stdout, "dry run: nothing was removed\n")
+	}
 	return nil
 }
 
