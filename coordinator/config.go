@@ -77,10 +77,11 @@ type Config struct {
 	// Logger receives lifecycle logs. Nil means slog.Default().
 	Logger *slog.Logger
 	// OnCached, when set, is called with the CID of every cache frame
-	// the coordinator indexes (one per chunk and layer), from the
-	// goroutine that stored it: the command announces them in the DHT so
-	// that peers and Kubo find this host as their provider. It must not
-	// block.
+	// the coordinator indexes (one per chunk and layer), computed or
+	// fetched (FetchCached), from the goroutine that stored it: the
+	// command announces them in the DHT so that peers and Kubo find this
+	// host as their provider (HeldFrames names those held at start). It
+	// must not block.
 	OnCached func(cid.Cid)
 }
 

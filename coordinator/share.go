@@ -65,6 +65,41 @@ func (c *Coordinator) handleCacheQuery(s network.Stream) {
 	}
 }
 
+// HeldFrames returns the CIDs of the cached frames this coordinator can
+// serve (indexed, with their root block in the store), each once, in
+// index order: what it announces in the DHT when it starts, besides each
+// frame it caches later (Config.OnCached).
+func (c *Coordinator) HeldFrames(ctx context.Context) ([]cid.Cid, error) {
+	var ids []cid.Cid
+	seen := map[cid.Cid]bool{}
+	err := c.state.view(func(tx *bolt.Tx) error {
+		return tx.Bucket(bChunks).ForEach(func(_, v []byte) error {
+			var r chunkRecord
+			if json.Unmarshal(v, &r) != nil {
+				return nil // cache ls and the index's readers report it
+			}
+			if id, err := cid.Decode(r.CID); err == nil && !seen[id] {
+				seen[id] = true
+				ids = append(ids, id)
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("coordinator.HeldFrames: %w", err)
+	}
+	held := ids[:0]
+	for _, id := range ids {
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("coordinator.HeldFrames: %w", err)
+		}
+		if c.store.Has(ctx, id) {
+			held = append(held, id)
+		}
+	}
+	return held, nil
+}
+
 // FetchConfig configures FetchCached.
 type FetchConfig struct {
 	// From is the peer asked for the index (CacheQuery); it must be
@@ -332,6 +367,11 @@ func (c *Coordinator) fetchChunk(ctx context.Context, cfg FetchConfig, j fetchJo
 	}, false)
 	if err != nil {
 		return 0, 0, fmt.Errorf("index chunk %s: %w", short(j.ch.ID), err)
+	}
+	if c.cfg.OnCached != nil {
+		for _, id := range j.cids {
+			c.cfg.OnCached(id)
+		}
 	}
 	return tokens, total, nil
 }

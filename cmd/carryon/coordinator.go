@@ -88,12 +88,18 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		*job.steps = cmp.Or(cfg.Train.Steps, 200) // the progress lines' spacing; 200 is TrainConfig's default
 	}
 	cfg.BaseName, cfg.Train.Device = m.Name, device
-	cfg.OnCached = provideQueue(ctx, j, log)
+	frames := announceFrames(ctx, j, log)
+	if frames != nil {
+		cfg.OnCached = frames.cached
+	}
 	c, err := coordinator.New(j.h, j.topics, base, cfg)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	if err := announceHeld(ctx, c, frames); err != nil {
+		return err
+	}
 	dash, err := startDashboard(ctx, c, *httpAddr, stdout)
 	if err != nil {
 		return err
@@ -212,44 +218,111 @@ func provideInBackground(ctx context.Context, j *joined, cidStr string, log *slo
 	}()
 }
 
-// provideQueue returns a function that queues a cached embedding frame's
-// CID for announcement in the DHT (nil without a DHT): one goroutine
-// announces them one at a time, so that a fast collection does not start
-// thousands of DHT walks at once. When the queue is full the CID is not
-// announced (said once): bitswap still serves it to every connected peer,
-// and `carryon train --from-swarm` names this host.
-func provideQueue(ctx context.Context, j *joined, log *slog.Logger) func(cid.Cid) {
-	if j.disc == nil || j.disc.DHT() == nil {
+// frameAnnouncer announces cached embedding frames in the DHT: the
+// frames a cache already holds when a coordinator or trainer starts
+// (announceHeld) and each it caches later (cached, its Config.OnCached).
+// One goroutine announces them one at a time, new frames before held ones,
+// so that a large cache or a fast collection does not start thousands of
+// DHT walks at once. When the queue of new frames is full a frame is not
+// announced (said once); without DHT peers the held frames are not
+// announced (said once). Bitswap still serves every frame to each
+// connected peer, and `carryon train --from-swarm` names this host.
+type frameAnnouncer struct {
+	j     *joined
+	log   *slog.Logger
+	added chan cid.Cid
+	held  chan []cid.Cid
+	full  sync.Once
+}
+
+// announceFrames starts a frameAnnouncer until ctx ends, or returns nil
+// when j runs no DHT.
+func announceFrames(ctx context.Context, j *joined, log *slog.Logger) *frameAnnouncer {
+	if j == nil || j.disc == nil || j.disc.DHT() == nil {
 		return nil
 	}
-	q := make(chan cid.Cid, 4096)
-	go func() {
-		for {
+	a := &frameAnnouncer{j: j, log: log, added: make(chan cid.Cid, 4096), held: make(chan []cid.Cid, 1)}
+	go a.run(ctx)
+	return a
+}
+
+// cached queues a newly cached frame (never blocks).
+func (a *frameAnnouncer) cached(c cid.Cid) {
+	select {
+	case a.added <- c:
+	default:
+		a.full.Do(func() {
+			a.log.Info("DHT announcements of cached embeddings fall behind; the rest are served to connected peers only")
+		})
+	}
+}
+
+// announceHeld queues the frames the cache held at start (call once).
+func (a *frameAnnouncer) announceHeld(held []cid.Cid) {
+	a.log.Info("announcing the cached embedding frames held here in the DHT", "frames", len(held))
+	a.held <- held
+}
+
+func (a *frameAnnouncer) run(ctx context.Context) {
+	var held []cid.Cid
+	announced, total := 0, 0
+	for {
+		var c cid.Cid
+		fromHeld := false
+		if len(held) == 0 {
 			select {
 			case <-ctx.Done():
 				return
-			case c := <-q:
-				err := j.provide(ctx, c)
-				switch {
-				case err == nil || ctx.Err() != nil:
-				case errors.Is(err, swarm.ErrNoDHTPeers):
-					j.noDHTNote.Do(func() {
-						log.Info("no DHT peers: adaptors and cached embeddings are not announced in the DHT; peers fetch them from this host by its address")
-					})
-				default:
-					log.Debug("cached embeddings not announced in the DHT", "cid", c.String(), "err", err)
+			case held = <-a.held:
+				total = len(held)
+				if total == 0 {
+					a.log.Info("cached embedding frames held at start announced in the DHT", "frames", 0)
 				}
+				continue
+			case c = <-a.added:
+			}
+		} else {
+			select {
+			case <-ctx.Done():
+				return
+			case c = <-a.added: // new frames first
+			default:
+				c, held, fromHeld = held[0], held[1:], true
 			}
 		}
-	}()
-	var full sync.Once
-	return func(c cid.Cid) {
-		select {
-		case q <- c:
-		default:
-			full.Do(func() {
-				log.Info("DHT announcements of cached embeddings fall behind; the rest are served to connected peers only")
+		err := a.j.provide(ctx, c)
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err == nil:
+			if fromHeld {
+				announced++
+			}
+		case errors.Is(err, swarm.ErrNoDHTPeers):
+			a.j.noDHTNote.Do(func() {
+				a.log.Info("no DHT peers: adaptors and cached embeddings are not announced in the DHT; peers fetch them from this host by its address")
 			})
+			if fromHeld {
+				held = nil // each would wait for DHT peers in turn; the DHT re-announces what it was given
+			}
+		default:
+			a.log.Debug("cached embeddings not announced in the DHT", "cid", c.String(), "err", err)
+		}
+		if fromHeld && len(held) == 0 {
+			a.log.Info("cached embedding frames held at start announced in the DHT", "frames", announced, "of", total)
 		}
 	}
+}
+
+// announceHeld hands the frames c's cache holds to frames (nil: no DHT).
+func announceHeld(ctx context.Context, c *coordinator.Coordinator, frames *frameAnnouncer) error {
+	if frames == nil {
+		return nil
+	}
+	held, err := c.HeldFrames(ctx)
+	if err != nil {
+		return err
+	}
+	frames.announceHeld(held)
+	return nil
 }

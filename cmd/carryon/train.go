@@ -57,12 +57,14 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	cfg := jf.config(base)
-	cfg.Logger, cfg.Train.Seed, cfg.Train.Device = logger(), *seed, device
+	log := logger()
+	cfg.Logger, cfg.Train.Seed, cfg.Train.Device = log, *seed, device
 	peers, err := parsePeers(*fromSwarm)
 	if err != nil {
 		return fmt.Errorf("--from-swarm: %w", err)
 	}
 	var h host.Host // nil: nothing leaves this process
+	var frames *frameAnnouncer
 	if len(peers) > 0 {
 		if *sf.dht == "auto" {
 			*sf.dht = "off" // the peers are named: nothing to look up
@@ -81,12 +83,18 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			}
 		}
 		h = j.h
+		if frames = announceFrames(ctx, j, log); frames != nil { // --dht server or client: announce the cache to the swarm while training
+			cfg.OnCached = frames.cached
+		}
 	}
 	c, err := coordinator.New(h, nil, base, cfg)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	if err := announceHeld(ctx, c, frames); err != nil {
+		return err
+	}
 	fmt.Fprintf(stdout, "base %s, data: %d training and %d validation chunks\n", shortHash(base.WeightsHash), len(ds.Train), len(ds.Val))
 	for _, ai := range peers {
 		fetchBar := newCounter(stdout, "fetch", "chunks")
