@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"carryon/coordinator"
 	"carryon/protocol"
 	"carryon/swarm"
 )
@@ -157,11 +159,43 @@ func TestTrainFromSwarmCacheAndPin(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cout, _, stopCoord := background(t, coord, append([]string{"coordinator", "--key", key, "--listen", "/ip4/127.0.0.1/tcp/0",
-		"--dht", "off", "--cache", cacheA, "--serve"}, job...)...)
+	// The coordinator starting on that cache announces the frames it holds
+	// in the swarm's DHT (here one other DHT server, the bootstrap peer).
+	d, err := coordinator.OpenCacheDir(cacheA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	items, err := d.List(ctx)
+	d.Close()
+	if err != nil || len(items) == 0 {
+		t.Fatalf("the first train's cache lists %d frames (%v)", len(items), err)
+	}
+	frame, err := protocol.ParseCID(items[len(items)-1].CID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	boot, bootDisc := dhtPeer(t, ctx, key)
+	cout, cerr, stopCoord := background(t, coord, append([]string{"coordinator", "--key", key, "--listen", "/ip4/127.0.0.1/tcp/0",
+		"--dht", "server", "--bootstrap", boot, "--cache", cacheA, "--serve"}, job...)...)
 	addr := cout.wait(t, ctx, "listening on ")
 	cout.wait(t, ctx, "cached ")
 	adaptor := cout.wait(t, ctx, "adaptor ")
+	announced := cerr.waitContains(t, ctx, "cached embedding frames held at start announced in the DHT")
+	distinct := map[string]bool{}
+	for _, it := range items {
+		distinct[it.CID] = true
+	}
+	if want := fmt.Sprintf("frames=%d of=%d", len(distinct), len(distinct)); !strings.Contains(announced, want) {
+		t.Fatalf("the coordinator announced %q, want %s", announced, want)
+	}
+	coordID := addr[strings.LastIndex(addr, "/")+1:]
+	provs, err := bootDisc.FindProviders(ctx, frame, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, ok := <-provs; !ok || p.ID.String() != coordID {
+		t.Fatalf("the DHT names %v as the provider of the held frame %s, want the coordinator %s", p.ID, frame, coordID)
+	}
 
 	second := runOut(train, append([]string{"--cache", cacheB, "--out", outB, "--key", key, "--listen", "/ip4/127.0.0.1/tcp/0",
 		"--from-swarm", addr}, job...)...)
@@ -219,7 +253,57 @@ func TestTrainFromSwarmCacheAndPin(t *testing.T) {
 	if !strings.Contains(gc, "removed 0 index entries and 0 blocks") {
 		t.Fatalf("cache gc on a clean cache:\n%s", gc)
 	}
+
+	// gc --dry-run names a block that nothing refers to, with its size,
+	// and removes nothing; gc then removes exactly that.
+	store2, err := swarm.OpenBlocks(coordinator.StoreDir(cacheB))
+	if err != nil {
+		t.Fatal(err)
+	}
+	orphan, err := store2.AddBytes(context.Background(), []byte("a frame nothing indexes"))
+	store2.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantLine := fmt.Sprintf("block %s (%d bytes)", orphan, len("a frame nothing indexes"))
+	dry := runOut(cacheCmd, "gc", "--dry-run", "--cache", cacheB)
+	if !strings.Contains(dry, "would remove "+wantLine) || !strings.Contains(dry, "would remove 0 index entries and 1 blocks") ||
+		!strings.Contains(dry, "dry run: nothing was removed") {
+		t.Fatalf("cache gc --dry-run with one orphan block %s:\n%s", orphan, dry)
+	}
+	if gc := runOut(cacheCmd, "gc", "--cache", cacheB); !strings.Contains(gc, "removed "+wantLine) || strings.Contains(gc, "would") {
+		t.Fatalf("cache gc after the dry run did not remove %s:\n%s", orphan, gc)
+	}
+	if err := runCache(context.Background(), []string{"ls", "--dry-run", "--cache", cacheB}, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "--dry-run is a flag of 'cache gc'") {
+		t.Fatalf("cache ls --dry-run: %v", err)
+	}
 	if after := runOut(cacheCmd, "ls", "--cache", cacheB); !strings.Contains(after, fmt.Sprintf("%d cached frames", frames)) {
 		t.Fatalf("cache ls after gc:\n%s", after)
 	}
+}
+
+// dhtPeer starts a DHT server in the swarm of keyFile for the test and
+// returns its address (with /p2p/ID) and its discovery.
+func dhtPeer(t *testing.T, ctx context.Context, keyFile string) (string, *swarm.Discovery) {
+	t.Helper()
+	f, err := os.Open(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	psk, err := protocol.ParseSwarmKey(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := swarm.NewHost(swarm.HostConfig{PSK: psk, DialTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	d, err := swarm.NewDiscovery(ctx, h, swarm.DiscoveryConfig{Swarm: protocol.SwarmName(psk), Private: true, DHT: swarm.DHTServer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	return h.Addrs()[0].String() + "/p2p/" + h.ID().String(), d
 }
