@@ -296,8 +296,9 @@ func TestLyingPeer(t *testing.T) {
 	}
 }
 
-// TestTruncatedDAG: a provider that lacks a leaf: the fetch fails naming the
-// missing blocks and writes nothing.
+// TestTruncatedDAG: a provider that serves a file's root but lacks a leaf:
+// the fetch fails naming the missing block, the provider is penalised (it
+// said DONT_HAVE for a child of a node it served) and nothing is written.
 func TestTruncatedDAG(t *testing.T) {
 	ctx := testCtx(t)
 	src, puller := newPeerNode(t, HostConfig{}, nil), newPeerNode(t, HostConfig{}, nil)
@@ -308,9 +309,13 @@ func TestTruncatedDAG(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustConnect(t, puller.h, src.h)
-	_, err := puller.x.Fetch(ctx, id, Limits{Idle: time.Second})
+	_, err := puller.x.Fetch(ctx, id, Limits{Idle: 5 * time.Second}) // the DONT_HAVE must come before the idle timeout
 	if !errors.Is(err, ErrTruncated) || !strings.Contains(err.Error(), "1 of 3 blocks not found") || !strings.Contains(err.Error(), leaf.String()) {
 		t.Fatalf("fetch: %v, want a truncated DAG naming %s", err, leaf)
+	}
+	if perr := puller.penalty(src.h.ID()); !errors.Is(perr, ErrTruncated) || !puller.x.Penalised(src.h.ID()) ||
+		!strings.Contains(err.Error(), "now penalised") {
+		t.Fatalf("the provider of the truncated DAG: penalty %v; fetch error %v", perr, err)
 	}
 	storeEmpty(t, puller.b)
 }
@@ -380,6 +385,10 @@ func TestLimits(t *testing.T) {
 			nd := fileNode(t, []cid.Cid{cbor}, []uint64{4}, -1)
 			return nd.Cid(), []blocks.Block{nd}
 		}, "codec 0x71"},
+		{"unknown hash", func() (cid.Cid, []blocks.Block) {
+			nd := fileNode(t, []cid.Cid{cid.NewCidV1(cid.Raw, mustSum(t, mh.SHA2_512))}, []uint64{4}, -1)
+			return nd.Cid(), []blocks.Block{nd}
+		}, "hash function 0x13 (sha2-512)"},
 		{"sizes disagree", func() (cid.Cid, []blocks.Block) {
 			nd := fileNode(t, []cid.Cid{leafCID}, []uint64{4}, 5)
 			return nd.Cid(), []blocks.Block{nd, leafBlk}

@@ -213,6 +213,13 @@ func (g *guardedNet) nobodyHas(c cid.Cid, asked []peer.ID) bool {
 	return true
 }
 
+// saidDontHave reports whether p said DONT_HAVE for c (recently).
+func (g *guardedNet) saidDontHave(c cid.Cid, p peer.ID) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.dontHave[string(c.Hash())][p]
+}
+
 // forgetDontHaves drops the DONT_HAVE answers about c (before a new fetch).
 func (g *guardedNet) forgetDontHaves(c cid.Cid) {
 	g.mu.Lock()

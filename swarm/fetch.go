@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	dag "github.com/ipfs/boxo/ipld/merkledag"
@@ -81,7 +82,8 @@ func CheckCID(c cid.Cid) error {
 type ref struct {
 	c     cid.Cid
 	depth int
-	size  int64 // the file bytes under it, as its parent declares; -1 for the root
+	size  int64   // the file bytes under it, as its parent declares; -1 for the root
+	from  peer.ID // the peer that delivered its parent ("" for the root, or a parent read from the store)
 }
 
 // visit checks one block of a UnixFS file against its reference and the
@@ -256,6 +258,13 @@ func (x *Exchange) fetchLevel(ctx context.Context, sess interface {
 				}
 				return err
 			}
+			if fetched {
+				if p, ok := x.net.deliverer(blk.Cid()); ok {
+					for i := range ks {
+						ks[i].from = p
+					}
+				}
+			}
 			kids[k+"/"+fmt.Sprint(r.depth)] = ks // same CID, same depth: same children
 		}
 		if fetched {
@@ -320,7 +329,7 @@ func (x *Exchange) fetchLevel(ctx context.Context, sess interface {
 					if err := ctx.Err(); err != nil {
 						return nil, err
 					}
-					return nil, fmt.Errorf("%w: the exchange stopped with %d blocks missing", ErrTruncated, len(refs))
+					return nil, fmt.Errorf("%w: the exchange stopped with %d blocks missing%s", ErrTruncated, len(refs), x.penaliseTruncated(refs))
 				}
 				if err := handle(blk, true); err != nil {
 					return nil, err
@@ -332,7 +341,8 @@ func (x *Exchange) fetchLevel(ctx context.Context, sess interface {
 					first = rs[0].c
 					break
 				}
-				return nil, fmt.Errorf("%w: %d of %d blocks not found at any provider within %v (one is %s)", ErrTruncated, len(refs), len(want), lim.Idle, first)
+				return nil, fmt.Errorf("%w: %d of %d blocks not found at any provider within %v (one is %s)%s", ErrTruncated, len(refs), len(want), lim.Idle, first,
+					x.penaliseTruncated(refs))
 			case <-ctx.Done():
 				return nil, ctx.Err()
 			}
@@ -343,6 +353,28 @@ func (x *Exchange) fetchLevel(ctx context.Context, sess interface {
 		next = append(next, kids[string(r.c.Hash())+"/"+fmt.Sprint(r.depth)]...)
 	}
 	return next, nil
+}
+
+// penaliseTruncated penalises each peer that delivered a node of the file
+// and then said DONT_HAVE for one of its missing children: it serves a
+// truncated DAG. A peer that merely stays silent is not penalised (it may
+// be slow). It returns a clause naming them for the fetch's error.
+func (x *Exchange) penaliseTruncated(missing map[string][]ref) string {
+	liars := map[peer.ID]cid.Cid{}
+	for _, rs := range missing {
+		for _, r := range rs {
+			if r.from != "" && x.net.saidDontHave(r.c, r.from) {
+				liars[r.from] = r.c
+			}
+		}
+	}
+	var b strings.Builder
+	for p, c := range liars {
+		err := fmt.Errorf("%w: served a node of the file but not its child %s", ErrTruncated, c)
+		x.net.penalise(p, err)
+		fmt.Fprintf(&b, "; %s served the parent of %s but lacks it: now penalised", p, c)
+	}
+	return b.String()
 }
 
 // Keep makes this peer hold and serve the file c for good: it is fetched
