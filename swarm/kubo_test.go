@@ -8,14 +8,9 @@ package swarm
 // Kubo first).
 
 import (
-	"bufio"
 	"bytes"
-	"context"
-	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -23,6 +18,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 
+	"carryon/internal/testenv"
 	"carryon/protocol"
 )
 
@@ -34,124 +30,21 @@ var kuboCIDs = [2]string{
 	"bafybeids2oijula3kqa2tiyjlsx3dd63zvk5clx2ovkxdfkie5htyjxurq",
 }
 
-// kuboBin returns the Kubo binary, or skips (fails with
-// CARRYON_REQUIRE_KUBO=1) without one.
-func kuboBin(t *testing.T) string {
+// kuboDaemon starts k's daemon (testenv.Kubo) and returns its loopback
+// TCP address.
+func kuboDaemon(t *testing.T, k *testenv.Kubo) peer.AddrInfo {
 	t.Helper()
-	bin := os.Getenv("CARRYON_KUBO")
-	if bin == "" {
-		home, _ := os.UserHomeDir()
-		bin = filepath.Join(home, ".cache", "carryon-kubo", "ipfs-v0.43.1")
-	}
-	if _, err := os.Stat(bin); err != nil {
-		if os.Getenv("CARRYON_REQUIRE_KUBO") == "1" {
-			t.Fatalf("no Kubo binary at %s (CARRYON_REQUIRE_KUBO=1): run scripts/build-kubo.sh", bin)
-		}
-		t.Skipf("no Kubo binary at %s: run scripts/build-kubo.sh $HOME/.cache/carryon-kubo (or set CARRYON_KUBO)", bin)
-	}
-	return bin
-}
-
-// kubo is a Kubo repository (and daemon, once started) for a test.
-type kubo struct {
-	t    *testing.T
-	bin  string
-	repo string
-}
-
-func newKubo(t *testing.T, swarmKey []byte) *kubo {
-	k := &kubo{t: t, bin: kuboBin(t), repo: filepath.Join(t.TempDir(), "kubo")}
-	k.run("init", "--profile=test")
-	if swarmKey != nil {
-		if err := os.WriteFile(filepath.Join(k.repo, "swarm.key"), swarmKey, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return k
-}
-
-func (k *kubo) cmd(ctx context.Context, args ...string) *exec.Cmd {
-	c := exec.CommandContext(ctx, k.bin, args...)
-	c.Env = append(os.Environ(), "IPFS_PATH="+k.repo, "LIBP2P_FORCE_PNET=1")
-	return c
-}
-
-func (k *kubo) run(args ...string) string {
-	k.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	var stderr bytes.Buffer
-	c := k.cmd(ctx, args...)
-	c.Stderr = &stderr
-	out, err := c.Output()
+	ai, err := peer.AddrInfoFromP2pAddr(ma.StringCast(k.Daemon()))
 	if err != nil {
-		k.t.Fatalf("ipfs %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
+		t.Fatal(err)
 	}
-	return strings.TrimSpace(string(out))
-}
-
-// daemon starts the daemon and returns its swarm address (loopback TCP,
-// with /p2p/ID).
-func (k *kubo) daemon() peer.AddrInfo {
-	k.t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	c := k.cmd(ctx, "daemon")
-	out, err := c.StdoutPipe()
-	if err != nil {
-		k.t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	c.Stderr = &stderr
-	if err := c.Start(); err != nil {
-		k.t.Fatal(err)
-	}
-	k.t.Cleanup(func() { cancel(); c.Wait() })
-	ready := make(chan bool, 1)
-	go func() {
-		sc := bufio.NewScanner(out)
-		ok := false
-		for sc.Scan() {
-			if strings.Contains(sc.Text(), "Daemon is ready") && !ok {
-				ok = true
-				ready <- true
-			}
-		}
-		if !ok {
-			ready <- false
-		}
-	}()
-	select {
-	case ok := <-ready:
-		if !ok {
-			k.t.Fatalf("ipfs daemon exited:\n%s", stderr.String())
-		}
-	case <-time.After(time.Minute):
-		k.t.Fatalf("ipfs daemon not ready after a minute:\n%s", stderr.String())
-	}
-	var id struct {
-		ID        string
-		Addresses []string
-	}
-	if err := json.Unmarshal([]byte(k.run("id")), &id); err != nil {
-		k.t.Fatal(err)
-	}
-	for _, a := range id.Addresses {
-		if strings.HasPrefix(a, "/ip4/127.0.0.1/tcp/") && !strings.Contains(a, "/ws") {
-			ai, err := peer.AddrInfoFromP2pAddr(ma.StringCast(a))
-			if err != nil {
-				k.t.Fatal(err)
-			}
-			return *ai
-		}
-	}
-	k.t.Fatalf("Kubo has no loopback TCP address: %v", id.Addresses)
-	return peer.AddrInfo{}
+	return *ai
 }
 
 // TestKuboSameCIDs: `ipfs add --cid-version=1 --raw-leaves` gives every
 // file the CID CIDOf gives it.
 func TestKuboSameCIDs(t *testing.T) {
-	k := newKubo(t, nil)
+	k := testenv.NewKubo(t, nil)
 	dir := t.TempDir()
 	for i, tt := range []struct {
 		n    int
@@ -162,7 +55,7 @@ func TestKuboSameCIDs(t *testing.T) {
 		if err := os.WriteFile(f, data, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		got := k.run("add", "--cid-version=1", "--raw-leaves", "-Q", "--only-hash", f)
+		got := k.Run("add", "--cid-version=1", "--raw-leaves", "-Q", "--only-hash", f)
 		if want := CIDOf(data).String(); got != want {
 			t.Errorf("%d bytes: Kubo %s, carryon %s", tt.n, got, want)
 		}
@@ -186,8 +79,8 @@ func TestKuboExchange(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := newKubo(t, keyText)
-	kai := k.daemon()
+	k := testenv.NewKubo(t, keyText)
+	kai := kuboDaemon(t, k)
 	ctx := testCtx(t)
 	n := newPeerNode(t, HostConfig{PSK: key}, nil)
 	if err := n.h.Connect(ctx, kai); err != nil {
@@ -201,7 +94,7 @@ func TestKuboExchange(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := filepath.Join(t.TempDir(), "got")
-	k.run("get", "-o", out, c.String())
+	k.Run("get", "-o", out, c.String())
 	if got, err := os.ReadFile(out); err != nil || !bytes.Equal(got, adaptor) {
 		t.Fatalf("ipfs get %s: %d bytes, %v: want the adaptor byte for byte", c, len(got), err)
 	}
@@ -212,7 +105,7 @@ func TestKuboExchange(t *testing.T) {
 		data := randomBlob(2*ChunkSize+77, uint64(20+i))
 		f := filepath.Join(dir, "f")
 		os.WriteFile(f, data, 0o644)
-		s := k.run(append(append([]string{"add", "-Q"}, args...), f)...)
+		s := k.Run(append(append([]string{"add", "-Q"}, args...), f)...)
 		kc, err := cid.Decode(s)
 		if err != nil {
 			t.Fatal(err)
