@@ -29,11 +29,7 @@ import (
 // shareKey makes a private swarm's key: its text (swarm.key) and PSK.
 func shareKey(t *testing.T) ([]byte, pnet.PSK) {
 	t.Helper()
-	text, err := protocol.NewSwarmKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	psk, err := protocol.ParseSwarmKey(bytes.NewReader(text))
+	text, psk, err := protocol.NewSwarmPSK()
 	if err != nil {
 		t.Fatal(err)
 	}

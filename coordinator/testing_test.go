@@ -196,11 +196,7 @@ type testNode struct {
 
 func newTestSwarm(t testing.TB) *testSwarm {
 	t.Helper()
-	keyText, err := protocol.NewSwarmKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	psk, err := protocol.ParseSwarmKey(bytes.NewReader(keyText))
+	_, psk, err := protocol.NewSwarmPSK()
 	if err != nil {
 		t.Fatal(err)
 	}

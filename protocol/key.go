@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -23,6 +24,20 @@ func NewSwarmKey() ([]byte, error) {
 		return nil, fmt.Errorf("protocol.NewSwarmKey: %w", err)
 	}
 	return []byte("/key/swarm/psk/1.0.0/\n/base16/\n" + hex.EncodeToString(k[:]) + "\n"), nil
+}
+
+// NewSwarmPSK returns a fresh swarm key both ways: the swarm.key file's
+// text (NewSwarmKey) and the pre-shared key it decodes to.
+func NewSwarmPSK() ([]byte, pnet.PSK, error) {
+	text, err := NewSwarmKey()
+	if err != nil {
+		return nil, nil, err
+	}
+	psk, err := ParseSwarmKey(bytes.NewReader(text))
+	if err != nil {
+		return nil, nil, fmt.Errorf("protocol.NewSwarmPSK: %w", err)
+	}
+	return text, psk, nil
 }
 
 // ErrNotSwarmKey is what ParseSwarmKey's errors wrap: the bytes are not a

@@ -1,7 +1,6 @@
 package swarm
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"path/filepath"
@@ -47,11 +46,7 @@ func mustConnect(t testing.TB, a, b host.Host) {
 
 func psk(t testing.TB) pnet.PSK {
 	t.Helper()
-	k, err := protocol.NewSwarmKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := protocol.ParseSwarmKey(bytes.NewReader(k))
+	_, p, err := protocol.NewSwarmPSK()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -71,11 +71,7 @@ func TestKuboSameCIDs(t *testing.T) {
 // Kubo added (CIDv1 raw leaves, and Kubo's default CIDv0 layout with data in
 // dag-pb leaves).
 func TestKuboExchange(t *testing.T) {
-	keyText, err := protocol.NewSwarmKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := protocol.ParseSwarmKey(bytes.NewReader(keyText))
+	keyText, key, err := protocol.NewSwarmPSK()
 	if err != nil {
 		t.Fatal(err)
 	}

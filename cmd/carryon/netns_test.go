@@ -30,15 +30,11 @@ func TestPullThroughDHT(t *testing.T) {
 	defer cancel()
 	dir := t.TempDir()
 	keyFile := filepath.Join(dir, "swarm.key")
-	k, err := protocol.NewSwarmKey()
+	k, psk, err := protocol.NewSwarmPSK()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(keyFile, k, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	psk, err := protocol.ParseSwarmKey(bytes.NewReader(k))
-	if err != nil {
 		t.Fatal(err)
 	}
 	co, err := carryon.New(defaultShape(32, 259, 16, 1, 1), 1)

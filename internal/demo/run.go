@@ -77,11 +77,7 @@ func Run(ctx context.Context, o Options) (err error) {
 	p("        a real run uses a real base such as Qwen2.5 (--model DIR)")
 	p("        weights hash %s", base.WeightsHash)
 
-	keyText, err := protocol.NewSwarmKey()
-	if err != nil {
-		return err
-	}
-	psk, err := protocol.ParseSwarmKey(bytes.NewReader(keyText))
+	_, psk, err := protocol.NewSwarmPSK()
 	if err != nil {
 		return err
 	}
