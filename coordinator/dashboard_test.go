@@ -12,8 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"carryon/internal/testenv"
+
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 )
 
 // dashFixture is a coordinator without a swarm, its Status set by hand, a
@@ -73,15 +74,7 @@ func newDashFixture(t *testing.T) *dashFixture {
 func (f *dashFixture) get(t *testing.T, method, path string, v any) (*http.Response, []byte) {
 	t.Helper()
 	req, _ := http.NewRequest(method, f.srv.URL+path, nil)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp, body := testenv.Fetch(t, req)
 	if v != nil {
 		if err := json.Unmarshal(body, v); err != nil {
 			t.Fatalf("%s %s: %v in %s", method, path, err, body)
@@ -206,39 +199,6 @@ func TestDashboardPageIsSelfContained(t *testing.T) {
 	}
 }
 
-// gathered returns the value of metric name whose labels include want.
-func gathered(t *testing.T, reg prometheus.Gatherer, name string, want map[string]string) (float64, bool) {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, m := range mf.GetMetric() {
-			got := map[string]string{}
-			for _, l := range m.GetLabel() {
-				got[l.GetName()] = l.GetValue()
-			}
-			for k, v := range want {
-				if got[k] != v {
-					continue metrics
-				}
-			}
-			switch mf.GetType() {
-			case dto.MetricType_COUNTER:
-				return m.GetCounter().GetValue(), true
-			case dto.MetricType_GAUGE:
-				return m.GetGauge().GetValue(), true
-			}
-		}
-	}
-	return 0, false
-}
-
 func TestCoordinatorMetrics(t *testing.T) {
 	f := newDashFixture(t)
 	for _, tc := range []struct {
@@ -268,12 +228,12 @@ func TestCoordinatorMetrics(t *testing.T) {
 		{"carryon_coordinator_adaptor_versions", nil, 2},
 		{"carryon_coordinator_adaptor_latest_info", map[string]string{"cid": f.v2, "parent": f.v1}, 1},
 	} {
-		got, ok := gathered(t, f.reg, tc.name, tc.labels)
+		got, ok := testenv.Metric(t, f.reg, tc.name, tc.labels)
 		if !ok || got != tc.want {
 			t.Errorf("%s%v = %v (found %v), want %v", tc.name, tc.labels, got, ok, tc.want)
 		}
 	}
-	if got, _ := gathered(t, f.reg, "carryon_coordinator_train_learning_rate", nil); math.Abs(got-12e-4) > 1e-9 {
+	if got, _ := testenv.Metric(t, f.reg, "carryon_coordinator_train_learning_rate", nil); math.Abs(got-12e-4) > 1e-9 {
 		t.Errorf("learning rate %v", got)
 	}
 	// /metrics serves the same registry in the text format.

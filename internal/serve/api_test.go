@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"carryon/carryon"
+	"carryon/internal/testenv"
 	"carryon/tokenizer"
 )
 
@@ -131,15 +131,8 @@ func metricValue(t testing.TB, text, name string) float64 {
 
 func get(t testing.TB, url string) (int, string) {
 	t.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	req, _ := http.NewRequest("GET", url, nil)
+	resp, body := testenv.Fetch(t, req)
 	return resp.StatusCode, string(body)
 }
 

@@ -20,6 +20,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"carryon/carryon"
+	"carryon/internal/testenv"
 	"carryon/model"
 	"carryon/swarm"
 	"carryon/tokenizer"
@@ -120,15 +121,12 @@ func post(t testing.TB, url string, body any) (int, []byte) {
 		}
 		rd = bytes.NewReader(js)
 	}
-	resp, err := http.Post(url, "application/json", rd)
+	req, err := http.NewRequest("POST", url, rd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, data := testenv.Fetch(t, req)
 	return resp.StatusCode, data
 }
 
