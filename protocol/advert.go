@@ -58,6 +58,9 @@ func (m *Advert) Validate() error {
 	if err := checkVersion(m.V); err != nil {
 		return err
 	}
+	if len(m.Peer) > maxPeerIDLen {
+		return fmt.Errorf("Peer: %d characters, over %d", len(m.Peer), maxPeerIDLen)
+	}
 	if _, err := peer.Decode(m.Peer); err != nil {
 		return fmt.Errorf("Peer: %q is not a peer ID: %w", m.Peer, err)
 	}

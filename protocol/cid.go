@@ -73,8 +73,11 @@ func OldRawCIDHint(c cid.Cid) string {
 		"(or `ipfs add --cid-version=1 --raw-leaves FILE`) for its CID"
 }
 
-// checkCIDField validates a CID string field.
+// checkCIDField validates a CID string field (its length first).
 func checkCIDField(field, s string) error {
+	if len(s) > maxCIDLen {
+		return fmt.Errorf("%s: %d characters, over %d", field, len(s), maxCIDLen)
+	}
 	if _, err := ParseCID(s); err != nil {
 		return fmt.Errorf("%s: %w", field, err)
 	}

@@ -99,5 +99,12 @@ func maxElems(t MsgType) int {
 }
 
 // maxCIDLen is the longest CID string in a message: a CIDv1 with a
-// sha2-256 digest is 59 characters in base32, a CIDv0 46.
+// sha2-256 digest is 59 characters in base32, a CIDv0 46. Lengths are
+// checked before a string is decoded: base58 decoding takes time
+// quadratic in the length, and a decoding error quotes the string.
 const maxCIDLen = 100
+
+// maxPeerIDLen is the longest peer ID string in a message (checked before
+// decoding, as maxCIDLen): an Ed25519 key's is 52 characters, an RSA
+// key's 46, a CIDv1 form about 62.
+const maxPeerIDLen = 128

@@ -12,6 +12,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/vmihailenco/msgpack/v5"
 )
 
 // testKey is a fixed Ed25519 key (Ed25519 signatures are deterministic, so
@@ -411,6 +412,39 @@ func TestHostileLengthsDoNotAllocate(t *testing.T) {
 			if err := ValidateMsgpack(tt.in[HeaderLen:], maxDepth); err == nil {
 				t.Errorf("input %d: ValidateMsgpack accepted the hostile body", i)
 			}
+		}
+	}
+}
+
+// TestLongIDsRefusedByLength: a peer ID or CID string far over its bound is
+// refused by its length, before it is decoded (base58 decoding is
+// quadratic) or quoted in the error (which amplified a 60 KB advert into
+// 2.7 MB of allocations).
+func TestLongIDsRefusedByLength(t *testing.T) {
+	tests := []struct {
+		t    MsgType
+		body map[string]any
+		want string
+	}{
+		{TypeAdvert, map[string]any{"v": 1, "peer": "Qm" + strings.Repeat("\x01", 60000)}, "Peer: 60002 characters, over 128"},
+		{TypeAdvert, map[string]any{"v": 1, "peer": "1" + strings.Repeat("z", 60000)}, "Peer: 60001 characters, over 128"},
+		{TypeAdaptorAnnounce, map[string]any{"v": 1, "cid": "Qm" + strings.Repeat("z", 15000)}, "CID: 15002 characters, over 100"},
+	}
+	for _, tt := range tests {
+		body, err := msgpack.Marshal(tt.body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in := frame(tt.t, 1, body)
+		var before, after runtimeMem
+		before.read()
+		_, err = ReadFrame(bytes.NewReader(in))
+		after.read()
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Fatalf("%v: %v, want %q", tt.t, err, tt.want)
+		}
+		if grew := after.total - before.total; grew > uint64(4*len(in)+64<<10) {
+			t.Errorf("%v of %d bytes: parsing allocated %d", tt.t, len(in), grew)
 		}
 	}
 }
