@@ -199,6 +199,7 @@ func TestDocLimits(t *testing.T) {
 		"MaxRosterMembers":    MaxRosterMembers,
 		"MaxCacheQueryChunks": MaxCacheQueryChunks,
 		"maxCIDLen":           maxCIDLen,
+		"maxPeerIDLen":        maxPeerIDLen,
 		"maxPeerIDBytes":      maxPeerIDBytes,
 		"maxBases":            maxBases,
 		"maxCodecs":           maxCodecs,
