@@ -457,3 +457,56 @@ func TestOracleGGUF(t *testing.T) {
 		})
 	}
 }
+
+// TestOpenHFSentencePiece opens a Hugging Face directory whose
+// tokenizer.json is in SentencePiece form (a BPE model with byte_fallback
+// and the Prepend/Replace ▁ normalizer, as Llama 2's and TinyLlama's
+// are): Open must bring a SentencePiece tokenizer with BOS from
+// tokenizer_config.json.
+func TestOpenHFSentencePiece(t *testing.T) {
+	dir := t.TempDir()
+	cfg := ggufTestConfig("llama")
+	cfg.Vocab = 7 + 256
+	if err := WriteRandomBase(dir, cfg, 5); err != nil {
+		t.Fatal(err)
+	}
+	vocab := map[string]int{"<unk>": 0, "<s>": 1, "</s>": 2, "▁": 3, "▁a": 4, "a": 5, "b": 6}
+	for b := range 256 {
+		vocab[fmt.Sprintf("<0x%02X>", b)] = 7 + b
+	}
+	tj := map[string]any{
+		"added_tokens": []any{
+			map[string]any{"id": 0, "content": "<unk>", "special": true},
+			map[string]any{"id": 1, "content": "<s>", "special": true},
+			map[string]any{"id": 2, "content": "</s>", "special": true},
+		},
+		"normalizer": map[string]any{"type": "Sequence", "normalizers": []any{
+			map[string]any{"type": "Prepend", "prepend": "▁"},
+			map[string]any{"type": "Replace", "pattern": map[string]any{"String": " "}, "content": "▁"},
+		}},
+		"decoder": map[string]any{"type": "Sequence", "decoders": []any{map[string]any{"type": "ByteFallback"}}},
+		"model": map[string]any{"type": "BPE", "byte_fallback": true, "unk_token": "<unk>",
+			"vocab": vocab, "merges": []string{"▁ a"}},
+	}
+	data, _ := json.Marshal(tj)
+	if err := os.WriteFile(filepath.Join(dir, "tokenizer.json"), data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "tokenizer_config.json"), []byte(`{"bos_token": "<s>", "eos_token": "</s>"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m, err := Open(dir, OpenOptions{CacheDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Base.Close()
+	tk, ok := m.Tokenizer.(*tokenizer.SPMTokenizer)
+	if !ok {
+		t.Fatalf("Open gave a %T tokenizer, want SentencePiece", m.Tokenizer)
+	}
+	// "ab aé": ▁a b ▁a, then é (no token) as its two bytes.
+	want := []int32{4, 6, 4, 7 + 0xC3, 7 + 0xA9}
+	if got := tk.Encode("ab aé"); !slices.Equal(got, want) || tk.Decode(got) != "ab aé" || tk.BOS() != 1 || tk.EOS() != 2 {
+		t.Errorf("Encode(ab aé) = %v (%q), want %v; BOS %d EOS %d", got, tk.Decode(got), want, tk.BOS(), tk.EOS())
+	}
+}

@@ -49,7 +49,8 @@ type Opened struct {
 //   - a GGUF file (any name: ollama stores blobs as sha256-…): llama.cpp's
 //     format, with the tokenizer from its metadata;
 //   - a directory: Hugging Face layout (config.json, model.safetensors or
-//     shards), with tokenizer.json, or the byte tokenizer for a
+//     shards), with tokenizer.json (byte-level BPE, or SentencePiece as
+//     Llama 2, TinyLlama and Mistral ship it), or the byte tokenizer for a
 //     byte-vocabulary test model without one.
 func Open(spec string, o OpenOptions) (*Opened, error) {
 	if o.CacheDir == "" {
@@ -96,16 +97,13 @@ func Open(spec string, o OpenOptions) (*Opened, error) {
 	return m, nil
 }
 
-// dirTokenizer loads a Hugging Face directory's tokenizer.json, or the byte
-// tokenizer for a byte-vocabulary model without one.
+// dirTokenizer loads a Hugging Face directory's tokenizer.json (either
+// form: tokenizer.LoadHF), or the byte tokenizer for a byte-vocabulary
+// model without one.
 func dirTokenizer(dir string, vocab int) (tokenizer.Tokenizer, error) {
 	p := filepath.Join(dir, "tokenizer.json")
 	if _, err := os.Stat(p); err == nil {
-		t, err := tokenizer.LoadTokenizer(p)
-		if err != nil {
-			return nil, err
-		}
-		return t, nil
+		return tokenizer.LoadHF(p)
 	}
 	if vocab == (tokenizer.ByteTokenizer{}).VocabSize() {
 		return tokenizer.ByteTokenizer{}, nil

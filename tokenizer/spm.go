@@ -54,6 +54,27 @@ type SPMConfig struct {
 	// RStrip lists the special tokens that swallow the whitespace on
 	// their right (llama.cpp sets this for Phi-3 by the model's name).
 	RStrip []int32
+
+	// The forms of Hugging Face's tokenizer.json (see ParseHF); all off
+	// for llama.cpp's SentencePiece.
+
+	// Merges, when not nil, replace the scores as the merge rule: only
+	// these pairs of tokens merge, the earliest listed first (HF's BPE
+	// model with byte_fallback, as Llama-2's tokenizer.json holds it).
+	Merges [][2]string
+	// UnigramScores, when not nil, segment each word by the highest total
+	// score (Viterbi over every vocabulary piece, HF's Unigram model)
+	// instead of merging; one per token.
+	UnigramScores []float64
+	// PrefixFirstOnly puts the space prefix in front of the text only,
+	// not after special tokens (HF Metaspace prepend_scheme "first").
+	PrefixFirstOnly bool
+	// PrefixUnlessSpace leaves the space prefix out where the text
+	// already starts with a space (HF's Metaspace).
+	PrefixUnlessSpace bool
+	// SplitWords encodes each word (a ▁ with what follows up to the next
+	// ▁) on its own (HF Metaspace split).
+	SplitWords bool
 }
 
 // SPMTokenizer is a SentencePiece tokenizer (llama.cpp's SPM vocabulary
@@ -70,6 +91,14 @@ type SPMTokenizer struct {
 	spacePrefix bool
 	bos, eos    int32
 	unk         int32
+
+	merges      map[uint64]bpeMerge // HF BPE form: pair of ids → rank and result
+	unigram     []float64           // HF Unigram form: the scores
+	unkScore    float64             // Unigram: the score of an unknown character
+	maxPiece    int                 // Unigram: the longest piece in bytes
+	firstOnly   bool
+	unlessSpace bool
+	splitWords  bool
 
 	decOff []uint32 // decoded bytes of id i: decBuf[decOff[i]:decOff[i+1]]
 	decBuf []byte
@@ -95,6 +124,10 @@ func NewSPMTokenizer(c SPMConfig) (*SPMTokenizer, error) {
 		vocab:       make(map[string]int32, n),
 		rstrip:      map[int32]bool{},
 		spacePrefix: c.AddSpacePrefix,
+		unigram:     c.UnigramScores,
+		firstOnly:   c.PrefixFirstOnly,
+		unlessSpace: c.PrefixUnlessSpace,
+		splitWords:  c.SplitWords,
 		bos:         -1,
 		eos:         -1,
 		unk:         -1,
@@ -147,6 +180,35 @@ func NewSPMTokenizer(c SPMConfig) (*SPMTokenizer, error) {
 			t.rstrip[id] = true
 		}
 	}
+	if c.UnigramScores != nil {
+		if len(c.UnigramScores) < n {
+			return nil, fmt.Errorf("SentencePiece vocabulary: %d Unigram scores for %d tokens", len(c.UnigramScores), n)
+		}
+		// HF: an unknown character costs the lowest score less 10.
+		lowest := c.UnigramScores[0]
+		for i, s := range c.UnigramScores[:n] {
+			lowest = min(lowest, s)
+			t.maxPiece = max(t.maxPiece, len(c.Tokens[i]))
+		}
+		t.unkScore = lowest - 10
+	}
+	if c.Merges != nil {
+		if c.UnigramScores != nil {
+			return nil, errors.New("SentencePiece vocabulary: merges and Unigram together")
+		}
+		t.merges = make(map[uint64]bpeMerge, len(c.Merges))
+		for rank, m := range c.Merges {
+			a, okA := t.vocab[m[0]]
+			b, okB := t.vocab[m[1]]
+			r, okR := t.vocab[m[0]+m[1]]
+			if !okA || !okB || !okR {
+				return nil, fmt.Errorf("SentencePiece vocabulary: merge %d (%q, %q) names a token outside the vocabulary", rank, m[0], m[1])
+			}
+			if _, dup := t.merges[bpePairKey(a, b)]; !dup {
+				t.merges[bpePairKey(a, b)] = bpeMerge{rank: int32(rank), id: r}
+			}
+		}
+	}
 	t.decOff = make([]uint32, n+1)
 	for id := range n {
 		t.decBuf = append(t.decBuf, t.piece(int32(id))...)
@@ -197,8 +259,14 @@ func spmByteValue(tok string) (byte, bool) {
 }
 
 func (t *SPMTokenizer) VocabSize() int { return len(t.tokens) }
-func (t *SPMTokenizer) BOS() int32     { return t.bos }
-func (t *SPMTokenizer) EOS() int32     { return t.eos }
+
+// SetBOS and SetEOS override the ids (-1 for none). Call them before the
+// tokenizer is shared.
+func (t *SPMTokenizer) SetBOS(id int32) { t.bos = id }
+func (t *SPMTokenizer) SetEOS(id int32) { t.eos = id }
+
+func (t *SPMTokenizer) BOS() int32 { return t.bos }
+func (t *SPMTokenizer) EOS() int32 { return t.eos }
 
 // Token returns the piece of id as stored (with ▁), "" if out of range.
 func (t *SPMTokenizer) Token(id int32) string {
@@ -258,16 +326,18 @@ func (t *SPMTokenizer) encodeFrom(text string, parseSpecial, prevSpecial bool) [
 	frags := t.partition(text, parseSpecial)
 	var out []int32
 	var sb strings.Builder
+	first := prevSpecial // at the start of the text
 	for _, f := range frags {
 		if f.id >= 0 {
 			out = append(out, f.id)
-			prevSpecial = true
+			prevSpecial, first = true, false
 			continue
 		}
 		sb.Reset()
-		if t.spacePrefix && prevSpecial {
+		if t.spacePrefix && prevSpecial && (first || !t.firstOnly) && !(t.unlessSpace && (f.text[0] == ' ' || strings.HasPrefix(f.text, spmSpace))) {
 			sb.WriteString(spmSpace)
 		}
+		first = false
 		for i := 0; i < len(f.text); {
 			j := strings.IndexByte(f.text[i:], ' ')
 			if j < 0 {
@@ -278,7 +348,7 @@ func (t *SPMTokenizer) encodeFrom(text string, parseSpecial, prevSpecial bool) [
 			sb.WriteString(spmSpace)
 			i += j + 1
 		}
-		out = t.encodeText(out, sb.String())
+		out = t.encodeWords(out, sb.String())
 		prevSpecial = false
 	}
 	return out
@@ -365,9 +435,32 @@ func spmUTF8Len(b byte) int {
 	return [16]int{1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 3, 4}[b>>4]
 }
 
-// encodeText appends the ids of one escaped text fragment (llama.cpp's
-// llm_tokenizer_spm_session.tokenize). O(n log n) in the fragment's length.
+// encodeWords appends the ids of one escaped text fragment: as one word,
+// or with SplitWords each ▁ with what follows up to the next ▁ (HF's
+// MergedWithNext split).
+func (t *SPMTokenizer) encodeWords(out []int32, text string) []int32 {
+	if !t.splitWords {
+		return t.encodeText(out, text)
+	}
+	for text != "" {
+		i := strings.Index(text[1:], spmSpace)
+		if i < 0 {
+			return t.encodeText(out, text)
+		}
+		out = t.encodeText(out, text[:i+1])
+		text = text[i+1:]
+	}
+	return out
+}
+
+// encodeText appends the ids of one escaped word (llama.cpp's
+// llm_tokenizer_spm_session.tokenize, or with Merges HF's BPE model, or
+// with Unigram HF's Unigram model). O(n log n) in the word's length
+// (Unigram: times the longest piece).
 func (t *SPMTokenizer) encodeText(out []int32, text string) []int32 {
+	if t.unigram != nil {
+		return t.encodeUnigram(out, text)
+	}
 	syms := make([]spmSymbol, 0, len(text))
 	for off := 0; off < len(text); {
 		n := min(spmUTF8Len(text[off]), len(text)-off)
@@ -385,6 +478,15 @@ func (t *SPMTokenizer) encodeText(out []int32, text string) []int32 {
 			return
 		}
 		l, r := syms[left], syms[right]
+		if t.merges != nil {
+			a, okA := t.vocab[text[l.start:l.start+l.n]]
+			b, okB := t.vocab[text[r.start:r.start+r.n]]
+			m, ok := t.merges[bpePairKey(a, b)]
+			if okA && okB && ok {
+				heap.Push(&q, spmBigram{left: left, right: right, score: -float32(m.rank), size: l.n + r.n})
+			}
+			return
+		}
 		id, ok := t.vocab[text[l.start:r.start+r.n]]
 		if !ok {
 			return
@@ -453,3 +555,83 @@ func (t *SPMTokenizer) DecodeBytes(ids []int32) []byte {
 // Decode returns the text of ids as DecodeBytes, with invalid UTF-8 as
 // U+FFFD.
 func (t *SPMTokenizer) Decode(ids []int32) string { return tokLossyUTF8(t.DecodeBytes(ids)) }
+
+// encodeUnigram appends the ids of one escaped word as HF's Unigram model
+// (encode_optimized, then tokenize) does: the segmentation into
+// vocabulary pieces with the highest total score, where a character no
+// piece of its own length covers may stand alone at unkScore; of equal
+// totals the piece starting earliest wins. Consecutive unknown
+// characters fuse into one piece, written as its bytes (byte fallback)
+// or as the unknown token.
+func (t *SPMTokenizer) encodeUnigram(out []int32, text string) []int32 {
+	type best struct {
+		score float64
+		start int32 // -1: not reached
+		id    int32 // -1: unknown character
+	}
+	path := make([]best, len(text)+1)
+	for i := range path {
+		path[i].start = -1
+	}
+	path[0].start = 0
+	for at := 0; at < len(text); {
+		n := min(spmUTF8Len(text[at]), len(text)-at)
+		base := path[at].score
+		single := false
+		for end := at + 1; end <= min(len(text), at+t.maxPiece); end++ {
+			id, ok := t.vocab[text[at:end]]
+			if !ok {
+				continue
+			}
+			if end-at == n {
+				single = true
+			}
+			if p := &path[end]; p.start < 0 || base+t.unigram[id] > p.score {
+				*p = best{score: base + t.unigram[id], start: int32(at), id: id}
+			}
+		}
+		if !single {
+			if p := &path[at+n]; p.start < 0 || base+t.unkScore > p.score {
+				*p = best{score: base + t.unkScore, start: int32(at), id: -1}
+			}
+		}
+		at += n
+	}
+	// Walk back from the end, fusing runs of unknown characters.
+	type piece struct{ start, end, id int32 }
+	var pieces []piece
+	for end := int32(len(text)); end > 0; {
+		p := path[end]
+		if p.id < 0 && len(pieces) > 0 && pieces[len(pieces)-1].id < 0 && pieces[len(pieces)-1].start == end {
+			pieces[len(pieces)-1].start = p.start
+		} else {
+			pieces = append(pieces, piece{p.start, end, p.id})
+		}
+		end = p.start
+	}
+	for i := len(pieces) - 1; i >= 0; i-- {
+		p := pieces[i]
+		if p.id < 0 {
+			if id, ok := t.vocab[text[p.start:p.end]]; ok {
+				p.id = id
+			}
+		}
+		if p.id >= 0 {
+			out = append(out, p.id)
+			continue
+		}
+		bytesOK := true
+		for j := p.start; j < p.end; j++ {
+			bytesOK = bytesOK && t.byteIDs[text[j]] >= 0
+		}
+		switch {
+		case bytesOK:
+			for j := p.start; j < p.end; j++ {
+				out = append(out, t.byteIDs[text[j]])
+			}
+		case t.unk >= 0:
+			out = append(out, t.unk)
+		}
+	}
+	return out
+}

@@ -631,18 +631,28 @@ func LoadTokenizer(path string) (*BPETokenizer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("model.LoadTokenizer: %s: %w", path, err)
 	}
+	if _, err := tokConfigBeside(t, path); err != nil {
+		return nil, fmt.Errorf("model.LoadTokenizer: %w", err)
+	}
+	return t, nil
+}
+
+// tokConfigBeside applies the tokenizer_config.json beside the
+// tokenizer.json at path, if there is one, and returns its bytes (nil if
+// none).
+func tokConfigBeside(t tokConfigurable, path string) ([]byte, error) {
 	cfgPath := filepath.Join(filepath.Dir(path), "tokenizer_config.json")
 	cfg, err := tokReadCapped(cfgPath, TokMaxConfigBytes)
 	if errors.Is(err, os.ErrNotExist) {
-		return t, nil
+		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("model.LoadTokenizer: %w", err)
+		return nil, err
 	}
-	if err := t.applyConfig(cfg); err != nil {
-		return nil, fmt.Errorf("model.LoadTokenizer: %s: %w", cfgPath, err)
+	if err := tokApplyConfig(t, cfg); err != nil {
+		return nil, fmt.Errorf("%s: %w", cfgPath, err)
 	}
-	return t, nil
+	return cfg, nil
 }
 
 func tokReadCapped(path string, limit int64) ([]byte, error) {
@@ -661,9 +671,17 @@ func tokReadCapped(path string, limit int64) ([]byte, error) {
 	return data, nil
 }
 
-// applyConfig reads bos_token / eos_token from tokenizer_config.json: a
+// tokConfigurable is a tokenizer whose BOS and EOS tokenizer_config.json
+// sets.
+type tokConfigurable interface {
+	ID(token string) (int32, bool)
+	SetBOS(id int32)
+	SetEOS(id int32)
+}
+
+// tokApplyConfig reads bos_token / eos_token from tokenizer_config.json: a
 // string, an object with "content", or null (none).
-func (t *BPETokenizer) applyConfig(data []byte) error {
+func tokApplyConfig(t tokConfigurable, data []byte) error {
 	var cfg map[string]json.RawMessage
 	if err := json.Unmarshal(data, &cfg); err != nil {
 		return fmt.Errorf("tokenizer_config: %w", err)
@@ -691,9 +709,9 @@ func (t *BPETokenizer) applyConfig(data []byte) error {
 			}
 		}
 		if k == "bos_token" {
-			t.bos = id
+			t.SetBOS(id)
 		} else {
-			t.eos = id
+			t.SetEOS(id)
 		}
 	}
 	return nil
@@ -769,7 +787,7 @@ func tokFromJSON(f *tokJSON) (*BPETokenizer, error) {
 		if err := json.Unmarshal(f.PostProcessor, &pp); err != nil {
 			return nil, fmt.Errorf("post_processor: %w", err)
 		}
-		t.bos = t.templateBOS(&pp, 0)
+		t.bos = templateBOS(t, &pp, 0)
 	}
 	t.eos = t.guessEOS()
 	return t, nil
@@ -777,7 +795,7 @@ func tokFromJSON(f *tokJSON) (*BPETokenizer, error) {
 
 // templateBOS returns the id of the special token that a TemplateProcessing
 // puts before the sequence (Llama-3's <|begin_of_text|>), or -1.
-func (t *BPETokenizer) templateBOS(n *tokJSONNode, depth int) int32 {
+func templateBOS(t interface{ ID(string) (int32, bool) }, n *tokJSONNode, depth int) int32 {
 	if depth > 8 {
 		return -1
 	}
@@ -790,7 +808,7 @@ func (t *BPETokenizer) templateBOS(n *tokJSONNode, depth int) int32 {
 		}
 	case "Sequence":
 		for i := range n.Processors {
-			if id := t.templateBOS(&n.Processors[i], depth+1); id >= 0 {
+			if id := templateBOS(t, &n.Processors[i], depth+1); id >= 0 {
 				return id
 			}
 		}
