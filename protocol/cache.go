@@ -34,22 +34,14 @@ func (*CacheQuery) Type() MsgType    { return TypeCacheQuery }
 func (m *CacheQuery) version() uint8 { return m.V }
 
 func (m *CacheQuery) Validate() error {
-	if err := checkVersion(m.V); err != nil {
-		return err
-	}
-	if err := checkHex("Base", m.Base, 64); err != nil {
-		return err
-	}
-	if err := checkIdent("Codec", m.Codec); err != nil {
-		return err
-	}
-	if err := checkLayer("Layer", m.Layer); err != nil {
-		return err
-	}
-	if err := checkRange("len(Chunks)", len(m.Chunks), 1, MaxCacheQueryChunks); err != nil {
-		return err
-	}
-	return checkChunkList(m.Chunks)
+	return firstErr(
+		checkVersion(m.V),
+		checkHex("Base", m.Base, 64),
+		checkIdent("Codec", m.Codec),
+		checkLayer("Layer", m.Layer),
+		checkRange("len(Chunks)", len(m.Chunks), 1, MaxCacheQueryChunks),
+		checkChunkList(m.Chunks),
+	)
 }
 
 // CacheIndex answers a CacheQuery.

@@ -32,25 +32,15 @@ func (*EmbedRequest) Type() MsgType    { return TypeEmbedRequest }
 func (m *EmbedRequest) version() uint8 { return m.V }
 
 func (m *EmbedRequest) Validate() error {
-	if err := checkVersion(m.V); err != nil {
-		return err
-	}
-	if err := checkHex("JobID", m.JobID, 0); err != nil {
-		return err
-	}
-	if err := checkHex("ChunkID", m.ChunkID, 64); err != nil {
-		return err
-	}
-	if err := checkHex("BaseHash", m.BaseHash, 64); err != nil {
-		return err
-	}
-	if err := checkLayers(m.Layers); err != nil {
-		return err
-	}
-	if err := checkIdent("Codec", m.Codec); err != nil {
-		return err
-	}
-	return checkSeqs(m.Seqs)
+	return firstErr(
+		checkVersion(m.V),
+		checkHex("JobID", m.JobID, 0),
+		checkHex("ChunkID", m.ChunkID, 64),
+		checkHex("BaseHash", m.BaseHash, 64),
+		checkLayers(m.Layers),
+		checkIdent("Codec", m.Codec),
+		checkSeqs(m.Seqs),
+	)
 }
 
 func checkLayers(layers []int) error {
@@ -130,32 +120,18 @@ func (*EmbedResult) Type() MsgType    { return TypeEmbedResult }
 func (m *EmbedResult) version() uint8 { return m.V }
 
 func (m *EmbedResult) Validate() error {
-	if err := checkVersion(m.V); err != nil {
-		return err
-	}
-	if err := checkHex("JobID", m.JobID, 0); err != nil {
-		return err
-	}
-	if err := checkHex("ChunkID", m.ChunkID, 64); err != nil {
-		return err
-	}
-	if err := checkRange("Seq", m.Seq, 0, MaxSeqsPerChunk-1); err != nil {
-		return err
-	}
-	if err := checkLayer("Layer", m.Layer); err != nil {
-		return err
-	}
-	if err := checkIdent("Codec", m.Codec); err != nil {
-		return err
-	}
-	if err := checkRange("Rows", m.Rows, 1, MaxSeqLen); err != nil {
-		return err
-	}
-	if err := checkRange("Dim", m.Dim, 1, MaxHiddenDim); err != nil {
-		return err
-	}
-	limit := min(MaxResultData, m.Rows*(4*m.Dim+64))
-	return checkRange("len(Data)", len(m.Data), 1, limit)
+	return firstErr(
+		checkVersion(m.V),
+		checkHex("JobID", m.JobID, 0),
+		checkHex("ChunkID", m.ChunkID, 64),
+		checkRange("Seq", m.Seq, 0, MaxSeqsPerChunk-1),
+		checkLayer("Layer", m.Layer),
+		checkIdent("Codec", m.Codec),
+		checkRange("Rows", m.Rows, 1, MaxSeqLen),
+		checkRange("Dim", m.Dim, 1, MaxHiddenDim),
+		// Rows and Dim are in range when this is the first error.
+		checkRange("len(Data)", len(m.Data), 1, min(MaxResultData, m.Rows*(4*m.Dim+64))),
+	)
 }
 
 // EmbedDone ends a node's answer to an EmbedRequest.

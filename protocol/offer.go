@@ -34,16 +34,12 @@ func (*ResultOffer) Type() MsgType    { return TypeResultOffer }
 func (m *ResultOffer) version() uint8 { return m.V }
 
 func (m *ResultOffer) Validate() error {
-	if err := checkVersion(m.V); err != nil {
-		return err
-	}
-	if err := checkHex("JobID", m.JobID, 0); err != nil {
-		return err
-	}
-	if err := checkRange("len(Chunks)", len(m.Chunks), 1, MaxOfferChunks); err != nil {
-		return err
-	}
-	return checkChunkList(m.Chunks)
+	return firstErr(
+		checkVersion(m.V),
+		checkHex("JobID", m.JobID, 0),
+		checkRange("len(Chunks)", len(m.Chunks), 1, MaxOfferChunks),
+		checkChunkList(m.Chunks),
+	)
 }
 
 func checkChunkList(ids []string) error {
@@ -73,14 +69,10 @@ func (*OfferReply) Type() MsgType    { return TypeOfferReply }
 func (m *OfferReply) version() uint8 { return m.V }
 
 func (m *OfferReply) Validate() error {
-	if err := checkVersion(m.V); err != nil {
-		return err
-	}
-	if err := checkHex("JobID", m.JobID, 0); err != nil {
-		return err
-	}
-	if err := checkRange("len(Stored)", len(m.Stored), 0, MaxOfferChunks); err != nil {
-		return err
-	}
-	return checkChunkList(m.Stored)
+	return firstErr(
+		checkVersion(m.V),
+		checkHex("JobID", m.JobID, 0),
+		checkRange("len(Stored)", len(m.Stored), 0, MaxOfferChunks),
+		checkChunkList(m.Stored),
+	)
 }
