@@ -9,10 +9,6 @@ import (
 	"carryon/swarm"
 )
 
-func init() {
-	register("add", "add files (adaptors) to the block store as UnixFS and pin them; prints their CIDs (the same as `ipfs add --cid-version=1 --raw-leaves`)", runAdd)
-}
-
 func runAdd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("add", "FILE... [--store DIR]", stderr)
 	store := fs.String("store", defaultStoreDir(), "block store to add to (served by 'carryon coordinator', 'carryon node' and 'carryon serve' on it)")

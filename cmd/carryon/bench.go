@@ -27,10 +27,6 @@ import (
 	"unsafe"
 )
 
-func init() {
-	register("bench", "benchmarks: 'bench train' (carry-on training vs PyTorch), 'bench forward' (base prefill), 'bench serve' (the HTTP server under load)", runBench)
-}
-
 // benchResult is one implementation's line of output.
 type benchResult struct {
 	Impl         string  `json:"impl"`

@@ -56,7 +56,7 @@ func benchForward(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	runs := fs.Int("runs", 3, "timed runs after one warm-up")
 	decode := fs.Int("decode", 0, "also time N decode steps (batch 1, KV cache) after the prefill")
 	int8 := fs.Bool("int8", false, "Q8_0 GGUF: int8 activations and int8 dot products (model.LoadOptions.Int8)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *modelFlag == "" || *tokens < 1 || *threads < 1 || *runs < 1 || *decode < 0 {

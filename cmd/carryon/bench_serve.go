@@ -30,15 +30,15 @@ type benchServeResult struct {
 // directly, without HTTP, as the rival), or any other with --url.
 func benchServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("bench", "serve [--model PATH|default] [--clients 8] [--requests 32] [--max-tokens 32] [--workers 2] [--url URL]", stderr)
-	modelFlag := fs.String("model", "default", "base model served (ignored with --url)")
+	modelFlag := addModelFlag(fs)
 	clients := fs.Int("clients", 8, "clients sending at once")
 	requests := fs.Int("requests", 32, "requests in all")
 	maxTokens := fs.Int("max-tokens", 32, "max_tokens of each (greedy) request")
 	workers := fs.Int("workers", 2, "the server's --workers (ignored with --url)")
-	url := fs.String("url", "", "measure this server (http://HOST:PORT, /v1/completions) instead of starting one; no rival then")
+	url := fs.String("url", "", "measure this server (http://HOST:PORT, /v1/completions) instead of starting one (--model and --workers are then ignored); no rival then")
 	modelName := fs.String("request-model", "base", "the requests' model field")
 	direct := fs.Bool("direct", true, "also run the rival: the same generations one after another in-process, without HTTP")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *clients < 1 || *requests < 1 || *maxTokens < 1 || *workers < 1 {

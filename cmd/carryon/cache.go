@@ -14,10 +14,6 @@ import (
 	"carryon/model"
 )
 
-func init() {
-	register("cache", "list (ls) or garbage-collect (gc) a coordinator's embedding cache and block store", runCache)
-}
-
 func runCache(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("cache", "ls|gc [--cache DIR] [--older-than DURATION] [--dry-run]\n\n"+
 		"  ls  every cached embedding frame: its key (base, codec, layer, chunk), CID, bytes, age, whose result\n"+

@@ -20,10 +20,6 @@ import (
 	"github.com/ipfs/go-cid"
 )
 
-func init() {
-	register("coordinator", "lease a data set's chunks to nodes, train a carry-on on the embeddings, publish it", runCoordinator)
-}
-
 func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("coordinator", "--model PATH|default --data FILE|default [flags]", stderr)
 	sf := addSwarmFlags(fs, "/ip4/0.0.0.0/tcp/4001")
@@ -36,7 +32,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	httpAddr := fs.String("http", "", "serve the dashboard, its JSON API and /metrics on ADDR (e.g. "+defaultDashboardAddr+", which 'carryon status' reads by default); empty: none")
 	config := fs.String("config", "", "a JSON job file (coordinator.JobFile); its settings replace --model, --data, --cache and the job flags")
 	logger := logFlags(fs, stderr)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if err := job.check(); err != nil {

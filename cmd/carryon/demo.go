@@ -8,17 +8,13 @@ import (
 	"carryon/internal/demo"
 )
 
-func init() {
-	register("demo", "run the whole loop in one process: a coordinator and two nodes in a private swarm on loopback", runDemo)
-}
-
 func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("demo", "[flags]", stderr)
 	dir := fs.String("dir", "", "keep the run's files here (default: a temporary directory, removed afterwards)")
 	steps := fs.Int("steps", 300, "training steps")
 	examples := fs.Int("examples", 600, "generated word problems in the data set")
 	verbose := fs.Bool("v", false, "also print the peers' logs")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	o := demo.Options{Dir: *dir, Steps: *steps, Examples: *examples, Out: stdout}

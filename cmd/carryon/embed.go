@@ -15,10 +15,6 @@ import (
 	"carryon/tokenizer"
 )
 
-func init() {
-	register("embed", "run a base model's forward pass over token ids or texts and write hidden states as JSON", runEmbed)
-}
-
 // embedOutput is the JSON that embed writes: for each sequence, one
 // (positions, Dim) array per requested layer, in the order of Layers.
 type embedOutput struct {
@@ -42,7 +38,7 @@ func runEmbed(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	textFlag := fs.String("text", "", "JSON file holding a list of strings, tokenized with the model's tokenizer (no BOS added)")
 	layersFlag := fs.String("layers", "final", "comma-separated layers: final (after the final norm) or k = the residual stream after k blocks (0: embeddings)")
 	outFlag := fs.String("out", "", "where to write the JSON result (- for stdout)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *modelFlag == "" || *outFlag == "" || (*tokensFlag == "") == (*textFlag == "") {

@@ -22,10 +22,6 @@ import (
 	"carryon/tokenizer"
 )
 
-func init() {
-	register("eval", "score a base and its adaptor on GSM8K-style question/answer JSONL: answer loss, perplexity, exact match", runEval)
-}
-
 // evalScores are one system's results.
 type evalScores struct {
 	Loss       float64  `json:"loss"`                  // mean answer-token cross-entropy (nats)
@@ -105,7 +101,7 @@ func readQA(path string, limit int) (recs []qaRecord, skipped int, err error) {
 
 func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("eval", "--model PATH|default --adaptor FILE|CID[,...] --data FILE.jsonl [flags]", stderr)
-	modelFlag := fs.String("model", "default", "base model directory or .gguf file, or \"default\" for the embedded base")
+	modelFlag := addModelFlag(fs)
 	adaptors := fs.String("adaptor", "", "adaptor files or CIDs, comma-separated, applied in order as boosting stages")
 	cache := fs.String("cache", filepath.Join(model.DefaultCacheDir(), "coordinator"), "cache directory, as for 'carryon train': the default base is written here and CIDs are looked up in its adaptor store")
 	store := fs.String("store", "", "adaptor store where CIDs are looked up (default: the --cache directory's)")
@@ -115,14 +111,10 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	alpha := fs.Float64("alpha", 1, "scale α of the customisation")
 	maxTokens := fs.Int("max-tokens", 256, "greedy answer length cap for exact match")
 	seqLen := fs.Int("seq-len", 1024, "tokens per scored sequence at most")
-	bridge := fs.String("bridge", "", "round-trip base hidden states through this bridge codec first, as in training (empty: exact)")
+	bridge := addBridgeFlag(fs)
 	noGen := fs.Bool("no-generate", false, "skip greedy generation (exact match)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, "data", "adaptor"); err != nil {
 		return err
-	}
-	if *data == "" || *adaptors == "" {
-		fs.Usage()
-		return errors.New("--data and --adaptor are required")
 	}
 	if *store == "" {
 		*store = filepath.Join(*cache, "adaptors")

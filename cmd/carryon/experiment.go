@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -13,25 +12,17 @@ import (
 	"carryon/model"
 )
 
-func init() {
-	register("experiment", "run the GSM8K experiments (docs/experiments.md): results JSON, tables and SVG plots", runExperiment)
-}
-
 func runExperiment(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("experiment", "--data GSM8K.jsonl --out DIR [--only NAME] [--quick]", stderr)
 	data := fs.String("data", "", "GSM8K-style JSONL with question and answer fields")
 	out := fs.String("out", "", "directory for experiments.json, experiments-results.md and img/*.svg (e.g. docs/)")
 	only := fs.String("only", "", fmt.Sprintf("run some experiments (comma-separated) of %v, keeping the others' results in OUT/experiments.json", experiments.Names))
 	quick := fs.Bool("quick", false, "tiny sizes: check the pipeline in seconds (numbers mean nothing)")
-	modelFlag := fs.String("model", "default", "base model directory, \"default\" (the embedded base) or \"tiny\" (the small embedded base)")
+	modelFlag := addModelFlag(fs)
 	cache := fs.String("cache", "", "embedding cache directory (default: a temporary one, removed at the end)")
 	sizes := fs.String("sizes", "", `JSON object overriding some of the run's sizes, e.g. '{"clock_seconds": 90, "search_steps": 60}' (field names as in experiments.json's setup.sizes)`)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, "data", "out"); err != nil {
 		return err
-	}
-	if *data == "" || *out == "" {
-		fs.Usage()
-		return errors.New("--data and --out are required")
 	}
 	var sz *experiments.Sizes
 	if *sizes != "" {

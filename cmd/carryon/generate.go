@@ -19,11 +19,6 @@ import (
 	"carryon/swarm"
 )
 
-func init() {
-	register("generate", "generate text with a base model and carry-on adaptor stages, streamed as it comes (-i: chat)", runGenerate)
-	register("chat", "chat with a base model and its adaptors in the terminal (generate -i)", runChat)
-}
-
 // defaultStoreDir is the coordinator cache's adaptor store, where `carryon
 // train` and `carryon coordinator` keep adaptors by CID.
 func defaultStoreDir() string {
@@ -96,7 +91,7 @@ func runChat(ctx context.Context, args []string, stdout, stderr io.Writer) error
 
 func generate(ctx context.Context, name string, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags(name, "--model PATH|default [--adaptor FILE|CID[,...]] (--prompt TEXT | -i) [flags]", stderr)
-	modelFlag := fs.String("model", "default", "base model directory or .gguf file, or \"default\" for the embedded base")
+	modelFlag := addModelFlag(fs)
 	adaptors := fs.String("adaptor", "", "adaptor files or CIDs, comma-separated, applied in order as boosting stages (empty: the base alone)")
 	store := fs.String("store", defaultStoreDir(), "adaptor store where CIDs are looked up")
 	alpha := fs.Float64("alpha", 1, "scale α of every stage's customisation (0: the base alone)")
@@ -120,8 +115,8 @@ func generate(ctx context.Context, name string, args []string, stdout, stderr io
 	})
 	seed := fs.Uint64("seed", 1, "sampling seed")
 	stats := fs.Bool("stats", true, "print the token count and tokens/s to standard error at the end")
-	bridge := fs.String("bridge", "", "round-trip base hidden states through this bridge codec first, as in training (empty: exact)")
-	if err := fs.Parse(args); err != nil {
+	bridge := addBridgeFlag(fs)
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if (*prompt == "") == !*interactive {

@@ -34,7 +34,7 @@ type jobFlags struct {
 
 func addJobFlags(fs *flag.FlagSet) *jobFlags {
 	return &jobFlags{
-		model:     fs.String("model", "default", "base model directory or .gguf file, or \"default\" for the embedded base"),
+		model:     addModelFlag(fs),
 		data:      fs.String("data", "default", "data file: JSONL (text, prompt/completion or question/answer) or plain text; \"default\" for the demo's problems"),
 		cache:     fs.String("cache", filepath.Join(model.DefaultCacheDir(), "coordinator"), "embedding cache and adaptor store (shared by 'carryon coordinator' and 'carryon train')"),
 		codec:     fs.String("codec", "q8", "bridge setting the embeddings are made and cached with"),

@@ -10,15 +10,11 @@ import (
 	"carryon/protocol"
 )
 
-func init() {
-	register("keygen", "write a new private-swarm pre-shared key", runKeygen)
-}
-
 func runKeygen(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("keygen", "[--out FILE]", stderr)
 	out := fs.String("out", "swarm.key", "where to write the key (\"-\" for standard output)")
 	force := fs.Bool("force", false, "overwrite an existing file")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	key, err := protocol.NewSwarmKey()

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strings"
 	"syscall"
 )
 
@@ -23,10 +24,43 @@ type command struct {
 	run     func(ctx context.Context, args []string, stdout, stderr io.Writer) error
 }
 
+// commands are the subcommands by name, filled from commandList (in init:
+// the commands' flag sets read their summaries here).
 var commands = map[string]command{}
 
-func register(name, summary string, run func(ctx context.Context, args []string, stdout, stderr io.Writer) error) {
-	commands[name] = command{summary: summary, run: run}
+// commandList is every subcommand: its name, the summary `carryon help`
+// prints, and the function that parses its flags and runs it.
+var commandList = []struct {
+	name, summary string
+	run           func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+}{
+	{"add", "add files (adaptors) to the block store as UnixFS and pin them; prints their CIDs (the same as `ipfs add --cid-version=1 --raw-leaves`)", runAdd},
+	{"bench", "benchmarks: 'bench train' (carry-on training vs PyTorch), 'bench forward' (base prefill), 'bench serve' (the HTTP server under load)", runBench},
+	{"cache", "list (ls) or garbage-collect (gc) a coordinator's embedding cache and block store", runCache},
+	{"coordinator", "lease a data set's chunks to nodes, train a carry-on on the embeddings, publish it", runCoordinator},
+	{"demo", "run the whole loop in one process: a coordinator and two nodes in a private swarm on loopback", runDemo},
+	{"embed", "run a base model's forward pass over token ids or texts and write hidden states as JSON", runEmbed},
+	{"eval", "score a base and its adaptor on GSM8K-style question/answer JSONL: answer loss, perplexity, exact match", runEval},
+	{"experiment", "run the GSM8K experiments (docs/experiments.md): results JSON, tables and SVG plots", runExperiment},
+	{"generate", "generate text with a base model and carry-on adaptor stages, streamed as it comes (-i: chat)", runGenerate},
+	{"chat", "chat with a base model and its adaptors in the terminal (generate -i)", runChat},
+	{"keygen", "write a new private-swarm pre-shared key", runKeygen},
+	{"node", "volunteer: serve a base model's forward pass to the swarm", runNode},
+	{"pretrain", "train a small base model (BPE tokenizer + Qwen2 transformer) from scratch on a text corpus, or continue one (--init)", runPretrain},
+	{"pull", "fetch an adaptor (any UnixFS file) by CID over bitswap from peers that have it, verifying every block", runPull},
+	{"roster", "a closed swarm's members: add, remove or list the peer IDs a coordinator admits (signed with its key)", runRoster},
+	{"search", "train many small carry-ons (width, depth, LR, sources; α chosen on validation) over one embedding cache, several at once: table and Pareto plots", runSearch},
+	{"serve", "serve a base and its carry-on adaptors over an OpenAI-style HTTP API", runServe},
+	{"status", "the job at a glance: ask a coordinator's dashboard (--http) for its status", runStatus},
+	{"synth", "generate GSM8K-style arithmetic word problems (<<a*b=c>> steps, #### N answers) by program: pretraining text or task JSONL", runSynth},
+	{"train", "train a carry-on on one machine: base forward in-process (or the embeddings fetched by CID from a peer's cache with --from-swarm)", runTrain},
+	{"version", "print version, commit, Go version, CPU features and whether CUDA is built in", runVersion},
+}
+
+func init() {
+	for _, c := range commandList {
+		commands[c.name] = command{summary: c.summary, run: c.run}
+	}
 }
 
 func usage(w io.Writer) {
@@ -83,6 +117,46 @@ func newFlags(name, synopsis string, stderr io.Writer) *flag.FlagSet {
 		fs.PrintDefaults()
 	}
 	return fs
+}
+
+// parseFlags parses the flags of a command that takes no other arguments
+// and refuses what they cannot carry: an argument that is not a flag, and
+// a required flag left empty (each named, with the usage).
+func parseFlags(fs *flag.FlagSet, args []string, required ...string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		fs.Usage()
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	var missing []string
+	for _, name := range required {
+		if fs.Lookup(name).Value.String() == "" {
+			missing = append(missing, "--"+name)
+		}
+	}
+	switch n := len(missing); n {
+	case 0:
+		return nil
+	case 1:
+		fs.Usage()
+		return fmt.Errorf("%s is required", missing[0])
+	default:
+		fs.Usage()
+		return fmt.Errorf("%s and %s are required", strings.Join(missing[:n-1], ", "), missing[n-1])
+	}
+}
+
+// addModelFlag adds --model: the base model, as model.Open reads it.
+func addModelFlag(fs *flag.FlagSet) *string {
+	return fs.String("model", "default", `base model: a Hugging Face directory (config.json + safetensors), a .gguf file, "default" (the embedded base) or "tiny" (the small embedded base)`)
+}
+
+// addBridgeFlag adds --bridge: the codec base hidden states go through
+// before the carry-on reads them.
+func addBridgeFlag(fs *flag.FlagSet) *string {
+	return fs.String("bridge", "", "round-trip base hidden states through this bridge codec first, as in training (empty: exact)")
 }
 
 // logFlags adds -v and returns a constructor for the command's logger.

@@ -21,17 +21,13 @@ import (
 	"carryon/swarm"
 )
 
-func init() {
-	register("node", "volunteer: serve a base model's forward pass to the swarm", runNode)
-}
-
 func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) > 0 && (args[0] == "status" || args[0] == "pause" || args[0] == "resume") {
 		return runNodeCtl(ctx, args[0], args[1:], stdout, stderr)
 	}
 	fs := newFlags("node", "--model PATH|default --bootstrap ADDR [flags]  |  node status|pause|resume [--addr]", stderr)
 	sf := addSwarmFlags(fs, "/ip4/0.0.0.0/tcp/0")
-	modelFlag := fs.String("model", "default", "base model directory (config.json + safetensors) or .gguf file, or \"default\" for the embedded base")
+	modelFlag := addModelFlag(fs)
 	device := fs.String("device", "cpu", "compute device: cpu, or cuda (GPU 0; needs a binary built with -tags cuda and --model DIR, a Hugging Face checkpoint)")
 	codecs := fs.String("codecs", "q8,q4,q2,bf16", "bridge settings offered")
 	jobs := fs.Int("jobs", 1, "embedding jobs run at once")
@@ -44,7 +40,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	pinFile := fs.String("pin-file", "", "a file of adaptor CIDs to keep like --pin, one per line (# starts a comment)")
 	limits := addNodeLimitFlags(fs)
 	logger := logFlags(fs, stderr)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *limits.printService != "" {

@@ -127,7 +127,7 @@ func runNodeCtl(ctx context.Context, verb string, args []string, stdout, stderr 
 	fs := newFlags("node "+verb, "[--addr HOST:PORT] [--json]", stderr)
 	addr := fs.String("addr", defaultStatusAddr, "the node's --status-addr")
 	asJSON := fs.Bool("json", false, "print the status as JSON")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)

@@ -3,16 +3,11 @@ package main
 import (
 	"carryon/pretrain"
 	"context"
-	"errors"
 	"flag"
 	"io"
 	"runtime"
 	"strconv"
 )
-
-func init() {
-	register("pretrain", "train a small base model (BPE tokenizer + Qwen2 transformer) from scratch on a text corpus, or continue one (--init)", runPretrain)
-}
 
 func runPretrain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("pretrain", "--corpus DIR|FILE --out DIR [flags]", stderr)
@@ -42,11 +37,8 @@ func runPretrain(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	minutes := fs.Float64("minutes", 0, "stop training after this many minutes (0: no limit); a cut run can be resumed")
 	bf16 := fs.Bool("bf16", true, "store the weights as bfloat16")
 	valFrac := fs.Int("val-every-doc", 50, "hold out every N-th document for validation")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, "corpus", "out"); err != nil {
 		return err
-	}
-	if *corpus == "" || *out == "" {
-		return errors.New("--corpus and --out are required")
 	}
 	arch := map[string]int{}
 	fs.Visit(func(f *flag.Flag) {

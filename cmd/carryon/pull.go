@@ -17,10 +17,6 @@ import (
 	"carryon/swarm"
 )
 
-func init() {
-	register("pull", "fetch an adaptor (any UnixFS file) by CID over bitswap from peers that have it, verifying every block", runPull)
-}
-
 func runPull(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("pull", "CID [--from ADDR[,ADDR...] | --bootstrap ADDR] [--out FILE [--force]]", stderr)
 	sf := addSwarmFlags(fs, "/ip4/127.0.0.1/tcp/0")

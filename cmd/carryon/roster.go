@@ -20,10 +20,6 @@ import (
 // rosterFileName is the signed roster in a coordinator's state directory.
 const rosterFileName = "roster"
 
-func init() {
-	register("roster", "a closed swarm's members: add, remove or list the peer IDs a coordinator admits (signed with its key)", runRoster)
-}
-
 func runRoster(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("roster", "add PEER... | remove PEER... | ls [--cache DIR] [--identity FILE]", stderr)
 	cache := fs.String("cache", filepath.Join(model.DefaultCacheDir(), "coordinator"), "the coordinator's state directory (its --cache): the roster and the coordinator's peer key live there")

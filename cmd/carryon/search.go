@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -13,15 +12,11 @@ import (
 	"carryon/model"
 )
 
-func init() {
-	register("search", "train many small carry-ons (width, depth, LR, sources; α chosen on validation) over one embedding cache, several at once: table and Pareto plots", runSearch)
-}
-
 func runSearch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("search", "--data FILE.jsonl [--out DIR] [flags]", stderr)
 	data := fs.String("data", "", "GSM8K-style JSONL with question and answer fields")
 	out := fs.String("out", "", "directory for search.md and the Pareto plots (search-params.svg, search-step.svg); empty: table on stdout only")
-	modelFlag := fs.String("model", "default", "base model directory, \"default\" (embedded base) or \"tiny\" (the small embedded base)")
+	modelFlag := addModelFlag(fs)
 	cache := fs.String("cache", "", "embedding cache directory (default: a temporary one, removed at the end)")
 	steps := fs.Int("steps", 100, "optimiser steps per trial")
 	parallel := fs.Int("parallel", 0, "trials trained at once (0: GOMAXPROCS)")
@@ -31,12 +26,8 @@ func runSearch(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	batch := fs.Int("batch", 8, "sequences per step")
 	noStop := fs.Bool("no-stop", false, "train every trial to the end (default: a trial behind the median of the earlier ones at a validation pass stops there)")
 	compare := fs.Int("compare-trains", 0, "after the search, time three separate 'carryon train' runs of the reference carry-on (h=64, L=2) of this many steps, each embedding the data again (0: no)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, "data"); err != nil {
 		return err
-	}
-	if *data == "" {
-		fs.Usage()
-		return errors.New("--data is required")
 	}
 	m, err := model.Open(*modelFlag, model.OpenOptions{})
 	if err != nil {

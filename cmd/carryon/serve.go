@@ -21,13 +21,9 @@ import (
 	"carryon/swarm"
 )
 
-func init() {
-	register("serve", "serve a base and its carry-on adaptors over an OpenAI-style HTTP API", runServe)
-}
-
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("serve", "--model PATH|default [--adaptor [NAME=]FILE|CID[,...]] [--http ADDR] [flags]", stderr)
-	modelFlag := fs.String("model", "default", "base model directory or .gguf file, or \"default\" for the embedded base")
+	modelFlag := addModelFlag(fs)
 	adaptors := fs.String("adaptor", "", "adaptors to load at start, comma-separated: a file or a CID (looked up in --store, then pulled from the swarm), optionally NAME=... to give it a short model id; a boosting stage's parent must come before it")
 	store := fs.String("store", defaultStoreDir(), "adaptor store: CIDs are looked up here and pulled adaptors kept here")
 	alpha := fs.String("alpha", "", "α of requests without carryon_alpha (empty: each adaptor's own, from its config)")
@@ -36,7 +32,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	queue := fs.Int("queue", 64, "requests that may wait for a worker; more get 503")
 	maxTokens := fs.Int("max-tokens", 256, "max_tokens of requests without one")
 	maxContext := fs.Int("max-context", 0, "longest prompt + completion in tokens (0: the base's max_position_embeddings)")
-	bridge := fs.String("bridge", "", "round-trip base hidden states through this bridge codec first, as in training (empty: exact)")
+	bridge := addBridgeFlag(fs)
 	onDemand := fs.Bool("on-demand", true, "load adaptors that requests name by CID (from --store, then the swarm when --from or --bootstrap is set)")
 	maxOnDemand := fs.Int("max-on-demand", 8, "on-demand adaptors kept loaded (least recently used dropped first)")
 	sf := addSwarmFlags(fs, "/ip4/127.0.0.1/tcp/0")

@@ -19,10 +19,6 @@ import (
 	"carryon/node"
 )
 
-func init() {
-	register("status", "the job at a glance: ask a coordinator's dashboard (--http) for its status", runStatus)
-}
-
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("status", "[--coordinator http://ADDR] [--json] [--watch DURATION]", stderr)
 	addr := fs.String("coordinator", "http://"+defaultDashboardAddr, "the coordinator's dashboard address (its --http flag)")

@@ -10,10 +10,6 @@ import (
 	"carryon/internal/synth"
 )
 
-func init() {
-	register("synth", "generate GSM8K-style arithmetic word problems (<<a*b=c>> steps, #### N answers) by program: pretraining text or task JSONL", runSynth)
-}
-
 func runSynth(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("synth", "--family drill|one-step|multi-step --n N --seed S (--corpus DIR | --jsonl FILE)", stderr)
 	family := fs.String("family", string(synth.OneStep), "problem family: drill, one-step (pretraining) or multi-step (the held-back task)")
@@ -22,7 +18,7 @@ func runSynth(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	corpus := fs.String("corpus", "", "write text documents into this directory (for carryon pretrain --corpus)")
 	perDoc := fs.Int("per-doc", 20, "problems per document with --corpus")
 	jsonl := fs.String("jsonl", "", "write question/answer JSONL to this file (repeated questions dropped)")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if (*corpus == "") == (*jsonl == "") {

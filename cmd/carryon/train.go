@@ -3,7 +3,6 @@ package main
 import (
 	"cmp"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -18,10 +17,6 @@ import (
 	"carryon/swarm"
 )
 
-func init() {
-	register("train", "train a carry-on on one machine: base forward in-process (or the embeddings fetched by CID from a peer's cache with --from-swarm)", runTrain)
-}
-
 func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("train", "--model PATH|default --data FILE|default --out ADAPTOR.safetensors [flags]", stderr)
 	jf := addJobFlags(fs)
@@ -31,7 +26,7 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	verify := fs.Int("verify", 1, "with --from-swarm: fetched chunks to compute again here and compare (0: none)")
 	sf := addSwarmFlags(fs, "/ip4/0.0.0.0/tcp/0")
 	logger := logFlags(fs, stderr)
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args, "out"); err != nil {
 		return err
 	}
 	if err := jf.check(); err != nil {
@@ -42,10 +37,6 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer closeDevice()
-	if *out == "" {
-		fs.Usage()
-		return errors.New("--out is required")
-	}
 	m, err := model.Open(*jf.model, model.OpenOptions{})
 	if err != nil {
 		return err
