@@ -20,17 +20,7 @@ func TestGemmNEONGenerated(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the generator")
 	}
-	src, err := os.ReadFile("gemm_arm64.s")
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command("go", "run", "gemm_gen_arm64.go").Output()
-	if err != nil {
-		t.Fatalf("go run gemm_gen_arm64.go: %v", err)
-	}
-	if !bytes.Equal(out, src) {
-		t.Fatal("gemm_arm64.s is stale: run go generate ./tensor/")
-	}
+	src := checkGenerated(t, "gemm_arm64.s", "gemm_gen_arm64.go")
 	as, objdump := "aarch64-linux-gnu-as", "aarch64-linux-gnu-objdump"
 	if runtime.GOARCH == "arm64" {
 		as, objdump = "as", "objdump"
@@ -50,24 +40,9 @@ func TestGemmNEONGenerated(t *testing.T) {
 	if n := strings.Count(string(src), "WORD"); len(want) == 0 || n != len(want) {
 		t.Fatalf("%d WORDs in gemm_arm64.s, %d with a mnemonic this test reads", n, len(want))
 	}
-	dir := t.TempDir()
-	s, o := filepath.Join(dir, "x.s"), filepath.Join(dir, "x.o")
-	if err := os.WriteFile(s, []byte(gas.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if msg, err := exec.Command(asPath, s, "-o", o).CombinedOutput(); err != nil {
-		t.Fatalf("%s: %v %s", as, err, msg)
-	}
-	dump, err := exec.Command(objPath, "-d", o).Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, line := range strings.Split(string(dump), "\n") {
-		f := strings.Split(line, "\t")
-		if len(f) >= 3 && strings.HasSuffix(f[0], ":") {
-			got = append(got, strings.TrimSpace(f[1]))
-		}
+	got, msg, ok := gnuAssemble(t, asPath, objPath, nil, gas.String())
+	if !ok {
+		t.Fatalf("%s: %s", as, msg)
 	}
 	if strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Fatalf("by-element encodings differ from %s:\n %s gives %v\n file has %v", as, as, got, want)

@@ -7,10 +7,8 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"runtime"
-	"strconv"
 	"strings"
 	"testing"
 )
@@ -167,36 +165,16 @@ func TestQ8VEXEncoding(t *testing.T) {
 		}
 		seen[m[0]] = true
 		fmt.Fprintf(&gas, "{vex} vpdpbusd %%ymm%s, %%ymm%s, %%ymm%s\n", m[4], m[3], m[2])
-		for _, f := range strings.Split(m[1], "; BYTE ") {
-			v, err := strconv.ParseUint(strings.TrimPrefix(f, "$0x"), 16, 8)
-			if err != nil {
-				t.Fatalf("bad BYTE %q", f)
-			}
-			wantBytes = append(wantBytes, fmt.Sprintf("%02x", v))
-		}
+		wantBytes = append(wantBytes, byteDirective(t, m[1])...)
 	}
 	if len(wantBytes) == 0 {
 		t.Fatal("no VEX VPDPBUSD found in gemm_amd64.s")
 	}
-	dir := t.TempDir()
-	s, o := filepath.Join(dir, "x.s"), filepath.Join(dir, "x.o")
-	if err := os.WriteFile(s, []byte(gas.String()), 0o644); err != nil {
-		t.Fatal(err)
+	got, msg, ok := gnuAssemble(t, as, objdump, []string{"--64"}, gas.String())
+	if !ok {
+		t.Skipf("as cannot assemble AVX-VNNI: %s", msg)
 	}
-	if msg, err := exec.Command(as, "--64", s, "-o", o).CombinedOutput(); err != nil {
-		t.Skipf("as cannot assemble AVX-VNNI: %v %s", err, msg)
-	}
-	dump, err := exec.Command(objdump, "-d", o).Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var gotBytes []string
-	for _, line := range strings.Split(string(dump), "\n") {
-		f := strings.Split(line, "\t")
-		if len(f) >= 3 && strings.HasSuffix(f[0], ":") {
-			gotBytes = append(gotBytes, strings.Fields(f[1])...)
-		}
-	}
+	gotBytes := strings.Fields(strings.Join(got, " "))
 	if strings.Join(gotBytes, " ") != strings.Join(wantBytes, " ") {
 		t.Fatalf("VEX VPDPBUSD encodings differ from GNU as:\n got %v\nwant %v", gotBytes, wantBytes)
 	}

@@ -1,17 +1,13 @@
 package tensor
 
 import (
-	"bytes"
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 )
@@ -406,17 +402,7 @@ func TestGemmAsmGenerated(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the generator")
 	}
-	src, err := os.ReadFile("gemm_amd64.s")
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := exec.Command("go", "run", "gemm_gen.go").Output()
-	if err != nil {
-		t.Fatalf("go run gemm_gen.go: %v", err)
-	}
-	if !bytes.Equal(out, src) {
-		t.Fatal("gemm_amd64.s is stale: run go generate ./tensor/")
-	}
+	src := checkGenerated(t, "gemm_amd64.s", "gemm_gen.go")
 	as, err1 := exec.LookPath("as")
 	objdump, err2 := exec.LookPath("objdump")
 	if err1 != nil || err2 != nil || runtime.GOARCH != "amd64" {
@@ -427,36 +413,16 @@ func TestGemmAsmGenerated(t *testing.T) {
 	var wantBytes []string
 	for _, m := range re.FindAllStringSubmatch(string(src), -1) {
 		fmt.Fprintf(&gas, "vdpbf16ps %%zmm%s, %%zmm%s, %%zmm%s\n", m[2], m[3], m[4])
-		for _, f := range strings.Split(m[1], "; BYTE ") {
-			v, err := strconv.ParseUint(strings.TrimPrefix(f, "$0x"), 16, 8)
-			if err != nil {
-				t.Fatalf("bad BYTE %q", f)
-			}
-			wantBytes = append(wantBytes, fmt.Sprintf("%02x", v))
-		}
+		wantBytes = append(wantBytes, byteDirective(t, m[1])...)
 	}
 	if len(wantBytes) == 0 {
 		t.Fatal("no VDPBF16PS found in gemm_amd64.s")
 	}
-	dir := t.TempDir()
-	s, o := filepath.Join(dir, "x.s"), filepath.Join(dir, "x.o")
-	if err := os.WriteFile(s, []byte(gas.String()), 0o644); err != nil {
-		t.Fatal(err)
+	got, msg, ok := gnuAssemble(t, as, objdump, []string{"--64"}, gas.String())
+	if !ok {
+		t.Skipf("as cannot assemble AVX512_BF16: %s", msg)
 	}
-	if msg, err := exec.Command(as, "--64", s, "-o", o).CombinedOutput(); err != nil {
-		t.Skipf("as cannot assemble AVX512_BF16: %v %s", err, msg)
-	}
-	dump, err := exec.Command(objdump, "-d", o).Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var gotBytes []string
-	for _, line := range strings.Split(string(dump), "\n") {
-		f := strings.Split(line, "\t")
-		if len(f) >= 3 && strings.HasSuffix(f[0], ":") {
-			gotBytes = append(gotBytes, strings.Fields(f[1])...)
-		}
-	}
+	gotBytes := strings.Fields(strings.Join(got, " "))
 	if strings.Join(gotBytes, " ") != strings.Join(wantBytes, " ") {
 		t.Fatalf("VDPBF16PS encodings differ from GNU as:\n got %v\nwant %v", gotBytes, wantBytes)
 	}
