@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"math/rand/v2"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,30 +15,44 @@ import (
 // honest embeddings.
 func TestChurn(t *testing.T) {
 	ts := newTestSwarm(t)
-	const nodes, kills = 8, 3
-	for i := range nodes {
-		ts.addNode(newFakeBase(ts.base, 150*time.Microsecond, honest, uint64(i)), node.Config{})
-	}
-	c, stores := ts.coordinator(Config{MinNodes: nodes})
-	ds := swarmDataset(1, 240, 4, 16) // 240 chunks of 64 tokens
+	const nodes, kills, seqs = 8, 3, 4
+	ds := swarmDataset(1, 240, seqs, 16) // 240 chunks of 64 tokens
 	rng := rand.New(rand.NewPCG(42, 1))
 	victims := rng.Perm(nodes)[:kills]
-	at := make([]int, kills) // kill victim i once this many chunks are done
+	// Victim i dies once the swarm has run at[i] forward passes (one per
+	// sequence): between a tenth and seven tenths of the job's sequences,
+	// so every moment comes while work is left.
+	at := make([]int64, kills)
 	for i := range at {
-		at[i] = len(ds.Train)/10 + rng.IntN(len(ds.Train)*6/10)
+		at[i] = int64(seqs * (len(ds.Train)/10 + rng.IntN(len(ds.Train)*6/10)))
 	}
+	due := make(chan int, kills) // victims whose moment has come
+	var forwards atomic.Int64
+	for i := range nodes {
+		fb := newFakeBase(ts.base, 150*time.Microsecond, honest, uint64(i))
+		fb.onForward = func() {
+			n := forwards.Add(1)
+			for i, a := range at {
+				if n == a {
+					due <- i
+				}
+			}
+		}
+		ts.addNode(fb, node.Config{})
+	}
+	c, stores := ts.coordinator(Config{MinNodes: nodes})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	go func() {
-		for ctx.Err() == nil {
-			st := c.Status()
-			for i, v := range victims {
-				if st.Job.Done >= at[i] && !ts.nodes[v].killed.Load() {
-					t.Logf("killing node %d at %d/%d chunks done (%d leases in flight)", v, st.Job.Done, st.Job.Total, st.Job.Leased)
-					ts.nodes[v].kill()
-				}
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case i := <-due:
+				st := c.Status()
+				t.Logf("killing node %d after %d forward passes, %d/%d chunks done (%d leases in flight)", victims[i], at[i], st.Job.Done, st.Job.Total, st.Job.Leased)
+				ts.nodes[victims[i]].kill()
 			}
-			time.Sleep(2 * time.Millisecond)
 		}
 	}()
 	start := time.Now()

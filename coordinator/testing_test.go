@@ -70,6 +70,9 @@ type fakeBase struct {
 	seed    uint64
 	calls   atomic.Int64
 	release chan struct{} // hang: closed to let Forward return
+	// onForward, if set before the node starts, is called at the start of
+	// every Forward: a test's event for "a node is computing".
+	onForward func()
 }
 
 func newFakeBase(b *model.Base, perTok time.Duration, f fault, seed uint64) *fakeBase {
@@ -82,6 +85,9 @@ func (f *fakeBase) Info() protocol.BaseInfo { return f.info }
 
 func (f *fakeBase) Forward(ids []int32, layers []int) ([][]float32, error) {
 	call := f.calls.Add(1)
+	if f.onForward != nil {
+		f.onForward()
+	}
 	if f.fault == hang {
 		<-f.release
 	}
