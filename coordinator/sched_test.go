@@ -150,12 +150,20 @@ func rogueNode(t *testing.T, ts *testSwarm) *testNode {
 	})
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(func() { cancel(); h.Close() })
+	// It advertises as a node does, on a period (gossip drops what is
+	// published before the mesh forms; nothing says when it has formed).
 	go func() {
-		for ctx.Err() == nil {
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
 			a := &protocol.Advert{V: protocol.Version, Peer: h.ID().String(), Bases: []protocol.BaseInfo{info}, Codecs: []string{"q8"},
 				TokensPerSec: 1e9, FreeSlots: 4, Device: "rogue", UnixMilli: time.Now().UnixMilli()}
 			swarm.Publish(ctx, topics.Nodes, a)
-			time.Sleep(100 * time.Millisecond)
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
 		}
 	}()
 	return &testNode{h: h, topics: topics}

@@ -114,11 +114,7 @@ func TestAnnounceOnJoinAndRedial(t *testing.T) {
 	// Neither pubsub's leave event nor its peer list says when it has
 	// dropped the peer's outbound queue too (a leave can come first), so
 	// this one wait polls, with time for the rest to happen.
-	for deadline := time.Now().Add(10 * time.Second); len(ntopics.Nodes.ListPeers()) > 0; time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("gossip still lists the closed coordinator")
-		}
-	}
+	testenv.Poll(t, 10*time.Second, "gossip drops the closed coordinator", func() bool { return len(ntopics.Nodes.ListPeers()) == 0 })
 	coord2, ctopics2 := gossipHost(t, key, "/ip4/127.0.0.1/tcp/"+port)
 	_ = coord2
 	seeAdvert(ctopics2)

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"carryon/internal/testenv"
 	"carryon/protocol"
 
 	"github.com/libp2p/go-libp2p/core/host"
@@ -180,18 +181,12 @@ func TestLoadOrCreateKey(t *testing.T) {
 	}
 }
 
-// waitGossipPeers polls cond until it holds or the test's deadline nears. Only
-// for pubsub's peer lists: pubsub counts a peer once its own outbound
-// stream is open and tells nobody when that happens (a topic's join event
-// can come first). Connection state has events: use waitConns.
+// waitGossipPeers waits until cond holds for pubsub's peer lists, which
+// announce no change (testenv.Poll). Connection state has events: use
+// waitConns.
 func waitGossipPeers(t testing.TB, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not reached")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testenv.Poll(t, 10*time.Second, "gossip peers", cond)
 }
 
 // waitConns waits until cond holds for h's connections, woken by the
