@@ -43,7 +43,19 @@ import (
 //	loss     the last step's training loss (Go 'g' format, exact)
 //	evals    JSON array of the validation passes so far
 //
-// v1: first version.
+// and, when the run keeps its best validation pass (TrainConfig.KeepBest)
+// and has had one, the parameters of that pass as F32 tensors best/NAME
+// with the keys
+//
+//	best_step  the step of that pass, decimal
+//	best_loss  its validation loss (Go 'g' format, exact)
+//
+// so that a resumed run keeps the best over the whole run, not over the
+// part after the resume. (These are optional: a file without them, as
+// carryon wrote before them, has no record, and the resumed run keeps the
+// best of its own passes.)
+//
+// v1: first version; best_step, best_loss and best/NAME added, optional.
 const (
 	CheckpointFormat  = "carryon-checkpoint"
 	CheckpointVersion = "1"
@@ -65,6 +77,12 @@ type Checkpoint struct {
 	Next   int        // index of the next sequence in that epoch's order
 	Loss   float64    // training loss of the last step
 	Evals  []EvalInfo // validation passes so far
+
+	// KeepBest's record: the parameters of the validation pass with the
+	// lowest loss so far (nil: none), its step and loss.
+	Best     []float32
+	BestStep int
+	BestLoss float64
 }
 
 // MarshalCheckpoint encodes ck with co's parameters and opt's moments.
@@ -81,6 +99,10 @@ func MarshalCheckpoint(ck Checkpoint, co *carryon.Model, opt *carryon.Optimizer)
 	}
 	if len(ck.Evals) > maxCheckpointEvals {
 		return fail("%d evals, over the cap of %d", len(ck.Evals), maxCheckpointEvals)
+	}
+	if ck.Best != nil && (len(ck.Best) != len(co.Params) || ck.BestStep < 0 || ck.BestStep > ck.Step ||
+		math.IsNaN(ck.BestLoss) || math.IsInf(ck.BestLoss, 0)) {
+		return fail("best pass: %d values for %d parameters, step %d of %d, loss %v", len(ck.Best), len(co.Params), ck.BestStep, ck.Step, ck.BestLoss)
 	}
 	cfg, err := json.Marshal(co.Config)
 	if err != nil {
@@ -105,6 +127,10 @@ func MarshalCheckpoint(ck Checkpoint, co *carryon.Model, opt *carryon.Optimizer)
 		"loss":    strconv.FormatFloat(ck.Loss, 'g', -1, 64),
 		"evals":   string(ev),
 	}
+	if ck.Best != nil {
+		md["best_step"] = strconv.Itoa(ck.BestStep)
+		md["best_loss"] = strconv.FormatFloat(ck.BestLoss, 'g', -1, 64)
+	}
 	var views []tensor.View
 	for _, t := range co.Tensors() {
 		a, b := t.Offset, t.Offset+t.Numel()
@@ -112,6 +138,9 @@ func MarshalCheckpoint(ck Checkpoint, co *carryon.Model, opt *carryon.Optimizer)
 			tensor.F32View("param/"+t.Name, co.Params[a:b], t.Shape...),
 			tensor.F32View("adam.m/"+t.Name, opt.M[a:b], t.Shape...),
 			tensor.F32View("adam.v/"+t.Name, opt.V[a:b], t.Shape...))
+		if ck.Best != nil {
+			views = append(views, tensor.F32View("best/"+t.Name, ck.Best[a:b], t.Shape...))
+		}
 	}
 	var buf bytes.Buffer
 	if err := tensor.WriteSafetensors(&buf, views, md); err != nil {
@@ -176,6 +205,18 @@ func LoadCheckpoint(data []byte, co *carryon.Model, opt *carryon.Optimizer) (Che
 	if len(ck.Evals) == 0 {
 		ck.Evals = nil
 	}
+	_, hasBest := md["best_step"]
+	if hasBest {
+		n, err := strconv.Atoi(md["best_step"])
+		if err != nil || n < 0 || n > ck.Step {
+			return fail("best_step %q is not a step of the run's %d", md["best_step"], ck.Step)
+		}
+		ck.BestStep = n
+		if ck.BestLoss, err = strconv.ParseFloat(md["best_loss"], 64); err != nil || math.IsNaN(ck.BestLoss) || math.IsInf(ck.BestLoss, 0) {
+			return fail("best_loss %q is not a finite number", md["best_loss"])
+		}
+		ck.Best = make([]float32, len(co.Params)) // sized by co, not by data
+	}
 	type window struct {
 		dst []float32
 		src []float32
@@ -184,10 +225,17 @@ func LoadCheckpoint(data []byte, co *carryon.Model, opt *carryon.Optimizer) (Che
 	expect := map[string]bool{}
 	for _, t := range co.Tensors() {
 		a, b := t.Offset, t.Offset+t.Numel()
-		for _, p := range []struct {
+		parts := []struct {
 			prefix string
 			dst    []float32
-		}{{"param/", co.Params[a:b]}, {"adam.m/", opt.M[a:b]}, {"adam.v/", opt.V[a:b]}} {
+		}{{"param/", co.Params[a:b]}, {"adam.m/", opt.M[a:b]}, {"adam.v/", opt.V[a:b]}}
+		if hasBest {
+			parts = append(parts, struct {
+				prefix string
+				dst    []float32
+			}{"best/", ck.Best[a:b]})
+		}
+		for _, p := range parts {
 			name := p.prefix + t.Name
 			expect[name] = true
 			v, ok := st.Get(name)

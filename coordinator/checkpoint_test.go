@@ -72,6 +72,37 @@ func TestCheckpointRoundTrip(t *testing.T) {
 	if opt2.Steps != ck.Step {
 		t.Errorf("optimiser steps: got %d, want %d", opt2.Steps, ck.Step)
 	}
+	if got.Best != nil {
+		t.Errorf("a checkpoint without a best pass gave one: %v", got.Best)
+	}
+
+	// KeepBest's record goes with it: parameters, step and loss.
+	ck.Best, ck.BestStep, ck.BestLoss = slices.Clone(opt.M), 2, 2.0/7
+	if data, err = MarshalCheckpoint(ck, co, opt); err != nil {
+		t.Fatal(err)
+	}
+	if got, err = LoadCheckpoint(data, co2, opt2); err != nil {
+		t.Fatal(err)
+	}
+	if got.BestStep != 2 || got.BestLoss != ck.BestLoss || sameBits(got.Best, ck.Best) >= 0 {
+		t.Errorf("best pass: step %d loss %v, want %d %v (parameters equal: %v)", got.BestStep, got.BestLoss, ck.BestStep, ck.BestLoss, sameBits(got.Best, ck.Best) < 0)
+	}
+	ck.BestStep = 4
+	if _, err := MarshalCheckpoint(ck, co, opt); err == nil || !strings.Contains(err.Error(), "best pass") {
+		t.Errorf("best pass after the last step: err %v", err)
+	}
+	for _, c := range []struct{ k, v, want string }{{"best_step", "9", `best_step "9"`}, {"best_loss", "NaN", `best_loss "NaN"`}} {
+		bad := rewrite(t, data, func(vs []tensor.View, md map[string]string) []tensor.View { md[c.k] = c.v; return vs })
+		if _, err := LoadCheckpoint(bad, co2, opt2); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s %s: err %v, want %q", c.k, c.v, err, c.want)
+		}
+	}
+	noBest := rewrite(t, data, func(vs []tensor.View, _ map[string]string) []tensor.View {
+		return slices.DeleteFunc(vs, func(v tensor.View) bool { return strings.HasPrefix(v.Name, "best/") })
+	})
+	if _, err := LoadCheckpoint(noBest, co2, opt2); err == nil || !strings.Contains(err.Error(), `"best/`) {
+		t.Errorf("best_step without best/ tensors: err %v", err)
+	}
 }
 
 // rewrite re-encodes a checkpoint after edit changes its tensors or

@@ -321,8 +321,11 @@ func (c *Coordinator) Train(ctx context.Context, ds *dataset.Set, hooks Hooks) (
 		t.grads = make([]float32, len(co.Params))
 	}
 	order := epochOrder(tc.Seed, state.Epoch, len(train))
-	var best []float32 // the parameters of the best validation pass (KeepBest)
+	var best []float32 // the parameters of the best validation pass (KeepBest), over the whole run
 	bestLoss, bestStep := math.Inf(1), 0
+	if tc.KeepBest && state.Best != nil {
+		best, bestLoss, bestStep = state.Best, state.BestLoss, state.BestStep
+	}
 	lastLoss := math.NaN() // of the last validation pass (at the last step taken)
 	last := tc.Steps       // the last step taken
 	for step := state.Step + 1; step <= tc.Steps; step++ {
@@ -357,6 +360,7 @@ func (c *Coordinator) Train(ctx context.Context, ds *dataset.Set, hooks Hooks) (
 			if tc.KeepBest && ev.Loss < bestLoss {
 				best = append(best[:0], co.Params...)
 				bestLoss, bestStep = ev.Loss, step
+				state.Best, state.BestLoss, state.BestStep = best, bestLoss, bestStep
 			}
 			res.Evals = append(res.Evals, ev)
 			state.Evals = res.Evals

@@ -500,3 +500,59 @@ func TestTrainStopAndGateBias(t *testing.T) {
 		}
 	}
 }
+
+// TestTrainResumeKeepsBest: with KeepBest, a run interrupted after its
+// best validation pass and resumed from a checkpoint still keeps that pass
+// (the checkpoint carries its parameters, step and loss): the same step,
+// loss and adaptor bytes as the uninterrupted run.
+func TestTrainResumeKeepsBest(t *testing.T) {
+	base, ds := testBase(t), testDataset(t)
+	tc := testTrainConfig(150, 10)
+	tc.CarryOn.Width, tc.CarryOn.FFN = 32, 96
+	tc.Optim.LR = 3e-2 // overfits: the best pass is not the last (as in TestTrainKeepBestAndAlpha)
+	tc.KeepBest = true
+	ctx := context.Background()
+	straight, err := newTestCoordinator(t, t.TempDir(), base, ds, tc).Train(ctx, ds, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Interrupt at the first checkpoint after the best pass, plus one
+	// checkpoint, so that the resumed run has passes of its own.
+	stop := (straight.Best/tc.CheckpointEvery + 2) * tc.CheckpointEvery
+	if straight.Best == tc.Steps || stop >= tc.Steps {
+		t.Fatalf("best pass at step %d of %d: the test needs one well before the end", straight.Best, tc.Steps)
+	}
+	dir := t.TempDir()
+	cctx, cancel := context.WithCancel(ctx)
+	_, err = newTestCoordinator(t, dir, base, ds, tc).Train(cctx, ds, Hooks{Checkpoint: func(step int) {
+		if step == stop {
+			cancel()
+		}
+	}})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("interrupted run: err %v, want context.Canceled", err)
+	}
+	resumed, err := newTestCoordinator(t, dir, base, ds, tc).Train(ctx, ds, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resumed.Resumed != stop {
+		t.Fatalf("resumed at %d, want %d", resumed.Resumed, stop)
+	}
+	if resumed.Best != straight.Best || resumed.Meta.Metrics["val_loss"] != straight.Meta.Metrics["val_loss"] {
+		t.Fatalf("resumed run kept step %d (val_loss %v), the uninterrupted run step %d (%v)",
+			resumed.Best, resumed.Meta.Metrics["val_loss"], straight.Best, straight.Meta.Metrics["val_loss"])
+	}
+	if !bytes.Equal(adaptorBytes(t, straight), adaptorBytes(t, resumed)) {
+		t.Error("the resumed run's adaptor differs from the uninterrupted run's")
+	}
+	// Restarted once finished: no step to take, the same kept pass.
+	again, err := newTestCoordinator(t, dir, base, ds, tc).Train(ctx, ds, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Best != straight.Best || !bytes.Equal(adaptorBytes(t, straight), adaptorBytes(t, again)) {
+		t.Errorf("restarted finished run kept step %d, want %d (same adaptor %v)", again.Best, straight.Best,
+			bytes.Equal(adaptorBytes(t, straight), adaptorBytes(t, again)))
+	}
+}
