@@ -156,7 +156,9 @@ func (c Conditions) Why(now time.Time, p Probe) string {
 // Govern applies c now and then every c.Poll until the node closes,
 // pausing the node while a condition forbids work and resuming it after (a
 // Pause by the user stays); the node's adverts say FreeSlots 0 while it is
-// paused. Call it after Start, once. It fails at once when c is out of
+// paused. Call it once, before Start (so that the node's first advert
+// already obeys c: a node outside its schedule never offers free slots) or
+// after it; the polling begins at Start. It fails at once when c is out of
 // bounds or c.IdleFor is set and p cannot tell idle time.
 func (n *Node) Govern(c Conditions, p Probe) error {
 	if err := c.Validate(); err != nil {
@@ -171,30 +173,46 @@ func (n *Node) Govern(c Conditions, p Probe) error {
 		}
 	}
 	n.mu.Lock()
-	ok := n.started && !n.closed && n.gov.done == nil
+	ok := !n.closed && n.gov.poll == nil
 	if ok {
-		n.gov.done = make(chan struct{})
+		n.gov.poll = func() { n.setPause(&n.ctl.auto, c.Why(time.Now(), p)) }
+		n.gov.every = c.Poll
 	}
 	n.mu.Unlock()
 	if !ok {
-		return errors.New("node.Govern: call once, after Start and before Close")
+		return errors.New("node.Govern: call once, before Close")
 	}
 	n.ctl.mu.Lock()
 	n.ctl.conditions = c.String()
 	n.ctl.mu.Unlock()
-	n.setPause(&n.ctl.auto, c.Why(time.Now(), p))
+	n.gov.poll()
+	n.mu.Lock()
+	if n.started && !n.closed {
+		n.startGovern()
+	}
+	n.mu.Unlock()
+	return nil
+}
+
+// startGovern starts Govern's polling loop unless it runs; the loop ends
+// with the node's context (Close). Called with n.mu held, by Start or by
+// a Govern after it.
+func (n *Node) startGovern() {
+	if n.gov.done != nil {
+		return
+	}
+	n.gov.done = make(chan struct{})
 	go func() {
 		defer close(n.gov.done)
-		t := time.NewTicker(c.Poll)
+		t := time.NewTicker(n.gov.every)
 		defer t.Stop()
 		for {
 			select {
 			case <-n.ctx.Done():
 				return
 			case <-t.C:
-				n.setPause(&n.ctl.auto, c.Why(time.Now(), p))
+				n.gov.poll()
 			}
 		}
 	}()
-	return nil
 }

@@ -86,7 +86,9 @@ type Node struct {
 
 	ctl control  // pause state, memory budget, current jobs (pause.go)
 	gov struct { // the conditions loop (Govern, conditions.go)
-		done chan struct{} // closed when it ends; nil until Govern
+		poll  func()        // applies the conditions once; nil until Govern
+		every time.Duration // how often
+		done  chan struct{} // closed when the loop ends; nil until it starts
 	}
 
 	jobs, rejected, tokens, bytesSent atomic.Int64
@@ -132,6 +134,9 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 	n.started = true
 	n.ctx, n.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	if n.gov.poll != nil { // Govern came first: its verdict holds from the first advert
+		n.startGovern()
+	}
 	n.h.SetStreamHandler(protocol.EmbedProtocol, n.handleEmbed)
 	octx, ocancel := context.WithCancel(n.ctx)
 	n.offer.cancel, n.offer.done = ocancel, make(chan struct{})

@@ -338,3 +338,56 @@ func TestPausedAdvert(t *testing.T) {
 		t.Error("a second Govern was accepted")
 	}
 }
+
+// TestGovernBeforeStart: conditions given before Start hold from the
+// node's first advert (real gossip): a node on battery never offers free
+// slots, not even for the moment between Start and its first check.
+func TestGovernBeforeStart(t *testing.T) {
+	coord, ctopics := gossipHost(t, nil, "")
+	sub, err := ctopics.Nodes.Subscribe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Cancel()
+	nh, ntopics := gossipHost(t, nil, "")
+	cfg := DefaultLocalConfig()
+	cfg.Logger, cfg.AdvertInterval = quiet, time.Hour
+	n, err := New(nh, ntopics, []Base{newTestBase()}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Govern(Conditions{Poll: time.Hour}, &fakeProbe{battery: true}); err != nil {
+		t.Fatal(err)
+	}
+	if st := n.Status(); st.State != "paused" || st.PausedReason != "on battery power" {
+		t.Fatalf("status before Start: %+v", st)
+	}
+	if err := n.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if err := nh.Connect(context.Background(), peer.AddrInfo{ID: coord.ID(), Addrs: coord.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	// The first advert the coordinator's side receives comes from the
+	// join (the one at Start reached nobody); it and its follow-ups say 0.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for got := 0; got < 2; {
+		m, err := sub.Next(ctx)
+		if err != nil {
+			t.Fatalf("adverts: %v (after %d)", err, got)
+		}
+		a, err := protocol.Unmarshal(m.Data)
+		if err != nil || a.(*protocol.Advert).Peer != nh.ID().String() {
+			continue
+		}
+		if f := a.(*protocol.Advert).FreeSlots; f != 0 {
+			t.Fatalf("advert %d of a node on battery offers %d free slots", got, f)
+		}
+		got++
+	}
+	if err := n.Govern(Conditions{}, &fakeProbe{}); err == nil {
+		t.Error("a second Govern was accepted")
+	}
+}

@@ -93,18 +93,18 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
+	if conds.Active() { // before Start: the first advert obeys the conditions
+		if err := n.Govern(conds, node.SystemProbe()); err != nil {
+			return fmt.Errorf("--schedule/--idle/--allow-battery: %w", err)
+		}
+	}
+	log.Info("joined swarm", "swarm", j.name, "peer", j.h.ID().String(), "bootstrap_peers", len(j.boot))
 	if err := n.Start(ctx); err != nil {
 		return err
 	}
 	if err := serveNodeMetrics(ctx, n, *metricsAddr, stdout); err != nil {
 		n.Close()
 		return err
-	}
-	if conds.Active() {
-		if err := n.Govern(conds, node.SystemProbe()); err != nil {
-			n.Close()
-			return fmt.Errorf("--schedule/--idle/--allow-battery: %w", err)
-		}
 	}
 	info := base.Info()
 	fmt.Fprintf(stdout, "node %s in swarm %s serving %s (%s) on %s\n", j.h.ID(), j.name, info.Name, info.WeightsHash, devName)
