@@ -104,10 +104,16 @@ type nodeState struct {
 	saved      NodeRecord    // the last record queued for the store
 	fit        bool          // its advert serves the job's base and codec
 	slots      int           // most leases its advert leaves room for
+	maxTokens  int           // largest chunk it may take (0: any): it refused one larger as over its memory limit
 	full       bool          // its advert said FreeSlots 0
 	unit       float64       // sched.unit (the ready heap's key)
 	// places in sched's heaps (-1: not in)
 	readyPos, idlePos, backPos int
+}
+
+// fits reports whether cs is no larger than what n takes.
+func (n *nodeState) fits(cs *chunkState) bool {
+	return n.maxTokens == 0 || cs.ch.Tokens() <= n.maxTokens
 }
 
 // speed is the node's measured throughput, else its advertised one, in
@@ -468,10 +474,11 @@ func (l *loop) giveUpVerification(now time.Time) {
 	l.verifyQ = kept
 }
 
-// hasCandidate reports whether an eligible node has not voted on cs.
+// hasCandidate reports whether an eligible node that may take cs has not
+// voted on it.
 func (l *loop) hasCandidate(cs *chunkState, now time.Time) bool {
 	for _, s := range l.nodes {
-		if l.eligible(s, now) && !cs.voters[s.id] {
+		if l.eligible(s, now) && !cs.voters[s.id] && s.fits(cs) {
 			return true
 		}
 	}
@@ -578,7 +585,7 @@ func (l *loop) claim(ls *lease, entries [][]Entry) claimReply {
 		return claimReply{kind: vHold, others: append([]heldResult(nil), cs.held...)}
 	}
 	p := samplingRate(l.cfg.VerifyFraction, ls.node.clean, ls.node.suspect)
-	if (cs.force || l.rng.Float64() < p) && l.canVerify(ls.node) {
+	if (cs.force || l.rng.Float64() < p) && l.canVerify(ls.node, cs) {
 		l.vs.Sampled++
 		ls.verdict = vHold
 		cs.phase = phVerify
@@ -589,14 +596,15 @@ func (l *loop) claim(ls *lease, entries [][]Entry) claimReply {
 	return claimReply{kind: vStore}
 }
 
-// canVerify reports whether a second opinion on s's result can be had.
-func (l *loop) canVerify(s *nodeState) bool {
+// canVerify reports whether a second opinion on s's result for cs can be
+// had.
+func (l *loop) canVerify(s *nodeState, cs *chunkState) bool {
 	if l.cfg.SelfVerify {
 		return true
 	}
 	now := time.Now()
 	for _, o := range l.nodes { // stops at the first: O(1) while most nodes are eligible
-		if o != s && l.eligible(o, now) {
+		if o != s && l.eligible(o, now) && o.fits(cs) {
 			return true
 		}
 	}
@@ -699,6 +707,17 @@ func (l *loop) failed(ls *lease, err error) error {
 		return nil
 	}
 	var perr *protocol.Error
+	if errors.As(err, &perr) && perr.Kind == protocol.KindTooLarge {
+		// The node's memory limit is below this chunk: no chunk as large
+		// goes to it again in this job (the layers, and so the memory per
+		// token, are the job's); others take it. Not a fault.
+		if s.maxTokens == 0 || ls.tokens-1 < s.maxTokens {
+			s.maxTokens = ls.tokens - 1
+		}
+		log.Warn("node cannot take chunks this large; leased elsewhere", "tokens", ls.tokens, "node_max_tokens", s.maxTokens, "why", perr.Msg)
+		l.requeue(cs, ls.opinion)
+		return nil
+	}
 	if errors.As(err, &perr) && perr.Kind == protocol.KindOverloaded {
 		// Back-pressure, not a fault: the node holds as many jobs as it
 		// takes; cap it there and retry soon.

@@ -254,3 +254,38 @@ func (r *realBase) Forward(ids []int32, layers []int) ([][]float32, error) {
 }
 
 var _ = fmt.Sprint
+
+// sizedFake is a fakeBase that states its memory needs (node.SizedBase),
+// so that a node's MaxMemory applies to it.
+type sizedFake struct {
+	*fakeBase
+	perToken int64
+}
+
+func (s sizedFake) WeightBytes() int64          { return 1 }
+func (s sizedFake) TokenBytes(layers int) int64 { return s.perToken * int64(layers) }
+
+// TestNodeMemoryLimit: a node whose memory limit is below every chunk
+// hands the chunks it is leased back with TooLarge; the coordinator leases
+// no chunk as large to it again, the other node does them all, and each
+// chunk is stored once.
+func TestNodeMemoryLimit(t *testing.T) {
+	ts := newTestSwarm(t)
+	ds := swarmDataset(3, 30, 4, 16) // chunks of 64 tokens
+	small := ts.addNode(sizedFake{newFakeBase(ts.base, 0, honest, 1), 1 << 10}, node.Config{MaxMemory: 1 + 32<<10})
+	ts.addNode(newFakeBase(ts.base, 100*time.Microsecond, honest, 2), node.Config{})
+	c, stores := ts.coordinator(Config{MinNodes: 2})
+	st := collect(t, c, ds)
+	exactlyOnce(t, ds, stores)
+	ns := small.n.Status()
+	warned := ts.warns.count("node cannot take chunks this large; leased elsewhere")
+	// Every chunk has the same size: after its first refusal the node gets
+	// none; refusals beyond one are leases already on their way.
+	if ns.TooLarge < 1 || ns.TooLarge > 4*int64(c.cfg.LeasesPerNode) || ns.Chunks != 0 || int64(warned) != ns.TooLarge {
+		t.Fatalf("the limited node refused %d chunks and finished %d; the coordinator warned %d times", ns.TooLarge, ns.Chunks, warned)
+	}
+	if st.Job.Reassigned != 0 {
+		t.Errorf("refusals counted as failed attempts: %+v", st.Job)
+	}
+	t.Logf("limited node refused %d chunks, then got none; %d chunks done elsewhere", ns.TooLarge, len(ds.All()))
+}

@@ -310,7 +310,7 @@ func (q *sched) assign(now time.Time, launch func(*lease), self func(*chunkState
 			kept = append(kept, q.verifyQ[i:]...)
 			break
 		}
-		pick := q.pickExcept(cs.voters, nil, now)
+		pick := q.pickFor(cs, now)
 		if pick == nil {
 			kept = append(kept, cs)
 			continue
@@ -322,6 +322,7 @@ func (q *sched) assign(now time.Time, launch func(*lease), self func(*chunkState
 	q.verifyQ = kept
 
 	// Fresh chunks.
+	var unfit []*chunkState // over the limit of every ready node looked at
 	for q.pending.len() > 0 {
 		s := q.top(now)
 		if s == nil {
@@ -335,7 +336,18 @@ func (q *sched) assign(now time.Time, launch func(*lease), self func(*chunkState
 			q.reservedQ.pushBack(cs) // its node may hold the result
 			continue
 		}
+		if !s.fits(cs) {
+			if s = q.pickFor(cs, now); s == nil {
+				if unfit = append(unfit, cs); len(unfit) >= 64 {
+					break // the rest wait for the next pass
+				}
+				continue
+			}
+		}
 		q.start(s, cs, false, false, now, launch)
+	}
+	for i := len(unfit) - 1; i >= 0; i-- { // first in line again, in order
+		q.pending.pushFront(unfit[i])
 	}
 	if q.pending.len() > 0 || q.reservedQ.len() > 0 || len(q.verifyQ) > 0 {
 		return
@@ -343,21 +355,22 @@ func (q *sched) assign(now time.Time, launch func(*lease), self func(*chunkState
 	q.speculate(now, launch)
 }
 
-// pickExcept returns the ready node first in line that is not a voter and
-// not skip, or nil; it looks at no more than len(voters)+2 nodes.
-func (q *sched) pickExcept(voters map[peer.ID]bool, skip *nodeState, now time.Time) *nodeState {
+// pickFor returns the ready node first in line that may take cs: not a
+// voter on it, and cs within its size limit (nodeState.fits); nil if none.
+// It looks at no more than len(cs.voters)+8 nodes.
+func (q *sched) pickFor(cs *chunkState, now time.Time) *nodeState {
 	var aside []*nodeState
 	defer func() {
 		for _, s := range aside {
 			q.touch(s, now)
 		}
 	}()
-	for range len(voters) + 2 {
+	for range len(cs.voters) + 8 {
 		s := q.top(now)
 		if s == nil {
 			return nil
 		}
-		if !voters[s.id] && s != skip {
+		if !cs.voters[s.id] && s.fits(cs) {
 			return s
 		}
 		q.ready.remove(s)
@@ -416,7 +429,7 @@ func (q *sched) idleFor(ls *lease, now time.Time) *nodeState {
 		if sp := s.speed(); sp != 0 && sp < ls.node.speed() {
 			return nil // the fastest idle node is slower
 		}
-		if s != ls.node && !ls.cs.voters[s.id] {
+		if s != ls.node && !ls.cs.voters[s.id] && s.fits(ls.cs) {
 			return s
 		}
 		q.idle.remove(s)

@@ -433,8 +433,10 @@ func (n *Node) handleEmbed(s network.Stream) {
 	if err := n.serveJob(ctx, s, log); err != nil {
 		n.rejected.Add(1)
 		var perr *protocol.Error
-		if errors.As(err, &perr) && perr.Kind == protocol.KindOverloaded {
-			log.Debug("chunk refused", "err", err) // the coordinator offers it again elsewhere
+		if k := protocol.KindOf(err); k == protocol.KindOverloaded || k == protocol.KindTooLarge {
+			// The coordinator leases it again (elsewhere); admit logged
+			// the hand-backs a volunteer should see.
+			log.Debug("chunk refused", "err", err)
 		} else {
 			log.Info("chunk not delivered", "err", err)
 		}

@@ -41,9 +41,9 @@ type control struct {
 	mem       *semaphore.Weighted // nil without Config.MaxMemory
 	memBudget int64               // bytes jobs may use (MaxMemory minus the weights)
 
-	current                  map[*protocol.EmbedRequest]CurrentJob
-	handedBack, computeNanos atomic.Int64
-	started                  time.Time
+	current                            map[*protocol.EmbedRequest]CurrentJob
+	handedBack, tooLarge, computeNanos atomic.Int64
+	started                            time.Time
 }
 
 func (c *control) init() {
@@ -115,25 +115,32 @@ func (n *Node) pauseState() (string, <-chan struct{}) {
 	return n.ctl.reasonLocked(), n.ctl.wake
 }
 
-// handBack is the error returning a chunk to the coordinator.
-func (n *Node) handBack(reason string) error {
+// handBack is the error returning a chunk to the coordinator because the
+// node is paused; it says so in the log.
+func (n *Node) handBack(reason string, log *slog.Logger) error {
 	n.ctl.handedBack.Add(1)
+	log.Info("chunk handed back", "why", "node paused: "+reason)
 	return protocol.Errorf(protocol.KindOverloaded, "node paused (%s): chunk handed back", reason)
 }
 
 // admit waits for a job slot and the job's memory; it fails with an
-// Overloaded error when the node is paused (now or while waiting), the
-// queue is full, or the chunk cannot fit in the memory limit. On success
+// Overloaded error when the node is paused (now or while waiting) or the
+// queue is full, and with a TooLarge one when the chunk can never fit in
+// the memory limit (the coordinator then leases it, and chunks as large,
+// to other nodes). On success
 // the caller must call n.leave(req).
 func (n *Node) admit(ctx context.Context, req *protocol.EmbedRequest, b Base, log *slog.Logger) error {
 	reason, wake := n.pauseState()
 	if reason != "" {
-		return n.handBack(reason)
+		return n.handBack(reason, log)
 	}
 	need := jobBytes(b, req)
 	if n.ctl.mem != nil && need > n.ctl.memBudget {
-		return protocol.Errorf(protocol.KindOverloaded, "chunk of %d tokens needs about %d MiB, over this node's memory limit (%d MiB left after the weights)",
+		n.ctl.tooLarge.Add(1)
+		err := protocol.Errorf(protocol.KindTooLarge, "chunk of %d tokens needs about %d MiB, over this node's memory limit (%d MiB left after the weights)",
 			req.Tokens(), need>>20, n.ctl.memBudget>>20)
+		log.Warn("chunk handed back: over this node's memory limit", "why", err.Msg, "hint", "raise --max-memory to take chunks this large")
+		return err
 	}
 	if n.waiting.Add(1) > int64(n.cfg.MaxQueue) {
 		n.waiting.Add(-1)
@@ -148,7 +155,7 @@ func (n *Node) admit(ctx context.Context, req *protocol.EmbedRequest, b Base, lo
 		case n.slots <- struct{}{}:
 		case <-wake:
 			reason, _ := n.pauseState()
-			return n.handBack(reason)
+			return n.handBack(reason, log)
 		case <-ctx.Done():
 			return protocol.Errorf(protocol.KindOverloaded, "no job slot before the deadline")
 		}
@@ -168,7 +175,7 @@ func (n *Node) admit(ctx context.Context, req *protocol.EmbedRequest, b Base, lo
 	n.ctl.mu.Unlock()
 	if reason != "" { // paused while the slot was being taken
 		n.leaveSlot(need)
-		return n.handBack(reason)
+		return n.handBack(reason, log)
 	}
 	return nil
 }

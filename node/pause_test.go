@@ -126,7 +126,8 @@ func TestPauseUnderLoad(t *testing.T) {
 }
 
 // TestMaxMemory: a base whose weights exceed the limit is refused; a chunk
-// larger than what is left is handed back, a small one runs.
+// larger than what is left is handed back with TooLarge (logged at Info,
+// counted in Status), a small one runs.
 func TestMaxMemory(t *testing.T) {
 	sb := sizedBase{newTestBase(), 1 << 20, 1 << 10}
 	_, err := New(pairHostless(t), nil, []Base{sb}, Config{MaxMemory: 1 << 19, Logger: quiet})
@@ -135,13 +136,22 @@ func TestMaxMemory(t *testing.T) {
 	}
 	c, n := pair(t, sb, Config{MaxMemory: 1<<20 + 4<<10})
 	big := chunkReq(sb, 1) // 8 tokens · 2 layers · 1 KiB > 4 KiB
-	if err := lease(open(t, c, n), big); protocol.KindOf(err) != protocol.KindOverloaded || !strings.Contains(err.Error(), "memory limit") {
+	if err := lease(open(t, c, n), big); protocol.KindOf(err) != protocol.KindTooLarge || !strings.Contains(err.Error(), "memory limit") {
 		t.Fatalf("chunk over the memory limit: %v", err)
 	}
+	waitLogged(t, n, "chunk handed back: over this node's memory limit", 1)
 	small := chunkReq(sb, 2)
 	small.Seqs, small.Layers = [][]int32{{1}}, []int{0}
 	if err := lease(open(t, c, n), small); err != nil {
 		t.Fatalf("chunk within the limit: %v", err)
+	}
+	if st := n.Status(); st.TooLarge != 1 || st.HandedBack != 0 || st.Chunks != 1 {
+		t.Fatalf("status: %+v", st)
+	}
+	var b strings.Builder
+	WriteStatusText(&b, n.Status())
+	if !strings.Contains(b.String(), "1 chunks handed back as over the memory limit") {
+		t.Errorf("status text:\n%s", b.String())
 	}
 }
 

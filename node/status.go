@@ -22,6 +22,7 @@ type Status struct {
 	Tokens       int64        `json:"tokens"`          // tokens in those jobs
 	ComputeSecs  float64      `json:"compute_seconds"` // time spent computing jobs (all slots summed)
 	HandedBack   int64        `json:"handed_back"`     // chunks returned to the coordinator because of a pause
+	TooLarge     int64        `json:"too_large"`       // chunks returned because they are over the memory limit
 	Rejected     int64        `json:"rejected"`        // requests refused or not acknowledged
 	TokensPerSec float64      `json:"tokens_per_second"`
 	Current      []CurrentJob `json:"current"` // jobs computing now
@@ -40,7 +41,7 @@ type CurrentJob struct {
 func (n *Node) Status() Status {
 	st := n.Stats()
 	s := Status{Peer: n.h.ID().String(), State: "running", Started: n.ctl.started, Chunks: st.Jobs, Tokens: st.Tokens,
-		ComputeSecs: time.Duration(n.ctl.computeNanos.Load()).Seconds(), HandedBack: n.ctl.handedBack.Load(),
+		ComputeSecs: time.Duration(n.ctl.computeNanos.Load()).Seconds(), HandedBack: n.ctl.handedBack.Load(), TooLarge: n.ctl.tooLarge.Load(),
 		Rejected: st.Rejected, TokensPerSec: st.TokensPerSec, Current: []CurrentJob{}, Limits: n.limitsText()}
 	for _, b := range n.bases {
 		i := b.Info()

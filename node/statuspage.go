@@ -120,6 +120,11 @@ func WriteStatusText(w io.Writer, s Status) error {
 	if err != nil {
 		return err
 	}
+	if s.TooLarge > 0 {
+		if _, err := fmt.Fprintf(w, "%d chunks handed back as over the memory limit: raise --max-memory to take them\n", s.TooLarge); err != nil {
+			return err
+		}
+	}
 	if s.Limits != "" {
 		if _, err := fmt.Fprintf(w, "limits: %s\n", s.Limits); err != nil {
 			return err

@@ -24,8 +24,12 @@ const (
 	KindTransient ErrorKind = 5
 	// KindNotFound: the peer does not hold the requested blob.
 	KindNotFound ErrorKind = 6
+	// KindTooLarge: the request is over a limit of this peer (a node's
+	// memory limit): do not send it, or a larger one of the same job, to
+	// this peer again; send it elsewhere.
+	KindTooLarge ErrorKind = 7
 
-	lastKind = KindNotFound
+	lastKind = KindTooLarge
 )
 
 var kindNames = [...]string{
@@ -35,6 +39,7 @@ var kindNames = [...]string{
 	KindInternal:      "internal",
 	KindTransient:     "transient",
 	KindNotFound:      "not found",
+	KindTooLarge:      "too large",
 }
 
 func (k ErrorKind) String() string {
