@@ -16,6 +16,8 @@ import (
 	"sort"
 	"strings"
 	"syscall"
+
+	"carryon/internal/service"
 )
 
 // command is one subcommand.
@@ -95,6 +97,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "carryon: unknown command %q\n\n", args[0])
 		usage(stderr)
 		return 2
+	}
+	if args[0] == "node" && service.IsWindowsService() {
+		return runNodeService(args[1:])
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -15,6 +15,7 @@ import (
 
 	"carryon/cuda"
 	"carryon/devmodel"
+	"carryon/internal/service"
 	"carryon/model"
 	"carryon/node"
 	"carryon/protocol"
@@ -113,6 +114,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(stdout, "listening on %s\n", a)
 	}
 	serveNodeStatus(ctx, n, *limits.statusAddr, stdout) // after the "node ID" line that scripts read
+	service.Started(ctx, n)                             // under a service manager: running; its Pause/Continue drive n
 	j.reach(ctx, stdout, swarm.Reach.String)
 	<-ctx.Done()
 	st := n.Stats()

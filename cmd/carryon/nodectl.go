@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -111,6 +112,19 @@ func printServiceFile(kind string, args []string, stdout io.Writer) error {
 		if strings.HasPrefix(a, "--print-service=") || strings.HasPrefix(a, "-print-service=") {
 			continue
 		}
+		// A service starts in another directory (/, C:\Windows\System32):
+		// file flags are made absolute.
+		name, val, inline := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if servicePathFlags[name] && strings.HasPrefix(a, "-") {
+			if !inline && i+1 < len(args) {
+				keep = append(keep, a)
+				i++
+				val = args[i]
+				a = absPath(val)
+			} else if inline {
+				a = a[:len(a)-len(val)] + absPath(val)
+			}
+		}
 		keep = append(keep, a)
 	}
 	text, err := service.File(kind, exe, append([]string{"node"}, keep...))
@@ -119,6 +133,20 @@ func printServiceFile(kind string, args []string, stdout io.Writer) error {
 	}
 	_, err = io.WriteString(stdout, text)
 	return err
+}
+
+// servicePathFlags are the node's flags that name files or directories.
+var servicePathFlags = map[string]bool{"key": true, "identity": true, "state": true, "model": true, "cache": true, "store": true, "pin-file": true}
+
+// absPath makes a file flag's value absolute ("default" and "" stay).
+func absPath(v string) string {
+	if v == "" || v == "default" || filepath.IsAbs(v) {
+		return v
+	}
+	if abs, err := filepath.Abs(v); err == nil {
+		return abs
+	}
+	return v
 }
 
 // runNodeCtl runs `carryon node status|pause|resume` against a running

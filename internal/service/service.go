@@ -1,6 +1,8 @@
 // Package service writes the files that run a carryon node in the
 // background: a systemd user unit (Linux), a launchd agent plist (macOS),
-// and the commands that register a Windows service or logon task.
+// and the commands that register a Windows service or logon task; and
+// the state machine of running under the Windows service manager
+// (manager.go).
 package service
 
 import (
@@ -120,17 +122,24 @@ func windows(exe string, args []string) string {
 	line := strings.Join(cmd, " ")
 	return fmt.Sprintf(`REM carryon volunteer node on Windows. Two ways to run it in the background:
 REM
-REM 1. A task at logon (recommended: it runs in your session, so --idle can
-REM    see your keyboard and mouse). In a Command Prompt:
-schtasks /Create /TN "carryon node" /SC ONLOGON /RL LIMITED /TR "%s"
-REM    Start now: schtasks /Run /TN "carryon node"; remove: schtasks /Delete /TN "carryon node" /F
+REM 1. A service (runs without anyone logged in, from boot). carryon.exe
+REM    speaks the service control protocol itself: Stop ends it, Pause and
+REM    Continue pause and resume it (like carryon node pause/resume), and
+REM    its log is %[3]s.log beside carryon.exe. A service cannot see user
+REM    input (session 0), so do not combine it with --idle; use --schedule.
+REM    In an elevated Command Prompt:
+sc.exe create %[3]s binPath= "%[1]s" start= delayed-auto DisplayName= "carryon volunteer node"
+sc.exe description %[3]s "Lends this machine's CPU to a carryon swarm"
+sc.exe failure %[3]s reset= 86400 actions= restart/60000
+sc.exe start %[3]s
+REM    Or in an elevated PowerShell:
+REM      New-Service -Name %[3]s -BinaryPathName '%[4]s' -DisplayName 'carryon volunteer node' -StartupType Automatic
+REM      Start-Service %[3]s
+REM    Pause, continue, stop, remove: sc.exe pause %[3]s / sc.exe continue %[3]s / sc.exe stop %[3]s / sc.exe delete %[3]s
 REM
-REM 2. A service (runs without anyone logged in; in session 0 it cannot see
-REM    user input, so do not combine it with --idle). carryon.exe does not
-REM    speak the service control protocol itself, so wrap it with a service
-REM    host such as WinSW or NSSM, e.g. in an elevated Command Prompt:
-REM      nssm install carryon-node %s
-REM      nssm set carryon-node AppPriority BELOW_NORMAL_PRIORITY_CLASS
-REM      nssm start carryon-node
-`, strings.ReplaceAll(line, `"`, `\"`), line)
+REM 2. A task at logon (runs in your session, so --idle can see your
+REM    keyboard and mouse; it stops when you log off). In a Command Prompt:
+schtasks /Create /TN "carryon node" /SC ONLOGON /RL LIMITED /TR "%[1]s"
+REM    Start now: schtasks /Run /TN "carryon node"; remove: schtasks /Delete /TN "carryon node" /F
+`, strings.ReplaceAll(line, `"`, `\"`), line, WindowsName, strings.ReplaceAll(line, "'", "''"))
 }

@@ -23,7 +23,9 @@ func TestFiles(t *testing.T) {
 		t.Errorf("plist arguments:\n%s", ld)
 	}
 	win, _ := File("windows", `C:\Program Files\carryon\carryon.exe`, args)
-	if !strings.Contains(win, `schtasks /Create /TN "carryon node" /SC ONLOGON`) || !strings.Contains(win, `\"C:\Program Files\carryon\carryon.exe\" node`) {
+	if !strings.Contains(win, `schtasks /Create /TN "carryon node" /SC ONLOGON`) || !strings.Contains(win, `\"C:\Program Files\carryon\carryon.exe\" node`) ||
+		!strings.Contains(win, `sc.exe create carryon-node binPath= "\"C:\Program Files\carryon\carryon.exe\" node --bootstrap`) ||
+		!strings.Contains(win, `New-Service -Name carryon-node -BinaryPathName '"C:\Program Files\carryon\carryon.exe" node --bootstrap`) {
 		t.Errorf("windows instructions:\n%s", win)
 	}
 	if _, err := File("upstart", "x", nil); err == nil {
