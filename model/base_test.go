@@ -627,29 +627,7 @@ func referenceForward(b *Base, ids []int32) [][]float64 {
 			}
 		}
 		for t := 0; t < T; t++ {
-			att := make([]float64, c.Heads*hd)
-			for hh := 0; hh < c.Heads; hh++ {
-				kvh := hh / (c.Heads / c.KVHeads) // repeat_kv
-				scores := make([]float64, t+1)
-				mx := math.Inf(-1)
-				for s := 0; s <= t; s++ {
-					for i := 0; i < hd; i++ {
-						scores[s] += qs[t][hh*hd+i] * ks[s][kvh*hd+i]
-					}
-					scores[s] /= math.Sqrt(float64(hd))
-					mx = math.Max(mx, scores[s])
-				}
-				var z float64
-				for s := range scores {
-					scores[s] = math.Exp(scores[s] - mx)
-					z += scores[s]
-				}
-				for s := range scores {
-					for i := 0; i < hd; i++ {
-						att[hh*hd+i] += scores[s] / z * vs[s][kvh*hd+i]
-					}
-				}
-			}
+			att := refCausalAttention(qs, ks, vs, t, c.Heads, c.KVHeads, hd)
 			o := lin(att, w.wo.float32(), nil, D)
 			for j := range o {
 				x[t][j] += o[j]
@@ -866,4 +844,34 @@ func BenchmarkForward(b *testing.B) {
 			b.ReportMetric(float64(bc.T*b.N)/b.Elapsed().Seconds(), "tok/s")
 		})
 	}
+}
+
+// refCausalAttention is position t's attention output in float64: each of
+// heads query heads (sharing kvHeads key/value heads, repeat_kv) attends
+// with a softmax over positions 0..t of k and v (rows of kvHeads·hd).
+func refCausalAttention(q, k, v [][]float64, t, heads, kvHeads, hd int) []float64 {
+	att := make([]float64, heads*hd)
+	for h := range heads {
+		kh := h / (heads / kvHeads)
+		sc := make([]float64, t+1)
+		mx := math.Inf(-1)
+		for j := 0; j <= t; j++ {
+			for i := range hd {
+				sc[j] += q[t][h*hd+i] * k[j][kh*hd+i]
+			}
+			sc[j] /= math.Sqrt(float64(hd))
+			mx = math.Max(mx, sc[j])
+		}
+		var z float64
+		for j := range sc {
+			sc[j] = math.Exp(sc[j] - mx)
+			z += sc[j]
+		}
+		for j := range sc {
+			for i := range hd {
+				att[h*hd+i] += sc[j] / z * v[j][kh*hd+i]
+			}
+		}
+	}
+	return att
 }

@@ -336,29 +336,6 @@ func TestLoadGGUFRejects(t *testing.T) {
 	}
 }
 
-// ggufOracle runs llama.cpp's hidden.mjs on a GGUF file.
-func ggufOracle(t *testing.T, tools, gguf string, seqs [][]int32) []oracleSeq {
-	t.Helper()
-	w := t.TempDir()
-	toks, out := filepath.Join(w, "tok.json"), filepath.Join(w, "out.json")
-	data, _ := json.Marshal(seqs)
-	if err := os.WriteFile(toks, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	runTool(t, tools, "hidden.mjs", gguf, toks, out, "--threads", "1")
-	raw, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var res struct {
-		Sequences []oracleSeq `json:"sequences"`
-	}
-	if err := json.Unmarshal(raw, &res); err != nil || len(res.Sequences) != len(seqs) {
-		t.Fatalf("oracle output: %v (%d sequences)", err, len(res.Sequences))
-	}
-	return res.Sequences
-}
-
 // Q8_0 tolerance against llama.cpp: its CPU kernels also quantize the
 // activations to Q8_0 before each product, which we do not (we multiply
 // the dequantized weights in float32), so the two differ by that rounding.

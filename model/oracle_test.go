@@ -62,12 +62,20 @@ type oracleSeq struct {
 }
 
 // runOracle converts the HF checkpoint in hfDir to GGUF and runs llama.cpp
-// over seqs, one token per decode, returning hidden states and logprobs.
+// over seqs (ggufOracle).
 func runOracle(t *testing.T, tools, hfDir string, seqs [][]int32) []oracleSeq {
 	t.Helper()
-	w := t.TempDir()
-	gguf, toks, out := filepath.Join(w, "m.gguf"), filepath.Join(w, "tok.json"), filepath.Join(w, "out.json")
+	gguf := filepath.Join(t.TempDir(), "m.gguf")
 	runTool(t, tools, "hf2gguf.py", hfDir, gguf)
+	return ggufOracle(t, tools, gguf, seqs)
+}
+
+// ggufOracle runs llama.cpp's hidden.mjs on a GGUF file over seqs, one
+// token per decode, returning hidden states and logprobs.
+func ggufOracle(t *testing.T, tools, gguf string, seqs [][]int32) []oracleSeq {
+	t.Helper()
+	w := t.TempDir()
+	toks, out := filepath.Join(w, "tok.json"), filepath.Join(w, "out.json")
 	data, _ := json.Marshal(seqs)
 	if err := os.WriteFile(toks, data, 0o644); err != nil {
 		t.Fatal(err)

@@ -96,29 +96,7 @@ func refBaseLoss(c Config, p map[string][]float64, seqs [][]int32) float64 {
 				}
 			}
 			for t := range T {
-				att := make([]float64, H*hd)
-				for h := range H {
-					kh := h / (H / KV)
-					sc := make([]float64, t+1)
-					mx := math.Inf(-1)
-					for j := 0; j <= t; j++ {
-						for i := range hd {
-							sc[j] += q[t][h*hd+i] * k[j][kh*hd+i]
-						}
-						sc[j] /= math.Sqrt(float64(hd))
-						mx = math.Max(mx, sc[j])
-					}
-					var z float64
-					for j := range sc {
-						sc[j] = math.Exp(sc[j] - mx)
-						z += sc[j]
-					}
-					for j := range sc {
-						for i := range hd {
-							att[h*hd+i] += sc[j] / z * v[j][kh*hd+i]
-						}
-					}
-				}
+				att := refCausalAttention(q, k, v, t, H, KV, hd)
 				o := lin(att, p[pre+"self_attn.o_proj.weight"], nil, D)
 				for i := range D {
 					x[t][i] += o[i]
