@@ -17,6 +17,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/pnet"
+	mocknet "github.com/libp2p/go-libp2p/p2p/net/mock"
 
 	"carryon/dataset"
 	"carryon/model"
@@ -26,9 +27,12 @@ import (
 	"carryon/tensor"
 )
 
-// Test swarm: real libp2p hosts on loopback in a private swarm, real
-// nodes (node.Node) whose compute is a fakeBase: deterministic hidden
-// states derived from the token ids at a fixed per-token cost.
+// Test swarm: libp2p hosts on go-libp2p's in-process mock network
+// (mocknet: the scheduling is under test, not sockets; sockets, pnet and
+// NAT are tested on real hosts in swarm/, node/ and cmd/carryon's
+// end-to-end tests), real gossip and real nodes (node.Node) whose compute
+// is a fakeBase: deterministic hidden states derived from the token ids at
+// a fixed per-token cost.
 
 // testModelConfig is the shape the coordinator's base and every fakeBase
 // share.
@@ -185,6 +189,7 @@ type testSwarm struct {
 	ctx    context.Context
 	psk    pnet.PSK
 	name   string
+	mn     mocknet.Mocknet // in-process links: the scheduling is under test, not sockets
 	coordH host.Host
 	topics *swarm.Topics
 	base   *model.Base
@@ -207,7 +212,7 @@ func newTestSwarm(t testing.TB) *testSwarm {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	ts := &testSwarm{t: t, ctx: ctx, psk: psk, name: protocol.SwarmName(psk), base: swarmTestBase(t), warns: &warnCounter{}}
+	ts := &testSwarm{t: t, ctx: ctx, psk: psk, name: protocol.SwarmName(psk), base: swarmTestBase(t), warns: &warnCounter{}, mn: mocknet.New()}
 	t.Cleanup(func() {
 		for _, n := range ts.nodes {
 			if n.n != nil {
@@ -217,6 +222,7 @@ func newTestSwarm(t testing.TB) *testSwarm {
 		}
 		cancel()
 		ts.coordH.Close()
+		ts.mn.Close()
 	})
 	ts.coordH, ts.topics = ts.newHost()
 	return ts
@@ -224,8 +230,11 @@ func newTestSwarm(t testing.TB) *testSwarm {
 
 func (ts *testSwarm) newHost() (host.Host, *swarm.Topics) {
 	ts.t.Helper()
-	h, err := swarm.NewHost(swarm.HostConfig{PSK: ts.psk, DialTimeout: 2 * time.Second})
+	h, err := ts.mn.GenPeer()
 	if err != nil {
+		ts.t.Fatal(err)
+	}
+	if err := ts.mn.LinkAll(); err != nil {
 		ts.t.Fatal(err)
 	}
 	if ts.coordH != nil {
