@@ -29,7 +29,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	alpha := fs.String("alpha", "", "α of requests without carryon_alpha (empty: each adaptor's own, from its config)")
 	addr := fs.String("http", defaultServeAddr, "HTTP listen address (bound before the model loads; GET /health says \"loading\" until it is ready)")
 	workers := fs.Int("workers", 1, "generations run at once (the rest wait in a queue)")
-	queue := fs.Int("queue", 64, "requests that may wait for a worker; more get 503")
+	queue := fs.Int("queue", serve.DefaultMaxQueue, "requests that may wait for a worker; more get 503")
 	maxTokens := fs.Int("max-tokens", 256, "max_tokens of requests without one")
 	maxContext := fs.Int("max-context", 0, "longest prompt + completion in tokens (0: the base's max_position_embeddings)")
 	bridge := addBridgeFlag(fs)

@@ -251,12 +251,17 @@ func TestFairQueue(t *testing.T) {
 	}
 }
 
-// TestManyClients: 100 clients at once, two workers: every one is
-// answered with the text its prompt gives alone.
+// TestManyClients: 100 clients at once, two workers and the default
+// queue: while the two workers are held, all the others wait in the queue
+// (none gets 503 server_busy), and then every one is answered with the
+// text its prompt gives alone.
 func TestManyClients(t *testing.T) {
 	const clients = 100
 	b := tinyBase(t, 64)
-	_, hs := newServer(t, Config{Base: b, Workers: 2, MaxQueue: clients})
+	events := make(chan string, 3*clients)
+	s, hs := newServer(t, Config{Base: b, Workers: 2, schedHook: func(ev, _ string) { events <- ev }})
+	hold := make(chan struct{})
+	s.tokenHook = func(context.Context, int) { <-hold }
 	want := make([]string, clients)
 	for i := range want {
 		ids, _ := expect(t, b, nil, 1, promptIDs(fmt.Sprint(i)), 4)
@@ -283,6 +288,15 @@ func TestManyClients(t *testing.T) {
 			}
 		}()
 	}
+	// Each arrival is one event: granted (the first two), queued or busy.
+	arrived := map[string]int{}
+	for range clients {
+		arrived[<-events]++
+	}
+	if arrived["granted"] != 2 || arrived["queued"] != clients-2 {
+		t.Errorf("arrivals: %v, want 2 granted and %d queued", arrived, clients-2)
+	}
+	close(hold)
 	wg.Wait()
 	for i := range clients {
 		if codes[i] != 200 || got[i] != want[i] {

@@ -113,6 +113,7 @@ func (s *scheduler) run() {
 				event("granted", c)
 			case waiting >= s.maxQueue:
 				op.reply <- schedReply{err: errBusy}
+				event("busy", c)
 			default:
 				if len(queues[c]) == 0 {
 					order = append(order, c)

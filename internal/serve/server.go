@@ -122,7 +122,7 @@ type Config struct {
 	// Workers is how many generations run at once; 0 means 1.
 	Workers int
 	// MaxQueue is how many requests may wait for a worker; more get 503.
-	// 0 means 64.
+	// 0 means DefaultMaxQueue.
 	MaxQueue int
 	// Fetch, when set, loads adaptors named by CID in requests on demand.
 	Fetch FetchFunc
@@ -135,6 +135,11 @@ type Config struct {
 	// schedHook, when set (tests), sees each scheduler event.
 	schedHook func(event, client string)
 }
+
+// DefaultMaxQueue is how many requests may wait for a worker unless
+// Config.MaxQueue says otherwise: room for a few hundred clients at once
+// (a waiting request holds its parsed body, at most 1 MiB).
+const DefaultMaxQueue = 256
 
 // Server is the HTTP server; it implements http.Handler.
 type Server struct {
@@ -179,7 +184,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	cfg.MaxContext = min(cfg.MaxContext, maxCarryOnContext)
 	cfg.Workers = cmp.Or(cfg.Workers, 1)
-	cfg.MaxQueue = cmp.Or(cfg.MaxQueue, 64)
+	cfg.MaxQueue = cmp.Or(cfg.MaxQueue, DefaultMaxQueue)
 	cfg.MaxOnDemand = cmp.Or(cfg.MaxOnDemand, 8)
 	s := &Server{cfg: cfg, base: cfg.Base, tok: cfg.Tokenizer, chat: newChatTemplate(cfg.Tokenizer),
 		started: time.Now(), loadMu: make(chan struct{}, 1), models: make(map[string]*adaptor)}
