@@ -55,3 +55,6 @@ func widenHalf(y []float32, x []byte, bf16 bool) { widenHalfGo(y, x, bf16) }
 // q8Available lists the int8 implementations this build runs: the Go
 // kernel (NEON SDOT is not written yet).
 var q8Available = []*q8Kernels{q8Go}
+
+// q8pAvailable lists the packed int8 implementations this build runs.
+var q8pAvailable = []*q8pKernels{q8pGo}

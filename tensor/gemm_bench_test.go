@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -127,38 +128,54 @@ func BenchmarkMatMulBF16(b *testing.B) {
 	}
 }
 
-// BenchmarkGemmQ8 times the int8 products (GemmQ8, each kernel) against
-// GemmQuant (Q8_0 decoded to float32 inside the blocked GEMM) on the same
-// Q8_0 weight: the Qwen2.5-0.5B MLP (prefill) and decode shapes.
+// BenchmarkGemmQ8 times the int8 products (GemmQ8 in place and
+// GemmQ8Packed, each kernel) against GemmQuant (Q8_0 decoded to float32
+// inside the blocked GEMM) on the same Q8_0 weight: the Qwen2.5-0.5B MLP
+// (prefill: gate/up, down) and decode shapes.
 //
 //	go test ./tensor/ -bench GemmQ8 -run XXX
 func BenchmarkGemmQ8(b *testing.B) {
 	rng := rand.New(rand.NewPCG(11, 12))
 	for _, s := range []benchShape{
 		{"qwen-mlp-512x4864x896", false, true, 512, 4864, 896},
+		{"qwen-down-512x896x4864", false, true, 512, 896, 4864},
 		{"decode-1x4864x896", false, true, 1, 4864, 896},
 	} {
 		w := randQ8Matrix(rng, s.n, s.k)
+		wp := PackQ8(w)
 		a := gemmRandSlice(rng, s.m*s.k)
 		c := make([]float32, s.m*s.n)
-		for _, name := range append([]string{"f32-decoded"}, allQ8Kernels...) {
+		var names []string
+		for _, n := range allQ8PKernels {
+			names = append(names, "packed-"+n)
+		}
+		for _, name := range append(append([]string{"f32-decoded"}, allQ8Kernels...), names...) {
 			for _, th := range benchThreads() {
 				b.Run(fmt.Sprintf("%s/%s/threads=%d", s.name, name, th), func(b *testing.B) {
 					var ks *q8Kernels
-					if name != "f32-decoded" {
+					var kp *q8pKernels
+					wBytes := len(w.Data)
+					switch {
+					case strings.HasPrefix(name, "packed-"):
+						kp = q8pKernelsOrSkip(b, strings.TrimPrefix(name, "packed-"))
+						wBytes = len(wp.data)
+					case name != "f32-decoded":
 						ks = q8KernelsOrSkip(b, name)
 					}
 					withProcs(b, th, func() {
 						cpu0 := cpuTime()
 						for b.Loop() {
-							if ks == nil {
-								GemmQuant(s.m, a, s.k, w, c, s.n)
-							} else {
+							switch {
+							case kp != nil:
+								gemmQ8PackedWith(kp, s.m, a, s.k, wp, c, s.n)
+							case ks != nil:
 								gemmQ8With(ks, s.m, a, s.k, &w, c, s.n)
+							default:
+								GemmQuant(s.m, a, s.k, w, c, s.n)
 							}
 						}
 						reportGFLOPS(b, s.m, s.n, s.k, cpu0)
-						b.ReportMetric(float64(len(w.Data))*float64(b.N)/b.Elapsed().Seconds()/1e9, "wGB/s")
+						b.ReportMetric(float64(wBytes)*float64(b.N)/b.Elapsed().Seconds()/1e9, "wGB/s")
 					})
 				})
 			}

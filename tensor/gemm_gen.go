@@ -47,6 +47,10 @@ func main() {
 			genQ8(fam, rm)
 		}
 	}
+	for r := 1; r <= q8pRows; r++ {
+		genQ8P(r)
+	}
+	genQuantQ8Row()
 	genFMAPeak("fmaPeakAVX2", "Y")
 	genFMAPeak("fmaPeakAVX512", "Z")
 	os.Stdout.WriteString(out.String())
@@ -1011,6 +1015,159 @@ func genFMAPeak(name, R string) {
 	for r := 0; r < 12; r++ {
 		p("\tVFMADD231PS %s%d, %s%d, %s%d", R, 14, R, 15, R, r)
 	}
+	p("\tDECQ CX")
+	p("\tJNE %s_loop", name)
+	p("\tVZEROUPPER")
+	p("\tRET")
+}
+
+// q8pRows is the tallest tile of the packed int8 kernels (q8pZR1..6); it
+// must match q8pTile in gemm_q8p.go.
+const q8pRows = 6
+
+// genQ8P emits the AVX512_VNNI micro-kernel of the packed int8 GEMM for a
+// tile of R activation rows and one 32-column weight panel:
+//
+//	func q8pZR<R>(nb int, a *byte, w *byte, c *float32, ldc int)
+//
+// a: the tile in the q8p activation layout, per 32-block 40·R bytes: R×32
+// int8 q (row i at 32·i), R float32 d (at 32·R), R int32 −128·Σq (at
+// 36·R). w: the panel, per block 1152 bytes: 32 float32 d_w, then 8 groups
+// of 4 k × 32 columns, column j's 4 bytes (q_w XOR 0x80, unsigned) at
+// 128+128·g+4·j. c: R rows of 32 float32, ldc elements apart, overwritten.
+//
+// Each column's block sum is exact in one int32 lane: the lane starts at
+// −128·Σq_a and VPDPBUSD adds (q_w+128)·q_a over 4 k at a time, the
+// activation's 4 bytes broadcast from memory. It is then converted,
+// scaled by d_a (broadcast) and accumulated with d_w by one FMA.
+func genQ8P(R int) {
+	name := fmt.Sprintf("q8pZR%d", R)
+	p("")
+	p("// func %s(nb int, a *byte, w *byte, c *float32, ldc int)", name)
+	p("TEXT ·%s(SB), NOSPLIT, $0-40", name)
+	p("\tMOVQ nb+0(FP), CX")
+	p("\tMOVQ a+8(FP), SI")
+	p("\tMOVQ w+16(FP), BX")
+	p("\tMOVQ c+24(FP), DX")
+	p("\tMOVQ ldc+32(FP), R8")
+	p("\tSHLQ $2, R8")
+	I := func(i, h int) int { return 2*i + h }
+	F := func(i, h int) int { return 2*R + 2*i + h }
+	for i := 0; i < R; i++ {
+		for h := 0; h < 2; h++ {
+			p("\tVPXORD Z%d, Z%d, Z%d", F(i, h), F(i, h), F(i, h))
+		}
+	}
+	p("%s_loop:", name)
+	for i := 0; i < R; i++ {
+		for h := 0; h < 2; h++ {
+			p("\tVPBROADCASTD %d(SI), Z%d", 36*R+4*i, I(i, h))
+		}
+	}
+	p("\tVMOVUPS 0(BX), Z28")
+	p("\tVMOVUPS 64(BX), Z29")
+	for g := 0; g < 8; g++ {
+		p("\tVMOVDQU32 %d(BX), Z30", 128+128*g)
+		p("\tVMOVDQU32 %d(BX), Z31", 192+128*g)
+		for i := 0; i < R; i++ {
+			p("\tVPDPBUSD.BCST %d(SI), Z30, Z%d", 32*i+4*g, I(i, 0))
+			p("\tVPDPBUSD.BCST %d(SI), Z31, Z%d", 32*i+4*g, I(i, 1))
+		}
+	}
+	for i := 0; i < R; i++ {
+		for h := 0; h < 2; h++ {
+			p("\tVCVTDQ2PS Z%d, Z%d", I(i, h), I(i, h))
+			p("\tVMULPS.BCST %d(SI), Z%d, Z%d", 32*R+4*i, I(i, h), I(i, h))
+			p("\tVFMADD231PS Z%d, Z%d, Z%d", 28+h, I(i, h), F(i, h))
+		}
+	}
+	p("\tADDQ $1152, BX")
+	p("\tADDQ $%d, SI", 40*R)
+	p("\tDECQ CX")
+	p("\tJNE %s_loop", name)
+	for i := 0; i < R; i++ {
+		p("\tVMOVUPS Z%d, (DX)", F(i, 0))
+		p("\tVMOVUPS Z%d, 64(DX)", F(i, 1))
+		if i < R-1 {
+			p("\tADDQ R8, DX")
+		}
+	}
+	p("\tVZEROUPPER")
+	p("\tRET")
+}
+
+// genQuantQ8Row emits the AVX-512 activation quantizer of the packed int8
+// GEMM (one row, nb blocks of 32):
+//
+//	func quantQ8RowAVX512(x *float32, nb int, q *byte, d *float32, corr *int32, stride int)
+//
+// per block: d = amax/127, q = round-to-nearest-even(x·(127/amax)) (0 when
+// amax = 0), corr = −128·Σq; q, d and corr advance by stride bytes per
+// block (the q8p layout), x by 128.
+func genQuantQ8Row() {
+	name := "quantQ8RowAVX512"
+	p("")
+	p("// func %s(x *float32, nb int, q *byte, d *float32, corr *int32, stride int)", name)
+	p("TEXT ·%s(SB), NOSPLIT, $0-48", name)
+	p("\tMOVQ x+0(FP), AX")
+	p("\tMOVQ nb+8(FP), CX")
+	p("\tMOVQ q+16(FP), DI")
+	p("\tMOVQ d+24(FP), R9")
+	p("\tMOVQ corr+32(FP), R10")
+	p("\tMOVQ stride+40(FP), R8")
+	p("\tMOVL $0x7fffffff, R11")
+	p("\tVPBROADCASTD R11, Z31")
+	p("\tMOVL $0x42fe0000, R11") // 127.0
+	p("\tVMOVD R11, X30")
+	p("\tVPXORD Z29, Z29, Z29")
+	p("%s_loop:", name)
+	p("\tVMOVUPS (AX), Z0")
+	p("\tVMOVUPS 64(AX), Z1")
+	p("\tVPANDD Z31, Z0, Z2")
+	p("\tVPANDD Z31, Z1, Z3")
+	p("\tVMAXPS Z3, Z2, Z2")
+	p("\tVEXTRACTF64X4 $1, Z2, Y3")
+	p("\tVMAXPS Y3, Y2, Y2")
+	p("\tVEXTRACTF128 $1, Y2, X3")
+	p("\tVMAXPS X3, X2, X2")
+	p("\tVPERMILPS $0x4e, X2, X3")
+	p("\tVMAXPS X3, X2, X2")
+	p("\tVMOVSHDUP X2, X3")
+	p("\tVMAXSS X3, X2, X2")
+	p("\tVDIVSS X30, X2, X3") // d = amax/127
+	p("\tVMOVSS X3, (R9)")
+	p("\tVUCOMISS X29, X2")
+	p("\tJEQ %s_zero", name)
+	p("\tVDIVSS X2, X30, X4") // id = 127/amax
+	p("\tVBROADCASTSS X4, Z4")
+	p("\tVMULPS Z4, Z0, Z0")
+	p("\tVMULPS Z4, Z1, Z1")
+	p("\tVCVTPS2DQ Z0, Z0")
+	p("\tVCVTPS2DQ Z1, Z1")
+	p("\tVPMOVSDB Z0, (DI)")
+	p("\tVPMOVSDB Z1, 16(DI)")
+	p("\tVPADDD Z1, Z0, Z0")
+	p("\tVEXTRACTI64X4 $1, Z0, Y1")
+	p("\tVPADDD Y1, Y0, Y0")
+	p("\tVEXTRACTI128 $1, Y0, X1")
+	p("\tVPADDD X1, X0, X0")
+	p("\tVPSHUFD $0x4e, X0, X1")
+	p("\tVPADDD X1, X0, X0")
+	p("\tVPSHUFD $0xb1, X0, X1")
+	p("\tVPADDD X1, X0, X0")
+	p("\tVMOVD X0, R11")
+	p("\tSHLL $7, R11")
+	p("\tNEGL R11")
+	p("\tMOVL R11, (R10)")
+	p("\tJMP %s_next", name)
+	p("%s_zero:", name)
+	p("\tVMOVDQU32 Y29, (DI)")
+	p("\tMOVL $0, (R10)")
+	p("%s_next:", name)
+	p("\tADDQ $128, AX")
+	p("\tADDQ R8, DI")
+	p("\tADDQ R8, R9")
+	p("\tADDQ R8, R10")
 	p("\tDECQ CX")
 	p("\tJNE %s_loop", name)
 	p("\tVZEROUPPER")

@@ -99,3 +99,58 @@ func fmaPeakAVX2(n int)
 
 //go:noescape
 func fmaPeakAVX512(n int)
+
+// Packed int8 kernels (gemm_q8p.go) in gemm_amd64.s: q8pZR<R> for tiles
+// of R = 1..6 rows (genQ8P) and the activation quantizer (genQuantQ8Row).
+//
+//go:noescape
+func q8pZR1(nb int, a *byte, w *byte, c *float32, ldc int)
+
+//go:noescape
+func q8pZR2(nb int, a *byte, w *byte, c *float32, ldc int)
+
+//go:noescape
+func q8pZR3(nb int, a *byte, w *byte, c *float32, ldc int)
+
+//go:noescape
+func q8pZR4(nb int, a *byte, w *byte, c *float32, ldc int)
+
+//go:noescape
+func q8pZR5(nb int, a *byte, w *byte, c *float32, ldc int)
+
+//go:noescape
+func q8pZR6(nb int, a *byte, w *byte, c *float32, ldc int)
+
+//go:noescape
+func quantQ8RowAVX512(x *float32, nb int, q *byte, d *float32, corr *int32, stride int)
+
+var q8pZFuncs = [q8pTile + 1]func(nb int, a *byte, w *byte, c *float32, ldc int){nil, q8pZR1, q8pZR2, q8pZR3, q8pZR4, q8pZR5, q8pZR6}
+
+// q8pZ is the AVX512_VNNI packed int8 GEMM. The slices are bounds-checked
+// here; the kernels read and write exactly these extents.
+var q8pZ = &q8pKernels{name: "avx512-vnni",
+	tile: func(nb int, a []byte, r int, w []byte, c []float32, ldc int) {
+		_ = a[nb*r*q8pActBlock-1]
+		_ = w[nb*q8pBlockBytes-1]
+		_ = c[(r-1)*ldc+q8pCols-1]
+		q8pZFuncs[r](nb, &a[0], &w[0], &c[0], ldc)
+	},
+	quant: func(x []float32, tile []byte, r, h int) {
+		nb := len(x) / 32
+		if nb == 0 {
+			return
+		}
+		stride := q8pActBlock * h
+		_ = tile[(nb-1)*stride+36*h+4*r+3]
+		quantQ8RowAVX512(&x[0], nb, &tile[32*r], (*float32)(unsafe.Pointer(&tile[32*h+4*r])),
+			(*int32)(unsafe.Pointer(&tile[36*h+4*r])), stride)
+	}}
+
+// q8pAvailable lists the packed int8 implementations this CPU runs,
+// slowest first.
+var q8pAvailable = func() []*q8pKernels {
+	if hasAVX512VNNI {
+		return []*q8pKernels{q8pGo, q8pZ}
+	}
+	return []*q8pKernels{q8pGo}
+}()
