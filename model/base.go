@@ -27,8 +27,13 @@ type Base struct {
 	// Embeddings and LMHead widen them once on first use (wideOnce).
 	embedQ, headQ *tensor.QuantMatrix
 	wideOnce      sync.Once
-	finalNorm     []float32 // (Dim)
-	layers        []layerWeights
+	// int8Head: headQ is Q8_0 and multiplied with int8 activations
+	// (LoadOptions.Int8); packWeights packs it into headQ8 where the CPU
+	// has the packed kernel.
+	int8Head  bool
+	headQ8    *tensor.PackedQ8
+	finalNorm []float32 // (Dim)
+	layers    []layerWeights
 
 	ropeMu sync.Mutex
 	rope   *tensor.RoPE // grown on demand up to MaxPos
@@ -74,8 +79,10 @@ type matrix struct {
 	p *tensor.PackedB
 	q *tensor.QuantMatrix // stored F16, BF16 or ggml blocks (tensor.GemmQuant)
 	// int8: q is Q8_0 and is multiplied with int8 activations
-	// (tensor.GemmQ8, LoadOptions.Int8).
+	// (tensor.GemmQ8, LoadOptions.Int8), through q8p (tensor.GemmQ8Packed)
+	// once packWeights has packed it.
 	int8 bool
+	q8p  *tensor.PackedQ8
 }
 
 func f32Matrix(f []float32) matrix { return matrix{f: f} }
@@ -97,6 +104,10 @@ func (w matrix) Apply(out, inp, bias []float32, n, ic, oc int) {
 	switch {
 	case w.p != nil:
 		tensor.GemmPacked(n, 1, inp, ic, w.p, 0, out, oc)
+		addBias(out, bias, n, oc)
+		return
+	case w.q8p != nil:
+		tensor.GemmQ8Packed(n, inp, ic, w.q8p, out, oc)
 		addBias(out, bias, n, oc)
 		return
 	case w.q != nil && w.int8:
@@ -168,6 +179,7 @@ func (b *Base) packWeights() {
 	if len(b.closers) == 0 {
 		return
 	}
+	b.packQ8()
 	c := b.Config
 	D, qd, kvd := c.Dim, c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
 	type job struct {
@@ -199,6 +211,53 @@ func (b *Base) packWeights() {
 		slab = slab[n:]
 		if !tensor.ReleasePages(tensor.Float32Bytes(j.w.f)) {
 			j.w.f = nil
+		}
+	}
+}
+
+// packQ8 repacks the Q8_0 matrices multiplied in int8 (LoadOptions.Int8)
+// for tensor.GemmQ8Packed, where the CPU has its vector kernel, into one
+// slab outside the Go heap (freed by Close). The block matrices' mapped
+// pages are released (SaveHF and float32 read them back from the file);
+// a tied head's are not, since lookup reads the embedding rows.
+func (b *Base) packQ8() {
+	if !tensor.Q8PackedFast() {
+		return
+	}
+	var ms []*matrix
+	size := 0
+	for li := range b.layers {
+		w := &b.layers[li]
+		for _, m := range []*matrix{&w.wq, &w.wk, &w.wv, &w.wo, &w.gate, &w.up, &w.down} {
+			if m.int8 && m.q != nil {
+				ms = append(ms, m)
+				size += tensor.PackedQ8Size(m.q.Rows, m.q.Cols)
+			}
+		}
+	}
+	if b.int8Head {
+		size += tensor.PackedQ8Size(b.headQ.Rows, b.headQ.Cols)
+	}
+	if size == 0 {
+		return
+	}
+	slab, free := tensor.AllocFloats((size + 3) / 4)
+	b.closers = append(b.closers, free)
+	buf := tensor.Float32Bytes(slab)
+	take := func(q *tensor.QuantMatrix) *tensor.PackedQ8 {
+		n := tensor.PackedQ8Size(q.Rows, q.Cols)
+		p := tensor.PackQ8Into(buf[:n], *q)
+		buf = buf[n:]
+		return p
+	}
+	for _, m := range ms {
+		m.q8p = take(m.q)
+		tensor.ReleasePages(m.q.Data)
+	}
+	if b.int8Head {
+		b.headQ8 = take(b.headQ)
+		if b.headQ != b.embedQ {
+			tensor.ReleasePages(b.headQ.Data)
 		}
 	}
 }
@@ -240,7 +299,7 @@ func (b *Base) Close() error {
 		errs = append(errs, c())
 	}
 	b.closers = nil
-	b.embed, b.lmHead, b.finalNorm, b.layers, b.embedQ, b.headQ = nil, nil, nil, nil, nil, nil
+	b.embed, b.lmHead, b.finalNorm, b.layers, b.embedQ, b.headQ, b.headQ8 = nil, nil, nil, nil, nil, nil, nil
 	return errors.Join(errs...)
 }
 
@@ -309,6 +368,17 @@ func (b *Base) lookup(x []float32, ids []int32) {
 //	hidden: (T, Dim)
 func (b *Base) LogitsInto(out, hidden []float32, T int) {
 	c := b.Config
+	if b.int8Head {
+		b.closeMu.RLock()
+		b.ready()
+		b.closeMu.RUnlock()
+		if b.headQ8 != nil {
+			tensor.GemmQ8Packed(T, hidden, c.Dim, b.headQ8, out, c.Vocab)
+		} else {
+			tensor.GemmQ8(T, hidden, c.Dim, *b.headQ, out, c.Vocab)
+		}
+		return
+	}
 	if b.headQ != nil {
 		tensor.GemmQuant(T, hidden, c.Dim, *b.headQ, out, c.Vocab)
 		return

@@ -405,7 +405,7 @@ func TestOracleGGUF(t *testing.T) {
 			}
 			defer bi.Close()
 			ei := compareOracle(t, bi, ref)
-			t.Logf("%-28s %v (int8 kernel %s)", tc.arch+" GGUF Q8_0 int8", ei, tensor.Q8Path())
+			t.Logf("%-28s %v (int8 kernel %s, packed %s)", tc.arch+" GGUF Q8_0 int8", ei, tensor.Q8Path(), tensor.Q8PackedPath())
 			if ei.hiddenRelL2 > oracleQ8RelL2 || ei.positions == 0 {
 				t.Errorf("Q8_0 with int8 products: hidden rel L2 %.2e, want <= %g", ei.hiddenRelL2, oracleQ8RelL2)
 			}

@@ -45,13 +45,16 @@ type LoadOptions struct {
 	// tensor.GemmQuant, which widens them exactly inside the product; the
 	// results are the same up to float32 summation order.
 	Widen bool
-	// Int8 multiplies Q8_0 block matrices with tensor.GemmQ8: the
-	// activations are rounded to int8 per block of 32 (as llama.cpp does)
-	// and the products are int8 dot products (AVX512_VNNI, AVX-VNNI or
-	// AVX2 where the CPU has them) on the weights as stored; decode
-	// (one row) reads each weight byte once. Hidden states then move by
-	// about 1e-2 relative from the exact path, like llama.cpp's own Q8_0
-	// results. Other types, the embeddings and the LM head are unchanged.
+	// Int8 multiplies Q8_0 block matrices and a Q8_0 LM head with int8
+	// products: the activations are rounded to int8 per block of 32 (as
+	// llama.cpp does) and the products are int8 dot products. Where the
+	// CPU has AVX512_VNNI the weights are repacked once, before the first
+	// forward pass, for tensor.GemmQ8Packed (the mapped originals' pages
+	// are released); elsewhere tensor.GemmQ8 reads them as stored
+	// (AVX-VNNI, AVX2 or Go). Decode (one row) reads each weight byte
+	// once. Hidden states then move by about 1e-2 relative from the exact
+	// path, like llama.cpp's own Q8_0 results. Other types and the
+	// embeddings are unchanged.
 	Int8 bool
 }
 
@@ -305,6 +308,7 @@ func (b *Base) bind(ws weightSet, opt LoadOptions) error {
 	} else if b.headQ = stored("lm_head.weight", c.Vocab, D); b.headQ == nil {
 		b.lmHead = get("lm_head.weight", c.Vocab, D)
 	}
+	b.int8Head = opt.Int8 && b.headQ != nil && b.headQ.Type == tensor.GGMLQ8_0
 	b.layers = make([]layerWeights, c.Layers)
 	for i := range b.layers {
 		p := "model.layers." + strconv.Itoa(i) + "."

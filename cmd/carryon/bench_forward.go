@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"runtime"
 	"slices"
 	"strconv"
@@ -56,7 +57,13 @@ func benchForward(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	runs := fs.Int("runs", 3, "timed runs after one warm-up")
 	decode := fs.Int("decode", 0, "also time N decode steps (batch 1, KV cache) after the prefill")
 	int8 := fs.Bool("int8", false, "Q8_0 GGUF: int8 activations and int8 dot products (model.LoadOptions.Int8)")
-	if err := parseFlags(fs, args); err != nil {
+	// --cpuprofile FILE (hidden: a developer's flag, not in the usage)
+	// writes a CPU profile of the timed prefill runs.
+	rest, cpuProfile, err := cutHiddenFlag(args, "cpuprofile")
+	if err != nil {
+		return err
+	}
+	if err := parseFlags(fs, rest); err != nil {
 		return err
 	}
 	if *modelFlag == "" || *tokens < 1 || *threads < 1 || *runs < 1 || *decode < 0 {
@@ -91,6 +98,17 @@ func benchForward(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	for r := -1; r < *runs; r++ {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if r == 0 && cpuProfile != "" {
+			f, err := os.Create(cpuProfile)
+			if err != nil {
+				return fmt.Errorf("bench forward: %w", err)
+			}
+			defer f.Close()
+			if err := pprof.StartCPUProfile(f); err != nil {
+				return fmt.Errorf("bench forward: %w", err)
+			}
+			defer pprof.StopCPUProfile()
 		}
 		t0, c0 := time.Now(), processCPU()
 		out, err := base.Forward(ids, []int{model.FinalLayer})
