@@ -90,6 +90,21 @@ func grow[T any](s []T, n int) []T {
 
 func roundUp(x, to int) int { return (x + to - 1) / to * to }
 
+// splitCols runs f(j0, j1) over [0, n) cut into runs of per: the first on
+// this goroutine, each other on its own, and returns when all are done.
+func splitCols(n, per int, f func(j0, j1 int)) {
+	var wg sync.WaitGroup
+	for j0 := per; j0 < n; j0 += per {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f(j0, min(j0+per, n))
+		}()
+	}
+	f(0, min(per, n))
+	wg.Wait()
+}
+
 // runBlocked computes the whole job with kernel kn, split over threads.
 func runBlocked[T float32 | uint16](g *gemmJob, kn *tileKernel[T], threads int) {
 	tm, tn := gemmGrid(g.m, g.n, g.k, kn.mr, kn.nr, kn.nc, threads)
@@ -466,16 +481,7 @@ func runSmallM(g *gemmJob, dot dot4Func, dotH dot4BF16Func, threads int) {
 	work := 2 * float64(m) * float64(n) * float64(k)
 	threads = min(threads, max(1, int(work/(1<<22))), (n+3)/4)
 	per := roundUp((n+threads-1)/threads, 4)
-	var wg sync.WaitGroup
-	for j0 := per; j0 < n; j0 += per {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			smallMCols(g, arows, lda, dot, dotH, j0, min(j0+per, n))
-		}()
-	}
-	smallMCols(g, arows, lda, dot, dotH, 0, min(per, n))
-	wg.Wait()
+	splitCols(n, per, func(j0, j1 int) { smallMCols(g, arows, lda, dot, dotH, j0, j1) })
 }
 
 func smallMCols(g *gemmJob, a []float32, lda int, dot dot4Func, dotH dot4BF16Func, j0, j1 int) {

@@ -182,16 +182,7 @@ func gemmQ8With(ks *q8Kernels, m int, a []float32, lda int, w *QuantMatrix, c []
 	for i0 := 0; i0 < m; i0 += q8RowsPerBlock {
 		mb := min(q8RowsPerBlock, m-i0)
 		quantizeQ8Act(act, mb, k, a[i0*lda:], lda)
-		var wg sync.WaitGroup
-		for j0 := per; j0 < n; j0 += per {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				q8Cols(ks, act, w, rb, c[i0*ldc:], ldc, j0, min(j0+per, n))
-			}()
-		}
-		q8Cols(ks, act, w, rb, c[i0*ldc:], ldc, 0, min(per, n))
-		wg.Wait()
+		splitCols(n, per, func(j0, j1 int) { q8Cols(ks, act, w, rb, c[i0*ldc:], ldc, j0, j1) })
 	}
 }
 

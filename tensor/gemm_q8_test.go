@@ -17,13 +17,7 @@ import (
 var allQ8Kernels = []string{"go", "avx2-vpmaddubsw", "avx-vnni", "avx512-vnni"}
 
 func q8KernelsOrSkip(tb testing.TB, name string) *q8Kernels {
-	for _, ks := range q8Available {
-		if ks.name == name {
-			return ks
-		}
-	}
-	tb.Skipf("int8 kernel %s: not available on this CPU/build", name)
-	return nil
+	return namedOrSkip(tb, "int8", q8Available, name, func(k *q8Kernels) string { return k.name })
 }
 
 // randQ8Matrix returns a Q8_0 matrix (n, k) with random scales and quants
@@ -67,18 +61,7 @@ func TestGemmQ8(t *testing.T) {
 			worst := 0.0
 			for _, s := range shapes {
 				w := randQ8Matrix(rng, s.n, s.k)
-				lda, ldc := s.k+3, s.n+2
-				a := gemmRandSlice(rng, s.m*lda)
-				for i := range a {
-					if rng.IntN(50) == 0 {
-						a[i] = 0
-					}
-				}
-				copy(a[:32], make([]float32, 32)) // an all-zero block: d = 0
-				c := make([]float32, (s.m-1)*ldc+s.n)
-				for i := range c {
-					c[i] = float32(math.NaN()) // overwritten, never read
-				}
+				a, lda, c, ldc := q8Operands(rng, s.m, s.n, s.k)
 				for _, th := range []int{1, 2} {
 					old := runtime.GOMAXPROCS(th)
 					gemmQ8With(ks, s.m, a, lda, &w, c, ldc)
@@ -119,6 +102,25 @@ func TestGemmQ8(t *testing.T) {
 			t.Logf("%s: largest error %.3g·2⁻²⁴·mag", name, worst)
 		})
 	}
+}
+
+// q8Operands returns a random A (m, k) for the int8 products (lda k+3,
+// some zeros, an all-zero first block: d = 0) and a C (m, n) (ldc n+2)
+// filled with NaN, which the products overwrite and never read.
+func q8Operands(rng *rand.Rand, m, n, k int) (a []float32, lda int, c []float32, ldc int) {
+	lda, ldc = k+3, n+2
+	a = gemmRandSlice(rng, m*lda)
+	for i := range a {
+		if rng.IntN(50) == 0 {
+			a[i] = 0
+		}
+	}
+	copy(a[:32], make([]float32, 32))
+	c = make([]float32, (m-1)*ldc+n)
+	for i := range c {
+		c[i] = float32(math.NaN())
+	}
+	return a, lda, c, ldc
 }
 
 // DequantizeGGMLOrPanic decodes a whole QuantMatrix to float32 (tests only).

@@ -231,16 +231,7 @@ func gemmQ8PackedWith(ks *q8pKernels, m int, a []float32, lda int, w *PackedQ8, 
 		quantizeQ8PPar(ks, act, mb, k, a[i0*lda:], lda, threads)
 		cb := c[i0*ldc:]
 		per := (panels + threads - 1) / threads
-		var wg sync.WaitGroup
-		for p0 := per; p0 < panels; p0 += per {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				q8pPanels(ks, act, w, cb, ldc, p0, min(p0+per, panels))
-			}()
-		}
-		q8pPanels(ks, act, w, cb, ldc, 0, min(per, panels))
-		wg.Wait()
+		splitCols(panels, per, func(p0, p1 int) { q8pPanels(ks, act, w, cb, ldc, p0, p1) })
 	}
 }
 

@@ -14,12 +14,18 @@ import (
 var allQ8PKernels = []string{"go", "avx512-vnni"}
 
 func q8pKernelsOrSkip(tb testing.TB, name string) *q8pKernels {
-	for _, ks := range q8pAvailable {
-		if ks.name == name {
+	return namedOrSkip(tb, "packed int8", q8pAvailable, name, func(k *q8pKernels) string { return k.name })
+}
+
+// namedOrSkip returns the implementation called name among those this CPU
+// runs (avail), or skips the test.
+func namedOrSkip[K any](tb testing.TB, what string, avail []*K, name string, nameOf func(*K) string) *K {
+	for _, ks := range avail {
+		if nameOf(ks) == name {
 			return ks
 		}
 	}
-	tb.Skipf("packed int8 kernel %s: not available on this CPU/build", name)
+	tb.Skipf("%s kernel %s: not available on this CPU/build", what, name)
 	return nil
 }
 
@@ -98,18 +104,7 @@ func TestGemmQ8Packed(t *testing.T) {
 			for _, s := range shapes {
 				wq := randQ8Matrix(rng, s.n, s.k)
 				w := PackQ8(wq)
-				lda, ldc := s.k+3, s.n+2
-				a := gemmRandSlice(rng, s.m*lda)
-				for i := range a {
-					if rng.IntN(50) == 0 {
-						a[i] = 0
-					}
-				}
-				copy(a[:32], make([]float32, 32)) // an all-zero block: d = 0
-				c := make([]float32, (s.m-1)*ldc+s.n)
-				for i := range c {
-					c[i] = float32(math.NaN()) // overwritten, never read
-				}
+				a, lda, c, ldc := q8Operands(rng, s.m, s.n, s.k)
 				wf := DequantizeGGMLOrPanic(wq)
 				nb := s.k / 32
 				// The quantized activations, by the Go model.

@@ -191,16 +191,7 @@ func runSmallMQuant(g *gemmJob, dot dot4Func, dotH dot4BF16Func, threads int) {
 	work := 2 * float64(m) * float64(n) * float64(k)
 	threads = min(threads, max(1, int(work/(1<<22))), (n+3)/4)
 	per := roundUp((n+threads-1)/threads, 4)
-	var wg sync.WaitGroup
-	for j0 := per; j0 < n; j0 += per {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			smallMQuantCols(g, dot, dotH, j0, min(j0+per, n))
-		}()
-	}
-	smallMQuantCols(g, dot, dotH, 0, min(per, n))
-	wg.Wait()
+	splitCols(n, per, func(j0, j1 int) { smallMQuantCols(g, dot, dotH, j0, j1) })
 }
 
 // bf16View returns the bytes of a BF16 matrix as bit patterns, or nil when
