@@ -84,7 +84,7 @@ func natOptions(n *NATConfig) []libp2p.Option {
 		opts = append(opts, libp2p.EnableAutoRelayWithStaticRelays(n.Relays))
 	}
 	if n.HolePunching {
-		opts = append(opts, libp2p.EnableHolePunching())
+		opts = append(opts, holePunchOption())
 	}
 	if n.AutoNATv2 || n.RelayService {
 		opts = append(opts, libp2p.EnableAutoNATv2())

@@ -7,8 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +14,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 
 	"carryon/carryon"
+	"carryon/internal/testenv"
 	"carryon/protocol"
 	"carryon/swarm"
 )
@@ -111,48 +110,6 @@ func TestPullThroughDHT(t *testing.T) {
 	}
 }
 
-// netns is a network namespace made for a test and deleted after it.
-type netns string
-
-func newNetns(t *testing.T, name string) netns {
-	t.Helper()
-	ns := netns(fmt.Sprintf("co%s%d", name, os.Getpid()%100000))
-	runCmd(t, "ip", "netns", "add", string(ns))
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", string(ns)).Run() })
-	ns.ip(t, "link", "set", "lo", "up")
-	return ns
-}
-
-func (ns netns) ip(t *testing.T, args ...string) string {
-	t.Helper()
-	return runCmd(t, "ip", append([]string{"-n", string(ns)}, args...)...)
-}
-
-func (ns netns) exec(t *testing.T, args ...string) string {
-	t.Helper()
-	return runCmd(t, "ip", append([]string{"netns", "exec", string(ns)}, args...)...)
-}
-
-func runCmd(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
-// link joins a and b with a veth pair named ifA (in a) and ifB (in b),
-// addressed addrA and addrB (CIDR), both up.
-func link(t *testing.T, a netns, ifA, addrA string, b netns, ifB, addrB string) {
-	t.Helper()
-	a.ip(t, "link", "add", ifA, "type", "veth", "peer", "name", ifB, "netns", string(b))
-	a.ip(t, "addr", "add", addrA, "dev", ifA)
-	b.ip(t, "addr", "add", addrB, "dev", ifB)
-	a.ip(t, "link", "set", ifA, "up")
-	b.ip(t, "link", "set", ifB, "up")
-}
-
 // TestNATNamespaces runs a real coordinator and a real node on either side
 // of a masquerading "home router", each in its own network namespace:
 //
@@ -163,40 +120,23 @@ func link(t *testing.T, a netns, ifA, addrA string, b netns, ifB, addrB string) 
 // chunks back over that connection until the job completes. All traffic
 // stays inside the namespaces.
 func TestNATNamespaces(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binary and runs processes")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for network namespaces")
-	}
-	for _, tool := range []string{"ip", "iptables"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (Debian packages iproute2 and iptables; CI should install them)", tool)
-		}
-	}
-	probe := fmt.Sprintf("coprobe%d", os.Getpid()%100000)
-	if out, err := exec.Command("ip", "netns", "add", probe).CombinedOutput(); err != nil {
-		t.Skipf("network namespaces not allowed here: %v: %s", err, out)
-	}
-	exec.Command("ip", "netns", "del", probe).Run()
-
-	pub, router, home := newNetns(t, "pub"), newNetns(t, "rtr"), newNetns(t, "home")
-	link(t, pub, "wan0", "10.201.0.1/24", router, "wan1", "10.201.0.2/24")
-	link(t, router, "lan0", "192.168.77.1/24", home, "lan1", "192.168.77.2/24")
-	home.ip(t, "route", "add", "default", "via", "192.168.77.1")
-	router.exec(t, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
-	router.exec(t, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "wan1", "-j", "MASQUERADE")
-	if out, err := exec.Command("ip", "-n", string(pub), "route", "get", "192.168.77.2").CombinedOutput(); err == nil {
+	testenv.RequireNetns(t)
+	pub, router, home := testenv.NewNetns(t, "pub"), testenv.NewNetns(t, "rtr"), testenv.NewNetns(t, "home")
+	testenv.Link(t, pub, "wan0", "10.201.0.1/24", router, "wan1", "10.201.0.2/24")
+	testenv.Link(t, router, "lan0", "192.168.77.1/24", home, "lan1", "192.168.77.2/24")
+	home.IP("route", "add", "default", "via", "192.168.77.1")
+	testenv.HomeRouter(router, "wan1")
+	if out, err := exec.Command("ip", "-n", pub.Name, "route", "get", "192.168.77.2").CombinedOutput(); err == nil {
 		t.Fatalf("the public namespace has a route to the home network:\n%s", out)
 	}
 
 	dir, bin, key, env := swarmSetup(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	coord := start(t, env, "ip", "netns", "exec", string(pub), bin, "coordinator", "--key", key,
+	coord := start(t, env, "ip", "netns", "exec", pub.Name, bin, "coordinator", "--key", key,
 		"--listen", "/ip4/10.201.0.1/tcp/4001", "--cache", filepath.Join(dir, "coord"), "--steps", "20")
 	addr := coord.waitLine(t, ctx, "listening on ")
-	node := start(t, env, "ip", "netns", "exec", string(home), bin, "node", "--key", key,
+	node := start(t, env, "ip", "netns", "exec", home.Name, bin, "node", "--key", key,
 		"--listen", "/ip4/192.168.77.2/tcp/0", "--bootstrap", addr, "--advert-interval", "300ms")
 	if r := node.waitLine(t, ctx, "reachability: "); !strings.HasPrefix(r, swarm.NotReachable) {
 		t.Errorf("the node behind the NAT says %q, want %q", r, swarm.NotReachable)
@@ -207,14 +147,9 @@ func TestNATNamespaces(t *testing.T) {
 	}
 
 	// The node's connection really went through the NAT.
-	nat := router.exec(t, "iptables", "-t", "nat", "-L", "POSTROUTING", "-v", "-n", "-x")
-	m := regexp.MustCompile(`(?m)^\s*(\d+)\s+\d+\s+MASQUERADE`).FindStringSubmatch(nat)
-	if m == nil {
-		t.Fatalf("no MASQUERADE rule in:\n%s", nat)
-	}
-	n, _ := strconv.Atoi(m[1])
+	n := testenv.Masqueraded(router)
 	if n == 0 {
-		t.Fatalf("no connection was masqueraded:\n%s", nat)
+		t.Fatal("no connection was masqueraded")
 	}
 	t.Logf("adaptor %s trained from embeddings leased through the NAT (%d connections masqueraded)", cidStr, n)
 }
