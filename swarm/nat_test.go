@@ -148,3 +148,54 @@ func waitRelayService(t *testing.T, h host.Host) {
 		}
 	}
 }
+
+// TestWatchPaths: a peer reached through a relay is "relayed", then
+// "direct" once the two dial each other, then "not connected"; PathTo
+// agrees at each step. (Hole-punched paths need two NATs:
+// TestHolePunchNamespaces.)
+func TestWatchPaths(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	relay := newHost(t, HostConfig{NAT: &NATConfig{RelayService: true, Reachability: network.ReachabilityPublic}})
+	behind := newHost(t, HostConfig{NAT: &NATConfig{RelayClient: true}})
+	other := newHost(t, HostConfig{NAT: &NATConfig{RelayClient: true}})
+	mustConnect(t, behind, relay)
+	waitRelayService(t, relay)
+	if _, err := client.Reserve(ctx, behind, peer.AddrInfo{ID: relay.ID(), Addrs: relay.Addrs()}); err != nil {
+		t.Fatalf("reserve a relay slot: %v", err)
+	}
+	got := make(chan Path, 16)
+	WatchPaths(ctx, other, func(p peer.ID, path Path) {
+		if p == behind.ID() {
+			got <- path
+		}
+	})
+	expect := func(want Path) {
+		t.Helper()
+		select {
+		case path := <-got:
+			if path != want {
+				t.Fatalf("WatchPaths reported %s, want %s", path, want)
+			}
+			if now := PathTo(other, behind.ID()); now != want {
+				t.Fatalf("PathTo says %s, want %s", now, want)
+			}
+		case <-ctx.Done():
+			t.Fatalf("WatchPaths never reported %s", want)
+		}
+	}
+	circuit := ma.StringCast(relay.Addrs()[0].String() + "/p2p/" + relay.ID().String() + "/p2p-circuit")
+	if err := other.Connect(ctx, peer.AddrInfo{ID: behind.ID(), Addrs: []ma.Multiaddr{circuit}}); err != nil {
+		t.Fatalf("connect through the relay: %v", err)
+	}
+	expect(PathRelayed)
+	if _, err := other.Network().DialPeer(network.WithForceDirectDial(ctx, "test"), behind.ID()); err != nil {
+		t.Fatal(err)
+	}
+	expect(PathDirect)
+	other.Network().ClosePeer(behind.ID())
+	expect(PathNone)
+	if s := PathHolePunched.String(); s != "hole-punched" {
+		t.Fatalf("PathHolePunched prints %q", s)
+	}
+}

@@ -280,9 +280,26 @@ func (j *joined) exchange(blocks *swarm.Blocks) (*swarm.Exchange, error) {
 }
 
 // reach prints how the host can be reached now and whenever that changes,
-// until ctx ends.
+// and, per peer, the NAT traversal paths (`reachable: relayed|hole-punched|
+// direct PEER`): a connection through a relay, one that DCUtR punched, and
+// a direct one that replaced a relayed one. Plain direct connections and
+// disconnections are not printed (a coordinator has thousands). Until ctx
+// ends.
 func (j *joined) reach(ctx context.Context, w io.Writer, describe func(swarm.Reach) string) {
 	swarm.WatchReach(ctx, j.h, func(r swarm.Reach) { fmt.Fprintf(w, "reachability: %s\n", describe(r)) })
+	relayed := map[peer.ID]bool{}
+	swarm.WatchPaths(ctx, j.h, func(p peer.ID, path swarm.Path) {
+		was := relayed[p]
+		delete(relayed, p)
+		switch {
+		case path == swarm.PathRelayed:
+			relayed[p] = true
+		case path == swarm.PathHolePunched, path == swarm.PathDirect && was:
+		default:
+			return
+		}
+		fmt.Fprintf(w, "reachable: %s %s\n", path, p)
+	})
 }
 
 // printIdentity says where the peer key is kept, or that the peer ID is
