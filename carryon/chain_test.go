@@ -19,18 +19,23 @@ func randomCarryOn(t *testing.T, cfg Config, seed uint64) *Model {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rng := rand.New(rand.NewPCG(seed, 9))
+	randomizeParams(c, rand.New(rand.NewPCG(seed, 9)), 0.3)
+	return c
+}
+
+// randomizeParams draws every parameter of c off its initialisation: norm
+// weights around 1 (±0.2), the rest Gaussian with deviation std.
+func randomizeParams(c *Model, rng *rand.Rand, std float64) {
 	for _, ten := range c.Tensors() {
 		p := c.Params[ten.Offset : ten.Offset+ten.Numel()]
 		for i := range p {
 			if strings.HasSuffix(ten.Name, "norm.weight") {
 				p[i] = float32(1 + 0.2*rng.NormFloat64())
 			} else {
-				p[i] = float32(0.3 * rng.NormFloat64())
+				p[i] = float32(std * rng.NormFloat64())
 			}
 		}
 	}
-	return c
 }
 
 func TestCarryOnSessionMatchesForward(t *testing.T) {

@@ -55,16 +55,7 @@ func coNewTestCase(t testing.TB, T, V int, seed uint64, std float64) coTestCase 
 		t.Fatal(err)
 	}
 	rng := rand.New(rand.NewPCG(seed, 7))
-	for _, ten := range c.Tensors() {
-		p := c.Params[ten.Offset : ten.Offset+ten.Numel()]
-		for i := range p {
-			if strings.HasSuffix(ten.Name, "norm.weight") {
-				p[i] = float32(1 + 0.2*rng.NormFloat64())
-			} else {
-				p[i] = float32(std * rng.NormFloat64())
-			}
-		}
-	}
+	randomizeParams(c, rng, std)
 	tc := coTestCase{c: c, T: T, wPred: make([]float32, V*cfg.D()), targets: make([]int32, T)}
 	for _, s := range cfg.Sources {
 		x := make([]float32, T*s.Dim)
@@ -484,18 +475,7 @@ func TestOptimizer(t *testing.T) {
 	}
 	// Zero gradients: only decoupled weight decay moves the parameters,
 	// and only the matrices.
-	o.Step(make([]float32, len(c.Params)))
-	for _, ten := range c.Tensors() {
-		for i := ten.Offset; i < ten.Offset+ten.Numel(); i++ {
-			want := before[i]
-			if ten.Decay {
-				want = float32(float64(before[i]) * (1 - float64(lr)*0.5))
-			}
-			if math.Abs(float64(c.Params[i]-want)) > 1e-7*(1+math.Abs(float64(want))) {
-				t.Fatalf("%s: %v → %v, want %v (decay %v)", ten.Name, before[i], c.Params[i], want, ten.Decay)
-			}
-		}
-	}
+	checkDecayOnly(t, c, o, before, lr, 0.5, 1e-7)
 	// Clipping: the returned norm is the norm before clipping.
 	g := make([]float32, len(c.Params))
 	for i := range g {
@@ -964,18 +944,7 @@ func TestOptimizer8bit(t *testing.T) {
 	}
 	before := slices.Clone(c.Params)
 	lr := o.LR()
-	o.Step(make([]float32, len(c.Params)))
-	for _, ten := range c.Tensors() {
-		for i := ten.Offset; i < ten.Offset+ten.Numel(); i++ {
-			want := before[i]
-			if ten.Decay {
-				want = float32(float64(before[i]) * (1 - float64(lr)*0.5))
-			}
-			if math.Abs(float64(c.Params[i]-want)) > 1e-6*(1+math.Abs(float64(want))) {
-				t.Fatalf("%s: %v → %v, want %v (decay %v)", ten.Name, before[i], c.Params[i], want, ten.Decay)
-			}
-		}
-	}
+	checkDecayOnly(t, c, o, before, lr, 0.5, 1e-6)
 }
 
 // TestLossAndStepQuant checks the fused step (each tensor updated as soon
@@ -1099,5 +1068,24 @@ func TestCarryOnHeadBF16(t *testing.T) {
 	}
 	if math.Abs(lg-lw) > 1e-3*math.Abs(lw) || !(rel <= 2e-2) {
 		t.Fatalf("bf16 head: loss %v vs exact %v, gradient rel L2 %.3g (bound 2e-2)", lg, lw, rel)
+	}
+}
+
+// checkDecayOnly steps o with zero gradients: only decoupled weight decay
+// (wd) may move c's parameters from before, and only the decayed tensors
+// (within rel relative error).
+func checkDecayOnly(t *testing.T, c *Model, o *Optimizer, before []float32, lr float32, wd, rel float64) {
+	t.Helper()
+	o.Step(make([]float32, len(c.Params)))
+	for _, ten := range c.Tensors() {
+		for i := ten.Offset; i < ten.Offset+ten.Numel(); i++ {
+			want := before[i]
+			if ten.Decay {
+				want = float32(float64(before[i]) * (1 - float64(lr)*wd))
+			}
+			if math.Abs(float64(c.Params[i]-want)) > rel*(1+math.Abs(float64(want))) {
+				t.Fatalf("%s: %v → %v, want %v (decay %v)", ten.Name, before[i], c.Params[i], want, ten.Decay)
+			}
+		}
 	}
 }
