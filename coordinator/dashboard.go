@@ -595,12 +595,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 		writeJSONError(w, http.StatusInternalServerError, "encode: "+err.Error())
 		return
 	}
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("Cache-Control", "no-store")
-	h.Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(code)
-	w.Write(append(b, '\n'))
+	writeJSONBytes(w, code, b)
 }
 
 func writeJSONError(w http.ResponseWriter, code int, msg string) {
@@ -608,6 +603,12 @@ func writeJSONError(w http.ResponseWriter, code int, msg string) {
 		Error  string `json:"error"`
 		Status int    `json:"status"`
 	}{msg, code})
+	writeJSONBytes(w, code, b)
+}
+
+// writeJSONBytes answers with the JSON document b: never cached, never
+// sniffed as anything else.
+func writeJSONBytes(w http.ResponseWriter, code int, b []byte) {
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	h.Set("Cache-Control", "no-store")
