@@ -137,7 +137,7 @@ func NewDiscovery(ctx context.Context, h host.Host, cfg DiscoveryConfig) (*Disco
 			d.Close()
 			return nil, fmt.Errorf("swarm.NewDiscovery: DHT bootstrap: %w", err)
 		}
-		d.wg.Go(func() { d.reprovide(ctx, cfg.ReprovideInterval) })
+		d.wg.Go(func() { every(ctx, cfg.ReprovideInterval, func() { d.reprovide(ctx) }) })
 	}
 	if cfg.MDNS {
 		d.mdns = mdns.NewMdnsService(h, MDNSServiceName(cfg.Swarm), &mdnsNotifee{ctx: ctx, h: h, found: cfg.OnPeerFound})
@@ -207,25 +207,31 @@ func (d *Discovery) Provide(ctx context.Context, c cid.Cid) error {
 	return nil
 }
 
-func (d *Discovery) reprovide(ctx context.Context, every time.Duration) {
-	t := time.NewTicker(every)
+// reprovide announces every CID this host provides again.
+func (d *Discovery) reprovide(ctx context.Context) {
+	d.mu.Lock()
+	cids := make([]cid.Cid, 0, len(d.provided))
+	for c := range d.provided {
+		cids = append(cids, c)
+	}
+	d.mu.Unlock()
+	for _, c := range cids {
+		pctx, cancel := context.WithTimeout(ctx, time.Minute)
+		d.dht.Provide(pctx, c, true) // best effort: the next round retries
+		cancel()
+	}
+}
+
+// every calls f each period until ctx ends (first after one period).
+func every(ctx context.Context, period time.Duration, f func()) {
+	t := time.NewTicker(period)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-		}
-		d.mu.Lock()
-		cids := make([]cid.Cid, 0, len(d.provided))
-		for c := range d.provided {
-			cids = append(cids, c)
-		}
-		d.mu.Unlock()
-		for _, c := range cids {
-			pctx, cancel := context.WithTimeout(ctx, time.Minute)
-			d.dht.Provide(pctx, c, true) // best effort: the next round retries
-			cancel()
+			f()
 		}
 	}
 }

@@ -287,16 +287,5 @@ func ServeRosterFile(ctx context.Context, h host.Host, topics *Topics, g *Roster
 		}
 	}
 	check()
-	go func() {
-		t := time.NewTicker(poll)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				check()
-			}
-		}
-	}()
+	go every(ctx, poll, check)
 }
