@@ -16,15 +16,19 @@ peak() { sed -n 's/.*Maximum resident set size (kbytes): //p' "$1" | awk '{print
 addrs=()
 for i in 1 2 3; do
   "$w/carryon" add --store "$w/s$i" "$w/file" > "$w/cid"
-  /usr/bin/time -v -o "$w/node$i.time" "$w/carryon" node --key "$w/swarm.key" --store "$w/s$i" --listen /ip4/127.0.0.1/tcp/0 \
-    --dht off --advert-interval 1h > "$w/node$i.out" 2>&1 &
-  until grep -q "listening on" "$w/node$i.out"; do sleep 0.2; done
+  /usr/bin/time -v -o "$w/node$i.time" "$w/carryon" node --key "$w/swarm.key" --store "$w/s$i" --state "$w/n$i" \
+    --listen /ip4/127.0.0.1/tcp/0 --dht off --advert-interval 1h > "$w/node$i.out" 2>&1 &
+  pid=$!
+  until grep -q "listening on" "$w/node$i.out"; do
+    kill -0 $pid 2>/dev/null || { echo "carryon node $i failed:"; cat "$w/node$i.out"; exit 1; }
+    sleep 0.2
+  done
   addrs+=("$(sed -n 's/^listening on //p' "$w/node$i.out" | head -1)")
 done
 cid=$(cut -d' ' -f1 "$w/cid")
 echo "file: $size MiB, CID $cid, $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg)"
 pull() { # name, --from list
-  rm -rf "$w/p"; local t0 t1
+  rm -rf "$w/p" "$w/out"; local t0 t1
   t0=$(date +%s.%N)
   /usr/bin/time -v -o "$w/pull.time" "$w/carryon" pull "$cid" --key "$w/swarm.key" --from "$2" --store "$w/p" \
     --out "$w/out" --check=false --max-size $(((size+1)<<20)) --timeout 10m --dht off > "$w/pull.out"
@@ -54,7 +58,7 @@ if [ -x "$kubo" ]; then
   IPFS_PATH="$w/kb" "$kubo" get -o "$w/kout" "$cid" >/dev/null 2>&1
   t1=$(date +%s.%N)
   cmp -s "$w/file" "$w/kout" || { echo "ipfs get: output differs"; exit 1; }
-  echo "ipfs get (Kubo → Kubo daemon), 1 provider: $(awk -v s=$size -v a=$t0 -v b=$t1 'BEGIN{printf "%.1f MiB/s (%.1f s)", s/(b-a), b-a}'), puller daemon peak RSS $(ps -o rss= -p $kbpid | awk '{printf "%.0f", $1/1024}') MiB (current, after the get)"
+  echo "ipfs get (Kubo → Kubo daemon), 1 provider: $(awk -v s=$size -v a=$t0 -v b=$t1 'BEGIN{printf "%.1f MiB/s (%.1f s)", s/(b-a), b-a}'), puller daemon peak RSS $(awk '/^VmHWM/{printf "%.0f", $2/1024}' /proc/$kbpid/status) MiB (VmHWM)"
   stop
   echo "Kubo daemon (server) peak RSS $(peak "$w/ka.time") MiB"
 fi
