@@ -94,19 +94,15 @@ def sgemm_gflops():
     return 5 * 2 * 256 * 896 * 4096 / (time.perf_counter() - t) / 1e9
 
 
-def main():
-    p = argparse.ArgumentParser()
-    for k, d in [("width", 64), ("layers", 2), ("heads", 4), ("ffn", 172), ("base-dim", 896),
-                 ("vocab", 32000), ("seq", 256), ("batch", 8), ("steps", 5), ("threads", 2)]:
-        p.add_argument("--" + k, type=int, default=d)
-    a = p.parse_args()
-    torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
-    D, V, T, B = a.base_dim, a.vocab, a.seq, a.batch
-    model = CarryOn(D, a.width, a.layers, a.heads, a.ffn)
-    wpred = torch.randn(V, D) * 0.02  # frozen LM head
-    x = torch.randn(B, T, D)
-    targets = torch.randint(0, V, (B, T))
+def carryon_step(D, V, W, L, H, FF, B, T, device="cpu"):
+    """The reference carry-on (base width D, width W, L blocks, H heads, MLP
+    width FF) on B random sequences of T base states, with a frozen random LM
+    head over V tokens; returns it and a function that takes one AdamW step
+    (gradients clipped at norm 1) and returns the loss tensor."""
+    model = CarryOn(D, W, L, H, FF).to(device)
+    wpred = (torch.randn(V, D) * 0.02).to(device)  # frozen LM head
+    x = torch.randn(B, T, D, device=device)
+    targets = torch.randint(0, V, (B, T), device=device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01)
 
     def step():
@@ -116,7 +112,20 @@ def main():
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        return loss.item()
+        return loss
+    return model, step
+
+
+def main():
+    p = argparse.ArgumentParser()
+    for k, d in [("width", 64), ("layers", 2), ("heads", 4), ("ffn", 172), ("base-dim", 896),
+                 ("vocab", 32000), ("seq", 256), ("batch", 8), ("steps", 5), ("threads", 2)]:
+        p.add_argument("--" + k, type=int, default=d)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    D, V, T, B = a.base_dim, a.vocab, a.seq, a.batch
+    model, step = carryon_step(D, V, a.width, a.layers, a.heads, a.ffn, B, T)
 
     step()  # warm-up
     t = time.perf_counter()

@@ -22,10 +22,9 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train_torch import CarryOn  # noqa: E402
+from bench_train_torch import CarryOn, carryon_step  # noqa: E402
 
 
 def sync():
@@ -56,26 +55,8 @@ def prefill(a):
                       "hidden_rel_l2_vs_carryon": rel, "peak_mib": torch.cuda.max_memory_allocated() / 2**20}))
 
 
-def carryon_step(D, V, W, L, H, FF, B, T):
-    model = CarryOn(D, W, L, H, FF).cuda()
-    wpred = (torch.randn(V, D) * 0.02).cuda()
-    x = torch.randn(B, T, D, device="cuda")
-    targets = torch.randint(0, V, (B, T), device="cuda")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.01)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        y = model(x)
-        loss = F.cross_entropy((y @ wpred.T).view(B * T, V), targets.view(-1))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        return loss
-    return model, step
-
-
 def train(a):
-    model, step = carryon_step(a.base_dim, a.vocab, a.width, a.layers, a.heads, a.ffn, a.batch, a.seq)
+    model, step = carryon_step(a.base_dim, a.vocab, a.width, a.layers, a.heads, a.ffn, a.batch, a.seq, "cuda")
     step(); sync()
     t = time.perf_counter()
     for _ in range(a.steps):
@@ -90,7 +71,7 @@ def train(a):
 
 def memory(a):
     torch.cuda.reset_peak_memory_stats()
-    model, step = carryon_step(a.base_dim, a.vocab, a.width, a.layers, a.heads, a.ffn, a.batch, a.seq)
+    model, step = carryon_step(a.base_dim, a.vocab, a.width, a.layers, a.heads, a.ffn, a.batch, a.seq, "cuda")
     step(); sync()
     print(json.dumps({"impl": "pytorch-" + torch.__version__ + "-cuda-f32", "what": "one training step",
                       "width": a.width, "layers": a.layers, "base_dim": a.base_dim, "vocab": a.vocab,
