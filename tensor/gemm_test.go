@@ -199,6 +199,22 @@ func gemmCases(rng *rand.Rand) []gemmCase {
 	return cs
 }
 
+// gemmOperands draws A (m×k) and B (k×n, or n×k with transB) with padded
+// leading dimensions, and gives the leading dimension for C (m×n).
+func gemmOperands(rng *rand.Rand, m, n, k int, transB bool) (a []float32, lda int, b []float32, ldb, ldc int) {
+	lda, ldb, ldc = k+3, n+1, n+2
+	if transB {
+		ldb = k + 5
+	}
+	a = gemmRandSlice(rng, (m-1)*lda+k)
+	if transB {
+		b = gemmRandSlice(rng, (n-1)*ldb+k)
+	} else {
+		b = gemmRandSlice(rng, (k-1)*ldb+n)
+	}
+	return a, lda, b, ldb, ldc
+}
+
 func gemmRandSlice(rng *rand.Rand, n int) []float32 {
 	s := make([]float32, n)
 	for i := range s {

@@ -43,6 +43,15 @@ func randSlice(rng *rand.Rand, n int, scale float64) []float32 {
 	return s
 }
 
+// randTargets draws n token ids below v.
+func randTargets(rng *rand.Rand, n, v int) []int32 {
+	t := make([]int32, n)
+	for i := range t {
+		t[i] = int32(rng.IntN(v))
+	}
+	return t
+}
+
 func to64(s []float32) []float64 {
 	if s == nil {
 		return nil

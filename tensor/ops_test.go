@@ -407,10 +407,7 @@ func BenchmarkCrossEntropyLMHead(b *testing.B) {
 	rng := rand.New(rand.NewPCG(2, 2))
 	y := randSlice(rng, T*D, 1)
 	w := randSlice(rng, V*D, 0.05)
-	targets := make([]int32, T)
-	for i := range targets {
-		targets[i] = int32(rng.IntN(V))
-	}
+	targets := randTargets(rng, T, V)
 	dy := make([]float32, T*D)
 	scratch := make([]float32, chunk*V)
 	b.ResetTimer()

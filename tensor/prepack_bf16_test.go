@@ -46,17 +46,7 @@ func TestGemmPackedBF16(t *testing.T) {
 					for _, th := range []int{1, 2, 3} {
 						sub := fmt.Sprintf("%dx%dx%d/transB=%v/threads=%d", s.m, s.n, s.k, transB, th)
 						old := runtime.GOMAXPROCS(th)
-						lda, ldb, ldc := s.k+3, s.n+1, s.n+2
-						if transB {
-							ldb = s.k + 5
-						}
-						a := gemmRandSlice(rng, (s.m-1)*lda+s.k)
-						var b []float32
-						if transB {
-							b = gemmRandSlice(rng, (s.n-1)*ldb+s.k)
-						} else {
-							b = gemmRandSlice(rng, (s.k-1)*ldb+s.n)
-						}
+						a, lda, b, ldb, ldc := gemmOperands(rng, s.m, s.n, s.k, transB)
 						ar, br := roundBF16(a), roundBF16(b)
 						c0 := gemmRandSlice(rng, (s.m-1)*ldc+s.n)
 						pb := packBBF16With(ks, transB, s.n, s.k, b, ldb)

@@ -29,17 +29,7 @@ func TestGemmPacked(t *testing.T) {
 				for _, th := range []int{1, 2, 3} {
 					name := fmt.Sprintf("%s/%dx%dx%d/transB=%v/threads=%d", ks.name, s.m, s.n, s.k, transB, th)
 					old := runtime.GOMAXPROCS(th)
-					lda, ldb, ldc := s.k+3, s.n+1, s.n+2
-					if transB {
-						ldb = s.k + 5
-					}
-					a := gemmRandSlice(rng, (s.m-1)*lda+s.k)
-					var b []float32
-					if transB {
-						b = gemmRandSlice(rng, (s.n-1)*ldb+s.k)
-					} else {
-						b = gemmRandSlice(rng, (s.k-1)*ldb+s.n)
-					}
+					a, lda, b, ldb, ldc := gemmOperands(rng, s.m, s.n, s.k, transB)
 					c0 := gemmRandSlice(rng, (s.m-1)*ldc+s.n)
 					pb := packBWith(ks, transB, s.n, s.k, b, ldb)
 					if pb.N() != s.n || pb.K() != s.k || pb.Floats() < s.n*s.k {
@@ -210,10 +200,7 @@ func BenchmarkCrossEntropyLMHeadPacked(b *testing.B) {
 	rng := rand.New(rand.NewPCG(2, 2))
 	y := randSlice(rng, T*D, 1)
 	w := randSlice(rng, V*D, 0.05)
-	targets := make([]int32, T)
-	for i := range targets {
-		targets[i] = int32(rng.IntN(V))
-	}
+	targets := randTargets(rng, T, V)
 	dy := make([]float32, T*D)
 	wt, wn := PackB(true, V, D, w, D), PackB(false, D, V, w, D)
 	for _, chunk := range []int{64, 256} {
