@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
@@ -46,6 +47,40 @@ func gossipHost(t *testing.T, key crypto.PrivKey, listen string) (host.Host, *sw
 		t.Fatal(err)
 	}
 	return h, topics
+}
+
+// joinedNode makes a node with one test base on a fresh gossip host;
+// beforeStart (if not nil) sees it before Start. It starts (and is closed
+// when the test ends), and its host connects to coord.
+func joinedNode(t *testing.T, cfg Config, coord host.Host, beforeStart func(*Node)) (*Node, host.Host) {
+	t.Helper()
+	nh, ntopics := gossipHost(t, nil, "")
+	n, err := New(nh, ntopics, []Base{newTestBase()}, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if beforeStart != nil {
+		beforeStart(n)
+	}
+	if err := n.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	if err := nh.Connect(context.Background(), peer.AddrInfo{ID: coord.ID(), Addrs: coord.Addrs()}); err != nil {
+		t.Fatal(err)
+	}
+	return n, nh
+}
+
+// subscribed subscribes to topic until the test ends.
+func subscribed(t *testing.T, topic *pubsub.Topic) *pubsub.Subscription {
+	t.Helper()
+	sub, err := topic.Subscribe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sub.Cancel)
+	return sub
 }
 
 // TestAnnounceOnJoinAndRedial: a node whose advert interval is an hour
@@ -125,21 +160,10 @@ func TestAnnounceOnJoinAndRedial(t *testing.T) {
 // node says at Warn that it has no work for its base.
 func TestNoWorkForBase(t *testing.T) {
 	coord, ctopics := gossipHost(t, nil, "")
-	nh, ntopics := gossipHost(t, nil, "")
 	var log testenv.Log
 	cfg := DefaultLocalConfig()
 	cfg.Logger = slog.New(slog.NewTextHandler(&log, nil))
-	n, err := New(nh, ntopics, []Base{newTestBase()}, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	if err := nh.Connect(context.Background(), peer.AddrInfo{ID: coord.ID(), Addrs: coord.Addrs()}); err != nil {
-		t.Fatal(err)
-	}
+	joinedNode(t, cfg, coord, nil)
 	other := newTestBase().info
 	other.Name, other.WeightsHash = "other", strings.Repeat("ab", 32)
 	// A coordinator announces its job again and again; a gossip message

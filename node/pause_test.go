@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
-	"github.com/libp2p/go-libp2p/core/peer"
 
 	"carryon/protocol"
 	"carryon/swarm"
@@ -294,25 +293,10 @@ func TestStatusHandler(t *testing.T) {
 // Real gossip between two hosts; the coordinator's side is a subscriber.
 func TestPausedAdvert(t *testing.T) {
 	coord, ctopics := gossipHost(t, nil, "")
-	sub, err := ctopics.Nodes.Subscribe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Cancel()
-	nh, ntopics := gossipHost(t, nil, "")
+	sub := subscribed(t, ctopics.Nodes)
 	cfg := DefaultLocalConfig()
 	cfg.Logger, cfg.AdvertInterval, cfg.MaxJobs, cfg.MaxQueue = quiet, time.Hour, 2, 1
-	n, err := New(nh, ntopics, []Base{newTestBase()}, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	if err := nh.Connect(context.Background(), peer.AddrInfo{ID: coord.ID(), Addrs: coord.Addrs()}); err != nil {
-		t.Fatal(err)
-	}
+	n, nh := joinedNode(t, cfg, coord, nil)
 	// next returns the node's next advert whose FreeSlots satisfy want.
 	// The interval is an hour, so each comes from a join or a pause change
 	// (or their few follow-ups, which say the same).
@@ -354,31 +338,17 @@ func TestPausedAdvert(t *testing.T) {
 // slots, not even for the moment between Start and its first check.
 func TestGovernBeforeStart(t *testing.T) {
 	coord, ctopics := gossipHost(t, nil, "")
-	sub, err := ctopics.Nodes.Subscribe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Cancel()
-	nh, ntopics := gossipHost(t, nil, "")
+	sub := subscribed(t, ctopics.Nodes)
 	cfg := DefaultLocalConfig()
 	cfg.Logger, cfg.AdvertInterval = quiet, time.Hour
-	n, err := New(nh, ntopics, []Base{newTestBase()}, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := n.Govern(Conditions{Poll: time.Hour}, &fakeProbe{battery: true}); err != nil {
-		t.Fatal(err)
-	}
-	if st := n.Status(); st.State != "paused" || st.PausedReason != "on battery power" {
-		t.Fatalf("status before Start: %+v", st)
-	}
-	if err := n.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	if err := nh.Connect(context.Background(), peer.AddrInfo{ID: coord.ID(), Addrs: coord.Addrs()}); err != nil {
-		t.Fatal(err)
-	}
+	n, nh := joinedNode(t, cfg, coord, func(n *Node) {
+		if err := n.Govern(Conditions{Poll: time.Hour}, &fakeProbe{battery: true}); err != nil {
+			t.Fatal(err)
+		}
+		if st := n.Status(); st.State != "paused" || st.PausedReason != "on battery power" {
+			t.Fatalf("status before Start: %+v", st)
+		}
+	})
 	// The first advert the coordinator's side receives comes from the
 	// join (the one at Start reached nobody); it and its follow-ups say 0.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
