@@ -70,6 +70,14 @@ func localCoordinator(t *testing.T, dir string, b *model.Base, codec string, lay
 	return c
 }
 
+// collectLocal fills c's cache for ds in this process (CollectLocal).
+func collectLocal(t *testing.T, c *Coordinator, ds *dataset.Set) {
+	t.Helper()
+	if err := c.CollectLocal(context.Background(), ds, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestCollectLocal(t *testing.T) {
 	b := localBase(t)
 	ds := localData(t, 20)

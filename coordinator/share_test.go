@@ -72,9 +72,7 @@ func TestFetchCached(t *testing.T) {
 	_, psk := shareKey(t)
 	layers := []int{model.FinalLayer, 1}
 	a, ha := hostCoordinator(t, psk, t.TempDir(), b, layers)
-	if err := a.CollectLocal(context.Background(), ds, nil, nil); err != nil {
-		t.Fatal(err)
-	}
+	collectLocal(t, a, ds)
 	all := ds.All()
 	lacking := all[len(all)-1]
 	if err := a.drop(lacking); err != nil { // a does not hold this one
@@ -127,9 +125,7 @@ func TestFetchCached(t *testing.T) {
 		t.Fatalf("second fetch: %+v, %v", rep, err)
 	}
 	// Training on fetched embeddings is training on computed ones.
-	if err := a.CollectLocal(context.Background(), ds, nil, nil); err != nil {
-		t.Fatal(err)
-	}
+	collectLocal(t, a, ds)
 	ra, err := a.Train(context.Background(), ds, Hooks{})
 	if err != nil {
 		t.Fatal(err)
@@ -188,9 +184,7 @@ func TestFetchCachedLiars(t *testing.T) {
 	_, psk := shareKey(t)
 	layers := []int{model.FinalLayer, 1}
 	a, ha := hostCoordinator(t, psk, t.TempDir(), b, layers)
-	if err := a.CollectLocal(context.Background(), ds, nil, nil); err != nil {
-		t.Fatal(err)
-	}
+	collectLocal(t, a, ds)
 	ch := ds.All()[0]
 	repoint := func(k Key, id string) {
 		err := a.state.write(func(tx *bolt.Tx) error {
@@ -235,9 +229,7 @@ func TestCacheQueryProtocol(t *testing.T) {
 	ds := localData(t, 6)
 	_, psk := shareKey(t)
 	a, ha := hostCoordinator(t, psk, t.TempDir(), b, nil)
-	if err := a.CollectLocal(context.Background(), ds, nil, nil); err != nil {
-		t.Fatal(err)
-	}
+	collectLocal(t, a, ds)
 	hb, err := swarm.NewHost(swarm.HostConfig{PSK: psk})
 	if err != nil {
 		t.Fatal(err)
@@ -287,9 +279,7 @@ func TestCacheDirLsGC(t *testing.T) {
 	ds := localData(t, 9)
 	dir := t.TempDir()
 	c := localCoordinator(t, dir, b, "q8", nil)
-	if err := c.CollectLocal(context.Background(), ds, nil, nil); err != nil {
-		t.Fatal(err)
-	}
+	collectLocal(t, c, ds)
 	ctx := context.Background()
 	adaptor, err := c.store.AddBytes(ctx, bytes.Repeat([]byte("adaptor "), 100000))
 	if err != nil {
@@ -410,9 +400,7 @@ func TestImportLegacyCache(t *testing.T) {
 	ds := localData(t, 9)
 	dir := t.TempDir()
 	c := localCoordinator(t, dir, b, "q8", nil)
-	if err := c.CollectLocal(context.Background(), ds, nil, nil); err != nil {
-		t.Fatal(err)
-	}
+	collectLocal(t, c, ds)
 	// Turn it into the old layout.
 	all := ds.All()
 	for i, ch := range all {
@@ -460,9 +448,7 @@ func TestKuboFetchesCachedEmbedding(t *testing.T) {
 	b := localBase(t)
 	ds := localData(t, 6)
 	c, h := hostCoordinator(t, psk, t.TempDir(), b, nil)
-	if err := c.CollectLocal(context.Background(), ds, nil, nil); err != nil {
-		t.Fatal(err)
-	}
+	collectLocal(t, c, ds)
 	ai, err := peer.AddrInfoFromP2pAddr(ma.StringCast(addr))
 	if err != nil {
 		t.Fatal(err)
