@@ -255,6 +255,9 @@ func (a *frameAnnouncer) cached(c cid.Cid) {
 
 // announceHeld queues the frames the cache held at start (call once).
 func (a *frameAnnouncer) announceHeld(held []cid.Cid) {
+	if len(held) == 0 {
+		return
+	}
 	a.log.Info("announcing the cached embedding frames held here in the DHT", "frames", len(held))
 	a.held <- held
 }
@@ -271,9 +274,6 @@ func (a *frameAnnouncer) run(ctx context.Context) {
 				return
 			case held = <-a.held:
 				total = len(held)
-				if total == 0 {
-					a.log.Info("cached embedding frames held at start announced in the DHT", "frames", 0)
-				}
 				continue
 			case c = <-a.added:
 			}
