@@ -77,7 +77,7 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{"mlp bias", edit(`"mlp_bias": false`, `"mlp_bias": true`), "mlp_bias"},
 		{"act", edit(`"hidden_act": "silu"`, `"hidden_act": "gelu"`), "hidden_act"},
 		{"sliding", edit(`"use_sliding_window": false`, `"use_sliding_window": true`), "use_sliding_window"},
-		{"not json", "{", "model.ParseConfig"},
+		{"not json", "{", "not valid JSON"},
 	}
 	for _, c := range cases {
 		if c.json == base && c.name != "not json" {

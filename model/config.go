@@ -85,18 +85,18 @@ const MaxConfigBytes = 1 << 20
 // model and validates it.
 func ParseConfig(data []byte) (Config, error) {
 	if len(data) > MaxConfigBytes {
-		return Config{}, fmt.Errorf("model.ParseConfig: %d bytes exceeds the %d-byte cap", len(data), MaxConfigBytes)
+		return Config{}, fmt.Errorf("%d bytes exceeds the %d-byte cap of a config", len(data), MaxConfigBytes)
 	}
 	var h hfConfig
 	if err := json.Unmarshal(data, &h); err != nil {
-		return Config{}, fmt.Errorf("model.ParseConfig: %w", err)
+		return Config{}, fmt.Errorf("not valid JSON: %w", err)
 	}
 	c, err := h.config()
 	if err != nil {
-		return Config{}, fmt.Errorf("model.ParseConfig: %w", err)
+		return Config{}, err
 	}
 	if err := c.Validate(); err != nil {
-		return Config{}, fmt.Errorf("model.ParseConfig: %w", err)
+		return Config{}, err
 	}
 	return c, nil
 }

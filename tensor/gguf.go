@@ -274,12 +274,12 @@ func (g *GGUF) Close() error {
 func OpenGGUF(path string) (*GGUF, error) {
 	data, unmap, err := mapFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("tensor.OpenGGUF: %w", err)
+		return nil, fmt.Errorf("read GGUF: %w", err)
 	}
 	g, err := ParseGGUF(data)
 	if err != nil {
 		unmap()
-		return nil, fmt.Errorf("tensor.OpenGGUF: %s: %w", path, err)
+		return nil, fmt.Errorf("read GGUF %s: %w", path, err)
 	}
 	g.closer = unmap
 	return g, nil

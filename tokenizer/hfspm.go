@@ -32,7 +32,7 @@ func LoadHF(path string) (Tokenizer, error) {
 	if !IsSPMJSON(data) {
 		return LoadTokenizer(path)
 	}
-	t, err := ParseSPMJSON(data)
+	t, err := parseSPMJSON(data)
 	if err != nil {
 		return nil, fmt.Errorf("read tokenizer %s: %w", path, err)
 	}
@@ -129,16 +129,25 @@ func IsSPMJSON(data []byte) bool {
 // template, EOS is </s> when there is one; LoadHF applies
 // tokenizer_config.json over both.
 func ParseSPMJSON(data []byte) (*SPMTokenizer, error) {
+	t, err := parseSPMJSON(data)
+	if err != nil {
+		return nil, fmt.Errorf("tokenizer.json: %w", err)
+	}
+	return t, nil
+}
+
+// parseSPMJSON is ParseSPMJSON with errors that do not name the file.
+func parseSPMJSON(data []byte) (*SPMTokenizer, error) {
 	if len(data) > TokMaxFileBytes {
-		return nil, fmt.Errorf("tokenizer.json: %d bytes exceeds the cap of %d", len(data), TokMaxFileBytes)
+		return nil, fmt.Errorf("%d bytes exceeds the cap of %d", len(data), TokMaxFileBytes)
 	}
 	var f hfSPMJSON
 	if err := json.Unmarshal(data, &f); err != nil {
-		return nil, fmt.Errorf("tokenizer.json: %w", err)
+		return nil, fmt.Errorf("not valid JSON: %w", err)
 	}
 	t, err := hfSPMBuild(&f)
 	if err != nil {
-		return nil, fmt.Errorf("tokenizer.json (SentencePiece form): %w", err)
+		return nil, fmt.Errorf("SentencePiece form: %w", err)
 	}
 	return t, nil
 }

@@ -135,7 +135,7 @@ func NewBPETokenizer(vocab []string, merges []string, pre string, special map[st
 	for i, m := range merges {
 		a, b, ok := strings.Cut(m, " ")
 		if !ok || strings.Contains(b, " ") {
-			return nil, fmt.Errorf("model.NewBPETokenizer: merge %d %q is not two tokens separated by one space", i, m)
+			return nil, fmt.Errorf("BPE vocabulary: merge %d %q is not two tokens separated by one space", i, m)
 		}
 		pairs[i] = [2]string{a, b}
 	}
@@ -154,7 +154,7 @@ func NewBPETokenizer(vocab []string, merges []string, pre string, special map[st
 	opts := tokOptions{pre: pre, nfc: family == PretokQwen2, ignoreMerges: family == PretokLlama3, unk: -1}
 	t, err := tokBuild(vmap, pairs, added, opts)
 	if err != nil {
-		return nil, fmt.Errorf("model.NewBPETokenizer: %w", err)
+		return nil, fmt.Errorf("BPE vocabulary: %w", err)
 	}
 	t.bos, t.eos = t.guessBOS(), t.guessEOS()
 	return t, nil
@@ -625,14 +625,14 @@ func tokIsNull(raw json.RawMessage) bool {
 func LoadTokenizer(path string) (*BPETokenizer, error) {
 	data, err := tokReadCapped(path, TokMaxFileBytes)
 	if err != nil {
-		return nil, fmt.Errorf("model.LoadTokenizer: %w", err)
+		return nil, fmt.Errorf("read tokenizer: %w", err)
 	}
-	t, err := ParseTokenizer(data)
+	t, err := parseTokenizer(data)
 	if err != nil {
-		return nil, fmt.Errorf("model.LoadTokenizer: %s: %w", path, err)
+		return nil, fmt.Errorf("read tokenizer %s: %w", path, err)
 	}
 	if _, err := tokConfigBeside(t, path); err != nil {
-		return nil, fmt.Errorf("model.LoadTokenizer: %w", err)
+		return nil, fmt.Errorf("read tokenizer: %w", err)
 	}
 	return t, nil
 }
@@ -722,18 +722,23 @@ func tokApplyConfig(t tokConfigurable, data []byte) error {
 // and NFC or no normalizer. BOS comes from the post-processor's template,
 // EOS from well-known names.
 func ParseTokenizer(data []byte) (*BPETokenizer, error) {
+	t, err := parseTokenizer(data)
+	if err != nil {
+		return nil, fmt.Errorf("tokenizer.json: %w", err)
+	}
+	return t, nil
+}
+
+// parseTokenizer is ParseTokenizer with errors that do not name the file.
+func parseTokenizer(data []byte) (*BPETokenizer, error) {
 	if len(data) > TokMaxFileBytes {
-		return nil, fmt.Errorf("model.ParseTokenizer: %d bytes exceeds the cap of %d", len(data), TokMaxFileBytes)
+		return nil, fmt.Errorf("%d bytes exceeds the cap of %d", len(data), TokMaxFileBytes)
 	}
 	var f tokJSON
 	if err := json.Unmarshal(data, &f); err != nil {
-		return nil, fmt.Errorf("model.ParseTokenizer: %w", err)
+		return nil, fmt.Errorf("not valid JSON: %w", err)
 	}
-	t, err := tokFromJSON(&f)
-	if err != nil {
-		return nil, fmt.Errorf("model.ParseTokenizer: %w", err)
-	}
-	return t, nil
+	return tokFromJSON(&f)
 }
 
 func tokFromJSON(f *tokJSON) (*BPETokenizer, error) {

@@ -411,7 +411,7 @@ func TestLoadTokenizerConfig(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "tokenizer_config.json"), []byte(bad), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LoadTokenizer(path); err == nil || !strings.HasPrefix(err.Error(), "model.LoadTokenizer: ") {
+	if _, err := LoadTokenizer(path); err == nil || !strings.HasPrefix(err.Error(), "read tokenizer: ") {
 		t.Fatalf("unknown eos_token: err = %v", err)
 	}
 	if _, err := LoadTokenizer(filepath.Join(dir, "missing.json")); err == nil {
@@ -444,7 +444,7 @@ func TestParseTokenizerErrors(t *testing.T) {
 		{"huge id", map[string]any{"model": map[string]any{"type": "BPE", "vocab": map[string]int{"a": 1 << 30}}}, "outside"},
 	} {
 		_, err := ParseTokenizer(tinyTokenizerJSON(t, false, c.extra))
-		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.HasPrefix(err.Error(), "model.ParseTokenizer: ") {
+		if err == nil || !strings.Contains(err.Error(), c.want) || !strings.HasPrefix(err.Error(), "tokenizer.json: ") {
 			t.Errorf("%s: err = %v, want one containing %q", c.name, err, c.want)
 		}
 	}
