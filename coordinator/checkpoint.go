@@ -390,8 +390,9 @@ func (c *Coordinator) runKey(ds *dataset.Set, co carryon.Config, parent string) 
 		Batch                                      int
 		Seed                                       uint64
 		GateBias                                   float32 `json:",omitempty"`
+		HeadBF16                                   bool    `json:",omitempty"` // the head in bf16 where it takes effect
 	}{CheckpointFormat, CheckpointVersion, c.base.WeightsHash, ds.Hash, c.codec.String(), parent,
-		c.cfg.Layers, co, tc.Optim, tc.BatchSeqs, tc.Seed, tc.GateBias})
+		c.cfg.Layers, co, tc.Optim, tc.BatchSeqs, tc.Seed, tc.GateBias, tc.headBF16()})
 	if err != nil {
 		return "", fmt.Errorf("run key: %w", err)
 	}

@@ -135,6 +135,14 @@ type TrainConfig struct {
 	// the initial output is the base's whatever the value; it sets how
 	// fast Δx reaches the output early on. A search hyper-parameter.
 	GateBias float32
+	// HeadBF16 multiplies the frozen LM head in bf16 on the CPU
+	// (carryon.Workspace.HeadBF16) where it has AVX512_BF16
+	// (tensor.NativeBF16): the head packed in half the memory and its
+	// products, which dominate a small carry-on's step, about 1.6 times
+	// as fast; the loss moves by ≤ 1e-3 relative and ∂loss/∂y by ≤ 1e-2
+	// (measured 1.2e-5 and 1.7e-3, docs/performance.md). Elsewhere, and
+	// with Device, the head stays float32. Default false: exact float32.
+	HeadBF16 bool
 }
 
 func (c Config) withDefaults() Config {
@@ -156,6 +164,10 @@ func (c Config) withDefaults() Config {
 	c.Train = c.Train.withDefaults()
 	return c
 }
+
+// headBF16 reports whether the CPU trainer multiplies the head in bf16:
+// HeadBF16 asked for it, the CPU has the kernel, and no Device trains.
+func (t TrainConfig) headBF16() bool { return t.HeadBF16 && t.Device == nil && tensor.NativeBF16() }
 
 func (t TrainConfig) withDefaults() TrainConfig {
 	t.Steps = cmp.Or(t.Steps, 200)

@@ -309,6 +309,7 @@ func (c *Coordinator) Train(ctx context.Context, ds *dataset.Set, hooks Hooks) (
 	trainRows := batchRows(co.Config, maxSeq, tc.BatchSeqs)
 	t := &trainer{c: c, co: co, ws: co.NewBatchWorkspace(maxSeq, max(trainRows, evalRows(co.Config, val))), trainRows: trainRows,
 		wPred: c.base.LMHead(), dec: &decoder{c: c, chain: chain}}
+	t.ws.HeadBF16 = tc.headBF16()
 	if tc.Device != nil {
 		dev, err := carryon.NewDeviceTrainer(tc.Device, co, opt, t.wPred, maxSeq, trainRows)
 		if err != nil {
@@ -474,6 +475,7 @@ func (c *Coordinator) Evaluate(ds *dataset.Set, co *carryon.Model) (EvalInfo, er
 		return EvalInfo{}, fmt.Errorf("coordinator.Evaluate: a sequence of %d tokens is longer than the carry-on's %d", maxSeq, co.Config.MaxSeq)
 	}
 	t := &trainer{c: c, co: co, ws: co.NewBatchWorkspace(maxSeq, evalRows(co.Config, val)), wPred: c.base.LMHead(), dec: &decoder{c: c}}
+	t.ws.HeadBF16 = c.cfg.Train.headBF16()
 	ev, err := t.eval(val)
 	if err != nil {
 		return EvalInfo{}, fmt.Errorf("coordinator.Evaluate: %w", err)

@@ -56,3 +56,48 @@ func TestTrainOnDevice(t *testing.T) {
 		t.Errorf("resumed at %d; parameters equal: %v", again.Resumed, sameBits(again.CarryOn.Params, dev.CarryOn.Params) < 0)
 	}
 }
+
+// TestTrainHeadBF16 trains with TrainConfig.HeadBF16 (the LM head in bf16
+// where the CPU has AVX512_BF16) and checks it against the exact float32
+// head: losses within 1e-3 relative over 12 steps (the bound the kernel
+// suite sets per loss; errors do not compound at this learning rate), the
+// validation loss within 1e-3, and a run key that differs exactly when the
+// bf16 head takes effect. Where the CPU lacks the kernel the two runs are
+// the same run, bit for bit.
+func TestTrainHeadBF16(t *testing.T) {
+	base, ds := testBase(t), testDataset(t)
+	ctx := context.Background()
+	tc := testTrainConfig(12, 6)
+	exactC := newTestCoordinator(t, t.TempDir(), base, ds, tc)
+	exact, err := exactC.Train(ctx, ds, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc.HeadBF16 = true
+	bf16C := newTestCoordinator(t, t.TempDir(), base, ds, tc)
+	bf, err := bf16C.Train(ctx, ds, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range bf.Steps {
+		w := exact.Steps[i]
+		if math.Abs(s.Loss-w.Loss) > 1e-3*math.Abs(w.Loss) {
+			t.Errorf("step %d: bf16 head loss %v, exact %v", s.Step, s.Loss, w.Loss)
+		}
+		if !tensor.NativeBF16() && s.Loss != w.Loss {
+			t.Errorf("step %d: without AVX512_BF16 the losses differ (%v, %v)", s.Step, s.Loss, w.Loss)
+		}
+	}
+	if e, w := bf.Evals[len(bf.Evals)-1].Loss, exact.Evals[len(exact.Evals)-1].Loss; math.Abs(e-w) > 1e-3*math.Abs(w) {
+		t.Errorf("validation: bf16 head %v, exact %v", e, w)
+	}
+	k0, err := exactC.runKey(ds, exact.CarryOn.Config, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k1, _ := bf16C.runKey(ds, bf.CarryOn.Config, "")
+	if (k0 != k1) != tensor.NativeBF16() {
+		t.Errorf("run keys differ: %v, with the bf16 kernel on this CPU: %v", k0 != k1, tensor.NativeBF16())
+	}
+	t.Logf("bf16 head in effect: %v; last loss %v vs exact %v", tensor.NativeBF16(), bf.Steps[len(bf.Steps)-1].Loss, exact.Steps[len(exact.Steps)-1].Loss)
+}

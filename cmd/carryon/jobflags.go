@@ -30,6 +30,7 @@ type jobFlags struct {
 	lr, alpha, gateBias                *float64
 	keepBest                           *bool
 	alphaGrid                          *string
+	headBF16                           *bool
 }
 
 func addJobFlags(fs *flag.FlagSet) *jobFlags {
@@ -49,6 +50,7 @@ func addJobFlags(fs *flag.FlagSet) *jobFlags {
 		gateBias:  fs.Float64("gate-bias", 0, "initial gate bias b_g: the gate starts at sigmoid(b_g) (0: one half)"),
 		keepBest:  fs.Bool("keep-best", true, "keep the weights of the validation pass with the lowest loss, not the last step's (--keep-best=false: the last)"),
 		alphaGrid: fs.String("alpha-grid", "", `after training, choose α on the validation split among these values, e.g. "0,0.5,1,1.5" (0 is the base alone); empty: keep --alpha`),
+		headBF16:  fs.Bool("head-bf16", true, "multiply the frozen LM head in bf16 where the CPU has AVX512_BF16 (about 1.6x faster steps, loss within 1e-3 relative; elsewhere it stays float32); --head-bf16=false: exact float32"),
 		device:    fs.String("device", "cpu", "training device: cpu, or cuda (GPU 0; needs a binary built with -tags cuda)"),
 	}
 }
@@ -141,7 +143,8 @@ func (f *jobFlags) alphas() ([]float32, error) {
 func (f *jobFlags) config(base *model.Base) coordinator.Config {
 	alphas, _ := f.alphas() // checked by check
 	cfg := coordinator.Config{CacheDir: *f.cache, Codec: *f.codec,
-		Train: coordinator.TrainConfig{Steps: *f.steps, BatchSeqs: *f.batch, KeepBest: *f.keepBest, AlphaGrid: alphas, GateBias: float32(*f.gateBias)}}
+		Train: coordinator.TrainConfig{Steps: *f.steps, BatchSeqs: *f.batch, KeepBest: *f.keepBest, AlphaGrid: alphas, GateBias: float32(*f.gateBias),
+			HeadBF16: *f.headBF16}}
 	cfg.Train.Optim.LR = float32(*f.lr)
 	cfg.Train.CarryOn = defaultShape(base.Config.Dim, base.Config.Vocab, *f.width, *f.depth, float32(*f.alpha))
 	return cfg
