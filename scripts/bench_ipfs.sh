@@ -16,6 +16,7 @@ peak() { sed -n 's/.*Maximum resident set size (kbytes): //p' "$1" | awk '{print
 addrs=()
 for i in 1 2 3; do
   "$w/carryon" add --store "$w/s$i" "$w/file" > "$w/cid"
+  : > "$w/node$i.out"
   /usr/bin/time -v -o "$w/node$i.time" "$w/carryon" node --key "$w/swarm.key" --store "$w/s$i" --state "$w/n$i" \
     --listen /ip4/127.0.0.1/tcp/0 --dht off --advert-interval 1h > "$w/node$i.out" 2>&1 &
   pid=$!
@@ -47,8 +48,10 @@ if [ -x "$kubo" ]; then
   for r in ka kb; do IPFS_PATH="$w/$r" "$kubo" init --profile=test >/dev/null; cp "$w/swarm.key" "$w/$r/swarm.key"; done
   IPFS_PATH="$w/ka" "$kubo" add -Q --cid-version=1 --raw-leaves "$w/file" > "$w/kcid"
   [ "$(cat "$w/kcid")" = "$cid" ] || echo "Kubo's CID $(cat "$w/kcid") differs from carryon's $cid"
+  : > "$w/ka.out"
   IPFS_PATH="$w/ka" /usr/bin/time -v -o "$w/ka.time" "$kubo" daemon > "$w/ka.out" 2>&1 &
   until grep -q "Daemon is ready" "$w/ka.out"; do sleep 0.2; done
+  : > "$w/kb.out"
   IPFS_PATH="$w/kb" "$kubo" daemon > "$w/kb.out" 2>&1 &
   kbpid=$!
   until grep -q "Daemon is ready" "$w/kb.out"; do sleep 0.2; done
