@@ -96,6 +96,8 @@ func (f *fakeBase) Forward(ids []int32, layers []int) ([][]float32, error) {
 		<-f.release
 	}
 	if f.perTok > 0 {
+		// The simulated compute cost (not a wait for an event): the
+		// scheduler weighs nodes by their measured speed.
 		time.Sleep(time.Duration(len(ids)) * f.perTok)
 	}
 	rng := rand.New(rand.NewPCG(f.seed, uint64(call)))
