@@ -83,18 +83,12 @@ func (b *Base) ForwardBatch(seqs [][]int32, layers []int) ([][][]float32, error)
 		return nil, err
 	}
 	out := make([][][]float32, 0, len(seqs))
-	for s0 := 0; s0 < len(seqs); {
-		s1, n := s0, 0
-		for s1 < len(seqs) && (s1 == s0 || n+len(seqs[s1]) <= MaxBatchTokens) {
-			n += len(seqs[s1])
-			s1++
-		}
-		res, err := b.forward(seqs[s0:s1], layers)
+	for _, g := range model.TokenBatches(seqs, MaxBatchTokens) {
+		res, err := b.forward(g, layers)
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, res...)
-		s0 = s1
 	}
 	return out, nil
 }

@@ -462,17 +462,28 @@ func (b *Base) ForwardBatch(seqs [][]int32, layers []int) ([][][]float32, error)
 		}
 	}
 	out := make([][][]float32, 0, len(seqs))
+	for _, g := range TokenBatches(seqs, MaxBatchTokens) {
+		b.ready()
+		out = append(out, b.forward(g, layers)...)
+	}
+	return out, nil
+}
+
+// TokenBatches splits seqs, in order, into runs of at most maxTokens
+// tokens in all (a longer sequence makes a run of its own): the passes of
+// a batched forward. The runs are subslices of seqs.
+func TokenBatches(seqs [][]int32, maxTokens int) [][][]int32 {
+	var runs [][][]int32
 	for s0 := 0; s0 < len(seqs); {
 		s1, n := s0, 0
-		for s1 < len(seqs) && (s1 == s0 || n+len(seqs[s1]) <= MaxBatchTokens) {
+		for s1 < len(seqs) && (s1 == s0 || n+len(seqs[s1]) <= maxTokens) {
 			n += len(seqs[s1])
 			s1++
 		}
-		b.ready()
-		out = append(out, b.forward(seqs[s0:s1], layers)...)
+		runs = append(runs, seqs[s0:s1])
 		s0 = s1
 	}
-	return out, nil
+	return runs
 }
 
 func (b *Base) checkInput(ids []int32, layers []int) error {
