@@ -10,10 +10,14 @@ import (
 // Block sizes of the fused attention kernels: a block of attnBlockQ query
 // rows is swept over blocks of attnBlockK keys, so a block of K and V rows
 // stays in cache while the query rows stream past it. Variables so that
-// tests can shrink them below T.
+// tests can shrink them below T. 128 × 128 packs each operand half as
+// often as 64 × 64 (Q and P once per key block, K and V once per query
+// block): at T 512, 14 heads × 64 (Qwen2.5-0.5B) it ran 10–23% more tokens
+// per CPU-second forward and 20–25% backward, for 164 KB of scratch per
+// worker.
 var (
-	attnBlockQ = 64
-	attnBlockK = 64
+	attnBlockQ = 128
+	attnBlockK = 128
 )
 
 // attnParallelWork is the T·T·hd·nHead above which the kernels fan out

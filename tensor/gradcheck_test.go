@@ -530,7 +530,7 @@ func TestGradCheckAttentionBlocks(t *testing.T) {
 	}
 	// Default blocks, T across two of them, parallel path: check a random
 	// sample of coordinates.
-	attnBlockQ, attnBlockK = 64, 64
-	c := attentionCase(rng, 130, 4, 2, 16, 40)
+	attnBlockQ, attnBlockK = 128, 128
+	c := attentionCase(rng, 260, 4, 2, 16, 40)
 	t.Run(c.name, func(t *testing.T) { runGradCheck(t, c) })
 }
