@@ -138,20 +138,8 @@ func (b *Base) forward(seqs [][]int32, layers []int) ([][][]float32, error) {
 	be := b.be
 	D, hd := c.Dim, c.HeadDim
 	qd, kvd := c.Heads*hd, c.KVHeads*hd
-	off := make([]int, len(seqs)+1)
-	maxT := 0
-	for s, ids := range seqs {
-		off[s+1] = off[s] + len(ids)
-		maxT = max(maxT, len(ids))
-	}
-	T := off[len(seqs)]
-	ids, pos := make([]int32, 0, T), make([]int32, 0, T)
-	for _, sq := range seqs {
-		ids = append(ids, sq...)
-		for i := range sq {
-			pos = append(pos, int32(i))
-		}
-	}
+	ids, pos, off, maxT := model.PackBatch(seqs)
+	T := len(ids)
 	w, err := b.workspaceFor(T, maxT)
 	if err != nil {
 		return nil, fmt.Errorf("devmodel.Forward: workspace for %d tokens: %w", T, err)

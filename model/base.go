@@ -469,6 +469,26 @@ func (b *Base) ForwardBatch(seqs [][]int32, layers []int) ([][][]float32, error)
 	return out, nil
 }
 
+// PackBatch lays seqs one after another for a batched pass: their token
+// ids, each token's position in its sequence, the row offsets (sequence s
+// has rows [off[s], off[s+1])) and the longest sequence's length.
+func PackBatch(seqs [][]int32) (ids, pos []int32, off []int, maxT int) {
+	off = make([]int, len(seqs)+1)
+	for s, sq := range seqs {
+		off[s+1] = off[s] + len(sq)
+		maxT = max(maxT, len(sq))
+	}
+	T := off[len(seqs)]
+	ids, pos = make([]int32, 0, T), make([]int32, 0, T)
+	for _, sq := range seqs {
+		ids = append(ids, sq...)
+		for i := range sq {
+			pos = append(pos, int32(i))
+		}
+	}
+	return ids, pos, off, maxT
+}
+
 // TokenBatches splits seqs, in order, into runs of at most maxTokens
 // tokens in all (a longer sequence makes a run of its own): the passes of
 // a batched forward. The runs are subslices of seqs.
@@ -521,21 +541,8 @@ func (b *Base) forward(seqs [][]int32, layers []int) [][][]float32 {
 	D := c.Dim
 	// Token rows of all sequences, one after another: sequence s has rows
 	// [off[s], off[s+1]).
-	off := make([]int, len(seqs)+1)
-	maxT := 0
-	for s, ids := range seqs {
-		off[s+1] = off[s] + len(ids)
-		maxT = max(maxT, len(ids))
-	}
-	T := off[len(seqs)]
-	ids := make([]int32, 0, T)
-	pos := make([]int32, 0, T)
-	for _, sq := range seqs {
-		ids = append(ids, sq...)
-		for i := range sq {
-			pos = append(pos, int32(i))
-		}
-	}
+	ids, pos, off, maxT := PackBatch(seqs)
+	T := len(ids)
 	x := make([]float32, T*D) // (T, D) residual stream
 	pass := &transformer.Pass{N: T, Pos: pos, Seqs: off, Rope: b.ropeFor(maxT), MLPRows: mlpRows}
 	var scratch transformer.Scratch
