@@ -247,6 +247,10 @@ func TestHFSPMForms(t *testing.T) {
 	if got, want := tk.Encode("abc xbc"), []int32{id("▁abc"), id("▁"), 3 + 'x', id("bc")}; !slices.Equal(got, want) {
 		t.Errorf("Encode = %v, want %v", got, want)
 	}
+	// Tokens that continue a text keep their leading space.
+	if a, b := tk.Decode([]int32{id("▁abc")}), DecodeContinuation(tk, []int32{id("▁abc")}); a != "abc" || b != " abc" {
+		t.Errorf("Decode %q, DecodeContinuation %q: want \"abc\" and \" abc\"", a, b)
+	}
 	edit := func(f func(m map[string]any)) []byte {
 		var m map[string]any
 		if err := json.Unmarshal(legacy, &m); err != nil {

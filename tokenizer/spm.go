@@ -535,9 +535,22 @@ func (t *SPMTokenizer) encodeText(out []int32, text string) []int32 {
 // as llama.cpp's detokenize with special tokens rendered: with the space
 // prefix on, a leading space of the first token is dropped (it is the
 // dummy prefix Encode added; BOS has none, so after BOS nothing is).
-func (t *SPMTokenizer) DecodeBytes(ids []int32) []byte {
+func (t *SPMTokenizer) DecodeBytes(ids []int32) []byte { return t.decodeBytes(ids, t.spacePrefix) }
+
+// DecodeBytesContinuation is DecodeBytes for ids that continue a text
+// (tokens generated after a prompt, one token of many): the space a first
+// token starts with is kept, as llama.cpp's token_to_piece keeps it,
+// since the dummy prefix is only at the start of a text.
+func (t *SPMTokenizer) DecodeBytesContinuation(ids []int32) []byte { return t.decodeBytes(ids, false) }
+
+// DecodeContinuation is DecodeBytesContinuation as text, with invalid
+// UTF-8 as U+FFFD.
+func (t *SPMTokenizer) DecodeContinuation(ids []int32) string {
+	return tokLossyUTF8(t.DecodeBytesContinuation(ids))
+}
+
+func (t *SPMTokenizer) decodeBytes(ids []int32, strip bool) []byte {
 	var out []byte
-	strip := t.spacePrefix
 	for _, id := range ids {
 		if id < 0 || int(id) >= len(t.tokens) {
 			continue

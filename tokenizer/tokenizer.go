@@ -27,6 +27,30 @@ type Tokenizer interface {
 	EOS() int32 // -1 if none
 }
 
+// DecodeContinuation returns the text of ids that continue a text already
+// decoded (tokens generated after a prompt, or one token of many): for
+// SentencePiece the space a first token starts with is kept (Decode drops
+// it as the dummy prefix at the start of a text); other tokenizers decode
+// the same either way.
+func DecodeContinuation(t Tokenizer, ids []int32) string {
+	if c, ok := t.(interface{ DecodeContinuation([]int32) string }); ok {
+		return c.DecodeContinuation(ids)
+	}
+	return t.Decode(ids)
+}
+
+// DecodeBytesContinuation is DecodeContinuation's raw bytes (part of a
+// character, for some tokens).
+func DecodeBytesContinuation(t Tokenizer, ids []int32) []byte {
+	switch c := t.(type) {
+	case interface{ DecodeBytesContinuation([]int32) []byte }:
+		return c.DecodeBytesContinuation(ids)
+	case interface{ DecodeBytes([]int32) []byte }:
+		return c.DecodeBytes(ids)
+	}
+	return []byte(t.Decode(ids))
+}
+
 // ByteTokenizer is the tokenizer of byte-vocabulary test bases (model.DemoConfig): ids
 // 0..255 are the bytes, 256 is BOS, 257 EOS and 258 PAD.
 type ByteTokenizer struct{}

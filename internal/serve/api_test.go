@@ -339,3 +339,71 @@ func BenchmarkServe(b *testing.B) {
 	b.ReportMetric(p99, "p99-ms")
 	b.ReportMetric(served/direct, "x-direct")
 }
+
+// TestSentencePieceContinuation: with a SentencePiece tokenizer, whose
+// tokens carry their leading space (▁), a completion continues its prompt:
+// prompt + completion decode as the whole sequence does, so the
+// completion of "… t10" starts with the space of its first token (" t7",
+// not "t7" glued to the prompt), and so do the streamed pieces and the
+// logprobs' token texts.
+func TestSentencePieceContinuation(t *testing.T) {
+	b := tinyBase(t, 64)
+	toks := []string{"<unk>", "<s>", "</s>"}
+	types := []int32{tokenizer.SPMTypeUnknown, tokenizer.SPMTypeControl, tokenizer.SPMTypeControl}
+	for i := len(toks); i < b.Config.Vocab; i++ {
+		toks, types = append(toks, fmt.Sprintf("▁t%d", i)), append(types, tokenizer.SPMTypeNormal)
+	}
+	tok, err := tokenizer.NewSPMTokenizer(tokenizer.SPMConfig{Tokens: toks, Types: types, BOS: 1, EOS: 2, UNK: 0, AddSpacePrefix: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, hs := newServer(t, Config{Base: b, Tokenizer: tok})
+	prompt := []int32{1, 10, 20, 30}
+	for _, stream := range []bool{false, true} {
+		code, body := post(t, hs.URL+"/v1/completions", map[string]any{"model": "base", "prompt": prompt, "max_tokens": 4,
+			"temperature": 0, "logprobs": 0, "stream": stream})
+		if code != 200 {
+			t.Fatalf("%d %s", code, body)
+		}
+		var text string
+		var tokens []string
+		if stream {
+			for _, line := range strings.Split(string(body), "\n") {
+				data, ok := strings.CutPrefix(line, "data: ")
+				if !ok || data == "[DONE]" {
+					continue
+				}
+				var r CompletionResponse
+				if err := json.Unmarshal([]byte(data), &r); err != nil {
+					t.Fatal(err)
+				}
+				for _, c := range r.Choices {
+					text += c.Text
+					if c.Logprobs != nil {
+						tokens = append(tokens, c.Logprobs.Tokens...)
+					}
+				}
+			}
+		} else {
+			var r CompletionResponse
+			if err := json.Unmarshal(body, &r); err != nil {
+				t.Fatal(err)
+			}
+			text, tokens = r.Choices[0].Text, r.Choices[0].Logprobs.Tokens
+		}
+		if !strings.HasPrefix(text, " t") {
+			t.Fatalf("stream %v: completion %q: want the first token's leading space (the greedy tokens must not be special)", stream, text)
+		}
+		if got := strings.Join(tokens, ""); got != text {
+			t.Errorf("stream %v: token texts %q, completion %q", stream, got, text)
+		}
+		var gen []int32
+		for _, s := range tokens {
+			id, _ := tok.ID(strings.Replace(s, " ", "▁", 1))
+			gen = append(gen, id)
+		}
+		if whole := tok.Decode(append(append([]int32(nil), prompt...), gen...)); whole != tok.Decode(prompt)+text {
+			t.Errorf("stream %v: prompt + completion %q, the whole sequence %q", stream, tok.Decode(prompt)+text, whole)
+		}
+	}
+}

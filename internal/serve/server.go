@@ -431,7 +431,7 @@ func (s *Server) run(ctx context.Context, j *job, emit emitFunc) (result, error)
 		stop[id] = true
 	}
 	var (
-		ts      = model.NewTextStream(s.tok.Decode, j.stopStrs)
+		ts      = model.NewTextStream(s.continuation, j.stopStrs)
 		werr    error
 		echoed  bool // the echo went to emit
 		n       int
@@ -488,7 +488,7 @@ func (s *Server) run(ctx context.Context, j *job, emit emitFunc) (result, error)
 		}
 		if j.opts.logprobs {
 			lp, top := model.Logprobs(logits, id, j.opts.topLogprobs)
-			tl := tokenLogprob{id: id, lp: &lp, top: top, offset: len(j.echo) + len(s.tok.Decode(ts.Tokens()))}
+			tl := tokenLogprob{id: id, lp: &lp, top: top, offset: len(j.echo) + len(s.continuation(ts.Tokens()))}
 			res.logprobs = append(res.logprobs, tl)
 			pending = append(pending, tl)
 		}
@@ -529,15 +529,18 @@ func (s *Server) run(ctx context.Context, j *job, emit emitFunc) (result, error)
 	return res, nil
 }
 
-// tokenBytes returns a token's raw bytes (part of a character, for some).
+// continuation decodes tokens that follow the prompt: a SentencePiece
+// token's leading space is kept (the completion " 42" of "Answer:", not
+// "42").
+func (s *Server) continuation(ids []int32) string { return tokenizer.DecodeContinuation(s.tok, ids) }
+
+// tokenBytes returns a token's raw bytes (part of a character, for some),
+// as it reads inside a text.
 func (s *Server) tokenBytes(id int32) []byte {
-	if d, ok := s.tok.(interface{ DecodeBytes([]int32) []byte }); ok {
-		return d.DecodeBytes([]int32{id})
-	}
-	return []byte(s.tok.Decode([]int32{id}))
+	return tokenizer.DecodeBytesContinuation(s.tok, []int32{id})
 }
 
-func (s *Server) tokenText(id int32) string { return s.tok.Decode([]int32{id}) }
+func (s *Server) tokenText(id int32) string { return s.continuation([]int32{id}) }
 
 // completionLogprobs renders logprobs in the completions format.
 func (s *Server) completionLogprobs(toks []tokenLogprob) *CompletionLogprobs {

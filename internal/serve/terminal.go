@@ -50,7 +50,7 @@ func Stream(ctx context.Context, w io.Writer, b *model.Base, tok tokenizer.Token
 		stopIDs[id] = true
 	}
 	res := StreamResult{PromptTokens: len(prompt)}
-	ts := model.NewTextStream(tok.Decode, stops)
+	ts := model.NewTextStream(func(ids []int32) string { return tokenizer.DecodeContinuation(tok, ids) }, stops)
 	start := time.Now()
 	var werr error
 	opt.OnToken = func(id int32) bool {
