@@ -92,9 +92,6 @@ func atoi(t *testing.T, s string) int {
 // jobs count them), resume training from the newest checkpoint, and
 // publish.
 func TestCoordinatorCrashResume(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the binary")
-	}
 	dir, bin, key, env := swarmSetup(t)
 	// 40 records of ~900 bytes: with 256-token windows and 4 windows per
 	// chunk, about 40 chunks, each a real forward pass of ~1000 tokens.

@@ -97,9 +97,6 @@ func (p *proc) waitLine(t *testing.T, ctx context.Context, prefix string) string
 // loopback: a coordinator and a node started by hand, and a pull from a
 // third process, all in a private swarm.
 func TestProcessesEndToEnd(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the binary")
-	}
 	dir, bin, key, env := swarmSetup(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -159,8 +156,12 @@ func TestHelp(t *testing.T) {
 // swarmSetup is what every multi-process test starts with: a temporary
 // directory, the binary built into it, a private swarm key made by
 // `carryon keygen`, and an environment whose cache lives in the directory.
+// It skips the test with -short.
 func swarmSetup(t *testing.T) (dir, bin, key string, env []string) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
 	dir = t.TempDir()
 	bin = buildBinary(t, dir)
 	env = []string{"XDG_CACHE_HOME=" + filepath.Join(dir, "xdg")}

@@ -103,9 +103,6 @@ func freePort(t *testing.T) int {
 // same state directory is refused while the first runs; carryon node
 // pause/resume drive the restarted node through its status page.
 func TestReconnectAfterCoordinatorKill(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the binary")
-	}
 	dir, bin, key, env := swarmSetup(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()

@@ -28,9 +28,6 @@ import (
 // with tokens/s, paused and resumed, handed back, coordinator lost and
 // back (the coordinator is killed after the job and restarted).
 func TestVolunteerUnderLoad(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds and runs the binary")
-	}
 	dir, bin, key, env := swarmSetup(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
