@@ -57,6 +57,11 @@ type Config struct {
 	MaxExamples int
 	// MaxRecordBytes caps one JSONL line (0: MaxRecordBytes, 64 MiB).
 	MaxRecordBytes int
+	// Progress, when set, is called as the records are tokenised, with
+	// the bytes of text done so far and the file's size (0 when unknown,
+	// as for Read): about every MiB, and once at the end with done equal
+	// to the size.
+	Progress func(done, total int64)
 }
 
 func (c Config) withDefaults() Config {

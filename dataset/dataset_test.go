@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -374,5 +375,37 @@ func TestDatasetLongParagraph(t *testing.T) {
 	cancel()
 	if _, err := Read(ctx, strings.NewReader(para), byteTok, cfg); !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled read: err %v", err)
+	}
+}
+
+// TestDatasetProgress: Config.Progress hears how far tokenising a large
+// file has come, about every MiB and rising, and ends at the file's size;
+// Read, which knows no size, reports 0 for it.
+func TestDatasetProgress(t *testing.T) {
+	para := strings.Repeat("the quick brown fox jumps over the lazy dog ", 3<<20/44) // 3 MiB, one paragraph
+	path := t.TempDir() + "/para.txt"
+	if err := os.WriteFile(path, []byte(para), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var calls [][2]int64
+	cfg := Config{SeqLen: 512, Progress: func(done, total int64) { calls = append(calls, [2]int64{done, total}) }}
+	if _, err := Load(context.Background(), path, byteTok, cfg); err != nil {
+		t.Fatal(err)
+	}
+	size := int64(len(para))
+	if len(calls) < 3 || calls[len(calls)-1] != [2]int64{size, size} {
+		t.Fatalf("progress %v: want several calls ending at the size %d", calls, size)
+	}
+	for i, c := range calls {
+		if c[1] != size || c[0] > size || i > 0 && c[0] <= calls[i-1][0] {
+			t.Fatalf("progress %v: want rising counts of the %d bytes", calls, size)
+		}
+	}
+	calls = nil
+	if _, err := Read(context.Background(), strings.NewReader(para), byteTok, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if len(calls) < 3 || calls[0][1] != 0 {
+		t.Fatalf("Read's progress %v: want total 0 (unknown)", calls[:min(3, len(calls))])
 	}
 }

@@ -69,7 +69,11 @@ func Load(ctx context.Context, path string, tok Tokenizer, cfg Config) (*Set, er
 		return nil, fmt.Errorf("read data: %w", err)
 	}
 	defer f.Close()
-	ds, err := Read(ctx, f, tok, cfg)
+	var size int64
+	if st, err := f.Stat(); err == nil && st.Mode().IsRegular() {
+		size = st.Size()
+	}
+	ds, err := read(ctx, f, size, tok, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("read data %s: %w", path, err)
 	}
@@ -78,6 +82,14 @@ func Load(ctx context.Context, path string, tok Tokenizer, cfg Config) (*Set, er
 
 // Read is Load over a reader.
 func Read(ctx context.Context, r io.Reader, tok Tokenizer, cfg Config) (*Set, error) {
+	return read(ctx, r, 0, tok, cfg)
+}
+
+// progressStep is how many bytes of text pass between Config.Progress
+// calls.
+const progressStep = 1 << 20
+
+func read(ctx context.Context, r io.Reader, size int64, tok Tokenizer, cfg Config) (*Set, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -92,9 +104,16 @@ func Read(ctx context.Context, r io.Reader, tok Tokenizer, cfg Config) (*Set, er
 		rep.Format = "jsonl"
 	}
 	var train, val []Example
+	var done, next int64 = 0, progressStep
+	tick := func(n int) {
+		if done += int64(n); cfg.Progress != nil && done >= next {
+			cfg.Progress(done, size)
+			next = done + progressStep
+		}
+	}
 	add := func(rec record) error {
 		rep.Read++
-		exs, cut, why := tokenize(ctx, rec, tok, cfg.SeqLen)
+		exs, cut, why := tokenize(ctx, rec, tok, cfg.SeqLen, tick)
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -123,6 +142,9 @@ func Read(ctx context.Context, r io.Reader, tok Tokenizer, cfg Config) (*Set, er
 	}
 	if err != nil {
 		return nil, err
+	}
+	if cfg.Progress != nil {
+		cfg.Progress(max(size, done), max(size, done))
 	}
 	if rep.Used == 0 {
 		return nil, fmt.Errorf("no usable examples (%s)", rep)
@@ -359,8 +381,9 @@ func FitPair(ex Example, seqLen int, hasBOS bool) (Example, string) {
 // long keeps BOS, the end of its prompt and its whole answer (and EOS); if
 // the answer alone does not fit, its end is cut. cut says the record was
 // shortened and why says how (or, with no examples, why it was dropped).
-func tokenize(ctx context.Context, rec record, tok Tokenizer, seqLen int) (exs []Example, cut bool, why string) {
+func tokenize(ctx context.Context, rec record, tok Tokenizer, seqLen int, tick func(n int)) (exs []Example, cut bool, why string) {
 	if rec.pair {
+		defer tick(len(rec.prompt) + len(rec.answer))
 		if strings.TrimSpace(rec.answer) == "" {
 			return nil, false, "a prompt or question without an answer: nothing to train on"
 		}
@@ -396,6 +419,7 @@ func tokenize(ctx context.Context, rec record, tok Tokenizer, seqLen int) (exs [
 			ids, loss = append(ids, id), append(loss, true)
 		}
 		text = text[len(piece):]
+		tick(len(piece))
 	}
 	if eos := tok.EOS(); eos >= 0 {
 		ids, loss = append(ids, eos), append(loss, true)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -87,6 +88,11 @@ func (f *jobFlags) readData(ctx context.Context, base *model.Base, tok tokenizer
 	if *f.data == "default" {
 		ds, err = dataset.Read(ctx, bytes.NewReader(demo.DefaultData(600)), tok, dcfg)
 	} else {
+		if st, err := os.Stat(*f.data); err == nil && st.Size() >= 4<<20 {
+			// A large file takes a while to tokenise: say how far it is.
+			bar := newCounter(stdout, "read", "MiB")
+			dcfg.Progress = func(done, total int64) { bar.set(int(done>>20), int((total+1<<20-1)>>20)) }
+		}
 		ds, err = dataset.Load(ctx, *f.data, tok, dcfg)
 	}
 	if err != nil {
