@@ -192,9 +192,12 @@ func (b *Base) packWeights() {
 		w := &b.layers[li]
 		for _, j := range []job{{&w.wq, qd, D}, {&w.wk, kvd, D}, {&w.wv, kvd, D}, {&w.wo, D, qd},
 			{&w.gate, c.FFN, D}, {&w.up, c.FFN, D}, {&w.down, D, c.FFN}} {
-			if j.w.f != nil {
+			switch {
+			case j.w.f != nil:
 				jobs = append(jobs, j)
 				size += tensor.PackedSize(j.oc, j.ic)
+			case j.w.h != nil && tensor.NativeBF16():
+				j.w.p = packBF16(j.w.h, j.oc, j.ic)
 			}
 		}
 	}
@@ -213,6 +216,19 @@ func (b *Base) packWeights() {
 			j.w.f = nil
 		}
 	}
+}
+
+// packBF16 packs a bf16 matrix (out, in) (LoadOptions.KeepBF16) once for
+// the native bf16 kernel (tensor.PackBBF16: the values are kept exactly),
+// so that prefill skips GemmBF16's packing on every call. The products
+// then round the activations to bf16 for every row count, as GemmBF16's
+// native path does from 9 rows up (and as llama.cpp does for BF16).
+func packBF16(h []uint16, oc, ic int) *tensor.PackedB {
+	f := make([]float32, len(h))
+	for i, v := range h {
+		f[i] = tensor.BF16ToF32(v)
+	}
+	return tensor.PackBBF16(true, oc, ic, f, ic)
 }
 
 // packQ8 repacks the Q8_0 matrices multiplied in int8 (LoadOptions.Int8)

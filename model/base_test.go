@@ -458,6 +458,9 @@ func TestShardedAndHalf(t *testing.T) {
 		// 20 positions: GemmBF16 takes its bf16-product path above 8 rows.
 		ids := []int32{1, 5, 9, 33, 2, 49, 0, 17, 3, 3, 8, 12, 40, 41, 42, 7, 19, 23, 29, 31}
 		got := mustForward(t, kb, ids, FinalLayer)
+		if p := kb.layers[1].down.p; tensor.NativeBF16() && (p == nil || !p.BF16()) {
+			t.Errorf("KeepBF16 on a CPU with AVX512_BF16: the block matrices were not packed for the bf16 kernel")
+		}
 		kb.Close()
 		rb, err = LoadBase(roundedDir)
 		if err != nil {

@@ -57,6 +57,7 @@ func benchForward(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	runs := fs.Int("runs", 3, "timed runs after one warm-up")
 	decode := fs.Int("decode", 0, "also time N decode steps (batch 1, KV cache) after the prefill")
 	int8 := fs.Bool("int8", false, "Q8_0 GGUF: int8 activations and int8 dot products (model.LoadOptions.Int8)")
+	keepBF16 := fs.Bool("keep-bf16", false, "BF16 weights: kept in bf16 and multiplied by the native bf16 kernel where the CPU has AVX512_BF16, activations rounded to bf16 (model.LoadOptions.KeepBF16)")
 	// --cpuprofile FILE (hidden: a developer's flag, not in the usage)
 	// writes a CPU profile of the timed prefill runs.
 	rest, cpuProfile, err := cutHiddenFlag(args, "cpuprofile")
@@ -72,7 +73,7 @@ func benchForward(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	runtime.GOMAXPROCS(*threads)
 	start := time.Now()
-	m, err := model.Open(*modelFlag, model.OpenOptions{WithoutTokenizer: true, Load: model.LoadOptions{Int8: *int8}})
+	m, err := model.Open(*modelFlag, model.OpenOptions{WithoutTokenizer: true, Load: model.LoadOptions{Int8: *int8, KeepBF16: *keepBF16}})
 	if err != nil {
 		return err
 	}
