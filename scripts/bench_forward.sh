@@ -7,7 +7,9 @@
 # to an F32 GGUF (hf2gguf.py) and to BF16 and Q8_0 GGUFs (scripts/gguf_quantize.py, gguf-py), then runs
 # llama.cpp (bench.mjs: one batch, F32 KV cache, LM head on the last position) and `carryon bench forward`
 # (the same work) on each file with the same threads, median of --runs after one warm-up, and prints a
-# table. The HF safetensors directory is benchmarked too (carryon only: llama.cpp reads GGUF).
+# table. The HF safetensors directory is benchmarked too (carryon only: llama.cpp reads GGUF), and so are
+# carryon's llama.cpp-like precisions: the Q8_0 file with --int8 (int8 activations and products) and
+# the BF16 file with --keep-bf16 (activations rounded to bf16), each against llama.cpp on the same file.
 # Speed does not depend on the weight values. The files (about 3 GB) go to --work (default: a temp dir,
 # removed at exit unless --keep).
 set -euo pipefail
@@ -48,30 +50,37 @@ for f in "$F32" "$BF16" "$Q8"; do
   LLCPU[$f]=$(awk '{printf "%.1f", $1 + $2}' "$WORK/time.txt")
   echo "  ${LL[$f]}" >&2
 done
-for f in "$F32" "$BF16" "$Q8" "$HF"; do
-  echo "carryon: $(basename "$f")" >&2
-  CO[$f]=$("$CARRYON" bench forward --model "$f" --tokens "$TOKENS" --threads "$THREADS" --runs "$RUNS" | tail -1) || { echo "carryon bench forward failed on $f" >&2; exit 1; }
-  echo "  ${CO[$f]}" >&2
+# Rows: a file, or a file and a carryon flag (llama.cpp's number is the file's).
+ROWS=("$F32" "$BF16" "$BF16 --keep-bf16" "$Q8" "$Q8 --int8" "$HF")
+for row in "${ROWS[@]}"; do
+  f=${row%% *} flag=""
+  [ "$row" = "$f" ] || flag=${row#* }
+  echo "carryon: $(basename "$f") $flag" >&2
+  # shellcheck disable=SC2086
+  CO[$row]=$("$CARRYON" bench forward --model "$f" --tokens "$TOKENS" --threads "$THREADS" --runs "$RUNS" $flag | tail -1) || { echo "carryon bench forward failed on $row" >&2; exit 1; }
+  echo "  ${CO[$row]}" >&2
 done
 
 field() { /usr/bin/python3 -c 'import json,sys; v=json.loads(sys.argv[1]).get(sys.argv[2]); print("-" if v is None else v)' "$1" "$2"; }
 echo
 echo "Qwen2.5-0.5B shapes (random weights), prefill $TOKENS tokens, $THREADS threads, median of $RUNS runs; $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg)"
-printf '%-18s %9s %12s %14s %8s %14s %16s %10s\n' file size_MiB llama_tok_s carryon_tok_s ratio carryon_cpu_s llama_cpu_s_all carryon_rss_MiB
-for f in "$F32" "$BF16" "$Q8" "$HF"; do
-  co=$(field "${CO[$f]}" tokens_per_s)
+printf '%-30s %9s %12s %14s %8s %14s %16s %10s\n' file size_MiB llama_tok_s carryon_tok_s ratio carryon_cpu_s llama_cpu_s_all carryon_rss_MiB
+for row in "${ROWS[@]}"; do
+  f=${row%% *}
+  co=$(field "${CO[$row]}" tokens_per_s)
   ll="-" ratio="-" llcpu="-"
   if [ -n "${LL[$f]:-}" ]; then
     ll=$(field "${LL[$f]}" pp_tok_s)
     ratio=$(/usr/bin/python3 -c "print(f'{$co/$ll:.2f}x')")
     llcpu=${LLCPU[$f]}
   fi
-  size=$(( $(field "${CO[$f]}" model_bytes) >> 20 ))
-  rss=$(( $(field "${CO[$f]}" peak_rss_bytes) >> 20 ))
-  cpu=$(/usr/bin/python3 -c 'import json,sys,statistics as s; print("%.2f" % s.median(json.loads(sys.argv[1])["cpu_s"]))' "${CO[$f]}")
-  printf '%-18s %9s %12s %14.1f %8s %14s %16s %10s\n' "$(basename "$f")" "$size" "$ll" "$co" "$ratio" "$cpu" "$llcpu" "$rss"
+  size=$(( $(field "${CO[$row]}" model_bytes) >> 20 ))
+  rss=$(( $(field "${CO[$row]}" peak_rss_bytes) >> 20 ))
+  cpu=$(/usr/bin/python3 -c 'import json,sys,statistics as s; print("%.2f" % s.median(json.loads(sys.argv[1])["cpu_s"]))' "${CO[$row]}")
+  name=$(basename "$f")${row#"$f"}
+  printf '%-30s %9s %12s %14.1f %8s %14s %16s %10s\n' "$name" "$size" "$ll" "$co" "$ratio" "$cpu" "$llcpu" "$rss"
 done
 echo "ratio = carryon / llama.cpp tokens/s (wall clock: noisy on a shared machine). carryon_cpu_s: CPU seconds of one"
 echo "forward (median); llama_cpu_s_all: CPU seconds of the whole bench.mjs process ($((RUNS + 1)) passes + load). Raw JSON:"
 for f in "$F32" "$BF16" "$Q8"; do echo "${LL[$f]}"; done
-for f in "$F32" "$BF16" "$Q8" "$HF"; do echo "${CO[$f]}"; done
+for row in "${ROWS[@]}"; do echo "${CO[$row]}"; done
