@@ -51,7 +51,7 @@ func BenchmarkSwarm(b *testing.B) {
 func benchSwarm(b *testing.B, nodes int, dir string) {
 	{
 		{
-			ts := newTestSwarm(b)
+			ts := newLoopbackSwarm(b)
 			for i := range nodes {
 				ts.addNode(newFakeBase(ts.base, 50*time.Microsecond, honest, uint64(i)), node.Config{AdvertInterval: 250 * time.Millisecond})
 			}
@@ -113,7 +113,7 @@ func BenchmarkEmbedStream(b *testing.B) {
 	}
 	for _, name := range []string{"q8", "q4", "q4g64", "q2", "bf16"} {
 		b.Run(name, func(b *testing.B) {
-			ts := newTestSwarm(b)
+			ts := newLoopbackSwarm(b)
 			tn := ts.addNode(&constBase{info: info, x: x}, node.Config{Codecs: []string{name}})
 			codec, _ := tensor.ParseCodec(name)
 			job := embedJob{ID: "b0", Base: info.WeightsHash, Dim: dim, Layers: []int{-1}, Codec: codec}

@@ -32,7 +32,8 @@ import (
 // NAT are tested on real hosts in swarm/, node/ and cmd/carryon's
 // end-to-end tests), real gossip and real nodes (node.Node) whose compute
 // is a fakeBase: deterministic hidden states derived from the token ids at
-// a fixed per-token cost.
+// a fixed per-token cost. The benchmarks (newLoopbackSwarm) run real hosts
+// on loopback, to measure what a deployment pays.
 
 // testModelConfig is the shape the coordinator's base and every fakeBase
 // share.
@@ -191,7 +192,7 @@ type testSwarm struct {
 	ctx    context.Context
 	psk    pnet.PSK
 	name   string
-	mn     mocknet.Mocknet // in-process links: the scheduling is under test, not sockets
+	mn     mocknet.Mocknet // in-process links; nil: real hosts on loopback
 	coordH host.Host
 	topics *swarm.Topics
 	base   *model.Base
@@ -209,12 +210,24 @@ type testNode struct {
 
 func newTestSwarm(t testing.TB) *testSwarm {
 	t.Helper()
+	return newSwarm(t, mocknet.New())
+}
+
+// newLoopbackSwarm is a test swarm of real libp2p hosts (TCP, noise,
+// yamux, the private swarm's key) on loopback.
+func newLoopbackSwarm(t testing.TB) *testSwarm {
+	t.Helper()
+	return newSwarm(t, nil)
+}
+
+func newSwarm(t testing.TB, mn mocknet.Mocknet) *testSwarm {
+	t.Helper()
 	_, psk, err := protocol.NewSwarmPSK()
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	ts := &testSwarm{t: t, ctx: ctx, psk: psk, name: protocol.SwarmName(psk), base: swarmTestBase(t), warns: &warnCounter{}, mn: mocknet.New()}
+	ts := &testSwarm{t: t, ctx: ctx, psk: psk, name: protocol.SwarmName(psk), base: swarmTestBase(t), warns: &warnCounter{}, mn: mn}
 	t.Cleanup(func() {
 		for _, n := range ts.nodes {
 			if n.n != nil {
@@ -224,19 +237,30 @@ func newTestSwarm(t testing.TB) *testSwarm {
 		}
 		cancel()
 		ts.coordH.Close()
-		ts.mn.Close()
+		if ts.mn != nil {
+			ts.mn.Close()
+		}
 	})
 	ts.coordH, ts.topics = ts.newHost()
 	return ts
 }
 
-func (ts *testSwarm) newHost() (host.Host, *swarm.Topics) {
-	ts.t.Helper()
+// host makes a host on the swarm's network.
+func (ts *testSwarm) host() (host.Host, error) {
+	if ts.mn == nil {
+		return swarm.NewHost(swarm.HostConfig{PSK: ts.psk, DialTimeout: 2 * time.Second})
+	}
 	h, err := ts.mn.GenPeer()
 	if err != nil {
-		ts.t.Fatal(err)
+		return nil, err
 	}
-	if err := ts.mn.LinkAll(); err != nil {
+	return h, ts.mn.LinkAll()
+}
+
+func (ts *testSwarm) newHost() (host.Host, *swarm.Topics) {
+	ts.t.Helper()
+	h, err := ts.host()
+	if err != nil {
 		ts.t.Fatal(err)
 	}
 	if ts.coordH != nil {
