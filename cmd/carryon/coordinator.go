@@ -32,13 +32,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	httpAddr := fs.String("http", "", "serve the dashboard, its JSON API and /metrics on ADDR (e.g. "+defaultDashboardAddr+", which 'carryon status' reads by default); empty: none")
 	config := fs.String("config", "", "a JSON job file (coordinator.JobFile); its settings replace --model, --data, --cache and the job flags")
 	logger := logFlags(fs, stderr)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if err := job.check(); err != nil {
-		return err
-	}
-	device, closeDevice, err := job.openDevice()
+	device, closeDevice, err := job.parse(fs, args)
 	if err != nil {
 		return err
 	}

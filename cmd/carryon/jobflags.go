@@ -56,6 +56,18 @@ func addJobFlags(fs *flag.FlagSet) *jobFlags {
 	}
 }
 
+// parse parses a training command's flags (parseFlags, with required),
+// checks the job flags and opens the training device (openDevice).
+func (f *jobFlags) parse(fs *flag.FlagSet, args []string, required ...string) (tensor.Backend, func() error, error) {
+	if err := parseFlags(fs, args, required...); err != nil {
+		return nil, nil, err
+	}
+	if err := f.check(); err != nil {
+		return nil, nil, err
+	}
+	return f.openDevice()
+}
+
 // openDevice opens the training device of --device: nil for the CPU, or
 // GPU 0's backend for cuda (its closer must be called when training ends).
 // A plain build says it was built without CUDA.

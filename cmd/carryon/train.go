@@ -26,13 +26,7 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	verify := fs.Int("verify", 1, "with --from-swarm: fetched chunks to compute again here and compare (0: none)")
 	sf := addSwarmFlags(fs, "/ip4/0.0.0.0/tcp/0")
 	logger := logFlags(fs, stderr)
-	if err := parseFlags(fs, args, "out"); err != nil {
-		return err
-	}
-	if err := jf.check(); err != nil {
-		return err
-	}
-	device, closeDevice, err := jf.openDevice()
+	device, closeDevice, err := jf.parse(fs, args, "out")
 	if err != nil {
 		return err
 	}
