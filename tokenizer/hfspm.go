@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Hugging Face's tokenizer.json in SentencePiece form, as Llama-2,
@@ -234,8 +235,14 @@ func hfSPMBuild(f *hfSPMJSON) (*SPMTokenizer, error) {
 	default:
 		return nil, fmt.Errorf("model type %q (supported: BPE, Unigram)", m.Type)
 	}
+	// Added tokens are split out of the raw text, as llama.cpp splits its
+	// special tokens; HF matches a "normalized" one in the text after the
+	// ▁ normalizer, which differs only for a token holding a space.
 	added := map[int32]tokJSONAdded{}
 	for _, a := range f.AddedTokens {
+		if a.Normalized && strings.ContainsAny(a.Content, " "+spmSpace) {
+			return nil, fmt.Errorf("added token %q: a normalized added token with a space is not supported in SentencePiece form", a.Content)
+		}
 		if a.LStrip || a.SingleWord {
 			return nil, fmt.Errorf("added token %q: lstrip and single_word are not supported in SentencePiece form", a.Content)
 		}

@@ -272,6 +272,9 @@ func TestHFSPMForms(t *testing.T) {
 		{"model", func(m map[string]any) { m["model"].(map[string]any)["type"] = "WordLevel" }, `model type "WordLevel"`},
 		{"unk", func(m map[string]any) { m["model"].(map[string]any)["unk_token"] = "<nope>" }, `unk_token "<nope>"`},
 		{"lstrip", func(m map[string]any) { m["added_tokens"].([]any)[0].(map[string]any)["lstrip"] = true }, "lstrip and single_word"},
+		{"normalized space", func(m map[string]any) {
+			m["added_tokens"] = append(m["added_tokens"].([]any), map[string]any{"id": 500, "content": "a b", "normalized": true})
+		}, `"a b": a normalized added token with a space`},
 		{"clash", func(m map[string]any) { m["added_tokens"].([]any)[0].(map[string]any)["content"] = "<other>" }, "id 0 is both"},
 		{"hole", func(m map[string]any) { delete(m["model"].(map[string]any)["vocab"].(map[string]any), "a") }, "not dense"},
 		{"merge", func(m map[string]any) {
