@@ -89,3 +89,27 @@ func checkBase(t *testing.T, write func(string) error, englishMax, arithMax floa
 		t.Errorf("loss %.3f nats/token on arithmetic in GSM8K's notation, over %.1f: the base did not learn its generated part", la, arithMax)
 	}
 }
+
+// TestBasesShareTokenizer: the default and tiny bases read the same token
+// ids (one tokenizer.json), which a mixture of the two (coordinator
+// Config.Mix, `carryon train --mix`) needs.
+func TestBasesShareTokenizer(t *testing.T) {
+	var toks []tokenizer.Tokenizer
+	for _, write := range []func(string) error{embedded.Write, embedded.WriteTiny} {
+		dir := t.TempDir()
+		if err := write(dir); err != nil {
+			t.Fatal(err)
+		}
+		tok, err := tokenizer.LoadTokenizer(filepath.Join(dir, "tokenizer.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		toks = append(toks, tok)
+	}
+	if err := tokenizer.Same(toks[0], toks[1]); err != nil {
+		t.Fatalf("default and tiny bases: %v", err)
+	}
+	if n := toks[0].VocabSize(); n != 4096 {
+		t.Errorf("vocabulary of %d tokens, want 4096", n)
+	}
+}
