@@ -89,6 +89,9 @@ func stageLayer(name string, layers int) (int, error) {
 			return n, nil
 		}
 	}
+	if strings.HasPrefix(name, "base:") {
+		return 0, fmt.Errorf("source %q reads a second base (a mixture of bases): inference runs one base, and a mixture can only be trained and evaluated on cached embeddings (docs/method.md)", name)
+	}
 	return 0, fmt.Errorf("source %q is not one this base provides (final, layer:0..%d)", name, layers)
 }
 

@@ -308,3 +308,27 @@ func TestResolveChain(t *testing.T) {
 		}
 	}
 }
+
+// TestStageLayerNames: the source names inference runs, and a clear
+// refusal of a mixed base's source.
+func TestStageLayerNames(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		want int
+		err  string
+	}{
+		{"final", model.FinalLayer, ""},
+		{"layer:0", 0, ""},
+		{"layer:4", 4, ""},
+		{"layer:5", 0, "not one this base provides (final, layer:0..4)"},
+		{"base:0123456789abcdef:final", 0, "a mixture of bases"},
+	} {
+		got, err := stageLayer(c.name, 4)
+		if c.err == "" && (err != nil || got != c.want) {
+			t.Errorf("stageLayer(%q) = %d, %v; want %d", c.name, got, err, c.want)
+		}
+		if c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)) {
+			t.Errorf("stageLayer(%q): %v, want an error saying %q", c.name, err, c.err)
+		}
+	}
+}

@@ -47,9 +47,9 @@ func watchControlJoins(ctx context.Context, t *pubsub.Topic, joins chan<- struct
 
 // jobAnnounce describes the job now.
 func (l *loop) jobAnnounce() *protocol.JobAnnounce {
-	cfg := l.c.base.Config
+	cfg := l.job.model.Config
 	name := l.cfg.BaseName
-	if name == "" {
+	if name == "" || l.job.model != l.c.base {
 		name = cfg.Arch
 	}
 	n := 0

@@ -246,30 +246,37 @@ func short(h string) string {
 	return h
 }
 
-// cacheKeys lists ch's keys, one per configured layer.
-func (c *Coordinator) cacheKeys(ch *dataset.Chunk) []Key {
-	keys := make([]Key, len(c.cfg.Layers))
-	for i, l := range c.cfg.Layers {
-		keys[i] = c.key(l, ch)
+// cacheKeys lists ch's keys for job, one per layer of the job.
+func (c *Coordinator) cacheKeys(job embedJob, ch *dataset.Chunk) []Key {
+	keys := make([]Key, len(job.Layers))
+	for i, l := range job.Layers {
+		keys[i] = job.key(l, ch)
 	}
 	return keys
 }
 
-// cached reports whether every layer of ch is indexed as complete in the
-// state store (a payload file without its index entry does not count: it
-// may be torn, or not yet durable).
-func (c *Coordinator) cached(ch *dataset.Chunk) bool { return c.state.hasChunks(c.cacheKeys(ch)) }
-
-func (c *Coordinator) key(layer int, ch *dataset.Chunk) Key {
-	return Key{Base: c.base.WeightsHash, Codec: c.codec.String(), Layer: layer, Chunk: ch.ID}
+// cached reports whether every layer of every job (the primary base's and
+// the mixed ones') of ch is indexed as complete in the state store (a
+// payload file without its index entry does not count: it may be torn, or
+// not yet durable).
+func (c *Coordinator) cached(ch *dataset.Chunk) bool {
+	var keys []Key
+	for _, j := range c.allJobs() {
+		keys = append(keys, c.cacheKeys(j, ch)...)
+	}
+	return c.state.hasChunks(keys)
 }
 
-// put adds a chunk's entries, indexed [layer][seq], to the block store
+func (j embedJob) key(layer int, ch *dataset.Chunk) Key {
+	return Key{Base: j.Base, Codec: j.Codec.String(), Layer: layer, Chunk: ch.ID}
+}
+
+// put adds a chunk's entries of job, indexed [layer][seq], to the block store
 // and returns once they are durable and indexed (in a group commit with
 // other chunks: see store.go). by is the node whose result it is ("" for
 // the coordinator's own).
-func (c *Coordinator) put(ch *dataset.Chunk, entries [][]Entry, by string, verified bool) error {
-	keys := c.cacheKeys(ch)
+func (c *Coordinator) put(job embedJob, ch *dataset.Chunk, entries [][]Entry, by string, verified bool) error {
+	keys := c.cacheKeys(job, ch)
 	recs := make([]chunkRecord, len(keys))
 	now := time.Now().UnixMilli()
 	for i, k := range keys {
@@ -309,8 +316,8 @@ func (c *Coordinator) put(ch *dataset.Chunk, entries [][]Entry, by string, verif
 // result). Its blocks stay until `carryon cache gc`, which removes every
 // block no index entry or pinned adaptor reaches (another key may share
 // them).
-func (c *Coordinator) drop(ch *dataset.Chunk) error {
-	keys := c.cacheKeys(ch)
+func (c *Coordinator) drop(job embedJob, ch *dataset.Chunk) error {
+	keys := c.cacheKeys(job, ch)
 	err := c.state.write(func(tx *bolt.Tx) error {
 		for _, k := range keys {
 			if err := tx.Bucket(bChunks).Delete(keyBytes(k)); err != nil {

@@ -382,6 +382,10 @@ func (s checkpoints) latest(co *carryon.Model, opt *carryon.Optimizer, maxStep i
 // with equal keys take bit-identical steps, so one may resume the other.
 func (c *Coordinator) runKey(ds *dataset.Set, co carryon.Config, parent string) (string, error) {
 	tc := c.cfg.Train
+	var mix []string
+	for _, j := range c.mixJobs() {
+		mix = append(mix, fmt.Sprintf("%s|%s|%v", j.Base, j.Codec, j.Layers))
+	}
 	b, err := json.Marshal(struct {
 		Format, Version, Base, Data, Codec, Parent string
 		Layers                                     []int
@@ -389,10 +393,11 @@ func (c *Coordinator) runKey(ds *dataset.Set, co carryon.Config, parent string) 
 		Optim                                      carryon.OptimConfig
 		Batch                                      int
 		Seed                                       uint64
-		GateBias                                   float32 `json:",omitempty"`
-		HeadBF16                                   bool    `json:",omitempty"` // the head in bf16 where it takes effect
+		GateBias                                   float32  `json:",omitempty"`
+		HeadBF16                                   bool     `json:",omitempty"` // the head in bf16 where it takes effect
+		Mix                                        []string `json:",omitempty"` // mixed bases: hash, codec, layers
 	}{CheckpointFormat, CheckpointVersion, c.base.WeightsHash, ds.Hash, c.codec.String(), parent,
-		c.cfg.Layers, co, tc.Optim, tc.BatchSeqs, tc.Seed, tc.GateBias, tc.headBF16()})
+		c.cfg.Layers, co, tc.Optim, tc.BatchSeqs, tc.Seed, tc.GateBias, tc.headBF16(), mix})
 	if err != nil {
 		return "", fmt.Errorf("run key: %w", err)
 	}

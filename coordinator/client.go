@@ -9,6 +9,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"carryon/dataset"
+	"carryon/model"
 	"carryon/protocol"
 	"carryon/tensor"
 )
@@ -20,6 +21,10 @@ type embedJob struct {
 	Dim    int
 	Layers []int
 	Codec  tensor.Codec
+	// model is the base itself (the coordinator's own, or a mixed one of
+	// Config.Mix): its config for announcements, and its forward pass for
+	// CollectLocal and self-verification.
+	model *model.Base
 }
 
 // errBadResult marks a result that breaks the protocol or the request

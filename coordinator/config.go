@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/ipfs/go-cid"
@@ -27,6 +28,14 @@ type Config struct {
 	// Codec is the bridge setting nodes compress with (tensor.ParseCodec).
 	// Default "q8".
 	Codec string
+	// Mix are further bases whose hidden states are sources of the
+	// carry-on too (a mixture of bases, DESIGN.md §2). Each is its own job
+	// on the swarm: nodes serving that base compute its layers, with its
+	// own bridge codec, into the same cache. The bases must share the
+	// primary base's tokenizer (the data set's token ids are fed to every
+	// base): the caller checks that (tokenizer.Same); New checks the
+	// vocabulary sizes and the context. At most 4.
+	Mix []MixBase
 	// CacheDir holds the embedding cache and the adaptor store. Required.
 	CacheDir string
 	// MinNodes is how many eligible nodes must be seen before leasing
@@ -83,6 +92,28 @@ type Config struct {
 	// host as their provider (HeldFrames names those held at start). It
 	// must not block.
 	OnCached func(cid.Cid)
+}
+
+// MixBase is one further base of a mixture (Config.Mix).
+type MixBase struct {
+	// Base is the mixed base: its weights hash, shape and context name the
+	// job, and CollectLocal and self-verification run it. Required.
+	Base *model.Base `json:"-"`
+	// Layers are its layers read as sources, as in Config.Layers (the
+	// first must be model.FinalLayer). Default [model.FinalLayer].
+	Layers []int
+	// Codec is its bridge setting. Default: Config.Codec.
+	Codec string
+}
+
+// mixSourceName names a mixed base's layer as a carry-on source:
+// "base:<first 16 hex digits of its weights hash>:final" or ":layer:k".
+func mixSourceName(hash string, layer int) string {
+	name := "final"
+	if layer != model.FinalLayer {
+		name = fmt.Sprintf("layer:%d", layer)
+	}
+	return "base:" + short(hash) + ":" + name
 }
 
 // TrainConfig is every training knob, on one screen.
@@ -150,6 +181,13 @@ func (c Config) withDefaults() Config {
 		c.Layers = []int{model.FinalLayer}
 	}
 	c.Codec = cmp.Or(c.Codec, "q8")
+	c.Mix = append([]MixBase(nil), c.Mix...)
+	for i := range c.Mix {
+		if len(c.Mix[i].Layers) == 0 {
+			c.Mix[i].Layers = []int{model.FinalLayer}
+		}
+		c.Mix[i].Codec = cmp.Or(c.Mix[i].Codec, c.Codec)
+	}
 	c.MinNodes = cmp.Or(c.MinNodes, 1)
 	c.LeasesPerNode = cmp.Or(c.LeasesPerNode, 2)
 	c.LeaseTimeout = cmp.Or(c.LeaseTimeout, 2*time.Minute)
@@ -227,10 +265,6 @@ func (c Config) Validate() error {
 	switch {
 	case c.CacheDir == "":
 		return fmt.Errorf("coordinator.Config.CacheDir: required")
-	case len(c.Layers) > 8:
-		return fmt.Errorf("coordinator.Config.Layers: %d layers, at most 8", len(c.Layers))
-	case c.Layers[0] != model.FinalLayer:
-		return fmt.Errorf("coordinator.Config.Layers: the first layer must be the final one (%d), got %d", model.FinalLayer, c.Layers[0])
 	case c.MinNodes < 1:
 		return fmt.Errorf("coordinator.Config.MinNodes: %d is below 1", c.MinNodes)
 	case c.LeasesPerNode < 1 || c.LeasesPerNode > 64:
@@ -259,9 +293,47 @@ func (c Config) Validate() error {
 	if err := c.Train.Optim.Validate(); err != nil {
 		return fmt.Errorf("coordinator.Config.Train.Optim: %w", err)
 	}
-	for _, l := range c.Layers[1:] {
+	if err := checkLayers("Layers", c.Layers); err != nil {
+		return err
+	}
+	if len(c.Mix) > 4 {
+		return fmt.Errorf("coordinator.Config.Mix: %d bases, at most 4", len(c.Mix))
+	}
+	for i, m := range c.Mix {
+		field := fmt.Sprintf("Mix[%d]", i)
+		if m.Base == nil {
+			return fmt.Errorf("coordinator.Config.%s.Base: required", field)
+		}
+		if _, err := tensor.ParseCodec(m.Codec); err != nil {
+			return fmt.Errorf("coordinator.Config.%s.Codec: %w", field, err)
+		}
+		if err := checkLayers(field+".Layers", m.Layers); err != nil {
+			return err
+		}
+		for j := range i {
+			if c.Mix[j].Base != nil && c.Mix[j].Base.WeightsHash == m.Base.WeightsHash {
+				return fmt.Errorf("coordinator.Config.%s: base %s is Mix[%d] already (list its layers once)", field, short(m.Base.WeightsHash), j)
+			}
+		}
+	}
+	return nil
+}
+
+// checkLayers checks a list of base layers: the final one first, at most
+// 8, shortcuts non-negative and not repeated.
+func checkLayers(field string, layers []int) error {
+	switch {
+	case len(layers) > 8:
+		return fmt.Errorf("coordinator.Config.%s: %d layers, at most 8", field, len(layers))
+	case layers[0] != model.FinalLayer:
+		return fmt.Errorf("coordinator.Config.%s: the first layer must be the final one (%d), got %d", field, model.FinalLayer, layers[0])
+	}
+	for i, l := range layers[1:] {
 		if l < 0 {
-			return fmt.Errorf("coordinator.Config.Layers: shortcut layer %d is negative", l)
+			return fmt.Errorf("coordinator.Config.%s: shortcut layer %d is negative", field, l)
+		}
+		if slices.Contains(layers[:i+1], l) {
+			return fmt.Errorf("coordinator.Config.%s: layer %d is listed twice", field, l)
 		}
 	}
 	return nil

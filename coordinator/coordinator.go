@@ -57,7 +57,7 @@ type Coordinator struct {
 	// runs; offers are then only answered).
 	offerMu  sync.Mutex
 	offerCh  chan offerEv
-	offerJob string
+	offerJob embedJob
 	// storeHook, when set (tests), is called after each cache write of a
 	// chunk's layers, from the goroutine that wrote them.
 	storeHook func(chunkID string)
@@ -73,6 +73,21 @@ func New(h host.Host, topics *swarm.Topics, base *model.Base, cfg Config) (*Coor
 	for _, l := range cfg.Layers[1:] {
 		if l > base.Config.Layers {
 			return nil, fmt.Errorf("coordinator.New: layer %d beyond the base's %d layers", l, base.Config.Layers)
+		}
+	}
+	for i, m := range cfg.Mix {
+		mc := m.Base.Config
+		switch {
+		case m.Base.WeightsHash == base.WeightsHash:
+			return nil, fmt.Errorf("coordinator.New: Mix[%d] is the coordinator's own base (list its layers in Config.Layers)", i)
+		case mc.Vocab != base.Config.Vocab:
+			return nil, fmt.Errorf("coordinator.New: Mix[%d]: base %s has a vocabulary of %d tokens, this job's base %d: a mixture needs one tokenizer for every base",
+				i, short(m.Base.WeightsHash), mc.Vocab, base.Config.Vocab)
+		}
+		for _, l := range m.Layers[1:] {
+			if l > mc.Layers {
+				return nil, fmt.Errorf("coordinator.New: Mix[%d]: layer %d beyond the base's %d layers", i, l, mc.Layers)
+			}
 		}
 	}
 	codec, _ := tensor.ParseCodec(cfg.Codec)
@@ -140,14 +155,50 @@ func (c *Coordinator) Store() *swarm.Blocks { return c.store }
 // Exchange is the coordinator's bitswap exchange, nil without a host.
 func (c *Coordinator) Exchange() *swarm.Exchange { return c.exchange }
 
+// job is the primary job on ds: the coordinator's own base.
 func (c *Coordinator) job(ds *dataset.Set) embedJob {
 	id := c.cfg.JobID
 	if id == "" {
 		h := sha256.Sum256(fmt.Appendf(nil, "%s|%s|%s|%v", c.base.WeightsHash, ds.Hash, c.codec, c.cfg.Layers))
 		id = hex.EncodeToString(h[:8])
 	}
-	return embedJob{ID: id, Base: c.base.WeightsHash, Dim: c.base.Config.Dim, Layers: c.cfg.Layers, Codec: c.codec}
+	j := c.primary()
+	j.ID = id
+	return j
 }
+
+// primary is the coordinator's own base's job, without its ID (what the
+// cache keys need).
+func (c *Coordinator) primary() embedJob {
+	return embedJob{Base: c.base.WeightsHash, Dim: c.base.Config.Dim, Layers: c.cfg.Layers, Codec: c.codec, model: c.base}
+}
+
+// jobs are every job on ds: the primary one, then one per mixed base
+// (Config.Mix), each named by a hash of its own base, codec and layers
+// (and of Config.JobID when that is set).
+func (c *Coordinator) jobs(ds *dataset.Set) []embedJob {
+	out := []embedJob{c.job(ds)}
+	for _, m := range c.mixJobs() {
+		h := sha256.Sum256(fmt.Appendf(nil, "%s|%s|%s|%v|%s", m.Base, ds.Hash, m.Codec, m.Layers, c.cfg.JobID))
+		m.ID = hex.EncodeToString(h[:8])
+		out = append(out, m)
+	}
+	return out
+}
+
+// mixJobs are the mixed bases' jobs, without IDs.
+func (c *Coordinator) mixJobs() []embedJob {
+	var out []embedJob
+	for _, m := range c.cfg.Mix {
+		codec, _ := tensor.ParseCodec(m.Codec) // Validate parsed it
+		out = append(out, embedJob{Base: m.Base.WeightsHash, Dim: m.Base.Config.Dim, Layers: m.Layers, Codec: codec, model: m.Base})
+	}
+	return out
+}
+
+// allJobs are the primary job and the mixed ones, without IDs: every
+// source's cache keys.
+func (c *Coordinator) allJobs() []embedJob { return append([]embedJob{c.primary()}, c.mixJobs()...) }
 
 // Status returns the latest snapshot; safe for concurrent use.
 func (c *Coordinator) Status() Status {
@@ -171,6 +222,9 @@ func (c *Coordinator) Status() Status {
 // cache, leasing the missing ones to eligible nodes and verifying a sample
 // (see verify.go). Cached chunks are not recomputed, so a restarted
 // coordinator resumes where it stopped.
+//
+// With mixed bases (Config.Mix) it collects one job after the other: the
+// primary base's, then each mixed base's, from the nodes that serve it.
 func (c *Coordinator) Collect(ctx context.Context, ds *dataset.Set, progress func(Progress)) error {
 	if c.topics == nil {
 		return errors.New("coordinator.Collect: no topics to discover nodes on")
@@ -181,7 +235,16 @@ func (c *Coordinator) Collect(ctx context.Context, ds *dataset.Set, progress fun
 	rep := ds.Report
 	rep.Why = maps.Clone(rep.Why)
 	c.data.Store(&rep)
-	job := c.job(ds)
+	for _, job := range c.jobs(ds) {
+		if err := c.collect(ctx, ds, job, progress); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// collect is Collect of one job.
+func (c *Coordinator) collect(ctx context.Context, ds *dataset.Set, job embedJob, progress func(Progress)) error {
 	l := &loop{c: c, job: job, progress: progress,
 		events: make(chan any, 64), disconnects: make(chan peer.ID, 256), byID: map[string]*chunkState{},
 		offers: make(chan offerEv, 64)}
@@ -198,7 +261,7 @@ func (c *Coordinator) Collect(ctx context.Context, ds *dataset.Set, progress fun
 		l.chunks = append(l.chunks, cs)
 		distinct = append(distinct, ch)
 	}
-	cached, err := c.cachedAll(distinct)
+	cached, err := c.cachedAll(job, distinct)
 	if err != nil {
 		return fmt.Errorf("coordinator.Collect: %w", err)
 	}
@@ -261,7 +324,7 @@ func (c *Coordinator) Collect(ctx context.Context, ds *dataset.Set, progress fun
 	c.h.Network().Notify(nb)
 	defer c.h.Network().StopNotify(nb)
 	c.offerMu.Lock()
-	c.offerCh, c.offerJob = l.offers, job.ID
+	c.offerCh, c.offerJob = l.offers, job
 	c.offerMu.Unlock()
 	defer func() {
 		c.offerMu.Lock()
@@ -298,11 +361,16 @@ func readAdverts(ctx context.Context, sub *pubsub.Subscription, self peer.ID, ou
 // checkFits rejects a data set whose sequences exceed the base's context,
 // before any node is asked (every node would fail on them).
 func (c *Coordinator) checkFits(ds *dataset.Set) error {
-	limit := c.base.Config.MaxPos
+	limit, of := c.base.Config.MaxPos, "the base's"
+	for _, m := range c.cfg.Mix {
+		if m.Base.Config.MaxPos < limit {
+			limit, of = m.Base.Config.MaxPos, "the mixed base "+short(m.Base.WeightsHash)+"'s"
+		}
+	}
 	for _, ch := range ds.All() {
 		for _, s := range ch.Seqs {
 			if len(s.Tokens) > limit {
-				return fmt.Errorf("a sequence of %d tokens exceeds the base's context of %d (use a sequence length of at most %d)", len(s.Tokens), limit, limit)
+				return fmt.Errorf("a sequence of %d tokens exceeds %s context of %d (use a sequence length of at most %d)", len(s.Tokens), of, limit, limit)
 			}
 		}
 	}

@@ -33,11 +33,9 @@ type LocalProgress struct {
 // result, so the trainer sees identical inputs either way. Chunks already
 // cached are skipped: a second call on the same data runs no forward.
 // base must compute the coordinator's base (the cache is keyed by its
-// weights hash); nil means the coordinator's own. progress may be nil.
+// weights hash); nil means the coordinator's own. Mixed bases
+// (Config.Mix) run their own forward pass. progress may be nil.
 func (c *Coordinator) CollectLocal(ctx context.Context, ds *dataset.Set, base Forwarder, progress func(LocalProgress)) error {
-	if base == nil {
-		base = c.base
-	}
 	if err := c.checkFits(ds); err != nil {
 		return fmt.Errorf("coordinator.CollectLocal: %w", err)
 	}
@@ -55,22 +53,32 @@ func (c *Coordinator) CollectLocal(ctx context.Context, ds *dataset.Set, base Fo
 			continue
 		}
 		done[ch.ID] = true
-		if c.cached(ch) {
-			p.Done++
-			continue
-		}
-		if err := ctx.Err(); err != nil {
-			return fmt.Errorf("coordinator.CollectLocal: %w", err)
-		}
-		entries, tokens, err := c.computeChunk(base, ch)
-		if err != nil {
-			return fmt.Errorf("coordinator.CollectLocal: %w", err)
-		}
-		p.Tokens += tokens
-		if err := c.put(ch, entries, "", true); err != nil {
-			return fmt.Errorf("coordinator.CollectLocal: %w", err)
+		computed := false
+		for _, job := range c.allJobs() {
+			if c.state.hasChunks(c.cacheKeys(job, ch)) {
+				continue
+			}
+			if err := ctx.Err(); err != nil {
+				return fmt.Errorf("coordinator.CollectLocal: %w", err)
+			}
+			fw := Forwarder(job.model)
+			if job.model == c.base && base != nil {
+				fw = base
+			}
+			entries, tokens, err := computeChunk(job, fw, ch)
+			if err != nil {
+				return fmt.Errorf("coordinator.CollectLocal: %w", err)
+			}
+			p.Tokens += tokens
+			if err := c.put(job, ch, entries, "", true); err != nil {
+				return fmt.Errorf("coordinator.CollectLocal: %w", err)
+			}
+			computed = true
 		}
 		p.Done++
+		if !computed {
+			continue
+		}
 		p.Computed++
 		if progress != nil {
 			progress(p)
@@ -81,13 +89,13 @@ func (c *Coordinator) CollectLocal(ctx context.Context, ds *dataset.Set, base Fo
 	return nil
 }
 
-// computeChunk runs base over ch's sequences and encodes every requested
-// layer with the job's codec, as a node does: entries are indexed
-// [layer][seq].
-func (c *Coordinator) computeChunk(base Forwarder, ch *dataset.Chunk) (entries [][]Entry, tokens int64, err error) {
-	dim := c.base.Config.Dim
+// computeChunk runs base (job's base) over ch's sequences and encodes
+// every layer of the job with its codec, as a node does: entries are
+// indexed [layer][seq].
+func computeChunk(job embedJob, base Forwarder, ch *dataset.Chunk) (entries [][]Entry, tokens int64, err error) {
+	dim := job.Dim
 	var buf []byte
-	entries = make([][]Entry, len(c.cfg.Layers))
+	entries = make([][]Entry, len(job.Layers))
 	var batch [][][]float32
 	if bf, ok := base.(BatchForwarder); ok && len(ch.Seqs) > 1 {
 		seqs := make([][]int32, len(ch.Seqs))
@@ -95,7 +103,7 @@ func (c *Coordinator) computeChunk(base Forwarder, ch *dataset.Chunk) (entries [
 			seqs[j] = ex.Tokens
 		}
 		var err error
-		if batch, err = bf.ForwardBatch(seqs, c.cfg.Layers); err != nil {
+		if batch, err = bf.ForwardBatch(seqs, job.Layers); err != nil {
 			return nil, 0, fmt.Errorf("chunk %s: %w", short(ch.ID), err)
 		}
 		if len(batch) != len(seqs) {
@@ -106,20 +114,20 @@ func (c *Coordinator) computeChunk(base Forwarder, ch *dataset.Chunk) (entries [
 		var hs [][]float32
 		if batch != nil {
 			hs = batch[j]
-		} else if h, err := base.Forward(ex.Tokens, c.cfg.Layers); err != nil {
+		} else if h, err := base.Forward(ex.Tokens, job.Layers); err != nil {
 			return nil, 0, fmt.Errorf("chunk %s sequence %d: %w", short(ch.ID), j, err)
 		} else {
 			hs = h
 		}
-		if len(hs) != len(c.cfg.Layers) {
-			return nil, 0, fmt.Errorf("chunk %s sequence %d: %d layers back, asked for %d", short(ch.ID), j, len(hs), len(c.cfg.Layers))
+		if len(hs) != len(job.Layers) {
+			return nil, 0, fmt.Errorf("chunk %s sequence %d: %d layers back, asked for %d", short(ch.ID), j, len(hs), len(job.Layers))
 		}
 		rows := len(ex.Tokens)
 		for i, h := range hs {
 			if len(h) != rows*dim {
-				return nil, 0, fmt.Errorf("chunk %s sequence %d layer %d: %d values, want %d×%d", short(ch.ID), j, c.cfg.Layers[i], len(h), rows, dim)
+				return nil, 0, fmt.Errorf("chunk %s sequence %d layer %d: %d values, want %d×%d", short(ch.ID), j, job.Layers[i], len(h), rows, dim)
 			}
-			buf = c.codec.Encode(buf[:0], h, rows, dim)
+			buf = job.Codec.Encode(buf[:0], h, rows, dim)
 			entries[i] = append(entries[i], Entry{Rows: rows, Dim: dim, Data: append([]byte(nil), buf...)})
 		}
 		tokens += int64(rows)

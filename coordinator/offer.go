@@ -31,9 +31,15 @@ func (c *Coordinator) handleOffer(s network.Stream) {
 		return
 	}
 	from := s.Conn().RemotePeer()
+	c.offerMu.Lock()
+	ch, job := c.offerCh, c.offerJob
+	c.offerMu.Unlock()
+	if ch == nil || job.ID != offer.JobID {
+		job = c.primary() // answer what is stored; nothing is wanted now
+	}
 	var stored, wanted []string
 	for _, id := range offer.Chunks {
-		if c.state.hasChunks(c.cacheKeys(&dataset.Chunk{ID: id})) {
+		if c.state.hasChunks(c.cacheKeys(job, &dataset.Chunk{ID: id})) {
 			stored = append(stored, id)
 		} else {
 			wanted = append(wanted, id)
@@ -46,10 +52,7 @@ func (c *Coordinator) handleOffer(s network.Stream) {
 	if len(wanted) == 0 {
 		return
 	}
-	c.offerMu.Lock()
-	ch, job := c.offerCh, c.offerJob
-	c.offerMu.Unlock()
-	if ch == nil || job != offer.JobID {
+	if ch == nil || job.ID != offer.JobID {
 		return // no such job running: the node offers again later
 	}
 	select {
@@ -89,13 +92,13 @@ func (c *Coordinator) takeLeases() (map[peer.ID][]string, error) {
 }
 
 // cachedAll reports, in one read transaction, which chunks are complete.
-func (c *Coordinator) cachedAll(chunks []*dataset.Chunk) ([]bool, error) {
+func (c *Coordinator) cachedAll(job embedJob, chunks []*dataset.Chunk) ([]bool, error) {
 	out := make([]bool, len(chunks))
 	err := c.state.view(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bChunks)
 		for i, ch := range chunks {
 			out[i] = true
-			for _, k := range c.cacheKeys(ch) {
+			for _, k := range c.cacheKeys(job, ch) {
 				if b.Get(keyBytes(k)) == nil {
 					out[i] = false
 					break

@@ -496,7 +496,7 @@ func (l *loop) launch(ctx context.Context, ls *lease) {
 // selfHook is assign's taker of second opinions when the coordinator
 // computes them itself (nil: nodes give them).
 func (l *loop) selfHook() func(*chunkState) bool {
-	if !l.cfg.SelfVerify || l.c.base == nil {
+	if !l.cfg.SelfVerify || l.job.model == nil {
 		return nil
 	}
 	return func(cs *chunkState) bool {
@@ -528,7 +528,7 @@ func (l *loop) runLease(ctx context.Context, ls *lease) {
 		v := <-reply
 		switch v.kind {
 		case vStore:
-			if err := l.c.put(ls.cs.ch, entries, ls.node.id.String(), false); err != nil {
+			if err := l.c.put(l.job, ls.cs.ch, entries, ls.node.id.String(), false); err != nil {
 				return false, err
 			}
 			ev.stored = true
@@ -627,7 +627,7 @@ func (l *loop) finish(ev finishEv) error {
 	switch {
 	case ev.stored && s.banned:
 		// Banned while its unverified result was being written.
-		if err := l.c.drop(cs.ch); err != nil {
+		if err := l.c.drop(l.job, cs.ch); err != nil {
 			return fmt.Errorf("coordinator.Collect: drop a banned node's chunk: %w", err)
 		}
 		l.vs.Dropped++
@@ -842,7 +842,7 @@ func (l *loop) storeAsync(cs *chunkState, by *nodeState, entries [][]Entry, veri
 	cs.held = nil
 	l.running++
 	go func() {
-		err := l.c.put(cs.ch, entries, by.id.String(), verified)
+		err := l.c.put(l.job, cs.ch, entries, by.id.String(), verified)
 		l.events <- storedEv{cs: cs, node: by, err: err}
 	}()
 }
@@ -893,7 +893,7 @@ func (l *loop) ban(s *nodeState, reason string) {
 		if cs.phase != phDone || cs.storedBy != s || cs.verified {
 			continue
 		}
-		if err := l.c.drop(cs.ch); err != nil {
+		if err := l.c.drop(l.job, cs.ch); err != nil {
 			l.c.log.Warn("could not drop a banned node's chunk", "chunk", short(cs.ch.ID), "err", err)
 			continue
 		}
@@ -934,7 +934,7 @@ func (l *loop) selfVerify(cs *chunkState) {
 	held := append([]heldResult(nil), cs.held...)
 	go func() {
 		ev := selfEv{cs: cs}
-		ev.entries, ev.err = l.c.selfCompute(cs.ch)
+		ev.entries, ev.err = l.c.selfCompute(l.job, cs.ch)
 		if ev.err == nil {
 			for _, h := range held {
 				st, err := compareEntries(l.job.Codec, l.cfg.VerifyKernelRel, ev.entries, h.entries)
@@ -945,20 +945,20 @@ func (l *loop) selfVerify(cs *chunkState) {
 	}()
 }
 
-// selfCompute runs the chunk through the coordinator's base and codec.
-func (c *Coordinator) selfCompute(ch *dataset.Chunk) ([][]Entry, error) {
-	out := make([][]Entry, len(c.cfg.Layers))
+// selfCompute runs the chunk through the job's base and codec.
+func (c *Coordinator) selfCompute(job embedJob, ch *dataset.Chunk) ([][]Entry, error) {
+	out := make([][]Entry, len(job.Layers))
 	for i := range out {
 		out[i] = make([]Entry, len(ch.Seqs))
 	}
 	for si, sq := range ch.Seqs {
-		hs, err := c.base.Forward(sq.Tokens, c.cfg.Layers)
+		hs, err := job.model.Forward(sq.Tokens, job.Layers)
 		if err != nil {
 			return nil, fmt.Errorf("self-verify: %w", err)
 		}
-		for li := range c.cfg.Layers {
-			rows, d := len(sq.Tokens), c.base.Config.Dim
-			out[li][si] = Entry{Rows: rows, Dim: d, Data: c.codec.Encode(nil, hs[li], rows, d)}
+		for li := range job.Layers {
+			rows, d := len(sq.Tokens), job.Dim
+			out[li][si] = Entry{Rows: rows, Dim: d, Data: job.Codec.Encode(nil, hs[li], rows, d)}
 		}
 	}
 	return out, nil
@@ -1009,7 +1009,7 @@ func (l *loop) selfDone(ev selfEv) error {
 	cs.verified, cs.held = true, nil
 	l.running++
 	go func() {
-		err := l.c.put(cs.ch, ev.entries, "", true)
+		err := l.c.put(l.job, cs.ch, ev.entries, "", true)
 		l.events <- storedEv{cs: cs, err: err}
 	}()
 	return nil

@@ -222,7 +222,7 @@ func TestSelfVerify(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want, _ := c.selfCompute(ch)
+		want, _ := c.selfCompute(c.primary(), ch)
 		if st, err := compareEntries(c.codec, c.cfg.VerifyKernelRel, want[:1], [][]Entry{got}); err != nil || !st.agree() {
 			t.Fatalf("chunk %s: wrong embeddings cached", short(ch.ID))
 		}

@@ -196,7 +196,7 @@ func (c *Coordinator) FetchCached(ctx context.Context, ds *dataset.Set, cfg Fetc
 		}
 	}
 	rep.Chunks = len(distinct)
-	cached, err := c.cachedAll(distinct)
+	cached, err := c.cachedAll(c.primary(), distinct)
 	if err != nil {
 		return rep, fmt.Errorf("coordinator.FetchCached: %w", err)
 	}
@@ -339,7 +339,7 @@ func (c *Coordinator) fetchChunk(ctx context.Context, cfg FetchConfig, j fetchJo
 		total += int64(len(b))
 	}
 	if verify {
-		mine, _, err := c.computeChunk(c.base, j.ch)
+		mine, _, err := computeChunk(c.primary(), c.base, j.ch)
 		if err != nil {
 			return 0, 0, fmt.Errorf("verify chunk %s: %w", short(j.ch.ID), err)
 		}
@@ -355,7 +355,7 @@ func (c *Coordinator) fetchChunk(ctx context.Context, cfg FetchConfig, j fetchJo
 			recs[i].Verified = true
 		}
 	}
-	keys := c.cacheKeys(j.ch)
+	keys := c.cacheKeys(c.primary(), j.ch)
 	err := c.state.groupWrite(func(tx *bolt.Tx) error {
 		b := tx.Bucket(bChunks)
 		for i, k := range keys {

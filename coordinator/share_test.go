@@ -75,7 +75,7 @@ func TestFetchCached(t *testing.T) {
 	collectLocal(t, a, ds)
 	all := ds.All()
 	lacking := all[len(all)-1]
-	if err := a.drop(lacking); err != nil { // a does not hold this one
+	if err := a.drop(a.primary(), lacking); err != nil { // a does not hold this one
 		t.Fatal(err)
 	}
 
@@ -295,7 +295,7 @@ func TestCacheDirLsGC(t *testing.T) {
 	all := ds.All()
 	dropped := all[0]
 	droppedCID, _ := c.cache.CID(c.key(model.FinalLayer, dropped))
-	if err := c.drop(dropped); err != nil {
+	if err := c.drop(c.primary(), dropped); err != nil {
 		t.Fatal(err)
 	}
 	old := all[1]

@@ -419,3 +419,6 @@ func rmsOf(x []float32) float64 {
 }
 
 func (ts *testSwarm) coordCodec(name string) (tensor.Codec, error) { return tensor.ParseCodec(name) }
+
+// key is the cache key of the primary base's layer of ch.
+func (c *Coordinator) key(layer int, ch *dataset.Chunk) Key { return c.primary().key(layer, ch) }

@@ -17,6 +17,7 @@ import (
 	"carryon/model"
 	"carryon/protocol"
 	"carryon/swarm"
+	"carryon/tensor"
 )
 
 // StepInfo reports one optimiser step.
@@ -72,28 +73,32 @@ type Hooks struct {
 // seqData is one training sequence with its cached bridged sources.
 type seqData struct {
 	targets []int32
-	sources []Entry // one per layer, in Config.Layers order
+	sources []Entry // one per source: the primary base's Config.Layers, then each mixed base's layers
 	count   int     // trained positions
 }
 
-// loadSplit reads the cached embeddings of chunks (never the network).
+// loadSplit reads the cached embeddings of chunks (never the network):
+// every source of the carry-on, the mixed bases' after the primary's.
 func (c *Coordinator) loadSplit(chunks []*dataset.Chunk) ([]seqData, error) {
 	var out []seqData
+	jobs := c.allJobs()
 	for _, ch := range chunks {
-		per := make([][]Entry, len(c.cfg.Layers))
-		for i, l := range c.cfg.Layers {
-			es, err := c.cache.Get(c.key(l, ch))
-			if err != nil {
-				return nil, err
+		var per [][]Entry
+		for _, job := range jobs {
+			for _, l := range job.Layers {
+				es, err := c.cache.Get(job.key(l, ch))
+				if err != nil {
+					return nil, err
+				}
+				if len(es) != len(ch.Seqs) {
+					return nil, fmt.Errorf("coordinator: cache entry %s holds %d sequences, want %d", short(ch.ID), len(es), len(ch.Seqs))
+				}
+				per = append(per, es)
 			}
-			if len(es) != len(ch.Seqs) {
-				return nil, fmt.Errorf("coordinator: cache entry %s holds %d sequences, want %d", short(ch.ID), len(es), len(ch.Seqs))
-			}
-			per[i] = es
 		}
 		for j, ex := range ch.Seqs {
-			sd := seqData{targets: ex.Targets()}
-			for i := range c.cfg.Layers {
+			sd := seqData{targets: ex.Targets(), sources: make([]Entry, 0, len(per))}
+			for i := range per {
 				e := per[i][j]
 				if e.Rows != len(ex.Tokens) {
 					return nil, fmt.Errorf("coordinator: cache entry %s sequence %d has %d rows, want %d", short(ch.ID), j, e.Rows, len(ex.Tokens))
@@ -113,7 +118,20 @@ func (c *Coordinator) loadSplit(chunks []*dataset.Chunk) ([]seqData, error) {
 	return out, nil
 }
 
-// carryOnConfig completes the configured shape from the base and the job.
+// sourceCodecs is the bridge codec of each source, in seqData.sources order.
+func (c *Coordinator) sourceCodecs() []tensor.Codec {
+	var out []tensor.Codec
+	for _, job := range c.allJobs() {
+		for range job.Layers {
+			out = append(out, job.Codec)
+		}
+	}
+	return out
+}
+
+// carryOnConfig completes the configured shape from the base and the job:
+// the primary base's layers are sources "final" and "layer:k", a mixed
+// base's "base:<hash>:final" and "base:<hash>:layer:k" (mixSourceName).
 func (c *Coordinator) carryOnConfig(maxSeq int) carryon.Config {
 	bc := c.base.Config
 	cfg := c.cfg.Train.CarryOn
@@ -130,6 +148,11 @@ func (c *Coordinator) carryOnConfig(maxSeq int) carryon.Config {
 		}
 		cfg.Sources = append(cfg.Sources, carryon.Source{Name: name, Dim: bc.Dim})
 	}
+	for _, j := range c.mixJobs() {
+		for _, l := range j.Layers {
+			cfg.Sources = append(cfg.Sources, carryon.Source{Name: mixSourceName(j.Base, l), Dim: j.Dim})
+		}
+	}
 	return cfg
 }
 
@@ -138,11 +161,12 @@ func (c *Coordinator) carryOnConfig(maxSeq int) carryon.Config {
 // them: the new stage's primary source is then the chain's output y, as at
 // inference (carryon.ForwardStages), and its shortcut sources stay the base's.
 type decoder struct {
-	c     *Coordinator
-	buf   [][]float32 // decoded base sources, in Config.Layers order
-	chain []*chainStage
-	x     []float32   // the chain's output
-	out   [][]float32 // what the trainer sees
+	c      *Coordinator
+	codecs []tensor.Codec // per source (sourceCodecs)
+	buf    [][]float32    // decoded sources, in seqData.sources order
+	chain  []*chainStage
+	x      []float32   // the chain's output
+	out    [][]float32 // what the trainer sees
 }
 
 // chainStage is one earlier carry-on stage and where its sources come from.
@@ -157,6 +181,7 @@ func (d *decoder) sources(sd seqData) ([][]float32, error) {
 	if d.buf == nil {
 		d.buf = make([][]float32, len(sd.sources))
 		d.out = make([][]float32, len(sd.sources))
+		d.codecs = d.c.sourceCodecs()
 	}
 	for i, e := range sd.sources {
 		n := e.Rows * e.Dim
@@ -164,7 +189,7 @@ func (d *decoder) sources(sd seqData) ([][]float32, error) {
 			d.buf[i] = make([]float32, n)
 		}
 		d.buf[i] = d.buf[i][:n]
-		if err := d.c.codec.Decode(d.buf[i], e.Data, e.Rows, e.Dim); err != nil {
+		if err := d.codecs[i].Decode(d.buf[i], e.Data, e.Rows, e.Dim); err != nil {
 			return nil, err
 		}
 	}

@@ -78,6 +78,12 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		*job.steps = cmp.Or(cfg.Train.Steps, 200) // the progress lines' spacing; 200 is TrainConfig's default
 	}
 	cfg.BaseName, cfg.Train.Device = m.Name, device
+	mix, closeMix, err := job.openMix(tok)
+	if err != nil {
+		return err
+	}
+	defer closeMix()
+	cfg.Mix = mix
 	frames := announceFrames(ctx, j, log)
 	if frames != nil {
 		cfg.OnCached = frames.cached

@@ -26,6 +26,7 @@ import (
 // (data embedded by the swarm) and `carryon train` (embedded here).
 type jobFlags struct {
 	model, data, cache, codec, parent  *string
+	mix                                *string
 	device                             *string
 	seqLen, steps, batch, width, depth *int
 	lr, alpha, gateBias                *float64
@@ -40,6 +41,7 @@ func addJobFlags(fs *flag.FlagSet) *jobFlags {
 		data:      fs.String("data", "default", "data file: JSONL (text, prompt/completion or question/answer) or plain text; \"default\" for the demo's problems"),
 		cache:     fs.String("cache", filepath.Join(model.DefaultCacheDir(), "coordinator"), "embedding cache and adaptor store (shared by 'carryon coordinator' and 'carryon train')"),
 		codec:     fs.String("codec", "q8", "bridge setting the embeddings are made and cached with"),
+		mix:       fs.String("mix", "", `further bases whose final hidden states are sources of the carry-on too (a mixture of bases), comma-separated: directories, .gguf files, "default" or "tiny"; each must have --model's tokenizer, and nodes serving it compute its embeddings (with --codec). The adaptor reads them as "base:<hash>:final": it is trained and scored on the cache; generate and serve cannot run it`),
 		parent:    fs.String("parent", "", "train a boosting stage on top of this adaptor (a file, or a CID in the store)"),
 		seqLen:    fs.Int("seq-len", 0, "tokens per sequence at most; longer question/answer pairs lose the start of the question (0: the base's context, at most 2048)"),
 		steps:     fs.Int("steps", 300, "training steps"),
@@ -155,6 +157,34 @@ func (f *jobFlags) alphas() ([]float32, error) {
 		out = append(out, float32(v))
 	}
 	return out, nil
+}
+
+// openMix opens the bases of --mix and checks that each reads the token
+// ids of tok (the primary base's tokenizer): a mixture feeds one data set
+// to every base. The closer closes them.
+func (f *jobFlags) openMix(tok tokenizer.Tokenizer) ([]coordinator.MixBase, func(), error) {
+	var out []coordinator.MixBase
+	closeAll := func() {
+		for _, m := range out {
+			m.Base.Close()
+		}
+	}
+	for _, spec := range strings.Split(*f.mix, ",") {
+		if spec = strings.TrimSpace(spec); spec == "" {
+			continue
+		}
+		m, err := model.Open(spec, model.OpenOptions{})
+		if err != nil {
+			closeAll()
+			return nil, nil, fmt.Errorf("--mix %s: %w", spec, err)
+		}
+		out = append(out, coordinator.MixBase{Base: m.Base})
+		if err := tokenizer.Same(tok, m.Tokenizer); err != nil {
+			closeAll()
+			return nil, nil, fmt.Errorf("--mix %s: a mixture needs one vocabulary: its tokenizer is not --model %s's: %w", spec, *f.model, err)
+		}
+	}
+	return out, closeAll, nil
 }
 
 // config is the coordinator configuration the flags describe.

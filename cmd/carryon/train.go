@@ -44,6 +44,12 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	cfg := jf.config(base)
 	log := logger()
 	cfg.Logger, cfg.Train.Seed, cfg.Train.Device = log, *seed, device
+	mix, closeMix, err := jf.openMix(tok)
+	if err != nil {
+		return err
+	}
+	defer closeMix()
+	cfg.Mix = mix
 	peers, err := parsePeers(*fromSwarm)
 	if err != nil {
 		return fmt.Errorf("--from-swarm: %w", err)
