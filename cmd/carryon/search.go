@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"time"
 
 	"carryon/internal/experiments"
@@ -26,8 +27,25 @@ func runSearch(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	batch := fs.Int("batch", 8, "sequences per step")
 	noStop := fs.Bool("no-stop", false, "train every trial to the end (default: a trial behind the median of the earlier ones at a validation pass stops there)")
 	compare := fs.Int("compare-trains", 0, "after the search, time three separate 'carryon train' runs of the reference carry-on (h=64, L=2) of this many steps, each embedding the data again (0: no)")
-	if err := parseFlags(fs, args, "data"); err != nil {
+	// --cpuprofile FILE (hidden: a developer's flag, not in the usage)
+	// writes a CPU profile of the whole search.
+	rest, cpuProfile, err := cutHiddenFlag(args, "cpuprofile")
+	if err != nil {
 		return err
+	}
+	if err := parseFlags(fs, rest, "data"); err != nil {
+		return err
+	}
+	if cpuProfile != "" {
+		f, err := os.Create(cpuProfile)
+		if err != nil {
+			return fmt.Errorf("search: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("search: %w", err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	m, err := model.Open(*modelFlag, model.OpenOptions{})
 	if err != nil {
