@@ -52,6 +52,15 @@ type TrainResult struct {
 	// Stopped is the step at which Hooks.Stop ended training (0: it ran
 	// all TrainConfig.Steps).
 	Stopped int
+	Timing  Timing
+}
+
+// Timing is where a Train call spent its wall time.
+type Timing struct {
+	Load  time.Duration // reading the splits' cached embeddings from the store, a parent chain, the carry-on's set-up
+	Steps time.Duration // optimiser steps
+	Eval  time.Duration // validation passes (the base-alone loss included)
+	Alpha time.Duration // the α grid (TrainConfig.AlphaGrid)
 }
 
 // Hooks observe a Run (and a Train). Any may be nil.
@@ -272,6 +281,7 @@ func (c *Coordinator) parentChain(parent string, maxSeq int) ([]*chainStage, err
 // uninterrupted run.
 func (c *Coordinator) Train(ctx context.Context, ds *dataset.Set, hooks Hooks) (*TrainResult, error) {
 	tc := c.cfg.Train
+	start := time.Now()
 	train, err := c.loadSplit(ds.Train)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator.Train: %w", err)
@@ -347,6 +357,7 @@ func (c *Coordinator) Train(ctx context.Context, ds *dataset.Set, hooks Hooks) (
 		t.grads = make([]float32, len(co.Params))
 	}
 	order := epochOrder(tc.Seed, state.Epoch, len(train))
+	res.Timing.Load = time.Since(start)
 	var best []float32 // the parameters of the best validation pass (KeepBest), over the whole run
 	bestLoss, bestStep := math.Inf(1), 0
 	if tc.KeepBest && state.Best != nil {
@@ -367,10 +378,12 @@ func (c *Coordinator) Train(ctx context.Context, ds *dataset.Set, hooks Hooks) (
 			batch = append(batch, train[order[state.Next]])
 			state.Next++
 		}
+		t0 := time.Now()
 		info, err := t.step(batch, opt)
 		if err != nil {
 			return nil, fmt.Errorf("coordinator.Train: step %d: %w", step, err)
 		}
+		res.Timing.Steps += time.Since(t0)
 		info.Step = step
 		state.Step, state.Loss = step, info.Loss
 		res.Steps = append(res.Steps, info)
@@ -378,10 +391,12 @@ func (c *Coordinator) Train(ctx context.Context, ds *dataset.Set, hooks Hooks) (
 			hooks.Step(info)
 		}
 		if len(val) > 0 && (step%tc.EvalEvery == 0 || step == tc.Steps) {
+			t0 := time.Now()
 			ev, err := t.eval(val)
 			if err != nil {
 				return nil, fmt.Errorf("coordinator.Train: eval: %w", err)
 			}
+			res.Timing.Eval += time.Since(t0)
 			ev.Step = step
 			if tc.KeepBest && ev.Loss < bestLoss {
 				best = append(best[:0], co.Params...)
@@ -436,6 +451,8 @@ func (c *Coordinator) Train(ctx context.Context, ds *dataset.Set, hooks Hooks) (
 		keptLoss = bestLoss
 	}
 	if len(tc.AlphaGrid) > 0 && len(val) > 0 && res.Stopped == 0 {
+		t0 := time.Now()
+		defer func() { res.Timing.Alpha = time.Since(t0) }()
 		// Two points of the grid are known: α = 0 is the base alone, and
 		// the training α is the kept pass's loss (unless resumed past it).
 		known := map[float32]float64{}

@@ -55,6 +55,11 @@ type Options struct {
 	BaseName string
 	// Progress, when set, receives one line per stage.
 	Progress func(msg string)
+	// Mix, when set, is a second base for the mixture experiment (its
+	// final hidden states as a further source, coordinator.Config.Mix); it
+	// must share the base's tokenizer. MixName names it in the results.
+	Mix     *model.Base
+	MixName string
 }
 
 // Sizes are every size and hyper-parameter of a run (recorded in the
@@ -191,9 +196,22 @@ type CarryOnRun struct {
 	BestStep     int     `json:"best_step"`           // the step kept (best-by-validation)
 	Alpha        float32 `json:"alpha"`               // α chosen on the validation split
 	GateBias     float32 `json:"gate_bias,omitempty"` // initial b_g
+	Mix          string  `json:"mix,omitempty"`       // a second base whose final hidden states were a source too
 	Stopped      int     `json:"stopped,omitempty"`   // the step an early stop ended the run at (0: it ran all Steps)
 	StepMS       float64 `json:"step_ms"`
 	Curve        Curve   `json:"curve"`
+	// Phases is where the run's wall time went.
+	Phases Phases `json:"phases"`
+}
+
+// Phases is a carry-on run's wall time by phase, in seconds.
+type Phases struct {
+	Open  float64 `json:"open"`  // opening the coordinator and checking the cache holds every chunk
+	Load  float64 `json:"load"`  // reading the cached embeddings of the training and validation splits
+	Steps float64 `json:"steps"` // optimiser steps
+	Eval  float64 `json:"eval"`  // validation passes
+	Alpha float64 `json:"alpha"` // choosing α on validation
+	Test  float64 `json:"test"`  // scoring the held-out split (reading it from the cache included)
 }
 
 // LossResult is experiment 1.
@@ -485,6 +503,10 @@ type spec struct {
 	// validation split.
 	trainAlpha float32
 	gateBias   float32 // initial b_g (coordinator.TrainConfig.GateBias)
+	// mix, when set, adds a second base's final hidden states as a
+	// source (coordinator.Config.Mix); mixName names it.
+	mix     *model.Base
+	mixName string
 	// evals is the number of validation passes over the run (0: 8); they
 	// come every steps/evals steps.
 	evals int
@@ -494,7 +516,11 @@ type spec struct {
 }
 
 func (s spec) key() string {
-	return fmt.Sprintf("%s/%s/h%d/L%d/%d/seed%d/lr%g/src%v/a%g/b%g/e%d", s.data, s.codec, s.width, s.layers, s.steps, s.seed, s.lr, s.sources, s.trainAlpha, s.gateBias, s.evals)
+	k := fmt.Sprintf("%s/%s/h%d/L%d/%d/seed%d/lr%g/src%v/a%g/b%g/e%d", s.data, s.codec, s.width, s.layers, s.steps, s.seed, s.lr, s.sources, s.trainAlpha, s.gateBias, s.evals)
+	if s.mix != nil {
+		k += "/mix" + s.mix.WeightsHash
+	}
+	return k
 }
 
 // carryOn trains (or recalls) the carry-on of s through the coordinator:
@@ -536,12 +562,16 @@ func trainCarryOn(ctx context.Context, base *model.Base, fw coordinator.Forwarde
 			KeepBest: true, AlphaGrid: alphaGrid, GateBias: s.gateBias}}
 	cfg.Train.Optim.LR = lr
 	cfg.Train.CarryOn = carryOnShape(bc.Dim, bc.Vocab, s.width, s.layers)
+	if s.mix != nil {
+		cfg.Mix = []coordinator.MixBase{{Base: s.mix}}
+	}
 	if s.trainAlpha != 0 {
 		cfg.Train.CarryOn.Alpha = s.trainAlpha
 	}
 	// The search's trials open coordinators on one cache directory at
 	// once: opening (the block store creates its directories) and
 	// closing take turns.
+	t0 := time.Now()
 	openMu.Lock()
 	c, err := coordinator.New(nil, nil, base, cfg)
 	openMu.Unlock()
@@ -559,7 +589,8 @@ func trainCarryOn(ctx context.Context, base *model.Base, fw coordinator.Forwarde
 	if err := c.CollectLocal(ctx, test, fw, nil); err != nil {
 		return nil, err
 	}
-	run := CarryOnRun{Data: s.data, Codec: s.codec, Width: s.width, Layers: s.layers, Steps: s.steps, Seed: s.seed, Sources: s.sources, GateBias: s.gateBias, BestLoss: math.Inf(1)}
+	run := CarryOnRun{Data: s.data, Codec: s.codec, Width: s.width, Layers: s.layers, Steps: s.steps, Seed: s.seed, Sources: s.sources, GateBias: s.gateBias, Mix: s.mixName, BestLoss: math.Inf(1)}
+	run.Phases.Open = time.Since(t0).Seconds()
 	var sec float64
 	mark := time.Now()
 	res, err := c.Train(ctx, ds, coordinator.Hooks{
@@ -589,10 +620,14 @@ func trainCarryOn(ctx context.Context, base *model.Base, fw coordinator.Forwarde
 	run.Params, run.AdaptorBytes = len(res.CarryOn.Params), len(blob)
 	run.SelectLoss, run.TrainLoss = res.Meta.Metrics["val_loss"], res.Meta.Metrics["train_loss"]
 	run.BestStep, run.Alpha = res.Best, res.CarryOn.Config.Alpha
+	tm := res.Timing
+	run.Phases.Load, run.Phases.Steps, run.Phases.Eval, run.Phases.Alpha = tm.Load.Seconds(), tm.Steps.Seconds(), tm.Eval.Seconds(), tm.Alpha.Seconds()
+	t0 = time.Now()
 	ev, err := c.Evaluate(test, res.CarryOn)
 	if err != nil {
 		return nil, err
 	}
+	run.Phases.Test = time.Since(t0).Seconds()
 	run.ValLoss, run.BaseLoss = ev.Loss, ev.BaseLoss
 	run.Stopped = res.Stopped
 	run.StepMS = 1000 * sec / float64(len(res.Steps))

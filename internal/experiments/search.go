@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -60,6 +61,29 @@ type SearchResult struct {
 	TrainSeconds []float64 `json:"train_seconds,omitempty"`
 	TrainSteps   int       `json:"train_steps,omitempty"`
 	BaseLoss     float64   `json:"base_loss"` // base alone on the test split
+	// Phases sums the trials' wall time by phase (trials ran Parallel at
+	// once, so the sum exceeds TrialsSeconds).
+	Phases Phases `json:"phases"`
+}
+
+// sumPhases adds up the trials' phases.
+func sumPhases(ts []SearchTrial) Phases {
+	var p Phases
+	for _, t := range ts {
+		q := t.Run.Phases
+		p.Open, p.Load, p.Steps, p.Eval, p.Alpha, p.Test = p.Open+q.Open, p.Load+q.Load, p.Steps+q.Steps, p.Eval+q.Eval, p.Alpha+q.Alpha, p.Test+q.Test
+	}
+	return p
+}
+
+// String writes the phases with their shares of the whole.
+func (p Phases) String() string {
+	all := p.Open + p.Load + p.Steps + p.Eval + p.Alpha + p.Test
+	if all <= 0 {
+		return "no time measured"
+	}
+	f := func(name string, v float64) string { return fmt.Sprintf("%s %.1f s (%.0f%%)", name, v, 100*v/all) }
+	return strings.Join([]string{f("open", p.Open), f("cache reads", p.Load), f("steps", p.Steps), f("validation", p.Eval), f("α grid", p.Alpha), f("test scoring", p.Test)}, ", ")
 }
 
 // SearchGrid is the default search: widths × depths × learning rates ×
@@ -249,6 +273,8 @@ func (r *runner) searchExp() error {
 	if err != nil {
 		return err
 	}
+	out.Phases = sumPhases(out.Trials)
+	r.logf("search: trials' time by phase (summed over trials): %s", out.Phases)
 	for _, t := range out.Trials {
 		r.res.Setup.CarryOnRuns++
 		r.res.Setup.TrainSeconds += t.Run.StepMS * float64(t.Run.Steps) / 1000
@@ -365,6 +391,10 @@ func Search(ctx context.Context, base *model.Base, tok tokenizer.Tokenizer, opt 
 		if t.Run.Stopped > 0 {
 			out.Stopped++
 		}
+	}
+	out.Phases = sumPhases(out.Trials)
+	if opt.Progress != nil {
+		opt.Progress("trials' time by phase (summed over trials): " + out.Phases.String())
 	}
 	if opt.CompareTrains {
 		if err := timeTrains(ctx, base, r.cacheDir, r.log, r.fit, r.sz, out, opt.Progress); err != nil {
