@@ -10,6 +10,7 @@ import (
 
 	"carryon/internal/experiments"
 	"carryon/model"
+	"carryon/tokenizer"
 )
 
 func runExperiment(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -20,6 +21,7 @@ func runExperiment(ctx context.Context, args []string, stdout, stderr io.Writer)
 	quick := fs.Bool("quick", false, "tiny sizes: check the pipeline in seconds (numbers mean nothing)")
 	modelFlag := addModelFlag(fs)
 	cache := fs.String("cache", "", "embedding cache directory (default: a temporary one, removed at the end)")
+	mixFlag := fs.String("mix", "auto", `second base for the mixture experiment (its final hidden states as a further source; it must share --model's tokenizer): a model as for --model, "auto" (the other embedded base: tiny for default, default for tiny; none otherwise) or "none"`)
 	sizes := fs.String("sizes", "", `JSON object overriding some of the run's sizes, e.g. '{"clock_seconds": 90, "search_steps": 60}' (field names as in experiments.json's setup.sizes)`)
 	if err := parseFlags(fs, args, "data", "out"); err != nil {
 		return err
@@ -43,9 +45,33 @@ func runExperiment(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	base, tok, name := m.Base, m.Tokenizer, m.Name
 	defer base.Close()
+	mixSpec := *mixFlag
+	if mixSpec == "auto" {
+		switch *modelFlag {
+		case "default", "":
+			mixSpec = "tiny"
+		case "tiny":
+			mixSpec = "default"
+		default:
+			mixSpec = "none"
+		}
+	}
+	var mixBase *model.Base
+	var mixName string
+	if mixSpec != "none" && mixSpec != "" {
+		mix, err := model.Open(mixSpec, model.OpenOptions{})
+		if err != nil {
+			return fmt.Errorf("--mix: %w", err)
+		}
+		defer mix.Base.Close()
+		mixBase, mixName = mix.Base, mix.Name
+		if err := tokenizer.Same(tok, mix.Tokenizer); err != nil {
+			return fmt.Errorf("--mix %s: a mixture needs one vocabulary: its tokenizer is not --model %s's: %w", mixSpec, *modelFlag, err)
+		}
+	}
 	start := time.Now()
 	res, err := experiments.Run(ctx, base, tok, experiments.Options{Data: *data, Out: *out, Only: *only, Quick: *quick,
-		CacheDir: *cache, BaseName: name, Sizes: sz, Progress: func(msg string) {
+		CacheDir: *cache, BaseName: name, Sizes: sz, Mix: mixBase, MixName: mixName, Progress: func(msg string) {
 			fmt.Fprintf(stdout, "[%6.1fs] %s\n", time.Since(start).Seconds(), msg)
 		}})
 	if err != nil {

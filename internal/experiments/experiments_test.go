@@ -250,9 +250,14 @@ func TestQuickRun(t *testing.T) {
 	}
 	base, tok, name := m.Base, m.Tokenizer, m.Name
 	defer base.Close()
+	mix, err := model.Open("default", model.OpenOptions{CacheDir: t.TempDir()}) // the mixture's second base
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mix.Base.Close()
 	out := t.TempDir()
 	var log []string
-	opt := Options{Data: data, Out: out, Quick: true, BaseName: name, Progress: func(s string) { log = append(log, s) }}
+	opt := Options{Data: data, Out: out, Quick: true, BaseName: name, Mix: mix.Base, MixName: mix.Name, Progress: func(s string) { log = append(log, s) }}
 	res, err := Run(context.Background(), base, tok, opt)
 	if err != nil {
 		t.Fatal(err)
@@ -296,6 +301,9 @@ func TestQuickRun(t *testing.T) {
 		extra := 0 // the projection and bias of each source after the first
 		if len(r.Sources) > 1 {
 			extra = (len(r.Sources) - 1) * (s.Dim + 1) * r.Width
+		}
+		if r.Mix != "" { // the second base's final hidden states
+			extra += (mix.Base.Config.Dim + 1) * r.Width
 		}
 		if r.Params != carryOnShape(s.Dim, s.Vocab, r.Width, r.Layers).NumParams()+extra || r.AdaptorBytes < 4*r.Params {
 			t.Errorf("run %+v: params or adaptor size wrong", r)
@@ -387,11 +395,19 @@ func TestQuickRun(t *testing.T) {
 			t.Errorf("search: %d trials stopped, result says %d (early stop %v); separate trains %v of %d steps", stopped, se.Stopped, se.EarlyStop, se.TrainSeconds, se.TrainSteps)
 		}
 	}
-	if mx := res.Mix; mx == nil || len(mx.Runs) != 4 {
+	// four source sets of the base, the second base, and both seeds of
+	// the single source and the mixture of bases.
+	if mx := res.Mix; mx == nil || len(mx.Runs) != 7 || mx.Mix != mix.Name {
 		t.Fatalf("mix: %+v", mx)
 	} else {
-		for _, r := range mx.Runs {
+		for i, r := range mx.Runs {
 			checkRun(r)
+			if two := i == 4 || i == 6; two != (r.Mix == mix.Name) {
+				t.Errorf("mix run %d: second base %q", i, r.Mix)
+			}
+		}
+		if mx.Runs[4].Seed != 1 || mx.Runs[6].Seed != 2 {
+			t.Errorf("mixture of bases: seeds %d and %d, want 1 and 2", mx.Runs[4].Seed, mx.Runs[6].Seed)
 		}
 	}
 	// base alone, two carry-ons, and the clock's LoRA and full fine-tune.

@@ -210,9 +210,9 @@ func Tables(res *Results) []byte {
 		p("\n![](img/%s)\n![](img/%s)\n\n", PlotSearchParams, PlotSearchStep)
 	}
 	if mx := res.Mix; mx != nil {
-		p("## 6. Mixtures of sources\n\n| sources | params | kept step | α | validation | held-out loss | ms/step |\n|---|--:|--:|--:|--:|--:|--:|\n")
+		p("## 6. Mixtures of sources\n\n| sources | seed | params | kept step | α | validation | held-out loss | ms/step |\n|---|--:|--:|--:|--:|--:|--:|--:|\n")
 		for _, r := range mx.Runs {
-			p("| %s | %d | %d | %.2f | %.4f | %.4f | %.0f |\n", sourceNames(r.Sources), r.Params, r.BestStep, r.Alpha, r.SelectLoss, r.ValLoss, r.StepMS)
+			p("| %s | %d | %d | %d | %.2f | %.4f | %.4f | %.0f |\n", mixNames(r.Sources, r.Mix), r.Seed, r.Params, r.BestStep, r.Alpha, r.SelectLoss, r.ValLoss, r.StepMS)
 		}
 		p("\n")
 	}
