@@ -159,6 +159,10 @@ type stateStore struct {
 	closed  bool
 	commits int64 // transactions committed (owner goroutine; read after close)
 	grouped int64 // group requests committed
+	// baseLosses remembers, by baseLossKey, the base-alone loss of a split
+	// of cached embeddings: every coordinator of this process on this
+	// cache (a search's trials) measures it once. In memory only.
+	baseLosses sync.Map
 }
 
 // openStores shares one stateStore per path among the coordinators of

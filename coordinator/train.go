@@ -3,6 +3,8 @@ package coordinator
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"math"
@@ -343,7 +345,7 @@ func (c *Coordinator) Train(ctx context.Context, ds *dataset.Set, hooks Hooks) (
 	}
 	trainRows := batchRows(co.Config, maxSeq, tc.BatchSeqs)
 	t := &trainer{c: c, co: co, ws: co.NewBatchWorkspace(maxSeq, max(trainRows, evalRows(co.Config, val))), trainRows: trainRows,
-		wPred: c.base.LMHead(), dec: &decoder{c: c, chain: chain}}
+		wPred: c.base.LMHead(), dec: &decoder{c: c, chain: chain}, baseKey: c.baseLossKey(ds.Val, hooks.Parent)}
 	t.ws.HeadBF16 = tc.headBF16()
 	if tc.Device != nil {
 		dev, err := carryon.NewDeviceTrainer(tc.Device, co, opt, t.wPred, maxSeq, trainRows)
@@ -516,7 +518,8 @@ func (c *Coordinator) Evaluate(ds *dataset.Set, co *carryon.Model) (EvalInfo, er
 	if maxSeq > co.Config.MaxSeq {
 		return EvalInfo{}, fmt.Errorf("coordinator.Evaluate: a sequence of %d tokens is longer than the carry-on's %d", maxSeq, co.Config.MaxSeq)
 	}
-	t := &trainer{c: c, co: co, ws: co.NewBatchWorkspace(maxSeq, evalRows(co.Config, val)), wPred: c.base.LMHead(), dec: &decoder{c: c}}
+	t := &trainer{c: c, co: co, ws: co.NewBatchWorkspace(maxSeq, evalRows(co.Config, val)), wPred: c.base.LMHead(), dec: &decoder{c: c},
+		baseKey: c.baseLossKey(ds.Val, "")}
 	t.ws.HeadBF16 = c.cfg.Train.headBF16()
 	ev, err := t.eval(val)
 	if err != nil {
@@ -561,6 +564,23 @@ type trainer struct {
 		n    int
 		loss float64
 	}
+	// baseKey names the validation set's base-alone loss in the cache's
+	// memo (baseLossKey); "" measures it here.
+	baseKey string
+}
+
+// baseLossKey names the base-alone loss of the cached split chunks under a
+// parent chain: it depends on the base, the bridge codec, the parent, the
+// head's precision (TrainConfig.HeadBF16) and the chunks, never on the
+// carry-on (α = 0 adds nothing).
+func (c *Coordinator) baseLossKey(chunks []*dataset.Chunk, parent string) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s|%s|%s|%v", c.base.WeightsHash, c.codec, parent, c.cfg.Train.headBF16())
+	for _, ch := range chunks {
+		h.Write([]byte{0})
+		h.Write([]byte(ch.ID))
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
 
 // batchActFloats bounds the activations of a training pass (1 GiB): a
@@ -676,9 +696,14 @@ func (t *trainer) eval(val []seqData) (EvalInfo, error) {
 
 // baseLoss is the mean loss of the base alone (α = 0) on val. It does not
 // change during training (the sources are fixed), so it is measured once
-// per validation set and remembered.
+// per validation set and remembered, and once per cache and process when
+// the trainer has a baseKey.
 func (t *trainer) baseLoss(val []seqData) (float64, error) {
 	if len(val) > 0 && t.base.of == &val[0] && t.base.n == len(val) {
+		return t.base.loss, nil
+	}
+	if v, ok := t.c.state.baseLosses.Load(t.baseKey); ok && t.baseKey != "" {
+		t.base.of, t.base.n, t.base.loss = &val[0], len(val), v.(float64)
 		return t.base.loss, nil
 	}
 	sum, n, err := t.valLoss(val, 0)
@@ -686,6 +711,9 @@ func (t *trainer) baseLoss(val []seqData) (float64, error) {
 		return 0, err
 	}
 	t.base.of, t.base.n, t.base.loss = &val[0], len(val), sum/float64(n)
+	if t.baseKey != "" {
+		t.c.state.baseLosses.Store(t.baseKey, t.base.loss)
+	}
 	return t.base.loss, nil
 }
 

@@ -556,3 +556,45 @@ func TestTrainResumeKeepsBest(t *testing.T) {
 			bytes.Equal(adaptorBytes(t, straight), adaptorBytes(t, again)))
 	}
 }
+
+// TestBaseLossShared: the base-alone loss of a split is measured once per
+// cache and process: a second coordinator on the same cache, training
+// another shape, reads the first one's (what a search's trials share), and
+// it is the value a fresh measurement gives.
+func TestBaseLossShared(t *testing.T) {
+	base, ds := testBase(t), testDataset(t)
+	dir := t.TempDir()
+	ctx := context.Background()
+	a := newTestCoordinator(t, dir, base, ds, testTrainConfig(5, -1))
+	ra, err := a.Train(ctx, ds, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := a.baseLossKey(ds.Val, "")
+	v, ok := a.state.baseLosses.Load(key)
+	if !ok || v.(float64) != ra.Evals[0].BaseLoss {
+		t.Fatalf("memo holds %v (%v), the run measured %v", v, ok, ra.Evals[0].BaseLoss)
+	}
+	if other := a.baseLossKey(ds.Train, ""); other == key || a.baseLossKey(ds.Val, "parent") == key {
+		t.Fatal("another split or parent shares the validation split's key")
+	}
+	tc := testTrainConfig(5, -1)
+	tc.CarryOn = tc.CarryOn.WithWidth(32)
+	b := newTestCoordinator(t, dir, base, ds, tc)
+	a.state.baseLosses.Store(key, 1.25) // what b reads if it shares the memo
+	rb, err := b.Train(ctx, ds, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rb.Evals[0].BaseLoss != 1.25 {
+		t.Fatalf("second coordinator measured the base-alone loss again (%v)", rb.Evals[0].BaseLoss)
+	}
+	a.state.baseLosses.Delete(key)
+	ev, err := b.Evaluate(ds, rb.CarryOn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if math.Abs(ev.BaseLoss-ra.Evals[0].BaseLoss) > 1e-12 {
+		t.Fatalf("fresh base-alone loss %v, first run's %v", ev.BaseLoss, ra.Evals[0].BaseLoss)
+	}
+}
