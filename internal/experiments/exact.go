@@ -21,12 +21,14 @@ func (r *runner) exactExp() error {
 		bridge string
 	}
 	systems := []system{{name: "base alone", base: r.base}}
-	for _, d := range []string{"fit", "wide"} {
-		t, err := r.carryOn(r.main(d))
+	wide := r.main("fit") // the widest carry-on of the shape experiment
+	wide.width = 256
+	for _, sp := range []spec{r.main("fit"), r.main("wide"), wide} {
+		t, err := r.carryOn(sp)
 		if err != nil {
 			return err
 		}
-		systems = append(systems, system{name: fmt.Sprintf("base + carry-on (%s, α %.2f)", d, t.co.Config.Alpha), base: r.base,
+		systems = append(systems, system{name: fmt.Sprintf("base + carry-on h=%d (%s, α %.2f)", sp.width, sp.data, t.co.Config.Alpha), base: r.base,
 			stages: []*carryon.Model{t.co}, alpha: t.co.Config.Alpha, bridge: "q8"})
 	}
 	// The clock experiment's tuned bases (when it ran in this invocation).
@@ -54,16 +56,26 @@ func (r *runner) exactExp() error {
 			sample = &Sample{Question: p.Question, Reference: p.Answer}
 		}
 		for si, s := range systems {
+			var sofar []int32
+			lineEnded := false
 			gen, stopped, err := carryon.GenerateIDs(s.base, s.stages, s.alpha, prompt, carryon.GenerateOptions{
-				MaxTokens: maxNew, Stop: []int32{r.tok.EOS()}, Bridge: s.bridge})
+				MaxTokens: maxNew, Stop: []int32{r.tok.EOS()}, Bridge: s.bridge,
+				OnToken: func(id int32) bool {
+					sofar = append(sofar, id)
+					lineEnded = answerLineEnded(r.tok.Decode(sofar))
+					return !lineEnded
+				}})
 			if err != nil {
 				return err
 			}
 			text := r.tok.Decode(gen)
 			row := &out.Rows[si]
 			row.MeanTokens += float64(len(gen)) / float64(len(probs))
-			if stopped {
+			switch {
+			case stopped:
 				row.Stopped++
+			case lineEnded:
+				row.LineEnded++
 			}
 			if got, ok := dataset.FinalAnswer(text); ok {
 				row.Formatted++
@@ -80,9 +92,16 @@ func (r *runner) exactExp() error {
 		}
 	}
 	for _, row := range out.Rows {
-		r.logf("exact: %s: %d/%d correct, %d with a '#### N' answer, %d stopped, %.1f tokens on average",
-			row.System, row.Correct, out.Problems, row.Formatted, row.Stopped, row.MeanTokens)
+		r.logf("exact: %s: %d/%d correct, %d with a '#### N' answer, %d ended by EOS, %d at the end of the '####' line, %.1f tokens on average",
+			row.System, row.Correct, out.Problems, row.Formatted, row.Stopped, row.LineEnded, row.MeanTokens)
 	}
 	r.res.Exact = out
 	return nil
+}
+
+// answerLineEnded reports whether text has a "####" line that has ended:
+// GSM8K's answer is complete, and what follows is not scored.
+func answerLineEnded(text string) bool {
+	i := strings.Index(text, "####")
+	return i >= 0 && strings.Contains(text[i:], "\n")
 }

@@ -410,12 +410,13 @@ func TestQuickRun(t *testing.T) {
 			t.Errorf("mixture of bases: seeds %d and %d, want 1 and 2", mx.Runs[4].Seed, mx.Runs[6].Seed)
 		}
 	}
-	// base alone, two carry-ons, and the clock's LoRA and full fine-tune.
-	if e := res.Exact; e == nil || len(e.Rows) != 5 || e.Problems != sz.ExactProblems {
+	// base alone, three carry-ons (h=64 on two training sets, h=256), and
+	// the clock's LoRA and full fine-tune.
+	if e := res.Exact; e == nil || len(e.Rows) != 6 || e.Problems != sz.ExactProblems {
 		t.Fatalf("exact experiment: %+v", e)
 	} else {
 		for _, r := range e.Rows {
-			if r.Correct > r.Formatted || r.Formatted > e.Problems || r.MeanTokens > float64(sz.ExactMaxTokens) {
+			if r.Correct > r.Formatted || r.Formatted > e.Problems || r.MeanTokens > float64(sz.ExactMaxTokens) || r.Stopped+r.LineEnded > e.Problems {
 				t.Errorf("exact: %+v", r)
 			}
 		}
@@ -511,5 +512,19 @@ func TestRungsStop(t *testing.T) {
 	}
 	if r.stop(coordinator.EvalInfo{Step: 20, Loss: 100}) {
 		t.Error("the first trial at another step stopped")
+	}
+}
+
+func TestAnswerLineEnded(t *testing.T) {
+	for text, want := range map[string]bool{
+		"3+4 = <<3+4=7>>7":             false,
+		"3+4 = <<3+4=7>>7\n#### 7":     false, // the number may go on
+		"3+4 = <<3+4=7>>7\n#### 7\n":   true,
+		"#### 12\n\nQuestion: Tom has": true,
+		"a\nb\n":                       false,
+	} {
+		if got := answerLineEnded(text); got != want {
+			t.Errorf("answerLineEnded(%q) = %v, want %v", text, got, want)
+		}
 	}
 }

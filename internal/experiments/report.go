@@ -201,8 +201,9 @@ func Tables(res *Results) []byte {
 			p("Validation %d times per trial; %d trials stopped early (behind the median of the trials before them at a pass). ", se.Evals, se.Stopped)
 		}
 		if se.ThreeTrains > 0 {
-			p("Measured in the same run, three separate `carryon train` runs of the reference carry-on (h=64, L=2, %d steps, each in a fresh cache and so paying the embedding) took %.0f s (%s); the search, embedding included, %.0f s.\n\n",
-				se.TrainSteps, se.ThreeTrains, secondsList(se.TrainSeconds), se.EmbedSeconds+se.TrialsSeconds)
+			p("Measured in the same run, three separate `carryon train` runs of the reference carry-on (h=64, L=2, %d steps, each in a fresh cache and so paying the embedding) took %.0f s (%s; %.0f CPU seconds); the search, embedding included, %.0f s (%.0f CPU seconds).\n\n",
+				se.TrainSteps, se.ThreeTrains, secondsList(se.TrainSeconds), se.TrainsCPU, se.EmbedSeconds+se.TrialsSeconds, se.SearchCPU)
+			p("Trials' wall time by phase, summed over the trials: %s.\n\n", se.Phases)
 		} else {
 			p("\n\n")
 		}
@@ -217,9 +218,9 @@ func Tables(res *Results) []byte {
 		p("\n")
 	}
 	if e := res.Exact; e != nil {
-		p("## 7. Exact match (greedy, %d held-out problems)\n\n| system | correct | answers with \"#### N\" | ended by EOS | mean tokens |\n|---|--:|--:|--:|--:|\n", e.Problems)
+		p("## 7. Exact match (greedy, %d held-out problems)\n\n| system | correct | answers with \"#### N\" | ended by EOS | ended after the \"####\" line | mean tokens |\n|---|--:|--:|--:|--:|--:|\n", e.Problems)
 		for _, r := range e.Rows {
-			p("| %s | %d/%d | %d | %d | %.1f |\n", r.System, r.Correct, e.Problems, r.Formatted, r.Stopped, r.MeanTokens)
+			p("| %s | %d/%d | %d | %d | %d | %.1f |\n", r.System, r.Correct, e.Problems, r.Formatted, r.Stopped, r.LineEnded, r.MeanTokens)
 		}
 		for i, sm := range e.Samples {
 			p("\nSample %d. Question: %q\n\n- reference: %q\n", i+1, sm.Question, sm.Reference)

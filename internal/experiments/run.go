@@ -266,10 +266,15 @@ type ShapeResult struct {
 
 // ExactRow is one system of experiment 5.
 type ExactRow struct {
-	System     string  `json:"system"`
-	Correct    int     `json:"correct"`
-	Formatted  int     `json:"formatted"` // answers that end in "#### <number>"
-	Stopped    int     `json:"stopped"`   // answers ended by EOS (not by the context)
+	System    string `json:"system"`
+	Correct   int    `json:"correct"`
+	Formatted int    `json:"formatted"` // answers that end in "#### <number>"
+	Stopped   int    `json:"stopped"`   // answers ended by EOS (not by the context)
+	// LineEnded counts answers that generation ended at the end of their
+	// "#### N" line (GSM8K's last line) without an EOS: a system that
+	// goes on writing a new "Question:" as its pretraining text did is
+	// stopped there.
+	LineEnded  int     `json:"line_ended"`
 	MeanTokens float64 `json:"mean_tokens"`
 }
 
