@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"carryon/carryon"
 	"carryon/internal/buildinfo"
+	"carryon/internal/experiments"
 	"carryon/tensor"
 	"context"
 	"encoding/binary"
@@ -406,11 +407,11 @@ func benchTrainGo(cfg carryon.Config, seq, batch, steps int, o benchOpts, cpuPro
 			return benchResult{}, fmt.Errorf("bench train: %w", err)
 		}
 	}
-	start, cpu0 := time.Now(), procCPU()
+	start, cpu0 := time.Now(), experiments.ProcessCPU()
 	for range steps {
 		s.step(seq)
 	}
-	el, cpu := time.Since(start), procCPU()-cpu0
+	el, cpu := time.Since(start), experiments.ProcessCPU()-cpu0
 	if cpuProfile != "" {
 		pprof.StopCPUProfile()
 	}
@@ -419,28 +420,6 @@ func benchTrainGo(cfg carryon.Config, seq, batch, steps int, o benchOpts, cpuPro
 		BaseDim: cfg.D(), Vocab: cfg.Vocab, Seq: seq, Batch: batch, Steps: steps, Params: len(s.co.Params),
 		TokensPerSec: float64(steps*batch*seq) / el.Seconds(), StepMS: el.Seconds() * 1000 / float64(steps),
 		PeakRSSMiB: float64(hwm) / (1 << 20), PerSequence: perSeq, CPUSec: cpu.Seconds(), CPUUtil: cpu.Seconds() / el.Seconds()}, nil
-}
-
-// procCPU is the user+system CPU time of this process so far, from
-// /proc/self/stat (in clock ticks, taken as the usual 100 Hz), or 0 without
-// /proc.
-func procCPU() time.Duration {
-	b, err := os.ReadFile("/proc/self/stat")
-	if err != nil {
-		return 0
-	}
-	// fields after the parenthesised command: state is field 3, utime 14, stime 15
-	_, rest, ok := bytes.Cut(b, []byte(") "))
-	f := strings.Fields(string(rest))
-	if !ok || len(f) < 13 {
-		return 0
-	}
-	ut, err1 := strconv.ParseInt(f[11], 10, 64)
-	st, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return 0
-	}
-	return time.Duration(ut+st) * (time.Second / 100)
 }
 
 // benchMemory builds the trainer stage by stage, runs a few steps, and

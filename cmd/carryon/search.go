@@ -84,8 +84,8 @@ func runSearch(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fmt.Fprintf(stdout, "base alone: %.4f; embedding %.1f s once; %d trials (%d stopped early) in %.1f s wall (%.1f s per trial, %d at once); total %.1f s\n",
 		res.BaseLoss, res.EmbedSeconds, len(res.Trials), res.Stopped, res.TrialsSeconds, res.TrialsSeconds/float64(max(1, len(res.Trials))), res.Parallel, time.Since(start).Seconds())
 	if res.ThreeTrains > 0 {
-		fmt.Fprintf(stdout, "search with its embedding: %.1f s; three separate trains of %d steps, each embedding: %.1f s (%v)\n",
-			res.EmbedSeconds+res.TrialsSeconds, res.TrainSteps, res.ThreeTrains, res.TrainSeconds)
+		fmt.Fprintf(stdout, "search with its embedding: %.1f s (%.1f CPU s); three separate trains of %d steps, each embedding: %.1f s (%v; %.1f CPU s)\n",
+			res.EmbedSeconds+res.TrialsSeconds, res.SearchCPU, res.TrainSteps, res.ThreeTrains, res.TrainSeconds, res.TrainsCPU)
 	}
 	if *out == "" {
 		return nil

@@ -61,6 +61,12 @@ type SearchResult struct {
 	TrainSeconds []float64 `json:"train_seconds,omitempty"`
 	TrainSteps   int       `json:"train_steps,omitempty"`
 	BaseLoss     float64   `json:"base_loss"` // base alone on the test split
+	// SearchCPU and TrainsCPU are this process's CPU seconds during the
+	// search (its embedding included) and during the three separate
+	// trains: on a shared machine, the work each did, where the wall
+	// times also measure the load of the moment (0: not measured).
+	SearchCPU float64 `json:"search_cpu_seconds,omitempty"`
+	TrainsCPU float64 `json:"trains_cpu_seconds,omitempty"`
 	// Phases sums the trials' wall time by phase (trials ran Parallel at
 	// once, so the sum exceeds TrialsSeconds).
 	Phases Phases `json:"phases"`
@@ -264,6 +270,7 @@ func (r *runner) searchExp() error {
 	// The embedding, cold, with the real base, into the search's own cache.
 	dir := filepath.Join(r.cacheDir, "search")
 	var err error
+	cpu0 := ProcessCPU()
 	out.EmbedSeconds, err = timed(func() error { return fillCache(r.ctx, r.base, dir, r.log, r.fit, r.test) })
 	if err != nil {
 		return err
@@ -273,6 +280,7 @@ func (r *runner) searchExp() error {
 	if err != nil {
 		return err
 	}
+	out.SearchCPU = (ProcessCPU() - cpu0).Seconds()
 	out.Phases = sumPhases(out.Trials)
 	r.logf("search: trials' time by phase (summed over trials): %s", out.Phases)
 	for _, t := range out.Trials {
@@ -285,8 +293,8 @@ func (r *runner) searchExp() error {
 	if err := timeTrains(r.ctx, r.base, r.cacheDir, r.log, r.fit, r.sz, out, r.opt.Progress); err != nil {
 		return err
 	}
-	r.logf("search: %d trials (%d stopped early) in %.0f s + %.1f s embedding once = %.0f s; three separate trains %.0f s",
-		len(out.Trials), out.Stopped, out.TrialsSeconds, out.EmbedSeconds, out.EmbedSeconds+out.TrialsSeconds, out.ThreeTrains)
+	r.logf("search: %d trials (%d stopped early) in %.0f s + %.1f s embedding once = %.0f s (%.0f CPU s); three separate trains %.0f s (%.0f CPU s)",
+		len(out.Trials), out.Stopped, out.TrialsSeconds, out.EmbedSeconds, out.EmbedSeconds+out.TrialsSeconds, out.SearchCPU, out.ThreeTrains, out.TrainsCPU)
 	r.res.Search = out
 	return nil
 }
@@ -314,6 +322,8 @@ func fillCache(ctx context.Context, base *model.Base, dir string, log *slog.Logg
 func timeTrains(ctx context.Context, base *model.Base, dir string, log *slog.Logger, ds *dataset.Set, sz Sizes, out *SearchResult, progress func(string)) error {
 	bc := base.Config
 	out.TrainSteps, out.TrainSeconds, out.ThreeTrains = sz.Steps, nil, 0
+	cpu0 := ProcessCPU()
+	defer func() { out.TrainsCPU = (ProcessCPU() - cpu0).Seconds() }()
 	for i := range 3 {
 		cfg := coordinator.Config{CacheDir: filepath.Join(dir, fmt.Sprintf("train-%d", i)), Codec: "q8", Logger: log,
 			Train: coordinator.TrainConfig{Steps: sz.Steps, BatchSeqs: sz.Batch, KeepBest: true, Seed: uint64(i + 1), CarryOn: carryOnShape(bc.Dim, bc.Vocab, 64, 2)}}
@@ -376,6 +386,7 @@ func Search(ctx context.Context, base *model.Base, tok tokenizer.Tokenizer, opt 
 	// The embedding: the base's forward pass over the data, once.
 	dir := filepath.Join(r.cacheDir, "search")
 	var err error
+	cpu0 := ProcessCPU()
 	if out.EmbedSeconds, err = timed(func() error { return fillCache(ctx, base, dir, r.log, r.fit, r.test) }); err != nil {
 		return nil, fmt.Errorf("experiments.Search: %w", err)
 	}
@@ -387,6 +398,7 @@ func Search(ctx context.Context, base *model.Base, tok tokenizer.Tokenizer, opt 
 	if err != nil {
 		return nil, fmt.Errorf("experiments.Search: %w", err)
 	}
+	out.SearchCPU = (ProcessCPU() - cpu0).Seconds()
 	for _, t := range out.Trials {
 		if t.Run.Stopped > 0 {
 			out.Stopped++
