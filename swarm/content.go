@@ -125,12 +125,35 @@ func OpenBlocks(dir string) (*Blocks, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "pins"), 0o755); err != nil {
 		return nil, fmt.Errorf("swarm.OpenBlocks: %w", err)
 	}
+	removeUnfinishedFlatfs(filepath.Join(dir, "blocks"))
 	// next-to-last/2 sharding, synced writes: Kubo's flatfs defaults.
 	d, err := flatfs.CreateOrOpen(filepath.Join(dir, "blocks"), flatfs.NextToLast(2), true)
 	if err != nil {
 		return nil, fmt.Errorf("swarm.OpenBlocks %s: %w", dir, err)
 	}
 	return &Blocks{dir: dir, ds: d, bs: &verifyingStore{blockstore.NewBlockstore(d, blockstore.NoPrefix())}, pins: filepath.Join(dir, "pins")}, nil
+}
+
+// removeUnfinishedFlatfs removes a flatfs directory whose creation a
+// killed process left unfinished: flatfs makes the directory, then writes
+// its SHARDING file (ending in a newline), and refuses to open a directory
+// without a complete one. Only a directory that holds nothing else (no
+// block was ever stored in it) is removed; anything else is left for
+// flatfs to report.
+func removeUnfinishedFlatfs(dir string) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, flatfs.SHARDING_FN)); err == nil && bytes.HasSuffix(b, []byte("\n")) {
+		return
+	}
+	for _, e := range ents {
+		if e.Name() != flatfs.SHARDING_FN && e.Name() != flatfs.README_FN {
+			return
+		}
+	}
+	os.RemoveAll(dir)
 }
 
 // Close closes the datastore.

@@ -503,3 +503,39 @@ func TestKeep(t *testing.T) {
 		t.Fatalf("from the keeper: %v", err)
 	}
 }
+
+// TestOpenBlocksUnfinished: a process killed while flatfs created the
+// store (the directory made, its SHARDING file missing or half written)
+// leaves a store that opens afresh; a directory that holds blocks but no
+// SHARDING file is not removed.
+func TestOpenBlocksUnfinished(t *testing.T) {
+	for name, sharding := range map[string]string{"no SHARDING file": "", "half written": "/repo/flatfs/shard/v1/next-to"} {
+		dir := t.TempDir()
+		if err := os.MkdirAll(filepath.Join(dir, "blocks"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if sharding != "" {
+			if err := os.WriteFile(filepath.Join(dir, "blocks", "SHARDING"), []byte(sharding), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b, err := OpenBlocks(dir)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if _, err := b.AddBytes(context.Background(), []byte("x")); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		b.Close()
+	}
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "blocks", "AB"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenBlocks(dir); err == nil {
+		t.Fatal("a store with block directories and no SHARDING file opened")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "blocks", "AB")); err != nil {
+		t.Fatalf("its blocks were removed: %v", err)
+	}
+}
