@@ -75,6 +75,11 @@ func TestVolunteerUnderLoad(t *testing.T) {
 		t.Fatalf("no chunk count in the coordinator's log:\n%s", coord.log.String())
 	}
 	total, _ := strconv.Atoi(m2[1])
+	// The coordinator logs the job collected once the last result is
+	// durable, a moment before B reads its acknowledgement and logs the
+	// chunk finished: killing it in between leaves B to offer that result
+	// again on reconnecting, which it does without a "chunk finished" line.
+	b.log.Wait(t, `msg="chunk finished"`, total, within)
 	// The coordinator dies and comes back at its address: B says so.
 	coord.cmd.Process.Kill()
 	coord.cmd.Wait()
