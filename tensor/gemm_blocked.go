@@ -28,8 +28,8 @@ type tileKernel[T float32 | uint16] struct {
 	kc, mc, nc int // cache blocks (kc even for bf16)
 	kstep      int // 1, or 2 when the packed k dimension holds bf16 pairs
 	// micro computes C[0:mr, 0:nr] = alpha·Ap·Bp + beta·C (C not read when
-	// beta == 0). ku is the packed depth in units of kstep; Ap: (ku, mr, kstep),
-	// Bp: (ku, nr, kstep).
+	// beta == 0). ku is the packed depth in units of kstep; Ap: (ku, mr) for
+	// float32, (mr, ku, 2) for bf16 (packABF16), Bp: (ku, nr, kstep).
 	micro func(ku int, ap, bp []T, c []float32, ldc int, alpha, beta float32)
 	// packA packs op(A)[i0:i0+mc, p0:p0+kc] and packB op(B)[p0:p0+kc, j0:j0+nc]
 	// into micro-panels, zero-padding the last partial panel and odd k.
@@ -342,32 +342,6 @@ func packBWiden(dst []float32, g *gemmJob, nr, p0, kc, j0, nc int) {
 		for q := cols; q < nr; q++ {
 			for p := 0; p < kc; p++ {
 				d[p*nr+q] = 0
-			}
-		}
-	}
-}
-
-// packABF16 packs A (m, k) rounded to bf16 as (mc/mr panels, kc/2, mr, 2).
-func packABF16(dst []uint16, g *gemmJob, mr, i0, mc, p0, kc int) {
-	a, lda := g.a, g.lda
-	kp := roundUp(kc, 2)
-	for ir := 0; ir < mc; ir += mr {
-		d := dst[ir*kp : (ir+mr)*kp]
-		rows := min(mr, mc-ir)
-		for r := 0; r < mr; r++ {
-			if r >= rows {
-				for p := 0; p < kp; p++ {
-					d[(p>>1)*2*mr+2*r+p&1] = 0
-				}
-				continue
-			}
-			src := a[(i0+ir+r)*lda+p0:]
-			src = src[:kc]
-			for p, v := range src {
-				d[(p>>1)*2*mr+2*r+p&1] = F32ToBF16(v)
-			}
-			if kc&1 == 1 {
-				d[(kc>>1)*2*mr+2*r+1] = 0
 			}
 		}
 	}

@@ -29,6 +29,7 @@ func main() {
 	genF32("kernAVX2x6x16", "Y", 6, 2, 8, 12, 14)
 	genF32("kernAVX512x12x32", "Z", 12, 2, 16, 24, 26)
 	genBF16()
+	genRoundBF16()
 	genDot4("dot4AVX2", false)
 	genDot4("dot4BF16AVX2", true)
 	for rows := 1; rows <= 4; rows++ {
@@ -167,8 +168,12 @@ func evex(opcode byte, pp byte, dst, src1, src2 int) []byte {
 //
 //	func kernBF16x12x32(kp int, a, b *uint16, c *float32, ldc int, alpha, beta float32)
 //
-// a: packed (kp, 12, 2) bf16, b: packed (kp, 32, 2) bf16 (pairs along k),
-// kp = number of k pairs. Each VDPBF16PS adds a[2q]·b[2q] + a[2q+1]·b[2q+1].
+// a: (12, kp, 2) bf16, the 12 rows one after another (row stride 2·kp
+// elements: A converted row by row, no transposing pack), b: packed
+// (kp, 32, 2) bf16 (pairs along k), kp = number of k pairs. Each VDPBF16PS
+// adds a[2q]·b[2q] + a[2q+1]·b[2q+1]. Row i's pair is read at
+// base[i/4] + (i%4)·stride: SI, R11, R12 point at rows 0, 4, 8, R9 is the
+// stride in bytes and R10 three strides.
 func genBF16() {
 	const name, mr, nv, bReg, bcReg = "kernBF16x12x32", 12, 2, 24, 26
 	p("")
@@ -180,16 +185,23 @@ func genBF16() {
 	p("\tMOVQ c+24(FP), DX")
 	p("\tMOVQ ldc+32(FP), R8")
 	p("\tSHLQ $2, R8")
+	p("\tMOVQ CX, R9")
+	p("\tSHLQ $2, R9")
+	p("\tLEAQ (R9)(R9*2), R10")
+	p("\tLEAQ (SI)(R9*4), R11")
+	p("\tLEAQ (R11)(R9*4), R12")
 	for r := 0; r < mr*nv; r++ {
 		p("\tVXORPS Z%d, Z%d, Z%d", r, r, r)
 	}
+	rowBase := []string{"SI", "R11", "R12"}
+	rowIndex := []string{"", "(R9*1)", "(R9*2)", "(R10*1)"}
 	step := func(u int) {
 		for v := 0; v < nv; v++ {
 			p("\tVMOVUPS %d(DI), Z%d", (u*nv+v)*64, bReg+v)
 		}
 		for i := 0; i < mr; i++ {
 			bc := bcReg + i%2
-			p("\tVPBROADCASTD %d(SI), Z%d", (u*mr+i)*4, bc)
+			p("\tVPBROADCASTD %d(%s)%s, Z%d", u*4, rowBase[i/4], rowIndex[i%4], bc)
 			for v := 0; v < nv; v++ {
 				var bs []string
 				for _, x := range evex(0x52, 2, i*nv+v, bc, bReg+v) {
@@ -206,7 +218,9 @@ func genBF16() {
 	for u := 0; u < unroll; u++ {
 		step(u)
 	}
-	p("\tADDQ $%d, SI", unroll*mr*4)
+	for _, r := range rowBase {
+		p("\tADDQ $%d, %s", unroll*4, r)
+	}
 	p("\tADDQ $%d, DI", unroll*nv*64)
 	p("\tSUBQ $%d, CX", unroll)
 	p("\tJMP %s_loop%d", name, unroll)
@@ -214,11 +228,48 @@ func genBF16() {
 	p("\tTESTQ CX, CX")
 	p("\tJEQ %s_store", name)
 	step(0)
-	p("\tADDQ $%d, SI", mr*4)
+	for _, r := range rowBase {
+		p("\tADDQ $4, %s", r)
+	}
 	p("\tADDQ $%d, DI", nv*64)
 	p("\tDECQ CX")
 	p("\tJMP %s_loop1", name)
 	genStore(name, "Z", mr, nv, 64, bcReg)
+}
+
+// genRoundBF16 emits the AVX512_BF16 rounding of float32s to bf16:
+//
+//	func roundBF16AVX512(n int, x *float32, y *uint16)
+//
+// y[i] = x[i] rounded to nearest even by VCVTNE2PS2BF16 (denormals to a
+// signed zero, NaNs quieted: roundBF16Go is its model), n a multiple of 32.
+func genRoundBF16() {
+	const name = "roundBF16AVX512"
+	p("")
+	p("// func %s(n int, x *float32, y *uint16)", name)
+	p("TEXT ·%s(SB), NOSPLIT, $0-24", name)
+	p("\tMOVQ n+0(FP), CX")
+	p("\tMOVQ x+8(FP), SI")
+	p("\tMOVQ y+16(FP), DI")
+	p("%s_loop:", name)
+	p("\tTESTQ CX, CX")
+	p("\tJEQ %s_done", name)
+	p("\tVMOVUPS 0(SI), Z0")
+	p("\tVMOVUPS 64(SI), Z1")
+	// Intel: VCVTNE2PS2BF16 zmm2, zmm1 (high half), zmm0 (low half).
+	var bs []string
+	for _, x := range evex(0x72, 3, 2, 1, 0) {
+		bs = append(bs, fmt.Sprintf("$0x%02x", x))
+	}
+	p("\tBYTE %s // VCVTNE2PS2BF16 Z0, Z1, Z2", strings.Join(bs, "; BYTE "))
+	p("\tVMOVDQU32 Z2, 0(DI)")
+	p("\tADDQ $128, SI")
+	p("\tADDQ $64, DI")
+	p("\tSUBQ $32, CX")
+	p("\tJMP %s_loop", name)
+	p("%s_done:", name)
+	p("\tVZEROUPPER")
+	p("\tRET")
 }
 
 // genDot4 emits four dot products of one A row with four B rows:

@@ -78,14 +78,15 @@ func microGoTile(mr, nr int) func(ku int, ap, bp []float32, c []float32, ldc int
 	}
 }
 
-// microGoPairs does what VDPBF16PS does on (ku, 12, 2) and (ku, 32, 2) bf16
-// panels: exact products of pairs, added in float32.
+// microGoPairs does what kernBF16x12x32 does on a (12, ku, 2) A block and a
+// (ku, 32, 2) B panel of bf16: exact products of pairs, the odd one added
+// first, in float32 (VDPBF16PS), bit for bit (TestKernBF16Model).
 func microGoPairs(ku int, ap, bp []uint16, c []float32, ldc int, alpha, beta float32) {
 	const mr, nr = 12, 32
 	var t [mr * nr]float32
 	for p := 0; p < ku; p++ {
 		for i := 0; i < mr; i++ {
-			a0, a1 := BF16ToF32(ap[(p*mr+i)*2]), BF16ToF32(ap[(p*mr+i)*2+1])
+			a0, a1 := BF16ToF32(ap[(i*ku+p)*2]), BF16ToF32(ap[(i*ku+p)*2+1])
 			for j := 0; j < nr; j++ {
 				b0, b1 := BF16ToF32(bp[(p*nr+j)*2]), BF16ToF32(bp[(p*nr+j)*2+1])
 				t[i*nr+j] += a1 * b1
@@ -411,7 +412,7 @@ func TestGemmBF16Kernels(t *testing.T) {
 }
 
 // TestGemmAsmGenerated checks that gemm_amd64.s is what gemm_gen.go writes,
-// and that the hand-encoded VDPBF16PS bytes (the Go assembler has no
+// and that the hand-encoded VDPBF16PS and VCVTNE2PS2BF16 bytes (the Go assembler has no
 // AVX512_BF16 mnemonics) match GNU as, so the encoding is checked even on
 // CPUs that cannot run it.
 func TestGemmAsmGenerated(t *testing.T) {
@@ -424,15 +425,17 @@ func TestGemmAsmGenerated(t *testing.T) {
 	if err1 != nil || err2 != nil || runtime.GOARCH != "amd64" {
 		t.Skip("GNU as/objdump (binutils) not available to check the EVEX encoding")
 	}
-	re := regexp.MustCompile(`BYTE (.*) // VDPBF16PS Z(\d+), Z(\d+), Z(\d+)`)
+	re := regexp.MustCompile(`BYTE (.*) // (VDPBF16PS|VCVTNE2PS2BF16) Z(\d+), Z(\d+), Z(\d+)`)
 	var gas strings.Builder
 	var wantBytes []string
+	seen := map[string]bool{}
 	for _, m := range re.FindAllStringSubmatch(string(src), -1) {
-		fmt.Fprintf(&gas, "vdpbf16ps %%zmm%s, %%zmm%s, %%zmm%s\n", m[2], m[3], m[4])
+		fmt.Fprintf(&gas, "%s %%zmm%s, %%zmm%s, %%zmm%s\n", strings.ToLower(m[2]), m[3], m[4], m[5])
 		wantBytes = append(wantBytes, byteDirective(t, m[1])...)
+		seen[m[2]] = true
 	}
-	if len(wantBytes) == 0 {
-		t.Fatal("no VDPBF16PS found in gemm_amd64.s")
+	if !seen["VDPBF16PS"] || !seen["VCVTNE2PS2BF16"] {
+		t.Fatalf("gemm_amd64.s lacks VDPBF16PS or VCVTNE2PS2BF16 (found %v)", seen)
 	}
 	got, msg, ok := gnuAssemble(t, as, objdump, []string{"--64"}, gas.String())
 	if !ok {
@@ -440,6 +443,6 @@ func TestGemmAsmGenerated(t *testing.T) {
 	}
 	gotBytes := strings.Fields(strings.Join(got, " "))
 	if strings.Join(gotBytes, " ") != strings.Join(wantBytes, " ") {
-		t.Fatalf("VDPBF16PS encodings differ from GNU as:\n got %v\nwant %v", gotBytes, wantBytes)
+		t.Fatalf("AVX512_BF16 encodings differ from GNU as:\n got %v\nwant %v", gotBytes, wantBytes)
 	}
 }

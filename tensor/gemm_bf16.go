@@ -1,0 +1,46 @@
+package tensor
+
+import "math"
+
+// The activations of the native bf16 GEMM (VDPBF16PS): A is rounded to
+// bf16 row by row into a block the micro-kernel reads with a row stride,
+// so that packing A is a streaming conversion (roundBF16Row, vectorized
+// where the CPU has AVX512_BF16) rather than a transposing scalar copy.
+
+// packABF16 converts op(A)[i0:i0+mc, p0:p0+kc] (A (m, k), lda) to bf16 as
+// a row-major block (roundUp(mc, mr), kpad) with kpad = kc rounded up to
+// even: micro-panel ir is rows ir..ir+mr, each kpad/2 pairs along k, as the
+// bf16 micro-kernel reads them. Rows past mc and an odd last column are
+// zero.
+func packABF16(dst []uint16, g *gemmJob, mr, i0, mc, p0, kc int) {
+	a, lda := g.a, g.lda
+	kp := roundUp(kc, 2)
+	for r := 0; r < mc; r++ {
+		d := dst[r*kp : r*kp+kp]
+		src := a[(i0+r)*lda+p0:]
+		roundBF16Row(d[:kc], src[:kc])
+		if kc < kp {
+			d[kc] = 0
+		}
+	}
+	clear(dst[mc*kp : roundUp(mc, mr)*kp])
+}
+
+// roundBF16Go rounds f to bf16 as VCVTNE2PS2BF16 does (the model of
+// roundBF16AVX512, bit for bit): nearest even, NaN quieted, and, unlike
+// F32ToBF16, a denormal input to a zero of its sign.
+func roundBF16Go(f float32) uint16 {
+	b := math.Float32bits(f)
+	if b&0x7f800000 == 0 { // zero or denormal
+		return uint16(b>>16) & 0x8000
+	}
+	return F32ToBF16(f)
+}
+
+// roundBF16RowGo is the portable roundBF16Row.
+func roundBF16RowGo(dst []uint16, src []float32) {
+	dst = dst[:len(src)]
+	for i, v := range src {
+		dst[i] = roundBF16Go(v)
+	}
+}
