@@ -57,7 +57,7 @@ func TestRoundBF16Model(t *testing.T) {
 		case 1: // a tie or next to one, either parity
 			x[i] = math.Float32frombits(rng.Uint32()&0xffff0000 | 0x8000 + uint32(rng.IntN(3)) - 1)
 		case 2: // denormal
-			x[i] = math.Float32frombits(rng.Uint32()&0x807fffff)
+			x[i] = math.Float32frombits(rng.Uint32() & 0x807fffff)
 		default:
 			x[i] = float32(rng.NormFloat64())
 		}
