@@ -35,7 +35,7 @@ var allGemmKernels = []string{"go", "avx2", "avx512", "avx512bf16", "neon"}
 var gemmEmulated = newGemmKernels("emulated-12x32", tileKernel[float32]{
 	mr: 12, nr: 32, kc: 256, mc: 192, nc: 3072, kstep: 1, micro: microGoTile(12, 32),
 }, &tileKernel[uint16]{
-	mr: 12, nr: 32, kc: 256, mc: 192, nc: 3072, kstep: 2, micro: microGoPairs,
+	mr: 12, nr: 32, kc: 512, mc: 192, nc: 3072, kstep: 2, micro: microGoPairs,
 }, dot4Go, dot4BF16Go)
 
 // gemmEmulatedNEON has the tile and blocking of the arm64 NEON kernel
