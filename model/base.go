@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"unsafe"
 
 	"carryon/tensor"
 	"carryon/transformer"
@@ -162,6 +163,12 @@ func addBias(out, bias []float32, n, oc int) {
 // packing per call.
 const maxPackedFloats = 1 << 30 // 4 GiB
 
+// packJob is one block matrix (out, in) = (oc, ic) for packWeights.
+type packJob struct {
+	w      *matrix
+	oc, ic int
+}
+
 // packWeights packs every float32 block matrix once for tensor.GemmPacked,
 // so that prefill skips re-packing (transposing) each weight on every call.
 // It runs before the first forward pass (ready), and only for bases opened
@@ -182,24 +189,24 @@ func (b *Base) packWeights() {
 	b.packQ8()
 	c := b.Config
 	D, qd, kvd := c.Dim, c.Heads*c.HeadDim, c.KVHeads*c.HeadDim
-	type job struct {
-		w      *matrix
-		oc, ic int
-	}
-	var jobs []job
-	size := 0
+	var jobs, halves []packJob
+	size, halfSize := 0, 0
 	for li := range b.layers {
 		w := &b.layers[li]
-		for _, j := range []job{{&w.wq, qd, D}, {&w.wk, kvd, D}, {&w.wv, kvd, D}, {&w.wo, D, qd},
+		for _, j := range []packJob{{&w.wq, qd, D}, {&w.wk, kvd, D}, {&w.wv, kvd, D}, {&w.wo, D, qd},
 			{&w.gate, c.FFN, D}, {&w.up, c.FFN, D}, {&w.down, D, c.FFN}} {
 			switch {
 			case j.w.f != nil:
 				jobs = append(jobs, j)
 				size += tensor.PackedSize(j.oc, j.ic)
 			case j.w.h != nil && tensor.NativeBF16():
-				j.w.p = packBF16(j.w.h, j.oc, j.ic)
+				halves = append(halves, j)
+				halfSize += tensor.PackedBF16Floats(j.oc, j.ic)
 			}
 		}
+	}
+	if halfSize > 0 {
+		b.packBF16(halves, halfSize)
 	}
 	if size > maxPackedFloats {
 		return
@@ -218,17 +225,23 @@ func (b *Base) packWeights() {
 	}
 }
 
-// packBF16 packs a bf16 matrix (out, in) (LoadOptions.KeepBF16) once for
-// the native bf16 kernel (tensor.PackBBF16: the values are kept exactly),
-// so that prefill skips GemmBF16's packing on every call. The products
-// then round the activations to bf16 for every row count, as GemmBF16's
-// native path does from 9 rows up (and as llama.cpp does for BF16).
-func packBF16(h []uint16, oc, ic int) *tensor.PackedB {
-	f := make([]float32, len(h))
-	for i, v := range h {
-		f[i] = tensor.BF16ToF32(v)
+// packBF16 packs the bf16 matrices (out, in) of jobs (LoadOptions.KeepBF16)
+// once for the native bf16 kernel (tensor.PackBBF16Bits: the values are
+// kept exactly, read straight from the mapped file), so that prefill skips
+// GemmBF16's packing on every call, into one slab outside the Go heap of
+// size floats (freed by Close); the mapped originals' pages are released,
+// so resident memory stays at one copy. The products then round the
+// activations to bf16 for every row count, as GemmBF16's native path does
+// from 9 rows up (and as llama.cpp does for BF16).
+func (b *Base) packBF16(jobs []packJob, size int) {
+	slab, free := tensor.AllocFloats(size)
+	b.closers = append(b.closers, free)
+	for _, j := range jobs {
+		n := tensor.PackedBF16Floats(j.oc, j.ic)
+		j.w.p = tensor.PackBBF16Bits(slab[:n:n], j.oc, j.ic, j.w.h, j.ic)
+		slab = slab[n:]
+		tensor.ReleasePages(unsafe.Slice((*byte)(unsafe.Pointer(unsafe.SliceData(j.w.h))), 2*len(j.w.h)))
 	}
-	return tensor.PackBBF16(true, oc, ic, f, ic)
 }
 
 // packQ8 repacks the Q8_0 matrices multiplied in int8 (LoadOptions.Int8)

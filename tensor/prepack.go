@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"unsafe"
 )
 
 // PackedB is a GEMM right operand op(B): (k, n) stored once in the panel
@@ -140,13 +141,62 @@ func packBBF16With(ks *gemmKernels, transB bool, n, k int, b []float32, ldb int)
 		panic(fmt.Sprintf("tensor.PackBBF16: negative dimension n=%d k=%d", n, k))
 	}
 	checkGemm("tensor.PackBBF16", false, transB, 0, n, k, 0, max(1, k), len(b), ldb, 0, max(1, n))
+	return packBF16Panels(ks, nil, &gemmJob{transB: transB, n: n, k: k, b: b, ldb: ldb}, packBRoundBF16)
+}
+
+// PackedBF16Floats is how many float32s of storage PackBBF16Bits's copy of
+// a W (n, k) takes (what its dst needs), 0 where the CPU has no native
+// bf16 kernel.
+func PackedBF16Floats(n, k int) int {
+	kn := gemmBest.bf16
+	if kn == nil {
+		return 0
+	}
+	return (roundUp(max(n, 0), kn.nr)*roundUp(max(k, 0), 2) + 1) / 2
+}
+
+// PackBBF16Bits is PackBBF16 for a W (n, k) (op(B) = Wᵀ, the nn.Linear
+// layout) that holds bf16 values already, h with row stride ldh (a bf16
+// checkpoint's weight, memory-mapped): they are stored exactly, with no
+// float32 copy. The packing goes into dst when it is not nil (at least
+// PackedBF16Floats(n, k) float32s of storage, e.g. from AllocFloats,
+// viewed as bf16 pairs: the PackedB aliases it). It returns nil when the
+// CPU has no native bf16 kernel.
+func PackBBF16Bits(dst []float32, n, k int, h []uint16, ldh int) *PackedB {
+	ks := gemmBest
+	if ks.bf16 == nil {
+		return nil
+	}
+	if n < 0 || k < 0 {
+		panic(fmt.Sprintf("tensor.PackBBF16Bits: negative dimension n=%d k=%d", n, k))
+	}
+	checkGemm("tensor.PackBBF16Bits", false, true, 0, n, k, 0, max(1, k), len(h), ldh, 0, max(1, n))
+	var half []uint16
+	if dst != nil {
+		if len(dst) < PackedBF16Floats(n, k) {
+			panic(fmt.Sprintf("tensor.PackBBF16Bits: dst has %d floats, want PackedBF16Floats = %d", len(dst), PackedBF16Floats(n, k)))
+		}
+		if len(dst) > 0 {
+			half = unsafe.Slice((*uint16)(unsafe.Pointer(&dst[0])), 2*len(dst))
+		}
+	}
+	return packBF16Panels(ks, half, &gemmJob{transB: true, n: n, k: k, bh: h, ldb: ldh}, packBBF16)
+}
+
+// packBF16Panels packs g's op(B) (k, n) into bf16 pair panels for ks.bf16
+// with pack (packBRoundBF16 from float32, packBBF16 from bf16), into dst
+// or, when dst is nil, a new slice; split over GOMAXPROCS goroutines.
+func packBF16Panels(ks *gemmKernels, dst []uint16, g *gemmJob, pack func(dst []uint16, g *gemmJob, nr, p0, kc, j0, nc int)) *PackedB {
 	kn := ks.bf16
-	pb := &PackedB{n: n, k: k, transB: transB, nr: kn.nr, kc: kn.kc, npad: roundUp(n, kn.nr), kern: ks}
-	pb.half = make([]uint16, pb.npad*roundUp(k, 2))
+	n, k := g.n, g.k
+	pb := &PackedB{n: n, k: k, transB: g.transB, nr: kn.nr, kc: kn.kc, npad: roundUp(n, kn.nr), kern: ks}
+	if dst == nil {
+		dst = make([]uint16, pb.npad*roundUp(k, 2))
+	}
+	pb.half = dst[: pb.npad*roundUp(k, 2) : pb.npad*roundUp(k, 2)]
 	if n == 0 || k == 0 {
 		return pb
 	}
-	g := gemmJob{transB: transB, n: n, k: k, b: b, ldb: ldb}
 	const panelsPerItem = 16
 	npanels := pb.npad / kn.nr
 	ngroups := (npanels + panelsPerItem - 1) / panelsPerItem
@@ -167,7 +217,7 @@ func packBBF16With(ks *gemmKernels, transB bool, n, k int, b []float32, ldb int)
 			return
 		}
 		base := p0*pb.npad + j0*kpad
-		packBRoundBF16(pb.half[base:base+roundUp(j1-j0, kn.nr)*kpad], &g, kn.nr, p0, kcur, j0, j1-j0)
+		pack(pb.half[base:base+roundUp(j1-j0, kn.nr)*kpad], g, kn.nr, p0, kcur, j0, j1-j0)
 	})
 	return pb
 }

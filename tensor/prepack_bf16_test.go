@@ -5,7 +5,9 @@ import (
 	"math"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"testing"
+	"unsafe"
 )
 
 // roundBF16 returns x rounded to bf16 (nearest even), as float32s.
@@ -168,5 +170,45 @@ func TestLMHeadChunk(t *testing.T) {
 			}
 		}
 		runtime.GOMAXPROCS(old)
+	}
+}
+
+// TestPackBBF16Bits checks that packing a bf16 W in place (PackBBF16Bits,
+// into a new slice or into float32 storage of its own) stores what
+// PackBBF16 stores for the same values widened, and that GemmPacked then
+// gives the same bits; where the CPU has no bf16 kernel it must return nil.
+func TestPackBBF16Bits(t *testing.T) {
+	rng := rand.New(rand.NewPCG(23, 24))
+	for _, s := range []struct{ n, k, ldh int }{{1, 1, 1}, {33, 17, 19}, {70, 513, 513}, {64, 1030, 1031}} {
+		h := make([]uint16, (s.n-1)*s.ldh+s.k)
+		f := make([]float32, len(h))
+		for i := range h {
+			h[i] = F32ToBF16(float32(rng.NormFloat64()))
+			f[i] = BF16ToF32(h[i])
+		}
+		want := PackBBF16(true, s.n, s.k, f, s.ldh)
+		if want == nil {
+			if PackBBF16Bits(nil, s.n, s.k, h, s.ldh) != nil || PackedBF16Floats(s.n, s.k) != 0 {
+				t.Fatal("no bf16 kernel, but PackBBF16Bits packed or PackedBF16Floats is not 0")
+			}
+			t.Skip("this CPU has no native bf16 kernel")
+		}
+		store := make([]float32, PackedBF16Floats(s.n, s.k)+3)
+		for _, got := range []*PackedB{PackBBF16Bits(nil, s.n, s.k, h, s.ldh), PackBBF16Bits(store, s.n, s.k, h, s.ldh)} {
+			if !slices.Equal(got.half, want.half) || got.N() != s.n || got.K() != s.k || !got.BF16() {
+				t.Fatalf("n=%d k=%d: PackBBF16Bits differs from PackBBF16 of the widened values", s.n, s.k)
+			}
+			m := 20
+			a := gemmRandSlice(rng, m*s.k)
+			c1, c2 := make([]float32, m*s.n), make([]float32, m*s.n)
+			GemmPacked(m, 1, a, s.k, got, 0, c1, s.n)
+			GemmPacked(m, 1, a, s.k, want, 0, c2, s.n)
+			if !slices.Equal(c1, c2) {
+				t.Fatalf("n=%d k=%d: GemmPacked differs between the two packings", s.n, s.k)
+			}
+		}
+		if unsafe.Pointer(&store[0]) != unsafe.Pointer(unsafe.SliceData(PackBBF16Bits(store, s.n, s.k, h, s.ldh).half)) {
+			t.Fatal("PackBBF16Bits did not pack into dst")
+		}
 	}
 }
