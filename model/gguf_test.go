@@ -418,10 +418,23 @@ func TestOracleGGUF(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer bb.Close()
-			eb := compareOracle(t, bb, ggufOracle(t, tools, bf, seqs))
+			refB := ggufOracle(t, tools, bf, seqs)
+			eb := compareOracle(t, bb, refB)
 			t.Logf("%-28s %v", tc.arch+" GGUF BF16", eb)
 			if eb.hiddenRelL2 > oracleBF16RelL2 || eb.positions == 0 {
 				t.Errorf("BF16: hidden rel L2 %.2e, want <= %g", eb.hiddenRelL2, oracleBF16RelL2)
+			}
+			// KeepBF16: the activations rounded to bf16 inside the products
+			// (the native kernel where the CPU has AVX512_BF16), as llama.cpp.
+			bk, err := LoadGGUFWith(bf, LoadOptions{KeepBF16: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer bk.Close()
+			ek := compareOracle(t, bk, refB)
+			t.Logf("%-28s %v (native bf16 kernel: %v)", tc.arch+" GGUF BF16 KeepBF16", ek, tensor.NativeBF16())
+			if ek.hiddenRelL2 > oracleBF16RelL2 || ek.positions == 0 {
+				t.Errorf("BF16 with KeepBF16: hidden rel L2 %.2e, want <= %g", ek.hiddenRelL2, oracleBF16RelL2)
 			}
 			// Negative control: the F32 weights against llama.cpp's Q8_0 run
 			// add our missing weight rounding to its activation rounding
