@@ -33,13 +33,18 @@ type LoadOptions struct {
 	// KeepBF16 keeps the BF16 weight matrices of the transformer blocks
 	// (safetensors or GGUF) in bf16 (half the memory of widening them).
 	// On CPUs with AVX512_BF16 they are packed once, before the first
-	// forward pass, for the native bf16 kernel (tensor.PackBBF16, values
-	// kept exactly), which rounds the activations to bf16 inside each
-	// product as llama.cpp does (relative error about 2⁻⁹ per product),
-	// so hidden states move by about 1e-2 relative from the exact float32
-	// path; results then also differ between CPUs. Elsewhere they stay
-	// memory-mapped and go through tensor.GemmBF16 (exact). Embeddings,
-	// the LM head, norms and biases stay float32.
+	// forward pass, for the native bf16 kernel (tensor.PackBBF16Bits,
+	// values kept exactly, read from the mapped file into memory outside
+	// the Go heap, whose pages are then released), which rounds the
+	// activations to bf16 inside each product as llama.cpp does (relative
+	// error about 2⁻⁹ per product), so hidden states move by about 1e-2
+	// relative from the exact float32 path (and come 4–200x closer to
+	// llama.cpp's BF16 results: TestOracleGGUF); results then also differ
+	// between CPUs. Elsewhere they stay memory-mapped and go through
+	// tensor.GemmBF16 (exact). Embeddings, the LM head, norms and biases
+	// stay float32. It is not the default: volunteers on different CPUs
+	// must agree within the coordinator's verification bound
+	// (Config.VerifyKernelRel, 1e-3), which was set for float32 kernels.
 	KeepBF16 bool
 	// Widen expands F16, BF16 and quantized (GGUF Q8_0, Q4_K, Q6_K)
 	// weights to float32 at load, as earlier versions did. By default the
