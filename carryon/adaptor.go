@@ -1,7 +1,6 @@
 package carryon
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -122,11 +121,11 @@ func (c *Model) Marshal(meta Meta) ([]byte, error) {
 	for i, t := range c.tensors {
 		views[i] = tensor.F32View(t.Name, c.Params[t.Offset:t.Offset+t.Numel()], t.Shape...)
 	}
-	var buf bytes.Buffer
-	if err := tensor.WriteSafetensors(&buf, views, md); err != nil {
+	data, err := tensor.MarshalSafetensors(views, md)
+	if err != nil {
 		return nil, fmt.Errorf("model.Marshal: %w", err)
 	}
-	return buf.Bytes(), nil
+	return data, nil
 }
 
 // Unmarshal decodes an adaptor file. It rejects another format or
@@ -139,17 +138,11 @@ func Unmarshal(data []byte) (*Model, Meta, error) {
 	fail := func(format string, args ...any) (*Model, Meta, error) {
 		return nil, Meta{}, fmt.Errorf("model.Unmarshal: "+format, args...)
 	}
-	st, err := tensor.ParseSafetensors(data)
+	st, err := tensor.ParseSafetensorsOf(data, AdaptorFormat, AdaptorVersion)
 	if err != nil {
 		return fail("%w", err)
 	}
 	md := st.Meta
-	if md["format"] != AdaptorFormat {
-		return fail("format %q, want %q", md["format"], AdaptorFormat)
-	}
-	if md["version"] != AdaptorVersion {
-		return fail("version %q, this build reads version %s", md["version"], AdaptorVersion)
-	}
 	var cfg Config
 	if err := json.Unmarshal([]byte(md["config"]), &cfg); err != nil {
 		return fail("config: %v", err)

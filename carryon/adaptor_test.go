@@ -114,12 +114,11 @@ func coRawAdaptor(t *testing.T, c *Model, edit func(views []tensor.View, md map[
 	for _, ten := range c.Tensors() {
 		views = append(views, tensor.F32View(ten.Name, c.Params[ten.Offset:ten.Offset+ten.Numel()], ten.Shape...))
 	}
-	views = edit(views, md)
-	var buf bytes.Buffer
-	if err := tensor.WriteSafetensors(&buf, views, md); err != nil {
+	data, err := tensor.MarshalSafetensors(edit(views, md), md)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return buf.Bytes()
+	return data
 }
 
 func TestAdaptorRejects(t *testing.T) {

@@ -187,13 +187,7 @@ type Tensor struct {
 }
 
 // Numel returns the number of elements.
-func (t Tensor) Numel() int {
-	n := 1
-	for _, s := range t.Shape {
-		n *= s
-	}
-	return n
-}
+func (t Tensor) Numel() int { return tensor.Numel(t.Shape) }
 
 // layout lists the parameter tensors in their order within Params. Names
 // are those of the adaptor file.

@@ -139,13 +139,7 @@ func (o *Optimizer) Step(grads []float32) (gradNorm float64) {
 			tensor.AdamWStep(c.Params[a:b], grads[a:b], o.M[a:b], o.V[a:b], o.Steps, lr, cfg.Beta1, cfg.Beta2, cfg.Eps, wd)
 		}
 	}
-	var wg sync.WaitGroup
-	for i := 1; i < w; i++ {
-		wg.Add(1)
-		go func() { defer wg.Done(); part(i*n/w, (i+1)*n/w) }()
-	}
-	part(0, n/w)
-	wg.Wait()
+	splitRun(n, w, part)
 	return gradNorm
 }
 
@@ -188,16 +182,22 @@ func (o *Optimizer) updateTensor(ti int, g []float32, lr float32) {
 		}
 		tensor.AdamW8Step(p[lo:hi], g[lo:hi], o.M8[ti], lo, o.Steps, lr, cfg.Beta1, cfg.Beta2, cfg.Eps, 0)
 	}
+	splitRun(nb, w, part)
+}
+
+// splitRun cuts [0, n) into w equal ranges and runs part on each, the
+// first on this goroutine and the others on their own, and waits for all.
+func splitRun(n, w int, part func(lo, hi int)) {
 	if w == 1 {
-		part(0, nb)
+		part(0, n)
 		return
 	}
 	var wg sync.WaitGroup
 	for i := 1; i < w; i++ {
 		wg.Add(1)
-		go func() { defer wg.Done(); part(i*nb/w, (i+1)*nb/w) }()
+		go func() { defer wg.Done(); part(i*n/w, (i+1)*n/w) }()
 	}
-	part(0, nb/w)
+	part(0, n/w)
 	wg.Wait()
 }
 

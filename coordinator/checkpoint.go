@@ -142,11 +142,11 @@ func MarshalCheckpoint(ck Checkpoint, co *carryon.Model, opt *carryon.Optimizer)
 			views = append(views, tensor.F32View("best/"+t.Name, ck.Best[a:b], t.Shape...))
 		}
 	}
-	var buf bytes.Buffer
-	if err := tensor.WriteSafetensors(&buf, views, md); err != nil {
+	data, err := tensor.MarshalSafetensors(views, md)
+	if err != nil {
 		return fail("%w", err)
 	}
-	return buf.Bytes(), nil
+	return data, nil
 }
 
 // LoadCheckpoint decodes a checkpoint into co's parameters and opt's
@@ -163,17 +163,11 @@ func LoadCheckpoint(data []byte, co *carryon.Model, opt *carryon.Optimizer) (Che
 	if len(opt.M) != len(co.Params) || len(opt.V) != len(co.Params) {
 		return fail("optimiser moments hold %d and %d values, the carry-on %d", len(opt.M), len(opt.V), len(co.Params))
 	}
-	st, err := tensor.ParseSafetensors(data)
+	st, err := tensor.ParseSafetensorsOf(data, CheckpointFormat, CheckpointVersion)
 	if err != nil {
 		return fail("%w", err)
 	}
 	md := st.Meta
-	if md["format"] != CheckpointFormat {
-		return fail("format %q, want %q", md["format"], CheckpointFormat)
-	}
-	if md["version"] != CheckpointVersion {
-		return fail("version %q, this build reads version %s", md["version"], CheckpointVersion)
-	}
 	want, err := json.Marshal(co.Config)
 	if err != nil {
 		return fail("config: %v", err)

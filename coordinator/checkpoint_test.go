@@ -113,19 +113,16 @@ func rewrite(t *testing.T, data []byte, edit func(views []tensor.View, md map[st
 	if err != nil {
 		t.Fatal(err)
 	}
-	var views []tensor.View
-	for _, n := range st.Names() {
-		v, _ := st.Get(n)
-		v.Data = bytes.Clone(v.Data)
-		views = append(views, v)
+	views := st.Views()
+	for i := range views {
+		views[i].Data = bytes.Clone(views[i].Data)
 	}
 	md := maps.Clone(st.Meta)
-	views = edit(views, md)
-	var buf bytes.Buffer
-	if err := tensor.WriteSafetensors(&buf, views, md); err != nil {
+	out, err := tensor.MarshalSafetensors(edit(views, md), md)
+	if err != nil {
 		t.Fatal(err)
 	}
-	return buf.Bytes()
+	return out
 }
 
 func TestLoadCheckpointRejects(t *testing.T) {

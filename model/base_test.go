@@ -232,16 +232,11 @@ func rewrite(t *testing.T, dir string, edit func([]tensor.View) []tensor.View) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var views []tensor.View
-	for _, n := range st.Names() {
-		v, _ := st.Get(n)
-		views = append(views, v)
-	}
-	var buf bytes.Buffer
-	if err := tensor.WriteSafetensors(&buf, edit(views), nil); err != nil {
+	out, err := tensor.MarshalSafetensors(edit(st.Views()), nil)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(path, out, 0o644); err != nil {
 		t.Fatal(err)
 	}
 }

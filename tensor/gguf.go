@@ -148,13 +148,7 @@ type GGUFTensor struct {
 }
 
 // Numel returns the number of elements.
-func (t GGUFTensor) Numel() int {
-	n := 1
-	for _, d := range t.Dims {
-		n *= d
-	}
-	return n
-}
+func (t GGUFTensor) Numel() int { return Numel(t.Dims) }
 
 // Shape returns the row-major (PyTorch) shape: Dims reversed.
 func (t GGUFTensor) Shape() []int {
@@ -186,7 +180,7 @@ type GGUF struct {
 	Tensors   []GGUFTensor // in file order
 	meta      map[string]int
 	byName    map[string]int
-	closer    func() error
+	closer    closeOnce
 }
 
 // Get returns the value of a metadata key.
@@ -261,14 +255,7 @@ func (g *GGUF) Tensor(name string) (GGUFTensor, bool) {
 
 // Close releases the file mapping of OpenGGUF; the tensors' Data must not
 // be used afterwards.
-func (g *GGUF) Close() error {
-	if g.closer == nil {
-		return nil
-	}
-	c := g.closer
-	g.closer = nil
-	return c()
-}
+func (g *GGUF) Close() error { return g.closer.close() }
 
 // OpenGGUF maps path read-only and parses it.
 func OpenGGUF(path string) (*GGUF, error) {
@@ -281,7 +268,7 @@ func OpenGGUF(path string) (*GGUF, error) {
 		unmap()
 		return nil, fmt.Errorf("read GGUF %s: %w", path, err)
 	}
-	g.closer = unmap
+	g.closer = closeOnce(unmap)
 	return g, nil
 }
 

@@ -9,7 +9,44 @@ import (
 // The memory-mapping code has one file per OS family: mmap_unix.go
 // (x/sys/unix: mmap, madvise), mmap_windows.go (x/sys/windows: file
 // mappings, VirtualAlloc) and mmap_other.go (reads files, heap memory).
-// This file holds what they share: the registry of live file mappings.
+// This file holds what they share: opening the file and falling back to
+// reading it (mapFile), and the registry of live file mappings.
+
+// mapFile maps path read-only through the OS's mapFD; the returned func
+// unmaps it. An empty file gives nil data; where mapping fails it reads the
+// file instead.
+func mapFile(path string) ([]byte, func() error, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, nil, err
+	}
+	if st.Size() == 0 {
+		return nil, func() error { return nil }, nil
+	}
+	data, unmap, err := mapFD(f, st.Size())
+	if err != nil {
+		return readAll(path)
+	}
+	return data, addMapping(data, unmap), nil
+}
+
+// closeOnce is the release func of a file mapping (nil when there is
+// none): close calls it the first time only.
+type closeOnce func() error
+
+func (c *closeOnce) close() error {
+	if *c == nil {
+		return nil
+	}
+	f := *c
+	*c = nil
+	return f()
+}
 
 // mappings are the live read-only file mappings made by mapFile, as
 // [start, end) addresses, so that ReleasePages can tell a mapping from heap

@@ -9,26 +9,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// mapFile maps path read-only; the returned func unmaps it. Where mmap
-// fails it reads the file instead.
-func mapFile(path string) ([]byte, func() error, error) {
-	f, err := os.Open(path)
+// mapFD maps the size bytes of f read-only (mmap); the returned func
+// unmaps them.
+func mapFD(f *os.File, size int64) ([]byte, func() error, error) {
+	data, err := unix.Mmap(int(f.Fd()), 0, int(size), unix.PROT_READ, unix.MAP_SHARED)
 	if err != nil {
 		return nil, nil, err
 	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, nil, err
-	}
-	if st.Size() == 0 {
-		return nil, func() error { return nil }, nil
-	}
-	data, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
-		return readAll(path)
-	}
-	return data, addMapping(data, func() error { return unix.Munmap(data) }), nil
+	return data, func() error { return unix.Munmap(data) }, nil
 }
 
 // releaseMapped drops the whole pages of a file mapping from the resident

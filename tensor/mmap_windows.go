@@ -4,44 +4,32 @@ package tensor
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"unsafe"
 
 	"golang.org/x/sys/windows"
 )
 
-// mapFile maps path read-only (CreateFileMapping + MapViewOfFile); the
-// returned func unmaps it. Where mapping fails it reads the file instead.
-func mapFile(path string) ([]byte, func() error, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, nil, err
-	}
-	size := st.Size()
-	if size == 0 {
-		return nil, func() error { return nil }, nil
-	}
+// mapFD maps the size bytes of f read-only (CreateFileMapping +
+// MapViewOfFile); the returned func unmaps them.
+func mapFD(f *os.File, size int64) ([]byte, func() error, error) {
 	if int64(int(size)) != size {
-		return readAll(path)
+		return nil, nil, fmt.Errorf("%d bytes do not fit an int", size)
 	}
 	h, err := windows.CreateFileMapping(windows.Handle(f.Fd()), nil, windows.PAGE_READONLY,
 		uint32(uint64(size)>>32), uint32(size), nil)
 	if err != nil {
-		return readAll(path)
+		return nil, nil, err
 	}
 	addr, err := windows.MapViewOfFile(h, windows.FILE_MAP_READ, 0, 0, uintptr(size))
 	// The view keeps the mapping object alive; the handle is not needed.
 	windows.CloseHandle(h)
 	if err != nil {
-		return readAll(path)
+		return nil, nil, err
 	}
 	data := unsafe.Slice((*byte)(uintptrToPointer(addr)), int(size))
-	return data, addMapping(data, func() error { return windows.UnmapViewOfFile(addr) }), nil
+	return data, func() error { return windows.UnmapViewOfFile(addr) }, nil
 }
 
 // releaseMapped removes the pages of a file view from the working set:

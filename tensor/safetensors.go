@@ -59,9 +59,13 @@ type View struct {
 }
 
 // Numel returns the number of elements.
-func (v View) Numel() int {
+func (v View) Numel() int { return Numel(v.Shape) }
+
+// Numel returns the number of elements of a tensor of the given shape (in
+// any order of dimensions): their product, 1 for a scalar.
+func Numel(shape []int) int {
 	n := 1
-	for _, s := range v.Shape {
+	for _, s := range shape {
 		n *= s
 	}
 	return n
@@ -102,7 +106,7 @@ type Safetensors struct {
 	Meta    map[string]string
 	tensors map[string]View
 	names   []string // in file order of offsets
-	closer  func() error
+	closer  closeOnce
 }
 
 type stHeaderEntry struct {
@@ -200,6 +204,24 @@ func offsetOf(sub, body []byte) int {
 	return int(uintptr(unsafe.Pointer(&sub[0])) - uintptr(unsafe.Pointer(&body[0])))
 }
 
+// ParseSafetensorsOf is ParseSafetensors for this project's own file kinds
+// (adaptors, checkpoints), which name their kind in the "format" and
+// "version" metadata: it also checks those, and the error says what the
+// file holds and what this build reads.
+func ParseSafetensorsOf(data []byte, format, version string) (*Safetensors, error) {
+	st, err := ParseSafetensors(data)
+	if err != nil {
+		return nil, err
+	}
+	if st.Meta["format"] != format {
+		return nil, fmt.Errorf("format %q, want %q", st.Meta["format"], format)
+	}
+	if st.Meta["version"] != version {
+		return nil, fmt.Errorf("version %q, this build reads version %s", st.Meta["version"], version)
+	}
+	return st, nil
+}
+
 // OpenSafetensors memory-maps path (read-only) and parses it. Close unmaps.
 func OpenSafetensors(path string) (*Safetensors, error) {
 	data, closer, err := mapFile(path)
@@ -211,22 +233,24 @@ func OpenSafetensors(path string) (*Safetensors, error) {
 		closer()
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	st.closer = closer
+	st.closer = closeOnce(closer)
 	return st, nil
 }
 
 // Close releases the mapping; views must not be used afterwards.
-func (s *Safetensors) Close() error {
-	if s.closer == nil {
-		return nil
-	}
-	c := s.closer
-	s.closer = nil
-	return c()
-}
+func (s *Safetensors) Close() error { return s.closer.close() }
 
 // Names lists the tensors in the order of their data.
 func (s *Safetensors) Names() []string { return slices.Clone(s.names) }
+
+// Views returns every tensor in the order of their data.
+func (s *Safetensors) Views() []View {
+	views := make([]View, len(s.names))
+	for i, n := range s.names {
+		views[i] = s.tensors[n]
+	}
+	return views
+}
 
 // Get returns the named tensor.
 func (s *Safetensors) Get(name string) (View, bool) {
@@ -254,6 +278,15 @@ func F32View(name string, data []float32, shape ...int) View {
 		binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(f))
 	}
 	return View{Name: name, DType: F32, Shape: shape, Data: b}
+}
+
+// MarshalSafetensors returns what WriteSafetensors writes.
+func MarshalSafetensors(views []View, meta map[string]string) ([]byte, error) {
+	var buf bytes.Buffer
+	if err := WriteSafetensors(&buf, views, meta); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }
 
 // WriteSafetensors writes tensors (sorted by name, so equal inputs give
