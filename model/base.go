@@ -51,6 +51,17 @@ type Base struct {
 
 // ready packs the weights if that has not happened yet (see packWeights).
 // Callers hold closeMu for reading.
+// use holds b open for an operation named op (Close waits for it); it
+// fails with ErrClosed once b is closed. Call release when done.
+func (b *Base) use(op string) (release func(), err error) {
+	b.closeMu.RLock()
+	if b.closed {
+		b.closeMu.RUnlock()
+		return nil, fmt.Errorf("%s: %w", op, ErrClosed)
+	}
+	return b.closeMu.RUnlock, nil
+}
+
 func (b *Base) ready() { b.packOnce.Do(b.packWeights) }
 
 // layerWeights are one transformer block's tensors, in HF layout ((out, in)
@@ -474,11 +485,11 @@ const MaxBatchTokens = 2048
 // one Forward gives for the sequence alone up to the order of float32
 // additions (about 1e-7 relative).
 func (b *Base) ForwardBatch(seqs [][]int32, layers []int) ([][][]float32, error) {
-	b.closeMu.RLock()
-	defer b.closeMu.RUnlock()
-	if b.closed {
-		return nil, fmt.Errorf("model.Forward: %w", ErrClosed)
+	release, err := b.use("model.Forward")
+	if err != nil {
+		return nil, err
 	}
+	defer release()
 	if len(seqs) == 0 {
 		return nil, errors.New("model.ForwardBatch: no sequences")
 	}

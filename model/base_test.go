@@ -532,30 +532,8 @@ func referenceForward(b *Base, ids []int32) [][]float64 {
 	c := b.Config
 	T, D, hd := len(ids), c.Dim, c.HeadDim
 	eps := float64(c.NormEps)
-	rms := func(x []float64, w []float32) []float64 {
-		var ss float64
-		for _, v := range x {
-			ss += v * v
-		}
-		r := 1 / math.Sqrt(ss/float64(len(x))+eps)
-		out := make([]float64, len(x))
-		for i := range x {
-			out[i] = x[i] * r * float64(w[i])
-		}
-		return out
-	}
-	lin := func(x []float64, w, bias []float32, outDim int) []float64 {
-		out := make([]float64, outDim)
-		for o := range out {
-			for i, v := range x {
-				out[o] += v * float64(w[o*len(x)+i])
-			}
-			if bias != nil {
-				out[o] += float64(bias[o])
-			}
-		}
-		return out
-	}
+	rms := func(x []float64, w []float32) []float64 { return refRMSNorm(x, w, eps) }
+	lin := refLinear[float32]
 	invFreq := make([]float64, hd/2)
 	for i := range invFreq {
 		invFreq[i] = math.Pow(c.RopeTheta, -float64(2*i)/float64(hd))

@@ -66,11 +66,11 @@ func (s *Session) Reset() { s.n = 0 }
 // layer of the session, their hidden states (len(ids), Dim).
 func (s *Session) Prefill(ids []int32) ([][]float32, error) {
 	b := s.b
-	b.closeMu.RLock()
-	defer b.closeMu.RUnlock()
-	if b.closed {
-		return nil, fmt.Errorf("model.Session.Prefill: %w", ErrClosed)
+	release, err := b.use("model.Session.Prefill")
+	if err != nil {
+		return nil, err
 	}
+	defer release()
 	if len(ids) == 0 {
 		return nil, errors.New("model.Session.Prefill: no tokens")
 	}

@@ -258,15 +258,7 @@ func TestOpenGGUFSentencePiece(t *testing.T) {
 		tensor.GGUFKV{Key: "tokenizer.ggml.model", Value: "llama"},
 		tensor.GGUFKV{Key: "tokenizer.ggml.tokens", Value: toks},
 		tensor.GGUFKV{Key: "tokenizer.ggml.token_type", Value: types})
-	m, err := Open(path, OpenOptions{CacheDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Base.Close()
-	tk, ok := m.Tokenizer.(*tokenizer.SPMTokenizer)
-	if !ok {
-		t.Fatalf("Open gave a %T tokenizer, want SentencePiece", m.Tokenizer)
-	}
+	tk := openSPM(t, path)
 	if got := tk.Encode("ab a"); !slices.Equal(got, []int32{4, 6, 4}) || tk.Decode(got) != "ab a" || tk.BOS() != int32(base.Config.BOS) {
 		t.Errorf("Encode(ab a) = %v (%q), BOS %d", got, tk.Decode(got), tk.BOS())
 	}
@@ -485,18 +477,26 @@ func TestOpenHFSentencePiece(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "tokenizer_config.json"), []byte(`{"bos_token": "<s>", "eos_token": "</s>"}`), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	m, err := Open(dir, OpenOptions{CacheDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Base.Close()
-	tk, ok := m.Tokenizer.(*tokenizer.SPMTokenizer)
-	if !ok {
-		t.Fatalf("Open gave a %T tokenizer, want SentencePiece", m.Tokenizer)
-	}
+	tk := openSPM(t, dir)
 	// "ab aé": ▁a b ▁a, then é (no token) as its two bytes.
 	want := []int32{4, 6, 4, 7 + 0xC3, 7 + 0xA9}
 	if got := tk.Encode("ab aé"); !slices.Equal(got, want) || tk.Decode(got) != "ab aé" || tk.BOS() != 1 || tk.EOS() != 2 {
 		t.Errorf("Encode(ab aé) = %v (%q), want %v; BOS %d EOS %d", got, tk.Decode(got), want, tk.BOS(), tk.EOS())
 	}
+}
+
+// openSPM opens the model at path (closed when t ends) and returns its
+// tokenizer, which must be SentencePiece.
+func openSPM(t *testing.T, path string) *tokenizer.SPMTokenizer {
+	t.Helper()
+	m, err := Open(path, OpenOptions{CacheDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Base.Close() })
+	tk, ok := m.Tokenizer.(*tokenizer.SPMTokenizer)
+	if !ok {
+		t.Fatalf("Open gave a %T tokenizer, want SentencePiece", m.Tokenizer)
+	}
+	return tk
 }

@@ -434,11 +434,11 @@ type namedTensor struct {
 // and by Hugging Face / llama.cpp's converters. The file is written to a
 // temporary name and renamed.
 func (b *Base) SaveHF(dir string) error {
-	b.closeMu.RLock()
-	defer b.closeMu.RUnlock()
-	if b.closed {
-		return fmt.Errorf("model.SaveHF: %w", ErrClosed)
+	release, err := b.use("model.SaveHF")
+	if err != nil {
+		return err
 	}
+	defer release()
 	b.ready()
 	ts := b.tensors()
 	views := make([]tensor.View, len(ts))

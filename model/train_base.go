@@ -74,20 +74,11 @@ func NewBaseTrainer(b *Base, workers, maxT int) (*BaseTrainer, error) {
 	if workers < 1 || maxT < 2 || maxT > c.MaxPos {
 		return nil, fmt.Errorf("model.NewBaseTrainer: workers %d, maxT %d: want workers >= 1 and 2 <= maxT <= %d", workers, maxT, c.MaxPos)
 	}
-	own, err := NewRandomBase(c, 0)
+	own, err := b.copyAs(c)
 	if err != nil {
 		return nil, fmt.Errorf("model.NewBaseTrainer: %w", err)
 	}
-	b.closeMu.RLock()
-	if b.closed {
-		b.closeMu.RUnlock()
-		return nil, fmt.Errorf("model.NewBaseTrainer: %w", ErrClosed)
-	}
-	src, dst := b.tensors(), own.tensors()
-	for i := range dst {
-		copy(dst[i].data, src[i].data)
-	}
-	b.closeMu.RUnlock()
+	dst := own.tensors()
 	t := &BaseTrainer{Base: own, params: dst}
 	for _, p := range dst {
 		t.m = append(t.m, make([]float32, len(p.data)))
@@ -426,11 +417,11 @@ func (t *BaseTrainer) LoadState(path string) error {
 // SaveHFBF16 writes b like SaveHF but with bfloat16 weights (round to
 // nearest even), halving the file; LoadBase widens them back to float32.
 func (b *Base) SaveHFBF16(dir string) error {
-	b.closeMu.RLock()
-	defer b.closeMu.RUnlock()
-	if b.closed {
-		return fmt.Errorf("model.SaveHFBF16: %w", ErrClosed)
+	release, err := b.use("model.SaveHFBF16")
+	if err != nil {
+		return err
 	}
+	defer release()
 	ts := b.tensors()
 	views := make([]tensor.View, len(ts))
 	for i, t := range ts {
@@ -467,15 +458,25 @@ func (b *Base) SaveHFBF16(dir string) error {
 func (b *Base) WithContext(maxPos int, ropeTheta float64) (*Base, error) {
 	c := b.Config
 	c.MaxPos, c.RopeTheta = maxPos, ropeTheta
-	own, err := NewRandomBase(c, 0)
+	own, err := b.copyAs(c)
 	if err != nil {
 		return nil, fmt.Errorf("model.WithContext: %w", err)
 	}
-	b.closeMu.RLock()
-	defer b.closeMu.RUnlock()
-	if b.closed {
-		return nil, fmt.Errorf("model.WithContext: %w", ErrClosed)
+	return own, nil
+}
+
+// copyAs returns a float32 copy of b's weights, owned by the caller, under
+// config c (which must give every tensor b's shape).
+func (b *Base) copyAs(c Config) (*Base, error) {
+	own, err := NewRandomBase(c, 0)
+	if err != nil {
+		return nil, err
 	}
+	release, err := b.use("copy")
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	src, dst := b.tensors(), own.tensors()
 	for i := range dst {
 		copy(dst[i].data, src[i].data)

@@ -32,32 +32,8 @@ func tinyTrainConfigs() []Config {
 func refBaseLoss(c Config, p map[string][]float64, seqs [][]int32) float64 {
 	D, hd, H, KV, F := c.Dim, c.HeadDim, c.Heads, c.KVHeads, c.FFN
 	eps := float64(c.NormEps)
-	rms := func(x []float64, w []float64) []float64 {
-		var ss float64
-		for _, v := range x {
-			ss += v * v
-		}
-		r := 1 / math.Sqrt(ss/float64(len(x))+eps)
-		out := make([]float64, len(x))
-		for i, v := range x {
-			out[i] = v * r * w[i]
-		}
-		return out
-	}
-	lin := func(x, w, b []float64, oc int) []float64 { // w: (oc, len(x))
-		out := make([]float64, oc)
-		for o := range oc {
-			s := 0.0
-			if b != nil {
-				s = b[o]
-			}
-			for i, v := range x {
-				s += w[o*len(x)+i] * v
-			}
-			out[o] = s
-		}
-		return out
-	}
+	rms := func(x []float64, w []float64) []float64 { return refRMSNorm(x, w, eps) }
+	lin := refLinear[float64]
 	rope := func(v []float64, pos int) { // one head, rotate-half
 		half := hd / 2
 		for i := range half {

@@ -130,27 +130,18 @@ func IsSPMJSON(data []byte) bool {
 // template, EOS is </s> when there is one; LoadHF applies
 // tokenizer_config.json over both.
 func ParseSPMJSON(data []byte) (*SPMTokenizer, error) {
-	t, err := parseSPMJSON(data)
-	if err != nil {
-		return nil, fmt.Errorf("tokenizer.json: %w", err)
-	}
-	return t, nil
+	return tokJSONNamed(parseSPMJSON(data))
 }
 
 // parseSPMJSON is ParseSPMJSON with errors that do not name the file.
 func parseSPMJSON(data []byte) (*SPMTokenizer, error) {
-	if len(data) > TokMaxFileBytes {
-		return nil, fmt.Errorf("%d bytes exceeds the cap of %d", len(data), TokMaxFileBytes)
-	}
-	var f hfSPMJSON
-	if err := json.Unmarshal(data, &f); err != nil {
-		return nil, fmt.Errorf("not valid JSON: %w", err)
-	}
-	t, err := hfSPMBuild(&f)
-	if err != nil {
-		return nil, fmt.Errorf("SentencePiece form: %w", err)
-	}
-	return t, nil
+	return tokParseJSON(data, func(f *hfSPMJSON) (*SPMTokenizer, error) {
+		t, err := hfSPMBuild(f)
+		if err != nil {
+			return nil, fmt.Errorf("SentencePiece form: %w", err)
+		}
+		return t, nil
+	})
 }
 
 func hfSPMBuild(f *hfSPMJSON) (*SPMTokenizer, error) {

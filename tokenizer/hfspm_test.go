@@ -155,14 +155,7 @@ func TestHFSPMGolden(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(dir, "tokenizer_config.json"), []byte(`{"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": true}`), 0o644); err != nil {
 				t.Fatal(err)
 			}
-			loaded, err := LoadHF(path)
-			if err != nil {
-				t.Fatal(err)
-			}
-			tk, ok := loaded.(*SPMTokenizer)
-			if !ok {
-				t.Fatalf("LoadHF gave a %T, want SentencePiece", loaded)
-			}
+			tk := loadAs[*SPMTokenizer](t, LoadHF, path)
 			if tk.VocabSize() != gg.VocabSize() || tk.BOS() != 1 || tk.EOS() != 2 {
 				t.Fatalf("vocab %d (GGUF %d), BOS %d, EOS %d", tk.VocabSize(), gg.VocabSize(), tk.BOS(), tk.EOS())
 			}

@@ -53,14 +53,7 @@ func TestSPMGolden(t *testing.T) {
 	for _, name := range []string{"llama-spm", "phi-3"} {
 		t.Run(name, func(t *testing.T) {
 			base := spmVocab(t, name)
-			tok, err := LoadGGUF(base)
-			if err != nil {
-				t.Fatal(err)
-			}
-			tk, ok := tok.(*SPMTokenizer)
-			if !ok {
-				t.Fatalf("LoadGGUF gave a %T, want SentencePiece", tok)
-			}
+			tk := loadAs[*SPMTokenizer](t, LoadGGUF, base)
 			if tk.VocabSize() < 32000 || tk.BOS() != 1 || tk.Token(tk.BOS()) != "<s>" {
 				t.Fatalf("vocab %d, BOS %d %q", tk.VocabSize(), tk.BOS(), tk.Token(tk.BOS()))
 			}

@@ -746,23 +746,37 @@ func tokApplyConfig(t tokConfigurable, data []byte) error {
 // and NFC or no normalizer. BOS comes from the post-processor's template,
 // EOS from well-known names.
 func ParseTokenizer(data []byte) (*BPETokenizer, error) {
-	t, err := parseTokenizer(data)
-	if err != nil {
-		return nil, fmt.Errorf("tokenizer.json: %w", err)
-	}
-	return t, nil
+	return tokJSONNamed(parseTokenizer(data))
 }
 
 // parseTokenizer is ParseTokenizer with errors that do not name the file.
 func parseTokenizer(data []byte) (*BPETokenizer, error) {
+	return tokParseJSON(data, tokFromJSON)
+}
+
+// tokParseJSON decodes a tokenizer.json of at most TokMaxFileBytes into
+// its form F (byte-level BPE or SentencePiece) and builds the tokenizer
+// from it; errors do not name the file.
+func tokParseJSON[F, T any](data []byte, build func(*F) (T, error)) (T, error) {
+	var zero T
 	if len(data) > TokMaxFileBytes {
-		return nil, fmt.Errorf("%d bytes exceeds the cap of %d", len(data), TokMaxFileBytes)
+		return zero, fmt.Errorf("%d bytes exceeds the cap of %d", len(data), TokMaxFileBytes)
 	}
-	var f tokJSON
+	var f F
 	if err := json.Unmarshal(data, &f); err != nil {
-		return nil, fmt.Errorf("not valid JSON: %w", err)
+		return zero, fmt.Errorf("not valid JSON: %w", err)
 	}
-	return tokFromJSON(&f)
+	return build(&f)
+}
+
+// tokJSONNamed names the file in the error of a parse of tokenizer.json
+// bytes (the Parse functions; the Load functions name the path instead).
+func tokJSONNamed[T any](t T, err error) (T, error) {
+	if err != nil {
+		var zero T
+		return zero, fmt.Errorf("tokenizer.json: %w", err)
+	}
+	return t, nil
 }
 
 func tokFromJSON(f *tokJSON) (*BPETokenizer, error) {

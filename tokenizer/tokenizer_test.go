@@ -453,6 +453,20 @@ func TestParseTokenizerErrors(t *testing.T) {
 	}
 }
 
+// loadAs loads path with load and checks that the tokenizer is a T.
+func loadAs[T Tokenizer](t *testing.T, load func(string) (Tokenizer, error), path string) T {
+	t.Helper()
+	tok, err := load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tk, ok := tok.(T)
+	if !ok {
+		t.Fatalf("%s: got a %T, want a %T", path, tok, tk)
+	}
+	return tk
+}
+
 func oracleDir(t *testing.T) string {
 	dir := os.Getenv("CARRYON_ORACLE_DIR")
 	if dir == "" {
@@ -473,14 +487,7 @@ func TestGGUFVocabGolden(t *testing.T) {
 	for _, name := range []string{"qwen2", "llama-bpe", "gpt-2"} {
 		t.Run(name, func(t *testing.T) {
 			base := filepath.Join(vdir, "ggml-vocab-"+name+".gguf")
-			tok, err := LoadGGUF(base)
-			if err != nil {
-				t.Fatal(err)
-			}
-			tk, ok := tok.(*BPETokenizer)
-			if !ok {
-				t.Fatalf("LoadGGUF gave a %T, want byte-level BPE", tok)
-			}
+			tk := loadAs[*BPETokenizer](t, LoadGGUF, base)
 			if tk.PreTokenizer() != name {
 				t.Fatalf("pre-tokenizer %q, want %q", tk.PreTokenizer(), name)
 			}
