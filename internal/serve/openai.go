@@ -163,17 +163,21 @@ type TopLogprob struct {
 	Bytes   []int   `json:"bytes"`
 }
 
+// Response is the answer to a completion request and each chunk of its
+// stream, with the endpoint's choices C.
+type Response[C CompletionChoice | ChatChoice] struct {
+	ID      string       `json:"id"`
+	Object  string       `json:"object"`
+	Created int64        `json:"created"`
+	Model   string       `json:"model"`
+	Choices []C          `json:"choices"`
+	Usage   *Usage       `json:"usage,omitempty"`
+	CarryOn *CarryOnInfo `json:"carryon,omitempty"`
+}
+
 // CompletionResponse is the answer to /v1/completions, and each chunk of
 // its stream (Object "text_completion" for both, as OpenAI does).
-type CompletionResponse struct {
-	ID      string             `json:"id"`
-	Object  string             `json:"object"`
-	Created int64              `json:"created"`
-	Model   string             `json:"model"`
-	Choices []CompletionChoice `json:"choices"`
-	Usage   *Usage             `json:"usage,omitempty"`
-	CarryOn *CarryOnInfo       `json:"carryon,omitempty"`
-}
+type CompletionResponse = Response[CompletionChoice]
 
 // ChatDelta is the increment a chat chunk carries.
 type ChatDelta struct {
@@ -199,15 +203,7 @@ type ChatChoice struct {
 
 // ChatResponse is the answer to /v1/chat/completions (Object
 // "chat.completion") and each chunk of its stream ("chat.completion.chunk").
-type ChatResponse struct {
-	ID      string       `json:"id"`
-	Object  string       `json:"object"`
-	Created int64        `json:"created"`
-	Model   string       `json:"model"`
-	Choices []ChatChoice `json:"choices"`
-	Usage   *Usage       `json:"usage,omitempty"`
-	CarryOn *CarryOnInfo `json:"carryon,omitempty"`
-}
+type ChatResponse = Response[ChatChoice]
 
 // ModelCard describes one model of GET /v1/models: "base" or an adaptor.
 type ModelCard struct {

@@ -1,10 +1,8 @@
 package serve
 
 import (
-	"bytes"
 	"encoding/json"
 	"math"
-	"net/http"
 	"strings"
 	"testing"
 
@@ -148,14 +146,7 @@ func TestLogprobs(t *testing.T) {
 		t.Errorf("logprobs without echo: %+v", lp2)
 	}
 	// Streamed, the chunks' logprobs add up to the same.
-	req["stream"] = true
-	js, _ := json.Marshal(req)
-	resp, err := http.Post(hs.URL+"/v1/completions", "application/json", bytes.NewReader(js))
-	if err != nil {
-		t.Fatal(err)
-	}
-	events, done := readStream(t, resp.Body)
-	resp.Body.Close()
+	events, done := postStream(t, hs.URL+"/v1/completions", req)
 	var streamed []float64
 	for _, ev := range events {
 		var c CompletionResponse
@@ -230,14 +221,8 @@ func TestChatSamplingStreamed(t *testing.T) {
 		t.Errorf("chat frequency_penalty 2 gave the greedy text %q", got)
 	}
 	want := chat(map[string]any{"temperature": 0, "logprobs": true, "top_logprobs": 1}).Choices[0].Logprobs
-	js, _ := json.Marshal(map[string]any{"model": "base", "messages": msgs, "max_tokens": 16, "temperature": 0,
-		"logprobs": true, "top_logprobs": 1, "stream": true})
-	resp, err := http.Post(hs.URL+"/v1/chat/completions", "application/json", bytes.NewReader(js))
-	if err != nil {
-		t.Fatal(err)
-	}
-	events, _ := readStream(t, resp.Body)
-	resp.Body.Close()
+	events, _ := postStream(t, hs.URL+"/v1/chat/completions", map[string]any{"model": "base", "messages": msgs,
+		"max_tokens": 16, "temperature": 0, "logprobs": true, "top_logprobs": 1})
 	var got []TokenLogprob
 	for _, ev := range events {
 		var c ChatResponse

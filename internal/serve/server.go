@@ -693,13 +693,11 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 	if o.echo && o.logprobs {
 		j.echoFrom = echoFrom
 	}
-	release, err := s.acquire(r, req.User)
-	if err != nil {
-		failRun(w, ctx, err)
+	release, id, created, ok := s.start(w, r, req.User, "cmpl-")
+	if !ok {
 		return
 	}
 	defer release()
-	id, created := newID("cmpl-"), time.Now().Unix()
 	chunk := func(text string, toks []tokenLogprob, finish *string) CompletionResponse {
 		c := CompletionChoice{Text: text, FinishReason: finish}
 		if o.logprobs && finish == nil {
@@ -722,25 +720,9 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 	}
 	ev := startSSE(w)
 	res, err := s.run(ctx, j, func(piece string, toks []tokenLogprob) error { return ev.send(chunk(piece, toks, nil)) })
-	if err != nil {
-		if ctx.Err() == nil {
-			ev.fail(err)
-		}
-		return
-	}
-	last := chunk("", nil, &res.finish)
-	last.CarryOn = j.info(s.base.WeightsHash)
-	if ev.send(last) != nil {
-		return
-	}
-	if o.usage {
-		u := chunk("", nil, nil)
-		u.Choices, u.Usage = []CompletionChoice{}, usage(j, res)
-		if ev.send(u) != nil {
-			return
-		}
-	}
-	ev.send("[DONE]")
+	endStream(ctx, ev, j, res, err, o.usage, j.info(s.base.WeightsHash), func(finish *string) CompletionResponse {
+		return chunk("", nil, finish)
+	})
 }
 
 func usage(j *job, res result) *Usage {
@@ -769,13 +751,11 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	j.arrived = arrived
 	j.stopIDs = stopIDs
 	j.stopStrs = append(append([]string(nil), j.stopStrs...), stopStrs...)
-	release, err := s.acquire(r, req.User)
-	if err != nil {
-		failRun(w, ctx, err)
+	release, id, created, ok := s.start(w, r, req.User, "chatcmpl-")
+	if !ok {
 		return
 	}
 	defer release()
-	id, created := newID("chatcmpl-"), time.Now().Unix()
 	if !o.stream {
 		res, err := s.run(ctx, j, nil)
 		if err != nil {
@@ -804,20 +784,42 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
 	res, err := s.run(ctx, j, func(piece string, toks []tokenLogprob) error {
 		return ev.send(chunk(ChatDelta{Content: &piece}, toks, nil))
 	})
+	endStream(ctx, ev, j, res, err, o.usage, j.info(s.base.WeightsHash), func(finish *string) ChatResponse {
+		return chunk(ChatDelta{}, nil, finish)
+	})
+}
+
+// start admits a request of user to a worker slot (failing the request
+// when it may not run) and names its answer: an ID with prefix and the
+// creation time. Call release when the answer is written.
+func (s *Server) start(w http.ResponseWriter, r *http.Request, user, prefix string) (release func(), id string, created int64, ok bool) {
+	release, err := s.acquire(r, user)
+	if err != nil {
+		failRun(w, r.Context(), err)
+		return nil, "", 0, false
+	}
+	return release, newID(prefix), time.Now().Unix(), true
+}
+
+// endStream ends the stream of a run that returned res and err: the chunk
+// with the finish reason (chunk(&finish)) carries the carry-on's info, a
+// chunk without choices the usage when the request asked for it, then
+// [DONE]. A failed run sends its error instead, unless the client left.
+func endStream[C CompletionChoice | ChatChoice](ctx context.Context, ev *sse, j *job, res result, err error, wantUsage bool, info *CarryOnInfo, chunk func(finish *string) Response[C]) {
 	if err != nil {
 		if ctx.Err() == nil {
 			ev.fail(err)
 		}
 		return
 	}
-	last := chunk(ChatDelta{}, nil, &res.finish)
-	last.CarryOn = j.info(s.base.WeightsHash)
+	last := chunk(&res.finish)
+	last.CarryOn = info
 	if ev.send(last) != nil {
 		return
 	}
-	if o.usage {
-		u := chunk(ChatDelta{}, nil, nil)
-		u.Choices, u.Usage = []ChatChoice{}, usage(j, res)
+	if wantUsage {
+		u := chunk(nil)
+		u.Choices, u.Usage = []C{}, usage(j, res)
 		if ev.send(u) != nil {
 			return
 		}

@@ -172,11 +172,13 @@ func readStream(t testing.TB, r io.Reader) (events []string, done bool) {
 	return events, false
 }
 
-func streamCompletion(t testing.TB, url string, req map[string]any) (text, finish string, usage *Usage) {
+// postStream posts req with stream set to url, checks that an event stream
+// answers, and reads it (readStream).
+func postStream(t testing.TB, url string, req map[string]any) (events []string, done bool) {
 	t.Helper()
 	req["stream"] = true
 	js, _ := json.Marshal(req)
-	resp, err := http.Post(url+"/v1/completions", "application/json", bytes.NewReader(js))
+	resp, err := http.Post(url, "application/json", bytes.NewReader(js))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,7 +187,12 @@ func streamCompletion(t testing.TB, url string, req map[string]any) (text, finis
 		b, _ := io.ReadAll(resp.Body)
 		t.Fatalf("stream: status %d, type %q: %s", resp.StatusCode, resp.Header.Get("Content-Type"), b)
 	}
-	events, done := readStream(t, resp.Body)
+	return readStream(t, resp.Body)
+}
+
+func streamCompletion(t testing.TB, url string, req map[string]any) (text, finish string, usage *Usage) {
+	t.Helper()
+	events, done := postStream(t, url+"/v1/completions", req)
 	if !done {
 		t.Fatalf("stream ended without [DONE]: %q", events)
 	}
@@ -606,14 +613,7 @@ func TestChatStreamMatchesNonStream(t *testing.T) {
 			t.Errorf("%s: %d prompt tokens, the template has %d", m, r.Usage.PromptTokens, len(promptIDs(prompt)))
 		}
 
-		req["stream"] = true
-		js, _ := json.Marshal(req)
-		resp, err := http.Post(hs.URL+"/v1/chat/completions", "application/json", bytes.NewReader(js))
-		if err != nil {
-			t.Fatal(err)
-		}
-		events, done := readStream(t, resp.Body)
-		resp.Body.Close()
+		events, done := postStream(t, hs.URL+"/v1/chat/completions", req)
 		if !done || len(events) < 2 {
 			t.Fatalf("%s: stream %q", m, events)
 		}
