@@ -51,8 +51,8 @@ type TrainResult struct {
 	Meta    carryon.Meta
 	Resumed int // the checkpoint step this call resumed from; 0 for a fresh start
 	Best    int // the step whose weights CarryOn holds (the last step unless TrainConfig.KeepBest chose an earlier one)
-	// Stopped is the step at which Hooks.Stop ended training (0: it ran
-	// all TrainConfig.Steps).
+	// Stopped is the step at which Hooks.Stop or Hooks.Pause ended
+	// training (0: it ran all TrainConfig.Steps).
 	Stopped int
 	Timing  Timing
 }
@@ -79,6 +79,14 @@ type Hooks struct {
 	// (TrainResult.Stopped): a search drops a trial that is falling
 	// behind. A stopped run keeps its training α (no AlphaGrid).
 	Stop func(EvalInfo) bool
+	// Pause, when set, is asked after each step before the last (after
+	// any validation pass and Stop); true ends training there
+	// (TrainResult.Stopped) without a validation pass or an α grid, with
+	// the run checkpointed when checkpoints are on (CheckpointEvery > 0),
+	// so that a later Train of the same configuration resumes it exactly:
+	// a search's successive halving pauses every trial at a rung and
+	// resumes only the best.
+	Pause func(step int) bool
 }
 
 // seqData is one training sequence with its cached bridged sources.
@@ -416,7 +424,8 @@ func (c *Coordinator) Train(ctx context.Context, ds *dataset.Set, hooks Hooks) (
 				break
 			}
 		}
-		if tc.CheckpointEvery > 0 && (step%tc.CheckpointEvery == 0 || step == tc.Steps) {
+		pause := step < tc.Steps && hooks.Pause != nil && hooks.Pause(step)
+		if tc.CheckpointEvery > 0 && (step%tc.CheckpointEvery == 0 || step == tc.Steps || pause) {
 			if err := ckpts.save(state, co, opt); err != nil {
 				return nil, fmt.Errorf("coordinator.Train: %w", err)
 			}
@@ -424,11 +433,15 @@ func (c *Coordinator) Train(ctx context.Context, ds *dataset.Set, hooks Hooks) (
 				hooks.Checkpoint(step)
 			}
 		}
+		if pause {
+			last, res.Stopped = step, step
+			break
+		}
 	}
 	// A run resumed at its last step from a checkpoint without the final
 	// validation pass (an older checkpoint) takes no step: evaluate the
 	// parameters it has, so that the adaptor still reports val_loss.
-	if len(val) > 0 && (len(res.Evals) == 0 || res.Evals[len(res.Evals)-1].Step != state.Step) {
+	if len(val) > 0 && res.Stopped == 0 && (len(res.Evals) == 0 || res.Evals[len(res.Evals)-1].Step != state.Step) {
 		ev, err := t.eval(val)
 		if err != nil {
 			return nil, fmt.Errorf("coordinator.Train: eval: %w", err)

@@ -501,6 +501,52 @@ func TestTrainStopAndGateBias(t *testing.T) {
 	}
 }
 
+// TestTrainPauseResumes: a run paused by Hooks.Pause (at steps 3 and 9,
+// between validation passes) is checkpointed there, takes no validation
+// pass or α grid, and resumed twice ends bit-identical to a straight run.
+func TestTrainPauseResumes(t *testing.T) {
+	base, ds := testBase(t), testDataset(t)
+	tc := testTrainConfig(12, 100) // checkpoints only at a pause and at the end
+	tc.KeepBest, tc.AlphaGrid = true, []float32{0, 1, 1.5}
+	ctx := context.Background()
+	straight, err := newTestCoordinator(t, t.TempDir(), base, ds, tc).Train(ctx, ds, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	var res *TrainResult
+	for _, at := range []int{3, 9, 0} {
+		var saved []int
+		res, err = newTestCoordinator(t, dir, base, ds, tc).Train(ctx, ds, Hooks{
+			Pause:      func(step int) bool { return step == at },
+			Checkpoint: func(step int) { saved = append(saved, step) },
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if at == 0 {
+			break
+		}
+		if res.Stopped != at || res.Steps[len(res.Steps)-1].Step != at || fmt.Sprint(saved) != fmt.Sprint([]int{at}) || res.Timing.Alpha != 0 {
+			t.Fatalf("paused at %d: stopped %d, last step %d, checkpoints %v, α grid %v", at, res.Stopped, res.Steps[len(res.Steps)-1].Step, saved, res.Timing.Alpha)
+		}
+		for _, e := range res.Evals {
+			if e.Step > at || e.Step%tc.EvalEvery != 0 {
+				t.Fatalf("paused at %d: a validation pass at step %d", at, e.Step)
+			}
+		}
+	}
+	if res.Resumed != 9 || res.Stopped != 0 || res.CarryOn.Config.Alpha != straight.CarryOn.Config.Alpha {
+		t.Fatalf("last part: resumed at %d, stopped %d, α %v (straight %v)", res.Resumed, res.Stopped, res.CarryOn.Config.Alpha, straight.CarryOn.Config.Alpha)
+	}
+	if i := sameBits(straight.CarryOn.Params, res.CarryOn.Params); i >= 0 {
+		t.Fatalf("parameter %d differs: straight %v, paused twice %v", i, straight.CarryOn.Params[i], res.CarryOn.Params[i])
+	}
+	if fmt.Sprint(res.Evals) != fmt.Sprint(straight.Evals) {
+		t.Errorf("evals differ:\npaused   %v\nstraight %v", res.Evals, straight.Evals)
+	}
+}
+
 // TestTrainResumeKeepsBest: with KeepBest, a run interrupted after its
 // best validation pass and resumed from a checkpoint still keeps that pass
 // (the checkpoint carries its parameters, step and loss): the same step,

@@ -25,7 +25,7 @@ func runSearch(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	val := fs.Int("val", 60, "validation problems (choose each trial's checkpoint and α)")
 	test := fs.Int("test", 60, "held-out problems (score the trials)")
 	batch := fs.Int("batch", 8, "sequences per step")
-	noStop := fs.Bool("no-stop", false, "train every trial to the end (default: a trial behind the median of the earlier ones at a validation pass stops there)")
+	noStop := fs.Bool("no-stop", false, "train every trial to the end (default: successive halving: every trial trains to steps/9 and is ranked on the first validation chunk, the best third goes on to steps/3, the best third of those to the end; only they are scored on the test split)")
 	compare := fs.Int("compare-trains", 0, "after the search, time three separate 'carryon train' runs of the reference carry-on (h=64, L=2) of this many steps, each embedding the data again (0: no)")
 	// --cpuprofile FILE (hidden: a developer's flag, not in the usage)
 	// writes a CPU profile of the whole search.

@@ -15,7 +15,6 @@ import (
 	"strings"
 	"testing"
 
-	"carryon/coordinator"
 	"carryon/dataset"
 	"carryon/internal/testenv"
 	"carryon/model"
@@ -368,14 +367,30 @@ func TestQuickRun(t *testing.T) {
 	if se := res.Search; se == nil || len(se.Trials) != len(SearchGrid()) || len(SearchGrid()) < 24 || se.EmbedSeconds <= 0 || se.ThreeTrains <= 0 {
 		t.Fatalf("search: %+v", se)
 	} else {
-		pareto, stopped := 0, 0
+		pareto, stopped, rungs := 0, 0, rungSteps(sz.SearchSteps)
 		for _, tr := range se.Trials {
-			ok("search trial", tr.Run.ValLoss)
+			if tr.Scored != (tr.Run.Stopped == 0) {
+				t.Errorf("search trial scored %v, stopped at %d", tr.Scored, tr.Run.Stopped)
+			}
+			if tr.Scored {
+				ok("search trial", tr.Run.ValLoss)
+			}
+			if len(tr.Rungs) == 0 || len(tr.Rungs) > len(rungs)-1 {
+				t.Fatalf("search trial with %d rung scores, want 1 to %d: %+v", len(tr.Rungs), len(rungs)-1, tr)
+			}
+			for i, r := range tr.Rungs {
+				ok("rung", r.Loss)
+				if r.Step != rungs[i] {
+					t.Errorf("rung %d at step %d, want %d", i, r.Step, rungs[i])
+				}
+			}
 			if tr.Run.Stopped > 0 {
 				stopped++
-				if tr.Run.Stopped >= tr.Run.Steps || tr.Run.Curve.Step[len(tr.Run.Curve.Step)-1] != tr.Run.Stopped {
-					t.Errorf("search trial stopped at %d of %d steps, curve %v", tr.Run.Stopped, tr.Run.Steps, tr.Run.Curve.Step)
+				if tr.Run.Stopped != tr.Rungs[len(tr.Rungs)-1].Step {
+					t.Errorf("search trial stopped at %d, rungs %v", tr.Run.Stopped, tr.Rungs)
 				}
+			} else if len(tr.Rungs) != len(rungs)-1 {
+				t.Errorf("search trial reached the end past %d rungs of %d: %v", len(tr.Rungs), len(rungs)-1, tr.Rungs)
 			}
 			extra := 0 // a second source's projection and bias
 			if len(tr.Sources) > 1 {
@@ -390,6 +405,10 @@ func TestQuickRun(t *testing.T) {
 		}
 		if pareto == 0 {
 			t.Error("no trial on the Pareto front")
+		}
+		// 36 trials, η = 3: 12 pass the first rung, 4 the second.
+		if want := len(SearchGrid()) - (len(SearchGrid())+8)/9; stopped != want {
+			t.Errorf("search: %d trials stopped, want %d", stopped, want)
 		}
 		if stopped != se.Stopped || !se.EarlyStop || len(se.TrainSeconds) != 3 || se.TrainSteps != sz.Steps {
 			t.Errorf("search: %d trials stopped, result says %d (early stop %v); separate trains %v of %d steps", stopped, se.Stopped, se.EarlyStop, se.TrainSeconds, se.TrainSteps)
@@ -490,28 +509,22 @@ func TestQuickRun(t *testing.T) {
 	}
 }
 
-// TestRungsStop: a trial stops at a pass when at least rungMin trials
-// passed that step before it and its loss is above their median; the
-// first trials at a step never stop, nor does one at or below the median.
-func TestRungsStop(t *testing.T) {
-	r := &rungs{at: map[int][]float64{}}
-	for i, l := range []float64{5, 4, 3, 2} {
-		if r.stop(coordinator.EvalInfo{Step: 10, Loss: l}) {
-			t.Fatalf("trial %d stopped with only %d before it", i, i)
+// TestHalving: the rungs of successive halving are at steps/9, steps/3
+// and steps (rounded up, distinct), and a rung promotes the ⌈n/3⌉ lowest
+// losses, lowest first.
+func TestHalving(t *testing.T) {
+	for steps, want := range map[int]string{40: "[5 14 40]", 100: "[12 34 100]", 4: "[1 2 4]", 2: "[1 2]", 1: "[1]"} {
+		if got := fmt.Sprint(rungSteps(steps)); got != want {
+			t.Errorf("rungSteps(%d) = %s, want %s", steps, got, want)
 		}
 	}
-	// median of {5, 4, 3, 2} is 3.5
 	for _, c := range []struct {
-		loss float64
-		want bool
-	}{{3.6, true}, {3.5, false}, {1, false}} {
-		r2 := &rungs{at: map[int][]float64{10: {5, 4, 3, 2}}}
-		if got := r2.stop(coordinator.EvalInfo{Step: 10, Loss: c.loss}); got != c.want {
-			t.Errorf("loss %v against {5,4,3,2}: stop %v, want %v", c.loss, got, c.want)
+		losses []float64
+		want   string
+	}{{[]float64{5, 1, 4, 2, 3, 0.5}, "[5 1]"}, {[]float64{3, 2, 1, 2}, "[2 1]"}, {[]float64{7}, "[0]"}, {[]float64{2, 2, 2}, "[0]"}} {
+		if got := fmt.Sprint(promote(c.losses)); got != c.want {
+			t.Errorf("promote(%v) = %s, want %s", c.losses, got, c.want)
 		}
-	}
-	if r.stop(coordinator.EvalInfo{Step: 20, Loss: 100}) {
-		t.Error("the first trial at another step stopped")
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 )
 
 // Plot names under Out/img/.
@@ -194,11 +195,14 @@ func Tables(res *Results) []byte {
 		p("\n![](img/%s)\n\n", PlotShape)
 	}
 	if se := res.Search; se != nil {
-		p("## 5. Search over one embedding cache\n\n%d configurations, %d steps each, %d at once; α chosen on the validation split for each. ", len(se.Trials), se.Steps, se.Parallel)
+		p("## 5. Search over one embedding cache\n\n%d configurations of up to %d steps, %d at once. ", len(se.Trials), se.Steps, se.Parallel)
 		p("The embedding (base forward, %.1f s cold) is paid once; the %d trials took %.0f s of wall-clock in all (%.1f s per trial on average). ",
 			se.EmbedSeconds, len(se.Trials), se.TrialsSeconds, se.TrialsSeconds/float64(max(1, len(se.Trials))))
 		if se.EarlyStop {
-			p("Validation %d times per trial; %d trials stopped early (behind the median of the trials before them at a pass). ", se.Evals, se.Stopped)
+			p("Successive halving: every trial trains to step %d and is ranked on the first %d validation problems; the best 1/%d go on, resumed from their checkpoint, at each rung (steps %s); %d trials stopped at a rung; the %d that reached step %d were scored on the whole validation split (checkpoint and α chosen there) and only they on the test split. ",
+				se.Rungs[0], se.RungProblems, se.Eta, intList(se.Rungs), se.Stopped, len(se.Trials)-se.Stopped, se.Steps)
+		} else {
+			p("Every trial trains all its steps; α chosen on the validation split for each. ")
 		}
 		if se.ThreeTrains > 0 {
 			p("Measured in the same run, three separate `carryon train` runs of the reference carry-on (h=64, L=2, %d steps, each in a fresh cache and so paying the embedding) took %.0f s (%s; %.0f CPU seconds); the search, embedding included, %.0f s (%.0f CPU seconds).\n\n",
@@ -258,4 +262,13 @@ func short(h string) string {
 		return h[:12]
 	}
 	return h
+}
+
+// intList writes xs as "5, 14, 40".
+func intList(xs []int) string {
+	out := make([]string, len(xs))
+	for i, x := range xs {
+		out[i] = fmt.Sprint(x)
+	}
+	return strings.Join(out, ", ")
 }

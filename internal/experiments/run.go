@@ -192,8 +192,8 @@ type CarryOnRun struct {
 	BaseLoss     float64 `json:"base_loss"`         // base alone on the test split, through the same bridge
 	TrainLoss    float64 `json:"train_loss"`
 	SelectLoss   float64 `json:"select_loss"`         // validation-split loss of the kept carry-on (what chose it)
-	BestLoss     float64 `json:"best_loss"`           // lowest validation-split loss seen while training (α = 1)
-	BestStep     int     `json:"best_step"`           // the step kept (best-by-validation)
+	BestLoss     float64 `json:"best_loss"`           // lowest validation-split loss seen while training (α = 1); 0: none (paused at a search's rung)
+	BestStep     int     `json:"best_step"`           // the step kept (best-by-validation); 0: none
 	Alpha        float32 `json:"alpha"`               // α chosen on the validation split
 	GateBias     float32 `json:"gate_bias,omitempty"` // initial b_g
 	Mix          string  `json:"mix,omitempty"`       // a second base whose final hidden states were a source too
@@ -515,9 +515,13 @@ type spec struct {
 	// evals is the number of validation passes over the run (0: 8); they
 	// come every steps/evals steps.
 	evals int
-	// stop, when set, may end the run after a validation pass (the
-	// search's early stop); not part of the key.
-	stop func(coordinator.EvalInfo) bool
+	// The search's successive halving (not part of the key): checkpoint
+	// turns checkpoints on (at a pause and at the end), so that a paused
+	// run resumes; pauseAt > 0 pauses the run after that step and scores
+	// it on rungVal's validation split instead of the test split.
+	checkpoint bool
+	pauseAt    int
+	rungVal    *dataset.Set
 }
 
 func (s spec) key() string {
@@ -565,6 +569,9 @@ func trainCarryOn(ctx context.Context, base *model.Base, fw coordinator.Forwarde
 	cfg := coordinator.Config{CacheDir: cacheDir, Codec: s.codec, Logger: log, Layers: s.sources,
 		Train: coordinator.TrainConfig{Steps: s.steps, BatchSeqs: sz.Batch, EvalEvery: max(1, s.steps/cmp.Or(s.evals, 8)), Seed: s.seed, CheckpointEvery: -1,
 			KeepBest: true, AlphaGrid: alphaGrid, GateBias: s.gateBias}}
+	if s.checkpoint {
+		cfg.Train.CheckpointEvery = s.steps // a pause also checkpoints
+	}
 	cfg.Train.Optim.LR = lr
 	cfg.Train.CarryOn = carryOnShape(bc.Dim, bc.Vocab, s.width, s.layers)
 	if s.mix != nil {
@@ -613,7 +620,7 @@ func trainCarryOn(ctx context.Context, base *model.Base, fw coordinator.Forwarde
 			}
 			mark = time.Now() // validation time is not training time
 		},
-		Stop: s.stop,
+		Pause: func(step int) bool { return step == s.pauseAt },
 	})
 	if err != nil {
 		return nil, err
@@ -627,6 +634,19 @@ func trainCarryOn(ctx context.Context, base *model.Base, fw coordinator.Forwarde
 	run.BestStep, run.Alpha = res.Best, res.CarryOn.Config.Alpha
 	tm := res.Timing
 	run.Phases.Load, run.Phases.Steps, run.Phases.Eval, run.Phases.Alpha = tm.Load.Seconds(), tm.Steps.Seconds(), tm.Eval.Seconds(), tm.Alpha.Seconds()
+	run.Stopped = res.Stopped
+	run.StepMS = 1000 * sec / float64(max(1, len(res.Steps)))
+	if s.pauseAt > 0 {
+		// Paused at a rung: scored on the rung's validation subset only.
+		t0 = time.Now()
+		ev, err := c.Evaluate(s.rungVal, res.CarryOn)
+		if err != nil {
+			return nil, err
+		}
+		run.Phases.Eval += time.Since(t0).Seconds()
+		run.SelectLoss, run.BestLoss, run.BestStep = ev.Loss, 0, 0 // no validation pass on the whole split
+		return &trained{run: run, co: res.CarryOn}, nil
+	}
 	t0 = time.Now()
 	ev, err := c.Evaluate(test, res.CarryOn)
 	if err != nil {
@@ -634,8 +654,6 @@ func trainCarryOn(ctx context.Context, base *model.Base, fw coordinator.Forwarde
 	}
 	run.Phases.Test = time.Since(t0).Seconds()
 	run.ValLoss, run.BaseLoss = ev.Loss, ev.BaseLoss
-	run.Stopped = res.Stopped
-	run.StepMS = 1000 * sec / float64(len(res.Steps))
 	return &trained{run: run, co: res.CarryOn}, nil
 }
 

@@ -1,6 +1,7 @@
 package experiments
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -22,16 +23,24 @@ import (
 
 // SearchTrial is one configuration of a search and what it measured.
 type SearchTrial struct {
-	Width    int        `json:"width"`
-	Layers   int        `json:"layers"`
-	LR       float32    `json:"lr"`
-	Sources  []int      `json:"sources"`             // base layers read (model.FinalLayer = -1 first)
-	GateBias float32    `json:"gate_bias,omitempty"` // initial b_g
-	Run      CarryOnRun `json:"run"`                 // Run.Stopped: the step an early stop ended it at
+	Width    int     `json:"width"`
+	Layers   int     `json:"layers"`
+	LR       float32 `json:"lr"`
+	Sources  []int   `json:"sources"`             // base layers read (model.FinalLayer = -1 first)
+	GateBias float32 `json:"gate_bias,omitempty"` // initial b_g
+	// Run is the trial's last part: Run.Stopped is the rung it stopped at
+	// (0: it reached the last); Run.Phases and Run.StepMS cover every part.
+	Run CarryOnRun `json:"run"`
+	// Rungs are its scores on the validation subset at each rung it
+	// passed or stopped at (successive halving).
+	Rungs []Rung `json:"rungs,omitempty"`
+	// Scored: it reached the last rung and was scored on the test split
+	// (Run.ValLoss); a trial stopped at a rung has no test loss.
+	Scored bool `json:"scored"`
 	// Seconds is the trial's wall time (training, validation, α choice and
-	// test scoring) while other trials ran beside it.
+	// test scoring, over every rung) while other trials ran beside it.
 	Seconds float64 `json:"seconds"`
-	Pareto  bool    `json:"pareto"` // no other trial has both fewer parameters and a lower test loss
+	Pareto  bool    `json:"pareto"` // scored, and no other scored trial has both fewer parameters and a lower test loss
 }
 
 // SearchResult is a search over carry-on configurations on one embedding
@@ -46,12 +55,16 @@ type SearchResult struct {
 	// TrialsSeconds is the wall time of all the trials; each trial's cost
 	// is only the carry-on's.
 	TrialsSeconds float64 `json:"trials_seconds"`
-	// Evals are the validation passes per trial (every Steps/Evals
-	// steps); EarlyStop says whether a trial worse than the median of the
-	// earlier trials at a pass was stopped there (Stopped counts them).
-	Evals     int  `json:"evals"`
-	EarlyStop bool `json:"early_stop"`
-	Stopped   int  `json:"stopped"`
+	// EarlyStop says whether the search ran successive halving: trials
+	// ranked at each of Rungs (steps) on the validation split's first
+	// RungProblems problems, the best 1/Eta going on (Stopped counts the
+	// others); the trials of the last rung get one validation pass on the
+	// whole split and the test split.
+	EarlyStop    bool  `json:"early_stop"`
+	Rungs        []int `json:"rungs,omitempty"`
+	Eta          int   `json:"eta,omitempty"`
+	RungProblems int   `json:"rung_problems,omitempty"`
+	Stopped      int   `json:"stopped"`
 	// ThreeTrains is the measured wall time, in the same run, of three
 	// separate `carryon train` runs (TrainSeconds each) of the reference
 	// carry-on (h=64, L=2, TrainSteps steps, the command's defaults:
@@ -112,43 +125,61 @@ func SearchGrid() []spec {
 	return out
 }
 
-// searchEvals are the validation passes of a search trial: at a quarter,
-// half, three quarters and the end of it, so validation costs the same
-// share of a trial whatever its length.
-const searchEvals = 4
+// The search's successive halving (synchronous, Hyperband's inner loop):
+// every trial trains to the first rung and is scored on a small fixed
+// validation subset (the validation split's first chunk); only the best
+// 1/halvingEta go on to the next rung, resumed from their checkpoint; the
+// trials that reach the last rung (all the steps) get the whole
+// validation split (checkpoint kept, α chosen) and, only they, the test
+// split. Rungs are at steps/η^k, k = halvingRungs-1 … 0, rounded up.
+const (
+	halvingEta   = 3
+	halvingRungs = 3
+)
 
-// rungs is the search's early stop (asynchronous successive halving): at
-// each validation pass before the last, a trial whose loss is above the
-// median of the trials that reached that step before it (at least
-// rungMin of them) stops there.
-type rungs struct {
-	mu sync.Mutex
-	at map[int][]float64 // step → validation losses of the trials that passed it
+// rungSteps are the steps at which successive halving ranks the trials of
+// a search of steps steps: ascending, distinct, the last = steps.
+func rungSteps(steps int) []int {
+	var out []int
+	d := 1
+	for range halvingRungs - 1 {
+		d *= halvingEta
+	}
+	for ; d >= 1; d /= halvingEta {
+		r := (steps + d - 1) / d
+		if len(out) == 0 || r > out[len(out)-1] {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
-const rungMin = 4
-
-func (r *rungs) stop(e coordinator.EvalInfo) bool {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	prior := r.at[e.Step]
-	r.at[e.Step] = append(prior, e.Loss)
-	if len(prior) < rungMin {
-		return false
+// promote returns the indices of the ⌈n/η⌉ lowest of losses, lowest
+// first (ties: the lower index first).
+func promote(losses []float64) []int {
+	idx := make([]int, len(losses))
+	for i := range idx {
+		idx[i] = i
 	}
-	sorted := slices.Clone(prior)
-	slices.Sort(sorted)
-	n := len(sorted)
-	median := (sorted[(n-1)/2] + sorted[n/2]) / 2
-	return e.Loss > median
+	sort.SliceStable(idx, func(a, b int) bool { return losses[idx[a]] < losses[idx[b]] })
+	return idx[:(len(losses)+halvingEta-1)/halvingEta]
+}
+
+// Rung is a trial's score at a rung of the successive halving: its loss on
+// the validation subset after Step steps.
+type Rung struct {
+	Step int     `json:"step"`
+	Loss float64 `json:"loss"`
 }
 
 // searchTrials trains every spec for steps steps on ds (validation: ds.Val;
 // test: test.Val), parallel at once, over one cache in cacheDir that
 // collect fills first with every layer the specs read. Each trial's
-// carry-on trains on the cache only.
+// carry-on trains on the cache only. With halving, the trials go through
+// the rungs of rungSteps (see halvingEta); without, every trial trains
+// all its steps and is scored on the test split.
 func searchTrials(ctx context.Context, base *model.Base, fw coordinator.Forwarder, cacheDir string, log *slog.Logger,
-	ds, test *dataset.Set, specs []spec, steps, parallel int, earlyStop bool, sz Sizes, progress func(string)) ([]SearchTrial, float64, error) {
+	ds, test *dataset.Set, specs []spec, steps, parallel int, halving bool, sz Sizes, progress func(string)) ([]SearchTrial, float64, error) {
 	layers := []int{model.FinalLayer}
 	seen := map[int]bool{model.FinalLayer: true}
 	for _, s := range specs {
@@ -174,52 +205,94 @@ func searchTrials(ctx context.Context, base *model.Base, fw coordinator.Forwarde
 	if parallel <= 0 {
 		parallel = runtime.GOMAXPROCS(0)
 	}
+	rungs := []int{steps}
+	if halving {
+		rungs = rungSteps(steps)
+	}
+	rungVal := &dataset.Set{Val: ds.Val[:1]} // the validation split's first chunk
 	trials := make([]SearchTrial, len(specs))
-	errs := make([]error, len(specs))
-	sem := make(chan struct{}, parallel)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	rs := &rungs{at: map[int][]float64{}}
-	start := time.Now()
+	stepSec := make([]float64, len(specs)) // training seconds so far, per trial
 	for i, s := range specs {
-		s.steps, s.evals = steps, searchEvals
-		if earlyStop {
-			s.stop = rs.stop
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			if ctx.Err() != nil {
-				errs[i] = ctx.Err()
-				return
+		trials[i] = SearchTrial{Width: s.width, Layers: s.layers, LR: s.lr, Sources: s.sources, GateBias: s.gateBias}
+	}
+	alive := make([]int, len(specs))
+	for i := range alive {
+		alive[i] = i
+	}
+	var mu sync.Mutex
+	start := time.Now()
+	prev := 0
+	for k, r := range rungs {
+		last := k == len(rungs)-1
+		errs := make([]error, len(alive))
+		sem := make(chan struct{}, parallel)
+		var wg sync.WaitGroup
+		for j, i := range alive {
+			s := specs[i]
+			s.steps, s.evals, s.checkpoint = steps, 1, halving
+			if !last {
+				s.pauseAt, s.rungVal = r, rungVal
 			}
-			t0 := time.Now()
-			// A nil forwarder: every chunk is cached, CollectLocal reads nothing from the base.
-			t, err := trainCarryOn(ctx, base, nil, cacheDir, log, ds, test, s, sz)
-			if err != nil {
-				errs[i] = fmt.Errorf("trial h=%d L=%d lr=%g sources %v: %w", s.width, s.layers, s.lr, s.sources, err)
-				return
-			}
-			trials[i] = SearchTrial{Width: s.width, Layers: s.layers, LR: s.lr, Sources: s.sources, GateBias: s.gateBias, Run: t.run, Seconds: time.Since(t0).Seconds()}
-			if progress != nil {
-				stopped := ""
-				if t.run.Stopped > 0 {
-					stopped = fmt.Sprintf(", stopped at step %d", t.run.Stopped)
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sem <- struct{}{}
+				defer func() { <-sem }()
+				if ctx.Err() != nil {
+					errs[j] = ctx.Err()
+					return
+				}
+				t0 := time.Now()
+				// A nil forwarder: every chunk is cached, CollectLocal reads nothing from the base.
+				t, err := trainCarryOn(ctx, base, nil, cacheDir, log, ds, test, s, sz)
+				if err != nil {
+					errs[j] = fmt.Errorf("trial h=%d L=%d lr=%g sources %v, rung %d: %w", s.width, s.layers, s.lr, s.sources, r, err)
+					return
 				}
 				mu.Lock()
-				progress(fmt.Sprintf("search: trial %d/%d h=%d L=%d lr=%g sources %s gate bias %g: test loss %.4f (α %.2f, step %d%s), %d params, %.0f ms/step, %.1f s",
-					i+1, len(specs), s.width, s.layers, s.lr, sourceNames(s.sources), s.gateBias, t.run.ValLoss, t.run.Alpha, t.run.BestStep, stopped, t.run.Params, t.run.StepMS, trials[i].Seconds))
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			return nil, 0, err
+				defer mu.Unlock()
+				tr := &trials[i]
+				ph := tr.Run.Phases
+				stepSec[i] += t.run.StepMS * float64(r-prev) / 1000
+				tr.Run = t.run
+				tr.Run.Phases = sumPhases([]SearchTrial{{Run: CarryOnRun{Phases: ph}}, {Run: t.run}})
+				tr.Run.StepMS = 1000 * stepSec[i] / float64(r)
+				tr.Seconds += time.Since(t0).Seconds()
+				what := fmt.Sprintf("test loss %.4f (α %.2f, validation %.4f)", t.run.ValLoss, t.run.Alpha, t.run.SelectLoss)
+				if !last {
+					tr.Rungs = append(tr.Rungs, Rung{Step: r, Loss: t.run.SelectLoss})
+					what = fmt.Sprintf("validation subset %.4f", t.run.SelectLoss)
+				} else {
+					tr.Scored = true
+				}
+				if progress != nil {
+					progress(fmt.Sprintf("search: rung %d (step %d): trial %d/%d h=%d L=%d lr=%g sources %s gate bias %g: %s, %d params, %.0f ms/step, %.1f s",
+						k+1, r, i+1, len(specs), s.width, s.layers, s.lr, sourceNames(s.sources), s.gateBias, what, t.run.Params, t.run.StepMS, tr.Seconds))
+				}
+			}()
 		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				return nil, 0, err
+			}
+		}
+		if last {
+			break
+		}
+		losses := make([]float64, len(alive))
+		for j, i := range alive {
+			losses[j] = trials[i].Rungs[len(trials[i].Rungs)-1].Loss
+		}
+		var next []int
+		for _, j := range promote(losses) {
+			next = append(next, alive[j])
+		}
+		slices.Sort(next)
+		if progress != nil {
+			progress(fmt.Sprintf("search: rung %d (step %d): %d of %d trials go on", k+1, r, len(next), len(alive)))
+		}
+		alive, prev = next, r
 	}
 	markPareto(trials)
 	return trials, time.Since(start).Seconds(), nil
@@ -229,10 +302,13 @@ func searchTrials(ctx context.Context, base *model.Base, fw coordinator.Forwarde
 // parameters and test loss.
 func markPareto(ts []SearchTrial) {
 	for i := range ts {
-		ts[i].Pareto = true
+		ts[i].Pareto = ts[i].Scored
 		for j := range ts {
 			a, b := ts[j].Run, ts[i].Run
-			if j != i && a.Params <= b.Params && a.ValLoss <= b.ValLoss && (a.Params < b.Params || a.ValLoss < b.ValLoss) {
+			if !ts[i].Scored {
+				break
+			}
+			if j != i && ts[j].Scored && a.Params <= b.Params && a.ValLoss <= b.ValLoss && (a.Params < b.Params || a.ValLoss < b.ValLoss) {
 				ts[i].Pareto = false
 				break
 			}
@@ -263,32 +339,14 @@ func sourceNames(src []int) string {
 // then three separate trains of the reference carry-on, timed in the same
 // run.
 func (r *runner) searchExp() error {
-	out := &SearchResult{Steps: r.sz.SearchSteps, Parallel: r.sz.SearchParallel, BaseLoss: r.res.Setup.BaseLoss, Evals: searchEvals, EarlyStop: !r.sz.SearchNoStop}
-	if out.Parallel == 0 {
-		out.Parallel = runtime.GOMAXPROCS(0)
-	}
-	// The embedding, cold, with the real base, into the search's own cache.
-	dir := filepath.Join(r.cacheDir, "search")
-	var err error
-	cpu0 := ProcessCPU()
-	out.EmbedSeconds, err = timed(func() error { return fillCache(r.ctx, r.base, dir, r.log, r.fit, r.test) })
+	out, err := r.search()
 	if err != nil {
 		return err
 	}
-	out.Trials, out.TrialsSeconds, err = searchTrials(r.ctx, r.base, nil, dir, r.log,
-		r.fit, r.test, SearchGrid(), r.sz.SearchSteps, out.Parallel, out.EarlyStop, r.sz, r.opt.Progress)
-	if err != nil {
-		return err
-	}
-	out.SearchCPU = (ProcessCPU() - cpu0).Seconds()
-	out.Phases = sumPhases(out.Trials)
 	r.logf("search: trials' time by phase (summed over trials): %s", out.Phases)
 	for _, t := range out.Trials {
 		r.res.Setup.CarryOnRuns++
-		r.res.Setup.TrainSeconds += t.Run.StepMS * float64(t.Run.Steps) / 1000
-		if t.Run.Stopped > 0 {
-			out.Stopped++
-		}
+		r.res.Setup.TrainSeconds += t.Run.StepMS * float64(cmp.Or(t.Run.Stopped, t.Run.Steps)) / 1000
 	}
 	if err := timeTrains(r.ctx, r.base, r.cacheDir, r.log, r.fit, r.sz, out, r.opt.Progress); err != nil {
 		return err
@@ -297,6 +355,39 @@ func (r *runner) searchExp() error {
 		len(out.Trials), out.Stopped, out.TrialsSeconds, out.EmbedSeconds, out.EmbedSeconds+out.TrialsSeconds, out.SearchCPU, out.ThreeTrains, out.TrainsCPU)
 	r.res.Search = out
 	return nil
+}
+
+// search runs the default grid (SearchGrid) over one cache: the embedding,
+// cold, with the real base, into the search's own cache, then the trials,
+// with successive halving unless Sizes.SearchNoStop.
+func (r *runner) search() (*SearchResult, error) {
+	out := &SearchResult{Steps: r.sz.SearchSteps, Parallel: r.sz.SearchParallel, BaseLoss: r.res.Setup.BaseLoss, EarlyStop: !r.sz.SearchNoStop}
+	if out.Parallel == 0 {
+		out.Parallel = runtime.GOMAXPROCS(0)
+	}
+	if out.EarlyStop {
+		out.Rungs, out.Eta, out.RungProblems = rungSteps(out.Steps), halvingEta, len(r.fit.Val[0].Seqs)
+	}
+	dir := filepath.Join(r.cacheDir, "search")
+	var err error
+	cpu0 := ProcessCPU()
+	if out.EmbedSeconds, err = timed(func() error { return fillCache(r.ctx, r.base, dir, r.log, r.fit, r.test) }); err != nil {
+		return nil, err
+	}
+	r.logf("search: embedding %.1f s (base alone: %.4f on the test split)", out.EmbedSeconds, out.BaseLoss)
+	out.Trials, out.TrialsSeconds, err = searchTrials(r.ctx, r.base, nil, dir, r.log,
+		r.fit, r.test, SearchGrid(), r.sz.SearchSteps, out.Parallel, out.EarlyStop, r.sz, r.opt.Progress)
+	if err != nil {
+		return nil, err
+	}
+	out.SearchCPU = (ProcessCPU() - cpu0).Seconds()
+	out.Phases = sumPhases(out.Trials)
+	for _, t := range out.Trials {
+		if t.Run.Stopped > 0 {
+			out.Stopped++
+		}
+	}
+	return out, nil
 }
 
 // fillCache runs base over every sequence of sets into the cache in dir,
@@ -379,42 +470,40 @@ func Search(ctx context.Context, base *model.Base, tok tokenizer.Tokenizer, opt 
 	if err := r.setup(); err != nil {
 		return nil, fmt.Errorf("experiments.Search: %w", err)
 	}
-	out := &SearchResult{Steps: r.sz.SearchSteps, Parallel: r.sz.SearchParallel, BaseLoss: r.res.Setup.BaseLoss, Evals: searchEvals, EarlyStop: !r.sz.SearchNoStop}
-	if out.Parallel == 0 {
-		out.Parallel = runtime.GOMAXPROCS(0)
-	}
-	// The embedding: the base's forward pass over the data, once.
-	dir := filepath.Join(r.cacheDir, "search")
-	var err error
-	cpu0 := ProcessCPU()
-	if out.EmbedSeconds, err = timed(func() error { return fillCache(ctx, base, dir, r.log, r.fit, r.test) }); err != nil {
-		return nil, fmt.Errorf("experiments.Search: %w", err)
-	}
-	if opt.Progress != nil {
-		opt.Progress(fmt.Sprintf("embedding: %.1f s (base alone: %.4f on the test split)", out.EmbedSeconds, out.BaseLoss))
-	}
-	out.Trials, out.TrialsSeconds, err = searchTrials(ctx, base, nil, dir, r.log, r.fit, r.test, SearchGrid(),
-		r.sz.SearchSteps, out.Parallel, out.EarlyStop, r.sz, opt.Progress)
+	out, err := r.search()
 	if err != nil {
 		return nil, fmt.Errorf("experiments.Search: %w", err)
 	}
-	out.SearchCPU = (ProcessCPU() - cpu0).Seconds()
-	for _, t := range out.Trials {
-		if t.Run.Stopped > 0 {
-			out.Stopped++
-		}
-	}
-	out.Phases = sumPhases(out.Trials)
-	if opt.Progress != nil {
-		opt.Progress("trials' time by phase (summed over trials): " + out.Phases.String())
-	}
+	r.logf("trials' time by phase (summed over trials): %s", out.Phases)
 	if opt.CompareTrains {
 		if err := timeTrains(ctx, base, r.cacheDir, r.log, r.fit, r.sz, out, opt.Progress); err != nil {
 			return nil, fmt.Errorf("experiments.Search: %w", err)
 		}
 	}
-	sort.SliceStable(out.Trials, func(i, j int) bool { return out.Trials[i].Run.ValLoss < out.Trials[j].Run.ValLoss })
+	sort.SliceStable(out.Trials, func(i, j int) bool { return searchBefore(out.Trials[i], out.Trials[j]) })
 	return out, nil
+}
+
+// searchBefore orders trials best first: the scored ones by test loss,
+// then the others by the rung they reached (later first) and their loss
+// there.
+func searchBefore(a, b SearchTrial) bool {
+	switch {
+	case a.Scored != b.Scored:
+		return a.Scored
+	case a.Scored:
+		return a.Run.ValLoss < b.Run.ValLoss
+	case a.Run.Stopped != b.Run.Stopped:
+		return a.Run.Stopped > b.Run.Stopped
+	}
+	return lastRung(a).Loss < lastRung(b).Loss
+}
+
+func lastRung(t SearchTrial) Rung {
+	if len(t.Rungs) == 0 {
+		return Rung{Loss: math.Inf(1)}
+	}
+	return t.Rungs[len(t.Rungs)-1]
 }
 
 // SearchTable renders a search as a Markdown table, best first.
@@ -422,19 +511,27 @@ func SearchTable(s *SearchResult) []byte {
 	var b []byte
 	p := func(format string, args ...any) { b = fmt.Appendf(b, format, args...) }
 	ts := append([]SearchTrial(nil), s.Trials...)
-	sort.SliceStable(ts, func(i, j int) bool { return ts[i].Run.ValLoss < ts[j].Run.ValLoss })
-	p("| h | L | LR | sources | gate bias | params | ms/step | trial s | kept step | stopped | α | validation | test loss | Pareto |\n|--:|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|:-:|\n")
+	sort.SliceStable(ts, func(i, j int) bool { return searchBefore(ts[i], ts[j]) })
+	p("| h | L | LR | sources | gate bias | params | ms/step | trial s | steps | rungs (validation subset) | α | validation | test loss | Pareto |\n|--:|--:|--:|---|--:|--:|--:|--:|--:|---|--:|--:|--:|:-:|\n")
 	for _, t := range ts {
 		par := ""
 		if t.Pareto {
 			par = "•"
 		}
-		stopped := "–"
-		if t.Run.Stopped > 0 {
-			stopped = fmt.Sprint(t.Run.Stopped)
+		var rs []string
+		for _, r := range t.Rungs {
+			rs = append(rs, fmt.Sprintf("%.3f @%d", r.Loss, r.Step))
 		}
-		p("| %d | %d | %g | %s | %g | %d | %.0f | %.1f | %d | %s | %.2f | %.4f | %.4f | %s |\n", t.Width, t.Layers, t.LR, sourceNames(t.Sources), t.GateBias,
-			t.Run.Params, t.Run.StepMS, t.Seconds, t.Run.BestStep, stopped, t.Run.Alpha, t.Run.SelectLoss, t.Run.ValLoss, par)
+		rungs := cmp.Or(strings.Join(rs, ", "), "–")
+		steps, alpha, val, test := t.Run.Steps, "–", "–", "–"
+		if t.Run.Stopped > 0 {
+			steps = t.Run.Stopped
+		}
+		if t.Scored {
+			alpha, val, test = fmt.Sprintf("%.2f", t.Run.Alpha), fmt.Sprintf("%.4f", t.Run.SelectLoss), fmt.Sprintf("%.4f", t.Run.ValLoss)
+		}
+		p("| %d | %d | %g | %s | %g | %d | %.0f | %.1f | %d | %s | %s | %s | %s | %s |\n", t.Width, t.Layers, t.LR, sourceNames(t.Sources), t.GateBias,
+			t.Run.Params, t.Run.StepMS, t.Seconds, steps, rungs, alpha, val, test, par)
 	}
 	return b
 }
@@ -443,7 +540,7 @@ func SearchTable(s *SearchResult) []byte {
 // parameters and against step time.
 func SearchCharts(s *SearchResult) (byParams, byStep Chart) {
 	mk := func(title, xlabel string, x func(SearchTrial) float64) Chart {
-		ch := Chart{Title: title, XLabel: xlabel, YLabel: "held-out loss (nats/token)"}
+		ch := Chart{Title: title, XLabel: xlabel, YLabel: "held-out loss; stopped trials: validation subset (nats/token)"}
 		if finite(s.BaseLoss) && s.BaseLoss > 0 {
 			ch.HLines = []HLine{{Y: s.BaseLoss, Name: "base alone"}}
 		}
@@ -454,10 +551,19 @@ func SearchCharts(s *SearchResult) (byParams, byStep Chart) {
 		ts := append([]SearchTrial(nil), s.Trials...)
 		sort.SliceStable(ts, func(i, j int) bool { return x(ts[i]) < x(ts[j]) })
 		bestSoFar := math.Inf(1)
+		y := func(t SearchTrial) float64 { // test loss, or the last rung's for a stopped trial
+			if t.Scored {
+				return t.Run.ValLoss
+			}
+			return lastRung(t).Loss
+		}
 		for _, t := range ts {
 			k := fmt.Sprintf("%s, lr %g", sourceNames(t.Sources), t.LR)
 			if t.GateBias != 0 {
 				k += fmt.Sprintf(", b_g %g", t.GateBias)
+			}
+			if !t.Scored {
+				k = fmt.Sprintf("stopped at step %d (validation subset)", t.Run.Stopped)
 			}
 			g, ok := groups[k]
 			if !ok {
@@ -465,9 +571,9 @@ func SearchCharts(s *SearchResult) (byParams, byStep Chart) {
 				groups[k] = g
 				order = append(order, k)
 			}
-			g.X, g.Y = append(g.X, x(t)), append(g.Y, t.Run.ValLoss)
+			g.X, g.Y = append(g.X, x(t)), append(g.Y, y(t))
 			g.Labels = append(g.Labels, fmt.Sprintf("h%d L%d", t.Width, t.Layers))
-			if t.Run.ValLoss < bestSoFar {
+			if t.Scored && t.Run.ValLoss < bestSoFar {
 				bestSoFar = t.Run.ValLoss
 				front.X, front.Y = append(front.X, x(t)), append(front.Y, t.Run.ValLoss)
 			}
@@ -479,7 +585,7 @@ func SearchCharts(s *SearchResult) (byParams, byStep Chart) {
 		// Keep the axis on the trials (the base alone can be far above).
 		lo, hi := math.Inf(1), math.Inf(-1)
 		for _, t := range ts {
-			lo, hi = math.Min(lo, t.Run.ValLoss), math.Max(hi, t.Run.ValLoss)
+			lo, hi = math.Min(lo, y(t)), math.Max(hi, y(t))
 		}
 		if hi > lo {
 			ch.YMin, ch.YMax = lo-0.05*(hi-lo), hi+0.05*(hi-lo)
