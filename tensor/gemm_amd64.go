@@ -81,18 +81,29 @@ var (
 	}, nil, dot4AVX2Go, dot4BF16AVX2Go).withGemv(gemvAVX2)
 	avx512Kernels = newGemmKernels("avx512", tileKernel[float32]{
 		mr: 12, nr: 32, kc: 256, mc: 192, nc: 3072, kstep: 1, micro: microAVX512,
-	}, nil, dot4AVX2Go, dot4BF16AVX2Go).withGemv(gemvAVX2)
+	}, nil, dot4AVX2Go, dot4BF16AVX2Go).withGemvZ()
 	avx512BF16Kernels = newGemmKernels("avx512bf16", tileKernel[float32]{
 		mr: 12, nr: 32, kc: 256, mc: 192, nc: 3072, kstep: 1, micro: microAVX512,
 	}, &tileKernel[uint16]{
 		mr: 12, nr: 32, kc: 512, mc: 192, nc: 3072, kstep: 2, micro: microBF16,
-	}, dot4AVX2Go, dot4BF16AVX2Go).withGemv(gemvAVX2)
+	}, dot4AVX2Go, dot4BF16AVX2Go).withGemvZ()
 )
 
 // withGemv sets the small-m kernels of GemmPacked.
 func (ks *gemmKernels) withGemv(f gemvFunc) *gemmKernels {
 	ks.gemv = f
 	ks.gemvN = gemvStreamsAVX2
+	ks.gemvWays = [5]int{1, 4, 2, 2, 2}
+	return ks
+}
+
+// withGemvZ sets the AVX-512 small-m kernels of GemmPacked (32-wide
+// panels): four segments at once for one row of A (decode), two for more.
+func (ks *gemmKernels) withGemvZ() *gemmKernels {
+	ks.gemv = func(rows, ku int, a []float32, lda int, b []float32, nr int, out []float32, add bool) {
+		gemvStreamsZ(rows, 1, ku, a, lda, b, nr, 0, out, 0, add)
+	}
+	ks.gemvN = gemvStreamsZ
 	ks.gemvWays = [5]int{1, 4, 2, 2, 2}
 	return ks
 }
@@ -136,6 +147,72 @@ func gemvStreamsAVX2R1S2(ku int, a *float32, lda int, b *float32, ldb int, bs in
 
 //go:noescape
 func gemvStreamsAVX2R2S2(ku int, a *float32, lda int, b *float32, ldb int, bs int, out *float32, ldo int, os int, add int)
+
+// The AVX-512 small-m kernels (genGemvZ), by rows and segments.
+//
+//go:noescape
+func gemvZR1S1(ku int, a *float32, lda int, b *float32, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvZR1S2(ku int, a *float32, lda int, b *float32, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvZR1S4(ku int, a *float32, lda int, b *float32, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvZR2S1(ku int, a *float32, lda int, b *float32, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvZR2S2(ku int, a *float32, lda int, b *float32, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvZR3S1(ku int, a *float32, lda int, b *float32, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvZR3S2(ku int, a *float32, lda int, b *float32, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvZR4S1(ku int, a *float32, lda int, b *float32, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvZR4S2(ku int, a *float32, lda int, b *float32, bs int, out *float32, ldo int, os int, add int)
+
+// gemvZ holds the generated kernels by [rows-1][segments/2] (segments 1,
+// 2, 4; nil where none was generated: see gemvZShapes in gemm_gen.go).
+var gemvZ = [4][3]func(ku int, a *float32, lda int, b *float32, bs int, out *float32, ldo int, os int, add int){
+	{gemvZR1S1, gemvZR1S2, gemvZR1S4},
+	{gemvZR2S1, gemvZR2S2, nil},
+	{gemvZR3S1, gemvZR3S2, nil},
+	{gemvZR4S1, gemvZR4S2, nil},
+}
+
+// gemvStreamsZ is gemvStreamsFunc for 32-wide panels with the AVX-512
+// kernels: ns segments at once where a kernel for (rows, ns) exists,
+// otherwise in runs of two or one; other panel widths go to gemvStreamsGo.
+func gemvStreamsZ(rows, ns, ku int, a []float32, lda int, b []float32, nr, bs int, out []float32, os int, add bool) {
+	if nr != 32 || ku == 0 || rows < 1 || rows > 4 {
+		gemvStreamsGo(rows, ns, ku, a, lda, b, nr, bs, out, os, add)
+		return
+	}
+	_ = a[(rows-1)*lda+ku-1]
+	_ = b[(ns-1)*bs+ku*nr-1]
+	_ = out[(ns-1)*os+rows*nr-1]
+	ad := 0
+	if add {
+		ad = 1
+	}
+	for s := 0; s < ns; {
+		w := min(ns-s, 4)
+		if w == 3 || gemvZ[rows-1][w/2] == nil {
+			w = min(w, 2)
+			if gemvZ[rows-1][w/2] == nil {
+				w = 1
+			}
+		}
+		gemvZ[rows-1][w/2](ku, &a[0], lda, &b[s*bs], bs, &out[s*os], nr, os, ad)
+		s += w
+	}
+}
 
 //go:noescape
 func dequantQ8_0AVX2(nb int, x *byte, y *float32)

@@ -38,6 +38,9 @@ func main() {
 	genGemvStreams(1, 4)
 	genGemvStreams(1, 2)
 	genGemvStreams(2, 2)
+	for _, rs := range gemvZShapes {
+		genGemvZ(rs[0], rs[1])
+	}
 	genDequantQ8_0()
 	genDequantQ4K()
 	genDequantQ6K()
@@ -542,6 +545,115 @@ func genGemvStreams(rows, ns int) {
 		for i := 0; i < rows; i++ {
 			for v := 0; v < 2; v++ {
 				p("\tVMOVUPS Y%d, %d(R13)", acc(s, i, v), v*32)
+			}
+			p("\tADDQ R8, R13")
+		}
+		p("\tADDQ R10, DX")
+	}
+	p("\tVZEROUPPER")
+	p("\tRET")
+}
+
+// gemvZShapes are the (rows, segments) of the AVX-512 gemv kernels; they
+// must match gemvZ in gemm_amd64.go.
+var gemvZShapes = [][2]int{{1, 1}, {1, 2}, {1, 4}, {2, 1}, {2, 2}, {3, 1}, {3, 2}, {4, 1}, {4, 2}}
+
+// genGemvZ emits the AVX-512 small-m kernel of GemmPacked for 32-wide
+// panels (the AVX-512 micro-kernel's packing): rows (1..4) rows of A times
+// ns panel segments at once, segment s starting bs floats after segment s-1:
+//
+//	func gemvZR<rows>S<ns>(ku int, a *float32, lda int, b *float32, bs int, out *float32, ldo int, os int, add int)
+//
+// out[s·os+i·ldo+q] (+)= Σ_{p<ku} a[i·lda+p]·b[s·bs+32·p+q] for s < ns,
+// i < rows, q < 32 (added to out when add != 0). Each k step reads the
+// segment's two cache lines (two ZMM loads) and adds them times a[i·lda+p]
+// (embedded broadcast) into one pair of accumulators per (segment, row),
+// in order of p: one FMA chain per output lane. Several segments keep
+// several sequential memory streams in flight; the depth loop is unrolled
+// four times (512 bytes per segment and iteration).
+func genGemvZ(rows, ns int) {
+	name := fmt.Sprintf("gemvZR%dS%d", rows, ns)
+	nacc := rows * 2 * ns
+	bReg := nacc // two B vectors per segment
+	acc := func(s, i, v int) int { return (s*rows+i)*2 + v }
+	aptr := []string{"SI", "R9", "R10", "R11"}
+	bop := []string{"(DI)", "(DI)(DX*1)", "(DI)(DX*2)", "(DI)(R8*1)"}
+	p("")
+	p("// func %s(ku int, a *float32, lda int, b *float32, bs int, out *float32, ldo int, os int, add int)", name)
+	p("TEXT ·%s(SB), NOSPLIT, $0-72", name)
+	p("\tMOVQ ku+0(FP), CX")
+	p("\tMOVQ a+8(FP), SI")
+	p("\tMOVQ lda+16(FP), AX")
+	p("\tSHLQ $2, AX")
+	p("\tMOVQ b+24(FP), DI")
+	p("\tMOVQ bs+32(FP), DX")
+	p("\tSHLQ $2, DX")
+	p("\tLEAQ (DX)(DX*2), R8")
+	for i := 1; i < rows; i++ {
+		p("\tLEAQ (%s)(AX*1), %s", aptr[i-1], aptr[i])
+	}
+	for r := 0; r < nacc; r++ {
+		p("\tVPXORD Z%d, Z%d, Z%d", r, r, r)
+	}
+	step := func(off int) {
+		for s := 0; s < ns; s++ {
+			for v := 0; v < 2; v++ {
+				p("\tVMOVUPS %d%s, Z%d", off*128+v*64, bop[s], bReg+2*s+v)
+			}
+		}
+		for s := 0; s < ns; s++ {
+			for i := 0; i < rows; i++ {
+				for v := 0; v < 2; v++ {
+					p("\tVFMADD231PS.BCST %d(%s), Z%d, Z%d", off*4, aptr[i], bReg+2*s+v, acc(s, i, v))
+				}
+			}
+		}
+	}
+	adv := func(n int) {
+		for i := 0; i < rows; i++ {
+			p("\tADDQ $%d, %s", 4*n, aptr[i])
+		}
+		p("\tADDQ $%d, DI", 128*n)
+	}
+	const unroll = 4
+	p("%s_loop%d:", name, unroll)
+	p("\tCMPQ CX, $%d", unroll)
+	p("\tJLT %s_loop1", name)
+	for u := 0; u < unroll; u++ {
+		step(u)
+	}
+	adv(unroll)
+	p("\tSUBQ $%d, CX", unroll)
+	p("\tJMP %s_loop%d", name, unroll)
+	p("%s_loop1:", name)
+	p("\tTESTQ CX, CX")
+	p("\tJEQ %s_reduce", name)
+	step(0)
+	adv(1)
+	p("\tDECQ CX")
+	p("\tJMP %s_loop1", name)
+	p("%s_reduce:", name)
+	p("\tMOVQ out+40(FP), DX")
+	p("\tMOVQ ldo+48(FP), R8")
+	p("\tSHLQ $2, R8")
+	p("\tMOVQ os+56(FP), R10")
+	p("\tSHLQ $2, R10")
+	p("\tMOVQ add+64(FP), R12")
+	for s := 0; s < ns; s++ {
+		p("\tMOVQ DX, R13")
+		p("\tTESTQ R12, R12")
+		p("\tJEQ %s_store%d", name, s)
+		for i := 0; i < rows; i++ {
+			for v := 0; v < 2; v++ {
+				p("\tVADDPS %d(R13), Z%d, Z%d", v*64, acc(s, i, v), acc(s, i, v))
+			}
+			p("\tADDQ R8, R13")
+		}
+		p("\tMOVQ DX, R13")
+		p("%s_store%d:", name, s)
+		for i := 0; i < rows; i++ {
+			for v := 0; v < 2; v++ {
+				p("\tVMOVUPS Z%d, %d(R13)", acc(s, i, v), v*64)
 			}
 			p("\tADDQ R8, R13")
 		}
