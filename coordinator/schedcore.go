@@ -438,18 +438,23 @@ func (q *sched) idleFor(ls *lease, now time.Time) *nodeState {
 	return nil
 }
 
+// hold records the lease on its node (its queue) and its chunk (leased now).
+func (ls *lease) hold() {
+	ls.node.leases = append(ls.node.leases, ls)
+	ls.node.queued += ls.tokens
+	ls.cs.leases = append(ls.cs.leases, ls)
+	if ls.cs.phase == phPending {
+		ls.cs.phase = phLeased
+	}
+}
+
 // start records a lease of cs on s and launches it.
 func (q *sched) start(s *nodeState, cs *chunkState, opinion, spec bool, now time.Time, launch func(*lease)) {
 	tokens := cs.ch.Tokens()
 	expect, timeout := q.deadline(s, tokens)
 	ls := &lease{node: s, cs: cs, opinion: opinion, spec: spec, tokens: tokens, start: now,
 		expect: expect, timeout: timeout, latePos: -1}
-	s.leases = append(s.leases, ls)
-	s.queued += tokens
-	cs.leases = append(cs.leases, ls)
-	if cs.phase == phPending {
-		cs.phase = phLeased
-	}
+	ls.hold()
 	q.started = true
 	q.leasedN++
 	exp := expect

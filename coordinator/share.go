@@ -410,13 +410,8 @@ func (c *Coordinator) queryIndex(ctx context.Context, p peer.ID, chunks []*datas
 				q.Chunks = append(q.Chunks, ch.ID)
 			}
 			s.SetDeadline(time.Now().Add(cacheQueryTimeout))
-			if err := protocol.WriteFrame(s, q); err != nil {
-				s.Reset()
-				return nil, err
-			}
-			idx, err := protocol.ReadExpect[*protocol.CacheIndex](s)
+			idx, err := swarm.Ask[*protocol.CacheIndex](s, q)
 			if err != nil {
-				s.Reset()
 				return nil, err
 			}
 			if len(idx.CIDs) != len(batch) {

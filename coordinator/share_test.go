@@ -19,6 +19,7 @@ import (
 	ma "github.com/multiformats/go-multiaddr"
 	bolt "go.etcd.io/bbolt"
 
+	"carryon/dataset"
 	"carryon/internal/testenv"
 	"carryon/model"
 	"carryon/protocol"
@@ -61,26 +62,49 @@ func connect(t *testing.T, from, to host.Host) {
 	}
 }
 
+// sharingPeer is a coordinator on a real host that has computed the
+// embeddings (final layer and layer 1) of a small data set, for others to
+// fetch.
+type sharingPeer struct {
+	b      *model.Base
+	ds     *dataset.Set
+	psk    pnet.PSK
+	layers []int
+	c      *Coordinator
+	h      host.Host
+}
+
+func newSharingPeer(t *testing.T, records int) sharingPeer {
+	sp := sharingPeer{b: localBase(t), ds: localData(t, records), layers: []int{model.FinalLayer, 1}}
+	_, sp.psk = shareKey(t)
+	sp.c, sp.h = hostCoordinator(t, sp.psk, t.TempDir(), sp.b, sp.layers)
+	collectLocal(t, sp.c, sp.ds)
+	return sp
+}
+
+// fetcher returns a second coordinator of the same swarm, base and layers,
+// with an empty cache, connected to the peer.
+func (sp sharingPeer) fetcher(t *testing.T) *Coordinator {
+	c, h := hostCoordinator(t, sp.psk, t.TempDir(), sp.b, sp.layers)
+	connect(t, h, sp.h)
+	return c
+}
+
 // TestFetchCached: a second coordinator with the same base and data fetches
 // the first one's cached embeddings by CID over bitswap (real hosts, real
 // bbolt and flatfs stores), computes none of them again, holds byte-identical
 // frames under the same CIDs, and trains exactly the adaptor the first one
 // trains; chunks the first one lacks are reported missing and computed.
 func TestFetchCached(t *testing.T) {
-	b := localBase(t)
-	ds := localData(t, 24)
-	_, psk := shareKey(t)
-	layers := []int{model.FinalLayer, 1}
-	a, ha := hostCoordinator(t, psk, t.TempDir(), b, layers)
-	collectLocal(t, a, ds)
+	sp := newSharingPeer(t, 24)
+	b, ds, layers, a, ha := sp.b, sp.ds, sp.layers, sp.c, sp.h
 	all := ds.All()
 	lacking := all[len(all)-1]
 	if err := a.drop(a.primary(), lacking); err != nil { // a does not hold this one
 		t.Fatal(err)
 	}
 
-	bc, hb := hostCoordinator(t, psk, t.TempDir(), b, layers)
-	connect(t, hb, ha)
+	bc := sp.fetcher(t)
 	var calls int
 	rep, err := bc.FetchCached(context.Background(), ds, FetchConfig{From: ha.ID(), Verify: 2}, func(FetchReport) { calls++ })
 	if err != nil {
@@ -179,12 +203,8 @@ func TestFetchCached(t *testing.T) {
 // or of the right shape but other values (another layer's), is caught:
 // the fetch fails saying so and indexes nothing of that chunk.
 func TestFetchCachedLiars(t *testing.T) {
-	b := localBase(t)
-	ds := localData(t, 9)
-	_, psk := shareKey(t)
-	layers := []int{model.FinalLayer, 1}
-	a, ha := hostCoordinator(t, psk, t.TempDir(), b, layers)
-	collectLocal(t, a, ds)
+	sp := newSharingPeer(t, 9)
+	b, ds, a, ha := sp.b, sp.ds, sp.c, sp.h
 	ch := ds.All()[0]
 	repoint := func(k Key, id string) {
 		err := a.state.write(func(tx *bolt.Tx) error {
@@ -208,8 +228,7 @@ func TestFetchCachedLiars(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			repoint(a.key(model.FinalLayer, ch), tc.cid)
-			bc, hb := hostCoordinator(t, psk, t.TempDir(), b, layers)
-			connect(t, hb, ha)
+			bc := sp.fetcher(t)
 			_, err := bc.FetchCached(context.Background(), ds, FetchConfig{From: ha.ID(), Verify: 100, Parallel: 1}, nil)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err %v, want one containing %q", err, tc.want)

@@ -633,12 +633,7 @@ func (o *scanSched) start(s *nodeState, cs *chunkState, opinion, spec bool, now 
 	tokens := cs.ch.Tokens()
 	expect, timeout := o.deadline(s, tokens)
 	ls := &lease{node: s, cs: cs, opinion: opinion, spec: spec, tokens: tokens, start: now, expect: expect, timeout: timeout}
-	s.leases = append(s.leases, ls)
-	s.queued += tokens
-	cs.leases = append(cs.leases, ls)
-	if cs.phase == phPending {
-		cs.phase = phLeased
-	}
+	ls.hold()
 	o.started = true
 	launch(ls)
 }

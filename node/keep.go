@@ -11,6 +11,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 
 	"carryon/protocol"
+	"carryon/swarm"
 )
 
 // Kept results. A coordinator acknowledges a result only once it is
@@ -204,14 +205,5 @@ func offer(ctx context.Context, h host.Host, p peer.ID, m *protocol.ResultOffer)
 	defer s.Close()
 	stop := context.AfterFunc(ctx, func() { s.Reset() })
 	defer stop()
-	if err := protocol.WriteFrame(s, m); err != nil {
-		s.Reset()
-		return nil, err
-	}
-	r, err := protocol.ReadExpect[*protocol.OfferReply](s)
-	if err != nil {
-		s.Reset()
-		return nil, err
-	}
-	return r, nil
+	return swarm.Ask[*protocol.OfferReply](s, m)
 }

@@ -15,13 +15,15 @@ import (
 // right after the security handshake reveals their ID. It is safe for
 // concurrent use; Allow and Revoke take effect on the next connection.
 type AllowList struct {
-	mu    sync.RWMutex
-	peers map[peer.ID]struct{}
+	peerGate // admits Allowed peers
+	mu       sync.RWMutex
+	peers    map[peer.ID]struct{}
 }
 
 // NewAllowList returns an allow-list of ids.
 func NewAllowList(ids ...peer.ID) *AllowList {
 	a := &AllowList{peers: make(map[peer.ID]struct{}, len(ids))}
+	a.peerGate = peerGate{a.Allowed}
 	a.Allow(ids...)
 	return a
 }
@@ -53,10 +55,16 @@ func (a *AllowList) Allowed(id peer.ID) bool {
 	return ok
 }
 
-func (a *AllowList) InterceptPeerDial(p peer.ID) bool                 { return a.Allowed(p) }
-func (a *AllowList) InterceptAddrDial(p peer.ID, _ ma.Multiaddr) bool { return a.Allowed(p) }
-func (a *AllowList) InterceptAccept(network.ConnMultiaddrs) bool      { return true } // ID not known yet
-func (a *AllowList) InterceptSecured(_ network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
-	return a.Allowed(p)
+// peerGate is the connection gater of a rule on peer IDs (AllowList's,
+// RosterGate's): dials to peers the rule refuses are refused, and inbound
+// connections from them are closed right after the security handshake
+// reveals their ID.
+type peerGate struct{ admit func(peer.ID) bool }
+
+func (g peerGate) InterceptPeerDial(p peer.ID) bool                 { return g.admit(p) }
+func (g peerGate) InterceptAddrDial(p peer.ID, _ ma.Multiaddr) bool { return g.admit(p) }
+func (g peerGate) InterceptAccept(network.ConnMultiaddrs) bool      { return true } // ID not known yet
+func (g peerGate) InterceptSecured(_ network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
+	return g.admit(p)
 }
-func (a *AllowList) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }
+func (g peerGate) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }

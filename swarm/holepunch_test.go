@@ -243,19 +243,7 @@ func startRole(t *testing.T, ns *testenv.Netns, role string, env []string) *role
 // wait returns the rest of the first line that starts with prefix.
 func (p *roleProc) wait(t *testing.T, ctx context.Context, prefix string) string {
 	t.Helper()
-	for {
-		select {
-		case l, ok := <-p.lines:
-			if !ok {
-				t.Fatalf("%s exited before printing %q", p.name, prefix)
-			}
-			if rest, ok := strings.CutPrefix(l, prefix); ok {
-				return rest
-			}
-		case <-ctx.Done():
-			t.Fatalf("%s never printed %q", p.name, prefix)
-		}
-	}
+	return testenv.WaitLine(t, ctx, p.lines, p.name, prefix)
 }
 
 type prefixWriter struct {

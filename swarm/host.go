@@ -267,6 +267,22 @@ func Connect(ctx context.Context, h host.Host, ai peer.AddrInfo) error {
 	return err
 }
 
+// Ask writes the request m on s and reads the reply, which must be a T (a
+// remote *protocol.Error comes back as the error). On failure it resets s,
+// so that the peer sees the exchange fail rather than end cleanly.
+func Ask[T protocol.Message](s network.Stream, m protocol.Message) (T, error) {
+	if err := protocol.WriteFrame(s, m); err != nil {
+		s.Reset()
+		var zero T
+		return zero, err
+	}
+	r, err := protocol.ReadExpect[T](s)
+	if err != nil {
+		s.Reset()
+	}
+	return r, err
+}
+
 // notInSwarm: a security handshake that failed for a reason other than a
 // peer ID mismatch (the peer answered, with garbage or not at all).
 func notInSwarm(err error) bool {

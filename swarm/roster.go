@@ -9,11 +9,9 @@ import (
 	"sync"
 	"time"
 
-	"github.com/libp2p/go-libp2p/core/control"
 	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
-	ma "github.com/multiformats/go-multiaddr"
 
 	"carryon/internal/atomicfile"
 	"carryon/protocol"
@@ -26,16 +24,18 @@ import (
 // right after the handshake on accept, and Apply closes the connections
 // to every peer a new roster leaves out. Safe for concurrent use.
 type RosterGate struct {
-	mu      sync.RWMutex
-	signers map[peer.ID]bool
-	cur     *protocol.Roster
-	h       host.Host
+	peerGate // admits the peers Admits admits
+	mu       sync.RWMutex
+	signers  map[peer.ID]bool
+	cur      *protocol.Roster
+	h        host.Host
 }
 
 // NewRosterGate returns a gate that trusts rosters signed by signers (the
 // coordinator's peer ID). With no signers it never closes.
 func NewRosterGate(signers ...peer.ID) *RosterGate {
 	g := &RosterGate{signers: map[peer.ID]bool{}}
+	g.peerGate = peerGate{g.Admits}
 	for _, s := range signers {
 		g.signers[s] = true
 	}
@@ -110,14 +110,6 @@ func (g *RosterGate) Admits(p peer.ID) bool {
 	defer g.mu.RUnlock()
 	return g.cur == nil || g.signers[p] || g.cur.Has(p)
 }
-
-func (g *RosterGate) InterceptPeerDial(p peer.ID) bool                 { return g.Admits(p) }
-func (g *RosterGate) InterceptAddrDial(p peer.ID, _ ma.Multiaddr) bool { return g.Admits(p) }
-func (g *RosterGate) InterceptAccept(network.ConnMultiaddrs) bool      { return true } // ID not known yet
-func (g *RosterGate) InterceptSecured(_ network.Direction, p peer.ID, _ network.ConnMultiaddrs) bool {
-	return g.Admits(p)
-}
-func (g *RosterGate) InterceptUpgraded(network.Conn) (bool, control.DisconnectReason) { return true, 0 }
 
 // RosterChange reports a roster put in force by FollowRoster.
 type RosterChange struct {

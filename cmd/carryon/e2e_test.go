@@ -78,19 +78,7 @@ func startCmd(t *testing.T, cmd *exec.Cmd) *proc {
 // waitLine returns the rest of the first stdout line that starts with prefix.
 func (p *proc) waitLine(t *testing.T, ctx context.Context, prefix string) string {
 	t.Helper()
-	for {
-		select {
-		case l, ok := <-p.lines:
-			if !ok {
-				t.Fatalf("process ended before printing %q", prefix)
-			}
-			if strings.HasPrefix(l, prefix) {
-				return strings.TrimSpace(strings.TrimPrefix(l, prefix))
-			}
-		case <-ctx.Done():
-			t.Fatalf("timed out waiting for %q", prefix)
-		}
-	}
+	return strings.TrimSpace(testenv.WaitLine(t, ctx, p.lines, p.cmd.Args[1], prefix))
 }
 
 // TestProcessesEndToEnd runs the loop across separate processes on
