@@ -9,6 +9,14 @@ func Add(out, a, b []float32) {
 
 // AddInPlace computes dst += src.
 func AddInPlace(dst, src []float32) {
+	if !chunked(len(src), 1) {
+		addInPlace(dst, src)
+		return
+	}
+	forChunks(len(src), 1, func(i0, i1 int) { addInPlace(dst[i0:i1], src[i0:i1]) })
+}
+
+func addInPlace(dst, src []float32) {
 	for i, v := range src {
 		dst[i] += v
 	}

@@ -9,7 +9,16 @@ import "math"
 //	x:    (n, d)
 //	w:    (d)
 func RMSNormForward(out, rstd, x, w []float32, n, d int, eps float32) {
-	for i := 0; i < n; i++ {
+	if !chunked(n, d) {
+		rmsNormRows(out, rstd, x, w, 0, n, d, eps)
+		return
+	}
+	forChunks(n, d, func(i0, i1 int) { rmsNormRows(out, rstd, x, w, i0, i1, d, eps) })
+}
+
+// rmsNormRows is RMSNormForward on rows [i0, i1).
+func rmsNormRows(out, rstd, x, w []float32, i0, i1, d int, eps float32) {
+	for i := i0; i < i1; i++ {
 		xr := x[i*d : (i+1)*d]
 		var ss float64
 		for _, v := range xr {

@@ -5,7 +5,11 @@ package tensor
 //
 //	out, gate, up: (n)
 func SwiGLUForward(out, gate, up []float32) {
-	swiglu(out, gate, up)
+	if !chunked(len(gate), 1) {
+		swiglu(out, gate, up)
+		return
+	}
+	forChunks(len(gate), 1, func(i0, i1 int) { swiglu(out[i0:i1], gate[i0:i1], up[i0:i1]) })
 }
 
 // sigmoidChunk is how many σ values the backward passes compute at a time
