@@ -98,12 +98,14 @@ func (ks *gemmKernels) withGemv(f gemvFunc) *gemmKernels {
 }
 
 // withGemvZ sets the AVX-512 small-m kernels of GemmPacked (32-wide
-// panels): four segments at once for one row of A (decode), two for more.
+// panels): four segments at once for one row of A (decode), two for more;
+// and the one-row product with a row-major B (dotRows: the LM head).
 func (ks *gemmKernels) withGemvZ() *gemmKernels {
 	ks.gemv = func(rows, ku int, a []float32, lda int, b []float32, nr int, out []float32, add bool) {
 		gemvStreamsZ(rows, 1, ku, a, lda, b, nr, 0, out, 0, add)
 	}
 	ks.gemvN = gemvStreamsZ
+	ks.dotRows = dotRowsAVX512
 	ks.gemvWays = [5]int{1, 4, 2, 2, 2}
 	return ks
 }
@@ -176,6 +178,17 @@ func gemvZR4S1(ku int, a *float32, lda int, b *float32, bs int, out *float32, ld
 
 //go:noescape
 func gemvZR4S2(ku int, a *float32, lda int, b *float32, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func dotRowsZ(k int, a *float32, b *float32, ldb int, n int, out *float32)
+
+// dotRowsAVX512 is dotRowsFunc with the AVX-512 kernel.
+func dotRowsAVX512(k int, a, b []float32, ldb, n int, out []float32) {
+	_ = a[k-1]
+	_ = b[(4*n-1)*ldb+k-1]
+	_ = out[4*n-1]
+	dotRowsZ(k, &a[0], &b[0], ldb, n, &out[0])
+}
 
 // gemvZ holds the generated kernels by [rows-1][segments/2] (segments 1,
 // 2, 4; nil where none was generated: see gemvZShapes in gemm_gen.go).

@@ -51,6 +51,7 @@ type gemmJob struct {
 	ldc            int
 	packed         *PackedB     // op(B) prepacked (f32, or bf16 pairs for the bf16 kernel); b, bh unset
 	q              *QuantMatrix // W (n, k) in a GGML format, transB implied; b, bh unset
+	dotRows        dotRowsFunc  // the small-m path's one-row kernel (m = 1, B in place), or nil
 }
 
 // gemmBuf is one worker's scratch: packed A and B blocks and an edge tile.
@@ -462,6 +463,12 @@ func smallMCols(g *gemmJob, a []float32, lda int, dot dot4Func, dotH dot4BF16Fun
 	k, ldb, ldc := g.k, g.ldb, g.ldc
 	k8 := k &^ 7
 	var s [4]float32
+	if g.m == 1 && g.bh == nil && g.dotRows != nil && g.alpha == 1 && g.beta == 0 && k%16 == 0 {
+		if n4 := (j1 - j0) / 4; n4 > 0 {
+			g.dotRows(k, a[:k], g.b[j0*ldb:], ldb, n4, g.c[j0:j0+4*n4])
+			j0 += 4 * n4
+		}
+	}
 	for j := j0; j < j1; j += 4 {
 		nq := min(4, j1-j)
 		for i := 0; i < g.m; i++ {
@@ -519,7 +526,14 @@ type gemmKernels struct {
 	// is the number of segments it reads at once best for rows (1..4) of A.
 	gemvN    gemvStreamsFunc
 	gemvWays [5]int
+	// dotRows, where set, runs Gemm's m = 1 products with B (n, k) read
+	// in place (decode times the LM head) in one call per thread.
+	dotRows dotRowsFunc
 }
+
+// dotRowsFunc computes out[j] = Σ_{p<k} a[p]·b[j·ldb+p] for j < 4·n, with
+// k a multiple of 16.
+type dotRowsFunc func(k int, a, b []float32, ldb, n int, out []float32)
 
 func newGemmKernels(name string, f32 tileKernel[float32], bf16 *tileKernel[uint16], dot dot4Func, dotH dot4BF16Func) *gemmKernels {
 	f32.packA, f32.packB = packAF32, packBF32
@@ -596,7 +610,7 @@ func (ks *gemmKernels) gemm(transA, transB bool, m, n, k int, alpha float32, a [
 		return
 	}
 	g := gemmJob{transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, beta: beta,
-		a: a, lda: lda, b: b, ldb: ldb, c: c, ldc: ldc}
+		a: a, lda: lda, b: b, ldb: ldb, c: c, ldc: ldc, dotRows: ks.dotRows}
 	threads := runtime.GOMAXPROCS(0)
 	if transB && m <= smallMMax {
 		runSmallM(&g, ks.dot4, ks.dot4BF16, threads)

@@ -38,6 +38,7 @@ func main() {
 	genGemvStreams(1, 4)
 	genGemvStreams(1, 2)
 	genGemvStreams(2, 2)
+	genDotRowsZ()
 	for _, rs := range gemvZShapes {
 		genGemvZ(rs[0], rs[1])
 	}
@@ -550,6 +551,92 @@ func genGemvStreams(rows, ns int) {
 		}
 		p("\tADDQ R10, DX")
 	}
+	p("\tVZEROUPPER")
+	p("\tRET")
+}
+
+// genDotRowsZ emits the AVX-512 decode product with a row-major weight
+// (the LM head read in place), on four distant runs of rows at once:
+//
+//	func dotRowsZ(k int, a *float32, b *float32, ldb int, n int, out *float32)
+//
+// out[s·n+j] = Σ_{p<k} a[p]·b[(s·n+j)·ldb+p] for s < 4, j < n; k a multiple
+// of 16. Each step takes one row of each run (four sequential memory
+// streams, as the gemv kernels' segments), two accumulators per row (even
+// and odd 16-float chunks: eight FMA chains), the A chunk loaded once for
+// the four; the four sums are reduced together (as genDot4). One call
+// covers a thread's whole share of rows, so no Go code runs per row.
+func genDotRowsZ() {
+	const name = "dotRowsZ"
+	p("")
+	p("// func %s(k int, a *float32, b *float32, ldb int, n int, out *float32)", name)
+	p("TEXT ·%s(SB), NOSPLIT, $0-48", name)
+	p("\tMOVQ a+8(FP), SI")
+	p("\tMOVQ b+16(FP), R8")
+	p("\tMOVQ ldb+24(FP), AX")
+	p("\tSHLQ $2, AX")
+	p("\tMOVQ n+32(FP), BX")
+	p("\tMOVQ out+40(FP), DI")
+	p("\tMOVQ BX, R14")
+	p("\tSHLQ $2, R14") // n·4 bytes: from one run's outputs to the next
+	p("\tMOVQ AX, R12")
+	p("\tIMULQ BX, R12") // n·ldb·4 bytes: from one run's rows to the next
+	p("\tLEAQ (R8)(R12*1), R9")
+	p("\tLEAQ (R9)(R12*1), R10")
+	p("\tLEAQ (R10)(R12*1), R11")
+	p("\tLEAQ (R14)(R14*2), R15")
+	rows := []string{"(R8)(DX*1)", "(R9)(DX*1)", "(R10)(DX*1)", "(R11)(DX*1)"}
+	p("%s_rows:", name)
+	p("\tTESTQ BX, BX")
+	p("\tJEQ %s_done", name)
+	for r := 0; r < 8; r++ {
+		p("\tVPXORD Z%d, Z%d, Z%d", r, r, r)
+	}
+	p("\tMOVQ k+0(FP), CX")
+	p("\tXORQ DX, DX") // byte offset along k
+	p("%s_loop2:", name)
+	p("\tCMPQ CX, $32")
+	p("\tJLT %s_loop1", name)
+	for u := 0; u < 2; u++ {
+		p("\tVMOVUPS %d(SI)(DX*1), Z%d", 64*u, 16+u)
+	}
+	for u := 0; u < 2; u++ {
+		for q := 0; q < 4; q++ {
+			p("\tVFMADD231PS %d%s, Z%d, Z%d", 64*u, rows[q], 16+u, q+4*u)
+		}
+	}
+	p("\tADDQ $128, DX")
+	p("\tSUBQ $32, CX")
+	p("\tJMP %s_loop2", name)
+	p("%s_loop1:", name)
+	p("\tTESTQ CX, CX")
+	p("\tJEQ %s_reduce", name)
+	p("\tVMOVUPS (SI)(DX*1), Z16")
+	for q := 0; q < 4; q++ {
+		p("\tVFMADD231PS %s, Z16, Z%d", rows[q], q)
+	}
+	p("%s_reduce:", name)
+	for q := 0; q < 4; q++ {
+		p("\tVADDPS Z%d, Z%d, Z%d", q+4, q, q)
+		p("\tVEXTRACTF64X4 $1, Z%d, Y%d", q, q+4)
+		p("\tVADDPS Y%d, Y%d, Y%d", q+4, q, q)
+	}
+	p("\tVHADDPS Y1, Y0, Y0")
+	p("\tVHADDPS Y3, Y2, Y2")
+	p("\tVHADDPS Y2, Y0, Y0")
+	p("\tVEXTRACTF128 $1, Y0, X1")
+	p("\tVADDPS X1, X0, X0")
+	p("\tVMOVSS X0, (DI)")
+	p("\tVEXTRACTPS $1, X0, (DI)(R14*1)")
+	p("\tVEXTRACTPS $2, X0, (DI)(R14*2)")
+	p("\tVEXTRACTPS $3, X0, (DI)(R15*1)")
+	p("\tADDQ $4, DI")
+	for _, r := range []string{"R8", "R9", "R10", "R11"} {
+		p("\tADDQ AX, %s", r)
+	}
+	p("\tDECQ BX")
+	p("\tJMP %s_rows", name)
+	p("%s_done:", name)
 	p("\tVZEROUPPER")
 	p("\tRET")
 }

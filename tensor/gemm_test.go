@@ -196,6 +196,9 @@ func gemmCases(rng *rand.Rand) []gemmCase {
 		gemmCase{false, false, 13, 3100, 9, 0, 0, 0, 1, 1}, // n > nc
 		gemmCase{true, false, 130, 35, 520, 0, 0, 0, 1, 0}, // dW shape, k > 2kc
 		gemmCase{false, true, 8, 40, 1030, 2, 1, 0, 1, 0},  // decode, k tail
+		gemmCase{false, true, 1, 1031, 96, 0, 0, 0, 1, 0},  // decode times a head: rows in runs of 4, k a multiple of 32
+		gemmCase{false, true, 1, 70, 48, 1, 3, 2, 1, 0},    // the same, k an odd multiple of 16, strided
+		gemmCase{false, true, 1, 70, 48, 0, 0, 0, 2, 0.5},  // alpha, beta: not the one-row kernel
 	)
 	return cs
 }
