@@ -111,11 +111,7 @@ func (o *Optimizer) Step(grads []float32) (gradNorm float64) {
 		panic(fmt.Sprintf("model.Optimizer.Step: grads has %d values, want %d", len(grads), len(c.Params)))
 	}
 	cfg := o.Config
-	if cfg.ClipNorm > 0 {
-		gradNorm = tensor.ClipGradNorm(cfg.ClipNorm, grads)
-	} else {
-		gradNorm = tensor.GradNorm(grads)
-	}
+	gradNorm = tensor.ClipGradNorm(cfg.ClipNorm, grads)
 	lr := o.LR()
 	o.Steps++
 	if o.M8 != nil {

@@ -226,30 +226,14 @@ func (t TrainConfig) optim() carryon.OptimConfig {
 	if o.LR != 0 {
 		d.LR, d.MinLR = o.LR, o.LR/10
 	}
-	if o.MinLR != 0 {
-		d.MinLR = o.MinLR
-	}
-	if o.Warmup != 0 {
-		d.Warmup = o.Warmup
-	}
-	if o.Total != 0 {
-		d.Total = o.Total
-	}
-	if o.Beta1 != 0 {
-		d.Beta1 = o.Beta1
-	}
-	if o.Beta2 != 0 {
-		d.Beta2 = o.Beta2
-	}
-	if o.Eps != 0 {
-		d.Eps = o.Eps
-	}
-	if o.WeightDecay != 0 {
-		d.WeightDecay = o.WeightDecay
-	}
-	if o.ClipNorm != 0 {
-		d.ClipNorm = o.ClipNorm
-	}
+	d.MinLR = cmp.Or(o.MinLR, d.MinLR)
+	d.Warmup = cmp.Or(o.Warmup, d.Warmup)
+	d.Total = cmp.Or(o.Total, d.Total)
+	d.Beta1 = cmp.Or(o.Beta1, d.Beta1)
+	d.Beta2 = cmp.Or(o.Beta2, d.Beta2)
+	d.Eps = cmp.Or(o.Eps, d.Eps)
+	d.WeightDecay = cmp.Or(o.WeightDecay, d.WeightDecay)
+	d.ClipNorm = cmp.Or(o.ClipNorm, d.ClipNorm)
 	return d
 }
 

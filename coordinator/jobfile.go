@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -298,18 +299,10 @@ func (j *JobFile) carryOn() carryon.Config {
 	if s.Width != 0 {
 		c = c.WithWidth(s.Width)
 	}
-	if s.Layers != 0 {
-		c.Layers = s.Layers
-	}
-	if s.Heads != 0 {
-		c.Heads = s.Heads
-	}
-	if s.FFN != 0 {
-		c.FFN = s.FFN
-	}
-	if s.Alpha != 0 {
-		c.Alpha = float32(s.Alpha)
-	}
+	c.Layers = cmp.Or(s.Layers, c.Layers)
+	c.Heads = cmp.Or(s.Heads, c.Heads)
+	c.FFN = cmp.Or(s.FFN, c.FFN)
+	c.Alpha = cmp.Or(float32(s.Alpha), c.Alpha)
 	return c
 }
 

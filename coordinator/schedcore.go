@@ -490,13 +490,19 @@ func (q *sched) end(ls *lease, now time.Time) {
 // measured speed, the swarm's typical lease time and the node's overload
 // cap (additive increase: one slot per cap successes).
 func (q *sched) delivered(ls *lease, end time.Time) {
-	s := ls.node
-	s.observe(ls, end)
 	q.typical = ewma(q.typical, end.Sub(ls.start))
-	if s.grow++; s.grow >= s.aimd && s.aimd < 4*q.cfg.LeasesPerNode {
+	ls.node.succeeded(ls, end, 4*q.cfg.LeasesPerNode)
+	q.touch(ls.node, end)
+}
+
+// succeeded folds a lease of s that returned a result into s's measured
+// speed and its overload cap (additive increase: one slot per cap
+// successes, up to most).
+func (s *nodeState) succeeded(ls *lease, end time.Time, most int) {
+	s.observe(ls, end)
+	if s.grow++; s.grow >= s.aimd && s.aimd < most {
 		s.aimd, s.grow = s.aimd+1, 0
 	}
-	q.touch(s, end)
 }
 
 // expired: a lease's deadline passed. The node's speed estimate halves

@@ -649,12 +649,8 @@ func (o *scanSched) end(ls *lease, now time.Time) {
 }
 
 func (o *scanSched) delivered(ls *lease, end time.Time) {
-	s := ls.node
-	s.observe(ls, end)
 	o.typical = ewma(o.typical, end.Sub(ls.start))
-	if s.grow++; s.grow >= s.aimd && s.aimd < 4*o.cfg.LeasesPerNode {
-		s.aimd, s.grow = s.aimd+1, 0
-	}
+	ls.node.succeeded(ls, end, 4*o.cfg.LeasesPerNode)
 }
 
 func (o *scanSched) expired(ls *lease, now time.Time) {

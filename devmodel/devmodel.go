@@ -186,12 +186,16 @@ func (b *Base) tensor(get func(string) (tensor.View, bool), name string, bf16 bo
 	if err != nil {
 		return nil, err
 	}
+	dt := tensor.F32
+	if bf16 {
+		dt = tensor.BF16
+	}
+	buf, err := b.be.Alloc(dt, len(f))
+	if err != nil {
+		return nil, fmt.Errorf("tensor %s: %w", name, err)
+	}
+	b.bufs = append(b.bufs, buf)
 	if !bf16 {
-		buf, err := b.be.Alloc(tensor.F32, len(f))
-		if err != nil {
-			return nil, fmt.Errorf("tensor %s: %w", name, err)
-		}
-		b.bufs = append(b.bufs, buf)
 		b.be.UploadF32(buf, f)
 		return buf, nil
 	}
@@ -199,11 +203,6 @@ func (b *Base) tensor(get func(string) (tensor.View, bool), name string, bf16 bo
 	for i, x := range f {
 		h[i] = tensor.F32ToBF16(x)
 	}
-	buf, err := b.be.Alloc(tensor.BF16, len(h))
-	if err != nil {
-		return nil, fmt.Errorf("tensor %s: %w", name, err)
-	}
-	b.bufs = append(b.bufs, buf)
 	b.be.UploadBF16(buf, h)
 	return buf, nil
 }

@@ -258,12 +258,7 @@ func (t *BaseTrainer) run(seqs [][]int32, grad bool) (float64, int, error) {
 // returns the gradient norm before clipping.
 func (t *BaseTrainer) Update(lr, wd float32, maxNorm float64) float64 {
 	grads := t.Grads()
-	var norm float64
-	if maxNorm > 0 {
-		norm = tensor.ClipGradNorm(maxNorm, grads...)
-	} else {
-		norm = tensor.GradNorm(grads...)
-	}
+	norm := tensor.ClipGradNorm(maxNorm, grads...)
 	t.step++
 	for i, p := range t.params {
 		d := wd

@@ -144,20 +144,21 @@ func (n *Node) Start(ctx context.Context) error {
 	if n.topics != nil {
 		actx, cancel := context.WithCancel(n.ctx)
 		n.adv.cancel, n.adv.done, n.adv.kick = cancel, make(chan struct{}), make(chan struct{}, 1)
-		joins, err := n.topics.Nodes.EventHandler()
-		if err != nil {
+		fail := func(what string, err error) error {
 			cancel()
 			n.h.RemoveStreamHandler(protocol.EmbedProtocol)
-			return fmt.Errorf("node.Start: watch the nodes topic: %w", err)
+			return fmt.Errorf("node.Start: %s: %w", what, err)
+		}
+		joins, err := n.topics.Nodes.EventHandler()
+		if err != nil {
+			return fail("watch the nodes topic", err)
 		}
 		go n.watchJoins(actx, joins)
 		go n.advertLoop(actx)
 		if n.topics.Control != nil {
 			sub, err := n.topics.Control.Subscribe()
 			if err != nil {
-				cancel()
-				n.h.RemoveStreamHandler(protocol.EmbedProtocol)
-				return fmt.Errorf("node.Start: subscribe to the control topic: %w", err)
+				return fail("subscribe to the control topic", err)
 			}
 			go n.watchJobs(actx, sub)
 		}

@@ -47,9 +47,12 @@ func GradNorm(grads ...[]float32) float64 {
 
 // ClipGradNorm scales every gradient in place by maxNorm/(norm+1e-6) when
 // the global norm exceeds maxNorm (torch.nn.utils.clip_grad_norm_), and
-// returns the norm before clipping.
+// returns the norm before clipping. A maxNorm <= 0 clips nothing.
 func ClipGradNorm(maxNorm float64, grads ...[]float32) (norm float64) {
 	norm = GradNorm(grads...)
+	if maxNorm <= 0 {
+		return norm
+	}
 	coef := maxNorm / (norm + 1e-6)
 	if coef < 1 {
 		c := float32(coef)

@@ -296,6 +296,9 @@ func TestClipGradNorm(t *testing.T) {
 	if n := ClipGradNorm(10, a, b); n != 5 || a[0] != 3 || b[1] != 4 {
 		t.Fatalf("clip above norm changed grads: norm %v, %v %v", n, a, b)
 	}
+	if n := ClipGradNorm(0, a, b); n != 5 || a[0] != 3 || b[1] != 4 {
+		t.Fatalf("maxNorm 0 changed grads: norm %v, %v %v", n, a, b)
+	}
 	n := ClipGradNorm(1, a, b)
 	if n != 5 {
 		t.Fatalf("ClipGradNorm returned %v, want the pre-clip norm 5", n)

@@ -232,19 +232,10 @@ func (v *BPEVocab) Encode(text string) []int32 {
 // layout (NFC normaliser, Qwen2 Split pattern then ByteLevel, ByteLevel
 // decoder), the special tokens as added tokens; LoadTokenizer reads it.
 func (v *BPEVocab) TokenizerJSON() []byte {
-	type added struct {
-		ID         int    `json:"id"`
-		Content    string `json:"content"`
-		SingleWord bool   `json:"single_word"`
-		LStrip     bool   `json:"lstrip"`
-		RStrip     bool   `json:"rstrip"`
-		Normalized bool   `json:"normalized"`
-		Special    bool   `json:"special"`
-	}
 	nBase := len(v.Tokens) - len(v.Special)
-	var adds []added
+	var adds []tokJSONAdded
 	for i, s := range v.Special {
-		adds = append(adds, added{ID: nBase + i, Content: s, Special: true})
+		adds = append(adds, tokJSONAdded{ID: int32(nBase + i), Content: s, Special: true})
 	}
 	vocab := make(map[string]int, nBase)
 	for id, t := range v.Tokens[:nBase] {

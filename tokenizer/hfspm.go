@@ -52,12 +52,8 @@ func LoadHF(path string) (Tokenizer, error) {
 
 // hfSPMJSON is the part of a SentencePiece-form tokenizer.json read here.
 type hfSPMJSON struct {
-	AddedTokens   []tokJSONAdded  `json:"added_tokens"`
-	Normalizer    json.RawMessage `json:"normalizer"`
-	PreTokenizer  json.RawMessage `json:"pre_tokenizer"`
-	PostProcessor json.RawMessage `json:"post_processor"`
-	Decoder       json.RawMessage `json:"decoder"`
-	Model         struct {
+	tokJSONSteps
+	Model struct {
 		Type                    string          `json:"type"`
 		Vocab                   json.RawMessage `json:"vocab"` // BPE: {"piece": id}; Unigram: [["piece", score], ...]
 		Merges                  json.RawMessage `json:"merges"`

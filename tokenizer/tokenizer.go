@@ -590,14 +590,20 @@ func tokStartsWithWord(s string) bool {
 	return n > 0 && tokIsWordRune(r)
 }
 
-// JSON form of tokenizer.json (the parts this package reads).
-type tokJSON struct {
+// tokJSONSteps are the parts of tokenizer.json that both forms (byte-level
+// BPE, SentencePiece) have: the added tokens and the pipeline's steps.
+type tokJSONSteps struct {
 	AddedTokens   []tokJSONAdded  `json:"added_tokens"`
 	Normalizer    json.RawMessage `json:"normalizer"`
 	PreTokenizer  json.RawMessage `json:"pre_tokenizer"`
 	PostProcessor json.RawMessage `json:"post_processor"`
 	Decoder       json.RawMessage `json:"decoder"`
-	Model         struct {
+}
+
+// JSON form of tokenizer.json (the parts this package reads).
+type tokJSON struct {
+	tokJSONSteps
+	Model struct {
 		Type                    string           `json:"type"`
 		Vocab                   map[string]int32 `json:"vocab"`
 		Merges                  json.RawMessage  `json:"merges"`

@@ -118,13 +118,8 @@ func pullInto(ctx context.Context, sf *swarmFlags, from string, blocks *swarm.Bl
 		return "", err
 	}
 	defer x.Close()
-	for _, ai := range providers {
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := swarm.Connect(cctx, j.h, ai)
-		cancel()
-		if err != nil {
-			return "", fmt.Errorf("connect to %s: %w", ai.ID, err)
-		}
+	if err := connectAll(ctx, j.h, providers); err != nil {
+		return "", err
 	}
 	st, err := x.Fetch(ctx, c, swarm.Limits{MaxSize: maxSize})
 	if err != nil {

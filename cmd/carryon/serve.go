@@ -193,13 +193,10 @@ func swarmExchange(ctx context.Context, sf *swarmFlags, from string, blocks *swa
 	fmt.Fprintf(stdout, "joined swarm %s as %s\n", j.name, j.h.ID())
 	for _, ai := range providers {
 		j.h.Peerstore().AddAddrs(ai.ID, ai.Addrs, 24*time.Hour)
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := swarm.Connect(cctx, j.h, ai)
-		cancel()
-		if err != nil {
-			closeSwarm()
-			return nil, nil, fmt.Errorf("connect to %s: %w", ai.ID, err)
-		}
+	}
+	if err := connectAll(ctx, j.h, providers); err != nil {
+		closeSwarm()
+		return nil, nil, err
 	}
 	return x, closeSwarm, nil
 }

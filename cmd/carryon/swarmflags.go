@@ -218,6 +218,20 @@ func (j *joined) followRoster(ctx context.Context, w io.Writer, rosterFile strin
 	return swarm.FollowRoster(ctx, j.h, j.topics, j.roster, say)
 }
 
+// connectAll connects to every named peer in turn (10 s each); the error
+// names the first that does not answer.
+func connectAll(ctx context.Context, h host.Host, peers []peer.AddrInfo) error {
+	for _, ai := range peers {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := swarm.Connect(cctx, h, ai)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("connect to %s: %w", ai.ID, err)
+		}
+	}
+	return nil
+}
+
 // connectAny connects to the bootstrap peers at once (10 s each, in
 // parallel) and fails only if none answers.
 func connectAny(ctx context.Context, h host.Host, boot []peer.AddrInfo) error {

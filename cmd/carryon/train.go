@@ -65,13 +65,8 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 		defer j.close()
-		for _, ai := range peers {
-			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			err := swarm.Connect(cctx, j.h, ai)
-			cancel()
-			if err != nil {
-				return fmt.Errorf("--from-swarm: connect to %s: %w", ai.ID, err)
-			}
+		if err := connectAll(ctx, j.h, peers); err != nil {
+			return fmt.Errorf("--from-swarm: %w", err)
 		}
 		h = j.h
 		if frames = announceFrames(ctx, j, log); frames != nil { // --dht server or client: announce the cache to the swarm while training

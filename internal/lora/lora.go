@@ -202,12 +202,7 @@ func (ad *Adapter) Update(lr, wd float32, maxNorm float64) float64 {
 	for _, m := range ad.mats {
 		gs = append(gs, m.ga, m.gb)
 	}
-	var norm float64
-	if maxNorm > 0 {
-		norm = tensor.ClipGradNorm(maxNorm, gs...)
-	} else {
-		norm = tensor.GradNorm(gs...)
-	}
+	norm := tensor.ClipGradNorm(maxNorm, gs...)
 	ad.step++
 	for _, m := range ad.mats {
 		tensor.AdamWStep(m.a, m.ga, m.ma, m.va, ad.step, lr, 0.9, 0.95, 1e-8, wd)
