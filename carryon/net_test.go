@@ -47,6 +47,16 @@ type coTestCase struct {
 	T       int
 }
 
+// lossAndGrad is LossAndGrad of the case's model on its sequence.
+func (tc coTestCase) lossAndGrad(ws *Workspace, gradScale float32, grads []float32) (float64, int) {
+	return tc.c.LossAndGrad(ws, tc.sources, tc.targets, tc.T, tc.wPred, gradScale, grads)
+}
+
+// loss is Loss of the case's model on its sequence, at the model's Alpha.
+func (tc coTestCase) loss(ws *Workspace) (float64, int) {
+	return tc.c.Loss(ws, tc.sources, tc.targets, tc.T, tc.wPred, tc.c.Config.Alpha)
+}
+
 func coNewTestCase(t testing.TB, T, V int, seed uint64, std float64) coTestCase {
 	t.Helper()
 	cfg := coTinyConfig(V)
@@ -92,12 +102,12 @@ func TestCarryOnGradFD(t *testing.T) {
 	c := tc.c
 	ws := c.NewWorkspace(T)
 	grads := make([]float32, len(c.Params))
-	_, count := c.LossAndGrad(ws, tc.sources, tc.targets, T, tc.wPred, 1, grads)
+	_, count := tc.lossAndGrad(ws, 1, grads)
 	if count != T-1 {
 		t.Fatalf("count = %d, want %d (one masked target)", count, T-1)
 	}
 	loss := func() float64 {
-		l, _ := c.Loss(ws, tc.sources, tc.targets, T, tc.wPred, c.Config.Alpha)
+		l, _ := tc.loss(ws)
 		return l
 	}
 	const eps, atol, rtol = 1e-3, 4e-3, 2e-2
@@ -242,10 +252,10 @@ func TestCarryOnAccumulates(t *testing.T) {
 	c := tc.c
 	ws := c.NewWorkspace(T)
 	once := make([]float32, len(c.Params))
-	l1, n1 := c.LossAndGrad(ws, tc.sources, tc.targets, T, tc.wPred, 1, once)
+	l1, n1 := tc.lossAndGrad(ws, 1, once)
 	acc := make([]float32, len(c.Params))
-	c.LossAndGrad(ws, tc.sources, tc.targets, T, tc.wPred, 0.5, acc)
-	l2, n2 := c.LossAndGrad(ws, tc.sources, tc.targets, T, tc.wPred, 1.5, acc)
+	tc.lossAndGrad(ws, 0.5, acc)
+	l2, n2 := tc.lossAndGrad(ws, 1.5, acc)
 	if l1 != l2 || n1 != n2 {
 		t.Fatalf("loss changed between calls: %v/%d then %v/%d", l1, n1, l2, n2)
 	}

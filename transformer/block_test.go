@@ -29,6 +29,16 @@ func testBlock(rng *rand.Rand, d Dims, bias bool) Block {
 }
 
 // testPass is two sequences of 5 and 3 rows.
+// testCase draws, from a generator seeded with s1 and s2, a block of d
+// with biases and the input of testPass's two sequences, and returns the
+// generator for what else the test draws.
+func testCase(s1, s2 uint64, d Dims) (*rand.Rand, Block, *Pass, []float32) {
+	rng := rand.New(rand.NewPCG(s1, s2))
+	b := testBlock(rng, d, true)
+	p := testPass(d)
+	return rng, b, p, randSlice(rng, p.N*d.Dim, 1)
+}
+
 func testPass(d Dims) *Pass {
 	pos := []int32{0, 1, 2, 3, 4, 0, 1, 2}
 	return &Pass{N: 8, Pos: pos, Seqs: []int{0, 5, 8}, Rope: tensor.NewRoPE(d.HeadDim, 8, 1e4, nil, false)}
@@ -39,11 +49,8 @@ func testPass(d Dims) *Pass {
 // MLP in chunks or not), and a KV-cached pass fed one row at a time agrees
 // with the full pass within float32 rounding.
 func TestForwardPathsAgree(t *testing.T) {
-	rng := rand.New(rand.NewPCG(1, 2))
 	d := Dims{Dim: 16, Heads: 4, KVHeads: 2, HeadDim: 4, FFN: 24, NormEps: 1e-6}
-	b := testBlock(rng, d, true)
-	p := testPass(d)
-	in := randSlice(rng, p.N*d.Dim, 1)
+	_, b, p, in := testCase(1, 2, d)
 
 	train := make([]float32, len(in))
 	b.Forward(d, p, in, train, nil, NewActs(d, p.N, 5))
@@ -81,11 +88,8 @@ func TestForwardPathsAgree(t *testing.T) {
 // shapes, relative tolerance), for the input and a few parameters, with
 // GQA, biases and two sequences.
 func TestBackwardFD(t *testing.T) {
-	rng := rand.New(rand.NewPCG(3, 4))
 	d := Dims{Dim: 8, Heads: 4, KVHeads: 2, HeadDim: 2, FFN: 12, NormEps: 1e-6}
-	b := testBlock(rng, d, true)
-	p := testPass(d)
-	in := randSlice(rng, p.N*d.Dim, 1)
+	rng, b, p, in := testCase(3, 4, d)
 	dout := randSlice(rng, p.N*d.Dim, 1)
 	loss := func() float64 {
 		out := make([]float32, len(in))
