@@ -38,6 +38,9 @@ type Split struct {
 	// any length; the coordinator cuts each to the context, so long ones
 	// keep only their question and the start of their answer.
 	Wide []Problem
+	// Unused are the other fitting problems, by Hash: no run trains on
+	// them, so the exact-match experiment may score them after Val.
+	Unused []Problem
 }
 
 // readProblems reads GSM8K-style JSONL (question and answer fields), at
@@ -104,9 +107,16 @@ func LoadSplit(path string, tok dataset.Tokenizer, maxTokens, val, train, wide, 
 			held[p.Hash] = true
 		}
 	}
+	inWide := map[[32]byte]bool{}
 	for _, p := range ps {
 		if len(s.Wide) < wide && !held[p.Hash] {
 			s.Wide = append(s.Wide, p)
+			inWide[p.Hash] = true
+		}
+	}
+	for _, p := range ps {
+		if p.Tokens <= maxTokens && !held[p.Hash] && !inWide[p.Hash] {
+			s.Unused = append(s.Unused, p)
 		}
 	}
 	if len(s.Val) == 0 || len(s.Train) == 0 {

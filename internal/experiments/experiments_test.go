@@ -136,6 +136,28 @@ func TestLoadSplit(t *testing.T) {
 	if len(capped.Wide) != 12 {
 		t.Errorf("capped split: %d wide problems, want 12", len(capped.Wide))
 	}
+	// Unused: every other fitting problem, in none of the sets.
+	inWide := map[[32]byte]bool{}
+	for _, p := range capped.Wide {
+		inWide[p.Hash] = true
+	}
+	fitWide := 0
+	for _, p := range capped.Wide {
+		if p.Tokens <= maxTok {
+			fitWide++
+		}
+	}
+	if len(capped.Unused) != fit-5-4-fitWide {
+		t.Errorf("capped split: %d unused problems, want %d", len(capped.Unused), fit-5-4-fitWide)
+	}
+	for _, p := range capped.Unused {
+		if inTrain[p.Hash] || held[p.Hash] || inWide[p.Hash] || p.Tokens > maxTok {
+			t.Errorf("unused problem %x is in a set or does not fit", p.Hash[:4])
+		}
+	}
+	if len(s.Unused) != 0 {
+		t.Errorf("uncapped split: %d unused problems, want none (all fitting ones are trained on)", len(s.Unused))
+	}
 }
 
 func TestNiceTicks(t *testing.T) {
@@ -431,13 +453,23 @@ func TestQuickRun(t *testing.T) {
 	}
 	// base alone, three carry-ons (h=64 on two training sets, h=256), and
 	// the clock's LoRA and full fine-tune.
-	if e := res.Exact; e == nil || len(e.Rows) != 6 || e.Problems != sz.ExactProblems {
+	// (and the h=256 carry-on trained ExactSteps steps), on the test split
+	// and then problems no run trains on; the one-step diagnostic.
+	if e := res.Exact; e == nil || len(e.Rows) != 7 || e.Problems != sz.ExactProblems || e.FromTest != sz.ValProblems || sz.ExactProblems <= sz.ValProblems ||
+		e.OneStep == nil || e.OneStepProblems != oneStepProblems {
 		t.Fatalf("exact experiment: %+v", e)
 	} else {
-		for _, r := range e.Rows {
-			if r.Correct > r.Formatted || r.Formatted > e.Problems || r.MeanTokens > float64(sz.ExactMaxTokens) || r.Stopped+r.LineEnded > e.Problems {
+		for _, r := range append(e.Rows, *e.OneStep) {
+			n := e.Problems
+			if r.System == e.OneStep.System {
+				n = e.OneStepProblems
+			}
+			if r.Correct > r.Formatted || r.Formatted > n || r.MeanTokens > float64(sz.ExactMaxTokens)+1e-9 || r.Stopped+r.LineEnded > n || r.CalcsRight > r.Calcs {
 				t.Errorf("exact: %+v", r)
 			}
+		}
+		if !strings.Contains(e.Rows[4].System, fmt.Sprintf("h=256 (fit, %d steps", sz.ExactSteps)) {
+			t.Errorf("exact: row 4 is %q, want the h=256 carry-on of %d steps", e.Rows[4].System, sz.ExactSteps)
 		}
 	}
 
@@ -538,6 +570,20 @@ func TestAnswerLineEnded(t *testing.T) {
 	} {
 		if got := answerLineEnded(text); got != want {
 			t.Errorf("answerLineEnded(%q) = %v, want %v", text, got, want)
+		}
+	}
+}
+
+func TestCalcsRight(t *testing.T) {
+	for text, want := range map[string][2]int{
+		"She has 7+1 = <<7+1=8>>8 cookies.\nEach has 8/2 = <<8/2=4>>4.\n#### 4": {2, 2},
+		"13*3 = <<12*3=20>>20 pages, <<22-1=21>>21, <<7/2=3>>3":                 {3, 1},
+		"<<1*1=1=1>>10 and <<1*= <120*1=12>>10 and no calculation":              {0, 0},
+		"<<5/0=0>> <<30-45=15>>": {2, 0},
+	} {
+		n, right := calcsRight(text)
+		if n != want[0] || right != want[1] {
+			t.Errorf("calcsRight(%q) = %d, %d; want %d, %d", text, n, right, want[0], want[1])
 		}
 	}
 }

@@ -222,9 +222,20 @@ func Tables(res *Results) []byte {
 		p("\n")
 	}
 	if e := res.Exact; e != nil {
-		p("## 7. Exact match (greedy, %d held-out problems)\n\n| system | correct | answers with \"#### N\" | ended by EOS | ended after the \"####\" line | mean tokens |\n|---|--:|--:|--:|--:|--:|\n", e.Problems)
+		p("## 7. Exact match (greedy, %d held-out problems)\n\n", e.Problems)
+		if e.FromTest > 0 && e.FromTest < e.Problems {
+			p("The %d problems of the test split, then %d more that no run trains on.\n\n", e.FromTest, e.Problems-e.FromTest)
+		}
+		p("| system | correct | answers with \"#### N\" | ended by EOS | ended after the \"####\" line | mean tokens | <<a op b=c>> right |\n|---|--:|--:|--:|--:|--:|--:|\n")
+		row := func(r ExactRow, n int) {
+			p("| %s | %d/%d | %d | %d | %d | %.1f | %d/%d |\n", r.System, r.Correct, n, r.Formatted, r.Stopped, r.LineEnded, r.MeanTokens, r.CalcsRight, r.Calcs)
+		}
 		for _, r := range e.Rows {
-			p("| %s | %d/%d | %d | %d | %d | %.1f |\n", r.System, r.Correct, e.Problems, r.Formatted, r.Stopped, r.LineEnded, r.MeanTokens)
+			row(r, e.Problems)
+		}
+		if e.OneStep != nil {
+			p("\nDiagnostic, on another task: the base alone on one-step problems of its own pretraining family.\n\n| system | correct | answers with \"#### N\" | ended by EOS | ended after the \"####\" line | mean tokens | <<a op b=c>> right |\n|---|--:|--:|--:|--:|--:|--:|\n")
+			row(*e.OneStep, e.OneStepProblems)
 		}
 		for i, sm := range e.Samples {
 			p("\nSample %d. Question: %q\n\n- reference: %q\n", i+1, sm.Question, sm.Reference)

@@ -79,7 +79,10 @@ type Sizes struct {
 	ScratchLR      float32 `json:"scratch_lr"`       // tiny base from scratch
 	ExactProblems  int     `json:"exact_problems"`   // held-out problems generated greedily
 	ExactMaxTokens int     `json:"exact_max_tokens"` // answer cap (0: up to the context)
-	LoRARank       int     `json:"lora_rank"`        // LoRA baseline's rank in the clock experiment
+	// ExactSteps, when > 0, adds to the exact-match experiment the h = 256
+	// carry-on trained this many steps (validation 8 times, best kept).
+	ExactSteps     int     `json:"exact_steps,omitempty"`
+	LoRARank       int     `json:"lora_rank"` // LoRA baseline's rank in the clock experiment
 	LoRALR         float32 `json:"lora_lr"`
 	SearchSteps    int     `json:"search_steps"`             // steps per search trial
 	SearchParallel int     `json:"search_parallel"`          // trials trained at once (0: GOMAXPROCS)
@@ -96,8 +99,8 @@ func (s Sizes) validate() error {
 		return fmt.Errorf("sizes %+v: want MaxRecords, TrainProblems >= 0 and ValProblems, WideTrain, Steps, Batch >= 1", s)
 	case !(s.LR > 0) || !(s.FinetuneLR > 0) || !(s.ScratchLR > 0) || !(s.ClockSeconds > 0) || s.ClockEvals < 1:
 		return fmt.Errorf("sizes %+v: want positive learning rates, clock budget and evaluations", s)
-	case s.ExactProblems < 0 || s.ExactMaxTokens < 0:
-		return fmt.Errorf("sizes %+v: want ExactProblems, ExactMaxTokens >= 0", s)
+	case s.ExactProblems < 0 || s.ExactMaxTokens < 0 || s.ExactSteps < 0:
+		return fmt.Errorf("sizes %+v: want ExactProblems, ExactMaxTokens, ExactSteps >= 0", s)
 	case s.SelectProblems < 1 || s.LoRARank < 1 || !(s.LoRALR > 0) || s.SearchSteps < 1 || s.SearchParallel < 0:
 		return fmt.Errorf("sizes %+v: want SelectProblems, LoRARank, SearchSteps >= 1, LoRALR > 0, SearchParallel >= 0", s)
 	}
@@ -115,7 +118,7 @@ func FullSizes() Sizes {
 // QuickSizes exercise every code path in seconds.
 func QuickSizes() Sizes {
 	return Sizes{MaxRecords: 600, ValProblems: 4, SelectProblems: 3, TrainProblems: 16, WideTrain: 12, Steps: 4, Batch: 2, LR: 3e-3,
-		ClockSeconds: 1, ClockEvals: 2, FinetuneLR: 3e-4, ScratchLR: 2e-3, ExactProblems: 2, ExactMaxTokens: 6,
+		ClockSeconds: 1, ClockEvals: 2, FinetuneLR: 3e-4, ScratchLR: 2e-3, ExactProblems: 6, ExactMaxTokens: 6, ExactSteps: 6,
 		LoRARank: 2, LoRALR: 2e-3, SearchSteps: 4, SearchParallel: 2}
 }
 
@@ -276,6 +279,11 @@ type ExactRow struct {
 	// stopped there.
 	LineEnded  int     `json:"line_ended"`
 	MeanTokens float64 `json:"mean_tokens"`
+	// Calcs are the well-formed <<a op b=c>> calculations written, of
+	// whole numbers; CalcsRight those whose c is a op b (the arithmetic
+	// right, whether or not the operands are the problem's).
+	Calcs      int `json:"calcs"`
+	CalcsRight int `json:"calcs_right"`
 }
 
 // Sample is one generated answer per system, for the write-up.
@@ -287,9 +295,17 @@ type Sample struct {
 
 // ExactResult is experiment 5.
 type ExactResult struct {
+	// Problems are generated for: the first FromTest of them are the
+	// held-out test split's, the others fitting problems that no run
+	// trains on (Split.Unused).
 	Problems int        `json:"problems"`
+	FromTest int        `json:"from_test,omitempty"`
 	Rows     []ExactRow `json:"rows"`
 	Samples  []Sample   `json:"samples"`
+	// OneStep is the diagnostic: the base alone on OneStepProblems
+	// one-step problems of its own pretraining family.
+	OneStep         *ExactRow `json:"one_step,omitempty"`
+	OneStepProblems int       `json:"one_step_problems,omitempty"`
 }
 
 // runner holds what the experiments share.
