@@ -39,13 +39,7 @@ func (r *runner) exactExp() error {
 	systems := []exactSystem{{name: "base alone", base: r.base}}
 	wide := r.main("fit") // the widest carry-on of the shape experiment
 	wide.width = 256
-	sps := []spec{r.main("fit"), r.main("wide"), wide}
-	if r.sz.ExactSteps > 0 { // the wide carry-on trained longer
-		long := wide
-		long.steps = r.sz.ExactSteps
-		sps = append(sps, long)
-	}
-	for _, sp := range sps {
+	for _, sp := range []spec{r.main("fit"), r.main("wide"), wide} {
 		t, err := r.carryOn(sp)
 		if err != nil {
 			return err
@@ -53,14 +47,39 @@ func (r *runner) exactExp() error {
 		systems = append(systems, exactSystem{name: fmt.Sprintf("base + carry-on h=%d (%s, %d steps, α %.2f)", sp.width, sp.data, sp.steps, t.co.Config.Alpha), base: r.base,
 			stages: []*carryon.Model{t.co}, alpha: t.co.Config.Alpha, bridge: "q8"})
 	}
+	// The held-out test problems first, then problems no run trains on.
+	probs := append(slices.Clone(r.split.Val), r.split.Unused...)
+	probs = probs[:min(len(probs), r.sz.ExactProblems)]
+	var longRun *CarryOnRun
+	if r.sz.ExactSteps > 0 {
+		// The wide carry-on trained longer on every problem that is
+		// neither scored here nor in the validation or wide sets.
+		long := wide
+		long.data, long.steps = "all", r.sz.ExactSteps
+		unused := r.split.Unused[max(0, len(probs)-len(r.split.Val)):]
+		ds, err := toDataset(r.tok, r.base.Config.MaxPos, append(slices.Clone(r.split.Train), unused...), r.split.Select)
+		if err != nil {
+			return err
+		}
+		// The base embeds the new problems itself (nil forwarder): the
+		// runner's memo would hold every layer of them in memory.
+		t, err := trainCarryOn(r.ctx, r.base, nil, r.cacheDir, r.log, ds, r.test, long, r.sz)
+		if err != nil {
+			return err
+		}
+		r.res.Setup.CarryOnRuns++
+		r.logf("carry-on %s on %d problems: test loss %.4f, kept step %d (validation %.4f, α %.2f), %.0f ms/step",
+			long.key(), len(r.split.Train)+len(unused), t.run.ValLoss, t.run.BestStep, t.run.SelectLoss, t.run.Alpha, t.run.StepMS)
+		systems = append(systems, exactSystem{name: fmt.Sprintf("base + carry-on h=%d (%d problems, %d steps, α %.2f)", long.width, len(r.split.Train)+len(unused), long.steps, t.co.Config.Alpha),
+			base: r.base, stages: []*carryon.Model{t.co}, alpha: t.co.Config.Alpha, bridge: "q8"})
+		t.run.Data = fmt.Sprintf("%d problems: the training set and %d unused", len(r.split.Train)+len(unused), len(unused))
+		longRun = &t.run
+	}
 	// The clock experiment's tuned bases (when it ran in this invocation).
 	for _, tb := range r.tuned {
 		systems = append(systems, exactSystem{name: shortName(tb.name) + " (clock budget)", base: tb.base})
 	}
-	// The held-out test problems first, then problems no run trains on.
-	probs := append(slices.Clone(r.split.Val), r.split.Unused...)
-	probs = probs[:min(len(probs), r.sz.ExactProblems)]
-	out := &ExactResult{Problems: len(probs), FromTest: min(len(probs), len(r.split.Val))}
+	out := &ExactResult{Problems: len(probs), FromTest: min(len(probs), len(r.split.Val)), Long: longRun}
 	for _, s := range systems {
 		out.Rows = append(out.Rows, ExactRow{System: s.name})
 	}

@@ -468,8 +468,10 @@ func TestQuickRun(t *testing.T) {
 				t.Errorf("exact: %+v", r)
 			}
 		}
-		if !strings.Contains(e.Rows[4].System, fmt.Sprintf("h=256 (fit, %d steps", sz.ExactSteps)) {
-			t.Errorf("exact: row 4 is %q, want the h=256 carry-on of %d steps", e.Rows[4].System, sz.ExactSteps)
+		if !strings.Contains(e.Rows[4].System, fmt.Sprintf("problems, %d steps", sz.ExactSteps)) || e.Long == nil || e.Long.Steps != sz.ExactSteps || e.Long.Width != 256 {
+			t.Errorf("exact: row 4 is %q, want the h=256 carry-on of %d steps: %+v", e.Rows[4].System, sz.ExactSteps, e.Long)
+		} else {
+			checkRun(*e.Long)
 		}
 	}
 

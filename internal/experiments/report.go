@@ -233,6 +233,10 @@ func Tables(res *Results) []byte {
 		for _, r := range e.Rows {
 			row(r, e.Problems)
 		}
+		if l := e.Long; l != nil {
+			p("\nThe long-trained carry-on: h = %d, L = %d, %d steps on %s; kept step %d, α %.2f, validation %.4f, held-out test loss %.4f (base alone %.4f), %.0f ms/step.\n",
+				l.Width, l.Layers, l.Steps, l.Data, l.BestStep, l.Alpha, l.SelectLoss, l.ValLoss, l.BaseLoss, l.StepMS)
+		}
 		if e.OneStep != nil {
 			p("\nDiagnostic, on another task: the base alone on one-step problems of its own pretraining family.\n\n| system | correct | answers with \"#### N\" | ended by EOS | ended after the \"####\" line | mean tokens | <<a op b=c>> right |\n|---|--:|--:|--:|--:|--:|--:|\n")
 			row(*e.OneStep, e.OneStepProblems)

@@ -304,8 +304,11 @@ type ExactResult struct {
 	Samples  []Sample   `json:"samples"`
 	// OneStep is the diagnostic: the base alone on OneStepProblems
 	// one-step problems of its own pretraining family.
-	OneStep         *ExactRow `json:"one_step,omitempty"`
-	OneStepProblems int       `json:"one_step_problems,omitempty"`
+	OneStep *ExactRow `json:"one_step,omitempty"`
+	// Long is the h = 256 carry-on trained Sizes.ExactSteps steps on the
+	// larger training set (nil: none).
+	Long            *CarryOnRun `json:"long,omitempty"`
+	OneStepProblems int         `json:"one_step_problems,omitempty"`
 }
 
 // runner holds what the experiments share.
