@@ -35,11 +35,17 @@ func shellQuote(s string) string {
 	return `"` + strings.NewReplacer(`\`, `\\`, `"`, `\"`, `$`, `$$`, `%`, `%%`).Replace(s) + `"`
 }
 
-func systemd(exe string, args []string) string {
-	cmd := []string{shellQuote(exe)}
+// commandLine quotes exe and each argument with quote and joins them with
+// spaces.
+func commandLine(quote func(string) string, exe string, args []string) string {
+	words := []string{quote(exe)}
 	for _, a := range args {
-		cmd = append(cmd, shellQuote(a))
+		words = append(words, quote(a))
 	}
+	return strings.Join(words, " ")
+}
+
+func systemd(exe string, args []string) string {
 	return fmt.Sprintf(`# carryon volunteer node: a systemd user unit.
 # Save as ~/.config/systemd/user/carryon-node.service, then:
 #   systemctl --user daemon-reload
@@ -62,7 +68,7 @@ IOSchedulingClass=idle
 
 [Install]
 WantedBy=default.target
-`, strings.Join(cmd, " "))
+`, commandLine(shellQuote, exe, args))
 }
 
 func launchd(exe string, args []string) string {
@@ -115,11 +121,7 @@ func winQuote(s string) string {
 }
 
 func windows(exe string, args []string) string {
-	cmd := []string{winQuote(exe)}
-	for _, a := range args {
-		cmd = append(cmd, winQuote(a))
-	}
-	line := strings.Join(cmd, " ")
+	line := commandLine(winQuote, exe, args)
 	return fmt.Sprintf(`REM carryon volunteer node on Windows. Two ways to run it in the background:
 REM
 REM 1. A service (runs without anyone logged in, from boot). carryon.exe
