@@ -293,12 +293,18 @@ func TestCacheQueryProtocol(t *testing.T) {
 // removes blocks nothing refers to (a cut-short import, a dropped chunk's
 // frames), entries older than the limit and their blocks, and keeps every
 // indexed frame and every pinned adaptor.
-func TestCacheDirLsGC(t *testing.T) {
-	b := localBase(t)
-	ds := localData(t, 9)
-	dir := t.TempDir()
+// collectedCache returns a q8 coordinator (final layer) that has computed
+// the embeddings of 9 records into a new cache directory, with its base,
+// data and directory.
+func collectedCache(t *testing.T) (*model.Base, *dataset.Set, string, *Coordinator) {
+	b, ds, dir := localBase(t), localData(t, 9), t.TempDir()
 	c := localCoordinator(t, dir, b, "q8", nil)
 	collectLocal(t, c, ds)
+	return b, ds, dir, c
+}
+
+func TestCacheDirLsGC(t *testing.T) {
+	b, ds, dir, c := collectedCache(t)
 	ctx := context.Background()
 	adaptor, err := c.store.AddBytes(ctx, bytes.Repeat([]byte("adaptor "), 100000))
 	if err != nil {
@@ -415,11 +421,7 @@ func TestCacheDirLsGC(t *testing.T) {
 // store on start: same entries, files gone, a damaged file's chunk dropped
 // from the index (it is computed again).
 func TestImportLegacyCache(t *testing.T) {
-	b := localBase(t)
-	ds := localData(t, 9)
-	dir := t.TempDir()
-	c := localCoordinator(t, dir, b, "q8", nil)
-	collectLocal(t, c, ds)
+	b, ds, dir, c := collectedCache(t)
 	// Turn it into the old layout.
 	all := ds.All()
 	for i, ch := range all {
