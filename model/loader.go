@@ -433,8 +433,12 @@ type namedTensor struct {
 // needed): config.json and one F32 model.safetensors, readable by LoadBase
 // and by Hugging Face / llama.cpp's converters. The file is written to a
 // temporary name and renamed.
-func (b *Base) SaveHF(dir string) error {
-	release, err := b.use("model.SaveHF")
+func (b *Base) SaveHF(dir string) error { return b.saveHF(dir, "model.SaveHF", tensor.F32View) }
+
+// saveHF writes the checkpoint of SaveHF with each tensor stored as view
+// makes it; errors name the operation op.
+func (b *Base) saveHF(dir, op string, view func(name string, data []float32, shape ...int) tensor.View) error {
+	release, err := b.use(op)
 	if err != nil {
 		return err
 	}
@@ -443,10 +447,10 @@ func (b *Base) SaveHF(dir string) error {
 	ts := b.tensors()
 	views := make([]tensor.View, len(ts))
 	for i, t := range ts {
-		views[i] = tensor.F32View(t.name, t.data, t.shape...)
+		views[i] = view(t.name, t.data, t.shape...)
 	}
 	if err := writeCheckpoint(dir, b.Config, views); err != nil {
-		return fmt.Errorf("model.SaveHF: %w", err)
+		return fmt.Errorf("%s: %w", op, err)
 	}
 	return nil
 }

@@ -412,23 +412,8 @@ func (t *BaseTrainer) LoadState(path string) error {
 // SaveHFBF16 writes b like SaveHF but with bfloat16 weights (round to
 // nearest even), halving the file; LoadBase widens them back to float32.
 func (b *Base) SaveHFBF16(dir string) error {
-	release, err := b.use("model.SaveHFBF16")
-	if err != nil {
+	if err := b.saveHF(dir, "model.SaveHFBF16", tensor.BF16View); err != nil {
 		return err
-	}
-	defer release()
-	ts := b.tensors()
-	views := make([]tensor.View, len(ts))
-	for i, t := range ts {
-		data := make([]byte, 2*len(t.data))
-		for j, f := range t.data {
-			h := tensor.F32ToBF16(f)
-			data[2*j], data[2*j+1] = byte(h), byte(h>>8)
-		}
-		views[i] = tensor.View{Name: t.name, DType: tensor.BF16, Shape: t.shape, Data: data}
-	}
-	if err := writeCheckpoint(dir, b.Config, views); err != nil {
-		return fmt.Errorf("model.SaveHFBF16: %w", err)
 	}
 	// Config.JSON says float32; record the stored type.
 	path := filepath.Join(dir, configFile)

@@ -280,6 +280,16 @@ func F32View(name string, data []float32, shape ...int) View {
 	return View{Name: name, DType: F32, Shape: shape, Data: b}
 }
 
+// BF16View makes a View of float32 data rounded to bfloat16 (nearest even)
+// for writing: half the bytes of F32View.
+func BF16View(name string, data []float32, shape ...int) View {
+	b := make([]byte, 2*len(data))
+	for i, f := range data {
+		binary.LittleEndian.PutUint16(b[2*i:], F32ToBF16(f))
+	}
+	return View{Name: name, DType: BF16, Shape: shape, Data: b}
+}
+
 // MarshalSafetensors returns what WriteSafetensors writes.
 func MarshalSafetensors(views []View, meta map[string]string) ([]byte, error) {
 	var buf bytes.Buffer
