@@ -31,7 +31,8 @@ func releaseMapped(page []byte) bool {
 // the slice after that. Long-lived bulk data such as packed weights kept
 // there does not count toward the collector's heap goal, so garbage is
 // collected as often as without it (with GOGC=100, a 1.4 GB live heap would
-// let 1.4 GB of garbage pile up). Where mmap fails it falls back to make.
+// let 1.4 GB of garbage pile up). Huge pages are asked for (adviseHugePages).
+// Where mmap fails it falls back to make.
 func AllocFloats(n int) ([]float32, func() error) {
 	if n <= 0 {
 		return nil, func() error { return nil }
@@ -40,5 +41,6 @@ func AllocFloats(n int) ([]float32, func() error) {
 	if err != nil {
 		return make([]float32, n), func() error { return nil }
 	}
+	adviseHugePages(mem)
 	return unsafe.Slice((*float32)(unsafe.Pointer(&mem[0])), n), func() error { return unix.Munmap(mem) }
 }
