@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"math"
+	"os"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -208,6 +209,11 @@ func searchTrials(ctx context.Context, base *model.Base, fw coordinator.Forwarde
 	rungs := []int{steps}
 	if halving {
 		rungs = rungSteps(steps)
+		// A checkpoint of an earlier search on this cache would resume a
+		// trial past its rung: start from none.
+		if err := os.RemoveAll(filepath.Join(cacheDir, "checkpoints")); err != nil {
+			return nil, 0, err
+		}
 	}
 	rungVal := &dataset.Set{Val: ds.Val[:1]} // the validation split's first chunk
 	trials := make([]SearchTrial, len(specs))
