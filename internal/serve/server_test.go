@@ -75,6 +75,20 @@ func openStore(t *testing.T) *swarm.Blocks {
 	return b
 }
 
+// serveAdaptor starts a server on a tiny base with a random adaptor (drawn
+// from seed) added under name, and returns the base, the adaptor file, the
+// carry-on and the HTTP server.
+func serveAdaptor(t testing.TB, seed uint64, name string) (*model.Base, []byte, *carryon.Model, *httptest.Server) {
+	t.Helper()
+	b := tinyBase(t, 128)
+	data, co := randomAdaptor(t, b, seed, tinyHash, "")
+	s, hs := newServer(t, Config{Base: b})
+	if _, err := s.Add(context.Background(), name, data); err != nil {
+		t.Fatal(err)
+	}
+	return b, data, co, hs
+}
+
 func newServer(t testing.TB, cfg Config) (*Server, *httptest.Server) {
 	t.Helper()
 	if cfg.Tokenizer == nil {
@@ -232,12 +246,7 @@ func streamCompletion(t testing.TB, url string, req map[string]any) (text, finis
 }
 
 func TestCompletionsMatchGenerate(t *testing.T) {
-	b := tinyBase(t, 128)
-	data, co := randomAdaptor(t, b, 1, tinyHash, "")
-	s, hs := newServer(t, Config{Base: b})
-	if _, err := s.Add(context.Background(), "tuned", data); err != nil {
-		t.Fatal(err)
-	}
+	b, data, co, hs := serveAdaptor(t, 1, "tuned")
 	const prompt, maxTok = "Question: 2+3?\nAnswer: ", 24
 	ids := promptIDs(prompt)
 	texts := map[string]string{}
@@ -292,12 +301,7 @@ func TestCompletionsMatchGenerate(t *testing.T) {
 }
 
 func TestAlpha(t *testing.T) {
-	b := tinyBase(t, 128)
-	data, co := randomAdaptor(t, b, 2, tinyHash, "")
-	s, hs := newServer(t, Config{Base: b})
-	if _, err := s.Add(context.Background(), "", data); err != nil {
-		t.Fatal(err)
-	}
+	b, data, co, hs := serveAdaptor(t, 2, "")
 	id := cidOf(data)
 	const prompt = "The capital of"
 	get := func(m string, alpha any) string {
