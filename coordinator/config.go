@@ -38,6 +38,12 @@ type Config struct {
 	Mix []MixBase
 	// CacheDir holds the embedding cache and the adaptor store. Required.
 	CacheDir string
+	// ShareReads keeps the cached embeddings that Train and Evaluate read
+	// in memory, shared by every coordinator of this process on CacheDir
+	// while one of them is open, instead of reading (and re-hashing) them
+	// from the block store for each call: a search's trials read the same
+	// splits many times. The memory is the splits' cached bytes.
+	ShareReads bool
 	// MinNodes is how many eligible nodes must be seen before leasing
 	// starts. Default 1.
 	MinNodes int

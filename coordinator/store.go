@@ -163,6 +163,10 @@ type stateStore struct {
 	// of cached embeddings: every coordinator of this process on this
 	// cache (a search's trials) measures it once. In memory only.
 	baseLosses sync.Map
+	// reads holds, by Key, the entries of the cache items that
+	// coordinators with Config.ShareReads read (cachedEntries). In memory
+	// only.
+	reads sync.Map
 }
 
 // openStores shares one stateStore per path among the coordinators of

@@ -105,7 +105,7 @@ func (c *Coordinator) loadSplit(chunks []*dataset.Chunk) ([]seqData, error) {
 		var per [][]Entry
 		for _, job := range jobs {
 			for _, l := range job.Layers {
-				es, err := c.cache.Get(job.key(l, ch))
+				es, err := c.cachedEntries(job.key(l, ch))
 				if err != nil {
 					return nil, err
 				}
@@ -135,6 +135,25 @@ func (c *Coordinator) loadSplit(chunks []*dataset.Chunk) ([]seqData, error) {
 		}
 	}
 	return out, nil
+}
+
+// cachedEntries reads the cache item k, from the memory that the
+// process's coordinators on this cache share when Config.ShareReads is set
+// (a cache item never changes: its key names the base, the codec, the
+// chunk and the layer).
+func (c *Coordinator) cachedEntries(k Key) ([]Entry, error) {
+	if !c.cfg.ShareReads {
+		return c.cache.Get(k)
+	}
+	if es, ok := c.state.reads.Load(k); ok {
+		return es.([]Entry), nil
+	}
+	es, err := c.cache.Get(k)
+	if err != nil {
+		return nil, err
+	}
+	c.state.reads.Store(k, es)
+	return es, nil
 }
 
 // sourceCodecs is the bridge codec of each source, in seqData.sources order.

@@ -547,6 +547,45 @@ func TestTrainPauseResumes(t *testing.T) {
 	}
 }
 
+// TestTrainShareReads: with Config.ShareReads, the cache items a Train
+// reads stay in the memory the process's coordinators on the cache share,
+// and a second coordinator's Train, served from it, equals one without.
+func TestTrainShareReads(t *testing.T) {
+	base, ds := testBase(t), testDataset(t)
+	tc := testTrainConfig(6, -1)
+	ctx := context.Background()
+	dir := t.TempDir()
+	plain, err := newTestCoordinator(t, dir, base, ds, tc).Train(ctx, ds, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := newTestCoordinator(t, dir, base, ds, tc), newTestCoordinator(t, dir, base, ds, tc)
+	if a.state != b.state {
+		t.Fatal("two coordinators of one process on one cache do not share the state store")
+	}
+	count := func() (n int) {
+		a.state.reads.Range(func(any, any) bool { n++; return true })
+		return n
+	}
+	if n := count(); n != 0 {
+		t.Fatalf("%d shared reads without ShareReads", n)
+	}
+	a.cfg.ShareReads, b.cfg.ShareReads = true, true
+	if _, err := a.Train(ctx, ds, Hooks{}); err != nil {
+		t.Fatal(err)
+	}
+	if n, want := count(), len(ds.All())*len(a.cfg.Layers); n != want {
+		t.Fatalf("%d cache items shared after a Train, want %d (every chunk, every layer)", n, want)
+	}
+	shared, err := b.Train(ctx, ds, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if i := sameBits(plain.CarryOn.Params, shared.CarryOn.Params); i >= 0 {
+		t.Fatalf("parameter %d differs: from the store %v, from shared memory %v", i, plain.CarryOn.Params[i], shared.CarryOn.Params[i])
+	}
+}
+
 // TestTrainResumeKeepsBest: with KeepBest, a run interrupted after its
 // best validation pass and resumed from a checkpoint still keeps that pass
 // (the checkpoint carries its parameters, step and loss): the same step,

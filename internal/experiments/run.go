@@ -585,7 +585,7 @@ func trainCarryOn(ctx context.Context, base *model.Base, fw coordinator.Forwarde
 	if lr == 0 {
 		lr = sz.LR
 	}
-	cfg := coordinator.Config{CacheDir: cacheDir, Codec: s.codec, Logger: log, Layers: s.sources,
+	cfg := coordinator.Config{CacheDir: cacheDir, Codec: s.codec, Logger: log, Layers: s.sources, ShareReads: true,
 		Train: coordinator.TrainConfig{Steps: s.steps, BatchSeqs: sz.Batch, EvalEvery: max(1, s.steps/cmp.Or(s.evals, 8)), Seed: s.seed, CheckpointEvery: -1,
 			KeepBest: true, AlphaGrid: alphaGrid, GateBias: s.gateBias}}
 	if s.checkpoint {

@@ -202,7 +202,14 @@ func searchTrials(ctx context.Context, base *model.Base, fw coordinator.Forwarde
 			return nil, 0, err
 		}
 	}
-	c.Close()
+	// Kept open until the trials end, so that the cache items the trials
+	// read stay shared in memory between them (Config.ShareReads), across
+	// the rungs too.
+	defer func() {
+		openMu.Lock()
+		c.Close()
+		openMu.Unlock()
+	}()
 	if parallel <= 0 {
 		parallel = runtime.GOMAXPROCS(0)
 	}
