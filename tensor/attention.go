@@ -55,8 +55,10 @@ func attnWorkers(scratch []float32, slot, items int, work int64) int {
 	return w
 }
 
-// runItems runs fn(slot, item) for item in [0, items) on w goroutines,
-// handing out items in order through an atomic counter.
+// runItems runs fn(slot, item) for item in [0, items) on w goroutines (the
+// caller is slot 0), handing out items in order through an atomic counter:
+// a worker that is descheduled (a busy machine) leaves its share to the
+// others instead of holding everyone at the end.
 func runItems(w, items int, fn func(slot, item int)) {
 	if w <= 1 {
 		for it := 0; it < items; it++ {
@@ -65,21 +67,31 @@ func runItems(w, items int, fn func(slot, item int)) {
 		return
 	}
 	var next atomic.Int64
+	work := func(s int) {
+		for {
+			it := int(next.Add(1) - 1)
+			if it >= items {
+				return
+			}
+			fn(s, it)
+		}
+	}
 	var wg sync.WaitGroup
-	for s := 0; s < w; s++ {
+	for s := 1; s < w; s++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for {
-				it := int(next.Add(1) - 1)
-				if it >= items {
-					return
-				}
-				fn(s, it)
-			}
+			work(s)
 		}()
 	}
+	work(0)
 	wg.Wait()
+}
+
+// splitChunks runs f(j0, j1) over [0, n) cut into runs of per, handed out
+// to w goroutines as runItems does.
+func splitChunks(n, per, w int, f func(j0, j1 int)) {
+	runItems(w, (n+per-1)/per, func(_, it int) { f(it*per, min(it*per+per, n)) })
 }
 
 // AttentionForward computes causal grouped-query attention for one sequence

@@ -455,8 +455,12 @@ func runSmallM(g *gemmJob, dot dot4Func, dotH dot4BF16Func, threads int) {
 	}
 	work := 2 * float64(m) * float64(n) * float64(k)
 	threads = min(threads, max(1, int(work/(1<<22))), (n+3)/4)
-	per := roundUp((n+threads-1)/threads, 4)
-	splitCols(n, per, func(j0, j1 int) { smallMCols(g, arows, lda, dot, dotH, j0, j1) })
+	// about four runs per thread, handed out as threads come free
+	per := roundUp((n+4*threads-1)/(4*threads), 4)
+	if threads == 1 {
+		per = n
+	}
+	splitChunks(n, per, threads, func(j0, j1 int) { smallMCols(g, arows, lda, dot, dotH, j0, j1) })
 }
 
 func smallMCols(g *gemmJob, a []float32, lda int, dot dot4Func, dotH dot4BF16Func, j0, j1 int) {

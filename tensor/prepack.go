@@ -3,7 +3,6 @@ package tensor
 import (
 	"fmt"
 	"runtime"
-	"sync"
 	"unsafe"
 )
 
@@ -318,25 +317,22 @@ const packedSmallMMax = 8
 
 // runSmallMPacked computes C = alpha·A·op(B) + beta·C for m ≤
 // packedSmallMMax with op(B) prepacked: the micro-panels (columns of C) are
-// split over threads; each panel is streamed through its depth blocks once
-// per four rows of A (from memory once: the later rows find it in cache),
-// accumulating in a pooled (4, nr) tile.
+// cut into about four runs per thread (multiples of four panels, for the
+// kernels' segments), handed out as threads come free (runItems), so that
+// a thread the OS deschedules does not hold the others at the end; each
+// panel is streamed through its depth blocks once per four rows of A (from
+// memory once: the later rows find it in cache), accumulating in a pooled
+// (4, nr) tile.
 func runSmallMPacked(g *gemmJob, ks *gemmKernels, threads int) {
 	pb := g.packed
 	npanels := pb.npad / pb.nr
 	work := 2 * float64(g.m) * float64(g.n) * float64(g.k)
 	threads = min(threads, max(1, int(work/(1<<22))), npanels)
-	per := (npanels + threads - 1) / threads
-	var wg sync.WaitGroup
-	for q0 := per; q0 < npanels; q0 += per {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			smallMPackedPanels(g, ks, q0, min(q0+per, npanels))
-		}()
+	per := npanels
+	if threads > 1 {
+		per = roundUp((npanels+4*threads-1)/(4*threads), 4)
 	}
-	smallMPackedPanels(g, ks, 0, min(per, npanels))
-	wg.Wait()
+	splitChunks(npanels, per, threads, func(q0, q1 int) { smallMPackedPanels(g, ks, q0, q1) })
 }
 
 // smallMPackedPanels runs micro-panels [q0, q1) of runSmallMPacked. The
