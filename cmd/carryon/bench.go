@@ -215,6 +215,27 @@ func cutHiddenFlag(args []string, name string) (rest []string, val string, err e
 	return rest, val, nil
 }
 
+// startCPUProfile starts writing a CPU profile to path (the hidden
+// --cpuprofile flag; "" starts none); stop ends the profile and closes the
+// file.
+func startCPUProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
+}
+
 // benchSetup is a carry-on trainer on random data.
 type benchSetup struct {
 	co      *carryon.Model
@@ -397,24 +418,16 @@ func benchTrainGo(cfg carryon.Config, seq, batch, steps int, o benchOpts, cpuPro
 	}
 	defer s.close()
 	s.step(seq) // warm-up: packing buffers, page faults
-	if cpuProfile != "" {
-		f, err := os.Create(cpuProfile)
-		if err != nil {
-			return benchResult{}, fmt.Errorf("bench train: %w", err)
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return benchResult{}, fmt.Errorf("bench train: %w", err)
-		}
+	stopProfile, err := startCPUProfile(cpuProfile)
+	if err != nil {
+		return benchResult{}, fmt.Errorf("bench train: %w", err)
 	}
 	start, cpu0 := time.Now(), experiments.ProcessCPU()
 	for range steps {
 		s.step(seq)
 	}
 	el, cpu := time.Since(start), experiments.ProcessCPU()-cpu0
-	if cpuProfile != "" {
-		pprof.StopCPUProfile()
-	}
+	stopProfile()
 	hwm, _ := procStatus("VmHWM")
 	return benchResult{Impl: "carryon-go", Width: cfg.Width, Layers: cfg.Layers, Heads: cfg.Heads, FFN: cfg.FFN,
 		BaseDim: cfg.D(), Vocab: cfg.Vocab, Seq: seq, Batch: batch, Steps: steps, Params: len(s.co.Params),

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -100,16 +99,12 @@ func benchForward(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if r == 0 && cpuProfile != "" {
-			f, err := os.Create(cpuProfile)
+		if r == 0 {
+			stop, err := startCPUProfile(cpuProfile)
 			if err != nil {
 				return fmt.Errorf("bench forward: %w", err)
 			}
-			defer f.Close()
-			if err := pprof.StartCPUProfile(f); err != nil {
-				return fmt.Errorf("bench forward: %w", err)
-			}
-			defer pprof.StopCPUProfile()
+			defer stop()
 		}
 		t0, c0 := time.Now(), processCPU()
 		out, err := base.Forward(ids, []int{model.FinalLayer})

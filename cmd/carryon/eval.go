@@ -106,7 +106,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	cache := fs.String("cache", filepath.Join(model.DefaultCacheDir(), "coordinator"), "cache directory, as for 'carryon train': the default base is written here and CIDs are looked up in its adaptor store")
 	store := fs.String("store", "", "adaptor store where CIDs are looked up (default: the --cache directory's)")
 	asJSON := fs.Bool("json", false, "print one JSON object instead of a table")
-	data := fs.String("data", "", "JSONL with question and answer fields (GSM8K: the answer ends with '#### N')")
+	data := addQAFlag(fs)
 	limit := fs.Int("limit", 0, "score only the first N examples (0: all)")
 	alpha := fs.Float64("alpha", 1, "scale α of the customisation")
 	maxTokens := fs.Int("max-tokens", 256, "greedy answer length cap for exact match")

@@ -15,7 +15,7 @@ import (
 
 func runExperiment(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("experiment", "--data GSM8K.jsonl --out DIR [--only NAME] [--quick]", stderr)
-	data := fs.String("data", "", "GSM8K-style JSONL with question and answer fields")
+	data := addQAFlag(fs)
 	out := fs.String("out", "", "directory for experiments.json, experiments-results.md and img/*.svg (e.g. docs/)")
 	only := fs.String("only", "", fmt.Sprintf("run some experiments (comma-separated) of %v, keeping the others' results in OUT/experiments.json", experiments.Names))
 	quick := fs.Bool("quick", false, "tiny sizes: check the pipeline in seconds (numbers mean nothing)")

@@ -168,6 +168,12 @@ func addModelFlag(fs *flag.FlagSet) *string {
 	return fs.String("model", "default", `base model: a Hugging Face directory (config.json + safetensors), a .gguf file, "default" (the embedded base) or "tiny" (the small embedded base)`)
 }
 
+// addQAFlag adds --data: question/answer JSONL as eval, experiment and
+// search read it.
+func addQAFlag(fs *flag.FlagSet) *string {
+	return fs.String("data", "", "GSM8K-style JSONL with question and answer fields (the answer ends with '#### N')")
+}
+
 // addBridgeFlag adds --bridge: the codec base hidden states go through
 // before the carry-on reads them.
 func addBridgeFlag(fs *flag.FlagSet) *string {

@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"runtime/pprof"
 	"time"
 
 	"carryon/internal/experiments"
@@ -15,7 +14,7 @@ import (
 
 func runSearch(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("search", "--data FILE.jsonl [--out DIR] [flags]", stderr)
-	data := fs.String("data", "", "GSM8K-style JSONL with question and answer fields")
+	data := addQAFlag(fs)
 	out := fs.String("out", "", "directory for search.md and the Pareto plots (search-params.svg, search-step.svg); empty: table on stdout only")
 	modelFlag := addModelFlag(fs)
 	cache := fs.String("cache", "", "embedding cache directory (default: a temporary one, removed at the end)")
@@ -36,17 +35,11 @@ func runSearch(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := parseFlags(fs, rest, "data"); err != nil {
 		return err
 	}
-	if cpuProfile != "" {
-		f, err := os.Create(cpuProfile)
-		if err != nil {
-			return fmt.Errorf("search: %w", err)
-		}
-		defer f.Close()
-		if err := pprof.StartCPUProfile(f); err != nil {
-			return fmt.Errorf("search: %w", err)
-		}
-		defer pprof.StopCPUProfile()
+	stopProfile, err := startCPUProfile(cpuProfile)
+	if err != nil {
+		return fmt.Errorf("search: %w", err)
 	}
+	defer stopProfile()
 	m, err := model.Open(*modelFlag, model.OpenOptions{})
 	if err != nil {
 		return err
