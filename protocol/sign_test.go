@@ -32,14 +32,7 @@ func TestAnnounceSignVerify(t *testing.T) {
 		t.Errorf("Verify returned %s, not the signer", id)
 	}
 	// Survives the wire (map order of Metrics must not matter).
-	b, err := Marshal(a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := Unmarshal(b)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, m := roundTrip(t, a)
 	if id2, err := m.(*AdaptorAnnounce).Verify(); err != nil || id2 != id {
 		t.Fatalf("after the wire: %v, %v", id2, err)
 	}

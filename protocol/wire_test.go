@@ -171,21 +171,29 @@ func TestAckV2Bytes(t *testing.T) {
 	}
 }
 
+// roundTrip marshals m and unmarshals its frame, and fails t unless the
+// message comes back equal; it returns the frame and the parsed message.
+func roundTrip(t testing.TB, m Message) ([]byte, Message) {
+	t.Helper()
+	b, err := Marshal(m)
+	if err != nil {
+		t.Fatalf("%v: Marshal: %v", m.Type(), err)
+	}
+	got, err := Unmarshal(b)
+	if err != nil {
+		t.Fatalf("%v: Unmarshal: %v", m.Type(), err)
+	}
+	if !reflect.DeepEqual(got, m) {
+		t.Fatalf("%v: round trip\n got %#v\nwant %#v", m.Type(), got, m)
+	}
+	return b, got
+}
+
 func TestRoundTrip(t *testing.T) {
 	var stream bytes.Buffer
 	msgs := sampleMessages(t)
 	for _, m := range msgs {
-		b, err := Marshal(m)
-		if err != nil {
-			t.Fatalf("%v: %v", m.Type(), err)
-		}
-		got, err := Unmarshal(b)
-		if err != nil {
-			t.Fatalf("%v: Unmarshal: %v", m.Type(), err)
-		}
-		if !reflect.DeepEqual(got, m) {
-			t.Errorf("%v: round trip\n got %#v\nwant %#v", m.Type(), got, m)
-		}
+		roundTrip(t, m)
 		if err := WriteFrame(&stream, m); err != nil {
 			t.Fatal(err)
 		}
