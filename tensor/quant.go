@@ -317,26 +317,40 @@ func (c Codec) Encode(dst []byte, x []float32, rows, d int) []byte {
 		encodeBF16(out, x)
 		return dst[:len(dst)+n]
 	}
-	G, g := c.groups(d)
-	ns := rows * G
-	scales := out[:4*ns]
-	var mins []byte
-	off := 4 * ns
-	if c.Asymmetric {
-		mins = out[off : off+4*ns]
-		off += 4 * ns
-	}
-	codes := out[off:]
-	rb := (d*c.Bits + 7) / 8
+	l := c.layout(out, rows, d)
 	var e rowEncoder
 	for r := 0; r < rows; r++ {
-		var mr []byte
-		if mins != nil {
-			mr = mins[4*r*G : 4*(r+1)*G]
-		}
-		e.row(c, x[r*d:(r+1)*d], scales[4*r*G:4*(r+1)*G], mr, codes[r*rb:(r+1)*rb], g)
+		scales, mins, codes := l.row(r)
+		e.row(c, x[r*d:(r+1)*d], scales, mins, codes, l.g)
 	}
 	return dst[:len(dst)+n]
+}
+
+// codecLayout is where the parts of a (rows, d) encoding lie (Bits < 16):
+// every row's G float32 scales, then, when Asymmetric, every row's G mins,
+// then every row's codes packed into rb bytes.
+type codecLayout struct {
+	G, g, rb            int // groups per row, group length, code bytes per row
+	scales, mins, codes []byte
+}
+
+// layout splits b, an encoding of (rows, d) with EncodedSize's length.
+func (c Codec) layout(b []byte, rows, d int) codecLayout {
+	G, g := c.groups(d)
+	ns := rows * G
+	l := codecLayout{G: G, g: g, rb: (d*c.Bits + 7) / 8, scales: b[:4*ns], codes: b[4*ns:]}
+	if c.Asymmetric {
+		l.mins, l.codes = l.codes[:4*ns], l.codes[4*ns:]
+	}
+	return l
+}
+
+// row returns row r's scales, mins (nil when symmetric) and codes.
+func (l *codecLayout) row(r int) (scales, mins, codes []byte) {
+	if l.mins != nil {
+		mins = l.mins[4*r*l.G : 4*(r+1)*l.G]
+	}
+	return l.scales[4*r*l.G : 4*(r+1)*l.G], mins, l.codes[r*l.rb : (r+1)*l.rb]
 }
 
 // rowEncoder holds the scratch space of one Encode call (on its stack).
@@ -734,34 +748,21 @@ func (c Codec) Decode(dst []float32, src []byte, rows, d int) error {
 	if c.Bits == 16 {
 		return decodeBF16(dst, src)
 	}
-	G, g := c.groups(d)
-	ns := rows * G
-	scales := src[:4*ns]
-	var mins []byte
-	off := 4 * ns
-	if c.Asymmetric {
-		mins = src[off : off+4*ns]
-		off += 4 * ns
-	}
-	codes := src[off:]
-	if err := c.checkParams(scales, mins); err != nil {
+	l := c.layout(src, rows, d)
+	if err := c.checkParams(l.scales, l.mins); err != nil {
 		return err
 	}
-	rb := (d*c.Bits + 7) / 8
 	if pad := d * c.Bits % 8; pad != 0 {
 		for r := 0; r < rows; r++ {
-			if codes[(r+1)*rb-1]>>pad != 0 {
+			if l.codes[(r+1)*l.rb-1]>>pad != 0 {
 				return fmt.Errorf("tensor.Codec.Decode: %v: row %d: padding bits set: %w", c, r, ErrCodec)
 			}
 		}
 	}
 	var q [codecChunk]uint8
 	for r := 0; r < rows; r++ {
-		var mr []byte
-		if mins != nil {
-			mr = mins[4*r*G : 4*(r+1)*G]
-		}
-		c.decodeRow(dst[r*d:(r+1)*d], scales[4*r*G:4*(r+1)*G], mr, codes[r*rb:(r+1)*rb], g, &q)
+		scales, mins, codes := l.row(r)
+		c.decodeRow(dst[r*d:(r+1)*d], scales, mins, codes, l.g, &q)
 	}
 	return nil
 }
