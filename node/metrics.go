@@ -4,6 +4,8 @@ import (
 	"sort"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"carryon/internal/metrics"
 )
 
 // RegisterMetrics registers n's collector on reg (a caller's registry,
@@ -25,61 +27,51 @@ import (
 // wraps reg with prometheus.WrapRegistererWith to add a distinguishing
 // label).
 func RegisterMetrics(reg prometheus.Registerer, n *Node) error {
-	return reg.Register(&collector{n: n})
+	return nodeMetrics.Register(reg, n.collectMetrics)
 }
-
-type collector struct{ n *Node }
 
 var (
-	mJobs = prometheus.NewDesc("carryon_node_jobs_total",
-		"Embedding jobs completed and acknowledged by the coordinator.", nil, nil)
-	mRejected = prometheus.NewDesc("carryon_node_chunks_rejected_total",
-		"Embedding requests refused (bad input, wrong base, overload) or whose result was not acknowledged.", nil, nil)
-	mTokens = prometheus.NewDesc("carryon_node_tokens_total",
-		"Tokens run through a base in acknowledged jobs.", nil, nil)
-	mBytes = prometheus.NewDesc("carryon_node_bytes_sent_total",
-		"Bridged embedding payload bytes sent in acknowledged jobs.", nil, nil)
-	mTPS = prometheus.NewDesc("carryon_node_tokens_per_second",
-		"Measured forward-pass throughput (moving average over jobs), the figure the node advertises.", nil, nil)
-	mBusy = prometheus.NewDesc("carryon_node_busy_ratio",
-		"Fraction of the node's job slots in use at scrape time.", nil, nil)
-	mSlots = prometheus.NewDesc("carryon_node_job_slots",
-		"Embedding jobs the node runs at once at most.", nil, nil)
-	mQueued = prometheus.NewDesc("carryon_node_queued_jobs",
-		"Embedding jobs waiting for a slot at scrape time.", nil, nil)
-	mInfo = prometheus.NewDesc("carryon_node_info",
-		"Always 1; labelled with the node's compute device.", []string{"device"}, nil)
-	mBase = prometheus.NewDesc("carryon_node_base_info",
-		"Always 1 for each base the node serves.", []string{"name", "weights_hash"}, nil)
+	nodeMetrics = metrics.NewSet("carryon_node_")
+
+	mJobs = nodeMetrics.Desc("jobs_total",
+		"Embedding jobs completed and acknowledged by the coordinator.")
+	mRejected = nodeMetrics.Desc("chunks_rejected_total",
+		"Embedding requests refused (bad input, wrong base, overload) or whose result was not acknowledged.")
+	mTokens = nodeMetrics.Desc("tokens_total",
+		"Tokens run through a base in acknowledged jobs.")
+	mBytes = nodeMetrics.Desc("bytes_sent_total",
+		"Bridged embedding payload bytes sent in acknowledged jobs.")
+	mTPS = nodeMetrics.Desc("tokens_per_second",
+		"Measured forward-pass throughput (moving average over jobs), the figure the node advertises.")
+	mBusy = nodeMetrics.Desc("busy_ratio",
+		"Fraction of the node's job slots in use at scrape time.")
+	mSlots = nodeMetrics.Desc("job_slots",
+		"Embedding jobs the node runs at once at most.")
+	mQueued = nodeMetrics.Desc("queued_jobs",
+		"Embedding jobs waiting for a slot at scrape time.")
+	mInfo = nodeMetrics.Desc("info",
+		"Always 1; labelled with the node's compute device.", "device")
+	mBase = nodeMetrics.Desc("base_info",
+		"Always 1 for each base the node serves.", "name", "weights_hash")
 )
 
-func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{mJobs, mRejected, mTokens, mBytes, mTPS, mBusy, mSlots, mQueued, mInfo, mBase} {
-		ch <- d
-	}
-}
-
-func (c *collector) Collect(ch chan<- prometheus.Metric) {
-	n := c.n
+func (n *Node) collectMetrics(e metrics.Emit) {
 	st := n.Stats()
-	emit := func(d *prometheus.Desc, t prometheus.ValueType, v float64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(d, t, v, labels...)
-	}
-	emit(mJobs, prometheus.CounterValue, float64(st.Jobs))
-	emit(mRejected, prometheus.CounterValue, float64(st.Rejected))
-	emit(mTokens, prometheus.CounterValue, float64(st.Tokens))
-	emit(mBytes, prometheus.CounterValue, float64(st.BytesSent))
-	emit(mTPS, prometheus.GaugeValue, st.TokensPerSec)
-	emit(mBusy, prometheus.GaugeValue, float64(len(n.slots))/float64(cap(n.slots)))
-	emit(mSlots, prometheus.GaugeValue, float64(cap(n.slots)))
-	emit(mQueued, prometheus.GaugeValue, float64(max(0, n.waiting.Load())))
-	emit(mInfo, prometheus.GaugeValue, 1, n.cfg.Device)
+	e.Counter(mJobs, float64(st.Jobs))
+	e.Counter(mRejected, float64(st.Rejected))
+	e.Counter(mTokens, float64(st.Tokens))
+	e.Counter(mBytes, float64(st.BytesSent))
+	e.Gauge(mTPS, st.TokensPerSec)
+	e.Gauge(mBusy, float64(len(n.slots))/float64(cap(n.slots)))
+	e.Gauge(mSlots, float64(cap(n.slots)))
+	e.Gauge(mQueued, float64(max(0, n.waiting.Load())))
+	e.Gauge(mInfo, 1, n.cfg.Device)
 	hashes := make([]string, 0, len(n.bases))
 	for h := range n.bases {
 		hashes = append(hashes, h)
 	}
 	sort.Strings(hashes)
 	for _, h := range hashes {
-		emit(mBase, prometheus.GaugeValue, 1, n.bases[h].Info().Name, h)
+		e.Gauge(mBase, 1, n.bases[h].Info().Name, h)
 	}
 }
