@@ -81,15 +81,13 @@ type SPMConfig struct {
 // type). Encode never adds BOS or EOS: callers put BOS() in front, as
 // llama.cpp does for these models. It is safe for concurrent use.
 type SPMTokenizer struct {
-	tokens      []string
+	idTable     // the pieces as stored (with ▁), BOS and EOS
 	scores      []float32
 	types       []int32
-	vocab       map[string]int32
 	byteIDs     [256]int32 // id of <0xXX> (or of the one-byte token), -1 if none
 	special     []int32    // control, user-defined and unknown tokens, longest first
 	rstrip      map[int32]bool
 	spacePrefix bool
-	bos, eos    int32
 	unk         int32
 
 	merges      map[uint64]bpeMerge // HF BPE form: pair of ids → rank and result
@@ -118,18 +116,15 @@ func NewSPMTokenizer(c SPMConfig) (*SPMTokenizer, error) {
 		return nil, fmt.Errorf("SentencePiece vocabulary: %d token types for %d tokens", len(c.Types), n)
 	}
 	t := &SPMTokenizer{
-		tokens:      c.Tokens,
+		idTable:     newIDTable(c.Tokens, make(map[string]int32, n)),
 		scores:      c.Scores,
 		types:       c.Types,
-		vocab:       make(map[string]int32, n),
 		rstrip:      map[int32]bool{},
 		spacePrefix: c.AddSpacePrefix,
 		unigram:     c.UnigramScores,
 		firstOnly:   c.PrefixFirstOnly,
 		unlessSpace: c.PrefixUnlessSpace,
 		splitWords:  c.SplitWords,
-		bos:         -1,
-		eos:         -1,
 		unk:         -1,
 	}
 	if t.scores == nil {
@@ -256,24 +251,6 @@ func spmByteValue(tok string) (byte, bool) {
 		}
 	}
 	return v, true
-}
-
-func (t *SPMTokenizer) VocabSize() int { return len(t.tokens) }
-
-// SetBOS and SetEOS override the ids (-1 for none). Call them before the
-// tokenizer is shared.
-func (t *SPMTokenizer) SetBOS(id int32) { t.bos = id }
-func (t *SPMTokenizer) SetEOS(id int32) { t.eos = id }
-
-func (t *SPMTokenizer) BOS() int32 { return t.bos }
-func (t *SPMTokenizer) EOS() int32 { return t.eos }
-
-// Token returns the piece of id as stored (with ▁), "" if out of range.
-func (t *SPMTokenizer) Token(id int32) string {
-	if id < 0 || int(id) >= len(t.tokens) {
-		return ""
-	}
-	return t.tokens[id]
 }
 
 // ID returns the id of a piece as stored (with ▁).

@@ -125,9 +125,8 @@ type BPETokenizer struct {
 	prefixPiece bool // ... before each piece instead (ByteLevel after a Split)
 	nfc         bool // NFC normalizer
 
-	idToToken []string         // id -> token as stored (byte-level form); "" for holes
-	vocab     map[string]int32 // model vocabulary: token -> id
-	byteIDs   [256]int32       // id of each single-byte token, -1 if missing
+	idTable              // tokens as stored (byte-level form; "" for holes), BOS and EOS
+	byteIDs   [256]int32 // id of each single-byte token, -1 if missing
 	merges    map[uint64]bpeMerge
 	ignoreMrg bool  // use a pre-token that is a whole vocab entry as is
 	unk       int32 // -1: bytes with no token are dropped
@@ -141,8 +140,7 @@ type BPETokenizer struct {
 	decOff []uint32 // decoded bytes of id i: decBuf[decOff[i]:decOff[i+1]]
 	decBuf []byte
 
-	bos, eos int32
-	cache    bpeCache
+	cache bpeCache
 }
 
 // NewBPETokenizer builds a tokenizer from a vocabulary indexed by id (tokens
@@ -202,11 +200,8 @@ func tokBuild(vocab map[string]int32, merges [][2]string, added []AddedToken, o 
 		prefixSpace: o.prefixSpace,
 		prefixPiece: o.prefixPiece,
 		nfc:         o.nfc,
-		vocab:       vocab,
 		ignoreMrg:   o.ignoreMerges,
 		unk:         o.unk,
-		bos:         -1,
-		eos:         -1,
 	}
 	if t.pre == nil {
 		return nil, fmt.Errorf("unknown pre-tokenizer %q (supported: qwen2, llama-bpe, gpt-2)", o.pre)
@@ -232,19 +227,19 @@ func tokBuild(vocab map[string]int32, merges [][2]string, added []AddedToken, o 
 	if n := len(vocab) + len(added); int(maxID) >= 2*n+1024 {
 		return nil, fmt.Errorf("ids are too sparse: largest id %d for %d tokens", maxID, n)
 	}
-	t.idToToken = make([]string, maxID+1)
+	t.idTable = newIDTable(make([]string, maxID+1), vocab)
 	for tok, id := range vocab {
-		t.idToToken[id] = tok
+		t.tokens[id] = tok
 	}
 	t.addedByID = make(map[int32]int, len(added))
 	t.addedByContent = make(map[string]int, len(added))
 	for i, a := range added {
-		t.idToToken[a.ID] = a.Content
+		t.tokens[a.ID] = a.Content
 		t.addedByID[a.ID] = i
 		t.addedByContent[a.Content] = i
 	}
 	t.added = added
-	if o.unk >= 0 && int(o.unk) >= len(t.idToToken) {
+	if o.unk >= 0 && int(o.unk) >= len(t.tokens) {
 		return nil, fmt.Errorf("unk id %d out of range", o.unk)
 	}
 	for b := 0; b < 256; b++ {
@@ -278,8 +273,8 @@ func tokBuild(vocab map[string]int32, merges [][2]string, added []AddedToken, o 
 	t.normAdded = tokNewAddedMatcher(normd)
 	// Decoded bytes of every id: byte-level tokens map back to bytes,
 	// anything else (added tokens) stands for its own UTF-8.
-	t.decOff = make([]uint32, len(t.idToToken)+1)
-	for id, tok := range t.idToToken {
+	t.decOff = make([]uint32, len(t.tokens)+1)
+	for id, tok := range t.tokens {
 		t.decBuf = bpeUnByteLevel(t.decBuf, tok)
 		t.decOff[id+1] = uint32(len(t.decBuf))
 	}
@@ -304,32 +299,8 @@ func (t *BPETokenizer) firstKnown(names ...string) int32 {
 	return -1
 }
 
-// VocabSize is the number of ids (the largest id + 1, added tokens
-// included). A model's embedding table may be larger (padded).
-func (t *BPETokenizer) VocabSize() int { return len(t.idToToken) }
-
-// BOS returns the beginning-of-sequence id, or -1.
-func (t *BPETokenizer) BOS() int32 { return t.bos }
-
-// EOS returns the end-of-sequence id, or -1.
-func (t *BPETokenizer) EOS() int32 { return t.eos }
-
-// SetBOS and SetEOS override the guessed ids (-1 for none). Call them
-// before the tokenizer is shared.
-func (t *BPETokenizer) SetBOS(id int32) { t.bos = id }
-func (t *BPETokenizer) SetEOS(id int32) { t.eos = id }
-
 // PreTokenizer names the pre-tokenizer family (PretokQwen2, ...).
 func (t *BPETokenizer) PreTokenizer() string { return t.preName }
-
-// Token returns the token string of id as stored in the vocabulary
-// (byte-level form, e.g. "Ġhello"), or "" for an unknown id.
-func (t *BPETokenizer) Token(id int32) string {
-	if id < 0 || int(id) >= len(t.idToToken) {
-		return ""
-	}
-	return t.idToToken[id]
-}
 
 // ID returns the id of a token string (byte-level form, or an added token's
 // content).
@@ -437,7 +408,7 @@ func (t *BPETokenizer) encodeWord(out []int32, word string) []int32 {
 func (t *BPETokenizer) DecodeBytes(ids []int32) []byte {
 	var out []byte
 	for _, id := range ids {
-		if id >= 0 && int(id) < len(t.idToToken) {
+		if id >= 0 && int(id) < len(t.tokens) {
 			out = append(out, t.decBuf[t.decOff[id]:t.decOff[id+1]]...)
 		}
 	}

@@ -266,7 +266,7 @@ func mustTiny(t testing.TB, pairForm bool, extra map[string]any) *BPETokenizer {
 	return tk
 }
 
-func (t *BPETokenizer) tokens(ids []int32) []string {
+func (t *BPETokenizer) tokenStrings(ids []int32) []string {
 	var out []string
 	for _, id := range ids {
 		out = append(out, t.Token(id))
@@ -277,7 +277,7 @@ func (t *BPETokenizer) tokens(ids []int32) []string {
 func TestTinyTokenizer(t *testing.T) {
 	for _, pairForm := range []bool{false, true} {
 		tk := mustTiny(t, pairForm, nil)
-		got := tk.tokens(tk.Encode("hello the  abc"))
+		got := tk.tokenStrings(tk.Encode("hello the  abc"))
 		want := []string{"he", "llo", "Ġthe", "Ġ", "Ġ", "ab", "c"}
 		if !slices.Equal(got, want) {
 			t.Errorf("pairForm=%v: tokens %q, want %q", pairForm, got, want)
@@ -300,13 +300,13 @@ func TestTinyTokenizer(t *testing.T) {
 		{"a word words", []string{"a", "Ġ", "word", "Ġ", "w", "o", "r", "d", "s"}},
 	}
 	for _, c := range cases {
-		got := tk.tokens(tk.Encode(c.in))
+		got := tk.tokenStrings(tk.Encode(c.in))
 		if !slices.Equal(got, c.want) {
 			t.Errorf("Encode(%q) tokens %q, want %q", c.in, got, c.want)
 		}
 	}
 	// EncodeOrdinary reads special tokens as text, but not <x>.
-	if got, want := tk.tokens(tk.EncodeOrdinary("<|end|>ab <x>")), []string{"<", "|", "e", "n", "d", "|", ">", "ab", "<x>"}; !slices.Equal(got, want) {
+	if got, want := tk.tokenStrings(tk.EncodeOrdinary("<|end|>ab <x>")), []string{"<", "|", "e", "n", "d", "|", ">", "ab", "<x>"}; !slices.Equal(got, want) {
 		t.Errorf("EncodeOrdinary tokens %q, want %q", got, want)
 	}
 	if !tk.IsSpecial(end) || !tk.IsSpecial(endBang) || tk.IsSpecial(x) || tk.IsSpecial(word) {
@@ -325,14 +325,14 @@ func TestTinyTokenizer(t *testing.T) {
 // of the Split (ByteLevel after a Split).
 func TestAddPrefixSpace(t *testing.T) {
 	alone := mustTiny(t, false, map[string]any{"pre_tokenizer": map[string]any{"type": "ByteLevel", "add_prefix_space": true}})
-	if got, want := alone.tokens(alone.Encode("hello<|end|>the")), []string{"Ġ", "he", "llo", "<|end|>", "Ġthe"}; !slices.Equal(got, want) {
+	if got, want := alone.tokenStrings(alone.Encode("hello<|end|>the")), []string{"Ġ", "he", "llo", "<|end|>", "Ġthe"}; !slices.Equal(got, want) {
 		t.Errorf("ByteLevel: tokens %q, want %q", got, want)
 	}
 	split := mustTiny(t, false, map[string]any{"pre_tokenizer": map[string]any{"type": "Sequence", "pretokenizers": []any{
 		map[string]any{"type": "Split", "pattern": map[string]any{"Regex": tokRegexQwen2}, "behavior": "Isolated"},
 		map[string]any{"type": "ByteLevel", "add_prefix_space": true, "use_regex": false},
 	}}})
-	if got, want := split.tokens(split.Encode("a.b")), []string{"Ġ", "a", "Ġ", ".", "b"}; !slices.Equal(got, want) {
+	if got, want := split.tokenStrings(split.Encode("a.b")), []string{"Ġ", "a", "Ġ", ".", "b"}; !slices.Equal(got, want) {
 		t.Errorf("Split+ByteLevel: tokens %q, want %q", got, want)
 	}
 }
@@ -374,12 +374,12 @@ func TestTinyIgnoreMergesAndNFC(t *testing.T) {
 	m := f["model"].(map[string]any)
 	m["ignore_merges"] = true
 	tk := mustTiny(t, false, map[string]any{"model": m, "normalizer": map[string]any{"type": "NFC"}})
-	if got := tk.tokens(tk.Encode("abc abcd")); !slices.Equal(got, []string{"abc", "Ġ", "ab", "c", "d"}) {
+	if got := tk.tokenStrings(tk.Encode("abc abcd")); !slices.Equal(got, []string{"abc", "Ġ", "ab", "c", "d"}) {
 		t.Errorf("ignore_merges: tokens %q", got)
 	}
 	// NFC: e + combining acute becomes é (two bytes, C3 A9).
 	want := []string{string(bpeByteRune[0xC3]), string(bpeByteRune[0xA9])}
-	if got := tk.tokens(tk.Encode("e\u0301")); !slices.Equal(got, want) {
+	if got := tk.tokenStrings(tk.Encode("e\u0301")); !slices.Equal(got, want) {
 		t.Errorf("NFC: tokens %q, want the bytes of é %q", got, want)
 	}
 }
