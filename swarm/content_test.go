@@ -82,6 +82,12 @@ func newPeerNode(t testing.TB, cfg HostConfig, wrap func(blockstore.Blockstore) 
 	return n
 }
 
+// leave takes n off the network: its exchange and host close.
+func (n *peerNode) leave() {
+	n.x.Close()
+	n.h.Close()
+}
+
 func (n *peerNode) penalty(p peer.ID) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -234,8 +240,7 @@ func TestFetch(t *testing.T) {
 	if st, err := b.x.Fetch(ctx, id, Limits{}); err != nil || st.Blocks != 0 {
 		t.Fatalf("second fetch: %+v, %v", st, err)
 	}
-	a.x.Close()
-	a.h.Close()
+	a.leave()
 	mustConnect(t, c.h, b.h)
 	if _, err := c.x.Fetch(ctx, id, Limits{}); err != nil {
 		t.Fatalf("from the peer that pulled: %v", err)
@@ -462,7 +467,7 @@ func TestFetchSurvivesAKilledProvider(t *testing.T) {
 	puller.x.net.onBlock = func(p peer.ID, _ blocks.Block) {
 		if p == victim.h.ID() {
 			once.Do(func() {
-				go func() { victim.x.Close(); victim.h.Close(); close(killed) }()
+				go func() { victim.leave(); close(killed) }()
 			})
 		}
 	}
@@ -496,8 +501,7 @@ func TestKeep(t *testing.T) {
 	if res, err := keeper.b.GC(ctx, nil); err != nil || res.Removed != 0 || !keeper.b.Has(ctx, c) {
 		t.Fatalf("GC after Keep: %+v, %v", res, err)
 	}
-	origin.x.Close()
-	origin.h.Close()
+	origin.leave()
 	mustConnect(t, late.h, keeper.h)
 	if _, err := late.x.Fetch(ctx, c, Limits{}); err != nil {
 		t.Fatalf("from the keeper: %v", err)
