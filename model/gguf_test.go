@@ -377,56 +377,46 @@ func TestOracleGGUF(t *testing.T) {
 			checkOracle(t, tc.arch+" GGUF F32", compareOracle(t, b, ggufOracle(t, tools, f32, seqs)))
 
 			// Quantized by gguf-py (llama.cpp's Python library), not by us.
-			runTool(t, filepath.Join(testenv.RepoRoot(t), "scripts"), "gguf_quantize.py", f32, q8)
-			bq, err := LoadGGUF(q8)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer bq.Close()
-			ref := ggufOracle(t, tools, q8, seqs)
-			e := compareOracle(t, bq, ref)
-			t.Logf("%-28s %v", tc.arch+" GGUF Q8_0", e)
-			if e.hiddenRelL2 > oracleQ8RelL2 || e.positions == 0 {
-				t.Errorf("Q8_0: hidden rel L2 %.2e, want <= %g", e.hiddenRelL2, oracleQ8RelL2)
-			}
-			// Int8 products (LoadOptions.Int8): the activations rounded to
-			// int8 per block as llama.cpp rounds them.
-			bi, err := LoadGGUFWith(q8, LoadOptions{Int8: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer bi.Close()
-			ei := compareOracle(t, bi, ref)
-			t.Logf("%-28s %v (int8 kernel %s, packed %s)", tc.arch+" GGUF Q8_0 int8", ei, tensor.Q8Path(), tensor.Q8PackedPath())
-			if ei.hiddenRelL2 > oracleQ8RelL2 || ei.positions == 0 {
-				t.Errorf("Q8_0 with int8 products: hidden rel L2 %.2e, want <= %g", ei.hiddenRelL2, oracleQ8RelL2)
-			}
 			// BF16 (gguf-py's rounding): llama.cpp rounds the activations to
 			// bf16 as well (ggml's vec_dot_bf16), we widen the weights exactly.
+			scripts := filepath.Join(testenv.RepoRoot(t), "scripts")
 			bf := filepath.Join(w, "bf16.gguf")
-			runTool(t, filepath.Join(testenv.RepoRoot(t), "scripts"), "gguf_quantize.py", f32, bf, "bf16")
-			bb, err := LoadGGUF(bf)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer bb.Close()
-			refB := ggufOracle(t, tools, bf, seqs)
-			eb := compareOracle(t, bb, refB)
-			t.Logf("%-28s %v", tc.arch+" GGUF BF16", eb)
-			if eb.hiddenRelL2 > oracleBF16RelL2 || eb.positions == 0 {
-				t.Errorf("BF16: hidden rel L2 %.2e, want <= %g", eb.hiddenRelL2, oracleBF16RelL2)
-			}
-			// KeepBF16: the activations rounded to bf16 inside the products
-			// (the native kernel where the CPU has AVX512_BF16), as llama.cpp.
-			bk, err := LoadGGUFWith(bf, LoadOptions{KeepBF16: true})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer bk.Close()
-			ek := compareOracle(t, bk, refB)
-			t.Logf("%-28s %v (native bf16 kernel: %v)", tc.arch+" GGUF BF16 KeepBF16", ek, tensor.NativeBF16())
-			if ek.hiddenRelL2 > oracleBF16RelL2 || ek.positions == 0 {
-				t.Errorf("BF16 with KeepBF16: hidden rel L2 %.2e, want <= %g", ek.hiddenRelL2, oracleBF16RelL2)
+			runTool(t, scripts, "gguf_quantize.py", f32, q8)
+			runTool(t, scripts, "gguf_quantize.py", f32, bf, "bf16")
+			ref, refB := ggufOracle(t, tools, q8, seqs), ggufOracle(t, tools, bf, seqs)
+			var e oracleErr // Q8_0's, for the negative control
+			for _, v := range []struct {
+				name, file string
+				opt        LoadOptions
+				ref        []oracleSeq
+				tol        float64
+				note       string
+			}{
+				{"Q8_0", q8, LoadOptions{}, ref, oracleQ8RelL2, ""},
+				// Int8 products: the activations rounded to int8 per block
+				// as llama.cpp rounds them.
+				{"Q8_0 with int8 products", q8, LoadOptions{Int8: true}, ref, oracleQ8RelL2,
+					fmt.Sprintf(" (int8 kernel %s, packed %s)", tensor.Q8Path(), tensor.Q8PackedPath())},
+				{"BF16", bf, LoadOptions{}, refB, oracleBF16RelL2, ""},
+				// KeepBF16: the activations rounded to bf16 inside the
+				// products (the native kernel where the CPU has
+				// AVX512_BF16), as llama.cpp.
+				{"BF16 with KeepBF16", bf, LoadOptions{KeepBF16: true}, refB, oracleBF16RelL2,
+					fmt.Sprintf(" (native bf16 kernel: %v)", tensor.NativeBF16())},
+			} {
+				bv, err := LoadGGUFWith(v.file, v.opt)
+				if err != nil {
+					t.Fatal(err)
+				}
+				ev := compareOracle(t, bv, v.ref)
+				bv.Close()
+				t.Logf("%-28s %v%s", tc.arch+" GGUF "+v.name, ev, v.note)
+				if ev.hiddenRelL2 > v.tol || ev.positions == 0 {
+					t.Errorf("%s: hidden rel L2 %.2e, want <= %g", v.name, ev.hiddenRelL2, v.tol)
+				}
+				if v.name == "Q8_0" {
+					e = ev
+				}
 			}
 			// Negative control: the F32 weights against llama.cpp's Q8_0 run
 			// add our missing weight rounding to its activation rounding
