@@ -18,16 +18,10 @@ func TestTrainOnDevice(t *testing.T) {
 	base, ds := testBase(t), testDataset(t)
 	ctx := context.Background()
 	tc := testTrainConfig(12, 6)
-	cpu, err := newTestCoordinator(t, t.TempDir(), base, ds, tc).Train(ctx, ds, Hooks{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cpu := trainIn(t, ctx, t.TempDir(), base, ds, tc)
 	tc.Device = tensor.CPU()
 	dir := t.TempDir()
-	dev, err := newTestCoordinator(t, dir, base, ds, tc).Train(ctx, ds, Hooks{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	dev := trainIn(t, ctx, dir, base, ds, tc)
 	if len(dev.Steps) != len(cpu.Steps) {
 		t.Fatalf("%d device steps, %d CPU steps", len(dev.Steps), len(cpu.Steps))
 	}
@@ -48,10 +42,7 @@ func TestTrainOnDevice(t *testing.T) {
 		t.Errorf("validation: device %v, CPU %v", dev.Evals, cpu.Evals)
 	}
 	// The device run's last checkpoint resumes at its end with its parameters.
-	again, err := newTestCoordinator(t, dir, base, ds, tc).Train(ctx, ds, Hooks{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	again := trainIn(t, ctx, dir, base, ds, tc)
 	if again.Resumed != 12 || sameBits(again.CarryOn.Params, dev.CarryOn.Params) >= 0 {
 		t.Errorf("resumed at %d; parameters equal: %v", again.Resumed, sameBits(again.CarryOn.Params, dev.CarryOn.Params) < 0)
 	}

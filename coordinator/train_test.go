@@ -64,6 +64,17 @@ func testTrainConfig(steps, every int) TrainConfig {
 		Optim: carryon.OptimConfig{LR: 1e-2}}
 }
 
+// trainIn trains a carry-on on ds with a new test coordinator on dir
+// (no hooks) and fails t on an error.
+func trainIn(t testing.TB, ctx context.Context, dir string, base *model.Base, ds *dataset.Set, tc TrainConfig) *TrainResult {
+	t.Helper()
+	res, err := newTestCoordinator(t, dir, base, ds, tc).Train(ctx, ds, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
 // newTestCoordinator opens a coordinator on dir (no swarm topics) with the
 // cache filled: every chunk of ds embedded here with the base, as a node
 // would.
@@ -146,10 +157,7 @@ func TestTrainResumeBitIdentical(t *testing.T) {
 	ctx := context.Background()
 
 	dirA := t.TempDir()
-	straight, err := newTestCoordinator(t, dirA, base, ds, tc).Train(ctx, ds, Hooks{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	straight := trainIn(t, ctx, dirA, base, ds, tc)
 	if straight.Resumed != 0 || len(straight.Steps) != 20 {
 		t.Fatalf("straight run: resumed %d, %d steps", straight.Resumed, len(straight.Steps))
 	}
@@ -160,7 +168,7 @@ func TestTrainResumeBitIdentical(t *testing.T) {
 	dirB := t.TempDir()
 	cctx, cancel := context.WithCancel(ctx)
 	var saved []int
-	_, err = newTestCoordinator(t, dirB, base, ds, tc).Train(cctx, ds, Hooks{
+	_, err := newTestCoordinator(t, dirB, base, ds, tc).Train(cctx, ds, Hooks{
 		Step: func(s StepInfo) {
 			if s.Step == 10 {
 				cancel()
@@ -201,10 +209,7 @@ func TestTrainResumeBitIdentical(t *testing.T) {
 	}
 
 	// A finished run restarted resumes at its end: no step, the same adaptor.
-	again, err := newTestCoordinator(t, dirA, base, ds, tc).Train(ctx, ds, Hooks{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	again := trainIn(t, ctx, dirA, base, ds, tc)
 	if again.Resumed != 20 || len(again.Steps) != 0 || !bytes.Equal(adaptorBytes(t, again), adaptorBytes(t, straight)) {
 		t.Errorf("restarted finished run: resumed %d, %d steps, same adaptor %v", again.Resumed, len(again.Steps),
 			bytes.Equal(adaptorBytes(t, again), adaptorBytes(t, straight)))
@@ -222,10 +227,7 @@ func TestTrainResumeAtEndReportsValLoss(t *testing.T) {
 	tc := testTrainConfig(10, 5)
 	ctx := context.Background()
 	dir := t.TempDir()
-	straight, err := newTestCoordinator(t, dir, base, ds, tc).Train(ctx, ds, Hooks{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	straight := trainIn(t, ctx, dir, base, ds, tc)
 	final := straight.Evals[len(straight.Evals)-1]
 	if final.Step != 10 || !(final.Loss > 0) || straight.Meta.Metrics["val_loss"] != final.Loss {
 		t.Fatalf("straight run: final eval %+v, val_loss %v", final, straight.Meta.Metrics["val_loss"])
@@ -310,10 +312,7 @@ func TestTrainResumeSkipsBadCheckpoints(t *testing.T) {
 	tc := testTrainConfig(12, 4)
 	ctx := context.Background()
 	dir := t.TempDir()
-	straight, err := newTestCoordinator(t, dir, base, ds, tc).Train(ctx, ds, Hooks{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	straight := trainIn(t, ctx, dir, base, ds, tc)
 	names, _ := filepath.Glob(filepath.Join(dir, "checkpoints", "*", "*-000000012.ckpt"))
 	if len(names) != 1 {
 		t.Fatalf("final checkpoint: %v", names)
@@ -325,10 +324,7 @@ func TestTrainResumeSkipsBadCheckpoints(t *testing.T) {
 	if err := os.WriteFile(names[0], b[:len(b)/2], 0o644); err != nil { // a torn file
 		t.Fatal(err)
 	}
-	res, err := newTestCoordinator(t, dir, base, ds, tc).Train(ctx, ds, Hooks{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	res := trainIn(t, ctx, dir, base, ds, tc)
 	if res.Resumed != 8 || len(res.Steps) != 4 {
 		t.Fatalf("resumed at %d with %d steps, want 8 and 4", res.Resumed, len(res.Steps))
 	}
@@ -338,10 +334,7 @@ func TestTrainResumeSkipsBadCheckpoints(t *testing.T) {
 
 	other := tc
 	other.Seed = 2
-	res, err = newTestCoordinator(t, dir, base, ds, other).Train(ctx, ds, Hooks{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	res = trainIn(t, ctx, dir, base, ds, other)
 	if res.Resumed != 0 || len(res.Steps) != 12 {
 		t.Fatalf("a run with another seed resumed at %d", res.Resumed)
 	}
@@ -509,12 +502,10 @@ func TestTrainPauseResumes(t *testing.T) {
 	tc := testTrainConfig(12, 100) // checkpoints only at a pause and at the end
 	tc.KeepBest, tc.AlphaGrid = true, []float32{0, 1, 1.5}
 	ctx := context.Background()
-	straight, err := newTestCoordinator(t, t.TempDir(), base, ds, tc).Train(ctx, ds, Hooks{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	straight := trainIn(t, ctx, t.TempDir(), base, ds, tc)
 	dir := t.TempDir()
 	var res *TrainResult
+	var err error
 	for _, at := range []int{3, 9, 0} {
 		var saved []int
 		res, err = newTestCoordinator(t, dir, base, ds, tc).Train(ctx, ds, Hooks{
@@ -555,10 +546,7 @@ func TestTrainShareReads(t *testing.T) {
 	tc := testTrainConfig(6, -1)
 	ctx := context.Background()
 	dir := t.TempDir()
-	plain, err := newTestCoordinator(t, dir, base, ds, tc).Train(ctx, ds, Hooks{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	plain := trainIn(t, ctx, dir, base, ds, tc)
 	a, b := newTestCoordinator(t, dir, base, ds, tc), newTestCoordinator(t, dir, base, ds, tc)
 	if a.state != b.state {
 		t.Fatal("two coordinators of one process on one cache do not share the state store")
@@ -597,10 +585,7 @@ func TestTrainResumeKeepsBest(t *testing.T) {
 	tc.Optim.LR = 3e-2 // overfits: the best pass is not the last (as in TestTrainKeepBestAndAlpha)
 	tc.KeepBest = true
 	ctx := context.Background()
-	straight, err := newTestCoordinator(t, t.TempDir(), base, ds, tc).Train(ctx, ds, Hooks{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	straight := trainIn(t, ctx, t.TempDir(), base, ds, tc)
 	// Interrupt at the first checkpoint after the best pass, plus one
 	// checkpoint, so that the resumed run has passes of its own.
 	stop := (straight.Best/tc.CheckpointEvery + 2) * tc.CheckpointEvery
@@ -609,7 +594,7 @@ func TestTrainResumeKeepsBest(t *testing.T) {
 	}
 	dir := t.TempDir()
 	cctx, cancel := context.WithCancel(ctx)
-	_, err = newTestCoordinator(t, dir, base, ds, tc).Train(cctx, ds, Hooks{Checkpoint: func(step int) {
+	_, err := newTestCoordinator(t, dir, base, ds, tc).Train(cctx, ds, Hooks{Checkpoint: func(step int) {
 		if step == stop {
 			cancel()
 		}
@@ -617,10 +602,7 @@ func TestTrainResumeKeepsBest(t *testing.T) {
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("interrupted run: err %v, want context.Canceled", err)
 	}
-	resumed, err := newTestCoordinator(t, dir, base, ds, tc).Train(ctx, ds, Hooks{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	resumed := trainIn(t, ctx, dir, base, ds, tc)
 	if resumed.Resumed != stop {
 		t.Fatalf("resumed at %d, want %d", resumed.Resumed, stop)
 	}
@@ -632,10 +614,7 @@ func TestTrainResumeKeepsBest(t *testing.T) {
 		t.Error("the resumed run's adaptor differs from the uninterrupted run's")
 	}
 	// Restarted once finished: no step to take, the same kept pass.
-	again, err := newTestCoordinator(t, dir, base, ds, tc).Train(ctx, ds, Hooks{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	again := trainIn(t, ctx, dir, base, ds, tc)
 	if again.Best != straight.Best || !bytes.Equal(adaptorBytes(t, straight), adaptorBytes(t, again)) {
 		t.Errorf("restarted finished run kept step %d, want %d (same adaptor %v)", again.Best, straight.Best,
 			bytes.Equal(adaptorBytes(t, straight), adaptorBytes(t, again)))
