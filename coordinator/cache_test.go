@@ -37,12 +37,20 @@ func newTestCache(t testing.TB, dir string) *Cache {
 	if err != nil {
 		t.Fatal(err)
 	}
-	state, _, err := openState(filepath.Join(dir, "state.db"), dir, 16, time.Millisecond)
+	state := openTestState(t, filepath.Join(dir, "state.db"), dir)
+	t.Cleanup(func() { state.close(); store.Close() })
+	return &Cache{blocks: store, state: state}
+}
+
+// openTestState opens the state store at path (syncing dir), committing
+// groups of up to 16 writes after 1 ms, and fails t on an error.
+func openTestState(t testing.TB, path, dir string) *stateStore {
+	t.Helper()
+	s, _, err := openState(path, dir, 16, time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { state.close(); store.Close() })
-	return &Cache{blocks: store, state: state}
+	return s
 }
 
 // frameOf returns the stored frame of k.

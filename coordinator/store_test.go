@@ -102,10 +102,7 @@ func TestVersionsAfterRestart(t *testing.T) {
 func TestStateRejectsForeignFiles(t *testing.T) {
 	dir := t.TempDir()
 	good := filepath.Join(dir, "good.db")
-	s, _, err := openState(good, dir, 8, time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openTestState(t, good, dir)
 	if err := s.write(func(tx *bolt.Tx) error { return putVersion(tx, VersionRecord{CID: testCID("x")}) }); err != nil {
 		t.Fatal(err)
 	}
@@ -152,10 +149,7 @@ func TestStateRejectsForeignFiles(t *testing.T) {
 func TestStateOpensAfterKill(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "state.db")
-	s, _, err := openState(p, dir, 16, time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openTestState(t, p, dir)
 	defer s.close()
 	stop := make(chan struct{})
 	go func() {
@@ -357,10 +351,7 @@ func (b *crashBase) Forward(ids []int32, layers []int) ([][]float32, error) {
 func TestStateDamagedFreelist(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "state.db")
-	s, _, err := openState(p, dir, 16, time.Millisecond)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := openTestState(t, p, dir)
 	if err := s.groupWrite(func(tx *bolt.Tx) error { return tx.Bucket(bJobs).Put([]byte("k"), []byte("v")) }, false); err != nil {
 		t.Fatal(err)
 	}
