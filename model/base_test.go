@@ -491,10 +491,7 @@ func TestForwardMatchesReference(t *testing.T) {
 	ids := []int32{1, 7, 3, 49, 22, 22, 0, 13, 40, 2, 8, 31, 30, 29, 28, 27, 11, 5, 6, 44}
 	for _, arch := range []string{"qwen2", "qwen3", "llama"} {
 		t.Run(arch, func(t *testing.T) {
-			b, err := NewRandomBase(TinyConfig(arch), 11)
-			if err != nil {
-				t.Fatal(err)
-			}
+			b := randomBase(t, TinyConfig(arch), 11)
 			c := b.Config
 			out, err := b.Forward(ids, []int{FinalLayer, 0, 1, c.Layers})
 			if err != nil {
@@ -639,10 +636,7 @@ func maxRel64(a []float32, b []float64) float64 {
 }
 
 func TestForwardCausalAndBatch(t *testing.T) {
-	b, err := NewRandomBase(TinyConfig("qwen2"), 4)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := randomBase(t, TinyConfig("qwen2"), 4)
 	long := []int32{3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9}
 	short := long[:6]
 	res, err := b.ForwardBatch([][]int32{long, short}, []int{FinalLayer, 1})
@@ -670,10 +664,7 @@ func TestForwardCausalAndBatch(t *testing.T) {
 // across sequences and RoPE positions restart; a batch longer than
 // MaxBatchTokens is split and still gives every sequence.
 func TestForwardBatchVarlen(t *testing.T) {
-	b, err := NewRandomBase(TinyConfig("qwen3"), 5)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := randomBase(t, TinyConfig("qwen3"), 5)
 	rng := rand.New(rand.NewPCG(7, 7))
 	seq := func(n int) []int32 {
 		s := make([]int32, n)
@@ -803,10 +794,7 @@ func BenchmarkForward(b *testing.B) {
 		T    int
 	}{{"demo/T=256", DemoConfig(), 256}, {"qwen2.5-0.5b-4L/T=128", q05, 128}, {"qwen2.5-0.5b-4L/T=512", q05, 512}} {
 		b.Run(bc.name, func(b *testing.B) {
-			m, err := NewRandomBase(bc.cfg, 1)
-			if err != nil {
-				b.Fatal(err)
-			}
+			m := randomBase(b, bc.cfg, 1)
 			ids := make([]int32, bc.T)
 			for i := range ids {
 				ids[i] = int32(i * 31 % bc.cfg.Vocab)
@@ -850,4 +838,14 @@ func refCausalAttention(q, k, v [][]float64, t, heads, kvHeads, hd int) []float6
 		}
 	}
 	return att
+}
+
+// randomBase is NewRandomBase(cfg, seed); it fails t on an error.
+func randomBase(t testing.TB, cfg Config, seed uint64) *Base {
+	t.Helper()
+	b, err := NewRandomBase(cfg, seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

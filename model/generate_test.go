@@ -14,10 +14,7 @@ func TestSessionMatchesForward(t *testing.T) {
 		t.Run(arch, func(t *testing.T) {
 			cfg := TinyConfig(arch)
 			cfg.MaxPos = 128
-			b, err := NewRandomBase(cfg, 11)
-			if err != nil {
-				t.Fatal(err)
-			}
+			b := randomBase(t, cfg, 11)
 			rng := rand.New(rand.NewPCG(3, 4))
 			ids := make([]int32, n)
 			for i := range ids {

@@ -199,10 +199,7 @@ func TestLoadGGUFSynthetic(t *testing.T) {
 			if tc.noPermute && arch != "llama" {
 				continue
 			}
-			orig, err := NewRandomBase(ggufTestConfig(arch), 11)
-			if err != nil {
-				t.Fatal(err)
-			}
+			orig := randomBase(t, ggufTestConfig(arch), 11)
 			path := filepath.Join(t.TempDir(), "m.gguf")
 			writeGGUFBase(t, orig, path, tc.qt, tc.noPermute)
 			roundTo(t, orig, tc.qt)
@@ -243,10 +240,7 @@ func TestLoadGGUFSynthetic(t *testing.T) {
 // Mistral files are), stored without the .gguf extension as ollama stores
 // its blobs: Open must recognise it and bring that tokenizer.
 func TestOpenGGUFSentencePiece(t *testing.T) {
-	base, err := NewRandomBase(ggufTestConfig("llama"), 5)
-	if err != nil {
-		t.Fatal(err)
-	}
+	base := randomBase(t, ggufTestConfig("llama"), 5)
 	v := base.Config.Vocab
 	toks := []string{"<unk>", "<s>", "</s>", "▁", "▁a", "a", "b"}
 	types := []int32{tokenizer.SPMTypeUnknown, tokenizer.SPMTypeControl, tokenizer.SPMTypeControl, 1, 1, 1, 1}
@@ -265,10 +259,7 @@ func TestOpenGGUFSentencePiece(t *testing.T) {
 }
 
 func TestLoadGGUFRejects(t *testing.T) {
-	ref, err := NewRandomBase(ggufTestConfig("qwen2"), 3)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ref := randomBase(t, ggufTestConfig("qwen2"), 3)
 	dir := t.TempDir()
 	good := filepath.Join(dir, "good.gguf")
 	writeGGUFBase(t, ref, good, tensor.GGMLF32, false)

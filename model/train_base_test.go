@@ -128,14 +128,8 @@ func trainTestSeqs(rng *rand.Rand, vocab int, lens ...int) [][]int32 {
 func TestBaseTrainerGradFD(t *testing.T) {
 	for _, cfg := range tinyTrainConfigs() {
 		t.Run(cfg.Arch, func(t *testing.T) {
-			b, err := NewRandomBase(cfg, 7)
-			if err != nil {
-				t.Fatal(err)
-			}
-			tr, err := NewBaseTrainer(b, 2, 8)
-			if err != nil {
-				t.Fatal(err)
-			}
+			b := randomBase(t, cfg, 7)
+			tr := trainerOn(t, b, 2, 8)
 			seqs := trainTestSeqs(rand.New(rand.NewPCG(1, 2)), cfg.Vocab, 7, 9, 3)
 			lossSum, count, err := tr.LossAndGrad(seqs)
 			if err != nil {
@@ -195,14 +189,8 @@ func TestBaseTrainerGradFD(t *testing.T) {
 func TestBaseTrainerMatchesForward(t *testing.T) {
 	cfg := Config{Arch: "qwen2", Dim: 32, Layers: 3, Heads: 4, KVHeads: 2, HeadDim: 8, FFN: 48, Vocab: 50, MaxPos: 128,
 		RopeTheta: 1e4, NormEps: 1e-6, TiedEmbeddings: true, QKVBias: true, BOS: -1, EOS: -1}
-	b, err := NewRandomBase(cfg, 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, err := NewBaseTrainer(b, 1, 100)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := randomBase(t, cfg, 3)
+	tr := trainerOn(t, b, 1, 100)
 	seq := trainTestSeqs(rand.New(rand.NewPCG(3, 4)), cfg.Vocab, 101)[0]
 	lossSum, n, err := tr.Loss([][]int32{seq})
 	if err != nil {
@@ -245,15 +233,9 @@ func TestBaseTrainerLearnsAndIsDeterministic(t *testing.T) {
 	cfg := tinyTrainConfigs()[0]
 	cfg.Dim, cfg.HeadDim, cfg.FFN, cfg.Vocab = 16, 8, 32, 17
 	newTr := func() *BaseTrainer {
-		b, err := NewRandomBase(cfg, 1)
-		if err != nil {
-			t.Fatal(err)
-		}
+		b := randomBase(t, cfg, 1)
 		InitTrainWeights(b, 5)
-		tr, err := NewBaseTrainer(b, 2, 12)
-		if err != nil {
-			t.Fatal(err)
-		}
+		tr := trainerOn(t, b, 2, 12)
 		return tr
 	}
 	a, c := newTr(), newTr()
@@ -297,10 +279,7 @@ func TestBaseTrainerCheckpoint(t *testing.T) {
 	dir := t.TempDir()
 	b, _ := NewRandomBase(cfg, 2)
 	InitTrainWeights(b, 9)
-	full, err := NewBaseTrainer(b, 1, 8)
-	if err != nil {
-		t.Fatal(err)
-	}
+	full := trainerOn(t, b, 1, 8)
 	seqs := trainTestSeqs(rand.New(rand.NewPCG(7, 8)), cfg.Vocab, 9, 6)
 	step := func(tr *BaseTrainer) {
 		if _, _, err := tr.LossAndGrad(seqs); err != nil {
@@ -364,4 +343,14 @@ func TestBaseTrainerCheckpoint(t *testing.T) {
 			}
 		}
 	}
+}
+
+// trainerOn is NewBaseTrainer(b, workers, maxLen); it fails t on an error.
+func trainerOn(t testing.TB, b *Base, workers, maxLen int) *BaseTrainer {
+	t.Helper()
+	tr, err := NewBaseTrainer(b, workers, maxLen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tr
 }
