@@ -689,18 +689,28 @@ func (r *runner) main(data string) spec {
 // trained on the fitting problems and on the wide set; a second seed of
 // the first measures the run-to-run spread.
 func (r *runner) lossExp() error {
-	out := &LossResult{BaseLoss: r.res.Setup.BaseLoss}
 	seed2 := r.main("fit")
 	seed2.seed = 2
-	for _, s := range []spec{r.main("fit"), seed2, r.main("wide")} {
+	runs, err := r.runs([]spec{r.main("fit"), seed2, r.main("wide")})
+	if err != nil {
+		return err
+	}
+	r.res.Loss = &LossResult{BaseLoss: r.res.Setup.BaseLoss, Runs: runs}
+	return nil
+}
+
+// runs trains (or takes from those done before) the carry-on of each
+// spec, in order.
+func (r *runner) runs(specs []spec) ([]CarryOnRun, error) {
+	var out []CarryOnRun
+	for _, s := range specs {
 		t, err := r.carryOn(s)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		out.Runs = append(out.Runs, t.run)
+		out = append(out, t.run)
 	}
-	r.res.Loss = out
-	return nil
+	return out, nil
 }
 
 // bridgeExp: the main carry-on under each bridge setting.
@@ -749,18 +759,18 @@ func (r *runner) bridgeExp() error {
 
 // shapeExp: width and depth.
 func (r *runner) shapeExp() error {
-	out := &ShapeResult{}
+	var specs []spec
 	for _, h := range []int{64, 256} {
 		for _, l := range []int{1, 2, 3} {
 			s := r.main("fit")
 			s.width, s.layers = h, l
-			t, err := r.carryOn(s)
-			if err != nil {
-				return err
-			}
-			out.Runs = append(out.Runs, t.run)
+			specs = append(specs, s)
 		}
 	}
-	r.res.Shape = out
+	runs, err := r.runs(specs)
+	if err != nil {
+		return err
+	}
+	r.res.Shape = &ShapeResult{Runs: runs}
 	return nil
 }
