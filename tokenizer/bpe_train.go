@@ -193,6 +193,21 @@ func (v *BPEVocab) SpecialID(s string) int32 {
 	return -1
 }
 
+// applyMerge replaces each pair m in s, left to right, by id, in place,
+// and returns the shortened s.
+func applyMerge(s []int32, m [2]int32, id int32) []int32 {
+	out := s[:0]
+	for i := 0; i < len(s); i++ {
+		if i+1 < len(s) && s[i] == m[0] && s[i+1] == m[1] {
+			out = append(out, id)
+			i++
+		} else {
+			out = append(out, s[i])
+		}
+	}
+	return out
+}
+
 // Encode tokenizes text (no special tokens are recognised in it) by the
 // trainer's own rule: a pre-token seen in training keeps the segmentation
 // training ended with; any other has the merges applied in the order they
@@ -209,16 +224,7 @@ func (v *BPEVocab) Encode(text string) []int32 {
 			s[i] = int32(w[i])
 		}
 		for mi, m := range v.Merges {
-			out2 := s[:0]
-			for i := 0; i < len(s); i++ {
-				if i+1 < len(s) && s[i] == m[0] && s[i+1] == m[1] {
-					out2 = append(out2, int32(256+mi))
-					i++
-				} else {
-					out2 = append(out2, s[i])
-				}
-			}
-			s = out2
+			s = applyMerge(s, m, int32(256+mi))
 			if len(s) == 1 {
 				break
 			}

@@ -121,16 +121,7 @@ func TestTrainBPEGreedyInvariant(t *testing.T) {
 			t.Fatalf("token %d is %q, want %q", 256+i, v.Tokens[256+i], v.Tokens[m[0]]+v.Tokens[m[1]])
 		}
 		for wi, w := range words {
-			out := w[:0]
-			for j := 0; j < len(w); j++ {
-				if j+1 < len(w) && w[j] == m[0] && w[j+1] == m[1] {
-					out = append(out, int32(256+i))
-					j++
-				} else {
-					out = append(out, w[j])
-				}
-			}
-			words[wi] = out
+			words[wi] = applyMerge(w, m, int32(256+i))
 		}
 	}
 }
