@@ -13,6 +13,7 @@ import (
 
 	"carryon/carryon"
 	"carryon/dataset"
+	"carryon/internal/capread"
 	"carryon/model"
 	"carryon/tensor"
 )
@@ -146,12 +147,9 @@ func LoadJobFile(path string) (*JobFile, error) {
 
 // ParseJobFile decodes (at most 1 MiB of) a job file and validates it.
 func ParseJobFile(r io.Reader) (*JobFile, error) {
-	b, err := io.ReadAll(io.LimitReader(r, maxJobFileBytes+1))
+	b, err := capread.ReadAll(r, maxJobFileBytes)
 	if err != nil {
 		return nil, err
-	}
-	if len(b) > maxJobFileBytes {
-		return nil, fmt.Errorf("larger than %d bytes", maxJobFileBytes)
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()

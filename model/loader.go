@@ -16,6 +16,7 @@ import (
 	"unsafe"
 
 	"carryon/internal/atomicfile"
+	"carryon/internal/capread"
 	"carryon/tensor"
 )
 
@@ -74,7 +75,7 @@ func LoadBase(dir string) (*Base, error) { return LoadBaseWith(dir, LoadOptions{
 
 // LoadBaseWith is LoadBase with options.
 func LoadBaseWith(dir string, opt LoadOptions) (*Base, error) {
-	cfgData, err := readCapped(filepath.Join(dir, configFile), MaxConfigBytes)
+	cfgData, err := capread.ReadFile(filepath.Join(dir, configFile), MaxConfigBytes)
 	if err != nil {
 		return nil, fmt.Errorf("open model %s: %w", dir, err)
 	}
@@ -131,7 +132,7 @@ func LoadBaseWith(dir string, opt LoadOptions) (*Base, error) {
 // index's tensor → file map when the checkpoint is sharded.
 func weightFiles(dir string) ([]string, map[string]string, error) {
 	idxPath := filepath.Join(dir, indexFile)
-	data, err := readCapped(idxPath, maxIndexBytes)
+	data, err := capread.ReadFile(idxPath, maxIndexBytes)
 	if errors.Is(err, os.ErrNotExist) {
 		if _, err := os.Stat(filepath.Join(dir, singleFile)); err != nil {
 			return nil, nil, fmt.Errorf("no %s or %s in %s: %w", singleFile, indexFile, dir, err)
@@ -164,22 +165,6 @@ func weightFiles(dir string) ([]string, map[string]string, error) {
 	}
 	slices.Sort(files)
 	return files, idx.WeightMap, nil
-}
-
-func readCapped(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
-	}
-	if int64(len(data)) > limit {
-		return nil, fmt.Errorf("%s exceeds %d bytes", path, limit)
-	}
-	return data, nil
 }
 
 func hashFile(h io.Writer, path string) error {

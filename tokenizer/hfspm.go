@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"carryon/internal/capread"
 )
 
 // Hugging Face's tokenizer.json in SentencePiece form, as Llama-2,
@@ -26,7 +28,7 @@ import (
 // tokenizer_config.json beside it sets BOS and EOS (bos_token,
 // eos_token; for SentencePiece also add_bos_token false: no BOS).
 func LoadHF(path string) (Tokenizer, error) {
-	data, err := tokReadCapped(path, TokMaxFileBytes)
+	data, err := capread.ReadFile(path, TokMaxFileBytes)
 	if err != nil {
 		return nil, fmt.Errorf("read tokenizer %s: %w", path, err)
 	}

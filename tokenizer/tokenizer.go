@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -14,6 +13,8 @@ import (
 	"unicode/utf8"
 
 	"golang.org/x/text/unicode/norm"
+
+	"carryon/internal/capread"
 )
 
 // Tokenizer turns text into token ids and back. Encode never adds BOS or
@@ -624,7 +625,7 @@ func tokIsNull(raw json.RawMessage) bool {
 // tokenizer_config.json sits beside it, its bos_token and eos_token set
 // BOS and EOS.
 func LoadTokenizer(path string) (*BPETokenizer, error) {
-	data, err := tokReadCapped(path, TokMaxFileBytes)
+	data, err := capread.ReadFile(path, TokMaxFileBytes)
 	if err != nil {
 		return nil, fmt.Errorf("read tokenizer: %w", err)
 	}
@@ -643,7 +644,7 @@ func LoadTokenizer(path string) (*BPETokenizer, error) {
 // none).
 func tokConfigBeside(t tokConfigurable, path string) ([]byte, error) {
 	cfgPath := filepath.Join(filepath.Dir(path), "tokenizer_config.json")
-	cfg, err := tokReadCapped(cfgPath, TokMaxConfigBytes)
+	cfg, err := capread.ReadFile(cfgPath, TokMaxConfigBytes)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -654,22 +655,6 @@ func tokConfigBeside(t tokConfigurable, path string) ([]byte, error) {
 		return nil, fmt.Errorf("%s: %w", cfgPath, err)
 	}
 	return cfg, nil
-}
-
-func tokReadCapped(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(data)) > limit {
-		return nil, fmt.Errorf("%s is larger than %d bytes", path, limit)
-	}
-	return data, nil
 }
 
 // tokConfigurable is a tokenizer whose BOS and EOS tokenizer_config.json
