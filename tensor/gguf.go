@@ -257,19 +257,11 @@ func (g *GGUF) Tensor(name string) (GGUFTensor, bool) {
 // be used afterwards.
 func (g *GGUF) Close() error { return g.closer.close() }
 
+func (g *GGUF) keep(c closeOnce) { g.closer = c }
+
 // OpenGGUF maps path read-only and parses it.
 func OpenGGUF(path string) (*GGUF, error) {
-	data, unmap, err := mapFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read GGUF: %w", err)
-	}
-	g, err := ParseGGUF(data)
-	if err != nil {
-		unmap()
-		return nil, fmt.Errorf("read GGUF %s: %w", path, err)
-	}
-	g.closer = closeOnce(unmap)
-	return g, nil
+	return openMapped("GGUF", path, ParseGGUF)
 }
 
 // ggufReader decodes the header with bounds checks; the first error sticks.

@@ -1,6 +1,7 @@
 package tensor
 
 import (
+	"fmt"
 	"os"
 	"sync"
 	"unsafe"
@@ -33,6 +34,25 @@ func mapFile(path string) ([]byte, func() error, error) {
 		return readAll(path)
 	}
 	return data, addMapping(data, unmap), nil
+}
+
+// openMapped maps path (mapFile), parses the mapping and hands the parsed
+// file its release func (its Close unmaps); on a parse error it unmaps
+// again. Its errors begin "read KIND", and name path (an open error
+// already does).
+func openMapped[T interface{ keep(closeOnce) }](kind, path string, parse func([]byte) (T, error)) (T, error) {
+	var zero T
+	data, unmap, err := mapFile(path)
+	if err != nil {
+		return zero, fmt.Errorf("read %s: %w", kind, err)
+	}
+	v, err := parse(data)
+	if err != nil {
+		unmap()
+		return zero, fmt.Errorf("read %s %s: %w", kind, path, err)
+	}
+	v.keep(closeOnce(unmap))
+	return v, nil
 }
 
 // closeOnce is the release func of a file mapping (nil when there is

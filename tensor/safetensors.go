@@ -224,21 +224,13 @@ func ParseSafetensorsOf(data []byte, format, version string) (*Safetensors, erro
 
 // OpenSafetensors memory-maps path (read-only) and parses it. Close unmaps.
 func OpenSafetensors(path string) (*Safetensors, error) {
-	data, closer, err := mapFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("safetensors: open %s: %w", path, err)
-	}
-	st, err := ParseSafetensors(data)
-	if err != nil {
-		closer()
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	st.closer = closeOnce(closer)
-	return st, nil
+	return openMapped("safetensors", path, ParseSafetensors)
 }
 
 // Close releases the mapping; views must not be used afterwards.
 func (s *Safetensors) Close() error { return s.closer.close() }
+
+func (s *Safetensors) keep(c closeOnce) { s.closer = c }
 
 // Names lists the tensors in the order of their data.
 func (s *Safetensors) Names() []string { return slices.Clone(s.names) }
