@@ -213,7 +213,7 @@ func (c *Model) backward(ws *Workspace, N int, alpha float32, dy []float32, g We
 	// dres holds ∂loss/∂r_{l+1}; each block adds its branches' gradients
 	// to it, turning it into ∂loss/∂r_l (the residual passes it through).
 	for l := cfg.Layers - 1; l >= 0; l-- {
-		blk, gb := c.Blocks[l].block(), g.Blocks[l].block()
+		blk, gb := trunkBlock(&c.Blocks[l]), trunkBlock(&g.Blocks[l])
 		blk.Backward(cfg.dims(), &ws.pass, &gb, ws.res[l][:NW], ws.layers[l], dres, ws.back)
 		if done != nil {
 			done(l)

@@ -56,17 +56,7 @@ type DeviceTrainer struct {
 
 // devWeights are Backend views of a buffer laid out like Params (Weights'
 // device twin).
-type devWeights struct {
-	proj, projBias []tensor.Buf
-	blocks         []devBlock
-	finalNorm      tensor.Buf
-	delta, gate    tensor.Buf
-	gateBias       tensor.Buf
-}
-
-type devBlock struct {
-	attnNorm, wq, wk, wv, wo, mlpNorm, wGate, wUp, wDown tensor.Buf
-}
+type devWeights = WeightsOf[tensor.Buf]
 
 // devActs are one block's saved activations (transformer.Acts).
 type devActs struct {
@@ -172,25 +162,7 @@ func (c *Model) hostWorkspace(T, rows int) *Workspace {
 
 // views cuts buf (laid out like Params) into the tensors' device views.
 func (t *DeviceTrainer) views(buf tensor.Buf) devWeights {
-	k := 0
-	next := func() tensor.Buf {
-		tn := t.m.tensors[k]
-		k++
-		return t.be.View(buf, tn.Offset, tn.Numel())
-	}
-	var w devWeights
-	for range t.cfg.Sources {
-		w.proj = append(w.proj, next())
-		w.projBias = append(w.projBias, next())
-	}
-	w.blocks = make([]devBlock, t.cfg.Layers)
-	for l := range w.blocks {
-		b := &w.blocks[l]
-		b.attnNorm, b.wq, b.wk, b.wv, b.wo = next(), next(), next(), next(), next()
-		b.mlpNorm, b.wGate, b.wUp, b.wDown = next(), next(), next(), next()
-	}
-	w.finalNorm, w.delta, w.gate, w.gateBias = next(), next(), next(), next()
-	return w
+	return weightsOf(t.cfg, t.m.tensors, func(tn Tensor) tensor.Buf { return t.be.View(buf, tn.Offset, tn.Numel()) })
 }
 
 // Close frees the trainer's device memory.
@@ -371,23 +343,23 @@ func (t *DeviceTrainer) forward(N int, alpha float32) {
 		if i == 0 {
 			beta = 0
 		}
-		be.Gemm(false, true, N, W, s.Dim, 1, v(t.src[i], N*s.Dim), s.Dim, t.p.proj[i], s.Dim, beta, u, W)
+		be.Gemm(false, true, N, W, s.Dim, 1, v(t.src[i], N*s.Dim), s.Dim, t.p.Proj[i], s.Dim, beta, u, W)
 	}
 	for i := range cfg.Sources {
-		be.AddBias(u, t.p.projBias[i], N, W)
+		be.AddBias(u, t.p.ProjBias[i], N, W)
 	}
 
 	pos, rope, eps := v(t.pos, N), t.hostWS.rope, cfg.NormEps
 	offs := t.hostWS.offsets()
 	for l := range t.acts {
-		a, p := &t.acts[l], &t.p.blocks[l]
+		a, p := &t.acts[l], &t.p.Blocks[l]
 		in, out := v(t.res[l], NW), v(t.res[l+1], NW)
 		xn1, q, k, vv, att := v(a.xn1, NW), v(a.q, NW), v(a.k, NW), v(a.v, NW), v(a.att, NW)
 		mid, xn2 := v(a.mid, NW), v(a.xn2, NW)
-		be.RMSNormForward(xn1, a.rstd1, in, p.attnNorm, N, W, eps)
-		t.linear(q, xn1, p.wq, nil, N, W, W)
-		t.linear(k, xn1, p.wk, nil, N, W, W)
-		t.linear(vv, xn1, p.wv, nil, N, W, W)
+		be.RMSNormForward(xn1, a.rstd1, in, p.AttnNorm, N, W, eps)
+		t.linear(q, xn1, p.WQ, nil, N, W, W)
+		t.linear(k, xn1, p.WK, nil, N, W, W)
+		t.linear(vv, xn1, p.WV, nil, N, W, W)
 		be.RoPE(rope, q, pos, N, H, false)
 		be.RoPE(rope, k, pos, N, H, false)
 		for s := 1; s < len(offs); s++ {
@@ -395,22 +367,22 @@ func (t *DeviceTrainer) forward(N int, alpha float32) {
 			be.AttentionForward(be.View(att, r0*W, n*W), be.View(a.lse, H*r0, H*n), be.View(q, r0*W, n*W),
 				be.View(k, r0*W, n*W), be.View(vv, r0*W, n*W), n, H, H, hd)
 		}
-		t.linear(mid, att, p.wo, nil, N, W, W)
+		t.linear(mid, att, p.WO, nil, N, W, W)
 		be.AddInPlace(mid, in)
-		be.RMSNormForward(xn2, a.rstd2, mid, p.mlpNorm, N, W, eps)
+		be.RMSNormForward(xn2, a.rstd2, mid, p.MLPNorm, N, W, eps)
 		gate, up, h := v(a.gate, N*F), v(a.up, N*F), v(a.h, N*F)
-		t.linear(gate, xn2, p.wGate, nil, N, W, F)
-		t.linear(up, xn2, p.wUp, nil, N, W, F)
+		t.linear(gate, xn2, p.WGate, nil, N, W, F)
+		t.linear(up, xn2, p.WUp, nil, N, W, F)
 		be.SwiGLUForward(h, gate, up)
-		t.linear(out, h, p.wDown, nil, N, F, W)
+		t.linear(out, h, p.WDown, nil, N, F, W)
 		be.AddInPlace(out, mid)
 	}
 
 	// h = RMSNorm(r_L), Δx = h W_Δᵀ, g = sigmoid(h W_gᵀ + b_g)
 	hF, delta, gate := v(t.hF, NW), v(t.delta, ND), v(t.gate, ND)
-	be.RMSNormForward(hF, t.rstdF, v(t.res[cfg.Layers], NW), t.p.finalNorm, N, W, eps)
-	t.linear(delta, hF, t.p.delta, nil, N, W, D)
-	t.linear(gate, hF, t.p.gate, t.p.gateBias, N, W, D)
+	be.RMSNormForward(hF, t.rstdF, v(t.res[cfg.Layers], NW), t.p.FinalNorm, N, W, eps)
+	t.linear(delta, hF, t.p.Delta, nil, N, W, D)
+	t.linear(gate, hF, t.p.Gate, t.p.GateBias, N, W, D)
 	be.SigmoidForward(gate, gate)
 	// y = x̂ + α·(g⊙Δx), with dA as the product's scratch
 	y, tmp := v(t.y, ND), v(t.dA, ND)
@@ -458,11 +430,11 @@ func (t *DeviceTrainer) backward(N int, alpha float32) {
 	be.SigmoidBackward(dz, dGate, gate)
 	dh := v(t.dh, NW)
 	be.Zero(dh)
-	t.linearBack(dh, g.delta, nil, dDelta, hF, t.p.delta, N, W, D)
-	t.linearBack(dh, g.gate, g.gateBias, dz, hF, t.p.gate, N, W, D)
+	t.linearBack(dh, g.Delta, nil, dDelta, hF, t.p.Delta, N, W, D)
+	t.linearBack(dh, g.Gate, g.GateBias, dz, hF, t.p.Gate, N, W, D)
 	dres := v(t.dres, NW)
 	be.Zero(dres)
-	be.RMSNormBackward(dres, g.finalNorm, dh, v(t.res[cfg.Layers], NW), t.p.finalNorm, t.rstdF, N, W)
+	be.RMSNormBackward(dres, g.FinalNorm, dh, v(t.res[cfg.Layers], NW), t.p.FinalNorm, t.rstdF, N, W)
 
 	// The blocks from the last (transformer.Block.Backward): dres holds
 	// ∂loss/∂r_{l+1} and becomes ∂loss/∂r_l.
@@ -472,23 +444,23 @@ func (t *DeviceTrainer) backward(N int, alpha float32) {
 	dn, datt, dq, dk, dv := v(bs.dn, NW), v(bs.datt, NW), v(bs.dq, NW), v(bs.dk, NW), v(bs.dv, NW)
 	dhF, dgate, dup := v(bs.dh, N*F), v(bs.dgate, N*F), v(bs.dup, N*F)
 	for l := cfg.Layers - 1; l >= 0; l-- {
-		a, p, gb := &t.acts[l], &t.p.blocks[l], &g.blocks[l]
+		a, p, gb := &t.acts[l], &t.p.Blocks[l], &g.Blocks[l]
 		in := v(t.res[l], NW)
 		xn1, q, k, vv, att := v(a.xn1, NW), v(a.q, NW), v(a.k, NW), v(a.v, NW), v(a.att, NW)
 		mid, xn2 := v(a.mid, NW), v(a.xn2, NW)
 		// MLP: out = mid + down(h)
 		be.Zero(dhF)
-		t.linearBack(dhF, gb.wDown, nil, dres, v(a.h, N*F), p.wDown, N, F, W)
+		t.linearBack(dhF, gb.WDown, nil, dres, v(a.h, N*F), p.WDown, N, F, W)
 		be.Zero(dgate)
 		be.Zero(dup)
 		be.SwiGLUBackward(dgate, dup, dhF, v(a.gate, N*F), v(a.up, N*F))
 		be.Zero(dn)
-		t.linearBack(dn, gb.wGate, nil, dgate, xn2, p.wGate, N, W, F)
-		t.linearBack(dn, gb.wUp, nil, dup, xn2, p.wUp, N, W, F)
-		be.RMSNormBackward(dres, gb.mlpNorm, dn, mid, p.mlpNorm, a.rstd2, N, W)
+		t.linearBack(dn, gb.WGate, nil, dgate, xn2, p.WGate, N, W, F)
+		t.linearBack(dn, gb.WUp, nil, dup, xn2, p.WUp, N, W, F)
+		be.RMSNormBackward(dres, gb.MLPNorm, dn, mid, p.MLPNorm, a.rstd2, N, W)
 		// Attention: mid = in + o(attn(rope(q(xn1)), rope(k(xn1)), v(xn1)))
 		be.Zero(datt)
-		t.linearBack(datt, gb.wo, nil, dres, att, p.wo, N, W, W)
+		t.linearBack(datt, gb.WO, nil, dres, att, p.WO, N, W, W)
 		be.Zero(dq)
 		be.Zero(dk)
 		be.Zero(dv)
@@ -501,14 +473,14 @@ func (t *DeviceTrainer) backward(N int, alpha float32) {
 		be.RoPE(rope, dq, pos, N, H, true)
 		be.RoPE(rope, dk, pos, N, H, true)
 		be.Zero(dn)
-		t.linearBack(dn, gb.wq, nil, dq, xn1, p.wq, N, W, W)
-		t.linearBack(dn, gb.wk, nil, dk, xn1, p.wk, N, W, W)
-		t.linearBack(dn, gb.wv, nil, dv, xn1, p.wv, N, W, W)
-		be.RMSNormBackward(dres, gb.attnNorm, dn, in, p.attnNorm, a.rstd1, N, W)
+		t.linearBack(dn, gb.WQ, nil, dq, xn1, p.WQ, N, W, W)
+		t.linearBack(dn, gb.WK, nil, dk, xn1, p.WK, N, W, W)
+		t.linearBack(dn, gb.WV, nil, dv, xn1, p.WV, N, W, W)
+		be.RMSNormBackward(dres, gb.AttnNorm, dn, in, p.AttnNorm, a.rstd1, N, W)
 	}
 
 	// u = Σ_i x_i P_iᵀ + b_i (the sources are frozen inputs)
 	for i, s := range cfg.Sources {
-		t.linearBack(nil, g.proj[i], g.projBias[i], dres, v(t.src[i], N*s.Dim), t.p.proj[i], N, s.Dim, W)
+		t.linearBack(nil, g.Proj[i], g.ProjBias[i], dres, v(t.src[i], N*s.Dim), t.p.Proj[i], N, s.Dim, W)
 	}
 }

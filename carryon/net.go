@@ -224,25 +224,58 @@ func (c Config) layout() []Tensor {
 	return ts
 }
 
+// BlockOf holds the parameters of one transformer block, each as a T: a
+// []float32 window (Block) or the device trainer's backend view.
+type BlockOf[T any] struct {
+	AttnNorm       T // (W)
+	WQ, WK, WV, WO T // (W, W) each, nn.Linear layout (out, in)
+	MLPNorm        T // (W)
+	WGate, WUp     T // (FFN, W)
+	WDown          T // (W, FFN)
+}
+
 // Block holds the parameters of one transformer block.
-type Block struct {
-	AttnNorm       []float32 // (W)
-	WQ, WK, WV, WO []float32 // (W, W) each, nn.Linear layout (out, in)
-	MLPNorm        []float32 // (W)
-	WGate, WUp     []float32 // (FFN, W)
-	WDown          []float32 // (W, FFN)
+type Block = BlockOf[[]float32]
+
+// WeightsOf are the named tensors of a buffer laid out like Params, each
+// as a T: []float32 windows (Weights) or the device trainer's backend
+// views.
+type WeightsOf[T any] struct {
+	Proj      []T // per source i: (W, Dim_i)
+	ProjBias  []T // per source i: (W)
+	Blocks    []BlockOf[T]
+	FinalNorm T // (W)
+	Delta     T // (D, W) W_Δ
+	Gate      T // (D, W) W_g
+	GateBias  T // (D) b_g
 }
 
 // Weights are named windows of a buffer laid out like Params: the
 // parameters themselves, or their gradients or optimiser moments.
-type Weights struct {
-	Proj      [][]float32 // per source i: (W, Dim_i)
-	ProjBias  [][]float32 // per source i: (W)
-	Blocks    []Block
-	FinalNorm []float32 // (W)
-	Delta     []float32 // (D, W) W_Δ
-	Gate      []float32 // (D, W) W_g
-	GateBias  []float32 // (D) b_g
+type Weights = WeightsOf[[]float32]
+
+// weightsOf names the tensors of a buffer laid out like Params: cut
+// returns the part of the buffer that holds t; ts are the tensors of a
+// carry-on of cfg (its layout), in Params order.
+func weightsOf[T any](cfg Config, ts []Tensor, cut func(t Tensor) T) WeightsOf[T] {
+	k := 0
+	next := func() T {
+		k++
+		return cut(ts[k-1])
+	}
+	var w WeightsOf[T]
+	for range cfg.Sources {
+		w.Proj = append(w.Proj, next())
+		w.ProjBias = append(w.ProjBias, next())
+	}
+	w.Blocks = make([]BlockOf[T], cfg.Layers)
+	for l := range w.Blocks {
+		b := &w.Blocks[l]
+		b.AttnNorm, b.WQ, b.WK, b.WV, b.WO = next(), next(), next(), next(), next()
+		b.MLPNorm, b.WGate, b.WUp, b.WDown = next(), next(), next(), next()
+	}
+	w.FinalNorm, w.Delta, w.Gate, w.GateBias = next(), next(), next(), next()
+	return w
 }
 
 // Model is a carry-on network: its config and parameters.
@@ -326,26 +359,9 @@ func (c *Model) Views(buf []float32) Weights {
 	if len(buf) != len(c.Params) {
 		panic(fmt.Sprintf("model.Model.Views: buffer has %d elements, want %d", len(buf), len(c.Params)))
 	}
-	ts := c.tensors
-	k := 0
-	next := func() []float32 {
-		t := ts[k]
-		k++
+	return weightsOf(c.Config, c.tensors, func(t Tensor) []float32 {
 		return buf[t.Offset : t.Offset+t.Numel() : t.Offset+t.Numel()]
-	}
-	var w Weights
-	for range c.Config.Sources {
-		w.Proj = append(w.Proj, next())
-		w.ProjBias = append(w.ProjBias, next())
-	}
-	w.Blocks = make([]Block, c.Config.Layers)
-	for l := range w.Blocks {
-		b := &w.Blocks[l]
-		b.AttnNorm, b.WQ, b.WK, b.WV, b.WO = next(), next(), next(), next(), next()
-		b.MLPNorm, b.WGate, b.WUp, b.WDown = next(), next(), next(), next()
-	}
-	w.FinalNorm, w.Delta, w.Gate, w.GateBias = next(), next(), next(), next()
-	return w
+	})
 }
 
 // Clone returns a deep copy.
@@ -560,8 +576,8 @@ func (ws *Workspace) offsets() []int {
 	return off
 }
 
-// block is the block as a transformer.Block.
-func (b *Block) block() transformer.Block {
+// trunkBlock is b as a transformer.Block.
+func trunkBlock(b *Block) transformer.Block {
 	return transformer.Block{AttnNorm: b.AttnNorm, MLPNorm: b.MLPNorm,
 		WQ: transformer.F32(b.WQ), WK: transformer.F32(b.WK), WV: transformer.F32(b.WV), WO: transformer.F32(b.WO),
 		Gate: transformer.F32(b.WGate), Up: transformer.F32(b.WUp), Down: transformer.F32(b.WDown)}
@@ -617,7 +633,7 @@ func (c *Model) forward(ws *Workspace, N int, alpha float32) []float32 {
 
 	ws.pass = transformer.Pass{N: N, Pos: ws.pos, Seqs: ws.offsets(), Rope: ws.rope}
 	for l := range c.Blocks {
-		blk := c.Blocks[l].block()
+		blk := trunkBlock(&c.Blocks[l])
 		blk.Forward(cfg.dims(), &ws.pass, ws.res[l][:NW], ws.res[l+1][:NW], nil, ws.layers[l])
 	}
 

@@ -94,7 +94,7 @@ func (s *Session) extend(sources [][]float32, T int, alpha float32) []float32 {
 	c.project(r, sources, T)
 	for l := range c.Blocks {
 		p := &transformer.Pass{N: T, Pos: pos, Seqs: []int{0, T}, Rope: s.rope, K: s.kc[l], V: s.vc[l], Start: start}
-		blk := c.Blocks[l].block()
+		blk := trunkBlock(&c.Blocks[l])
 		blk.Forward(cfg.dims(), p, r, r, &s.scratch, nil)
 	}
 	c.heads(s.h, s.delta, s.gate, r, nil, T)
