@@ -81,6 +81,7 @@ func genF32(name, R string, mr, nv, lanes, bReg, bcReg int) {
 	p("\tMOVQ c+24(FP), DX")
 	p("\tMOVQ ldc+32(FP), R8")
 	p("\tSHLQ $2, R8")
+	genPrefetchC(mr, nr*4)
 	for r := 0; r < mr*nv; r++ {
 		p("\tVXORPS %s%d, %s%d, %s%d", R, r, R, r, R, r)
 	}
@@ -123,6 +124,23 @@ func genF32(name, R string, mr, nv, lanes, bReg, bcReg int) {
 	p("\tDECQ CX")
 	p("\tJMP %s_loop1", name)
 	genStore(name, R, mr, nv, vb, bcReg)
+}
+
+// genPrefetchC emits prefetches of the C tile (mr rows of width bytes, R8
+// bytes apart from DX) into L1, so that the rows (each on its own page in a
+// large C) arrive while the kc-long product runs instead of stalling the
+// write-back. Uses R9.
+func genPrefetchC(mr, width int) {
+	p("\tMOVQ DX, R9")
+	for i := 0; i < mr; i++ {
+		for o := 0; o < width; o += 64 { // every line, the row unaligned too
+			p("\tPREFETCHT0 %d(R9)", o)
+		}
+		p("\tPREFETCHT0 %d(R9)", width-4)
+		if i < mr-1 {
+			p("\tADDQ R8, R9")
+		}
+	}
 }
 
 // genStore emits the common write-back: acc·alpha (+ beta·C), rows R8 bytes apart.
