@@ -71,8 +71,11 @@ var (
 )
 
 // Blocking (elements): kc·nr·4 bytes of B micro-panel stay in L1 (16 KiB
-// for AVX2, 32 KiB for AVX-512: kc = 256 beat 128 by ≈ 15% at 2048³ on
-// Zen 5), mc·kc of A in L2, kc·nc of B in L3. The bf16 kernel's panels
+// for AVX2), mc·kc of A in L2, kc·nc of B in L3. AVX-512: kc = mc = 384
+// (a 48 KiB B micro-panel, Zen 5's whole L1d, and 576 KiB of A in its
+// 1 MiB L2) beat kc = 256, mc = 192 by 9–11% on 2 threads at 2048³ and
+// 512×4864×896: a deeper kc means fewer passes over C, which the kernel
+// reads and writes once per kc. The bf16 kernel's panels
 // hold 2 bytes per element, so its kc is 512 (the same 32 KiB): 3–19% more
 // GFLOP per CPU-second than 256 on the prefill's shapes on Zen 5.
 var (
@@ -80,10 +83,10 @@ var (
 		mr: 6, nr: 16, kc: 256, mc: 144, nc: 3072, kstep: 1, micro: microAVX2,
 	}, nil, dot4AVX2Go, dot4BF16AVX2Go).withGemv(gemvAVX2)
 	avx512Kernels = newGemmKernels("avx512", tileKernel[float32]{
-		mr: 12, nr: 32, kc: 256, mc: 192, nc: 3072, kstep: 1, micro: microAVX512,
+		mr: 12, nr: 32, kc: 384, mc: 384, nc: 3072, kstep: 1, micro: microAVX512,
 	}, nil, dot4AVX2Go, dot4BF16AVX2Go).withGemvZ()
 	avx512BF16Kernels = newGemmKernels("avx512bf16", tileKernel[float32]{
-		mr: 12, nr: 32, kc: 256, mc: 192, nc: 3072, kstep: 1, micro: microAVX512,
+		mr: 12, nr: 32, kc: 384, mc: 384, nc: 3072, kstep: 1, micro: microAVX512,
 	}, &tileKernel[uint16]{
 		mr: 12, nr: 32, kc: 512, mc: 192, nc: 3072, kstep: 2, micro: microBF16,
 	}, dot4AVX2Go, dot4BF16AVX2Go).withGemvZ()
