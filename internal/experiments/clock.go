@@ -1,10 +1,12 @@
 package experiments
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"path/filepath"
+	"os"
+	"slices"
 	"time"
 
 	"carryon/coordinator"
@@ -13,102 +15,186 @@ import (
 	"carryon/tensor"
 )
 
-// clockExp: held-out loss against wall-clock seconds for three ways of
-// spending the same budget on the same problems:
+// ClockKeys are the methods of the clock experiment, in the order they
+// run (Sizes.ClockMethods picks some):
 //
-//   - carry-on: the base runs forward once over the data (the embedding,
-//     on the carry-on's clock from t = 0), then the carry-on trains on the
-//     cache;
-//   - full fine-tune: every weight of the base trained (model.BaseTrainer);
+//   - cold: the reference carry-on (h = 64, L = 2) on the frozen base, its
+//     clock starting with the base's forward pass over the training and
+//     validation problems into a fresh cache;
+//   - cached: the same carry-on on an embedding already in the cache (what
+//     a search, a second adaptor or a boosting stage sees: the cache is
+//     paid once), its clock starting with opening and reading the cache;
+//   - lora: LoRA adapters on every attention and MLP projection of the base;
+//   - finetune: every weight of the base (model.BaseTrainer);
 //   - scratch: a fresh base of the carry-on's own size (h = 64, L = 2, the
-//     same vocabulary) pretrained on the problems' tokens.
-//
-// The carry-on's step count comes from the step time of the reference run
-// (experiment 1), so that its cosine schedule ends at about the budget; the
-// two base trainers schedule their learning rate on the clock itself.
+//     same vocabulary) trained on the problems' tokens.
+var ClockKeys = []string{"cold", "cached", "lora", "finetune", "scratch"}
+
+func knownClockMethods(keys []string) bool {
+	for _, k := range keys {
+		if !slices.Contains(ClockKeys, k) {
+			return false
+		}
+	}
+	return true
+}
+
+// clockExp: held-out loss against wall-clock seconds for the ClockKeys
+// ways of spending the same budget (Sizes.ClockSeconds) on the same
+// problems, each seeded with Sizes.ClockSeed. Validation passes are not on
+// any method's clock; each keeps its best validation pass.
 func (r *runner) clockExp() error {
 	bc := r.base.Config
-	out := &ClockResult{BudgetSeconds: r.sz.ClockSeconds, BaseLoss: r.res.Setup.BaseLoss}
+	seed := cmp.Or(r.sz.ClockSeed, 1)
+	var got []ClockMethod
+	measure := func(key string, train func() (ClockMethod, error)) error {
+		if len(r.sz.ClockMethods) > 0 && !slices.Contains(r.sz.ClockMethods, key) {
+			return nil
+		}
+		l0 := LoadAvg()
+		m, err := train()
+		if err != nil {
+			return fmt.Errorf("%s: %w", key, err)
+		}
+		m.Key, m.Budget, m.Seed, m.Load, m.Date = key, r.sz.ClockSeconds, seed, [2]float64{l0, LoadAvg()}, time.Now().UTC().Format("2006-01-02 15:04")
+		r.logf("clock %s (budget %.0f s, seed %d): %d params, %d steps, %.1f s (embedding %.1f, reads %.1f), loss %.4f, load %.2f–%.2f",
+			key, m.Budget, seed, m.Params, m.Steps, m.Seconds, m.EmbedSeconds, m.ReadSeconds, m.Loss, m.Load[0], m.Load[1])
+		got = append(got, m)
+		return nil
+	}
+	if err := measure("cold", func() (ClockMethod, error) { return r.clockCarryOn(true, seed) }); err != nil {
+		return err
+	}
+	if err := measure("cached", func() (ClockMethod, error) { return r.clockCarryOn(false, seed) }); err != nil {
+		return err
+	}
+	err := measure("lora", func() (ClockMethod, error) {
+		var lo *lora.Adapter
+		m, err := r.trainBase(fmt.Sprintf("LoRA r=%d on the base", r.sz.LoRARank), func() (trainable, error) {
+			tr, err := model.NewBaseTrainer(r.base, 2, bc.MaxPos)
+			if err != nil {
+				return nil, err
+			}
+			lo, err = lora.New(tr, lora.Config{Rank: r.sz.LoRARank, Seed: seed})
+			return loraTrainable{lo}, err
+		}, r.sz.LoRALR, 0, seed)
+		if err == nil {
+			r.tuned = append(r.tuned, tunedBase{name: m.Name, base: lo.Base()})
+		}
+		return m, err
+	})
+	if err != nil {
+		return err
+	}
+	err = measure("finetune", func() (ClockMethod, error) {
+		var ftr *model.BaseTrainer
+		m, err := r.trainBase("full fine-tune of the base", func() (trainable, error) {
+			var err error
+			ftr, err = model.NewBaseTrainer(r.base, 2, bc.MaxPos)
+			return fullTrainable{ftr}, err
+		}, r.sz.FinetuneLR, 0.01, seed)
+		if err == nil {
+			r.tuned = append(r.tuned, tunedBase{name: m.Name, base: ftr.Base})
+		}
+		return m, err
+	})
+	if err != nil {
+		return err
+	}
+	err = measure("scratch", func() (ClockMethod, error) {
+		tiny := bc
+		tiny.Dim, tiny.Layers, tiny.Heads, tiny.KVHeads, tiny.HeadDim, tiny.FFN = 64, 2, 4, 4, 16, 172
+		return r.trainBase("h=64 L=2 from scratch", func() (trainable, error) {
+			b, err := model.NewRandomBase(tiny, seed)
+			if err != nil {
+				return nil, err
+			}
+			model.InitTrainWeights(b, seed)
+			tr, err := model.NewBaseTrainer(b, 2, bc.MaxPos)
+			return fullTrainable{tr}, err
+		}, r.sz.ScratchLR, 0.1, seed)
+	})
+	if err != nil {
+		return err
+	}
+	r.res.Clock = mergeClock(r.res.Clock, got, r.res.Setup.BaseLoss)
+	return nil
+}
 
-	// Carry-on. The embedding is measured on a cold cache with the real
-	// base (not the run's shared forward pass).
-	cfg := coordinator.Config{CacheDir: filepath.Join(r.cacheDir, "clock"), Codec: "q8", Logger: r.log}
-	c, err := coordinator.New(nil, nil, r.base, cfg)
-	if err != nil {
-		return err
+// mergeClock returns old's methods with those of got in place of the
+// entries of the same method, budget and seed (entries of an older format,
+// without a key, are dropped), ordered by budget, ClockKeys and seed.
+func mergeClock(old *ClockResult, got []ClockMethod, baseLoss float64) *ClockResult {
+	out := &ClockResult{BaseLoss: baseLoss}
+	if old != nil {
+		for _, m := range old.Methods {
+			replaced := m.Key == "" || slices.ContainsFunc(got, func(g ClockMethod) bool {
+				return g.Key == m.Key && g.Budget == m.Budget && g.Seed == m.Seed
+			})
+			if !replaced {
+				out.Methods = append(out.Methods, m)
+			}
+		}
 	}
-	out.EmbedSeconds, err = timed(func() error { return c.CollectLocal(r.ctx, r.fit, nil, nil) })
-	c.Close()
-	if err != nil {
-		return err
-	}
+	out.Methods = append(out.Methods, got...)
+	slices.SortStableFunc(out.Methods, func(a, b ClockMethod) int {
+		return cmp.Or(cmp.Compare(a.Budget, b.Budget), cmp.Compare(slices.Index(ClockKeys, a.Key), slices.Index(ClockKeys, b.Key)), cmp.Compare(a.Seed, b.Seed))
+	})
+	return out
+}
+
+// clockCarryOn trains the reference carry-on for the budget. Cold, the
+// base's forward pass over the training and validation problems into a
+// fresh cache is on its clock; cached, that cache is filled (from the
+// run's shared forward pass) before the clock starts. Either way the clock
+// then counts opening the cache and reading the splits (ReadSeconds) and
+// the steps. The step count comes from the reference run's step and read
+// times (experiment 1's carry-on), so that the cosine schedule ends at
+// about the budget; the seconds reported are the ones measured.
+func (r *runner) clockCarryOn(cold bool, seed uint64) (ClockMethod, error) {
+	var m ClockMethod
 	ref, err := r.carryOn(r.main("fit"))
 	if err != nil {
-		return err
+		return m, err
+	}
+	dir, err := os.MkdirTemp(r.cacheDir, "clock-*")
+	if err != nil {
+		return m, err
+	}
+	defer os.RemoveAll(dir)
+	var fw coordinator.Forwarder = r.memo
+	if cold {
+		fw = nil // the real base
+	}
+	embed, err := timed(func() error { return fillCache(r.ctx, r.base, fw, dir, r.log, nil, r.fit) })
+	if err != nil {
+		return m, err
 	}
 	s := r.main("fit")
-	s.steps = max(1, int((r.sz.ClockSeconds-out.EmbedSeconds)/(ref.run.StepMS/1000)))
-	t, err := r.carryOn(s)
-	if err != nil {
-		return err
+	s.seed = seed
+	m.Name = "carry-on h=64 L=2, embedding cached"
+	if cold {
+		m.EmbedSeconds, m.Name = embed, "carry-on h=64 L=2, embedding cold"
 	}
-	co := ClockMethod{Name: fmt.Sprintf("carry-on h=64 L=2 (%d params)", t.run.Params), Params: t.run.Params, Steps: s.steps,
-		LR: r.sz.LR, StepMS: t.run.StepMS, Loss: t.run.ValLoss, BestStep: t.run.BestStep}
-	co.Curve.add(0, 0, r.res.Setup.BaseSelectLoss)
+	stepSec := ref.run.Phases.Steps / float64(ref.run.Steps)
+	s.steps = max(1, int((r.sz.ClockSeconds-m.EmbedSeconds-ref.run.Phases.Load)/stepSec))
+	t, err := trainCarryOn(r.ctx, r.base, r.memo, dir, r.log, r.fit, r.test, s, r.sz)
+	if err != nil {
+		return m, err
+	}
+	// The run's curve counts the time from the start of Train (its reads
+	// included) to each validation pass, passes excluded.
+	m.ReadSeconds = t.run.Phases.Open + t.run.Phases.Load
+	m.Params, m.Steps, m.LR, m.Loss, m.BestStep = t.run.Params, s.steps, r.sz.LR, t.run.ValLoss, t.run.BestStep
+	m.Curve.add(0, 0, r.res.Setup.BaseSelectLoss)
 	for i := range t.run.Curve.Step {
-		co.Curve.add(t.run.Curve.Step[i], out.EmbedSeconds+t.run.Curve.Seconds[i], t.run.Curve.Loss[i])
-	}
-	co.Seconds = co.Curve.Seconds[len(co.Curve.Seconds)-1]
-	out.Methods = append(out.Methods, co)
-	r.logf("clock: carry-on %d steps, embedding %.1f s, %.1f s in all, loss %.4f", s.steps, out.EmbedSeconds, co.Seconds, co.Loss)
-
-	// LoRA on every attention and MLP projection of the base.
-	var lo *lora.Adapter
-	lm, err := r.trainBase(fmt.Sprintf("LoRA r=%d on the base", r.sz.LoRARank), func() (trainable, error) {
-		tr, err := model.NewBaseTrainer(r.base, 2, bc.MaxPos)
-		if err != nil {
-			return nil, err
+		if t.run.Curve.Step[i] > 0 {
+			m.Curve.add(t.run.Curve.Step[i], m.EmbedSeconds+t.run.Phases.Open+t.run.Curve.Seconds[i], t.run.Curve.Loss[i])
 		}
-		lo, err = lora.New(tr, lora.Config{Rank: r.sz.LoRARank, Seed: 1})
-		return loraTrainable{lo}, err
-	}, r.sz.LoRALR, 0)
-	if err != nil {
-		return err
 	}
-	out.Methods = append(out.Methods, lm)
-	r.tuned = append(r.tuned, tunedBase{name: lm.Name, base: lo.Base()})
-
-	// Full fine-tune of the base.
-	var ftr *model.BaseTrainer
-	ft, err := r.trainBase("full fine-tune of the base", func() (trainable, error) {
-		var err error
-		ftr, err = model.NewBaseTrainer(r.base, 2, bc.MaxPos)
-		return fullTrainable{ftr}, err
-	}, r.sz.FinetuneLR, 0.01)
-	if err != nil {
-		return err
-	}
-	out.Methods = append(out.Methods, ft)
-	r.tuned = append(r.tuned, tunedBase{name: ft.Name, base: ftr.Base})
-
-	// The carry-on's size, from scratch.
-	tiny := bc
-	tiny.Dim, tiny.Layers, tiny.Heads, tiny.KVHeads, tiny.HeadDim, tiny.FFN = 64, 2, 4, 4, 16, 172
-	sc, err := r.trainBase("h=64 L=2 from scratch", func() (trainable, error) {
-		b, err := model.NewRandomBase(tiny, 1)
-		if err != nil {
-			return nil, err
-		}
-		model.InitTrainWeights(b, 1)
-		tr, err := model.NewBaseTrainer(b, 2, bc.MaxPos)
-		return fullTrainable{tr}, err
-	}, r.sz.ScratchLR, 0.1)
-	if err != nil {
-		return err
-	}
-	out.Methods = append(out.Methods, sc)
-	r.res.Clock = out
-	return nil
+	m.Seconds = m.Curve.Seconds[len(m.Curve.Seconds)-1]
+	m.StepMS = 1000 * t.run.Phases.Steps / float64(s.steps)
+	return m, nil
 }
 
 // trainable is a way of training a base: every weight (fullTrainable) or
@@ -158,7 +244,7 @@ func (l loraTrainable) Model() *model.Base {
 // weights of the best validation pass are scored on the held-out test
 // problems (best-by-validation, as the carry-on). Training stops at the
 // budget.
-func (r *runner) trainBase(name string, newTrainer func() (trainable, error), lr, wd float32) (ClockMethod, error) {
+func (r *runner) trainBase(name string, newTrainer func() (trainable, error), lr, wd float32, seed uint64) (ClockMethod, error) {
 	m := ClockMethod{Name: name, LR: lr}
 	train := sequences(r.fit.Train)
 	val := sequences(r.fit.Val)
@@ -168,7 +254,7 @@ func (r *runner) trainBase(name string, newTrainer func() (trainable, error), lr
 		seqs := make([][]int32, r.sz.Batch)
 		for i := range seqs {
 			k := (step-1)*r.sz.Batch + i
-			perm := rand.New(rand.NewPCG(1, uint64(k/len(train)))).Perm(len(train))
+			perm := rand.New(rand.NewPCG(seed, uint64(k/len(train)))).Perm(len(train))
 			seqs[i] = train[perm[k%len(train)]].Tokens
 		}
 		return seqs
@@ -231,6 +317,5 @@ func (r *runner) trainBase(name string, newTrainer func() (trainable, error), lr
 	for i, p := range tr.Params() {
 		copy(p, kept[i])
 	}
-	r.logf("clock: %s: %d params, %d steps, %.1f s, loss %.4f", name, m.Params, m.Steps, m.Seconds, m.Loss)
 	return m, nil
 }

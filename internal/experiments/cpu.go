@@ -30,3 +30,21 @@ func ProcessCPU() time.Duration {
 	}
 	return time.Duration(ut+st) * (time.Second / 100)
 }
+
+// LoadAvg is the machine's 1-minute load average from /proc/loadavg, or 0
+// without it: recorded next to every wall time, which it disturbs.
+func LoadAvg() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	v, err := strconv.ParseFloat(f[0], 64)
+	if err != nil {
+		return 0
+	}
+	return v
+}

@@ -340,24 +340,31 @@ func TestQuickRun(t *testing.T) {
 			t.Errorf("base through q8 %v, exact %v", r.BaseLoss, s.BaseLoss)
 		}
 	}
-	if c := res.Clock; c == nil || len(c.Methods) != 4 || c.EmbedSeconds <= 0 {
+	if c := res.Clock; c == nil || len(c.Methods) != len(ClockKeys) {
 		t.Fatalf("clock experiment: %+v", c)
 	} else {
-		for _, m := range c.Methods {
+		for i, m := range c.Methods {
 			ok(m.Name+" loss", m.Loss)
-			if m.Steps < 1 || len(m.Curve.Step) < 2 || m.Curve.Seconds[0] != 0 {
+			if m.Key != ClockKeys[i] || m.Budget != sz.ClockSeconds || m.Seed != 1 || m.Steps < 1 || len(m.Curve.Step) < 2 || m.Curve.Seconds[0] != 0 {
 				t.Errorf("%s: %+v", m.Name, m)
 			}
 		}
-		if c.Methods[0].Curve.Seconds[1] < c.EmbedSeconds || c.Methods[2].Params != int(base.Config.NumParams()) {
-			t.Errorf("clock: the carry-on's clock must start after the embedding (%v), the fine-tune train all %d weights: %+v", c.EmbedSeconds, base.Config.NumParams(), c.Methods)
+		cold, cached := c.Methods[0], c.Methods[1]
+		// The cold carry-on's clock starts with the embedding, the cached
+		// one's with the reads only; both train the reference shape.
+		if cold.EmbedSeconds <= 0 || cold.Curve.Seconds[1] < cold.EmbedSeconds+cold.ReadSeconds-1e-9 || cached.EmbedSeconds != 0 ||
+			cached.ReadSeconds <= 0 || cached.Curve.Seconds[1] < cached.ReadSeconds-1e-9 || cold.Params != cached.Params {
+			t.Errorf("clock: carry-ons' clocks: cold %+v, cached %+v", cold, cached)
+		}
+		if c.Methods[3].Params != int(base.Config.NumParams()) {
+			t.Errorf("clock: the fine-tune trains %d weights, want all %d", c.Methods[3].Params, base.Config.NumParams())
 		}
 		// LoRA: rank r on 7 projections per block, r·(in+out) each.
 		bc := base.Config
 		qd, kvd := bc.Heads*bc.HeadDim, bc.KVHeads*bc.HeadDim
 		perBlock := sz.LoRARank * ((bc.Dim + qd) + 2*(bc.Dim+kvd) + (qd + bc.Dim) + 2*(bc.Dim+bc.FFN) + (bc.FFN + bc.Dim))
-		if c.Methods[1].Params != bc.Layers*perBlock {
-			t.Errorf("LoRA trains %d parameters, want %d", c.Methods[1].Params, bc.Layers*perBlock)
+		if c.Methods[2].Params != bc.Layers*perBlock {
+			t.Errorf("LoRA trains %d parameters, want %d", c.Methods[2].Params, bc.Layers*perBlock)
 		}
 	}
 	if b := res.Bridge; b == nil || len(b.Rows) != 5 {
@@ -528,15 +535,63 @@ func TestQuickRun(t *testing.T) {
 		t.Errorf("no progress reported")
 	}
 
-	// --only exact keeps the other experiments' results.
+	// Every section records the sizes it ran with.
+	for _, n := range Names {
+		if rec, ok := res.Sections[n]; !ok || !reflect.DeepEqual(rec.Sizes, sz) || rec.Seconds <= 0 || rec.Date == "" {
+			t.Errorf("section %s: record %+v, want the run's sizes", n, rec)
+		}
+	}
+
+	// --only exact keeps the other experiments' results and records, and
+	// records its own sizes.
 	opt.Only = "exact"
+	sz2 := sz
+	sz2.ExactProblems++
+	opt.Sizes = &sz2
 	res2, err := Run(context.Background(), base, tok, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !reflect.DeepEqual(res2.Loss, res.Loss) || !reflect.DeepEqual(res2.Shape, res.Shape) || res2.Exact == nil {
+	if !reflect.DeepEqual(res2.Loss, res.Loss) || !reflect.DeepEqual(res2.Shape, res.Shape) || res2.Exact == nil || res2.Exact.Problems != sz2.ExactProblems {
 		t.Errorf("--only exact lost the other sections")
 	}
+	for _, n := range Names {
+		want := res.Sections[n]
+		if n == "exact" {
+			want.Sizes = sz2
+		}
+		if got := res2.Sections[n]; !reflect.DeepEqual(got.Sizes, want.Sizes) || n != "exact" && !reflect.DeepEqual(got, want) {
+			t.Errorf("after --only exact, section %s records %+v, want %+v", n, got, want)
+		}
+	}
+
+	// --only clock with some methods and another seed adds their entries
+	// and keeps the rest; the same run again replaces its own.
+	opt.Only = "clock"
+	sz3 := sz
+	sz3.ClockSeed, sz3.ClockMethods = 2, []string{"cached", "scratch"}
+	opt.Sizes = &sz3
+	for range 2 {
+		res3, err := Run(context.Background(), base, tok, opt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var keys []string
+		for _, m := range res3.Clock.Methods {
+			keys = append(keys, fmt.Sprintf("%s/%d", m.Key, m.Seed))
+		}
+		if want := []string{"cold/1", "cached/1", "cached/2", "lora/1", "finetune/1", "scratch/1", "scratch/2"}; !reflect.DeepEqual(keys, want) {
+			t.Errorf("clock methods after --only clock with seed 2: %v, want %v", keys, want)
+		}
+		if !reflect.DeepEqual(res3.Clock.Methods[0], res.Clock.Methods[0]) || !reflect.DeepEqual(res3.Exact, res2.Exact) {
+			t.Errorf("--only clock changed another method's entry or another section")
+		}
+	}
+	sz3.ClockMethods = []string{"nonsense"}
+	if _, err := Run(context.Background(), base, tok, opt); err == nil {
+		t.Errorf("an unknown clock method was accepted")
+	}
+	opt.Sizes = nil
 	opt.Only = "nonsense"
 	if _, err := Run(context.Background(), base, tok, opt); err == nil {
 		t.Errorf("an unknown experiment name was accepted")

@@ -8,6 +8,8 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -15,13 +17,27 @@ import (
 // Plot names under Out/img/.
 const (
 	PlotLoss   = "exp1-loss.svg"
-	PlotClock  = "exp2-clock.svg"
 	PlotBridge = "exp3-bridge.svg"
 	PlotShape  = "exp4-shape.svg"
 	// PlotSearchParams and PlotSearchStep are the search's Pareto plots.
 	PlotSearchParams = "exp5-search-params.svg"
 	PlotSearchStep   = "exp5-search-step.svg"
 )
+
+// PlotClock is the clock experiment's plot for one budget.
+func PlotClock(budget float64) string { return fmt.Sprintf("exp2-clock-%gs.svg", budget) }
+
+// clockBudgets are the budgets c measured, in increasing order.
+func clockBudgets(c *ClockResult) []float64 {
+	var out []float64
+	for _, m := range c.Methods {
+		if !slices.Contains(out, m.Budget) {
+			out = append(out, m.Budget)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
 
 // Write writes res under dir: experiments.json, experiments-results.md and
 // one SVG per plotted experiment in dir/img/. Each file is written to a
@@ -79,14 +95,20 @@ func Charts(res *Results) map[string]Chart {
 		out[PlotLoss] = ch
 	}
 	if c := res.Clock; c != nil {
-		ch := Chart{Title: "Exp. 2: validation-split loss vs wall-clock training seconds",
-			XLabel: "seconds (carry-on: base forward pass included)", YLabel: "loss (nats/token)",
-			HLines: []HLine{{Y: res.Setup.BaseSelectLoss, Name: "base alone"}}}
-		for _, m := range c.Methods {
-			x, y := curveXY(m.Curve, true)
-			ch.Series = append(ch.Series, Series{Name: shortName(m.Name), X: x, Y: y, Markers: true})
+		for _, budget := range clockBudgets(c) {
+			ch := Chart{Title: fmt.Sprintf("Exp. 2: validation-split loss vs wall-clock seconds, budget %.0f s", budget),
+				XLabel: "seconds (cold carry-on: the base's forward pass included)", YLabel: "loss (nats/token)",
+				HLines: []HLine{{Y: res.Setup.BaseSelectLoss, Name: "base alone"}}}
+			seen := map[string]bool{}
+			for _, m := range c.Methods { // the lowest seed of each method
+				if m.Budget == budget && !seen[m.Key] {
+					seen[m.Key] = true
+					x, y := curveXY(m.Curve, true)
+					ch.Series = append(ch.Series, Series{Name: shortName(m.Name), X: x, Y: y, Markers: true, Dashed: m.Key == "cold"})
+				}
+			}
+			out[PlotClock(budget)] = ch
 		}
-		out[PlotClock] = ch
 	}
 	if b := res.Bridge; b != nil {
 		var x, y, yb []float64
@@ -158,10 +180,12 @@ func Tables(res *Results) []byte {
 		"wide set %d other problems of any length, cut to the context (%d answer tokens); %d held-out answer tokens. ",
 		s.Read, s.Fit, s.Val, s.Select, s.Train, s.TrainTokens, s.Wide, s.WideTokens, s.ValTokens)
 	p("Base alone: %.4f nats per held-out answer token. ", s.BaseLoss)
-	p("Run of %s: %.0f s wall, GOMAXPROCS %d; base forward %.1f s over %d sequences, once, reused by %d carry-on runs (%.0f s of training).\n\n",
-		s.Date, s.WallSeconds, s.GOMAXPROCS, s.ForwardSeconds, s.ForwardSeqs, s.CarryOnRuns, s.TrainSeconds)
+	sj, _ := json.Marshal(s.Sizes)
+	p("The setup was last written by the run of %s (sizes `%s`): %.0f s wall, GOMAXPROCS %d; base forward %.1f s over %d sequences, once, reused by %d carry-on runs (%.0f s of training).\n\n",
+		s.Date, sj, s.WallSeconds, s.GOMAXPROCS, s.ForwardSeconds, s.ForwardSeqs, s.CarryOnRuns, s.TrainSeconds)
 	if l := res.Loss; l != nil {
-		p("## 1. Held-out answer-token loss\n\nThe carry-on kept is the best validation pass (step), with α chosen on the validation split; the loss is on the held-out test problems.\n\n")
+		p("## 1. Held-out answer-token loss\n\n%s", sectionNote(res, "loss"))
+		p("The carry-on kept is the best validation pass (step), with α chosen on the validation split; the loss is on the held-out test problems.\n\n")
 		p("| system | trained on | seed | params | adaptor bytes | kept step | α | validation | held-out loss | vs base |\n|---|---|--:|--:|--:|--:|--:|--:|--:|--:|\n")
 		p("| base alone | – | – | – | – | – | – | %.4f | %.4f | – |\n", s.BaseSelectLoss, l.BaseLoss)
 		for _, r := range l.Runs {
@@ -171,16 +195,37 @@ func Tables(res *Results) []byte {
 		p("\n![](img/%s)\n\n", PlotLoss)
 	}
 	if c := res.Clock; c != nil {
-		p("## 2. Convergence at equal wall-clock\n\nBudget %.0f s per method; the carry-on's clock includes %.1f s of base forward over train and held-out problems.\n\n",
-			c.BudgetSeconds, c.EmbedSeconds)
-		p("| method | trained params | steps | LR | ms/step | seconds | kept step | held-out loss |\n|---|--:|--:|--:|--:|--:|--:|--:|\n")
-		for _, m := range c.Methods {
-			p("| %s | %d | %d | %.0e | %.0f | %.1f | %d | %.4f |\n", m.Name, m.Params, m.Steps, m.LR, m.StepMS, m.Seconds, m.BestStep, m.Loss)
+		p("## 2. Convergence at equal wall-clock\n\n%s", sectionNote(res, "clock"))
+		p("Each method's clock counts its training (validation passes excluded); the cold carry-on's also the base's forward pass over the training and validation problems into a fresh cache (embedding), both carry-ons' opening and reading the cache. ")
+		p("Each keeps its best validation pass; the loss is on the held-out test problems. Load: 1-minute load average before and after the method ran.\n\n")
+		for _, budget := range clockBudgets(c) {
+			p("### Budget %.0f s\n\n", budget)
+			p("| method | seed | trained params | steps | ms/step | embedding s | reads s | seconds | kept step | held-out loss | load | date |\n|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n")
+			for _, m := range c.Methods {
+				if m.Budget == budget {
+					p("| %s | %d | %d | %d | %.0f | %.1f | %.1f | %.1f | %d | %.4f | %.1f–%.1f | %s |\n", m.Name, m.Seed, m.Params, m.Steps, m.StepMS,
+						m.EmbedSeconds, m.ReadSeconds, m.Seconds, m.BestStep, m.Loss, m.Load[0], m.Load[1], m.Date)
+				}
+			}
+			p("\n| method | seeds | mean held-out loss | min | max |\n|---|--:|--:|--:|--:|\n")
+			for _, k := range ClockKeys {
+				var ls []float64
+				name := ""
+				for _, m := range c.Methods {
+					if m.Budget == budget && m.Key == k {
+						ls, name = append(ls, m.Loss), m.Name
+					}
+				}
+				if len(ls) > 0 {
+					p("| %s | %d | %.4f | %.4f | %.4f |\n", name, len(ls), mean(ls), slices.Min(ls), slices.Max(ls))
+				}
+			}
+			p("\n![](img/%s)\n\n", PlotClock(budget))
 		}
-		p("\n![](img/%s)\n\n", PlotClock)
 	}
 	if br := res.Bridge; br != nil {
-		p("## 3. Bridge bits\n\n| bridge | bytes/token | vs float32 | relative error | base through bridge | base + carry-on | best |\n|---|--:|--:|--:|--:|--:|--:|\n")
+		p("## 3. Bridge bits\n\n%s", sectionNote(res, "bridge"))
+		p("| bridge | bytes/token | vs float32 | relative error | base through bridge | base + carry-on | best |\n|---|--:|--:|--:|--:|--:|--:|\n")
 		for _, r := range br.Rows {
 			p("| %s | %d | %.1f× smaller | %.4f | %.4f | %.4f | %.4f |\n", r.Codec, r.BytesPerToken,
 				float64(br.F32BytesPerToken)/float64(r.BytesPerToken), r.RelError, r.BaseLoss, r.ValLoss, r.BestLoss)
@@ -188,14 +233,16 @@ func Tables(res *Results) []byte {
 		p("\n![](img/%s)\n\n", PlotBridge)
 	}
 	if sh := res.Shape; sh != nil {
-		p("## 4. Width and depth\n\n| h | L | params | adaptor bytes | loss | best (step) | ms/step |\n|--:|--:|--:|--:|--:|--:|--:|\n")
+		p("## 4. Width and depth\n\n%s", sectionNote(res, "shape"))
+		p("| h | L | params | adaptor bytes | loss | best (step) | ms/step |\n|--:|--:|--:|--:|--:|--:|--:|\n")
 		for _, r := range sh.Runs {
 			p("| %d | %d | %d | %d | %.4f | %.4f (%d) | %.0f |\n", r.Width, r.Layers, r.Params, r.AdaptorBytes, r.ValLoss, r.BestLoss, r.BestStep, r.StepMS)
 		}
 		p("\n![](img/%s)\n\n", PlotShape)
 	}
 	if se := res.Search; se != nil {
-		p("## 5. Search over one embedding cache\n\n%d configurations of up to %d steps, %d at once. ", len(se.Trials), se.Steps, se.Parallel)
+		p("## 5. Search over one embedding cache\n\n%s", sectionNote(res, "search"))
+		p("%d configurations of up to %d steps, %d at once. ", len(se.Trials), se.Steps, se.Parallel)
 		p("The embedding (base forward, %.1f s cold) is paid once; the %d trials took %.0f s of wall-clock in all (%.1f s per trial on average). ",
 			se.EmbedSeconds, len(se.Trials), se.TrialsSeconds, se.TrialsSeconds/float64(max(1, len(se.Trials))))
 		if se.EarlyStop {
@@ -215,14 +262,15 @@ func Tables(res *Results) []byte {
 		p("\n![](img/%s)\n![](img/%s)\n\n", PlotSearchParams, PlotSearchStep)
 	}
 	if mx := res.Mix; mx != nil {
-		p("## 6. Mixtures of sources\n\n| sources | seed | params | kept step | α | validation | held-out loss | ms/step |\n|---|--:|--:|--:|--:|--:|--:|--:|\n")
+		p("## 6. Mixtures of sources\n\n%s", sectionNote(res, "mix"))
+		p("| sources | seed | params | kept step | α | validation | held-out loss | ms/step |\n|---|--:|--:|--:|--:|--:|--:|--:|\n")
 		for _, r := range mx.Runs {
 			p("| %s | %d | %d | %d | %.2f | %.4f | %.4f | %.0f |\n", mixNames(r.Sources, r.Mix), r.Seed, r.Params, r.BestStep, r.Alpha, r.SelectLoss, r.ValLoss, r.StepMS)
 		}
 		p("\n")
 	}
 	if e := res.Exact; e != nil {
-		p("## 7. Exact match (greedy, %d held-out problems)\n\n", e.Problems)
+		p("## 7. Exact match (greedy, %d held-out problems)\n\n%s", e.Problems, sectionNote(res, "exact"))
 		if e.FromTest > 0 && e.FromTest < e.Problems {
 			p("The %d problems of the test split, then %d more that no run trains on.\n\n", e.FromTest, e.Problems-e.FromTest)
 		}
@@ -252,6 +300,53 @@ func Tables(res *Results) []byte {
 		p("\n")
 	}
 	return b.Bytes()
+}
+
+// sectionNote describes the run that produced the section of experiment
+// name: when, how long, the load, and its sizes where they differ from
+// the setup's.
+func sectionNote(res *Results, name string) string {
+	rec, ok := res.Sections[name]
+	if !ok {
+		return "*Run not recorded (from before the results kept a record per section).*\n\n"
+	}
+	return fmt.Sprintf("*Run of %s UTC: %.0f s wall, %.0f CPU seconds, load average %.1f–%.1f, GOMAXPROCS %d; sizes %s.*\n\n",
+		rec.Date, rec.Seconds, rec.CPUSeconds, rec.Load[0], rec.Load[1], rec.GOMAXPROCS, sizesDiff(res.Setup.Sizes, rec.Sizes))
+}
+
+// sizesDiff writes the fields of b that differ from a's, as JSON.
+func sizesDiff(a, b Sizes) string {
+	var ma, mb map[string]any
+	ja, _ := json.Marshal(a)
+	jb, _ := json.Marshal(b)
+	if json.Unmarshal(ja, &ma) != nil || json.Unmarshal(jb, &mb) != nil {
+		return "unknown"
+	}
+	var diff []string
+	for k := range mb {
+		if !reflect.DeepEqual(ma[k], mb[k]) {
+			v, _ := json.Marshal(mb[k])
+			diff = append(diff, fmt.Sprintf("%q:%s", k, v))
+		}
+	}
+	for k := range ma {
+		if _, ok := mb[k]; !ok {
+			diff = append(diff, fmt.Sprintf("%q: unset", k))
+		}
+	}
+	if len(diff) == 0 {
+		return "as the setup's"
+	}
+	sort.Strings(diff)
+	return "as the setup's but `{" + strings.Join(diff, ",") + "}`"
+}
+
+func mean(xs []float64) float64 {
+	var s float64
+	for _, x := range xs {
+		s += x
+	}
+	return s / float64(len(xs))
 }
 
 func dataName(s Setup, d string) string {

@@ -65,20 +65,28 @@ type Options struct {
 // Sizes are every size and hyper-parameter of a run (recorded in the
 // results).
 type Sizes struct {
-	MaxRecords     int     `json:"max_records"`      // problems read from the file (0: all)
-	ValProblems    int     `json:"val_problems"`     // held-out qualifying problems (the test split: never used to choose anything)
-	SelectProblems int     `json:"select_problems"`  // qualifying problems of the validation split that chooses checkpoints and α
-	TrainProblems  int     `json:"train_problems"`   // qualifying problems trained on (0: all the others)
-	WideTrain      int     `json:"wide_train"`       // problems in the wide (any length, cut to context) training set
-	Steps          int     `json:"steps"`            // optimiser steps per carry-on
-	Batch          int     `json:"batch"`            // sequences per step (every method)
-	LR             float32 `json:"lr"`               // carry-on peak LR (cosine to LR/10, 5% warm-up)
-	ClockSeconds   float64 `json:"clock_seconds"`    // wall-clock budget per method in the clock experiment
-	ClockEvals     int     `json:"clock_evals"`      // validation passes per method there
-	FinetuneLR     float32 `json:"finetune_lr"`      // full fine-tune of the base
-	ScratchLR      float32 `json:"scratch_lr"`       // tiny base from scratch
-	ExactProblems  int     `json:"exact_problems"`   // held-out problems generated greedily
-	ExactMaxTokens int     `json:"exact_max_tokens"` // answer cap (0: up to the context)
+	MaxRecords     int     `json:"max_records"`     // problems read from the file (0: all)
+	ValProblems    int     `json:"val_problems"`    // held-out qualifying problems (the test split: never used to choose anything)
+	SelectProblems int     `json:"select_problems"` // qualifying problems of the validation split that chooses checkpoints and α
+	TrainProblems  int     `json:"train_problems"`  // qualifying problems trained on (0: all the others)
+	WideTrain      int     `json:"wide_train"`      // problems in the wide (any length, cut to context) training set
+	Steps          int     `json:"steps"`           // optimiser steps per carry-on
+	Batch          int     `json:"batch"`           // sequences per step (every method)
+	LR             float32 `json:"lr"`              // carry-on peak LR (cosine to LR/10, 5% warm-up)
+	ClockSeconds   float64 `json:"clock_seconds"`   // wall-clock budget per method in the clock experiment
+	ClockEvals     int     `json:"clock_evals"`     // validation passes per method there
+	// ClockSeed seeds every method of the clock experiment (batch order
+	// and initialisation; 0: 1). A run replaces the methods of its own
+	// budget and seed in the results and keeps the others.
+	ClockSeed uint64 `json:"clock_seed,omitempty"`
+	// ClockMethods, when set, runs only these methods of the clock
+	// experiment (of ClockKeys), so that a long budget can be measured in
+	// several shorter runs.
+	ClockMethods   []string `json:"clock_methods,omitempty"`
+	FinetuneLR     float32  `json:"finetune_lr"`      // full fine-tune of the base
+	ScratchLR      float32  `json:"scratch_lr"`       // tiny base from scratch
+	ExactProblems  int      `json:"exact_problems"`   // held-out problems generated greedily
+	ExactMaxTokens int      `json:"exact_max_tokens"` // answer cap (0: up to the context)
 	// ExactSteps, when > 0, adds to the exact-match experiment the h = 256
 	// carry-on trained this many steps (validation 8 times, best kept).
 	ExactSteps     int     `json:"exact_steps,omitempty"`
@@ -101,6 +109,8 @@ func (s Sizes) validate() error {
 		return fmt.Errorf("sizes %+v: want positive learning rates, clock budget and evaluations", s)
 	case s.ExactProblems < 0 || s.ExactMaxTokens < 0 || s.ExactSteps < 0:
 		return fmt.Errorf("sizes %+v: want ExactProblems, ExactMaxTokens, ExactSteps >= 0", s)
+	case !knownClockMethods(s.ClockMethods):
+		return fmt.Errorf("sizes: clock_methods %v: want some of %v", s.ClockMethods, ClockKeys)
 	case s.SelectProblems < 1 || s.LoRARank < 1 || !(s.LoRALR > 0) || s.SearchSteps < 1 || s.SearchParallel < 0:
 		return fmt.Errorf("sizes %+v: want SelectProblems, LoRARank, SearchSteps >= 1, LoRALR > 0, SearchParallel >= 0", s)
 	}
@@ -124,17 +134,35 @@ func QuickSizes() Sizes {
 
 // Results is everything a run measured; experiments.json holds it.
 type Results struct {
-	Setup  Setup         `json:"setup"`
-	Loss   *LossResult   `json:"loss,omitempty"`
-	Clock  *ClockResult  `json:"clock,omitempty"`
-	Bridge *BridgeResult `json:"bridge,omitempty"`
-	Shape  *ShapeResult  `json:"shape,omitempty"`
-	Exact  *ExactResult  `json:"exact,omitempty"`
-	Search *SearchResult `json:"search,omitempty"`
-	Mix    *MixResult    `json:"mix,omitempty"`
+	Setup Setup `json:"setup"`
+	// Sections records, per experiment (Names), the run that produced its
+	// section: a run with Options.Only replaces the records of the
+	// experiments it runs and keeps the others'.
+	Sections map[string]SectionRun `json:"sections,omitempty"`
+	Loss     *LossResult           `json:"loss,omitempty"`
+	Clock    *ClockResult          `json:"clock,omitempty"`
+	Bridge   *BridgeResult         `json:"bridge,omitempty"`
+	Shape    *ShapeResult          `json:"shape,omitempty"`
+	Exact    *ExactResult          `json:"exact,omitempty"`
+	Search   *SearchResult         `json:"search,omitempty"`
+	Mix      *MixResult            `json:"mix,omitempty"`
 }
 
-// Setup describes the base, the data and the run.
+// SectionRun is the run that produced one section of the results.
+type SectionRun struct {
+	Sizes      Sizes   `json:"sizes"`
+	Date       string  `json:"date"`
+	Seconds    float64 `json:"seconds"`     // wall time of this experiment
+	CPUSeconds float64 `json:"cpu_seconds"` // this process's CPU time over it (0: no /proc)
+	// Load is the machine's 1-minute load average at the experiment's
+	// start and end (0: no /proc/loadavg).
+	Load       [2]float64 `json:"load"`
+	GOMAXPROCS int        `json:"gomaxprocs"`
+}
+
+// Setup describes the base, the data and the run that last wrote it (a
+// run with Options.Only rewrites it; each section's own sizes are in
+// Results.Sections).
 type Setup struct {
 	Base        string  `json:"base"`
 	BaseHash    string  `json:"base_hash"`
@@ -155,7 +183,7 @@ type Setup struct {
 	BaseLoss    float64 `json:"base_loss"` // base alone on Val's answer tokens, exact hidden states
 	// BaseSelectLoss is the same on the validation split.
 	BaseSelectLoss float64 `json:"base_select_loss"`
-	Sizes          Sizes   `json:"sizes"`
+	Sizes          Sizes   `json:"sizes"` // of the run that wrote the setup (the split's sizes describe the data above)
 	GOMAXPROCS     int     `json:"gomaxprocs"`
 	// ForwardSeconds is the base's forward time over every sequence of
 	// this run, once each; TrainSeconds the carry-on training time of all
@@ -209,12 +237,12 @@ type CarryOnRun struct {
 
 // Phases is a carry-on run's wall time by phase, in seconds.
 type Phases struct {
-	Open  float64 `json:"open"`  // opening the coordinator and checking the cache holds every chunk
+	Open  float64 `json:"open"`  // opening the coordinator and checking the cache holds the training and validation splits' chunks
 	Load  float64 `json:"load"`  // reading the cached embeddings of the training and validation splits
 	Steps float64 `json:"steps"` // optimiser steps
 	Eval  float64 `json:"eval"`  // validation passes
 	Alpha float64 `json:"alpha"` // choosing α on validation
-	Test  float64 `json:"test"`  // scoring the held-out split (reading it from the cache included)
+	Test  float64 `json:"test"`  // scoring the held-out split (checking and reading it in the cache included)
 }
 
 // LossResult is experiment 1.
@@ -223,27 +251,40 @@ type LossResult struct {
 	Runs     []CarryOnRun `json:"runs"`
 }
 
-// ClockMethod is one training method of experiment 2.
+// ClockMethod is one training method of experiment 2, trained for one
+// budget with one seed.
 type ClockMethod struct {
+	Key     string  `json:"key"` // of ClockKeys
 	Name    string  `json:"name"`
+	Budget  float64 `json:"budget"` // wall-clock seconds allowed
+	Seed    uint64  `json:"seed"`
 	Params  int     `json:"params"` // trained parameters
 	Steps   int     `json:"steps"`
 	LR      float32 `json:"lr"`
 	StepMS  float64 `json:"step_ms"`
-	Seconds float64 `json:"seconds"` // on its clock at the end (embedding included for the carry-on)
-	Loss    float64 `json:"loss"`    // held-out (test) answer-token loss of the kept weights
+	Seconds float64 `json:"seconds"` // on its clock at the end (a carry-on's embedding and cache reads included)
+	// EmbedSeconds is the base's forward pass over the training and
+	// validation problems into a fresh cache (the cold carry-on; 0 for the
+	// others); ReadSeconds a carry-on's opening of the cache and reading of
+	// its training and validation splits. Both are on its clock.
+	EmbedSeconds float64 `json:"embed_seconds,omitempty"`
+	ReadSeconds  float64 `json:"read_seconds,omitempty"`
+	Loss         float64 `json:"loss"` // held-out (test) answer-token loss of the kept weights
 	// BestStep is the step whose weights were kept: the best pass on the
 	// validation split (0: none beat the start).
 	BestStep int   `json:"best_step"`
 	Curve    Curve `json:"curve"` // validation-split loss over training
+	// Load is the 1-minute load average before and after the method ran;
+	// Date when it ran.
+	Load [2]float64 `json:"load"`
+	Date string     `json:"date"`
 }
 
-// ClockResult is experiment 2.
+// ClockResult is experiment 2: every method, budget and seed measured so
+// far (a run replaces the entries of its own budget and seed).
 type ClockResult struct {
-	BudgetSeconds float64       `json:"budget_seconds"`
-	EmbedSeconds  float64       `json:"embed_seconds"` // base forward + bridge over train and val, once
-	BaseLoss      float64       `json:"base_loss"`
-	Methods       []ClockMethod `json:"methods"`
+	BaseLoss float64       `json:"base_loss"`
+	Methods  []ClockMethod `json:"methods"`
 }
 
 // BridgeRow is one bridge setting of experiment 3.
@@ -419,9 +460,17 @@ func Run(ctx context.Context, base *model.Base, tok tokenizer.Tokenizer, opt Opt
 			return nil, fmt.Errorf("experiments.Run: %w", err)
 		}
 		r.logf("experiment %s", n)
+		rec := SectionRun{Sizes: sz, Date: time.Now().UTC().Format("2006-01-02 15:04"), GOMAXPROCS: runtime.GOMAXPROCS(0)}
+		rec.Load[0] = LoadAvg()
+		t0, cpu0 := time.Now(), ProcessCPU()
 		if err := steps[n](); err != nil {
 			return nil, fmt.Errorf("experiments.Run: %s: %w", n, err)
 		}
+		rec.Seconds, rec.CPUSeconds, rec.Load[1] = time.Since(t0).Seconds(), (ProcessCPU() - cpu0).Seconds(), LoadAvg()
+		if r.res.Sections == nil {
+			r.res.Sections = map[string]SectionRun{}
+		}
+		r.res.Sections[n] = rec
 	}
 	s := &r.res.Setup
 	s.ForwardSeconds, s.ForwardSeqs = r.memo.Seconds, r.memo.Seqs
@@ -617,9 +666,6 @@ func trainCarryOn(ctx context.Context, base *model.Base, fw coordinator.Forwarde
 	if err := c.CollectLocal(ctx, ds, fw, nil); err != nil {
 		return nil, err
 	}
-	if err := c.CollectLocal(ctx, test, fw, nil); err != nil {
-		return nil, err
-	}
 	run := CarryOnRun{Data: s.data, Codec: s.codec, Width: s.width, Layers: s.layers, Steps: s.steps, Seed: s.seed, Sources: s.sources, GateBias: s.gateBias, Mix: s.mixName, BestLoss: math.Inf(1)}
 	run.Phases.Open = time.Since(t0).Seconds()
 	var sec float64
@@ -667,6 +713,9 @@ func trainCarryOn(ctx context.Context, base *model.Base, fw coordinator.Forwarde
 		return &trained{run: run, co: res.CarryOn}, nil
 	}
 	t0 = time.Now()
+	if err := c.CollectLocal(ctx, test, fw, nil); err != nil {
+		return nil, err
+	}
 	ev, err := c.Evaluate(test, res.CarryOn)
 	if err != nil {
 		return nil, err

@@ -384,7 +384,9 @@ func (r *runner) search() (*SearchResult, error) {
 	dir := filepath.Join(r.cacheDir, "search")
 	var err error
 	cpu0 := ProcessCPU()
-	if out.EmbedSeconds, err = timed(func() error { return fillCache(r.ctx, r.base, dir, r.log, r.fit, r.test) }); err != nil {
+	if out.EmbedSeconds, err = timed(func() error {
+		return fillCache(r.ctx, r.base, nil, dir, r.log, []int{model.FinalLayer, 0}, r.fit, r.test)
+	}); err != nil {
 		return nil, err
 	}
 	r.logf("search: embedding %.1f s (base alone: %.4f on the test split)", out.EmbedSeconds, out.BaseLoss)
@@ -403,16 +405,17 @@ func (r *runner) search() (*SearchResult, error) {
 	return out, nil
 }
 
-// fillCache runs base over every sequence of sets into the cache in dir,
-// with every layer the search's trials read (final and the embeddings).
-func fillCache(ctx context.Context, base *model.Base, dir string, log *slog.Logger, sets ...*dataset.Set) error {
-	c, err := coordinator.New(nil, nil, base, coordinator.Config{CacheDir: dir, Codec: "q8", Logger: log, Layers: []int{model.FinalLayer, 0}})
+// fillCache runs base (through fw; nil: base itself) over every sequence
+// of sets into the q8 cache in dir, with the base layers given (nil: the
+// final one; the search's trials read final and the embeddings).
+func fillCache(ctx context.Context, base *model.Base, fw coordinator.Forwarder, dir string, log *slog.Logger, layers []int, sets ...*dataset.Set) error {
+	c, err := coordinator.New(nil, nil, base, coordinator.Config{CacheDir: dir, Codec: "q8", Logger: log, Layers: layers})
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	for _, d := range sets {
-		if err := c.CollectLocal(ctx, d, nil, nil); err != nil {
+		if err := c.CollectLocal(ctx, d, fw, nil); err != nil {
 			return err
 		}
 	}
