@@ -22,7 +22,7 @@ func runExperiment(ctx context.Context, args []string, stdout, stderr io.Writer)
 	modelFlag := addModelFlag(fs)
 	cache := fs.String("cache", "", "embedding cache directory (default: a temporary one, removed at the end)")
 	mixFlag := fs.String("mix", "auto", `second base for the mixture experiment (its final hidden states as a further source; it must share --model's tokenizer): a model as for --model, "auto" (the other embedded base: tiny for default, default for tiny; none otherwise) or "none"`)
-	sizes := fs.String("sizes", "", `JSON object overriding some of the run's sizes, e.g. '{"clock_seconds": 90, "search_steps": 60}' (field names as in experiments.json's setup.sizes)`)
+	sizes := fs.String("sizes", "", fmt.Sprintf(`JSON object overriding some of the run's sizes, e.g. '{"clock_seconds": 120, "clock_seed": 2, "clock_methods": ["cached", "lora"]}' (field names as in experiments.json's setup.sizes; clock_methods of %q)`, experiments.ClockKeys))
 	if err := parseFlags(fs, args, "data", "out"); err != nil {
 		return err
 	}
