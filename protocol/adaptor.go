@@ -52,42 +52,33 @@ func (m *AdaptorAnnounce) version() uint8 { return m.V }
 // Validate checks the fields' bounds; an empty Signer or Sig is allowed here
 // (a draft before Sign) and rejected by Verify.
 func (m *AdaptorAnnounce) Validate() error {
-	if err := checkVersion(m.V); err != nil {
-		return err
+	return firstErr(
+		checkVersion(m.V),
+		checkCIDField("CID", m.CID),
+		checkOptCIDField("Parent", m.Parent),
+		checkHex("BaseHash", m.BaseHash, 64),
+		checkRange("Step", m.Step, 0, 1<<50),
+		checkRange("Size", m.Size, 1, MaxFileBytes),
+		checkMetrics(m.Metrics),
+		checkSigned(m.UnixMilli, m.Signer, m.Sig),
+	)
+}
+
+// checkMetrics checks at most maxMetrics entries, identifier keys, finite
+// values (in key order, so the first error is always the same).
+func checkMetrics(metrics map[string]float64) error {
+	if len(metrics) > maxMetrics {
+		return fmt.Errorf("Metrics: %d entries, max %d", len(metrics), maxMetrics)
 	}
-	if err := checkCIDField("CID", m.CID); err != nil {
-		return err
-	}
-	if m.Parent != "" {
-		if err := checkCIDField("Parent", m.Parent); err != nil {
-			return err
-		}
-	}
-	if err := checkHex("BaseHash", m.BaseHash, 64); err != nil {
-		return err
-	}
-	if err := checkRange("Step", m.Step, 0, 1<<50); err != nil {
-		return err
-	}
-	if err := checkRange("Size", m.Size, 1, MaxFileBytes); err != nil {
-		return err
-	}
-	if len(m.Metrics) > maxMetrics {
-		return fmt.Errorf("Metrics: %d entries, max %d", len(m.Metrics), maxMetrics)
-	}
-	for _, k := range sortedKeys(m.Metrics) {
+	for _, k := range sortedKeys(metrics) {
 		if err := checkIdent("Metrics key", k); err != nil {
 			return err
 		}
-		if err := checkFinite("Metrics["+k+"]", m.Metrics[k]); err != nil {
+		if err := checkFinite("Metrics["+k+"]", metrics[k]); err != nil {
 			return err
 		}
 	}
-	return firstErr(
-		checkRange("UnixMilli", m.UnixMilli, 1, 1<<62),
-		checkRange("len(Signer)", len(m.Signer), 0, maxKeyBytes),
-		checkRange("len(Sig)", len(m.Sig), 0, maxSigBytes),
-	)
+	return nil
 }
 
 // EncodeMsgpack writes the announcement with its fields in declaration

@@ -55,42 +55,36 @@ func (*Advert) Type() MsgType    { return TypeAdvert }
 func (m *Advert) version() uint8 { return m.V }
 
 func (m *Advert) Validate() error {
-	if err := checkVersion(m.V); err != nil {
-		return err
-	}
-	if len(m.Peer) > maxPeerIDLen {
-		return fmt.Errorf("Peer: %d characters, over %d", len(m.Peer), maxPeerIDLen)
-	}
-	if _, err := peer.Decode(m.Peer); err != nil {
-		return fmt.Errorf("Peer: %q is not a peer ID: %w", m.Peer, err)
-	}
-	if len(m.Bases) > maxBases {
-		return fmt.Errorf("Bases: %d entries, max %d", len(m.Bases), maxBases)
-	}
-	for i := range m.Bases {
-		if err := m.Bases[i].validate(); err != nil {
-			return fmt.Errorf("Bases[%d].%w", i, err)
-		}
-	}
-	if len(m.Codecs) > maxCodecs {
-		return fmt.Errorf("Codecs: %d entries, max %d", len(m.Codecs), maxCodecs)
-	}
-	for i, c := range m.Codecs {
-		if err := checkIdent(fmt.Sprintf("Codecs[%d]", i), c); err != nil {
-			return err
-		}
-	}
-	if err := checkFinite("TokensPerSec", m.TokensPerSec); err != nil {
-		return err
-	}
-	if m.TokensPerSec < 0 {
-		return fmt.Errorf("TokensPerSec: %v is negative", m.TokensPerSec)
-	}
 	return firstErr(
+		checkVersion(m.V),
+		checkPeerID("Peer", m.Peer),
+		checkList("Bases", m.Bases, 0, maxBases, checkBase),
+		checkList("Codecs", m.Codecs, 0, maxCodecs, checkIdent),
+		checkNonNegative("TokensPerSec", m.TokensPerSec),
 		checkRange("FreeSlots", m.FreeSlots, 0, maxFreeSlots),
 		checkText("Device", m.Device, maxNameLen, true),
 		checkRange("UnixMilli", m.UnixMilli, 1, 1<<62),
 	)
+}
+
+// checkPeerID checks a peer ID in its string form (its length first).
+func checkPeerID(field, s string) error {
+	if len(s) > maxPeerIDLen {
+		return fmt.Errorf("%s: %d characters, over %d", field, len(s), maxPeerIDLen)
+	}
+	if _, err := peer.Decode(s); err != nil {
+		return fmt.Errorf("%s: %q is not a peer ID: %w", field, s, err)
+	}
+	return nil
+}
+
+// checkBase checks a BaseInfo field; its errors name the field's fields
+// ("Bases[0].Dim: ...").
+func checkBase(field string, b BaseInfo) error {
+	if err := b.validate(); err != nil {
+		return fmt.Errorf("%s.%w", field, err)
+	}
+	return nil
 }
 
 func (b *BaseInfo) validate() error {

@@ -1,7 +1,5 @@
 package protocol
 
-import "fmt"
-
 // CacheProtocol asks a peer which of a job's cached embeddings it holds
 // and under which CIDs, trainer → coordinator: the trainer then fetches
 // them by CID over bitswap (from that peer, or any other that has the
@@ -39,8 +37,7 @@ func (m *CacheQuery) Validate() error {
 		checkHex("Base", m.Base, 64),
 		checkIdent("Codec", m.Codec),
 		checkLayer("Layer", m.Layer),
-		checkRange("len(Chunks)", len(m.Chunks), 1, MaxCacheQueryChunks),
-		checkChunkList(m.Chunks),
+		checkChunkIDs("Chunks", m.Chunks, 1, MaxCacheQueryChunks),
 	)
 }
 
@@ -58,22 +55,8 @@ func (*CacheIndex) Type() MsgType    { return TypeCacheIndex }
 func (m *CacheIndex) version() uint8 { return m.V }
 
 func (m *CacheIndex) Validate() error {
-	if err := checkVersion(m.V); err != nil {
-		return err
-	}
-	if err := checkRange("len(CIDs)", len(m.CIDs), 0, MaxCacheQueryChunks); err != nil {
-		return err
-	}
-	for i, s := range m.CIDs {
-		if s == "" {
-			continue
-		}
-		if len(s) > maxCIDLen {
-			return fmt.Errorf("CIDs[%d]: %d characters, over %d", i, len(s), maxCIDLen)
-		}
-		if _, err := ParseCID(s); err != nil {
-			return fmt.Errorf("CIDs[%d]: %w", i, err)
-		}
-	}
-	return nil
+	return firstErr(
+		checkVersion(m.V),
+		checkList("CIDs", m.CIDs, 0, MaxCacheQueryChunks, checkOptCIDField),
+	)
 }

@@ -73,6 +73,14 @@ func OldRawCIDHint(c cid.Cid) string {
 		"(or `ipfs add --cid-version=1 --raw-leaves FILE`) for its CID"
 }
 
+// checkOptCIDField is checkCIDField that also accepts "".
+func checkOptCIDField(field, s string) error {
+	if s == "" {
+		return nil
+	}
+	return checkCIDField(field, s)
+}
+
 // checkCIDField validates a CID string field (its length first).
 func checkCIDField(field, s string) error {
 	if len(s) > maxCIDLen {

@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"fmt"
+	"slices"
 )
 
 // EmbedRequest asks a node to run a base's forward pass over a chunk of
@@ -44,42 +45,37 @@ func (m *EmbedRequest) Validate() error {
 }
 
 func checkLayers(layers []int) error {
-	if err := checkRange("len(Layers)", len(layers), 1, MaxLayersPerRequest); err != nil {
-		return err
-	}
-	for i, l := range layers {
-		if err := checkLayer(fmt.Sprintf("Layers[%d]", i), l); err != nil {
+	var before []int
+	return checkList("Layers", layers, 1, MaxLayersPerRequest, func(f string, l int) error {
+		if err := checkLayer(f, l); err != nil {
 			return err
 		}
-		for _, prev := range layers[:i] {
-			if prev == l {
-				return fmt.Errorf("Layers[%d]: %d is repeated", i, l)
-			}
+		if slices.Contains(before, l) {
+			return fmt.Errorf("%s: %d is repeated", f, l)
 		}
-	}
-	return nil
+		before = append(before, l)
+		return nil
+	})
 }
 
 func checkSeqs(seqs [][]int32) error {
-	if err := checkRange("len(Seqs)", len(seqs), 1, MaxSeqsPerChunk); err != nil {
-		return err
-	}
 	total := 0
-	for i, s := range seqs {
-		if err := checkRange(fmt.Sprintf("len(Seqs[%d])", i), len(s), 1, MaxSeqLen); err != nil {
+	err := checkList("Seqs", seqs, 1, MaxSeqsPerChunk, func(f string, s []int32) error {
+		if err := checkRange("len("+f+")", len(s), 1, MaxSeqLen); err != nil {
 			return err
 		}
 		total += len(s)
 		for j, tok := range s {
 			if tok < 0 || tok >= MaxVocab {
-				return fmt.Errorf("Seqs[%d][%d]: token %d out of range [0, %d)", i, j, tok, MaxVocab)
+				return fmt.Errorf("%s[%d]: token %d out of range [0, %d)", f, j, tok, MaxVocab)
 			}
 		}
+		return nil
+	})
+	if err == nil && total > MaxTokensPerChunk {
+		err = fmt.Errorf("Seqs: %d tokens in all, max %d", total, MaxTokensPerChunk)
 	}
-	if total > MaxTokensPerChunk {
-		return fmt.Errorf("Seqs: %d tokens in all, max %d", total, MaxTokensPerChunk)
-	}
-	return nil
+	return err
 }
 
 // Tokens returns the total number of tokens in the request.

@@ -1,7 +1,5 @@
 package protocol
 
-import "fmt"
-
 // JobAnnounce is a coordinator's statement of what its current job needs,
 // published on ControlTopic when the job starts, whenever a peer starts
 // listening on that topic (at most once a second) and every
@@ -30,16 +28,10 @@ func (*JobAnnounce) Type() MsgType    { return TypeJobAnnounce }
 func (m *JobAnnounce) version() uint8 { return m.V }
 
 func (m *JobAnnounce) Validate() error {
-	if err := checkVersion(m.V); err != nil {
-		return err
-	}
-	if err := checkHex("Job", m.Job, 0); err != nil {
-		return err
-	}
-	if err := m.Base.validate(); err != nil {
-		return fmt.Errorf("Base.%w", err)
-	}
 	return firstErr(
+		checkVersion(m.V),
+		checkHex("Job", m.Job, 0),
+		checkBase("Base", m.Base),
 		checkIdent("Codec", m.Codec),
 		checkRange("Joined", m.Joined, 0, 1<<31),
 		checkRange("MinNodes", m.MinNodes, 0, 1<<31),

@@ -1,7 +1,5 @@
 package protocol
 
-import "fmt"
-
 // OfferProtocol carries result offers, node → coordinator: after a
 // reconnect (or while it holds results the coordinator has not made
 // durable), a node lists the finished chunks it still holds, so that a
@@ -37,23 +35,8 @@ func (m *ResultOffer) Validate() error {
 	return firstErr(
 		checkVersion(m.V),
 		checkHex("JobID", m.JobID, 0),
-		checkRange("len(Chunks)", len(m.Chunks), 1, MaxOfferChunks),
-		checkChunkList(m.Chunks),
+		checkChunkIDs("Chunks", m.Chunks, 1, MaxOfferChunks),
 	)
-}
-
-func checkChunkList(ids []string) error {
-	seen := make(map[string]bool, len(ids))
-	for i, id := range ids {
-		if err := checkHex(fmt.Sprintf("Chunks[%d]", i), id, 64); err != nil {
-			return err
-		}
-		if seen[id] {
-			return fmt.Errorf("Chunks[%d]: %s is repeated", i, id)
-		}
-		seen[id] = true
-	}
-	return nil
 }
 
 // OfferReply answers a ResultOffer.
@@ -72,7 +55,6 @@ func (m *OfferReply) Validate() error {
 	return firstErr(
 		checkVersion(m.V),
 		checkHex("JobID", m.JobID, 0),
-		checkRange("len(Stored)", len(m.Stored), 0, MaxOfferChunks),
-		checkChunkList(m.Stored),
+		checkChunkIDs("Stored", m.Stored, 0, MaxOfferChunks),
 	)
 }

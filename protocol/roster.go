@@ -42,31 +42,31 @@ func (m *Roster) version() uint8 { return m.V }
 // Validate checks the fields' bounds; an empty Signer or Sig is allowed
 // (a draft before Sign) and rejected by Verify.
 func (m *Roster) Validate() error {
-	if err := checkVersion(m.V); err != nil {
-		return err
-	}
-	if m.Seq < 1 || m.Seq > 1<<62 {
-		return fmt.Errorf("Seq: %d not in [1, 2^62]", m.Seq)
-	}
-	if len(m.Members) > MaxRosterMembers {
-		return fmt.Errorf("Members: %d entries, max %d", len(m.Members), MaxRosterMembers)
-	}
-	for i, b := range m.Members {
+	return firstErr(
+		checkVersion(m.V),
+		checkRange("Seq", m.Seq, 1, 1<<62),
+		checkMembers(m.Members),
+		checkSigned(m.UnixMilli, m.Signer, m.Sig),
+	)
+}
+
+// checkMembers checks at most MaxRosterMembers peer IDs in binary form,
+// strictly ascending (sorted, no duplicates).
+func checkMembers(members [][]byte) error {
+	var prev []byte
+	return checkList("Members", members, 0, MaxRosterMembers, func(f string, b []byte) error {
 		if len(b) == 0 || len(b) > maxPeerIDBytes {
-			return fmt.Errorf("Members[%d]: %d bytes, want 1..%d", i, len(b), maxPeerIDBytes)
+			return fmt.Errorf("%s: %d bytes, want 1..%d", f, len(b), maxPeerIDBytes)
 		}
 		if _, err := peer.IDFromBytes(b); err != nil {
-			return fmt.Errorf("Members[%d]: not a peer ID: %w", i, err)
+			return fmt.Errorf("%s: not a peer ID: %w", f, err)
 		}
-		if i > 0 && bytes.Compare(m.Members[i-1], b) >= 0 {
-			return fmt.Errorf("Members[%d]: not above Members[%d] (sorted, no duplicates)", i, i-1)
+		if prev != nil && bytes.Compare(prev, b) >= 0 {
+			return fmt.Errorf("%s: not above the member before it (sorted, no duplicates)", f)
 		}
-	}
-	return firstErr(
-		checkRange("UnixMilli", m.UnixMilli, 1, 1<<62),
-		checkRange("len(Signer)", len(m.Signer), 0, maxKeyBytes),
-		checkRange("len(Sig)", len(m.Sig), 0, maxSigBytes),
-	)
+		prev = b
+		return nil
+	})
 }
 
 // NewRoster returns an unsigned roster of members (sorted, duplicates

@@ -56,7 +56,7 @@ func TestRosterValidate(t *testing.T) {
 		"duplicate": {Roster{V: Version, Seq: 1, UnixMilli: 1, Members: [][]byte{sorted[0], sorted[0]}}, "sorted"},
 		"not an ID": {Roster{V: Version, Seq: 1, UnixMilli: 1, Members: [][]byte{{1, 2, 3}}}, "not a peer ID"},
 		"empty ID":  {Roster{V: Version, Seq: 1, UnixMilli: 1, Members: [][]byte{{}}}, "bytes"},
-		"too many":  {Roster{V: Version, Seq: 1, UnixMilli: 1, Members: make([][]byte, MaxRosterMembers+1)}, "max"},
+		"too many":  {Roster{V: Version, Seq: 1, UnixMilli: 1, Members: make([][]byte, MaxRosterMembers+1)}, "len(Members)"},
 	} {
 		if err := c.r.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want an error about %q", name, err, c.want)

@@ -79,11 +79,56 @@ func checkText(field, s string, max int, required bool) error {
 }
 
 // checkRange checks lo <= v <= hi.
-func checkRange[T int | int64](field string, v, lo, hi T) error {
+func checkRange[T int | int64 | uint64](field string, v, lo, hi T) error {
 	if v < lo || v > hi {
 		return fmt.Errorf("%s: %d out of range [%d, %d]", field, v, lo, hi)
 	}
 	return nil
+}
+
+// checkList checks a list field: lo..hi entries (the bound names
+// "len(field)"), then each entry in order with check, which gets the entry's
+// own name, field[i]. A check may keep state across calls (the entries
+// before: sorted, no duplicates).
+func checkList[T any](field string, xs []T, lo, hi int, check func(field string, x T) error) error {
+	if err := checkRange("len("+field+")", len(xs), lo, hi); err != nil {
+		return err
+	}
+	for i, x := range xs {
+		if err := check(fmt.Sprintf("%s[%d]", field, i), x); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkSigned checks the fields that end every signed message: when it was
+// signed (ms since the epoch, > 0) and the signer's key and signature (empty
+// in a draft before Sign; Verify rejects that).
+func checkSigned(unixMilli int64, signer, sig []byte) error {
+	return firstErr(
+		checkRange("UnixMilli", unixMilli, 1, 1<<62),
+		checkRange("len(Signer)", len(signer), 0, maxKeyBytes),
+		checkRange("len(Sig)", len(sig), 0, maxSigBytes),
+	)
+}
+
+// checkChunkIDs checks a list of lo..hi distinct ChunkIDs (64 lowercase hex).
+func checkChunkIDs(field string, ids []string, lo, hi int) error {
+	var seen map[string]bool // made once the count is in bounds
+	return checkList(field, ids, lo, hi, func(f, id string) error {
+		if err := checkHex(f, id, 64); err != nil {
+			return err
+		}
+		if seen == nil {
+			seen = make(map[string]bool, len(ids))
+		}
+		if seen[id] {
+			return fmt.Errorf("%s: %s is repeated", f, id)
+		}
+		seen[id] = true
+		return nil
+	})
 }
 
 // checkLayer checks a layer index: -1 (final, after the final norm) or
@@ -95,6 +140,17 @@ func checkLayer(field string, l int) error {
 func checkFinite(field string, f float64) error {
 	if math.IsNaN(f) || math.IsInf(f, 0) {
 		return fmt.Errorf("%s: %v is not finite", field, f)
+	}
+	return nil
+}
+
+// checkNonNegative checks that f is finite and >= 0.
+func checkNonNegative(field string, f float64) error {
+	if err := checkFinite(field, f); err != nil {
+		return err
+	}
+	if f < 0 {
+		return fmt.Errorf("%s: %v is negative", field, f)
 	}
 	return nil
 }
