@@ -10,7 +10,6 @@ import (
 
 	"carryon/internal/experiments"
 	"carryon/model"
-	"carryon/tokenizer"
 )
 
 func runExperiment(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -59,15 +58,12 @@ func runExperiment(ctx context.Context, args []string, stdout, stderr io.Writer)
 	var mixBase *model.Base
 	var mixName string
 	if mixSpec != "none" && mixSpec != "" {
-		mix, err := model.Open(mixSpec, model.OpenOptions{})
+		mix, err := openMixBase(mixSpec, *modelFlag, tok)
 		if err != nil {
-			return fmt.Errorf("--mix: %w", err)
+			return err
 		}
 		defer mix.Base.Close()
 		mixBase, mixName = mix.Base, mix.Name
-		if err := tokenizer.Same(tok, mix.Tokenizer); err != nil {
-			return fmt.Errorf("--mix %s: a mixture needs one vocabulary: its tokenizer is not --model %s's: %w", mixSpec, *modelFlag, err)
-		}
 	}
 	start := time.Now()
 	res, err := experiments.Run(ctx, base, tok, experiments.Options{Data: *data, Out: *out, Only: *only, Quick: *quick,

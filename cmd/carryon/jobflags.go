@@ -173,18 +173,29 @@ func (f *jobFlags) openMix(tok tokenizer.Tokenizer) ([]coordinator.MixBase, func
 		if spec = strings.TrimSpace(spec); spec == "" {
 			continue
 		}
-		m, err := model.Open(spec, model.OpenOptions{})
+		m, err := openMixBase(spec, *f.model, tok)
 		if err != nil {
 			closeAll()
-			return nil, nil, fmt.Errorf("--mix %s: %w", spec, err)
+			return nil, nil, err
 		}
 		out = append(out, coordinator.MixBase{Base: m.Base})
-		if err := tokenizer.Same(tok, m.Tokenizer); err != nil {
-			closeAll()
-			return nil, nil, fmt.Errorf("--mix %s: a mixture needs one vocabulary: its tokenizer is not --model %s's: %w", spec, *f.model, err)
-		}
 	}
 	return out, closeAll, nil
+}
+
+// openMixBase opens spec, a --mix base, and checks that it reads the token
+// ids of tok, the tokenizer of --model primary; on an error nothing is
+// left open.
+func openMixBase(spec, primary string, tok tokenizer.Tokenizer) (*model.Opened, error) {
+	m, err := model.Open(spec, model.OpenOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("--mix %s: %w", spec, err)
+	}
+	if err := tokenizer.Same(tok, m.Tokenizer); err != nil {
+		m.Base.Close()
+		return nil, fmt.Errorf("--mix %s: a mixture needs one vocabulary: its tokenizer is not --model %s's: %w", spec, primary, err)
+	}
+	return m, nil
 }
 
 // config is the coordinator configuration the flags describe.
