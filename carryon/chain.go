@@ -7,8 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"strconv"
-	"strings"
 )
 
 // GenerateOptions configures Generate.
@@ -33,6 +31,12 @@ type GenerateOptions struct {
 	// OnLogits, when set, sees the logits (Vocab) each token is drawn
 	// from, just before the draw (and OnToken). The slice is reused.
 	OnLogits func(logits []float32)
+	// Mix are the further bases of a mixture of bases, whose hidden
+	// states some stage reads (sources "base:<hash>:final" or
+	// "base:<hash>:layer:k"): each must read the base's token ids (one
+	// tokenizer), and runs its own forward pass, with its own key/value
+	// cache, in lockstep with the base; Bridge applies to it too.
+	Mix []*model.Base
 	// OnPromptLogits, when set, sees for each prompt position i in
 	// 1..len(prompt)-1 the logits (Vocab) that predict prompt[i] from the
 	// tokens before it (log-probabilities of an echoed prompt). The slice
@@ -79,108 +83,83 @@ func Generate(b *model.Base, tok tokenizer.Tokenizer, stages []*Model, alpha flo
 	return &Generation{Prompt: ids, Tokens: out, Text: tok.Decode(out), Stop: stopped}, nil
 }
 
-// stageLayer maps a carry-on source name to a base layer.
-func stageLayer(name string, layers int) (int, error) {
-	if name == "final" {
-		return model.FinalLayer, nil
-	}
-	if k, ok := strings.CutPrefix(name, "layer:"); ok {
-		if n, err := strconv.Atoi(k); err == nil && n >= 0 && n <= layers {
-			return n, nil
-		}
-	}
-	if strings.HasPrefix(name, "base:") {
-		return 0, fmt.Errorf("source %q reads a second base (a mixture of bases): inference runs one base, and a mixture can only be trained and evaluated on cached embeddings (docs/method.md)", name)
-	}
-	return 0, fmt.Errorf("source %q is not one this base provides (final, layer:0..%d)", name, layers)
-}
-
 // StageLayers checks that carry-on stages fit the base and returns the base
 // layers they read (model.FinalLayer first, then the shortcuts) and, per stage,
 // the index into layers of each of its sources. Stage i's source 0 is the
-// final hidden state (replaced by stage i-1's output when i > 0).
+// final hidden state (replaced by stage i-1's output when i > 0). Stages
+// that read a further base (a mixture) are refused: CheckStages takes the
+// further bases.
 func StageLayers(b *model.Base, stages []*Model) (layers []int, srcIdx [][]int, err error) {
-	c := b.Config
-	layers = []int{model.FinalLayer}
+	p, err := planSources(b, nil, stages)
+	if err != nil {
+		return nil, nil, err
+	}
 	srcIdx = make([][]int, len(stages))
-	for i, st := range stages {
-		sc := st.Config
-		if sc.Vocab != c.Vocab || sc.D() != c.Dim {
-			return nil, nil, fmt.Errorf("stage %d is for a base of width %d and vocabulary %d, this base has %d and %d", i, sc.D(), sc.Vocab, c.Dim, c.Vocab)
-		}
-		for j, src := range sc.Sources {
-			l, err := stageLayer(src.Name, c.Layers)
-			if err != nil {
-				return nil, nil, fmt.Errorf("stage %d: %w", i, err)
-			}
-			if (j == 0) != (l == model.FinalLayer) {
-				return nil, nil, fmt.Errorf("stage %d: source %d is %q; only the first source may be the final hidden state", i, j, src.Name)
-			}
-			if src.Dim != c.Dim {
-				return nil, nil, fmt.Errorf("stage %d: source %q has width %d, the base %d", i, src.Name, src.Dim, c.Dim)
-			}
-			at := -1
-			for k, have := range layers {
-				if have == l {
-					at = k
-				}
-			}
-			if at < 0 {
-				at = len(layers)
-				layers = append(layers, l)
-			}
-			srcIdx[i] = append(srcIdx[i], at)
+	for i, refs := range p.src {
+		for _, r := range refs {
+			srcIdx[i] = append(srcIdx[i], r.layer) // r.base is 0: no further base was given
 		}
 	}
-	return layers, srcIdx, nil
+	return p.layers[0], srcIdx, nil
+}
+
+// CheckStages checks that carry-on stages fit the base b and the further
+// bases mix of a mixture (nil for none): every source resolves to a base
+// and one of its layers, with that base's width.
+func CheckStages(b *model.Base, mix []*model.Base, stages []*Model) error {
+	_, err := planSources(b, mix, stages)
+	return err
 }
 
 // ForwardStages runs the base and the carry-on stages (applied in order, as
 // in Generate) over one whole sequence. It returns x, the base's final
 // hidden states (T, Dim) (bridged when bridge is not ""), and y, the last
 // stage's output (T, Dim) (x itself with no stage): the logits are
-// W_pred·y, and W_pred·x those of the base alone.
-func ForwardStages(b *model.Base, stages []*Model, alpha float32, ids []int32, bridge string) (x, y []float32, err error) {
-	layers, srcIdx, err := StageLayers(b, stages)
-	if err != nil {
-		return nil, nil, fmt.Errorf("model.ForwardStages: %w", err)
+// W_pred·y, and W_pred·x those of the base alone. mix are the further bases
+// of a mixture (sources "base:<hash>:..."): each runs its own forward pass
+// over the same ids, and its hidden states go through the same bridge.
+func ForwardStages(b *model.Base, stages []*Model, alpha float32, ids []int32, bridge string, mix ...*model.Base) (x, y []float32, err error) {
+	fail := func(format string, args ...any) ([]float32, []float32, error) {
+		return nil, nil, fmt.Errorf("model.ForwardStages: "+format, args...)
 	}
-	hs, err := b.Forward(ids, layers)
+	p, err := planSources(b, mix, stages)
 	if err != nil {
-		return nil, nil, fmt.Errorf("model.ForwardStages: %w", err)
+		return fail("%w", err)
 	}
-	T, D := len(ids), b.Config.Dim
+	var codec *tensor.Codec
 	if bridge != "" {
-		codec, err := tensor.ParseCodec(bridge)
+		cd, err := tensor.ParseCodec(bridge)
 		if err != nil {
-			return nil, nil, fmt.Errorf("model.ForwardStages: bridge: %w", err)
+			return fail("bridge: %w", err)
 		}
-		var buf []byte
-		for _, h := range hs {
-			buf = codec.Encode(buf[:0], h, T, D)
-			if err := codec.Decode(h, buf, T, D); err != nil {
-				return nil, nil, fmt.Errorf("model.ForwardStages: bridge: %w", err)
+		codec = &cd
+	}
+	T := len(ids)
+	hs := make([][][]float32, len(p.bases))
+	for k, base := range p.bases {
+		if hs[k], err = base.Forward(ids, p.layers[k]); err != nil {
+			if k > 0 {
+				return fail("mixed base %s: %w", mixHash(base.WeightsHash), err)
 			}
+			return fail("%w", err)
 		}
 	}
-	y = hs[0]
+	if _, err := p.bridge(codec, hs, T, nil); err != nil {
+		return fail("bridge: %w", err)
+	}
+	y = hs[0][0]
 	for i, st := range stages {
 		s, err := st.NewSession(T)
 		if err != nil {
-			return nil, nil, fmt.Errorf("model.ForwardStages: stage %d: %w", i, err)
+			return fail("stage %d: %w", i, err)
 		}
-		src := make([][]float32, len(st.Config.Sources))
-		src[0] = y
-		for j := 1; j < len(src); j++ {
-			src[j] = hs[srcIdx[i][j]]
-		}
-		out, err := s.Prefill(src, T, alpha)
+		out, err := s.Prefill(p.sources(i, y, hs), T, alpha)
 		if err != nil {
-			return nil, nil, fmt.Errorf("model.ForwardStages: stage %d: %w", i, err)
+			return fail("stage %d: %w", i, err)
 		}
 		y = out // the session is dropped: out is ours
 	}
-	return hs[0], y, nil
+	return hs[0][0], y, nil
 }
 
 // GenerateIDs is Generate on token ids. It returns the generated tokens
@@ -211,17 +190,20 @@ func GenerateIDs(b *model.Base, stages []*Model, alpha float32, prompt []int32, 
 	if err != nil {
 		return fail("%w", err)
 	}
-	layers, srcIdx, err := StageLayers(b, stages)
+	p, err := planSources(b, opt.Mix, stages)
 	if err != nil {
 		return fail("%w", err)
 	}
-	maxLen := min(len(prompt)+opt.MaxTokens, c.MaxPos)
+	maxLen := min(len(prompt)+opt.MaxTokens, p.maxPos)
 	if len(prompt) > maxLen || len(prompt) == 0 {
-		return fail("prompt of %d tokens, the base takes 1..%d", len(prompt), c.MaxPos)
+		return fail("prompt of %d tokens, the base takes 1..%d", len(prompt), p.maxPos)
 	}
-	sess, err := b.NewSession(maxLen, layers)
-	if err != nil {
-		return fail("%w", err)
+	// One session (key/value cache) per base, run in lockstep.
+	sess := make([]*model.Session, len(p.bases))
+	for k, base := range p.bases {
+		if sess[k], err = base.NewSession(maxLen, p.layers[k]); err != nil {
+			return fail("%w", err)
+		}
 	}
 	coSess := make([]*Session, len(stages))
 	for i, st := range stages {
@@ -237,30 +219,22 @@ func GenerateIDs(b *model.Base, stages []*Model, alpha float32, prompt []int32, 
 	}
 	logits := make([]float32, c.Vocab)
 	var encBuf []byte
-	// next runs T new tokens through the base and the stages and returns
+	hs := make([][][]float32, len(p.bases))
+	// next runs T new tokens through every base and the stages and returns
 	// their final outputs: (T, Dim).
 	next := func(ids []int32) ([]float32, error) {
-		hs, err := sess.Prefill(ids)
-		if err != nil {
-			return nil, err
+		for k, s := range sess {
+			if hs[k], err = s.Prefill(ids); err != nil {
+				return nil, err
+			}
 		}
 		T := len(ids)
-		if codec != nil {
-			for _, h := range hs {
-				encBuf = codec.Encode(encBuf[:0], h, T, c.Dim)
-				if err := codec.Decode(h, encBuf, T, c.Dim); err != nil {
-					return nil, err
-				}
-			}
+		if encBuf, err = p.bridge(codec, hs, T, encBuf); err != nil {
+			return nil, err
 		}
-		y := hs[0]
-		for i, st := range stages {
-			src := make([][]float32, len(st.Config.Sources))
-			src[0] = y
-			for j := 1; j < len(src); j++ {
-				src[j] = hs[srcIdx[i][j]]
-			}
-			out, err := coSess[i].Prefill(src, T, alpha)
+		y := hs[0][0]
+		for i := range stages {
+			out, err := coSess[i].Prefill(p.sources(i, y, hs), T, alpha)
 			if err != nil {
 				return nil, err
 			}

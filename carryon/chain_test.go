@@ -309,8 +309,8 @@ func TestResolveChain(t *testing.T) {
 	}
 }
 
-// TestStageLayerNames: the source names inference runs, and a clear
-// refusal of a mixed base's source.
+// TestStageLayerNames: the source names of one base, and a clear refusal
+// of a mixed base's source when that base is not given.
 func TestStageLayerNames(t *testing.T) {
 	for _, c := range []struct {
 		name string
@@ -321,14 +321,22 @@ func TestStageLayerNames(t *testing.T) {
 		{"layer:0", 0, ""},
 		{"layer:4", 4, ""},
 		{"layer:5", 0, "not one this base provides (final, layer:0..4)"},
-		{"base:0123456789abcdef:final", 0, "a mixture of bases"},
+		{"base:0123456789abcdef:final", 0, "reads base 0123456789abcdef, which was not given: this adaptor is a mixture of bases"},
 	} {
-		got, err := stageLayer(c.name, 4)
+		cfg := model.TinyConfig("llama")
+		cfg.Layers = 4
+		got, err := resolveLayer(c.name, cfg)
 		if c.err == "" && (err != nil || got != c.want) {
-			t.Errorf("stageLayer(%q) = %d, %v; want %d", c.name, got, err, c.want)
+			t.Errorf("resolveSource(%q) = %d, %v; want %d", c.name, got, err, c.want)
 		}
 		if c.err != "" && (err == nil || !strings.Contains(err.Error(), c.err)) {
-			t.Errorf("stageLayer(%q): %v, want an error saying %q", c.name, err, c.err)
+			t.Errorf("resolveSource(%q): %v, want an error saying %q", c.name, err, c.err)
 		}
 	}
+}
+
+// resolveLayer resolves name against a base of shape cfg alone.
+func resolveLayer(name string, cfg model.Config) (int, error) {
+	_, l, err := resolveSource(name, &model.Base{Config: cfg}, nil)
+	return l, err
 }

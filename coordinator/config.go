@@ -113,14 +113,9 @@ type MixBase struct {
 }
 
 // mixSourceName names a mixed base's layer as a carry-on source:
-// "base:<first 16 hex digits of its weights hash>:final" or ":layer:k".
-func mixSourceName(hash string, layer int) string {
-	name := "final"
-	if layer != model.FinalLayer {
-		name = fmt.Sprintf("layer:%d", layer)
-	}
-	return "base:" + short(hash) + ":" + name
-}
+// "base:<first 16 hex digits of its weights hash>:final" or ":layer:k"
+// (carryon.MixSourceName, the names inference resolves).
+func mixSourceName(hash string, layer int) string { return carryon.MixSourceName(hash, layer) }
 
 // TrainConfig is every training knob, on one screen.
 type TrainConfig struct {

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"io"
 	"log/slog"
+	"math"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -152,4 +153,104 @@ func TestMixRefused(t *testing.T) {
 			t.Errorf("New with %+v: %v, want an error saying %q", c.mix, err, c.want)
 		}
 	}
+}
+
+// TestMixInference: a mixture trained on the cache (the primary base's
+// final and layer-0 states, the second base's final and layer-1 states,
+// all through the q8 bridge) computes at inference, where each base runs
+// its own forward pass (carryon.ForwardStages with the second base given),
+// what training saw: the carry-on's output on every validation sequence
+// equals its forward on the cached sources, and the answer-token loss over
+// the validation split equals Evaluate's on the cache.
+func TestMixInference(t *testing.T) {
+	b := localBase(t)
+	b2 := mixTestBase(t, b.Config.Vocab)
+	ds := localData(t, 30)
+	c := localCoordinator(t, t.TempDir(), b, "q8", []int{model.FinalLayer, 0})
+	c.cfg.Mix = []MixBase{{Base: b2, Layers: []int{model.FinalLayer, 1}, Codec: "q8"}}
+	c.cfg.Train.Steps, c.cfg.Train.EvalEvery, c.cfg.Train.CheckpointEvery = 30, 30, -1
+	c.cfg.Train.Optim.LR, c.cfg.Train.Optim.MinLR = 3e-3, 3e-4
+	ctx := context.Background()
+	collectLocal(t, c, ds)
+	res, err := c.Train(ctx, ds, Hooks{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	co := res.CarryOn
+	h := short(b2.WeightsHash)
+	want := []carryon.Source{{Name: "final", Dim: 32}, {Name: "layer:0", Dim: 32}, {Name: "base:" + h + ":final", Dim: 96}, {Name: "base:" + h + ":layer:1", Dim: 96}}
+	if !slices.Equal(co.Config.Sources, want) {
+		t.Fatalf("sources %v, want %v", co.Config.Sources, want)
+	}
+	ev, err := c.Evaluate(ds, co)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !(ev.Loss < ev.BaseLoss) {
+		t.Fatalf("the mixture did not learn: loss %.5f, base %.5f", ev.Loss, ev.BaseLoss)
+	}
+	val, err := c.loadSplit(ds.Val)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alpha := co.Config.Alpha
+	d := &decoder{c: c}
+	var sum float64
+	n, k := 0, 0
+	for _, ch := range ds.Val {
+		for _, ex := range ch.Seqs {
+			ids, targets := ex.Tokens, ex.Targets()
+			T := len(ids)
+			_, y, err := carryon.ForwardStages(b, []*carryon.Model{co}, alpha, ids, "q8", b2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if k < len(val) && slices.Equal(val[k].targets, targets) {
+				src, err := d.sources(val[k])
+				if err != nil {
+					t.Fatal(err)
+				}
+				cached := co.Forward(co.NewWorkspace(T), src, T, alpha)
+				for i := range cached {
+					if math.Abs(float64(cached[i]-y[i])) > 1e-4*(1+math.Abs(float64(cached[i]))) {
+						t.Fatalf("sequence %d, y[%d]: inference %v, on the cache %v", k, i, y[i], cached[i])
+					}
+				}
+				k++
+			}
+			logits := b.Logits(y, T)
+			V := b.Config.Vocab
+			for p, tg := range targets {
+				if tg >= 0 {
+					sum += xent(logits[p*V:(p+1)*V], tg)
+					n++
+				}
+			}
+		}
+	}
+	if k != len(val) || n != ev.Tokens {
+		t.Fatalf("compared %d of %d cached sequences, %d of %d scored tokens", k, len(val), n, ev.Tokens)
+	}
+	if got := sum / float64(n); math.Abs(got-ev.Loss) > 1e-4*ev.Loss {
+		t.Errorf("validation loss through inference %.6f, on the cache (Evaluate) %.6f", got, ev.Loss)
+	} else {
+		t.Logf("validation loss through inference %.6f, on the cache %.6f (base %.6f)", got, ev.Loss, ev.BaseLoss)
+	}
+	// Without the second base, inference refuses the adaptor and says which base it needs.
+	if _, _, err := carryon.ForwardStages(b, []*carryon.Model{co}, alpha, ds.Val[0].Seqs[0].Tokens, "q8"); err == nil || !strings.Contains(err.Error(), "reads base "+h) {
+		t.Errorf("inference without the second base: %v, want a refusal naming base %s", err, h)
+	}
+}
+
+// xent is -log softmax(logits)[target], in float64.
+func xent(logits []float32, target int32) float64 {
+	m := math.Inf(-1)
+	for _, v := range logits {
+		m = max(m, float64(v))
+	}
+	var z float64
+	for _, v := range logits {
+		z += math.Exp(float64(v) - m)
+	}
+	return m + math.Log(z) - float64(logits[target])
 }
