@@ -321,7 +321,7 @@ func TestStageLayerNames(t *testing.T) {
 		{"layer:0", 0, ""},
 		{"layer:4", 4, ""},
 		{"layer:5", 0, "not one this base provides (final, layer:0..4)"},
-		{"base:0123456789abcdef:final", 0, "reads base 0123456789abcdef, which was not given: this adaptor is a mixture of bases"},
+		{"base:0123456789abcdef:final", 0, "reads base 0123456789abcdef, which was not given (no further base was given): this adaptor is a mixture of bases"},
 	} {
 		cfg := model.TinyConfig("llama")
 		cfg.Layers = 4

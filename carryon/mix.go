@@ -219,7 +219,15 @@ func resolveSource(name string, b *model.Base, mix []*model.Base) (*model.Base, 
 			return m, l, nil
 		}
 	}
-	return nil, 0, fmt.Errorf("source %q reads base %s, which was not given: this adaptor is a mixture of bases, and runs only with each of them (--mix MODEL on carryon generate, serve and eval; carryon.GenerateOptions.Mix)", name, h)
+	given := "no further base was given"
+	if len(mix) > 0 {
+		var hs []string
+		for _, m := range mix {
+			hs = append(hs, mixHash(m.WeightsHash))
+		}
+		given = "the further bases given are " + strings.Join(hs, ", ")
+	}
+	return nil, 0, fmt.Errorf("source %q reads base %s, which was not given (%s): this adaptor is a mixture of bases, and runs only with each of them (--mix MODEL on carryon generate, serve and eval; carryon.GenerateOptions.Mix)", name, h, given)
 }
 
 // stageLayer maps a source name of one base ("final", "layer:k") to its

@@ -112,6 +112,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	maxTokens := fs.Int("max-tokens", 256, "greedy answer length cap for exact match")
 	seqLen := fs.Int("seq-len", 1024, "tokens per scored sequence at most")
 	bridge := addBridgeFlag(fs)
+	mixFlag := addMixFlag(fs)
 	noGen := fs.Bool("no-generate", false, "skip greedy generation (exact match)")
 	if err := parseFlags(fs, args, "data", "adaptor"); err != nil {
 		return err
@@ -130,6 +131,18 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	cos := carryon.Models(stages)
+	mix, closeMix, err := openMixBases(*mixFlag, *modelFlag, tok)
+	if err != nil {
+		return err
+	}
+	defer closeMix()
+	if err := carryon.CheckMix(base, mix, cos); err != nil {
+		return err
+	}
+	maxLen := base.Config.MaxPos
+	for _, m := range mix {
+		maxLen = min(maxLen, m.Config.MaxPos)
+	}
 	recs, skipped, err := readQA(*data, *limit)
 	if err != nil {
 		return err
@@ -153,13 +166,13 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		bar.set(i, len(recs))
 		line := r.line
-		ex := qaTokenize(tok, r.question, r.answer, min(*seqLen, c.MaxPos))
+		ex := qaTokenize(tok, r.question, r.answer, min(*seqLen, maxLen))
 		if ex.cut != "" {
 			rep.Cut++
 			cutWhy[ex.cut]++
 		}
 		T := len(ex.ids)
-		x, y, err := carryon.ForwardStages(base, cos, float32(*alpha), ex.ids, *bridge)
+		x, y, err := carryon.ForwardStages(base, cos, float32(*alpha), ex.ids, *bridge, mix...)
 		if err != nil {
 			return fmt.Errorf("%s line %d: %w", *data, line, err)
 		}
@@ -176,7 +189,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		for i, st := range [][]*carryon.Model{nil, cos} {
 			gen, _, err := carryon.GenerateIDs(base, st, float32(*alpha), ex.prompt, carryon.GenerateOptions{
-				MaxTokens: *maxTokens, Stop: []int32{tok.EOS()}, Bridge: *bridge})
+				MaxTokens: *maxTokens, Stop: []int32{tok.EOS()}, Bridge: *bridge, Mix: mix})
 			if err != nil {
 				return fmt.Errorf("%s line %d: %w", *data, line, err)
 			}

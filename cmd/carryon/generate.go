@@ -116,6 +116,7 @@ func generate(ctx context.Context, name string, args []string, stdout, stderr io
 	seed := fs.Uint64("seed", 1, "sampling seed")
 	stats := fs.Bool("stats", true, "print the token count and tokens/s to standard error at the end")
 	bridge := addBridgeFlag(fs)
+	mixFlag := addMixFlag(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -142,6 +143,15 @@ func generate(ctx context.Context, name string, args []string, stdout, stderr io
 		return err
 	}
 	co := carryon.Models(stages)
+	mix, closeMix, err := openMixBases(*mixFlag, *modelFlag, tok)
+	if err != nil {
+		return err
+	}
+	defer closeMix()
+	if err := carryon.CheckMix(base, mix, co); err != nil {
+		return err
+	}
+	opt.Mix = mix
 	report := func(r serve.StreamResult) {
 		if *stats {
 			fmt.Fprintf(stderr, "[%d prompt tokens, %d generated (%s); first token after %s, then %.1f tokens/s]\n",

@@ -41,7 +41,7 @@ func addJobFlags(fs *flag.FlagSet) *jobFlags {
 		data:      fs.String("data", "default", "data file: JSONL (text, prompt/completion or question/answer) or plain text; \"default\" for the demo's problems"),
 		cache:     fs.String("cache", filepath.Join(model.DefaultCacheDir(), "coordinator"), "embedding cache and adaptor store (shared by 'carryon coordinator' and 'carryon train')"),
 		codec:     fs.String("codec", "q8", "bridge setting the embeddings are made and cached with"),
-		mix:       fs.String("mix", "", `further bases whose final hidden states are sources of the carry-on too (a mixture of bases), comma-separated: directories, .gguf files, "default" or "tiny"; each must have --model's tokenizer, and nodes serving it compute its embeddings (with --codec). The adaptor reads them as "base:<hash>:final": it is trained and scored on the cache; generate and serve cannot run it`),
+		mix:       fs.String("mix", "", `further bases whose final hidden states are sources of the carry-on too (a mixture of bases), comma-separated: directories, .gguf files, "default" or "tiny"; each must have --model's tokenizer, and nodes serving it compute its embeddings (with --codec). The adaptor reads them as "base:<hash>:final": it is trained and scored on the cache, and generate, eval and serve run it given the same bases (their --mix)`),
 		parent:    fs.String("parent", "", "train a boosting stage on top of this adaptor (a file, or a CID in the store)"),
 		seqLen:    fs.Int("seq-len", 0, "tokens per sequence at most; longer question/answer pairs lose the start of the question (0: the base's context, at most 2048)"),
 		steps:     fs.Int("steps", 300, "training steps"),
@@ -163,22 +163,43 @@ func (f *jobFlags) alphas() ([]float32, error) {
 // ids of tok (the primary base's tokenizer): a mixture feeds one data set
 // to every base. The closer closes them.
 func (f *jobFlags) openMix(tok tokenizer.Tokenizer) ([]coordinator.MixBase, func(), error) {
+	bases, closeAll, err := openMixBases(*f.mix, *f.model, tok)
+	if err != nil {
+		return nil, nil, err
+	}
 	var out []coordinator.MixBase
+	for _, b := range bases {
+		out = append(out, coordinator.MixBase{Base: b})
+	}
+	return out, closeAll, nil
+}
+
+// addMixFlag is --mix of the commands that run adaptors (generate, eval,
+// serve).
+func addMixFlag(fs *flag.FlagSet) *string {
+	return fs.String("mix", "", `the further bases of adaptors that are mixtures of bases (sources "base:<hash>:final", as 'carryon train --mix' makes them), comma-separated: directories, .gguf files, "default" or "tiny"; each must have --model's tokenizer, and runs its own forward pass beside --model's`)
+}
+
+// openMixBases opens the comma-separated bases of list (a --mix flag) and
+// checks that each has the tokenizer tok of the base --model primary. The
+// closer closes them.
+func openMixBases(list, primary string, tok tokenizer.Tokenizer) ([]*model.Base, func(), error) {
+	var out []*model.Base
 	closeAll := func() {
-		for _, m := range out {
-			m.Base.Close()
+		for _, b := range out {
+			b.Close()
 		}
 	}
-	for _, spec := range strings.Split(*f.mix, ",") {
+	for _, spec := range strings.Split(list, ",") {
 		if spec = strings.TrimSpace(spec); spec == "" {
 			continue
 		}
-		m, err := openMixBase(spec, *f.model, tok)
+		m, err := openMixBase(spec, primary, tok)
 		if err != nil {
 			closeAll()
 			return nil, nil, err
 		}
-		out = append(out, coordinator.MixBase{Base: m.Base})
+		out = append(out, m.Base)
 	}
 	return out, closeAll, nil
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/ipfs/go-cid"
 
+	"carryon/carryon"
 	"carryon/internal/serve"
 	"carryon/model"
 	"carryon/protocol"
@@ -33,6 +35,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	maxTokens := fs.Int("max-tokens", 256, "max_tokens of requests without one")
 	maxContext := fs.Int("max-context", 0, "longest prompt + completion in tokens (0: the base's max_position_embeddings)")
 	bridge := addBridgeFlag(fs)
+	mixFlag := addMixFlag(fs)
 	onDemand := fs.Bool("on-demand", true, "load adaptors that requests name by CID (from --store, then the swarm when --from or --bootstrap is set)")
 	maxOnDemand := fs.Int("max-on-demand", 8, "on-demand adaptors kept loaded (least recently used dropped first)")
 	sf := addSwarmFlags(fs, "/ip4/127.0.0.1/tcp/0")
@@ -85,6 +88,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	base, tok, name := m.Base, m.Tokenizer, m.Name
 	defer base.Close()
 	cfg.Base, cfg.Tokenizer = base, tok
+	mix, closeMix, err := openMixBases(*mixFlag, *modelFlag, tok)
+	if err != nil {
+		return err
+	}
+	defer closeMix()
+	cfg.Mix = mix
 
 	blocks, err := swarm.OpenBlocks(*store)
 	if err != nil {
@@ -119,6 +128,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer srv.Close()
+	var started []*carryon.Model // the adaptors given at start
 	for _, spec := range splitList(*adaptors) {
 		short, ref, ok := strings.Cut(spec, "=")
 		if !ok {
@@ -142,6 +152,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 		fmt.Fprintf(stdout, "adaptor %s: %s (stages %d, step %d)\n", card.ID, card.CID, len(card.Stages), card.Step)
+		if co, _, err := carryon.Unmarshal(data); err == nil { // Add decoded it
+			started = append(started, co)
+		}
+	}
+	if err := checkServedMix(mix, started, *onDemand, stdout); err != nil {
+		return err
 	}
 
 	gate.Open(srv)
@@ -153,6 +169,22 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	stopHTTP() // before the model closes
 	fmt.Fprintf(stdout, "stopped after %d generated tokens\n", srv.Generated())
+	return nil
+}
+
+// checkServedMix checks that each base of --mix is read by an adaptor
+// loaded at start; with on-demand loading, one that is not may serve an
+// adaptor loaded later, and is only noted.
+func checkServedMix(mix []*model.Base, started []*carryon.Model, onDemand bool, stdout io.Writer) error {
+	read := carryon.MixHashes(started)
+	for _, m := range mix {
+		if h := m.WeightsHash[:min(len(m.WeightsHash), carryon.MixHashLen)]; !slices.Contains(read, h) {
+			if !onDemand {
+				return fmt.Errorf("--mix: base %s is read by none of the adaptors given (and --on-demand=false loads no others)", h)
+			}
+			fmt.Fprintf(stdout, "mixed base %s: read by none of the adaptors given; kept for adaptors loaded on demand\n", h)
+		}
+	}
 	return nil
 }
 

@@ -188,7 +188,7 @@ func (s *Server) load(ctx context.Context, data []byte, depth int) (*adaptor, er
 	}
 	a.stages = append(a.stages, co)
 	a.chain = append(a.chain, id)
-	if _, _, err := carryon.StageLayers(s.base, a.stages); err != nil {
+	if err := carryon.CheckStages(s.base, s.cfg.Mix, a.stages); err != nil {
 		return nil, fmt.Errorf("adaptor %s: %w: %w", id, ErrInvalidAdaptor, err)
 	}
 	s.mu.Lock()

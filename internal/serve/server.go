@@ -117,7 +117,8 @@ type Config struct {
 	// MaxTokens is the max_tokens of requests without one; 0 means 256.
 	MaxTokens int
 	// MaxContext caps prompt plus new tokens (and so the key/value cache a
-	// request allocates); 0 means the base's MaxPos.
+	// request allocates); 0 means the base's MaxPos (the shortest of
+	// Base's and Mix's).
 	MaxContext int
 	// Workers is how many generations run at once; 0 means 1.
 	Workers int
@@ -131,6 +132,13 @@ type Config struct {
 	// Bridge, when not "", round-trips the base's hidden states through
 	// this bridge codec before the carry-on, as in training.
 	Bridge string
+	// Mix are further bases, read by adaptors that are mixtures of bases
+	// (sources "base:<hash>:final"): each must read Base's token ids (one
+	// tokenizer; the caller checks the tokenizers, New the vocabulary
+	// sizes). A request runs the ones its adaptor reads, each with its
+	// own key/value cache; adaptors that read a base not given here are
+	// refused (ErrInvalidAdaptor).
+	Mix []*model.Base
 
 	// schedHook, when set (tests), sees each scheduler event.
 	schedHook func(event, client string)
@@ -178,9 +186,16 @@ func New(cfg Config) (*Server, error) {
 	case cfg.MaxTokens < 0 || cfg.MaxContext < 0 || cfg.Workers < 0 || cfg.MaxQueue < 0 || cfg.MaxOnDemand < 0:
 		return nil, errors.New("serve.New: negative limit")
 	}
+	if err := carryon.CheckStages(cfg.Base, cfg.Mix, nil); err != nil {
+		return nil, fmt.Errorf("serve.New: Mix: %w", err)
+	}
 	cfg.MaxTokens = cmp.Or(cfg.MaxTokens, 256)
-	if cfg.MaxContext == 0 || cfg.MaxContext > cfg.Base.Config.MaxPos {
-		cfg.MaxContext = cfg.Base.Config.MaxPos
+	maxPos := cfg.Base.Config.MaxPos
+	for _, m := range cfg.Mix {
+		maxPos = min(maxPos, m.Config.MaxPos) // a mixture runs every base over the whole context
+	}
+	if cfg.MaxContext == 0 || cfg.MaxContext > maxPos {
+		cfg.MaxContext = maxPos
 	}
 	cfg.MaxContext = min(cfg.MaxContext, maxCarryOnContext)
 	cfg.Workers = cmp.Or(cfg.Workers, 1)
@@ -441,7 +456,7 @@ func (s *Server) run(ctx context.Context, j *job, emit emitFunc) (result, error)
 	)
 	opt := carryon.GenerateOptions{MaxTokens: j.max, Temperature: j.opts.temperature, TopK: j.opts.topK, TopP: j.opts.topP,
 		PresencePenalty: j.opts.presence, FrequencyPenalty: j.opts.frequency, Seed: j.seed,
-		Stop: stopIDs, Bridge: s.cfg.Bridge}
+		Stop: stopIDs, Bridge: s.cfg.Bridge, Mix: s.cfg.Mix}
 	if j.opts.logprobs {
 		opt.OnLogits = func(l []float32) { logits = l }
 		if j.echoFrom >= 0 {
