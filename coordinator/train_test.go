@@ -148,6 +148,20 @@ func checkpointSteps(t *testing.T, dir string) []string {
 	return out
 }
 
+// checkpointAt returns the path and bytes of dir's one checkpoint of step.
+func checkpointAt(t *testing.T, dir string, step int) (string, []byte) {
+	t.Helper()
+	names, _ := filepath.Glob(filepath.Join(dir, "checkpoints", "*", fmt.Sprintf("*-%09d.ckpt", step)))
+	if len(names) != 1 {
+		t.Fatalf("checkpoints of step %d: %v, want one", step, names)
+	}
+	raw, err := os.ReadFile(names[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names[0], raw
+}
+
 // TestTrainResumeBitIdentical trains 20 steps straight, and 10 steps that
 // are interrupted and then resumed in a fresh coordinator for the other 10:
 // parameters, losses and the adaptor's bytes must be equal.
@@ -265,14 +279,7 @@ func TestTrainResumeAtEndReportsValLoss(t *testing.T) {
 	}
 
 	// The final checkpoint rewritten without its validation passes.
-	names, _ := filepath.Glob(filepath.Join(dir, "checkpoints", "*", "*-000000010.ckpt"))
-	if len(names) != 1 {
-		t.Fatalf("final checkpoint: %v", names)
-	}
-	raw, err := os.ReadFile(names[0])
-	if err != nil {
-		t.Fatal(err)
-	}
+	ckPath, raw := checkpointAt(t, dir, 10)
 	co, err := carryon.New(straight.CarryOn.Config, tc.Seed)
 	if err != nil {
 		t.Fatal(err)
@@ -289,7 +296,7 @@ func TestTrainResumeAtEndReportsValLoss(t *testing.T) {
 	if raw, err = MarshalCheckpoint(ck, co, opt); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(names[0], raw, 0o644); err != nil {
+	if err := os.WriteFile(ckPath, raw, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	got = nil
@@ -313,15 +320,8 @@ func TestTrainResumeSkipsBadCheckpoints(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	straight := trainIn(t, ctx, dir, base, ds, tc)
-	names, _ := filepath.Glob(filepath.Join(dir, "checkpoints", "*", "*-000000012.ckpt"))
-	if len(names) != 1 {
-		t.Fatalf("final checkpoint: %v", names)
-	}
-	b, err := os.ReadFile(names[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(names[0], b[:len(b)/2], 0o644); err != nil { // a torn file
+	ckPath, b := checkpointAt(t, dir, 12)
+	if err := os.WriteFile(ckPath, b[:len(b)/2], 0o644); err != nil { // a torn file
 		t.Fatal(err)
 	}
 	res := trainIn(t, ctx, dir, base, ds, tc)
