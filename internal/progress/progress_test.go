@@ -15,6 +15,14 @@ func (c *fakeClock) now() time.Time      { return c.t }
 func (c *fakeClock) add(d time.Duration) { c.t = c.t.Add(d) }
 func newClock() *fakeClock               { return &fakeClock{t: time.Unix(1e9, 0)} }
 
+// work adds n units to b, each d after the one before.
+func (c *fakeClock) work(b *Bar, n int, d time.Duration) {
+	for range n {
+		c.add(d)
+		b.Add(1)
+	}
+}
+
 // TestLinesWhenNotATerminal: a buffer is not a terminal, so the bar
 // writes one plain line per tenth of the work, then nothing more at Done.
 func TestLinesWhenNotATerminal(t *testing.T) {
@@ -24,10 +32,7 @@ func TestLinesWhenNotATerminal(t *testing.T) {
 	if b.Terminal() {
 		t.Fatal("a bytes.Buffer taken for a terminal")
 	}
-	for range 1000 {
-		clk.add(time.Millisecond)
-		b.Add(1)
-	}
+	clk.work(b, 1000, time.Millisecond)
 	b.Done()
 	b.Done()
 	out := buf.String()
@@ -52,10 +57,7 @@ func TestLinesInterval(t *testing.T) {
 	var buf bytes.Buffer
 	clk := newClock()
 	b := New(&buf, "train", 0, Options{Mode: Lines, Unit: "steps", Interval: 10 * time.Second, Now: clk.now})
-	for range 25 {
-		clk.add(time.Second)
-		b.Add(1)
-	}
+	clk.work(b, 25, time.Second)
 	b.Done()
 	want := "train 1 steps 1/s\ntrain 11 steps 1/s\ntrain 21 steps 1/s\ntrain 25 steps 1/s\n"
 	if got := buf.String(); got != want {

@@ -48,10 +48,7 @@ func TestBarOnATerminal(t *testing.T) {
 	if !b.Terminal() {
 		t.Fatal("a bar on a terminal does not draw in place")
 	}
-	for range 4 {
-		clk.add(time.Second)
-		b.Add(1)
-	}
+	clk.work(b, 4, time.Second)
 	b.Done()
 	slave.Close()
 	out, err := io.ReadAll(master)
