@@ -19,7 +19,7 @@ func runExperiment(ctx context.Context, args []string, stdout, stderr io.Writer)
 	only := fs.String("only", "", fmt.Sprintf("run some experiments (comma-separated) of %v, keeping the others' results in OUT/experiments.json", experiments.Names))
 	quick := fs.Bool("quick", false, "tiny sizes: check the pipeline in seconds (numbers mean nothing)")
 	modelFlag := addModelFlag(fs)
-	cache := fs.String("cache", "", "embedding cache directory (default: a temporary one, removed at the end)")
+	cache := addScratchCacheFlag(fs)
 	mixFlag := fs.String("mix", "auto", `second base for the mixture experiment (its final hidden states as a further source; it must share --model's tokenizer): a model as for --model, "auto" (the other embedded base: tiny for default, default for tiny; none otherwise) or "none"`)
 	sizes := fs.String("sizes", "", fmt.Sprintf(`JSON object overriding some of the run's sizes, e.g. '{"clock_seconds": 120, "clock_seed": 2, "clock_methods": ["cached", "lora"]}' (field names as in experiments.json's setup.sizes; clock_methods of %q)`, experiments.ClockKeys))
 	if err := parseFlags(fs, args, "data", "out"); err != nil {

@@ -174,6 +174,12 @@ func addQAFlag(fs *flag.FlagSet) *string {
 	return fs.String("data", "", "GSM8K-style JSONL with question and answer fields (the answer ends with '#### N')")
 }
 
+// addScratchCacheFlag adds --cache as experiment and search read it: the
+// embedding cache, a temporary one by default.
+func addScratchCacheFlag(fs *flag.FlagSet) *string {
+	return fs.String("cache", "", "embedding cache directory (default: a temporary one, removed at the end)")
+}
+
 // addBridgeFlag adds --bridge: the codec base hidden states go through
 // before the carry-on reads them.
 func addBridgeFlag(fs *flag.FlagSet) *string {

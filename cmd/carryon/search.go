@@ -17,7 +17,7 @@ func runSearch(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	data := addQAFlag(fs)
 	out := fs.String("out", "", "directory for search.md and the Pareto plots (search-params.svg, search-step.svg); empty: table on stdout only")
 	modelFlag := addModelFlag(fs)
-	cache := fs.String("cache", "", "embedding cache directory (default: a temporary one, removed at the end)")
+	cache := addScratchCacheFlag(fs)
 	steps := fs.Int("steps", 100, "optimiser steps per trial")
 	parallel := fs.Int("parallel", 0, "trials trained at once (0: GOMAXPROCS)")
 	train := fs.Int("train", 1000, "problems trained on")
@@ -49,13 +49,6 @@ func runSearch(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if tok == nil {
 		return fmt.Errorf("search: %s: %w", name, m.TokenizerErr)
 	}
-	dir := *cache
-	if dir == "" {
-		if dir, err = os.MkdirTemp("", "carryon-search-*"); err != nil {
-			return err
-		}
-		defer os.RemoveAll(dir)
-	}
 	sz := experiments.FullSizes()
 	sz.TrainProblems, sz.SelectProblems, sz.ValProblems, sz.Batch, sz.SearchSteps, sz.SearchParallel = *train, *val, *test, *batch, *steps, *parallel
 	sz.SearchNoStop = *noStop
@@ -67,7 +60,7 @@ func runSearch(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	start := time.Now()
 	fmt.Fprintf(stdout, "base %s; %d configurations, %d steps each\n", name, len(experiments.SearchGrid()), *steps)
-	res, err := experiments.Search(ctx, base, tok, experiments.SearchOptions{Data: *data, CacheDir: dir, Sizes: sz, CompareTrains: *compare > 0,
+	res, err := experiments.Search(ctx, base, tok, experiments.SearchOptions{Data: *data, CacheDir: *cache, Sizes: sz, CompareTrains: *compare > 0,
 		Progress: func(msg string) { fmt.Fprintf(stdout, "[%6.1fs] %s\n", time.Since(start).Seconds(), msg) }})
 	if err != nil {
 		return err

@@ -438,15 +438,12 @@ func Run(ctx context.Context, base *model.Base, tok tokenizer.Tokenizer, opt Opt
 			}
 		}
 	}
-	r.cacheDir = opt.CacheDir
-	if r.cacheDir == "" {
-		d, err := os.MkdirTemp("", "carryon-experiments-*")
-		if err != nil {
-			return nil, fmt.Errorf("experiments.Run: %w", err)
-		}
-		defer os.RemoveAll(d)
-		r.cacheDir = d
+	cacheDir, removeCache, err := cacheDirOrTemp(opt.CacheDir, "carryon-experiments-*")
+	if err != nil {
+		return nil, fmt.Errorf("experiments.Run: %w", err)
 	}
+	defer removeCache()
+	r.cacheDir = cacheDir
 	if err := r.setup(); err != nil {
 		return nil, fmt.Errorf("experiments.Run: %w", err)
 	}
@@ -621,6 +618,19 @@ func (r *runner) carryOn(s spec) (*trained, error) {
 		s.key(), t.run.Params, t.run.ValLoss, t.run.BaseLoss, t.run.BestStep, t.run.SelectLoss, t.run.Alpha, t.run.StepMS)
 	r.done[s.key()] = t
 	return t, nil
+}
+
+// cacheDirOrTemp returns dir, or, when dir is "", a new temporary
+// directory named after pattern (os.MkdirTemp); remove removes that one
+// (and nothing of a given dir).
+func cacheDirOrTemp(dir, pattern string) (_ string, remove func(), err error) {
+	if dir != "" {
+		return dir, func() {}, nil
+	}
+	if dir, err = os.MkdirTemp("", pattern); err != nil {
+		return "", nil, err
+	}
+	return dir, func() { os.RemoveAll(dir) }, nil
 }
 
 // trainCarryOn trains the carry-on of s on ds through the coordinator

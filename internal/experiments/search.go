@@ -477,12 +477,14 @@ func Search(ctx context.Context, base *model.Base, tok tokenizer.Tokenizer, opt 
 	if err := opt.Sizes.validate(); err != nil {
 		return nil, fmt.Errorf("experiments.Search: %w", err)
 	}
+	cacheDir, removeCache, err := cacheDirOrTemp(opt.CacheDir, "carryon-search-*")
+	if err != nil {
+		return nil, fmt.Errorf("experiments.Search: %w", err)
+	}
+	defer removeCache()
 	r := &runner{ctx: ctx, opt: Options{Data: opt.Data, Progress: opt.Progress}, sz: opt.Sizes, base: base, tok: tok,
 		memo: &memoForwarder{base: base, m: map[string]map[int][]float32{}}, log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		done: map[string]*trained{}, res: &Results{}, cacheDir: opt.CacheDir}
-	if r.cacheDir == "" {
-		return nil, fmt.Errorf("experiments.Search: a cache directory is required")
-	}
+		done: map[string]*trained{}, res: &Results{}, cacheDir: cacheDir}
 	if err := r.setup(); err != nil {
 		return nil, fmt.Errorf("experiments.Search: %w", err)
 	}
