@@ -84,8 +84,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return errors.New("unknown or missing benchmark (want: train, forward or serve)")
 	}
 	fs := newFlags("bench", "train --width H --layers L --base-dim D --vocab V --seq S --batch B [flags]", stderr)
-	width := fs.Int("width", 64, "carry-on width h")
-	layers := fs.Int("layers", 2, "carry-on blocks L")
+	width, layers := addShapeFlags(fs)
 	heads := fs.Int("heads", 0, "attention heads (0: width/16, at least 1)")
 	baseDim := fs.Int("base-dim", 896, "base hidden width D")
 	vocab := fs.Int("vocab", 32000, "vocabulary V (rows of the frozen LM head)")

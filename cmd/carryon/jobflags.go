@@ -36,7 +36,7 @@ type jobFlags struct {
 }
 
 func addJobFlags(fs *flag.FlagSet) *jobFlags {
-	return &jobFlags{
+	f := &jobFlags{
 		model:     addModelFlag(fs),
 		data:      fs.String("data", "default", "data file: JSONL (text, prompt/completion or question/answer) or plain text; \"default\" for the demo's problems"),
 		cache:     fs.String("cache", filepath.Join(model.DefaultCacheDir(), "coordinator"), "embedding cache and adaptor store (shared by 'carryon coordinator' and 'carryon train')"),
@@ -46,8 +46,6 @@ func addJobFlags(fs *flag.FlagSet) *jobFlags {
 		seqLen:    fs.Int("seq-len", 0, "tokens per sequence at most; longer question/answer pairs lose the start of the question (0: the base's context, at most 2048)"),
 		steps:     fs.Int("steps", 300, "training steps"),
 		batch:     fs.Int("batch", 8, "sequences per training step"),
-		width:     fs.Int("width", 64, "carry-on width h"),
-		depth:     fs.Int("layers", 2, "carry-on blocks L"),
 		lr:        fs.Float64("lr", 3e-3, "peak learning rate"),
 		alpha:     fs.Float64("alpha", 1, "carry-on scale α"),
 		gateBias:  fs.Float64("gate-bias", 0, "initial gate bias b_g: the gate starts at sigmoid(b_g) (0: one half)"),
@@ -56,6 +54,14 @@ func addJobFlags(fs *flag.FlagSet) *jobFlags {
 		headBF16:  fs.Bool("head-bf16", true, "multiply the frozen LM head in bf16 where the CPU has AVX512_BF16 (about 1.6x faster steps, loss within 1e-3 relative; elsewhere it stays float32); --head-bf16=false: exact float32"),
 		device:    fs.String("device", "cpu", "training device: cpu, or cuda (GPU 0; needs a binary built with -tags cuda)"),
 	}
+	f.width, f.depth = addShapeFlags(fs)
+	return f
+}
+
+// addShapeFlags adds --width and --layers, the carry-on's shape as
+// defaultShape takes it (train, coordinator, bench train).
+func addShapeFlags(fs *flag.FlagSet) (width, layers *int) {
+	return fs.Int("width", 64, "carry-on width h"), fs.Int("layers", 2, "carry-on blocks L")
 }
 
 // parse parses a training command's flags (parseFlags, with required),
