@@ -278,12 +278,8 @@ func hfSPMBuild(f *hfSPMJSON) (*SPMTokenizer, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !tokIsNull(f.PostProcessor) {
-		var pp tokJSONNode
-		if err := json.Unmarshal(f.PostProcessor, &pp); err != nil {
-			return nil, fmt.Errorf("post_processor: %w", err)
-		}
-		t.bos = templateBOS(t, &pp, 0)
+	if t.bos, err = postProcessorBOS(t, f.PostProcessor, t.bos); err != nil {
+		return nil, err
 	}
 	if id, ok := t.ID("</s>"); ok {
 		t.eos = id

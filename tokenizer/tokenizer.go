@@ -786,16 +786,25 @@ func tokFromJSON(f *tokJSON) (*BPETokenizer, error) {
 	if err != nil {
 		return nil, err
 	}
-	t.bos = -1
-	if !tokIsNull(f.PostProcessor) {
-		var pp tokJSONNode
-		if err := json.Unmarshal(f.PostProcessor, &pp); err != nil {
-			return nil, fmt.Errorf("post_processor: %w", err)
-		}
-		t.bos = templateBOS(t, &pp, 0)
+	if t.bos, err = postProcessorBOS(t, f.PostProcessor, -1); err != nil {
+		return nil, err
 	}
 	t.eos = t.guessEOS()
 	return t, nil
+}
+
+// postProcessorBOS returns the BOS token id that a tokenizer.json
+// post_processor (raw) puts before the sequence (see templateBOS), or def
+// when there is no post_processor.
+func postProcessorBOS(t interface{ ID(string) (int32, bool) }, raw json.RawMessage, def int32) (int32, error) {
+	if tokIsNull(raw) {
+		return def, nil
+	}
+	var pp tokJSONNode
+	if err := json.Unmarshal(raw, &pp); err != nil {
+		return 0, fmt.Errorf("post_processor: %w", err)
+	}
+	return templateBOS(t, &pp, 0), nil
 }
 
 // templateBOS returns the id of the special token that a TemplateProcessing
