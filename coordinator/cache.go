@@ -288,11 +288,8 @@ func (c *Coordinator) put(job embedJob, ch *dataset.Chunk, entries [][]Entry, by
 	}
 	lk := []byte(ch.ID)
 	err := c.state.groupWrite(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bChunks)
-		for i, k := range keys {
-			if err := putJSON(b, keyBytes(k), recs[i]); err != nil {
-				return err
-			}
+		if err := putChunkRecords(tx, keys, recs); err != nil {
+			return err
 		}
 		return tx.Bucket(bLeases).Delete(lk)
 	}, false) // flatfs fsyncs the blocks as it commits them

@@ -356,15 +356,7 @@ func (c *Coordinator) fetchChunk(ctx context.Context, cfg FetchConfig, j fetchJo
 		}
 	}
 	keys := c.cacheKeys(c.primary(), j.ch)
-	err := c.state.groupWrite(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bChunks)
-		for i, k := range keys {
-			if err := putJSON(b, keyBytes(k), recs[i]); err != nil {
-				return err
-			}
-		}
-		return nil
-	}, false)
+	err := c.state.groupWrite(func(tx *bolt.Tx) error { return putChunkRecords(tx, keys, recs) }, false)
 	if err != nil {
 		return 0, 0, fmt.Errorf("index chunk %s: %w", short(j.ch.ID), err)
 	}

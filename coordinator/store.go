@@ -413,6 +413,18 @@ func (s *stateStore) commit(rs []storeReq) {
 
 func (s *stateStore) view(fn func(tx *bolt.Tx) error) error { return s.db.View(fn) }
 
+// putChunkRecords indexes a chunk's cached frames: recs[i] under keys[i]
+// (one key per cached layer) in bChunks.
+func putChunkRecords(tx *bolt.Tx, keys []Key, recs []chunkRecord) error {
+	b := tx.Bucket(bChunks)
+	for i, k := range keys {
+		if err := putJSON(b, keyBytes(k), recs[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 func putJSON(b *bolt.Bucket, k []byte, v any) error {
 	data, err := json.Marshal(v)
 	if err != nil {
