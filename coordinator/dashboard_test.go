@@ -201,38 +201,28 @@ func TestDashboardPageIsSelfContained(t *testing.T) {
 
 func TestCoordinatorMetrics(t *testing.T) {
 	f := newDashFixture(t)
-	for _, tc := range []struct {
-		name   string
-		labels map[string]string
-		want   float64
-	}{
-		{"carryon_coordinator_chunks", map[string]string{"state": "done"}, 7},
-		{"carryon_coordinator_chunks", map[string]string{"state": "leased"}, 2},
-		{"carryon_coordinator_chunks", map[string]string{"state": "left"}, 3},
-		{"carryon_coordinator_job_chunks", nil, 10},
-		{"carryon_coordinator_cache_hit_chunks", nil, 3},
-		{"carryon_coordinator_bytes_received_total", nil, 12345},
-		{"carryon_coordinator_computed_tokens_total", nil, 800},
-		{"carryon_coordinator_leases_total", map[string]string{"kind": "reassigned"}, 1},
-		{"carryon_coordinator_verifications_total", map[string]string{"event": "bans"}, 1},
-		{"carryon_coordinator_nodes", map[string]string{"state": "eligible"}, 1},
-		{"carryon_coordinator_nodes", map[string]string{"state": "banned"}, 1},
-		{"carryon_coordinator_node_tokens_per_second", map[string]string{"peer": "12D3KooWAlice", "device": "cuda"}, 1500},
-		{"carryon_coordinator_node_banned", map[string]string{"peer": "12D3KooWMallory"}, 1},
-		{"carryon_coordinator_train_step", nil, 12},
-		{"carryon_coordinator_train_steps", nil, 40},
-		{"carryon_coordinator_train_loss", nil, 2},
-		{"carryon_coordinator_train_tokens_per_second", nil, 1000},
-		{"carryon_coordinator_validation_loss", map[string]string{"model": "carryon"}, 2.5},
-		{"carryon_coordinator_validation_loss", map[string]string{"model": "base"}, 3.25},
-		{"carryon_coordinator_adaptor_versions", nil, 2},
-		{"carryon_coordinator_adaptor_latest_info", map[string]string{"cid": f.v2, "parent": f.v1}, 1},
-	} {
-		got, ok := testenv.Metric(t, f.reg, tc.name, tc.labels)
-		if !ok || got != tc.want {
-			t.Errorf("%s%v = %v (found %v), want %v", tc.name, tc.labels, got, ok, tc.want)
-		}
-	}
+	want := testenv.MetricChecker(t, f.reg)
+	want("carryon_coordinator_chunks", map[string]string{"state": "done"}, 7)
+	want("carryon_coordinator_chunks", map[string]string{"state": "leased"}, 2)
+	want("carryon_coordinator_chunks", map[string]string{"state": "left"}, 3)
+	want("carryon_coordinator_job_chunks", nil, 10)
+	want("carryon_coordinator_cache_hit_chunks", nil, 3)
+	want("carryon_coordinator_bytes_received_total", nil, 12345)
+	want("carryon_coordinator_computed_tokens_total", nil, 800)
+	want("carryon_coordinator_leases_total", map[string]string{"kind": "reassigned"}, 1)
+	want("carryon_coordinator_verifications_total", map[string]string{"event": "bans"}, 1)
+	want("carryon_coordinator_nodes", map[string]string{"state": "eligible"}, 1)
+	want("carryon_coordinator_nodes", map[string]string{"state": "banned"}, 1)
+	want("carryon_coordinator_node_tokens_per_second", map[string]string{"peer": "12D3KooWAlice", "device": "cuda"}, 1500)
+	want("carryon_coordinator_node_banned", map[string]string{"peer": "12D3KooWMallory"}, 1)
+	want("carryon_coordinator_train_step", nil, 12)
+	want("carryon_coordinator_train_steps", nil, 40)
+	want("carryon_coordinator_train_loss", nil, 2)
+	want("carryon_coordinator_train_tokens_per_second", nil, 1000)
+	want("carryon_coordinator_validation_loss", map[string]string{"model": "carryon"}, 2.5)
+	want("carryon_coordinator_validation_loss", map[string]string{"model": "base"}, 3.25)
+	want("carryon_coordinator_adaptor_versions", nil, 2)
+	want("carryon_coordinator_adaptor_latest_info", map[string]string{"cid": f.v2, "parent": f.v1}, 1)
 	if got, _ := testenv.Metric(t, f.reg, "carryon_coordinator_train_learning_rate", nil); math.Abs(got-12e-4) > 1e-9 {
 		t.Errorf("learning rate %v", got)
 	}

@@ -79,25 +79,16 @@ func TestMetrics(t *testing.T) {
 
 	codec, _ := tensor.ParseCodec("q8")
 	st := n.Stats()
-	for _, tc := range []struct {
-		name   string
-		labels map[string]string
-		want   float64
-	}{
-		{"carryon_node_jobs_total", nil, 1},
-		{"carryon_node_chunks_rejected_total", nil, 1},
-		{"carryon_node_tokens_total", nil, 8},
-		{"carryon_node_bytes_sent_total", nil, float64(2 * codec.EncodedSize(8, b.info.Dim))},
-		{"carryon_node_tokens_per_second", nil, st.TokensPerSec},
-		{"carryon_node_busy_ratio", nil, 0},
-		{"carryon_node_queued_jobs", nil, 0},
-		{"carryon_node_info", map[string]string{"device": "cuda:test"}, 1},
-		{"carryon_node_base_info", map[string]string{"name": "test", "weights_hash": b.info.WeightsHash}, 1},
-	} {
-		if got := metric(t, reg, tc.name, tc.labels); got != tc.want {
-			t.Errorf("%s%v = %v, want %v", tc.name, tc.labels, got, tc.want)
-		}
-	}
+	want := testenv.MetricChecker(t, reg)
+	want("carryon_node_jobs_total", nil, 1)
+	want("carryon_node_chunks_rejected_total", nil, 1)
+	want("carryon_node_tokens_total", nil, 8)
+	want("carryon_node_bytes_sent_total", nil, float64(2*codec.EncodedSize(8, b.info.Dim)))
+	want("carryon_node_tokens_per_second", nil, st.TokensPerSec)
+	want("carryon_node_busy_ratio", nil, 0)
+	want("carryon_node_queued_jobs", nil, 0)
+	want("carryon_node_info", map[string]string{"device": "cuda:test"}, 1)
+	want("carryon_node_base_info", map[string]string{"name": "test", "weights_hash": b.info.WeightsHash}, 1)
 	if st.TokensPerSec <= 0 {
 		t.Errorf("tokens per second %v after a job", st.TokensPerSec)
 	}

@@ -57,6 +57,18 @@ func Metric(t testing.TB, reg prometheus.Gatherer, name string, labels map[strin
 	return 0, false
 }
 
+// MetricChecker returns want: want(name, labels, v) reports (t.Errorf)
+// when reg's gathering lacks the sample Metric(name, labels) finds, or
+// holds it with a value other than v.
+func MetricChecker(t testing.TB, reg prometheus.Gatherer) (want func(name string, labels map[string]string, v float64)) {
+	return func(name string, labels map[string]string, v float64) {
+		t.Helper()
+		if got, ok := Metric(t, reg, name, labels); !ok || got != v {
+			t.Errorf("%s%v = %v (found %v), want %v", name, labels, got, ok, v)
+		}
+	}
+}
+
 func hasLabel(m *dto.Metric, name, value string) bool {
 	for _, l := range m.GetLabel() {
 		if l.GetName() == name {
