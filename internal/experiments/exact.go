@@ -20,6 +20,7 @@ type exactSystem struct {
 	stages []*carryon.Model
 	alpha  float32
 	bridge string
+	mix    []*model.Base // further bases of a mixture the stages read
 }
 
 // oneStepProblems and oneStepSeed are the diagnostic of the exact-match
@@ -145,7 +146,7 @@ func (r *runner) answer(s exactSystem, p Problem, row *ExactRow, n int) (string,
 	var sofar []int32
 	lineEnded := false
 	gen, stopped, err := carryon.GenerateIDs(s.base, s.stages, s.alpha, prompt, carryon.GenerateOptions{
-		MaxTokens: maxNew, Stop: []int32{r.tok.EOS()}, Bridge: s.bridge,
+		MaxTokens: maxNew, Stop: []int32{r.tok.EOS()}, Bridge: s.bridge, Mix: s.mix,
 		OnToken: func(id int32) bool {
 			sofar = append(sofar, id)
 			lineEnded = answerLineEnded(r.tok.Decode(sofar))

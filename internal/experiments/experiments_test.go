@@ -457,6 +457,23 @@ func TestQuickRun(t *testing.T) {
 		if mx.Runs[4].Seed != 1 || mx.Runs[6].Seed != 2 {
 			t.Errorf("mixture of bases: seeds %d and %d, want 1 and 2", mx.Runs[4].Seed, mx.Runs[6].Seed)
 		}
+		// At inference (both bases run, not the cache) the held-out loss
+		// is the cache's, and every problem gets a greedy answer.
+		if len(mx.Inference) != 2 || mx.ExactProblems != sz.ExactProblems {
+			t.Fatalf("mix at inference: %+v, want the final-only and the two-base carry-on on %d problems", mx.Inference, sz.ExactProblems)
+		}
+		for i, in := range mx.Inference {
+			run := mx.Runs[4*i]
+			if in.Sources != mixNames(run.Sources, run.Mix) || in.CachedLoss != run.ValLoss {
+				t.Errorf("mix at inference %d: %q with cached loss %v, want run %d's %q, %v", i, in.Sources, in.CachedLoss, 4*i, mixNames(run.Sources, run.Mix), run.ValLoss)
+			}
+			if math.Abs(in.Loss-in.CachedLoss) > 1e-4*in.CachedLoss {
+				t.Errorf("%s: held-out loss %.6f at inference, %.6f on the cache", in.Sources, in.Loss, in.CachedLoss)
+			}
+			if in.Exact.Correct > in.Exact.Formatted || in.Exact.MeanTokens <= 0 || in.Exact.MeanTokens > float64(sz.ExactMaxTokens) {
+				t.Errorf("%s: exact match %+v", in.Sources, in.Exact)
+			}
+		}
 	}
 	// base alone, three carry-ons (h=64 on two training sets, h=256), and
 	// the clock's LoRA and full fine-tune.

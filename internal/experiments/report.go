@@ -268,6 +268,15 @@ func Tables(res *Results) []byte {
 			p("| %s | %d | %d | %d | %.2f | %.4f | %.4f | %.0f |\n", mixNames(r.Sources, r.Mix), r.Seed, r.Params, r.BestStep, r.Alpha, r.SelectLoss, r.ValLoss, r.StepMS)
 		}
 		p("\n")
+		if len(mx.Inference) > 0 {
+			p("At inference (every base its own forward pass, `carryon.ForwardStages`; greedy answers by `carryon.GenerateIDs` with a key/value cache per base, %d held-out problems):\n\n", mx.ExactProblems)
+			p("| sources (seed 1) | held-out loss, cache | held-out loss, inference | exact match | answers with \"#### N\" | <<a op b=c>> right | mean tokens | generation s |\n|---|--:|--:|--:|--:|--:|--:|--:|\n")
+			for _, in := range mx.Inference {
+				e := in.Exact
+				p("| %s | %.6f | %.6f | %d/%d | %d | %d/%d | %.1f | %.0f |\n", in.Sources, in.CachedLoss, in.Loss, e.Correct, mx.ExactProblems, e.Formatted, e.CalcsRight, e.Calcs, e.MeanTokens, in.Seconds)
+			}
+			p("\n")
+		}
 	}
 	if e := res.Exact; e != nil {
 		p("## 7. Exact match (greedy, %d held-out problems)\n\n%s", e.Problems, sectionNote(res, "exact"))
