@@ -101,6 +101,23 @@ func TestTrainMix(t *testing.T) {
 		}
 	}
 
+	// serve refuses the mixture without its second base, and a second
+	// base that nothing it serves can read.
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--adaptor", out}, "reads base " + h + ", which was not given"},
+		{[]string{"--mix", "default", "--on-demand=false"}, "--mix: base " + h + " is read by none of the adaptors given"},
+	} {
+		stdout.Reset()
+		stderr.Reset()
+		args := append([]string{"serve", "--model", "tiny", "--http", "127.0.0.1:0", "--store", filepath.Join(dir, "store")}, c.args...)
+		if code := run(args, &stdout, &stderr); code == 0 || !strings.Contains(stderr.String(), c.want) {
+			t.Errorf("serve %v: exit %d, stderr %q; want a refusal saying %q", c.args, code, stderr.String(), c.want)
+		}
+	}
+
 	// A base with the byte tokenizer (259 tokens) cannot join.
 	b, err := model.NewRandomBase(model.DemoConfig(), 3)
 	if err != nil {
