@@ -153,13 +153,7 @@ func swarmDataset(seed uint64, n, seqs, seqLen int) *dataset.Set {
 		}
 		exs = append(exs, ex)
 	}
-	ds := &dataset.Set{Train: dataset.Chunks(exs, seqs, false)}
-	h := sha256.New()
-	for _, c := range ds.Train {
-		h.Write([]byte(c.ID))
-	}
-	ds.Hash = hex.EncodeToString(h.Sum(nil))
-	return ds
+	return dataset.NewSet(dataset.Chunks(exs, seqs, false), nil)
 }
 
 // warnCounter is a slog.Handler that counts Warn records by message.

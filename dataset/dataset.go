@@ -104,6 +104,18 @@ type record struct {
 	text           string // plain text, trained on whole
 }
 
+// NewSet returns the set of these training and validation chunks, with
+// its Hash.
+func NewSet(train, val []*Chunk) *Set {
+	s := &Set{Train: train, Val: val}
+	h := sha256.New()
+	for _, c := range s.All() {
+		h.Write([]byte(c.ID))
+	}
+	s.Hash = hex.EncodeToString(h.Sum(nil))
+	return s
+}
+
 // All lists the training then the validation chunks.
 func (d *Set) All() []*Chunk {
 	return append(append([]*Chunk(nil), d.Train...), d.Val...)

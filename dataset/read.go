@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -149,12 +147,8 @@ func read(ctx context.Context, r io.Reader, size int64, tok Tokenizer, cfg Confi
 	if rep.Used == 0 {
 		return nil, fmt.Errorf("no usable examples (%s)", rep)
 	}
-	ds := &Set{Train: Chunks(train, cfg.SeqsPerChunk, false), Val: Chunks(val, cfg.SeqsPerChunk, true), Report: rep}
-	h := sha256.New()
-	for _, c := range ds.All() {
-		h.Write([]byte(c.ID))
-	}
-	ds.Hash = hex.EncodeToString(h.Sum(nil))
+	ds := NewSet(Chunks(train, cfg.SeqsPerChunk, false), Chunks(val, cfg.SeqsPerChunk, true))
+	ds.Report = rep
 	return ds, nil
 }
 

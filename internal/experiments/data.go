@@ -163,13 +163,7 @@ func toDataset(tok dataset.Tokenizer, seqLen int, train, val []Problem) (*datase
 	if err != nil {
 		return nil, fmt.Errorf("experiments: val split: %w", err)
 	}
-	ds := &dataset.Set{Train: tr, Val: va}
-	h := sha256.New()
-	for _, c := range ds.All() {
-		h.Write([]byte(c.ID))
-	}
-	ds.Hash = fmt.Sprintf("%x", h.Sum(nil))
-	return ds, nil
+	return dataset.NewSet(tr, va), nil
 }
 
 // sequences lists a split's examples in chunk order.
