@@ -142,6 +142,18 @@ func (q *sched) eligible(s *nodeState, now time.Time) bool {
 		(q.connected == nil || q.connected(s.id))
 }
 
+// eligibleCount is how many nodes are eligible now (the job's joined
+// nodes, as status and the job announcement report them).
+func (q *sched) eligibleCount(now time.Time) int {
+	n := 0
+	for _, s := range q.nodes {
+		if q.eligible(s, now) {
+			n++
+		}
+	}
+	return n
+}
+
 // capOf returns a node's in-flight cap: LeasesPerNode scaled by its speed
 // relative to the median ready node (so faster nodes hold more chunks),
 // within [1, 4·LeasesPerNode], and no more than its overload feedback
