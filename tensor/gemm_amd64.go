@@ -65,9 +65,10 @@ func dot4BF16AVX2Go(k int, a []float32, b []uint16, ldb int, out *[4]float32) {
 }
 
 var (
-	hasAVX2   = cpu.X86.HasAVX2 && cpu.X86.HasFMA
-	hasAVX512 = hasAVX2 && cpu.X86.HasAVX512F
-	hasBF16   = hasAVX512 && cpu.X86.HasAVX512BF16
+	// The kernel sets this CPU runs, capped by CARRYON_CPU (cpucap.go).
+	hasAVX2   = capAllows("avx2") && cpu.X86.HasAVX2 && cpu.X86.HasFMA
+	hasAVX512 = hasAVX2 && capAllows("avx512") && cpu.X86.HasAVX512F
+	hasBF16   = hasAVX512 && capAllows("avx512bf16") && cpu.X86.HasAVX512BF16
 )
 
 // Blocking (elements): kc·nr·4 bytes of B micro-panel stay in L1 (16 KiB

@@ -20,8 +20,8 @@ func microNEON(ku int, ap, bp []float32, c []float32, ldc int, alpha, beta float
 
 // hasNEON: Advanced SIMD, which every arm64 CPU that Go runs on has; it is
 // still looked up at run time like the x86 features (x/sys/cpu reports it
-// on Linux, macOS and Windows).
-var hasNEON = cpu.ARM64.HasASIMD
+// on Linux, macOS and Windows), and CARRYON_CPU=generic turns it off.
+var hasNEON = capAllows("neon") && cpu.ARM64.HasASIMD
 
 // Blocking (elements): the B micro-panel kc·12·4 = 12 KiB stays in L1 (at
 // least 64 KiB on the cores that matter), the A block mc·kc = 128 KiB in L2.

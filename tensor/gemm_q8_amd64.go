@@ -69,7 +69,7 @@ func q8Asm(name string, rn [5]int, fs [5]q8AsmFunc) *q8Kernels {
 
 var (
 	hasAVX512VNNI = hasAVX512 && cpu.X86.HasAVX512BW && cpu.X86.HasAVX512VL && cpu.X86.HasAVX512VNNI && hasF16C
-	hasAVXVNNI    = hasAVX2 && cpu.X86.HasAVXVNNI && hasF16C
+	hasAVXVNNI    = hasAVX2 && capAllows("avxvnni") && cpu.X86.HasAVXVNNI && hasF16C
 	hasAVX2Int8   = hasAVX2 && hasF16C
 
 	q8AVX2 = q8Asm("avx2-vpmaddubsw", [5]int{0, 8, 5, 3, 2}, [5]q8AsmFunc{nil, q8BR1, q8BR2, q8BR3, q8BR4})

@@ -25,7 +25,7 @@ func TestGet(t *testing.T) {
 	if err := i.Write(&b); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"carryon " + i.Version, i.Commit, i.GoVersion, "gemm:     " + i.Kernel, "cuda:"} {
+	for _, want := range []string{"carryon " + i.Version, i.Commit, i.GoVersion, "gemm:     " + i.Kernel, "int8:     " + i.Int8, "kernels:  " + i.Level, "cuda:"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("Write output lacks %q:\n%s", want, b.String())
 		}
