@@ -54,10 +54,7 @@ func embedChunk(ctx context.Context, h host.Host, p peer.ID, job embedJob, ch *d
 		}
 	}()
 	req := &protocol.EmbedRequest{V: protocol.Version, JobID: job.ID, ChunkID: ch.ID, BaseHash: job.Base,
-		Layers: job.Layers, Codec: job.Codec.String()}
-	for _, sq := range ch.Seqs {
-		req.Seqs = append(req.Seqs, sq.Tokens)
-	}
+		Layers: job.Layers, Codec: job.Codec.String(), Seqs: ch.TokenSeqs()}
 	if err := protocol.WriteFrame(s, req); err != nil {
 		return nil, 0, fmt.Errorf("send request: %w", err)
 	}

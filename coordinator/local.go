@@ -98,10 +98,7 @@ func computeChunk(job embedJob, base Forwarder, ch *dataset.Chunk) (entries [][]
 	entries = make([][]Entry, len(job.Layers))
 	var batch [][][]float32
 	if bf, ok := base.(BatchForwarder); ok && len(ch.Seqs) > 1 {
-		seqs := make([][]int32, len(ch.Seqs))
-		for j, ex := range ch.Seqs {
-			seqs[j] = ex.Tokens
-		}
+		seqs := ch.TokenSeqs()
 		var err error
 		if batch, err = bf.ForwardBatch(seqs, job.Layers); err != nil {
 			return nil, 0, fmt.Errorf("chunk %s: %w", short(ch.ID), err)

@@ -189,10 +189,7 @@ func TestCollectLocalBatched(t *testing.T) {
 	}
 	codec, _ := tensor.ParseCodec("q8")
 	for _, ch := range ds.All() {
-		seqs := make([][]int32, len(ch.Seqs))
-		for j, ex := range ch.Seqs {
-			seqs[j] = ex.Tokens
-		}
+		seqs := ch.TokenSeqs()
 		batch, err := b.ForwardBatch(seqs, layers)
 		if err != nil {
 			t.Fatal(err)

@@ -24,6 +24,16 @@ type Chunk struct {
 	Val  bool // held out for validation
 }
 
+// TokenSeqs returns the token ids of the chunk's sequences, in order (the
+// examples' own slices, not copies).
+func (c *Chunk) TokenSeqs() [][]int32 {
+	seqs := make([][]int32, len(c.Seqs))
+	for i, s := range c.Seqs {
+		seqs[i] = s.Tokens
+	}
+	return seqs
+}
+
 // Tokens counts the chunk's tokens.
 func (c *Chunk) Tokens() int {
 	n := 0
