@@ -51,7 +51,7 @@ var cacheMagic = []byte("COEMB\x01")
 
 // Key names one cached item.
 type Key struct {
-	Base  string // weights hash
+	Base  string // the base's EmbedHash (its WeightsHash for exact products)
 	Codec string // bridge codec name
 	Layer int    // model.FinalLayer or a block index
 	Chunk string // chunk hash

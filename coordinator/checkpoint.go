@@ -390,7 +390,7 @@ func (c *Coordinator) runKey(ds *dataset.Set, co carryon.Config, parent string) 
 		GateBias                                   float32  `json:",omitempty"`
 		HeadBF16                                   bool     `json:",omitempty"` // the head in bf16 where it takes effect
 		Mix                                        []string `json:",omitempty"` // mixed bases: hash, codec, layers
-	}{CheckpointFormat, CheckpointVersion, c.base.WeightsHash, ds.Hash, c.codec.String(), parent,
+	}{CheckpointFormat, CheckpointVersion, c.base.EmbedHash(), ds.Hash, c.codec.String(), parent,
 		c.cfg.Layers, co, tc.Optim, tc.BatchSeqs, tc.Seed, tc.GateBias, tc.headBF16(), mix})
 	if err != nil {
 		return "", fmt.Errorf("run key: %w", err)

@@ -17,7 +17,7 @@ import (
 // embedJob describes what the coordinator asks of nodes.
 type embedJob struct {
 	ID     string
-	Base   string // weights hash
+	Base   string // the base's EmbedHash (weights and numerics)
 	Dim    int
 	Layers []int
 	Codec  tensor.Codec

@@ -159,7 +159,7 @@ func (c *Coordinator) Exchange() *swarm.Exchange { return c.exchange }
 func (c *Coordinator) job(ds *dataset.Set) embedJob {
 	id := c.cfg.JobID
 	if id == "" {
-		h := sha256.Sum256(fmt.Appendf(nil, "%s|%s|%s|%v", c.base.WeightsHash, ds.Hash, c.codec, c.cfg.Layers))
+		h := sha256.Sum256(fmt.Appendf(nil, "%s|%s|%s|%v", c.base.EmbedHash(), ds.Hash, c.codec, c.cfg.Layers))
 		id = hex.EncodeToString(h[:8])
 	}
 	j := c.primary()
@@ -170,7 +170,7 @@ func (c *Coordinator) job(ds *dataset.Set) embedJob {
 // primary is the coordinator's own base's job, without its ID (what the
 // cache keys need).
 func (c *Coordinator) primary() embedJob {
-	return embedJob{Base: c.base.WeightsHash, Dim: c.base.Config.Dim, Layers: c.cfg.Layers, Codec: c.codec, model: c.base}
+	return embedJob{Base: c.base.EmbedHash(), Dim: c.base.Config.Dim, Layers: c.cfg.Layers, Codec: c.codec, model: c.base}
 }
 
 // jobs are every job on ds: the primary one, then one per mixed base
@@ -191,7 +191,7 @@ func (c *Coordinator) mixJobs() []embedJob {
 	var out []embedJob
 	for _, m := range c.cfg.Mix {
 		codec, _ := tensor.ParseCodec(m.Codec) // Validate parsed it
-		out = append(out, embedJob{Base: m.Base.WeightsHash, Dim: m.Base.Config.Dim, Layers: m.Layers, Codec: codec, model: m.Base})
+		out = append(out, embedJob{Base: m.Base.EmbedHash(), Dim: m.Base.Config.Dim, Layers: m.Layers, Codec: codec, model: m.Base})
 	}
 	return out
 }

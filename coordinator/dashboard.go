@@ -378,7 +378,7 @@ func (d *Dashboard) Snapshot() DashboardStatus {
 	now := time.Now()
 	s := DashboardStatus{Time: now, Nodes: []NodeView{}, Versions: []VersionView{}}
 	cfg := d.c.cfg
-	s.Coordinator = CoordinatorInfo{Base: d.c.base.WeightsHash, BaseArch: d.c.base.Config.Arch, BaseDim: d.c.base.Config.Dim,
+	s.Coordinator = CoordinatorInfo{Base: d.c.base.EmbedHash(), BaseArch: d.c.base.Config.Arch, BaseDim: d.c.base.Config.Dim,
 		Codec: d.c.codec.String(), Layers: cfg.Layers, VerifyFraction: max(cfg.VerifyFraction, 0),
 		Uptime: now.Sub(d.started).Seconds()}
 	if d.c.h != nil {

@@ -397,7 +397,7 @@ func (c *Coordinator) queryIndex(ctx context.Context, p peer.ID, chunks []*datas
 	for li, layer := range c.cfg.Layers {
 		for lo := 0; lo < len(chunks); lo += protocol.MaxCacheQueryChunks {
 			batch := chunks[lo:min(lo+protocol.MaxCacheQueryChunks, len(chunks))]
-			q := &protocol.CacheQuery{V: protocol.Version, Base: c.base.WeightsHash, Codec: c.codec.String(), Layer: layer}
+			q := &protocol.CacheQuery{V: protocol.Version, Base: c.base.EmbedHash(), Codec: c.codec.String(), Layer: layer}
 			for _, ch := range batch {
 				q.Chunks = append(q.Chunks, ch.ID)
 			}

@@ -612,8 +612,9 @@ func (c *Coordinator) migrate() error {
 			return nil
 		}
 		// The old layout names the base by 16 digits of its hash; index
-		// only this coordinator's base.
-		if parts[0] != short(c.base.WeightsHash) {
+		// only this coordinator's base, and only when it computes what
+		// that layout held (exact products: EmbedHash is WeightsHash).
+		if parts[0] != short(c.base.WeightsHash) || c.base.EmbedHash() != c.base.WeightsHash {
 			return nil
 		}
 		k := Key{Base: c.base.WeightsHash, Codec: parts[1], Layer: layer, Chunk: strings.TrimSuffix(parts[3], ".emb")}

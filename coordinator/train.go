@@ -607,7 +607,7 @@ type trainer struct {
 // carry-on (α = 0 adds nothing).
 func (c *Coordinator) baseLossKey(chunks []*dataset.Chunk, parent string) string {
 	h := sha256.New()
-	fmt.Fprintf(h, "%s|%s|%s|%v", c.base.WeightsHash, c.codec, parent, c.cfg.Train.headBF16())
+	fmt.Fprintf(h, "%s|%s|%s|%v", c.base.EmbedHash(), c.codec, parent, c.cfg.Train.headBF16())
 	for _, ch := range chunks {
 		h.Write([]byte{0})
 		h.Write([]byte(ch.ID))

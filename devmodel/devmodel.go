@@ -37,6 +37,8 @@ type Options struct {
 type Base struct {
 	Config      model.Config
 	WeightsHash string // model.LoadBase's hash of the same files
+	numerics    string // Numerics
+	rounded     bool   // a weight was rounded to bf16 on upload
 
 	be        tensor.Backend
 	embed     tensor.Buf // (Vocab, Dim)
@@ -88,8 +90,34 @@ func Load(be tensor.Backend, dir string, opt Options) (*Base, error) {
 		return nil, fmt.Errorf("devmodel.Load: %s: %w", dir, err)
 	}
 	b.WeightsHash = hash
+	switch {
+	case opt.F32:
+	case b.rounded:
+		b.numerics = NumericsBF16Weights
+	default:
+		b.numerics = model.NumericsBF16
+	}
 	return b, nil
 }
+
+// NumericsBF16Weights is Base.Numerics for matrices that were not stored
+// in bf16 but were rounded to it on upload (the default for an F32 or F16
+// checkpoint): no CPU base computes that, so such a node serves only
+// coordinators whose base has the same numerics, never the CPU's exact
+// float32 jobs (use Options.F32 for those).
+const NumericsBF16Weights = "bf16-weights"
+
+// Numerics is model.Base.Numerics for the device forward: "" with
+// Options.F32 (float32 products, cuBLAS without TF32); by default the
+// matrices are bf16 and the GEMMs round the activations to bf16 and add
+// exact products in float32 (cuBLAS GemmEx, CUBLAS_COMPUTE_32F), which for a
+// BF16 checkpoint is model.NumericsBF16, what CPU nodes compute for it by
+// default (within summation order; tensor core accumulation is not checked
+// here: no GPU has run it), and NumericsBF16Weights otherwise.
+func (b *Base) Numerics() string { return b.numerics }
+
+// EmbedHash is model.Base.EmbedHash: the base's name for embedding jobs.
+func (b *Base) EmbedHash() string { return model.EmbedHashOf(b.WeightsHash, b.numerics) }
 
 // shardFiles lists the safetensors files of dir in a stable order.
 func shardFiles(dir string) ([]string, error) {
@@ -189,6 +217,7 @@ func (b *Base) tensor(get func(string) (tensor.View, bool), name string, bf16 bo
 	dt := tensor.F32
 	if bf16 {
 		dt = tensor.BF16
+		b.rounded = b.rounded || v.DType != tensor.BF16
 	}
 	buf, err := b.be.Alloc(dt, len(f))
 	if err != nil {

@@ -20,6 +20,7 @@ const FinalLayer = -1
 type Base struct {
 	Config      Config
 	WeightsHash string // hex sha256 of the weight file bytes (shards in sorted name order)
+	numerics    string // Numerics
 
 	embed  []float32 // (Vocab, Dim); nil while embedQ holds it
 	lmHead []float32 // (Vocab, Dim); aliases embed when tied; nil while headQ holds it
@@ -81,7 +82,8 @@ type layerWeights struct {
 }
 
 // matrix is a weight in nn.Linear layout (out, in), held as float32 (f),
-// or, with LoadOptions.KeepBF16, as bf16 bit patterns (h). A float32 matrix
+// or, for a BF16 weight (unless LoadOptions.ExactBF16), as bf16 bit patterns
+// (h, multiplied with tensor.GemmBF16's numerics). A float32 matrix
 // of a base loaded from files is also packed once for tensor.GemmPacked (p,
 // see Base.packWeights); f is then either the memory-mapped original, whose
 // pages are released, or nil, and float32() unpacks p.
@@ -236,14 +238,15 @@ func (b *Base) packWeights() {
 	}
 }
 
-// packBF16 packs the bf16 matrices (out, in) of jobs (LoadOptions.KeepBF16)
+// packBF16 packs the bf16 matrices (out, in) of jobs (BF16 weights unless
+// LoadOptions.ExactBF16)
 // once for the native bf16 kernel (tensor.PackBBF16Bits: the values are
 // kept exactly, read straight from the mapped file), so that prefill skips
 // GemmBF16's packing on every call, into one slab outside the Go heap of
 // size floats (freed by Close); the mapped originals' pages are released,
-// so resident memory stays at one copy. The products then round the
-// activations to bf16 for every row count, as GemmBF16's native path does
-// from 9 rows up (and as llama.cpp does for BF16).
+// so resident memory stays at one copy. The products round the activations
+// to bf16 for every row count, as tensor.GemmBF16 does on every path (and as
+// llama.cpp does for BF16).
 func (b *Base) packBF16(jobs []packJob, size int) {
 	slab, free := tensor.AllocFloats(size)
 	b.closers = append(b.closers, free)

@@ -413,17 +413,22 @@ func TestShardedAndHalf(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := loadForward(t, roundedDir)
-		if got := loadForward(t, half); testenv.MaxRel(got, want) != 0 {
+		// ExactBF16 (no effect on F16): the products are exact.
+		exact := LoadOptions{ExactBF16: true}
+		if got := loadForwardWith(t, half, exact); testenv.MaxRel(got, want) != 0 {
 			t.Errorf("%s forward differs from F32 of the rounded weights: rel %g", dt, testenv.MaxRel(got, want))
 		}
-		// By default the weights stay in their stored format (half the
-		// memory), and a short (decode-sized) forward agrees too.
-		hb, err := LoadBase(half)
+		// The weights stay in their stored format (half the memory), and a
+		// short (decode-sized) forward agrees too.
+		hb, err := LoadBaseWith(half, exact)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if hb.layers[0].wq.q == nil || hb.layers[1].down.q == nil || hb.embedQ == nil || hb.embed != nil {
 			t.Errorf("%s: the weights were widened at load", dt)
+		}
+		if hb.Numerics() != "" || hb.EmbedHash() != hb.WeightsHash {
+			t.Errorf("%s exact: Numerics %q, EmbedHash %s, WeightsHash %s", dt, hb.Numerics(), hb.EmbedHash(), hb.WeightsHash)
 		}
 		rb, err := LoadBase(roundedDir)
 		if err != nil {
@@ -441,21 +446,29 @@ func TestShardedAndHalf(t *testing.T) {
 		if dt != tensor.BF16 {
 			continue
 		}
-		// KeepBF16: the block matrices stay bf16 and go through GemmBF16,
-		// which may round activations to bf16 (see LoadOptions).
-		kb, err := LoadBaseWith(half, LoadOptions{KeepBF16: true})
+		// By default the BF16 block matrices stay bf16 and have
+		// tensor.GemmBF16's numerics (activations rounded to bf16) for
+		// every row count: a prefill's first positions and a decode-sized
+		// forward of the same tokens agree within float32 summation order.
+		kb, err := LoadBase(half)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if kb.layers[0].wq.h == nil || kb.layers[1].down.h == nil {
-			t.Errorf("KeepBF16 did not keep the block matrices as bf16")
+			t.Errorf("BF16 default: the block matrices were not kept as bf16")
 		}
-		// 20 positions: GemmBF16 takes its bf16-product path above 8 rows.
+		if kb.Numerics() != NumericsBF16 || kb.EmbedHash() == kb.WeightsHash || kb.EmbedHash() != EmbedHashOf(kb.WeightsHash, NumericsBF16) {
+			t.Errorf("BF16 default: Numerics %q, EmbedHash %s, WeightsHash %s", kb.Numerics(), kb.EmbedHash(), kb.WeightsHash)
+		}
+		// 20 positions: the blocked GEMM (VDPBF16PS where the CPU has it).
 		ids := []int32{1, 5, 9, 33, 2, 49, 0, 17, 3, 3, 8, 12, 40, 41, 42, 7, 19, 23, 29, 31}
 		got := mustForward(t, kb, ids, FinalLayer)
 		if p := kb.layers[1].down.p; tensor.NativeBF16() && (p == nil || !p.BF16()) {
-			t.Errorf("KeepBF16 on a CPU with AVX512_BF16: the block matrices were not packed for the bf16 kernel")
+			t.Errorf("BF16 default on a CPU with AVX512_BF16: the block matrices were not packed for the bf16 kernel")
 		}
+		D := cfg.Dim
+		dec := mustForward(t, kb, ids[:3], FinalLayer)
+		ed := testenv.MaxRel(dec, got[:3*D])
 		kb.Close()
 		rb, err = LoadBase(roundedDir)
 		if err != nil {
@@ -463,16 +476,21 @@ func TestShardedAndHalf(t *testing.T) {
 		}
 		e := testenv.MaxRel(got, mustForward(t, rb, ids, FinalLayer))
 		rb.Close()
-		t.Logf("KeepBF16 forward vs float32 of the same weights: max rel %.2e", e)
-		if e > 5e-2 {
-			t.Errorf("KeepBF16 forward: max rel %.2e from the float32 path, want <= 5e-2", e)
+		t.Logf("BF16 default forward: vs float32 of the same weights max rel %.2e; 3-token vs 20-token forward %.2e", e, ed)
+		if e > 5e-2 || e < 1e-5 {
+			t.Errorf("BF16 default forward: max rel %.2e from the float32 path, want in [1e-5, 5e-2] (activations rounded)", e)
+		}
+		if ed > 1e-4 {
+			t.Errorf("BF16 default: 3-token forward differs from the 20-token one by %.2e > 1e-4 (paths disagree)", ed)
 		}
 	}
 }
 
-func loadForward(t *testing.T, dir string) []float32 {
+func loadForward(t *testing.T, dir string) []float32 { return loadForwardWith(t, dir, LoadOptions{}) }
+
+func loadForwardWith(t *testing.T, dir string, opt LoadOptions) []float32 {
 	t.Helper()
-	b, err := LoadBase(dir)
+	b, err := LoadBaseWith(dir, opt)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,7 +29,10 @@
 // Q4_K, Q6_K): float32 block matrices are packed once for tensor.GemmPacked
 // and their mapped pages released, the others are multiplied in place by
 // tensor.GemmQuant, so resident memory stays at about one copy of the file
-// (LoadOptions.Widen and KeepBF16 change this). The weights
+// (LoadOptions.Widen changes this). BF16 block matrices are multiplied with
+// the activations rounded to bf16 (tensor.GemmBF16's numerics, packed for
+// VDPBF16PS where the CPU has AVX512_BF16) unless LoadOptions.ExactBF16;
+// Base.Numerics and Base.EmbedHash name that. The weights
 // are named by WeightsHash, the sha256 of the weight files' bytes, which the
 // swarm uses to tell bases apart. LoadLlama2C reads llama2.c checkpoints
 // (stories260K), permuting their interleaved RoPE layout into HF's.

@@ -31,22 +31,29 @@ const (
 
 // LoadOptions tune LoadBaseWith. The zero value is LoadBase's behaviour.
 type LoadOptions struct {
-	// KeepBF16 keeps the BF16 weight matrices of the transformer blocks
-	// (safetensors or GGUF) in bf16 (half the memory of widening them).
-	// On CPUs with AVX512_BF16 they are packed once, before the first
-	// forward pass, for the native bf16 kernel (tensor.PackBBF16Bits,
-	// values kept exactly, read from the mapped file into memory outside
-	// the Go heap, whose pages are then released), which rounds the
-	// activations to bf16 inside each product as llama.cpp does (relative
-	// error about 2⁻⁹ per product), so hidden states move by about 1e-2
-	// relative from the exact float32 path (and come 4–200x closer to
-	// llama.cpp's BF16 results: TestOracleGGUF); results then also differ
-	// between CPUs. Elsewhere they stay memory-mapped and go through
-	// tensor.GemmBF16 (exact). Embeddings, the LM head, norms and biases
-	// stay float32. It is not the default: volunteers on different CPUs
-	// must agree within the coordinator's verification bound
-	// (Config.VerifyKernelRel, 1e-3), which was set for float32 kernels.
-	KeepBF16 bool
+	// ExactBF16 multiplies the BF16 weight matrices of the transformer
+	// blocks exactly: they stay memory-mapped and tensor.GemmQuant widens
+	// them inside each product, with the float32 activations as they are
+	// (the numerics of earlier versions, Base.Numerics ""). By default
+	// (ExactBF16 false) they have carryon's one bf16 numerics
+	// (tensor.GemmBF16, Base.Numerics NumericsBF16): the activations are
+	// rounded to bf16 (nearest even) before each product, the products of
+	// bf16 pairs are exact and added in float32, as llama.cpp does for
+	// BF16, on every CPU and for every row count (decode included), so
+	// that results differ between CPUs only by float32 summation order
+	// (tensor's TestGemmBF16PathsAgree). Where the CPU has AVX512_BF16 the
+	// matrices are packed once, before the first forward pass, for the
+	// native kernel (tensor.PackBBF16Bits: values kept exactly, read from
+	// the mapped file into memory outside the Go heap, whose pages are then
+	// released), which is about twice as fast in prefill; elsewhere they
+	// stay memory-mapped and go through tensor.GemmBF16. Hidden states
+	// differ from the exact path's by about 1e-3 to 1e-2 relative and come
+	// 2.5–200x closer to llama.cpp's BF16 results (TestOracleGGUF), so the
+	// swarm names the two apart (Base.EmbedHash). Embeddings, the LM head,
+	// norms and biases stay exact float32 either way. Open sets ExactBF16
+	// for the embedded bases, whose hidden states (and the demo's adaptor)
+	// are those of the exact path; Widen implies it.
+	ExactBF16 bool
 	// Widen expands F16, BF16 and quantized (GGUF Q8_0, Q4_K, Q6_K)
 	// weights to float32 at load, as earlier versions did. By default the
 	// block matrices, the embeddings and an untied LM head stay in their
@@ -280,8 +287,9 @@ func (b *Base) bind(ws weightSet, opt LoadOptions) error {
 		if err != nil {
 			return matrix{}
 		}
-		if e, ok := ws[name]; ok && opt.KeepBF16 && e.raw == nil && e.view.DType == tensor.BF16 && slices.Equal(e.view.Shape, shape) {
+		if e, ok := ws[name]; ok && !opt.ExactBF16 && !opt.Widen && e.raw == nil && e.view.DType == tensor.BF16 && slices.Equal(e.view.Shape, shape) {
 			e.used = true
+			b.numerics = NumericsBF16
 			return matrix{h: bf16Bits(e.view.Data)}
 		}
 		if q := stored(name, shape[0], shape[1]); q != nil {

@@ -45,7 +45,9 @@ type Opened struct {
 // not their name:
 //
 //   - "default" (or ""): the base embedded in the binary, written under
-//     CacheDir on first use; "tiny": the small embedded base, likewise;
+//     CacheDir on first use; "tiny": the small embedded base, likewise
+//     (both bf16, loaded with LoadOptions.ExactBF16: their hidden states
+//     stay those of the exact float32 products they were trained with);
 //   - a GGUF file (any name: ollama stores blobs as sha256-…): llama.cpp's
 //     format, with the tokenizer from its metadata;
 //   - a directory: Hugging Face layout (config.json, model.safetensors or
@@ -63,12 +65,14 @@ func Open(spec string, o OpenOptions) (*Opened, error) {
 			return nil, fmt.Errorf("open the default model: %w", err)
 		}
 		name = embedded.Name
+		o.Load.ExactBF16 = true // see LoadOptions.ExactBF16
 	} else if spec == "tiny" {
 		var err error
 		if path, err = embedded.EnsureTiny(o.CacheDir); err != nil {
 			return nil, fmt.Errorf("open the tiny model: %w", err)
 		}
 		name = embedded.TinyName
+		o.Load.ExactBF16 = true
 	}
 	st, err := os.Stat(path)
 	if err != nil {

@@ -216,7 +216,9 @@ func TestOracleTiny(t *testing.T) {
 			t.Parallel() // each llama.cpp run is mostly start-up and per-token overhead
 			dir := filepath.Join(t.TempDir(), "hf")
 			runTool(t, tools, "make-random-hf.py", dir, "--arch", tc.arch, "--preset", "tiny", "--seed", "3", "--dtype", tc.dtype)
-			b, err := LoadBase(dir)
+			// ExactBF16: llama.cpp runs the F32 GGUF of the bf16 weights, so
+			// its products are exact (TestOracleGGUF checks BF16 GGUFs).
+			b, err := LoadBaseWith(dir, LoadOptions{ExactBF16: true})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -27,11 +27,13 @@ func serve(f forwarder, name, weightsHash string, c model.Config) BatchBase {
 		Dim: c.Dim, Layers: c.Layers, Vocab: c.Vocab}, cfg: c}
 }
 
-// Serve wraps a loaded model so a Node can serve it under name.
-func Serve(b *model.Base, name string) BatchBase { return serve(b, name, b.WeightsHash, b.Config) }
+// Serve wraps a loaded model so a Node can serve it under name. It is
+// advertised by its EmbedHash (its weights and numerics), so that it only
+// gets jobs whose base computes what it computes.
+func Serve(b *model.Base, name string) BatchBase { return serve(b, name, b.EmbedHash(), b.Config) }
 
 // ServeDevice wraps a base loaded on a backend (devmodel.Load) so a Node
-// can serve it under name.
+// can serve it under name, advertised by its EmbedHash as Serve does.
 func ServeDevice(b *devmodel.Base, name string) BatchBase {
-	return serve(b, name, b.WeightsHash, b.Config)
+	return serve(b, name, b.EmbedHash(), b.Config)
 }

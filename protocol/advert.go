@@ -39,7 +39,9 @@ type BaseInfo struct {
 	// identity of the base is WeightsHash, never the name.
 	Name string `msgpack:"name"`
 	// WeightsHash is the lowercase hex SHA-256 (64 characters) naming the
-	// base's weights; EmbedRequest.BaseHash refers to it.
+	// base's weights and the numerics the node computes them with
+	// (model.Base.EmbedHash: the weights' hash for exact float32 products);
+	// EmbedRequest.BaseHash refers to it.
 	WeightsHash string `msgpack:"hash"`
 	// Arch is the model family ("qwen2", "llama", "qwen3"), an identifier.
 	Arch string `msgpack:"arch"`

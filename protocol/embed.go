@@ -14,7 +14,8 @@ type EmbedRequest struct {
 	// ChunkID is the lowercase hex SHA-256 (64 characters) of the chunk's
 	// tokens; results are bound to it.
 	ChunkID string `msgpack:"chunk"`
-	// BaseHash is the WeightsHash (64 hex characters) of the base to run.
+	// BaseHash is the BaseInfo.WeightsHash (64 hex characters) of the base
+	// to run: model.Base.EmbedHash, its weights and numerics.
 	BaseHash string `msgpack:"base"`
 	// Layers are the hidden states wanted, 1..MaxLayersPerRequest distinct
 	// entries: -1 = the final hidden state after the final norm (the LM

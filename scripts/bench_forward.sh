@@ -8,8 +8,9 @@
 # llama.cpp (bench.mjs: one batch, F32 KV cache, LM head on the last position) and `carryon bench forward`
 # (the same work) on each file with the same threads, median of --runs after one warm-up, and prints a
 # table. The HF safetensors directory is benchmarked too (carryon only: llama.cpp reads GGUF), and so are
-# carryon's llama.cpp-like precisions: the Q8_0 file with --int8 (int8 activations and products) and
-# the BF16 file with --keep-bf16 (activations rounded to bf16), each against llama.cpp on the same file.
+# carryon's other precisions: the Q8_0 file with --int8 (int8 activations and products, as llama.cpp) and
+# the BF16 file with --exact-bf16 (unrounded activations; the default rounds them to bf16 as llama.cpp),
+# each against llama.cpp on the same file.
 # Speed does not depend on the weight values. The files (about 3 GB) go to --work (default: a temp dir,
 # removed at exit unless --keep).
 set -euo pipefail
@@ -51,7 +52,7 @@ for f in "$F32" "$BF16" "$Q8"; do
   echo "  ${LL[$f]}" >&2
 done
 # Rows: a file, or a file and a carryon flag (llama.cpp's number is the file's).
-ROWS=("$F32" "$BF16" "$BF16 --keep-bf16" "$Q8" "$Q8 --int8" "$HF")
+ROWS=("$F32" "$BF16" "$BF16 --exact-bf16" "$Q8" "$Q8 --int8" "$HF")
 for row in "${ROWS[@]}"; do
   f=${row%% *} flag=""
   [ "$row" = "$f" ] || flag=${row#* }

@@ -39,8 +39,8 @@ type Backend interface {
 
 	// Gemm is Gemm (C = alpha·op(A)·op(B) + beta·C) on F32 A and C. B is
 	// F32, or BF16 with transA false and transB true (an nn.Linear weight
-	// (n, k)); a BF16 B rounds A to bf16 and accumulates in float32, as
-	// GemmBF16 does on CPUs with AVX512_BF16.
+	// (n, k)); a BF16 B has GemmBF16's numerics: A rounded to bf16
+	// (nearest even), exact products, float32 accumulation, for every m.
 	Gemm(transA, transB bool, m, n, k int, alpha float32, a Buf, lda int, b Buf, ldb int, beta float32, c Buf, ldc int)
 	// AddBias adds bias (cols) to every row of x (rows, cols).
 	AddBias(x, bias Buf, rows, cols int)

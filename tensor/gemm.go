@@ -39,15 +39,23 @@ func Gemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int,
 //	B: (n, k) bf16 bit patterns, leading dimension ldb (nn.Linear layout)
 //	C: (m, n) float32, leading dimension ldc
 //
-// Precision depends on the path (all accumulate in float32):
-//   - m ≤ 8 (decode), or a CPU without AVX512_BF16: B is widened to float32
-//     exactly and multiplied with the float32 A; the result is as accurate as
-//     Gemm on the widened B.
-//   - m > 8 on a CPU with AVX512_BF16: A is rounded to bf16 (nearest even)
-//     while it is packed and VDPBF16PS multiplies pairs exactly and adds them
-//     in float32. The error is that of rounding A to 8 significant bits:
-//     at most 2⁻⁸ relative per product, so |error| ≤ 2⁻⁸·Σ|a·b| (plus the
-//     float32 summation error), typically ~2⁻⁹·√k·rms(a·b).
+// Every path computes the same numbers up to float32 summation order (the
+// bf16 numerics of carryon, docs/performance.md):
+//   - each element of A is rounded to bf16 (nearest even; a denormal to a
+//     zero of its sign, NaN quieted: roundBF16Go, what VCVTNE2PS2BF16 does);
+//   - each product of a rounded a and a bf16 b is exact in float32 (8 × 8
+//     significant bits);
+//   - the products are added in float32.
+//
+// Where the CPU has AVX512_BF16 and m > 8, A is rounded while it is packed
+// and VDPBF16PS adds the pair products; otherwise (decode, AVX-512 F,
+// AVX2+FMA, pure Go) A is rounded into a copy and multiplied with B widened
+// exactly. The error against the unrounded A is that of rounding A to 8
+// significant bits: at most 2⁻⁸ relative per product, typically
+// ~2⁻⁹·√k·rms(a·b); against a float64 sum of the rounded products it is
+// float32 summation error only (tensortest checks both). VDPBF16PS also
+// reads a denormal b as zero, where the widening paths use its value: a
+// difference below 2⁻¹²⁶·|a| per product.
 func GemmBF16(m, n, k int, a []float32, lda int, b []uint16, ldb int, c []float32, ldc int) {
 	gemmBF16Impl(m, n, k, a, lda, b, ldb, c, ldc)
 }

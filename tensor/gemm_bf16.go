@@ -44,3 +44,14 @@ func roundBF16RowGo(dst []uint16, src []float32) {
 		dst[i] = roundBF16Go(v)
 	}
 }
+
+// roundBF16F32Row sets dst[i] to src[i] rounded to bf16 as roundBF16Go
+// does, widened back to float32 (exactly): the activations of GemmBF16's
+// paths that multiply in float32 (decode, CPUs without AVX512_BF16), so
+// that every path multiplies the same bf16 values.
+func roundBF16F32Row(dst, src []float32) {
+	dst = dst[:len(src)]
+	for i, v := range src {
+		dst[i] = BF16ToF32(roundBF16Go(v))
+	}
+}

@@ -632,9 +632,21 @@ func (ks *gemmKernels) gemmBF16(m, n, k int, a []float32, lda int, b []uint16, l
 		scaleC(m, n, 0, c, ldc)
 		return
 	}
+	threads := runtime.GOMAXPROCS(0)
+	if m <= smallMMax || ks.bf16 == nil {
+		// Every path rounds A to bf16 (GemmBF16's numerics): the native
+		// blocked kernel as it packs A, the others here, on a copy, before
+		// their exact products with the widened B.
+		buf := getBuf[float32]()
+		defer putBuf(buf)
+		buf.a = grow(buf.a, m*k)
+		for i := 0; i < m; i++ {
+			roundBF16F32Row(buf.a[i*k:(i+1)*k], a[i*lda:i*lda+k])
+		}
+		a, lda = buf.a, k
+	}
 	g := gemmJob{transB: true, m: m, n: n, k: k, alpha: 1, beta: 0,
 		a: a, lda: lda, bh: b, ldb: ldb, c: c, ldc: ldc}
-	threads := runtime.GOMAXPROCS(0)
 	switch {
 	case m <= smallMMax:
 		runSmallM(&g, ks.dot4, ks.dot4BF16, threads)

@@ -359,12 +359,18 @@ func TestGemmPanicsOnShortSlices(t *testing.T) {
 	Gemm(false, false, 2, 2, 2, 1, make([]float32, 3), 2, make([]float32, 4), 2, 0, make([]float32, 4), 2)
 }
 
+// TestGemmBF16Kernels checks GemmBF16's one numerics on every kernel set
+// and path (decode m ≤ 8, the native VDPBF16PS blocked path, the widening
+// blocked paths): against a float64 sum of the products of A rounded to bf16
+// (roundBF16Go) and B, each element within the float32 summation bound
+// (k+2)·2⁻²⁴·Σ|a·b|. A path that multiplied the unrounded A would be off
+// by up to 2⁻⁸·Σ|a·b|, which the test also checks it is not.
 func TestGemmBF16Kernels(t *testing.T) {
 	for _, name := range gemmTestNames() {
 		t.Run(name, func(t *testing.T) {
 			ks := gemmKernelsOrSkip(t, name)
 			rng := rand.New(rand.NewPCG(5, 6))
-			worstF32, worstBF16 := 0.0, 0.0
+			worst, unrounded := 0.0, 0.0
 			shapes := [][3]int{{1, 1, 1}, {3, 17, 63}, {8, 65, 129}, {9, 33, 17}, {17, 63, 65},
 				{65, 129, 3}, {129, 40, 300}, {13, 3100, 20}, {200, 70, 513}}
 			for r := 0; r < 8; r++ {
@@ -374,6 +380,8 @@ func TestGemmBF16Kernels(t *testing.T) {
 				m, n, k := s[0], s[1], s[2]
 				lda, ldb, ldc := k+rng.IntN(3), k+rng.IntN(3), n+rng.IntN(3)
 				a := gemmRandSlice(rng, (m-1)*lda+k)
+				ar := make([]float32, len(a))
+				roundBF16F32Row(ar, a)
 				bw := gemmRandSlice(rng, (n-1)*ldb+k)
 				bh := make([]uint16, len(bw))
 				for i, v := range bw {
@@ -384,13 +392,10 @@ func TestGemmBF16Kernels(t *testing.T) {
 				for i := range c {
 					c[i] = float32(math.NaN())
 				}
-				want, mag := gemmRef(false, true, m, n, k, 1, a, lda, bw, ldb, 0, nil, ldc)
+				want, mag := gemmRef(false, true, m, n, k, 1, ar, lda, bw, ldb, 0, nil, ldc)
+				exact, _ := gemmRef(false, true, m, n, k, 1, a, lda, bw, ldb, 0, nil, ldc)
 				ks.gemmBF16(m, n, k, a, lda, bh, ldb, c, ldc)
-				native := ks.bf16 != nil && m > smallMMax
 				bound := float64(k+2) * gemmEps
-				if native {
-					bound += 1.0 / 256
-				}
 				for i := 0; i < m; i++ {
 					for j := 0; j < n; j++ {
 						got, w, g := c[i*ldc+j], want[i*n+j], mag[i*n+j]
@@ -398,17 +403,16 @@ func TestGemmBF16Kernels(t *testing.T) {
 						if !(e <= bound*g) {
 							t.Fatalf("m=%d n=%d k=%d: C[%d,%d] = %v, want %v (error %.3g > %.3g)", m, n, k, i, j, got, w, e, bound*g)
 						}
-						if g > 0 && native {
-							worstBF16 = max(worstBF16, e/g)
-						} else if g > 0 {
-							worstF32 = max(worstF32, e/(gemmEps*g))
+						if g > 0 {
+							worst = max(worst, e/(gemmEps*g))
+							unrounded = max(unrounded, math.Abs(float64(got)-exact[i*n+j])/g)
 						}
 					}
 				}
 			}
-			t.Logf("%s: largest error, widened-B path %.2f·2⁻²⁴·mag", name, worstF32)
-			if ks.bf16 != nil {
-				t.Logf("%s: largest error, VDPBF16PS path %.3g·mag (bound 2⁻⁸ = 0.0039)", name, worstBF16)
+			t.Logf("%s: largest error vs the rounded-A reference %.2f·2⁻²⁴·mag; vs the unrounded A %.3g·mag", name, worst, unrounded)
+			if unrounded < 1.0/4096 {
+				t.Errorf("%s: results within %.3g·mag of the unrounded-A product: A was not rounded to bf16", name, unrounded)
 			}
 		})
 	}

@@ -37,6 +37,9 @@ type forwardBenchResult struct {
 	// Kernel paths: the float32 GEMM, and the int8 one with --int8.
 	Kernel     string `json:"kernel"`
 	Int8Kernel string `json:"int8_kernel,omitempty"`
+	// Numerics is model.Base.Numerics ("bf16-activations" for a BF16 file
+	// by default, absent with --exact-bf16 or other weights).
+	Numerics string `json:"numerics,omitempty"`
 	// Decode (--decode N): N single-token steps after the prefill (KV
 	// cache, LM head on each), median over the runs.
 	Decode             int     `json:"decode,omitempty"`
@@ -56,7 +59,7 @@ func benchForward(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	runs := fs.Int("runs", 3, "timed runs after one warm-up")
 	decode := fs.Int("decode", 0, "also time N decode steps (batch 1, KV cache) after the prefill")
 	int8 := fs.Bool("int8", false, "Q8_0 GGUF: int8 activations and int8 dot products (model.LoadOptions.Int8)")
-	keepBF16 := fs.Bool("keep-bf16", false, "BF16 weights: kept in bf16 and multiplied by the native bf16 kernel where the CPU has AVX512_BF16, activations rounded to bf16 (model.LoadOptions.KeepBF16)")
+	exactBF16 := addExactBF16Flag(fs)
 	// --cpuprofile FILE (hidden: a developer's flag, not in the usage)
 	// writes a CPU profile of the timed prefill runs.
 	rest, cpuProfile, err := cutHiddenFlag(args, "cpuprofile")
@@ -72,7 +75,7 @@ func benchForward(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	}
 	runtime.GOMAXPROCS(*threads)
 	start := time.Now()
-	m, err := model.Open(*modelFlag, model.OpenOptions{WithoutTokenizer: true, Load: model.LoadOptions{Int8: *int8, KeepBF16: *keepBF16}})
+	m, err := model.Open(*modelFlag, model.OpenOptions{WithoutTokenizer: true, Load: model.LoadOptions{Int8: *int8, ExactBF16: *exactBF16}})
 	if err != nil {
 		return err
 	}
@@ -80,7 +83,7 @@ func benchForward(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	defer base.Close()
 	res := forwardBenchResult{Impl: "carryon", Model: filepath.Base(*modelFlag), Arch: base.Config.Arch,
 		Tokens: *tokens, Threads: *threads, Runs: *runs, LoadS: time.Since(start).Seconds(),
-		Kernel: tensor.GemmPath(), Decode: *decode}
+		Kernel: tensor.GemmPath(), Decode: *decode, Numerics: base.Numerics()}
 	if *int8 {
 		res.Int8Kernel = tensor.Q8Path()
 	}

@@ -50,7 +50,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 			*job.cache = jf.Cache
 		}
 	}
-	m, err := model.Open(*job.model, model.OpenOptions{})
+	m, err := model.Open(*job.model, job.openOptions())
 	if err != nil {
 		return err
 	}
@@ -107,7 +107,11 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		fmt.Fprintf(stdout, "listening on %s\n", a)
 	}
 	go j.reach(ctx, stdout, swarm.Reach.Coordinator)
-	fmt.Fprintf(stdout, "nodes must serve base %s (%s) and offer codec %s\n", m.Name, base.WeightsHash, cfg.Codec)
+	if base.Numerics() == "" {
+		fmt.Fprintf(stdout, "nodes must serve base %s (%s) and offer codec %s\n", m.Name, base.WeightsHash, cfg.Codec)
+	} else {
+		fmt.Fprintf(stdout, "nodes must serve base %s (%s, numerics %s: %s) and offer codec %s\n", m.Name, base.WeightsHash, base.Numerics(), base.EmbedHash(), cfg.Codec)
+	}
 	fmt.Fprintf(stdout, "data: %d training and %d validation chunks\n", len(ds.Train), len(ds.Val))
 	vs, stored, err := c.Versions()
 	if err != nil {

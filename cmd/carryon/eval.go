@@ -131,7 +131,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	cos := carryon.Models(stages)
-	mix, closeMix, err := openMixBases(*mixFlag, *modelFlag, tok)
+	mix, closeMix, err := openMixBases(*mixFlag, *modelFlag, tok, model.LoadOptions{})
 	if err != nil {
 		return err
 	}

@@ -58,7 +58,7 @@ func runExperiment(ctx context.Context, args []string, stdout, stderr io.Writer)
 	var mixBase *model.Base
 	var mixName string
 	if mixSpec != "none" && mixSpec != "" {
-		mix, err := openMixBase(mixSpec, *modelFlag, tok)
+		mix, err := openMixBase(mixSpec, *modelFlag, tok, model.LoadOptions{})
 		if err != nil {
 			return err
 		}

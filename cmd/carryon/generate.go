@@ -143,7 +143,7 @@ func generate(ctx context.Context, name string, args []string, stdout, stderr io
 		return err
 	}
 	co := carryon.Models(stages)
-	mix, closeMix, err := openMixBases(*mixFlag, *modelFlag, tok)
+	mix, closeMix, err := openMixBases(*mixFlag, *modelFlag, tok, model.LoadOptions{})
 	if err != nil {
 		return err
 	}

@@ -32,12 +32,13 @@ type jobFlags struct {
 	lr, alpha, gateBias                *float64
 	keepBest                           *bool
 	alphaGrid                          *string
-	headBF16                           *bool
+	headBF16, exactBF16                *bool
 }
 
 func addJobFlags(fs *flag.FlagSet) *jobFlags {
 	f := &jobFlags{
 		model:     addModelFlag(fs),
+		exactBF16: addExactBF16Flag(fs),
 		data:      fs.String("data", "default", "data file: JSONL (text, prompt/completion or question/answer) or plain text; \"default\" for the demo's problems"),
 		cache:     fs.String("cache", filepath.Join(model.DefaultCacheDir(), "coordinator"), "embedding cache and adaptor store (shared by 'carryon coordinator' and 'carryon train')"),
 		codec:     fs.String("codec", "q8", "bridge setting the embeddings are made and cached with"),
@@ -62,6 +63,11 @@ func addJobFlags(fs *flag.FlagSet) *jobFlags {
 // defaultShape takes it (train, coordinator, bench train).
 func addShapeFlags(fs *flag.FlagSet) (width, layers *int) {
 	return fs.Int("width", 64, "carry-on width h"), fs.Int("layers", 2, "carry-on blocks L")
+}
+
+// openOptions are the model.OpenOptions of --model and --mix.
+func (f *jobFlags) openOptions() model.OpenOptions {
+	return model.OpenOptions{Load: model.LoadOptions{ExactBF16: *f.exactBF16}}
 }
 
 // parse parses a training command's flags (parseFlags, with required),
@@ -169,7 +175,7 @@ func (f *jobFlags) alphas() ([]float32, error) {
 // ids of tok (the primary base's tokenizer): a mixture feeds one data set
 // to every base. The closer closes them.
 func (f *jobFlags) openMix(tok tokenizer.Tokenizer) ([]coordinator.MixBase, func(), error) {
-	bases, closeAll, err := openMixBases(*f.mix, *f.model, tok)
+	bases, closeAll, err := openMixBases(*f.mix, *f.model, tok, f.openOptions().Load)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -189,7 +195,7 @@ func addMixFlag(fs *flag.FlagSet) *string {
 // openMixBases opens the comma-separated bases of list (a --mix flag) and
 // checks that each has the tokenizer tok of the base --model primary. The
 // closer closes them.
-func openMixBases(list, primary string, tok tokenizer.Tokenizer) ([]*model.Base, func(), error) {
+func openMixBases(list, primary string, tok tokenizer.Tokenizer, opt model.LoadOptions) ([]*model.Base, func(), error) {
 	var out []*model.Base
 	closeAll := func() {
 		for _, b := range out {
@@ -200,7 +206,7 @@ func openMixBases(list, primary string, tok tokenizer.Tokenizer) ([]*model.Base,
 		if spec = strings.TrimSpace(spec); spec == "" {
 			continue
 		}
-		m, err := openMixBase(spec, primary, tok)
+		m, err := openMixBase(spec, primary, tok, opt)
 		if err != nil {
 			closeAll()
 			return nil, nil, err
@@ -213,8 +219,8 @@ func openMixBases(list, primary string, tok tokenizer.Tokenizer) ([]*model.Base,
 // openMixBase opens spec, a --mix base, and checks that it reads the token
 // ids of tok, the tokenizer of --model primary; on an error nothing is
 // left open.
-func openMixBase(spec, primary string, tok tokenizer.Tokenizer) (*model.Opened, error) {
-	m, err := model.Open(spec, model.OpenOptions{})
+func openMixBase(spec, primary string, tok tokenizer.Tokenizer, opt model.LoadOptions) (*model.Opened, error) {
+	m, err := model.Open(spec, model.OpenOptions{Load: opt})
 	if err != nil {
 		return nil, fmt.Errorf("--mix %s: %w", spec, err)
 	}

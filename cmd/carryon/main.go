@@ -168,6 +168,11 @@ func addModelFlag(fs *flag.FlagSet) *string {
 	return fs.String("model", "default", `base model: a Hugging Face directory (config.json + safetensors), a .gguf file, "default" (the embedded base) or "tiny" (the small embedded base)`)
 }
 
+// addExactBF16Flag adds --exact-bf16 (model.LoadOptions.ExactBF16).
+func addExactBF16Flag(fs *flag.FlagSet) *bool {
+	return fs.Bool("exact-bf16", false, "BF16 weights: multiply them exactly with the float32 activations (widened inside each product) instead of rounding the activations to bf16 first (the default, as llama.cpp; VDPBF16PS where the CPU has AVX512_BF16, about twice as fast). Nodes and their coordinator must agree: the numerics are part of the base's identity in the swarm (model.LoadOptions.ExactBF16)")
+}
+
 // addQAFlag adds --data: question/answer JSONL as eval, experiment and
 // search read it.
 func addQAFlag(fs *flag.FlagSet) *string {

@@ -29,6 +29,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs := newFlags("node", "--model PATH|default --bootstrap ADDR [flags]  |  node status|pause|resume [--addr]", stderr)
 	sf := addSwarmFlags(fs, "/ip4/0.0.0.0/tcp/0")
 	modelFlag := addModelFlag(fs)
+	exactBF16 := addExactBF16Flag(fs)
 	device := fs.String("device", "cpu", "compute device: cpu, or cuda (GPU 0; needs a binary built with -tags cuda and --model DIR, a Hugging Face checkpoint)")
 	codecs := fs.String("codecs", "q8,q4,q2,bf16", "bridge settings offered")
 	jobs := fs.Int("jobs", 1, "embedding jobs run at once")
@@ -52,7 +53,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
-	base, closeBase, devName, err := openNodeBase(*device, *modelFlag, *cacheDir)
+	base, closeBase, devName, err := openNodeBase(*device, *modelFlag, *cacheDir, *exactBF16)
 	if err != nil {
 		return err
 	}
@@ -150,11 +151,12 @@ func pinList(list, file string) ([]cid.Cid, error) {
 
 // openNodeBase opens the base a node serves on device ("cpu" or "cuda") and
 // returns it with its closer and the device name for adverts ("cpu",
-// "cuda:NVIDIA H200").
-func openNodeBase(device, spec, cacheDir string) (node.BatchBase, func() error, string, error) {
+// "cuda:NVIDIA H200"). exactBF16 is --exact-bf16: on the GPU it keeps the
+// matrices in float32 (devmodel.Options.F32), the exact products.
+func openNodeBase(device, spec, cacheDir string, exactBF16 bool) (node.BatchBase, func() error, string, error) {
 	switch device {
 	case "cpu":
-		m, err := model.Open(spec, model.OpenOptions{CacheDir: cacheDir})
+		m, err := model.Open(spec, model.OpenOptions{CacheDir: cacheDir, Load: model.LoadOptions{ExactBF16: exactBF16}})
 		if err != nil {
 			return nil, nil, "", err
 		}
@@ -167,7 +169,7 @@ func openNodeBase(device, spec, cacheDir string) (node.BatchBase, func() error, 
 		if err != nil {
 			return nil, nil, "", fmt.Errorf("--device cuda: %w", err)
 		}
-		b, err := devmodel.Load(be, spec, devmodel.Options{})
+		b, err := devmodel.Load(be, spec, devmodel.Options{F32: exactBF16})
 		if err != nil {
 			closeBe()
 			return nil, nil, "", err

@@ -88,7 +88,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	base, tok, name := m.Base, m.Tokenizer, m.Name
 	defer base.Close()
 	cfg.Base, cfg.Tokenizer = base, tok
-	mix, closeMix, err := openMixBases(*mixFlag, *modelFlag, tok)
+	mix, closeMix, err := openMixBases(*mixFlag, *modelFlag, tok, model.LoadOptions{})
 	if err != nil {
 		return err
 	}

@@ -31,7 +31,7 @@ func runTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	defer closeDevice()
-	m, err := model.Open(*jf.model, model.OpenOptions{})
+	m, err := model.Open(*jf.model, jf.openOptions())
 	if err != nil {
 		return err
 	}
