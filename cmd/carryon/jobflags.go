@@ -193,7 +193,8 @@ func addMixFlag(fs *flag.FlagSet) *string {
 }
 
 // openMixBases opens the comma-separated bases of list (a --mix flag) and
-// checks that each has the tokenizer tok of the base --model primary. The
+// checks that each has the tokenizer tok of the base --model primary; opt
+// are their load options (--exact-bf16 where the command has it). The
 // closer closes them.
 func openMixBases(list, primary string, tok tokenizer.Tokenizer, opt model.LoadOptions) ([]*model.Base, func(), error) {
 	var out []*model.Base
