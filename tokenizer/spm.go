@@ -497,13 +497,7 @@ func (t *SPMTokenizer) encodeText(out []int32, text string) []int32 {
 		}
 		// A merged symbol is always a token, so this is one character
 		// that no token covers: its bytes.
-		for j := 0; j < len(piece); j++ {
-			if id := t.byteIDs[piece[j]]; id >= 0 {
-				out = append(out, id)
-			} else if t.unk >= 0 {
-				out = append(out, t.unk)
-			}
-		}
+		out = appendByteIDs(out, piece, &t.byteIDs, t.unk)
 	}
 	return out
 }

@@ -154,13 +154,9 @@ type BPETokenizer struct {
 // BOS and EOS are guessed from well-known token names; use
 // SetBOS/SetEOS to set them.
 func NewBPETokenizer(vocab []string, merges []string, pre string, special map[string]int32) (*BPETokenizer, error) {
-	pairs := make([][2]string, len(merges))
-	for i, m := range merges {
-		a, b, ok := strings.Cut(m, " ")
-		if !ok || strings.Contains(b, " ") {
-			return nil, fmt.Errorf("BPE vocabulary: merge %d %q is not two tokens separated by one space", i, m)
-		}
-		pairs[i] = [2]string{a, b}
+	pairs, err := tokSplitMerges(merges)
+	if err != nil {
+		return nil, fmt.Errorf("BPE vocabulary: %w", err)
 	}
 	vmap := make(map[string]int32, len(vocab))
 	for id, tok := range vocab {
@@ -377,6 +373,19 @@ func (t *BPETokenizer) encodeSegment(out []int32, seg string) []int32 {
 	return out
 }
 
+// appendByteIDs appends the ids of s's bytes: each byte's token in
+// byteIDs, else unk, else (unk < 0) nothing.
+func appendByteIDs(out []int32, s string, byteIDs *[256]int32, unk int32) []int32 {
+	for i := 0; i < len(s); i++ {
+		if id := byteIDs[s[i]]; id >= 0 {
+			out = append(out, id)
+		} else if unk >= 0 {
+			out = append(out, unk)
+		}
+	}
+	return out
+}
+
 // encodeWord appends the ids of one pre-token (raw bytes).
 func (t *BPETokenizer) encodeWord(out []int32, word string) []int32 {
 	if ids, ok := t.cache.get(word); ok {
@@ -389,14 +398,7 @@ func (t *BPETokenizer) encodeWord(out []int32, word string) []int32 {
 		}
 	}
 	if ids == nil {
-		ids = make([]int32, 0, len(word))
-		for i := 0; i < len(word); i++ {
-			if id := t.byteIDs[word[i]]; id >= 0 {
-				ids = append(ids, id)
-			} else if t.unk >= 0 {
-				ids = append(ids, t.unk)
-			}
-		}
+		ids = appendByteIDs(make([]int32, 0, len(word)), word, &t.byteIDs, t.unk)
 		ids = bpeMergeIDs(ids, t.merges)
 		ids = append([]int32(nil), ids...)
 	}
@@ -837,15 +839,7 @@ func tokParseMerges(raw json.RawMessage) ([][2]string, error) {
 	}
 	var strs []string
 	if err := json.Unmarshal(raw, &strs); err == nil {
-		out := make([][2]string, len(strs))
-		for i, s := range strs {
-			a, b, ok := strings.Cut(s, " ")
-			if !ok || strings.Contains(b, " ") {
-				return nil, fmt.Errorf("merge %d %q is not two tokens separated by one space", i, s)
-			}
-			out[i] = [2]string{a, b}
-		}
-		return out, nil
+		return tokSplitMerges(strs)
 	}
 	var pairs [][]string
 	if err := json.Unmarshal(raw, &pairs); err != nil {
@@ -857,6 +851,19 @@ func tokParseMerges(raw json.RawMessage) ([][2]string, error) {
 			return nil, fmt.Errorf("merge %d has %d parts, want 2", i, len(p))
 		}
 		out[i] = [2]string{p[0], p[1]}
+	}
+	return out, nil
+}
+
+// tokSplitMerges splits merge rules of the form "a b" into pairs.
+func tokSplitMerges(merges []string) ([][2]string, error) {
+	out := make([][2]string, len(merges))
+	for i, m := range merges {
+		a, b, ok := strings.Cut(m, " ")
+		if !ok || strings.Contains(b, " ") {
+			return nil, fmt.Errorf("merge %d %q is not two tokens separated by one space", i, m)
+		}
+		out[i] = [2]string{a, b}
 	}
 	return out, nil
 }
