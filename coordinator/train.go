@@ -672,17 +672,9 @@ func (t *trainer) step(batch []seqData, opt *carryon.Optimizer) (StepInfo, error
 		if rows+T > t.trainRows {
 			flush()
 		}
-		src, err := t.dec.sources(s)
+		own, err := t.sourcesIn(i, s)
 		if err != nil {
 			return StepInfo{}, err
-		}
-		// The decoder reuses its buffers: keep this sequence's own copy.
-		if len(t.srcBuf) <= i {
-			t.srcBuf = append(t.srcBuf, make([][]float32, len(src)))
-		}
-		own := t.srcBuf[i]
-		for j := range src {
-			own[j] = append(own[j][:0], src[j]...)
 		}
 		pass = append(pass, carryon.Seq{Sources: own, Targets: s.targets, T: T})
 		rows += T
@@ -749,6 +741,23 @@ func (t *trainer) baseLoss(val []seqData) (float64, error) {
 	return t.base.loss, nil
 }
 
+// sourcesIn decodes s's sources into batch slot i's own buffers (the
+// decoder reuses its buffers, and a pass holds several sequences).
+func (t *trainer) sourcesIn(i int, s seqData) ([][]float32, error) {
+	src, err := t.dec.sources(s)
+	if err != nil {
+		return nil, err
+	}
+	if len(t.srcBuf) <= i {
+		t.srcBuf = append(t.srcBuf, make([][]float32, len(src)))
+	}
+	own := t.srcBuf[i]
+	for j := range src {
+		own[j] = append(own[j][:0], src[j]...)
+	}
+	return own, nil
+}
+
 // valLoss is the loss sum over val's trained tokens, and their number, at
 // scale alpha. The sequences run as batched passes of up to
 // evalRows(val) positions, so that Train's validation passes and Evaluate
@@ -771,17 +780,9 @@ func (t *trainer) valLoss(val []seqData, alpha float32) (float64, int, error) {
 			flush()
 			slot = 0
 		}
-		src, err := t.dec.sources(s)
+		own, err := t.sourcesIn(slot, s)
 		if err != nil {
 			return 0, 0, err
-		}
-		// The decoder reuses its buffers: keep this sequence's own copy.
-		if len(t.srcBuf) <= slot {
-			t.srcBuf = append(t.srcBuf, make([][]float32, len(src)))
-		}
-		own := t.srcBuf[slot]
-		for j := range src {
-			own[j] = append(own[j][:0], src[j]...)
 		}
 		slot++
 		pass = append(pass, carryon.Seq{Sources: own, Targets: s.targets, T: T})
