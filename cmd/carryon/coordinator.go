@@ -102,10 +102,7 @@ func runCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	defer dash.Close()
 	fmt.Fprintf(stdout, "coordinator %s in swarm %s, base %s\n", j.h.ID(), j.name, base.WeightsHash)
-	j.printIdentity(stdout)
-	for _, a := range j.addrs() {
-		fmt.Fprintf(stdout, "listening on %s\n", a)
-	}
+	j.printPeer(stdout)
 	go j.reach(ctx, stdout, swarm.Reach.Coordinator)
 	if base.Numerics() == "" {
 		fmt.Fprintf(stdout, "nodes must serve base %s (%s) and offer codec %s\n", m.Name, base.WeightsHash, cfg.Codec)

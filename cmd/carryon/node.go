@@ -110,10 +110,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	info := base.Info()
 	fmt.Fprintf(stdout, "node %s in swarm %s serving %s (%s) on %s\n", j.h.ID(), j.name, info.Name, info.WeightsHash, devName)
-	j.printIdentity(stdout)
-	for _, a := range j.addrs() {
-		fmt.Fprintf(stdout, "listening on %s\n", a)
-	}
+	j.printPeer(stdout)
 	serveNodeStatus(ctx, n, *limits.statusAddr, stdout) // after the "node ID" line that scripts read
 	service.Started(ctx, n)                             // under a service manager: running; its Pause/Continue drive n
 	j.reach(ctx, stdout, swarm.Reach.String)

@@ -316,9 +316,10 @@ func (j *joined) reach(ctx context.Context, w io.Writer, describe func(swarm.Rea
 	})
 }
 
-// printIdentity says where the peer key is kept, or that the peer ID is
-// new each run.
-func (j *joined) printIdentity(w io.Writer) {
+// printPeer says where the peer key is kept (or that the peer ID is new
+// each run), then "listening on ADDR" for each of the host's full
+// addresses, the lines scripts and peers' --bootstrap read.
+func (j *joined) printPeer(w io.Writer) {
 	switch {
 	case j.id == nil:
 		fmt.Fprintf(w, "identity: a new peer ID for this run only\n")
@@ -326,6 +327,9 @@ func (j *joined) printIdentity(w io.Writer) {
 		fmt.Fprintf(w, "identity: new peer key %s (kept: the peer ID stays across restarts)\n", j.id.Path)
 	default:
 		fmt.Fprintf(w, "identity: peer key %s\n", j.id.Path)
+	}
+	for _, a := range j.addrs() {
+		fmt.Fprintf(w, "listening on %s\n", a)
 	}
 }
 
