@@ -69,15 +69,7 @@ func TestNATConfigValidate(t *testing.T) {
 func TestRelayCarriesOnlySignalling(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	relay := newHost(t, HostConfig{NAT: &NATConfig{RelayService: true, Reachability: network.ReachabilityPublic}})
-	relayInfo := peer.AddrInfo{ID: relay.ID(), Addrs: relay.Addrs()}
-	behind := newHost(t, HostConfig{NAT: &NATConfig{RelayClient: true}})
-	other := newHost(t, HostConfig{NAT: &NATConfig{RelayClient: true}})
-	mustConnect(t, behind, relay)
-	waitRelayService(t, relay)
-	if _, err := client.Reserve(ctx, behind, relayInfo); err != nil {
-		t.Fatalf("reserve a relay slot: %v", err)
-	}
+	relay, behind, other := newRelayed(t, ctx)
 
 	const proto = "/carryon-test/bulk/1.0.0"
 	received := make(chan int64, 4)
@@ -86,10 +78,7 @@ func TestRelayCarriesOnlySignalling(t *testing.T) {
 		received <- n
 		s.Close()
 	})
-	circuit := ma.StringCast(relay.Addrs()[0].String() + "/p2p/" + relay.ID().String() + "/p2p-circuit")
-	if err := other.Connect(ctx, peer.AddrInfo{ID: behind.ID(), Addrs: []ma.Multiaddr{circuit}}); err != nil {
-		t.Fatalf("connect through the relay: %v", err)
-	}
+	connectThroughRelay(t, ctx, other, behind, relay)
 	conns := other.Network().ConnsToPeer(behind.ID())
 	if len(conns) != 1 || !conns[0].Stat().Limited {
 		t.Fatalf("want one limited (relayed) connection, got %d", len(conns))
@@ -128,6 +117,32 @@ func TestRelayCarriesOnlySignalling(t *testing.T) {
 	}
 }
 
+// newRelayed starts a relay (RelayService, public) and two relay clients:
+// behind, connected to the relay and holding a reservation on it, and
+// other, not connected to either.
+func newRelayed(t *testing.T, ctx context.Context) (relay, behind, other host.Host) {
+	t.Helper()
+	relay = newHost(t, HostConfig{NAT: &NATConfig{RelayService: true, Reachability: network.ReachabilityPublic}})
+	behind = newHost(t, HostConfig{NAT: &NATConfig{RelayClient: true}})
+	other = newHost(t, HostConfig{NAT: &NATConfig{RelayClient: true}})
+	mustConnect(t, behind, relay)
+	waitRelayService(t, relay)
+	if _, err := client.Reserve(ctx, behind, peer.AddrInfo{ID: relay.ID(), Addrs: relay.Addrs()}); err != nil {
+		t.Fatalf("reserve a relay slot: %v", err)
+	}
+	return relay, behind, other
+}
+
+// connectThroughRelay connects from to to at to's /p2p-circuit address on
+// relay.
+func connectThroughRelay(t *testing.T, ctx context.Context, from, to, relay host.Host) {
+	t.Helper()
+	circuit := ma.StringCast(relay.Addrs()[0].String() + "/p2p/" + relay.ID().String() + "/p2p-circuit")
+	if err := from.Connect(ctx, peer.AddrInfo{ID: to.ID(), Addrs: []ma.Multiaddr{circuit}}); err != nil {
+		t.Fatalf("connect through the relay: %v", err)
+	}
+}
+
 // waitRelayService waits until h serves circuit relay v2's hop protocol:
 // the relay service starts once h sees itself as publicly reachable, and
 // the host announces the new protocol on its event bus (no polling).
@@ -156,14 +171,7 @@ func waitRelayService(t *testing.T, h host.Host) {
 func TestWatchPaths(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	relay := newHost(t, HostConfig{NAT: &NATConfig{RelayService: true, Reachability: network.ReachabilityPublic}})
-	behind := newHost(t, HostConfig{NAT: &NATConfig{RelayClient: true}})
-	other := newHost(t, HostConfig{NAT: &NATConfig{RelayClient: true}})
-	mustConnect(t, behind, relay)
-	waitRelayService(t, relay)
-	if _, err := client.Reserve(ctx, behind, peer.AddrInfo{ID: relay.ID(), Addrs: relay.Addrs()}); err != nil {
-		t.Fatalf("reserve a relay slot: %v", err)
-	}
+	relay, behind, other := newRelayed(t, ctx)
 	got := make(chan Path, 16)
 	WatchPaths(ctx, other, func(p peer.ID, path Path) {
 		if p == behind.ID() {
@@ -184,10 +192,7 @@ func TestWatchPaths(t *testing.T) {
 			t.Fatalf("WatchPaths never reported %s", want)
 		}
 	}
-	circuit := ma.StringCast(relay.Addrs()[0].String() + "/p2p/" + relay.ID().String() + "/p2p-circuit")
-	if err := other.Connect(ctx, peer.AddrInfo{ID: behind.ID(), Addrs: []ma.Multiaddr{circuit}}); err != nil {
-		t.Fatalf("connect through the relay: %v", err)
-	}
+	connectThroughRelay(t, ctx, other, behind, relay)
 	expect(PathRelayed)
 	if _, err := other.Network().DialPeer(network.WithForceDirectDial(ctx, "test"), behind.ID()); err != nil {
 		t.Fatal(err)
