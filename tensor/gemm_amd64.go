@@ -353,3 +353,31 @@ func widenHalf(y []float32, x []byte, bf16 bool) {
 	}
 	widenHalfGo(y, x, bf16)
 }
+
+// The transposing copies of packStrided (genTranspose).
+//
+//go:noescape
+func transposeAVX2R8(n int, src *float32, ld int, dst *float32, w int)
+
+//go:noescape
+func transposeAVX2R4(n int, src *float32, ld int, dst *float32, w int)
+
+// transposeRows writes d[p·w+q] = src[off+q·ld+p] for p < n8 (a multiple
+// of 8) and q < the returned count: rows rounded down to a multiple of 4,
+// in groups of 8 then 4, or 0 where the CPU lacks AVX2.
+func transposeRows(d, src []float32, off, ld, rows, w, n8 int) int {
+	if !hasAVX2 || n8 == 0 || rows < 4 {
+		return 0
+	}
+	done := rows &^ 3
+	_ = src[off+(done-1)*ld+n8-1]
+	_ = d[(n8-1)*w+done-1]
+	q := 0
+	for ; q+8 <= done; q += 8 {
+		transposeAVX2R8(n8, &src[off+q*ld], ld, &d[q], w)
+	}
+	if q < done {
+		transposeAVX2R4(n8, &src[off+q*ld], ld, &d[q], w)
+	}
+	return done
+}

@@ -266,10 +266,19 @@ func packAF32(dst []float32, g *gemmJob, mr, i0, mc, p0, kc int) {
 // packStrided writes d[p·w+q] = src[off+q·ld+p] for q < rows, p < kc, and
 // zeros for rows ≤ q < w: the transposing copy of a row-major panel. Rows
 // are read four at a time as sequential streams; the panel being written
-// (kc·w floats) stays in L1.
+// (kc·w floats) stays in L1. Where there is assembly (transposeRows), it
+// does groups of 8 and 4 rows over the first kc rounded down to 8 columns.
 func packStrided(d, src []float32, off, ld, rows, w, kc int) {
 	d = d[:kc*w]
 	q := 0
+	if n8 := kc &^ 7; w != 6 {
+		q = transposeRows(d, src, off, ld, rows, w, n8)
+		for r := 0; r < q; r++ { // the last kc % 8 columns of those rows
+			for p := n8; p < kc; p++ {
+				d[p*w+r] = src[off+r*ld+p]
+			}
+		}
+	}
 	if w == 6 && rows == 6 { // the AVX2 kernel's A panel: all six rows in one sweep
 		o := off
 		r0 := src[o : o+kc]

@@ -58,7 +58,89 @@ func main() {
 	genQuantQ8Row()
 	genFMAPeak("fmaPeakAVX2", "Y")
 	genFMAPeak("fmaPeakAVX512", "Z")
+	genTranspose(8)
+	genTranspose(4)
 	os.Stdout.WriteString(out.String())
+}
+
+// genTranspose emits the transposing copy of rows (8 or 4) rows of a
+// row-major matrix, the inner loop of packStrided (packing A, or a
+// transposed B), in AVX2:
+//
+//	func transposeAVX2R<rows>(n int, src *float32, ld int, dst *float32, w int)
+//
+// dst[p·w+q] = src[q·ld+p] for q < rows, p < n; n a multiple of 8, ld and
+// w in elements. Each step loads 8 columns of every row and transposes
+// them in registers (unpack, shuffle, and for 8 rows a lane permute),
+// then stores 8 columns of rows values, w elements apart.
+func genTranspose(rows int) {
+	name := fmt.Sprintf("transposeAVX2R%d", rows)
+	p("")
+	p("// func %s(n int, src *float32, ld int, dst *float32, w int)", name)
+	p("TEXT ·%s(SB), NOSPLIT, $0-40", name)
+	p("\tMOVQ n+0(FP), CX")
+	p("\tMOVQ src+8(FP), SI")
+	p("\tMOVQ ld+16(FP), AX")
+	p("\tSHLQ $2, AX")
+	p("\tLEAQ (AX)(AX*2), BX") // 3·ld bytes
+	p("\tMOVQ dst+24(FP), DI")
+	p("\tMOVQ w+32(FP), R8")
+	p("\tSHLQ $2, R8")
+	p("\tLEAQ (R8)(R8*2), R11") // 3·w bytes
+	if rows == 8 {
+		p("\tLEAQ (SI)(AX*4), R10") // row 4
+	}
+	// col j of the step is stored at DI + j·w: (DI), (DI)(R8), (DI)(R8*2),
+	// (DI)(R11), then the same from R12 = DI + 4·w.
+	col := []string{"(DI)", "(DI)(R8*1)", "(DI)(R8*2)", "(DI)(R11*1)",
+		"(R12)", "(R12)(R8*1)", "(R12)(R8*2)", "(R12)(R11*1)"}
+	row := []string{"(SI)", "(SI)(AX*1)", "(SI)(AX*2)", "(SI)(BX*1)",
+		"(R10)", "(R10)(AX*1)", "(R10)(AX*2)", "(R10)(BX*1)"}
+	p("%s_loop:", name)
+	p("\tTESTQ CX, CX")
+	p("\tJEQ %s_done", name)
+	p("\tLEAQ (DI)(R8*4), R12")
+	for q := 0; q < rows; q++ {
+		p("\tVMOVUPS %s, Y%d", row[q], q)
+	}
+	// t[2h] = unpacklo(r[2h], r[2h+1]), t[2h+1] = unpackhi: pairs of rows.
+	for h := 0; h < rows/2; h++ {
+		p("\tVUNPCKLPS Y%d, Y%d, Y%d", 2*h+1, 2*h, 8+2*h)
+		p("\tVUNPCKHPS Y%d, Y%d, Y%d", 2*h+1, 2*h, 8+2*h+1)
+	}
+	// u: for each group of 4 rows g, u[4g+c] holds column c (low lane) and
+	// c+4 (high lane) of those 4 rows.
+	for g := 0; g < rows/4; g++ {
+		t := 8 + 4*g
+		p("\tVSHUFPS $0x44, Y%d, Y%d, Y%d", t+2, t, 4*g)
+		p("\tVSHUFPS $0xEE, Y%d, Y%d, Y%d", t+2, t, 4*g+1)
+		p("\tVSHUFPS $0x44, Y%d, Y%d, Y%d", t+3, t+1, 4*g+2)
+		p("\tVSHUFPS $0xEE, Y%d, Y%d, Y%d", t+3, t+1, 4*g+3)
+	}
+	if rows == 8 {
+		for c := 0; c < 4; c++ {
+			p("\tVPERM2F128 $0x20, Y%d, Y%d, Y%d", 4+c, c, 8+c)
+			p("\tVPERM2F128 $0x31, Y%d, Y%d, Y%d", 4+c, c, 12+c)
+		}
+		for c := 0; c < 8; c++ {
+			p("\tVMOVUPS Y%d, %s", 8+c, col[c])
+		}
+	} else {
+		for c := 0; c < 4; c++ {
+			p("\tVMOVUPS X%d, %s", c, col[c])
+			p("\tVEXTRACTF128 $1, Y%d, %s", c, col[4+c])
+		}
+	}
+	p("\tADDQ $32, SI")
+	if rows == 8 {
+		p("\tADDQ $32, R10")
+	}
+	p("\tLEAQ (DI)(R8*8), DI")
+	p("\tSUBQ $8, CX")
+	p("\tJMP %s_loop", name)
+	p("%s_done:", name)
+	p("\tVZEROUPPER")
+	p("\tRET")
 }
 
 // genF32 emits a float32 micro-kernel computing an mr×(nv·lanes) tile:
