@@ -55,6 +55,11 @@ func main() {
 	for r := 1; r <= q8pRows; r++ {
 		genQ8P(r)
 	}
+	for _, fam := range []string{"B", "V"} {
+		for r := 1; r <= q8pYRows[fam]; r++ {
+			genQ8PY(fam, r)
+		}
+	}
 	genQuantQ8Row()
 	genFMAPeak("fmaPeakAVX2", "Y")
 	genFMAPeak("fmaPeakAVX512", "Z")
@@ -1440,6 +1445,117 @@ func genQ8P(R int) {
 		p("\tVMOVUPS Z%d, 64(DX)", F(i, 1))
 		if i < R-1 {
 			p("\tADDQ R8, DX")
+		}
+	}
+	p("\tVZEROUPPER")
+	p("\tRET")
+}
+
+// q8pYRows is the tallest row chunk of the 256-bit packed int8 kernels
+// (q8pBR1..5, q8pVR1..6); it must match q8pYFuncs in gemm_q8_amd64.go.
+var q8pYRows = map[string]int{"B": 5, "V": 6}
+
+// genQ8PY emits a 256-bit micro-kernel of the packed int8 GEMM (fam "B":
+// AVX2 VPMADDUBSW; "V": AVX-VNNI VPDPBUSD, VEX) for rr activation rows and
+// 8 columns of a weight panel:
+//
+//	func q8p<fam>R<rr>(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
+//
+// q, d, corr: the first row's 32 int8 q, float32 d_a and int32 −128·Σq in
+// block 0 of a q8p activation tile (the rows 32, 4 and 4 bytes apart), the
+// tile's blocks stride bytes apart. w: the panel's block 0 advanced by 4·c0
+// bytes for columns c0..c0+7 (d_w at 0, group g's 8 columns × 4 bytes at
+// 128+128·g); blocks are 1152 bytes apart. c: rr rows of 8 float32, ldc
+// elements apart, overwritten.
+//
+// Each lane holds one column's exact int32 block sum Σ q_a·q_w:
+//   - B: q_w = stored XOR 0x80; VPMADDUBSW multiplies |q_w| (unsigned,
+//     ≤ 128) by q_a·sign(q_w) (VPSIGNB, |q_a| ≤ 127), so a pair sum is at
+//     most 2·128·127 = 32512 and never saturates; VPMADDWD by ones adds the
+//     pairs into the lane. The lane starts at 0.
+//   - V: VPDPBUSD adds (q_w+128)·q_a (the stored byte unsigned) to a lane
+//     started at −128·Σq_a (corr), as the AVX512_VNNI kernel.
+//
+// Then, as q8pZR: the sum is converted, multiplied by d_a and added with
+// d_w by one FMA to the float32 accumulator: acc = fma(float32(s)·d_a,
+// d_w, acc), which q8pTileFMA (gemm_q8p_test.go) models bit for bit.
+func genQ8PY(fam string, rr int) {
+	name := fmt.Sprintf("q8p%sR%d", fam, rr)
+	p("")
+	p("// func %s(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)", name)
+	p("TEXT ·%s(SB), NOSPLIT, $0-64", name)
+	p("\tMOVQ nb+0(FP), CX")
+	p("\tMOVQ q+8(FP), SI")
+	p("\tMOVQ d+16(FP), DI")
+	p("\tMOVQ corr+24(FP), R9")
+	p("\tMOVQ stride+32(FP), R8")
+	p("\tMOVQ w+40(FP), BX")
+	p("\tMOVQ c+48(FP), DX")
+	p("\tMOVQ ldc+56(FP), R10")
+	p("\tSHLQ $2, R10")
+	// Registers: int32 lanes I(i) = Y0.., float32 accumulators F(i) =
+	// Y5.. (B) or Y6.. (V); the broadcast activation ta = Y11 (B) or Y12
+	// (V), Y10 a product (B), Y12 |q_w| (B), Y13 the weights, Y14 0x80
+	// bytes (B), Y15 int16 ones (B).
+	I := func(i int) int { return i }
+	F := func(i int) int { return q8pYRows[fam] + i }
+	ta := 11
+	if fam == "V" {
+		ta = 12
+	}
+	if fam == "B" {
+		p("\tMOVL $0x00010001, AX")
+		p("\tVMOVD AX, X15")
+		p("\tVPBROADCASTD X15, Y15")
+		p("\tMOVL $0x80808080, AX")
+		p("\tVMOVD AX, X14")
+		p("\tVPBROADCASTD X14, Y14")
+	}
+	for i := 0; i < rr; i++ {
+		p("\tVPXOR Y%d, Y%d, Y%d", F(i), F(i), F(i))
+	}
+	p("%s_loop:", name)
+	for i := 0; i < rr; i++ {
+		if fam == "B" {
+			p("\tVPXOR Y%d, Y%d, Y%d", I(i), I(i), I(i))
+		} else {
+			p("\tVPBROADCASTD %d(R9), Y%d", 4*i, I(i))
+		}
+	}
+	for g := 0; g < 8; g++ {
+		p("\tVMOVDQU %d(BX), Y13", 128+128*g)
+		if fam == "B" {
+			p("\tVPXOR Y14, Y13, Y13")
+			p("\tVPABSB Y13, Y12")
+		}
+		for i := 0; i < rr; i++ {
+			p("\tVPBROADCASTD %d(SI), Y%d", 32*i+4*g, ta)
+			if fam == "B" {
+				p("\tVPSIGNB Y13, Y%d, Y10", ta)
+				p("\tVPMADDUBSW Y10, Y12, Y10")
+				p("\tVPMADDWD Y15, Y10, Y10")
+				p("\tVPADDD Y10, Y%d, Y%d", I(i), I(i))
+			} else {
+				p("\t%s", vexVPDPBUSD(I(i), 13, ta))
+			}
+		}
+	}
+	for i := 0; i < rr; i++ {
+		p("\tVCVTDQ2PS Y%d, Y%d", I(i), I(i))
+		p("\tVBROADCASTSS %d(DI), Y%d", 4*i, ta)
+		p("\tVMULPS Y%d, Y%d, Y%d", ta, I(i), I(i))
+		p("\tVFMADD231PS (BX), Y%d, Y%d", I(i), F(i))
+	}
+	p("\tADDQ $1152, BX")
+	p("\tADDQ R8, SI")
+	p("\tADDQ R8, DI")
+	p("\tADDQ R8, R9")
+	p("\tDECQ CX")
+	p("\tJNE %s_loop", name)
+	for i := 0; i < rr; i++ {
+		p("\tVMOVUPS Y%d, (DX)", F(i))
+		if i < rr-1 {
+			p("\tADDQ R10, DX")
 		}
 	}
 	p("\tVZEROUPPER")

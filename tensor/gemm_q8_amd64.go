@@ -146,11 +146,93 @@ var q8pZ = &q8pKernels{name: "avx512-vnni",
 			(*int32)(unsafe.Pointer(&tile[36*h+4*r])), stride)
 	}}
 
+// The 256-bit packed int8 kernels (genQ8PY): q8pBR<R> (AVX2 VPMADDUBSW,
+// R = 1..5 rows) and q8pVR<R> (AVX-VNNI, R = 1..6), 8 columns a call.
+
+//go:noescape
+func q8pBR1(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
+
+//go:noescape
+func q8pBR2(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
+
+//go:noescape
+func q8pBR3(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
+
+//go:noescape
+func q8pBR4(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
+
+//go:noescape
+func q8pBR5(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
+
+//go:noescape
+func q8pVR1(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
+
+//go:noescape
+func q8pVR2(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
+
+//go:noescape
+func q8pVR3(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
+
+//go:noescape
+func q8pVR4(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
+
+//go:noescape
+func q8pVR5(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
+
+//go:noescape
+func q8pVR6(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
+
+type q8pYFunc func(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
+
+// q8pYFuncs holds the 256-bit kernels by family and rows (nil past the
+// tallest: see q8pYRows in gemm_gen.go).
+var q8pYFuncs = map[string][q8pTile + 1]q8pYFunc{
+	"B": {nil, q8pBR1, q8pBR2, q8pBR3, q8pBR4, q8pBR5, nil},
+	"V": {nil, q8pVR1, q8pVR2, q8pVR3, q8pVR4, q8pVR5, q8pVR6},
+}
+
+// q8pY wraps a 256-bit family as q8pKernels: each tile runs as four
+// passes of 8 columns, its rows in chunks the family has a kernel for
+// (a 6-row tile as 3 + 3 on AVX2). The activations are quantized by the
+// Go model.
+func q8pY(name, fam string) *q8pKernels {
+	fs := q8pYFuncs[fam]
+	return &q8pKernels{name: name, quant: quantQ8RowGo,
+		tile: func(nb int, a []byte, r int, w []byte, c []float32, ldc int) {
+			_ = a[nb*r*q8pActBlock-1]
+			_ = w[nb*q8pBlockBytes-1]
+			_ = c[(r-1)*ldc+q8pCols-1]
+			chunks := 1
+			if fs[r] == nil {
+				chunks = 2
+			}
+			for h := 0; h < chunks; h++ {
+				i0, i1 := h*r/chunks, (h+1)*r/chunks
+				f := fs[i1-i0]
+				for c0 := 0; c0 < q8pCols; c0 += 8 {
+					f(nb, &a[32*i0], &a[32*r+4*i0], &a[36*r+4*i0], q8pActBlock*r, &w[4*c0], &c[i0*ldc+c0], ldc)
+				}
+			}
+		}}
+}
+
+var (
+	q8pB = q8pY("avx2-vpmaddubsw", "B")
+	q8pV = q8pY("avx-vnni", "V")
+)
+
 // q8pAvailable lists the packed int8 implementations this CPU runs,
 // slowest first.
 var q8pAvailable = func() []*q8pKernels {
-	if hasAVX512VNNI {
-		return []*q8pKernels{q8pGo, q8pZ}
+	ks := []*q8pKernels{q8pGo}
+	if hasAVX2Int8 {
+		ks = append(ks, q8pB)
 	}
-	return []*q8pKernels{q8pGo}
+	if hasAVXVNNI {
+		ks = append(ks, q8pV)
+	}
+	if hasAVX512VNNI {
+		ks = append(ks, q8pZ)
+	}
+	return ks
 }()

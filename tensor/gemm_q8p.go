@@ -181,7 +181,7 @@ var q8pGo = &q8pKernels{name: "go", tile: q8pTileGo, quant: quantQ8RowGo}
 var q8pBest = q8pAvailable[len(q8pAvailable)-1]
 
 // Q8PackedPath names the packed int8 kernel GemmQ8Packed uses on this CPU
-// (avx512-vnni or go), for reports.
+// (avx512-vnni, avx-vnni, avx2-vpmaddubsw or go), for reports.
 func Q8PackedPath() string { return q8pBest.name }
 
 // Q8PackedFast reports whether GemmQ8Packed has a vector kernel on this

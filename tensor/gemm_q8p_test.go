@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"math"
+	"math/big"
 	"math/rand/v2"
 	"runtime"
 	"testing"
@@ -11,7 +12,7 @@ import (
 
 // allQ8PKernels names every packed int8 implementation; the ones this CPU
 // lacks skip.
-var allQ8PKernels = []string{"go", "avx512-vnni"}
+var allQ8PKernels = []string{"go", "avx2-vpmaddubsw", "avx-vnni", "avx512-vnni"}
 
 func q8pKernelsOrSkip(tb testing.TB, name string) *q8pKernels {
 	return namedOrSkip(tb, "packed int8", q8pAvailable, name, func(k *q8pKernels) string { return k.name })
@@ -161,4 +162,97 @@ func TestPackQ8Errors(t *testing.T) {
 		}
 	}()
 	PackQ8(QuantMatrix{Type: GGMLF16, Rows: 1, Cols: 32, Data: make([]byte, 64)})
+}
+
+// q8pTileFMA is the model of the vector packed kernels bit for bit: each
+// column's exact int32 block sum, converted, times d_a, then one fused
+// multiply-add with d_w into the float32 accumulator.
+func q8pTileFMA(nb int, a []byte, r int, w []byte, c []float32, ldc int) {
+	for i := 0; i < r; i++ {
+		for j := 0; j < q8pCols; j++ {
+			var acc float32
+			for b := 0; b < nb; b++ {
+				blk := a[b*q8pActBlock*r:]
+				wb := w[b*q8pBlockBytes:]
+				s := int32(binary.LittleEndian.Uint32(blk[36*r+4*i:]))
+				for g := 0; g < q8pGroups; g++ {
+					for t := 0; t < 4; t++ {
+						s += int32(wb[q8pScaleBytes+g*q8pGroupBytes+4*j+t]) * int32(int8(blk[32*i+4*g+t]))
+					}
+				}
+				da := math.Float32frombits(binary.LittleEndian.Uint32(blk[32*r+4*i:]))
+				dw := math.Float32frombits(binary.LittleEndian.Uint32(wb[4*j:]))
+				acc = fma32(float32(s)*da, dw, acc)
+			}
+			c[i*ldc+j] = acc
+		}
+	}
+}
+
+// fma32 is a·b + c rounded once to float32 (nearest, ties to even), as
+// VFMADD231PS: exact in big.Float, since math.FMA's float64 result rounded
+// again to float32 can differ in the last bit.
+func fma32(a, b, c float32) float32 {
+	x := new(big.Float).SetPrec(256).SetFloat64(float64(a))
+	x.Mul(x, new(big.Float).SetFloat64(float64(b)))
+	x.Add(x, new(big.Float).SetFloat64(float64(c)))
+	f, _ := x.Float32()
+	return f
+}
+
+// TestQ8PackedKernelModel checks every vector packed int8 kernel against
+// q8pTileFMA bit for bit, on every tile height, with the extreme bytes
+// that would saturate 16-bit pair sums (weights −128, ±127; activations
+// ±127) as well as random ones.
+func TestQ8PackedKernelModel(t *testing.T) {
+	rng := rand.New(rand.NewPCG(21, 5))
+	for _, name := range allQ8PKernels[1:] {
+		t.Run(name, func(t *testing.T) {
+			ks := q8pKernelsOrSkip(t, name)
+			for _, extreme := range []bool{false, true} {
+				for _, nb := range []int{1, 2, 7, 28} {
+					k := 32 * nb
+					wq := randQ8Matrix(rng, q8pCols, k)
+					if extreme {
+						for j := 0; j < q8pCols; j++ {
+							for b := 0; b < nb; b++ {
+								for p := 0; p < 32; p++ {
+									wq.Data[j*34*nb+34*b+2+p] = []byte{0x80, 0x7f, 0x81}[(j+p)%3]
+								}
+							}
+						}
+					}
+					w := PackQ8(wq)
+					for r := 1; r <= q8pTile; r++ {
+						a := make([]byte, nb*r*q8pActBlock)
+						for b := 0; b < nb; b++ {
+							for i := 0; i < r; i++ {
+								blk := a[b*q8pActBlock*r:]
+								var s int32
+								for p := 0; p < 32; p++ {
+									q := int8(rng.IntN(255) - 127)
+									if extreme {
+										q = []int8{127, -127}[(i+p/2)%2]
+									}
+									blk[32*i+p] = byte(q)
+									s += int32(q)
+								}
+								binary.LittleEndian.PutUint32(blk[32*r+4*i:], math.Float32bits(rng.Float32()/100))
+								binary.LittleEndian.PutUint32(blk[36*r+4*i:], uint32(-128*s))
+							}
+						}
+						want := make([]float32, r*q8pCols)
+						got := make([]float32, r*q8pCols)
+						q8pTileFMA(nb, a, r, w.data, want, q8pCols)
+						ks.tile(nb, a, r, w.data, got, q8pCols)
+						for e := range got {
+							if math.Float32bits(got[e]) != math.Float32bits(want[e]) {
+								t.Fatalf("extreme=%v nb=%d rows=%d: C[%d,%d] = %g, model %g", extreme, nb, r, e/q8pCols, e%q8pCols, got[e], want[e])
+							}
+						}
+					}
+				}
+			}
+		})
+	}
 }

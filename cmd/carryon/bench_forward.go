@@ -85,7 +85,10 @@ func benchForward(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		Tokens: *tokens, Threads: *threads, Runs: *runs, LoadS: time.Since(start).Seconds(),
 		Kernel: tensor.GemmPath(), Decode: *decode, Numerics: base.Numerics()}
 	if *int8 {
-		res.Int8Kernel = tensor.Q8Path()
+		res.Int8Kernel = "in place " + tensor.Q8Path()
+		if tensor.Q8PackedFast() {
+			res.Int8Kernel = "packed " + tensor.Q8PackedPath()
+		}
 	}
 	if res.ModelBytes, err = weightBytes(*modelFlag); err != nil {
 		return err
