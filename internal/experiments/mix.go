@@ -7,7 +7,6 @@ import (
 
 	"carryon/carryon"
 	"carryon/model"
-	"carryon/tensor"
 )
 
 // MixResult is the mixture experiment: the reference carry-on reading
@@ -101,11 +100,10 @@ func (r *runner) mixInference(s spec, t *trained, probs []Problem) (MixInference
 	if s.mix != nil {
 		mix = []*model.Base{s.mix}
 	}
-	co, c := t.co, r.base.Config
+	co := t.co
 	stages := []*carryon.Model{co}
 	inf := MixInference{Sources: mixNames(s.sources, s.mixName), CachedLoss: t.run.ValLoss, Exact: ExactRow{System: mixNames(s.sources, s.mixName)}}
-	chunk := max(1, min(64, (1<<21)/c.Vocab))
-	scratch := make([]float32, chunk*c.Vocab)
+	head := newHeadLoss(r.base)
 	var sum float64
 	n := 0
 	for _, ch := range r.test.Val {
@@ -117,7 +115,7 @@ func (r *runner) mixInference(s spec, t *trained, probs []Problem) (MixInference
 			if err != nil {
 				return inf, err
 			}
-			l, k := tensor.CrossEntropyLMHead(nil, y, r.base.LMHead(), ex.Targets(), len(ex.Tokens), c.Dim, c.Vocab, chunk, 0, scratch)
+			l, k := head.loss(y, ex)
 			sum, n = sum+l, n+k
 		}
 	}

@@ -532,9 +532,7 @@ func (r *runner) setup() error {
 // answerLoss is the mean answer-token cross-entropy of b (exact hidden
 // states, no bridge) over exs.
 func answerLoss(b *model.Base, exs []dataset.Example) (float64, error) {
-	c := b.Config
-	chunk := max(1, min(64, (1<<21)/c.Vocab))
-	scratch := make([]float32, chunk*c.Vocab)
+	head := newHeadLoss(b)
 	var sum float64
 	n := 0
 	for _, e := range exs {
@@ -542,14 +540,33 @@ func answerLoss(b *model.Base, exs []dataset.Example) (float64, error) {
 		if err != nil {
 			return 0, err
 		}
-		// hs[0]: (T, Dim)
-		l, k := tensor.CrossEntropyLMHead(nil, hs[0], b.LMHead(), e.Targets(), len(e.Tokens), c.Dim, c.Vocab, chunk, 0, scratch)
+		l, k := head.loss(hs[0], e)
 		sum, n = sum+l, n+k
 	}
 	if n == 0 {
 		return 0, errors.New("no answer tokens to score")
 	}
 	return sum / float64(n), nil
+}
+
+// headLoss scores final hidden states through a base's LM head, a few rows
+// of logits at a time (a scratch of about 2^21 floats, reused).
+type headLoss struct {
+	b       *model.Base
+	chunk   int
+	scratch []float32
+}
+
+func newHeadLoss(b *model.Base) *headLoss {
+	chunk := max(1, min(64, (1<<21)/b.Config.Vocab))
+	return &headLoss{b: b, chunk: chunk, scratch: make([]float32, chunk*b.Config.Vocab)}
+}
+
+// loss is the summed cross-entropy of x's rows (len(e.Tokens), Dim) against
+// e's trained targets, and how many there are.
+func (h *headLoss) loss(x []float32, e dataset.Example) (float64, int) {
+	c := h.b.Config
+	return tensor.CrossEntropyLMHead(nil, x, h.b.LMHead(), e.Targets(), len(e.Tokens), c.Dim, c.Vocab, h.chunk, 0, h.scratch)
 }
 
 // carryOnShape is the carry-on of width h and depth L that `carryon train`
