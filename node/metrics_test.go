@@ -54,18 +54,9 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("busy ratio %v with one of two slots computing, want 0.5", got)
 	}
 	close(b.gate)
-	for range len(req.Seqs) * len(req.Layers) {
-		if _, err := protocol.ReadExpect[*protocol.EmbedResult](s); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := protocol.ReadExpect[*protocol.EmbedDone](s); err != nil {
+	if err := collect(s, req); err != nil {
 		t.Fatal(err)
 	}
-	if err := protocol.WriteFrame(s, &protocol.Ack{V: protocol.Version, JobID: req.JobID, ChunkID: req.ChunkID, OK: true}); err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(io.Discard, s)
 	waitLogged(t, n, "chunk finished", 1)
 
 	bad := open(t, c, n) // a request for a base the node does not serve

@@ -34,6 +34,12 @@ func lease(s io.ReadWriteCloser, req *protocol.EmbedRequest) error {
 	if err := protocol.WriteFrame(s, req); err != nil {
 		return err
 	}
+	return collect(s, req)
+}
+
+// collect reads the results and the Done of req, sent on s, acknowledges
+// them and reads s to its end.
+func collect(s io.ReadWriter, req *protocol.EmbedRequest) error {
 	for range len(req.Seqs) * len(req.Layers) {
 		if _, err := protocol.ReadExpect[*protocol.EmbedResult](s); err != nil {
 			return err
