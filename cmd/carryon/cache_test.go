@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/pnet"
+
 	"carryon/coordinator"
 	"carryon/protocol"
 	"carryon/swarm"
@@ -295,15 +298,28 @@ func dhtPeer(t *testing.T, ctx context.Context, keyFile string) (string, *swarm.
 	if err != nil {
 		t.Fatal(err)
 	}
+	h, d := dhtServer(t, ctx, psk)
+	return h.Addrs()[0].String() + "/p2p/" + h.ID().String(), d
+}
+
+// dhtServer starts a host in the private swarm of psk, connects it to
+// peers, and runs a DHT server on it, all closed when the test ends.
+func dhtServer(t *testing.T, ctx context.Context, psk pnet.PSK, peers ...host.Host) (host.Host, *swarm.Discovery) {
+	t.Helper()
 	h, err := swarm.NewHost(swarm.HostConfig{PSK: psk, DialTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { h.Close() })
+	for _, p := range peers {
+		if err := h.Connect(ctx, *host.InfoFromHost(p)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	d, err := swarm.NewDiscovery(ctx, h, swarm.DiscoveryConfig{Swarm: protocol.SwarmName(psk), Private: true, DHT: swarm.DHTServer})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.Close() })
-	return h.Addrs()[0].String() + "/p2p/" + h.ID().String(), d
+	return h, d
 }

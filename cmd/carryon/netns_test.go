@@ -49,21 +49,7 @@ func TestPullThroughDHT(t *testing.T) {
 	var hosts []host.Host
 	var discs []*swarm.Discovery
 	for i := range 3 { // a bootstrap peer, a liar and the honest provider
-		h, err := swarm.NewHost(swarm.HostConfig{PSK: psk, DialTimeout: time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { h.Close() })
-		if i > 0 {
-			if err := h.Connect(ctx, *host.InfoFromHost(hosts[0])); err != nil {
-				t.Fatal(err)
-			}
-		}
-		d, err := swarm.NewDiscovery(ctx, h, swarm.DiscoveryConfig{Swarm: protocol.SwarmName(psk), Private: true, DHT: swarm.DHTServer})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { d.Close() })
+		h, d := dhtServer(t, ctx, psk, hosts[:min(i, 1)]...) // the others join through the first
 		hosts, discs = append(hosts, h), append(discs, d)
 	}
 	for i, h := range hosts[1:] {
