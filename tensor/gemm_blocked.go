@@ -16,10 +16,12 @@ import (
 //	        for ir in steps of mr:
 //	          micro-kernel: C[ir:ir+mr, jr:jr+nr] (+)= A panel · B panel
 //
-// Threads split C into a grid of rectangles (gemmGrid); each thread runs the
-// loop nest above on its rectangle with its own pooled buffers, so there is no
-// synchronisation beyond the final wait. The operand that is not split is
-// packed once per thread, which costs little next to the m·n·k multiply-adds.
+// With enough rows for every thread and B not prepacked, threads split the
+// rows of C and pack each B block together, once (runSharedB, gemm_shared.go).
+// Otherwise threads split C into a grid of rectangles (gemmGrid); each thread
+// runs the loop nest above on its rectangle with its own pooled buffers, so
+// there is no synchronisation beyond the final wait, and the operand that is
+// not split is packed once per thread.
 
 // tileKernel is a micro-kernel with its register tile and cache blocking.
 // T is the packed element type: float32, or uint16 for bf16 pairs.
@@ -109,6 +111,10 @@ func splitCols(n, per int, f func(j0, j1 int)) {
 // runBlocked computes the whole job with kernel kn, split over threads.
 func runBlocked[T float32 | uint16](g *gemmJob, kn *tileKernel[T], threads int) {
 	tm, tn := gemmGrid(g.m, g.n, g.k, kn.mr, kn.nr, kn.nc, threads)
+	if useSharedB(g, kn, threads, tm, tn) {
+		runSharedB(g, kn, threads)
+		return
+	}
 	if tm*tn == 1 {
 		blockedRect(g, kn, 0, g.m, 0, g.n)
 		return

@@ -1,0 +1,212 @@
+package tensor
+
+import "sync"
+
+// The shared-B schedule (BLIS's): threads split the rows of C, and each
+// (kc, nc) block of B is packed once, every thread packing a share of its
+// micro-panels into a buffer that all of them then read:
+//
+//	for jc in steps of nc, pc in steps of kc:
+//	  thread t packs micro-panels [t·np/T, (t+1)·np/T) of B[pc:pc+kc, jc:jc+nc]
+//	  barrier
+//	  for ic in steps of mc over thread t's rows: pack A, run the kernels
+//
+// Against gemmGrid's split of C's columns (each thread packs all of A and
+// its own B columns), A is packed once in all instead of once per thread,
+// and each thread's kernels read all of the block of B. The B block is
+// double-buffered, so one barrier per block suffices: a thread that passed
+// the barrier of block i knows every thread has finished block i-1, whose
+// buffer it packs block i+1 into.
+
+// sharedBMinRows is the fewest rows of C per thread for the shared-B
+// schedule: below it the threads' A blocks are thin and the barriers cost
+// more than the repacking of A that they save.
+const sharedBMinRows = 96
+
+// useSharedB reports whether runBlocked takes the shared-B schedule rather
+// than gemmGrid's tm×tn grid: more than one thread, B not prepacked, enough
+// rows and work for every thread, and at least a quarter less packing per
+// thread than the grid (whose threads pack their rows of A once per nc
+// columns, and all of their columns of B). Where it saves less, the grid
+// measured faster: its threads read only B that they packed themselves, and
+// never wait for each other.
+func useSharedB[T float32 | uint16](g *gemmJob, kn *tileKernel[T], threads, tm, tn int) bool {
+	if !sharedBEnabled || threads < 2 || g.packed != nil {
+		return false
+	}
+	work := 2 * float64(g.m) * float64(g.n) * float64(g.k)
+	if work < float64(threads)*(1<<22) || g.m < threads*max(sharedBMinRows, kn.mr) {
+		return false
+	}
+	// elements packed per thread, in units of k
+	pack := func(rows, cols, bcols int) int { return rows*((cols+kn.nc-1)/kn.nc) + bcols }
+	rows, cols := roundUp((g.m+tm-1)/tm, kn.mr), roundUp((g.n+tn-1)/tn, kn.nr)
+	grid := pack(rows, cols, cols)
+	shared := pack(roundUp((g.m+threads-1)/threads, kn.mr), g.n, (g.n+threads-1)/threads)
+	return 4*shared <= 3*grid
+}
+
+// sharedBEnabled switches the shared-B schedule on (tests turn it off to
+// check the grid schedule, benchmarks to compare the two).
+var sharedBEnabled = true
+
+// barrier is a reusable barrier of n goroutines, split in two so that work
+// that needs nothing from the others can run between arriving and waiting.
+type barrier struct {
+	mu   sync.Mutex
+	cond sync.Cond
+	n    int
+	left int
+	gen  uint64
+}
+
+func newBarrier(n int) *barrier {
+	b := &barrier{n: n, left: n}
+	b.cond.L = &b.mu
+	return b
+}
+
+// arrive counts the caller in and returns the generation to pass to await.
+func (b *barrier) arrive() uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	gen := b.gen
+	b.left--
+	if b.left == 0 {
+		b.left = b.n
+		b.gen++
+		b.cond.Broadcast()
+	}
+	return gen
+}
+
+// await blocks until all n goroutines have arrived in generation gen.
+func (b *barrier) await(gen uint64) {
+	b.mu.Lock()
+	for gen == b.gen {
+		b.cond.Wait()
+	}
+	b.mu.Unlock()
+}
+
+// sharedBufs is the double-buffered B block of one runSharedB call.
+type sharedBufs[T float32 | uint16] struct{ b [2][]T }
+
+var (
+	sharedPoolF32  = sync.Pool{New: func() any { return new(sharedBufs[float32]) }}
+	sharedPoolBF16 = sync.Pool{New: func() any { return new(sharedBufs[uint16]) }}
+)
+
+func getShared[T float32 | uint16]() *sharedBufs[T] {
+	var z T
+	if _, ok := any(z).(float32); ok {
+		return sharedPoolF32.Get().(*sharedBufs[T])
+	}
+	return sharedPoolBF16.Get().(*sharedBufs[T])
+}
+
+func putShared[T float32 | uint16](s *sharedBufs[T]) {
+	var z T
+	if _, ok := any(z).(float32); ok {
+		sharedPoolF32.Put(s)
+		return
+	}
+	sharedPoolBF16.Put(s)
+}
+
+// runSharedB computes the whole job with kernel kn on threads goroutines
+// (the caller's and threads-1 others) in the shared-B schedule.
+func runSharedB[T float32 | uint16](g *gemmJob, kn *tileKernel[T], threads int) {
+	ks := kn.kstep
+	kcMax := min(kn.kc, roundUp(g.k, ks))
+	ncMax := min(kn.nc, roundUp(g.n, kn.nr))
+	sh := getShared[T]()
+	defer putShared(sh)
+	for i := range sh.b {
+		sh.b[i] = grow(sh.b[i], ncMax*kcMax)
+	}
+	rows := roundUp((g.m+threads-1)/threads, kn.mr)
+	bar := newBarrier(threads)
+	var wg sync.WaitGroup
+	for t := 1; t < threads; t++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sharedBWorker(g, kn, sh, bar, t, threads, rows)
+		}()
+	}
+	sharedBWorker(g, kn, sh, bar, 0, threads, rows)
+	wg.Wait()
+}
+
+// sharedBWorker is thread t's part of runSharedB: rows [t·rows, (t+1)·rows)
+// of C, and its share of every B block's packing. Between arriving at the
+// barrier and waiting there, it runs its first A block on the micro-panels
+// it packed itself, so a thread that packs more slowly (or was descheduled)
+// delays the others less.
+func sharedBWorker[T float32 | uint16](g *gemmJob, kn *tileKernel[T], sh *sharedBufs[T], bar *barrier, t, threads, rows int) {
+	mr, nr, ks := kn.mr, kn.nr, kn.kstep
+	i0, i1 := min(t*rows, g.m), min((t+1)*rows, g.m)
+	buf := getBuf[T]()
+	defer putBuf(buf)
+	buf.a = grow(buf.a, min(kn.mc, roundUp(max(i1-i0, 1), mr))*min(kn.kc, roundUp(g.k, ks)))
+	buf.tile = grow(buf.tile, mr*nr)
+	c, ldc := g.c, g.ldc
+	block := 0
+	for jc := 0; jc < g.n; jc += kn.nc {
+		ncur := min(kn.nc, g.n-jc)
+		np := (ncur + nr - 1) / nr // micro-panels in this block
+		for pc := 0; pc < g.k; pc += kn.kc {
+			kcur := min(kn.kc, g.k-pc)
+			kpad := roundUp(kcur, ks)
+			ku := kpad / ks
+			beta := g.beta
+			if pc > 0 {
+				beta = 1
+			}
+			bb := sh.b[block&1]
+			block++
+			// columns [c0, c1) of the block are this thread's share
+			c0, c1 := min(t*np/threads*nr, ncur), min((t+1)*np/threads*nr, ncur)
+			if c0 < c1 {
+				kn.packB(bb[c0*kpad:], g, nr, pc, kcur, jc+c0, c1-c0)
+			}
+			gen := bar.arrive()
+			// C[ic:ic+mcur, jc+j0:jc+j1] (+)= A block · B panels [j0, j1)
+			run := func(ic, mcur, j0, j1 int) {
+				for jr := j0; jr < j1; jr += nr {
+					bp := bb[jr*kpad : (jr+nr)*kpad]
+					nrem := min(nr, ncur-jr)
+					for ir := 0; ir < mcur; ir += mr {
+						ap := buf.a[ir*kpad : (ir+mr)*kpad]
+						mrem := min(mr, mcur-ir)
+						off := (ic+ir)*ldc + jc + jr
+						if mrem == mr && nrem == nr {
+							kn.micro(ku, ap, bp, c[off:], ldc, g.alpha, beta)
+							continue
+						}
+						kn.micro(ku, ap, bp, buf.tile, nr, 1, 0)
+						mergeTile(c[off:], ldc, buf.tile, nr, mrem, nrem, g.alpha, beta)
+					}
+				}
+			}
+			waited := false
+			for ic := i0; ic < i1; ic += kn.mc {
+				mcur := min(kn.mc, i1-ic)
+				kn.packA(buf.a, g, mr, ic, mcur, pc, kcur)
+				if waited {
+					run(ic, mcur, 0, ncur)
+					continue
+				}
+				run(ic, mcur, c0, c1)
+				bar.await(gen)
+				waited = true
+				run(ic, mcur, 0, c0)
+				run(ic, mcur, c1, ncur)
+			}
+			if !waited { // no rows here: still wait, so the buffer is not reused early
+				bar.await(gen)
+			}
+		}
+	}
+}
