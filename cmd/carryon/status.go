@@ -89,14 +89,21 @@ type dashboard struct {
 	stop func()
 }
 
+// processRegistry returns a new registry holding the Go runtime's and the
+// process's metrics, to which a command adds its own.
+func processRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
+}
+
 // startDashboard serves c's dashboard, API and metrics (with the Go
 // runtime's and the process's) on addr; an empty addr serves nothing.
 func startDashboard(ctx context.Context, c *coordinator.Coordinator, addr string, stdout io.Writer) (*dashboard, error) {
 	if addr == "" {
 		return &dashboard{}, nil
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := processRegistry()
 	d, err := coordinator.NewDashboard(c, reg)
 	if err != nil {
 		return nil, err
@@ -137,8 +144,7 @@ func serveNodeMetrics(ctx context.Context, n *node.Node, addr string, stdout io.
 	if addr == "" {
 		return nil
 	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg := processRegistry()
 	if err := node.RegisterMetrics(reg, n); err != nil {
 		return err
 	}
