@@ -9146,8 +9146,8 @@ q8pZR6_loop:
 	VZEROUPPER
 	RET
 
-// func q8pBR1(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
-TEXT ·q8pBR1(SB), NOSPLIT, $0-64
+// func q8pBR1(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int, add int)
+TEXT ·q8pBR1(SB), NOSPLIT, $0-72
 	MOVQ nb+0(FP), CX
 	MOVQ q+8(FP), SI
 	MOVQ d+16(FP), DI
@@ -9163,6 +9163,13 @@ TEXT ·q8pBR1(SB), NOSPLIT, $0-64
 	MOVL $0x80808080, AX
 	VMOVD AX, X14
 	VPBROADCASTD X14, Y14
+	MOVQ add+64(FP), R11
+	TESTQ R11, R11
+	JEQ q8pBR1_zero
+	MOVQ DX, R11
+	VMOVUPS (R11), Y5
+	JMP q8pBR1_loop
+q8pBR1_zero:
 	VPXOR Y5, Y5, Y5
 q8pBR1_loop:
 	VPXOR Y0, Y0, Y0
@@ -9244,8 +9251,8 @@ q8pBR1_loop:
 	VZEROUPPER
 	RET
 
-// func q8pBR2(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
-TEXT ·q8pBR2(SB), NOSPLIT, $0-64
+// func q8pBR2(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int, add int)
+TEXT ·q8pBR2(SB), NOSPLIT, $0-72
 	MOVQ nb+0(FP), CX
 	MOVQ q+8(FP), SI
 	MOVQ d+16(FP), DI
@@ -9261,6 +9268,15 @@ TEXT ·q8pBR2(SB), NOSPLIT, $0-64
 	MOVL $0x80808080, AX
 	VMOVD AX, X14
 	VPBROADCASTD X14, Y14
+	MOVQ add+64(FP), R11
+	TESTQ R11, R11
+	JEQ q8pBR2_zero
+	MOVQ DX, R11
+	VMOVUPS (R11), Y5
+	ADDQ R10, R11
+	VMOVUPS (R11), Y6
+	JMP q8pBR2_loop
+q8pBR2_zero:
 	VPXOR Y5, Y5, Y5
 	VPXOR Y6, Y6, Y6
 q8pBR2_loop:
@@ -9390,8 +9406,8 @@ q8pBR2_loop:
 	VZEROUPPER
 	RET
 
-// func q8pBR3(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
-TEXT ·q8pBR3(SB), NOSPLIT, $0-64
+// func q8pBR3(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int, add int)
+TEXT ·q8pBR3(SB), NOSPLIT, $0-72
 	MOVQ nb+0(FP), CX
 	MOVQ q+8(FP), SI
 	MOVQ d+16(FP), DI
@@ -9407,6 +9423,17 @@ TEXT ·q8pBR3(SB), NOSPLIT, $0-64
 	MOVL $0x80808080, AX
 	VMOVD AX, X14
 	VPBROADCASTD X14, Y14
+	MOVQ add+64(FP), R11
+	TESTQ R11, R11
+	JEQ q8pBR3_zero
+	MOVQ DX, R11
+	VMOVUPS (R11), Y5
+	ADDQ R10, R11
+	VMOVUPS (R11), Y6
+	ADDQ R10, R11
+	VMOVUPS (R11), Y7
+	JMP q8pBR3_loop
+q8pBR3_zero:
 	VPXOR Y5, Y5, Y5
 	VPXOR Y6, Y6, Y6
 	VPXOR Y7, Y7, Y7
@@ -9584,8 +9611,8 @@ q8pBR3_loop:
 	VZEROUPPER
 	RET
 
-// func q8pBR4(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
-TEXT ·q8pBR4(SB), NOSPLIT, $0-64
+// func q8pBR4(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int, add int)
+TEXT ·q8pBR4(SB), NOSPLIT, $0-72
 	MOVQ nb+0(FP), CX
 	MOVQ q+8(FP), SI
 	MOVQ d+16(FP), DI
@@ -9601,6 +9628,19 @@ TEXT ·q8pBR4(SB), NOSPLIT, $0-64
 	MOVL $0x80808080, AX
 	VMOVD AX, X14
 	VPBROADCASTD X14, Y14
+	MOVQ add+64(FP), R11
+	TESTQ R11, R11
+	JEQ q8pBR4_zero
+	MOVQ DX, R11
+	VMOVUPS (R11), Y5
+	ADDQ R10, R11
+	VMOVUPS (R11), Y6
+	ADDQ R10, R11
+	VMOVUPS (R11), Y7
+	ADDQ R10, R11
+	VMOVUPS (R11), Y8
+	JMP q8pBR4_loop
+q8pBR4_zero:
 	VPXOR Y5, Y5, Y5
 	VPXOR Y6, Y6, Y6
 	VPXOR Y7, Y7, Y7
@@ -9826,8 +9866,8 @@ q8pBR4_loop:
 	VZEROUPPER
 	RET
 
-// func q8pBR5(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
-TEXT ·q8pBR5(SB), NOSPLIT, $0-64
+// func q8pBR5(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int, add int)
+TEXT ·q8pBR5(SB), NOSPLIT, $0-72
 	MOVQ nb+0(FP), CX
 	MOVQ q+8(FP), SI
 	MOVQ d+16(FP), DI
@@ -9843,6 +9883,21 @@ TEXT ·q8pBR5(SB), NOSPLIT, $0-64
 	MOVL $0x80808080, AX
 	VMOVD AX, X14
 	VPBROADCASTD X14, Y14
+	MOVQ add+64(FP), R11
+	TESTQ R11, R11
+	JEQ q8pBR5_zero
+	MOVQ DX, R11
+	VMOVUPS (R11), Y5
+	ADDQ R10, R11
+	VMOVUPS (R11), Y6
+	ADDQ R10, R11
+	VMOVUPS (R11), Y7
+	ADDQ R10, R11
+	VMOVUPS (R11), Y8
+	ADDQ R10, R11
+	VMOVUPS (R11), Y9
+	JMP q8pBR5_loop
+q8pBR5_zero:
 	VPXOR Y5, Y5, Y5
 	VPXOR Y6, Y6, Y6
 	VPXOR Y7, Y7, Y7
@@ -10116,8 +10171,8 @@ q8pBR5_loop:
 	VZEROUPPER
 	RET
 
-// func q8pVR1(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
-TEXT ·q8pVR1(SB), NOSPLIT, $0-64
+// func q8pVR1(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int, add int)
+TEXT ·q8pVR1(SB), NOSPLIT, $0-72
 	MOVQ nb+0(FP), CX
 	MOVQ q+8(FP), SI
 	MOVQ d+16(FP), DI
@@ -10127,6 +10182,13 @@ TEXT ·q8pVR1(SB), NOSPLIT, $0-64
 	MOVQ c+48(FP), DX
 	MOVQ ldc+56(FP), R10
 	SHLQ $2, R10
+	MOVQ add+64(FP), R11
+	TESTQ R11, R11
+	JEQ q8pVR1_zero
+	MOVQ DX, R11
+	VMOVUPS (R11), Y6
+	JMP q8pVR1_loop
+q8pVR1_zero:
 	VPXOR Y6, Y6, Y6
 q8pVR1_loop:
 	VPBROADCASTD 0(R9), Y0
@@ -10168,8 +10230,8 @@ q8pVR1_loop:
 	VZEROUPPER
 	RET
 
-// func q8pVR2(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
-TEXT ·q8pVR2(SB), NOSPLIT, $0-64
+// func q8pVR2(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int, add int)
+TEXT ·q8pVR2(SB), NOSPLIT, $0-72
 	MOVQ nb+0(FP), CX
 	MOVQ q+8(FP), SI
 	MOVQ d+16(FP), DI
@@ -10179,6 +10241,15 @@ TEXT ·q8pVR2(SB), NOSPLIT, $0-64
 	MOVQ c+48(FP), DX
 	MOVQ ldc+56(FP), R10
 	SHLQ $2, R10
+	MOVQ add+64(FP), R11
+	TESTQ R11, R11
+	JEQ q8pVR2_zero
+	MOVQ DX, R11
+	VMOVUPS (R11), Y6
+	ADDQ R10, R11
+	VMOVUPS (R11), Y7
+	JMP q8pVR2_loop
+q8pVR2_zero:
 	VPXOR Y6, Y6, Y6
 	VPXOR Y7, Y7, Y7
 q8pVR2_loop:
@@ -10244,8 +10315,8 @@ q8pVR2_loop:
 	VZEROUPPER
 	RET
 
-// func q8pVR3(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
-TEXT ·q8pVR3(SB), NOSPLIT, $0-64
+// func q8pVR3(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int, add int)
+TEXT ·q8pVR3(SB), NOSPLIT, $0-72
 	MOVQ nb+0(FP), CX
 	MOVQ q+8(FP), SI
 	MOVQ d+16(FP), DI
@@ -10255,6 +10326,17 @@ TEXT ·q8pVR3(SB), NOSPLIT, $0-64
 	MOVQ c+48(FP), DX
 	MOVQ ldc+56(FP), R10
 	SHLQ $2, R10
+	MOVQ add+64(FP), R11
+	TESTQ R11, R11
+	JEQ q8pVR3_zero
+	MOVQ DX, R11
+	VMOVUPS (R11), Y6
+	ADDQ R10, R11
+	VMOVUPS (R11), Y7
+	ADDQ R10, R11
+	VMOVUPS (R11), Y8
+	JMP q8pVR3_loop
+q8pVR3_zero:
 	VPXOR Y6, Y6, Y6
 	VPXOR Y7, Y7, Y7
 	VPXOR Y8, Y8, Y8
@@ -10344,8 +10426,8 @@ q8pVR3_loop:
 	VZEROUPPER
 	RET
 
-// func q8pVR4(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
-TEXT ·q8pVR4(SB), NOSPLIT, $0-64
+// func q8pVR4(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int, add int)
+TEXT ·q8pVR4(SB), NOSPLIT, $0-72
 	MOVQ nb+0(FP), CX
 	MOVQ q+8(FP), SI
 	MOVQ d+16(FP), DI
@@ -10355,6 +10437,19 @@ TEXT ·q8pVR4(SB), NOSPLIT, $0-64
 	MOVQ c+48(FP), DX
 	MOVQ ldc+56(FP), R10
 	SHLQ $2, R10
+	MOVQ add+64(FP), R11
+	TESTQ R11, R11
+	JEQ q8pVR4_zero
+	MOVQ DX, R11
+	VMOVUPS (R11), Y6
+	ADDQ R10, R11
+	VMOVUPS (R11), Y7
+	ADDQ R10, R11
+	VMOVUPS (R11), Y8
+	ADDQ R10, R11
+	VMOVUPS (R11), Y9
+	JMP q8pVR4_loop
+q8pVR4_zero:
 	VPXOR Y6, Y6, Y6
 	VPXOR Y7, Y7, Y7
 	VPXOR Y8, Y8, Y8
@@ -10468,8 +10563,8 @@ q8pVR4_loop:
 	VZEROUPPER
 	RET
 
-// func q8pVR5(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
-TEXT ·q8pVR5(SB), NOSPLIT, $0-64
+// func q8pVR5(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int, add int)
+TEXT ·q8pVR5(SB), NOSPLIT, $0-72
 	MOVQ nb+0(FP), CX
 	MOVQ q+8(FP), SI
 	MOVQ d+16(FP), DI
@@ -10479,6 +10574,21 @@ TEXT ·q8pVR5(SB), NOSPLIT, $0-64
 	MOVQ c+48(FP), DX
 	MOVQ ldc+56(FP), R10
 	SHLQ $2, R10
+	MOVQ add+64(FP), R11
+	TESTQ R11, R11
+	JEQ q8pVR5_zero
+	MOVQ DX, R11
+	VMOVUPS (R11), Y6
+	ADDQ R10, R11
+	VMOVUPS (R11), Y7
+	ADDQ R10, R11
+	VMOVUPS (R11), Y8
+	ADDQ R10, R11
+	VMOVUPS (R11), Y9
+	ADDQ R10, R11
+	VMOVUPS (R11), Y10
+	JMP q8pVR5_loop
+q8pVR5_zero:
 	VPXOR Y6, Y6, Y6
 	VPXOR Y7, Y7, Y7
 	VPXOR Y8, Y8, Y8
@@ -10616,8 +10726,8 @@ q8pVR5_loop:
 	VZEROUPPER
 	RET
 
-// func q8pVR6(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
-TEXT ·q8pVR6(SB), NOSPLIT, $0-64
+// func q8pVR6(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int, add int)
+TEXT ·q8pVR6(SB), NOSPLIT, $0-72
 	MOVQ nb+0(FP), CX
 	MOVQ q+8(FP), SI
 	MOVQ d+16(FP), DI
@@ -10627,6 +10737,23 @@ TEXT ·q8pVR6(SB), NOSPLIT, $0-64
 	MOVQ c+48(FP), DX
 	MOVQ ldc+56(FP), R10
 	SHLQ $2, R10
+	MOVQ add+64(FP), R11
+	TESTQ R11, R11
+	JEQ q8pVR6_zero
+	MOVQ DX, R11
+	VMOVUPS (R11), Y6
+	ADDQ R10, R11
+	VMOVUPS (R11), Y7
+	ADDQ R10, R11
+	VMOVUPS (R11), Y8
+	ADDQ R10, R11
+	VMOVUPS (R11), Y9
+	ADDQ R10, R11
+	VMOVUPS (R11), Y10
+	ADDQ R10, R11
+	VMOVUPS (R11), Y11
+	JMP q8pVR6_loop
+q8pVR6_zero:
 	VPXOR Y6, Y6, Y6
 	VPXOR Y7, Y7, Y7
 	VPXOR Y8, Y8, Y8

@@ -1459,14 +1459,16 @@ var q8pYRows = map[string]int{"B": 5, "V": 6}
 // AVX2 VPMADDUBSW; "V": AVX-VNNI VPDPBUSD, VEX) for rr activation rows and
 // 8 columns of a weight panel:
 //
-//	func q8p<fam>R<rr>(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
+//	func q8p<fam>R<rr>(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int, add int)
 //
 // q, d, corr: the first row's 32 int8 q, float32 d_a and int32 −128·Σq in
 // block 0 of a q8p activation tile (the rows 32, 4 and 4 bytes apart), the
 // tile's blocks stride bytes apart. w: the panel's block 0 advanced by 4·c0
 // bytes for columns c0..c0+7 (d_w at 0, group g's 8 columns × 4 bytes at
 // 128+128·g); blocks are 1152 bytes apart. c: rr rows of 8 float32, ldc
-// elements apart, overwritten.
+// elements apart, overwritten (add = 0) or accumulated into (add ≠ 0: the
+// float32 accumulators start from c, so that a caller can run the blocks
+// in chunks that stay in L1 with the same sums).
 //
 // Each lane holds one column's exact int32 block sum Σ q_a·q_w:
 //   - B: q_w = stored XOR 0x80; VPMADDUBSW multiplies |q_w| (unsigned,
@@ -1482,8 +1484,8 @@ var q8pYRows = map[string]int{"B": 5, "V": 6}
 func genQ8PY(fam string, rr int) {
 	name := fmt.Sprintf("q8p%sR%d", fam, rr)
 	p("")
-	p("// func %s(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)", name)
-	p("TEXT ·%s(SB), NOSPLIT, $0-64", name)
+	p("// func %s(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int, add int)", name)
+	p("TEXT ·%s(SB), NOSPLIT, $0-72", name)
 	p("\tMOVQ nb+0(FP), CX")
 	p("\tMOVQ q+8(FP), SI")
 	p("\tMOVQ d+16(FP), DI")
@@ -1511,6 +1513,18 @@ func genQ8PY(fam string, rr int) {
 		p("\tVMOVD AX, X14")
 		p("\tVPBROADCASTD X14, Y14")
 	}
+	p("\tMOVQ add+64(FP), R11")
+	p("\tTESTQ R11, R11")
+	p("\tJEQ %s_zero", name)
+	p("\tMOVQ DX, R11")
+	for i := 0; i < rr; i++ {
+		p("\tVMOVUPS (R11), Y%d", F(i))
+		if i < rr-1 {
+			p("\tADDQ R10, R11")
+		}
+	}
+	p("\tJMP %s_loop", name)
+	p("%s_zero:", name)
 	for i := 0; i < rr; i++ {
 		p("\tVPXOR Y%d, Y%d, Y%d", F(i), F(i), F(i))
 	}

@@ -150,39 +150,39 @@ var q8pZ = &q8pKernels{name: "avx512-vnni",
 // R = 1..5 rows) and q8pVR<R> (AVX-VNNI, R = 1..6), 8 columns a call.
 
 //go:noescape
-func q8pBR1(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
+func q8pBR1(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int, add int)
 
 //go:noescape
-func q8pBR2(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
+func q8pBR2(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int, add int)
 
 //go:noescape
-func q8pBR3(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
+func q8pBR3(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int, add int)
 
 //go:noescape
-func q8pBR4(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
+func q8pBR4(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int, add int)
 
 //go:noescape
-func q8pBR5(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
+func q8pBR5(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int, add int)
 
 //go:noescape
-func q8pVR1(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
+func q8pVR1(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int, add int)
 
 //go:noescape
-func q8pVR2(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
+func q8pVR2(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int, add int)
 
 //go:noescape
-func q8pVR3(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
+func q8pVR3(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int, add int)
 
 //go:noescape
-func q8pVR4(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
+func q8pVR4(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int, add int)
 
 //go:noescape
-func q8pVR5(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
+func q8pVR5(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int, add int)
 
 //go:noescape
-func q8pVR6(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
+func q8pVR6(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int, add int)
 
-type q8pYFunc func(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int)
+type q8pYFunc func(nb int, q, d, corr *byte, stride int, w *byte, c *float32, ldc int, add int)
 
 // q8pYFuncs holds the 256-bit kernels by family and rows (nil past the
 // tallest: see q8pYRows in gemm_gen.go).
@@ -191,10 +191,15 @@ var q8pYFuncs = map[string][q8pTile + 1]q8pYFunc{
 	"V": {nil, q8pVR1, q8pVR2, q8pVR3, q8pVR4, q8pVR5, q8pVR6},
 }
 
-// q8pY wraps a 256-bit family as q8pKernels: each tile runs as four
-// passes of 8 columns, its rows in chunks the family has a kernel for
-// (a 6-row tile as 3 + 3 on AVX2). The activations are quantized by the
-// Go model.
+// q8pKChunk is the number of blocks the 256-bit kernels run at a time:
+// the tile's activations (≤ 3.8 KiB) and the panel's weights (18 KiB) of
+// a chunk stay in L1 while its four column passes and row chunks go by.
+const q8pKChunk = 16
+
+// q8pY wraps a 256-bit family as q8pKernels: each tile runs in chunks of
+// q8pKChunk blocks, each as four passes of 8 columns, its rows in chunks
+// the family has a kernel for (a 6-row tile as 3 + 3 on AVX2). The
+// activations are quantized by the Go model.
 func q8pY(name, fam string) *q8pKernels {
 	fs := q8pYFuncs[fam]
 	return &q8pKernels{name: name, quant: quantQ8RowGo,
@@ -206,11 +211,16 @@ func q8pY(name, fam string) *q8pKernels {
 			if fs[r] == nil {
 				chunks = 2
 			}
-			for h := 0; h < chunks; h++ {
-				i0, i1 := h*r/chunks, (h+1)*r/chunks
-				f := fs[i1-i0]
-				for c0 := 0; c0 < q8pCols; c0 += 8 {
-					f(nb, &a[32*i0], &a[32*r+4*i0], &a[36*r+4*i0], q8pActBlock*r, &w[4*c0], &c[i0*ldc+c0], ldc)
+			stride := q8pActBlock * r
+			for kb := 0; kb < nb; kb += q8pKChunk {
+				nk, add := min(q8pKChunk, nb-kb), min(kb, 1)
+				ak, wk := a[kb*stride:], w[kb*q8pBlockBytes:]
+				for h := 0; h < chunks; h++ {
+					i0, i1 := h*r/chunks, (h+1)*r/chunks
+					f := fs[i1-i0]
+					for c0 := 0; c0 < q8pCols; c0 += 8 {
+						f(nk, &ak[32*i0], &ak[32*r+4*i0], &ak[36*r+4*i0], stride, &wk[4*c0], &c[i0*ldc+c0], ldc, add)
+					}
 				}
 			}
 		}}
