@@ -52,6 +52,28 @@ func roundBF16RowGo(dst []uint16, src []float32) {
 func roundBF16F32Row(dst, src []float32) {
 	dst = dst[:len(src)]
 	for i, v := range src {
-		dst[i] = BF16ToF32(roundBF16Go(v))
+		b := math.Float32bits(v)
+		r := (b + 0x7fff + (b>>16)&1) &^ 0xffff // nearest even (Inf stays Inf)
+		if b&0x7f800000 == 0 {                  // zero or denormal: a zero of its sign
+			r = b & 0x80000000
+		}
+		if b&0x7fffffff > 0x7f800000 { // NaN: quiet, as F32ToBF16
+			r = (b | 0x400000) &^ 0xffff
+		}
+		dst[i] = math.Float32frombits(r)
 	}
+}
+
+// roundBF16F32Rows rounds the rows of A (m, k), lda, into dst (m, k) with
+// roundBF16F32Row, split over threads goroutines when it is large.
+func roundBF16F32Rows(dst []float32, m, k int, a []float32, lda, threads int) {
+	if int64(m)*int64(k) < 1<<16 {
+		threads = 1
+	}
+	per := max(1, (m+4*threads-1)/(4*threads))
+	splitChunks(m, per, min(threads, m), func(i0, i1 int) {
+		for i := i0; i < i1; i++ {
+			roundBF16F32Row(dst[i*k:(i+1)*k], a[i*lda:i*lda+k])
+		}
+	})
 }

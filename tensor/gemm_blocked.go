@@ -655,9 +655,7 @@ func (ks *gemmKernels) gemmBF16(m, n, k int, a []float32, lda int, b []uint16, l
 		buf := getBuf[float32]()
 		defer putBuf(buf)
 		buf.a = grow(buf.a, m*k)
-		for i := 0; i < m; i++ {
-			roundBF16F32Row(buf.a[i*k:(i+1)*k], a[i*lda:i*lda+k])
-		}
+		roundBF16F32Rows(buf.a, m, k, a, lda, threads)
 		a, lda = buf.a, k
 	}
 	g := gemmJob{transB: true, m: m, n: n, k: k, alpha: 1, beta: 0,
