@@ -3,6 +3,7 @@ package tensor
 import (
 	"runtime"
 	"sync"
+	"unsafe"
 )
 
 // The blocked GEMM (GotoBLAS/BLIS loop nest), shared by every micro-kernel:
@@ -345,21 +346,18 @@ func packBF32(dst []float32, g *gemmJob, nr, p0, kc, j0, nc int) {
 // widening exactly.
 func packBWiden(dst []float32, g *gemmJob, nr, p0, kc, j0, nc int) {
 	b, ldb := g.bh, g.ldb
+	// Each row segment is widened (vectorized, widenHalf) into a scratch,
+	// then transposed into the panel as packBQuant does.
+	s := quantScratchPool.Get().(*quantScratch)
+	defer quantScratchPool.Put(s)
+	s.f = grow(s.f, nr*kc)
 	for jr := 0; jr < nc; jr += nr {
-		d := dst[jr*kc : (jr+nr)*kc]
 		cols := min(nr, nc-jr)
-		for q := 0; q < cols; q++ {
-			src := b[(j0+jr+q)*ldb+p0:]
-			src = src[:kc]
-			for p, v := range src {
-				d[p*nr+q] = BF16ToF32(v)
-			}
+		for r := 0; r < cols; r++ {
+			row := b[(j0+jr+r)*ldb+p0:][:kc]
+			widenHalf(s.f[r*kc:(r+1)*kc], unsafe.Slice((*byte)(unsafe.Pointer(&row[0])), 2*kc), true)
 		}
-		for q := cols; q < nr; q++ {
-			for p := 0; p < kc; p++ {
-				d[p*nr+q] = 0
-			}
-		}
+		packStrided(dst[jr*kc:(jr+nr)*kc], s.f, 0, kc, cols, nr, kc)
 	}
 }
 
