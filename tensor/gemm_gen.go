@@ -61,6 +61,7 @@ func main() {
 		}
 	}
 	genQuantQ8Row()
+	genQuantQ8RowAVX2()
 	genFMAPeak("fmaPeakAVX2", "Y")
 	genFMAPeak("fmaPeakAVX512", "Z")
 	genTranspose(8)
@@ -1572,6 +1573,91 @@ func genQ8PY(fam string, rr int) {
 			p("\tADDQ R10, DX")
 		}
 	}
+	p("\tVZEROUPPER")
+	p("\tRET")
+}
+
+// genQuantQ8RowAVX2 emits genQuantQ8Row's quantizer with AVX2 only:
+//
+//	func quantQ8RowAVX2(x *float32, nb int, q *byte, d *float32, corr *int32, stride int)
+//
+// The 32 int32 q of a block are packed to bytes by VPACKSSDW/VPACKSSWB,
+// which interleave the 128-bit lanes, and put back in order by VPERMD with
+// the dword index 0, 4, 1, 5, 2, 6, 3, 7.
+func genQuantQ8RowAVX2() {
+	name := "quantQ8RowAVX2"
+	p("")
+	p("// func %s(x *float32, nb int, q *byte, d *float32, corr *int32, stride int)", name)
+	p("TEXT ·%s(SB), NOSPLIT, $0-48", name)
+	p("\tMOVQ x+0(FP), AX")
+	p("\tMOVQ nb+8(FP), CX")
+	p("\tMOVQ q+16(FP), DI")
+	p("\tMOVQ d+24(FP), R9")
+	p("\tMOVQ corr+32(FP), R10")
+	p("\tMOVQ stride+40(FP), R8")
+	p("\tMOVL $0x7fffffff, R11")
+	p("\tVMOVD R11, X15")
+	p("\tVPBROADCASTD X15, Y15")
+	p("\tMOVL $0x42fe0000, R11") // 127.0
+	p("\tVMOVD R11, X14")
+	p("\tVXORPS Y13, Y13, Y13")
+	p("\tMOVQ $0x0703060205010400, R11")
+	p("\tVMOVQ R11, X12")
+	p("\tVPMOVZXBD X12, Y12") // 0, 4, 1, 5, 2, 6, 3, 7
+	p("%s_loop:", name)
+	for v := 0; v < 4; v++ {
+		p("\tVMOVUPS %d(AX), Y%d", 32*v, v)
+	}
+	p("\tVANDPS Y15, Y0, Y4")
+	for v := 1; v < 4; v++ {
+		p("\tVANDPS Y15, Y%d, Y5", v)
+		p("\tVMAXPS Y5, Y4, Y4")
+	}
+	p("\tVEXTRACTF128 $1, Y4, X5")
+	p("\tVMAXPS X5, X4, X4")
+	p("\tVPERMILPS $0x4e, X4, X5")
+	p("\tVMAXPS X5, X4, X4")
+	p("\tVMOVSHDUP X4, X5")
+	p("\tVMAXSS X5, X4, X4")
+	p("\tVDIVSS X14, X4, X5") // d = amax/127
+	p("\tVMOVSS X5, (R9)")
+	p("\tVUCOMISS X13, X4")
+	p("\tJEQ %s_zero", name)
+	p("\tVDIVSS X4, X14, X6") // id = 127/amax
+	p("\tVBROADCASTSS X6, Y6")
+	for v := 0; v < 4; v++ {
+		p("\tVMULPS Y6, Y%d, Y%d", v, v)
+		p("\tVCVTPS2DQ Y%d, Y%d", v, v)
+	}
+	p("\tVPADDD Y1, Y0, Y7")
+	p("\tVPADDD Y3, Y2, Y8")
+	p("\tVPADDD Y8, Y7, Y7")
+	p("\tVEXTRACTI128 $1, Y7, X8")
+	p("\tVPADDD X8, X7, X7")
+	p("\tVPSHUFD $0x4e, X7, X8")
+	p("\tVPADDD X8, X7, X7")
+	p("\tVPSHUFD $0xb1, X7, X8")
+	p("\tVPADDD X8, X7, X7")
+	p("\tVMOVD X7, R11")
+	p("\tSHLL $7, R11")
+	p("\tNEGL R11")
+	p("\tMOVL R11, (R10)")
+	p("\tVPACKSSDW Y1, Y0, Y0")
+	p("\tVPACKSSDW Y3, Y2, Y2")
+	p("\tVPACKSSWB Y2, Y0, Y0")
+	p("\tVPERMD Y0, Y12, Y0")
+	p("\tVMOVDQU Y0, (DI)")
+	p("\tJMP %s_next", name)
+	p("%s_zero:", name)
+	p("\tVMOVDQU Y13, (DI)")
+	p("\tMOVL $0, (R10)")
+	p("%s_next:", name)
+	p("\tADDQ $128, AX")
+	p("\tADDQ R8, DI")
+	p("\tADDQ R8, R9")
+	p("\tADDQ R8, R10")
+	p("\tDECQ CX")
+	p("\tJNE %s_loop", name)
 	p("\tVZEROUPPER")
 	p("\tRET")
 }

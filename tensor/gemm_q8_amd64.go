@@ -124,6 +124,9 @@ func q8pZR6(nb int, a *byte, w *byte, c *float32, ldc int)
 //go:noescape
 func quantQ8RowAVX512(x *float32, nb int, q *byte, d *float32, corr *int32, stride int)
 
+//go:noescape
+func quantQ8RowAVX2(x *float32, nb int, q *byte, d *float32, corr *int32, stride int)
+
 var q8pZFuncs = [q8pTile + 1]func(nb int, a *byte, w *byte, c *float32, ldc int){nil, q8pZR1, q8pZR2, q8pZR3, q8pZR4, q8pZR5, q8pZR6}
 
 // q8pZ is the AVX512_VNNI packed int8 GEMM. The slices are bounds-checked
@@ -135,16 +138,22 @@ var q8pZ = &q8pKernels{name: "avx512-vnni",
 		_ = c[(r-1)*ldc+q8pCols-1]
 		q8pZFuncs[r](nb, &a[0], &w[0], &c[0], ldc)
 	},
-	quant: func(x []float32, tile []byte, r, h int) {
+	quant: quantQ8RowAsm(quantQ8RowAVX512)}
+
+// quantQ8RowAsm wraps an activation quantizer kernel as q8pKernels.quant.
+func quantQ8RowAsm(f func(x *float32, nb int, q *byte, d *float32, corr *int32, stride int)) func(x []float32, tile []byte, r, h int) {
+	return func(x []float32, tile []byte, r, h int) {
 		nb := len(x) / 32
 		if nb == 0 {
 			return
 		}
 		stride := q8pActBlock * h
+		_ = x[32*nb-1]
 		_ = tile[(nb-1)*stride+36*h+4*r+3]
-		quantQ8RowAVX512(&x[0], nb, &tile[32*r], (*float32)(unsafe.Pointer(&tile[32*h+4*r])),
+		f(&x[0], nb, &tile[32*r], (*float32)(unsafe.Pointer(&tile[32*h+4*r])),
 			(*int32)(unsafe.Pointer(&tile[36*h+4*r])), stride)
-	}}
+	}
+}
 
 // The 256-bit packed int8 kernels (genQ8PY): q8pBR<R> (AVX2 VPMADDUBSW,
 // R = 1..5 rows) and q8pVR<R> (AVX-VNNI, R = 1..6), 8 columns a call.
@@ -199,10 +208,10 @@ const q8pKChunk = 16
 // q8pY wraps a 256-bit family as q8pKernels: each tile runs in chunks of
 // q8pKChunk blocks, each as four passes of 8 columns, its rows in chunks
 // the family has a kernel for (a 6-row tile as 3 + 3 on AVX2). The
-// activations are quantized by the Go model.
+// activations are quantized with AVX2 (quantQ8RowAVX2).
 func q8pY(name, fam string) *q8pKernels {
 	fs := q8pYFuncs[fam]
-	return &q8pKernels{name: name, quant: quantQ8RowGo,
+	return &q8pKernels{name: name, quant: quantQ8RowAsm(quantQ8RowAVX2),
 		tile: func(nb int, a []byte, r int, w []byte, c []float32, ldc int) {
 			_ = a[nb*r*q8pActBlock-1]
 			_ = w[nb*q8pBlockBytes-1]
