@@ -63,27 +63,26 @@ type gemmBuf[T float32 | uint16] struct {
 	tile []float32
 }
 
-var (
-	bufPoolF32  = sync.Pool{New: func() any { return new(gemmBuf[float32]) }}
-	bufPoolBF16 = sync.Pool{New: func() any { return new(gemmBuf[uint16]) }}
-)
+// elemPools are two pools of one scratch type, one per element type of the
+// kernels: float32 and bf16 bits.
+type elemPools struct{ f32, bf16 sync.Pool }
 
-func getBuf[T float32 | uint16]() *gemmBuf[T] {
+// poolOf is p's pool for elements of type T.
+func poolOf[T float32 | uint16](p *elemPools) *sync.Pool {
 	var z T
 	if _, ok := any(z).(float32); ok {
-		return bufPoolF32.Get().(*gemmBuf[T])
+		return &p.f32
 	}
-	return bufPoolBF16.Get().(*gemmBuf[T])
+	return &p.bf16
 }
 
-func putBuf[T float32 | uint16](b *gemmBuf[T]) {
-	var z T
-	if _, ok := any(z).(float32); ok {
-		bufPoolF32.Put(b)
-		return
-	}
-	bufPoolBF16.Put(b)
+var bufPools = elemPools{
+	f32:  sync.Pool{New: func() any { return new(gemmBuf[float32]) }},
+	bf16: sync.Pool{New: func() any { return new(gemmBuf[uint16]) }},
 }
+
+func getBuf[T float32 | uint16]() *gemmBuf[T]  { return poolOf[T](&bufPools).Get().(*gemmBuf[T]) }
+func putBuf[T float32 | uint16](b *gemmBuf[T]) { poolOf[T](&bufPools).Put(b) }
 
 func grow[T any](s []T, n int) []T {
 	if cap(s) < n {

@@ -92,27 +92,15 @@ func (b *barrier) await(gen uint64) {
 // sharedBufs is the double-buffered B block of one runSharedB call.
 type sharedBufs[T float32 | uint16] struct{ b [2][]T }
 
-var (
-	sharedPoolF32  = sync.Pool{New: func() any { return new(sharedBufs[float32]) }}
-	sharedPoolBF16 = sync.Pool{New: func() any { return new(sharedBufs[uint16]) }}
-)
+var sharedPools = elemPools{
+	f32:  sync.Pool{New: func() any { return new(sharedBufs[float32]) }},
+	bf16: sync.Pool{New: func() any { return new(sharedBufs[uint16]) }},
+}
 
 func getShared[T float32 | uint16]() *sharedBufs[T] {
-	var z T
-	if _, ok := any(z).(float32); ok {
-		return sharedPoolF32.Get().(*sharedBufs[T])
-	}
-	return sharedPoolBF16.Get().(*sharedBufs[T])
+	return poolOf[T](&sharedPools).Get().(*sharedBufs[T])
 }
-
-func putShared[T float32 | uint16](s *sharedBufs[T]) {
-	var z T
-	if _, ok := any(z).(float32); ok {
-		sharedPoolF32.Put(s)
-		return
-	}
-	sharedPoolBF16.Put(s)
-}
+func putShared[T float32 | uint16](s *sharedBufs[T]) { poolOf[T](&sharedPools).Put(s) }
 
 // runSharedB computes the whole job with kernel kn on threads goroutines
 // (the caller's and threads-1 others) in the shared-B schedule.

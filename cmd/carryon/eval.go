@@ -120,29 +120,12 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *store == "" {
 		*store = filepath.Join(*cache, "adaptors")
 	}
-	m, err := model.Open(*modelFlag, model.OpenOptions{CacheDir: *cache})
+	set, err := openInference(*modelFlag, model.OpenOptions{CacheDir: *cache}, *adaptors, *store, *mixFlag)
 	if err != nil {
 		return err
 	}
-	base, tok := m.Base, m.Tokenizer
-	defer base.Close()
-	stages, err := loadAdaptors(*adaptors, *store, base)
-	if err != nil {
-		return err
-	}
-	cos := carryon.Models(stages)
-	mix, closeMix, err := openMixBases(*mixFlag, *modelFlag, tok, model.LoadOptions{})
-	if err != nil {
-		return err
-	}
-	defer closeMix()
-	if err := carryon.CheckMix(base, mix, cos); err != nil {
-		return err
-	}
-	maxLen := base.Config.MaxPos
-	for _, m := range mix {
-		maxLen = min(maxLen, m.Config.MaxPos)
-	}
+	defer set.Close()
+	base, tok, stages, cos, mix, maxLen := set.Base, set.Tokenizer, set.Stages, set.Models, set.Mix, set.MaxLen()
 	recs, skipped, err := readQA(*data, *limit)
 	if err != nil {
 		return err

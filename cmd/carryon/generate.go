@@ -25,6 +25,59 @@ func defaultStoreDir() string {
 	return coordinator.StoreDir(filepath.Join(model.DefaultCacheDir(), "coordinator"))
 }
 
+// inference is what generate and eval run: a base with its tokenizer, the
+// adaptor chain made for it (--adaptor), and the further bases of a
+// mixture (--mix), checked to be exactly those the chain reads.
+type inference struct {
+	*model.Opened
+	Stages   []carryon.Stage
+	Models   []*carryon.Model // the stages' carry-ons, in order
+	Mix      []*model.Base
+	closeMix func()
+}
+
+// openInference opens --model (with oo), the adaptors of list (files or
+// CIDs in storeDir) and the bases of mixList, and checks that they fit.
+func openInference(spec string, oo model.OpenOptions, list, storeDir, mixList string) (*inference, error) {
+	m, err := model.Open(spec, oo)
+	if err != nil {
+		return nil, err
+	}
+	in := &inference{Opened: m, closeMix: func() {}}
+	fail := func(err error) (*inference, error) {
+		in.Close()
+		return nil, err
+	}
+	if in.Stages, err = loadAdaptors(list, storeDir, m.Base); err != nil {
+		return fail(err)
+	}
+	in.Models = carryon.Models(in.Stages)
+	mix, closeMix, err := openMixBases(mixList, spec, m.Tokenizer, oo.Load)
+	if err != nil {
+		return fail(err) // openMixBases left none open
+	}
+	in.Mix, in.closeMix = mix, closeMix
+	if err := carryon.CheckMix(m.Base, in.Mix, in.Models); err != nil {
+		return fail(err)
+	}
+	return in, nil
+}
+
+// MaxLen is the longest sequence every base of in can read.
+func (in *inference) MaxLen() int {
+	n := in.Base.Config.MaxPos
+	for _, m := range in.Mix {
+		n = min(n, m.Config.MaxPos)
+	}
+	return n
+}
+
+// Close closes the bases.
+func (in *inference) Close() {
+	in.closeMix()
+	in.Base.Close()
+}
+
 // loadAdaptors resolves a comma-separated list of adaptor files or CIDs
 // (looked up in the store at storeDir), in stage order, and checks that
 // each was made for base and that each boosting stage follows its parent.
@@ -132,26 +185,13 @@ func generate(ctx context.Context, name string, args []string, stdout, stderr io
 	if err := opt.SampleOptions().Validate(); err != nil {
 		return err
 	}
-	opened, err := model.Open(*modelFlag, model.OpenOptions{})
+	set, err := openInference(*modelFlag, model.OpenOptions{}, *adaptors, *store, *mixFlag)
 	if err != nil {
 		return err
 	}
-	base, tok, modelName := opened.Base, opened.Tokenizer, opened.Name
-	defer base.Close()
-	stages, err := loadAdaptors(*adaptors, *store, base)
-	if err != nil {
-		return err
-	}
-	co := carryon.Models(stages)
-	mix, closeMix, err := openMixBases(*mixFlag, *modelFlag, tok, model.LoadOptions{})
-	if err != nil {
-		return err
-	}
-	defer closeMix()
-	if err := carryon.CheckMix(base, mix, co); err != nil {
-		return err
-	}
-	opt.Mix = mix
+	defer set.Close()
+	base, tok, modelName, co, maxLen := set.Base, set.Tokenizer, set.Name, set.Models, set.MaxLen()
+	opt.Mix = set.Mix
 	report := func(r serve.StreamResult) {
 		if *stats {
 			fmt.Fprintf(stderr, "[%d prompt tokens, %d generated (%s); first token after %s, then %.1f tokens/s]\n",
@@ -177,7 +217,7 @@ func generate(ctx context.Context, name string, args []string, stdout, stderr io
 	}
 
 	// Chat: a line per message; the conversation is kept.
-	conv := serve.NewConversation(tok, *system, base.Config.MaxPos)
+	conv := serve.NewConversation(tok, *system, maxLen)
 	fmt.Fprintf(stderr, "chat with %s (%d adaptor stages); one message per line; /reset starts over, /bye or Ctrl-D ends\n", modelName, len(co))
 	lines := make(chan string)
 	readErr := make(chan error, 1)
@@ -214,7 +254,7 @@ func generate(ctx context.Context, name string, args []string, stdout, stderr io
 		case "/bye", "/exit":
 			return nil
 		case "/reset":
-			conv = serve.NewConversation(tok, *system, base.Config.MaxPos)
+			conv = serve.NewConversation(tok, *system, maxLen)
 			fmt.Fprintln(stderr, "(the conversation starts over)")
 			continue
 		}
@@ -228,7 +268,7 @@ func generate(ctx context.Context, name string, args []string, stdout, stderr io
 			return err
 		}
 		if n := conv.Dropped() - dropped; n > 0 {
-			fmt.Fprintf(stderr, "(dropped the %d oldest messages to fit the context of %d tokens)\n", n, base.Config.MaxPos)
+			fmt.Fprintf(stderr, "(dropped the %d oldest messages to fit the context of %d tokens)\n", n, maxLen)
 		}
 		o := opt
 		o.Stop, o.Seed = stopIDs, *seed+uint64(turn-1)
