@@ -11,7 +11,7 @@ import (
 
 func runAdd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("add", "FILE... [--store DIR]", stderr)
-	store := fs.String("store", defaultStoreDir(), "block store to add to (served by 'carryon coordinator', 'carryon node' and 'carryon serve' on it)")
+	store := fs.String("store", defaultStoreDir(), "block store to add to (the coordinator's, served by 'carryon coordinator' and 'carryon serve'; a node serves the store of its --store flag)")
 	onlyHash := fs.Bool("only-hash", false, "print the CIDs without storing anything")
 	if err := fs.Parse(args); err != nil {
 		return err

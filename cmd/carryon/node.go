@@ -37,7 +37,7 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	cacheDir := fs.String("cache", model.DefaultCacheDir(), "where the default model is kept")
 	state := fs.String("state", filepath.Join(model.DefaultCacheDir(), "node"), "the node's state directory: its peer identity (identity.key), so the node keeps its peer ID across restarts; one running node per directory")
 	metricsAddr := fs.String("metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9100); empty: none")
-	store := fs.String("store", defaultStoreDir(), "block store of adaptors this node serves to the swarm (and to Kubo) over bitswap")
+	store := fs.String("store", "", "block store of adaptors this node serves to the swarm (and to Kubo) over bitswap (default: ipfs/ in --state; a flatfs store is one process's: never the coordinator's or another node's)")
 	pin := fs.String("pin", "", "comma-separated adaptor CIDs to fetch (if missing), keep and provide in the DHT, so they outlive the coordinator")
 	pinFile := fs.String("pin-file", "", "a file of adaptor CIDs to keep like --pin, one per line (# starts a comment)")
 	limits := addNodeLimitFlags(fs)
@@ -66,6 +66,9 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	defer j.close()
 	if err := j.followRoster(ctx, stdout, "", log); err != nil {
 		return err
+	}
+	if *store == "" {
+		*store = filepath.Join(*state, "ipfs")
 	}
 	blocks, err := swarm.OpenBlocks(*store)
 	if err != nil {
