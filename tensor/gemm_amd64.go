@@ -97,6 +97,7 @@ var (
 func (ks *gemmKernels) withGemv(f gemvFunc) *gemmKernels {
 	ks.gemv = f
 	ks.gemvN = gemvStreamsAVX2
+	ks.dotRows = dotRowsAVX2
 	ks.gemvWays = [5]int{1, 4, 2, 2, 2}
 	return ks
 }
@@ -185,6 +186,17 @@ func gemvZR4S2(ku int, a *float32, lda int, b *float32, bs int, out *float32, ld
 
 //go:noescape
 func dotRowsZ(k int, a *float32, b *float32, ldb int, n int, out *float32)
+
+//go:noescape
+func dotRowsY(k int, a *float32, b *float32, ldb int, n int, out *float32)
+
+// dotRowsAVX2 is dotRowsFunc with the AVX2 kernel.
+func dotRowsAVX2(k int, a, b []float32, ldb, n int, out []float32) {
+	_ = a[k-1]
+	_ = b[(4*n-1)*ldb+k-1]
+	_ = out[4*n-1]
+	dotRowsY(k, &a[0], &b[0], ldb, n, &out[0])
+}
 
 // dotRowsAVX512 is dotRowsFunc with the AVX-512 kernel.
 func dotRowsAVX512(k int, a, b []float32, ldb, n int, out []float32) {

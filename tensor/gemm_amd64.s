@@ -1898,6 +1898,84 @@ dotRowsZ_done:
 	VZEROUPPER
 	RET
 
+// func dotRowsY(k int, a *float32, b *float32, ldb int, n int, out *float32)
+TEXT ·dotRowsY(SB), NOSPLIT, $0-48
+	MOVQ a+8(FP), SI
+	MOVQ b+16(FP), R8
+	MOVQ ldb+24(FP), AX
+	SHLQ $2, AX
+	MOVQ n+32(FP), BX
+	MOVQ out+40(FP), DI
+	MOVQ BX, R14
+	SHLQ $2, R14
+	MOVQ AX, R12
+	IMULQ BX, R12
+	LEAQ (R8)(R12*1), R9
+	LEAQ (R9)(R12*1), R10
+	LEAQ (R10)(R12*1), R11
+	LEAQ (R14)(R14*2), R15
+dotRowsY_rows:
+	TESTQ BX, BX
+	JEQ dotRowsY_done
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+	MOVQ k+0(FP), CX
+	XORQ DX, DX
+dotRowsY_loop2:
+	CMPQ CX, $16
+	JLT dotRowsY_loop1
+	VMOVUPS 0(SI)(DX*1), Y8
+	VMOVUPS 32(SI)(DX*1), Y9
+	VFMADD231PS 0(R8)(DX*1), Y8, Y0
+	VFMADD231PS 0(R9)(DX*1), Y8, Y1
+	VFMADD231PS 0(R10)(DX*1), Y8, Y2
+	VFMADD231PS 0(R11)(DX*1), Y8, Y3
+	VFMADD231PS 32(R8)(DX*1), Y9, Y4
+	VFMADD231PS 32(R9)(DX*1), Y9, Y5
+	VFMADD231PS 32(R10)(DX*1), Y9, Y6
+	VFMADD231PS 32(R11)(DX*1), Y9, Y7
+	ADDQ $64, DX
+	SUBQ $16, CX
+	JMP dotRowsY_loop2
+dotRowsY_loop1:
+	TESTQ CX, CX
+	JEQ dotRowsY_reduce
+	VMOVUPS (SI)(DX*1), Y8
+	VFMADD231PS (R8)(DX*1), Y8, Y0
+	VFMADD231PS (R9)(DX*1), Y8, Y1
+	VFMADD231PS (R10)(DX*1), Y8, Y2
+	VFMADD231PS (R11)(DX*1), Y8, Y3
+dotRowsY_reduce:
+	VADDPS Y4, Y0, Y0
+	VADDPS Y5, Y1, Y1
+	VADDPS Y6, Y2, Y2
+	VADDPS Y7, Y3, Y3
+	VHADDPS Y1, Y0, Y0
+	VHADDPS Y3, Y2, Y2
+	VHADDPS Y2, Y0, Y0
+	VEXTRACTF128 $1, Y0, X1
+	VADDPS X1, X0, X0
+	VMOVSS X0, (DI)
+	VEXTRACTPS $1, X0, (DI)(R14*1)
+	VEXTRACTPS $2, X0, (DI)(R14*2)
+	VEXTRACTPS $3, X0, (DI)(R15*1)
+	ADDQ $4, DI
+	ADDQ AX, R8
+	ADDQ AX, R9
+	ADDQ AX, R10
+	ADDQ AX, R11
+	DECQ BX
+	JMP dotRowsY_rows
+dotRowsY_done:
+	VZEROUPPER
+	RET
+
 // func gemvZR1S1(ku int, a *float32, lda int, b *float32, bs int, out *float32, ldo int, os int, add int)
 TEXT ·gemvZR1S1(SB), NOSPLIT, $0-72
 	MOVQ ku+0(FP), CX

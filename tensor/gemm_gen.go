@@ -38,7 +38,8 @@ func main() {
 	genGemvStreams(1, 4)
 	genGemvStreams(1, 2)
 	genGemvStreams(2, 2)
-	genDotRowsZ()
+	genDotRows("Z")
+	genDotRows("Y")
 	for _, rs := range gemvZShapes {
 		genGemvZ(rs[0], rs[1])
 	}
@@ -661,19 +662,24 @@ func genGemvStreams(rows, ns int) {
 	p("\tRET")
 }
 
-// genDotRowsZ emits the AVX-512 decode product with a row-major weight
-// (the LM head read in place), on four distant runs of rows at once:
+// genDotRows emits the decode product with a row-major weight (the LM
+// head read in place), on four distant runs of rows at once, with AVX-512
+// (R "Z": dotRowsZ) or AVX2 (R "Y": dotRowsY):
 //
-//	func dotRowsZ(k int, a *float32, b *float32, ldb int, n int, out *float32)
+//	func dotRows<R>(k int, a *float32, b *float32, ldb int, n int, out *float32)
 //
 // out[s·n+j] = Σ_{p<k} a[p]·b[(s·n+j)·ldb+p] for s < 4, j < n; k a multiple
-// of 16. Each step takes one row of each run (four sequential memory
+// of 16 (Z) or 8 (Y). Each step takes one row of each run (four sequential memory
 // streams, as the gemv kernels' segments), two accumulators per row (even
 // and odd 16-float chunks: eight FMA chains), the A chunk loaded once for
 // the four; the four sums are reduced together (as genDot4). One call
 // covers a thread's whole share of rows, so no Go code runs per row.
-func genDotRowsZ() {
-	const name = "dotRowsZ"
+func genDotRows(R string) {
+	name := "dotRows" + R
+	w, lanes, ar := 64, 16, 16 // vector bytes, floats, first A register
+	if R == "Y" {
+		w, lanes, ar = 32, 8, 8
+	}
 	p("")
 	p("// func %s(k int, a *float32, b *float32, ldb int, n int, out *float32)", name)
 	p("TEXT ·%s(SB), NOSPLIT, $0-48", name)
@@ -696,36 +702,42 @@ func genDotRowsZ() {
 	p("\tTESTQ BX, BX")
 	p("\tJEQ %s_done", name)
 	for r := 0; r < 8; r++ {
-		p("\tVPXORD Z%d, Z%d, Z%d", r, r, r)
+		if R == "Z" {
+			p("\tVPXORD Z%d, Z%d, Z%d", r, r, r)
+		} else {
+			p("\tVXORPS Y%d, Y%d, Y%d", r, r, r)
+		}
 	}
 	p("\tMOVQ k+0(FP), CX")
 	p("\tXORQ DX, DX") // byte offset along k
 	p("%s_loop2:", name)
-	p("\tCMPQ CX, $32")
+	p("\tCMPQ CX, $%d", 2*lanes)
 	p("\tJLT %s_loop1", name)
 	for u := 0; u < 2; u++ {
-		p("\tVMOVUPS %d(SI)(DX*1), Z%d", 64*u, 16+u)
+		p("\tVMOVUPS %d(SI)(DX*1), %s%d", w*u, R, ar+u)
 	}
 	for u := 0; u < 2; u++ {
 		for q := 0; q < 4; q++ {
-			p("\tVFMADD231PS %d%s, Z%d, Z%d", 64*u, rows[q], 16+u, q+4*u)
+			p("\tVFMADD231PS %d%s, %s%d, %s%d", w*u, rows[q], R, ar+u, R, q+4*u)
 		}
 	}
-	p("\tADDQ $128, DX")
-	p("\tSUBQ $32, CX")
+	p("\tADDQ $%d, DX", 2*w)
+	p("\tSUBQ $%d, CX", 2*lanes)
 	p("\tJMP %s_loop2", name)
 	p("%s_loop1:", name)
 	p("\tTESTQ CX, CX")
 	p("\tJEQ %s_reduce", name)
-	p("\tVMOVUPS (SI)(DX*1), Z16")
+	p("\tVMOVUPS (SI)(DX*1), %s%d", R, ar)
 	for q := 0; q < 4; q++ {
-		p("\tVFMADD231PS %s, Z16, Z%d", rows[q], q)
+		p("\tVFMADD231PS %s, %s%d, %s%d", rows[q], R, ar, R, q)
 	}
 	p("%s_reduce:", name)
 	for q := 0; q < 4; q++ {
-		p("\tVADDPS Z%d, Z%d, Z%d", q+4, q, q)
-		p("\tVEXTRACTF64X4 $1, Z%d, Y%d", q, q+4)
-		p("\tVADDPS Y%d, Y%d, Y%d", q+4, q, q)
+		p("\tVADDPS %s%d, %s%d, %s%d", R, q+4, R, q, R, q)
+		if R == "Z" {
+			p("\tVEXTRACTF64X4 $1, Z%d, Y%d", q, q+4)
+			p("\tVADDPS Y%d, Y%d, Y%d", q+4, q, q)
+		}
 	}
 	p("\tVHADDPS Y1, Y0, Y0")
 	p("\tVHADDPS Y3, Y2, Y2")

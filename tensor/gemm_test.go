@@ -453,3 +453,36 @@ func TestGemmAsmGenerated(t *testing.T) {
 		t.Fatalf("AVX512_BF16 encodings differ from GNU as:\n got %v\nwant %v", gotBytes, wantBytes)
 	}
 }
+
+// TestDotRows checks each kernel set's one-row product with a row-major
+// B (the decode LM head) against float64, on k multiples of 16 and runs
+// of one or more rows.
+func TestDotRows(t *testing.T) {
+	rng := rand.New(rand.NewPCG(41, 3))
+	tested := 0
+	for _, ks := range gemmAvailable {
+		if ks.dotRows == nil {
+			continue
+		}
+		tested++
+		for _, k := range []int{16, 32, 48, 80, 896} {
+			for _, n := range []int{1, 3, 8} {
+				ldb := k + 8
+				a, b := gemmRandSlice(rng, k), gemmRandSlice(rng, 4*n*ldb)
+				out := make([]float32, 4*n)
+				ks.dotRows(k, a, b, ldb, n, out)
+				for j := range out {
+					var want, mag float64
+					for p := 0; p < k; p++ {
+						v := float64(a[p]) * float64(b[j*ldb+p])
+						want, mag = want+v, mag+math.Abs(v)
+					}
+					if e := math.Abs(float64(out[j]) - want); !(e <= float64(k)*gemmEps*mag) {
+						t.Fatalf("%s k=%d n=%d: out[%d] = %g, want %g", ks.name, k, n, j, out[j], want)
+					}
+				}
+			}
+		}
+	}
+	t.Logf("%d kernel sets with dotRows", tested)
+}
