@@ -51,6 +51,14 @@ func roundBF16RowGo(dst []uint16, src []float32) {
 // that every path multiplies the same bf16 values.
 func roundBF16F32Row(dst, src []float32) {
 	dst = dst[:len(src)]
+	n := roundBF16F32Vec(dst, src) // the AVX2 kernel's share (round_amd64.s)
+	roundBF16F32RowGo(dst[n:], src[n:])
+}
+
+// roundBF16F32RowGo is roundBF16F32Row in Go: the reference of its vector
+// kernel.
+func roundBF16F32RowGo(dst, src []float32) {
+	dst = dst[:len(src)]
 	for i, v := range src {
 		b := math.Float32bits(v)
 		r := (b + 0x7fff + (b>>16)&1) &^ 0xffff // nearest even (Inf stays Inf)

@@ -95,3 +95,55 @@ func TestGemmBF16PathsAgree(t *testing.T) {
 		t.Errorf("paths differ by %.3g > %g", worstPair, bound)
 	}
 }
+
+// TestRoundBF16F32Row checks roundBF16F32Row (its vector kernel where the
+// CPU has one, the Go loop for the tail) bit for bit against the Go loop
+// on every length up to 41 and on the values where rounding has cases:
+// ties to even either way, the carry into the exponent, overflow to Inf,
+// zeros, denormals, Inf and NaNs of both signs.
+func TestRoundBF16F32Row(t *testing.T) {
+	special := []uint32{
+		0x3f808000, 0x3f818000, 0x3f817fff, 0x3f808001, // ties down and up, just below and above a tie
+		0x3fffffff, 0x7f7fffff, 0xff7fffff, // the carry into the exponent; the largest finite rounds to Inf
+		0x00000000, 0x80000000, 0x00000001, 0x807fffff, 0x00400000, // zeros and denormals
+		0x00800000, 0x80800000, // the smallest normals
+		0x7f800000, 0xff800000, // Inf
+		0x7fc00000, 0xffc00001, 0x7f800001, 0xff812345, // quiet and signalling NaNs
+	}
+	// The reference itself: a tie with an odd kept bit rounds up, one with
+	// an even kept bit down; a denormal becomes a zero of its sign.
+	for in, want := range map[uint32]uint32{0x3f818000: 0x3f820000, 0x3f808000: 0x3f800000, 0x807fffff: 0x80000000, 0x7f800001: 0x7fc00000} {
+		got := []float32{0}
+		roundBF16F32RowGo(got, []float32{math.Float32frombits(in)})
+		if b := math.Float32bits(got[0]); b != want {
+			t.Fatalf("roundBF16F32RowGo(%#08x) = %#08x, want %#08x", in, b, want)
+		}
+	}
+	rng := rand.New(rand.NewPCG(7, 1))
+	for n := 0; n <= 41; n++ {
+		src := make([]float32, n)
+		for i := range src {
+			switch rng.IntN(3) {
+			case 0:
+				src[i] = math.Float32frombits(special[rng.IntN(len(special))])
+			case 1:
+				src[i] = math.Float32frombits(rng.Uint32()) // any bit pattern
+			default:
+				src[i] = float32(rng.NormFloat64() * math.Pow(10, float64(rng.IntN(9)-4)))
+			}
+		}
+		got, want := make([]float32, n), make([]float32, n)
+		roundBF16F32Row(got, src)
+		roundBF16F32RowGo(want, src)
+		for i := range src {
+			if g, w := math.Float32bits(got[i]), math.Float32bits(want[i]); g != w {
+				t.Fatalf("n=%d: value %d (%#08x) rounds to %#08x, want %#08x (the Go loop's)", n, i, math.Float32bits(src[i]), g, w)
+			}
+		}
+	}
+	if n := roundBF16F32Vec(make([]float32, 16), make([]float32, 16)); n != 0 && n != 16 {
+		t.Fatalf("the vector kernel rounded %d of 16 values", n)
+	} else {
+		t.Logf("the vector kernel rounds %d of 16 values (0: none in this build or on this CPU)", n)
+	}
+}
