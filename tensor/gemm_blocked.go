@@ -193,13 +193,11 @@ func blockedRect[T float32 | uint16](g *gemmJob, kn *tileKernel[T], i0, i1, j0, 
 		buf.b = grow(buf.b, ncMax*kcMax)
 	}
 	buf.tile = grow(buf.tile, mr*nr)
-	c, ldc := g.c, g.ldc
 	for jc := j0; jc < j1; jc += kn.nc {
 		ncur := min(kn.nc, j1-jc)
 		for pc := 0; pc < g.k; pc += kn.kc {
 			kcur := min(kn.kc, g.k-pc)
 			kpad := roundUp(kcur, ks) // packed depth in elements
-			ku := kpad / ks
 			beta := g.beta
 			if pc > 0 {
 				beta = 1
@@ -213,22 +211,32 @@ func blockedRect[T float32 | uint16](g *gemmJob, kn *tileKernel[T], i0, i1, j0, 
 			for ic := i0; ic < i1; ic += kn.mc {
 				mcur := min(kn.mc, i1-ic)
 				kn.packA(buf.a, g, mr, ic, mcur, pc, kcur)
-				for jr := 0; jr < ncur; jr += nr {
-					bp := bb[jr*kpad : (jr+nr)*kpad]
-					nrem := min(nr, ncur-jr)
-					for ir := 0; ir < mcur; ir += mr {
-						ap := buf.a[ir*kpad : (ir+mr)*kpad]
-						mrem := min(mr, mcur-ir)
-						off := (ic+ir)*ldc + jc + jr
-						if mrem == mr && nrem == nr {
-							kn.micro(ku, ap, bp, c[off:], ldc, g.alpha, beta)
-							continue
-						}
-						kn.micro(ku, ap, bp, buf.tile, nr, 1, 0)
-						mergeTile(c[off:], ldc, buf.tile, nr, mrem, nrem, g.alpha, beta)
-					}
-				}
+				kn.runPanels(g, buf, bb, kpad, beta, ic, mcur, jc, ncur, 0, ncur)
 			}
+		}
+	}
+}
+
+// runPanels computes C[ic:ic+mcur, jc+j0:jc+j1] (+)= the packed A block in
+// buf.a · the B micro-panels [j0, j1) of bb (a block of ncur columns from
+// jc, packed depth kpad), tile by tile; edge tiles go through buf.tile.
+// beta scales C (1 after the first k block).
+func (kn *tileKernel[T]) runPanels(g *gemmJob, buf *gemmBuf[T], bb []T, kpad int, beta float32, ic, mcur, jc, ncur, j0, j1 int) {
+	mr, nr, ku := kn.mr, kn.nr, kpad/kn.kstep
+	c, ldc := g.c, g.ldc
+	for jr := j0; jr < j1; jr += nr {
+		bp := bb[jr*kpad : (jr+nr)*kpad]
+		nrem := min(nr, ncur-jr)
+		for ir := 0; ir < mcur; ir += mr {
+			ap := buf.a[ir*kpad : (ir+mr)*kpad]
+			mrem := min(mr, mcur-ir)
+			off := (ic+ir)*ldc + jc + jr
+			if mrem == mr && nrem == nr {
+				kn.micro(ku, ap, bp, c[off:], ldc, g.alpha, beta)
+				continue
+			}
+			kn.micro(ku, ap, bp, buf.tile, nr, 1, 0)
+			mergeTile(c[off:], ldc, buf.tile, nr, mrem, nrem, g.alpha, beta)
 		}
 	}
 }

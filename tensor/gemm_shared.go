@@ -139,7 +139,6 @@ func sharedBWorker[T float32 | uint16](g *gemmJob, kn *tileKernel[T], sh *shared
 	defer putBuf(buf)
 	buf.a = grow(buf.a, min(kn.mc, roundUp(max(i1-i0, 1), mr))*min(kn.kc, roundUp(g.k, ks)))
 	buf.tile = grow(buf.tile, mr*nr)
-	c, ldc := g.c, g.ldc
 	block := 0
 	for jc := 0; jc < g.n; jc += kn.nc {
 		ncur := min(kn.nc, g.n-jc)
@@ -147,7 +146,6 @@ func sharedBWorker[T float32 | uint16](g *gemmJob, kn *tileKernel[T], sh *shared
 		for pc := 0; pc < g.k; pc += kn.kc {
 			kcur := min(kn.kc, g.k-pc)
 			kpad := roundUp(kcur, ks)
-			ku := kpad / ks
 			beta := g.beta
 			if pc > 0 {
 				beta = 1
@@ -162,21 +160,7 @@ func sharedBWorker[T float32 | uint16](g *gemmJob, kn *tileKernel[T], sh *shared
 			gen := bar.arrive()
 			// C[ic:ic+mcur, jc+j0:jc+j1] (+)= A block · B panels [j0, j1)
 			run := func(ic, mcur, j0, j1 int) {
-				for jr := j0; jr < j1; jr += nr {
-					bp := bb[jr*kpad : (jr+nr)*kpad]
-					nrem := min(nr, ncur-jr)
-					for ir := 0; ir < mcur; ir += mr {
-						ap := buf.a[ir*kpad : (ir+mr)*kpad]
-						mrem := min(mr, mcur-ir)
-						off := (ic+ir)*ldc + jc + jr
-						if mrem == mr && nrem == nr {
-							kn.micro(ku, ap, bp, c[off:], ldc, g.alpha, beta)
-							continue
-						}
-						kn.micro(ku, ap, bp, buf.tile, nr, 1, 0)
-						mergeTile(c[off:], ldc, buf.tile, nr, mrem, nrem, g.alpha, beta)
-					}
-				}
+				kn.runPanels(g, buf, bb, kpad, beta, ic, mcur, jc, ncur, j0, j1)
 			}
 			waited := false
 			for ic := i0; ic < i1; ic += kn.mc {
