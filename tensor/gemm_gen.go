@@ -1589,15 +1589,10 @@ func genQ8PY(fam string, rr int) {
 	p("\tRET")
 }
 
-// genQuantQ8RowAVX2 emits genQuantQ8Row's quantizer with AVX2 only:
-//
-//	func quantQ8RowAVX2(x *float32, nb int, q *byte, d *float32, corr *int32, stride int)
-//
-// The 32 int32 q of a block are packed to bytes by VPACKSSDW/VPACKSSWB,
-// which interleave the 128-bit lanes, and put back in order by VPERMD with
-// the dword index 0, 4, 1, 5, 2, 6, 3, 7.
-func genQuantQ8RowAVX2() {
-	name := "quantQ8RowAVX2"
+// genQuantQ8Prologue starts the activation quantizer name (AVX2 or
+// AVX-512): its arguments in AX (x), CX (nb), DI (q), R9 (d), R10 (corr),
+// R8 (stride), and the absolute-value mask 0x7fffffff in R11.
+func genQuantQ8Prologue(name string) {
 	p("")
 	p("// func %s(x *float32, nb int, q *byte, d *float32, corr *int32, stride int)", name)
 	p("TEXT ·%s(SB), NOSPLIT, $0-48", name)
@@ -1608,6 +1603,18 @@ func genQuantQ8RowAVX2() {
 	p("\tMOVQ corr+32(FP), R10")
 	p("\tMOVQ stride+40(FP), R8")
 	p("\tMOVL $0x7fffffff, R11")
+}
+
+// genQuantQ8RowAVX2 emits genQuantQ8Row's quantizer with AVX2 only:
+//
+//	func quantQ8RowAVX2(x *float32, nb int, q *byte, d *float32, corr *int32, stride int)
+//
+// The 32 int32 q of a block are packed to bytes by VPACKSSDW/VPACKSSWB,
+// which interleave the 128-bit lanes, and put back in order by VPERMD with
+// the dword index 0, 4, 1, 5, 2, 6, 3, 7.
+func genQuantQ8RowAVX2() {
+	name := "quantQ8RowAVX2"
+	genQuantQ8Prologue(name)
 	p("\tVMOVD R11, X15")
 	p("\tVPBROADCASTD X15, Y15")
 	p("\tMOVL $0x42fe0000, R11") // 127.0
@@ -1684,16 +1691,7 @@ func genQuantQ8RowAVX2() {
 // block (the q8p layout), x by 128.
 func genQuantQ8Row() {
 	name := "quantQ8RowAVX512"
-	p("")
-	p("// func %s(x *float32, nb int, q *byte, d *float32, corr *int32, stride int)", name)
-	p("TEXT ·%s(SB), NOSPLIT, $0-48", name)
-	p("\tMOVQ x+0(FP), AX")
-	p("\tMOVQ nb+8(FP), CX")
-	p("\tMOVQ q+16(FP), DI")
-	p("\tMOVQ d+24(FP), R9")
-	p("\tMOVQ corr+32(FP), R10")
-	p("\tMOVQ stride+40(FP), R8")
-	p("\tMOVL $0x7fffffff, R11")
+	genQuantQ8Prologue(name)
 	p("\tVPBROADCASTD R11, Z31")
 	p("\tMOVL $0x42fe0000, R11") // 127.0
 	p("\tVMOVD R11, X30")
