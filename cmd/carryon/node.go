@@ -69,6 +69,14 @@ func runNode(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	if *store == "" {
 		*store = filepath.Join(*state, "ipfs")
+		// Nodes before this default kept their pins in the coordinator's
+		// store: say where they went rather than stop serving them silently.
+		if old := defaultStoreDir(); old != *store {
+			if pins, _ := os.ReadDir(filepath.Join(old, "pins")); len(pins) > 0 {
+				log.Warn("this node's block store is now in its --state directory; adaptors pinned in the old default store are not served unless pinned again (--pin) or --store names that store while no coordinator uses it",
+					"store", *store, "old_store", old, "old_pins", len(pins))
+			}
+		}
 	}
 	blocks, err := swarm.OpenBlocks(*store)
 	if err != nil {
