@@ -179,13 +179,11 @@ func genF32(name, R string, mr, nv, lanes, bReg, bcReg int) {
 			p("\tVMOVUPS %d(DI), %s%d", (u*nr+v*lanes)*4, R, bReg+v)
 		}
 		for i := 0; i < mr; i++ {
-			if R == "Z" {
-				// Embedded broadcast: the load unit broadcasts, no shuffle uop.
-				for v := 0; v < nv; v++ {
-					p("\tVFMADD231PS.BCST %d(SI), Z%d, Z%d", (u*mr+i)*4, bReg+v, i*nv+v)
-				}
-				continue
-			}
+			// One broadcast load per element of A into a register, not an
+			// embedded-broadcast FMA per B vector (VFMADD231PS.BCST): that
+			// loaded each element nv times, 26 loads per k against 14, and
+			// the kernel, at the load ports' limit, stalled on every L1
+			// miss. AVX-512 2048³ on Zen 5: +9% on 1 thread, +17% on 2.
 			bc := bcReg + i%2
 			p("\tVBROADCASTSS %d(SI), %s%d", (u*mr+i)*4, R, bc)
 			for v := 0; v < nv; v++ {
