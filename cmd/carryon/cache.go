@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"path/filepath"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -20,7 +19,7 @@ func runCache(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		"  gc  remove blocks that no index entry and no pinned adaptor refers to (and, with --older-than,\n"+
 		"      the entries indexed longer ago, with their blocks); it says what it removed, with sizes;\n"+
 		"      with --dry-run it says the same and removes nothing", stderr)
-	cache := fs.String("cache", filepath.Join(model.DefaultCacheDir(), "coordinator"), "the coordinator's cache directory (its --cache); no coordinator may be running on it")
+	cache := fs.String("cache", defaultCoordinatorCache(), "the coordinator's cache directory (its --cache); no coordinator may be running on it")
 	olderThan := fs.Duration("older-than", 0, "gc: also remove index entries indexed longer ago than this (e.g. 720h), and their blocks; 0: keep every entry")
 	dryRun := fs.Bool("dry-run", false, "gc: list what would be removed (entries, blocks, sizes) and remove nothing")
 	if len(args) == 0 {

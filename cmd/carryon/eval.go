@@ -103,7 +103,7 @@ func runEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs := newFlags("eval", "--model PATH|default --adaptor FILE|CID[,...] --data FILE.jsonl [flags]", stderr)
 	modelFlag := addModelFlag(fs)
 	adaptors := fs.String("adaptor", "", "adaptor files or CIDs, comma-separated, applied in order as boosting stages")
-	cache := fs.String("cache", filepath.Join(model.DefaultCacheDir(), "coordinator"), "cache directory, as for 'carryon train': the default base is written here and CIDs are looked up in its adaptor store")
+	cache := fs.String("cache", defaultCoordinatorCache(), "cache directory, as for 'carryon train': the default base is written here and CIDs are looked up in its adaptor store")
 	store := fs.String("store", "", "adaptor store where CIDs are looked up (default: the --cache directory's)")
 	asJSON := fs.Bool("json", false, "print one JSON object instead of a table")
 	data := addQAFlag(fs)

@@ -22,7 +22,14 @@ import (
 // defaultStoreDir is the coordinator cache's adaptor store, where `carryon
 // train` and `carryon coordinator` keep adaptors by CID.
 func defaultStoreDir() string {
-	return coordinator.StoreDir(filepath.Join(model.DefaultCacheDir(), "coordinator"))
+	return coordinator.StoreDir(defaultCoordinatorCache())
+}
+
+// defaultCoordinatorCache is the coordinator's --cache when none is given:
+// the embedding cache, adaptor store and state directory that coordinator,
+// train, eval, cache and roster share.
+func defaultCoordinatorCache() string {
+	return filepath.Join(model.DefaultCacheDir(), "coordinator")
 }
 
 // inference is what generate and eval run: a base with its tokenizer, the

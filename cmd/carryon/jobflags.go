@@ -8,7 +8,6 @@ import (
 	"io"
 	"math"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -40,7 +39,7 @@ func addJobFlags(fs *flag.FlagSet) *jobFlags {
 		model:     addModelFlag(fs),
 		exactBF16: addExactBF16Flag(fs),
 		data:      fs.String("data", "default", "data file: JSONL (text, prompt/completion or question/answer) or plain text; \"default\" for the demo's problems"),
-		cache:     fs.String("cache", filepath.Join(model.DefaultCacheDir(), "coordinator"), "embedding cache and adaptor store (shared by 'carryon coordinator' and 'carryon train')"),
+		cache:     fs.String("cache", defaultCoordinatorCache(), "embedding cache and adaptor store (shared by 'carryon coordinator' and 'carryon train')"),
 		codec:     fs.String("codec", "q8", "bridge setting the embeddings are made and cached with"),
 		mix:       fs.String("mix", "", `further bases whose final hidden states are sources of the carry-on too (a mixture of bases), comma-separated: directories, .gguf files, "default" or "tiny"; each must have --model's tokenizer, and nodes serving it compute its embeddings (with --codec). The adaptor reads them as "base:<hash>:final": it is trained and scored on the cache, and generate, eval and serve run it given the same bases (their --mix)`),
 		parent:    fs.String("parent", "", "train a boosting stage on top of this adaptor (a file, or a CID in the store)"),

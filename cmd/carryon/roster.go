@@ -12,7 +12,6 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
-	"carryon/model"
 	"carryon/protocol"
 	"carryon/swarm"
 )
@@ -22,7 +21,7 @@ const rosterFileName = "roster"
 
 func runRoster(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlags("roster", "add PEER... | remove PEER... | ls [--cache DIR] [--identity FILE]", stderr)
-	cache := fs.String("cache", filepath.Join(model.DefaultCacheDir(), "coordinator"), "the coordinator's state directory (its --cache): the roster and the coordinator's peer key live there")
+	cache := fs.String("cache", defaultCoordinatorCache(), "the coordinator's state directory (its --cache): the roster and the coordinator's peer key live there")
 	identity := fs.String("identity", "", "the coordinator's peer key (default identity.key in --cache)")
 	if len(args) == 0 {
 		fs.Usage()
