@@ -87,12 +87,24 @@ func packBWithDst(ks *gemmKernels, dst []float32, transB bool, n, k int, b []flo
 		return pb
 	}
 	g := gemmJob{transB: transB, n: n, k: k, b: b, ldb: ldb}
-	// Items are (depth block, group of panels); packs of distinct items
-	// write disjoint ranges.
+	packPanelItems(pb, func(p0, kcur, j0, nc int) {
+		base := p0*pb.npad + j0*kcur
+		packBF32(pb.data[base:base+roundUp(nc, kn.nr)*kcur], &g, kn.nr, p0, kcur, j0, nc)
+	})
+	return pb
+}
+
+// packPanelItems splits the packing of pb's op(B) (k, n) into items of one
+// depth block (pb.kc deep; kcur, the last one shallower) by one group of
+// up to 16 panels (columns j0..j0+nc, nc ≤ 16·pb.nr), and runs pack on
+// each, over GOMAXPROCS goroutines (one for a small B). Items write
+// disjoint ranges of the packing, whatever its element type.
+func packPanelItems(pb *PackedB, pack func(p0, kcur, j0, nc int)) {
 	const panelsPerItem = 16
-	npanels := pb.npad / kn.nr
+	n, k, nr, kc := pb.n, pb.k, pb.nr, pb.kc
+	npanels := pb.npad / nr
 	ngroups := (npanels + panelsPerItem - 1) / panelsPerItem
-	nblocks := (k + kn.kc - 1) / kn.kc
+	nblocks := (k + kc - 1) / kc
 	items := nblocks * ngroups
 	w := min(runtime.GOMAXPROCS(0), items)
 	if int64(n)*int64(k) < 1<<16 {
@@ -100,17 +112,13 @@ func packBWithDst(ks *gemmKernels, dst []float32, transB bool, n, k int, b []flo
 	}
 	runItems(w, items, func(_, it int) {
 		blk, grp := it/ngroups, it%ngroups
-		p0 := blk * kn.kc
-		kcur := min(kn.kc, k-p0)
-		j0 := grp * panelsPerItem * kn.nr
-		j1 := min(j0+panelsPerItem*kn.nr, n)
+		p0 := blk * kc
+		j0 := grp * panelsPerItem * nr
 		if j0 >= n {
 			return
 		}
-		base := p0*pb.npad + j0*kcur
-		packBF32(pb.data[base:base+roundUp(j1-j0, kn.nr)*kcur], &g, kn.nr, p0, kcur, j0, j1-j0)
+		pack(p0, min(kc, k-p0), j0, min(j0+panelsPerItem*nr, n)-j0)
 	})
-	return pb
 }
 
 // NativeBF16 reports whether this CPU has a native bf16 GEMM kernel
@@ -196,27 +204,10 @@ func packBF16Panels(ks *gemmKernels, dst []uint16, g *gemmJob, pack func(dst []u
 	if n == 0 || k == 0 {
 		return pb
 	}
-	const panelsPerItem = 16
-	npanels := pb.npad / kn.nr
-	ngroups := (npanels + panelsPerItem - 1) / panelsPerItem
-	nblocks := (k + kn.kc - 1) / kn.kc
-	items := nblocks * ngroups
-	w := min(runtime.GOMAXPROCS(0), items)
-	if int64(n)*int64(k) < 1<<16 {
-		w = 1
-	}
-	runItems(w, items, func(_, it int) {
-		blk, grp := it/ngroups, it%ngroups
-		p0 := blk * kn.kc
-		kcur := min(kn.kc, k-p0)
+	packPanelItems(pb, func(p0, kcur, j0, nc int) {
 		kpad := roundUp(kcur, 2)
-		j0 := grp * panelsPerItem * kn.nr
-		j1 := min(j0+panelsPerItem*kn.nr, n)
-		if j0 >= n {
-			return
-		}
 		base := p0*pb.npad + j0*kpad
-		pack(pb.half[base:base+roundUp(j1-j0, kn.nr)*kpad], g, kn.nr, p0, kcur, j0, j1-j0)
+		pack(pb.half[base:base+roundUp(nc, kn.nr)*kpad], g, kn.nr, p0, kcur, j0, nc)
 	})
 	return pb
 }
