@@ -609,6 +609,21 @@ func gemvGo(rows, ku int, a []float32, lda int, b []float32, nr int, out []float
 	}
 }
 
+// emptyGemm finishes a product C = alpha·op(A)·op(B) + beta·C (C (m, n),
+// inner dimension k) that adds up no products: with no C (m or n is 0) it
+// does nothing, with an empty sum (k or alpha is 0) it sets C = beta·C. It
+// reports whether it did; the caller then returns.
+func emptyGemm(m, n, k int, alpha, beta float32, c []float32, ldc int) bool {
+	if m == 0 || n == 0 {
+		return true
+	}
+	if alpha == 0 || k == 0 {
+		scaleC(m, n, beta, c, ldc)
+		return true
+	}
+	return false
+}
+
 // scaleC sets C = beta·C (zero when beta == 0).
 func scaleC(m, n int, beta float32, c []float32, ldc int) {
 	for i := 0; i < m; i++ {
@@ -626,11 +641,7 @@ func scaleC(m, n int, beta float32, c []float32, ldc int) {
 func (ks *gemmKernels) gemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int,
 	b []float32, ldb int, beta float32, c []float32, ldc int) {
 	checkGemm("tensor.Gemm", transA, transB, m, n, k, len(a), lda, len(b), ldb, len(c), ldc)
-	if m == 0 || n == 0 {
-		return
-	}
-	if alpha == 0 || k == 0 {
-		scaleC(m, n, beta, c, ldc)
+	if emptyGemm(m, n, k, alpha, beta, c, ldc) {
 		return
 	}
 	g := gemmJob{transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, beta: beta,
@@ -645,11 +656,7 @@ func (ks *gemmKernels) gemm(transA, transB bool, m, n, k int, alpha float32, a [
 
 func (ks *gemmKernels) gemmBF16(m, n, k int, a []float32, lda int, b []uint16, ldb int, c []float32, ldc int) {
 	checkGemm("tensor.GemmBF16", false, true, m, n, k, len(a), lda, len(b), ldb, len(c), ldc)
-	if m == 0 || n == 0 {
-		return
-	}
-	if k == 0 {
-		scaleC(m, n, 0, c, ldc)
+	if emptyGemm(m, n, k, 1, 0, c, ldc) {
 		return
 	}
 	threads := runtime.GOMAXPROCS(0)

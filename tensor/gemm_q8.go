@@ -167,11 +167,7 @@ func gemmQ8With(ks *q8Kernels, m int, a []float32, lda int, w *QuantMatrix, c []
 		panic(fmt.Sprintf("tensor.GemmQ8: W (%d, %d) of Q8_0 does not fit %d bytes", n, k, len(w.Data)))
 	}
 	checkGemm("tensor.GemmQ8", false, false, m, n, k, len(a), lda, k*n, max(1, n), len(c), ldc)
-	if m == 0 || n == 0 {
-		return
-	}
-	if k == 0 {
-		scaleC(m, n, 0, c, ldc)
+	if emptyGemm(m, n, k, 1, 0, c, ldc) {
 		return
 	}
 	act := q8ActPool.Get().(*q8Act)

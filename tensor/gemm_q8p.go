@@ -208,11 +208,7 @@ func gemmQ8PackedWith(ks *q8pKernels, m int, a []float32, lda int, w *PackedQ8, 
 		panic(fmt.Sprintf("tensor.GemmQ8Packed: W (%d, %d) does not fit %d packed bytes", n, k, len(w.data)))
 	}
 	checkGemm("tensor.GemmQ8Packed", false, false, m, n, k, len(a), lda, k*n, max(1, n), len(c), ldc)
-	if m == 0 || n == 0 {
-		return
-	}
-	if k == 0 {
-		scaleC(m, n, 0, c, ldc)
+	if emptyGemm(m, n, k, 1, 0, c, ldc) {
 		return
 	}
 	act := q8pActPool.Get().(*q8pAct)

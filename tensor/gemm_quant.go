@@ -81,11 +81,7 @@ func gemmQuantWith(ks *gemmKernels, m int, a []float32, lda int, w *QuantMatrix,
 		panic(fmt.Sprintf("tensor.GemmQuant: W (%d, %d) of %s does not fit %d bytes", n, k, w.Type, len(w.Data)))
 	}
 	checkGemm("tensor.GemmQuant", false, false, m, n, k, len(a), lda, k*n, max(1, n), len(c), ldc)
-	if m == 0 || n == 0 {
-		return
-	}
-	if k == 0 {
-		scaleC(m, n, 0, c, ldc)
+	if emptyGemm(m, n, k, 1, 0, c, ldc) {
 		return
 	}
 	g := gemmJob{transB: true, m: m, n: n, k: k, alpha: 1, beta: 0, a: a, lda: lda, c: c, ldc: ldc, q: w}
@@ -120,11 +116,7 @@ func gemmQuantNWith(ks *gemmKernels, m int, a []float32, lda int, w *QuantMatrix
 		panic(fmt.Sprintf("tensor.GemmQuantN: W (%d, %d) of %s does not fit %d bytes", n, k, w.Type, len(w.Data)))
 	}
 	checkGemm("tensor.GemmQuantN", false, false, m, k, n, len(a), lda, n*k, max(1, k), len(c), ldc)
-	if m == 0 || k == 0 {
-		return
-	}
-	if n == 0 {
-		scaleC(m, k, beta, c, ldc)
+	if emptyGemm(m, k, n, 1, beta, c, ldc) {
 		return
 	}
 	g := gemmJob{m: m, n: k, k: n, alpha: 1, beta: beta, a: a, lda: lda, c: c, ldc: ldc, q: w}

@@ -282,11 +282,7 @@ func packBRoundBF16(dst []uint16, g *gemmJob, nr, p0, kc, j0, nc int) {
 func GemmPacked(m int, alpha float32, a []float32, lda int, pb *PackedB, beta float32, c []float32, ldc int) {
 	n, k := pb.n, pb.k
 	checkGemm("tensor.GemmPacked", false, false, m, n, k, len(a), lda, k*n, max(1, n), len(c), ldc)
-	if m == 0 || n == 0 {
-		return
-	}
-	if alpha == 0 || k == 0 {
-		scaleC(m, n, beta, c, ldc)
+	if emptyGemm(m, n, k, alpha, beta, c, ldc) {
 		return
 	}
 	g := gemmJob{m: m, n: n, k: k, alpha: alpha, beta: beta, a: a, lda: lda, c: c, ldc: ldc, packed: pb}
