@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -73,4 +74,26 @@ func gnuAssemble(t *testing.T, as, objdump string, asArgs []string, src string) 
 		}
 	}
 	return hex, "", true
+}
+
+// checkX86Encodings assembles gas (AT&T syntax, one instruction a line)
+// with GNU as --64 and fails t unless objdump gives want, the bytes of the
+// hand-encoded directives (two-digit hex, in order); what names the
+// instructions in messages. It skips where binutils are missing or the
+// host is not amd64, and where as is too old for the extension.
+func checkX86Encodings(t *testing.T, what, gas string, want []string) {
+	t.Helper()
+	as, err1 := exec.LookPath("as")
+	objdump, err2 := exec.LookPath("objdump")
+	if err1 != nil || err2 != nil || runtime.GOARCH != "amd64" {
+		t.Skipf("GNU as/objdump (binutils) not available to check the %s encodings", what)
+	}
+	got, msg, ok := gnuAssemble(t, as, objdump, []string{"--64"}, gas)
+	if !ok {
+		t.Skipf("as cannot assemble %s: %s", what, msg)
+	}
+	gotBytes := strings.Fields(strings.Join(got, " "))
+	if strings.Join(gotBytes, " ") != strings.Join(want, " ") {
+		t.Fatalf("%s encodings differ from GNU as:\n got %v\nwant %v", what, gotBytes, want)
+	}
 }

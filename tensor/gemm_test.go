@@ -4,9 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"os/exec"
 	"regexp"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -427,11 +425,6 @@ func TestGemmAsmGenerated(t *testing.T) {
 		t.Skip("runs the generator")
 	}
 	src := checkGenerated(t, "gemm_amd64.s", "gemm_gen.go")
-	as, err1 := exec.LookPath("as")
-	objdump, err2 := exec.LookPath("objdump")
-	if err1 != nil || err2 != nil || runtime.GOARCH != "amd64" {
-		t.Skip("GNU as/objdump (binutils) not available to check the EVEX encoding")
-	}
 	re := regexp.MustCompile(`BYTE (.*) // (VDPBF16PS|VCVTNE2PS2BF16) Z(\d+), Z(\d+), Z(\d+)`)
 	var gas strings.Builder
 	var wantBytes []string
@@ -444,14 +437,7 @@ func TestGemmAsmGenerated(t *testing.T) {
 	if !seen["VDPBF16PS"] || !seen["VCVTNE2PS2BF16"] {
 		t.Fatalf("gemm_amd64.s lacks VDPBF16PS or VCVTNE2PS2BF16 (found %v)", seen)
 	}
-	got, msg, ok := gnuAssemble(t, as, objdump, []string{"--64"}, gas.String())
-	if !ok {
-		t.Skipf("as cannot assemble AVX512_BF16: %s", msg)
-	}
-	gotBytes := strings.Fields(strings.Join(got, " "))
-	if strings.Join(gotBytes, " ") != strings.Join(wantBytes, " ") {
-		t.Fatalf("AVX512_BF16 encodings differ from GNU as:\n got %v\nwant %v", gotBytes, wantBytes)
-	}
+	checkX86Encodings(t, "AVX512_BF16", gas.String(), wantBytes)
 }
 
 // TestDotRows checks each kernel set's one-row product with a row-major
