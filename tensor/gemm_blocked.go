@@ -260,20 +260,28 @@ func mergeTile(c []float32, ldc int, t []float32, ldt, mrem, nrem int, alpha, be
 
 // packAF32 packs op(A)[i0:i0+mc, p0:p0+kc] as (mc/mr panels, kc, mr).
 func packAF32(dst []float32, g *gemmJob, mr, i0, mc, p0, kc int) {
-	a, lda := g.a, g.lda
-	for ir := 0; ir < mc; ir += mr {
-		d := dst[ir*kc : (ir+mr)*kc]
-		rows := min(mr, mc-ir)
-		if g.transA { // A is (k, m): each p gives mr contiguous values
+	packF32Panels(dst, g.a, g.lda, g.transA, mr, i0, mc, p0, kc) // A (k, m) when transA
+}
+
+// packF32Panels packs the xc×kc block at (x0, p0) of a float32 operand m
+// (leading dimension ld) as (xc/w panels, kc, w), element (x, p) at
+// panel x/w, row p, column x%w, zero-padding the last panel. The operand
+// holds (x, p) at m[p·ld+x] when kMajor (each p gives w contiguous values),
+// else at m[x·ld+p]: op(A) (m, k) and op(B)ᵀ (n, k) pack alike.
+func packF32Panels(dst, m []float32, ld int, kMajor bool, w, x0, xc, p0, kc int) {
+	for xr := 0; xr < xc; xr += w {
+		d := dst[xr*kc : (xr+w)*kc]
+		rows := min(w, xc-xr)
+		if kMajor {
 			for p := 0; p < kc; p++ {
-				src := a[(p0+p)*lda+i0+ir:]
-				dp := d[p*mr : p*mr+mr]
+				src := m[(p0+p)*ld+x0+xr:]
+				dp := d[p*w : p*w+w]
 				copy(dp, src[:rows])
 				clear(dp[rows:])
 			}
 			continue
 		}
-		packStrided(d, a, (i0+ir)*lda+p0, lda, rows, mr, kc)
+		packStrided(d, m, (x0+xr)*ld+p0, ld, rows, w, kc)
 	}
 }
 
@@ -332,21 +340,7 @@ func packStrided(d, src []float32, off, ld, rows, w, kc int) {
 
 // packBF32 packs op(B)[p0:p0+kc, j0:j0+nc] as (nc/nr panels, kc, nr).
 func packBF32(dst []float32, g *gemmJob, nr, p0, kc, j0, nc int) {
-	b, ldb := g.b, g.ldb
-	for jr := 0; jr < nc; jr += nr {
-		d := dst[jr*kc : (jr+nr)*kc]
-		cols := min(nr, nc-jr)
-		if !g.transB { // B is (k, n): each p gives nr contiguous values
-			for p := 0; p < kc; p++ {
-				src := b[(p0+p)*ldb+j0+jr:]
-				dp := d[p*nr : p*nr+nr]
-				copy(dp, src[:cols])
-				clear(dp[cols:])
-			}
-			continue
-		}
-		packStrided(d, b, (j0+jr)*ldb+p0, ldb, cols, nr, kc)
-	}
+	packF32Panels(dst, g.b, g.ldb, !g.transB, nr, j0, nc, p0, kc) // B (k, n) unless transB
 }
 
 // packBWiden packs a bf16 B (n, k) as float32 panels (nc/nr, kc, nr),
