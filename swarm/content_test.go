@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -298,6 +299,52 @@ func TestLyingPeer(t *testing.T) {
 	}
 	if got, _ := puller.b.Get(ctx, id, 0); !bytes.Equal(got, data) {
 		t.Fatal("file differs")
+	}
+}
+
+// TestProbeSources: the peers whose DONT_HAVE a fetch without routing
+// waits for before it says that no connected peer has a file. They are
+// listed before anyone is asked: a peer penalised (for wrong bytes) between
+// the listing and the probe still counts, so a liar quicker than the probe
+// does not turn the fetch's answer into "nobody has it" (TestLyingPeer's
+// flake); a peer whose protocols are not known yet (identify still running)
+// is asked, not skipped; an identified peer without bitswap is not listed;
+// a listed peer that has left is dropped.
+func TestProbeSources(t *testing.T) {
+	ctx := testCtx(t)
+	puller := newPeerNode(t, HostConfig{}, nil)
+	liar := newPeerNode(t, HostConfig{}, nil)
+	identifying := newPeerNode(t, HostConfig{}, nil)
+	gone := newPeerNode(t, HostConfig{}, nil)
+	plain := newHost(t, HostConfig{}) // no bitswap
+	for _, h := range []host.Host{liar.h, identifying.h, gone.h, plain} {
+		mustConnect(t, puller.h, h)
+	}
+	// As before identify has answered: the peerstore knows no protocols.
+	ps := puller.h.Peerstore()
+	protos, err := ps.GetProtocols(identifying.h.ID())
+	if err != nil || len(protos) == 0 {
+		t.Fatalf("protocols of a connected peer: %v, %v", protos, err)
+	}
+	if err := ps.RemoveProtocols(identifying.h.ID(), protos...); err != nil {
+		t.Fatal(err)
+	}
+	g := puller.x.net
+	has := func(ps []peer.ID, p peer.ID) bool { return slices.Contains(ps, p) }
+	src := g.sources()
+	if len(src) != 3 || !has(src, liar.h.ID()) || !has(src, identifying.h.ID()) || !has(src, gone.h.ID()) {
+		t.Fatalf("sources %v: want the liar %s, the identifying peer %s and the one about to leave %s, not the plain host %s",
+			src, liar.h.ID(), identifying.h.ID(), gone.h.ID(), plain.ID())
+	}
+	g.penalise(liar.h.ID(), ErrHashMismatch) // its wrong bytes beat the probe
+	gone.leave()
+	c := CIDOf([]byte("nobody has this"))
+	asked := g.probe(ctx, c, src)
+	if len(asked) != 2 || !has(asked, liar.h.ID()) || !has(asked, identifying.h.ID()) {
+		t.Fatalf("probed %v: want the liar %s and the identifying peer %s", asked, liar.h.ID(), identifying.h.ID())
+	}
+	if g.nobodyHas(c, asked) {
+		t.Fatal("nobodyHas with a penalised source that never said DONT_HAVE")
 	}
 }
 

@@ -179,21 +179,42 @@ func (g *guardedNet) penalise(p peer.ID, why error) {
 	}
 }
 
-// probe asks every connected peer that speaks bitswap whether it has c,
-// wanting a DONT_HAVE answer (bitswap's own broadcast does not ask for
-// one); it returns the peers asked.
-func (g *guardedNet) probe(ctx context.Context, c cid.Cid) []peer.ID {
-	var asked []peer.ID
+// sources lists the peers a fetch without routing can get a block from:
+// those connected now and not penalised that speak bitswap, or whose
+// protocols are not known yet (identify is still running: the probe's
+// stream waits for it, and it fails if the peer turns out not to speak
+// bitswap). A fetch takes this list before it asks anyone for anything, so
+// a peer that answers with wrong bytes and is penalised for them before the
+// probe reaches it is still on it.
+func (g *guardedNet) sources() []peer.ID {
+	var ps []peer.ID
 	for _, p := range g.h.Network().Peers() {
 		if g.isPenalised(p) {
 			continue
 		}
-		if ps, err := g.h.Peerstore().SupportsProtocols(p, bsnet.ProtocolBitswap); err != nil || len(ps) == 0 {
-			continue
+		if protos, err := g.h.Peerstore().GetProtocols(p); err == nil && len(protos) > 0 {
+			if bs, err := g.h.Peerstore().SupportsProtocols(p, bsnet.ProtocolBitswap); err != nil || len(bs) == 0 {
+				continue // identified, and it does not speak bitswap
+			}
 		}
+		ps = append(ps, p)
+	}
+	return ps
+}
+
+// probe asks each of peers whether it has c, wanting a DONT_HAVE answer
+// (bitswap's own broadcast does not ask for one). It returns the peers
+// whose answer counts: those asked, and those penalised since they were
+// listed, which sent wrong bytes for a want (theirs or the fetch's) before
+// the probe reached them; a lie is not a DONT_HAVE, so the fetch does not
+// conclude that nobody has c. A peer that could not be asked for another
+// reason (it left) is dropped.
+func (g *guardedNet) probe(ctx context.Context, c cid.Cid, peers []peer.ID) []peer.ID {
+	var asked []peer.ID
+	for _, p := range peers {
 		m := bsmsg.New(false)
 		m.AddEntry(c, 1, bspb.Message_Wantlist_Have, true)
-		if g.SendMessage(ctx, p, m) == nil {
+		if g.SendMessage(ctx, p, m) == nil || g.isPenalised(p) {
 			asked = append(asked, p)
 		}
 	}

@@ -300,26 +300,37 @@ func (x *Exchange) fetchLevel(ctx context.Context, sess interface {
 		want = append(want, c)
 	}
 	if len(want) > 0 {
+		// Without routing, the connected peers are every source: once each
+		// has said DONT_HAVE for the root, waiting longer is pointless. They
+		// are listed before the session asks them anything (see sources).
+		var sources []peer.ID
+		if askedAll {
+			sources = x.net.sources()
+		}
 		ch, err := sess.GetBlocks(ctx, want)
 		if err != nil {
 			return nil, err
 		}
 		idle := time.NewTimer(lim.Idle)
 		defer idle.Stop()
-		// Without routing, the connected peers are every source: once each
-		// has said DONT_HAVE for the root, waiting longer is pointless.
+		// The probe runs beside the loop: a peer still identifying makes
+		// it wait, and blocks keep arriving meanwhile.
 		var (
-			poll  <-chan time.Time
-			asked []peer.ID
+			probed chan []peer.ID
+			poll   <-chan time.Time
+			asked  []peer.ID
 		)
 		if askedAll {
-			asked = x.net.probe(ctx, want[0])
-			t := time.NewTicker(50 * time.Millisecond)
-			defer t.Stop()
-			poll = t.C
+			probed = make(chan []peer.ID, 1)
+			go func() { probed <- x.net.probe(ctx, want[0], sources) }()
 		}
 		for len(refs) > 0 {
 			select {
+			case asked = <-probed:
+				probed = nil
+				t := time.NewTicker(50 * time.Millisecond)
+				defer t.Stop()
+				poll = t.C
 			case <-poll:
 				if x.net.nobodyHas(want[0], asked) {
 					return nil, fmt.Errorf("%w: no connected peer has %s (and no DHT to find others)", ErrNotFound, want[0])
