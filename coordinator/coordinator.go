@@ -338,16 +338,11 @@ func (c *Coordinator) collect(ctx context.Context, ds *dataset.Set, job embedJob
 // checked their form and sender) to the loop.
 func readAdverts(ctx context.Context, sub *pubsub.Subscription, self peer.ID, out chan<- *protocol.Advert) {
 	for {
-		msg, err := sub.Next(ctx)
+		a, from, err := swarm.NextGossip[*protocol.Advert](ctx, sub)
 		if err != nil {
 			return
 		}
-		if msg.GetFrom() == self {
-			continue
-		}
-		m, err := protocol.Unmarshal(msg.Data)
-		a, ok := m.(*protocol.Advert)
-		if err != nil || !ok {
+		if from == self {
 			continue
 		}
 		select {

@@ -297,16 +297,10 @@ func (n *Node) watchJobs(ctx context.Context, sub *pubsub.Subscription) {
 	defer sub.Cancel()
 	said := map[string]bool{}
 	for {
-		msg, err := sub.Next(ctx)
+		ja, from, err := swarm.NextGossip[*protocol.JobAnnounce](ctx, sub)
 		if err != nil {
 			return
 		}
-		m, err := protocol.Unmarshal(msg.Data)
-		ja, ok := m.(*protocol.JobAnnounce)
-		if err != nil || !ok {
-			continue
-		}
-		from := msg.GetFrom()
 		if key := from.String() + "/" + ja.Job; !said[key] {
 			if len(said) > 1024 {
 				clear(said)

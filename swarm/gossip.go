@@ -137,6 +137,23 @@ func Publish(ctx context.Context, t *pubsub.Topic, m protocol.Message) error {
 	return nil
 }
 
+// NextGossip returns the next message on sub that decodes as a T, with the
+// peer that published it, skipping any other (what reaches a subscription
+// has passed the topic's validator); its error is sub.Next's (ctx done,
+// subscription cancelled).
+func NextGossip[T protocol.Message](ctx context.Context, sub *pubsub.Subscription) (T, peer.ID, error) {
+	for {
+		msg, err := sub.Next(ctx)
+		if err != nil {
+			var zero T
+			return zero, "", err
+		}
+		if v, ok := parseGossip[T](msg); ok {
+			return v, msg.GetFrom(), nil
+		}
+	}
+}
+
 // parseGossip decodes a gossip payload as a T.
 func parseGossip[T protocol.Message](msg *pubsub.Message) (T, bool) {
 	var zero T

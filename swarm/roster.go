@@ -172,15 +172,11 @@ func FollowRoster(ctx context.Context, h host.Host, topics *Topics, g *RosterGat
 		defer h.Network().StopNotify(nb)
 		defer sub.Cancel()
 		for {
-			msg, err := sub.Next(ctx)
+			r, from, err := NextGossip[*protocol.Roster](ctx, sub)
 			if err != nil {
 				return
 			}
-			if m, err := protocol.Unmarshal(msg.Data); err == nil {
-				if r, ok := m.(*protocol.Roster); ok {
-					apply(r, msg.GetFrom())
-				}
-			}
+			apply(r, from)
 		}
 	}()
 	return nil

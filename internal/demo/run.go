@@ -194,13 +194,11 @@ func pull(ctx context.Context, ph *peerHost, sub *pubsub.Subscription, ver *coor
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	for {
-		msg, err := sub.Next(ctx)
+		ann, _, err := swarm.NextGossip[*protocol.AdaptorAnnounce](ctx, sub)
 		if err != nil {
 			return nil, "", fmt.Errorf("demo: no adaptor announcement arrived: %w", err)
 		}
-		m, err := protocol.Unmarshal(msg.Data)
-		ann, ok := m.(*protocol.AdaptorAnnounce)
-		if err != nil || !ok || ann.CID != ver.CID.String() {
+		if ann.CID != ver.CID.String() {
 			continue
 		}
 		c, err := protocol.ParseCID(ann.CID)
