@@ -127,12 +127,11 @@ func TestAnnounceOnJoinAndRedial(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		for {
-			m, err := sub.Next(ctx)
+			a, _, err := swarm.NextGossip[*protocol.Advert](ctx, sub)
 			if err != nil {
 				t.Fatalf("no advert from the node: %v\n%s", err, log.String())
 			}
-			a, err := protocol.Unmarshal(m.Data)
-			if err == nil && a.(*protocol.Advert).Peer == nh.ID().String() {
+			if a.Peer == nh.ID().String() {
 				return
 			}
 		}

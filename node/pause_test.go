@@ -311,11 +311,11 @@ func TestPausedAdvert(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		for {
-			m, err := sub.Next(ctx)
+			a, _, err := swarm.NextGossip[*protocol.Advert](ctx, sub)
 			if err != nil {
 				t.Fatalf("no advert %s: %v", what, err)
 			}
-			if a, err := protocol.Unmarshal(m.Data); err == nil && a.(*protocol.Advert).Peer == nh.ID().String() && want(a.(*protocol.Advert).FreeSlots) {
+			if a.Peer == nh.ID().String() && want(a.FreeSlots) {
 				return
 			}
 		}
@@ -360,15 +360,14 @@ func TestGovernBeforeStart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	for got := 0; got < 2; {
-		m, err := sub.Next(ctx)
+		a, _, err := swarm.NextGossip[*protocol.Advert](ctx, sub)
 		if err != nil {
 			t.Fatalf("adverts: %v (after %d)", err, got)
 		}
-		a, err := protocol.Unmarshal(m.Data)
-		if err != nil || a.(*protocol.Advert).Peer != nh.ID().String() {
+		if a.Peer != nh.ID().String() {
 			continue
 		}
-		if f := a.(*protocol.Advert).FreeSlots; f != 0 {
+		if f := a.FreeSlots; f != 0 {
 			t.Fatalf("advert %d of a node on battery offers %d free slots", got, f)
 		}
 		got++
