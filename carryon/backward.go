@@ -66,8 +66,8 @@ func (c *Model) lossAndGradBatch(ws *Workspace, seqs []Seq, head headRef, gradSc
 // group of tensors to the optimiser as soon as its gradient is complete
 // (the head side, then each block from the last, then the input
 // projections), so that no gradient buffer of the whole model exists:
-// only one block's worth (plus the head side and projections) lives in
-// ws, reused. Gradients are of gradScale·loss; o must not clip
+// one scratch of ws as large as a block's tensors holds each group's in
+// turn (fusedGrads). Gradients are of gradScale·loss; o must not clip
 // (Config.ClipNorm = 0: the global norm is known only at the end). With
 // float32 moments the parameters end bitwise as after LossAndGradBatchQuant
 // and o.Step. It returns the loss sum, the count and the gradient norm.
@@ -102,12 +102,15 @@ func (c *Model) LossAndStepQuant(ws *Workspace, seqs []Seq, head tensor.QuantMat
 	return lossSum, count, math.Sqrt(ss)
 }
 
-// fusedGrads returns the gradient views of a fused step: the input
-// projections, one block's tensors and the head side each in scratch of
-// ws (every block's views share one block's scratch; W_Δ shares W_g's,
-// being updated before W_g's gradient is computed), and the tensor
+// fusedGrads returns the gradient views of a fused step and the tensor
 // indices completed at each backward stage (stage l: block l; Layers: the
-// head side but W_Δ; Layers+1: the projections; Layers+2: W_Δ).
+// head side but W_Δ; Layers+1: the projections; Layers+2: W_Δ). The
+// stages run one after another (the head side, the blocks from the last,
+// the projections) and each is updated and cleared before the next
+// begins, so all of them share one scratch of ws, as large as the largest
+// stage (a block's tensors): the head side's views, every block's, and
+// the projections' start at its beginning. Within the head side, W_Δ
+// shares W_g's place, being updated before W_g's gradient is computed.
 func (c *Model) fusedGrads(ws *Workspace) (Weights, [][]int) {
 	cfg := c.Config
 	nsrc := len(cfg.Sources)
@@ -121,9 +124,8 @@ func (c *Model) fusedGrads(ws *Workspace) (Weights, [][]int) {
 		fn, delta, gate, gb := ts[hi], ts[hi+1], ts[hi+2], ts[hi+3]
 		projLen := blockStart
 		headLen := fn.Numel() + max(delta.Numel(), gate.Numel()+gb.Numel())
-		ws.fusedBuf = make([]float32, projLen+blockLen+headLen)
+		ws.fusedBuf = make([]float32, max(projLen, blockLen, headLen))
 		buf := ws.fusedBuf
-		hs := projLen + blockLen
 		ws.fusedViews = make([][]float32, len(ts))
 		for ti, t := range ts {
 			var off int
@@ -131,13 +133,13 @@ func (c *Model) fusedGrads(ws *Workspace) (Weights, [][]int) {
 			case ti < 2*nsrc:
 				off = t.Offset
 			case ti < hi:
-				off = projLen + (t.Offset-blockStart)%blockLen
+				off = (t.Offset - blockStart) % blockLen
 			case ti == hi: // FinalNorm
-				off = hs
+				off = 0
 			case ti == hi+1, ti == hi+2: // Delta, then Gate in the same place
-				off = hs + fn.Numel()
+				off = fn.Numel()
 			default: // GateBias
-				off = hs + fn.Numel() + gate.Numel()
+				off = fn.Numel() + gate.Numel()
 			}
 			ws.fusedViews[ti] = buf[off : off+t.Numel() : off+t.Numel()]
 		}

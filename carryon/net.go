@@ -445,7 +445,6 @@ type Workspace struct {
 	// backward scratch (the blocks' own is in back)
 	dy, dtmp, dDelta, dGate []float32 // (Rows, D)
 	dres, dh                []float32 // (Rows, W)
-	attScratch              []float32
 	ceScratch               []float32
 	ceChunk                 int
 	head                    headPack // wPred packed for the LM-head GEMMs
@@ -476,10 +475,11 @@ func (c *Model) NewWorkspace(T int) *Workspace { return c.NewBatchWorkspace(T, T
 // and does not grow with the rows).
 func (c Config) RowFloats() int {
 	W, F, D, H, L := c.Width, c.FFN, c.D(), c.Heads, c.Layers
-	perLayer := 7*W + 3*F + H + 2 // transformer.Acts: xn1 q k v att mid xn2, gate up h, lse, rstd1 rstd2
+	perLayer := 7*W + 2*F + H + 2 // transformer.Acts: xn1 q k v att mid xn2, gate up, lse, rstd1 rstd2
 	// res (L+1), h, dres, dh and transformer.BackScratch's dn datt dq dk dv;
-	// rstdF; y delta gate dy dtmp dDelta dGate; BackScratch's dh dgate dup.
-	return L*perLayer + (L+9)*W + 7*D + 3*F + 1
+	// rstdF; y delta gate dy dtmp dDelta dGate; BackScratch's dh dgate dup
+	// and the blocks' shared H.
+	return L*perLayer + (L+9)*W + 7*D + 4*F + 1
 }
 
 // NewBatchWorkspace allocates a workspace for batches of sequences of up to
@@ -498,12 +498,7 @@ func (c *Model) NewBatchWorkspace(T, rows int) *Workspace {
 	N := rows
 	ws := &Workspace{T: T, Rows: N, cfg: cfg, rope: tensor.NewRoPE(cfg.HeadDim(), T, cfg.RopeTheta, nil, false)}
 	ws.pos, ws.tg = make([]int32, N), make([]int32, N)
-	ws.attScratch = f(tensor.AttentionScratch(T, cfg.HeadDim()))
-	for range cfg.Layers {
-		a := transformer.NewActs(cfg.dims(), N, 0)
-		a.AttScratch = ws.attScratch // scratch only: shared by the blocks
-		ws.layers = append(ws.layers, a)
-	}
+	ws.layers = transformer.NewStackActs(cfg.dims(), cfg.Layers, N, T)
 	ws.back = transformer.NewBackScratch(cfg.dims(), N)
 	ws.res = make([][]float32, cfg.Layers+1)
 	for l := range ws.res {

@@ -102,11 +102,8 @@ func newTrainWorker(c Config, maxT int) (*trainWorker, error) {
 	w := &trainWorker{grad: g, gts: g.tensors(), maxT: maxT}
 	D := c.Dim
 	f := func(n int) []float32 { return make([]float32, n) }
-	attScratch := f(tensor.AttentionScratch(maxT, c.HeadDim)) // scratch only: shared by the blocks
+	w.acts = transformer.NewStackActs(c.dims(), c.Layers, maxT, maxT)
 	for range c.Layers {
-		a := transformer.NewActs(c.dims(), maxT, 0)
-		a.AttScratch = attScratch
-		w.acts = append(w.acts, a)
 		w.xin = append(w.xin, f(maxT*D))
 	}
 	w.back = transformer.NewBackScratch(c.dims(), maxT)

@@ -95,21 +95,43 @@ type Acts struct {
 	Q, Att        []float32 // (N, QDim); q after RoPE
 	K, V          []float32 // (N, KVDim); k after RoPE
 	LSE           []float32 // (Heads, N) per sequence: sequence s at Heads·Seqs[s]
-	Gate, Up, H   []float32 // (N, FFN); H = silu(Gate)·Up
-	AttScratch    []float32 // tensor.AttentionScratch of the longest sequence
+	Gate, Up      []float32 // (N, FFN)
+	// H (N, FFN) = silu(Gate)·Up, scratch: Backward recomputes it from
+	// Gate and Up (bit for bit Forward's), so the blocks of a model may
+	// share one H, and hold two (N, FFN) activations each instead of three.
+	H          []float32
+	AttScratch []float32 // tensor.AttentionScratch of the longest sequence (scratch)
 }
 
 // NewActs allocates activations for passes of up to n rows whose longest
 // sequence has maxT rows.
 func NewActs(d Dims, n, maxT int) *Acts {
+	F := d.FFN
+	return newActs(d, n, make([]float32, n*F), make([]float32, tensor.AttentionScratch(maxT, d.HeadDim)))
+}
+
+// NewStackActs allocates the activations of layers blocks run one after
+// another (a model's stack) for passes of up to n rows whose longest
+// sequence has maxT rows: each block its own, but one H and one
+// AttScratch, scratch that every block may share.
+func NewStackActs(d Dims, layers, n, maxT int) []*Acts {
+	h, att := make([]float32, n*d.FFN), make([]float32, tensor.AttentionScratch(maxT, d.HeadDim))
+	acts := make([]*Acts, layers)
+	for l := range acts {
+		acts[l] = newActs(d, n, h, att)
+	}
+	return acts
+}
+
+func newActs(d Dims, n int, h, attScratch []float32) *Acts {
 	D, Q, KV, F := d.Dim, d.QDim(), d.KVDim(), d.FFN
 	return &Acts{
 		XN1: make([]float32, n*D), Mid: make([]float32, n*D), XN2: make([]float32, n*D),
 		Rstd1: make([]float32, n), Rstd2: make([]float32, n),
 		Q: make([]float32, n*Q), Att: make([]float32, n*Q), K: make([]float32, n*KV), V: make([]float32, n*KV),
 		LSE:  make([]float32, d.Heads*n),
-		Gate: make([]float32, n*F), Up: make([]float32, n*F), H: make([]float32, n*F),
-		AttScratch: make([]float32, tensor.AttentionScratch(maxT, d.HeadDim)),
+		Gate: make([]float32, n*F), Up: make([]float32, n*F), H: h,
+		AttScratch: attScratch,
 	}
 }
 
@@ -268,7 +290,9 @@ func (b *Block) Backward(d Dims, p *Pass, g *Block, in []float32, a *Acts, dx []
 	// MLP: out = mid + down(h); dx flows to mid unchanged.
 	dh, dgate, dup := s.dh[:N*F], s.dgate[:N*F], s.dup[:N*F]
 	clear(dh)
-	tensor.LinearBackward(dh, w(g.Down), nil, dx, a.H[:N*F], w(b.Down), N, F, D)
+	h := a.H[:N*F]
+	tensor.SwiGLUForward(h, a.Gate[:N*F], a.Up[:N*F]) // recomputed: H may be shared
+	tensor.LinearBackward(dh, w(g.Down), nil, dx, h, w(b.Down), N, F, D)
 	clear(dgate)
 	clear(dup)
 	tensor.SwiGLUBackward(dgate, dup, dh, a.Gate[:N*F], a.Up[:N*F])
