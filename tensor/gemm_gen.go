@@ -182,8 +182,8 @@ func genF32(name, R string, mr, nv, lanes, bReg, bcReg int) {
 			// One broadcast load per element of A into a register, not an
 			// embedded-broadcast FMA per B vector (VFMADD231PS.BCST): that
 			// loaded each element nv times, 26 loads per k against 14, and
-			// the kernel, at the load ports' limit, stalled on every L1
-			// miss. AVX-512 2048³ on Zen 5: +9% on 1 thread, +17% on 2.
+			// the kernel, at the load ports' limit, stalled on every
+			// access that missed L1. AVX-512 2048³ on Zen 5: +9% on 1 thread, +17% on 2.
 			bc := bcReg + i%2
 			p("\tVBROADCASTSS %d(SI), %s%d", (u*mr+i)*4, R, bc)
 			for v := 0; v < nv; v++ {

@@ -105,10 +105,7 @@ type Acts struct {
 
 // NewActs allocates activations for passes of up to n rows whose longest
 // sequence has maxT rows.
-func NewActs(d Dims, n, maxT int) *Acts {
-	F := d.FFN
-	return newActs(d, n, make([]float32, n*F), make([]float32, tensor.AttentionScratch(maxT, d.HeadDim)))
-}
+func NewActs(d Dims, n, maxT int) *Acts { return NewStackActs(d, 1, n, maxT)[0] }
 
 // NewStackActs allocates the activations of layers blocks run one after
 // another (a model's stack) for passes of up to n rows whose longest
@@ -116,23 +113,19 @@ func NewActs(d Dims, n, maxT int) *Acts {
 // AttScratch, scratch that every block may share.
 func NewStackActs(d Dims, layers, n, maxT int) []*Acts {
 	h, att := make([]float32, n*d.FFN), make([]float32, tensor.AttentionScratch(maxT, d.HeadDim))
+	D, Q, KV, F := d.Dim, d.QDim(), d.KVDim(), d.FFN
 	acts := make([]*Acts, layers)
 	for l := range acts {
-		acts[l] = newActs(d, n, h, att)
+		acts[l] = &Acts{
+			XN1: make([]float32, n*D), Mid: make([]float32, n*D), XN2: make([]float32, n*D),
+			Rstd1: make([]float32, n), Rstd2: make([]float32, n),
+			Q: make([]float32, n*Q), Att: make([]float32, n*Q), K: make([]float32, n*KV), V: make([]float32, n*KV),
+			LSE:  make([]float32, d.Heads*n),
+			Gate: make([]float32, n*F), Up: make([]float32, n*F), H: h,
+			AttScratch: att,
+		}
 	}
 	return acts
-}
-
-func newActs(d Dims, n int, h, attScratch []float32) *Acts {
-	D, Q, KV, F := d.Dim, d.QDim(), d.KVDim(), d.FFN
-	return &Acts{
-		XN1: make([]float32, n*D), Mid: make([]float32, n*D), XN2: make([]float32, n*D),
-		Rstd1: make([]float32, n), Rstd2: make([]float32, n),
-		Q: make([]float32, n*Q), Att: make([]float32, n*Q), K: make([]float32, n*KV), V: make([]float32, n*KV),
-		LSE:  make([]float32, d.Heads*n),
-		Gate: make([]float32, n*F), Up: make([]float32, n*F), H: h,
-		AttScratch: attScratch,
-	}
 }
 
 // Scratch holds the buffers of an inference pass (no activations kept);
