@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 )
 
 // BenchmarkFMAPeak measures this CPU's float32 FMA peak per core (12
 // independent chains, no memory traffic), the denominator of "share of
-// peak" for the GEMM benchmarks:
+// peak" for the GEMM benchmarks, and the VDPBF16PS peak (avx512bf16: each
+// lane of an instruction is 2 products and 2 sums, 4 flops) for the bf16
+// ones (BenchmarkMatMulBF16):
 //
 //	go test ./tensor/ -bench 'FMAPeak|MatMul/2048' -run XXX
 func BenchmarkFMAPeak(b *testing.B) {
@@ -19,7 +22,12 @@ func BenchmarkFMAPeak(b *testing.B) {
 		ok    bool
 		lanes int
 		f     func(int)
-	}{{"avx2", hasAVX2, 8, fmaPeakAVX2}, {"avx512", hasAVX512, 16, fmaPeakAVX512}} {
+		flops int // per lane per instruction
+	}{
+		{"avx2", hasAVX2, 8, fmaPeakAVX2, 2},
+		{"avx512", hasAVX512, 16, fmaPeakAVX512, 2},
+		{"avx512bf16", hasBF16, 16, bf16PeakAVX512, 4},
+	} {
 		// threads=2 runs the chains on two goroutines at once: the ceiling
 		// of a 2-thread GEMM where both cores' clocks and shared parts are
 		// busy, which can be below twice threads=1.
@@ -37,7 +45,7 @@ func BenchmarkFMAPeak(b *testing.B) {
 					}
 					wg.Wait()
 				}
-				flops := float64(iters) * 12 * float64(c.lanes) * 2 * float64(b.N) * float64(threads)
+				flops := float64(iters) * 12 * float64(c.lanes*c.flops) * float64(b.N) * float64(threads)
 				b.ReportMetric(flops/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 				b.ReportMetric(flops/(cpuTime()-cpu0).Seconds()/1e9, "GFLOP/cpu-s")
 			})
@@ -45,9 +53,9 @@ func BenchmarkFMAPeak(b *testing.B) {
 	}
 }
 
-// BenchmarkMicroKernel times each float32 micro-kernel alone on panels
-// that stay in L1 (kc = 256), the ceiling of the blocked GEMM: compare its
-// GFLOP/cpu-s with BenchmarkFMAPeak.
+// BenchmarkMicroKernel times each micro-kernel alone on panels that stay
+// in L1 (256 steps of k), the ceiling of the blocked GEMM: compare its
+// GFLOP/cpu-s with BenchmarkFMAPeak (bf16-12x32 with avx512bf16's).
 func BenchmarkMicroKernel(b *testing.B) {
 	const ku = 256
 	for _, c := range []struct {
@@ -67,9 +75,27 @@ func BenchmarkMicroKernel(b *testing.B) {
 			for b.Loop() {
 				c.f(ku, ap, bp, cc, c.nr, 1, 1)
 			}
-			flops := 2 * float64(ku*c.mr*c.nr) * float64(b.N)
-			b.ReportMetric(flops/b.Elapsed().Seconds()/1e9, "GFLOP/s")
-			b.ReportMetric(flops/(cpuTime()-cpu0).Seconds()/1e9, "GFLOP/cpu-s")
+			reportMicroKernel(b, ku, c.mr, c.nr, cpu0)
 		})
 	}
+	b.Run("bf16-12x32", func(b *testing.B) {
+		if !hasBF16 {
+			b.Skip("avx512bf16: not available on this CPU")
+		}
+		const kp = ku / 2 // pairs along k
+		ap := make([]uint16, ku*12)
+		bp := make([]uint16, ku*32)
+		cc := make([]float32, 12*32)
+		cpu0 := cpuTime()
+		for b.Loop() {
+			microBF16(kp, ap, bp, cc, 32, 1, 1)
+		}
+		reportMicroKernel(b, ku, 12, 32, cpu0)
+	})
+}
+
+func reportMicroKernel(b *testing.B, ku, mr, nr int, cpu0 time.Duration) {
+	flops := 2 * float64(ku*mr*nr) * float64(b.N)
+	b.ReportMetric(flops/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+	b.ReportMetric(flops/(cpuTime()-cpu0).Seconds()/1e9, "GFLOP/cpu-s")
 }

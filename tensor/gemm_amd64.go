@@ -76,9 +76,13 @@ var (
 // (a 48 KiB B micro-panel, Zen 5's whole L1d, and 576 KiB of A in its
 // 1 MiB L2) beat kc = 256, mc = 192 by 9–11% on 2 threads at 2048³ and
 // 512×4864×896: a deeper kc means fewer passes over C, which the kernel
-// reads and writes once per kc. The bf16 kernel's panels
-// hold 2 bytes per element, so its kc is 512 (the same 32 KiB): 3–19% more
-// GFLOP per CPU-second than 256 on the prefill's shapes on Zen 5.
+// reads and writes once per kc. The bf16 kernel reads A as one stream
+// (packABF16's k-major panels), so its B micro-panel need not stay in L1:
+// kc = 1024 (a 64 KiB B micro-panel, 384 KiB of A in L2) holds a whole
+// 896-deep product in one pass and ran the prefill's shapes (512 × 1152,
+// 896, 4864 × 896, and 896 × 4864) and the 0.5B LM head's (1024 × 151936
+// × 896) at 280–375 GFLOP per CPU-second on Zen 5 with 2 threads, against
+// 125–310 for kc = 512 (BenchmarkMatMulBF16, prepacked B).
 var (
 	avx2Kernels = newGemmKernels("avx2", tileKernel[float32]{
 		mr: 6, nr: 16, kc: 256, mc: 144, nc: 3072, kstep: 1, micro: microAVX2,
@@ -89,7 +93,7 @@ var (
 	avx512BF16Kernels = newGemmKernels("avx512bf16", tileKernel[float32]{
 		mr: 12, nr: 32, kc: 384, mc: 384, nc: 3072, kstep: 1, micro: microAVX512,
 	}, &tileKernel[uint16]{
-		mr: 12, nr: 32, kc: 512, mc: 192, nc: 3072, kstep: 2, micro: microBF16,
+		mr: 12, nr: 32, kc: 1024, mc: 192, nc: 3072, kstep: 2, micro: microBF16,
 	}, dot4AVX2Go, dot4BF16AVX2Go).withGemvZ()
 )
 

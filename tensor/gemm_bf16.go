@@ -1,29 +1,49 @@
 package tensor
 
-import "math"
+import (
+	"math"
+	"unsafe"
+)
 
 // The activations of the native bf16 GEMM (VDPBF16PS): A is rounded to
-// bf16 row by row into a block the micro-kernel reads with a row stride,
-// so that packing A is a streaming conversion (roundBF16Row, vectorized
-// where the CPU has AVX512_BF16) rather than a transposing scalar copy.
+// bf16 row by row (roundBF16Row, vectorized where the CPU has
+// AVX512_BF16), then its pairs along k are interleaved into micro-panels
+// the kernel reads as one stream.
 
-// packABF16 converts op(A)[i0:i0+mc, p0:p0+kc] (A (m, k), lda) to bf16 as
-// a row-major block (roundUp(mc, mr), kpad) with kpad = kc rounded up to
-// even: micro-panel ir is rows ir..ir+mr, each kpad/2 pairs along k, as the
-// bf16 micro-kernel reads them. Rows past mc and an odd last column are
-// zero.
+// packABF16 converts op(A)[i0:i0+mc, p0:p0+kc] (A (m, k), lda) to bf16
+// micro-panels (roundUp(mc, mr)/mr panels, kpad/2, mr, 2) with kpad = kc
+// rounded up to even: panel ir holds, for each pair q along k, rows
+// ir..ir+mr's pairs q side by side, as the bf16 micro-kernel reads them.
+// Rows past mc and an odd last column are zero.
 func packABF16(dst []uint16, g *gemmJob, mr, i0, mc, p0, kc int) {
 	a, lda := g.a, g.lda
 	kp := roundUp(kc, 2)
+	var row [1024]uint16 // one row's chunk, rounded
+	row32 := (*[512]uint32)(unsafe.Pointer(&row))
 	for r := 0; r < mc; r++ {
-		d := dst[r*kp : r*kp+kp]
-		src := a[(i0+r)*lda+p0:]
-		roundBF16Row(d[:kc], src[:kc])
-		if kc < kp {
-			d[kc] = 0
+		panel := dst[r/mr*mr*kp : (r/mr+1)*mr*kp]
+		src := a[(i0+r)*lda+p0 : (i0+r)*lda+p0+kc]
+		for c0 := 0; c0 < kc; c0 += len(row) {
+			n := min(len(row), kc-c0)
+			roundBF16Row(row[:n], src[c0:c0+n])
+			if n%2 == 1 {
+				row[n] = 0
+			}
+			// pair q of this chunk goes to panel pair (c0/2+q)·mr + r%mr
+			np := (n + 1) / 2
+			d := unsafe.Slice((*uint32)(unsafe.Pointer(&panel[c0*mr+r%mr*2])), (np-1)*mr+1)
+			for q, v := range row32[:np] {
+				d[q*mr] = v
+			}
 		}
 	}
-	clear(dst[mc*kp : roundUp(mc, mr)*kp])
+	// rows past mc in the last panel
+	if rem := mc % mr; rem != 0 {
+		panel := dst[mc/mr*mr*kp : (mc/mr+1)*mr*kp]
+		for q := 0; q < kp; q += 2 {
+			clear(panel[q*mr+rem*2 : q*mr+mr*2])
+		}
+	}
 }
 
 // roundBF16Go rounds f to bf16 as VCVTNE2PS2BF16 does (the model of

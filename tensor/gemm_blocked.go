@@ -32,7 +32,7 @@ type tileKernel[T float32 | uint16] struct {
 	kstep      int // 1, or 2 when the packed k dimension holds bf16 pairs
 	// micro computes C[0:mr, 0:nr] = alpha·Ap·Bp + beta·C (C not read when
 	// beta == 0). ku is the packed depth in units of kstep; Ap: (ku, mr) for
-	// float32, (mr, ku, 2) for bf16 (packABF16), Bp: (ku, nr, kstep).
+	// float32, (ku, mr, 2) for bf16 (packABF16), Bp: (ku, nr, kstep).
 	micro func(ku int, ap, bp []T, c []float32, ldc int, alpha, beta float32)
 	// packA packs op(A)[i0:i0+mc, p0:p0+kc] and packB op(B)[p0:p0+kc, j0:j0+nc]
 	// into micro-panels, zero-padding the last partial panel and odd k.

@@ -100,6 +100,9 @@ func fmaPeakAVX2(n int)
 //go:noescape
 func fmaPeakAVX512(n int)
 
+//go:noescape
+func bf16PeakAVX512(n int)
+
 // Packed int8 kernels (gemm_q8p.go) in gemm_amd64.s: q8pZR<R> for tiles
 // of R = 1..6 rows (genQ8P) and the activation quantizer (genQuantQ8Row).
 //

@@ -76,7 +76,7 @@ func microGoTile(mr, nr int) func(ku int, ap, bp []float32, c []float32, ldc int
 	}
 }
 
-// microGoPairs does what kernBF16x12x32 does on a (12, ku, 2) A block and a
+// microGoPairs does what kernBF16x12x32 does on a (ku, 12, 2) A panel and a
 // (ku, 32, 2) B panel of bf16: exact products of pairs, the odd one added
 // first, in float32 (VDPBF16PS), bit for bit (TestKernBF16Model).
 func microGoPairs(ku int, ap, bp []uint16, c []float32, ldc int, alpha, beta float32) {
@@ -84,7 +84,7 @@ func microGoPairs(ku int, ap, bp []uint16, c []float32, ldc int, alpha, beta flo
 	var t [mr * nr]float32
 	for p := 0; p < ku; p++ {
 		for i := 0; i < mr; i++ {
-			a0, a1 := BF16ToF32(ap[(i*ku+p)*2]), BF16ToF32(ap[(i*ku+p)*2+1])
+			a0, a1 := BF16ToF32(ap[(p*mr+i)*2]), BF16ToF32(ap[(p*mr+i)*2+1])
 			for j := 0; j < nr; j++ {
 				b0, b1 := BF16ToF32(bp[(p*nr+j)*2]), BF16ToF32(bp[(p*nr+j)*2+1])
 				t[i*nr+j] += a1 * b1
