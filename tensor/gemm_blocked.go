@@ -115,6 +115,10 @@ func runBlocked[T float32 | uint16](g *gemmJob, kn *tileKernel[T], threads int) 
 		runSharedB(g, kn, threads)
 		return
 	}
+	if useSharedA(g, kn, threads, tm, tn) {
+		runSharedA(g, kn, threads, sharedAMaxElems)
+		return
+	}
 	if tm*tn == 1 {
 		blockedRect(g, kn, 0, g.m, 0, g.n)
 		return

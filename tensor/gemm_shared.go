@@ -182,3 +182,117 @@ func sharedBWorker[T float32 | uint16](g *gemmJob, kn *tileKernel[T], sh *shared
 		}
 	}
 }
+
+// The shared-A schedule, for a prepacked B (GemmPacked): threads split the
+// columns of C, as gemmGrid does for the prefill's shapes, but A is packed
+// once, every thread packing a share of its micro-panels, every depth
+// block, into a buffer that all of them then read:
+//
+//	for chunks of rows of A (at most sharedAMaxElems elements packed):
+//	  thread t packs micro-panels [t·np/T, (t+1)·np/T) of the chunk, every kc block
+//	  barrier
+//	  thread t: for jc in steps of nc over its columns, pc, ic: run the kernels
+//	  barrier (the buffer is packed again for the next chunk)
+//
+// Under the grid, each thread packs all of A (rounding it to bf16, or
+// transposing it into panels) once per nc of its columns: at 2 threads
+// and 512 tokens that was 10% of a bf16 prefill's CPU time.
+
+// sharedAMaxElems bounds the shared A buffer (16 MiB of float32, 8 of
+// bf16): the 512-token prefill's products pack A in one chunk.
+const sharedAMaxElems = 1 << 22
+
+// useSharedA reports whether runBlocked takes the shared-A schedule:
+// B prepacked, more than one thread, enough work for each, and a grid
+// that splits the columns of C (so that every thread would pack all of A).
+func useSharedA[T float32 | uint16](g *gemmJob, kn *tileKernel[T], threads, tm, tn int) bool {
+	if !sharedAEnabled || threads < 2 || g.packed == nil || tn < 2 {
+		return false
+	}
+	work := 2 * float64(g.m) * float64(g.n) * float64(g.k)
+	return work >= float64(threads)*(1<<22) && g.n >= threads*kn.nr
+}
+
+// sharedAEnabled switches the shared-A schedule on (tests turn it off to
+// check the grid schedule, benchmarks to compare the two).
+var sharedAEnabled = true
+
+// runSharedA computes the whole job (B prepacked) with kernel kn on
+// threads goroutines (the caller's and threads-1 others) in the shared-A
+// schedule, packing at most maxElems of A at a time (sharedAMaxElems).
+func runSharedA[T float32 | uint16](g *gemmJob, kn *tileKernel[T], threads, maxElems int) {
+	kround := roundUp(g.k, kn.kstep)
+	chunk := max(kn.mr, maxElems/kround/kn.mr*kn.mr)
+	chunk = min(chunk, roundUp(g.m, kn.mr))
+	sh := getShared[T]()
+	defer putShared(sh)
+	sh.b[0] = grow(sh.b[0], chunk*kround)
+	// each thread's columns: whole micro-panels, as even as they go
+	np := (g.n + kn.nr - 1) / kn.nr
+	threads = min(threads, np)
+	bar := newBarrier(threads)
+	var wg sync.WaitGroup
+	for t := 1; t < threads; t++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sharedAWorker(g, kn, sh.b[0], chunk, bar, t, threads)
+		}()
+	}
+	sharedAWorker(g, kn, sh.b[0], chunk, bar, 0, threads)
+	wg.Wait()
+}
+
+// sharedAWorker is thread t's part of runSharedA: its share of packing
+// each chunk of A into a (chunk rows, every depth block) and its columns
+// of C (kn.mc is a multiple of mr). Depth block pc of a chunk of mpad rows starts at a[pc·mpad]
+// (every block before it is kc deep, a multiple of kstep); in it, micro-
+// panel q starts at q·mr·kpad.
+func sharedAWorker[T float32 | uint16](g *gemmJob, kn *tileKernel[T], a []T, chunk int, bar *barrier, t, threads int) {
+	mr, nr, ks := kn.mr, kn.nr, kn.kstep
+	np := (g.n + nr - 1) / nr
+	j0, j1 := min(t*np/threads*nr, g.n), min((t+1)*np/threads*nr, g.n)
+	var pre []T
+	switch p := any(&pre).(type) {
+	case *[]float32:
+		*p = g.packed.data
+	case *[]uint16:
+		*p = g.packed.half
+	}
+	pool := getBuf[T]()
+	defer putBuf(pool)
+	pool.tile = grow(pool.tile, mr*nr)
+	buf := &gemmBuf[T]{tile: pool.tile} // a points into the shared A, never into the pool
+	for r0 := 0; r0 < g.m; r0 += chunk {
+		rows := min(chunk, g.m-r0)
+		mpad := roundUp(rows, mr)
+		panels := mpad / mr
+		q0, q1 := t*panels/threads, (t+1)*panels/threads
+		for pc := 0; pc < g.k; pc += kn.kc {
+			kcur := min(kn.kc, g.k-pc)
+			kpad := roundUp(kcur, ks)
+			if i0, i1 := q0*mr, min(q1*mr, rows); i0 < i1 {
+				kn.packA(a[pc*mpad+i0*kpad:], g, mr, r0+i0, i1-i0, pc, kcur)
+			}
+		}
+		bar.await(bar.arrive())
+		for jc := j0; jc < j1; jc += kn.nc {
+			ncur := min(kn.nc, j1-jc)
+			for pc := 0; pc < g.k; pc += kn.kc {
+				kcur := min(kn.kc, g.k-pc)
+				kpad := roundUp(kcur, ks)
+				beta := g.beta
+				if pc > 0 {
+					beta = 1
+				}
+				bb := pre[pc*g.packed.npad+jc*kpad:]
+				for ic := 0; ic < rows; ic += kn.mc {
+					mcur := min(kn.mc, rows-ic)
+					buf.a = a[pc*mpad+ic*kpad:]
+					kn.runPanels(g, buf, bb, kpad, beta, r0+ic, mcur, jc, ncur, 0, ncur)
+				}
+			}
+		}
+		bar.await(bar.arrive())
+	}
+}

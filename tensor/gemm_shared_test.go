@@ -116,3 +116,96 @@ func TestUseSharedB(t *testing.T) {
 		}
 	}
 }
+
+// TestGemmSharedA runs the shared-A schedule directly on a prepacked B,
+// over 2..7 threads (more than some shapes have micro-panels), with small
+// blocks and a small chunk of A so that every shape crosses several (kc,
+// nc) blocks, chunks of rows and partial panels; every kernel set's float32
+// kernel and native bf16 kernel, beta ≠ 0. It must give the bits of the
+// one-thread loop nest (same products in the same order).
+func TestGemmSharedA(t *testing.T) {
+	rng := rand.New(rand.NewPCG(13, 14))
+	shapes := [][3]int{{150, 170, 90}, {7, 33, 300}, {61, 500, 41}, {200, 65, 129}}
+	for _, ks := range gemmTestSets() {
+		for _, bf16 := range []bool{false, true} {
+			if bf16 && ks.bf16 == nil {
+				continue
+			}
+			small := *ks
+			f := *ks.f32
+			f.kc, f.mc, f.nc = 40, 2*f.mr, 3*f.nr
+			small.f32 = &f
+			if bf16 {
+				h := *ks.bf16
+				h.kc, h.mc, h.nc = 40, 2*h.mr, 3*h.nr
+				small.bf16 = &h
+			}
+			for _, s := range shapes {
+				m, n, k := s[0], s[1], s[2]
+				for _, transB := range []bool{false, true} {
+					a, lda, b, ldb, ldc := gemmOperands(rng, m, n, k, transB)
+					c0 := gemmRandSlice(rng, (m-1)*ldc+n)
+					var pb *PackedB
+					if bf16 {
+						pb = packBBF16With(&small, transB, n, k, b, ldb)
+					} else {
+						pb = packBWith(&small, transB, n, k, b, ldb)
+					}
+					job := func(c []float32) gemmJob {
+						return gemmJob{m: m, n: n, k: k, alpha: 0.5, beta: -1.5, a: a, lda: lda, c: c, ldc: ldc, packed: pb}
+					}
+					want := append([]float32(nil), c0...)
+					gw := job(want)
+					if bf16 {
+						blockedRect(&gw, small.bf16, 0, m, 0, n)
+					} else {
+						blockedRect(&gw, small.f32, 0, m, 0, n)
+					}
+					for threads := 2; threads <= 7; threads++ {
+						for _, maxElems := range []int{1, 3000, sharedAMaxElems} {
+							got := append([]float32(nil), c0...)
+							g := job(got)
+							if bf16 {
+								runSharedA(&g, small.bf16, threads, maxElems)
+							} else {
+								runSharedA(&g, small.f32, threads, maxElems)
+							}
+							for i := range got {
+								if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+									t.Fatalf("%s bf16=%v %v transB=%v, %d threads, chunk of %d: C[%d] = %v, one thread gives %v",
+										ks.name, bf16, s, transB, threads, maxElems, i, got[i], want[i])
+								}
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestUseSharedA checks when runBlocked takes the shared-A schedule.
+func TestUseSharedA(t *testing.T) {
+	bf16 := &tileKernel[uint16]{mr: 12, nr: 32, kc: 1024, mc: 192, nc: 3072, kstep: 2}
+	for _, tc := range []struct {
+		m, n, k, threads int
+		packed           bool
+		want             bool
+	}{
+		{512, 4864, 896, 2, true, true}, // the prefill's MLP: the grid splits the columns
+		{512, 896, 4864, 2, true, true},
+		{512, 4864, 896, 2, false, false}, // B packed per call: shared-B's business
+		{512, 4864, 896, 1, true, false},
+		{2048, 32, 896, 2, true, false}, // one micro-panel: the grid splits the rows
+		{16, 64, 64, 2, true, false},    // too little work
+	} {
+		g := gemmJob{m: tc.m, n: tc.n, k: tc.k}
+		if tc.packed {
+			g.packed = &PackedB{}
+		}
+		tm, tn := gemmGrid(tc.m, tc.n, tc.k, bf16.mr, bf16.nr, bf16.nc, tc.threads)
+		if got := useSharedA(&g, bf16, tc.threads, tm, tn); got != tc.want {
+			t.Errorf("useSharedA(%d×%d×%d, %d threads, packed %v; grid %d×%d) = %v, want %v", tc.m, tc.n, tc.k, tc.threads, tc.packed, tm, tn, got, tc.want)
+		}
+	}
+}
