@@ -108,13 +108,15 @@ func (ks *gemmKernels) withGemv(f gemvFunc) *gemmKernels {
 
 // withGemvZ sets the AVX-512 small-m kernels of GemmPacked (32-wide
 // panels): four segments at once for one row of A (decode), two for more;
-// and the one-row product with a row-major B (dotRows: the LM head).
+// and the one-row products with a row-major B (dotRows, dotRowsH: the LM
+// head, float32 or bf16).
 func (ks *gemmKernels) withGemvZ() *gemmKernels {
 	ks.gemv = func(rows, ku int, a []float32, lda int, b []float32, nr int, out []float32, add bool) {
 		gemvStreamsZ(rows, 1, ku, a, lda, b, nr, 0, out, 0, add)
 	}
 	ks.gemvN = gemvStreamsZ
 	ks.dotRows = dotRowsAVX512
+	ks.dotRowsH = dotRowsBF16AVX512
 	ks.gemvWays = [5]int{1, 4, 2, 2, 2}
 	return ks
 }
@@ -194,6 +196,9 @@ func dotRowsZ(k int, a *float32, b *float32, ldb int, n int, out *float32)
 //go:noescape
 func dotRowsY(k int, a *float32, b *float32, ldb int, n int, out *float32)
 
+//go:noescape
+func dotRowsBF16Z(k int, a *float32, b *uint16, ldb int, n int, out *float32)
+
 // dotRowsAVX2 is dotRowsFunc with the AVX2 kernel.
 func dotRowsAVX2(k int, a, b []float32, ldb, n int, out []float32) {
 	_ = a[k-1]
@@ -208,6 +213,14 @@ func dotRowsAVX512(k int, a, b []float32, ldb, n int, out []float32) {
 	_ = b[(4*n-1)*ldb+k-1]
 	_ = out[4*n-1]
 	dotRowsZ(k, &a[0], &b[0], ldb, n, &out[0])
+}
+
+// dotRowsBF16AVX512 is dotRowsBF16Func with the AVX-512 kernel.
+func dotRowsBF16AVX512(k int, a []float32, b []uint16, ldb, n int, out []float32) {
+	_ = a[k-1]
+	_ = b[(4*n-1)*ldb+k-1]
+	_ = out[4*n-1]
+	dotRowsBF16Z(k, &a[0], &b[0], ldb, n, &out[0])
 }
 
 // gemvZ holds the generated kernels by [rows-1][segments/2] (segments 1,

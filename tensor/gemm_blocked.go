@@ -52,9 +52,10 @@ type gemmJob struct {
 	ldb            int
 	c              []float32 // (m, n)
 	ldc            int
-	packed         *PackedB     // op(B) prepacked (f32, or bf16 pairs for the bf16 kernel); b, bh unset
-	q              *QuantMatrix // W (n, k) in a GGML format, transB implied; b, bh unset
-	dotRows        dotRowsFunc  // the small-m path's one-row kernel (m = 1, B in place), or nil
+	packed         *PackedB        // op(B) prepacked (f32, or bf16 pairs for the bf16 kernel); b, bh unset
+	q              *QuantMatrix    // W (n, k) in a GGML format, transB implied; b, bh unset
+	dotRows        dotRowsFunc     // the small-m path's one-row kernel (m = 1, B in place), or nil
+	dotRowsH       dotRowsBF16Func // the same for a bf16 B (bh), or nil
 }
 
 // gemmBuf is one worker's scratch: packed A and B blocks and an edge tile.
@@ -485,9 +486,12 @@ func smallMCols(g *gemmJob, a []float32, lda int, dot dot4Func, dotH dot4BF16Fun
 	k, ldb, ldc := g.k, g.ldb, g.ldc
 	k8 := k &^ 7
 	var s [4]float32
-	if g.m == 1 && g.bh == nil && g.dotRows != nil && g.alpha == 1 && g.beta == 0 && k%16 == 0 {
-		if n4 := (j1 - j0) / 4; n4 > 0 {
+	if g.m == 1 && g.alpha == 1 && g.beta == 0 && k%16 == 0 {
+		if n4 := (j1 - j0) / 4; n4 > 0 && g.bh == nil && g.dotRows != nil {
 			g.dotRows(k, a[:k], g.b[j0*ldb:], ldb, n4, g.c[j0:j0+4*n4])
+			j0 += 4 * n4
+		} else if n4 > 0 && g.bh != nil && g.dotRowsH != nil {
+			g.dotRowsH(k, a[:k], g.bh[j0*ldb:], ldb, n4, g.c[j0:j0+4*n4])
 			j0 += 4 * n4
 		}
 	}
@@ -549,13 +553,19 @@ type gemmKernels struct {
 	gemvN    gemvStreamsFunc
 	gemvWays [5]int
 	// dotRows, where set, runs Gemm's m = 1 products with B (n, k) read
-	// in place (decode times the LM head) in one call per thread.
-	dotRows dotRowsFunc
+	// in place (decode times the LM head) in one call per thread; dotRowsH
+	// the same with a bf16 B (GemmBF16, and GemmQuant on a BF16 matrix:
+	// the tied head of a bf16 GGUF).
+	dotRows  dotRowsFunc
+	dotRowsH dotRowsBF16Func
 }
 
 // dotRowsFunc computes out[j] = Σ_{p<k} a[p]·b[j·ldb+p] for j < 4·n, with
 // k a multiple of 16.
 type dotRowsFunc func(k int, a, b []float32, ldb, n int, out []float32)
+
+// dotRowsBF16Func is dotRowsFunc for a bf16 B, widened exactly.
+type dotRowsBF16Func func(k int, a []float32, b []uint16, ldb, n int, out []float32)
 
 func newGemmKernels(name string, f32 tileKernel[float32], bf16 *tileKernel[uint16], dot dot4Func, dotH dot4BF16Func) *gemmKernels {
 	f32.packA, f32.packB = packAF32, packBF32
@@ -669,7 +679,7 @@ func (ks *gemmKernels) gemmBF16(m, n, k int, a []float32, lda int, b []uint16, l
 		a, lda = buf.a, k
 	}
 	g := gemmJob{transB: true, m: m, n: n, k: k, alpha: 1, beta: 0,
-		a: a, lda: lda, bh: b, ldb: ldb, c: c, ldc: ldc}
+		a: a, lda: lda, bh: b, ldb: ldb, c: c, ldc: ldc, dotRowsH: ks.dotRowsH}
 	switch {
 	case m <= smallMMax:
 		runSmallM(&g, ks.dot4, ks.dot4BF16, threads)

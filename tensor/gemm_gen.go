@@ -38,8 +38,9 @@ func main() {
 	genGemvStreams(1, 4)
 	genGemvStreams(1, 2)
 	genGemvStreams(2, 2)
-	genDotRows("Z")
-	genDotRows("Y")
+	genDotRows("Z", false)
+	genDotRows("Y", false)
+	genDotRows("Z", true)
 	for _, rs := range gemvZShapes {
 		genGemvZ(rs[0], rs[1])
 	}
@@ -652,40 +653,66 @@ func genGemvStreams(rows, ns int) {
 
 // genDotRows emits the decode product with a row-major weight (the LM
 // head read in place), on four distant runs of rows at once, with AVX-512
-// (R "Z": dotRowsZ) or AVX2 (R "Y": dotRowsY):
+// (R "Z": dotRowsZ) or AVX2 (R "Y": dotRowsY), or, with bf16, AVX-512 on a
+// bf16 weight (dotRowsBF16Z):
 //
 //	func dotRows<R>(k int, a *float32, b *float32, ldb int, n int, out *float32)
+//	func dotRowsBF16Z(k int, a *float32, b *uint16, ldb int, n int, out *float32)
 //
 // out[s·n+j] = Σ_{p<k} a[p]·b[(s·n+j)·ldb+p] for s < 4, j < n; k a multiple
 // of 16 (Z) or 8 (Y). Each step takes one row of each run (four sequential memory
 // streams, as the gemv kernels' segments), two accumulators per row (even
 // and odd 16-float chunks: eight FMA chains), the A chunk loaded once for
 // the four; the four sums are reduced together (as genDot4). One call
-// covers a thread's whole share of rows, so no Go code runs per row.
-func genDotRows(R string) {
+// covers a thread's whole share of rows, so no Go code runs per row. A
+// bf16 weight is widened exactly (VPMOVZXWD, then VPSLLD by 16) into the
+// float32 FMAs: the products are those of dot4BF16AVX2, half the bytes of
+// a float32 head read per step.
+func genDotRows(R string, bf16 bool) {
 	name := "dotRows" + R
 	w, lanes, ar := 64, 16, 16 // vector bytes, floats, first A register
 	if R == "Y" {
 		w, lanes, ar = 32, 8, 8
 	}
+	bw, elem, shift := w, "float32", 2 // bytes of B per vector of A, its type, log2 size
+	if bf16 {
+		name = "dotRowsBF16" + R
+		bw, elem, shift = w/2, "uint16", 1
+	}
 	p("")
-	p("// func %s(k int, a *float32, b *float32, ldb int, n int, out *float32)", name)
+	p("// func %s(k int, a *float32, b *%s, ldb int, n int, out *float32)", name, elem)
 	p("TEXT ·%s(SB), NOSPLIT, $0-48", name)
 	p("\tMOVQ a+8(FP), SI")
 	p("\tMOVQ b+16(FP), R8")
 	p("\tMOVQ ldb+24(FP), AX")
-	p("\tSHLQ $2, AX")
+	p("\tSHLQ $%d, AX", shift)
 	p("\tMOVQ n+32(FP), BX")
 	p("\tMOVQ out+40(FP), DI")
 	p("\tMOVQ BX, R14")
 	p("\tSHLQ $2, R14") // n·4 bytes: from one run's outputs to the next
 	p("\tMOVQ AX, R12")
-	p("\tIMULQ BX, R12") // n·ldb·4 bytes: from one run's rows to the next
+	p("\tIMULQ BX, R12") // n·ldb elements' bytes: from one run's rows to the next
 	p("\tLEAQ (R8)(R12*1), R9")
 	p("\tLEAQ (R9)(R12*1), R10")
 	p("\tLEAQ (R10)(R12*1), R11")
 	p("\tLEAQ (R14)(R14*2), R15")
-	rows := []string{"(R8)(DX*1)", "(R9)(DX*1)", "(R10)(DX*1)", "(R11)(DX*1)"}
+	// B's byte offset along k is DX (float32) or R13 = DX/2 (bf16)
+	off := "DX"
+	if bf16 {
+		off = "R13"
+	}
+	rows := []string{"(R8)(" + off + "*1)", "(R9)(" + off + "*1)", "(R10)(" + off + "*1)", "(R11)(" + off + "*1)"}
+	// fma adds chunk u of row q's B (at byte offset d) times A register a.
+	fma := func(d, q, u, a int) {
+		if !bf16 {
+			p("\tVFMADD231PS %d%s, %s%d, %s%d", d, rows[q], R, a, R, q+4*u)
+			return
+		}
+		t := 18 + q + 4*u // a widening register per (row, chunk)
+		p("\tVPMOVZXWD %d%s, Z%d", d, rows[q], t)
+		p("\tVPSLLD $16, Z%d, Z%d", t, t)
+		p("\tVFMADD231PS Z%d, Z%d, Z%d", t, a, q+4*u)
+	}
 	p("%s_rows:", name)
 	p("\tTESTQ BX, BX")
 	p("\tJEQ %s_done", name)
@@ -698,6 +725,15 @@ func genDotRows(R string) {
 	}
 	p("\tMOVQ k+0(FP), CX")
 	p("\tXORQ DX, DX") // byte offset along k
+	if bf16 {
+		p("\tXORQ R13, R13")
+	}
+	adv := func(n int) {
+		p("\tADDQ $%d, DX", n*w)
+		if bf16 {
+			p("\tADDQ $%d, R13", n*bw)
+		}
+	}
 	p("%s_loop2:", name)
 	p("\tCMPQ CX, $%d", 2*lanes)
 	p("\tJLT %s_loop1", name)
@@ -706,10 +742,10 @@ func genDotRows(R string) {
 	}
 	for u := 0; u < 2; u++ {
 		for q := 0; q < 4; q++ {
-			p("\tVFMADD231PS %d%s, %s%d, %s%d", w*u, rows[q], R, ar+u, R, q+4*u)
+			fma(bw*u, q, u, ar+u)
 		}
 	}
-	p("\tADDQ $%d, DX", 2*w)
+	adv(2)
 	p("\tSUBQ $%d, CX", 2*lanes)
 	p("\tJMP %s_loop2", name)
 	p("%s_loop1:", name)
@@ -717,7 +753,7 @@ func genDotRows(R string) {
 	p("\tJEQ %s_reduce", name)
 	p("\tVMOVUPS (SI)(DX*1), %s%d", R, ar)
 	for q := 0; q < 4; q++ {
-		p("\tVFMADD231PS %s, %s%d, %s%d", rows[q], R, ar, R, q)
+		fma(0, q, 0, ar)
 	}
 	p("%s_reduce:", name)
 	for q := 0; q < 4; q++ {

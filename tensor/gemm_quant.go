@@ -84,7 +84,7 @@ func gemmQuantWith(ks *gemmKernels, m int, a []float32, lda int, w *QuantMatrix,
 	if emptyGemm(m, n, k, 1, 0, c, ldc) {
 		return
 	}
-	g := gemmJob{transB: true, m: m, n: n, k: k, alpha: 1, beta: 0, a: a, lda: lda, c: c, ldc: ldc, q: w}
+	g := gemmJob{transB: true, m: m, n: n, k: k, alpha: 1, beta: 0, a: a, lda: lda, c: c, ldc: ldc, q: w, dotRowsH: ks.dotRowsH}
 	threads := runtime.GOMAXPROCS(0)
 	if m <= smallMMax {
 		runSmallMQuant(&g, ks.dot4, ks.dot4BF16, threads)

@@ -441,34 +441,45 @@ func TestGemmAsmGenerated(t *testing.T) {
 }
 
 // TestDotRows checks each kernel set's one-row product with a row-major
-// B (the decode LM head) against float64, on k multiples of 16 and runs
-// of one or more rows.
+// B (the decode LM head), float32 and bf16, against float64, on k multiples
+// of 16 and runs of one or more rows.
 func TestDotRows(t *testing.T) {
 	rng := rand.New(rand.NewPCG(41, 3))
 	tested := 0
 	for _, ks := range gemmAvailable {
-		if ks.dotRows == nil {
-			continue
-		}
-		tested++
-		for _, k := range []int{16, 32, 48, 80, 896} {
-			for _, n := range []int{1, 3, 8} {
-				ldb := k + 8
-				a, b := gemmRandSlice(rng, k), gemmRandSlice(rng, 4*n*ldb)
-				out := make([]float32, 4*n)
-				ks.dotRows(k, a, b, ldb, n, out)
-				for j := range out {
-					var want, mag float64
-					for p := 0; p < k; p++ {
-						v := float64(a[p]) * float64(b[j*ldb+p])
-						want, mag = want+v, mag+math.Abs(v)
+		for _, bf16 := range []bool{false, true} {
+			if (!bf16 && ks.dotRows == nil) || (bf16 && ks.dotRowsH == nil) {
+				continue
+			}
+			tested++
+			for _, k := range []int{16, 32, 48, 80, 896} {
+				for _, n := range []int{1, 3, 8} {
+					ldb := k + 8
+					a, b := gemmRandSlice(rng, k), gemmRandSlice(rng, 4*n*ldb)
+					out := make([]float32, 4*n)
+					if bf16 {
+						bh := make([]uint16, len(b))
+						for i, v := range b {
+							bh[i] = F32ToBF16(v)
+							b[i] = BF16ToF32(bh[i])
+						}
+						ks.dotRowsH(k, a, bh, ldb, n, out)
+					} else {
+						ks.dotRows(k, a, b, ldb, n, out)
 					}
-					if e := math.Abs(float64(out[j]) - want); !(e <= float64(k)*gemmEps*mag) {
-						t.Fatalf("%s k=%d n=%d: out[%d] = %g, want %g", ks.name, k, n, j, out[j], want)
+					for j := range out {
+						var want, mag float64
+						for p := 0; p < k; p++ {
+							v := float64(a[p]) * float64(b[j*ldb+p])
+							want, mag = want+v, mag+math.Abs(v)
+						}
+						if e := math.Abs(float64(out[j]) - want); !(e <= float64(k)*gemmEps*mag) {
+							t.Fatalf("%s bf16=%v k=%d n=%d: out[%d] = %g, want %g", ks.name, bf16, k, n, j, out[j], want)
+						}
 					}
 				}
 			}
 		}
 	}
-	t.Logf("%d kernel sets with dotRows", tested)
+	t.Logf("%d kernels (kernel sets × element types) with dotRows", tested)
 }
