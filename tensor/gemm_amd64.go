@@ -107,7 +107,8 @@ func (ks *gemmKernels) withGemv(f gemvFunc) *gemmKernels {
 }
 
 // withGemvZ sets the AVX-512 small-m kernels of GemmPacked (32-wide
-// panels): four segments at once for one row of A (decode), two for more;
+// panels): four segments at once for one row of A (decode), two for more,
+// for float32 panels and, where the set has the bf16 kernel, bf16 pairs;
 // and the one-row products with a row-major B (dotRows, dotRowsH: the LM
 // head, float32 or bf16).
 func (ks *gemmKernels) withGemvZ() *gemmKernels {
@@ -118,6 +119,9 @@ func (ks *gemmKernels) withGemvZ() *gemmKernels {
 	ks.dotRows = dotRowsAVX512
 	ks.dotRowsH = dotRowsBF16AVX512
 	ks.gemvWays = [5]int{1, 4, 2, 2, 2}
+	if ks.bf16 != nil {
+		ks.gemvBF16 = gemvBF16StreamsZ
+	}
 	return ks
 }
 
@@ -243,21 +247,89 @@ func gemvStreamsZ(rows, ns, ku int, a []float32, lda int, b []float32, nr, bs in
 	_ = a[(rows-1)*lda+ku-1]
 	_ = b[(ns-1)*bs+ku*nr-1]
 	_ = out[(ns-1)*os+rows*nr-1]
-	ad := 0
-	if add {
-		ad = 1
+	kern := &gemvZ[rows-1]
+	gemvZRuns(ns, func(w int) bool { return kern[w/2] != nil }, func(s, w int) {
+		kern[w/2](ku, &a[0], lda, &b[s*bs], bs, &out[s*os], nr, os, addFlag(add))
+	})
+}
+
+// The AVX512_BF16 small-m kernels (genGemvBF16), by rows and segments.
+//
+//go:noescape
+func gemvBF16R1S1(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvBF16R1S2(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvBF16R1S4(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvBF16R2S1(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvBF16R2S2(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvBF16R3S1(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvBF16R3S2(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvBF16R4S1(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvBF16R4S2(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
+
+// gemvBF16Z holds the bf16 kernels as gemvZ holds the float32 ones.
+var gemvBF16Z = [4][3]func(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int){
+	{gemvBF16R1S1, gemvBF16R1S2, gemvBF16R1S4},
+	{gemvBF16R2S1, gemvBF16R2S2, nil},
+	{gemvBF16R3S1, gemvBF16R3S2, nil},
+	{gemvBF16R4S1, gemvBF16R4S2, nil},
+}
+
+// gemvBF16StreamsZ is gemvBF16Func for 32-wide pair panels with the
+// AVX512_BF16 kernels, segments grouped as in gemvStreamsZ; other panel
+// widths go to gemvBF16Go.
+func gemvBF16StreamsZ(rows, ns, kp int, a []uint16, lda int, b []uint16, nr, bs int, out []float32, os int, add bool) {
+	if nr != 32 || kp == 0 || rows < 1 || rows > 4 {
+		gemvBF16Go(rows, ns, kp, a, lda, b, nr, bs, out, os, add)
+		return
 	}
+	_ = a[(rows-1)*lda+2*kp-1]
+	_ = b[(ns-1)*bs+2*kp*nr-1]
+	_ = out[(ns-1)*os+rows*nr-1]
+	kern := &gemvBF16Z[rows-1]
+	gemvZRuns(ns, func(w int) bool { return kern[w/2] != nil }, func(s, w int) {
+		kern[w/2](kp, &a[0], lda, &b[s*bs], bs, &out[s*os], nr, os, addFlag(add))
+	})
+}
+
+// gemvZRuns cuts segments [0, ns) into runs of w = 4, 2 or 1 segments,
+// the widest that has(w) allows (4 only as a whole run of four), and calls
+// f(s, w) on each in order.
+func gemvZRuns(ns int, has func(w int) bool, f func(s, w int)) {
 	for s := 0; s < ns; {
 		w := min(ns-s, 4)
-		if w == 3 || gemvZ[rows-1][w/2] == nil {
+		if w == 3 || !has(w) {
 			w = min(w, 2)
-			if gemvZ[rows-1][w/2] == nil {
+			if !has(w) {
 				w = 1
 			}
 		}
-		gemvZ[rows-1][w/2](ku, &a[0], lda, &b[s*bs], bs, &out[s*os], nr, os, ad)
+		f(s, w)
 		s += w
 	}
+}
+
+// addFlag is an add argument of the kernels: 1 for true.
+func addFlag(add bool) int {
+	if add {
+		return 1
+	}
+	return 0
 }
 
 //go:noescape

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -98,29 +99,65 @@ func BenchmarkMatMul(b *testing.B) {
 	}
 }
 
-// BenchmarkMatMulBF16 times GemmBF16 (bf16 weights (n, k)) per kernel.
+// BenchmarkMatMulBF16 times GemmBF16 (bf16 weights (n, k)) per kernel,
+// and, per kernel set with a bf16 kernel, GemmPacked on a PackBBF16
+// packing of the same weight ("packed-"; for m ≤ 8 its small-m path, and
+// "packed-blocked-" the blocked bf16 kernel it replaces there), with the
+// packed weight's bytes read per second (wGB/s: decode is bound by it).
+//
+//	go test ./tensor/ -bench MatMulBF16 -run XXX
 func BenchmarkMatMulBF16(b *testing.B) {
 	rng := rand.New(rand.NewPCG(9, 10))
 	for _, s := range []benchShape{
 		{"qwen-mlp-512x4864x896", false, true, 512, 4864, 896},
 		{"decode-1x4864x896", false, true, 1, 4864, 896},
+		{"decode-1x896x4864", false, true, 1, 896, 4864},
 	} {
 		a := gemmRandSlice(rng, s.m*s.k)
 		bh := make([]uint16, s.n*s.k)
+		bw := make([]float32, s.n*s.k)
 		for i := range bh {
 			bh[i] = F32ToBF16(float32(rng.NormFloat64()))
+			bw[i] = BF16ToF32(bh[i])
 		}
 		c := make([]float32, s.m*s.n)
-		for _, name := range allGemmKernels {
+		names := slices.Clone(allGemmKernels)
+		for _, n := range allGemmKernels {
+			names = append(names, "packed-"+n)
+			if s.m <= packedSmallMMax {
+				names = append(names, "packed-blocked-"+n)
+			}
+		}
+		for _, name := range names {
 			for _, th := range benchThreads() {
 				b.Run(fmt.Sprintf("%s/%s/threads=%d", s.name, name, th), func(b *testing.B) {
-					ks := gemmKernelsOrSkip(b, name)
+					kname := strings.TrimPrefix(strings.TrimPrefix(name, "packed-"), "blocked-")
+					ks := gemmKernelsOrSkip(b, kname)
+					var pb *PackedB
+					if kname != name {
+						if pb = packBBF16With(ks, true, s.n, s.k, bw, s.k); pb == nil {
+							b.Skipf("%s has no bf16 kernel", kname)
+						}
+					}
+					mul := func() { ks.gemmBF16(s.m, s.n, s.k, a, s.k, bh, s.k, c, s.n) }
+					switch {
+					case strings.HasPrefix(name, "packed-blocked-"):
+						mul = func() {
+							g := gemmJob{m: s.m, n: s.n, k: s.k, alpha: 1, a: a, lda: s.k, c: c, ldc: s.n, packed: pb}
+							runBlocked(&g, ks.bf16, th)
+						}
+					case pb != nil:
+						mul = func() { GemmPacked(s.m, 1, a, s.k, pb, 0, c, s.n) }
+					}
 					withProcs(b, th, func() {
 						cpu0 := cpuTime()
 						for b.Loop() {
-							ks.gemmBF16(s.m, s.n, s.k, a, s.k, bh, s.k, c, s.n)
+							mul()
 						}
 						reportGFLOPS(b, s.m, s.n, s.k, cpu0)
+						if pb != nil {
+							b.ReportMetric(float64(pb.Bytes())*float64(b.N)/b.Elapsed().Seconds()/1e9, "wGB/s")
+						}
 					})
 				})
 			}

@@ -552,6 +552,8 @@ type gemmKernels struct {
 	// is the number of segments it reads at once best for rows (1..4) of A.
 	gemvN    gemvStreamsFunc
 	gemvWays [5]int
+	// gemvBF16 is gemvN for bf16 pair panels (PackBBF16), the same ways.
+	gemvBF16 gemvBF16Func
 	// dotRows, where set, runs Gemm's m = 1 products with B (n, k) read
 	// in place (decode times the LM head) in one call per thread; dotRowsH
 	// the same with a bf16 B (GemmBF16, and GemmQuant on a BF16 matrix:
@@ -579,7 +581,7 @@ func newGemmKernels(name string, f32 tileKernel[float32], bf16 *tileKernel[uint1
 		bf16.packA, bf16.packB = packABF16, packBBF16
 	}
 	return &gemmKernels{name: name, f32: &f32, wide: &wide, quant: &quant, quantN: &quantN, bf16: bf16, dot4: dot, dot4BF16: dotH,
-		gemv: gemvGo, gemvN: gemvStreamsGo, gemvWays: [5]int{1, 1, 1, 1, 1}}
+		gemv: gemvGo, gemvN: gemvStreamsGo, gemvWays: [5]int{1, 1, 1, 1, 1}, gemvBF16: gemvBF16Go}
 }
 
 // gemvFunc computes out[i·nr+q] (+)= Σ_{p<ku} a[i·lda+p]·b[p·nr+q] for
@@ -597,6 +599,48 @@ type gemvStreamsFunc func(rows, ns, ku int, a []float32, lda int, b []float32, n
 func gemvStreamsGo(rows, ns, ku int, a []float32, lda int, b []float32, nr, bs int, out []float32, os int, add bool) {
 	for s := 0; s < ns; s++ {
 		gemvGo(rows, ku, a, lda, b[s*bs:], nr, out[s*os:], add)
+	}
+}
+
+// gemvBF16Func is gemvStreamsFunc for bf16 pair panels, (kp, nr, 2) each
+// (a depth block of PackBBF16), and A given as bf16 rows (rounded as
+// packABF16 rounds them, the odd last element paired with a zero):
+//
+//	out[s·os+i·nr+q] (+)= Σ_{p<kp} a[i·lda+2p]·b[s·bs+(p·nr+q)·2] + a[i·lda+2p+1]·b[s·bs+(p·nr+q)·2+1]
+//
+// for s < ns, i < rows (1..4), q < nr, each lane summed as VDPBF16PS sums
+// (from zero, pair by pair in order of p, the odd product added first,
+// each addition rounded to float32; the products of bf16 are exact), and
+// added to out when add.
+type gemvBF16Func func(rows, ns, kp int, a []uint16, lda int, b []uint16, nr, bs int, out []float32, os int, add bool)
+
+// gemvBF16Go is the portable gemvBF16Func, the model of the VDPBF16PS
+// kernels (microGoPairs' sums for one row).
+func gemvBF16Go(rows, ns, kp int, a []uint16, lda int, b []uint16, nr, bs int, out []float32, os int, add bool) {
+	var accBuf [64]float32
+	acc := accBuf[:nr]
+	for s := 0; s < ns; s++ {
+		bp := b[s*bs : s*bs+2*kp*nr]
+		for i := 0; i < rows; i++ {
+			ar := a[i*lda : i*lda+2*kp]
+			clear(acc)
+			for p := 0; p < kp; p++ {
+				a0, a1 := BF16ToF32(ar[2*p]), BF16ToF32(ar[2*p+1])
+				bq := bp[2*p*nr : 2*p*nr+2*nr]
+				for q := range acc {
+					acc[q] += a1 * BF16ToF32(bq[2*q+1])
+					acc[q] += a0 * BF16ToF32(bq[2*q])
+				}
+			}
+			o := out[s*os+i*nr : s*os+i*nr+nr]
+			for q, v := range acc {
+				if add {
+					o[q] += v
+				} else {
+					o[q] = v
+				}
+			}
+		}
 	}
 }
 

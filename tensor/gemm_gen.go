@@ -44,6 +44,9 @@ func main() {
 	for _, rs := range gemvZShapes {
 		genGemvZ(rs[0], rs[1])
 	}
+	for _, rs := range gemvZShapes {
+		genGemvBF16(rs[0], rs[1])
+	}
 	genDequantQ8_0()
 	genDequantQ4K()
 	genDequantQ6K()
@@ -783,8 +786,9 @@ func genDotRows(R string, bf16 bool) {
 	p("\tRET")
 }
 
-// gemvZShapes are the (rows, segments) of the AVX-512 gemv kernels; they
-// must match gemvZ in gemm_amd64.go.
+// gemvZShapes are the (rows, segments) of the AVX-512 gemv kernels, the
+// float32 and the bf16 ones; they must match gemvZ and gemvBF16Z in
+// gemm_amd64.go.
 var gemvZShapes = [][2]int{{1, 1}, {1, 2}, {1, 4}, {2, 1}, {2, 2}, {3, 1}, {3, 2}, {4, 1}, {4, 2}}
 
 // genGemvZ emits the AVX-512 small-m kernel of GemmPacked for 32-wide
@@ -800,23 +804,51 @@ var gemvZShapes = [][2]int{{1, 1}, {1, 2}, {1, 4}, {2, 1}, {2, 2}, {3, 1}, {3, 2
 // in order of p: one FMA chain per output lane. Several segments keep
 // several sequential memory streams in flight; the depth loop is unrolled
 // four times (512 bytes per segment and iteration).
-func genGemvZ(rows, ns int) {
-	name := fmt.Sprintf("gemvZR%dS%d", rows, ns)
+func genGemvZ(rows, ns int) { genGemvZFamily(rows, ns, false) }
+
+// genGemvBF16 emits the same kernel for the bf16 pair panels of the
+// AVX512_BF16 micro-kernel (PackBBF16), A given as bf16 rows (rounded by
+// roundBF16Row) and every offset in bf16 elements:
+//
+//	func gemvBF16R<rows>S<ns>(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
+//
+// out[s·os+i·ldo+q] (+)= Σ_{p<kp} VDPBF16PS(a[i·lda+2p : +2], b[s·bs+64·p+2q : +2])
+// for s < ns, i < rows, q < 32: per k pair the segment's two cache lines
+// (32 pairs), row i's pair by VPBROADCASTD and one VDPBF16PS per
+// (segment, row, half), in order of p. That is the lane's chain of
+// kernBF16x12x32 (accumulators from zero, the pairs in order), so one
+// depth block gives its bits (TestGemvBF16Model).
+func genGemvBF16(rows, ns int) { genGemvZFamily(rows, ns, true) }
+
+// genGemvZFamily emits gemvZR<rows>S<ns> (float32 A and panels) or, when
+// bf16, gemvBF16R<rows>S<ns> (bf16 pairs): the same loop, loads and
+// write-back; one k step (a float32 or a pair: 4 bytes of A, 128 of each
+// segment) differs in its arithmetic.
+func genGemvZFamily(rows, ns int, bf16 bool) {
+	name, kname, ashift := fmt.Sprintf("gemvZR%dS%d", rows, ns), "ku", 2
+	if bf16 {
+		name, kname, ashift = fmt.Sprintf("gemvBF16R%dS%d", rows, ns), "kp", 1
+	}
 	nacc := rows * 2 * ns
-	bReg := nacc // two B vectors per segment
+	bReg := nacc         // two B vectors per segment
+	bcReg := bReg + 2*ns // bf16: row i's broadcast pair
 	acc := func(s, i, v int) int { return (s*rows+i)*2 + v }
 	aptr := []string{"SI", "R9", "R10", "R11"}
 	bop := []string{"(DI)", "(DI)(DX*1)", "(DI)(DX*2)", "(DI)(R8*1)"}
 	p("")
-	p("// func %s(ku int, a *float32, lda int, b *float32, bs int, out *float32, ldo int, os int, add int)", name)
+	if bf16 {
+		p("// func %s(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)", name)
+	} else {
+		p("// func %s(ku int, a *float32, lda int, b *float32, bs int, out *float32, ldo int, os int, add int)", name)
+	}
 	p("TEXT ·%s(SB), NOSPLIT, $0-72", name)
-	p("\tMOVQ ku+0(FP), CX")
+	p("\tMOVQ %s+0(FP), CX", kname)
 	p("\tMOVQ a+8(FP), SI")
 	p("\tMOVQ lda+16(FP), AX")
-	p("\tSHLQ $2, AX")
+	p("\tSHLQ $%d, AX", ashift)
 	p("\tMOVQ b+24(FP), DI")
 	p("\tMOVQ bs+32(FP), DX")
-	p("\tSHLQ $2, DX")
+	p("\tSHLQ $%d, DX", ashift)
 	p("\tLEAQ (DX)(DX*2), R8")
 	for i := 1; i < rows; i++ {
 		p("\tLEAQ (%s)(AX*1), %s", aptr[i-1], aptr[i])
@@ -830,10 +862,27 @@ func genGemvZ(rows, ns int) {
 				p("\tVMOVUPS %d%s, Z%d", off*128+v*64, bop[s], bReg+2*s+v)
 			}
 		}
+		if !bf16 {
+			for s := 0; s < ns; s++ {
+				for i := 0; i < rows; i++ {
+					for v := 0; v < 2; v++ {
+						p("\tVFMADD231PS.BCST %d(%s), Z%d, Z%d", off*4, aptr[i], bReg+2*s+v, acc(s, i, v))
+					}
+				}
+			}
+			return
+		}
+		for i := 0; i < rows; i++ {
+			p("\tVPBROADCASTD %d(%s), Z%d", off*4, aptr[i], bcReg+i)
+		}
 		for s := 0; s < ns; s++ {
 			for i := 0; i < rows; i++ {
 				for v := 0; v < 2; v++ {
-					p("\tVFMADD231PS.BCST %d(%s), Z%d, Z%d", off*4, aptr[i], bReg+2*s+v, acc(s, i, v))
+					var bs []string
+					for _, x := range evex(0x52, 2, acc(s, i, v), bcReg+i, bReg+2*s+v) {
+						bs = append(bs, fmt.Sprintf("$0x%02x", x))
+					}
+					p("\tBYTE %s // VDPBF16PS Z%d, Z%d, Z%d", strings.Join(bs, "; BYTE "), bReg+2*s+v, bcReg+i, acc(s, i, v))
 				}
 			}
 		}

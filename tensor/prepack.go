@@ -264,8 +264,7 @@ func packBRoundBF16(dst []uint16, g *gemmJob, nr, p0, kc, j0, nc int) {
 }
 
 // GemmPacked computes C = alpha·op(A)·op(B) + beta·C with op(B) prepacked
-// by PackB (or PackBBF16: then always the native bf16 blocked kernel, see
-// there):
+// by PackB (or PackBBF16: then with the bf16 kernels, see there):
 //
 //	A:  (m, k) with leading dimension lda
 //	pb: op(B) (k, n)
@@ -277,7 +276,10 @@ func packBRoundBF16(dst []uint16, g *gemmJob, nr, p0, kc, j0, nc int) {
 // B packed with transB (decode times an nn.Linear weight), where Gemm
 // takes its dot-product path, each micro-panel is instead streamed once
 // per four rows of A by a small-m kernel, several distant panels side by
-// side; that result has Gemm's error bound but not its rounding. With beta == 0, C is overwritten. It panics
+// side; that result has Gemm's error bound but not its rounding. A bf16
+// packing takes that small-m path for m ≤ 8 whatever its layout (the same
+// bf16 products and sums per lane as its blocked kernel: with alpha = 1
+// and beta = 0, the same bits). With beta == 0, C is overwritten. It panics
 // if the shapes do not fit.
 func GemmPacked(m int, alpha float32, a []float32, lda int, pb *PackedB, beta float32, c []float32, ldc int) {
 	n, k := pb.n, pb.k
@@ -286,20 +288,20 @@ func GemmPacked(m int, alpha float32, a []float32, lda int, pb *PackedB, beta fl
 		return
 	}
 	g := gemmJob{m: m, n: n, k: k, alpha: alpha, beta: beta, a: a, lda: lda, c: c, ldc: ldc, packed: pb}
-	if pb.half != nil {
-		runBlocked(&g, pb.kern.bf16, runtime.GOMAXPROCS(0))
+	if m <= packedSmallMMax && (pb.transB || pb.half != nil) {
+		runSmallMPacked(&g, pb.kern, runtime.GOMAXPROCS(0))
 		return
 	}
-	if m <= packedSmallMMax && pb.transB {
-		runSmallMPacked(&g, pb.kern, runtime.GOMAXPROCS(0))
+	if pb.half != nil {
+		runBlocked(&g, pb.kern.bf16, runtime.GOMAXPROCS(0))
 		return
 	}
 	runBlocked(&g, pb.kern.f32, runtime.GOMAXPROCS(0))
 }
 
-// packedSmallMMax is the largest m that GemmPacked (B packed with transB)
-// runs with the gemv kernels (each micro-panel of B streamed once per four rows of A) instead
-// of the blocked path.
+// packedSmallMMax is the largest m that GemmPacked (B packed with transB,
+// or in bf16) runs with the gemv kernels (each micro-panel of B streamed
+// once per four rows of A) instead of the blocked path.
 const packedSmallMMax = 8
 
 // runSmallMPacked computes C = alpha·A·op(B) + beta·C for m ≤
@@ -309,7 +311,8 @@ const packedSmallMMax = 8
 // a thread the OS deschedules does not hold the others at the end; each
 // panel is streamed through its depth blocks once per four rows of A (from
 // memory once: the later rows find it in cache), accumulating in a pooled
-// (4, nr) tile.
+// (4, nr) tile. For a bf16 packing, A is first rounded to bf16 rows (once,
+// for all threads), as packABF16 rounds it for the blocked kernel.
 func runSmallMPacked(g *gemmJob, ks *gemmKernels, threads int) {
 	pb := g.packed
 	npanels := pb.npad / pb.nr
@@ -319,10 +322,46 @@ func runSmallMPacked(g *gemmJob, ks *gemmKernels, threads int) {
 	if threads > 1 {
 		per = roundUp((npanels+4*threads-1)/(4*threads), 4)
 	}
-	splitChunks(npanels, per, threads, func(q0, q1 int) { smallMPackedPanels(g, ks, q0, q1) })
+	nr := pb.nr
+	// gemv runs rows of A from i0 on ns segments of depth block pc
+	// (kcur deep): panels q, q+run, … into out[s·os:].
+	gemv := func(i0, rows, ns, pc, kcur, q, run int, out []float32, os int, add bool) {
+		bsz := nr * kcur // floats per panel of this block
+		blk := pb.data[pc*pb.npad : pc*pb.npad+pb.npad*kcur]
+		ks.gemvN(rows, ns, kcur, g.a[i0*g.lda+pc:], g.lda, blk[q*bsz:], nr, run*bsz, out, os, add)
+	}
+	if pb.half != nil {
+		buf := getBuf[uint16]()
+		defer putBuf(buf)
+		ah, lda := roundRowsBF16(buf, g)
+		gemv = func(i0, rows, ns, pc, kcur, q, run int, out []float32, os int, add bool) {
+			kpad := roundUp(kcur, 2)
+			bsz := nr * kpad // bf16s per panel of this block
+			blk := pb.half[pc*pb.npad : pc*pb.npad+pb.npad*kpad]
+			ks.gemvBF16(rows, ns, kpad/2, ah[i0*lda+pc:], lda, blk[q*bsz:], nr, run*bsz, out, os, add)
+		}
+	}
+	splitChunks(npanels, per, threads, func(q0, q1 int) { smallMPackedPanels(g, ks, q0, q1, gemv) })
 }
 
-// smallMPackedPanels runs micro-panels [q0, q1) of runSmallMPacked. The
+// roundRowsBF16 rounds g's A (m, k) to bf16 with roundBF16Row into
+// buf.a, as (m, kpad) with kpad = k rounded up to even (an odd last column
+// zero, the pair of the packing's zero), and returns it and kpad.
+func roundRowsBF16(buf *gemmBuf[uint16], g *gemmJob) ([]uint16, int) {
+	kpad := roundUp(g.k, 2)
+	buf.a = grow(buf.a, g.m*kpad)
+	for i := 0; i < g.m; i++ {
+		row := buf.a[i*kpad : (i+1)*kpad]
+		roundBF16Row(row[:g.k], g.a[i*g.lda:i*g.lda+g.k])
+		if g.k%2 == 1 {
+			row[g.k] = 0
+		}
+	}
+	return buf.a, kpad
+}
+
+// smallMPackedPanels runs micro-panels [q0, q1) of runSmallMPacked with
+// gemv (its per-block kernel call for the packing's element type). The
 // depth blocks are the outer loop; within a block the panels are cut into
 // ns equal runs (ns = ks.gemvWays for the rows of A) that the kernel reads
 // side by side, so that one thread keeps ns sequential memory streams
@@ -331,7 +370,7 @@ func runSmallMPacked(g *gemmJob, ks *gemmKernels, threads int) {
 // four distant rows of B get (about half at m = 1 on Zen 3). Every
 // (panel, four rows of A) tile of C accumulates in a pooled buffer and is
 // merged into C at the end.
-func smallMPackedPanels(g *gemmJob, ks *gemmKernels, q0, q1 int) {
+func smallMPackedPanels(g *gemmJob, ks *gemmKernels, q0, q1 int, gemv func(i0, rows, ns, pc, kcur, q, run int, out []float32, os int, add bool)) {
 	pb := g.packed
 	nr, kc := pb.nr, pb.kc
 	ngr := (g.m + 3) / 4 // groups of four rows of A
@@ -346,8 +385,6 @@ func smallMPackedPanels(g *gemmJob, ks *gemmKernels, q0, q1 int) {
 	}
 	for pc := 0; pc < g.k; pc += kc {
 		kcur := min(kc, g.k-pc)
-		bsz := nr * kcur // floats per panel of this block
-		blk := pb.data[pc*pb.npad : pc*pb.npad+pb.npad*kcur]
 		// panels t, t+run, …, t+(ns-1)·run side by side for t < run, then
 		// the ones past ns·run one by one.
 		for t := 0; t < q1-q0; {
@@ -358,10 +395,9 @@ func smallMPackedPanels(g *gemmJob, ks *gemmKernels, q0, q1 int) {
 			if next == run {
 				next = ns * run
 			}
-			q := q0 + t
 			for gi := 0; gi < ngr; gi++ {
 				i0 := 4 * gi
-				ks.gemvN(min(4, g.m-i0), streams, kcur, g.a[i0*g.lda+pc:], g.lda, blk[q*bsz:], nr, run*bsz,
+				gemv(i0, min(4, g.m-i0), streams, pc, kcur, q0+t, run,
 					buf.tile[(t*ngr+gi)*tsz:], run*ngr*tsz, pc > 0)
 			}
 			t = next

@@ -212,3 +212,134 @@ func TestPackBBF16Bits(t *testing.T) {
 		}
 	}
 }
+
+// TestGemmPackedBF16SmallM checks GemmPacked's small-m path on bf16
+// packings (m ≤ packedSmallMMax = 8, the gemvBF16 kernels), for every
+// kernel set with a bf16 kernel, with its depth block as packed (1024 for
+// the VDPBF16PS kernel, 512 emulated) and cut to 40 (a small-kc copy of
+// the set), so that k crosses blocks, odd k included; partial panels, both
+// layouts of B, thread counts (a shape with work enough for several),
+// alpha/beta. Each result must be within the float64 reference bound of
+// the rounded operands, and with alpha = 1, beta = 0 it must be bitwise the
+// one-thread blocked bf16 kernel on the same packing (blockedRect): the same
+// pair sums per lane in order of k, merged block by block.
+func TestGemmPackedBF16SmallM(t *testing.T) {
+	type shape struct{ n, k int }
+	for _, ks := range gemmTestSets() {
+		if ks.bf16 == nil {
+			continue
+		}
+		rng := rand.New(rand.NewPCG(25, 26))
+		for _, kc := range []int{ks.bf16.kc, 40} {
+			small := *ks
+			h := *ks.bf16
+			h.kc = kc
+			small.bf16 = &h
+			shapes := []shape{{200, 301}, {33, 80}, {64, 1}, {1, 2}, {97, 2 * kc}}
+			if kc != 40 {
+				shapes = append(shapes, shape{2100, 2*kc + 3}) // several threads (work ≥ 2²³)
+			}
+			for _, s := range shapes {
+				for m := 1; m <= packedSmallMMax; m++ {
+					if s.n*s.k > 1<<20 && m%4 != 1 {
+						continue // the large shape at m = 1 and 5
+					}
+					for _, transB := range []bool{false, true} {
+						a, lda, b, ldb, ldc := gemmOperands(rng, m, s.n, s.k, transB)
+						ar, br := roundBF16(a), roundBF16(b)
+						pb := packBBF16With(&small, transB, s.n, s.k, b, ldb)
+						c0 := gemmRandSlice(rng, (m-1)*ldc+s.n)
+						blocked := append([]float32(nil), c0...)
+						g := gemmJob{m: m, n: s.n, k: s.k, alpha: 1, a: a, lda: lda, c: blocked, ldc: ldc, packed: pb}
+						blockedRect(&g, small.bf16, 0, m, 0, s.n)
+						for _, th := range []int{1, 2, 3} {
+							old := runtime.GOMAXPROCS(th)
+							sub := fmt.Sprintf("%s kc=%d %dx%dx%d transB=%v threads=%d", ks.name, kc, m, s.n, s.k, transB, th)
+							for _, ab := range [][2]float32{{1, 0}, {0.5, 1}, {-2, 0.25}} {
+								got := append([]float32(nil), c0...)
+								GemmPacked(m, ab[0], a, lda, pb, ab[1], got, ldc)
+								checkPackedRef(t, sub, m, s.n, s.k, ab[0], ar, lda, br, ldb, transB, ab[1], c0, got, ldc)
+								if ab == [2]float32{1, 0} {
+									for i := range got {
+										if math.Float32bits(got[i]) != math.Float32bits(blocked[i]) {
+											t.Fatalf("%s: c[%d] = %v, the blocked kernel gives %v", sub, i, got[i], blocked[i])
+										}
+									}
+								}
+							}
+							runtime.GOMAXPROCS(old)
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestGemvBF16Model checks each bf16 small-m kernel (gemvBF16: the
+// AVX512_BF16 assembly where the CPU has it, and its Go model in the
+// emulated set) bit for bit against the blocked kernel's model
+// microGoPairs (itself checked against kernBF16x12x32, TestKernBF16Model):
+// rows 1..4 of A and 1..5 segments (every run of the kernels: 4, 2, 1, and
+// 3 as 2+1), depths around the unroll of 4, out overwritten or added to,
+// and the gaps between segments and rows left alone.
+func TestGemvBF16Model(t *testing.T) {
+	const nr = 32
+	rng := rand.New(rand.NewPCG(27, 28))
+	randH := func(n int) []uint16 {
+		h := make([]uint16, n)
+		for i := range h {
+			h[i] = F32ToBF16(float32(rng.NormFloat64()))
+		}
+		return h
+	}
+	tested := 0
+	for _, ks := range gemmTestSets() {
+		if ks.bf16 == nil {
+			continue
+		}
+		tested++
+		for rows := 1; rows <= 4; rows++ {
+			for ns := 1; ns <= 5; ns++ {
+				for _, kp := range []int{1, 2, 3, 4, 5, 7, 8, 9, 128} {
+					lda, bs, os := 2*kp+6, 2*kp*nr+64, rows*nr+8
+					a, b := randH(rows*lda), randH(ns*bs)
+					out0 := gemmRandSlice(rng, ns*os)
+					for _, add := range []bool{false, true} {
+						want := append([]float32(nil), out0...)
+						for s := 0; s < ns; s++ {
+							ap := make([]uint16, kp*12*2) // rows of A in a 12-row panel, the rest zero
+							for i := 0; i < rows; i++ {
+								for p := 0; p < 2*kp; p++ {
+									ap[(p/2*12+i)*2+p%2] = a[i*lda+p]
+								}
+							}
+							tile := make([]float32, 12*nr)
+							microGoPairs(kp, ap, b[s*bs:s*bs+2*kp*nr], tile, nr, 1, 0)
+							for i := 0; i < rows; i++ {
+								for q := 0; q < nr; q++ {
+									w := &want[s*os+i*nr+q]
+									if add {
+										*w += tile[i*nr+q]
+									} else {
+										*w = tile[i*nr+q]
+									}
+								}
+							}
+						}
+						got := append([]float32(nil), out0...)
+						ks.gemvBF16(rows, ns, kp, a, lda, b, nr, bs, got, os, add)
+						for i := range got {
+							if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+								t.Fatalf("%s rows=%d ns=%d kp=%d add=%v: out[%d] = %v, model %v", ks.name, rows, ns, kp, add, i, got[i], want[i])
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+	if tested == 0 {
+		t.Fatal("no kernel set with a bf16 kernel (the emulated one should be)")
+	}
+}
