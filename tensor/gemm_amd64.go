@@ -102,6 +102,7 @@ func (ks *gemmKernels) withGemv(f gemvFunc) *gemmKernels {
 	ks.gemv = f
 	ks.gemvN = gemvStreamsAVX2
 	ks.dotRows = dotRowsAVX2
+	ks.dotRowsH = dotRowsBF16AVX2
 	ks.gemvWays = [5]int{1, 4, 2, 2, 2}
 	return ks
 }
@@ -203,6 +204,9 @@ func dotRowsY(k int, a *float32, b *float32, ldb int, n int, out *float32)
 //go:noescape
 func dotRowsBF16Z(k int, a *float32, b *uint16, ldb int, n int, out *float32)
 
+//go:noescape
+func dotRowsBF16Y(k int, a *float32, b *uint16, ldb int, n int, out *float32)
+
 // dotRowsAVX2 is dotRowsFunc with the AVX2 kernel.
 func dotRowsAVX2(k int, a, b []float32, ldb, n int, out []float32) {
 	_ = a[k-1]
@@ -217,6 +221,14 @@ func dotRowsAVX512(k int, a, b []float32, ldb, n int, out []float32) {
 	_ = b[(4*n-1)*ldb+k-1]
 	_ = out[4*n-1]
 	dotRowsZ(k, &a[0], &b[0], ldb, n, &out[0])
+}
+
+// dotRowsBF16AVX2 is dotRowsBF16Func with the AVX2 kernel.
+func dotRowsBF16AVX2(k int, a []float32, b []uint16, ldb, n int, out []float32) {
+	_ = a[k-1]
+	_ = b[(4*n-1)*ldb+k-1]
+	_ = out[4*n-1]
+	dotRowsBF16Y(k, &a[0], &b[0], ldb, n, &out[0])
 }
 
 // dotRowsBF16AVX512 is dotRowsBF16Func with the AVX-512 kernel.

@@ -41,6 +41,7 @@ func main() {
 	genDotRows("Z", false)
 	genDotRows("Y", false)
 	genDotRows("Z", true)
+	genDotRows("Y", true)
 	for _, rs := range gemvZShapes {
 		genGemvZ(rs[0], rs[1])
 	}
@@ -656,11 +657,11 @@ func genGemvStreams(rows, ns int) {
 
 // genDotRows emits the decode product with a row-major weight (the LM
 // head read in place), on four distant runs of rows at once, with AVX-512
-// (R "Z": dotRowsZ) or AVX2 (R "Y": dotRowsY), or, with bf16, AVX-512 on a
-// bf16 weight (dotRowsBF16Z):
+// (R "Z": dotRowsZ) or AVX2 (R "Y": dotRowsY), or, with bf16, on a bf16
+// weight (dotRowsBF16Z, dotRowsBF16Y):
 //
 //	func dotRows<R>(k int, a *float32, b *float32, ldb int, n int, out *float32)
-//	func dotRowsBF16Z(k int, a *float32, b *uint16, ldb int, n int, out *float32)
+//	func dotRowsBF16<R>(k int, a *float32, b *uint16, ldb int, n int, out *float32)
 //
 // out[s·n+j] = Σ_{p<k} a[p]·b[(s·n+j)·ldb+p] for s < 4, j < n; k a multiple
 // of 16 (Z) or 8 (Y). Each step takes one row of each run (four sequential memory
@@ -711,10 +712,13 @@ func genDotRows(R string, bf16 bool) {
 			p("\tVFMADD231PS %d%s, %s%d, %s%d", d, rows[q], R, a, R, q+4*u)
 			return
 		}
-		t := 18 + q + 4*u // a widening register per (row, chunk)
-		p("\tVPMOVZXWD %d%s, Z%d", d, rows[q], t)
-		p("\tVPSLLD $16, Z%d, Z%d", t, t)
-		p("\tVFMADD231PS Z%d, Z%d, Z%d", t, a, q+4*u)
+		t := ar + 2 + q + 4*u // a widening register per (row, chunk): Z18.., or Y10..
+		if R == "Y" {
+			t = ar + 2 + q // Y10..Y13: AVX2 has 16 registers
+		}
+		p("\tVPMOVZXWD %d%s, %s%d", d, rows[q], R, t)
+		p("\tVPSLLD $16, %s%d, %s%d", R, t, R, t)
+		p("\tVFMADD231PS %s%d, %s%d, %s%d", R, t, R, a, R, q+4*u)
 	}
 	p("%s_rows:", name)
 	p("\tTESTQ BX, BX")
