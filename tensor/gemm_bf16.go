@@ -18,8 +18,8 @@ import (
 func packABF16(dst []uint16, g *gemmJob, mr, i0, mc, p0, kc int) {
 	a, lda := g.a, g.lda
 	kp := roundUp(kc, 2)
-	var row [1024]uint16 // one row's chunk, rounded
-	row32 := (*[512]uint32)(unsafe.Pointer(&row))
+	var row32 [512]uint32 // one row's chunk, rounded: pairs of bf16
+	row := (*[1024]uint16)(unsafe.Pointer(&row32))
 	for r := 0; r < mc; r++ {
 		panel := dst[r/mr*mr*kp : (r/mr+1)*mr*kp]
 		src := a[(i0+r)*lda+p0 : (i0+r)*lda+p0+kc]
