@@ -201,12 +201,7 @@ func blockedRect[T float32 | uint16](g *gemmJob, kn *tileKernel[T], i0, i1, j0, 
 	for jc := j0; jc < j1; jc += kn.nc {
 		ncur := min(kn.nc, j1-jc)
 		for pc := 0; pc < g.k; pc += kn.kc {
-			kcur := min(kn.kc, g.k-pc)
-			kpad := roundUp(kcur, ks) // packed depth in elements
-			beta := g.beta
-			if pc > 0 {
-				beta = 1
-			}
+			kcur, kpad, beta := kn.depthBlock(g, pc)
 			bb := buf.b
 			if pre != nil { // block pc, panels from column jc
 				bb = pre[pc*g.packed.npad+jc*kpad:]
@@ -220,6 +215,19 @@ func blockedRect[T float32 | uint16](g *gemmJob, kn *tileKernel[T], i0, i1, j0, 
 			}
 		}
 	}
+}
+
+// depthBlock returns the depth block of op(A)·op(B) that starts at pc: its
+// depth kcur, its packed depth kpad (kcur rounded up to the kernel's kstep)
+// and the beta its kernels apply to C: the job's for the first block, 1
+// after it (C then holds the sum of the blocks before).
+func (kn *tileKernel[T]) depthBlock(g *gemmJob, pc int) (kcur, kpad int, beta float32) {
+	kcur = min(kn.kc, g.k-pc)
+	beta = g.beta
+	if pc > 0 {
+		beta = 1
+	}
+	return kcur, roundUp(kcur, kn.kstep), beta
 }
 
 // runPanels computes C[ic:ic+mcur, jc+j0:jc+j1] (+)= the packed A block in

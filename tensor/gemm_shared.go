@@ -115,15 +115,17 @@ func runSharedB[T float32 | uint16](g *gemmJob, kn *tileKernel[T], threads int) 
 	}
 	rows := roundUp((g.m+threads-1)/threads, kn.mr)
 	bar := newBarrier(threads)
+	runWorkers(threads, func(t int) { sharedBWorker(g, kn, sh, bar, t, threads, rows) })
+}
+
+// runWorkers runs worker(t) for t < threads, worker 0 on the calling
+// goroutine and each other on its own, and returns when all are done.
+func runWorkers(threads int, worker func(t int)) {
 	var wg sync.WaitGroup
 	for t := 1; t < threads; t++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sharedBWorker(g, kn, sh, bar, t, threads, rows)
-		}()
+		wg.Go(func() { worker(t) })
 	}
-	sharedBWorker(g, kn, sh, bar, 0, threads, rows)
+	worker(0)
 	wg.Wait()
 }
 
@@ -144,12 +146,7 @@ func sharedBWorker[T float32 | uint16](g *gemmJob, kn *tileKernel[T], sh *shared
 		ncur := min(kn.nc, g.n-jc)
 		np := (ncur + nr - 1) / nr // micro-panels in this block
 		for pc := 0; pc < g.k; pc += kn.kc {
-			kcur := min(kn.kc, g.k-pc)
-			kpad := roundUp(kcur, ks)
-			beta := g.beta
-			if pc > 0 {
-				beta = 1
-			}
+			kcur, kpad, beta := kn.depthBlock(g, pc)
 			bb := sh.b[block&1]
 			block++
 			// columns [c0, c1) of the block are this thread's share
@@ -231,16 +228,7 @@ func runSharedA[T float32 | uint16](g *gemmJob, kn *tileKernel[T], threads, maxE
 	np := (g.n + kn.nr - 1) / kn.nr
 	threads = min(threads, np)
 	bar := newBarrier(threads)
-	var wg sync.WaitGroup
-	for t := 1; t < threads; t++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sharedAWorker(g, kn, sh.b[0], chunk, bar, t, threads)
-		}()
-	}
-	sharedAWorker(g, kn, sh.b[0], chunk, bar, 0, threads)
-	wg.Wait()
+	runWorkers(threads, func(t int) { sharedAWorker(g, kn, sh.b[0], chunk, bar, t, threads) })
 }
 
 // sharedAWorker is thread t's part of runSharedA: its share of packing
@@ -249,7 +237,7 @@ func runSharedA[T float32 | uint16](g *gemmJob, kn *tileKernel[T], threads, maxE
 // (every block before it is kc deep, a multiple of kstep); in it, micro-
 // panel q starts at q·mr·kpad.
 func sharedAWorker[T float32 | uint16](g *gemmJob, kn *tileKernel[T], a []T, chunk int, bar *barrier, t, threads int) {
-	mr, nr, ks := kn.mr, kn.nr, kn.kstep
+	mr, nr := kn.mr, kn.nr
 	np := (g.n + nr - 1) / nr
 	j0, j1 := min(t*np/threads*nr, g.n), min((t+1)*np/threads*nr, g.n)
 	var pre []T
@@ -269,8 +257,7 @@ func sharedAWorker[T float32 | uint16](g *gemmJob, kn *tileKernel[T], a []T, chu
 		panels := mpad / mr
 		q0, q1 := t*panels/threads, (t+1)*panels/threads
 		for pc := 0; pc < g.k; pc += kn.kc {
-			kcur := min(kn.kc, g.k-pc)
-			kpad := roundUp(kcur, ks)
+			kcur, kpad, _ := kn.depthBlock(g, pc)
 			if i0, i1 := q0*mr, min(q1*mr, rows); i0 < i1 {
 				kn.packA(a[pc*mpad+i0*kpad:], g, mr, r0+i0, i1-i0, pc, kcur)
 			}
@@ -279,12 +266,7 @@ func sharedAWorker[T float32 | uint16](g *gemmJob, kn *tileKernel[T], a []T, chu
 		for jc := j0; jc < j1; jc += kn.nc {
 			ncur := min(kn.nc, j1-jc)
 			for pc := 0; pc < g.k; pc += kn.kc {
-				kcur := min(kn.kc, g.k-pc)
-				kpad := roundUp(kcur, ks)
-				beta := g.beta
-				if pc > 0 {
-					beta = 1
-				}
+				_, kpad, beta := kn.depthBlock(g, pc)
 				bb := pre[pc*g.packed.npad+jc*kpad:]
 				for ic := 0; ic < rows; ic += kn.mc {
 					mcur := min(kn.mc, rows-ic)
