@@ -188,12 +188,7 @@ func blockedRect[T float32 | uint16](g *gemmJob, kn *tileKernel[T], i0, i1, j0, 
 	buf.a = grow(buf.a, mcMax*kcMax)
 	var pre []T // prepacked op(B), or nil
 	if g.packed != nil {
-		switch p := any(&pre).(type) {
-		case *[]float32:
-			*p = g.packed.data
-		case *[]uint16:
-			*p = g.packed.half
-		}
+		pre = packedPanels[T](g.packed)
 	} else {
 		buf.b = grow(buf.b, ncMax*kcMax)
 	}
@@ -215,6 +210,19 @@ func blockedRect[T float32 | uint16](g *gemmJob, kn *tileKernel[T], i0, i1, j0, 
 			}
 		}
 	}
+}
+
+// packedPanels returns pb's panels as T: the float32 ones, or the bf16
+// pairs of a PackBBF16 packing.
+func packedPanels[T float32 | uint16](pb *PackedB) []T {
+	var pre []T
+	switch p := any(&pre).(type) {
+	case *[]float32:
+		*p = pb.data
+	case *[]uint16:
+		*p = pb.half
+	}
+	return pre
 }
 
 // depthBlock returns the depth block of op(A)·op(B) that starts at pc: its

@@ -203,16 +203,12 @@ const sharedAMaxElems = 1 << 22
 // B prepacked, more than one thread, enough work for each, and a grid
 // that splits the columns of C (so that every thread would pack all of A).
 func useSharedA[T float32 | uint16](g *gemmJob, kn *tileKernel[T], threads, tm, tn int) bool {
-	if !sharedAEnabled || threads < 2 || g.packed == nil || tn < 2 {
+	if threads < 2 || g.packed == nil || tn < 2 {
 		return false
 	}
 	work := 2 * float64(g.m) * float64(g.n) * float64(g.k)
 	return work >= float64(threads)*(1<<22) && g.n >= threads*kn.nr
 }
-
-// sharedAEnabled switches the shared-A schedule on (tests turn it off to
-// check the grid schedule, benchmarks to compare the two).
-var sharedAEnabled = true
 
 // runSharedA computes the whole job (B prepacked) with kernel kn on
 // threads goroutines (the caller's and threads-1 others) in the shared-A
@@ -232,21 +228,16 @@ func runSharedA[T float32 | uint16](g *gemmJob, kn *tileKernel[T], threads, maxE
 }
 
 // sharedAWorker is thread t's part of runSharedA: its share of packing
-// each chunk of A into a (chunk rows, every depth block) and its columns
-// of C (kn.mc is a multiple of mr). Depth block pc of a chunk of mpad rows starts at a[pc·mpad]
-// (every block before it is kc deep, a multiple of kstep); in it, micro-
-// panel q starts at q·mr·kpad.
+// each chunk of A into a (chunk rows, every depth block), then its columns
+// of C. Depth block pc of a chunk of mpad rows starts at a[pc·mpad] (every
+// block before it is kc deep, a multiple of kstep); in it, micro-panel q
+// starts at q·mr·kpad, so an A block of the loop nest (ic, a multiple of
+// kn.mc and so of mr) starts at a[pc·mpad + ic·kpad].
 func sharedAWorker[T float32 | uint16](g *gemmJob, kn *tileKernel[T], a []T, chunk int, bar *barrier, t, threads int) {
 	mr, nr := kn.mr, kn.nr
 	np := (g.n + nr - 1) / nr
 	j0, j1 := min(t*np/threads*nr, g.n), min((t+1)*np/threads*nr, g.n)
-	var pre []T
-	switch p := any(&pre).(type) {
-	case *[]float32:
-		*p = g.packed.data
-	case *[]uint16:
-		*p = g.packed.half
-	}
+	pre := packedPanels[T](g.packed)
 	pool := getBuf[T]()
 	defer putBuf(pool)
 	pool.tile = grow(pool.tile, mr*nr)
