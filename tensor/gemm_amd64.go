@@ -79,10 +79,12 @@ var (
 // reads and writes once per kc. The bf16 kernel reads A as one stream
 // (packABF16's k-major panels), so its B micro-panel need not stay in L1:
 // kc = 1024 (a 64 KiB B micro-panel, 384 KiB of A in L2) holds a whole
-// 896-deep product in one pass and ran the prefill's shapes (512 × 1152,
-// 896, 4864 × 896, and 896 × 4864) and the 0.5B LM head's (1024 × 151936
-// × 896) at 280–375 GFLOP per CPU-second on Zen 5 with 2 threads, against
-// 125–310 for kc = 512 (BenchmarkMatMulBF16, prepacked B).
+// 896-deep product in one pass. With B prepacked (GemmPacked), 2 threads,
+// on Zen 5, it ran the prefill's products (m = 512; n × k = 1152 × 896,
+// 896 × 896, 4864 × 896, 896 × 4864) and the 0.5B LM head's (1024 ×
+// 151936 × 896) at 280–375 GFLOP per CPU-second, against 125–310 for
+// kc = 512, in a sweep of kc 256..2432 and mc 48..384 (BenchmarkMatMulBF16's
+// packed- rows time one setting).
 var (
 	avx2Kernels = newGemmKernels("avx2", tileKernel[float32]{
 		mr: 6, nr: 16, kc: 256, mc: 144, nc: 3072, kstep: 1, micro: microAVX2,
