@@ -85,12 +85,7 @@ func TestGemmQ8(t *testing.T) {
 								qbound += da / 2 * math.Abs(wv)
 							}
 							got := float64(c[i*ldc+j])
-							bound := float64(nb+12) * gemmEps * mag
-							if e := math.Abs(got - want); !(e <= bound) {
-								t.Fatalf("%v threads=%d: C[%d,%d] = %g, want %g (|err| %.3g > %.3g)", s, th, i, j, got, want, e, bound)
-							} else if mag > 0 {
-								worst = max(worst, e/(gemmEps*mag))
-							}
+							bound := checkQ8Sum(t, &worst, got, want, mag, nb, "%v threads=%d: C[%d,%d]", s, th, i, j)
 							if e := math.Abs(got - wantA); !(e <= qbound*(1+1e-6)+bound) {
 								t.Fatalf("%v: C[%d,%d] = %g, unquantized A gives %g (|err| %.3g > %.3g)", s, i, j, got, wantA, e, qbound+bound)
 							}
@@ -101,6 +96,22 @@ func TestGemmQ8(t *testing.T) {
 			t.Logf("%s: largest error %.3g·2⁻²⁴·mag", name, worst)
 		})
 	}
+}
+
+// checkQ8Sum fails t unless got, an int8 product, is within the bound of
+// TestGemmQ8 of want, the float64 sum of its nb blocks' terms on the same
+// quantized operands: |got − want| ≤ (nb+12)·2⁻²⁴·mag, mag the sum of the
+// terms' magnitudes. It returns the bound and raises *worst to the error in
+// units of 2⁻²⁴·mag; format and args name the element in the message.
+func checkQ8Sum(t *testing.T, worst *float64, got, want, mag float64, nb int, format string, args ...any) (bound float64) {
+	t.Helper()
+	bound = float64(nb+12) * gemmEps * mag
+	if e := math.Abs(got - want); !(e <= bound) {
+		t.Fatalf("%s = %g, want %g (|err| %.3g > %.3g)", fmt.Sprintf(format, args...), got, want, e, bound)
+	} else if mag > 0 {
+		*worst = max(*worst, e/(gemmEps*mag))
+	}
+	return bound
 }
 
 // q8Operands returns a random A (m, k) for the int8 products (lda k+3,

@@ -133,13 +133,7 @@ func TestGemmQ8Packed(t *testing.T) {
 								want += v
 								mag += math.Abs(v)
 							}
-							got := float64(c[i*ldc+j])
-							bound := float64(nb+12) * gemmEps * mag
-							if e := math.Abs(got - want); !(e <= bound) {
-								t.Fatalf("%v threads=%d: C[%d,%d] = %g, want %g (|err| %.3g > %.3g)", s, th, i, j, got, want, e, bound)
-							} else if mag > 0 {
-								worst = max(worst, e/(gemmEps*mag))
-							}
+							checkQ8Sum(t, &worst, float64(c[i*ldc+j]), want, mag, nb, "%v threads=%d: C[%d,%d]", s, th, i, j)
 						}
 						for j := s.n; j < ldc && i < s.m-1; j++ {
 							if !math.IsNaN(float64(c[i*ldc+j])) {
