@@ -183,7 +183,7 @@ func BenchmarkGemmQ8(b *testing.B) {
 		a := gemmRandSlice(rng, s.m*s.k)
 		c := make([]float32, s.m*s.n)
 		var names []string
-		for _, n := range allQ8PKernels {
+		for _, n := range allQ8Kernels {
 			names = append(names, "packed-"+n)
 		}
 		for _, name := range append(append([]string{"f32-decoded"}, allQ8Kernels...), names...) {

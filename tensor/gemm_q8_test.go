@@ -8,12 +8,32 @@ import (
 	"os"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 )
 
-// allQ8Kernels names every int8 implementation; the ones this CPU lacks skip.
+// allQ8Kernels names every int8 implementation, plain (q8Kernels) and
+// packed (q8pKernels): the two come in the same instruction sets, chosen
+// by the same CPU features. The ones this CPU lacks skip.
 var allQ8Kernels = []string{"go", "avx2-vpmaddubsw", "avx-vnni", "avx512-vnni"}
+
+// TestQ8KernelNames checks that allQ8Kernels names every int8 kernel this
+// build runs, plain and packed, so that none goes untested by a skip.
+func TestQ8KernelNames(t *testing.T) {
+	var names []string
+	for _, k := range q8Available {
+		names = append(names, k.name)
+	}
+	for _, k := range q8pAvailable {
+		names = append(names, "packed "+k.name)
+	}
+	for _, n := range names {
+		if !slices.Contains(allQ8Kernels, strings.TrimPrefix(n, "packed ")) {
+			t.Errorf("int8 kernel %s is not in allQ8Kernels %v", n, allQ8Kernels)
+		}
+	}
+}
 
 func q8KernelsOrSkip(tb testing.TB, name string) *q8Kernels {
 	return namedOrSkip(tb, "int8", q8Available, name, func(k *q8Kernels) string { return k.name })

@@ -10,10 +10,6 @@ import (
 	"testing"
 )
 
-// allQ8PKernels names every packed int8 implementation; the ones this CPU
-// lacks skip.
-var allQ8PKernels = []string{"go", "avx2-vpmaddubsw", "avx-vnni", "avx512-vnni"}
-
 func q8pKernelsOrSkip(tb testing.TB, name string) *q8pKernels {
 	return namedOrSkip(tb, "packed int8", q8pAvailable, name, func(k *q8pKernels) string { return k.name })
 }
@@ -37,7 +33,7 @@ func namedOrSkip[K any](tb testing.TB, what string, avail []*K, name string, nam
 func TestQuantQ8Row(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	const nb = 7
-	for _, name := range allQ8PKernels {
+	for _, name := range allQ8Kernels {
 		t.Run(name, func(t *testing.T) {
 			ks := q8pKernelsOrSkip(t, name)
 			for h := 1; h <= q8pTile; h++ {
@@ -98,7 +94,7 @@ func TestGemmQ8Packed(t *testing.T) {
 	if !testing.Short() {
 		shapes = append(shapes, shape{200, 40, 4096}, shape{67, 101, 896})
 	}
-	for _, name := range allQ8PKernels {
+	for _, name := range allQ8Kernels {
 		t.Run(name, func(t *testing.T) {
 			ks := q8pKernelsOrSkip(t, name)
 			worst := 0.0
@@ -200,7 +196,7 @@ func fma32(a, b, c float32) float32 {
 // ±127) as well as random ones.
 func TestQ8PackedKernelModel(t *testing.T) {
 	rng := rand.New(rand.NewPCG(21, 5))
-	for _, name := range allQ8PKernels[1:] {
+	for _, name := range allQ8Kernels[1:] {
 		t.Run(name, func(t *testing.T) {
 			ks := q8pKernelsOrSkip(t, name)
 			for _, extreme := range []bool{false, true} {
