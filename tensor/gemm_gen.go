@@ -197,26 +197,36 @@ func genF32(name, R string, mr, nv, lanes, bReg, bcReg int) {
 			}
 		}
 	}
-	const unroll = 4
-	p("%s_loop%d:", name, unroll)
-	p("\tCMPQ CX, $%d", unroll)
-	p("\tJLT %s_loop1", name)
-	for u := 0; u < unroll; u++ {
-		step(u)
+	genLoop(name, "store", 4, step, func(n int) {
+		p("\tADDQ $%d, SI", n*mr*4)
+		p("\tADDQ $%d, DI", n*nr*4)
+	})
+	genStore(name, R, mr, nv, vb, bcReg)
+}
+
+// genLoop emits a kernel's loop over CX steps: groups of unroll steps
+// while CX ≥ unroll (none when unroll is 1), then one step at a time, then
+// on to the label name_<exit>. step(u) emits the u-th step of a group (0
+// alone), adv(n) the advance of the pointers past n steps.
+func genLoop(name, exit string, unroll int, step func(u int), adv func(n int)) {
+	if unroll > 1 {
+		p("%s_loop%d:", name, unroll)
+		p("\tCMPQ CX, $%d", unroll)
+		p("\tJLT %s_loop1", name)
+		for u := 0; u < unroll; u++ {
+			step(u)
+		}
+		adv(unroll)
+		p("\tSUBQ $%d, CX", unroll)
+		p("\tJMP %s_loop%d", name, unroll)
 	}
-	p("\tADDQ $%d, SI", unroll*mr*4)
-	p("\tADDQ $%d, DI", unroll*nr*4)
-	p("\tSUBQ $%d, CX", unroll)
-	p("\tJMP %s_loop%d", name, unroll)
 	p("%s_loop1:", name)
 	p("\tTESTQ CX, CX")
-	p("\tJEQ %s_store", name)
+	p("\tJEQ %s_%s", name, exit)
 	step(0)
-	p("\tADDQ $%d, SI", mr*4)
-	p("\tADDQ $%d, DI", nr*4)
+	adv(1)
 	p("\tDECQ CX")
 	p("\tJMP %s_loop1", name)
-	genStore(name, R, mr, nv, vb, bcReg)
 }
 
 // genPrefetchC emits prefetches of the C tile (mr rows of width bytes, R8
@@ -319,25 +329,10 @@ func genBF16() {
 			}
 		}
 	}
-	const unroll = 4
-	p("%s_loop%d:", name, unroll)
-	p("\tCMPQ CX, $%d", unroll)
-	p("\tJLT %s_loop1", name)
-	for u := 0; u < unroll; u++ {
-		step(u)
-	}
-	p("\tADDQ $%d, SI", unroll*mr*4)
-	p("\tADDQ $%d, DI", unroll*nv*64)
-	p("\tSUBQ $%d, CX", unroll)
-	p("\tJMP %s_loop%d", name, unroll)
-	p("%s_loop1:", name)
-	p("\tTESTQ CX, CX")
-	p("\tJEQ %s_store", name)
-	step(0)
-	p("\tADDQ $%d, SI", mr*4)
-	p("\tADDQ $%d, DI", nv*64)
-	p("\tDECQ CX")
-	p("\tJMP %s_loop1", name)
+	genLoop(name, "store", 4, step, func(n int) {
+		p("\tADDQ $%d, SI", n*mr*4)
+		p("\tADDQ $%d, DI", n*nv*64)
+	})
 	genStore(name, "Z", mr, nv, 64, bcReg)
 }
 
@@ -515,24 +510,7 @@ func genGemvPanel(rows int) {
 			p("\tADDQ $%d, %s", 4*n, ptr[i])
 		}
 	}
-	if sets > 1 {
-		p("%s_loop%d:", name, sets)
-		p("\tCMPQ CX, $%d", sets)
-		p("\tJLT %s_loop1", name)
-		for s := 0; s < sets; s++ {
-			step(s, s)
-		}
-		adv(sets)
-		p("\tSUBQ $%d, CX", sets)
-		p("\tJMP %s_loop%d", name, sets)
-	}
-	p("%s_loop1:", name)
-	p("\tTESTQ CX, CX")
-	p("\tJEQ %s_reduce", name)
-	step(0, 0)
-	adv(1)
-	p("\tDECQ CX")
-	p("\tJMP %s_loop1", name)
+	genLoop(name, "reduce", sets, func(s int) { step(s, s) }, adv)
 	p("%s_reduce:", name)
 	for s := 1; s < sets; s++ {
 		for i := 0; i < rows; i++ {
@@ -625,34 +603,7 @@ func genGemvStreams(rows, ns int) {
 	step(0)
 	adv(1)
 	p("%s_reduce:", name)
-	p("\tMOVQ out+48(FP), DX")
-	p("\tMOVQ ldo+56(FP), R8")
-	p("\tSHLQ $2, R8")
-	p("\tMOVQ os+64(FP), R10")
-	p("\tSHLQ $2, R10")
-	p("\tMOVQ add+72(FP), R12")
-	for s := 0; s < ns; s++ {
-		p("\tMOVQ DX, R13")
-		p("\tTESTQ R12, R12")
-		p("\tJEQ %s_store%d", name, s)
-		for i := 0; i < rows; i++ {
-			for v := 0; v < 2; v++ {
-				p("\tVADDPS %d(R13), Y%d, Y%d", v*32, acc(s, i, v), acc(s, i, v))
-			}
-			p("\tADDQ R8, R13")
-		}
-		p("\tMOVQ DX, R13")
-		p("%s_store%d:", name, s)
-		for i := 0; i < rows; i++ {
-			for v := 0; v < 2; v++ {
-				p("\tVMOVUPS Y%d, %d(R13)", acc(s, i, v), v*32)
-			}
-			p("\tADDQ R8, R13")
-		}
-		p("\tADDQ R10, DX")
-	}
-	p("\tVZEROUPPER")
-	p("\tRET")
+	genStreamsStore(name, "Y", 48, rows, ns, acc)
 }
 
 // genDotRows emits the decode product with a row-major weight (the LM
@@ -897,37 +848,31 @@ func genGemvZFamily(rows, ns int, bf16 bool) {
 		}
 		p("\tADDQ $%d, DI", 128*n)
 	}
-	const unroll = 4
-	p("%s_loop%d:", name, unroll)
-	p("\tCMPQ CX, $%d", unroll)
-	p("\tJLT %s_loop1", name)
-	for u := 0; u < unroll; u++ {
-		step(u)
-	}
-	adv(unroll)
-	p("\tSUBQ $%d, CX", unroll)
-	p("\tJMP %s_loop%d", name, unroll)
-	p("%s_loop1:", name)
-	p("\tTESTQ CX, CX")
-	p("\tJEQ %s_reduce", name)
-	step(0)
-	adv(1)
-	p("\tDECQ CX")
-	p("\tJMP %s_loop1", name)
+	genLoop(name, "reduce", 4, step, adv)
 	p("%s_reduce:", name)
-	p("\tMOVQ out+40(FP), DX")
-	p("\tMOVQ ldo+48(FP), R8")
+	genStreamsStore(name, "Z", 40, rows, ns, acc)
+}
+
+// genStreamsStore emits the write-back of a streams kernel (R "Y": AVX2,
+// "Z": AVX-512): for each of the ns segments, out (+)= its rows
+// accumulators acc(s, i, v) (two vectors a row), rows ldo floats apart,
+// segments os floats apart. The arguments out, ldo, os and add stand at
+// frame offsets off, off+8, off+16 and off+24.
+func genStreamsStore(name, R string, off, rows, ns int, acc func(s, i, v int) int) {
+	vb := map[string]int{"Y": 32, "Z": 64}[R] // bytes per vector
+	p("\tMOVQ out+%d(FP), DX", off)
+	p("\tMOVQ ldo+%d(FP), R8", off+8)
 	p("\tSHLQ $2, R8")
-	p("\tMOVQ os+56(FP), R10")
+	p("\tMOVQ os+%d(FP), R10", off+16)
 	p("\tSHLQ $2, R10")
-	p("\tMOVQ add+64(FP), R12")
+	p("\tMOVQ add+%d(FP), R12", off+24)
 	for s := 0; s < ns; s++ {
 		p("\tMOVQ DX, R13")
 		p("\tTESTQ R12, R12")
 		p("\tJEQ %s_store%d", name, s)
 		for i := 0; i < rows; i++ {
 			for v := 0; v < 2; v++ {
-				p("\tVADDPS %d(R13), Z%d, Z%d", v*64, acc(s, i, v), acc(s, i, v))
+				p("\tVADDPS %d(R13), %s%d, %s%d", v*vb, R, acc(s, i, v), R, acc(s, i, v))
 			}
 			p("\tADDQ R8, R13")
 		}
@@ -935,7 +880,7 @@ func genGemvZFamily(rows, ns int, bf16 bool) {
 		p("%s_store%d:", name, s)
 		for i := 0; i < rows; i++ {
 			for v := 0; v < 2; v++ {
-				p("\tVMOVUPS Z%d, %d(R13)", acc(s, i, v), v*64)
+				p("\tVMOVUPS %s%d, %d(R13)", R, acc(s, i, v), v*vb)
 			}
 			p("\tADDQ R8, R13")
 		}
