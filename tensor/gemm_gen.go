@@ -926,14 +926,7 @@ func genGemvStore(name string, rows int, acc func(i, v int) int) {
 // is rounded once, as in the Go decoder, so the results are bitwise equal.
 func genDequantQ8_0() {
 	const name = "dequantQ8_0AVX2"
-	p("")
-	p("// func %s(nb int, x *byte, y *float32)", name)
-	p("TEXT ·%s(SB), NOSPLIT, $0-24", name)
-	p("\tMOVQ nb+0(FP), CX")
-	p("\tMOVQ x+8(FP), SI")
-	p("\tMOVQ y+16(FP), DI")
-	p("\tTESTQ CX, CX")
-	p("\tJEQ %s_done", name)
+	genDequantPrologue(name, false)
 	p("%s_loop:", name)
 	p("\tVPBROADCASTW (SI), X8")
 	p("\tVCVTPH2PS X8, Y8")
@@ -943,8 +936,41 @@ func genDequantQ8_0() {
 		p("\tVMULPS Y8, Y%d, Y%d", v, v)
 		p("\tVMOVUPS Y%d, %d(DI)", v, 32*v)
 	}
-	p("\tADDQ $34, SI")
-	p("\tADDQ $128, DI")
+	genDequantNext(name, 34, 128)
+}
+
+// genDequantPrologue starts the block decoder name, with or without a
+// scratch s of 16 floats:
+//
+//	func name(nb int, x *byte, y *float32)
+//	func name(nb int, x *byte, s *float32, y *float32)
+//
+// nb in CX, x in SI, s in R8, y in DI; for nb = 0 it returns at once.
+func genDequantPrologue(name string, scratch bool) {
+	p("")
+	if !scratch {
+		p("// func %s(nb int, x *byte, y *float32)", name)
+		p("TEXT ·%s(SB), NOSPLIT, $0-24", name)
+		p("\tMOVQ nb+0(FP), CX")
+		p("\tMOVQ x+8(FP), SI")
+		p("\tMOVQ y+16(FP), DI")
+	} else {
+		p("// func %s(nb int, x *byte, s *float32, y *float32)", name)
+		p("TEXT ·%s(SB), NOSPLIT, $0-32", name)
+		p("\tMOVQ nb+0(FP), CX")
+		p("\tMOVQ x+8(FP), SI")
+		p("\tMOVQ s+16(FP), R8")
+		p("\tMOVQ y+24(FP), DI")
+	}
+	p("\tTESTQ CX, CX")
+	p("\tJEQ %s_done", name)
+}
+
+// genDequantNext ends a block decoder's loop: x moves on xb bytes and y
+// yb, the next block while any is left, then the return.
+func genDequantNext(name string, xb, yb int) {
+	p("\tADDQ $%d, SI", xb)
+	p("\tADDQ $%d, DI", yb)
 	p("\tDECQ CX")
 	p("\tJNE %s_loop", name)
 	p("%s_done:", name)
@@ -972,15 +998,7 @@ func genConst32(v, reg int) {
 // quieted by VCVTPH2PS, as the products quiet it anyway).
 func genDequantQ4K() {
 	const name = "dequantQ4KAVX2"
-	p("")
-	p("// func %s(nb int, x *byte, s *float32, y *float32)", name)
-	p("TEXT ·%s(SB), NOSPLIT, $0-32", name)
-	p("\tMOVQ nb+0(FP), CX")
-	p("\tMOVQ x+8(FP), SI")
-	p("\tMOVQ s+16(FP), R8")
-	p("\tMOVQ y+24(FP), DI")
-	p("\tTESTQ CX, CX")
-	p("\tJEQ %s_done", name)
+	genDequantPrologue(name, true)
 	genConst32(15, 15)
 	p("%s_loop:", name)
 	p("\tVPBROADCASTW (SI), X8")
@@ -1040,13 +1058,7 @@ func genDequantQ4K() {
 			p("\tVMOVUPS Y0, %d(DI)", 4*(64*j+32+8*g))
 		}
 	}
-	p("\tADDQ $144, SI")
-	p("\tADDQ $1024, DI")
-	p("\tDECQ CX")
-	p("\tJNE %s_loop", name)
-	p("%s_done:", name)
-	p("\tVZEROUPPER")
-	p("\tRET")
+	genDequantNext(name, 144, 1024)
 }
 
 // genDequantQ6K emits the Q6_K block decoder:
@@ -1061,15 +1073,7 @@ func genDequantQ4K() {
 // as the products quiet it anyway).
 func genDequantQ6K() {
 	const name = "dequantQ6KAVX2"
-	p("")
-	p("// func %s(nb int, x *byte, s *float32, y *float32)", name)
-	p("TEXT ·%s(SB), NOSPLIT, $0-32", name)
-	p("\tMOVQ nb+0(FP), CX")
-	p("\tMOVQ x+8(FP), SI")
-	p("\tMOVQ s+16(FP), R8")
-	p("\tMOVQ y+24(FP), DI")
-	p("\tTESTQ CX, CX")
-	p("\tJEQ %s_done", name)
+	genDequantPrologue(name, true)
 	genConst32(0x0f0f0f0f, 13)
 	genConst32(0x30303030, 14)
 	genConst32(0x20202020, 15)
@@ -1122,13 +1126,7 @@ func genDequantQ6K() {
 			}
 		}
 	}
-	p("\tADDQ $210, SI")
-	p("\tADDQ $1024, DI")
-	p("\tDECQ CX")
-	p("\tJNE %s_loop", name)
-	p("%s_done:", name)
-	p("\tVZEROUPPER")
-	p("\tRET")
+	genDequantNext(name, 210, 1024)
 }
 
 // genWiden emits the exact widening of 16-bit floats (f16, needs F16C, or
@@ -1656,6 +1654,21 @@ func genQuantQ8Prologue(name string) {
 	p("\tMOVL $0x7fffffff, R11")
 }
 
+// genQuantQ8Next ends the activation quantizer name's loop at its label
+// name_next: x moves on one block (128 bytes), q, d and corr one stride,
+// the next block while any is left, then the return.
+func genQuantQ8Next(name string) {
+	p("%s_next:", name)
+	p("\tADDQ $128, AX")
+	p("\tADDQ R8, DI")
+	p("\tADDQ R8, R9")
+	p("\tADDQ R8, R10")
+	p("\tDECQ CX")
+	p("\tJNE %s_loop", name)
+	p("\tVZEROUPPER")
+	p("\tRET")
+}
+
 // genQuantQ8RowAVX2 emits genQuantQ8Row's quantizer with AVX2 only:
 //
 //	func quantQ8RowAVX2(x *float32, nb int, q *byte, d *float32, corr *int32, stride int)
@@ -1721,15 +1734,7 @@ func genQuantQ8RowAVX2() {
 	p("%s_zero:", name)
 	p("\tVMOVDQU Y13, (DI)")
 	p("\tMOVL $0, (R10)")
-	p("%s_next:", name)
-	p("\tADDQ $128, AX")
-	p("\tADDQ R8, DI")
-	p("\tADDQ R8, R9")
-	p("\tADDQ R8, R10")
-	p("\tDECQ CX")
-	p("\tJNE %s_loop", name)
-	p("\tVZEROUPPER")
-	p("\tRET")
+	genQuantQ8Next(name)
 }
 
 // genQuantQ8Row emits the AVX-512 activation quantizer of the packed int8
@@ -1790,13 +1795,5 @@ func genQuantQ8Row() {
 	p("%s_zero:", name)
 	p("\tVMOVDQU32 Y29, (DI)")
 	p("\tMOVL $0, (R10)")
-	p("%s_next:", name)
-	p("\tADDQ $128, AX")
-	p("\tADDQ R8, DI")
-	p("\tADDQ R8, R9")
-	p("\tADDQ R8, R10")
-	p("\tDECQ CX")
-	p("\tJNE %s_loop", name)
-	p("\tVZEROUPPER")
-	p("\tRET")
+	genQuantQ8Next(name)
 }
