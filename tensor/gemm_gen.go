@@ -289,6 +289,17 @@ func evex(opcode byte, pp byte, dst, src1, src2 int) []byte {
 	return []byte{0x62, p0, p1, p2, opcode, modrm}
 }
 
+// pEVEX emits the EVEX instruction mnem zdst, zsrc1, zsrc2 (Intel order,
+// encoded by evex) as BYTE directives, commented with its Go operand
+// order, as TestGemmAsmGenerated reads it to check the bytes against GNU as.
+func pEVEX(mnem string, opcode, pp byte, dst, src1, src2 int) {
+	var bs []string
+	for _, x := range evex(opcode, pp, dst, src1, src2) {
+		bs = append(bs, fmt.Sprintf("$0x%02x", x))
+	}
+	p("\tBYTE %s // %s Z%d, Z%d, Z%d", strings.Join(bs, "; BYTE "), mnem, src2, src1, dst)
+}
+
 // genBF16 emits the AVX512_BF16 kernel for a 12×32 tile:
 //
 //	func kernBF16x12x32(kp int, a, b *uint16, c *float32, ldc int, alpha, beta float32)
@@ -321,11 +332,7 @@ func genBF16() {
 			bc := bcReg + i%2
 			p("\tVPBROADCASTD %d(SI), Z%d", (u*mr+i)*4, bc)
 			for v := 0; v < nv; v++ {
-				var bs []string
-				for _, x := range evex(0x52, 2, i*nv+v, bc, bReg+v) {
-					bs = append(bs, fmt.Sprintf("$0x%02x", x))
-				}
-				p("\tBYTE %s // VDPBF16PS Z%d, Z%d, Z%d", strings.Join(bs, "; BYTE "), bReg+v, bc, i*nv+v)
+				pEVEX("VDPBF16PS", 0x52, 2, i*nv+v, bc, bReg+v)
 			}
 		}
 	}
@@ -356,11 +363,7 @@ func genRoundBF16() {
 	p("\tVMOVUPS 0(SI), Z0")
 	p("\tVMOVUPS 64(SI), Z1")
 	// Intel: VCVTNE2PS2BF16 zmm2, zmm1 (high half), zmm0 (low half).
-	var bs []string
-	for _, x := range evex(0x72, 3, 2, 1, 0) {
-		bs = append(bs, fmt.Sprintf("$0x%02x", x))
-	}
-	p("\tBYTE %s // VCVTNE2PS2BF16 Z0, Z1, Z2", strings.Join(bs, "; BYTE "))
+	pEVEX("VCVTNE2PS2BF16", 0x72, 3, 2, 1, 0)
 	p("\tVMOVDQU32 Z2, 0(DI)")
 	p("\tADDQ $128, SI")
 	p("\tADDQ $64, DI")
@@ -440,12 +443,7 @@ func genDot4(name string, bf16 bool) {
 	for q := 0; q < 4; q++ {
 		p("\tVADDPS Y%d, Y%d, Y%d", q+4, q, q)
 	}
-	// hadd(hadd(Y0,Y1), hadd(Y2,Y3)) leaves per-lane partial sums [s0 s1 s2 s3].
-	p("\tVHADDPS Y1, Y0, Y0")
-	p("\tVHADDPS Y3, Y2, Y2")
-	p("\tVHADDPS Y2, Y0, Y0")
-	p("\tVEXTRACTF128 $1, Y0, X1")
-	p("\tVADDPS X1, X0, X0")
+	genSum4()
 	p("\tMOVQ out+32(FP), DI")
 	p("\tVMOVUPS X0, (DI)")
 	p("\tVZEROUPPER")
@@ -721,11 +719,7 @@ func genDotRows(R string, bf16 bool) {
 			p("\tVADDPS Y%d, Y%d, Y%d", q+4, q, q)
 		}
 	}
-	p("\tVHADDPS Y1, Y0, Y0")
-	p("\tVHADDPS Y3, Y2, Y2")
-	p("\tVHADDPS Y2, Y0, Y0")
-	p("\tVEXTRACTF128 $1, Y0, X1")
-	p("\tVADDPS X1, X0, X0")
+	genSum4()
 	p("\tVMOVSS X0, (DI)")
 	p("\tVEXTRACTPS $1, X0, (DI)(R14*1)")
 	p("\tVEXTRACTPS $2, X0, (DI)(R14*2)")
@@ -833,11 +827,7 @@ func genGemvZFamily(rows, ns int, bf16 bool) {
 		for s := 0; s < ns; s++ {
 			for i := 0; i < rows; i++ {
 				for v := 0; v < 2; v++ {
-					var bs []string
-					for _, x := range evex(0x52, 2, acc(s, i, v), bcReg+i, bReg+2*s+v) {
-						bs = append(bs, fmt.Sprintf("$0x%02x", x))
-					}
-					p("\tBYTE %s // VDPBF16PS Z%d, Z%d, Z%d", strings.Join(bs, "; BYTE "), bReg+2*s+v, bcReg+i, acc(s, i, v))
+					pEVEX("VDPBF16PS", 0x52, 2, acc(s, i, v), bcReg+i, bReg+2*s+v)
 				}
 			}
 		}
@@ -976,6 +966,17 @@ func genDequantNext(name string, xb, yb int) {
 	p("%s_done:", name)
 	p("\tVZEROUPPER")
 	p("\tRET")
+}
+
+// genSum4 reduces the four sums in Y0..Y3 to X0 = [ΣY0 ΣY1 ΣY2 ΣY3]:
+// hadd(hadd(Y0,Y1), hadd(Y2,Y3)) leaves per-lane partial sums [s0 s1 s2 s3],
+// then the two lanes are added. Clobbers Y1 and Y2.
+func genSum4() {
+	p("\tVHADDPS Y1, Y0, Y0")
+	p("\tVHADDPS Y3, Y2, Y2")
+	p("\tVHADDPS Y2, Y0, Y0")
+	p("\tVEXTRACTF128 $1, Y0, X1")
+	p("\tVADDPS X1, X0, X0")
 }
 
 // genConst32 broadcasts the 32-bit constant v into Y<reg> (clobbers AX).
@@ -1426,11 +1427,7 @@ func genBF16Peak() {
 	}
 	p("%s_loop:", name)
 	for r := 0; r < 12; r++ {
-		var bs []string
-		for _, x := range evex(0x52, 2, r, 15, 14) {
-			bs = append(bs, fmt.Sprintf("$0x%02x", x))
-		}
-		p("\tBYTE %s // VDPBF16PS Z14, Z15, Z%d", strings.Join(bs, "; BYTE "), r)
+		pEVEX("VDPBF16PS", 0x52, 2, r, 15, 14)
 	}
 	p("\tDECQ CX")
 	p("\tJNE %s_loop", name)
