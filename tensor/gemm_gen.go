@@ -472,13 +472,7 @@ func genGemvPanel(rows int) {
 	p("")
 	p("// func %s(ku int, a *float32, lda int, b *float32, ldb int, out *float32, ldo int, add int)", name)
 	p("TEXT ·%s(SB), NOSPLIT, $0-64", name)
-	p("\tMOVQ ku+0(FP), CX")
-	p("\tMOVQ a+8(FP), SI")
-	p("\tMOVQ lda+16(FP), AX")
-	p("\tSHLQ $2, AX")
-	p("\tMOVQ b+24(FP), DI")
-	p("\tMOVQ ldb+32(FP), BX")
-	p("\tSHLQ $2, BX")
+	genGemvArgs()
 	for i := 1; i < rows; i++ {
 		p("\tLEAQ (%s)(AX*1), %s", ptr[i-1], ptr[i])
 	}
@@ -544,13 +538,7 @@ func genGemvStreams(rows, ns int) {
 	p("")
 	p("// func %s(ku int, a *float32, lda int, b *float32, ldb int, bs int, out *float32, ldo int, os int, add int)", name)
 	p("TEXT ·%s(SB), NOSPLIT, $0-80", name)
-	p("\tMOVQ ku+0(FP), CX")
-	p("\tMOVQ a+8(FP), SI")
-	p("\tMOVQ lda+16(FP), AX")
-	p("\tSHLQ $2, AX")
-	p("\tMOVQ b+24(FP), DI")
-	p("\tMOVQ ldb+32(FP), BX")
-	p("\tSHLQ $2, BX")
+	genGemvArgs()
 	p("\tMOVQ bs+40(FP), DX")
 	p("\tSHLQ $2, DX")
 	p("\tLEAQ (DX)(DX*2), R8")
@@ -878,6 +866,19 @@ func genStreamsStore(name, R string, off, rows, ns int, acc func(s, i, v int) in
 	}
 	p("\tVZEROUPPER")
 	p("\tRET")
+}
+
+// genGemvArgs loads the arguments the AVX2 gemv kernels start with,
+// (ku int, a *float32, lda int, b *float32, ldb int, ...): ku in CX, a in
+// SI, b in DI, and the strides lda and ldb in bytes in AX and BX.
+func genGemvArgs() {
+	p("\tMOVQ ku+0(FP), CX")
+	p("\tMOVQ a+8(FP), SI")
+	p("\tMOVQ lda+16(FP), AX")
+	p("\tSHLQ $2, AX")
+	p("\tMOVQ b+24(FP), DI")
+	p("\tMOVQ ldb+32(FP), BX")
+	p("\tSHLQ $2, BX")
 }
 
 // genGemvStore emits the write-back of a gemv kernel: out (+)= the rows
