@@ -1377,10 +1377,7 @@ func genQ8(fam string, rm int) {
 			p("\tVMOVAPS X%d, X%d", r, acc)
 		}
 		p("\tVADDPS X%d, X%d, X%d", t, acc, acc)
-		p("\tVPERMILPS $0x4e, X%d, X%d", acc, t)
-		p("\tVADDPS X%d, X%d, X%d", t, acc, acc)
-		p("\tVMOVSHDUP X%d, X%d", acc, t)
-		p("\tVADDSS X%d, X%d, X%d", t, acc, acc)
+		genFoldX("ADD", acc, t)
 		p("\tVMOVSS X%d, %d(SI)", acc, 4*r)
 	}
 	p("\tVZEROUPPER")
@@ -1652,6 +1649,48 @@ func genQuantQ8Prologue(name string) {
 	p("\tMOVL $0x7fffffff, R11")
 }
 
+// genFoldX folds the four floats of X<x> into its lowest lane with op
+// ("ADD" or "MAX": VADDPS/VADDSS or VMAXPS/VMAXSS), lanes 2 and 3 onto 0
+// and 1, then 1 onto 0. X<t> is a temporary.
+func genFoldX(op string, x, t int) {
+	p("\tVPERMILPS $0x4e, X%d, X%d", x, t)
+	p("\tV%sPS X%d, X%d, X%d", op, t, x, x)
+	p("\tVMOVSHDUP X%d, X%d", x, t)
+	p("\tV%sSS X%d, X%d, X%d", op, t, x, x)
+}
+
+// genQuantQ8Scale emits an activation quantizer's block scale from the
+// eight lane maxima of |x| in Y<m> (X<t> a temporary, X<c> holding 127.0,
+// X<z> zero): amax, d = amax/127 stored at (R9), a jump to name_zero when
+// amax is 0, else X<id> = 127/amax; each a single float32 rounding, as
+// quantQ8RowGo.
+func genQuantQ8Scale(name string, m, t, c, z, id int) {
+	p("\tVEXTRACTF128 $1, Y%d, X%d", m, t)
+	p("\tVMAXPS X%d, X%d, X%d", t, m, m)
+	genFoldX("MAX", m, t)
+	p("\tVDIVSS X%d, X%d, X%d", c, m, t) // d = amax/127
+	p("\tVMOVSS X%d, (R9)", t)
+	p("\tVUCOMISS X%d, X%d", z, m)
+	p("\tJEQ %s_zero", name)
+	p("\tVDIVSS X%d, X%d, X%d", m, c, id) // id = 127/amax
+}
+
+// genQuantQ8Corr emits an activation quantizer's offset correction from
+// the eight int32 lane sums of q in Y<s> (X<t> a temporary): corr = −128·Σq
+// stored at (R10). Clobbers R11.
+func genQuantQ8Corr(s, t int) {
+	p("\tVEXTRACTI128 $1, Y%d, X%d", s, t)
+	p("\tVPADDD X%d, X%d, X%d", t, s, s)
+	p("\tVPSHUFD $0x4e, X%d, X%d", s, t)
+	p("\tVPADDD X%d, X%d, X%d", t, s, s)
+	p("\tVPSHUFD $0xb1, X%d, X%d", s, t)
+	p("\tVPADDD X%d, X%d, X%d", t, s, s)
+	p("\tVMOVD X%d, R11", s)
+	p("\tSHLL $7, R11")
+	p("\tNEGL R11")
+	p("\tMOVL R11, (R10)")
+}
+
 // genQuantQ8Next ends the activation quantizer name's loop at its label
 // name_next: x moves on one block (128 bytes), q, d and corr one stride,
 // the next block while any is left, then the return.
@@ -1694,17 +1733,7 @@ func genQuantQ8RowAVX2() {
 		p("\tVANDPS Y15, Y%d, Y5", v)
 		p("\tVMAXPS Y5, Y4, Y4")
 	}
-	p("\tVEXTRACTF128 $1, Y4, X5")
-	p("\tVMAXPS X5, X4, X4")
-	p("\tVPERMILPS $0x4e, X4, X5")
-	p("\tVMAXPS X5, X4, X4")
-	p("\tVMOVSHDUP X4, X5")
-	p("\tVMAXSS X5, X4, X4")
-	p("\tVDIVSS X14, X4, X5") // d = amax/127
-	p("\tVMOVSS X5, (R9)")
-	p("\tVUCOMISS X13, X4")
-	p("\tJEQ %s_zero", name)
-	p("\tVDIVSS X4, X14, X6") // id = 127/amax
+	genQuantQ8Scale(name, 4, 5, 14, 13, 6)
 	p("\tVBROADCASTSS X6, Y6")
 	for v := 0; v < 4; v++ {
 		p("\tVMULPS Y6, Y%d, Y%d", v, v)
@@ -1713,16 +1742,7 @@ func genQuantQ8RowAVX2() {
 	p("\tVPADDD Y1, Y0, Y7")
 	p("\tVPADDD Y3, Y2, Y8")
 	p("\tVPADDD Y8, Y7, Y7")
-	p("\tVEXTRACTI128 $1, Y7, X8")
-	p("\tVPADDD X8, X7, X7")
-	p("\tVPSHUFD $0x4e, X7, X8")
-	p("\tVPADDD X8, X7, X7")
-	p("\tVPSHUFD $0xb1, X7, X8")
-	p("\tVPADDD X8, X7, X7")
-	p("\tVMOVD X7, R11")
-	p("\tSHLL $7, R11")
-	p("\tNEGL R11")
-	p("\tMOVL R11, (R10)")
+	genQuantQ8Corr(7, 8)
 	p("\tVPACKSSDW Y1, Y0, Y0")
 	p("\tVPACKSSDW Y3, Y2, Y2")
 	p("\tVPACKSSWB Y2, Y0, Y0")
@@ -1758,17 +1778,7 @@ func genQuantQ8Row() {
 	p("\tVMAXPS Z3, Z2, Z2")
 	p("\tVEXTRACTF64X4 $1, Z2, Y3")
 	p("\tVMAXPS Y3, Y2, Y2")
-	p("\tVEXTRACTF128 $1, Y2, X3")
-	p("\tVMAXPS X3, X2, X2")
-	p("\tVPERMILPS $0x4e, X2, X3")
-	p("\tVMAXPS X3, X2, X2")
-	p("\tVMOVSHDUP X2, X3")
-	p("\tVMAXSS X3, X2, X2")
-	p("\tVDIVSS X30, X2, X3") // d = amax/127
-	p("\tVMOVSS X3, (R9)")
-	p("\tVUCOMISS X29, X2")
-	p("\tJEQ %s_zero", name)
-	p("\tVDIVSS X2, X30, X4") // id = 127/amax
+	genQuantQ8Scale(name, 2, 3, 30, 29, 4)
 	p("\tVBROADCASTSS X4, Z4")
 	p("\tVMULPS Z4, Z0, Z0")
 	p("\tVMULPS Z4, Z1, Z1")
@@ -1779,16 +1789,7 @@ func genQuantQ8Row() {
 	p("\tVPADDD Z1, Z0, Z0")
 	p("\tVEXTRACTI64X4 $1, Z0, Y1")
 	p("\tVPADDD Y1, Y0, Y0")
-	p("\tVEXTRACTI128 $1, Y0, X1")
-	p("\tVPADDD X1, X0, X0")
-	p("\tVPSHUFD $0x4e, X0, X1")
-	p("\tVPADDD X1, X0, X0")
-	p("\tVPSHUFD $0xb1, X0, X1")
-	p("\tVPADDD X1, X0, X0")
-	p("\tVMOVD X0, R11")
-	p("\tSHLL $7, R11")
-	p("\tNEGL R11")
-	p("\tMOVL R11, (R10)")
+	genQuantQ8Corr(0, 1)
 	p("\tJMP %s_next", name)
 	p("%s_zero:", name)
 	p("\tVMOVDQU32 Y29, (DI)")
