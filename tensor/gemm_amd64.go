@@ -83,8 +83,8 @@ var (
 // on Zen 5, it ran the prefill's products (m = 512; n × k = 1152 × 896,
 // 896 × 896, 4864 × 896, 896 × 4864) and the 0.5B LM head's (1024 ×
 // 151936 × 896) at 280–375 GFLOP per CPU-second, against 125–310 for
-// kc = 512, in a sweep of kc 256..2432 and mc 48..384 (BenchmarkMatMulBF16's
-// packed- rows time one setting).
+// kc = 512, in a sweep of kc 256..2432 and mc 48..384
+// (BenchmarkBF16Blocking times kc = 512 against 1024 on these shapes).
 var (
 	avx2Kernels = newGemmKernels("avx2", tileKernel[float32]{
 		mr: 6, nr: 16, kc: 256, mc: 144, nc: 3072, kstep: 1, micro: microAVX2,

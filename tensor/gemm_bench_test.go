@@ -219,3 +219,47 @@ func BenchmarkGemmQ8(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkBF16Blocking times the bf16 blocked kernel on a prepacked B
+// (GemmPacked, m > 8) at the depth blocks kc = 512 and 1024 (the set's
+// choice, see gemm_amd64.go), on the Qwen2.5-0.5B prefill's products and
+// its LM head's, for every kernel set with a native bf16 kernel:
+//
+//	go test ./tensor/ -bench BF16Blocking -run XXX
+func BenchmarkBF16Blocking(b *testing.B) {
+	rng := rand.New(rand.NewPCG(13, 14))
+	for _, s := range []benchShape{
+		{"qkv-512x1152x896", false, true, 512, 1152, 896},
+		{"o-512x896x896", false, true, 512, 896, 896},
+		{"mlp-512x4864x896", false, true, 512, 4864, 896},
+		{"down-512x896x4864", false, true, 512, 896, 4864},
+		{"head-1024x151936x896", false, true, 1024, 151936, 896},
+	} {
+		a := gemmRandSlice(rng, s.m*s.k)
+		w := gemmRandSlice(rng, s.n*s.k)
+		c := make([]float32, s.m*s.n)
+		for _, ks := range gemmAvailable {
+			if ks.bf16 == nil {
+				continue
+			}
+			for _, kc := range []int{512, 1024} {
+				set := *ks
+				kn := *ks.bf16
+				kn.kc = kc
+				set.bf16 = &kn
+				pb := packBBF16With(&set, true, s.n, s.k, w, s.k)
+				for _, th := range benchThreads() {
+					b.Run(fmt.Sprintf("%s/%s/kc=%d/threads=%d", s.name, ks.name, kc, th), func(b *testing.B) {
+						withProcs(b, th, func() {
+							cpu0 := cpuTime()
+							for b.Loop() {
+								GemmPacked(s.m, 1, a, s.k, pb, 0, c, s.n)
+							}
+							reportGFLOPS(b, s.m, s.n, s.k, cpu0)
+						})
+					})
+				}
+			}
+		}
+	}
+}

@@ -502,12 +502,14 @@ func smallMCols(g *gemmJob, a []float32, lda int, dot dot4Func, dotH dot4BF16Fun
 	k, ldb, ldc := g.k, g.ldb, g.ldc
 	k8 := k &^ 7
 	var s [4]float32
-	if g.m == 1 && g.alpha == 1 && g.beta == 0 && k%16 == 0 {
-		if n4 := (j1 - j0) / 4; n4 > 0 && g.bh == nil && g.dotRows != nil {
-			g.dotRows(k, a[:k], g.b[j0*ldb:], ldb, n4, g.c[j0:j0+4*n4])
+	// m = 1: whole runs of four rows of B in one call (float32 or bf16 B)
+	if n4 := (j1 - j0) / 4; g.m == 1 && g.alpha == 1 && g.beta == 0 && k%16 == 0 && n4 > 0 {
+		switch out := g.c[j0 : j0+4*n4]; {
+		case g.bh == nil && g.dotRows != nil:
+			g.dotRows(k, a[:k], g.b[j0*ldb:], ldb, n4, out)
 			j0 += 4 * n4
-		} else if n4 > 0 && g.bh != nil && g.dotRowsH != nil {
-			g.dotRowsH(k, a[:k], g.bh[j0*ldb:], ldb, n4, g.c[j0:j0+4*n4])
+		case g.bh != nil && g.dotRowsH != nil:
+			g.dotRowsH(k, a[:k], g.bh[j0*ldb:], ldb, n4, out)
 			j0 += 4 * n4
 		}
 	}
