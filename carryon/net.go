@@ -47,7 +47,9 @@ const (
 	// the whole head once for its logits and once for dy, so the rows per
 	// slab bound its speed. At V = 152k, D = 896 (float32 head) on Zen 5,
 	// chunks of 48, 96 and 216 positions trained at 675, 890 and 1065 tok/s
-	// (AVX2: 214, 276, –). Its scratch (128 MiB at most) is small beside
+	// (AVX2: 214, 276, –; carryon bench train with this constant set to
+	// each). tensor's BenchmarkCrossEntropyLMHeadPacked times the same
+	// effect at V = 32000 (chunk 64 against 256). Its scratch (128 MiB at most) is small beside
 	// the two packed copies of the head (8·V·D bytes in float32). A head
 	// read in place from the base's file keeps the smaller chunk: there the
 	// scratch is most of the private memory the head costs.
