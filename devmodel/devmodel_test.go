@@ -32,12 +32,8 @@ func TestForwardMatchesModel(t *testing.T) {
 	for _, arch := range []string{"qwen2", "qwen3", "llama"} {
 		t.Run(arch, func(t *testing.T) {
 			cfg := testConfig(arch)
-			ref, err := model.NewRandomBase(cfg, 7)
-			if err != nil {
-				t.Fatal(err)
-			}
 			dir := t.TempDir()
-			if err := ref.SaveHF(dir); err != nil {
+			if err := model.WriteRandomBase(dir, cfg, 7); err != nil {
 				t.Fatal(err)
 			}
 			want, err := model.LoadBase(dir)
@@ -87,10 +83,8 @@ func TestForwardMatchesModel(t *testing.T) {
 }
 
 func TestForwardRejectsBadInput(t *testing.T) {
-	cfg := testConfig("qwen2")
-	ref, _ := model.NewRandomBase(cfg, 1)
 	dir := t.TempDir()
-	if err := ref.SaveHF(dir); err != nil {
+	if err := model.WriteRandomBase(dir, testConfig("qwen2"), 1); err != nil {
 		t.Fatal(err)
 	}
 	b, err := Load(tensor.CPU(), dir, Options{})
