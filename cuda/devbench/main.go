@@ -59,6 +59,22 @@ func main() {
 var qwen05 = model.Config{Arch: "qwen2", Dim: 896, Layers: 24, Heads: 14, KVHeads: 2, HeadDim: 64, FFN: 4864,
 	Vocab: 151936, MaxPos: 32768, RopeTheta: 1e6, NormEps: 1e-6, TiedEmbeddings: true, QKVBias: true, BOS: -1, EOS: 151643}
 
+// openGPU opens GPU 0 as the benchmark's backend and reads its free and
+// total memory before anything is placed on it: the baseline of the *_mib
+// figures of every mode.
+func openGPU() (gpu *cuda.Backend, closeGPU func() error, free0, total int64, err error) {
+	be, closeBe, err := cuda.OpenBackend(0)
+	if err != nil {
+		return nil, nil, 0, 0, err
+	}
+	gpu = be.(*cuda.Backend)
+	if free0, total, err = gpu.MemInfo(); err != nil {
+		closeBe()
+		return nil, nil, 0, 0, err
+	}
+	return gpu, closeBe, free0, total, nil
+}
+
 func run(dir string, batch, seq, runs int) error {
 	t0 := time.Now()
 	if _, err := os.Stat(filepath.Join(dir, "config.json")); err != nil {
@@ -73,18 +89,13 @@ func run(dir string, batch, seq, runs int) error {
 	}
 	genS := time.Since(t0).Seconds()
 
-	be, closeBe, err := cuda.OpenBackend(0)
+	cb, closeBe, free0, total, err := openGPU()
 	if err != nil {
 		return err
 	}
 	defer closeBe()
-	cb := be.(*cuda.Backend)
-	free0, total, err := cb.MemInfo()
-	if err != nil {
-		return err
-	}
 	t1 := time.Now()
-	base, err := devmodel.Load(be, dir, devmodel.Options{})
+	base, err := devmodel.Load(cb, dir, devmodel.Options{})
 	if err != nil {
 		return err
 	}
@@ -130,7 +141,7 @@ func run(dir string, batch, seq, runs int) error {
 		return err
 	}
 	return json.NewEncoder(os.Stdout).Encode(map[string]any{
-		"impl": "carryon-" + be.Name(), "batch": batch, "seq": seq, "runs": runs,
+		"impl": "carryon-" + cb.Name(), "batch": batch, "seq": seq, "runs": runs,
 		"prefill_s_median": med, "prefill_s_all": times, "tokens_per_s": float64(batch*seq) / med,
 		"weights_mib": float64(free0-free1) / (1 << 20), "workspace_mib": float64(free1-free2) / (1 << 20),
 		"device_total_mib": float64(total) / (1 << 20), "generate_s": genS, "load_s": loadS,

@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"carryon/carryon"
-	"carryon/cuda"
 )
 
 type trainOpts struct {
@@ -93,17 +92,12 @@ func runTrain(mode string, o trainOpts, batch, seq int) error {
 	}
 	genS := time.Since(t0).Seconds()
 
-	be, closeBe, err := cuda.OpenBackend(0)
+	cb, closeBe, free0, total, err := openGPU()
 	if err != nil {
 		return err
 	}
 	defer closeBe()
-	cb := be.(*cuda.Backend)
-	free0, total, err := cb.MemInfo()
-	if err != nil {
-		return err
-	}
-	tr, err := carryon.NewDeviceTrainer(be, m, opt, wPred, seq, batch*seq)
+	tr, err := carryon.NewDeviceTrainer(cb, m, opt, wPred, seq, batch*seq)
 	if err != nil {
 		return err
 	}
@@ -117,7 +111,7 @@ func runTrain(mode string, o trainOpts, batch, seq int) error {
 	warmS := time.Since(t1).Seconds()
 	free2, _, _ := cb.MemInfo()
 	res := map[string]any{
-		"impl": "carryon-" + be.Name() + "-f32", "mode": mode, "width": cfg.Width, "layers": cfg.Layers, "heads": cfg.Heads,
+		"impl": "carryon-" + cb.Name() + "-f32", "mode": mode, "width": cfg.Width, "layers": cfg.Layers, "heads": cfg.Heads,
 		"ffn": cfg.FFN, "base_dim": D, "vocab": V, "seq": seq, "batch": batch, "params": len(m.Params),
 		"loss_first_step": loss0 / float64(count), "generate_s": genS, "warmup_step_s": warmS,
 		"device_total_mib": float64(total) / (1 << 20),
