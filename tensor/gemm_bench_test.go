@@ -54,6 +54,18 @@ func withProcs(b *testing.B, threads int, f func()) {
 	f()
 }
 
+// benchGFLOPS times mul, an m×n×k product, on the given number of threads
+// and reports it with reportGFLOPS.
+func benchGFLOPS(b *testing.B, threads, m, n, k int, mul func()) {
+	withProcs(b, threads, func() {
+		cpu0 := cpuTime()
+		for b.Loop() {
+			mul()
+		}
+		reportGFLOPS(b, m, n, k, cpu0)
+	})
+}
+
 func BenchmarkMatMul(b *testing.B) {
 	rng := rand.New(rand.NewPCG(7, 8))
 	for _, s := range gemmBenchShapes {
@@ -71,28 +83,22 @@ func BenchmarkMatMul(b *testing.B) {
 		for _, name := range []string{"go", "avx2", "avx512", "neon", "gonum"} {
 			for _, th := range benchThreads() {
 				b.Run(fmt.Sprintf("%s/%s/threads=%d", s.name, name, th), func(b *testing.B) {
-					withProcs(b, th, func() {
-						cpu0 := cpuTime()
-						if name == "gonum" {
-							ta, tb := blas.NoTrans, blas.NoTrans
-							if s.transA {
-								ta = blas.Trans
-							}
-							if s.transB {
-								tb = blas.Trans
-							}
-							impl := blas32.Implementation()
-							for b.Loop() {
-								impl.Sgemm(ta, tb, s.m, s.n, s.k, 1, a, lda, bm, ldb, 0, c, s.n)
-							}
-						} else {
-							ks := gemmKernelsOrSkip(b, name)
-							for b.Loop() {
-								ks.gemm(s.transA, s.transB, s.m, s.n, s.k, 1, a, lda, bm, ldb, 0, c, s.n)
-							}
+					var mul func()
+					if name == "gonum" {
+						ta, tb := blas.NoTrans, blas.NoTrans
+						if s.transA {
+							ta = blas.Trans
 						}
-						reportGFLOPS(b, s.m, s.n, s.k, cpu0)
-					})
+						if s.transB {
+							tb = blas.Trans
+						}
+						impl := blas32.Implementation()
+						mul = func() { impl.Sgemm(ta, tb, s.m, s.n, s.k, 1, a, lda, bm, ldb, 0, c, s.n) }
+					} else {
+						ks := gemmKernelsOrSkip(b, name)
+						mul = func() { ks.gemm(s.transA, s.transB, s.m, s.n, s.k, 1, a, lda, bm, ldb, 0, c, s.n) }
+					}
+					benchGFLOPS(b, th, s.m, s.n, s.k, mul)
 				})
 			}
 		}
@@ -149,16 +155,10 @@ func BenchmarkMatMulBF16(b *testing.B) {
 					case pb != nil:
 						mul = func() { GemmPacked(s.m, 1, a, s.k, pb, 0, c, s.n) }
 					}
-					withProcs(b, th, func() {
-						cpu0 := cpuTime()
-						for b.Loop() {
-							mul()
-						}
-						reportGFLOPS(b, s.m, s.n, s.k, cpu0)
-						if pb != nil {
-							b.ReportMetric(float64(pb.Bytes())*float64(b.N)/b.Elapsed().Seconds()/1e9, "wGB/s")
-						}
-					})
+					benchGFLOPS(b, th, s.m, s.n, s.k, mul)
+					if pb != nil {
+						b.ReportMetric(float64(pb.Bytes())*float64(b.N)/b.Elapsed().Seconds()/1e9, "wGB/s")
+					}
 				})
 			}
 		}
@@ -189,31 +189,19 @@ func BenchmarkGemmQ8(b *testing.B) {
 		for _, name := range append(append([]string{"f32-decoded"}, allQ8Kernels...), names...) {
 			for _, th := range benchThreads() {
 				b.Run(fmt.Sprintf("%s/%s/threads=%d", s.name, name, th), func(b *testing.B) {
-					var ks *q8Kernels
-					var kp *q8pKernels
+					mul := func() { GemmQuant(s.m, a, s.k, w, c, s.n) }
 					wBytes := len(w.Data)
 					switch {
 					case strings.HasPrefix(name, "packed-"):
-						kp = q8pKernelsOrSkip(b, strings.TrimPrefix(name, "packed-"))
+						kp := q8pKernelsOrSkip(b, strings.TrimPrefix(name, "packed-"))
+						mul = func() { gemmQ8PackedWith(kp, s.m, a, s.k, wp, c, s.n) }
 						wBytes = len(wp.data)
 					case name != "f32-decoded":
-						ks = q8KernelsOrSkip(b, name)
+						ks := q8KernelsOrSkip(b, name)
+						mul = func() { gemmQ8With(ks, s.m, a, s.k, &w, c, s.n) }
 					}
-					withProcs(b, th, func() {
-						cpu0 := cpuTime()
-						for b.Loop() {
-							switch {
-							case kp != nil:
-								gemmQ8PackedWith(kp, s.m, a, s.k, wp, c, s.n)
-							case ks != nil:
-								gemmQ8With(ks, s.m, a, s.k, &w, c, s.n)
-							default:
-								GemmQuant(s.m, a, s.k, w, c, s.n)
-							}
-						}
-						reportGFLOPS(b, s.m, s.n, s.k, cpu0)
-						b.ReportMetric(float64(wBytes)*float64(b.N)/b.Elapsed().Seconds()/1e9, "wGB/s")
-					})
+					benchGFLOPS(b, th, s.m, s.n, s.k, mul)
+					b.ReportMetric(float64(wBytes)*float64(b.N)/b.Elapsed().Seconds()/1e9, "wGB/s")
 				})
 			}
 		}
@@ -250,13 +238,7 @@ func BenchmarkBF16Blocking(b *testing.B) {
 				pb := packBBF16With(&set, true, s.n, s.k, w, s.k)
 				for _, th := range benchThreads() {
 					b.Run(fmt.Sprintf("%s/%s/kc=%d/threads=%d", s.name, ks.name, kc, th), func(b *testing.B) {
-						withProcs(b, th, func() {
-							cpu0 := cpuTime()
-							for b.Loop() {
-								GemmPacked(s.m, 1, a, s.k, pb, 0, c, s.n)
-							}
-							reportGFLOPS(b, s.m, s.n, s.k, cpu0)
-						})
+						benchGFLOPS(b, th, s.m, s.n, s.k, func() { GemmPacked(s.m, 1, a, s.k, pb, 0, c, s.n) })
 					})
 				}
 			}

@@ -275,17 +275,11 @@ func BenchmarkMatMulQuant(b *testing.B) {
 						label = "F32-packed"
 					}
 					b.Run(fmt.Sprintf("%s-m=%d/%s/threads=%d", s.name, m, label, th), func(b *testing.B) {
-						withProcs(b, th, func() {
-							cpu0 := cpuTime()
-							for b.Loop() {
-								if pb != nil {
-									GemmPacked(m, 1, a, s.k, pb, 0, c, s.n)
-								} else {
-									GemmQuant(m, a, s.k, w, c, s.n)
-								}
-							}
-							reportGFLOPS(b, m, s.n, s.k, cpu0)
-						})
+						mul := func() { GemmQuant(m, a, s.k, w, c, s.n) }
+						if pb != nil {
+							mul = func() { GemmPacked(m, 1, a, s.k, pb, 0, c, s.n) }
+						}
+						benchGFLOPS(b, th, m, s.n, s.k, mul)
 					})
 				}
 			}

@@ -241,17 +241,11 @@ func BenchmarkGemmPackedSmallM(b *testing.B) {
 			for _, th := range benchThreads() {
 				for _, packed := range []bool{false, true} {
 					b.Run(fmt.Sprintf("%s/m=%d/packed=%v/threads=%d", s.name, m, packed, th), func(b *testing.B) {
-						withProcs(b, th, func() {
-							cpu0 := cpuTime()
-							for b.Loop() {
-								if packed {
-									GemmPacked(m, 1, a, s.k, pb, 0, c, s.n)
-								} else {
-									Gemm(false, true, m, s.n, s.k, 1, a, s.k, w, s.k, 0, c, s.n)
-								}
-							}
-							reportGFLOPS(b, m, s.n, s.k, cpu0)
-						})
+						mul := func() { Gemm(false, true, m, s.n, s.k, 1, a, s.k, w, s.k, 0, c, s.n) }
+						if packed {
+							mul = func() { GemmPacked(m, 1, a, s.k, pb, 0, c, s.n) }
+						}
+						benchGFLOPS(b, th, m, s.n, s.k, mul)
 					})
 				}
 			}
