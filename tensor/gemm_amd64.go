@@ -2,7 +2,12 @@
 
 package tensor
 
-import "golang.org/x/sys/cpu"
+import (
+	"fmt"
+	"unsafe"
+
+	"golang.org/x/sys/cpu"
+)
 
 //go:generate sh -c "go run gemm_gen.go > gemm_amd64.s"
 
@@ -13,6 +18,15 @@ func kernAVX2x6x16(kc int, a, b, c *float32, ldc int, alpha, beta float32)
 
 //go:noescape
 func kernAVX512x12x32(kc int, a, b, c *float32, ldc int, alpha, beta float32)
+
+// The float32 kernels with a B of bf16 pairs widened as it is read
+// (genF32H): a is (2·kp, mr) float32, b (kp, nr, 2) bf16.
+//
+//go:noescape
+func kernAVX2x6x16H(kp int, a *float32, b *uint16, c *float32, ldc int, alpha, beta float32)
+
+//go:noescape
+func kernAVX512x12x32H(kp int, a *float32, b *uint16, c *float32, ldc int, alpha, beta float32)
 
 //go:noescape
 func kernBF16x12x32(kp int, a, b *uint16, c *float32, ldc int, alpha, beta float32)
@@ -42,6 +56,23 @@ func microBF16(ku int, ap, bp []uint16, c []float32, ldc int, alpha, beta float3
 	_ = bp[64*ku-1]
 	_ = c[11*ldc+31]
 	kernBF16x12x32(ku, &ap[0], &bp[0], &c[0], ldc, alpha, beta)
+}
+
+// microAVX2H and microAVX512H are the widening kernels as tileKernel
+// micro-kernels: ap holds the float32 A panel (2·ku, mr) as uint16 pairs
+// (packAF32H), bp the bf16 pair panel (ku, nr, 2).
+func microAVX2H(ku int, ap, bp []uint16, c []float32, ldc int, alpha, beta float32) {
+	_ = ap[2*2*6*ku-1]
+	_ = bp[2*16*ku-1]
+	_ = c[5*ldc+15]
+	kernAVX2x6x16H(ku, (*float32)(unsafe.Pointer(&ap[0])), &bp[0], &c[0], ldc, alpha, beta)
+}
+
+func microAVX512H(ku int, ap, bp []uint16, c []float32, ldc int, alpha, beta float32) {
+	_ = ap[2*2*12*ku-1]
+	_ = bp[2*32*ku-1]
+	_ = c[11*ldc+31]
+	kernAVX512x12x32H(ku, (*float32)(unsafe.Pointer(&ap[0])), &bp[0], &c[0], ldc, alpha, beta)
 }
 
 func dot4AVX2Go(k int, a []float32, b []float32, ldb int, out *[4]float32) {
@@ -88,10 +119,10 @@ var (
 var (
 	avx2Kernels = newGemmKernels("avx2", tileKernel[float32]{
 		mr: 6, nr: 16, kc: 256, mc: 144, nc: 3072, kstep: 1, micro: microAVX2,
-	}, nil, dot4AVX2Go, dot4BF16AVX2Go).withGemv(gemvAVX2)
+	}, nil, dot4AVX2Go, dot4BF16AVX2Go).withGemv(gemvAVX2).withWideBF16(microAVX2H, gemvWideAVX2)
 	avx512Kernels = newGemmKernels("avx512", tileKernel[float32]{
 		mr: 12, nr: 32, kc: 384, mc: 384, nc: 3072, kstep: 1, micro: microAVX512,
-	}, nil, dot4AVX2Go, dot4BF16AVX2Go).withGemvZ()
+	}, nil, dot4AVX2Go, dot4BF16AVX2Go).withGemvZ().withWideBF16(microAVX512H, gemvWideAVX512)
 	avx512BF16Kernels = newGemmKernels("avx512bf16", tileKernel[float32]{
 		mr: 12, nr: 32, kc: 384, mc: 384, nc: 3072, kstep: 1, micro: microAVX512,
 	}, &tileKernel[uint16]{
@@ -316,6 +347,93 @@ func gemvBF16StreamsZ(rows, ns, kp int, a []uint16, lda int, b []uint16, nr, bs 
 	_ = b[(ns-1)*bs+2*kp*nr-1]
 	_ = out[(ns-1)*os+rows*nr-1]
 	kern := &gemvBF16Z[rows-1]
+	gemvZRuns(ns, func(w int) bool { return kern[w/2] != nil }, func(s, w int) {
+		kern[w/2](kp, &a[0], lda, &b[s*bs], bs, &out[s*os], nr, os, addFlag(add))
+	})
+}
+
+// The small-m kernels of the widening bf16 packings (genGemvWide), AVX2
+// (16-wide panels) and AVX-512 (32-wide), by rows and segments.
+//
+//go:noescape
+func gemvBF16WYR1S1(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvBF16WYR1S2(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvBF16WYR1S4(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvBF16WYR2S1(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvBF16WYR2S2(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvBF16WYR3S1(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvBF16WYR4S1(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvBF16WZR1S1(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvBF16WZR1S2(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvBF16WZR1S4(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvBF16WZR2S1(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvBF16WZR2S2(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvBF16WZR3S1(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
+
+//go:noescape
+func gemvBF16WZR4S1(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
+
+// gemvWideY and gemvWideZ hold them as gemvZ holds the float32 ones.
+var gemvWideY = [4][3]func(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int){
+	{gemvBF16WYR1S1, gemvBF16WYR1S2, gemvBF16WYR1S4},
+	{gemvBF16WYR2S1, gemvBF16WYR2S2, nil},
+	{gemvBF16WYR3S1, nil, nil},
+	{gemvBF16WYR4S1, nil, nil},
+}
+var gemvWideZ = [4][3]func(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int){
+	{gemvBF16WZR1S1, gemvBF16WZR1S2, gemvBF16WZR1S4},
+	{gemvBF16WZR2S1, gemvBF16WZR2S2, nil},
+	{gemvBF16WZR3S1, nil, nil},
+	{gemvBF16WZR4S1, nil, nil},
+}
+
+// gemvWideAVX2 and gemvWideAVX512 are the widening sets' gemvBF16Func
+// (gemmKernels.gemvBF16W), segments grouped as in gemvStreamsZ.
+func gemvWideAVX2(rows, ns, kp int, a []uint16, lda int, b []uint16, nr, bs int, out []float32, os int, add bool) {
+	gemvWide(&gemvWideY, 16, rows, ns, kp, a, lda, b, nr, bs, out, os, add)
+}
+
+func gemvWideAVX512(rows, ns, kp int, a []uint16, lda int, b []uint16, nr, bs int, out []float32, os int, add bool) {
+	gemvWide(&gemvWideZ, 32, rows, ns, kp, a, lda, b, nr, bs, out, os, add)
+}
+
+func gemvWide(kerns *[4][3]func(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int),
+	width, rows, ns, kp int, a []uint16, lda int, b []uint16, nr, bs int, out []float32, os int, add bool) {
+	if nr != width || rows < 1 || rows > 4 {
+		panic(fmt.Sprintf("tensor: widening gemv for %d-wide panels and %d rows, want %d and 1..4", nr, rows, width))
+	}
+	if kp == 0 {
+		gemvBF16WGo(rows, ns, kp, a, lda, b, nr, bs, out, os, add)
+		return
+	}
+	_ = a[(rows-1)*lda+2*kp-1]
+	_ = b[(ns-1)*bs+2*kp*nr-1]
+	_ = out[(ns-1)*os+rows*nr-1]
+	kern := &kerns[rows-1]
 	gemvZRuns(ns, func(w int) bool { return kern[w/2] != nil }, func(s, w int) {
 		kern[w/2](kp, &a[0], lda, &b[s*bs], bs, &out[s*os], nr, os, addFlag(add))
 	})

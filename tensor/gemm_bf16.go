@@ -46,6 +46,27 @@ func packABF16(dst []uint16, g *gemmJob, mr, i0, mc, p0, kc int) {
 	}
 }
 
+// packAF32H packs op(A)[i0:i0+mc, p0:p0+kc] for a widening bf16 kernel
+// (tileKernel.aw = 2): float32 panels (mc/mr, kpad, mr) with kpad = kc
+// rounded up to even (an odd last step of k zero, the pair of the B
+// packing's zero), in dst viewed as float32s, every value rounded to bf16
+// as roundBF16F32Row rounds it: GemmBF16's numerics.
+func packAF32H(dst []uint16, g *gemmJob, mr, i0, mc, p0, kc int) {
+	kp := roundUp(kc, 2)
+	np := (mc + mr - 1) / mr
+	f := unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(dst))), len(dst)/2)[:np*mr*kp]
+	if kp == kc {
+		packF32Panels(f, g.a, g.lda, g.transA, mr, i0, mc, p0, kc)
+	} else {
+		for q := 0; q < np; q++ {
+			d := f[q*mr*kp : (q+1)*mr*kp]
+			packF32Panels(d, g.a, g.lda, g.transA, mr, i0+q*mr, min(mr, mc-q*mr), p0, kc)
+			clear(d[kc*mr:])
+		}
+	}
+	roundBF16F32Row(f, f)
+}
+
 // roundBF16Go rounds f to bf16 as VCVTNE2PS2BF16 does (the model of
 // roundBF16AVX512, bit for bit): nearest even, NaN quieted, and, unlike
 // F32ToBF16, a denormal input to a zero of its sign.

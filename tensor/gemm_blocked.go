@@ -30,9 +30,14 @@ type tileKernel[T float32 | uint16] struct {
 	mr, nr     int // register tile of C
 	kc, mc, nc int // cache blocks (kc even for bf16)
 	kstep      int // 1, or 2 when the packed k dimension holds bf16 pairs
+	// aw is the number of T elements per packed value of A: 1 (0 reads
+	// as 1), or 2 for a bf16 kernel that takes A as float32 (the
+	// widening kernels: A's float32s viewed as uint16 pairs).
+	aw int
 	// micro computes C[0:mr, 0:nr] = alpha·Ap·Bp + beta·C (C not read when
 	// beta == 0). ku is the packed depth in units of kstep; Ap: (ku, mr) for
-	// float32, (ku, mr, 2) for bf16 (packABF16), Bp: (ku, nr, kstep).
+	// float32, (ku, mr, 2) for bf16 (packABF16), (2·ku, mr) float32 for a
+	// widening kernel (aw = 2, packAF32H); Bp: (ku, nr, kstep).
 	micro func(ku int, ap, bp []T, c []float32, ldc int, alpha, beta float32)
 	// packA packs op(A)[i0:i0+mc, p0:p0+kc] and packB op(B)[p0:p0+kc, j0:j0+nc]
 	// into micro-panels, zero-padding the last partial panel and odd k.
@@ -185,7 +190,7 @@ func blockedRect[T float32 | uint16](g *gemmJob, kn *tileKernel[T], i0, i1, j0, 
 	mcMax := min(kn.mc, roundUp(i1-i0, mr))
 	buf := getBuf[T]()
 	defer putBuf(buf)
-	buf.a = grow(buf.a, mcMax*kcMax)
+	buf.a = grow(buf.a, kn.asz(mcMax*kcMax))
 	var pre []T // prepacked op(B), or nil
 	if g.packed != nil {
 		pre = packedPanels[T](g.packed)
@@ -238,6 +243,9 @@ func (kn *tileKernel[T]) depthBlock(g *gemmJob, pc int) (kcur, kpad int, beta fl
 	return kcur, roundUp(kcur, kn.kstep), beta
 }
 
+// asz is the number of T elements that n packed values of A take.
+func (kn *tileKernel[T]) asz(n int) int { return n * max(kn.aw, 1) }
+
 // runPanels computes C[ic:ic+mcur, jc+j0:jc+j1] (+)= the packed A block in
 // buf.a · the B micro-panels [j0, j1) of bb (a block of ncur columns from
 // jc, packed depth kpad), tile by tile; edge tiles go through buf.tile.
@@ -249,7 +257,7 @@ func (kn *tileKernel[T]) runPanels(g *gemmJob, buf *gemmBuf[T], bb []T, kpad int
 		bp := bb[jr*kpad : (jr+nr)*kpad]
 		nrem := min(nr, ncur-jr)
 		for ir := 0; ir < mcur; ir += mr {
-			ap := buf.a[ir*kpad : (ir+mr)*kpad]
+			ap := buf.a[kn.asz(ir*kpad):kn.asz((ir+mr)*kpad)]
 			mrem := min(mr, mcur-ir)
 			off := (ic+ir)*ldc + jc + jr
 			if mrem == mr && nrem == nr {
@@ -557,15 +565,24 @@ func smallMCols(g *gemmJob, a []float32, lda int, dot dot4Func, dotH dot4BF16Fun
 // gemmKernels is one complete implementation: a float32 tile kernel, an
 // optional native bf16 kernel, and the dot kernels of the small-m path.
 type gemmKernels struct {
-	name     string
-	f32      *tileKernel[float32]
-	wide     *tileKernel[float32] // f32 kernel packing a bf16 B widened
-	quant    *tileKernel[float32] // f32 kernel dequantizing a QuantMatrix B
-	quantN   *tileKernel[float32] // the same with the QuantMatrix used untransposed (GemmQuantN)
-	bf16     *tileKernel[uint16]  // nil: GemmBF16 uses wide
-	dot4     dot4Func
-	dot4BF16 dot4BF16Func
-	gemv     gemvFunc // GemmPacked's small-m kernel on f32 panels
+	name   string
+	f32    *tileKernel[float32]
+	wide   *tileKernel[float32] // f32 kernel packing a bf16 B widened
+	quant  *tileKernel[float32] // f32 kernel dequantizing a QuantMatrix B
+	quantN *tileKernel[float32] // the same with the QuantMatrix used untransposed (GemmQuantN)
+	bf16   *tileKernel[uint16]  // nil: GemmBF16 uses wide
+	// bf16w, where set on a set without bf16, is f32's tile and blocking
+	// reading a B of bf16 pairs (PackBBF16Bits) and widening it in the
+	// kernel: the products and sums of wide, bit for bit, from half the
+	// bytes and no per-call widening (withWideBF16).
+	bf16w *tileKernel[uint16]
+	// gemvBF16W is gemvBF16 for bf16w's packings: the same operands, each
+	// lane summed as bf16w sums it (k by k, one FMA each), so that a small
+	// m gives its blocked kernel's bits.
+	gemvBF16W gemvBF16Func
+	dot4      dot4Func
+	dot4BF16  dot4BF16Func
+	gemv      gemvFunc // GemmPacked's small-m kernel on f32 panels
 	// gemvN runs gemv over several panel segments at once; gemvWays[rows]
 	// is the number of segments it reads at once best for rows (1..4) of A.
 	gemvN    gemvStreamsFunc
@@ -602,6 +619,30 @@ func newGemmKernels(name string, f32 tileKernel[float32], bf16 *tileKernel[uint1
 		gemv: gemvGo, gemvN: gemvStreamsGo, gemvWays: [5]int{1, 1, 1, 1, 1}, gemvBF16: gemvBF16Go}
 }
 
+// withWideBF16 sets bf16w to f32's tile and blocking with micro, a
+// kernel on float32 A panels (2·ku, mr) and bf16 pair B panels (ku, nr, 2)
+// (genF32H), which multiplies the pairs' values widened, k by k, as f32's
+// kernel does on wide's panels.
+func (ks *gemmKernels) withWideBF16(micro func(ku int, ap, bp []uint16, c []float32, ldc int, alpha, beta float32), gemv gemvBF16Func) *gemmKernels {
+	f := ks.f32
+	if f.kc%2 != 0 {
+		panic("tensor: a widening bf16 kernel needs an even kc")
+	}
+	ks.bf16w = &tileKernel[uint16]{mr: f.mr, nr: f.nr, kc: f.kc, mc: f.mc, nc: f.nc, kstep: 2, aw: 2,
+		micro: micro, packA: packAF32H, packB: packBBF16}
+	ks.gemvBF16W = gemv
+	return ks
+}
+
+// halfKernel is the kernel that bf16 pair panels are packed for: the
+// native one, else the widening one, else nil.
+func (ks *gemmKernels) halfKernel() *tileKernel[uint16] {
+	if ks.bf16 != nil {
+		return ks.bf16
+	}
+	return ks.bf16w
+}
+
 // gemvFunc computes out[i·nr+q] (+)= Σ_{p<ku} a[i·lda+p]·b[p·nr+q] for
 // i < rows (1..4), q < nr: rows of A times one packed micro-panel b (ku, nr)
 // of PackedB, added to out when add. out: (rows, nr).
@@ -631,6 +672,37 @@ func gemvStreamsGo(rows, ns, ku int, a []float32, lda int, b []float32, nr, bs i
 // each addition rounded to float32; the products of bf16 are exact), and
 // added to out when add.
 type gemvBF16Func func(rows, ns, kp int, a []uint16, lda int, b []uint16, nr, bs int, out []float32, os int, add bool)
+
+// gemvBF16WGo is the portable gemvBF16Func of a widening set (the model of
+// genGemvWide's kernels, with the sums of microGoTileH: each lane from
+// zero, k by k, the even element of a pair first).
+func gemvBF16WGo(rows, ns, kp int, a []uint16, lda int, b []uint16, nr, bs int, out []float32, os int, add bool) {
+	var accBuf [64]float32
+	acc := accBuf[:nr]
+	for s := 0; s < ns; s++ {
+		bp := b[s*bs : s*bs+2*kp*nr]
+		for i := 0; i < rows; i++ {
+			ar := a[i*lda : i*lda+2*kp]
+			clear(acc)
+			for p := 0; p < kp; p++ {
+				a0, a1 := BF16ToF32(ar[2*p]), BF16ToF32(ar[2*p+1])
+				bq := bp[2*p*nr : 2*p*nr+2*nr]
+				for q := range acc {
+					acc[q] += a0 * BF16ToF32(bq[2*q])
+					acc[q] += a1 * BF16ToF32(bq[2*q+1])
+				}
+			}
+			o := out[s*os+i*nr : s*os+i*nr+nr]
+			for q, v := range acc {
+				if add {
+					o[q] += v
+				} else {
+					o[q] = v
+				}
+			}
+		}
+	}
+}
 
 // gemvBF16Go is the portable gemvBF16Func, the model of the VDPBF16PS
 // kernels (microGoPairs' sums for one row).

@@ -28,6 +28,8 @@ func main() {
 	p("#include \"textflag.h\"")
 	genF32("kernAVX2x6x16", "Y", 6, 2, 8, 12, 14)
 	genF32("kernAVX512x12x32", "Z", 12, 2, 16, 24, 26)
+	genF32H("kernAVX2x6x16H", "Y", 6, 2, 8, 12, 14)
+	genF32H("kernAVX512x12x32H", "Z", 12, 2, 16, 24, 26)
 	genBF16()
 	genRoundBF16()
 	genDot4("dot4AVX2", false)
@@ -47,6 +49,10 @@ func main() {
 	}
 	for _, rs := range gemvZShapes {
 		genGemvBF16(rs[0], rs[1])
+	}
+	for _, rs := range gemvWideShapes {
+		genGemvWide("Y", rs[0], rs[1])
+		genGemvWide("Z", rs[0], rs[1])
 	}
 	genDequantQ8_0()
 	genDequantQ4K()
@@ -200,6 +206,71 @@ func genF32(name, R string, mr, nv, lanes, bReg, bcReg int) {
 	genLoop(name, "store", 4, step, func(n int) {
 		p("\tADDQ $%d, SI", n*mr*4)
 		p("\tADDQ $%d, DI", n*nr*4)
+	})
+	genStore(name, R, mr, nv, vb, bcReg)
+}
+
+// genF32H emits genF32's kernel for a B of bf16 pairs, widened as it is
+// read (the float32 kernel sets' bf16 products where the CPU has no
+// VDPBF16PS):
+//
+//	func name(kp int, a *float32, b *uint16, c *float32, ldc int, alpha, beta float32)
+//
+// a: packed (2·kp, mr) float32 (A rounded to bf16, widened), b: packed
+// (kp, nv·lanes, 2) bf16, the pairs along k of packBBF16, kp = number of
+// k pairs. A pair's dword holds b[2q] in its low half and b[2q+1] in its
+// high half, so b[2q+1] as float32 is the dword AND 0xffff0000 and b[2q]
+// the dword shifted left by 16: both exact. Each step of k is then genF32's
+// (the same FMAs in the same order: bitwise the float32 kernel on the
+// widened panel). Accumulators are regs 0..mr·nv-1, B vectors follow, then
+// one broadcast register and the mask.
+func genF32H(name, R string, mr, nv, lanes, bReg, bcReg int) {
+	nr := nv * lanes
+	vb := lanes * 4 // bytes per vector: lanes pairs of bf16, or lanes float32s
+	mov := "VMOVDQU"
+	and := "VPAND"
+	if R == "Z" {
+		mov, and = "VMOVDQU32", "VPANDD"
+	}
+	bc, mask := bcReg, bcReg+1
+	p("")
+	p("// func %s(kp int, a *float32, b *uint16, c *float32, ldc int, alpha, beta float32)", name)
+	p("TEXT ·%s(SB), NOSPLIT, $0-48", name)
+	p("\tMOVQ kp+0(FP), CX")
+	p("\tMOVQ a+8(FP), SI")
+	p("\tMOVQ b+16(FP), DI")
+	p("\tMOVQ c+24(FP), DX")
+	p("\tMOVQ ldc+32(FP), R8")
+	p("\tSHLQ $2, R8")
+	genPrefetchC(mr, nr*4)
+	for r := 0; r < mr*nv; r++ {
+		p("\tVXORPS %s%d, %s%d, %s%d", R, r, R, r, R, r)
+	}
+	p("\tMOVL $0xffff0000, AX")
+	p("\tVMOVD AX, X%d", mask)
+	p("\tVPBROADCASTD X%d, %s%d", mask, R, mask)
+	step := func(u int) {
+		for half := 0; half < 2; half++ { // k = 2u (low halves), then 2u+1 (high)
+			for v := 0; v < nv; v++ {
+				off := (u*nv + v) * vb
+				if half == 0 {
+					p("\t%s %d(DI), %s%d", mov, off, R, bReg+v)
+					p("\tVPSLLD $16, %s%d, %s%d", R, bReg+v, R, bReg+v)
+				} else {
+					p("\t%s %d(DI), %s%d, %s%d", and, off, R, mask, R, bReg+v)
+				}
+			}
+			for i := 0; i < mr; i++ {
+				p("\tVBROADCASTSS %d(SI), %s%d", ((2*u+half)*mr+i)*4, R, bc)
+				for v := 0; v < nv; v++ {
+					p("\tVFMADD231PS %s%d, %s%d, %s%d", R, bReg+v, R, bc, R, i*nv+v)
+				}
+			}
+		}
+	}
+	genLoop(name, "store", 2, step, func(n int) {
+		p("\tADDQ $%d, SI", n*2*mr*4)
+		p("\tADDQ $%d, DI", n*nv*vb)
 	})
 	genStore(name, R, mr, nv, vb, bcReg)
 }
@@ -829,6 +900,93 @@ func genGemvZFamily(rows, ns int, bf16 bool) {
 	genLoop(name, "reduce", 4, step, adv)
 	p("%s_reduce:", name)
 	genStreamsStore(name, "Z", 40, rows, ns, acc)
+}
+
+// gemvWideShapes are the (rows, segments) of the widening small-m kernels
+// (genGemvWide), AVX2 and AVX-512 alike; they must match gemvWideY and
+// gemvWideZ in gemm_amd64.go.
+var gemvWideShapes = [][2]int{{1, 1}, {1, 2}, {1, 4}, {2, 1}, {2, 2}, {3, 1}, {4, 1}}
+
+// genGemvWide emits the small-m kernel of GemmPacked for a widening bf16
+// packing (PackBBF16Bits for the float32 kernel sets' bf16w), AVX2 (R "Y",
+// 16-wide panels) or AVX-512 (R "Z", 32-wide):
+//
+//	func gemvBF16W<R>R<rows>S<ns>(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
+//
+// gemvBF16Func's operands (A as bf16 rows, B as ns segments of (kp, nr, 2)
+// pairs, bs apart), with the sums of the widening micro-kernel (genF32H):
+// each lane from zero, k by k (the even element of a pair, then the odd),
+// one FMA each on the values widened exactly (the low half shifted left by
+// 16, the high half masked). Each segment's B pair vectors are widened
+// once per pair for all rows; each row's pair is broadcast and widened
+// twice, which costs nothing at the memory-bound rate these run at.
+func genGemvWide(R string, rows, ns int) {
+	name := fmt.Sprintf("gemvBF16W%sR%dS%d", R, rows, ns)
+	vb := map[string]int{"Y": 32, "Z": 64}[R]
+	mov, and, zero := "VMOVDQU", "VPAND", "VPXOR"
+	if R == "Z" {
+		mov, and, zero = "VMOVDQU32", "VPANDD", "VPXORD"
+	}
+	nacc := rows * 2 * ns
+	bReg, tReg, mReg := nacc, nacc+2, nacc+3
+	acc := func(s, i, v int) int { return (s*rows+i)*2 + v }
+	aptr := []string{"SI", "R9", "R10", "R11"}
+	bop := []string{"(DI)", "(DI)(DX*1)", "(DI)(DX*2)", "(DI)(R8*1)"}
+	p("")
+	p("// func %s(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)", name)
+	p("TEXT ·%s(SB), NOSPLIT, $0-72", name)
+	p("\tMOVQ kp+0(FP), CX")
+	p("\tMOVQ a+8(FP), SI")
+	p("\tMOVQ lda+16(FP), AX")
+	p("\tSHLQ $1, AX")
+	p("\tMOVQ b+24(FP), DI")
+	p("\tMOVQ bs+32(FP), DX")
+	p("\tSHLQ $1, DX")
+	p("\tLEAQ (DX)(DX*2), R8")
+	for i := 1; i < rows; i++ {
+		p("\tLEAQ (%s)(AX*1), %s", aptr[i-1], aptr[i])
+	}
+	for r := 0; r < nacc; r++ {
+		p("\t%s %s%d, %s%d, %s%d", zero, R, r, R, r, R, r)
+	}
+	p("\tMOVL $0xffff0000, BX")
+	p("\tVMOVD BX, X%d", mReg)
+	p("\tVPBROADCASTD X%d, %s%d", mReg, R, mReg)
+	step := func(off int) {
+		for s := 0; s < ns; s++ {
+			for half := 0; half < 2; half++ { // the even k of the pair, then the odd
+				for v := 0; v < 2; v++ {
+					at := fmt.Sprintf("%d%s", off*2*vb+v*vb, bop[s])
+					if half == 0 {
+						p("\t%s %s, %s%d", mov, at, R, bReg+v)
+						p("\tVPSLLD $16, %s%d, %s%d", R, bReg+v, R, bReg+v)
+					} else {
+						p("\t%s %s, %s%d, %s%d", and, at, R, mReg, R, bReg+v)
+					}
+				}
+				for i := 0; i < rows; i++ {
+					p("\tVPBROADCASTD %d(%s), %s%d", off*4, aptr[i], R, tReg)
+					if half == 0 {
+						p("\tVPSLLD $16, %s%d, %s%d", R, tReg, R, tReg)
+					} else {
+						p("\t%s %s%d, %s%d, %s%d", and, R, mReg, R, tReg, R, tReg)
+					}
+					for v := 0; v < 2; v++ {
+						p("\tVFMADD231PS %s%d, %s%d, %s%d", R, bReg+v, R, tReg, R, acc(s, i, v))
+					}
+				}
+			}
+		}
+	}
+	adv := func(n int) {
+		for i := 0; i < rows; i++ {
+			p("\tADDQ $%d, %s", 4*n, aptr[i])
+		}
+		p("\tADDQ $%d, DI", 2*vb*n)
+	}
+	genLoop(name, "reduce", 2, step, adv)
+	p("%s_reduce:", name)
+	genStreamsStore(name, R, 40, rows, ns, acc)
 }
 
 // genStreamsStore emits the write-back of a streams kernel (R "Y": AVX2,

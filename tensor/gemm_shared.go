@@ -139,7 +139,7 @@ func sharedBWorker[T float32 | uint16](g *gemmJob, kn *tileKernel[T], sh *shared
 	i0, i1 := min(t*rows, g.m), min((t+1)*rows, g.m)
 	buf := getBuf[T]()
 	defer putBuf(buf)
-	buf.a = grow(buf.a, min(kn.mc, roundUp(max(i1-i0, 1), mr))*min(kn.kc, roundUp(g.k, ks)))
+	buf.a = grow(buf.a, kn.asz(min(kn.mc, roundUp(max(i1-i0, 1), mr))*min(kn.kc, roundUp(g.k, ks))))
 	buf.tile = grow(buf.tile, mr*nr)
 	block := 0
 	for jc := 0; jc < g.n; jc += kn.nc {
@@ -219,7 +219,7 @@ func runSharedA[T float32 | uint16](g *gemmJob, kn *tileKernel[T], threads, maxE
 	chunk = min(chunk, roundUp(g.m, kn.mr))
 	sh := getShared[T]()
 	defer putShared(sh)
-	sh.b[0] = grow(sh.b[0], chunk*kround)
+	sh.b[0] = grow(sh.b[0], kn.asz(chunk*kround))
 	// each thread's columns: whole micro-panels, as even as they go
 	np := (g.n + kn.nr - 1) / kn.nr
 	threads = min(threads, np)
@@ -232,7 +232,8 @@ func runSharedA[T float32 | uint16](g *gemmJob, kn *tileKernel[T], threads, maxE
 // of C. Depth block pc of a chunk of mpad rows starts at a[pc·mpad] (every
 // block before it is kc deep, a multiple of kstep); in it, micro-panel q
 // starts at q·mr·kpad, so an A block of the loop nest (ic, a multiple of
-// kn.mc and so of mr) starts at a[pc·mpad + ic·kpad].
+// kn.mc and so of mr) starts at a[pc·mpad + ic·kpad] (in values of A:
+// kn.asz elements of T each).
 func sharedAWorker[T float32 | uint16](g *gemmJob, kn *tileKernel[T], a []T, chunk int, bar *barrier, t, threads int) {
 	mr, nr := kn.mr, kn.nr
 	np := (g.n + nr - 1) / nr
@@ -250,7 +251,7 @@ func sharedAWorker[T float32 | uint16](g *gemmJob, kn *tileKernel[T], a []T, chu
 		for pc := 0; pc < g.k; pc += kn.kc {
 			kcur, kpad, _ := kn.depthBlock(g, pc)
 			if i0, i1 := q0*mr, min(q1*mr, rows); i0 < i1 {
-				kn.packA(a[pc*mpad+i0*kpad:], g, mr, r0+i0, i1-i0, pc, kcur)
+				kn.packA(a[kn.asz(pc*mpad+i0*kpad):], g, mr, r0+i0, i1-i0, pc, kcur)
 			}
 		}
 		bar.await(bar.arrive())
@@ -261,7 +262,7 @@ func sharedAWorker[T float32 | uint16](g *gemmJob, kn *tileKernel[T], a []T, chu
 				bb := pre[pc*g.packed.npad+jc*kpad:]
 				for ic := 0; ic < rows; ic += kn.mc {
 					mcur := min(kn.mc, rows-ic)
-					buf.a = a[pc*mpad+ic*kpad:]
+					buf.a = a[kn.asz(pc*mpad+ic*kpad):]
 					kn.runPanels(g, buf, bb, kpad, beta, r0+ic, mcur, jc, ncur, 0, ncur)
 				}
 			}

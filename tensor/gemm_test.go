@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unsafe"
 )
 
 // Tolerances. Every element is compared with a float64 reference against
@@ -39,9 +40,11 @@ var gemmEmulated = newGemmKernels("emulated-12x32", tileKernel[float32]{
 // gemmEmulatedNEON has the tile and blocking of the arm64 NEON kernel
 // (gemm_arm64.go) with a Go micro-kernel, for the same reason; the NEON
 // assembly itself runs under qemu-aarch64 (TestGemmNEONUnderQEMU).
+// It also has a widening bf16 kernel (microGoTileH), as the amd64 float32
+// sets do, so that the widening packing and driver run on every CPU.
 var gemmEmulatedNEON = newGemmKernels("emulated-8x12", tileKernel[float32]{
 	mr: 8, nr: 12, kc: 256, mc: 128, nc: 3072, kstep: 1, micro: microGoTile(8, 12),
-}, nil, dot4Go, dot4BF16Go)
+}, nil, dot4Go, dot4BF16Go).withWideBF16(microGoTileH(8, 12), gemvBF16WGo)
 
 // gemmEmulatedAll are the emulated kernel sets, run on every CPU.
 var gemmEmulatedAll = []*gemmKernels{gemmEmulated, gemmEmulatedNEON}
@@ -73,6 +76,25 @@ func microGoTile(mr, nr int) func(ku int, ap, bp []float32, c []float32, ldc int
 			}
 		}
 		mergeTile(c, ldc, t, nr, mr, nr, alpha, beta)
+	}
+}
+
+// microGoTileH returns the widening kernel of microGoTile(mr, nr) (what
+// genF32H's kernels do): A is the float32 panel (2·ku, mr) held as uint16
+// pairs, B the bf16 pair panel (ku, nr, 2), widened to (2·ku, nr) and
+// multiplied by microGoTile k by k.
+func microGoTileH(mr, nr int) func(ku int, ap, bp []uint16, c []float32, ldc int, alpha, beta float32) {
+	f32 := microGoTile(mr, nr)
+	return func(ku int, ap, bp []uint16, c []float32, ldc int, alpha, beta float32) {
+		a := unsafe.Slice((*float32)(unsafe.Pointer(&ap[0])), 2*ku*mr)
+		b := make([]float32, 2*ku*nr)
+		for q := 0; q < ku; q++ {
+			for j := 0; j < nr; j++ {
+				b[2*q*nr+j] = BF16ToF32(bp[(q*nr+j)*2])
+				b[(2*q+1)*nr+j] = BF16ToF32(bp[(q*nr+j)*2+1])
+			}
+		}
+		f32(2*ku, a, b, c, ldc, alpha, beta)
 	}
 }
 

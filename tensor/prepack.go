@@ -23,8 +23,10 @@ type PackedB struct {
 	kern   *gemmKernels // the implementation it was packed for
 	data   []float32    // (blocks of kc) × (npad/nr panels) × (kcur, nr)
 	// half, set instead of data by PackBBF16: bf16 pairs along k for the
-	// native bf16 kernel, (blocks of kc) × (npad/nr panels) × (kpad/2, nr, 2)
-	// with kpad = kcur rounded up to even (the odd last element zero).
+	// native bf16 kernel, or, from PackBBF16Bits on a CPU without one, for
+	// the widening kernel (gemmKernels.bf16w), (blocks of kc) × (npad/nr
+	// panels) × (kpad/2, nr, 2) with kpad = kcur rounded up to even (the odd
+	// last element zero).
 	half []uint16
 }
 
@@ -151,11 +153,19 @@ func packBBF16With(ks *gemmKernels, transB bool, n, k int, b []float32, ldb int)
 	return packBF16Panels(ks, nil, &gemmJob{transB: transB, n: n, k: k, b: b, ldb: ldb}, packBRoundBF16)
 }
 
+// PacksBF16 reports whether PackBBF16Bits packs a bf16 weight on this
+// CPU: for the native bf16 kernel (NativeBF16), or for the float32 kernel
+// set's widening kernel (AVX2, AVX-512 F), which has GemmBF16's numerics
+// (for m > 8, its bits on that CPU).
+func PacksBF16() bool { return gemmBest.halfKernel() != nil }
+
 // PackedBF16Floats is how many float32s of storage PackBBF16Bits's copy of
-// a W (n, k) takes (what its dst needs), 0 where the CPU has no native
-// bf16 kernel.
-func PackedBF16Floats(n, k int) int {
-	kn := gemmBest.bf16
+// a W (n, k) takes (what its dst needs), 0 where it does not pack
+// (PacksBF16 is false).
+func PackedBF16Floats(n, k int) int { return packedBF16Floats(gemmBest, n, k) }
+
+func packedBF16Floats(ks *gemmKernels, n, k int) int {
+	kn := ks.halfKernel()
 	if kn == nil {
 		return 0
 	}
@@ -167,11 +177,20 @@ func PackedBF16Floats(n, k int) int {
 // checkpoint's weight, memory-mapped): they are stored exactly, with no
 // float32 copy. The packing goes into dst when it is not nil (at least
 // PackedBF16Floats(n, k) float32s of storage, e.g. from AllocFloats,
-// viewed as bf16 pairs: the PackedB aliases it). It returns nil when the
-// CPU has no native bf16 kernel.
+// viewed as bf16 pairs: the PackedB aliases it). It returns nil where it
+// does not pack (PacksBF16 is false).
+//
+// Where the CPU has no native bf16 kernel, the packing is for the float32
+// kernel set's widening kernel: for m > 8 GemmPacked then gives the bits
+// GemmBF16 gives for the same operands (A rounded to bf16, exact float32
+// products added k by k), and for m ≤ 8 the same sums from its small-m
+// kernels (GemmBF16's own small-m path there adds in another order).
 func PackBBF16Bits(dst []float32, n, k int, h []uint16, ldh int) *PackedB {
-	ks := gemmBest
-	if ks.bf16 == nil {
+	return packBBF16BitsWith(gemmBest, dst, n, k, h, ldh)
+}
+
+func packBBF16BitsWith(ks *gemmKernels, dst []float32, n, k int, h []uint16, ldh int) *PackedB {
+	if ks.halfKernel() == nil {
 		return nil
 	}
 	if n < 0 || k < 0 {
@@ -180,8 +199,8 @@ func PackBBF16Bits(dst []float32, n, k int, h []uint16, ldh int) *PackedB {
 	checkGemm("tensor.PackBBF16Bits", false, true, 0, n, k, 0, max(1, k), len(h), ldh, 0, max(1, n))
 	var half []uint16
 	if dst != nil {
-		if len(dst) < PackedBF16Floats(n, k) {
-			panic(fmt.Sprintf("tensor.PackBBF16Bits: dst has %d floats, want PackedBF16Floats = %d", len(dst), PackedBF16Floats(n, k)))
+		if want := packedBF16Floats(ks, n, k); len(dst) < want {
+			panic(fmt.Sprintf("tensor.PackBBF16Bits: dst has %d floats, want PackedBF16Floats = %d", len(dst), want))
 		}
 		if len(dst) > 0 {
 			half = unsafe.Slice((*uint16)(unsafe.Pointer(&dst[0])), 2*len(dst))
@@ -190,11 +209,12 @@ func PackBBF16Bits(dst []float32, n, k int, h []uint16, ldh int) *PackedB {
 	return packBF16Panels(ks, half, &gemmJob{transB: true, n: n, k: k, bh: h, ldb: ldh}, packBBF16)
 }
 
-// packBF16Panels packs g's op(B) (k, n) into bf16 pair panels for ks.bf16
-// with pack (packBRoundBF16 from float32, packBBF16 from bf16), into dst
-// or, when dst is nil, a new slice; split over GOMAXPROCS goroutines.
+// packBF16Panels packs g's op(B) (k, n) into bf16 pair panels for
+// ks.halfKernel() with pack (packBRoundBF16 from float32, packBBF16 from
+// bf16), into dst or, when dst is nil, a new slice; split over GOMAXPROCS
+// goroutines.
 func packBF16Panels(ks *gemmKernels, dst []uint16, g *gemmJob, pack func(dst []uint16, g *gemmJob, nr, p0, kc, j0, nc int)) *PackedB {
-	kn := ks.bf16
+	kn := ks.halfKernel()
 	n, k := g.n, g.k
 	pb := &PackedB{n: n, k: k, transB: g.transB, nr: kn.nr, kc: kn.kc, npad: roundUp(n, kn.nr), kern: ks}
 	if dst == nil {
@@ -279,8 +299,9 @@ func packBRoundBF16(dst []uint16, g *gemmJob, nr, p0, kc, j0, nc int) {
 // side; that result has Gemm's error bound but not its rounding. A bf16
 // packing takes that small-m path for m ≤ 8 whatever its layout (the same
 // bf16 products and sums per lane as its blocked kernel: with alpha = 1
-// and beta = 0, the same bits). With beta == 0, C is overwritten. It panics
-// if the shapes do not fit.
+// and beta = 0, the same bits; for a widening packing, PackBBF16Bits on a
+// CPU without a native bf16 kernel, those are GemmBF16's bits when m > 8).
+// With beta == 0, C is overwritten. It panics if the shapes do not fit.
 func GemmPacked(m int, alpha float32, a []float32, lda int, pb *PackedB, beta float32, c []float32, ldc int) {
 	n, k := pb.n, pb.k
 	checkGemm("tensor.GemmPacked", false, false, m, n, k, len(a), lda, k*n, max(1, n), len(c), ldc)
@@ -293,7 +314,7 @@ func GemmPacked(m int, alpha float32, a []float32, lda int, pb *PackedB, beta fl
 		return
 	}
 	if pb.half != nil {
-		runBlocked(&g, pb.kern.bf16, runtime.GOMAXPROCS(0))
+		runBlocked(&g, pb.kern.halfKernel(), runtime.GOMAXPROCS(0))
 		return
 	}
 	runBlocked(&g, pb.kern.f32, runtime.GOMAXPROCS(0))
@@ -334,11 +355,15 @@ func runSmallMPacked(g *gemmJob, ks *gemmKernels, threads int) {
 		buf := getBuf[uint16]()
 		defer putBuf(buf)
 		ah, lda := roundRowsBF16(buf, g)
+		gemvH := ks.gemvBF16
+		if ks.bf16 == nil { // a widening packing
+			gemvH = ks.gemvBF16W
+		}
 		gemv = func(i0, rows, ns, pc, kcur, q, run int, out []float32, os int, add bool) {
 			kpad := roundUp(kcur, 2)
 			bsz := nr * kpad // bf16s per panel of this block
 			blk := pb.half[pc*pb.npad : pc*pb.npad+pb.npad*kpad]
-			ks.gemvBF16(rows, ns, kpad/2, ah[i0*lda+pc:], lda, blk[q*bsz:], nr, run*bsz, out, os, add)
+			gemvH(rows, ns, kpad/2, ah[i0*lda+pc:], lda, blk[q*bsz:], nr, run*bsz, out, os, add)
 		}
 	}
 	splitChunks(npanels, per, threads, func(q0, q1 int) { smallMPackedPanels(g, ks, q0, q1, gemv) })

@@ -176,7 +176,9 @@ func TestLMHeadChunk(t *testing.T) {
 // TestPackBBF16Bits checks that packing a bf16 W in place (PackBBF16Bits,
 // into a new slice or into float32 storage of its own) stores what
 // PackBBF16 stores for the same values widened, and that GemmPacked then
-// gives the same bits; where the CPU has no bf16 kernel it must return nil.
+// gives the same bits; where the CPU has no native bf16 kernel it must pack
+// for the widening kernel if the CPU's set has one (TestGemmPackedWide
+// checks that packing's products), and return nil otherwise.
 func TestPackBBF16Bits(t *testing.T) {
 	rng := rand.New(rand.NewPCG(23, 24))
 	for _, s := range []struct{ n, k, ldh int }{{1, 1, 1}, {33, 17, 19}, {70, 513, 513}, {64, 1030, 1031}} {
@@ -188,8 +190,10 @@ func TestPackBBF16Bits(t *testing.T) {
 		}
 		want := PackBBF16(true, s.n, s.k, f, s.ldh)
 		if want == nil {
-			if PackBBF16Bits(nil, s.n, s.k, h, s.ldh) != nil || PackedBF16Floats(s.n, s.k) != 0 {
-				t.Fatal("no bf16 kernel, but PackBBF16Bits packed or PackedBF16Floats is not 0")
+			pb := PackBBF16Bits(nil, s.n, s.k, h, s.ldh)
+			if wide := gemmBest.bf16w != nil; (pb != nil) != wide || PacksBF16() != wide || (PackedBF16Floats(s.n, s.k) != 0) != wide {
+				t.Fatalf("no native bf16 kernel, widening kernel %v: PackBBF16Bits packed %v, PacksBF16 %v, PackedBF16Floats %d",
+					wide, pb != nil, PacksBF16(), PackedBF16Floats(s.n, s.k))
 			}
 			t.Skip("this CPU has no native bf16 kernel")
 		}
