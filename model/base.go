@@ -212,7 +212,7 @@ func (b *Base) packWeights() {
 			case j.w.f != nil:
 				jobs = append(jobs, j)
 				size += tensor.PackedSize(j.oc, j.ic)
-			case j.w.h != nil && tensor.NativeBF16():
+			case j.w.h != nil && tensor.PacksBF16():
 				halves = append(halves, j)
 				halfSize += tensor.PackedBF16Floats(j.oc, j.ic)
 			}
@@ -240,11 +240,12 @@ func (b *Base) packWeights() {
 
 // packBF16 packs the bf16 matrices (out, in) of jobs (BF16 weights unless
 // LoadOptions.ExactBF16)
-// once for the native bf16 kernel (tensor.PackBBF16Bits: the values are
-// kept exactly, read straight from the mapped file), so that prefill skips
-// GemmBF16's packing on every call, into one slab outside the Go heap of
-// size floats (freed by Close); the mapped originals' pages are released,
-// so resident memory stays at one copy. The products round the activations
+// once for the native bf16 kernel, or on CPUs without one for the float32
+// kernels' widening variant (tensor.PackBBF16Bits: the values are kept
+// exactly, read straight from the mapped file), so that prefill skips
+// GemmBF16's packing (and widening) on every call, into one slab outside
+// the Go heap of size floats (freed by Close); the mapped originals' pages
+// are released, so resident memory stays at one copy. The products round the activations
 // to bf16 for every row count, as tensor.GemmBF16 does on every path (and as
 // llama.cpp does for BF16).
 func (b *Base) packBF16(jobs []packJob, size int) {

@@ -463,8 +463,8 @@ func TestShardedAndHalf(t *testing.T) {
 		// 20 positions: the blocked GEMM (VDPBF16PS where the CPU has it).
 		ids := []int32{1, 5, 9, 33, 2, 49, 0, 17, 3, 3, 8, 12, 40, 41, 42, 7, 19, 23, 29, 31}
 		got := mustForward(t, kb, ids, FinalLayer)
-		if p := kb.layers[1].down.p; tensor.NativeBF16() && (p == nil || !p.BF16()) {
-			t.Errorf("BF16 default on a CPU with AVX512_BF16: the block matrices were not packed for the bf16 kernel")
+		if p := kb.layers[1].down.p; tensor.PacksBF16() && (p == nil || !p.BF16()) {
+			t.Errorf("BF16 default on a CPU whose kernels take bf16 panels: the block matrices were not packed")
 		}
 		D := cfg.Dim
 		dec := mustForward(t, kb, ids[:3], FinalLayer)

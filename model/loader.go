@@ -41,12 +41,14 @@ type LoadOptions struct {
 	// bf16 pairs are exact and added in float32, as llama.cpp does for
 	// BF16, on every CPU and for every row count (decode included), so
 	// that results differ between CPUs only by float32 summation order
-	// (tensor's TestGemmBF16PathsAgree). Where the CPU has AVX512_BF16 the
-	// matrices are packed once, before the first forward pass, for the
-	// native kernel (tensor.PackBBF16Bits: values kept exactly, read from
-	// the mapped file into memory outside the Go heap, whose pages are then
-	// released), which is about twice as fast in prefill; elsewhere they
-	// stay memory-mapped and go through tensor.GemmBF16. Hidden states
+	// (tensor's TestGemmBF16PathsAgree). Where the CPU has AVX512_BF16, AVX2
+	// or AVX-512 F the matrices are packed once, before the first forward
+	// pass (tensor.PackBBF16Bits: values kept exactly, read from the mapped
+	// file into memory outside the Go heap, whose pages are then released):
+	// for the native kernel, about twice as fast in prefill, or for the
+	// float32 kernel that widens the bf16 panels as it reads them, bit for
+	// bit tensor.GemmBF16's products there; elsewhere they stay
+	// memory-mapped and go through tensor.GemmBF16. Hidden states
 	// differ from the exact path's by about 1e-3 to 1e-2 relative and come
 	// 2.5–200x closer to llama.cpp's BF16 results (TestOracleGGUF), so the
 	// swarm names the two apart (Base.EmbedHash). Embeddings, the LM head,
