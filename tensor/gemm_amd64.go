@@ -3,7 +3,6 @@
 package tensor
 
 import (
-	"fmt"
 	"unsafe"
 
 	"golang.org/x/sys/cpu"
@@ -328,7 +327,7 @@ func gemvBF16R4S1(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, l
 func gemvBF16R4S2(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
 
 // gemvBF16Z holds the bf16 kernels as gemvZ holds the float32 ones.
-var gemvBF16Z = [4][3]func(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int){
+var gemvBF16Z = [4][3]gemvPairsKernel{
 	{gemvBF16R1S1, gemvBF16R1S2, gemvBF16R1S4},
 	{gemvBF16R2S1, gemvBF16R2S2, nil},
 	{gemvBF16R3S1, gemvBF16R3S2, nil},
@@ -339,14 +338,25 @@ var gemvBF16Z = [4][3]func(kp int, a *uint16, lda int, b *uint16, bs int, out *f
 // AVX512_BF16 kernels, segments grouped as in gemvStreamsZ; other panel
 // widths go to gemvBF16Go.
 func gemvBF16StreamsZ(rows, ns, kp int, a []uint16, lda int, b []uint16, nr, bs int, out []float32, os int, add bool) {
-	if nr != 32 || kp == 0 || rows < 1 || rows > 4 {
-		gemvBF16Go(rows, ns, kp, a, lda, b, nr, bs, out, os, add)
+	gemvPairs(&gemvBF16Z, 32, gemvBF16Go, rows, ns, kp, a, lda, b, nr, bs, out, os, add)
+}
+
+// gemvPairsKernel is a generated small-m kernel on bf16 pair panels.
+type gemvPairsKernel func(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
+
+// gemvPairs runs a gemvBF16Func call with kerns (by [rows-1][segments/2])
+// on width-wide panels, segments grouped as in gemvStreamsZ; other panel
+// widths, rows or an empty depth go to the Go model, slow.
+func gemvPairs(kerns *[4][3]gemvPairsKernel, width int, slow gemvBF16Func,
+	rows, ns, kp int, a []uint16, lda int, b []uint16, nr, bs int, out []float32, os int, add bool) {
+	if nr != width || kp == 0 || rows < 1 || rows > 4 {
+		slow(rows, ns, kp, a, lda, b, nr, bs, out, os, add)
 		return
 	}
 	_ = a[(rows-1)*lda+2*kp-1]
 	_ = b[(ns-1)*bs+2*kp*nr-1]
 	_ = out[(ns-1)*os+rows*nr-1]
-	kern := &gemvBF16Z[rows-1]
+	kern := &kerns[rows-1]
 	gemvZRuns(ns, func(w int) bool { return kern[w/2] != nil }, func(s, w int) {
 		kern[w/2](kp, &a[0], lda, &b[s*bs], bs, &out[s*os], nr, os, addFlag(add))
 	})
@@ -398,13 +408,13 @@ func gemvBF16WZR3S1(kp int, a *uint16, lda int, b *uint16, bs int, out *float32,
 func gemvBF16WZR4S1(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int)
 
 // gemvWideY and gemvWideZ hold them as gemvZ holds the float32 ones.
-var gemvWideY = [4][3]func(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int){
+var gemvWideY = [4][3]gemvPairsKernel{
 	{gemvBF16WYR1S1, gemvBF16WYR1S2, gemvBF16WYR1S4},
 	{gemvBF16WYR2S1, gemvBF16WYR2S2, nil},
 	{gemvBF16WYR3S1, nil, nil},
 	{gemvBF16WYR4S1, nil, nil},
 }
-var gemvWideZ = [4][3]func(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int){
+var gemvWideZ = [4][3]gemvPairsKernel{
 	{gemvBF16WZR1S1, gemvBF16WZR1S2, gemvBF16WZR1S4},
 	{gemvBF16WZR2S1, gemvBF16WZR2S2, nil},
 	{gemvBF16WZR3S1, nil, nil},
@@ -414,29 +424,11 @@ var gemvWideZ = [4][3]func(kp int, a *uint16, lda int, b *uint16, bs int, out *f
 // gemvWideAVX2 and gemvWideAVX512 are the widening sets' gemvBF16Func
 // (gemmKernels.gemvBF16W), segments grouped as in gemvStreamsZ.
 func gemvWideAVX2(rows, ns, kp int, a []uint16, lda int, b []uint16, nr, bs int, out []float32, os int, add bool) {
-	gemvWide(&gemvWideY, 16, rows, ns, kp, a, lda, b, nr, bs, out, os, add)
+	gemvPairs(&gemvWideY, 16, gemvBF16WGo, rows, ns, kp, a, lda, b, nr, bs, out, os, add)
 }
 
 func gemvWideAVX512(rows, ns, kp int, a []uint16, lda int, b []uint16, nr, bs int, out []float32, os int, add bool) {
-	gemvWide(&gemvWideZ, 32, rows, ns, kp, a, lda, b, nr, bs, out, os, add)
-}
-
-func gemvWide(kerns *[4][3]func(kp int, a *uint16, lda int, b *uint16, bs int, out *float32, ldo int, os int, add int),
-	width, rows, ns, kp int, a []uint16, lda int, b []uint16, nr, bs int, out []float32, os int, add bool) {
-	if nr != width || rows < 1 || rows > 4 {
-		panic(fmt.Sprintf("tensor: widening gemv for %d-wide panels and %d rows, want %d and 1..4", nr, rows, width))
-	}
-	if kp == 0 {
-		gemvBF16WGo(rows, ns, kp, a, lda, b, nr, bs, out, os, add)
-		return
-	}
-	_ = a[(rows-1)*lda+2*kp-1]
-	_ = b[(ns-1)*bs+2*kp*nr-1]
-	_ = out[(ns-1)*os+rows*nr-1]
-	kern := &kerns[rows-1]
-	gemvZRuns(ns, func(w int) bool { return kern[w/2] != nil }, func(s, w int) {
-		kern[w/2](kp, &a[0], lda, &b[s*bs], bs, &out[s*os], nr, os, addFlag(add))
-	})
+	gemvPairs(&gemvWideZ, 32, gemvBF16WGo, rows, ns, kp, a, lda, b, nr, bs, out, os, add)
 }
 
 // gemvZRuns cuts segments [0, ns) into runs of w = 4, 2 or 1 segments,

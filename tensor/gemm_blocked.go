@@ -673,40 +673,22 @@ func gemvStreamsGo(rows, ns, ku int, a []float32, lda int, b []float32, nr, bs i
 // added to out when add.
 type gemvBF16Func func(rows, ns, kp int, a []uint16, lda int, b []uint16, nr, bs int, out []float32, os int, add bool)
 
+// gemvBF16Go is the portable gemvBF16Func, the model of the VDPBF16PS
+// kernels (microGoPairs' sums for one row).
+func gemvBF16Go(rows, ns, kp int, a []uint16, lda int, b []uint16, nr, bs int, out []float32, os int, add bool) {
+	gemvPairsGo(true, rows, ns, kp, a, lda, b, nr, bs, out, os, add)
+}
+
 // gemvBF16WGo is the portable gemvBF16Func of a widening set (the model of
 // genGemvWide's kernels, with the sums of microGoTileH: each lane from
 // zero, k by k, the even element of a pair first).
 func gemvBF16WGo(rows, ns, kp int, a []uint16, lda int, b []uint16, nr, bs int, out []float32, os int, add bool) {
-	var accBuf [64]float32
-	acc := accBuf[:nr]
-	for s := 0; s < ns; s++ {
-		bp := b[s*bs : s*bs+2*kp*nr]
-		for i := 0; i < rows; i++ {
-			ar := a[i*lda : i*lda+2*kp]
-			clear(acc)
-			for p := 0; p < kp; p++ {
-				a0, a1 := BF16ToF32(ar[2*p]), BF16ToF32(ar[2*p+1])
-				bq := bp[2*p*nr : 2*p*nr+2*nr]
-				for q := range acc {
-					acc[q] += a0 * BF16ToF32(bq[2*q])
-					acc[q] += a1 * BF16ToF32(bq[2*q+1])
-				}
-			}
-			o := out[s*os+i*nr : s*os+i*nr+nr]
-			for q, v := range acc {
-				if add {
-					o[q] += v
-				} else {
-					o[q] = v
-				}
-			}
-		}
-	}
+	gemvPairsGo(false, rows, ns, kp, a, lda, b, nr, bs, out, os, add)
 }
 
-// gemvBF16Go is the portable gemvBF16Func, the model of the VDPBF16PS
-// kernels (microGoPairs' sums for one row).
-func gemvBF16Go(rows, ns, kp int, a []uint16, lda int, b []uint16, nr, bs int, out []float32, os int, add bool) {
+// gemvPairsGo is gemvBF16Func in Go, each pair's odd product added first
+// (oddFirst, VDPBF16PS's order) or its even one.
+func gemvPairsGo(oddFirst bool, rows, ns, kp int, a []uint16, lda int, b []uint16, nr, bs int, out []float32, os int, add bool) {
 	var accBuf [64]float32
 	acc := accBuf[:nr]
 	for s := 0; s < ns; s++ {
@@ -718,8 +700,13 @@ func gemvBF16Go(rows, ns, kp int, a []uint16, lda int, b []uint16, nr, bs int, o
 				a0, a1 := BF16ToF32(ar[2*p]), BF16ToF32(ar[2*p+1])
 				bq := bp[2*p*nr : 2*p*nr+2*nr]
 				for q := range acc {
-					acc[q] += a1 * BF16ToF32(bq[2*q+1])
-					acc[q] += a0 * BF16ToF32(bq[2*q])
+					if oddFirst {
+						acc[q] += a1 * BF16ToF32(bq[2*q+1])
+						acc[q] += a0 * BF16ToF32(bq[2*q])
+					} else {
+						acc[q] += a0 * BF16ToF32(bq[2*q])
+						acc[q] += a1 * BF16ToF32(bq[2*q+1])
+					}
 				}
 			}
 			o := out[s*os+i*nr : s*os+i*nr+nr]

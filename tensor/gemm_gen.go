@@ -173,19 +173,7 @@ func genTranspose(rows int) {
 func genF32(name, R string, mr, nv, lanes, bReg, bcReg int) {
 	nr := nv * lanes
 	vb := lanes * 4 // bytes per vector
-	p("")
-	p("// func %s(kc int, a, b, c *float32, ldc int, alpha, beta float32)", name)
-	p("TEXT ·%s(SB), NOSPLIT, $0-48", name)
-	p("\tMOVQ kc+0(FP), CX")
-	p("\tMOVQ a+8(FP), SI")
-	p("\tMOVQ b+16(FP), DI")
-	p("\tMOVQ c+24(FP), DX")
-	p("\tMOVQ ldc+32(FP), R8")
-	p("\tSHLQ $2, R8")
-	genPrefetchC(mr, nr*4)
-	for r := 0; r < mr*nv; r++ {
-		p("\tVXORPS %s%d, %s%d, %s%d", R, r, R, r, R, r)
-	}
+	genTilePrologue(name, "kc int, a, b, c *float32", "kc", R, mr*nv, mr, nr*4)
 	step := func(u int) {
 		for v := 0; v < nv; v++ {
 			p("\tVMOVUPS %d(DI), %s%d", (u*nr+v*lanes)*4, R, bReg+v)
@@ -210,6 +198,29 @@ func genF32(name, R string, mr, nv, lanes, bReg, bcReg int) {
 	genStore(name, R, mr, nv, vb, bcReg)
 }
 
+// genTilePrologue emits a tile kernel's header and prologue: the TEXT line
+// of func name(args, ldc int, alpha, beta float32) (its comment too), the
+// depth argument kname into CX, a, b, c, ldc (in bytes) into SI, DI, DX,
+// R8, prefetches of the C tile (mr rows of width bytes) unless width is 0,
+// and nacc accumulators R0.. cleared.
+func genTilePrologue(name, args, kname, R string, nacc, mr, width int) {
+	p("")
+	p("// func %s(%s, ldc int, alpha, beta float32)", name, args)
+	p("TEXT ·%s(SB), NOSPLIT, $0-48", name)
+	p("\tMOVQ %s+0(FP), CX", kname)
+	p("\tMOVQ a+8(FP), SI")
+	p("\tMOVQ b+16(FP), DI")
+	p("\tMOVQ c+24(FP), DX")
+	p("\tMOVQ ldc+32(FP), R8")
+	p("\tSHLQ $2, R8")
+	if width > 0 {
+		genPrefetchC(mr, width)
+	}
+	for r := 0; r < nacc; r++ {
+		p("\tVXORPS %s%d, %s%d, %s%d", R, r, R, r, R, r)
+	}
+}
+
 // genF32H emits genF32's kernel for a B of bf16 pairs, widened as it is
 // read (the float32 kernel sets' bf16 products where the CPU has no
 // VDPBF16PS):
@@ -227,38 +238,13 @@ func genF32(name, R string, mr, nv, lanes, bReg, bcReg int) {
 func genF32H(name, R string, mr, nv, lanes, bReg, bcReg int) {
 	nr := nv * lanes
 	vb := lanes * 4 // bytes per vector: lanes pairs of bf16, or lanes float32s
-	mov := "VMOVDQU"
-	and := "VPAND"
-	if R == "Z" {
-		mov, and = "VMOVDQU32", "VPANDD"
-	}
 	bc, mask := bcReg, bcReg+1
-	p("")
-	p("// func %s(kp int, a *float32, b *uint16, c *float32, ldc int, alpha, beta float32)", name)
-	p("TEXT ·%s(SB), NOSPLIT, $0-48", name)
-	p("\tMOVQ kp+0(FP), CX")
-	p("\tMOVQ a+8(FP), SI")
-	p("\tMOVQ b+16(FP), DI")
-	p("\tMOVQ c+24(FP), DX")
-	p("\tMOVQ ldc+32(FP), R8")
-	p("\tSHLQ $2, R8")
-	genPrefetchC(mr, nr*4)
-	for r := 0; r < mr*nv; r++ {
-		p("\tVXORPS %s%d, %s%d, %s%d", R, r, R, r, R, r)
-	}
-	p("\tMOVL $0xffff0000, AX")
-	p("\tVMOVD AX, X%d", mask)
-	p("\tVPBROADCASTD X%d, %s%d", mask, R, mask)
+	genTilePrologue(name, "kp int, a *float32, b *uint16, c *float32", "kp", R, mr*nv, mr, nr*4)
+	genHighMask(R, mask, "AX")
 	step := func(u int) {
 		for half := 0; half < 2; half++ { // k = 2u (low halves), then 2u+1 (high)
 			for v := 0; v < nv; v++ {
-				off := (u*nv + v) * vb
-				if half == 0 {
-					p("\t%s %d(DI), %s%d", mov, off, R, bReg+v)
-					p("\tVPSLLD $16, %s%d, %s%d", R, bReg+v, R, bReg+v)
-				} else {
-					p("\t%s %d(DI), %s%d, %s%d", and, off, R, mask, R, bReg+v)
-				}
+				genWidenPairs(R, fmt.Sprintf("%d(DI)", (u*nv+v)*vb), half, bReg+v, mask)
 			}
 			for i := 0; i < mr; i++ {
 				p("\tVBROADCASTSS %d(SI), %s%d", ((2*u+half)*mr+i)*4, R, bc)
@@ -273,6 +259,31 @@ func genF32H(name, R string, mr, nv, lanes, bReg, bcReg int) {
 		p("\tADDQ $%d, DI", n*nv*vb)
 	})
 	genStore(name, R, mr, nv, vb, bcReg)
+}
+
+// genHighMask sets vector register reg (R "Y" or "Z") to 0xffff0000 in
+// every dword, through general register scratch.
+func genHighMask(R string, reg int, scratch string) {
+	p("\tMOVL $0xffff0000, %s", scratch)
+	p("\tVMOVD %s, X%d", scratch, reg)
+	p("\tVPBROADCASTD X%d, %s%d", reg, R, reg)
+}
+
+// genWidenPairs loads the vector of bf16 pairs at operand at into register
+// reg widened: half 0 gives each pair's low (even) element as float32, the
+// dword shifted left by 16; half 1 its high (odd) element, the dword AND
+// mask (genHighMask's register). Both are exact.
+func genWidenPairs(R, at string, half, reg, mask int) {
+	mov, and := "VMOVDQU", "VPAND"
+	if R == "Z" {
+		mov, and = "VMOVDQU32", "VPANDD"
+	}
+	if half == 0 {
+		p("\t%s %s, %s%d", mov, at, R, reg)
+		p("\tVPSLLD $16, %s%d, %s%d", R, reg, R, reg)
+	} else {
+		p("\t%s %s, %s%d, %s%d", and, at, R, mask, R, reg)
+	}
 }
 
 // genLoop emits a kernel's loop over CX steps: groups of unroll steps
@@ -383,18 +394,7 @@ func pEVEX(mnem string, opcode, pp byte, dst, src1, src2 int) {
 // twelve streams outran the L1 prefetcher.
 func genBF16() {
 	const name, mr, nv, bReg, bcReg = "kernBF16x12x32", 12, 2, 24, 26
-	p("")
-	p("// func %s(kp int, a, b *uint16, c *float32, ldc int, alpha, beta float32)", name)
-	p("TEXT ·%s(SB), NOSPLIT, $0-48", name)
-	p("\tMOVQ kp+0(FP), CX")
-	p("\tMOVQ a+8(FP), SI")
-	p("\tMOVQ b+16(FP), DI")
-	p("\tMOVQ c+24(FP), DX")
-	p("\tMOVQ ldc+32(FP), R8")
-	p("\tSHLQ $2, R8")
-	for r := 0; r < mr*nv; r++ {
-		p("\tVXORPS Z%d, Z%d, Z%d", r, r, r)
-	}
+	genTilePrologue(name, "kp int, a, b *uint16, c *float32", "kp", "Z", mr*nv, mr, 0)
 	step := func(u int) {
 		for v := 0; v < nv; v++ {
 			p("\tVMOVUPS %d(DI), Z%d", (u*nv+v)*64, bReg+v)
@@ -923,9 +923,9 @@ var gemvWideShapes = [][2]int{{1, 1}, {1, 2}, {1, 4}, {2, 1}, {2, 2}, {3, 1}, {4
 func genGemvWide(R string, rows, ns int) {
 	name := fmt.Sprintf("gemvBF16W%sR%dS%d", R, rows, ns)
 	vb := map[string]int{"Y": 32, "Z": 64}[R]
-	mov, and, zero := "VMOVDQU", "VPAND", "VPXOR"
+	and, zero := "VPAND", "VPXOR"
 	if R == "Z" {
-		mov, and, zero = "VMOVDQU32", "VPANDD", "VPXORD"
+		and, zero = "VPANDD", "VPXORD"
 	}
 	nacc := rows * 2 * ns
 	bReg, tReg, mReg := nacc, nacc+2, nacc+3
@@ -949,20 +949,12 @@ func genGemvWide(R string, rows, ns int) {
 	for r := 0; r < nacc; r++ {
 		p("\t%s %s%d, %s%d, %s%d", zero, R, r, R, r, R, r)
 	}
-	p("\tMOVL $0xffff0000, BX")
-	p("\tVMOVD BX, X%d", mReg)
-	p("\tVPBROADCASTD X%d, %s%d", mReg, R, mReg)
+	genHighMask(R, mReg, "BX")
 	step := func(off int) {
 		for s := 0; s < ns; s++ {
 			for half := 0; half < 2; half++ { // the even k of the pair, then the odd
 				for v := 0; v < 2; v++ {
-					at := fmt.Sprintf("%d%s", off*2*vb+v*vb, bop[s])
-					if half == 0 {
-						p("\t%s %s, %s%d", mov, at, R, bReg+v)
-						p("\tVPSLLD $16, %s%d, %s%d", R, bReg+v, R, bReg+v)
-					} else {
-						p("\t%s %s, %s%d, %s%d", and, at, R, mReg, R, bReg+v)
-					}
+					genWidenPairs(R, fmt.Sprintf("%d%s", off*2*vb+v*vb, bop[s]), half, bReg+v, mReg)
 				}
 				for i := 0; i < rows; i++ {
 					p("\tVPBROADCASTD %d(%s), %s%d", off*4, aptr[i], R, tReg)
