@@ -170,10 +170,10 @@ func addBias(out, bias []float32, n, oc int) {
 	}
 }
 
-// maxPackedFloats caps the float32 block matrices packWeights packs: the
-// packed slab is anonymous memory of that size (about 1.4 GiB for
-// Qwen2.5-0.5B) where the originals were page cache; bigger models keep
-// packing per call.
+// maxPackedFloats caps the block matrices packWeights packs, float32 and
+// bf16 each: the packed slab is anonymous memory of that many floats
+// (about 1.4 GiB for Qwen2.5-0.5B in float32, 0.7 GiB in bf16) where the
+// originals were page cache; bigger models keep packing per call.
 const maxPackedFloats = 1 << 30 // 4 GiB
 
 // packJob is one block matrix (out, in) = (oc, ic) for packWeights.
@@ -218,7 +218,7 @@ func (b *Base) packWeights() {
 			}
 		}
 	}
-	if halfSize > 0 {
+	if halfSize > 0 && halfSize <= maxPackedFloats {
 		b.packBF16(halves, halfSize)
 	}
 	if size > maxPackedFloats {
