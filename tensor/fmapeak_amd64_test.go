@@ -55,7 +55,9 @@ func BenchmarkFMAPeak(b *testing.B) {
 
 // BenchmarkMicroKernel times each micro-kernel alone on panels that stay
 // in L1 (256 steps of k), the ceiling of the blocked GEMM: compare its
-// GFLOP/cpu-s with BenchmarkFMAPeak (bf16-12x32 with avx512bf16's).
+// GFLOP/cpu-s with BenchmarkFMAPeak (bf16-12x32 with avx512bf16's). The
+// widening kernels (…H: a bf16 pair B widened as it is read) run on the
+// same depth as their float32 kernels.
 func BenchmarkMicroKernel(b *testing.B) {
 	const ku = 256
 	for _, c := range []struct {
@@ -74,6 +76,26 @@ func BenchmarkMicroKernel(b *testing.B) {
 			cpu0 := cpuTime()
 			for b.Loop() {
 				c.f(ku, ap, bp, cc, c.nr, 1, 1)
+			}
+			reportMicroKernel(b, ku, c.mr, c.nr, cpu0)
+		})
+	}
+	for _, c := range []struct {
+		name   string
+		ok     bool
+		mr, nr int
+		f      func(int, []uint16, []uint16, []float32, int, float32, float32)
+	}{{"avx2-6x16H", hasAVX2, 6, 16, microAVX2H}, {"avx512-12x32H", hasAVX512, 12, 32, microAVX512H}} {
+		b.Run(c.name, func(b *testing.B) {
+			if !c.ok {
+				b.Skipf("%s: not available on this CPU", c.name)
+			}
+			ap := make([]uint16, 2*ku*c.mr) // (ku, mr) float32s
+			bp := make([]uint16, ku*c.nr)   // (ku/2, nr, 2) bf16
+			cc := make([]float32, c.mr*c.nr)
+			cpu0 := cpuTime()
+			for b.Loop() {
+				c.f(ku/2, ap, bp, cc, c.nr, 1, 1)
 			}
 			reportMicroKernel(b, ku, c.mr, c.nr, cpu0)
 		})

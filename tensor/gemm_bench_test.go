@@ -106,9 +106,10 @@ func BenchmarkMatMul(b *testing.B) {
 }
 
 // BenchmarkMatMulBF16 times GemmBF16 (bf16 weights (n, k)) per kernel,
-// and, per kernel set with a bf16 kernel, GemmPacked on a PackBBF16
-// packing of the same weight ("packed-"; for m ≤ 8 its small-m path, and
-// "packed-blocked-" the blocked bf16 kernel it replaces there), with the
+// and, per kernel set that packs bf16 (a native bf16 kernel, or the
+// float32 sets' widening one), GemmPacked on a PackBBF16Bits packing of
+// the same weight ("packed-"; for m ≤ 8 its small-m path, and
+// "packed-blocked-" the blocked kernel it replaces there), with the
 // packed weight's bytes read per second (wGB/s: decode is bound by it).
 //
 //	go test ./tensor/ -bench MatMulBF16 -run XXX
@@ -120,12 +121,7 @@ func BenchmarkMatMulBF16(b *testing.B) {
 		{"decode-1x896x4864", false, true, 1, 896, 4864},
 	} {
 		a := gemmRandSlice(rng, s.m*s.k)
-		bh := make([]uint16, s.n*s.k)
-		bw := make([]float32, s.n*s.k)
-		for i := range bh {
-			bh[i] = F32ToBF16(float32(rng.NormFloat64()))
-			bw[i] = BF16ToF32(bh[i])
-		}
+		bh := randBF16(rng, s.n*s.k)
 		c := make([]float32, s.m*s.n)
 		names := slices.Clone(allGemmKernels)
 		for _, n := range allGemmKernels {
@@ -141,8 +137,8 @@ func BenchmarkMatMulBF16(b *testing.B) {
 					ks := gemmKernelsOrSkip(b, kname)
 					var pb *PackedB
 					if kname != name {
-						if pb = packBBF16With(ks, true, s.n, s.k, bw, s.k); pb == nil {
-							b.Skipf("%s has no bf16 kernel", kname)
+						if pb = packBBF16BitsWith(ks, nil, s.n, s.k, bh, s.k); pb == nil {
+							b.Skipf("%s does not pack bf16", kname)
 						}
 					}
 					mul := func() { ks.gemmBF16(s.m, s.n, s.k, a, s.k, bh, s.k, c, s.n) }
@@ -150,7 +146,7 @@ func BenchmarkMatMulBF16(b *testing.B) {
 					case strings.HasPrefix(name, "packed-blocked-"):
 						mul = func() {
 							g := gemmJob{m: s.m, n: s.n, k: s.k, alpha: 1, a: a, lda: s.k, c: c, ldc: s.n, packed: pb}
-							runBlocked(&g, ks.bf16, th)
+							runBlocked(&g, ks.halfKernel(), th)
 						}
 					case pb != nil:
 						mul = func() { GemmPacked(s.m, 1, a, s.k, pb, 0, c, s.n) }
